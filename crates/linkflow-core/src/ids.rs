@@ -1,0 +1,221 @@
+//! Identifier newtypes shared by every crate, so that a session id, a version and a global
+//! position can never be swapped by accident.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest session id accepted, in bytes. Ids are stored in every key of a session's
+/// stream; provider ids are far shorter (MoneyKit's are ~45 bytes), so anything longer is
+/// bad input rather than a real id.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// The key of one link session's event stream (MoneyKit `link_session_id`, Knot `session_id`,
+/// the Benji session the integrator opened).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionId(String);
+
+/// A string that cannot be a session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidSessionId {
+    /// The id is empty.
+    #[error("session id is empty")]
+    Empty,
+    /// The id is longer than [`MAX_SESSION_ID_BYTES`].
+    #[error("session id is {len} bytes long; the limit is {MAX_SESSION_ID_BYTES}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The id holds a control character (newlines and the like make ids unprintable in logs).
+    #[error("session id holds a control character at byte {at}")]
+    ControlCharacter {
+        /// The byte offset of the character.
+        at: usize,
+    },
+}
+
+impl SessionId {
+    /// Checks and wraps a session id.
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidSessionId> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(InvalidSessionId::Empty);
+        }
+        if id.len() > MAX_SESSION_ID_BYTES {
+            return Err(InvalidSessionId::TooLong { len: id.len() });
+        }
+        if let Some((at, _)) = id.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(InvalidSessionId::ControlCharacter { at });
+        }
+        Ok(SessionId(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SessionId {
+    type Error = InvalidSessionId;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        SessionId::new(value)
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(id: SessionId) -> String {
+        id.0
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = InvalidSessionId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SessionId::new(s)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The number of events accepted into one session's stream; the first event has version 1 and
+/// versions have no gaps.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Version(pub u64);
+
+impl Version {
+    /// The version of a stream with no event.
+    pub const EMPTY: Version = Version(0);
+
+    /// The version after this one.
+    pub const fn next(self) -> Version {
+        Version(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An event's place in the log of all sessions; the first event has position 1 and positions
+/// have no gaps.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Position(pub u64);
+
+impl Position {
+    /// The position before the first event: subscribing from here replays everything.
+    pub const START: Position = Position(0);
+
+    /// The position after this one.
+    pub const fn next(self) -> Position {
+        Position(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The connect-flow providers linkflow understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// MoneyKit Connect (`onEvent` callbacks forwarded by the frontend).
+    Moneykit,
+    /// Benji Connect (SDK callbacks forwarded by the frontend in linkflow's envelope).
+    Benji,
+    /// Knot (webhooks).
+    Knot,
+}
+
+impl Provider {
+    /// Every provider.
+    pub const ALL: [Provider; 3] = [Provider::Moneykit, Provider::Benji, Provider::Knot];
+
+    /// The lowercase name, as serialized.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Provider::Moneykit => "moneykit",
+            Provider::Benji => "benji",
+            Provider::Knot => "knot",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that names no provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider `{input}`; expected moneykit, benji or knot")]
+pub struct ParseProviderError {
+    /// The text that was not a provider name.
+    pub input: String,
+}
+
+impl FromStr for Provider {
+    type Err = ParseProviderError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Provider::ALL
+            .into_iter()
+            .find(|provider| provider.as_str() == s)
+            .ok_or_else(|| ParseProviderError {
+                input: s.to_owned(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_checked() {
+        assert_eq!(SessionId::new(""), Err(InvalidSessionId::Empty));
+        assert_eq!(
+            SessionId::new("a".repeat(MAX_SESSION_ID_BYTES + 1)),
+            Err(InvalidSessionId::TooLong {
+                len: MAX_SESSION_ID_BYTES + 1
+            })
+        );
+        assert_eq!(
+            SessionId::new("ab\ncd"),
+            Err(InvalidSessionId::ControlCharacter { at: 2 })
+        );
+        assert!(serde_json::from_str::<SessionId>("\"\"").is_err());
+        let id: SessionId = serde_json::from_str("\"sandbox_1\"").unwrap();
+        assert_eq!(id.as_str(), "sandbox_1");
+    }
+
+    #[test]
+    fn providers_parse_by_name() {
+        for provider in Provider::ALL {
+            assert_eq!(provider.as_str().parse::<Provider>().unwrap(), provider);
+        }
+        assert!("plaid".parse::<Provider>().is_err());
+    }
+}

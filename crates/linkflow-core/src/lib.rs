@@ -1,0 +1,49 @@
+//! `linkflow-core`: the canonical model of a fintech "connect" session, with no I/O, no async
+//! and no clock.
+//!
+//! A link session is an explicit state machine fed by provider-neutral [`Event`]s. Provider
+//! adapters (crate `linkflow-providers`) decode payloads into events; the engine (crate
+//! `linkflow`) stores them and folds them with [`Session::apply`]. Everything here is pure:
+//! time comes in with the event, never from the system clock.
+//!
+//! Modules:
+//! - [`phase`]: the ten [`Phase`]s and their forward order.
+//! - [`event`]: canonical [`Event`]s, their [`EventKind`]s and attributes.
+//! - [`transition`]: the transition table [`SESSION_TABLE`], the one copy of the rules.
+//! - [`session`]: the folded [`Session`] value and the pure [`apply`].
+//! - [`rejection`]: why an event was refused.
+//! - [`diagram`]: Mermaid / DOT diagrams and the Markdown rule table, generated from the table.
+//! - [`ids`]: identifier newtypes ([`SessionId`], [`Version`], [`Position`], [`Provider`]).
+//! - `strategy` (feature `proptest`): proptest strategies for legal and illegal walks.
+//!
+//! ```
+//! use linkflow_core::{fold, Event, EventKind, Phase};
+//!
+//! let events = [
+//!     Event::new(EventKind::Opened),
+//!     Event::new(EventKind::InstitutionSelected).with_institution("ins_1", Some("Bank")),
+//!     Event::new(EventKind::OauthOpened),
+//!     Event::new(EventKind::Succeeded),
+//! ];
+//! let session = fold(&events).unwrap();
+//! assert_eq!(session.phase(), Phase::Succeeded);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod diagram;
+pub mod event;
+pub mod ids;
+pub mod phase;
+pub mod rejection;
+pub mod session;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategy;
+pub mod transition;
+
+pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution, LinkType, Step};
+pub use ids::{InvalidSessionId, Position, Provider, SessionId, Version};
+pub use phase::Phase;
+pub use rejection::Rejection;
+pub use session::{apply, fold, Applied, EventCounts, ExitInfo, Latest, ReplayError, Session};
+pub use transition::{Guard, Rule, RuleKind, SESSION_TABLE};

@@ -1,0 +1,295 @@
+//! The session value folded from events, and the pure `apply` that enforces the table.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{ErrorInfo, Event, EventClass, Institution, LinkType};
+use crate::ids::Version;
+use crate::phase::Phase;
+use crate::rejection::Rejection;
+use crate::transition::{find_rule, steps_accepted_in, Guard, RuleKind};
+
+/// What is known about one link session after folding its accepted events.
+///
+/// Build it with [`Session::new`] and [`Session::apply`] (or [`fold`]); it is never edited any
+/// other way, so it always equals the fold of its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    phase: Phase,
+    version: Version,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link_type: Option<LinkType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    institution: Option<Institution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    external_user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    current_screen: Option<Latest<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_error: Option<Latest<ErrorInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit: Option<ExitInfo>,
+    #[serde(default)]
+    counts: EventCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_event_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_event_at: Option<DateTime<Utc>>,
+}
+
+/// A "latest" attribute: the value of the event with the latest event time, whatever the
+/// arrival order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latest<T> {
+    /// The value.
+    pub value: T,
+    /// The event time it came with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// How the user left: the phase they left from and the provider's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// The phase the session was in when the exit came.
+    pub phase: Phase,
+    /// The provider's exit status, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The exit's event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// How many accepted events of each class the session has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    /// Phase events.
+    pub phase: u32,
+    /// Telemetry events (errors included).
+    pub telemetry: u32,
+    /// Events with names no adapter knows.
+    pub unrecognized: u32,
+    /// `error` events (also counted as telemetry).
+    pub errors: u32,
+}
+
+/// What an accepted event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The phase before the event.
+    pub phase_before: Phase,
+    /// The phase after the event (equal for telemetry and unrecognized events).
+    pub phase_after: Phase,
+    /// The table row that took the event; `None` for telemetry and unrecognized events.
+    pub rule: Option<RuleKind>,
+}
+
+/// A stored sequence that the table refuses at `index`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {index} of the sequence was rejected: {rejection}")]
+pub struct ReplayError {
+    /// The 0-based index of the refused event.
+    pub index: usize,
+    /// Why it was refused.
+    pub rejection: Rejection,
+}
+
+impl Session {
+    /// A session with no event: phase `created`, version 0.
+    pub fn new() -> Self {
+        Session::default()
+    }
+
+    /// The session's phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The number of accepted events.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Link, relink or failover link, once an event said so.
+    pub fn link_type(&self) -> Option<LinkType> {
+        self.link_type
+    }
+
+    /// The institution the user is linking, once known.
+    pub fn institution(&self) -> Option<&Institution> {
+        self.institution.as_ref()
+    }
+
+    /// The integrator's id for the end user, once an event named it.
+    pub fn external_user_id(&self) -> Option<&str> {
+        self.external_user_id.as_deref()
+    }
+
+    /// The screen of the event with the latest event time that named one.
+    pub fn current_screen(&self) -> Option<&Latest<String>> {
+        self.current_screen.as_ref()
+    }
+
+    /// The error of the `error` event with the latest event time.
+    pub fn last_error(&self) -> Option<&Latest<ErrorInfo>> {
+        self.last_error.as_ref()
+    }
+
+    /// How the user left, once an exit was accepted (kept when a late success wins).
+    pub fn exit(&self) -> Option<&ExitInfo> {
+        self.exit.as_ref()
+    }
+
+    /// Accepted events per class.
+    pub fn counts(&self) -> EventCounts {
+        self.counts
+    }
+
+    /// The earliest event time seen.
+    pub fn first_event_at(&self) -> Option<DateTime<Utc>> {
+        self.first_event_at
+    }
+
+    /// The latest event time seen.
+    pub fn last_event_at(&self) -> Option<DateTime<Utc>> {
+        self.last_event_at
+    }
+
+    /// The session after `event`, or why the current phase refuses it. Pure: `self` is not
+    /// touched either way.
+    pub fn apply(&self, event: &Event) -> Result<Session, Rejection> {
+        let mut next = self.clone();
+        next.apply_in_place(event)?;
+        Ok(next)
+    }
+
+    /// Like [`Session::apply`], but updates `self` in place (no clone on the hot path). On a
+    /// rejection `self` is left exactly as it was: every check runs before any change.
+    pub fn apply_in_place(&mut self, event: &Event) -> Result<Applied, Rejection> {
+        let phase_before = self.phase;
+        let rule = self.check(event)?;
+        self.version = self.version.next();
+        self.record_times(event.occurred_at);
+        self.record_attributes(event, rule.is_some());
+        match event.kind.class() {
+            EventClass::Phase(_) => self.counts.phase += 1,
+            EventClass::Telemetry => self.counts.telemetry += 1,
+            EventClass::Unrecognized => self.counts.unrecognized += 1,
+        }
+        if let Some(rule) = rule {
+            if event.kind.step() == Some(crate::event::Step::Exit) {
+                self.exit = Some(ExitInfo {
+                    phase: phase_before,
+                    status: event.attributes.exit_status.clone(),
+                    at: event.occurred_at,
+                });
+            }
+            self.phase = rule.to;
+        }
+        Ok(Applied {
+            phase_before,
+            phase_after: self.phase,
+            rule: rule.map(|rule| rule.kind),
+        })
+    }
+
+    /// Whether the current phase would accept `event`, and by which row.
+    pub fn check(&self, event: &Event) -> Result<Option<&'static crate::Rule>, Rejection> {
+        let EventClass::Phase(step) = event.kind.class() else {
+            return Ok(None);
+        };
+        let reject_accepts = || steps_accepted_in(self.phase);
+        let Some(rule) = find_rule(self.phase, step) else {
+            return Err(Rejection::NotAccepted {
+                phase: self.phase,
+                event: event.kind.clone(),
+                accepts: reject_accepts(),
+            });
+        };
+        if rule.guard == Guard::FirstPhaseEvent && self.counts.phase > 0 {
+            return Err(Rejection::NotFirstPhaseEvent {
+                phase: self.phase,
+                event: event.kind.clone(),
+                accepts: reject_accepts(),
+            });
+        }
+        if rule.to.requires_institution()
+            && self.institution.is_none()
+            && event.attributes.institution.is_none()
+        {
+            return Err(Rejection::InstitutionUnknown {
+                phase: self.phase,
+                event: event.kind.clone(),
+                target: rule.to,
+                accepts: reject_accepts(),
+            });
+        }
+        Ok(Some(rule))
+    }
+
+    /// Replays `events` onto this session; fails at the first refused event.
+    pub fn replay<'a>(
+        mut self,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Session, ReplayError> {
+        for (index, event) in events.into_iter().enumerate() {
+            self.apply_in_place(event)
+                .map_err(|rejection| ReplayError { index, rejection })?;
+        }
+        Ok(self)
+    }
+
+    fn record_times(&mut self, at: Option<DateTime<Utc>>) {
+        let Some(at) = at else { return };
+        self.first_event_at = Some(self.first_event_at.map_or(at, |first| first.min(at)));
+        self.last_event_at = Some(self.last_event_at.map_or(at, |last| last.max(at)));
+    }
+
+    fn record_attributes(&mut self, event: &Event, is_phase_event: bool) {
+        let attributes = &event.attributes;
+        if let Some(link_type) = attributes.link_type {
+            self.link_type = Some(link_type);
+        }
+        if let Some(user) = &attributes.external_user_id {
+            self.external_user_id = Some(user.clone());
+        }
+        // A phase event is ordered by the machine, so the institution it names is the current
+        // one (a reselection replaces it). Telemetry may arrive late: it only fills a gap.
+        if let Some(institution) = &attributes.institution {
+            if is_phase_event || self.institution.is_none() {
+                self.institution = Some(institution.clone());
+            }
+        }
+        if let Some(screen) = &attributes.screen_name {
+            keep_latest(&mut self.current_screen, screen.clone(), event.occurred_at);
+        }
+        if event.kind == crate::event::EventKind::Error {
+            self.counts.errors += 1;
+            let error = attributes.error.clone().unwrap_or_default();
+            keep_latest(&mut self.last_error, error, event.occurred_at);
+        }
+    }
+}
+
+/// Replaces `slot` unless it holds a value with a later event time. Events without a time are
+/// ordered by arrival: there is nothing better to order them by.
+fn keep_latest<T>(slot: &mut Option<Latest<T>>, value: T, at: Option<DateTime<Utc>>) {
+    let newer = match (slot.as_ref().and_then(|latest| latest.at), at) {
+        (Some(current), Some(candidate)) => candidate >= current,
+        _ => true,
+    };
+    if newer {
+        *slot = Some(Latest { value, at });
+    }
+}
+
+/// Folds `events` from a new session; fails at the first refused event.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Session, ReplayError> {
+    Session::new().replay(events)
+}
+
+/// The pure transition function: the session after `event`, or why it is refused.
+pub fn apply(session: &Session, event: &Event) -> Result<Session, Rejection> {
+    session.apply(event)
+}

@@ -1,0 +1,319 @@
+//! The session semantics of `docs/state-machine.md`, one test per rule a user relies on.
+
+use chrono::{DateTime, TimeZone, Utc};
+use linkflow_core::{fold, ErrorInfo, Event, EventKind, Phase, Rejection, RuleKind, Session, Step};
+
+fn t(second: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2023, 11, 29, 12, 0, second).unwrap()
+}
+
+fn ev(kind: EventKind, second: u32) -> Event {
+    Event::new(kind).at(t(second))
+}
+
+fn select(id: &str, second: u32) -> Event {
+    ev(EventKind::InstitutionSelected, second).with_institution(id, Some("Bank"))
+}
+
+fn session_of(events: &[Event]) -> Session {
+    fold(events).unwrap_or_else(|error| panic!("sequence refused: {error}"))
+}
+
+fn rejection_after(events: &[Event], refused: Event) -> Rejection {
+    let session = session_of(events);
+    let rejection = session.apply(&refused).unwrap_err();
+    // A refused event never changes the session.
+    let mut in_place = session.clone();
+    assert!(in_place.apply_in_place(&refused).is_err());
+    assert_eq!(in_place, session);
+    rejection
+}
+
+#[test]
+fn rejects_accounts_right_after_open_without_institution() {
+    let rejection = rejection_after(
+        &[ev(EventKind::Opened, 0)],
+        ev(EventKind::AccountsSelected, 1),
+    );
+    assert!(matches!(
+        rejection,
+        Rejection::InstitutionUnknown {
+            phase: Phase::Opened,
+            target: Phase::AccountsSelected,
+            ..
+        }
+    ));
+    let message = rejection.to_string();
+    assert!(message.contains("`accounts_selected`"), "{message}");
+    assert!(message.contains("`opened`"), "{message}");
+    assert!(message.contains("institution_selected"), "{message}");
+}
+
+#[test]
+fn rejects_success_right_after_open() {
+    let rejection = rejection_after(&[ev(EventKind::Opened, 0)], ev(EventKind::Succeeded, 1));
+    assert_eq!(rejection.phase(), Phase::Opened);
+    assert_eq!(rejection.event(), &EventKind::Succeeded);
+}
+
+#[test]
+fn rejects_a_second_open() {
+    let rejection = rejection_after(
+        &[ev(EventKind::Opened, 0), select("ins_1", 1)],
+        ev(EventKind::Opened, 2),
+    );
+    assert!(matches!(
+        rejection,
+        Rejection::NotAccepted {
+            phase: Phase::InstitutionSelected,
+            event: EventKind::Opened,
+            ..
+        }
+    ));
+    let rejection = rejection_after(&[ev(EventKind::Opened, 0)], ev(EventKind::Opened, 1));
+    assert_eq!(rejection.phase(), Phase::Opened);
+}
+
+#[test]
+fn created_is_accepted_only_as_the_first_phase_event() {
+    let session = session_of(&[ev(EventKind::Created, 0), ev(EventKind::Opened, 1)]);
+    assert_eq!(session.phase(), Phase::Opened);
+    let rejection = rejection_after(&[ev(EventKind::Created, 0)], ev(EventKind::Created, 1));
+    assert!(matches!(rejection, Rejection::NotFirstPhaseEvent { .. }));
+    rejection_after(&[ev(EventKind::Opened, 0)], ev(EventKind::Created, 1));
+}
+
+#[test]
+fn rejects_credentials_after_accounts_selected() {
+    let flow = [
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::CredentialsSubmitted, 2),
+        ev(EventKind::AccountsSelected, 3),
+    ];
+    let rejection = rejection_after(&flow, ev(EventKind::CredentialsSubmitted, 4));
+    assert_eq!(rejection.phase(), Phase::AccountsSelected);
+    assert_eq!(
+        rejection.accepts(),
+        &[Step::Succeed, Step::Exit],
+        "accounts_selected accepts only success and exit"
+    );
+}
+
+#[test]
+fn rejects_every_phase_event_after_exit_except_success() {
+    let flow = [
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::Exited, 2),
+    ];
+    for kind in EventKind::KNOWN
+        .into_iter()
+        .filter(|kind| kind.step().is_some())
+    {
+        let event = ev(kind.clone(), 3).with_institution("ins_1", None);
+        let result = session_of(&flow).apply(&event);
+        if kind == EventKind::Succeeded {
+            assert_eq!(result.unwrap().phase(), Phase::Succeeded);
+        } else {
+            let rejection = result.unwrap_err();
+            assert_eq!(rejection.phase(), Phase::Exited, "{kind}");
+        }
+    }
+}
+
+#[test]
+fn accepts_an_oauth_flow_without_credentials() {
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_oauth", 1),
+        ev(EventKind::OauthOpened, 2),
+        ev(EventKind::PermissionsGranted, 3),
+        ev(EventKind::AccountsSelected, 4),
+        ev(EventKind::Succeeded, 5),
+    ]);
+    assert_eq!(session.phase(), Phase::Succeeded);
+    assert_eq!(session.institution().unwrap().id, "ins_oauth");
+}
+
+#[test]
+fn accepts_an_mfa_flow() {
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::CredentialsSubmitted, 2),
+        ev(EventKind::OtpDeviceSubmitted, 3),
+        ev(EventKind::OtpSubmitted, 4),
+        ev(EventKind::MfaSubmitted, 5),
+        ev(EventKind::AccountsSelected, 6),
+        ev(EventKind::Succeeded, 7),
+    ]);
+    assert_eq!(session.phase(), Phase::Succeeded);
+    assert_eq!(session.counts().phase, 8);
+}
+
+#[test]
+fn accepts_going_back_to_another_institution_from_mfa() {
+    let mut session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::CredentialsSubmitted, 2),
+        ev(EventKind::OtpSubmitted, 3),
+    ]);
+    assert_eq!(session.phase(), Phase::Mfa);
+    let applied = session.apply_in_place(&select("ins_2", 4)).unwrap();
+    assert_eq!(applied.rule, Some(RuleKind::Reselect));
+    assert_eq!(session.phase(), Phase::InstitutionSelected);
+    assert_eq!(session.institution().unwrap().id, "ins_2");
+}
+
+#[test]
+fn resubmitting_credentials_from_mfa_is_a_retry() {
+    let mut session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::CredentialsSubmitted, 2),
+        ev(EventKind::MfaSubmitted, 3),
+    ]);
+    let applied = session
+        .apply_in_place(&ev(EventKind::CredentialsSubmitted, 4))
+        .unwrap();
+    assert_eq!(applied.rule, Some(RuleKind::Retry));
+    assert_eq!(session.phase(), Phase::Authenticating);
+    let applied = session
+        .apply_in_place(&ev(EventKind::CredentialsSubmitted, 5))
+        .unwrap();
+    assert_eq!(applied.rule, Some(RuleKind::Retry));
+}
+
+#[test]
+fn forward_skips_are_legal() {
+    // MoneyKit's own sample has no select_institution: the institution arrives in meta.
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        ev(EventKind::PermissionsGranted, 1).with_institution("ins_1", None),
+    ]);
+    assert_eq!(session.phase(), Phase::PermissionsGranted);
+    // Benji has no open event.
+    let session = session_of(&[select("partner_1", 0), ev(EventKind::Authenticated, 1)]);
+    assert_eq!(session.phase(), Phase::Authenticated);
+}
+
+#[test]
+fn exit_after_success_is_recorded_and_the_phase_stays_succeeded() {
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::Succeeded, 2),
+        ev(EventKind::Exited, 3).with_exit_status("done"),
+    ]);
+    assert_eq!(session.phase(), Phase::Succeeded);
+    let exit = session.exit().unwrap();
+    assert_eq!(exit.phase, Phase::Succeeded);
+    assert_eq!(exit.status.as_deref(), Some("done"));
+}
+
+#[test]
+fn late_success_wins_over_exit() {
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::AccountsSelected, 2),
+        ev(EventKind::Exited, 3),
+        ev(EventKind::Succeeded, 2),
+    ]);
+    assert_eq!(session.phase(), Phase::Succeeded);
+    assert_eq!(session.exit().unwrap().phase, Phase::AccountsSelected);
+    // A second success is refused: succeeded is terminal.
+    rejection_after(
+        &[
+            ev(EventKind::Opened, 0),
+            select("ins_1", 1),
+            ev(EventKind::Succeeded, 2),
+        ],
+        ev(EventKind::Succeeded, 3),
+    );
+}
+
+#[test]
+fn errors_are_recorded_and_never_end_a_session() {
+    let error = |id: &str| ErrorInfo {
+        id: Some(id.into()),
+        code: Some("partner_connect_error".into()),
+        message: None,
+    };
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::CredentialsSubmitted, 2),
+        ev(EventKind::Error, 3).with_error(error("e1")),
+        ev(EventKind::CredentialsSubmitted, 4),
+        ev(EventKind::Error, 5).with_error(error("e2")),
+    ]);
+    assert_eq!(session.phase(), Phase::Authenticating);
+    assert_eq!(session.counts().errors, 2);
+    assert_eq!(
+        session.last_error().unwrap().value.id.as_deref(),
+        Some("e2")
+    );
+}
+
+#[test]
+fn telemetry_and_unrecognized_events_are_accepted_in_every_phase() {
+    let flows: Vec<Vec<Event>> = vec![
+        vec![],
+        vec![ev(EventKind::Opened, 0)],
+        vec![
+            ev(EventKind::Opened, 0),
+            select("i", 1),
+            ev(EventKind::Succeeded, 2),
+        ],
+        vec![ev(EventKind::Opened, 0), ev(EventKind::Exited, 1)],
+    ];
+    for flow in flows {
+        let session = session_of(&flow);
+        for kind in [
+            EventKind::ScreenChanged,
+            EventKind::WentBack,
+            EventKind::Error,
+            EventKind::Unrecognized {
+                raw_name: "brand_new".into(),
+            },
+        ] {
+            let after = session.apply(&ev(kind, 9)).unwrap();
+            assert_eq!(after.phase(), session.phase());
+        }
+    }
+}
+
+#[test]
+fn latest_screen_and_error_follow_event_time_not_arrival() {
+    let session = session_of(&[
+        ev(EventKind::ScreenChanged, 10).with_screen("Accounts"),
+        ev(EventKind::ScreenChanged, 5).with_screen("Credentials"),
+        ev(EventKind::Error, 20).with_error(ErrorInfo {
+            id: Some("late".into()),
+            ..ErrorInfo::default()
+        }),
+        ev(EventKind::Error, 15).with_error(ErrorInfo {
+            id: Some("early".into()),
+            ..ErrorInfo::default()
+        }),
+    ]);
+    assert_eq!(session.current_screen().unwrap().value, "Accounts");
+    assert_eq!(
+        session.last_error().unwrap().value.id.as_deref(),
+        Some("late")
+    );
+    assert_eq!(session.first_event_at(), Some(t(5)));
+    assert_eq!(session.last_event_at(), Some(t(20)));
+}
+
+#[test]
+fn late_telemetry_does_not_replace_the_institution_a_phase_event_chose() {
+    let session = session_of(&[
+        select("ins_2", 5),
+        ev(EventKind::ScreenChanged, 1).with_institution("ins_1", None),
+    ]);
+    assert_eq!(session.institution().unwrap().id, "ins_2");
+}
