@@ -1,0 +1,585 @@
+//! The storage contract as tests, written once and run against every backend.
+//!
+//! A backend provides a [`Harness`] (a fresh, empty store location that can be opened, dropped
+//! and opened again) and expands [`conformance_tests!`](crate::conformance_tests) in its test
+//! module:
+//!
+//! ```ignore
+//! linkflow_store::conformance_tests!(linkflow_store::conformance::SledHarness);
+//! ```
+
+use std::ops::ControlFlow;
+
+use chrono::{TimeZone, Utc};
+use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
+use uuid::Uuid;
+
+use crate::record::{DedupeKey, NewEvent, ParkedEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
+use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome};
+use crate::{SledStore, StoreError};
+
+/// A fresh store location for one test.
+pub trait Harness {
+    /// The backend under test.
+    type Store: EventStore;
+    /// A new, empty location.
+    fn fresh() -> Self;
+    /// Opens the store at this location (again, after the previous handle was dropped).
+    fn open(&self) -> Self::Store;
+}
+
+/// The sled backend in a temporary directory.
+pub struct SledHarness {
+    dir: tempfile::TempDir,
+}
+
+impl Harness for SledHarness {
+    type Store = SledStore;
+
+    fn fresh() -> Self {
+        SledHarness {
+            dir: tempfile::tempdir().expect("a temporary directory can be created"),
+        }
+    }
+
+    fn open(&self) -> SledStore {
+        SledStore::open(self.dir.path()).expect("the store opens")
+    }
+}
+
+/// Expands to one `#[test]` per conformance case for `$harness`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:ty) => {
+        $crate::conformance_tests!(@cases $harness;
+            appends_assign_gap_free_versions_and_positions,
+            a_stale_expected_version_conflicts_and_writes_nothing,
+            a_stored_dedupe_key_writes_nothing_and_returns_the_original,
+            a_dedupe_key_repeated_within_one_commit_is_stored_once,
+            a_retry_by_a_stale_writer_is_a_duplicate_not_a_conflict,
+            reads_start_after_the_given_version_and_position_and_respect_limits,
+            streams_whose_ids_share_a_prefix_stay_apart,
+            a_parked_event_accepted_by_a_retry_leaves_the_parked_list,
+            a_duplicate_of_a_parked_event_is_recognised,
+            snapshots_are_replaced_and_listed,
+            everything_survives_a_reopen,
+            raw_payloads_are_kept_verbatim,
+            an_oversized_event_is_refused_and_nothing_is_stored,
+            verify_is_clean_after_a_mixed_workload,
+            events_by_stream_come_in_stream_then_version_order,
+        );
+    };
+    (@cases $harness:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::$case::<$harness>();
+            }
+        )*
+    };
+}
+
+/// A session id for tests.
+pub fn stream(id: &str) -> SessionId {
+    SessionId::new(id).expect("test session ids are valid")
+}
+
+/// A distinct event numbered `n`, with a dedupe key derived from `n`.
+pub fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        dedupe_key: DedupeKey::derive(&[b"conformance", &n.to_be_bytes()]),
+        provider: Provider::Moneykit,
+        event: Event::new(EventKind::ScreenChanged).with_screen(format!("screen {n}")),
+        raw: Some(
+            RawJson::from_string(format!("{{\"name\": \"change_screen\", \"n\": {n}}}"))
+                .expect("valid JSON"),
+        ),
+        received_at: Utc
+            .timestamp_millis_opt(1_700_000_000_000 + n as i64)
+            .single()
+            .expect("a valid time"),
+    }
+}
+
+fn append(stream: &SessionId, expected: ExpectedVersion, event: NewEvent) -> Op {
+    Op::Append {
+        stream: stream.clone(),
+        expected,
+        accepted_at: event.received_at,
+        event,
+        from_parked: false,
+    }
+}
+
+fn park(stream: &SessionId, event: NewEvent) -> Op {
+    Op::Park(ParkedEvent {
+        stream: stream.clone(),
+        reason: "test rejection".into(),
+        parked_at: event.received_at,
+        data: event,
+    })
+}
+
+fn appended(outcome: &OpOutcome) -> (Version, Position) {
+    match outcome {
+        OpOutcome::Appended { version, position } => (*version, *position),
+        other => panic!("expected an append, got {other:?}"),
+    }
+}
+
+fn assert_clean<S: EventStore>(store: &S) {
+    let report = store.verify().expect("verify runs");
+    assert!(
+        report.is_clean(),
+        "verify found problems: {:#?}",
+        report.problems
+    );
+}
+
+/// Versions start at 1 per stream and positions at 1 over all streams, without gaps.
+pub fn appends_assign_gap_free_versions_and_positions<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let (a, b) = (stream("a"), stream("b"));
+    let outcomes = store
+        .commit(vec![
+            append(&a, ExpectedVersion::Exact(Version(0)), event(1)),
+            append(&b, ExpectedVersion::Exact(Version(0)), event(2)),
+            append(&a, ExpectedVersion::Exact(Version(1)), event(3)),
+        ])
+        .unwrap();
+    let got: Vec<_> = outcomes.iter().map(appended).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Version(1), Position(1)),
+            (Version(1), Position(2)),
+            (Version(2), Position(3)),
+        ]
+    );
+    let outcomes = store
+        .commit(vec![append(&b, ExpectedVersion::Any, event(4))])
+        .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(2), Position(4)));
+    assert_eq!(store.head().unwrap(), Position(4));
+    assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+    assert_eq!(store.stream_version(&stream("none")).unwrap(), Version(0));
+    assert_clean(&store);
+}
+
+/// A writer with a stale expected version gets a conflict naming both versions, and nothing of
+/// its commit is written, not even the operations before the conflicting one.
+pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    store
+        .commit(vec![append(
+            &a,
+            ExpectedVersion::Exact(Version(0)),
+            event(1),
+        )])
+        .unwrap();
+    let error = store
+        .commit(vec![
+            append(&stream("b"), ExpectedVersion::Any, event(2)),
+            append(&a, ExpectedVersion::Exact(Version(0)), event(3)),
+        ])
+        .unwrap_err();
+    match error {
+        StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        } => {
+            assert_eq!(stream, a);
+            assert_eq!(expected, Version(0));
+            assert_eq!(actual, Version(1));
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert_eq!(store.head().unwrap(), Position(1));
+    assert_eq!(store.stream_version(&stream("b")).unwrap(), Version(0));
+    assert_eq!(store.find_dedupe(&event(2).dedupe_key).unwrap(), None);
+    assert_clean(&store);
+}
+
+/// Appending a dedupe key that is stored writes nothing and returns the original position.
+pub fn a_stored_dedupe_key_writes_nothing_and_returns_the_original<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    store
+        .commit(vec![append(&a, ExpectedVersion::Any, event(1))])
+        .unwrap();
+    let retry = event(1);
+    let outcomes = store
+        .commit(vec![append(&stream("other"), ExpectedVersion::Any, retry)])
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![OpOutcome::Duplicate {
+            original: DedupeHit::Accepted {
+                stream: a.clone(),
+                version: Version(1),
+                position: Position(1),
+            }
+        }]
+    );
+    assert_eq!(store.head().unwrap(), Position(1));
+    assert_eq!(store.stream_version(&stream("other")).unwrap(), Version(0));
+    assert_clean(&store);
+}
+
+/// The same delivery twice in one commit is stored once.
+pub fn a_dedupe_key_repeated_within_one_commit_is_stored_once<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    let outcomes = store
+        .commit(vec![
+            append(&a, ExpectedVersion::Any, event(1)),
+            append(&a, ExpectedVersion::Any, event(1)),
+            park(&a, event(1)),
+        ])
+        .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
+    assert!(matches!(outcomes[1], OpOutcome::Duplicate { .. }));
+    assert!(matches!(outcomes[2], OpOutcome::Duplicate { .. }));
+    assert_eq!(store.head().unwrap(), Position(1));
+    assert!(store.parked(None).unwrap().is_empty());
+    assert_clean(&store);
+}
+
+/// The dedupe check comes first: a stale writer retrying a stored event learns where it is.
+pub fn a_retry_by_a_stale_writer_is_a_duplicate_not_a_conflict<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    store
+        .commit(vec![
+            append(&a, ExpectedVersion::Exact(Version(0)), event(1)),
+            append(&a, ExpectedVersion::Exact(Version(1)), event(2)),
+        ])
+        .unwrap();
+    let outcomes = store
+        .commit(vec![append(
+            &a,
+            ExpectedVersion::Exact(Version(0)),
+            event(1),
+        )])
+        .unwrap();
+    assert!(matches!(outcomes[0], OpOutcome::Duplicate { .. }));
+}
+
+/// Reads return what follows the given version or position, in order, up to the limit.
+pub fn reads_start_after_the_given_version_and_position_and_respect_limits<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let (a, b) = (stream("a"), stream("b"));
+    let ops = (1..=10)
+        .map(|n| {
+            append(
+                if n % 2 == 0 { &a } else { &b },
+                ExpectedVersion::Any,
+                event(n),
+            )
+        })
+        .collect();
+    store.commit(ops).unwrap();
+    let tail = store.read_stream(&a, Version(2), 100).unwrap();
+    let versions: Vec<u64> = tail.iter().map(|e| e.version.0).collect();
+    assert_eq!(versions, vec![3, 4, 5]);
+    assert!(tail.iter().all(|e| e.stream == a));
+    let limited = store.read_stream(&a, Version(0), 2).unwrap();
+    assert_eq!(limited.len(), 2);
+    let all = store.read_all(Position(7), 100).unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position.0).collect();
+    assert_eq!(positions, vec![8, 9, 10]);
+    assert_eq!(store.read_all(Position(0), 3).unwrap().len(), 3);
+    assert!(store.read_all(Position(10), 3).unwrap().is_empty());
+    assert!(store
+        .read_stream(&stream("c"), Version(0), 3)
+        .unwrap()
+        .is_empty());
+}
+
+/// `acct-1` and `acct-10` are different streams, whatever the key encoding.
+pub fn streams_whose_ids_share_a_prefix_stay_apart<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let (short, long) = (stream("acct-1"), stream("acct-10"));
+    store
+        .commit(vec![
+            append(&short, ExpectedVersion::Any, event(1)),
+            append(&long, ExpectedVersion::Any, event(2)),
+            append(&long, ExpectedVersion::Any, event(3)),
+        ])
+        .unwrap();
+    assert_eq!(store.stream_version(&short).unwrap(), Version(1));
+    assert_eq!(store.read_stream(&short, Version(0), 10).unwrap().len(), 1);
+    assert_eq!(store.read_stream(&long, Version(0), 10).unwrap().len(), 2);
+    store
+        .commit(vec![park(&short, event(4)), park(&long, event(5))])
+        .unwrap();
+    assert_eq!(store.parked(Some(&short)).unwrap().len(), 1);
+}
+
+/// A parked event that a retry accepts leaves the parked list; its record says it was parked
+/// and when it was accepted, and its dedupe entry now names its position.
+pub fn a_parked_event_accepted_by_a_retry_leaves_the_parked_list<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    let late = event(1);
+    let outcomes = store.commit(vec![park(&a, late.clone())]).unwrap();
+    assert_eq!(outcomes, vec![OpOutcome::Parked]);
+    let parked = store.parked(Some(&a)).unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].reason, "test rejection");
+    assert_eq!(parked[0].data, late);
+
+    let accepted_at = late.received_at + chrono::Duration::seconds(30);
+    let outcomes = store
+        .commit(vec![Op::Append {
+            stream: a.clone(),
+            expected: ExpectedVersion::Exact(Version(0)),
+            event: late.clone(),
+            accepted_at,
+            from_parked: true,
+        }])
+        .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
+    assert!(store.parked(None).unwrap().is_empty());
+    let stored = store.read_stream(&a, Version(0), 1).unwrap().remove(0);
+    assert!(stored.was_parked);
+    assert_eq!(stored.accepted_at, accepted_at);
+    assert_eq!(stored.data.received_at, late.received_at);
+    assert!(matches!(
+        store.find_dedupe(&late.dedupe_key).unwrap(),
+        Some(DedupeHit::Accepted {
+            position: Position(1),
+            ..
+        })
+    ));
+    assert_clean(&store);
+}
+
+/// A second delivery of a parked event is a duplicate, and a plain append of it too.
+pub fn a_duplicate_of_a_parked_event_is_recognised<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    let late = event(1);
+    store.commit(vec![park(&a, late.clone())]).unwrap();
+    let outcomes = store
+        .commit(vec![
+            park(&a, late.clone()),
+            append(&a, ExpectedVersion::Any, late.clone()),
+        ])
+        .unwrap();
+    let expected = DedupeHit::Parked {
+        stream: a.clone(),
+        event_id: late.event_id,
+    };
+    assert_eq!(
+        outcomes,
+        vec![
+            OpOutcome::Duplicate {
+                original: expected.clone()
+            },
+            OpOutcome::Duplicate { original: expected }
+        ]
+    );
+    assert_eq!(store.parked(None).unwrap().len(), 1);
+    assert_eq!(store.head().unwrap(), Position(0));
+}
+
+/// A snapshot replaces the previous one and every stream's latest is listed.
+pub fn snapshots_are_replaced_and_listed<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let (a, b) = (stream("a"), stream("b"));
+    let snapshot = |version: u64| Snapshot {
+        provider: Provider::Benji,
+        version: Version(version),
+        state: RawJson::from_string(format!("{{\"v\":{version}}}")).unwrap(),
+    };
+    store
+        .commit(vec![
+            append(&a, ExpectedVersion::Any, event(1)),
+            append(&a, ExpectedVersion::Any, event(2)),
+            append(&b, ExpectedVersion::Any, event(3)),
+            Op::PutSnapshot {
+                stream: a.clone(),
+                snapshot: snapshot(1),
+            },
+            Op::PutSnapshot {
+                stream: b.clone(),
+                snapshot: snapshot(1),
+            },
+        ])
+        .unwrap();
+    store
+        .commit(vec![Op::PutSnapshot {
+            stream: a.clone(),
+            snapshot: snapshot(2),
+        }])
+        .unwrap();
+    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
+    assert_eq!(store.snapshot(&stream("c")).unwrap(), None);
+    let mut listed = Vec::new();
+    store
+        .for_each_snapshot(&mut |session, snapshot| {
+            listed.push((session, snapshot.version));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(listed, vec![(a, Version(2)), (b, Version(1))]);
+    assert_clean(&store);
+}
+
+/// Dropping and reopening the store returns the same streams, positions, parked events and
+/// snapshots, and appends continue from the same head.
+pub fn everything_survives_a_reopen<H: Harness>() {
+    let harness = H::fresh();
+    let a = stream("a");
+    let (before_all, before_parked, before_snapshot) = {
+        let store = harness.open();
+        store
+            .commit(vec![
+                append(&a, ExpectedVersion::Any, event(1)),
+                append(&stream("b"), ExpectedVersion::Any, event(2)),
+                park(&a, event(3)),
+                Op::PutSnapshot {
+                    stream: a.clone(),
+                    snapshot: Snapshot {
+                        provider: Provider::Knot,
+                        version: Version(1),
+                        state: RawJson::from_string("{}".into()).unwrap(),
+                    },
+                },
+            ])
+            .unwrap();
+        store.sync().unwrap();
+        (
+            store.read_all(Position(0), 100).unwrap(),
+            store.parked(None).unwrap(),
+            store.snapshot(&a).unwrap(),
+        )
+    };
+    let store = harness.open();
+    assert_eq!(store.read_all(Position(0), 100).unwrap(), before_all);
+    assert_eq!(store.parked(None).unwrap(), before_parked);
+    assert_eq!(store.snapshot(&a).unwrap(), before_snapshot);
+    assert_eq!(store.head().unwrap(), Position(2));
+    let outcomes = store
+        .commit(vec![append(
+            &a,
+            ExpectedVersion::Exact(Version(1)),
+            event(4),
+        )])
+        .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(2), Position(3)));
+    assert_clean(&store);
+}
+
+/// The raw payload comes back byte for byte (key order and whitespace included).
+pub fn raw_payloads_are_kept_verbatim<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let text = "{ \"z\" : 1,\n  \"a\":[true , null] }";
+    let mut new = event(1);
+    new.raw = Some(RawJson::from_string(text.into()).unwrap());
+    store
+        .commit(vec![append(&stream("a"), ExpectedVersion::Any, new)])
+        .unwrap();
+    let stored = store.read_all(Position(0), 1).unwrap().remove(0);
+    assert_eq!(stored.data.raw.unwrap().get(), text);
+}
+
+/// An event too large to store is refused with the sizes, and nothing of the commit is written.
+pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let mut huge = event(2);
+    let padding = "x".repeat(MAX_RECORD_BYTES);
+    huge.raw = Some(RawJson::from_string(format!("\"{padding}\"")).unwrap());
+    let error = store
+        .commit(vec![
+            append(&stream("a"), ExpectedVersion::Any, event(1)),
+            append(&stream("a"), ExpectedVersion::Any, huge),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::TooLarge { limit, bytes, .. } if limit == MAX_RECORD_BYTES && bytes > limit),
+        "{error}"
+    );
+    assert_eq!(store.head().unwrap(), Position(0));
+    assert_eq!(store.find_dedupe(&event(1).dedupe_key).unwrap(), None);
+}
+
+/// After appends, duplicates, parks, retries and snapshots, verify finds nothing wrong and
+/// counts what it walked.
+pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let streams: Vec<SessionId> = (0..5).map(|n| stream(&format!("s{n}"))).collect();
+    let mut ops = Vec::new();
+    for n in 0..50u64 {
+        let target = &streams[(n % 5) as usize];
+        if n % 7 == 0 {
+            ops.push(park(target, event(n)));
+        } else {
+            ops.push(append(target, ExpectedVersion::Any, event(n)));
+        }
+        if n % 10 == 0 {
+            ops.push(append(target, ExpectedVersion::Any, event(n)));
+        }
+    }
+    store.commit(ops).unwrap();
+    let parked = store.parked(None).unwrap();
+    let retry = parked[0].clone();
+    store
+        .commit(vec![Op::Append {
+            stream: retry.stream.clone(),
+            expected: ExpectedVersion::Any,
+            event: retry.data,
+            accepted_at: Utc::now(),
+            from_parked: true,
+        }])
+        .unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    assert_eq!(report.events, store.head().unwrap().0);
+    assert_eq!(report.streams, 5);
+    assert_eq!(report.parked, parked.len() as u64 - 1);
+}
+
+/// A full scan visits each stream's events together, in version order.
+pub fn events_by_stream_come_in_stream_then_version_order<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let ops = (1..=9)
+        .map(|n| {
+            append(
+                &stream(&format!("s{}", n % 3)),
+                ExpectedVersion::Any,
+                event(n),
+            )
+        })
+        .collect();
+    store.commit(ops).unwrap();
+    let mut seen = Vec::new();
+    store
+        .for_each_event_by_stream(&mut |event| {
+            seen.push((event.stream.to_string(), event.version.0));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+    assert_eq!(seen.len(), 9);
+}

@@ -1,0 +1,81 @@
+//! The store's errors.
+
+use linkflow_core::{SessionId, Version};
+
+/// A record that cannot be read: its checksum, header or body is wrong. Names the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt record {key}: {reason}")]
+pub struct CorruptRecord {
+    /// The record, described for a person (kind, session, version or position).
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl CorruptRecord {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        CorruptRecord {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Optimistic concurrency: the stream is not at the version the writer expected. Nothing of
+    /// the commit was written.
+    #[error("version conflict on session `{stream}`: expected version {expected}, the stream is at {actual}; nothing was written")]
+    Conflict {
+        /// The stream.
+        stream: SessionId,
+        /// The version the writer expected.
+        expected: Version,
+        /// The stream's actual version.
+        actual: Version,
+    },
+    /// An event's encoded record is larger than the store accepts. Nothing was written.
+    #[error("event for session `{stream}` encodes to {bytes} bytes; the limit is {limit}; nothing was written")]
+    TooLarge {
+        /// The stream.
+        stream: SessionId,
+        /// The encoded size.
+        bytes: usize,
+        /// The limit ([`crate::MAX_RECORD_BYTES`]).
+        limit: usize,
+    },
+    /// A stored record cannot be read.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    /// The data directory is in use by another process.
+    #[error("the data directory {path} is locked by another linkflow process")]
+    Locked {
+        /// The directory.
+        path: String,
+    },
+    /// The storage backend failed.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// A file operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        match error {
+            sled::Error::Corruption { at, .. } => StoreError::Corrupt(CorruptRecord::new(
+                format!("sled page at {at:?}"),
+                "sled reported corruption",
+            )),
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}

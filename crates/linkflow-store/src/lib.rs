@@ -1,0 +1,34 @@
+//! `linkflow-store`: linkflow's append-only event log.
+//!
+//! Per-session streams with gap-free versions, a gap-free global position over all streams,
+//! idempotent appends by dedupe key, a parked log for refused events, and per-session
+//! snapshots, behind the [`EventStore`] trait. [`SledStore`] is the embedded default; the
+//! [`conformance`] suite (feature `conformance`) is written once and run against every backend.
+//!
+//! Modules:
+//! - [`store`]: the trait, the operations of an atomic commit and their outcomes.
+//! - [`record`]: what is stored (events, parked events, snapshots) and its checksummed,
+//!   versioned encoding with upcasters.
+//! - `keys`: the sled key layout (see `docs/storage.md`).
+//! - [`sled_store`]: the sled backend; `verify`: its consistency walk.
+//! - [`error`]: [`StoreError`] and [`CorruptRecord`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+mod keys;
+pub mod record;
+pub mod sled_store;
+pub mod store;
+mod verify;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{CorruptRecord, StoreError};
+pub use record::{
+    DedupeKey, NewEvent, ParkedEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES,
+    SCHEMA_VERSION,
+};
+pub use sled_store::{SledOptions, SledStore};
+pub use store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, VerifyReport};

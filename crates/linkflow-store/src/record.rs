@@ -1,0 +1,306 @@
+//! What the log stores: events, parked events and snapshots, and their on-disk encoding.
+//!
+//! Every record is `[schema version: u8][crc32 of body: u32 BE][body]`. The body is JSON (easy to
+//! inspect with any tool, and the cold-rebuild baseline decodes the same format). Decoding checks
+//! the checksum, then dispatches on the schema version through [`upcast_event`] and friends, so
+//! a record written by an older linkflow is read through an upcaster and never misread.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use linkflow_core::{Event, Position, Provider, SessionId, Version};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::CorruptRecord;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// Header bytes before the body: schema version and checksum.
+const HEADER_LEN: usize = 5;
+
+/// The largest encoded record accepted, in bytes. sled 0.34 writes a tree node whose image
+/// exceeds 128 KiB to a separate blob file; a leaf holds up to 17 entries, so records under
+/// 6 KiB keep nodes inline in the log file. Real provider payloads are well under 2 KiB; the
+/// limit stops a pathological payload from degrading every neighbour's writes.
+pub const MAX_RECORD_BYTES: usize = 6 * 1024;
+
+/// Identifies one delivery of an event: the same key twice means the same event delivered twice
+/// (a webhook retry, a double-fired callback). 16 bytes of a SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DedupeKey([u8; 16]);
+
+impl DedupeKey {
+    /// The key's length in bytes.
+    pub const LEN: usize = 16;
+
+    /// Derives a key from parts (for example provider, session, event name, time, payload
+    /// hash). Parts are length-prefixed before hashing, so ("ab", "c") and ("a", "bc") differ.
+    pub fn derive(parts: &[&[u8]]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        DedupeKey(key)
+    }
+
+    /// Wraps raw key bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        DedupeKey(bytes)
+    }
+
+    /// The key's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parses the 32-character lowercase hex form.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 32 || !hex.is_ascii() {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        for (index, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).ok()?;
+        }
+        Some(DedupeKey(key))
+    }
+}
+
+impl fmt::Display for DedupeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DedupeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DedupeKey({self})")
+    }
+}
+
+impl Serialize for DedupeKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DedupeKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        DedupeKey::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("a dedupe key is 32 lowercase hex characters"))
+    }
+}
+
+/// A JSON text kept exactly as it was written (no re-serialization, so a payload's bytes, key
+/// order and whitespace survive).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// Checks that `text` is one JSON value and keeps it verbatim.
+    pub fn from_string(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(RawJson)
+    }
+
+    /// Serializes `value` compactly.
+    pub fn from_serialize<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(RawJson)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// An event on its way into the log: the canonical event plus what the log keeps about its
+/// delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// The event's id: the provider's where it has one, else a UUID v7 minted on receipt.
+    pub event_id: Uuid,
+    /// Identifies this delivery; a second append with the same key writes nothing.
+    pub dedupe_key: DedupeKey,
+    /// The provider that sent it.
+    pub provider: Provider,
+    /// The canonical event.
+    pub event: Event,
+    /// The payload exactly as delivered, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawJson>,
+    /// When linkflow received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// An accepted event as the log holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The session stream it belongs to.
+    pub stream: SessionId,
+    /// Its version in the stream (1-based, gap-free).
+    pub version: Version,
+    /// Its position in the log of all streams (1-based, gap-free).
+    pub position: Position,
+    /// When the log accepted it: the receive time, or later when a parked event was accepted by
+    /// a retry.
+    pub accepted_at: DateTime<Utc>,
+    /// True when the event was parked first and accepted by a retry.
+    #[serde(default)]
+    pub was_parked: bool,
+    /// The event and its delivery data.
+    pub data: NewEvent,
+}
+
+/// An event the state machine refused, kept with its reason until a retry accepts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    /// The session stream it was meant for.
+    pub stream: SessionId,
+    /// Why it was refused (the rejection's message).
+    pub reason: String,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+    /// The event and its delivery data.
+    pub data: NewEvent,
+}
+
+/// A session's folded state as of a version, so that reading a session never replays its whole
+/// history. The state is opaque to the store: the engine encodes and decodes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The provider of the session.
+    pub provider: Provider,
+    /// The stream version the state includes.
+    pub version: Version,
+    /// The encoded state.
+    pub state: RawJson,
+}
+
+/// Encodes a body with the current schema version and its checksum.
+pub(crate) fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.push(SCHEMA_VERSION);
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut out, body).expect("serializing a record to memory cannot fail");
+    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[1..HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// Checks the header and checksum; returns the schema version and the body.
+fn open_record<'a>(key: &str, bytes: &'a [u8]) -> Result<(u8, &'a [u8]), CorruptRecord> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CorruptRecord::new(
+            key,
+            format!("{} bytes is shorter than the 5-byte header", bytes.len()),
+        ));
+    }
+    let schema = bytes[0];
+    let stored_crc = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let body = &bytes[HEADER_LEN..];
+    let actual_crc = crc32fast::hash(body);
+    if stored_crc != actual_crc {
+        return Err(CorruptRecord::new(
+            key,
+            format!("checksum mismatch: stored {stored_crc:08x}, computed {actual_crc:08x}"),
+        ));
+    }
+    Ok((schema, body))
+}
+
+fn decode_body<'a, T: Deserialize<'a>>(key: &str, body: &'a [u8]) -> Result<T, CorruptRecord> {
+    serde_json::from_slice(body)
+        .map_err(|error| CorruptRecord::new(key, format!("undecodable body: {error}")))
+}
+
+fn unknown_schema(key: &str, schema: u8) -> CorruptRecord {
+    CorruptRecord::new(
+        key,
+        format!(
+            "schema version {schema} is not known to this build (it reads 1..={SCHEMA_VERSION})"
+        ),
+    )
+}
+
+/// Decodes an event record of any known schema version into the current shape.
+///
+/// The upcaster: each past schema version gets an arm that reads its body and converts it to
+/// the current [`StoredEvent`]. Schema 1 is the first and current one.
+pub fn upcast_event(key: &str, bytes: &[u8]) -> Result<StoredEvent, CorruptRecord> {
+    let (schema, body) = open_record(key, bytes)?;
+    match schema {
+        1 => decode_body(key, body),
+        other => Err(unknown_schema(key, other)),
+    }
+}
+
+/// Decodes a parked record of any known schema version (see [`upcast_event`]).
+pub fn upcast_parked(key: &str, bytes: &[u8]) -> Result<ParkedEvent, CorruptRecord> {
+    let (schema, body) = open_record(key, bytes)?;
+    match schema {
+        1 => decode_body(key, body),
+        other => Err(unknown_schema(key, other)),
+    }
+}
+
+/// Decodes a snapshot record of any known schema version (see [`upcast_event`]).
+pub fn upcast_snapshot(key: &str, bytes: &[u8]) -> Result<Snapshot, CorruptRecord> {
+    let (schema, body) = open_record(key, bytes)?;
+    match schema {
+        1 => decode_body(key, body),
+        other => Err(unknown_schema(key, other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_keys_round_trip_through_hex_and_separate_their_parts() {
+        let key = DedupeKey::derive(&[b"ab", b"c"]);
+        assert_eq!(DedupeKey::from_hex(&key.to_string()), Some(key));
+        assert_ne!(key, DedupeKey::derive(&[b"a", b"bc"]));
+        assert_eq!(DedupeKey::from_hex("zz"), None);
+        assert_eq!(DedupeKey::from_hex(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn a_flipped_bit_is_a_checksum_error_naming_the_record() {
+        let mut bytes = encode(&serde_json::json!({"a": 1}));
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let error = upcast_snapshot("snapshot of `s1`", &bytes).unwrap_err();
+        assert!(error.to_string().contains("snapshot of `s1`"), "{error}");
+        assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    }
+
+    #[test]
+    fn unknown_schema_versions_and_short_records_are_errors() {
+        let mut bytes = encode(&serde_json::json!({"a": 1}));
+        bytes[0] = 9;
+        let error = upcast_event("event s1@1", &bytes).unwrap_err();
+        assert!(error.to_string().contains("schema version 9"), "{error}");
+        assert!(upcast_event("event s1@1", &[1, 2]).is_err());
+        assert!(upcast_event("event s1@1", &encode(&serde_json::json!([]))).is_err());
+    }
+}

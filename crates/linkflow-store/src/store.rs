@@ -1,0 +1,202 @@
+//! The storage trait every backend implements, and the operations a commit is made of.
+
+use std::ops::ControlFlow;
+
+use chrono::{DateTime, Utc};
+use linkflow_core::{Position, SessionId, Version};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{CorruptRecord, StoreError};
+use crate::record::{DedupeKey, NewEvent, ParkedEvent, Snapshot, StoredEvent};
+
+/// What a writer believes a stream's version to be before its append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must be at exactly this version, or the whole commit fails with
+    /// [`StoreError::Conflict`] and nothing is written.
+    Exact(Version),
+}
+
+/// One operation of an atomic commit.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Append an accepted event to `stream`.
+    ///
+    /// If its dedupe key is already stored (or appended earlier in the same commit) nothing is
+    /// written and the outcome is [`OpOutcome::Duplicate`] with the original. The dedupe check
+    /// comes before the version check: a retry of a stored event is a duplicate, not a conflict.
+    Append {
+        /// The stream.
+        stream: SessionId,
+        /// The version the writer expects before this event.
+        expected: ExpectedVersion,
+        /// The event.
+        event: NewEvent,
+        /// When the log accepts it.
+        accepted_at: DateTime<Utc>,
+        /// True when a retry accepts a parked event: its parked entry is removed in the same
+        /// commit and its dedupe entry moves from parked to accepted.
+        from_parked: bool,
+    },
+    /// Keep a refused event with its reason. A duplicate dedupe key writes nothing.
+    Park(ParkedEvent),
+    /// Replace the stream's snapshot.
+    PutSnapshot {
+        /// The stream.
+        stream: SessionId,
+        /// Its new snapshot.
+        snapshot: Snapshot,
+    },
+}
+
+/// What one [`Op`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum OpOutcome {
+    /// The event was appended.
+    Appended {
+        /// Its stream version.
+        version: Version,
+        /// Its global position.
+        position: Position,
+    },
+    /// The dedupe key was already stored: nothing was written.
+    Duplicate {
+        /// Where the original is.
+        original: DedupeHit,
+    },
+    /// The event was parked.
+    Parked,
+    /// The snapshot was stored.
+    SnapshotSaved,
+}
+
+/// Where the first delivery of a dedupe key went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DedupeHit {
+    /// It was accepted into a stream.
+    Accepted {
+        /// The stream.
+        stream: SessionId,
+        /// Its version.
+        version: Version,
+        /// Its global position.
+        position: Position,
+    },
+    /// It is parked.
+    Parked {
+        /// The stream it was meant for.
+        stream: SessionId,
+        /// Its event id.
+        event_id: Uuid,
+    },
+}
+
+/// What [`EventStore::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Accepted events walked.
+    pub events: u64,
+    /// Streams walked.
+    pub streams: u64,
+    /// Parked events walked.
+    pub parked: u64,
+    /// Snapshots walked.
+    pub snapshots: u64,
+    /// Every inconsistency found.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub(crate) fn problem(&mut self, record: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            record: record.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// One inconsistency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The record it concerns.
+    pub record: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<CorruptRecord> for Problem {
+    fn from(error: CorruptRecord) -> Self {
+        Problem {
+            record: error.key,
+            message: error.reason,
+        }
+    }
+}
+
+/// An append-only event log of session streams with a global order.
+///
+/// Contract (checked by the conformance suite in [`crate::conformance`] for every backend):
+/// - a commit is atomic: after any crash, all of its operations are present or none;
+/// - versions per stream and positions over all streams start at 1 and have no gaps;
+/// - an accepted event is never rewritten or deleted;
+/// - a dedupe key is stored once; later appends of it write nothing and report the original;
+/// - [`EventStore::sync`] returns once every committed operation is on stable storage.
+pub trait EventStore: Send + Sync + 'static {
+    /// Applies `ops` in order, atomically. On an error nothing is written.
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError>;
+
+    /// Makes every committed operation durable.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// The position of the last accepted event ([`Position::START`] when empty).
+    fn head(&self) -> Result<Position, StoreError>;
+
+    /// The stream's version ([`Version::EMPTY`] when it has no event).
+    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError>;
+
+    /// Up to `limit` events of `stream` with versions after `after`, in version order.
+    fn read_stream(
+        &self,
+        stream: &SessionId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `limit` events of all streams with positions after `after`, in position order.
+    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Where a dedupe key's first delivery went, if it was stored.
+    fn find_dedupe(&self, key: &DedupeKey) -> Result<Option<DedupeHit>, StoreError>;
+
+    /// The parked events of one stream, or of all streams, in stream then event-id order.
+    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError>;
+
+    /// The stream's snapshot, if one was stored.
+    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Calls `visit` with every stream's snapshot in stream order, until it breaks.
+    fn for_each_snapshot(
+        &self,
+        visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// Calls `visit` with every accepted event, stream by stream in version order, until it
+    /// breaks. This is the order a rebuild of every session state wants.
+    fn for_each_event_by_stream(
+        &self,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// Walks the log, the indexes and the snapshots and reports every inconsistency.
+    fn verify(&self) -> Result<VerifyReport, StoreError>;
+}
