@@ -91,6 +91,7 @@ pub fn event(n: u64) -> NewEvent {
         dedupe_key: DedupeKey::derive(&[b"conformance", &n.to_be_bytes()]),
         provider: Provider::Moneykit,
         event: Event::new(EventKind::ScreenChanged).with_screen(format!("screen {n}")),
+        raw_name: Some("change_screen".into()),
         raw: Some(
             RawJson::from_string(format!("{{\"name\": \"change_screen\", \"n\": {n}}}"))
                 .expect("valid JSON"),

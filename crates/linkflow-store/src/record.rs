@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::CorruptRecord;
+use crate::error::{CorruptRecord, StoreError};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u8 = 1;
@@ -144,6 +144,10 @@ pub struct NewEvent {
     pub provider: Provider,
     /// The canonical event.
     pub event: Event,
+    /// The event name as the provider sent it (`submit_credentials`, `onSuccess`,
+    /// `AUTHENTICATED`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_name: Option<String>,
     /// The payload exactly as delivered, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<RawJson>,
@@ -193,6 +197,58 @@ pub struct Snapshot {
     pub version: Version,
     /// The encoded state.
     pub state: RawJson,
+}
+
+/// The same fields as [`StoredEvent`], borrowed, to measure a record before it exists.
+#[derive(Serialize)]
+struct StoredEventRef<'a> {
+    stream: &'a SessionId,
+    version: Version,
+    position: Position,
+    accepted_at: DateTime<Utc>,
+    was_parked: bool,
+    data: &'a NewEvent,
+}
+
+/// Counts bytes instead of storing them.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Slack for the fields that differ between this estimate and the real record (the
+/// acceptance time of a retried parked event prints with a different number of digits).
+const SIZE_SLACK: usize = 64;
+
+/// Fails with [`StoreError::TooLarge`] when `event` could not be stored in `stream`, so that a
+/// writer can refuse one event instead of failing a whole group commit.
+pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), StoreError> {
+    let mut counter = ByteCounter(HEADER_LEN + SIZE_SLACK);
+    let record = StoredEventRef {
+        stream,
+        version: Version(u64::MAX),
+        position: Position(u64::MAX),
+        accepted_at: event.received_at,
+        was_parked: true,
+        data: event,
+    };
+    serde_json::to_writer(&mut counter, &record).expect("serializing to a counter cannot fail");
+    if counter.0 > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge {
+            stream: stream.clone(),
+            bytes: counter.0,
+            limit: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Encodes a body with the current schema version and its checksum.

@@ -1,0 +1,95 @@
+//! How an [`crate::Engine`] is opened.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use linkflow_store::EventStore;
+
+/// When an ingest call returns relative to the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// The call returns after its events are on stable storage (sled flush plus an fsync of
+    /// its files). Concurrent calls share one fsync (group commit). The default.
+    #[default]
+    Fsync,
+    /// The call returns once its events are committed in memory; sled writes them within its
+    /// background flush interval. A crash can lose the last acknowledged events.
+    Buffered,
+}
+
+/// Where the engine keeps its log.
+#[derive(Clone)]
+pub enum StoreChoice {
+    /// The embedded default: sled in this directory.
+    Sled {
+        /// The data directory.
+        path: PathBuf,
+        /// sled's page cache, in bytes: bounds the store's memory.
+        cache_capacity_bytes: u64,
+    },
+    /// A store the caller opened (another backend, or a store shared with other code).
+    Custom(Arc<dyn EventStore>),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sled { path, .. } => write!(f, "Sled({})", path.display()),
+            StoreChoice::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+/// Everything [`crate::Engine::open_with`] needs. Start from [`EngineConfig::new`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The log.
+    pub store: StoreChoice,
+    /// When ingest calls return.
+    pub durability: Durability,
+    /// Session states kept in memory. A miss costs one snapshot read plus the events after it.
+    pub cache_sessions: usize,
+    /// The most events one group commit takes; callers beyond it wait for the next one.
+    pub max_batch_events: usize,
+    /// Parked events kept per session. Past it, a further refused event for that session is
+    /// not stored: its ingest reports [`crate::EventError::ParkedLimit`], so the sender learns
+    /// it (a webhook sender retries later) and one broken session cannot grow the log without
+    /// bound.
+    pub max_parked_per_session: u32,
+}
+
+/// Default for [`EngineConfig::cache_sessions`]: at ~300 bytes a state, about 30 MB.
+pub const DEFAULT_CACHE_SESSIONS: usize = 100_000;
+
+/// Default for [`EngineConfig::max_batch_events`]: large enough to amortize an fsync (~0.2 ms
+/// on the reference disk) over thousands of events, small enough that one commit stays a few
+/// milliseconds.
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 4_096;
+
+/// Default for [`EngineConfig::max_parked_per_session`]. A real session has a handful of
+/// out-of-order events; 256 refused events for one session means a broken sender.
+pub const DEFAULT_MAX_PARKED_PER_SESSION: u32 = 256;
+
+impl EngineConfig {
+    /// Defaults on sled in `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            store: StoreChoice::Sled {
+                path: path.into(),
+                cache_capacity_bytes: 64 * 1024 * 1024,
+            },
+            durability: Durability::Fsync,
+            cache_sessions: DEFAULT_CACHE_SESSIONS,
+            max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            max_parked_per_session: DEFAULT_MAX_PARKED_PER_SESSION,
+        }
+    }
+
+    /// Defaults on a store the caller opened.
+    pub fn with_store(store: Arc<dyn EventStore>) -> Self {
+        EngineConfig {
+            store: StoreChoice::Custom(store),
+            ..EngineConfig::new(PathBuf::new())
+        }
+    }
+}

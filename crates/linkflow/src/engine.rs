@@ -1,0 +1,240 @@
+//! The engine handle users embed.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use linkflow_core::{Position, Session, SessionId, Version};
+use linkflow_store::{EventStore, ParkedEvent, SledOptions, SledStore, VerifyReport};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cache::SessionCache;
+use crate::config::{EngineConfig, StoreChoice};
+use crate::error::EngineError;
+use crate::ingest::{IncomingEvent, IngestOutcome, Redriven};
+use crate::query::{self, HistoryEntry, SessionFilter, SessionView};
+use crate::subscribe::Subscription;
+use crate::writer::{run_writer, Request, Shared};
+
+/// Requests waiting for the writer at most; senders beyond it wait (back-pressure).
+const REQUEST_QUEUE: usize = 4_096;
+
+/// The linkflow engine: link sessions as state machines over a durable event log.
+///
+/// Cheap to clone; every clone drives the same engine. Ingests from all clones go through one
+/// writer thread that group-commits them; queries read the store directly.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), linkflow::EngineError> {
+/// use linkflow::{Engine, IncomingEvent};
+/// use linkflow_core::{Event, EventKind, Provider, SessionId};
+///
+/// let engine = Engine::open("./linkflow-data")?;
+/// let session = SessionId::new("sess_1").unwrap();
+/// let outcome = engine
+///     .ingest(IncomingEvent::new(session.clone(), Provider::Moneykit, Event::new(EventKind::Opened)))
+///     .await?;
+/// println!("{outcome:?}");
+/// println!("{:?}", engine.session(&session).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Engine {
+    /// Opens (or creates) an engine on sled in `path` with the default configuration.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Engine, EngineError> {
+        Engine::open_with(EngineConfig::new(path))
+    }
+
+    /// Opens an engine with `config`. Blocks while the store opens.
+    pub fn open_with(config: EngineConfig) -> Result<Engine, EngineError> {
+        if config.cache_sessions == 0 || config.max_batch_events == 0 {
+            return Err(EngineError::InvalidConfig(
+                "cache_sessions and max_batch_events must be at least 1".into(),
+            ));
+        }
+        let store: Arc<dyn EventStore> = match config.store {
+            StoreChoice::Sled {
+                path,
+                cache_capacity_bytes,
+            } => {
+                let mut options = SledOptions::new(path);
+                options.cache_capacity_bytes = cache_capacity_bytes;
+                Arc::new(SledStore::open_with(options)?)
+            }
+            StoreChoice::Custom(store) => store,
+        };
+        // Whatever is in the log at open was written by an earlier run; make it durable before
+        // anyone can observe it, so a subscriber never sees an event a crash could take back.
+        store.sync()?;
+        let (visible, _) = watch::channel(store.head()?);
+        let shared = Arc::new(Shared {
+            store,
+            cache: Mutex::new(SessionCache::new(config.cache_sessions)),
+            visible,
+            durability: config.durability,
+            max_batch_events: config.max_batch_events,
+            max_parked_per_session: config.max_parked_per_session,
+        });
+        let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("linkflow-writer".into())
+            .spawn(move || run_writer(writer_shared, receiver))
+            .map_err(|error| {
+                EngineError::InvalidConfig(format!("cannot start the writer thread: {error}"))
+            })?;
+        Ok(Engine {
+            shared,
+            requests,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Request,
+    ) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        answer.await.map_err(|_| EngineError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn EventStore) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || read(shared.store.as_ref()))
+            .await
+            .map_err(|_| EngineError::Closed)?
+    }
+
+    /// Ingests one event. Returns once it is decided and, under `Durability::Fsync`, on disk.
+    pub async fn ingest(&self, event: IncomingEvent) -> Result<IngestOutcome, EngineError> {
+        let mut outcomes = self.ingest_batch(vec![event]).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Ingests events in order, in one group commit; returns what happened to each, in order.
+    pub async fn ingest_batch(
+        &self,
+        events: Vec<IncomingEvent>,
+    ) -> Result<Vec<IngestOutcome>, EngineError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(|reply| Request::Ingest { events, reply }).await
+    }
+
+    /// Retries parked events now (of one session, or of all), accepting those that have become
+    /// legal. Returns what was accepted.
+    pub async fn redrive(&self, session: Option<SessionId>) -> Result<Vec<Redriven>, EngineError> {
+        self.call(|reply| Request::Redrive { session, reply }).await
+    }
+
+    /// The session's current state, or `None` if it has no event and no parked event.
+    pub async fn session(&self, id: &SessionId) -> Result<Option<SessionView>, EngineError> {
+        if let Some(state) = self.shared.cache().get(id) {
+            return Ok(Some(SessionView {
+                session_id: id.clone(),
+                provider: state.provider,
+                state: state.session,
+                parked: state.parked,
+            }));
+        }
+        let id = id.clone();
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let Some(state) = query::load_state(shared.store.as_ref(), &id)? else {
+                return Ok(None);
+            };
+            Ok(Some(SessionView {
+                session_id: id,
+                provider: state.provider,
+                state: state.session,
+                parked: state.parked,
+            }))
+        })
+        .await
+        .map_err(|_| EngineError::Closed)?
+    }
+
+    /// The session as it was after its first `version` events.
+    pub async fn session_at(
+        &self,
+        id: &SessionId,
+        version: Version,
+    ) -> Result<Option<Session>, EngineError> {
+        let id = id.clone();
+        self.read(move |store| query::session_at(store, &id, version))
+            .await
+    }
+
+    /// Every accepted event of the session with the phase before and after it; `None` if the
+    /// session has no accepted event.
+    pub async fn history(&self, id: &SessionId) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
+        let id = id.clone();
+        self.read(move |store| query::history(store, &id)).await
+    }
+
+    /// Sessions matching `filter`, in id order.
+    pub async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionView>, EngineError> {
+        self.read(move |store| query::sessions(store, &filter))
+            .await
+    }
+
+    /// Parked events of one session, or of all sessions.
+    pub async fn parked(
+        &self,
+        session: Option<SessionId>,
+    ) -> Result<Vec<ParkedEvent>, EngineError> {
+        self.read(move |store| Ok(store.parked(session.as_ref())?))
+            .await
+    }
+
+    /// Committed events with positions after `after`, in global order: the log first, then live.
+    pub fn subscribe(&self, after: Position) -> Subscription {
+        Subscription::new(
+            Arc::clone(&self.shared.store),
+            self.shared.visible.subscribe(),
+            after,
+        )
+    }
+
+    /// The position of the last committed event.
+    pub fn head(&self) -> Result<Position, EngineError> {
+        Ok(self.shared.store.head()?)
+    }
+
+    /// Walks the log, its indexes and snapshots, folds every session, and reports every
+    /// inconsistency.
+    pub async fn verify(&self) -> Result<VerifyReport, EngineError> {
+        self.read(crate::verify::verify).await
+    }
+
+    /// Stops taking ingests, waits for the ones already queued, syncs, and stops the writer.
+    /// Other clones of this engine get [`EngineError::Closed`] afterwards.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let result = self.call(|reply| Request::Shutdown { reply }).await;
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        match result {
+            Err(EngineError::Closed) => Ok(()),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The engine's errors.
+
+use std::sync::Arc;
+
+use linkflow_core::{Provider, ReplayError, SessionId};
+use linkflow_store::StoreError;
+
+/// Why an engine call failed as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The log failed (I/O, corruption, a lock held by another process).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// A stored stream no longer folds: an event the log accepted is refused on replay. The log
+    /// is inconsistent with the transition table (see `verify`).
+    #[error("session `{session}` does not fold from its log: {error}")]
+    Replay {
+        /// The session.
+        session: SessionId,
+        /// Where the replay stopped.
+        error: ReplayError,
+    },
+    /// A version past the session's last one was asked for.
+    #[error("session `{session}` has {current} events; version {requested} does not exist")]
+    VersionOutOfRange {
+        /// The session.
+        session: SessionId,
+        /// The version asked for.
+        requested: linkflow_core::Version,
+        /// The session's last version.
+        current: linkflow_core::Version,
+    },
+    /// The engine was shut down (or its writer stopped) before the call completed. Whether the
+    /// call's events were stored is unknown: retry them (appends are idempotent).
+    #[error("the engine is shut down")]
+    Closed,
+    /// The configuration cannot work.
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        EngineError::Store(Arc::new(error))
+    }
+}
+
+/// Why one event of an ingest was not stored. The rest of the batch is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventError {
+    /// The event encodes to a record larger than the log accepts.
+    #[error("event for session `{session}` encodes to {bytes} bytes; the limit is {limit}")]
+    TooLarge {
+        /// The session.
+        session: SessionId,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The session already has the most parked events allowed.
+    #[error("session `{session}` already has {limit} parked events; this refused event was not stored (reason: {reason})")]
+    ParkedLimit {
+        /// The session.
+        session: SessionId,
+        /// The limit ([`crate::EngineConfig::max_parked_per_session`]).
+        limit: u32,
+        /// Why the state machine refused the event.
+        reason: String,
+    },
+    /// The session belongs to another provider.
+    #[error("session `{session}` belongs to provider {stored}, not {incoming}")]
+    ProviderMismatch {
+        /// The session.
+        session: SessionId,
+        /// The provider its first event came from.
+        stored: Provider,
+        /// The provider of this event.
+        incoming: Provider,
+    },
+}

@@ -1,0 +1,40 @@
+//! `linkflow`: the engine users embed. Link sessions as explicit state machines over a durable,
+//! append-only event log.
+//!
+//! [`Engine`] takes decoded provider events ([`IncomingEvent`]), decides each against its
+//! session's state with the transition table of `linkflow_core`, and stores it: accepted
+//! events go to the session's stream, refused ones are parked with their reason and retried
+//! after every later accepted event of the session, and duplicates are recognised by their
+//! dedupe key and stored once. Every accepted event is durable when the call returns (under the
+//! default [`Durability::Fsync`]); concurrent callers share one fsync.
+//!
+//! Modules:
+//! - `engine`: the [`Engine`] handle: ingest, queries, subscriptions, verify.
+//! - `writer`: the writer thread and its group commit.
+//! - `query`: sessions from snapshot plus tail, histories, lists.
+//! - `subscribe`: catch-up subscriptions over the global order.
+//! - `cache`: the bounded session cache.
+//! - `verify`: the consistency check.
+//! - [`config`], [`error`], [`ingest`]: what goes in and comes out.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cache;
+pub mod config;
+mod engine;
+pub mod error;
+pub mod ingest;
+mod query;
+mod subscribe;
+mod verify;
+mod writer;
+
+pub use config::{Durability, EngineConfig, StoreChoice};
+pub use engine::Engine;
+pub use error::{EngineError, EventError};
+pub use ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
+pub use query::{HistoryEntry, SessionFilter, SessionView};
+pub use subscribe::Subscription;
+
+pub use linkflow_core as core;
+pub use linkflow_store as store;

@@ -1,0 +1,81 @@
+//! Catch-up subscriptions over the global order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use linkflow_core::Position;
+use linkflow_store::{EventStore, StoredEvent};
+use tokio::sync::watch;
+
+use crate::error::EngineError;
+
+/// Events read per store call while catching up.
+const CATCH_UP_CHUNK: usize = 512;
+
+/// Committed events in global order from a position: first the log from there (catch-up), then
+/// live events as they commit. There is no gap and no duplicate across the hand-over because
+/// both phases read the same log by position; the notification of new commits is only a
+/// wake-up.
+///
+/// Under `Durability::Fsync` a subscriber sees an event only once it is durable, so nothing it
+/// saw can disappear in a crash.
+pub struct Subscription {
+    store: Arc<dyn EventStore>,
+    visible: watch::Receiver<Position>,
+    after: Position,
+    buffer: VecDeque<StoredEvent>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        store: Arc<dyn EventStore>,
+        visible: watch::Receiver<Position>,
+        after: Position,
+    ) -> Self {
+        Subscription {
+            store,
+            visible,
+            after,
+            buffer: VecDeque::new(),
+        }
+    }
+
+    /// The position of the last event returned (or the starting point).
+    pub fn position(&self) -> Position {
+        self.after
+    }
+
+    /// The next event, waiting for one to commit if the subscriber is caught up. Fails with
+    /// [`EngineError::Closed`] once the engine is gone and every committed event was returned.
+    pub async fn next(&mut self) -> Result<StoredEvent, EngineError> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.after = event.position;
+                return Ok(event);
+            }
+            let visible = *self.visible.borrow_and_update();
+            if visible > self.after {
+                let store = Arc::clone(&self.store);
+                let after = self.after;
+                let limit = CATCH_UP_CHUNK.min((visible.0 - after.0) as usize);
+                let events = tokio::task::spawn_blocking(move || store.read_all(after, limit))
+                    .await
+                    .map_err(|_| EngineError::Closed)??;
+                self.buffer
+                    .extend(events.into_iter().filter(|event| event.position <= visible));
+                if self.buffer.is_empty() {
+                    // The index says nothing is there yet; wait for the next commit.
+                    self.visible
+                        .changed()
+                        .await
+                        .map_err(|_| EngineError::Closed)?;
+                }
+                continue;
+            }
+            self.visible
+                .changed()
+                .await
+                .map_err(|_| EngineError::Closed)?;
+        }
+    }
+}

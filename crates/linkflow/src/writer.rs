@@ -1,0 +1,675 @@
+//! The write path: one writer thread takes every waiting request, decides each event against
+//! its session's state, writes the whole group in one atomic commit, makes it durable with one
+//! fsync, then answers every caller (group commit).
+//!
+//! Per-session order is arrival order: requests are taken from one queue in the order they
+//! were sent, and each event is decided against the state left by the events before it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use linkflow_core::{Phase, Position, Provider, Session, SessionId};
+use linkflow_store::{
+    record::check_event_size, DedupeHit, DedupeKey, EventStore, ExpectedVersion, NewEvent, Op,
+    OpOutcome, ParkedEvent, RawJson, Snapshot, StoreError,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::cache::{SessionCache, SessionState};
+use crate::config::Durability;
+use crate::error::{EngineError, EventError};
+use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
+use crate::query::load_state;
+
+/// How often a batch is planned again after a version conflict (another writer on a shared
+/// store got there first) before its callers get the error.
+const MAX_CONFLICT_RETRIES: usize = 3;
+
+/// State shared by the engine handle, the writer thread and the readers.
+pub(crate) struct Shared {
+    pub store: Arc<dyn EventStore>,
+    pub cache: Mutex<SessionCache>,
+    /// The last position subscribers may see: durable under `Fsync`, committed under `Buffered`.
+    pub visible: watch::Sender<Position>,
+    pub durability: Durability,
+    pub max_batch_events: usize,
+    pub max_parked_per_session: u32,
+}
+
+impl Shared {
+    pub fn cache(&self) -> MutexGuard<'_, SessionCache> {
+        // The cache holds clones of committed states only; a panic elsewhere cannot leave it
+        // half-updated.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Work for the writer thread.
+pub(crate) enum Request {
+    Ingest {
+        events: Vec<IncomingEvent>,
+        reply: Reply<Vec<IngestOutcome>>,
+    },
+    Redrive {
+        session: Option<SessionId>,
+        reply: Reply<Vec<Redriven>>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+impl Request {
+    fn event_count(&self) -> usize {
+        match self {
+            Request::Ingest { events, .. } => events.len(),
+            Request::Redrive { .. } | Request::Shutdown { .. } => 1,
+        }
+    }
+}
+
+/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`, after a last
+/// sync.
+pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut group = Vec::new();
+        let mut events = 0;
+        let mut shutdown = None;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            if let Request::Shutdown { reply } = request {
+                shutdown = Some(reply);
+                break;
+            }
+            events += request.event_count();
+            group.push(request);
+            if events < shared.max_batch_events {
+                next = requests.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            process_group(&shared, group);
+        }
+        if let Some(reply) = shutdown {
+            let result = shared.store.sync().map_err(EngineError::from);
+            publish_head(&shared);
+            let _ = reply.send(result);
+            return;
+        }
+    }
+    let _ = shared.store.sync();
+}
+
+fn publish_head(shared: &Shared) {
+    if let Ok(head) = shared.store.head() {
+        shared.visible.send_if_modified(|visible| {
+            let moved = head > *visible;
+            if moved {
+                *visible = head;
+            }
+            moved
+        });
+    }
+}
+
+/// A parked event a retry accepted, before its commit says where it went.
+struct PlannedRedrive {
+    op: usize,
+    session: SessionId,
+    event_id: Uuid,
+    phase_after: Phase,
+}
+
+/// An event's fate, before the commit fills in versions and positions.
+enum Planned {
+    Append {
+        op: usize,
+        session: SessionId,
+        phase_before: Phase,
+        phase_after: Phase,
+        redriven: Vec<PlannedRedrive>,
+    },
+    Park {
+        op: usize,
+        session: SessionId,
+        event_id: Uuid,
+        reason: String,
+    },
+    /// The same dedupe key came earlier in this group.
+    DuplicateOfOp {
+        op: usize,
+        session: SessionId,
+    },
+    Duplicate {
+        session: SessionId,
+        original: DedupeHit,
+    },
+    Refused(EventError),
+}
+
+enum PlannedRequest {
+    Ingest(Vec<Planned>),
+    Redrive(Vec<PlannedRedrive>),
+}
+
+/// A session being changed by this group: a copy of its state, its parked events once needed,
+/// and whether its snapshot must be rewritten.
+struct Working {
+    state: SessionState,
+    parked: Option<Vec<ParkedEvent>>,
+    dirty: bool,
+}
+
+/// One group's plan: the operations to commit and the copies of the states they lead to.
+struct Plan<'a> {
+    shared: &'a Shared,
+    now: DateTime<Utc>,
+    sessions: HashMap<SessionId, Working>,
+    ops: Vec<Op>,
+    /// Session and event id of every op, to describe duplicates of it.
+    op_events: Vec<(SessionId, Uuid)>,
+    /// Dedupe keys appended or parked in this group, and the op that did it.
+    keys: HashMap<DedupeKey, usize>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Plan {
+            shared,
+            now: Utc::now(),
+            sessions: HashMap::new(),
+            ops: Vec::new(),
+            op_events: Vec::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, op: Op, session: &SessionId, event_id: Uuid, key: DedupeKey) -> usize {
+        let index = self.ops.len();
+        self.ops.push(op);
+        self.op_events.push((session.clone(), event_id));
+        self.keys.insert(key, index);
+        index
+    }
+
+    /// The working copy of a session, loaded from the cache or the store on first use.
+    fn working(
+        &mut self,
+        session: &SessionId,
+        provider: Provider,
+    ) -> Result<&mut Working, EngineError> {
+        if !self.sessions.contains_key(session) {
+            let cached = self.shared.cache().get(session);
+            let state = match cached {
+                Some(state) => state,
+                None => load_state(self.shared.store.as_ref(), session)?.unwrap_or(SessionState {
+                    provider,
+                    session: Session::new(),
+                    parked: 0,
+                }),
+            };
+            self.sessions.insert(
+                session.clone(),
+                Working {
+                    state,
+                    parked: None,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self
+            .sessions
+            .get_mut(session)
+            .expect("the session was inserted just above"))
+    }
+
+    fn load_parked(&mut self, session: &SessionId) -> Result<(), EngineError> {
+        let store = Arc::clone(&self.shared.store);
+        let working = self
+            .sessions
+            .get_mut(session)
+            .expect("load_parked is called for a working session");
+        if working.parked.is_none() {
+            working.parked = Some(store.parked(Some(session))?);
+        }
+        Ok(())
+    }
+
+    fn plan_event(&mut self, incoming: &IncomingEvent) -> Result<Planned, EngineError> {
+        let session = &incoming.session;
+        let key = incoming
+            .dedupe_key
+            .unwrap_or_else(|| default_dedupe_key(incoming));
+        if let Some(&op) = self.keys.get(&key) {
+            return Ok(Planned::DuplicateOfOp {
+                op,
+                session: session.clone(),
+            });
+        }
+        if let Some(original) = self.shared.store.find_dedupe(&key)? {
+            return Ok(Planned::Duplicate {
+                session: session.clone(),
+                original,
+            });
+        }
+        let new = NewEvent {
+            event_id: incoming.event_id.unwrap_or_else(Uuid::now_v7),
+            dedupe_key: key,
+            provider: incoming.provider,
+            event: incoming.event.clone(),
+            raw_name: incoming.raw_name.clone(),
+            raw: incoming.raw.clone(),
+            received_at: incoming.received_at.unwrap_or(self.now),
+        };
+        if let Err(StoreError::TooLarge { bytes, limit, .. }) = check_event_size(session, &new) {
+            return Ok(Planned::Refused(EventError::TooLarge {
+                session: session.clone(),
+                bytes,
+                limit,
+            }));
+        }
+        let max_parked = self.shared.max_parked_per_session;
+        let working = self.working(session, incoming.provider)?;
+        if working.state.provider != incoming.provider {
+            return Ok(Planned::Refused(EventError::ProviderMismatch {
+                session: session.clone(),
+                stored: working.state.provider,
+                incoming: incoming.provider,
+            }));
+        }
+        let before = working.state.session.version();
+        match working.state.session.apply_in_place(&new.event) {
+            Ok(applied) => {
+                working.dirty = true;
+                let event_id = new.event_id;
+                let op = self.push(
+                    Op::Append {
+                        stream: session.clone(),
+                        expected: ExpectedVersion::Exact(before),
+                        accepted_at: new.received_at,
+                        event: new,
+                        from_parked: false,
+                    },
+                    session,
+                    event_id,
+                    key,
+                );
+                let redriven = self.retry_parked(session)?;
+                Ok(Planned::Append {
+                    op,
+                    session: session.clone(),
+                    phase_before: applied.phase_before,
+                    phase_after: applied.phase_after,
+                    redriven,
+                })
+            }
+            Err(rejection) => {
+                let reason = rejection.to_string();
+                if working.state.parked >= max_parked {
+                    return Ok(Planned::Refused(EventError::ParkedLimit {
+                        session: session.clone(),
+                        limit: max_parked,
+                        reason,
+                    }));
+                }
+                working.state.parked += 1;
+                self.load_parked(session)?;
+                let parked = ParkedEvent {
+                    stream: session.clone(),
+                    reason: reason.clone(),
+                    parked_at: self.now,
+                    data: new,
+                };
+                let event_id = parked.data.event_id;
+                self.sessions
+                    .get_mut(session)
+                    .and_then(|working| working.parked.as_mut())
+                    .expect("the parked list was loaded just above")
+                    .push(parked.clone());
+                let op = self.push(Op::Park(parked), session, event_id, key);
+                Ok(Planned::Park {
+                    op,
+                    session: session.clone(),
+                    event_id,
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Retries the session's parked events, oldest event time first, accepting every one that
+    /// has become legal, until none is.
+    fn retry_parked(&mut self, session: &SessionId) -> Result<Vec<PlannedRedrive>, EngineError> {
+        let mut redriven = Vec::new();
+        if self
+            .sessions
+            .get(session)
+            .is_none_or(|working| working.state.parked == 0)
+        {
+            return Ok(redriven);
+        }
+        self.load_parked(session)?;
+        loop {
+            let working = self
+                .sessions
+                .get_mut(session)
+                .expect("retry_parked is called for a working session");
+            let list = working
+                .parked
+                .as_mut()
+                .expect("the parked list was loaded before the loop");
+            list.sort_by_key(|parked| {
+                (
+                    parked
+                        .data
+                        .event
+                        .occurred_at
+                        .unwrap_or(parked.data.received_at),
+                    parked.data.received_at,
+                    parked.data.event_id,
+                )
+            });
+            let Some(index) = list
+                .iter()
+                .position(|parked| working.state.session.check(&parked.data.event).is_ok())
+            else {
+                break;
+            };
+            let parked = list.remove(index);
+            let before = working.state.session.version();
+            let applied = working
+                .state
+                .session
+                .apply_in_place(&parked.data.event)
+                .expect("check accepted this event against the same state");
+            working.state.parked -= 1;
+            working.dirty = true;
+            let event_id = parked.data.event_id;
+            let key = parked.data.dedupe_key;
+            let op = self.push(
+                Op::Append {
+                    stream: session.clone(),
+                    expected: ExpectedVersion::Exact(before),
+                    event: parked.data,
+                    accepted_at: self.now,
+                    from_parked: true,
+                },
+                session,
+                event_id,
+                key,
+            );
+            redriven.push(PlannedRedrive {
+                op,
+                session: session.clone(),
+                event_id,
+                phase_after: applied.phase_after,
+            });
+        }
+        Ok(redriven)
+    }
+
+    /// Retries parked events by hand. The store's parked list is the truth here, not the cached
+    /// count: entries may have been parked by another writer on a shared store.
+    fn plan_redrive(
+        &mut self,
+        only: Option<&SessionId>,
+    ) -> Result<Vec<PlannedRedrive>, EngineError> {
+        let mut by_session: Vec<(SessionId, Provider, Vec<ParkedEvent>)> = Vec::new();
+        for entry in self.shared.store.parked(only)? {
+            match by_session.last_mut() {
+                Some((id, _, list)) if *id == entry.stream => list.push(entry),
+                _ => by_session.push((entry.stream.clone(), entry.data.provider, vec![entry])),
+            }
+        }
+        let mut redriven = Vec::new();
+        for (session, provider, list) in by_session {
+            let working = self.working(&session, provider)?;
+            // A list loaded earlier in this group also holds this group's own parks: keep it.
+            let list = working.parked.get_or_insert(list);
+            working.state.parked = u32::try_from(list.len()).unwrap_or(u32::MAX);
+            redriven.extend(self.retry_parked(&session)?);
+        }
+        Ok(redriven)
+    }
+
+    /// Adds a snapshot of every session this group changed.
+    fn finish(&mut self) -> Vec<Op> {
+        for (session, working) in &self.sessions {
+            if working.dirty {
+                let state = RawJson::from_serialize(&working.state.session)
+                    .expect("serializing a session to memory cannot fail");
+                self.ops.push(Op::PutSnapshot {
+                    stream: session.clone(),
+                    snapshot: Snapshot {
+                        provider: working.state.provider,
+                        version: working.state.session.version(),
+                        state,
+                    },
+                });
+            }
+        }
+        std::mem::take(&mut self.ops)
+    }
+}
+
+fn process_group(shared: &Shared, group: Vec<Request>) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut plan = Plan::new(shared);
+        let planned: Result<Vec<PlannedRequest>, EngineError> = group
+            .iter()
+            .map(|request| match request {
+                Request::Ingest { events, .. } => events
+                    .iter()
+                    .map(|event| plan.plan_event(event))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(PlannedRequest::Ingest),
+                Request::Redrive { session, .. } => plan
+                    .plan_redrive(session.as_ref())
+                    .map(PlannedRequest::Redrive),
+                Request::Shutdown { .. } => unreachable!("shutdown is never part of a group"),
+            })
+            .collect();
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(error) => return fail_group(group, &error),
+        };
+        let ops = plan.finish();
+        let op_count = ops.len();
+        let outcomes = if ops.is_empty() {
+            Ok(Vec::new())
+        } else {
+            shared.store.commit(ops)
+        };
+        match outcomes {
+            Ok(outcomes) if outcomes.len() != op_count => {
+                evict(shared, plan.sessions.keys());
+                let error = StoreError::Backend(format!(
+                    "the store answered {} outcomes for {op_count} operations",
+                    outcomes.len()
+                ));
+                return fail_group(group, &EngineError::from(error));
+            }
+            Ok(outcomes) => return complete_group(shared, plan, group, planned, &outcomes),
+            Err(StoreError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => {
+                evict(shared, plan.sessions.keys());
+            }
+            Err(error) => {
+                evict(shared, plan.sessions.keys());
+                return fail_group(group, &EngineError::from(error));
+            }
+        }
+    }
+}
+
+fn evict<'s>(shared: &Shared, sessions: impl Iterator<Item = &'s SessionId>) {
+    let mut cache = shared.cache();
+    for session in sessions {
+        cache.remove(session);
+    }
+}
+
+fn fail_group(group: Vec<Request>, error: &EngineError) {
+    for request in group {
+        match request {
+            Request::Ingest { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Request::Redrive { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Request::Shutdown { reply } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Turns commit outcomes into answers, updates the cache, syncs, and replies.
+fn complete_group(
+    shared: &Shared,
+    plan: Plan<'_>,
+    group: Vec<Request>,
+    planned: Vec<PlannedRequest>,
+    outcomes: &[OpOutcome],
+) {
+    let mut unexpected: Vec<SessionId> = Vec::new();
+    let describe_op = |op: usize| -> Option<DedupeHit> {
+        let (stream, event_id) = plan.op_events[op].clone();
+        match outcomes.get(op)? {
+            OpOutcome::Appended { version, position } => Some(DedupeHit::Accepted {
+                stream,
+                version: *version,
+                position: *position,
+            }),
+            OpOutcome::Parked => Some(DedupeHit::Parked { stream, event_id }),
+            OpOutcome::Duplicate { original } => Some(original.clone()),
+            OpOutcome::SnapshotSaved => None,
+        }
+    };
+    let resolve_redrive = |redrive: PlannedRedrive| -> Option<Redriven> {
+        match outcomes.get(redrive.op) {
+            Some(OpOutcome::Appended { version, position }) => Some(Redriven {
+                session: redrive.session,
+                event_id: redrive.event_id,
+                version: *version,
+                position: *position,
+                phase_after: redrive.phase_after,
+            }),
+            _ => None,
+        }
+    };
+
+    let mut answers = Vec::with_capacity(planned.len());
+    for request in planned {
+        match request {
+            PlannedRequest::Ingest(events) => {
+                let resolved: Vec<IngestOutcome> = events
+                    .into_iter()
+                    .map(|planned| match planned {
+                        Planned::Append {
+                            op,
+                            session,
+                            phase_before,
+                            phase_after,
+                            redriven,
+                        } => match outcomes.get(op) {
+                            Some(OpOutcome::Appended { version, position }) => {
+                                IngestOutcome::Accepted {
+                                    session,
+                                    version: *version,
+                                    position: *position,
+                                    phase_before,
+                                    phase_after,
+                                    redriven: redriven
+                                        .into_iter()
+                                        .filter_map(resolve_redrive)
+                                        .collect(),
+                                }
+                            }
+                            _ => {
+                                // Another writer stored it first (only on a shared store).
+                                unexpected.push(session.clone());
+                                duplicate_or_closed(session, describe_op(op))
+                            }
+                        },
+                        Planned::Park {
+                            op,
+                            session,
+                            event_id,
+                            reason,
+                        } => match outcomes.get(op) {
+                            Some(OpOutcome::Parked) => IngestOutcome::Parked {
+                                session,
+                                event_id,
+                                reason,
+                            },
+                            _ => {
+                                unexpected.push(session.clone());
+                                duplicate_or_closed(session, describe_op(op))
+                            }
+                        },
+                        Planned::DuplicateOfOp { op, session } => {
+                            duplicate_or_closed(session, describe_op(op))
+                        }
+                        Planned::Duplicate { session, original } => {
+                            IngestOutcome::Duplicate { session, original }
+                        }
+                        Planned::Refused(error) => IngestOutcome::Refused { error },
+                    })
+                    .collect();
+                answers.push(Answer::Ingest(resolved));
+            }
+            PlannedRequest::Redrive(redriven) => answers.push(Answer::Redrive(
+                redriven.into_iter().filter_map(resolve_redrive).collect(),
+            )),
+        }
+    }
+
+    {
+        let mut cache = shared.cache();
+        for (session, working) in plan.sessions {
+            if unexpected.contains(&session) {
+                cache.remove(&session);
+            } else {
+                cache.insert(session, working.state);
+            }
+        }
+    }
+
+    let sync_result = match shared.durability {
+        Durability::Fsync => shared.store.sync().map_err(EngineError::from),
+        Durability::Buffered => Ok(()),
+    };
+    if sync_result.is_ok() {
+        publish_head(shared);
+    }
+    for (request, answer) in group.into_iter().zip(answers) {
+        match (request, answer) {
+            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
+                let _ = reply.send(sync_result.clone().map(|()| outcomes));
+            }
+            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
+                let _ = reply.send(sync_result.clone().map(|()| redriven));
+            }
+            _ => unreachable!("answers are built in request order"),
+        }
+    }
+}
+
+enum Answer {
+    Ingest(Vec<IngestOutcome>),
+    Redrive(Vec<Redriven>),
+}
+
+fn duplicate_or_closed(session: SessionId, original: Option<DedupeHit>) -> IngestOutcome {
+    let original = original.expect("the outcome count was checked against the op count");
+    IngestOutcome::Duplicate { session, original }
+}
