@@ -151,12 +151,13 @@ pub fn appends_assign_gap_free_versions_and_positions<H: Harness>() {
         ])
         .unwrap();
     let got: Vec<_> = outcomes.iter().map(appended).collect();
+    // Within a commit, positions go stream by stream in order of first appearance.
     assert_eq!(
         got,
         vec![
             (Version(1), Position(1)),
-            (Version(1), Position(2)),
-            (Version(2), Position(3)),
+            (Version(1), Position(3)),
+            (Version(2), Position(2)),
         ]
     );
     let outcomes = store
@@ -202,11 +203,17 @@ pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
     }
     assert_eq!(store.head().unwrap(), Position(1));
     assert_eq!(store.stream_version(&stream("b")).unwrap(), Version(0));
-    assert_eq!(store.find_dedupe(&event(2).dedupe_key).unwrap(), None);
+    assert_eq!(
+        store
+            .find_dedupe(&stream("b"), &event(2).dedupe_key)
+            .unwrap(),
+        None
+    );
     assert_clean(&store);
 }
 
 /// Appending a dedupe key that is stored writes nothing and returns the original position.
+/// Keys are scoped to their stream: the same key on another stream is another event.
 pub fn a_stored_dedupe_key_writes_nothing_and_returns_the_original<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
@@ -214,9 +221,8 @@ pub fn a_stored_dedupe_key_writes_nothing_and_returns_the_original<H: Harness>()
     store
         .commit(vec![append(&a, ExpectedVersion::Any, event(1))])
         .unwrap();
-    let retry = event(1);
     let outcomes = store
-        .commit(vec![append(&stream("other"), ExpectedVersion::Any, retry)])
+        .commit(vec![append(&a, ExpectedVersion::Any, event(1))])
         .unwrap();
     assert_eq!(
         outcomes,
@@ -229,7 +235,15 @@ pub fn a_stored_dedupe_key_writes_nothing_and_returns_the_original<H: Harness>()
         }]
     );
     assert_eq!(store.head().unwrap(), Position(1));
-    assert_eq!(store.stream_version(&stream("other")).unwrap(), Version(0));
+    assert_eq!(store.stream_version(&a).unwrap(), Version(1));
+    let outcomes = store
+        .commit(vec![append(
+            &stream("other"),
+            ExpectedVersion::Any,
+            event(1),
+        )])
+        .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(1), Position(2)));
     assert_clean(&store);
 }
 
@@ -358,7 +372,7 @@ pub fn a_parked_event_accepted_by_a_retry_leaves_the_parked_list<H: Harness>() {
     assert_eq!(stored.accepted_at, accepted_at);
     assert_eq!(stored.data.received_at, late.received_at);
     assert!(matches!(
-        store.find_dedupe(&late.dedupe_key).unwrap(),
+        store.find_dedupe(&a, &late.dedupe_key).unwrap(),
         Some(DedupeHit::Accepted {
             position: Position(1),
             ..
@@ -518,7 +532,12 @@ pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
         "{error}"
     );
     assert_eq!(store.head().unwrap(), Position(0));
-    assert_eq!(store.find_dedupe(&event(1).dedupe_key).unwrap(), None);
+    assert_eq!(
+        store
+            .find_dedupe(&stream("a"), &event(1).dedupe_key)
+            .unwrap(),
+        None
+    );
 }
 
 /// After appends, duplicates, parks, retries and snapshots, verify finds nothing wrong and

@@ -1,17 +1,26 @@
 //! The key layout of the sled tree. Everything lives in one tree so that one `sled::Batch` (atomic
 //! within a tree) covers every key an append touches.
 //!
-//! | prefix | key                                          | value                         |
-//! |--------|----------------------------------------------|-------------------------------|
-//! | `S`    | `S` len:u16 session version:u64              | event record                  |
-//! | `G`    | `G` position:u64                             | len:u16 session version:u64   |
-//! | `D`    | `D` dedupe key (16 bytes)                    | dedupe target (see below)     |
-//! | `P`    | `P` len:u16 session event id (16 bytes)      | parked record                 |
-//! | `N`    | `N` len:u16 session                          | snapshot record               |
+//! | prefix | key                                          | value                              |
+//! |--------|----------------------------------------------|------------------------------------|
+//! | `S`    | `S` len:u16 session version:u64              | event record                       |
+//! | `G`    | `G` first position:u64                       | the commit's runs (see below)      |
+//! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
+//! | `P`    | `P` len:u16 session event id (16 bytes)      | parked record                      |
+//! | `N`    | `N` len:u16 session                          | snapshot record                    |
 //!
 //! Integers are big-endian so that byte order is numeric order; session ids are length-prefixed
-//! so that `acct-1` is not a prefix of `acct-10`. A dedupe target is `A` position:u64
-//! version:u64 len:u16 session (accepted) or `P` event-id:16 len:u16 session (parked).
+//! so that `acct-1` is not a prefix of `acct-10`.
+//!
+//! One `G` key per commit, not per event: a commit's positions are handed out stream by stream
+//! (in order of each stream's first append in the commit), so its events form one run per
+//! stream, and the value lists the runs: count:u32, then per run len:u16 session
+//! first-version:u64 events:u32. The positions of the runs follow each other from the key's
+//! first position.
+//!
+//! Dedupe entries live under their session, so the entries of the sessions a commit touches
+//! share leaves. A target is `A` version:u64 position:u64 (accepted) or `P` event-id:16
+//! (parked).
 
 use linkflow_core::{Position, SessionId, Version};
 use uuid::Uuid;
@@ -50,10 +59,9 @@ pub(crate) fn global_key(position: Position) -> [u8; 9] {
     key
 }
 
-pub(crate) fn dedupe_key(dedupe: &DedupeKey) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = DEDUPE;
-    key[1..].copy_from_slice(dedupe.as_bytes());
+pub(crate) fn dedupe_key(session: &SessionId, dedupe: &DedupeKey) -> Vec<u8> {
+    let mut key = session_prefix(DEDUPE, session);
+    key.extend_from_slice(dedupe.as_bytes());
     key
 }
 
@@ -67,31 +75,40 @@ pub(crate) fn snapshot_key(session: &SessionId) -> Vec<u8> {
     session_prefix(SNAPSHOT, session)
 }
 
-/// `len session version`, the value of a `G` key.
-pub(crate) fn global_value(session: &SessionId, version: Version) -> Vec<u8> {
-    let mut value = session_prefix(0, session);
-    value.remove(0);
-    value.extend_from_slice(&version.0.to_be_bytes());
+/// One stream's events in one commit: `events` consecutive versions from `first_version`,
+/// at consecutive positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub stream: SessionId,
+    pub first_version: Version,
+    pub events: u32,
+}
+
+/// The value of a `G` key: the commit's runs in position order.
+pub(crate) fn runs_value(runs: &[Run]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + runs.len() * 40);
+    value.extend_from_slice(&(runs.len() as u32).to_be_bytes());
+    for run in runs {
+        value.extend_from_slice(&session_prefix(0, &run.stream)[1..]);
+        value.extend_from_slice(&run.first_version.0.to_be_bytes());
+        value.extend_from_slice(&run.events.to_be_bytes());
+    }
     value
 }
 
 pub(crate) fn dedupe_value(hit: &DedupeHit) -> Vec<u8> {
     match hit {
         DedupeHit::Accepted {
-            stream,
-            version,
-            position,
+            version, position, ..
         } => {
             let mut value = vec![b'A'];
-            value.extend_from_slice(&position.0.to_be_bytes());
             value.extend_from_slice(&version.0.to_be_bytes());
-            value.extend_from_slice(&session_prefix(0, stream)[1..]);
+            value.extend_from_slice(&position.0.to_be_bytes());
             value
         }
-        DedupeHit::Parked { stream, event_id } => {
+        DedupeHit::Parked { event_id, .. } => {
             let mut value = vec![b'P'];
             value.extend_from_slice(event_id.as_bytes());
-            value.extend_from_slice(&session_prefix(0, stream)[1..]);
             value
         }
     }
@@ -139,47 +156,68 @@ pub(crate) fn parse_global_key(key: &[u8]) -> Result<Position, CorruptRecord> {
     )?))
 }
 
-/// Reads a `G` value: the session and version the position points at.
-pub(crate) fn parse_global_value(
-    position: Position,
-    value: &[u8],
-) -> Result<(SessionId, Version), CorruptRecord> {
-    let what = format!("global index entry at position {position}");
-    let (session, rest) = read_session(&what, value)?;
-    Ok((session, Version(read_u64(&what, rest)?)))
+/// Reads a `G` value: the runs of the commit that starts at `first`.
+pub(crate) fn parse_runs(first: Position, value: &[u8]) -> Result<Vec<Run>, CorruptRecord> {
+    let what = format!("global index entry at position {first}");
+    let count_bytes: [u8; 4] = value
+        .get(..4)
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| CorruptRecord::new(&what, "truncated run count"))?;
+    let count = u32::from_be_bytes(count_bytes);
+    let mut rest = &value[4..];
+    let mut runs = Vec::new();
+    for _ in 0..count {
+        let (stream, after) = read_session(&what, rest)?;
+        if after.len() < 12 {
+            return Err(CorruptRecord::new(what, "truncated run"));
+        }
+        let first_version = Version(read_u64(&what, &after[..8])?);
+        let events = u32::from_be_bytes([after[8], after[9], after[10], after[11]]);
+        if events == 0 || first_version == Version::EMPTY {
+            return Err(CorruptRecord::new(what, "empty run or version 0"));
+        }
+        runs.push(Run {
+            stream,
+            first_version,
+            events,
+        });
+        rest = &after[12..];
+    }
+    if !rest.is_empty() || runs.is_empty() {
+        return Err(CorruptRecord::new(what, "trailing bytes or no run"));
+    }
+    Ok(runs)
 }
 
-/// Reads a `D` value.
+/// Reads a `D` value of `stream`.
 pub(crate) fn parse_dedupe_value(
+    stream: &SessionId,
     key: &DedupeKey,
     value: &[u8],
 ) -> Result<DedupeHit, CorruptRecord> {
-    let what = format!("dedupe entry {key}");
-    match value.first() {
-        Some(b'A') if value.len() >= 17 => {
-            let position = Position(read_u64(&what, &value[1..9])?);
-            let version = Version(read_u64(&what, &value[9..17])?);
-            let (stream, rest) = read_session(&what, &value[17..])?;
-            if !rest.is_empty() {
-                return Err(CorruptRecord::new(what, "trailing bytes"));
-            }
-            Ok(DedupeHit::Accepted {
-                stream,
-                version,
-                position,
-            })
-        }
-        Some(b'P') if value.len() >= 17 => {
-            let event_id = Uuid::from_slice(&value[1..17])
-                .map_err(|_| CorruptRecord::new(&what, "bad event id"))?;
-            let (stream, rest) = read_session(&what, &value[17..])?;
-            if !rest.is_empty() {
-                return Err(CorruptRecord::new(what, "trailing bytes"));
-            }
-            Ok(DedupeHit::Parked { stream, event_id })
-        }
-        _ => Err(CorruptRecord::new(what, "unknown dedupe target tag")),
+    let what = format!("dedupe entry {key} of `{stream}`");
+    match (value.first(), value.len()) {
+        (Some(b'A'), 17) => Ok(DedupeHit::Accepted {
+            stream: stream.clone(),
+            version: Version(read_u64(&what, &value[1..9])?),
+            position: Position(read_u64(&what, &value[9..17])?),
+        }),
+        (Some(b'P'), 17) => Ok(DedupeHit::Parked {
+            stream: stream.clone(),
+            event_id: Uuid::from_slice(&value[1..17])
+                .map_err(|_| CorruptRecord::new(&what, "bad event id"))?,
+        }),
+        _ => Err(CorruptRecord::new(what, "unknown dedupe target")),
     }
+}
+
+/// Splits a `D` key into its session and dedupe key.
+pub(crate) fn parse_dedupe_key(key: &[u8]) -> Result<(SessionId, DedupeKey), CorruptRecord> {
+    let (session, rest) = read_session("dedupe key", key.get(1..).unwrap_or_default())?;
+    let bytes: [u8; 16] = rest
+        .try_into()
+        .map_err(|_| CorruptRecord::new("dedupe key", "the key is not 16 bytes"))?;
+    Ok((session, DedupeKey::from_bytes(bytes)))
 }
 
 /// Splits an `N` key into its session.
@@ -227,28 +265,51 @@ mod tests {
             parse_event_key(&event_key(&session, Version(300))).unwrap(),
             (session.clone(), Version(300))
         );
-        let value = global_value(&session, Version(7));
-        assert_eq!(
-            parse_global_value(Position(1), &value).unwrap(),
-            (session.clone(), Version(7))
-        );
+        let runs = vec![
+            Run {
+                stream: session.clone(),
+                first_version: Version(7),
+                events: 3,
+            },
+            Run {
+                stream: id("other"),
+                first_version: Version(1),
+                events: 1,
+            },
+        ];
+        assert_eq!(parse_runs(Position(1), &runs_value(&runs)).unwrap(), runs);
         let hit = DedupeHit::Parked {
             stream: session.clone(),
             event_id: Uuid::now_v7(),
         };
         let key = DedupeKey::derive(&[b"x"]);
-        assert_eq!(parse_dedupe_value(&key, &dedupe_value(&hit)).unwrap(), hit);
+        assert_eq!(
+            parse_dedupe_value(&session, &key, &dedupe_value(&hit)).unwrap(),
+            hit
+        );
+        assert_eq!(
+            parse_dedupe_key(&dedupe_key(&session, &key)).unwrap(),
+            (session, key)
+        );
     }
 
     #[test]
     fn truncated_values_are_errors_not_panics() {
-        for bytes in [&b""[..], &[0, 9, b'a'], &[b'A', 1, 2], &[0xff; 40]] {
-            let _ = parse_global_value(Position(1), bytes);
-            let _ = parse_dedupe_value(&DedupeKey::derive(&[]), bytes);
+        let session = id("s");
+        for bytes in [
+            &b""[..],
+            &[0, 9, b'a'],
+            &[b'A', 1, 2],
+            &[0xff; 40],
+            &[0, 0, 0, 1, 0, 1],
+        ] {
+            let _ = parse_runs(Position(1), bytes);
+            let _ = parse_dedupe_value(&session, &DedupeKey::derive(&[]), bytes);
+            let _ = parse_dedupe_key(bytes);
             let _ = parse_event_key(bytes);
             let _ = parse_parked_key(bytes);
             let _ = parse_snapshot_key(bytes);
         }
-        assert!(parse_global_value(Position(1), &[0, 9, b'a']).is_err());
+        assert!(parse_runs(Position(1), &[0, 0, 0, 1, 0, 9, b'a']).is_err());
     }
 }

@@ -74,12 +74,24 @@ impl DedupeKey {
     }
 }
 
+impl DedupeKey {
+    /// The 32-character lowercase hex form, without going through the formatter (it is written
+    /// into every record).
+    fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (index, byte) in self.0.iter().enumerate() {
+            out[index * 2] = DIGITS[usize::from(byte >> 4)];
+            out[index * 2 + 1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        out
+    }
+}
+
 impl fmt::Display for DedupeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
     }
 }
 
@@ -91,7 +103,8 @@ impl fmt::Debug for DedupeKey {
 
 impl Serialize for DedupeKey {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let hex = self.hex();
+        serializer.serialize_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
     }
 }
 
@@ -231,6 +244,46 @@ const SIZE_SLACK: usize = 64;
 /// Fails with [`StoreError::TooLarge`] when `event` could not be stored in `stream`, so that a
 /// writer can refuse one event instead of failing a whole group commit.
 pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), StoreError> {
+    // Fast path: JSON escaping at most sextuples a string (`\u0000`), and the fixed fields
+    // (ids, times, numbers, names) take well under 1 KiB.
+    let attributes = &event.event.attributes;
+    let strings = [
+        attributes.screen_name.as_deref(),
+        attributes.search_term.as_deref(),
+        attributes.external_user_id.as_deref(),
+        attributes.exit_status.as_deref(),
+        attributes
+            .institution
+            .as_ref()
+            .map(|institution| institution.id.as_str()),
+        attributes
+            .institution
+            .as_ref()
+            .and_then(|institution| institution.name.as_deref()),
+        attributes
+            .error
+            .as_ref()
+            .and_then(|error| error.id.as_deref()),
+        attributes
+            .error
+            .as_ref()
+            .and_then(|error| error.code.as_deref()),
+        attributes
+            .error
+            .as_ref()
+            .and_then(|error| error.message.as_deref()),
+        event.raw_name.as_deref(),
+        Some(stream.as_str()),
+    ];
+    let text: usize = strings.iter().flatten().map(|text| text.len()).sum();
+    let unrecognized = match &event.event.kind {
+        linkflow_core::EventKind::Unrecognized { raw_name } => raw_name.len(),
+        _ => 0,
+    };
+    let raw = event.raw.as_ref().map_or(0, |raw| raw.get().len());
+    if (text + unrecognized) * 6 + raw + 1024 + SIZE_SLACK <= MAX_RECORD_BYTES {
+        return Ok(());
+    }
     let mut counter = ByteCounter(HEADER_LEN + SIZE_SLACK);
     let record = StoredEventRef {
         stream,

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use linkflow_core::{Position, SessionId, Version};
+use uuid::Uuid;
 
 use crate::error::{CorruptRecord, StoreError};
-use crate::keys;
+use crate::keys::{self, Run};
 use crate::record::{
-    encode, upcast_event, upcast_parked, upcast_snapshot, DedupeKey, ParkedEvent, Snapshot,
-    StoredEvent, MAX_RECORD_BYTES,
+    encode, upcast_event, upcast_parked, upcast_snapshot, DedupeKey, NewEvent, ParkedEvent,
+    Snapshot, StoredEvent, MAX_RECORD_BYTES,
 };
 use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, VerifyReport};
 
@@ -94,7 +95,15 @@ impl SledStore {
             .and_then(|dir| dir.sync_all())
             .map_err(io_error(&path))?;
         let head = match db.scan_prefix([keys::GLOBAL]).next_back() {
-            Some(entry) => keys::parse_global_key(&entry?.0)?,
+            Some(entry) => {
+                let (key, value) = entry?;
+                let first = keys::parse_global_key(&key)?;
+                let events: u64 = keys::parse_runs(first, &value)?
+                    .iter()
+                    .map(|run| u64::from(run.events))
+                    .sum();
+                Position(first.0 + events - 1)
+            }
             None => Position::START,
         };
         Ok(SledStore {
@@ -121,15 +130,6 @@ impl SledStore {
         self.writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn read_event(&self, session: &SessionId, version: Version) -> Result<StoredEvent, StoreError> {
-        let what = keys::describe_event(session, version);
-        let bytes = self
-            .db
-            .get(keys::event_key(session, version))?
-            .ok_or_else(|| CorruptRecord::new(&what, "missing"))?;
-        Ok(upcast_event(&what, &bytes)?)
     }
 
     /// Writes raw bytes under a raw key, bypassing every check. Only for tests that need to
@@ -179,14 +179,36 @@ impl SledStore {
     }
 }
 
-/// The dedupe and version state a commit builds up before its batch is applied.
-struct Pending<'a> {
-    store: &'a SledStore,
-    versions: HashMap<SessionId, Version>,
-    dedupe: HashMap<DedupeKey, DedupeHit>,
+/// Where a dedupe key went, as far as a commit in progress knows.
+#[derive(Clone)]
+enum PendingHit {
+    /// Stored before this commit.
+    Stored(DedupeHit),
+    /// Appended by this commit: the index in `Commit::appends`.
+    Appended(usize),
+    /// Parked by this commit.
+    Parked(Uuid),
 }
 
-impl Pending<'_> {
+/// An append this commit accepted, before positions are handed out.
+struct Accepted {
+    op: usize,
+    stream: SessionId,
+    version: Version,
+    event: NewEvent,
+    accepted_at: chrono::DateTime<chrono::Utc>,
+    from_parked: bool,
+}
+
+/// The dedupe and version state a commit builds up before its batch is applied.
+struct Commit<'a> {
+    store: &'a SledStore,
+    versions: HashMap<SessionId, Version>,
+    dedupe: HashMap<(SessionId, DedupeKey), PendingHit>,
+    appends: Vec<Accepted>,
+}
+
+impl Commit<'_> {
     fn version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
         if let Some(version) = self.versions.get(stream) {
             return Ok(*version);
@@ -196,10 +218,14 @@ impl Pending<'_> {
         Ok(version)
     }
 
-    fn dedupe(&self, key: &DedupeKey) -> Result<Option<DedupeHit>, StoreError> {
-        match self.dedupe.get(key) {
+    fn dedupe(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<PendingHit>, StoreError> {
+        match self.dedupe.get(&(stream.clone(), *key)) {
             Some(hit) => Ok(Some(hit.clone())),
-            None => self.store.find_dedupe(key),
+            None => Ok(self.store.find_dedupe(stream, key)?.map(PendingHit::Stored)),
         }
     }
 }
@@ -207,15 +233,18 @@ impl Pending<'_> {
 impl EventStore for SledStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
         let mut writer = self.writer();
-        let mut head = writer.head;
         let mut batch = sled::Batch::default();
-        let mut pending = Pending {
+        let mut commit = Commit {
             store: self,
             versions: HashMap::new(),
             dedupe: HashMap::new(),
+            appends: Vec::new(),
         };
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
+        // Pass 1: decide every op; duplicates of appends made by this commit are resolved
+        // once positions are known.
+        let mut outcomes: Vec<Option<OpOutcome>> = Vec::with_capacity(ops.len());
+        let mut duplicates_of_appends: Vec<(usize, usize)> = Vec::new();
+        for (index, op) in ops.into_iter().enumerate() {
             match op {
                 Op::Append {
                     stream,
@@ -225,20 +254,28 @@ impl EventStore for SledStore {
                     from_parked,
                 } => {
                     let key = event.dedupe_key;
-                    match pending.dedupe(&key)? {
-                        Some(DedupeHit::Parked {
-                            stream: parked_stream,
-                            event_id,
-                        }) if from_parked
-                            && parked_stream == stream
-                            && event_id == event.event_id => {}
-                        Some(original) => {
-                            outcomes.push(OpOutcome::Duplicate { original });
+                    match commit.dedupe(&stream, &key)? {
+                        Some(PendingHit::Stored(DedupeHit::Parked { event_id, .. }))
+                        | Some(PendingHit::Parked(event_id))
+                            if from_parked && event_id == event.event_id => {}
+                        Some(PendingHit::Appended(append)) => {
+                            duplicates_of_appends.push((index, append));
+                            outcomes.push(None);
+                            continue;
+                        }
+                        Some(PendingHit::Stored(original)) => {
+                            outcomes.push(Some(OpOutcome::Duplicate { original }));
+                            continue;
+                        }
+                        Some(PendingHit::Parked(event_id)) => {
+                            outcomes.push(Some(OpOutcome::Duplicate {
+                                original: DedupeHit::Parked { stream, event_id },
+                            }));
                             continue;
                         }
                         None => {}
                     }
-                    let actual = pending.version(&stream)?;
+                    let actual = commit.version(&stream)?;
                     if let ExpectedVersion::Exact(expected) = expected {
                         if expected != actual {
                             return Err(StoreError::Conflict {
@@ -249,50 +286,43 @@ impl EventStore for SledStore {
                         }
                     }
                     let version = actual.next();
-                    head = head.next();
-                    if from_parked {
-                        batch.remove(keys::parked_key(&stream, event.event_id));
-                    }
-                    let record = StoredEvent {
+                    commit.versions.insert(stream.clone(), version);
+                    commit.dedupe.insert(
+                        (stream.clone(), key),
+                        PendingHit::Appended(commit.appends.len()),
+                    );
+                    commit.appends.push(Accepted {
+                        op: index,
                         stream,
                         version,
-                        position: head,
+                        event,
                         accepted_at,
-                        was_parked: from_parked,
-                        data: event,
-                    };
-                    let bytes = encode(&record);
-                    if bytes.len() > MAX_RECORD_BYTES {
-                        return Err(StoreError::TooLarge {
-                            stream: record.stream,
-                            bytes: bytes.len(),
-                            limit: MAX_RECORD_BYTES,
-                        });
-                    }
-                    let stream = record.stream;
-                    let hit = DedupeHit::Accepted {
-                        stream: stream.clone(),
-                        version,
-                        position: head,
-                    };
-                    batch.insert(keys::event_key(&stream, version), bytes);
-                    batch.insert(
-                        &keys::global_key(head),
-                        keys::global_value(&stream, version),
-                    );
-                    batch.insert(&keys::dedupe_key(&key), keys::dedupe_value(&hit));
-                    pending.dedupe.insert(key, hit);
-                    pending.versions.insert(stream, version);
-                    outcomes.push(OpOutcome::Appended {
-                        version,
-                        position: head,
+                        from_parked,
                     });
+                    outcomes.push(None);
                 }
                 Op::Park(parked) => {
                     let key = parked.data.dedupe_key;
-                    if let Some(original) = pending.dedupe(&key)? {
-                        outcomes.push(OpOutcome::Duplicate { original });
-                        continue;
+                    match commit.dedupe(&parked.stream, &key)? {
+                        Some(PendingHit::Stored(original)) => {
+                            outcomes.push(Some(OpOutcome::Duplicate { original }));
+                            continue;
+                        }
+                        Some(PendingHit::Parked(event_id)) => {
+                            outcomes.push(Some(OpOutcome::Duplicate {
+                                original: DedupeHit::Parked {
+                                    stream: parked.stream,
+                                    event_id,
+                                },
+                            }));
+                            continue;
+                        }
+                        Some(PendingHit::Appended(append)) => {
+                            duplicates_of_appends.push((index, append));
+                            outcomes.push(None);
+                            continue;
+                        }
+                        None => {}
                     }
                     let bytes = encode(&parked);
                     if bytes.len() > MAX_RECORD_BYTES {
@@ -302,27 +332,113 @@ impl EventStore for SledStore {
                             limit: MAX_RECORD_BYTES,
                         });
                     }
+                    let event_id = parked.data.event_id;
                     let hit = DedupeHit::Parked {
                         stream: parked.stream.clone(),
-                        event_id: parked.data.event_id,
+                        event_id,
                     };
+                    batch.insert(keys::parked_key(&parked.stream, event_id), bytes);
                     batch.insert(
-                        keys::parked_key(&parked.stream, parked.data.event_id),
-                        bytes,
+                        keys::dedupe_key(&parked.stream, &key),
+                        keys::dedupe_value(&hit),
                     );
-                    batch.insert(&keys::dedupe_key(&key), keys::dedupe_value(&hit));
-                    pending.dedupe.insert(key, hit);
-                    outcomes.push(OpOutcome::Parked);
+                    commit
+                        .dedupe
+                        .insert((parked.stream, key), PendingHit::Parked(event_id));
+                    outcomes.push(Some(OpOutcome::Parked));
                 }
                 Op::PutSnapshot { stream, snapshot } => {
                     batch.insert(keys::snapshot_key(&stream), encode(&snapshot));
-                    outcomes.push(OpOutcome::SnapshotSaved);
+                    outcomes.push(Some(OpOutcome::SnapshotSaved));
                 }
             }
         }
+
+        // Pass 2: positions, stream by stream in order of first appearance, so that the commit
+        // is one run per stream and needs one global index key.
+        let mut order: Vec<SessionId> = Vec::new();
+        for append in &commit.appends {
+            if !order.contains(&append.stream) {
+                order.push(append.stream.clone());
+            }
+        }
+        let first = writer.head.next();
+        let mut head = writer.head;
+        let mut runs = Vec::with_capacity(order.len());
+        let mut positions = vec![Position::START; commit.appends.len()];
+        for stream in &order {
+            let mut run: Option<Run> = None;
+            for (index, append) in commit.appends.iter().enumerate() {
+                if append.stream != *stream {
+                    continue;
+                }
+                head = head.next();
+                positions[index] = head;
+                match &mut run {
+                    Some(run) => run.events += 1,
+                    None => {
+                        run = Some(Run {
+                            stream: stream.clone(),
+                            first_version: append.version,
+                            events: 1,
+                        })
+                    }
+                }
+            }
+            runs.extend(run);
+        }
+        let mut appended: Vec<DedupeHit> = Vec::with_capacity(positions.len());
+        for (append, position) in commit.appends.into_iter().zip(&positions) {
+            let key = append.event.dedupe_key;
+            if append.from_parked {
+                batch.remove(keys::parked_key(&append.stream, append.event.event_id));
+            }
+            let record = StoredEvent {
+                stream: append.stream,
+                version: append.version,
+                position: *position,
+                accepted_at: append.accepted_at,
+                was_parked: append.from_parked,
+                data: append.event,
+            };
+            let bytes = encode(&record);
+            if bytes.len() > MAX_RECORD_BYTES {
+                return Err(StoreError::TooLarge {
+                    stream: record.stream,
+                    bytes: bytes.len(),
+                    limit: MAX_RECORD_BYTES,
+                });
+            }
+            let hit = DedupeHit::Accepted {
+                stream: record.stream.clone(),
+                version: record.version,
+                position: *position,
+            };
+            batch.insert(keys::event_key(&record.stream, record.version), bytes);
+            batch.insert(
+                keys::dedupe_key(&record.stream, &key),
+                keys::dedupe_value(&hit),
+            );
+            outcomes[append.op] = Some(OpOutcome::Appended {
+                version: record.version,
+                position: *position,
+            });
+            appended.push(hit);
+        }
+        if !runs.is_empty() {
+            batch.insert(&keys::global_key(first), keys::runs_value(&runs));
+        }
+        for (index, append) in duplicates_of_appends {
+            outcomes[index] = Some(OpOutcome::Duplicate {
+                original: appended[append].clone(),
+            });
+        }
         self.db.apply_batch(batch)?;
         writer.head = head;
-        Ok(outcomes)
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every op has an outcome after pass 2"))
+            .collect())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -373,32 +489,62 @@ impl EventStore for SledStore {
     }
 
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = keys::global_key(after.next());
-        let end = keys::global_key(Position(u64::MAX));
+        let wanted = after.next();
+        // The commit holding `wanted` starts at the last index key at or before it.
+        let Some(entry) = self
+            .db
+            .range(keys::global_key(Position::START)..=keys::global_key(wanted))
+            .next_back()
+        else {
+            return Ok(Vec::new());
+        };
+        let start_key = entry?.0;
         let mut events = Vec::new();
-        for entry in self.db.range(start..=end).take(limit) {
+        for entry in self
+            .db
+            .range(start_key.as_ref()..=keys::global_key(Position(u64::MAX)).as_ref())
+        {
             let (key, value) = entry?;
-            let position = keys::parse_global_key(&key)?;
-            let (session, version) = keys::parse_global_value(position, &value)?;
-            let event = self.read_event(&session, version)?;
-            if event.position != position {
-                return Err(CorruptRecord::new(
-                    keys::describe_event(&session, version),
-                    format!(
-                        "record has position {}, the global index says {position}",
-                        event.position
-                    ),
-                )
-                .into());
+            let mut position = keys::parse_global_key(&key)?;
+            for run in keys::parse_runs(position, &value)? {
+                let run_end = Position(position.0 + u64::from(run.events));
+                if run_end <= wanted {
+                    position = run_end;
+                    continue;
+                }
+                let skip = wanted.0.saturating_sub(position.0);
+                let take = (u64::from(run.events) - skip).min((limit - events.len()) as u64);
+                let after_version = Version(run.first_version.0 - 1 + skip);
+                let read = self.read_stream(&run.stream, after_version, take as usize)?;
+                for (offset, event) in read.into_iter().enumerate() {
+                    let expected = Position(position.0 + skip + offset as u64);
+                    if event.position != expected
+                        || event.version.0 != after_version.0 + 1 + offset as u64
+                    {
+                        return Err(CorruptRecord::new(
+                            keys::describe_event(&event.stream, event.version),
+                            format!("the global index places it at position {expected}, the record says {}", event.position),
+                        )
+                        .into());
+                    }
+                    events.push(event);
+                }
+                if events.len() >= limit {
+                    return Ok(events);
+                }
+                position = run_end;
             }
-            events.push(event);
         }
         Ok(events)
     }
 
-    fn find_dedupe(&self, key: &DedupeKey) -> Result<Option<DedupeHit>, StoreError> {
-        match self.db.get(keys::dedupe_key(key))? {
-            Some(value) => Ok(Some(keys::parse_dedupe_value(key, &value)?)),
+    fn find_dedupe(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        match self.db.get(keys::dedupe_key(stream, key))? {
+            Some(value) => Ok(Some(keys::parse_dedupe_value(stream, key, &value)?)),
             None => Ok(None),
         }
     }

@@ -25,7 +25,8 @@ pub enum ExpectedVersion {
 pub enum Op {
     /// Append an accepted event to `stream`.
     ///
-    /// If its dedupe key is already stored (or appended earlier in the same commit) nothing is
+    /// If its dedupe key is already stored for the stream (or appended earlier in the same
+    /// commit) nothing is
     /// written and the outcome is [`OpOutcome::Duplicate`] with the original. The dedupe check
     /// comes before the version check: a retry of a stored event is a duplicate, not a conflict.
     Append {
@@ -149,7 +150,10 @@ impl From<CorruptRecord> for Problem {
 /// - a commit is atomic: after any crash, all of its operations are present or none;
 /// - versions per stream and positions over all streams start at 1 and have no gaps;
 /// - an accepted event is never rewritten or deleted;
-/// - a dedupe key is stored once; later appends of it write nothing and report the original;
+/// - a dedupe key is stored once per stream; later appends of it to that stream write nothing
+///   and report the original;
+/// - within one commit, positions are handed out stream by stream (in the order of each
+///   stream's first append), keeping each stream's events in commit order;
 /// - [`EventStore::sync`] returns once every committed operation is on stable storage.
 pub trait EventStore: Send + Sync + 'static {
     /// Applies `ops` in order, atomically. On an error nothing is written.
@@ -175,8 +179,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events of all streams with positions after `after`, in position order.
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Where a dedupe key's first delivery went, if it was stored.
-    fn find_dedupe(&self, key: &DedupeKey) -> Result<Option<DedupeHit>, StoreError>;
+    /// Where a dedupe key's first delivery to `stream` went, if it was stored. Dedupe keys are
+    /// scoped to their stream: a redelivery always names the same session.
+    fn find_dedupe(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError>;
 
     /// The parked events of one stream, or of all streams, in stream then event-id order.
     fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError>;

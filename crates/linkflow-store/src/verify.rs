@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use linkflow_core::{Position, SessionId, Version};
 
 use crate::keys;
-use crate::record::{upcast_event, upcast_parked, upcast_snapshot, DedupeKey};
+use crate::record::{upcast_event, upcast_parked, upcast_snapshot};
 use crate::store::{DedupeHit, VerifyReport};
 use crate::StoreError;
 
 /// Walks every key family and cross-checks them:
-/// - the global index holds positions 1..=head with no gap, each pointing at an event record
-///   that names the same position;
+/// - the global index's commits tile positions 1..=head with no gap or overlap, and every
+///   position they name holds an event record that names the same position;
 /// - every stream holds versions 1..=n with no gap; every record decodes (checksum included),
-///   matches its key, and is pointed at by the global index and by its dedupe entry;
+///   matches its key, and has a dedupe entry pointing back at it;
 /// - every dedupe entry points at an existing event or parked record;
 /// - every parked record decodes and its dedupe entry points back at it;
 /// - every snapshot decodes and is not ahead of its stream.
@@ -21,55 +21,63 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
     let mut report = VerifyReport::default();
 
     // Global index.
-    let mut expected = Position::START;
+    let mut next = Position(1);
     for entry in db.scan_prefix([keys::GLOBAL]) {
         let (key, value) = entry?;
-        let position = match keys::parse_global_key(&key) {
-            Ok(position) => position,
+        let first = match keys::parse_global_key(&key) {
+            Ok(first) => first,
             Err(error) => {
                 report.problems.push(error.into());
                 continue;
             }
         };
-        if position != expected.next() {
+        let what = format!("global index entry at position {first}");
+        if first != next {
             report.problem(
-                format!("global index at position {position}"),
-                format!("gap: expected position {}", expected.next()),
+                &what,
+                format!("expected the next commit to start at position {next}"),
             );
         }
-        expected = position;
-        match keys::parse_global_value(position, &value) {
-            Ok((session, version)) => match db.get(keys::event_key(&session, version))? {
-                None => report.problem(
-                    format!("global index at position {position}"),
-                    format!(
-                        "points at {} which does not exist",
-                        keys::describe_event(&session, version)
-                    ),
-                ),
-                Some(bytes) => {
-                    if let Ok(event) =
-                        upcast_event(&keys::describe_event(&session, version), &bytes)
-                    {
-                        if event.position != position {
-                            report.problem(
-                                keys::describe_event(&session, version),
-                                format!(
-                                    "has position {}, the global index says {position}",
-                                    event.position
-                                ),
-                            );
+        let runs = match keys::parse_runs(first, &value) {
+            Ok(runs) => runs,
+            Err(error) => {
+                report.problems.push(error.into());
+                continue;
+            }
+        };
+        let mut position = first;
+        for run in runs {
+            for offset in 0..u64::from(run.events) {
+                let version = Version(run.first_version.0 + offset);
+                let record = keys::describe_event(&run.stream, version);
+                match db.get(keys::event_key(&run.stream, version))? {
+                    None => report.problem(&what, format!("names {record}, which does not exist")),
+                    Some(bytes) => {
+                        if let Ok(event) = upcast_event(&record, &bytes) {
+                            if event.position != position {
+                                report.problem(
+                                    &record,
+                                    format!(
+                                        "has position {}, the global index says {position}",
+                                        event.position
+                                    ),
+                                );
+                            }
                         }
                     }
                 }
-            },
-            Err(error) => report.problems.push(error.into()),
+                position = position.next();
+            }
         }
+        next = position;
     }
-    if expected != head {
+    if next != head.next() {
         report.problem(
             "global index",
-            format!("last position is {expected}, the store's head is {head}"),
+            format!(
+                "covers positions up to {}, the store's head is {head}",
+                next.0 - 1
+            ),
         );
     }
 
@@ -109,21 +117,15 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
         if event.stream != session || event.version != version {
             report.problem(&what, "record does not match its key");
         }
-        match db.get(keys::global_key(event.position))? {
-            Some(value)
-                if keys::parse_global_value(event.position, &value).ok()
-                    == Some((session.clone(), version)) => {}
-            _ => report.problem(
+        if event.position > head || event.position == Position::START {
+            report.problem(
                 &what,
-                format!(
-                    "the global index at position {} does not point back",
-                    event.position
-                ),
-            ),
+                format!("position {} is outside 1..={head}", event.position),
+            );
         }
         let key = event.data.dedupe_key;
-        match db.get(keys::dedupe_key(&key))? {
-            Some(value) => match keys::parse_dedupe_value(&key, &value) {
+        match db.get(keys::dedupe_key(&session, &key))? {
+            Some(value) => match keys::parse_dedupe_value(&session, &key, &value) {
                 Ok(DedupeHit::Accepted { position, .. }) if position == event.position => {}
                 Ok(other) => report.problem(
                     &what,
@@ -147,35 +149,31 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
     // Dedupe entries.
     for entry in db.scan_prefix([keys::DEDUPE]) {
         let (key, value) = entry?;
-        let Some(dedupe) = key
-            .get(1..)
-            .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
-        else {
-            report.problem("dedupe index", "malformed key");
-            continue;
+        let (session, dedupe) = match keys::parse_dedupe_key(&key) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                report.problems.push(error.into());
+                continue;
+            }
         };
-        let dedupe = DedupeKey::from_bytes(dedupe);
-        match keys::parse_dedupe_value(&dedupe, &value) {
-            Ok(DedupeHit::Accepted {
-                stream, version, ..
-            }) => {
-                if db.get(keys::event_key(&stream, version))?.is_none() {
+        let what = format!("dedupe entry {dedupe} of `{session}`");
+        match keys::parse_dedupe_value(&session, &dedupe, &value) {
+            Ok(DedupeHit::Accepted { version, .. }) => {
+                if db.get(keys::event_key(&session, version))?.is_none() {
                     report.problem(
-                        format!("dedupe entry {dedupe}"),
+                        &what,
                         format!(
                             "points at {} which does not exist",
-                            keys::describe_event(&stream, version)
+                            keys::describe_event(&session, version)
                         ),
                     );
                 }
             }
-            Ok(DedupeHit::Parked { stream, event_id }) => {
-                if db.get(keys::parked_key(&stream, event_id))?.is_none() {
+            Ok(DedupeHit::Parked { event_id, .. }) => {
+                if db.get(keys::parked_key(&session, event_id))?.is_none() {
                     report.problem(
-                        format!("dedupe entry {dedupe}"),
-                        format!(
-                            "points at parked event {event_id} of `{stream}` which does not exist"
-                        ),
+                        &what,
+                        format!("points at parked event {event_id}, which does not exist"),
                     );
                 }
             }
@@ -198,10 +196,10 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
         match upcast_parked(&what, &bytes) {
             Ok(parked) => {
                 let key = parked.data.dedupe_key;
-                let points_back = match db.get(keys::dedupe_key(&key))? {
+                let points_back = match db.get(keys::dedupe_key(&session, &key))? {
                     Some(value) => matches!(
-                        keys::parse_dedupe_value(&key, &value),
-                        Ok(DedupeHit::Parked { stream, event_id: id }) if stream == session && id == event_id
+                        keys::parse_dedupe_value(&session, &key, &value),
+                        Ok(DedupeHit::Parked { event_id: id, .. }) if id == event_id
                     ),
                     None => false,
                 };

@@ -252,7 +252,7 @@ impl<'a> Plan<'a> {
                 session: session.clone(),
             });
         }
-        if let Some(original) = self.shared.store.find_dedupe(&key)? {
+        if let Some(original) = self.shared.store.find_dedupe(session, &key)? {
             return Ok(Planned::Duplicate {
                 session: session.clone(),
                 original,
