@@ -29,6 +29,7 @@ fn main() {
                 id: Some("err_1".into()),
                 code: Some("invalid_credentials".into()),
                 message: Some("The credentials were not correct.".into()),
+                request_id: None,
             }),
         Event::new(EventKind::CredentialsSubmitted).at(at(15)),
         Event::new(EventKind::Opened).at(at(16)),

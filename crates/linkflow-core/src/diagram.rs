@@ -75,6 +75,27 @@ pub fn session_graph() -> MachineGraph {
     }
 }
 
+/// The account machine's graph, one edge per (row, from-state) of
+/// [`crate::account::ACCOUNT_TABLE`].
+pub fn account_graph() -> MachineGraph {
+    let mut edges = Vec::new();
+    for rule in crate::account::ACCOUNT_TABLE {
+        for from in rule.from {
+            edges.push(Edge {
+                from: from.as_str(),
+                to: rule.to.as_str(),
+                label: rule.step.as_str().to_owned(),
+                style: EdgeStyle::Forward,
+            });
+        }
+    }
+    MachineGraph {
+        name: "account",
+        initial: crate::account::AccountState::Absent.as_str(),
+        edges,
+    }
+}
+
 /// Renders a graph as a Mermaid `stateDiagram-v2`.
 pub fn mermaid(graph: &MachineGraph) -> String {
     let mut out = String::from("stateDiagram-v2\n");

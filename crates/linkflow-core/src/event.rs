@@ -159,6 +159,9 @@ pub struct ErrorInfo {
     /// The message shown to the user (MoneyKit `displayed_message`).
     #[serde(default)]
     pub message: Option<String>,
+    /// The provider's id for the request that failed (MoneyKit `request_id`), for support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// What kind of thing happened. The snake_case names are the canonical event names shown in

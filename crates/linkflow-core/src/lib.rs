@@ -7,13 +7,15 @@
 //! time comes in with the event, never from the system clock.
 //!
 //! Modules:
+//! - [`account`]: the linked-account machine ([`Account`], [`ACCOUNT_TABLE`]).
 //! - [`phase`]: the ten [`Phase`]s and their forward order.
 //! - [`event`]: canonical [`Event`]s, their [`EventKind`]s and attributes.
 //! - [`transition`]: the transition table [`SESSION_TABLE`], the one copy of the rules.
 //! - [`session`]: the folded [`Session`] value and the pure [`apply`].
 //! - [`rejection`]: why an event was refused.
 //! - [`diagram`]: Mermaid / DOT diagrams and the Markdown rule table, generated from the table.
-//! - [`ids`]: identifier newtypes ([`SessionId`], [`Version`], [`Position`], [`Provider`]).
+//! - [`ids`]: identifier newtypes ([`SessionId`], [`Version`], [`Position`], [`Provider`],
+//!   [`DedupeKey`]).
 //! - `strategy` (feature `proptest`): proptest strategies for legal and illegal walks.
 //!
 //! ```
@@ -31,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod account;
 pub mod diagram;
 pub mod event;
 pub mod ids;
@@ -41,8 +44,12 @@ pub mod session;
 pub mod strategy;
 pub mod transition;
 
+pub use account::{
+    Account, AccountEvent, AccountEventKind, AccountRejection, AccountState, OperationKind,
+    Outcome, ACCOUNT_TABLE,
+};
 pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution, LinkType, Step};
-pub use ids::{InvalidSessionId, Position, Provider, SessionId, Version};
+pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Version};
 pub use phase::Phase;
 pub use rejection::Rejection;
 pub use session::{apply, fold, Applied, EventCounts, ExitInfo, Latest, ReplayError, Session};

@@ -181,6 +181,7 @@ fn build_walk(choices: &[(u32, u32, u32)]) -> (LegalWalk, Vec<WalkState>) {
                     id: Some(format!("err_{pick}")),
                     code: Some("unexpected_error".into()),
                     message: None,
+                    request_id: None,
                 })
             }
             EventKind::Exited => event = event.with_exit_status("user_closed"),

@@ -241,6 +241,7 @@ fn errors_are_recorded_and_never_end_a_session() {
         id: Some(id.into()),
         code: Some("partner_connect_error".into()),
         message: None,
+        request_id: None,
     };
     let session = session_of(&[
         ev(EventKind::Opened, 0),

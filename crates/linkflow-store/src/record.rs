@@ -5,13 +5,11 @@
 //! the checksum, then dispatches on the schema version through [`upcast_event`] and friends, so
 //! a record written by an older linkflow is read through an upcaster and never misread.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
+pub use linkflow_core::DedupeKey;
 use linkflow_core::{Event, Position, Provider, SessionId, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{CorruptRecord, StoreError};
@@ -27,94 +25,6 @@ const HEADER_LEN: usize = 5;
 /// 6 KiB keep nodes inline in the log file. Real provider payloads are well under 2 KiB; the
 /// limit stops a pathological payload from degrading every neighbour's writes.
 pub const MAX_RECORD_BYTES: usize = 6 * 1024;
-
-/// Identifies one delivery of an event: the same key twice means the same event delivered twice
-/// (a webhook retry, a double-fired callback). 16 bytes of a SHA-256.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DedupeKey([u8; 16]);
-
-impl DedupeKey {
-    /// The key's length in bytes.
-    pub const LEN: usize = 16;
-
-    /// Derives a key from parts (for example provider, session, event name, time, payload
-    /// hash). Parts are length-prefixed before hashing, so ("ab", "c") and ("a", "bc") differ.
-    pub fn derive(parts: &[&[u8]]) -> Self {
-        let mut hasher = Sha256::new();
-        for part in parts {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-        let digest = hasher.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        DedupeKey(key)
-    }
-
-    /// Wraps raw key bytes.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        DedupeKey(bytes)
-    }
-
-    /// The key's bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    /// Parses the 32-character lowercase hex form.
-    pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 32 || !hex.is_ascii() {
-            return None;
-        }
-        let mut key = [0u8; 16];
-        for (index, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).ok()?;
-        }
-        Some(DedupeKey(key))
-    }
-}
-
-impl DedupeKey {
-    /// The 32-character lowercase hex form, without going through the formatter (it is written
-    /// into every record).
-    fn hex(&self) -> [u8; 32] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (index, byte) in self.0.iter().enumerate() {
-            out[index * 2] = DIGITS[usize::from(byte >> 4)];
-            out[index * 2 + 1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-        out
-    }
-}
-
-impl fmt::Display for DedupeKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = self.hex();
-        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
-    }
-}
-
-impl fmt::Debug for DedupeKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DedupeKey({self})")
-    }
-}
-
-impl Serialize for DedupeKey {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let hex = self.hex();
-        serializer.serialize_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
-    }
-}
-
-impl<'de> Deserialize<'de> for DedupeKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        DedupeKey::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom("a dedupe key is 32 lowercase hex characters"))
-    }
-}
 
 /// A JSON text kept exactly as it was written (no re-serialization, so a payload's bytes, key
 /// order and whitespace survive).
@@ -383,15 +293,6 @@ pub fn upcast_snapshot(key: &str, bytes: &[u8]) -> Result<Snapshot, CorruptRecor
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dedupe_keys_round_trip_through_hex_and_separate_their_parts() {
-        let key = DedupeKey::derive(&[b"ab", b"c"]);
-        assert_eq!(DedupeKey::from_hex(&key.to_string()), Some(key));
-        assert_ne!(key, DedupeKey::derive(&[b"a", b"bc"]));
-        assert_eq!(DedupeKey::from_hex("zz"), None);
-        assert_eq!(DedupeKey::from_hex(&"g".repeat(32)), None);
-    }
 
     #[test]
     fn a_flipped_bit_is_a_checksum_error_naming_the_record() {

@@ -1,0 +1,424 @@
+//! The linked-account state machine: what happens to a link after the session succeeded.
+//!
+//! An account is identified by (provider, external user id, institution id). It comes to
+//! exist when a link succeeds (Knot `AUTHENTICATED`; a MoneyKit or Benji success for a known
+//! user and institution), breaks when the provider says the login is required, and is repaired
+//! by a later successful link (a MoneyKit `relink`, a new Knot `AUTHENTICATED`). Cart syncs and
+//! checkouts are recorded with their outcome; they are legal only for an account that exists.
+//! The rules are one table, [`ACCOUNT_TABLE`], read by [`Account::apply`] and the diagram.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::LinkType;
+use crate::ids::Version;
+
+/// Operations kept per account in [`Account::operations`]; older ones stay in the log.
+/// Bounds the state's size so that a busy account does not grow its snapshot forever.
+pub const MAX_RECENT_OPERATIONS: usize = 20;
+
+/// Where a linked account stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    /// No successful link yet: the account does not exist.
+    #[default]
+    Absent,
+    /// Linked and working.
+    Active,
+    /// The provider reported that the user must log in again.
+    LoginRequired,
+}
+
+impl AccountState {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccountState::Absent => "absent",
+            AccountState::Active => "active",
+            AccountState::LoginRequired => "login_required",
+        }
+    }
+}
+
+impl fmt::Display for AccountState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether an operation worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked.
+    Succeeded,
+    /// It failed.
+    Failed,
+}
+
+/// What an account operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    /// Products added to the user's merchant cart (Knot `SYNC_CART_*`).
+    CartSync,
+    /// A checkout of the merchant cart (Knot `CHECKOUT_*`).
+    Checkout,
+}
+
+/// What happened to an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountEventKind {
+    /// A link succeeded for this user and institution.
+    Linked,
+    /// The provider says the user must log in again (Knot `ACCOUNT_LOGIN_REQUIRED`).
+    LoginRequired,
+    /// An operation ran on the account.
+    Operation {
+        /// Which.
+        kind: OperationKind,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// A name no adapter knows. Kept; changes nothing.
+    Unrecognized {
+        /// The name as the provider sent it.
+        raw_name: String,
+    },
+}
+
+/// One account event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountEvent {
+    /// What happened.
+    pub kind: AccountEventKind,
+    /// When, by the provider's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// The link type of a `Linked` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_type: Option<LinkType>,
+    /// Transaction ids of an operation (Knot `data.transactions[].id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transaction_ids: Vec<String>,
+}
+
+impl AccountEvent {
+    /// An event of `kind` with no time, link type or transactions.
+    pub fn new(kind: AccountEventKind) -> Self {
+        AccountEvent {
+            kind,
+            occurred_at: None,
+            link_type: None,
+            transaction_ids: Vec::new(),
+        }
+    }
+
+    /// Sets the provider time.
+    pub fn at(mut self, occurred_at: DateTime<Utc>) -> Self {
+        self.occurred_at = Some(occurred_at);
+        self
+    }
+
+    /// The step this event takes in [`ACCOUNT_TABLE`], `None` for unrecognized names.
+    pub fn step(&self) -> Option<AccountStep> {
+        match self.kind {
+            AccountEventKind::Linked => Some(AccountStep::Link),
+            AccountEventKind::LoginRequired => Some(AccountStep::RequireLogin),
+            AccountEventKind::Operation { .. } => Some(AccountStep::RecordOperation),
+            AccountEventKind::Unrecognized { .. } => None,
+        }
+    }
+
+    /// The snake_case name (`linked`, `login_required`, `cart_sync`, `checkout`,
+    /// `unrecognized`).
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            AccountEventKind::Linked => "linked",
+            AccountEventKind::LoginRequired => "login_required",
+            AccountEventKind::Operation {
+                kind: OperationKind::CartSync,
+                ..
+            } => "cart_sync",
+            AccountEventKind::Operation {
+                kind: OperationKind::Checkout,
+                ..
+            } => "checkout",
+            AccountEventKind::Unrecognized { .. } => "unrecognized",
+        }
+    }
+}
+
+/// A step of the account table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStep {
+    /// A successful link.
+    Link,
+    /// The login broke.
+    RequireLogin,
+    /// A cart sync or checkout.
+    RecordOperation,
+}
+
+impl AccountStep {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccountStep::Link => "link",
+            AccountStep::RequireLogin => "require_login",
+            AccountStep::RecordOperation => "record_operation",
+        }
+    }
+}
+
+/// A row of the account table: in any state of `from`, `step` leads to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountRule {
+    /// The step.
+    pub step: AccountStep,
+    /// The states in which the row applies.
+    pub from: &'static [AccountState],
+    /// The state after the step.
+    pub to: AccountState,
+}
+
+/// The account state machine.
+pub const ACCOUNT_TABLE: &[AccountRule] = &[
+    AccountRule {
+        step: AccountStep::Link,
+        from: &[
+            AccountState::Absent,
+            AccountState::Active,
+            AccountState::LoginRequired,
+        ],
+        to: AccountState::Active,
+    },
+    AccountRule {
+        step: AccountStep::RequireLogin,
+        from: &[AccountState::Active, AccountState::LoginRequired],
+        to: AccountState::LoginRequired,
+    },
+    AccountRule {
+        step: AccountStep::RecordOperation,
+        from: &[AccountState::Active],
+        to: AccountState::Active,
+    },
+    AccountRule {
+        step: AccountStep::RecordOperation,
+        from: &[AccountState::LoginRequired],
+        to: AccountState::LoginRequired,
+    },
+];
+
+/// An account event the current state does not accept (an operation or a login failure for an
+/// account that does not exist yet). The engine parks it until the account appears.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("`{event}` is not accepted for an account in state `{state}`; it accepts {accepts}", accepts = steps(accepts))]
+pub struct AccountRejection {
+    /// The account's state.
+    pub state: AccountState,
+    /// The refused event's name.
+    pub event: String,
+    /// The steps the state accepts.
+    pub accepts: Vec<AccountStep>,
+}
+
+fn steps(accepts: &[AccountStep]) -> String {
+    let names: Vec<&str> = accepts.iter().map(|step| step.as_str()).collect();
+    names.join(", ")
+}
+
+/// A recorded operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Cart sync or checkout.
+    pub kind: OperationKind,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When, by the provider's clock.
+    pub event_time: Option<DateTime<Utc>>,
+    /// Its transaction ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transaction_ids: Vec<String>,
+}
+
+/// A linked account folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    state: AccountState,
+    version: Version,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link_type: Option<LinkType>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    operations: Vec<Operation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_event_at: Option<DateTime<Utc>>,
+}
+
+impl Account {
+    /// An account with no event: state `absent`.
+    pub fn new() -> Self {
+        Account::default()
+    }
+
+    /// The account's state.
+    pub fn state(&self) -> AccountState {
+        self.state
+    }
+
+    /// Accepted events.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The link type of the last successful link.
+    pub fn link_type(&self) -> Option<LinkType> {
+        self.link_type
+    }
+
+    /// The most recent operations (at most [`MAX_RECENT_OPERATIONS`]), oldest first.
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
+    }
+
+    /// The latest event time seen.
+    pub fn last_event_at(&self) -> Option<DateTime<Utc>> {
+        self.last_event_at
+    }
+
+    /// Whether the current state accepts `event`, and by which row.
+    pub fn check(
+        &self,
+        event: &AccountEvent,
+    ) -> Result<Option<&'static AccountRule>, AccountRejection> {
+        let Some(step) = event.step() else {
+            return Ok(None);
+        };
+        ACCOUNT_TABLE
+            .iter()
+            .find(|rule| rule.step == step && rule.from.contains(&self.state))
+            .map(Some)
+            .ok_or_else(|| AccountRejection {
+                state: self.state,
+                event: event.name().to_owned(),
+                accepts: ACCOUNT_TABLE
+                    .iter()
+                    .filter(|rule| rule.from.contains(&self.state))
+                    .map(|rule| rule.step)
+                    .collect(),
+            })
+    }
+
+    /// Applies `event` in place; on a rejection the account is unchanged.
+    pub fn apply_in_place(&mut self, event: &AccountEvent) -> Result<(), AccountRejection> {
+        let rule = self.check(event)?;
+        self.version = self.version.next();
+        if let Some(at) = event.occurred_at {
+            self.last_event_at = Some(self.last_event_at.map_or(at, |last| last.max(at)));
+        }
+        if let AccountEventKind::Operation { kind, outcome } = event.kind {
+            self.operations.push(Operation {
+                kind,
+                outcome,
+                event_time: event.occurred_at,
+                transaction_ids: event.transaction_ids.clone(),
+            });
+            if self.operations.len() > MAX_RECENT_OPERATIONS {
+                self.operations.remove(0);
+            }
+        }
+        if event.kind == AccountEventKind::Linked {
+            self.link_type = event.link_type.or(self.link_type);
+        }
+        if let Some(rule) = rule {
+            self.state = rule.to;
+        }
+        Ok(())
+    }
+
+    /// The account after `event`, or why its state refuses it.
+    pub fn apply(&self, event: &AccountEvent) -> Result<Account, AccountRejection> {
+        let mut next = self.clone();
+        next.apply_in_place(event)?;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: OperationKind, outcome: Outcome) -> AccountEvent {
+        AccountEvent::new(AccountEventKind::Operation { kind, outcome })
+    }
+
+    #[test]
+    fn operations_before_the_account_exists_are_refused() {
+        let account = Account::new();
+        let rejection = account
+            .apply(&op(OperationKind::Checkout, Outcome::Succeeded))
+            .unwrap_err();
+        assert_eq!(rejection.state, AccountState::Absent);
+        assert_eq!(rejection.accepts, vec![AccountStep::Link]);
+        assert!(account
+            .apply(&AccountEvent::new(AccountEventKind::LoginRequired))
+            .is_err());
+    }
+
+    #[test]
+    fn login_required_then_a_new_link_reactivates() {
+        let mut account = Account::new();
+        account
+            .apply_in_place(&AccountEvent::new(AccountEventKind::Linked))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::Active);
+        account
+            .apply_in_place(&AccountEvent::new(AccountEventKind::LoginRequired))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::LoginRequired);
+        account
+            .apply_in_place(&op(OperationKind::CartSync, Outcome::Failed))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::LoginRequired);
+        let mut relink = AccountEvent::new(AccountEventKind::Linked);
+        relink.link_type = Some(LinkType::Relink);
+        account.apply_in_place(&relink).unwrap();
+        assert_eq!(account.state(), AccountState::Active);
+        assert_eq!(account.link_type(), Some(LinkType::Relink));
+    }
+
+    #[test]
+    fn operations_are_recorded_and_bounded() {
+        let mut account = Account::new();
+        account
+            .apply_in_place(&AccountEvent::new(AccountEventKind::Linked))
+            .unwrap();
+        for _ in 0..MAX_RECENT_OPERATIONS + 5 {
+            let mut checkout = op(OperationKind::Checkout, Outcome::Succeeded);
+            checkout.transaction_ids = vec!["t1".into()];
+            account.apply_in_place(&checkout).unwrap();
+        }
+        assert_eq!(account.operations().len(), MAX_RECENT_OPERATIONS);
+        assert_eq!(
+            account.operations()[0].transaction_ids,
+            vec!["t1".to_owned()]
+        );
+        assert_eq!(account.version().0, MAX_RECENT_OPERATIONS as u64 + 6);
+    }
+
+    #[test]
+    fn unrecognized_account_events_are_kept_in_any_state() {
+        let account = Account::new();
+        let next = account
+            .apply(&AccountEvent::new(AccountEventKind::Unrecognized {
+                raw_name: "NEW_WEBHOOK".into(),
+            }))
+            .unwrap();
+        assert_eq!(next.state(), AccountState::Absent);
+    }
+}
