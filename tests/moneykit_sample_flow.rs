@@ -1,48 +1,25 @@
 //! MoneyKit's own sample flow (end of `moneykit-connect-events.txt`, kept verbatim in
-//! `fixtures/moneykit/sample_flow.json`) folded as canonical events.
-//!
-//! The payload-to-event mapping here is the minimum the core test needs: `name` to kind,
-//! `meta` to time, link type and institution. The provider adapter owns the full mapping.
+//! `fixtures/moneykit/sample_flow.json`) decoded by the MoneyKit adapter and folded.
 
-use chrono::{DateTime, Utc};
-use linkflow_core::{fold, Event, EventKind, LinkType, Phase};
-use linkflow_e2e::fixture_json;
-use serde_json::Value;
-
-fn canonical(payload: &Value) -> Event {
-    let name = payload["name"]
-        .as_str()
-        .expect("every sample event has a name");
-    let kind = match name {
-        "open" => EventKind::Opened,
-        "change_screen" => EventKind::ScreenChanged,
-        "submit_credentials" => EventKind::CredentialsSubmitted,
-        "submit_permissions" => EventKind::PermissionsGranted,
-        "submit_accounts" => EventKind::AccountsSelected,
-        "success" => EventKind::Succeeded,
-        other => EventKind::Unrecognized {
-            raw_name: other.to_owned(),
-        },
-    };
-    let meta = &payload["meta"];
-    let at: DateTime<Utc> = meta["timestamp"].as_str().unwrap().parse().unwrap();
-    let mut event = Event::new(kind).at(at);
-    if meta["link_type"] == "Link" {
-        event = event.with_link_type(LinkType::Link);
-    }
-    if let Some(id) = meta["institution_id"].as_str() {
-        event = event.with_institution(id, meta["institution_name"].as_str());
-    }
-    if let Some(screen) = payload["properties"]["current_screen_name"].as_str() {
-        event = event.with_screen(screen);
-    }
-    event
-}
+use chrono::Utc;
+use linkflow_core::{fold, EventKind, LinkType, Phase, Provider};
+use linkflow_e2e::fixtures_dir;
+use linkflow_providers::{decode, split_events, DecodeContext, Target};
 
 #[test]
 fn moneykit_sample_flow_succeeds_and_keeps_the_misspelled_event() {
-    let payloads = fixture_json("moneykit/sample_flow.json");
-    let events: Vec<Event> = payloads.as_array().unwrap().iter().map(canonical).collect();
+    let body = std::fs::read_to_string(fixtures_dir().join("moneykit/sample_flow.json")).unwrap();
+    let context = DecodeContext::received_at(Utc::now());
+    let events: Vec<_> = split_events(&body)
+        .unwrap()
+        .into_iter()
+        .map(
+            |text| match decode(Provider::Moneykit, text, &context).unwrap().target {
+                Target::Session { event, .. } => event,
+                other => panic!("MoneyKit events are session events, got {other:?}"),
+            },
+        )
+        .collect();
     assert_eq!(events.len(), 14);
 
     let session = fold(&events).expect("the sample flow is legal");

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::LinkType;
-use crate::ids::Version;
+use crate::ids::{InvalidSessionId, Provider, SessionId, Version};
 
 /// Operations kept per account in [`Account::operations`]; older ones stay in the log.
 /// Bounds the state's size so that a busy account does not grow its snapshot forever.
@@ -46,6 +46,32 @@ impl AccountState {
 impl fmt::Display for AccountState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Which account: (provider, the integrator's user id, the institution or merchant id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AccountKey {
+    /// The provider.
+    pub provider: Provider,
+    /// The integrator's id for the end user.
+    pub external_user_id: String,
+    /// The institution (bank, merchant, loyalty partner) id.
+    pub institution_id: String,
+}
+
+impl AccountKey {
+    /// The id of the account's own event stream:
+    /// `account:<provider>:<user id length>:<user id>:<institution id>`. The length keeps two
+    /// different (user, institution) pairs from ever giving the same id.
+    pub fn stream_id(&self) -> Result<SessionId, InvalidSessionId> {
+        SessionId::new(format!(
+            "account:{}:{}:{}:{}",
+            self.provider,
+            self.external_user_id.len(),
+            self.external_user_id,
+            self.institution_id
+        ))
     }
 }
 

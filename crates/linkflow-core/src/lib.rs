@@ -45,8 +45,8 @@ pub mod strategy;
 pub mod transition;
 
 pub use account::{
-    Account, AccountEvent, AccountEventKind, AccountRejection, AccountState, OperationKind,
-    Outcome, ACCOUNT_TABLE,
+    Account, AccountEvent, AccountEventKind, AccountKey, AccountRejection, AccountState,
+    OperationKind, Outcome, ACCOUNT_TABLE,
 };
 pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution, LinkType, Step};
 pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Version};
