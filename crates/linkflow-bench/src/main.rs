@@ -147,7 +147,7 @@ fn bare_sled_ingest(events: usize) -> f64 {
             event_id: uuid::Uuid::now_v7(),
             dedupe_key: DedupeKey::derive(&[&n.to_be_bytes()]),
             provider: incoming.provider,
-            event: incoming.event,
+            body: incoming.body,
             raw_name: incoming.raw_name,
             raw: None,
             received_at: Utc::now(),

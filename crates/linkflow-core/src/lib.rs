@@ -8,6 +8,8 @@
 //!
 //! Modules:
 //! - [`account`]: the linked-account machine ([`Account`], [`ACCOUNT_TABLE`]).
+//! - [`merchant`]: merchant availability ([`MerchantStatus`]).
+//! - [`body`]: [`EventBody`], what a stored event says, by stream kind.
 //! - [`phase`]: the ten [`Phase`]s and their forward order.
 //! - [`event`]: canonical [`Event`]s, their [`EventKind`]s and attributes.
 //! - [`transition`]: the transition table [`SESSION_TABLE`], the one copy of the rules.
@@ -34,9 +36,11 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod body;
 pub mod diagram;
 pub mod event;
 pub mod ids;
+pub mod merchant;
 pub mod phase;
 pub mod rejection;
 pub mod session;
@@ -48,8 +52,10 @@ pub use account::{
     Account, AccountEvent, AccountEventKind, AccountKey, AccountRejection, AccountState,
     OperationKind, Outcome, ACCOUNT_TABLE,
 };
+pub use body::EventBody;
 pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution, LinkType, Step};
 pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Version};
+pub use merchant::{Availability, MerchantStatus};
 pub use phase::Phase;
 pub use rejection::Rejection;
 pub use session::{apply, fold, Applied, EventCounts, ExitInfo, Latest, ReplayError, Session};

@@ -21,7 +21,7 @@ pub mod signature;
 
 use chrono::{DateTime, Utc};
 use linkflow_core::{AccountEvent, AccountKey, DedupeKey, Event, Provider, SessionId};
-use serde::Serialize;
+pub use linkflow_core::{Availability, MerchantStatus};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -89,55 +89,6 @@ pub enum Target {
     },
     /// A merchant availability update.
     Merchant(MerchantStatus),
-}
-
-/// Knot's `MERCHANT_STATUS_UPDATE`: availability of one merchant for one product type,
-/// platform and SDK version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct MerchantStatus {
-    /// The merchant's id.
-    pub merchant_id: String,
-    /// Its name.
-    pub name: Option<String>,
-    /// Its category.
-    pub category: Option<String>,
-    /// Its logo URL.
-    pub logo: Option<String>,
-    /// The product (`card_switcher`, `transaction_link`).
-    #[serde(rename = "type")]
-    pub product_type: String,
-    /// The platform (`ios`, `android`, `web`).
-    pub platform: String,
-    /// The SDK version; `None` when the provider sends null.
-    pub sdk: Option<String>,
-    /// Up or down.
-    pub status: Availability,
-    /// The event time.
-    pub since: DateTime<Utc>,
-}
-
-impl MerchantStatus {
-    /// The id of the stream of this (merchant, type, platform, sdk) availability:
-    /// `merchant:<id>:<type>:<platform>:<sdk or ->`.
-    pub fn stream_id(&self) -> Result<SessionId, linkflow_core::InvalidSessionId> {
-        SessionId::new(format!(
-            "merchant:{}:{}:{}:{}",
-            self.merchant_id,
-            self.product_type,
-            self.platform,
-            self.sdk.as_deref().unwrap_or("-")
-        ))
-    }
-}
-
-/// Whether a merchant is available.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Availability {
-    /// Available.
-    Up,
-    /// Unavailable.
-    Down,
 }
 
 /// Decodes one event of `provider` from its JSON text.

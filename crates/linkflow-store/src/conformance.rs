@@ -11,7 +11,7 @@
 use std::ops::ControlFlow;
 
 use chrono::{TimeZone, Utc};
-use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
+use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, Version};
 use uuid::Uuid;
 
 use crate::record::{DedupeKey, NewEvent, ParkedEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
@@ -90,7 +90,9 @@ pub fn event(n: u64) -> NewEvent {
         event_id: Uuid::now_v7(),
         dedupe_key: DedupeKey::derive(&[b"conformance", &n.to_be_bytes()]),
         provider: Provider::Moneykit,
-        event: Event::new(EventKind::ScreenChanged).with_screen(format!("screen {n}")),
+        body: EventBody::Session(
+            Event::new(EventKind::ScreenChanged).with_screen(format!("screen {n}")),
+        ),
         raw_name: Some("change_screen".into()),
         raw: Some(
             RawJson::from_string(format!("{{\"name\": \"change_screen\", \"n\": {n}}}"))

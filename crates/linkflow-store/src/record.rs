@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 pub use linkflow_core::DedupeKey;
-use linkflow_core::{Event, Position, Provider, SessionId, Version};
+use linkflow_core::{EventBody, Position, Provider, SessionId, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -65,8 +65,8 @@ pub struct NewEvent {
     pub dedupe_key: DedupeKey,
     /// The provider that sent it.
     pub provider: Provider,
-    /// The canonical event.
-    pub event: Event,
+    /// What the event says (a session event, an account event, a merchant update).
+    pub body: EventBody,
     /// The event name as the provider sent it (`submit_credentials`, `onSuccess`,
     /// `AUTHENTICATED`), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,9 +154,36 @@ const SIZE_SLACK: usize = 64;
 /// Fails with [`StoreError::TooLarge`] when `event` could not be stored in `stream`, so that a
 /// writer can refuse one event instead of failing a whole group commit.
 pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), StoreError> {
-    // Fast path: JSON escaping at most sextuples a string (`\u0000`), and the fixed fields
-    // (ids, times, numbers, names) take well under 1 KiB.
-    let attributes = &event.event.attributes;
+    // Fast path for session events: JSON escaping at most sextuples a string (`\u0000`), and
+    // the fixed fields (ids, times, numbers, names) take well under 1 KiB.
+    if let EventBody::Session(session_event) = &event.body {
+        if fits_fast(stream, event, session_event) {
+            return Ok(());
+        }
+    }
+    let mut counter = ByteCounter(HEADER_LEN + SIZE_SLACK);
+    let record = StoredEventRef {
+        stream,
+        version: Version(u64::MAX),
+        position: Position(u64::MAX),
+        accepted_at: event.received_at,
+        was_parked: true,
+        data: event,
+    };
+    serde_json::to_writer(&mut counter, &record).expect("serializing to a counter cannot fail");
+    if counter.0 > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge {
+            stream: stream.clone(),
+            bytes: counter.0,
+            limit: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// True when a session event is certainly small enough, without serializing it.
+fn fits_fast(stream: &SessionId, event: &NewEvent, session_event: &linkflow_core::Event) -> bool {
+    let attributes = &session_event.attributes;
     let strings = [
         attributes.screen_name.as_deref(),
         attributes.search_term.as_deref(),
@@ -182,36 +209,20 @@ pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), Stor
             .error
             .as_ref()
             .and_then(|error| error.message.as_deref()),
+        attributes
+            .error
+            .as_ref()
+            .and_then(|error| error.request_id.as_deref()),
         event.raw_name.as_deref(),
         Some(stream.as_str()),
     ];
     let text: usize = strings.iter().flatten().map(|text| text.len()).sum();
-    let unrecognized = match &event.event.kind {
+    let unrecognized = match &session_event.kind {
         linkflow_core::EventKind::Unrecognized { raw_name } => raw_name.len(),
         _ => 0,
     };
     let raw = event.raw.as_ref().map_or(0, |raw| raw.get().len());
-    if (text + unrecognized) * 6 + raw + 1024 + SIZE_SLACK <= MAX_RECORD_BYTES {
-        return Ok(());
-    }
-    let mut counter = ByteCounter(HEADER_LEN + SIZE_SLACK);
-    let record = StoredEventRef {
-        stream,
-        version: Version(u64::MAX),
-        position: Position(u64::MAX),
-        accepted_at: event.received_at,
-        was_parked: true,
-        data: event,
-    };
-    serde_json::to_writer(&mut counter, &record).expect("serializing to a counter cannot fail");
-    if counter.0 > MAX_RECORD_BYTES {
-        return Err(StoreError::TooLarge {
-            stream: stream.clone(),
-            bytes: counter.0,
-            limit: MAX_RECORD_BYTES,
-        });
-    }
-    Ok(())
+    (text + unrecognized) * 6 + raw + 1024 + SIZE_SLACK <= MAX_RECORD_BYTES
 }
 
 /// Encodes a body with the current schema version and its checksum.

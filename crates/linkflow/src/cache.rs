@@ -2,14 +2,16 @@
 
 use std::collections::HashMap;
 
-use linkflow_core::{Provider, Session, SessionId};
+use linkflow_core::{Provider, SessionId};
 
-/// What the engine knows about one session: its folded state, its provider, and how many of
-/// its events are parked (so that retries cost nothing for the sessions that have none).
+use crate::folded::Folded;
+
+/// What the engine knows about one stream: its folded state, its provider, and how many of
+/// its events are parked (so that retries cost nothing for the streams that have none).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SessionState {
     pub provider: Provider,
-    pub session: Session,
+    pub folded: Folded,
     pub parked: u32,
 }
 
@@ -67,7 +69,7 @@ mod tests {
     fn state() -> SessionState {
         SessionState {
             provider: Provider::Moneykit,
-            session: Session::new(),
+            folded: Folded::Session(linkflow_core::Session::new()),
             parked: 0,
         }
     }

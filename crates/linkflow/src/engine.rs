@@ -3,15 +3,16 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use linkflow_core::{Position, Session, SessionId, Version};
+use linkflow_core::{MerchantStatus, Position, Session, SessionId, Version};
 use linkflow_store::{EventStore, ParkedEvent, SledOptions, SledStore, VerifyReport};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cache::SessionCache;
 use crate::config::{EngineConfig, StoreChoice};
 use crate::error::EngineError;
+use crate::folded::Folded;
 use crate::ingest::{IncomingEvent, IngestOutcome, Redriven};
-use crate::query::{self, HistoryEntry, SessionFilter, SessionView};
+use crate::query::{self, AccountView, HistoryEntry, SessionFilter, SessionView};
 use crate::subscribe::Subscription;
 use crate::writer::{run_writer, Request, Shared};
 
@@ -140,31 +141,34 @@ impl Engine {
         self.call(|reply| Request::Redrive { session, reply }).await
     }
 
-    /// The session's current state, or `None` if it has no event and no parked event.
+    /// The session's current state, or `None` if it has no event and no parked event (or the
+    /// id names an account or merchant stream).
     pub async fn session(&self, id: &SessionId) -> Result<Option<SessionView>, EngineError> {
-        if let Some(state) = self.shared.cache().get(id) {
-            return Ok(Some(SessionView {
-                session_id: id.clone(),
-                provider: state.provider,
-                state: state.session,
-                parked: state.parked,
-            }));
-        }
-        let id = id.clone();
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || {
-            let Some(state) = query::load_state(shared.store.as_ref(), &id)? else {
-                return Ok(None);
-            };
-            Ok(Some(SessionView {
+        let view = |id: SessionId, state: crate::cache::SessionState| match state.folded {
+            Folded::Session(session) => Some(SessionView {
                 session_id: id,
                 provider: state.provider,
-                state: state.session,
+                state: session,
                 parked: state.parked,
-            }))
-        })
-        .await
-        .map_err(|_| EngineError::Closed)?
+            }),
+            _ => None,
+        };
+        if let Some(state) = self.shared.cache().get(id) {
+            return Ok(view(id.clone(), state));
+        }
+        let id = id.clone();
+        self.read(move |store| Ok(query::load_state(store, &id)?.and_then(|state| view(id, state))))
+            .await
+    }
+
+    /// Every linked account with its state and recent operations, in key order.
+    pub async fn accounts(&self) -> Result<Vec<AccountView>, EngineError> {
+        self.read(query::accounts).await
+    }
+
+    /// Every merchant availability (newest status per merchant, type, platform and SDK).
+    pub async fn merchants(&self) -> Result<Vec<MerchantStatus>, EngineError> {
+        self.read(query::merchants).await
     }
 
     /// The session as it was after its first `version` events.
@@ -178,8 +182,8 @@ impl Engine {
             .await
     }
 
-    /// Every accepted event of the session with the phase before and after it; `None` if the
-    /// session has no accepted event.
+    /// Every accepted event of the stream (a session, an account, a merchant) with what it
+    /// did; `None` if the stream has no accepted event.
     pub async fn history(&self, id: &SessionId) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
         let id = id.clone();
         self.read(move |store| query::history(store, &id)).await

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use linkflow_core::{Provider, ReplayError, SessionId};
+use linkflow_core::{Provider, SessionId};
 use linkflow_store::StoreError;
 
 /// Why an engine call failed as a whole.
@@ -14,12 +14,16 @@ pub enum EngineError {
     Store(Arc<StoreError>),
     /// A stored stream no longer folds: an event the log accepted is refused on replay. The log
     /// is inconsistent with the transition table (see `verify`).
-    #[error("session `{session}` does not fold from its log: {error}")]
+    #[error(
+        "stream `{session}` does not fold from its log: version {version} is refused: {reason}"
+    )]
     Replay {
-        /// The session.
+        /// The stream.
         session: SessionId,
-        /// Where the replay stopped.
-        error: ReplayError,
+        /// The refused version.
+        version: linkflow_core::Version,
+        /// Why the state refuses it.
+        reason: String,
     },
     /// A version past the session's last one was asked for.
     #[error("session `{session}` has {current} events; version {requested} does not exist")]
@@ -70,6 +74,16 @@ pub enum EventError {
         limit: u32,
         /// Why the state machine refused the event.
         reason: String,
+    },
+    /// The stream holds events of another kind (a session id used as an account stream id).
+    #[error("stream `{session}` is a {stream} stream; a {event} event cannot go into it")]
+    StreamKindMismatch {
+        /// The stream.
+        session: SessionId,
+        /// Its kind (`session`, `account`, `merchant`).
+        stream: &'static str,
+        /// The refused event's name.
+        event: &'static str,
     },
     /// The session belongs to another provider.
     #[error("session `{session}` belongs to provider {stored}, not {incoming}")]

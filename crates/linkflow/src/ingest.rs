@@ -1,7 +1,7 @@
 //! What goes into an ingest and what comes out.
 
 use chrono::{DateTime, Utc};
-use linkflow_core::{Event, Phase, Position, Provider, SessionId, Version};
+use linkflow_core::{Event, EventBody, Phase, Position, Provider, SessionId, Version};
 use linkflow_store::{DedupeHit, DedupeKey, RawJson};
 use serde::Serialize;
 use uuid::Uuid;
@@ -11,12 +11,12 @@ use crate::error::EventError;
 /// One decoded event on its way into the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncomingEvent {
-    /// The session stream it belongs to.
+    /// The stream it belongs to: a session id, or an account's or merchant's stream id.
     pub session: SessionId,
     /// The provider that sent it.
     pub provider: Provider,
-    /// The canonical event.
-    pub event: Event,
+    /// What it says.
+    pub body: EventBody,
     /// The event name as the provider sent it.
     pub raw_name: Option<String>,
     /// The payload exactly as delivered.
@@ -31,12 +31,64 @@ pub struct IncomingEvent {
 }
 
 impl IncomingEvent {
-    /// An event for `session` with everything optional left to the engine.
+    /// A decoded provider payload on its way in: its stream, body, name, id, dedupe key and
+    /// verbatim payload, received at `received_at`.
+    pub fn from_decoded(
+        decoded: linkflow_providers::Decoded,
+        received_at: DateTime<Utc>,
+    ) -> Result<Self, linkflow_providers::DecodeError> {
+        use linkflow_providers::{DecodeError, Target};
+        let invalid = |error: linkflow_core::InvalidSessionId| DecodeError::InvalidValue {
+            path: "$".into(),
+            reason: format!("the stream id this payload names is not usable: {error}"),
+        };
+        let (stream, body) = match decoded.target {
+            Target::Session { session, event } => (session, EventBody::Session(event)),
+            Target::Account { account, event } => (
+                account.stream_id().map_err(invalid)?,
+                EventBody::Account { account, event },
+            ),
+            Target::Merchant(status) => (
+                status.stream_id().map_err(invalid)?,
+                EventBody::Merchant(status),
+            ),
+        };
+        let raw = RawJson::from_string(decoded.raw).map_err(|error| DecodeError::NotJson {
+            line: error.line(),
+            column: error.column(),
+            message: error.to_string(),
+        })?;
+        Ok(IncomingEvent {
+            session: stream,
+            provider: decoded.provider,
+            body,
+            raw_name: Some(decoded.raw_name),
+            raw: Some(raw),
+            event_id: decoded.event_id,
+            dedupe_key: Some(decoded.dedupe_key),
+            received_at: Some(received_at),
+        })
+    }
+
+    /// The session event, if this is one.
+    pub fn session_event_mut(&mut self) -> Option<&mut Event> {
+        match &mut self.body {
+            EventBody::Session(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    /// A session event for `session` with everything optional left to the engine.
     pub fn new(session: SessionId, provider: Provider, event: Event) -> Self {
+        IncomingEvent::with_body(session, provider, EventBody::Session(event))
+    }
+
+    /// An event of any stream kind with everything optional left to the engine.
+    pub fn with_body(stream: SessionId, provider: Provider, body: EventBody) -> Self {
         IncomingEvent {
-            session,
+            session: stream,
             provider,
-            event,
+            body,
             raw_name: None,
             raw: None,
             event_id: None,
@@ -51,7 +103,7 @@ impl IncomingEvent {
 /// canonical event are one event; two events differing in anything, time included, are two.
 pub fn default_dedupe_key(incoming: &IncomingEvent) -> DedupeKey {
     let canonical =
-        serde_json::to_vec(&incoming.event).expect("serializing an event to memory cannot fail");
+        serde_json::to_vec(&incoming.body).expect("serializing an event to memory cannot fail");
     DedupeKey::derive(&[
         incoming.provider.as_str().as_bytes(),
         incoming.session.as_str().as_bytes(),
@@ -71,12 +123,15 @@ pub enum IngestOutcome {
         version: Version,
         /// Its global position.
         position: Position,
-        /// The phase before it.
-        phase_before: Phase,
-        /// The phase after it.
-        phase_after: Phase,
-        /// Parked events of the session that this event made legal, accepted right after it.
+        /// The phase before it (session events only).
+        phase_before: Option<Phase>,
+        /// The phase after it (session events only).
+        phase_after: Option<Phase>,
+        /// Parked events of the stream that this event made legal, accepted right after it.
         redriven: Vec<Redriven>,
+        /// The `linked` event this session success wrote into its account's stream, if the
+        /// session knows its user and institution.
+        linked: Option<Redriven>,
     },
     /// Already stored: nothing was written.
     Duplicate {
@@ -102,10 +157,11 @@ pub enum IngestOutcome {
     },
 }
 
-/// A parked event that a retry accepted.
+/// An event accepted as a consequence of another: a parked event a retry accepted, or an
+/// account's `linked` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Redriven {
-    /// The session.
+    /// Its stream.
     pub session: SessionId,
     /// The event's id.
     pub event_id: Uuid,
@@ -113,6 +169,6 @@ pub struct Redriven {
     pub version: Version,
     /// Its global position.
     pub position: Position,
-    /// The phase after it.
-    pub phase_after: Phase,
+    /// The phase after it (session events only).
+    pub phase_after: Option<Phase>,
 }

@@ -23,6 +23,7 @@ mod cache;
 pub mod config;
 mod engine;
 pub mod error;
+pub mod folded;
 pub mod ingest;
 mod query;
 mod subscribe;
@@ -32,8 +33,9 @@ mod writer;
 pub use config::{Durability, EngineConfig, StoreChoice};
 pub use engine::Engine;
 pub use error::{EngineError, EventError};
+pub use folded::Folded;
 pub use ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
-pub use query::{HistoryEntry, SessionFilter, SessionView};
+pub use query::{AccountView, HistoryEntry, SessionFilter, SessionView};
 pub use subscribe::Subscription;
 
 pub use linkflow_core as core;

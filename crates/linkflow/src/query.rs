@@ -1,15 +1,21 @@
-//! Reading sessions back: states from snapshot plus tail, histories, lists.
+//! Reading streams back: states from snapshot plus tail, histories, lists of sessions,
+//! accounts and merchants.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
-use linkflow_core::{Phase, Position, Provider, RuleKind, Session, SessionId, Version};
+use linkflow_core::{
+    Account, AccountKey, AccountState, MerchantStatus, Phase, Position, Provider, RuleKind,
+    Session, SessionId, Version,
+};
 use linkflow_store::{EventStore, Snapshot, StoredEvent};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cache::SessionState;
 use crate::error::EngineError;
+use crate::folded::Folded;
 
 /// Events read per store call when replaying a stream.
 const READ_CHUNK: usize = 1_024;
@@ -27,10 +33,21 @@ pub struct SessionView {
     pub parked: u32,
 }
 
-/// One accepted event of a session's history, with what it did.
+/// A linked account as the engine knows it now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountView {
+    /// Which account.
+    pub key: AccountKey,
+    /// Its state.
+    pub account: Account,
+    /// How many of its events are parked (operations that came before the account existed).
+    pub parked: u32,
+}
+
+/// One accepted event of a stream's history, with what it did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryEntry {
-    /// Its version in the session.
+    /// Its version in the stream.
     pub version: Version,
     /// Its global position.
     pub position: Position,
@@ -48,11 +65,11 @@ pub struct HistoryEntry {
     pub accepted_at: DateTime<Utc>,
     /// True if it was parked before a retry accepted it.
     pub was_parked: bool,
-    /// The phase before it.
-    pub phase_before: Phase,
-    /// The phase after it (equal to `phase_before` for telemetry).
-    pub phase_after: Phase,
-    /// The table row that took it; `None` for telemetry and unrecognized events.
+    /// The phase before it (session streams only).
+    pub phase_before: Option<Phase>,
+    /// The phase after it (session streams only; equal to `phase_before` for telemetry).
+    pub phase_after: Option<Phase>,
+    /// The table row that took it; `None` for telemetry, unrecognized and non-session events.
     pub rule: Option<RuleKind>,
 }
 
@@ -82,82 +99,86 @@ impl SessionFilter {
     }
 }
 
-/// Decodes a snapshot's state; `None` when it cannot be read by this build (the caller falls
-/// back to a full replay).
-pub(crate) fn decode_snapshot(snapshot: &Snapshot) -> Option<Session> {
-    serde_json::from_str(snapshot.state.get()).ok()
+/// Decodes a snapshot's state; `None` when this build cannot read it or it does not match its
+/// version (the caller falls back to a full replay).
+pub(crate) fn decode_snapshot(snapshot: &Snapshot) -> Option<Folded> {
+    serde_json::from_str::<Folded>(snapshot.state.get())
+        .ok()
+        .filter(|folded| folded.version() == snapshot.version)
 }
 
-/// Replays `stream`'s events after `session`'s version onto it, up to `until` if given.
+fn replay_error(stream: &SessionId, stored: &StoredEvent, reason: String) -> EngineError {
+    EngineError::Replay {
+        session: stream.clone(),
+        version: stored.version,
+        reason,
+    }
+}
+
+/// Replays `stream`'s events after `folded`'s version onto it, up to `until` if given. With no
+/// state yet, the first event decides the stream's kind.
 fn replay_tail(
     store: &dyn EventStore,
     stream: &SessionId,
-    mut session: Session,
+    mut folded: Option<Folded>,
     until: Option<Version>,
-) -> Result<Session, EngineError> {
+) -> Result<Option<Folded>, EngineError> {
     loop {
-        let after = session.version();
+        let after = folded.as_ref().map_or(Version::EMPTY, Folded::version);
         let limit = match until {
-            Some(until) if until <= after => return Ok(session),
+            Some(until) if until <= after => return Ok(folded),
             Some(until) => READ_CHUNK.min((until.0 - after.0) as usize),
             None => READ_CHUNK,
         };
         let events = store.read_stream(stream, after, limit)?;
         if events.is_empty() {
-            return Ok(session);
+            return Ok(folded);
         }
         for stored in &events {
-            session =
-                session
-                    .replay([&stored.data.event])
-                    .map_err(|error| EngineError::Replay {
-                        session: stream.clone(),
-                        error: linkflow_core::ReplayError {
-                            index: (stored.version.0 - 1) as usize,
-                            rejection: error.rejection,
-                        },
-                    })?;
+            let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
+            state
+                .apply_in_place(&stored.data.body)
+                .map_err(|reason| replay_error(stream, stored, reason))?;
         }
     }
 }
 
-/// A session's current state from its snapshot plus the events after it, or `None` if the
-/// session has neither events nor parked events. A snapshot this build cannot decode falls
-/// back to a full replay.
+/// A stream's current state from its snapshot plus the events after it, or `None` if it has
+/// neither events nor parked events. A snapshot this build cannot decode falls back to a full
+/// replay.
 pub(crate) fn load_state(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<SessionState>, EngineError> {
     let snapshot = store.snapshot(stream)?;
-    let (provider, base) = match &snapshot {
-        Some(snapshot) => (
-            Some(snapshot.provider),
-            decode_snapshot(snapshot).filter(|session| session.version() == snapshot.version),
-        ),
-        None => (None, None),
-    };
-    let session = replay_tail(store, stream, base.unwrap_or_default(), None)?;
+    let base = snapshot.as_ref().and_then(decode_snapshot);
+    let folded = replay_tail(store, stream, base, None)?;
     let parked = store.parked(Some(stream))?;
-    let provider = match provider {
-        Some(provider) => provider,
-        None if session.version() > Version::EMPTY => {
-            store.read_stream(stream, Version::EMPTY, 1)?[0]
-                .data
-                .provider
+    let parked_count = u32::try_from(parked.len()).unwrap_or(u32::MAX);
+    let (provider, folded) = match (folded, parked.first()) {
+        (Some(folded), _) => {
+            let provider = match &snapshot {
+                Some(snapshot) => snapshot.provider,
+                None => {
+                    store.read_stream(stream, Version::EMPTY, 1)?[0]
+                        .data
+                        .provider
+                }
+            };
+            (provider, folded)
         }
-        None => match parked.first() {
-            Some(first) => first.data.provider,
-            None => return Ok(None),
-        },
+        (None, Some(first)) => (first.data.provider, Folded::initial_for(&first.data.body)),
+        (None, None) => return Ok(None),
     };
     Ok(Some(SessionState {
         provider,
-        session,
-        parked: u32::try_from(parked.len()).unwrap_or(u32::MAX),
+        folded,
+        parked: parked_count,
     }))
 }
 
-/// The session as of `version` (a full fold of its first `version` events).
+/// The session as of `version` (a full fold of its first `version` events); `None` if the
+/// stream is empty or not a session.
 pub(crate) fn session_at(
     store: &dyn EventStore,
     stream: &SessionId,
@@ -174,32 +195,44 @@ pub(crate) fn session_at(
             current,
         });
     }
-    replay_tail(store, stream, Session::new(), Some(version)).map(Some)
+    Ok(match replay_tail(store, stream, None, Some(version))? {
+        Some(Folded::Session(session)) => Some(session),
+        _ => None,
+    })
 }
 
-/// Every accepted event of the session with the phase before and after it.
+/// Every accepted event of the stream with what it did.
 pub(crate) fn history(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
-    let mut session = Session::new();
+    let mut folded: Option<Folded> = None;
     let mut entries = Vec::new();
     loop {
-        let events = store.read_stream(stream, session.version(), READ_CHUNK)?;
+        let after = folded.as_ref().map_or(Version::EMPTY, Folded::version);
+        let events = store.read_stream(stream, after, READ_CHUNK)?;
         if events.is_empty() {
             break;
         }
         for stored in events {
-            let applied = session
-                .apply_in_place(&stored.data.event)
-                .map_err(|rejection| EngineError::Replay {
-                    session: stream.clone(),
-                    error: linkflow_core::ReplayError {
-                        index: (stored.version.0 - 1) as usize,
-                        rejection,
-                    },
-                })?;
-            entries.push(history_entry(stored, applied));
+            let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
+            let change = state
+                .apply_in_place(&stored.data.body)
+                .map_err(|reason| replay_error(stream, &stored, reason))?;
+            entries.push(HistoryEntry {
+                version: stored.version,
+                position: stored.position,
+                event_id: stored.data.event_id,
+                event: stored.data.body.name().to_owned(),
+                raw_name: stored.data.raw_name,
+                event_time: stored.data.body.occurred_at(),
+                received_at: stored.data.received_at,
+                accepted_at: stored.accepted_at,
+                was_parked: stored.was_parked,
+                phase_before: change.phase_before(),
+                phase_after: change.phase_after(),
+                rule: change.session.and_then(|applied| applied.rule),
+            });
         }
     }
     Ok(if entries.is_empty() {
@@ -209,66 +242,83 @@ pub(crate) fn history(
     })
 }
 
-fn history_entry(stored: StoredEvent, applied: linkflow_core::Applied) -> HistoryEntry {
-    HistoryEntry {
-        version: stored.version,
-        position: stored.position,
-        event_id: stored.data.event_id,
-        event: stored.data.event.kind.name().to_owned(),
-        raw_name: stored.data.raw_name,
-        event_time: stored.data.event.occurred_at,
-        received_at: stored.data.received_at,
-        accepted_at: stored.accepted_at,
-        was_parked: stored.was_parked,
-        phase_before: applied.phase_before,
-        phase_after: applied.phase_after,
-        rule: applied.rule,
+/// Every stream's current state from its snapshot (each is current: every commit that changes
+/// a stream rewrites its snapshot), falling back to a replay for undecodable snapshots.
+fn all_states(store: &dyn EventStore) -> Result<Vec<(SessionId, Provider, Folded)>, EngineError> {
+    let mut states = Vec::new();
+    let mut undecodable = Vec::new();
+    store.for_each_snapshot(&mut |stream, snapshot| {
+        match decode_snapshot(&snapshot) {
+            Some(folded) => states.push((stream, snapshot.provider, folded)),
+            None => undecodable.push(stream),
+        }
+        ControlFlow::Continue(())
+    })?;
+    for stream in undecodable {
+        if let Some(state) = load_state(store, &stream)? {
+            states.push((stream, state.provider, state.folded));
+        }
     }
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(states)
 }
 
-/// Sessions matching `filter`, in session-id order, from their snapshots (each is current:
-/// every commit that changes a session rewrites its snapshot).
+fn parked_counts(store: &dyn EventStore) -> Result<HashMap<SessionId, u32>, EngineError> {
+    let mut counts: HashMap<SessionId, u32> = HashMap::new();
+    for entry in store.parked(None)? {
+        *counts.entry(entry.stream).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+/// Sessions matching `filter`, in session-id order.
 pub(crate) fn sessions(
     store: &dyn EventStore,
     filter: &SessionFilter,
 ) -> Result<Vec<SessionView>, EngineError> {
-    let mut views = Vec::new();
-    let mut undecodable = Vec::new();
-    store.for_each_snapshot(&mut |session_id, snapshot| {
-        match decode_snapshot(&snapshot) {
-            Some(state) if state.version() == snapshot.version => {
-                if filter.matches(snapshot.provider, &state) {
-                    views.push(SessionView {
-                        session_id,
-                        provider: snapshot.provider,
-                        state,
-                        parked: 0,
-                    });
-                }
+    let parked = parked_counts(store)?;
+    Ok(all_states(store)?
+        .into_iter()
+        .filter_map(|(session_id, provider, folded)| match folded {
+            Folded::Session(state) if filter.matches(provider, &state) => Some(SessionView {
+                parked: parked.get(&session_id).copied().unwrap_or(0),
+                session_id,
+                provider,
+                state,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every linked account that exists (state `active` or `login_required`). Operations waiting
+/// for an account that does not exist yet are in the parked list.
+pub(crate) fn accounts(store: &dyn EventStore) -> Result<Vec<AccountView>, EngineError> {
+    let parked = parked_counts(store)?;
+    let mut views: Vec<AccountView> = all_states(store)?
+        .into_iter()
+        .filter_map(|(stream, _, folded)| match folded {
+            Folded::Account { key, account } if account.state() != AccountState::Absent => {
+                Some(AccountView {
+                    parked: parked.get(&stream).copied().unwrap_or(0),
+                    key,
+                    account,
+                })
             }
-            _ => undecodable.push(session_id),
-        }
-        ControlFlow::Continue(())
-    })?;
-    for session_id in undecodable {
-        if let Some(state) = load_state(store, &session_id)? {
-            if filter.matches(state.provider, &state.session) {
-                views.push(SessionView {
-                    session_id,
-                    provider: state.provider,
-                    state: state.session,
-                    parked: 0,
-                });
-            }
-        }
-    }
-    views.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-    let mut parked: std::collections::HashMap<SessionId, u32> = std::collections::HashMap::new();
-    for entry in store.parked(None)? {
-        *parked.entry(entry.stream).or_default() += 1;
-    }
-    for view in &mut views {
-        view.parked = parked.get(&view.session_id).copied().unwrap_or(0);
-    }
+            _ => None,
+        })
+        .collect();
+    views.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(views)
+}
+
+/// Every merchant availability, newest status per (merchant, type, platform, sdk).
+pub(crate) fn merchants(store: &dyn EventStore) -> Result<Vec<MerchantStatus>, EngineError> {
+    Ok(all_states(store)?
+        .into_iter()
+        .filter_map(|(_, _, folded)| match folded {
+            Folded::Merchant { status, .. } => status,
+            _ => None,
+        })
+        .collect())
 }

@@ -3,29 +3,31 @@
 
 use std::ops::ControlFlow;
 
-use linkflow_core::{Session, SessionId};
+use linkflow_core::SessionId;
 use linkflow_store::{EventStore, Problem, VerifyReport};
 
 use crate::error::EngineError;
+use crate::folded::Folded;
 use crate::query::decode_snapshot;
 
 /// Walks the log and indexes (the store's check), then folds every session from its events:
 /// each must fold without a rejection and equal its snapshot.
 pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError> {
     let mut report = store.verify()?;
-    // (session, its fold so far, the first refusal if any)
-    type Fold = (SessionId, Session, Option<String>);
+    // (stream, its fold so far, the first refusal if any)
+    type Fold = (SessionId, Option<Folded>, Option<String>);
     let mut folded: Vec<Fold> = Vec::new();
     let mut current: Option<Fold> = None;
     store.for_each_event_by_stream(&mut |stored| {
         if current.as_ref().map(|(id, _, _)| id) != Some(&stored.stream) {
             folded.extend(current.take());
-            current = Some((stored.stream.clone(), Session::new(), None));
+            current = Some((stored.stream.clone(), None, None));
         }
-        if let Some((_, session, refused @ None)) = &mut current {
-            if let Err(rejection) = session.apply_in_place(&stored.data.event) {
+        if let Some((_, folded, refused @ None)) = &mut current {
+            let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
+            if let Err(reason) = state.apply_in_place(&stored.data.body) {
                 *refused = Some(format!(
-                    "version {} is refused on replay: {rejection}",
+                    "version {} is refused on replay: {reason}",
                     stored.version
                 ));
             }
@@ -33,14 +35,15 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
         ControlFlow::Continue(())
     })?;
     folded.extend(current.take());
+    // A stream in this list was folded from at least one event, so its state is set.
     let folded = folded
         .into_iter()
-        .map(|(id, session, refused)| match refused {
-            Some(message) => (id, Err(message)),
-            None => (id, Ok(session)),
+        .filter_map(|(id, state, refused)| match (refused, state) {
+            (Some(message), _) => Some((id, Err(message))),
+            (None, state) => state.map(|state| (id, Ok(state))),
         });
     for (session_id, result) in folded {
-        let what = format!("session `{session_id}`");
+        let what = format!("stream `{session_id}`");
         match result {
             Err(message) => report.problems.push(Problem {
                 record: what,
@@ -54,7 +57,7 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
                 Some(snapshot) => match decode_snapshot(&snapshot) {
                     None => report.problems.push(Problem {
                         record: format!("snapshot of `{session_id}`"),
-                        message: "cannot be decoded by this build (reads fall back to a full replay)"
+                        message: "cannot be decoded by this build or does not match its version (reads fall back to a full replay)"
                             .into(),
                     }),
                     Some(state) if state != session => report.problems.push(Problem {

@@ -9,10 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use linkflow_core::{Phase, Position, Provider, Session, SessionId};
+use linkflow_core::{
+    AccountEvent, AccountEventKind, AccountKey, DedupeKey, EventBody, Phase, Position, Provider,
+    SessionId,
+};
 use linkflow_store::{
-    record::check_event_size, DedupeHit, DedupeKey, EventStore, ExpectedVersion, NewEvent, Op,
-    OpOutcome, ParkedEvent, RawJson, Snapshot, StoreError,
+    record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
+    ParkedEvent, RawJson, Snapshot, StoreError,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -20,6 +23,7 @@ use uuid::Uuid;
 use crate::cache::{SessionCache, SessionState};
 use crate::config::Durability;
 use crate::error::{EngineError, EventError};
+use crate::folded::{Change, Folded};
 use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
 use crate::query::load_state;
 
@@ -123,7 +127,7 @@ struct PlannedRedrive {
     op: usize,
     session: SessionId,
     event_id: Uuid,
-    phase_after: Phase,
+    phase_after: Option<Phase>,
 }
 
 /// An event's fate, before the commit fills in versions and positions.
@@ -131,9 +135,10 @@ enum Planned {
     Append {
         op: usize,
         session: SessionId,
-        phase_before: Phase,
-        phase_after: Phase,
+        phase_before: Option<Phase>,
+        phase_after: Option<Phase>,
         redriven: Vec<PlannedRedrive>,
+        linked: Option<PlannedRedrive>,
     },
     Park {
         op: usize,
@@ -203,15 +208,18 @@ impl<'a> Plan<'a> {
         &mut self,
         session: &SessionId,
         provider: Provider,
+        body: &EventBody,
     ) -> Result<&mut Working, EngineError> {
         if !self.sessions.contains_key(session) {
             let cached = self.shared.cache().get(session);
             let state = match cached {
                 Some(state) => state,
-                None => load_state(self.shared.store.as_ref(), session)?.unwrap_or(SessionState {
-                    provider,
-                    session: Session::new(),
-                    parked: 0,
+                None => load_state(self.shared.store.as_ref(), session)?.unwrap_or_else(|| {
+                    SessionState {
+                        provider,
+                        folded: Folded::initial_for(body),
+                        parked: 0,
+                    }
                 }),
             };
             self.sessions.insert(
@@ -262,7 +270,7 @@ impl<'a> Plan<'a> {
             event_id: incoming.event_id.unwrap_or_else(Uuid::now_v7),
             dedupe_key: key,
             provider: incoming.provider,
-            event: incoming.event.clone(),
+            body: incoming.body.clone(),
             raw_name: incoming.raw_name.clone(),
             raw: incoming.raw.clone(),
             received_at: incoming.received_at.unwrap_or(self.now),
@@ -275,7 +283,7 @@ impl<'a> Plan<'a> {
             }));
         }
         let max_parked = self.shared.max_parked_per_session;
-        let working = self.working(session, incoming.provider)?;
+        let working = self.working(session, incoming.provider, &new.body)?;
         if working.state.provider != incoming.provider {
             return Ok(Planned::Refused(EventError::ProviderMismatch {
                 session: session.clone(),
@@ -283,10 +291,18 @@ impl<'a> Plan<'a> {
                 incoming: incoming.provider,
             }));
         }
-        let before = working.state.session.version();
-        match working.state.session.apply_in_place(&new.event) {
-            Ok(applied) => {
+        if working.state.folded.check(&new.body) == Ok(false) {
+            return Ok(Planned::Refused(EventError::StreamKindMismatch {
+                session: session.clone(),
+                stream: working.state.folded.kind_name(),
+                event: new.body.name(),
+            }));
+        }
+        let before = working.state.folded.version();
+        match working.state.folded.apply_in_place(&new.body) {
+            Ok(change) => {
                 working.dirty = true;
+                let link = self.link_for(session, &new, change);
                 let event_id = new.event_id;
                 let op = self.push(
                     Op::Append {
@@ -301,16 +317,20 @@ impl<'a> Plan<'a> {
                     key,
                 );
                 let redriven = self.retry_parked(session)?;
+                let linked = match link {
+                    Some((stream, event)) => self.plan_link(stream, event)?,
+                    None => None,
+                };
                 Ok(Planned::Append {
                     op,
                     session: session.clone(),
-                    phase_before: applied.phase_before,
-                    phase_after: applied.phase_after,
+                    phase_before: change.phase_before(),
+                    phase_after: change.phase_after(),
                     redriven,
+                    linked,
                 })
             }
-            Err(rejection) => {
-                let reason = rejection.to_string();
+            Err(reason) => {
                 if working.state.parked >= max_parked {
                     return Ok(Planned::Refused(EventError::ParkedLimit {
                         session: session.clone(),
@@ -343,7 +363,92 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Retries the session's parked events, oldest event time first, accepting every one that
+    /// The account `linked` event a session event causes: when the session has just succeeded
+    /// and knows its user and institution. Its dedupe key derives from the success's, so a
+    /// redelivered success links once.
+    fn link_for(
+        &self,
+        session: &SessionId,
+        success: &NewEvent,
+        change: Change,
+    ) -> Option<(SessionId, NewEvent)> {
+        let applied = change.session?;
+        if applied.phase_after != Phase::Succeeded || applied.phase_before == Phase::Succeeded {
+            return None;
+        }
+        let state = self.sessions.get(session)?.state.folded.as_session()?;
+        let key = AccountKey {
+            provider: success.provider,
+            external_user_id: state.external_user_id()?.to_owned(),
+            institution_id: state.institution()?.id.clone(),
+        };
+        let stream = key.stream_id().ok()?;
+        let mut event = AccountEvent::new(AccountEventKind::Linked);
+        event.occurred_at = success.body.occurred_at();
+        event.link_type = state.link_type();
+        Some((
+            stream,
+            NewEvent {
+                event_id: Uuid::now_v7(),
+                dedupe_key: DedupeKey::derive(&[b"linked", success.dedupe_key.as_bytes()]),
+                provider: success.provider,
+                body: EventBody::Account {
+                    account: key,
+                    event,
+                },
+                raw_name: Some(format!("linked by session {session}")),
+                raw: None,
+                received_at: success.received_at,
+            },
+        ))
+    }
+
+    /// Appends a `linked` event to its account's stream and retries the account's parked
+    /// events (operations that arrived before the account existed).
+    fn plan_link(
+        &mut self,
+        stream: SessionId,
+        event: NewEvent,
+    ) -> Result<Option<PlannedRedrive>, EngineError> {
+        let key = event.dedupe_key;
+        if self.keys.contains_key(&key) || self.shared.store.find_dedupe(&stream, &key)?.is_some() {
+            return Ok(None);
+        }
+        let working = self.working(&stream, event.provider, &event.body)?;
+        if working.state.folded.check(&event.body) != Ok(true) {
+            // The id is taken by a stream of another kind: no account for it.
+            return Ok(None);
+        }
+        let before = working.state.folded.version();
+        working
+            .state
+            .folded
+            .apply_in_place(&event.body)
+            .expect("a link is accepted in every account state");
+        working.dirty = true;
+        let event_id = event.event_id;
+        let op = self.push(
+            Op::Append {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Exact(before),
+                accepted_at: event.received_at,
+                event,
+                from_parked: false,
+            },
+            &stream,
+            event_id,
+            key,
+        );
+        self.retry_parked(&stream)?;
+        Ok(Some(PlannedRedrive {
+            op,
+            session: stream,
+            event_id,
+            phase_after: None,
+        }))
+    }
+
+    /// Retries the stream's parked events, oldest event time first, accepting every one that
     /// has become legal, until none is.
     fn retry_parked(&mut self, session: &SessionId) -> Result<Vec<PlannedRedrive>, EngineError> {
         let mut redriven = Vec::new();
@@ -368,8 +473,8 @@ impl<'a> Plan<'a> {
                 (
                     parked
                         .data
-                        .event
-                        .occurred_at
+                        .body
+                        .occurred_at()
                         .unwrap_or(parked.data.received_at),
                     parked.data.received_at,
                     parked.data.event_id,
@@ -377,16 +482,16 @@ impl<'a> Plan<'a> {
             });
             let Some(index) = list
                 .iter()
-                .position(|parked| working.state.session.check(&parked.data.event).is_ok())
+                .position(|parked| working.state.folded.check(&parked.data.body) == Ok(true))
             else {
                 break;
             };
             let parked = list.remove(index);
-            let before = working.state.session.version();
-            let applied = working
+            let before = working.state.folded.version();
+            let change = working
                 .state
-                .session
-                .apply_in_place(&parked.data.event)
+                .folded
+                .apply_in_place(&parked.data.body)
                 .expect("check accepted this event against the same state");
             working.state.parked -= 1;
             working.dirty = true;
@@ -408,7 +513,7 @@ impl<'a> Plan<'a> {
                 op,
                 session: session.clone(),
                 event_id,
-                phase_after: applied.phase_after,
+                phase_after: change.phase_after(),
             });
         }
         Ok(redriven)
@@ -420,16 +525,17 @@ impl<'a> Plan<'a> {
         &mut self,
         only: Option<&SessionId>,
     ) -> Result<Vec<PlannedRedrive>, EngineError> {
-        let mut by_session: Vec<(SessionId, Provider, Vec<ParkedEvent>)> = Vec::new();
+        let mut by_session: Vec<(SessionId, Vec<ParkedEvent>)> = Vec::new();
         for entry in self.shared.store.parked(only)? {
             match by_session.last_mut() {
-                Some((id, _, list)) if *id == entry.stream => list.push(entry),
-                _ => by_session.push((entry.stream.clone(), entry.data.provider, vec![entry])),
+                Some((id, list)) if *id == entry.stream => list.push(entry),
+                _ => by_session.push((entry.stream.clone(), vec![entry])),
             }
         }
         let mut redriven = Vec::new();
-        for (session, provider, list) in by_session {
-            let working = self.working(&session, provider)?;
+        for (session, list) in by_session {
+            let (provider, body) = (list[0].data.provider, list[0].data.body.clone());
+            let working = self.working(&session, provider, &body)?;
             // A list loaded earlier in this group also holds this group's own parks: keep it.
             let list = working.parked.get_or_insert(list);
             working.state.parked = u32::try_from(list.len()).unwrap_or(u32::MAX);
@@ -442,13 +548,13 @@ impl<'a> Plan<'a> {
     fn finish(&mut self) -> Vec<Op> {
         for (session, working) in &self.sessions {
             if working.dirty {
-                let state = RawJson::from_serialize(&working.state.session)
-                    .expect("serializing a session to memory cannot fail");
+                let state = RawJson::from_serialize(&working.state.folded)
+                    .expect("serializing a state to memory cannot fail");
                 self.ops.push(Op::PutSnapshot {
                     stream: session.clone(),
                     snapshot: Snapshot {
                         provider: working.state.provider,
-                        version: working.state.session.version(),
+                        version: working.state.folded.version(),
                         state,
                     },
                 });
@@ -580,6 +686,7 @@ fn complete_group(
                             phase_before,
                             phase_after,
                             redriven,
+                            linked,
                         } => match outcomes.get(op) {
                             Some(OpOutcome::Appended { version, position }) => {
                                 IngestOutcome::Accepted {
@@ -592,6 +699,7 @@ fn complete_group(
                                         .into_iter()
                                         .filter_map(resolve_redrive)
                                         .collect(),
+                                    linked: linked.and_then(resolve_redrive),
                                 }
                             }
                             _ => {

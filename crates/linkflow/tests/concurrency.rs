@@ -8,7 +8,7 @@ use linkflow::store::{
     DedupeKey, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome, SledStore, StoreError,
 };
 use linkflow::{Engine, IncomingEvent, IngestOutcome};
-use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
+use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, Version};
 
 const THREADS: u64 = 8;
 const STREAMS: u64 = 3;
@@ -19,7 +19,7 @@ fn new_event(thread: u64, n: u64) -> NewEvent {
         event_id: uuid::Uuid::now_v7(),
         dedupe_key: DedupeKey::derive(&[&thread.to_be_bytes(), &n.to_be_bytes()]),
         provider: Provider::Knot,
-        event: Event::new(EventKind::ScreenChanged),
+        body: EventBody::Session(Event::new(EventKind::ScreenChanged)),
         raw_name: None,
         raw: None,
         received_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),

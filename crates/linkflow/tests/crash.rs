@@ -191,7 +191,7 @@ async fn check_round(engine: &Engine, acked: &HashSet<u64>, round: u64) {
         streams
             .entry(event.stream)
             .or_default()
-            .push(event.data.event);
+            .push(event.data.body.as_session().cloned().unwrap());
     }
     for parked in engine.parked(None).await.unwrap() {
         assert!(

@@ -9,7 +9,7 @@ use linkflow::{
     Durability, Engine, EngineConfig, EngineError, EventError, IncomingEvent, IngestOutcome,
     SessionFilter,
 };
-use linkflow_core::{Event, EventKind, Phase, Position, Provider, SessionId, Version};
+use linkflow_core::{Event, EventBody, EventKind, Phase, Position, Provider, SessionId, Version};
 
 fn t(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2023, 11, 29, 12, 0, second).unwrap()
@@ -28,9 +28,13 @@ fn incoming(session: &str, kind: EventKind, second: u32) -> IncomingEvent {
 }
 
 fn select(session: &str, second: u32) -> IncomingEvent {
-    let mut event = incoming(session, EventKind::InstitutionSelected, second);
-    event.event = event.event.with_institution("ins_1", Some("Bank"));
-    event
+    IncomingEvent::new(
+        sid(session),
+        Provider::Moneykit,
+        Event::new(EventKind::InstitutionSelected)
+            .at(t(second))
+            .with_institution("ins_1", Some("Bank")),
+    )
 }
 
 fn accepted(outcome: &IngestOutcome) -> (Version, Position) {
@@ -71,8 +75,8 @@ async fn a_legal_flow_is_accepted_with_gap_free_versions_and_history() {
     let history = engine.history(&sid("s1")).await.unwrap().unwrap();
     assert_eq!(history.len(), 5);
     assert_eq!(history[2].event, "oauth_opened");
-    assert_eq!(history[2].phase_before, Phase::InstitutionSelected);
-    assert_eq!(history[2].phase_after, Phase::Authenticating);
+    assert_eq!(history[2].phase_before, Some(Phase::InstitutionSelected));
+    assert_eq!(history[2].phase_after, Some(Phase::Authenticating));
     assert_eq!(history[3].phase_before, history[3].phase_after);
     assert!(history[3].rule.is_none());
     assert!(engine.history(&sid("nobody")).await.unwrap().is_none());
@@ -136,7 +140,7 @@ async fn an_early_event_is_parked_then_accepted_once_it_becomes_legal() {
         panic!("expected accepted, got {outcome:?}");
     };
     assert_eq!(redriven.len(), 1);
-    assert_eq!(redriven[0].phase_after, Phase::AccountsSelected);
+    assert_eq!(redriven[0].phase_after, Some(Phase::AccountsSelected));
     assert!(engine.parked(None).await.unwrap().is_empty());
     let view = engine.session(&sid("s1")).await.unwrap().unwrap();
     assert_eq!(view.state.phase(), Phase::AccountsSelected);
@@ -213,9 +217,11 @@ async fn manual_redrive_accepts_parked_events_that_are_legal_now() {
         event_id: uuid::Uuid::now_v7(),
         dedupe_key: linkflow::store::DedupeKey::derive(&[b"parked elsewhere"]),
         provider: Provider::Moneykit,
-        event: Event::new(EventKind::InstitutionSelected)
-            .at(t(1))
-            .with_institution("ins_1", None),
+        body: EventBody::Session(
+            Event::new(EventKind::InstitutionSelected)
+                .at(t(1))
+                .with_institution("ins_1", None),
+        ),
         raw_name: Some("select_institution".into()),
         raw: None,
         received_at: t(1),
@@ -231,7 +237,7 @@ async fn manual_redrive_accepts_parked_events_that_are_legal_now() {
     let redriven = engine.redrive(Some(sid("s1"))).await.unwrap();
     assert_eq!(redriven.len(), 1);
     assert_eq!(redriven[0].version, Version(2));
-    assert_eq!(redriven[0].phase_after, Phase::InstitutionSelected);
+    assert_eq!(redriven[0].phase_after, Some(Phase::InstitutionSelected));
     assert!(engine.parked(None).await.unwrap().is_empty());
     assert!(engine.redrive(None).await.unwrap().is_empty());
     assert!(engine.verify().await.unwrap().is_clean());

@@ -1,0 +1,133 @@
+//! The folded state of one stream, whatever its kind: a link session, a linked account, or a
+//! merchant's availability.
+
+use linkflow_core::{
+    Account, AccountKey, Applied, EventBody, MerchantStatus, Phase, Session, Version,
+};
+use serde::{Deserialize, Serialize};
+
+/// A stream's state. A stream holds one kind of body; its first event decides the kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Folded {
+    /// A link session.
+    Session(Session),
+    /// A linked account.
+    Account {
+        /// Which account.
+        key: AccountKey,
+        /// Its state.
+        account: Account,
+    },
+    /// A merchant's availability for one product type, platform and SDK.
+    Merchant {
+        /// The newest status by event time (`None` before the first update).
+        status: Option<MerchantStatus>,
+        /// Accepted updates.
+        version: Version,
+    },
+}
+
+/// What an accepted event did to its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The session's phase transition, for session events.
+    pub session: Option<Applied>,
+}
+
+impl Change {
+    pub fn phase_before(&self) -> Option<Phase> {
+        self.session.map(|applied| applied.phase_before)
+    }
+
+    pub fn phase_after(&self) -> Option<Phase> {
+        self.session.map(|applied| applied.phase_after)
+    }
+}
+
+impl Folded {
+    /// The empty state of the stream a body belongs to.
+    pub(crate) fn initial_for(body: &EventBody) -> Folded {
+        match body {
+            EventBody::Session(_) => Folded::Session(Session::new()),
+            EventBody::Account { account, .. } => Folded::Account {
+                key: account.clone(),
+                account: Account::new(),
+            },
+            EventBody::Merchant(_) => Folded::Merchant {
+                status: None,
+                version: Version::EMPTY,
+            },
+        }
+    }
+
+    /// Accepted events.
+    pub fn version(&self) -> Version {
+        match self {
+            Folded::Session(session) => session.version(),
+            Folded::Account { account, .. } => account.version(),
+            Folded::Merchant { version, .. } => *version,
+        }
+    }
+
+    /// The stream kind's name, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Folded::Session(_) => "session",
+            Folded::Account { .. } => "account",
+            Folded::Merchant { .. } => "merchant",
+        }
+    }
+
+    /// The session, if this is one.
+    pub fn as_session(&self) -> Option<&Session> {
+        match self {
+            Folded::Session(session) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Whether the state accepts `body`: `Ok(true)` yes, `Err(reason)` refused by the state
+    /// machine. A body of another stream kind is `Ok(false)`.
+    pub(crate) fn check(&self, body: &EventBody) -> Result<bool, String> {
+        match (self, body) {
+            (Folded::Session(session), EventBody::Session(event)) => session
+                .check(event)
+                .map(|_| true)
+                .map_err(|rejection| rejection.to_string()),
+            (Folded::Account { account, .. }, EventBody::Account { event, .. }) => account
+                .check(event)
+                .map(|_| true)
+                .map_err(|rejection| rejection.to_string()),
+            (Folded::Merchant { .. }, EventBody::Merchant(_)) => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Applies `body` in place. On an error the state is unchanged. The caller checked the
+    /// kind with [`Folded::check`].
+    pub(crate) fn apply_in_place(&mut self, body: &EventBody) -> Result<Change, String> {
+        match (self, body) {
+            (Folded::Session(session), EventBody::Session(event)) => session
+                .apply_in_place(event)
+                .map(|applied| Change {
+                    session: Some(applied),
+                })
+                .map_err(|rejection| rejection.to_string()),
+            (Folded::Account { account, .. }, EventBody::Account { event, .. }) => account
+                .apply_in_place(event)
+                .map(|()| Change { session: None })
+                .map_err(|rejection| rejection.to_string()),
+            (Folded::Merchant { status, version }, EventBody::Merchant(update)) => {
+                *status = Some(MerchantStatus::fold_into(status.take(), update));
+                *version = version.next();
+                Ok(Change { session: None })
+            }
+            (folded, body) => Err(format!(
+                "a {} event cannot go into a {} stream",
+                body.name(),
+                folded.kind_name()
+            )),
+        }
+    }
+}
