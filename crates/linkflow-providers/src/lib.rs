@@ -22,6 +22,7 @@ pub mod signature;
 use chrono::{DateTime, Utc};
 use linkflow_core::{AccountEvent, AccountKey, DedupeKey, Event, Provider, SessionId};
 pub use linkflow_core::{Availability, MerchantStatus};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -138,6 +139,87 @@ pub fn split_events(body: &str) -> Result<Vec<&str>, DecodeError> {
         }
     }
     Ok(texts)
+}
+
+/// Where an event sits in a delivery, for messages about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Location {
+    /// The 0-based index in a JSON array.
+    Index(usize),
+    /// The 1-based line of a JSON Lines body (or of a single value).
+    Line(usize),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Index(index) => write!(f, "index {index}"),
+            Location::Line(line) => write!(f, "line {line}"),
+        }
+    }
+}
+
+/// One event of a delivery: where it is, and its JSON text or why it is not JSON.
+pub type LocatedEvent<'a> = (Location, Result<&'a str, DecodeError>);
+
+/// Splits a body like [`split_events`], keeping where each event is. A JSON array must be
+/// valid as a whole (else the error is the whole body's); JSON Lines are taken line by line,
+/// so one bad line is one invalid event and the others still count.
+pub fn split_located(body: &str) -> Result<Vec<LocatedEvent<'_>>, DecodeError> {
+    if body.trim_start().starts_with('[') {
+        return Ok(split_events(body)?
+            .into_iter()
+            .enumerate()
+            .map(|(index, text)| (Location::Index(index), Ok(text)))
+            .collect());
+    }
+    // Whole values, possibly pretty-printed over several lines, one after another.
+    let mut located = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<&RawValue>();
+    let mut start = 0;
+    let mut clean = true;
+    while let Some(item) = stream.next() {
+        match item {
+            Ok(value) => {
+                let leading = body[start..].len() - body[start..].trim_start().len();
+                let line = body[..start + leading].matches('\n').count() + 1;
+                located.push((Location::Line(line), Ok(value.get())));
+                start = stream.byte_offset();
+            }
+            Err(_) => {
+                clean = false;
+                break;
+            }
+        }
+        if located.len() > MAX_EVENTS_PER_DELIVERY {
+            return Err(DecodeError::invalid(
+                "$",
+                format!("more than {MAX_EVENTS_PER_DELIVERY} events in one delivery"),
+            ));
+        }
+    }
+    if clean {
+        return Ok(located);
+    }
+    // Not a clean sequence of values: JSON Lines, each line on its own.
+    let mut located = Vec::new();
+    for (index, line) in body.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = serde_json::from_str::<&RawValue>(line)
+            .map(|value| value.get())
+            .map_err(|error| DecodeError::not_json(&error));
+        located.push((Location::Line(index + 1), result));
+        if located.len() > MAX_EVENTS_PER_DELIVERY {
+            return Err(DecodeError::invalid(
+                "$",
+                format!("more than {MAX_EVENTS_PER_DELIVERY} events in one delivery"),
+            ));
+        }
+    }
+    Ok(located)
 }
 
 /// The dedupe key of a delivery without a provider event id: provider, stream key, event

@@ -488,6 +488,25 @@ fn bodies_split_into_arrays_single_values_and_json_lines() {
     assert!(split_events("{\"a\":1}\n{oops").is_err());
 }
 
+#[test]
+fn located_splitting_names_array_indexes_and_bad_lines() {
+    use linkflow_providers::{split_located, Location};
+    let located = split_located("{\"a\":1}\n{oops\n\n{\"b\":2}\n").unwrap();
+    assert_eq!(located.len(), 3);
+    assert_eq!(located[0].0, Location::Line(1));
+    assert!(located[1].1.is_err());
+    assert_eq!(located[1].0, Location::Line(2));
+    assert_eq!(located[2], (Location::Line(4), Ok("{\"b\":2}")));
+    let pretty = split_located("{\n  \"a\": 1\n}\n{\"b\": 2}").unwrap();
+    assert_eq!(
+        pretty.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+        [Location::Line(1), Location::Line(4)]
+    );
+    let array = split_located("[{\"a\":1},{\"b\":2}]").unwrap();
+    assert_eq!(array[1].0, Location::Index(1));
+    assert!(split_located("[{\"a\":1},").is_err());
+}
+
 fn all_fixtures() -> Vec<(Provider, String)> {
     let mut out = Vec::new();
     for (provider, dir) in [

@@ -16,6 +16,7 @@
 //! - `cache`: the bounded session cache.
 //! - `verify`: the consistency check.
 //! - [`config`], [`error`], [`ingest`]: what goes in and comes out.
+//! - [`views`]: the JSON shapes of the CLI and HTTP contract.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod ingest;
 mod query;
 mod subscribe;
 mod verify;
+pub mod views;
 mod writer;
 
 pub use config::{Durability, EngineConfig, StoreChoice};

@@ -1,0 +1,143 @@
+//! `linkflow demo`: the bundled sample flows of all three providers (from `examples/`) into a
+//! fresh temporary store, and what the engine made of them.
+//!
+//! The flows include a duplicate delivery (MoneyKit's `submit_permissions` forwarded twice, a
+//! Knot webhook retried), out-of-order deliveries (Benji's authentication before the partner
+//! choice, a Knot checkout before `AUTHENTICATED`, merchant updates newest first) and an
+//! illegal event (a second MoneyKit `open` after the success).
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+use linkflow::views::{AccountJson, MerchantJson, ParkedJson, SessionJson};
+use linkflow::{Engine, SessionFilter};
+use linkflow_core::Provider;
+use linkflow_providers::DecodeContext;
+use serde_json::json;
+
+use crate::ingest::{ingest_body, print_report};
+use crate::CliError;
+
+/// The bundled flows: (provider, file name, contents, the end user the integrator knows).
+const FLOWS: [(Provider, &str, &str, Option<&str>); 3] = [
+    (
+        Provider::Moneykit,
+        "examples/moneykit_flow.jsonl",
+        include_str!("../../../examples/moneykit_flow.jsonl"),
+        Some("user_17"),
+    ),
+    (
+        Provider::Benji,
+        "examples/benji_callbacks.json",
+        include_str!("../../../examples/benji_callbacks.json"),
+        None,
+    ),
+    (
+        Provider::Knot,
+        "examples/knot_webhooks.jsonl",
+        include_str!("../../../examples/knot_webhooks.jsonl"),
+        None,
+    ),
+];
+
+pub async fn run(json: bool) -> Result<ExitCode, CliError> {
+    let dir = tempfile::tempdir()
+        .map_err(|error| CliError(format!("cannot create a temporary store: {error}")))?;
+    let engine = Engine::open(dir.path())?;
+    let mut reports = serde_json::Map::new();
+    for (provider, name, body, user) in FLOWS {
+        let mut context = DecodeContext::received_at(Utc::now());
+        context.external_user_id = user.map(str::to_owned);
+        let report = ingest_body(&engine, provider, body, &context, false).await?;
+        if !json {
+            out!("== ingest {name} ({provider})");
+            print_report(&report);
+            out!();
+        }
+        reports.insert(
+            name.to_owned(),
+            serde_json::to_value(&report).expect("a report serializes"),
+        );
+    }
+    let sessions = engine.sessions(SessionFilter::default()).await?;
+    let accounts = engine.accounts().await?;
+    let merchants = engine.merchants().await?;
+    let parked = engine.parked(None).await?;
+    let verified = engine.verify().await?;
+    if json {
+        crate::print_json(&json!({
+            "ingest": reports,
+            "sessions": sessions.iter().map(SessionJson::new).collect::<Vec<_>>(),
+            "accounts": accounts.iter().map(AccountJson::from).collect::<Vec<_>>(),
+            "merchants": merchants.iter().map(MerchantJson::from).collect::<Vec<_>>(),
+            "parked": parked.iter().map(ParkedJson::from).collect::<Vec<_>>(),
+            "verify_clean": verified.is_clean(),
+        }));
+    } else {
+        out!("== sessions");
+        for view in &sessions {
+            let state = &view.state;
+            out!(
+                "{:<46} {:<9} {:<16} institution {:<22} events {:>2}  last error {}  exit {}",
+                view.session_id.as_str(),
+                view.provider.as_str(),
+                state.phase().as_str(),
+                state
+                    .institution()
+                    .map_or("-", |institution| institution.id.as_str()),
+                state.version().0,
+                state
+                    .last_error()
+                    .and_then(|error| error.value.code.clone())
+                    .unwrap_or_else(|| "-".into()),
+                state
+                    .exit()
+                    .map_or_else(|| "-".to_owned(), |exit| format!("from {}", exit.phase)),
+            );
+        }
+        out!("\n== linked accounts");
+        for account in accounts.iter().map(AccountJson::from) {
+            out!(
+                "{:<9} user {:<38} institution {:<12} {:<15} operations {}",
+                account.provider.as_str(),
+                account.external_user_id,
+                account.institution_id,
+                account.state,
+                account.operations.len()
+            );
+        }
+        out!("\n== merchant availability");
+        for merchant in merchants.iter().map(MerchantJson::from) {
+            out!(
+                "merchant {} ({}) {} on {}: {:?} since {}",
+                merchant.merchant_id,
+                merchant.name.as_deref().unwrap_or("-"),
+                merchant.product_type,
+                merchant.platform,
+                merchant.status,
+                merchant.since.to_rfc3339()
+            );
+        }
+        out!("\n== parked (refused, kept with the reason)");
+        for entry in parked.iter().map(ParkedJson::from) {
+            out!(
+                "{} {}: {}",
+                entry.session_id,
+                entry.raw_name.as_deref().unwrap_or(&entry.event),
+                entry.reason
+            );
+        }
+        out!(
+            "\n== verify: {} ({} events in {} streams)",
+            if verified.is_clean() {
+                "consistent"
+            } else {
+                "INCONSISTENT"
+            },
+            verified.events,
+            verified.streams
+        );
+    }
+    engine.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}

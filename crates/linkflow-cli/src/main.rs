@@ -1,0 +1,261 @@
+//! `linkflow`: the command line of the linkflow engine.
+//!
+//! One file per command, behind [`Command`]: `ingest.rs`, `sessions.rs` (sessions, show,
+//! history), `parked.rs` (parked, redrive), `accounts.rs` (accounts, merchants), `diagram.rs`,
+//! `verify.rs`, `demo.rs`. Output is for people by default; `--json` prints the JSON shapes of
+//! `linkflow::views`, which the HTTP API shares.
+#![forbid(unsafe_code)]
+
+/// `println!` that ends the process quietly when standard output is closed (`linkflow ... |
+/// head`), instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::output_failed(error);
+        }
+    }};
+}
+
+/// `print!` with the same broken-pipe handling as `out!`.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::output_failed(error);
+        }
+    }};
+}
+
+/// Standard output failed: a closed pipe ends the process with success (the reader has what
+/// it wanted); anything else is reported.
+pub(crate) fn output_failed(error: std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("linkflow: cannot write output: {error}");
+    std::process::exit(2);
+}
+
+mod accounts;
+mod demo;
+mod diagram;
+mod ingest;
+mod parked;
+mod sessions;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use linkflow::{Engine, EngineError};
+use linkflow_core::{Phase, Provider, SessionId, Version};
+
+/// linkflow: link sessions of connect flows as explicit state machines over a durable log.
+#[derive(Debug, Parser)]
+#[command(name = "linkflow", version, about)]
+struct Cli {
+    /// The data directory of the embedded store.
+    #[arg(
+        long,
+        global = true,
+        env = "LINKFLOW_DATA_DIR",
+        default_value = "./linkflow-data"
+    )]
+    data_dir: PathBuf,
+    /// Print machine-readable JSON instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A provider, as named on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProviderArg {
+    Moneykit,
+    Benji,
+    Knot,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(arg: ProviderArg) -> Provider {
+        match arg {
+            ProviderArg::Moneykit => Provider::Moneykit,
+            ProviderArg::Benji => Provider::Benji,
+            ProviderArg::Knot => Provider::Knot,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ingest provider payloads: a JSON value, a JSON array, or JSON Lines, from FILE or `-`.
+    Ingest {
+        /// The provider that sent the payloads.
+        #[arg(long, value_enum)]
+        provider: ProviderArg,
+        /// The session the payloads belong to, when they do not say (Benji).
+        #[arg(long)]
+        session: Option<String>,
+        /// The end user's id, when the payloads do not say (MoneyKit).
+        #[arg(long)]
+        user: Option<String>,
+        /// The input file, or `-` for standard input.
+        input: String,
+    },
+    /// List sessions.
+    Sessions {
+        /// Only sessions in this phase.
+        #[arg(long)]
+        phase: Option<Phase>,
+        /// Only sessions of this provider.
+        #[arg(long, value_enum)]
+        provider: Option<ProviderArg>,
+    },
+    /// Show one session (now, or as of a version).
+    Show {
+        /// The session id.
+        session: String,
+        /// Show the session as it was after this many events.
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Every accepted event of a session with the phase before and after it.
+    History {
+        /// The session id.
+        session: String,
+    },
+    /// Events the state machine refused, with their reasons.
+    Parked {
+        /// Only this session's.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Retry parked events now.
+    Redrive {
+        /// Only this session's.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Linked accounts with their state and recent operations.
+    Accounts,
+    /// Merchant availability (Knot).
+    Merchants,
+    /// Print a state machine as a diagram.
+    Diagram {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: diagram::Format,
+        /// Which machine.
+        #[arg(long, value_enum, default_value = "session")]
+        machine: diagram::Machine,
+    },
+    /// Check the store: exit 0 when it is consistent, else print a report and exit 1.
+    Verify,
+    /// Ingest the bundled sample flows of all three providers into a fresh temporary store and
+    /// show what the engine made of them.
+    Demo,
+}
+
+/// A failure the user must see; `main` prints it and exits with status 2.
+#[derive(Debug)]
+pub struct CliError(String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<EngineError> for CliError {
+    fn from(error: EngineError) -> Self {
+        CliError(error.to_string())
+    }
+}
+
+pub(crate) fn session_id(text: &str) -> Result<SessionId, CliError> {
+    SessionId::new(text).map_err(|error| CliError(format!("invalid session id `{text}`: {error}")))
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializing output to memory cannot fail")
+    );
+}
+
+fn open(data_dir: &std::path::Path) -> Result<Engine, CliError> {
+    Engine::open(data_dir)
+        .map_err(|error| CliError(format!("cannot open {}: {error}", data_dir.display())))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let json = cli.json;
+    match cli.command {
+        Command::Diagram { format, machine } => {
+            diagram::run(format, machine);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => demo::run(json).await,
+        command => {
+            let engine = open(&cli.data_dir)?;
+            let result = match command {
+                Command::Ingest {
+                    provider,
+                    session,
+                    user,
+                    input,
+                } => {
+                    ingest::run(
+                        &engine,
+                        provider.into(),
+                        session.as_deref(),
+                        user,
+                        &input,
+                        json,
+                    )
+                    .await
+                }
+                Command::Sessions { phase, provider } => {
+                    sessions::list(&engine, phase, provider.map(Into::into), json).await
+                }
+                Command::Show { session, at } => {
+                    sessions::show(&engine, &session, at.map(Version), json).await
+                }
+                Command::History { session } => sessions::history(&engine, &session, json).await,
+                Command::Parked { session } => {
+                    parked::list(&engine, session.as_deref(), json).await
+                }
+                Command::Redrive { session } => {
+                    parked::redrive(&engine, session.as_deref(), json).await
+                }
+                Command::Accounts => accounts::accounts(&engine, json).await,
+                Command::Merchants => accounts::merchants(&engine, json).await,
+                Command::Verify => verify::run(&engine, json).await,
+                Command::Diagram { .. } | Command::Demo => unreachable!("handled above"),
+            };
+            engine.shutdown().await?;
+            result
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("linkflow: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("linkflow: {error}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `linkflow sessions`, `show`, `history`.
+
+use std::process::ExitCode;
+
+use linkflow::views::{HistoryJson, SessionJson};
+use linkflow::{Engine, SessionFilter, SessionView};
+use linkflow_core::{Phase, Provider, Version};
+
+use crate::{print_json, session_id, CliError};
+
+fn dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| value.to_string())
+}
+
+pub async fn list(
+    engine: &Engine,
+    phase: Option<Phase>,
+    provider: Option<Provider>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let filter = SessionFilter {
+        phase,
+        provider,
+        ..SessionFilter::default()
+    };
+    let sessions = engine.sessions(filter).await?;
+    if json {
+        print_json(&sessions.iter().map(SessionJson::new).collect::<Vec<_>>());
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!(
+        "{:<46} {:<9} {:<21} {:<22} {:>7} {:>6}  last event",
+        "session",
+        "provider",
+        "phase",
+        "institution",
+        "events",
+        "parked"
+    );
+    for view in &sessions {
+        print_row(view);
+    }
+    out!("{} sessions", sessions.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_row(view: &SessionView) {
+    let state = &view.state;
+    out!(
+        "{:<46} {:<9} {:<21} {:<22} {:>7} {:>6}  {}",
+        view.session_id.as_str(),
+        view.provider.as_str(),
+        state.phase().as_str(),
+        dash(
+            state
+                .institution()
+                .map(|institution| institution.id.clone())
+        ),
+        state.version().0,
+        view.parked,
+        dash(state.last_event_at().map(|at| at.to_rfc3339())),
+    );
+}
+
+pub async fn show(
+    engine: &Engine,
+    session: &str,
+    at: Option<Version>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let id = session_id(session)?;
+    let Some(mut view) = engine.session(&id).await? else {
+        return Err(CliError(format!("no session `{session}`")));
+    };
+    if let Some(version) = at {
+        view.state = engine
+            .session_at(&id, version)
+            .await?
+            .ok_or_else(|| CliError(format!("session `{session}` has no accepted event")))?;
+    }
+    let shown = SessionJson::new(&view);
+    if json {
+        print_json(&shown);
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!("session        {}", shown.session_id);
+    out!("provider       {}", shown.provider);
+    out!("phase          {}", shown.phase);
+    out!("link type      {}", dash(shown.link_type));
+    out!(
+        "institution    {}",
+        dash(shown.institution.as_ref().map(|i| match &i.name {
+            Some(name) => format!("{} ({name})", i.id),
+            None => i.id.clone(),
+        }))
+    );
+    out!("version        {}", shown.version);
+    out!("current screen {}", dash(shown.current_screen.as_ref()));
+    out!(
+        "last error     {}",
+        dash(shown.last_error.as_ref().map(|e| format!(
+            "{} {} {}",
+            dash(e.code.as_ref()),
+            dash(e.id.as_ref()),
+            dash(e.message.as_ref())
+        )))
+    );
+    out!(
+        "exit           {}",
+        dash(shown.exit.as_ref().map(|e| format!(
+            "from {} ({})",
+            e.phase,
+            dash(e.status.as_ref())
+        )))
+    );
+    out!(
+        "first event    {}",
+        dash(shown.first_event_at.map(|at| at.to_rfc3339()))
+    );
+    out!(
+        "last event     {}",
+        dash(shown.last_event_at.map(|at| at.to_rfc3339()))
+    );
+    out!("abandoned      {}", shown.abandoned);
+    out!("parked         {}", shown.parked);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(engine: &Engine, session: &str, json: bool) -> Result<ExitCode, CliError> {
+    let id = session_id(session)?;
+    let Some(history) = engine.history(&id).await? else {
+        return Err(CliError(format!(
+            "no session `{session}` with accepted events"
+        )));
+    };
+    if json {
+        print_json(&history.iter().map(HistoryJson::from).collect::<Vec<_>>());
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!(
+        "{:>4} {:>8} {:<26} {:<30} {:<21} {:<21} event time",
+        "v",
+        "position",
+        "event",
+        "raw name",
+        "phase before",
+        "phase after"
+    );
+    for entry in &history {
+        out!(
+            "{:>4} {:>8} {:<26} {:<30} {:<21} {:<21} {}{}",
+            entry.version.0,
+            entry.position.0,
+            entry.event,
+            dash(entry.raw_name.as_ref()),
+            dash(entry.phase_before),
+            dash(entry.phase_after),
+            dash(entry.event_time.map(|at| at.to_rfc3339())),
+            if entry.was_parked {
+                "  (was parked)"
+            } else {
+                ""
+            },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

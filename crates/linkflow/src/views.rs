@@ -1,0 +1,270 @@
+//! The JSON shapes of the CLI's `--json` output and the HTTP API. Scripts depend on these
+//! field names: they are a contract, shared by both front doors.
+
+use chrono::{DateTime, Utc};
+use linkflow_core::{MerchantStatus, Phase, Position, Provider, SessionId, Version};
+use linkflow_store::ParkedEvent;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::query::{AccountView, HistoryEntry, SessionView};
+
+/// `show SESSION --json` and `GET /v1/sessions/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionJson {
+    /// The session id.
+    pub session_id: SessionId,
+    /// `moneykit`, `benji` or `knot`.
+    pub provider: Provider,
+    /// The phase.
+    pub phase: Phase,
+    /// `link`, `relink`, `failover_link`, or null.
+    pub link_type: Option<&'static str>,
+    /// `{id, name}` or null.
+    pub institution: Option<InstitutionJson>,
+    /// Accepted events.
+    pub version: Version,
+    /// `{code, id, message}` or null.
+    pub last_error: Option<ErrorJson>,
+    /// `{phase, status}` or null.
+    pub exit: Option<ExitJson>,
+    /// The earliest event time.
+    pub first_event_at: Option<DateTime<Utc>>,
+    /// The latest event time.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Whether the session is abandoned (always false until abandonment detection lands).
+    pub abandoned: bool,
+    /// The screen of the latest event naming one.
+    pub current_screen: Option<String>,
+    /// The end user's id.
+    pub external_user_id: Option<String>,
+    /// Parked events of the session.
+    pub parked: u32,
+}
+
+/// An institution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstitutionJson {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: Option<String>,
+}
+
+/// An error.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorJson {
+    /// The error code.
+    pub code: Option<String>,
+    /// The provider's id for it.
+    pub id: Option<String>,
+    /// The message shown.
+    pub message: Option<String>,
+}
+
+/// How the user left.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExitJson {
+    /// The phase they left from.
+    pub phase: Phase,
+    /// The provider's status.
+    pub status: Option<String>,
+}
+
+impl SessionJson {
+    /// The JSON view of a session.
+    pub fn new(view: &SessionView) -> Self {
+        let state = &view.state;
+        SessionJson {
+            session_id: view.session_id.clone(),
+            provider: view.provider,
+            phase: state.phase(),
+            link_type: state.link_type().map(|link_type| link_type.as_str()),
+            institution: state.institution().map(|institution| InstitutionJson {
+                id: institution.id.clone(),
+                name: institution.name.clone(),
+            }),
+            version: state.version(),
+            last_error: state.last_error().map(|error| ErrorJson {
+                code: error.value.code.clone(),
+                id: error.value.id.clone(),
+                message: error.value.message.clone(),
+            }),
+            exit: state.exit().map(|exit| ExitJson {
+                phase: exit.phase,
+                status: exit.status.clone(),
+            }),
+            first_event_at: state.first_event_at(),
+            last_event_at: state.last_event_at(),
+            abandoned: false,
+            current_screen: state.current_screen().map(|screen| screen.value.clone()),
+            external_user_id: state.external_user_id().map(str::to_owned),
+            parked: view.parked,
+        }
+    }
+}
+
+/// One entry of `history SESSION --json` and `GET /v1/sessions/{id}/history`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryJson {
+    /// Version in the session.
+    pub version: Version,
+    /// Global position.
+    pub position: Position,
+    /// Canonical snake_case name (`unrecognized` for unknown names).
+    pub event: String,
+    /// The provider's name.
+    pub raw_name: Option<String>,
+    /// The provider's time.
+    pub event_time: Option<DateTime<Utc>>,
+    /// The phase before (null outside sessions).
+    pub phase_before: Option<Phase>,
+    /// The phase after (equal for telemetry).
+    pub phase_after: Option<Phase>,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// When the log accepted it.
+    pub accepted_at: DateTime<Utc>,
+    /// Whether it was parked first.
+    pub was_parked: bool,
+    /// Its id.
+    pub event_id: Uuid,
+}
+
+impl From<&HistoryEntry> for HistoryJson {
+    fn from(entry: &HistoryEntry) -> Self {
+        HistoryJson {
+            version: entry.version,
+            position: entry.position,
+            event: entry.event.clone(),
+            raw_name: entry.raw_name.clone(),
+            event_time: entry.event_time,
+            phase_before: entry.phase_before,
+            phase_after: entry.phase_after,
+            received_at: entry.received_at,
+            accepted_at: entry.accepted_at,
+            was_parked: entry.was_parked,
+            event_id: entry.event_id,
+        }
+    }
+}
+
+/// One entry of `parked --json` and `GET /v1/parked`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParkedJson {
+    /// The stream it was meant for.
+    pub session_id: SessionId,
+    /// Canonical name.
+    pub event: String,
+    /// The provider's name.
+    pub raw_name: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+    /// Its id.
+    pub event_id: Uuid,
+}
+
+impl From<&ParkedEvent> for ParkedJson {
+    fn from(parked: &ParkedEvent) -> Self {
+        ParkedJson {
+            session_id: parked.stream.clone(),
+            event: parked.data.body.name().to_owned(),
+            raw_name: parked.data.raw_name.clone(),
+            reason: parked.reason.clone(),
+            received_at: parked.data.received_at,
+            parked_at: parked.parked_at,
+            event_id: parked.data.event_id,
+        }
+    }
+}
+
+/// One entry of `accounts --json` and `GET /v1/accounts`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountJson {
+    /// The provider.
+    pub provider: Provider,
+    /// The end user's id.
+    pub external_user_id: String,
+    /// The institution or merchant id.
+    pub institution_id: String,
+    /// `active` or `login_required`.
+    pub state: &'static str,
+    /// The last link's type.
+    pub link_type: Option<&'static str>,
+    /// Recent operations, oldest first.
+    pub operations: Vec<OperationJson>,
+}
+
+/// A recorded operation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperationJson {
+    /// `cart_sync` or `checkout`.
+    pub kind: linkflow_core::OperationKind,
+    /// `succeeded` or `failed`.
+    pub outcome: linkflow_core::Outcome,
+    /// When.
+    pub event_time: Option<DateTime<Utc>>,
+    /// Transaction ids.
+    pub transaction_ids: Vec<String>,
+}
+
+impl From<&AccountView> for AccountJson {
+    fn from(view: &AccountView) -> Self {
+        AccountJson {
+            provider: view.key.provider,
+            external_user_id: view.key.external_user_id.clone(),
+            institution_id: view.key.institution_id.clone(),
+            state: view.account.state().as_str(),
+            link_type: view.account.link_type().map(|link_type| link_type.as_str()),
+            operations: view
+                .account
+                .operations()
+                .iter()
+                .map(|operation| OperationJson {
+                    kind: operation.kind,
+                    outcome: operation.outcome,
+                    event_time: operation.event_time,
+                    transaction_ids: operation.transaction_ids.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One entry of `merchants --json` and `GET /v1/merchants`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MerchantJson {
+    /// The merchant id.
+    pub merchant_id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// The product type.
+    #[serde(rename = "type")]
+    pub product_type: String,
+    /// The platform.
+    pub platform: String,
+    /// The SDK version.
+    pub sdk: Option<String>,
+    /// `up` or `down`.
+    pub status: linkflow_core::Availability,
+    /// Since when (the event time of the newest status).
+    pub since: DateTime<Utc>,
+}
+
+impl From<&MerchantStatus> for MerchantJson {
+    fn from(status: &MerchantStatus) -> Self {
+        MerchantJson {
+            merchant_id: status.merchant_id.clone(),
+            name: status.name.clone(),
+            product_type: status.product_type.clone(),
+            platform: status.platform.clone(),
+            sdk: status.sdk.clone(),
+            status: status.status,
+            since: status.since,
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The real `linkflow` binary on temporary data directories: every command, its output
+//! contract and its exit status.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use linkflow_e2e::{fixtures_dir, linkflow_bin};
+use serde_json::Value;
+
+fn linkflow(data_dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(linkflow_bin())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "not JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn fixture(relative: &str) -> String {
+    fixtures_dir().join(relative).display().to_string()
+}
+
+const SESSION: &str = "sandbox_6624ccbc-69bb-4d0d-951a-807715fe6a94";
+
+#[test]
+fn demo_runs_on_a_fresh_temporary_store_and_reports_a_consistent_log() {
+    let output = Command::new(linkflow_bin()).arg("demo").output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("verify: consistent"), "{text}");
+    assert!(text.contains("duplicate 1"), "{text}");
+    let output = Command::new(linkflow_bin())
+        .args(["demo", "--json"])
+        .output()
+        .unwrap();
+    let report = json(&output);
+    assert_eq!(report["verify_clean"], true);
+    assert_eq!(report["sessions"].as_array().unwrap().len(), 4);
+    assert_eq!(report["accounts"].as_array().unwrap().len(), 3);
+    assert_eq!(report["merchants"][0]["status"], "down");
+    assert_eq!(report["parked"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn ingest_then_every_query_command_speaks_the_json_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = json(&linkflow(
+        dir.path(),
+        &[
+            "ingest",
+            "--provider",
+            "moneykit",
+            &fixture("moneykit/sample_flow.json"),
+            "--json",
+        ],
+    ));
+    assert_eq!(report["accepted"], 14);
+    assert_eq!(report["unrecognized"], 1);
+    assert_eq!(report["invalid"], 0);
+
+    let sessions = json(&linkflow(dir.path(), &["sessions", "--json"]));
+    assert_eq!(sessions[0]["session_id"], SESSION);
+    let filtered = json(&linkflow(
+        dir.path(),
+        &["sessions", "--phase", "exited", "--json"],
+    ));
+    assert_eq!(filtered.as_array().unwrap().len(), 0);
+    let by_provider = json(&linkflow(
+        dir.path(),
+        &["sessions", "--provider", "moneykit", "--json"],
+    ));
+    assert_eq!(by_provider.as_array().unwrap().len(), 1);
+
+    let show = json(&linkflow(dir.path(), &["show", SESSION, "--json"]));
+    for field in [
+        "session_id",
+        "provider",
+        "phase",
+        "link_type",
+        "institution",
+        "version",
+        "last_error",
+        "exit",
+        "first_event_at",
+        "last_event_at",
+        "abandoned",
+    ] {
+        assert!(show.get(field).is_some(), "show lacks `{field}`: {show}");
+    }
+    assert_eq!(show["phase"], "succeeded");
+    assert_eq!(show["link_type"], "link");
+    assert_eq!(show["institution"]["id"], "moneykit-creds-bank");
+    assert_eq!(show["version"], 14);
+    assert_eq!(show["last_error"], Value::Null);
+    assert_eq!(show["abandoned"], false);
+    let early = json(&linkflow(
+        dir.path(),
+        &["show", SESSION, "--at", "1", "--json"],
+    ));
+    assert_eq!(early["phase"], "opened");
+
+    let history = json(&linkflow(dir.path(), &["history", SESSION, "--json"]));
+    let entries = history.as_array().unwrap();
+    assert_eq!(entries.len(), 14);
+    assert_eq!(entries[4]["event"], "unrecognized");
+    assert_eq!(entries[4]["raw_name"], "submit_credentails");
+    for field in [
+        "version",
+        "position",
+        "event",
+        "raw_name",
+        "event_time",
+        "phase_before",
+        "phase_after",
+    ] {
+        assert!(entries[0].get(field).is_some(), "history lacks `{field}`");
+    }
+    assert_eq!(entries[1]["phase_before"], entries[1]["phase_after"]);
+
+    let text = linkflow(dir.path(), &["show", SESSION]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("phase          succeeded"));
+    assert!(linkflow(dir.path(), &["history", SESSION]).status.success());
+    assert!(linkflow(dir.path(), &["sessions"]).status.success());
+    let verify = linkflow(dir.path(), &["verify"]);
+    assert!(verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("consistent"));
+    assert_eq!(
+        json(&linkflow(dir.path(), &["verify", "--json"]))["problems"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn an_invalid_input_exits_1_names_its_line_and_the_valid_ones_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mixed.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"name":"open","properties":{},"meta":{"link_session_id":"s1","timestamp":"2023-11-29T12:44:31.804Z"}}"#, "\n",
+            r#"{"name":"open","properties":{}}"#, "\n",
+            "not json\n",
+            r#"{"name":"open","properties":{},"meta":{"link_session_id":"s1","timestamp":"2023-11-29T12:45:31.804Z"}}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let output = linkflow(
+        dir.path(),
+        &["ingest", "--provider", "moneykit", input.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("accepted 1, duplicate 0, parked 1, unrecognized 0, invalid 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("invalid at line 2: $.meta is missing"),
+        "{text}"
+    );
+    assert!(text.contains("invalid at line 3: not JSON"), "{text}");
+    assert!(text.contains("parked at line 4:"), "{text}");
+    let parked = json(&linkflow(dir.path(), &["parked", "--json"]));
+    assert_eq!(parked[0]["session_id"], "s1");
+    assert_eq!(parked[0]["event"], "opened");
+    assert!(parked[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not accepted"));
+    assert!(parked[0].get("received_at").is_some());
+    let redrive = json(&linkflow(
+        dir.path(),
+        &["redrive", "--session", "s1", "--json"],
+    ));
+    assert_eq!(redrive.as_array().unwrap().len(), 0);
+    assert!(linkflow(dir.path(), &["parked"]).status.success());
+    assert!(linkflow(dir.path(), &["redrive"]).status.success());
+}
+
+#[test]
+fn ingest_reads_standard_input_and_benji_takes_the_session_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(linkflow_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "ingest",
+            "--provider",
+            "benji",
+            "--session",
+            "benji-cli",
+            "-",
+            "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"[{"callback":"onEvent","event":"user_partner_select","metadata":{"partner_id":"p1"}},{"callback":"onExit"}]"#)
+        .unwrap();
+    let report = json(&child.wait_with_output().unwrap());
+    assert_eq!(report["accepted"], 2);
+    let show = json(&linkflow(dir.path(), &["show", "benji-cli", "--json"]));
+    assert_eq!(show["phase"], "exited");
+    assert_eq!(show["exit"]["phase"], "institution_selected");
+}
+
+#[test]
+fn knot_webhooks_show_up_as_accounts_and_merchants() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = fixtures_dir().join("../../examples/knot_webhooks.jsonl");
+    let report = json(&linkflow(
+        dir.path(),
+        &[
+            "ingest",
+            "--provider",
+            "knot",
+            examples.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(report["duplicate"], 1);
+    let accounts = json(&linkflow(dir.path(), &["accounts", "--json"]));
+    assert_eq!(accounts[0]["provider"], "knot");
+    assert_eq!(accounts[0]["institution_id"], "10");
+    assert_eq!(accounts[0]["state"], "active");
+    assert_eq!(accounts[0]["operations"][0]["kind"], "checkout");
+    assert_eq!(accounts[0]["operations"][0]["outcome"], "succeeded");
+    assert!(accounts[0]["operations"][0].get("event_time").is_some());
+    let merchants = json(&linkflow(dir.path(), &["merchants", "--json"]));
+    for field in [
+        "merchant_id",
+        "name",
+        "type",
+        "platform",
+        "sdk",
+        "status",
+        "since",
+    ] {
+        assert!(
+            merchants[0].get(field).is_some(),
+            "merchants lack `{field}`"
+        );
+    }
+    assert_eq!(merchants[0]["status"], "down");
+    assert!(linkflow(dir.path(), &["accounts"]).status.success());
+    assert!(linkflow(dir.path(), &["merchants"]).status.success());
+}
+
+#[test]
+fn diagrams_come_from_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let mermaid = linkflow(dir.path(), &["diagram"]);
+    assert!(String::from_utf8_lossy(&mermaid.stdout).starts_with("stateDiagram-v2"));
+    let dot = linkflow(
+        dir.path(),
+        &["diagram", "--format", "dot", "--machine", "account"],
+    );
+    let dot = String::from_utf8_lossy(&dot.stdout).to_string();
+    assert!(dot.starts_with("digraph account"), "{dot}");
+    assert!(dot.contains("login_required -> active"));
+}
+
+#[test]
+fn errors_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = linkflow(dir.path(), &["show", "nobody"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no session `nobody`"));
+    let unreadable = linkflow(
+        dir.path(),
+        &["ingest", "--provider", "knot", "/nonexistent/file.json"],
+    );
+    assert_eq!(unreadable.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unreadable.stderr).contains("cannot read /nonexistent/file.json")
+    );
+    let bad_flag = linkflow(dir.path(), &["sessions", "--phase", "finished"]);
+    assert_eq!(bad_flag.status.code(), Some(2));
+}
+
+#[test]
+fn the_data_dir_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(linkflow_bin())
+        .env("LINKFLOW_DATA_DIR", dir.path())
+        .args([
+            "ingest",
+            "--provider",
+            "knot",
+            &fixture("knot/authenticated.json"),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(dir.path().join("db").exists());
+}
