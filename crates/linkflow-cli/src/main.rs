@@ -2,7 +2,7 @@
 //!
 //! One file per command, behind [`Command`]: `ingest.rs`, `sessions.rs` (sessions, show,
 //! history), `parked.rs` (parked, redrive), `accounts.rs` (accounts, merchants), `diagram.rs`,
-//! `verify.rs`, `demo.rs`. Output is for people by default; `--json` prints the JSON shapes of
+//! `verify.rs`, `demo.rs`, `serve.rs`. Output is for people by default; `--json` prints the JSON shapes of
 //! `linkflow::views`, which the HTTP API shares.
 #![forbid(unsafe_code)]
 
@@ -42,6 +42,7 @@ mod demo;
 mod diagram;
 mod ingest;
 mod parked;
+mod serve;
 mod sessions;
 mod verify;
 
@@ -154,6 +155,13 @@ enum Command {
     },
     /// Check the store: exit 0 when it is consistent, else print a report and exit 1.
     Verify,
+    /// Serve the HTTP API (Knot secret from LINKFLOW_KNOT_SECRET, bearer token from
+    /// LINKFLOW_TOKEN).
+    Serve {
+        /// The address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+    },
     /// Ingest the bundled sample flows of all three providers into a fresh temporary store and
     /// show what the engine made of them.
     Demo,
@@ -199,6 +207,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
+        Command::Serve { listen } => serve::run(open(&cli.data_dir)?, &listen).await,
         command => {
             let engine = open(&cli.data_dir)?;
             let result = match command {
@@ -234,7 +243,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Command::Accounts => accounts::accounts(&engine, json).await,
                 Command::Merchants => accounts::merchants(&engine, json).await,
                 Command::Verify => verify::run(&engine, json).await,
-                Command::Diagram { .. } | Command::Demo => unreachable!("handled above"),
+                Command::Diagram { .. } | Command::Demo | Command::Serve { .. } => {
+                    unreachable!("handled above")
+                }
             };
             engine.shutdown().await?;
             result

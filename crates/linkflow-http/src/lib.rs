@@ -1,0 +1,382 @@
+//! `linkflow-http`: the HTTP front door of the engine. [`router`] is an axum `Router` a backend
+//! can mount in its own app; [`serve`] runs it with graceful shutdown (what `linkflow serve`
+//! does).
+//!
+//! Endpoints: `POST /v1/events/moneykit`, `POST /v1/events/benji` (`?session_id=`),
+//! `POST /v1/webhooks/knot` (signature checked when a secret is configured); `GET /v1/sessions`,
+//! `/v1/sessions/{id}`, `/v1/sessions/{id}/history`, `/v1/parked`, `/v1/accounts`,
+//! `/v1/merchants`; `GET /v1/stream` (server-sent events); `GET /healthz`; `GET /metrics`.
+//!
+//! Modules: `error` (responses for refused requests), `metrics` (Prometheus text), `stream`
+//! (server-sent events).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod metrics;
+mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use linkflow::views::{AccountJson, HistoryJson, MerchantJson, ParkedJson, SessionJson};
+use linkflow::{Engine, IncomingEvent, IngestOutcome, SessionFilter};
+use linkflow_core::{Phase, Provider, SessionId};
+use linkflow_providers::{decode, signature, split_located, DecodeContext};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// The largest request body accepted (413 past it).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How the API is secured.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// Knot's client secret: when set, every Knot webhook must carry a valid `Knot-Signature`.
+    pub knot_secret: Option<Vec<u8>>,
+    /// When set, every endpoint except `/healthz` and the Knot webhook needs
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    engine: Engine,
+    config: Arc<HttpConfig>,
+    metrics: Arc<Metrics>,
+    /// Turns true when the server starts shutting down: open event streams end, so that
+    /// graceful shutdown is not held up by subscribers that never disconnect.
+    shutting_down: watch::Receiver<bool>,
+    /// Keeps the channel open for routers mounted without `serve`.
+    _never: Arc<watch::Sender<bool>>,
+}
+
+/// The API as a `Router`, to serve or to mount in another app.
+pub fn router(engine: Engine, config: HttpConfig) -> Router {
+    let (never, shutting_down) = watch::channel(false);
+    build(engine, config, shutting_down, Arc::new(never))
+}
+
+fn build(
+    engine: Engine,
+    config: HttpConfig,
+    shutting_down: watch::Receiver<bool>,
+    never: Arc<watch::Sender<bool>>,
+) -> Router {
+    let state = AppState {
+        engine,
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::default()),
+        shutting_down,
+        _never: never,
+    };
+    let protected = Router::new()
+        .route("/v1/events/moneykit", post(ingest_moneykit))
+        .route("/v1/events/benji", post(ingest_benji))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{id}", get(show_session))
+        .route("/v1/sessions/{id}/history", get(session_history))
+        .route("/v1/parked", get(list_parked))
+        .route("/v1/accounts", get(list_accounts))
+        .route("/v1/merchants", get(list_merchants))
+        .route("/v1/stream", get(stream::events))
+        .route("/metrics", get(render_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/webhooks/knot", post(ingest_knot))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, lets accepted requests finish,
+/// then shuts the engine down (its last events are durable before this returns).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Engine,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if config.knot_secret.is_none() {
+        tracing::warn!("no Knot secret configured (LINKFLOW_KNOT_SECRET): Knot webhooks are accepted without a signature check");
+    }
+    let (notify, shutting_down) = watch::channel(false);
+    let notify = Arc::new(notify);
+    let app = build(engine.clone(), config, shutting_down, Arc::clone(&notify));
+    let signal = async move {
+        shutdown.await;
+        let _ = notify.send(true);
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await?;
+    engine
+        .shutdown()
+        .await
+        .map_err(|error| std::io::Error::other(error.to_string()))
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.config.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return ApiError::unauthorized("a valid `Authorization: Bearer <token>` is required")
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[derive(Debug, Deserialize)]
+struct IngestQuery {
+    session_id: Option<String>,
+    external_user_id: Option<String>,
+}
+
+fn outcome_name(outcome: &IngestOutcome) -> &'static str {
+    match outcome {
+        IngestOutcome::Accepted { .. } => "accepted",
+        IngestOutcome::Duplicate { .. } => "duplicate",
+        IngestOutcome::Parked { .. } => "parked",
+        IngestOutcome::Refused { .. } => "refused",
+    }
+}
+
+/// Decodes a whole body; any invalid event refuses the request (nothing stored), then ingests.
+async fn ingest(
+    state: &AppState,
+    provider: Provider,
+    body: &[u8],
+    query: IngestQuery,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let text = std::str::from_utf8(body).map_err(|error| {
+        ApiError::bad_request("invalid_json", format!("the body is not UTF-8: {error}"))
+    })?;
+    let mut context = DecodeContext::received_at(Utc::now());
+    if let Some(session) = &query.session_id {
+        context.session_id = Some(
+            SessionId::new(session.as_str())
+                .map_err(|error| ApiError::bad_request("invalid_session_id", error.to_string()))?,
+        );
+    }
+    context.external_user_id = query.external_user_id;
+    let located = split_located(text)
+        .map_err(|error| ApiError::bad_request("invalid_json", error.to_string()))?;
+    if located.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body holds no event",
+        ));
+    }
+    let mut events = Vec::with_capacity(located.len());
+    for (at, event) in located {
+        let decoded = event
+            .and_then(|text| decode(provider, text, &context))
+            .and_then(|decoded| IncomingEvent::from_decoded(decoded, context.received_at))
+            .map_err(|error| {
+                let kind = if matches!(error, linkflow_providers::DecodeError::NotJson { .. }) {
+                    "invalid_json"
+                } else {
+                    "invalid_event"
+                };
+                ApiError::bad_request(kind, format!("{at}: {error}"))
+            })?;
+        events.push(decoded);
+    }
+    let outcomes = state.engine.ingest_batch(events).await?;
+    for outcome in &outcomes {
+        state
+            .metrics
+            .ingested(provider.as_str(), outcome_name(outcome));
+    }
+    state.metrics.latency(started.elapsed());
+    let count = |name: &str| {
+        outcomes
+            .iter()
+            .filter(|outcome| outcome_name(outcome) == name)
+            .count()
+    };
+    let body = json!({
+        "accepted": count("accepted"),
+        "duplicate": count("duplicate"),
+        "parked": count("parked"),
+        "refused": count("refused"),
+        "results": outcomes,
+    });
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+async fn ingest_moneykit(
+    State(state): State<AppState>,
+    Query(query): Query<IngestQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    ingest(&state, Provider::Moneykit, &body, query).await
+}
+
+async fn ingest_benji(
+    State(state): State<AppState>,
+    Query(query): Query<IngestQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    ingest(&state, Provider::Benji, &body, query).await
+}
+
+async fn ingest_knot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some(secret) = &state.config.knot_secret {
+        let signature_header = headers
+            .get("Knot-Signature")
+            .and_then(|value| value.to_str().ok());
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("application/json");
+        signature::verify(secret, signature_header, &body, content_type)
+            .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+    }
+    ingest(
+        &state,
+        Provider::Knot,
+        &body,
+        IngestQuery {
+            session_id: None,
+            external_user_id: None,
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionsQuery {
+    phase: Option<String>,
+    provider: Option<String>,
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    Query(query): Query<SessionsQuery>,
+) -> Result<Json<Vec<SessionJson>>, ApiError> {
+    let phase = query
+        .phase
+        .map(|text| text.parse::<Phase>())
+        .transpose()
+        .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+    let provider = query
+        .provider
+        .map(|text| text.parse::<Provider>())
+        .transpose()
+        .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+    let sessions = state
+        .engine
+        .sessions(SessionFilter {
+            phase,
+            provider,
+            ..SessionFilter::default()
+        })
+        .await?;
+    Ok(Json(sessions.iter().map(SessionJson::new).collect()))
+}
+
+fn session_id(id: &str) -> Result<SessionId, ApiError> {
+    SessionId::new(id)
+        .map_err(|error| ApiError::bad_request("invalid_session_id", error.to_string()))
+}
+
+async fn show_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionJson>, ApiError> {
+    let session = state
+        .engine
+        .session(&session_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no session `{id}`")))?;
+    Ok(Json(SessionJson::new(&session)))
+}
+
+async fn session_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<HistoryJson>>, ApiError> {
+    let history = state
+        .engine
+        .history(&session_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no session `{id}` with accepted events")))?;
+    Ok(Json(history.iter().map(HistoryJson::from).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ParkedQuery {
+    session: Option<String>,
+}
+
+async fn list_parked(
+    State(state): State<AppState>,
+    Query(query): Query<ParkedQuery>,
+) -> Result<Json<Vec<ParkedJson>>, ApiError> {
+    let session = query.session.as_deref().map(session_id).transpose()?;
+    Ok(Json(
+        state
+            .engine
+            .parked(session)
+            .await?
+            .iter()
+            .map(ParkedJson::from)
+            .collect(),
+    ))
+}
+
+async fn list_accounts(State(state): State<AppState>) -> Result<Json<Vec<AccountJson>>, ApiError> {
+    Ok(Json(
+        state
+            .engine
+            .accounts()
+            .await?
+            .iter()
+            .map(AccountJson::from)
+            .collect(),
+    ))
+}
+
+async fn list_merchants(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<MerchantJson>>, ApiError> {
+    Ok(Json(
+        state
+            .engine
+            .merchants()
+            .await?
+            .iter()
+            .map(MerchantJson::from)
+            .collect(),
+    ))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state.metrics.render(&state.engine).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

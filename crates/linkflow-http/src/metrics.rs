@@ -1,0 +1,110 @@
+//! Prometheus text metrics: events ingested by provider and outcome, parked events, ingest
+//! latency, sessions by phase.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use linkflow::{Engine, EngineError, SessionFilter};
+
+/// Upper bounds of the ingest latency histogram, in seconds.
+const BUCKETS_S: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Counters updated by the handlers.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    ingested: BTreeMap<(&'static str, &'static str), u64>,
+    latency_buckets: [u64; BUCKETS_S.len()],
+    latency_count: u64,
+    latency_sum_s: f64,
+}
+
+impl Metrics {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one ingested event.
+    pub fn ingested(&self, provider: &'static str, outcome: &'static str) {
+        *self
+            .inner()
+            .ingested
+            .entry((provider, outcome))
+            .or_default() += 1;
+    }
+
+    /// Records one ingest request's duration.
+    pub fn latency(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let mut inner = self.inner();
+        for (bucket, bound) in inner.latency_buckets.iter_mut().zip(BUCKETS_S) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        inner.latency_count += 1;
+        inner.latency_sum_s += seconds;
+    }
+
+    /// The metrics in Prometheus text format.
+    pub async fn render(&self, engine: &Engine) -> Result<String, EngineError> {
+        let sessions = engine.sessions(SessionFilter::default()).await?;
+        let parked = engine.parked(None).await?.len();
+        let mut out = String::new();
+        {
+            let inner = self.inner();
+            out.push_str("# HELP linkflow_events_ingested_total Events ingested over HTTP, by provider and outcome.\n# TYPE linkflow_events_ingested_total counter\n");
+            for ((provider, outcome), count) in &inner.ingested {
+                let _ = writeln!(out, "linkflow_events_ingested_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {count}");
+            }
+            out.push_str("# HELP linkflow_ingest_duration_seconds Duration of ingest requests.\n# TYPE linkflow_ingest_duration_seconds histogram\n");
+            for (bucket, bound) in inner.latency_buckets.iter().zip(BUCKETS_S) {
+                let _ = writeln!(
+                    out,
+                    "linkflow_ingest_duration_seconds_bucket{{le=\"{bound}\"}} {bucket}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "linkflow_ingest_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+                inner.latency_count
+            );
+            let _ = writeln!(
+                out,
+                "linkflow_ingest_duration_seconds_sum {}",
+                inner.latency_sum_s
+            );
+            let _ = writeln!(
+                out,
+                "linkflow_ingest_duration_seconds_count {}",
+                inner.latency_count
+            );
+        }
+        out.push_str("# HELP linkflow_parked_events Events refused by the state machine and parked.\n# TYPE linkflow_parked_events gauge\n");
+        let _ = writeln!(out, "linkflow_parked_events {parked}");
+        out.push_str(
+            "# HELP linkflow_sessions Sessions by phase.\n# TYPE linkflow_sessions gauge\n",
+        );
+        let mut by_phase: BTreeMap<&'static str, u64> = linkflow_core::Phase::ALL
+            .iter()
+            .map(|phase| (phase.as_str(), 0))
+            .collect();
+        for view in &sessions {
+            *by_phase.entry(view.state.phase().as_str()).or_default() += 1;
+        }
+        for (phase, count) in by_phase {
+            let _ = writeln!(out, "linkflow_sessions{{phase=\"{phase}\"}} {count}");
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,70 @@
+//! `GET /v1/stream`: committed events in global order as server-sent events, from a position
+//! (`Last-Event-ID` or `?from=`): the log first (catch-up), then live. Each event's SSE id is its
+//! position, so a reconnecting client resumes exactly where it stopped.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use linkflow_core::Position;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{ApiError, AppState};
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StreamQuery {
+    from: Option<u64>,
+}
+
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let from = match headers.get("Last-Event-ID") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_last_event_id",
+                    "Last-Event-ID must be a position (a whole number)",
+                )
+            })?,
+        None => query.from.unwrap_or(0),
+    };
+    let subscription = state.engine.subscribe(Position(from));
+    let shutting_down = state.shutting_down.clone();
+    let events = stream::unfold(
+        (subscription, shutting_down),
+        |(mut subscription, mut shutting_down)| async move {
+            if *shutting_down.borrow() {
+                return None;
+            }
+            let event = tokio::select! {
+                event = subscription.next() => event.ok()?,
+                _ = shutting_down.changed() => return None,
+            };
+            let data = json!({
+                "position": event.position,
+                "session_id": event.stream,
+                "version": event.version,
+                "event": event.data.body.name(),
+                "raw_name": event.data.raw_name,
+                "event_time": event.data.body.occurred_at(),
+                "body": event.data.body,
+            });
+            let sse = Event::default()
+                .id(event.position.to_string())
+                .event("event")
+                .data(data.to_string());
+            Some((Ok(sse), (subscription, shutting_down)))
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

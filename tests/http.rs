@@ -1,0 +1,537 @@
+//! A real `linkflow serve` on a loopback port (port 0), driven by a real HTTP client: every
+//! endpoint, auth, signatures, limits, server-sent events, and shutdown durability.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use linkflow_e2e::{fixtures_dir, linkflow_bin};
+use linkflow_providers::signature;
+use serde_json::Value;
+
+const SESSION: &str = "sandbox_6624ccbc-69bb-4d0d-951a-807715fe6a94";
+const SECRET: &str = "knot-test-secret";
+const TOKEN: &str = "test-token";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path, token: Option<&str>) -> Server {
+        let mut command = Command::new(linkflow_bin());
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("LINKFLOW_KNOT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped());
+        match token {
+            Some(token) => command.env("LINKFLOW_TOKEN", token),
+            None => command.env_remove("LINKFLOW_TOKEN"),
+        };
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server prints its address")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("linkflow: listening on ") {
+                break address.to_owned();
+            }
+        };
+        // Keep draining the logs so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base: format!("http://{address}"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn fixture(relative: &str) -> String {
+    std::fs::read_to_string(fixtures_dir().join(relative)).unwrap()
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_and_bad_input_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = reqwest::Client::new();
+
+    assert_eq!(
+        client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+
+    let response = client
+        .post(server.url("/v1/events/moneykit"))
+        .body(fixture("moneykit/sample_flow.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["accepted"], 14);
+    assert_eq!(body["results"].as_array().unwrap().len(), 14);
+    assert_eq!(body["results"][0]["outcome"], "accepted");
+
+    let response = client
+        .post(server.url("/v1/events/benji?session_id=benji-http"))
+        .body(r#"{"callback":"onEvent","event":"user_partner_select","metadata":{"partner_id":"p1"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let sessions: Value = client
+        .get(server.url("/v1/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 2);
+    let filtered: Value = client
+        .get(server.url("/v1/sessions?phase=succeeded&provider=moneykit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filtered.as_array().unwrap().len(), 1);
+    let show: Value = client
+        .get(server.url(&format!("/v1/sessions/{SESSION}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(show["phase"], "succeeded");
+    assert_eq!(show["abandoned"], false);
+    let history: Value = client
+        .get(server.url(&format!("/v1/sessions/{SESSION}/history")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history[4]["raw_name"], "submit_credentails");
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions/nobody"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions/nobody/history"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions?phase=finished"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    // Malformed JSON, an invalid event in a batch, a body over 1 MiB: refused, nothing stored.
+    let malformed = client
+        .post(server.url("/v1/events/moneykit"))
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let error: Value = malformed.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_json");
+    assert!(error["detail"].as_str().unwrap().contains("not JSON"));
+    let partial = format!(
+        "[{},{}]",
+        r#"{"name":"open","meta":{"link_session_id":"never-stored","timestamp":"2023-11-29T12:44:31.804Z"}}"#,
+        r#"{"name":"open","meta":{}}"#
+    );
+    let response = client
+        .post(server.url("/v1/events/moneykit"))
+        .body(partial)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_event");
+    assert!(error["detail"]
+        .as_str()
+        .unwrap()
+        .contains("index 1: $.meta.link_session_id is missing"));
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions/never-stored"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let huge = format!(
+        "[{}]",
+        vec![
+            "{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}";
+            20_000
+        ]
+        .join(",")
+    );
+    assert!(huge.len() > 1024 * 1024);
+    assert_eq!(
+        client
+            .post(server.url("/v1/events/moneykit"))
+            .body(huge)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    let benji_without_session = client
+        .post(server.url("/v1/events/benji"))
+        .body(r#"{"callback":"onExit"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(benji_without_session.status(), 400);
+
+    // Knot: unsigned and forged webhooks are refused; a signed one is stored.
+    let webhook = fixture("knot/authenticated.json");
+    let unsigned = client
+        .post(server.url("/v1/webhooks/knot"))
+        .body(webhook.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let forged = signature::sign(b"wrong", webhook.as_bytes(), "application/json").unwrap();
+    let response = client
+        .post(server.url("/v1/webhooks/knot"))
+        .header("Content-Type", "application/json")
+        .header("Knot-Signature", forged)
+        .body(webhook.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions/fb5aa994-ed1c-4c3e-b29a-b2a53222e584"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let signed =
+        signature::sign(SECRET.as_bytes(), webhook.as_bytes(), "application/json").unwrap();
+    let response = client
+        .post(server.url("/v1/webhooks/knot"))
+        .header("Content-Type", "application/json")
+        .header("Knot-Signature", signed)
+        .body(webhook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let accounts: Value = client
+        .get(server.url("/v1/accounts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accounts[0]["state"], "active");
+    let merchants: Value = client
+        .get(server.url("/v1/merchants"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(merchants.as_array().unwrap().len(), 0);
+    let parked: Value = client
+        .get(server.url("/v1/parked"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(parked.as_array().unwrap().len(), 0);
+
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"linkflow_events_ingested_total{provider="moneykit",outcome="accepted"} 14"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"linkflow_sessions{phase="succeeded"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("linkflow_ingest_duration_seconds_count"));
+    assert!(metrics.contains("linkflow_parked_events 0"));
+}
+
+#[tokio::test]
+async fn the_token_guards_everything_but_health_and_the_signed_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), Some(TOKEN));
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let wrong = client
+        .get(server.url("/v1/sessions"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        client
+            .get(server.url("/v1/sessions"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let posted = client
+        .post(server.url("/v1/events/moneykit"))
+        .body(fixture("moneykit/sample_flow.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 401);
+    let webhook = fixture("knot/merchant_status_update.json");
+    let signed =
+        signature::sign(SECRET.as_bytes(), webhook.as_bytes(), "application/json").unwrap();
+    let response = client
+        .post(server.url("/v1/webhooks/knot"))
+        .header("Content-Type", "application/json")
+        .header("Knot-Signature", signed)
+        .body(webhook)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the webhook authenticates by signature, not token"
+    );
+}
+
+/// Reads `count` SSE events (their ids) from a response.
+async fn read_ids(response: reqwest::Response, count: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut buffer = String::new();
+    let mut stream = response.bytes_stream();
+    while ids.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the stream keeps up")
+            .expect("the stream stays open")
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            if let Some(id) = frame.lines().find_map(|line| line.strip_prefix("id: ")) {
+                ids.push(id.trim().parse().unwrap());
+            }
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = reqwest::Client::new();
+    client
+        .post(server.url("/v1/events/moneykit"))
+        .body(fixture("moneykit/sample_flow.json"))
+        .send()
+        .await
+        .unwrap();
+
+    let response = client
+        .get(server.url("/v1/stream?from=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reader = tokio::spawn(read_ids(response, 6));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .post(server.url("/v1/events/benji?session_id=live"))
+        .body(r#"[{"callback":"onEvent","event":"go_back_clicked","timestamp":1},{"callback":"onExit","timestamp":2}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reader.await.unwrap(), vec![11, 12, 13, 14, 15, 16]);
+
+    let resumed = client
+        .get(server.url("/v1/stream"))
+        .header("Last-Event-ID", "14")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_ids(resumed, 2).await, vec![15, 16]);
+    let bad = client
+        .get(server.url("/v1/stream"))
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // An open stream does not hold up a graceful shutdown.
+    let _open = client
+        .get(server.url("/v1/stream?from=16"))
+        .send()
+        .await
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_accepted_requests_finish_and_they_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let client = reqwest::Client::new();
+    // Many requests in flight when the signal arrives.
+    let mut requests = Vec::new();
+    for n in 0..20u32 {
+        let client = client.clone();
+        let url = server.url(&format!("/v1/events/benji?session_id=term-{n}"));
+        requests.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .body(r#"[{"callback":"onEvent","event":"user_partner_select","metadata":{"partner_id":"p"},"timestamp":1},{"callback":"onSuccess","timestamp":2}]"#)
+                .send()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let mut acknowledged = Vec::new();
+    for (n, request) in requests.into_iter().enumerate() {
+        if let Ok(response) = request.await.unwrap() {
+            if response.status() == 200 {
+                acknowledged.push(n);
+            }
+        }
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "some requests were accepted before the signal"
+    );
+    for n in acknowledged {
+        let output = Command::new(linkflow_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["show", &format!("term-{n}"), "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "acknowledged session term-{n} is missing"
+        );
+        let show: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(show["phase"], "succeeded");
+    }
+}
