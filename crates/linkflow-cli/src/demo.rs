@@ -67,7 +67,7 @@ pub async fn run(json: bool) -> Result<ExitCode, CliError> {
     if json {
         crate::print_json(&json!({
             "ingest": reports,
-            "sessions": sessions.iter().map(SessionJson::new).collect::<Vec<_>>(),
+            "sessions": sessions.iter().map(|view| SessionJson::new(view, engine.is_abandoned(&view.state))).collect::<Vec<_>>(),
             "accounts": accounts.iter().map(AccountJson::from).collect::<Vec<_>>(),
             "merchants": merchants.iter().map(MerchantJson::from).collect::<Vec<_>>(),
             "parked": parked.iter().map(ParkedJson::from).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 //!
 //! One file per command, behind [`Command`]: `ingest.rs`, `sessions.rs` (sessions, show,
 //! history), `parked.rs` (parked, redrive), `accounts.rs` (accounts, merchants), `diagram.rs`,
-//! `verify.rs`, `demo.rs`, `serve.rs`. Output is for people by default; `--json` prints the JSON shapes of
+//! `verify.rs`, `demo.rs`, `serve.rs`, `funnel.rs`. Output is for people by default; `--json` prints the JSON shapes of
 //! `linkflow::views`, which the HTTP API shares.
 #![forbid(unsafe_code)]
 
@@ -40,6 +40,7 @@ pub(crate) fn output_failed(error: std::io::Error) {
 mod accounts;
 mod demo;
 mod diagram;
+mod funnel;
 mod ingest;
 mod parked;
 mod serve;
@@ -68,6 +69,14 @@ struct Cli {
     /// Print machine-readable JSON instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+    /// Minutes without an event after which a non-terminal session is abandoned.
+    #[arg(
+        long,
+        global = true,
+        env = "LINKFLOW_INACTIVITY_TIMEOUT_MINUTES",
+        default_value_t = 30
+    )]
+    inactivity_timeout: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -114,7 +123,12 @@ enum Command {
         /// Only sessions of this provider.
         #[arg(long, value_enum)]
         provider: Option<ProviderArg>,
+        /// Only abandoned sessions (silent past the inactivity timeout, not terminal).
+        #[arg(long)]
+        abandoned: bool,
     },
+    /// Funnel: sessions reaching each phase, conversion, drop-off, reasons, time in phase.
+    Funnel(funnel::FunnelArgs),
     /// Show one session (now, or as of a version).
     Show {
         /// The session id.
@@ -194,8 +208,10 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
-fn open(data_dir: &std::path::Path) -> Result<Engine, CliError> {
-    Engine::open(data_dir)
+fn open(data_dir: &std::path::Path, inactivity_timeout_minutes: u32) -> Result<Engine, CliError> {
+    let mut config = linkflow::EngineConfig::new(data_dir);
+    config.inactivity_timeout = chrono::Duration::minutes(i64::from(inactivity_timeout_minutes));
+    Engine::open_with(config)
         .map_err(|error| CliError(format!("cannot open {}: {error}", data_dir.display())))
 }
 
@@ -207,9 +223,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
-        Command::Serve { listen } => serve::run(open(&cli.data_dir)?, &listen).await,
+        Command::Serve { listen } => {
+            serve::run(open(&cli.data_dir, cli.inactivity_timeout)?, &listen).await
+        }
         command => {
-            let engine = open(&cli.data_dir)?;
+            let engine = open(&cli.data_dir, cli.inactivity_timeout)?;
             let result = match command {
                 Command::Ingest {
                     provider,
@@ -227,9 +245,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     )
                     .await
                 }
-                Command::Sessions { phase, provider } => {
-                    sessions::list(&engine, phase, provider.map(Into::into), json).await
+                Command::Sessions {
+                    phase,
+                    provider,
+                    abandoned,
+                } => {
+                    sessions::list(&engine, phase, provider.map(Into::into), abandoned, json).await
                 }
+                Command::Funnel(args) => funnel::run(&engine, args, json).await,
                 Command::Show { session, at } => {
                     sessions::show(&engine, &session, at.map(Version), json).await
                 }

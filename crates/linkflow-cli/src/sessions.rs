@@ -16,16 +16,23 @@ pub async fn list(
     engine: &Engine,
     phase: Option<Phase>,
     provider: Option<Provider>,
+    abandoned: bool,
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let filter = SessionFilter {
         phase,
         provider,
+        abandoned: abandoned.then_some(true),
         ..SessionFilter::default()
     };
     let sessions = engine.sessions(filter).await?;
     if json {
-        print_json(&sessions.iter().map(SessionJson::new).collect::<Vec<_>>());
+        print_json(
+            &sessions
+                .iter()
+                .map(|view| SessionJson::new(view, engine.is_abandoned(&view.state)))
+                .collect::<Vec<_>>(),
+        );
         return Ok(ExitCode::SUCCESS);
     }
     out!(
@@ -78,7 +85,7 @@ pub async fn show(
             .await?
             .ok_or_else(|| CliError(format!("session `{session}` has no accepted event")))?;
     }
-    let shown = SessionJson::new(&view);
+    let shown = SessionJson::new(&view, engine.is_abandoned(&view.state));
     if json {
         print_json(&shown);
         return Ok(ExitCode::SUCCESS);

@@ -14,6 +14,7 @@
 //! - [`event`]: canonical [`Event`]s, their [`EventKind`]s and attributes.
 //! - [`transition`]: the transition table [`SESSION_TABLE`], the one copy of the rules.
 //! - [`session`]: the folded [`Session`] value and the pure [`apply`].
+//! - [`funnel`]: funnels and abandonment, computed from session states and a clock passed in.
 //! - [`rejection`]: why an event was refused.
 //! - [`diagram`]: Mermaid / DOT diagrams and the Markdown rule table, generated from the table.
 //! - [`ids`]: identifier newtypes ([`SessionId`], [`Version`], [`Position`], [`Provider`],
@@ -39,6 +40,7 @@ pub mod account;
 pub mod body;
 pub mod diagram;
 pub mod event;
+pub mod funnel;
 pub mod ids;
 pub mod merchant;
 pub mod phase;
@@ -58,5 +60,7 @@ pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Versio
 pub use merchant::{Availability, MerchantStatus};
 pub use phase::Phase;
 pub use rejection::Rejection;
-pub use session::{apply, fold, Applied, EventCounts, ExitInfo, Latest, ReplayError, Session};
+pub use session::{
+    apply, fold, Applied, EventCounts, ExitInfo, Journey, Latest, ReplayError, Session,
+};
 pub use transition::{Guard, Rule, RuleKind, SESSION_TABLE};

@@ -35,6 +35,46 @@ pub struct Session {
     first_event_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_event_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    journey: Journey,
+}
+
+/// Most error codes kept per session for the funnel's per-phase error breakdown; the log keeps
+/// them all.
+pub const MAX_JOURNEY_ERRORS: usize = 8;
+
+/// What the funnel needs to know about the path a session took: the furthest phase it reached
+/// on the main path, the phases it visited and when it first entered each, and the errors by
+/// the phase they happened in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journey {
+    /// The furthest phase reached, `exited` aside (a session that succeeded after an exit
+    /// reached `succeeded`).
+    pub furthest: Phase,
+    /// Bit `rank` set for every phase entered.
+    pub visited: u16,
+    /// When each phase (by rank) was first entered, by event time.
+    pub entered_at: [Option<DateTime<Utc>>; 10],
+    /// (phase, error code) of the first errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<(Phase, String)>,
+}
+
+impl Journey {
+    /// Whether the session ever entered `phase`.
+    pub fn visited(&self, phase: Phase) -> bool {
+        self.visited & (1 << phase.rank()) != 0
+    }
+
+    fn enter(&mut self, phase: Phase, at: Option<DateTime<Utc>>) {
+        if !self.visited(phase) {
+            self.visited |= 1 << phase.rank();
+            self.entered_at[usize::from(phase.rank())] = at;
+        }
+        if phase != Phase::Exited && phase.rank() > self.furthest.rank() {
+            self.furthest = phase;
+        }
+    }
 }
 
 /// A "latest" attribute: the value of the event with the latest event time, whatever the
@@ -156,6 +196,11 @@ impl Session {
         self.last_event_at
     }
 
+    /// The path the session took, for funnels.
+    pub fn journey(&self) -> &Journey {
+        &self.journey
+    }
+
     /// The session after `event`, or why the current phase refuses it. Pure: `self` is not
     /// touched either way.
     pub fn apply(&self, event: &Event) -> Result<Session, Rejection> {
@@ -169,6 +214,9 @@ impl Session {
     pub fn apply_in_place(&mut self, event: &Event) -> Result<Applied, Rejection> {
         let phase_before = self.phase;
         let rule = self.check(event)?;
+        if self.version == Version::EMPTY {
+            self.journey.enter(Phase::Created, event.occurred_at);
+        }
         self.version = self.version.next();
         self.record_times(event.occurred_at);
         self.record_attributes(event, rule.is_some());
@@ -186,6 +234,7 @@ impl Session {
                 });
             }
             self.phase = rule.to;
+            self.journey.enter(rule.to, event.occurred_at);
         }
         Ok(Applied {
             phase_before,
@@ -267,6 +316,12 @@ impl Session {
         if event.kind == crate::event::EventKind::Error {
             self.counts.errors += 1;
             let error = attributes.error.clone().unwrap_or_default();
+            if self.journey.errors.len() < MAX_JOURNEY_ERRORS {
+                let code = error.code.clone().or_else(|| error.id.clone());
+                self.journey
+                    .errors
+                    .push((self.phase, code.unwrap_or_else(|| "unknown".into())));
+            }
             keep_latest(&mut self.last_error, error, event.occurred_at);
         }
     }

@@ -93,6 +93,7 @@ fn build(
         .route("/v1/accounts", get(list_accounts))
         .route("/v1/merchants", get(list_merchants))
         .route("/v1/stream", get(stream::events))
+        .route("/v1/funnel", get(funnel))
         .route("/metrics", get(render_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -297,7 +298,12 @@ async fn list_sessions(
             ..SessionFilter::default()
         })
         .await?;
-    Ok(Json(sessions.iter().map(SessionJson::new).collect()))
+    Ok(Json(
+        sessions
+            .iter()
+            .map(|view| SessionJson::new(view, state.engine.is_abandoned(&view.state)))
+            .collect(),
+    ))
 }
 
 fn session_id(id: &str) -> Result<SessionId, ApiError> {
@@ -314,7 +320,10 @@ async fn show_session(
         .session(&session_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no session `{id}`")))?;
-    Ok(Json(SessionJson::new(&session)))
+    Ok(Json(SessionJson::new(
+        &session,
+        state.engine.is_abandoned(&session.state),
+    )))
 }
 
 async fn session_history(
@@ -374,6 +383,93 @@ async fn list_merchants(
             .map(MerchantJson::from)
             .collect(),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+struct FunnelParams {
+    since: Option<String>,
+    until: Option<String>,
+    provider: Option<String>,
+    institution: Option<String>,
+    link_type: Option<String>,
+    by: Option<String>,
+    format: Option<String>,
+}
+
+fn time_param(
+    name: &str,
+    value: Option<String>,
+) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    value
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(&text)
+                .map(|time| time.with_timezone(&Utc))
+                .map_err(|error| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("{name}: `{text}` is not an RFC 3339 time: {error}"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// `GET /v1/funnel`: the filters of `linkflow funnel`; `?format=svg` returns the chart of the
+/// first group.
+async fn funnel(
+    State(state): State<AppState>,
+    Query(params): Query<FunnelParams>,
+) -> Result<Response, ApiError> {
+    use linkflow_core::funnel::{FunnelQuery, GroupBy};
+    let mut query = FunnelQuery::at(Utc::now());
+    query.inactivity_timeout = state.engine.inactivity_timeout();
+    query.since = time_param("since", params.since)?;
+    query.until = time_param("until", params.until)?;
+    query.provider = params
+        .provider
+        .map(|text| text.parse::<Provider>())
+        .transpose()
+        .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+    query.institution = params.institution;
+    query.link_type = match params.link_type.as_deref() {
+        None => None,
+        Some("link") => Some(linkflow_core::LinkType::Link),
+        Some("relink") => Some(linkflow_core::LinkType::Relink),
+        Some("failover_link") => Some(linkflow_core::LinkType::FailoverLink),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("link_type: `{other}` is not link, relink or failover_link"),
+            ))
+        }
+    };
+    query.group_by = match params.by.as_deref() {
+        None => GroupBy::Nothing,
+        Some("provider") => GroupBy::Provider,
+        Some("institution") => GroupBy::Institution,
+        Some("link_type") => GroupBy::LinkType,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("by: `{other}` is not provider, institution or link_type"),
+            ))
+        }
+    };
+    let funnels = state.engine.funnel(query).await?;
+    match params.format.as_deref() {
+        None | Some("json") => Ok(Json(funnels).into_response()),
+        Some("svg") => {
+            let svg = funnels
+                .first()
+                .map(linkflow::chart::funnel_svg)
+                .unwrap_or_default();
+            Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+        }
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("format: `{other}` is not json or svg"),
+        )),
+    }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -69,7 +69,7 @@ mod tests {
     fn state() -> SessionState {
         SessionState {
             provider: Provider::Moneykit,
-            folded: Folded::Session(linkflow_core::Session::new()),
+            folded: Folded::Session(Box::default()),
             parked: 0,
         }
     }

@@ -56,6 +56,9 @@ pub struct EngineConfig {
     /// it (a webhook sender retries later) and one broken session cannot grow the log without
     /// bound.
     pub max_parked_per_session: u32,
+    /// A session silent this long without reaching a terminal phase is abandoned (judged at
+    /// read time; a late event makes it live again).
+    pub inactivity_timeout: chrono::Duration,
 }
 
 /// Default for [`EngineConfig::cache_sessions`]: at ~300 bytes a state, about 30 MB.
@@ -82,6 +85,9 @@ impl EngineConfig {
             cache_sessions: DEFAULT_CACHE_SESSIONS,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             max_parked_per_session: DEFAULT_MAX_PARKED_PER_SESSION,
+            inactivity_timeout: chrono::Duration::minutes(
+                linkflow_core::funnel::DEFAULT_INACTIVITY_TIMEOUT_MINUTES,
+            ),
         }
     }
 

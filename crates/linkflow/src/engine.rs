@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use chrono::Utc;
+use linkflow_core::funnel::{self, Funnel, FunnelQuery};
 use linkflow_core::{MerchantStatus, Position, Session, SessionId, Version};
 use linkflow_store::{EventStore, ParkedEvent, SledOptions, SledStore, VerifyReport};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -80,6 +82,7 @@ impl Engine {
             durability: config.durability,
             max_batch_events: config.max_batch_events,
             max_parked_per_session: config.max_parked_per_session,
+            inactivity_timeout: config.inactivity_timeout,
         });
         let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
         let writer_shared = Arc::clone(&shared);
@@ -148,7 +151,7 @@ impl Engine {
             Folded::Session(session) => Some(SessionView {
                 session_id: id,
                 provider: state.provider,
-                state: session,
+                state: *session,
                 parked: state.parked,
             }),
             _ => None,
@@ -191,8 +194,39 @@ impl Engine {
 
     /// Sessions matching `filter`, in id order.
     pub async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionView>, EngineError> {
-        self.read(move |store| query::sessions(store, &filter))
+        let clock = (Utc::now(), self.shared.inactivity_timeout);
+        self.read(move |store| query::sessions(store, &filter, clock))
             .await
+    }
+
+    /// Whether `session` is abandoned now, under the configured inactivity timeout.
+    pub fn is_abandoned(&self, session: &Session) -> bool {
+        funnel::abandoned(session, Utc::now(), self.shared.inactivity_timeout)
+    }
+
+    /// The configured inactivity timeout.
+    pub fn inactivity_timeout(&self) -> chrono::Duration {
+        self.shared.inactivity_timeout
+    }
+
+    /// Funnels for `query` from the sessions' snapshots: the incremental projection, updated by
+    /// every commit.
+    pub async fn funnel(&self, query: FunnelQuery) -> Result<Vec<Funnel>, EngineError> {
+        self.read(move |store| {
+            let states = query::session_states(store)?;
+            Ok(funnel::funnel(states.iter().map(|(p, s)| (*p, s)), &query))
+        })
+        .await
+    }
+
+    /// Funnels for `query` rebuilt from the log alone (every session folded from its events).
+    /// Always equal to [`Engine::funnel`]; slower, and independent of the snapshots.
+    pub async fn funnel_rebuilt(&self, query: FunnelQuery) -> Result<Vec<Funnel>, EngineError> {
+        self.read(move |store| {
+            let states = query::session_states_from_log(store)?;
+            Ok(funnel::funnel(states.iter().map(|(p, s)| (*p, s)), &query))
+        })
+        .await
     }
 
     /// Parked events of one session, or of all sessions.

@@ -16,11 +16,13 @@
 //! - `cache`: the bounded session cache.
 //! - `verify`: the consistency check.
 //! - [`config`], [`error`], [`ingest`]: what goes in and comes out.
+//! - [`chart`]: the SVG funnel chart.
 //! - [`views`]: the JSON shapes of the CLI and HTTP contract.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod cache;
+pub mod chart;
 pub mod config;
 mod engine;
 pub mod error;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::cache::SessionState;
 use crate::error::EngineError;
-use crate::folded::Folded;
+use crate::folded::{Folded, SnapshotState, SNAPSHOT_LAYOUT};
 
 /// Events read per store call when replaying a stream.
 const READ_CHUNK: usize = 1_024;
@@ -84,11 +84,21 @@ pub struct SessionFilter {
     pub last_event_from: Option<DateTime<Utc>>,
     /// Only sessions whose last event time is before this.
     pub last_event_until: Option<DateTime<Utc>>,
+    /// Only abandoned (`Some(true)`) or not abandoned (`Some(false)`) sessions, judged now
+    /// with the engine's inactivity timeout.
+    pub abandoned: Option<bool>,
 }
 
 impl SessionFilter {
-    fn matches(&self, provider: Provider, session: &Session) -> bool {
-        self.phase.is_none_or(|phase| session.phase() == phase)
+    fn matches(
+        &self,
+        provider: Provider,
+        session: &Session,
+        clock: (DateTime<Utc>, chrono::Duration),
+    ) -> bool {
+        self.abandoned.is_none_or(|wanted| {
+            linkflow_core::funnel::abandoned(session, clock.0, clock.1) == wanted
+        }) && self.phase.is_none_or(|phase| session.phase() == phase)
             && self.provider.is_none_or(|wanted| provider == wanted)
             && self
                 .last_event_from
@@ -102,8 +112,10 @@ impl SessionFilter {
 /// Decodes a snapshot's state; `None` when this build cannot read it or it does not match its
 /// version (the caller falls back to a full replay).
 pub(crate) fn decode_snapshot(snapshot: &Snapshot) -> Option<Folded> {
-    serde_json::from_str::<Folded>(snapshot.state.get())
+    serde_json::from_str::<SnapshotState<Folded>>(snapshot.state.get())
         .ok()
+        .filter(|tagged| tagged.layout == SNAPSHOT_LAYOUT)
+        .map(|tagged| tagged.state)
         .filter(|folded| folded.version() == snapshot.version)
 }
 
@@ -196,7 +208,7 @@ pub(crate) fn session_at(
         });
     }
     Ok(match replay_tail(store, stream, None, Some(version))? {
-        Some(Folded::Session(session)) => Some(session),
+        Some(Folded::Session(session)) => Some(*session),
         _ => None,
     })
 }
@@ -275,17 +287,66 @@ fn parked_counts(store: &dyn EventStore) -> Result<HashMap<SessionId, u32>, Engi
 pub(crate) fn sessions(
     store: &dyn EventStore,
     filter: &SessionFilter,
+    clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<Vec<SessionView>, EngineError> {
     let parked = parked_counts(store)?;
     Ok(all_states(store)?
         .into_iter()
         .filter_map(|(session_id, provider, folded)| match folded {
-            Folded::Session(state) if filter.matches(provider, &state) => Some(SessionView {
-                parked: parked.get(&session_id).copied().unwrap_or(0),
-                session_id,
-                provider,
-                state,
-            }),
+            Folded::Session(state) if filter.matches(provider, &state, clock) => {
+                Some(SessionView {
+                    parked: parked.get(&session_id).copied().unwrap_or(0),
+                    session_id,
+                    provider,
+                    state: *state,
+                })
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every session's (provider, state), from the snapshots (the incremental projection).
+pub(crate) fn session_states(
+    store: &dyn EventStore,
+) -> Result<Vec<(Provider, Session)>, EngineError> {
+    Ok(all_states(store)?
+        .into_iter()
+        .filter_map(|(_, provider, folded)| match folded {
+            Folded::Session(session) => Some((provider, *session)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every session's (provider, state), folded from the log alone (snapshots ignored).
+pub(crate) fn session_states_from_log(
+    store: &dyn EventStore,
+) -> Result<Vec<(Provider, Session)>, EngineError> {
+    let mut states: Vec<(SessionId, Provider, Folded)> = Vec::new();
+    let mut failure = None;
+    store.for_each_event_by_stream(&mut |stored| {
+        if states.last().map(|(id, _, _)| id) != Some(&stored.stream) {
+            states.push((
+                stored.stream.clone(),
+                stored.data.provider,
+                Folded::initial_for(&stored.data.body),
+            ));
+        }
+        let (_, _, folded) = states.last_mut().expect("pushed above");
+        if let Err(reason) = folded.apply_in_place(&stored.data.body) {
+            failure = Some(replay_error(&stored.stream, &stored, reason));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(states
+        .into_iter()
+        .filter_map(|(_, provider, folded)| match folded {
+            Folded::Session(session) => Some((provider, *session)),
             _ => None,
         })
         .collect())

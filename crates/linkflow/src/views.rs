@@ -32,7 +32,7 @@ pub struct SessionJson {
     pub first_event_at: Option<DateTime<Utc>>,
     /// The latest event time.
     pub last_event_at: Option<DateTime<Utc>>,
-    /// Whether the session is abandoned (always false until abandonment detection lands).
+    /// Whether the session is abandoned: not terminal and silent for the inactivity timeout.
     pub abandoned: bool,
     /// The screen of the latest event naming one.
     pub current_screen: Option<String>,
@@ -72,8 +72,9 @@ pub struct ExitJson {
 }
 
 impl SessionJson {
-    /// The JSON view of a session.
-    pub fn new(view: &SessionView) -> Self {
+    /// The JSON view of a session; `abandoned` as judged by the caller
+    /// ([`crate::Engine::is_abandoned`]).
+    pub fn new(view: &SessionView, abandoned: bool) -> Self {
         let state = &view.state;
         SessionJson {
             session_id: view.session_id.clone(),
@@ -96,7 +97,7 @@ impl SessionJson {
             }),
             first_event_at: state.first_event_at(),
             last_event_at: state.last_event_at(),
-            abandoned: false,
+            abandoned,
             current_screen: state.current_screen().map(|screen| screen.value.clone()),
             external_user_id: state.external_user_id().map(str::to_owned),
             parked: view.parked,

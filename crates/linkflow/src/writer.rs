@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::cache::{SessionCache, SessionState};
 use crate::config::Durability;
 use crate::error::{EngineError, EventError};
-use crate::folded::{Change, Folded};
+use crate::folded::{Change, Folded, SnapshotState, SNAPSHOT_LAYOUT};
 use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
 use crate::query::load_state;
 
@@ -40,6 +40,7 @@ pub(crate) struct Shared {
     pub durability: Durability,
     pub max_batch_events: usize,
     pub max_parked_per_session: u32,
+    pub inactivity_timeout: chrono::Duration,
 }
 
 impl Shared {
@@ -548,8 +549,11 @@ impl<'a> Plan<'a> {
     fn finish(&mut self) -> Vec<Op> {
         for (session, working) in &self.sessions {
             if working.dirty {
-                let state = RawJson::from_serialize(&working.state.folded)
-                    .expect("serializing a state to memory cannot fail");
+                let state = RawJson::from_serialize(&SnapshotState {
+                    layout: SNAPSHOT_LAYOUT,
+                    state: &working.state.folded,
+                })
+                .expect("serializing a state to memory cannot fail");
                 self.ops.push(Op::PutSnapshot {
                     stream: session.clone(),
                     snapshot: Snapshot {
