@@ -14,7 +14,7 @@ use crate::config::{EngineConfig, StoreChoice};
 use crate::error::EngineError;
 use crate::folded::Folded;
 use crate::ingest::{IncomingEvent, IngestOutcome, Redriven};
-use crate::query::{self, AccountView, HistoryEntry, SessionFilter, SessionView};
+use crate::query::{self, AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
 use crate::subscribe::Subscription;
 use crate::writer::{run_writer, Request, Shared};
 
@@ -217,6 +217,12 @@ impl Engine {
             Ok(funnel::funnel(states.iter().map(|(p, s)| (*p, s)), &query))
         })
         .await
+    }
+
+    /// Folds every stream from its events, ignoring snapshots (a cold rebuild), and says how
+    /// much it folded. Fails if any stream no longer folds.
+    pub async fn rebuild_from_log(&self) -> Result<RebuildStats, EngineError> {
+        self.read(query::rebuild_from_log).await
     }
 
     /// Funnels for `query` rebuilt from the log alone (every session folded from its events).

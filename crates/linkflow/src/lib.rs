@@ -39,7 +39,7 @@ pub use engine::Engine;
 pub use error::{EngineError, EventError};
 pub use folded::Folded;
 pub use ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
-pub use query::{AccountView, HistoryEntry, SessionFilter, SessionView};
+pub use query::{AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
 pub use subscribe::Subscription;
 
 pub use linkflow_core as core;

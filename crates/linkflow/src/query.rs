@@ -352,6 +352,42 @@ pub(crate) fn session_states_from_log(
         .collect())
 }
 
+/// What a rebuild from the log folded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RebuildStats {
+    /// Streams folded.
+    pub streams: u64,
+    /// Events folded.
+    pub events: u64,
+}
+
+/// Folds every stream from its events (snapshots ignored), keeping one state at a time.
+pub(crate) fn rebuild_from_log(store: &dyn EventStore) -> Result<RebuildStats, EngineError> {
+    let mut stats = RebuildStats::default();
+    let mut current: Option<(SessionId, Folded)> = None;
+    let mut failure = None;
+    store.for_each_event_by_stream(&mut |stored| {
+        stats.events += 1;
+        if current.as_ref().map(|(id, _)| id) != Some(&stored.stream) {
+            stats.streams += 1;
+            current = Some((
+                stored.stream.clone(),
+                Folded::initial_for(&stored.data.body),
+            ));
+        }
+        let (_, folded) = current.as_mut().expect("set above");
+        if let Err(reason) = folded.apply_in_place(&stored.data.body) {
+            failure = Some(replay_error(&stored.stream, &stored, reason));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(stats),
+    }
+}
+
 /// Every linked account that exists (state `active` or `login_required`). Operations waiting
 /// for an account that does not exist yet are in the parked list.
 pub(crate) fn accounts(store: &dyn EventStore) -> Result<Vec<AccountView>, EngineError> {

@@ -1,0 +1,418 @@
+//! The figures, each with its baseline measured in the same run.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use linkflow::{Engine, EngineConfig, IncomingEvent};
+use linkflow_core::{Event, EventKind, Provider, SessionId};
+use linkflow_providers::{decode, DecodeContext};
+use linkflow_store::StoredEvent;
+
+use crate::chart::Point;
+use crate::workload::{generate, Delivery};
+use crate::Options;
+
+/// Events per call and per fsync in figure 1 and its baseline.
+const BATCH: usize = 1_000;
+const SEED: u64 = 20_261_123;
+
+fn per_second(events: usize, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64()
+}
+
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1e6
+}
+
+fn incoming(delivery: &Delivery, context: &DecodeContext) -> IncomingEvent {
+    let decoded = decode(delivery.provider, &delivery.body, context).expect("the workload decodes");
+    IncomingEvent::from_decoded(decoded, context.received_at).expect("the workload is valid")
+}
+
+/// Figure 1: provider JSON decoded and ingested 1,000 per call, each call durable.
+async fn batch_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
+    let engine = Engine::open_with(EngineConfig::new(dir)).expect("the engine opens");
+    let context = DecodeContext::received_at(Utc::now());
+    let started = Instant::now();
+    for chunk in deliveries.chunks(BATCH) {
+        let events = chunk
+            .iter()
+            .map(|delivery| incoming(delivery, &context))
+            .collect();
+        engine.ingest_batch(events).await.expect("ingest succeeds");
+    }
+    let rate = per_second(deliveries.len(), started.elapsed());
+    engine.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// Figure 1's baseline: bare sled, the same records (each delivery decoded outside the timer
+/// and encoded as the store's JSON record), one key per event, flush + fsync of the log file
+/// every 1,000.
+fn bare_sled_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
+    let context = DecodeContext::received_at(Utc::now());
+    let records: Vec<(Vec<u8>, Vec<u8>)> = deliveries
+        .iter()
+        .enumerate()
+        .map(|(n, delivery)| {
+            let event = incoming(delivery, &context);
+            let record = linkflow_store::NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                dedupe_key: event.dedupe_key.expect("adapters set a dedupe key"),
+                provider: event.provider,
+                body: event.body,
+                raw_name: event.raw_name,
+                raw: event.raw,
+                received_at: context.received_at,
+            };
+            let mut key = vec![b'S'];
+            key.extend_from_slice(event.session.as_str().as_bytes());
+            key.extend_from_slice(&(n as u64).to_be_bytes());
+            (key, serde_json::to_vec(&record).expect("encode"))
+        })
+        .collect();
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 << 20)
+        .open()
+        .expect("sled opens");
+    let log = File::open(dir.join("db")).expect("sled's log file");
+    let started = Instant::now();
+    for (index, (key, value)) in records.into_iter().enumerate() {
+        db.insert(key, value).expect("insert");
+        if (index + 1) % BATCH == 0 {
+            db.flush().expect("flush");
+            log.sync_all().expect("fsync");
+        }
+    }
+    db.flush().expect("flush");
+    log.sync_all().expect("fsync");
+    per_second(deliveries.len(), started.elapsed())
+}
+
+/// Figure 3: open the store of figure 1 and fold every stream from its events.
+async fn cold_rebuild(dir: &Path) -> (f64, u64) {
+    let engine = Engine::open_with(EngineConfig::new(dir)).expect("the engine opens");
+    let started = Instant::now();
+    let stats = engine.rebuild_from_log().await.expect("the log folds");
+    let rate = per_second(stats.events as usize, started.elapsed());
+    engine.shutdown().await.expect("shutdown");
+    (rate, stats.events)
+}
+
+/// Figure 3's baseline: a bare sled scan of the same records with serde_json decoding.
+fn bare_scan_decode(dir: &Path) -> f64 {
+    let db = sled::Config::new().path(dir).open().expect("sled opens");
+    let started = Instant::now();
+    let mut count = 0usize;
+    for entry in db.scan_prefix([b'S']) {
+        let (_, value) = entry.expect("scan");
+        let record: StoredEvent = serde_json::from_slice(&value[5..]).expect("decode");
+        std::hint::black_box(&record);
+        count += 1;
+    }
+    per_second(count, started.elapsed())
+}
+
+/// Figure 2: `tasks` writers each ingesting single events, durable. Each writer owns whole
+/// sessions, so their events arrive in order.
+async fn concurrent_single(tasks: usize, deliveries: &[Delivery]) -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let engine = Engine::open_with(EngineConfig::new(dir.path())).expect("the engine opens");
+    let context = DecodeContext::received_at(Utc::now());
+    let mut shares: Vec<Vec<IncomingEvent>> = vec![Vec::new(); tasks];
+    for delivery in deliveries {
+        shares[delivery.session % tasks].push(incoming(delivery, &context));
+    }
+    let started = Instant::now();
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(share.len());
+                for event in share {
+                    let call = Instant::now();
+                    engine.ingest(event).await.expect("ingest succeeds");
+                    latencies.push(call.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.expect("task"));
+    }
+    let rate = per_second(latencies.len(), started.elapsed());
+    latencies.sort_unstable();
+    engine.shutdown().await.expect("shutdown");
+    (
+        rate,
+        percentile_us(&latencies, 0.5),
+        percentile_us(&latencies, 0.99),
+    )
+}
+
+/// Figure 4: reads that always miss the one-entry cache: snapshot + tail, at `events_per_session`.
+async fn cache_miss_reads(events_per_session: usize, sessions: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut config = EngineConfig::new(dir.path());
+    config.cache_sessions = 1;
+    let engine = Engine::open_with(config).expect("the engine opens");
+    let ids: Vec<SessionId> = (0..sessions)
+        .map(|n| SessionId::new(format!("read-{n}")).expect("valid id"))
+        .collect();
+    for round in 0..events_per_session {
+        let batch = ids
+            .iter()
+            .map(|id| {
+                let at = chrono::DateTime::from_timestamp(1_700_000_000 + round as i64, 0)
+                    .expect("valid time");
+                IncomingEvent::new(
+                    id.clone(),
+                    Provider::Moneykit,
+                    Event::new(EventKind::ScreenChanged)
+                        .at(at)
+                        .with_screen("Accounts"),
+                )
+            })
+            .collect();
+        engine.ingest_batch(batch).await.expect("ingest");
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        for id in &ids {
+            let call = Instant::now();
+            let view = engine
+                .session(id)
+                .await
+                .expect("read")
+                .expect("the session exists");
+            latencies.push(call.elapsed());
+            std::hint::black_box(view);
+        }
+    }
+    latencies.sort_unstable();
+    engine.shutdown().await.expect("shutdown");
+    (
+        percentile_us(&latencies, 0.5),
+        percentile_us(&latencies, 0.99),
+    )
+}
+
+fn directory_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            total += if path.is_dir() {
+                directory_bytes(&path)
+            } else {
+                entry.metadata().map_or(0, |m| m.len())
+            };
+        }
+    }
+    total
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Figure 5 in a fresh process: one batch ingest of `events`, then peak RSS and bytes on disk.
+pub async fn footprint_child(events: usize) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let deliveries = generate(events, SEED);
+    let _rate = batch_ingest(dir.path(), &deliveries).await;
+    let workload_kb = deliveries.iter().map(|d| d.body.len()).sum::<usize>() as u64 / 1024;
+    println!(
+        "{} {} {}",
+        peak_rss_kb(),
+        directory_bytes(dir.path()),
+        workload_kb
+    );
+}
+
+async fn footprint(events: usize) -> Option<(f64, f64, f64)> {
+    let exe = std::env::current_exe().ok()?;
+    let output = tokio::process::Command::new(exe)
+        .args(["--footprint-child", "--events", &events.to_string()])
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8(output.stdout).ok()?;
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<f64>().ok());
+    let rss_kb = numbers.next()??;
+    let disk = numbers.next()??;
+    let workload_kb = numbers.next()??;
+    Some((rss_kb, disk / events as f64, workload_kb))
+}
+
+/// Figure 8: `clients` concurrent HTTP clients posting single MoneyKit events to an in-process
+/// server on loopback.
+async fn http_ingest(deliveries: &[Delivery], clients: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let engine = Engine::open_with(EngineConfig::new(dir.path())).expect("the engine opens");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let app = linkflow_http::router(engine.clone(), linkflow_http::HttpConfig::default());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let moneykit: Vec<String> = deliveries
+        .iter()
+        .filter(|delivery| delivery.provider == Provider::Moneykit)
+        .map(|delivery| delivery.body.clone())
+        .collect();
+    let mut shares: Vec<Vec<String>> = vec![Vec::new(); clients];
+    for (index, body) in moneykit.into_iter().enumerate() {
+        shares[index % clients].push(body);
+    }
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/v1/events/moneykit");
+    let started = Instant::now();
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(share.len());
+                for body in share {
+                    let call = Instant::now();
+                    let response = client.post(&url).body(body).send().await.expect("request");
+                    assert!(response.status().is_success());
+                    latencies.push(call.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.expect("client"));
+    }
+    let rate = per_second(latencies.len(), started.elapsed());
+    latencies.sort_unstable();
+    server.abort();
+    (rate, percentile_us(&latencies, 0.99))
+}
+
+pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
+    let deliveries = generate(options.events, SEED);
+    results.insert("events".into(), deliveries.len() as f64);
+
+    let engine_dir = tempfile::tempdir().expect("a temporary directory");
+    let bare_dir = tempfile::tempdir().expect("a temporary directory");
+    let ingest = batch_ingest(engine_dir.path(), &deliveries).await;
+    let bare = bare_sled_ingest(bare_dir.path(), &deliveries);
+    results.insert("batch_ingest_events_per_s".into(), ingest);
+    results.insert("bare_sled_ingest_events_per_s".into(), bare);
+    results.insert("batch_ingest_vs_bare_sled_ratio".into(), ingest / bare);
+    results.insert(
+        "disk_bytes_per_event".into(),
+        directory_bytes(engine_dir.path()) as f64 / deliveries.len() as f64,
+    );
+
+    let (rebuild, folded) = cold_rebuild(engine_dir.path()).await;
+    let scan = bare_scan_decode(engine_dir.path());
+    results.insert("cold_rebuild_events_per_s".into(), rebuild);
+    results.insert("cold_rebuild_events_folded".into(), folded as f64);
+    results.insert("bare_scan_decode_events_per_s".into(), scan);
+    results.insert(
+        "cold_rebuild_vs_bare_scan_decode_ratio".into(),
+        rebuild / scan,
+    );
+
+    let single = if options.quick { 1_500 } else { 12_000 };
+    let single_deliveries = generate(single, SEED + 1);
+    let one = concurrent_single(1, &single_deliveries[..single.min(1_000)]).await;
+    let eight = concurrent_single(8, &single_deliveries).await;
+    let sixty_four = concurrent_single(64, &single_deliveries).await;
+    for (writers, (rate, p50, p99)) in [(1, one), (8, eight), (64, sixty_four)] {
+        results.insert(format!("writers_{writers}_events_per_s"), rate);
+        results.insert(format!("writers_{writers}_p50_us"), p50);
+        results.insert(format!("writers_{writers}_p99_us"), p99);
+    }
+    results.insert("writers_64_vs_1_ratio".into(), sixty_four.0 / one.0);
+
+    let (sessions_short, sessions_long) = if options.quick { (50, 5) } else { (400, 40) };
+    let short = cache_miss_reads(10, sessions_short).await;
+    let long = cache_miss_reads(1_000, sessions_long).await;
+    results.insert("read_miss_10_events_p50_us".into(), short.0);
+    results.insert("read_miss_10_events_p99_us".into(), short.1);
+    results.insert("read_miss_1000_events_p50_us".into(), long.0);
+    results.insert("read_miss_1000_events_p99_us".into(), long.1);
+    results.insert("read_miss_p99_1000_vs_10_ratio".into(), long.1 / short.1);
+
+    let sizes: &[usize] = if options.quick {
+        &[20_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
+    for &size in sizes {
+        if let Some((rss_kb, disk_per_event, _)) = footprint(size).await {
+            results.insert(format!("peak_rss_kb_at_{size}"), rss_kb);
+            results.insert(format!("disk_bytes_per_event_at_{size}"), disk_per_event);
+        }
+    }
+
+    let http_events = if options.quick { 1_000 } else { 10_000 };
+    let (http_rate, http_p99) = http_ingest(&generate(http_events, SEED + 2), 32).await;
+    results.insert("http_single_event_events_per_s".into(), http_rate);
+    results.insert("http_single_event_p99_us".into(), http_p99);
+}
+
+/// Figure 6: figures 1 and 3 at several sizes.
+pub async fn scaling(options: &Options, results: &mut BTreeMap<String, f64>) -> Vec<Point> {
+    let sizes: &[usize] = if options.quick {
+        &[5_000, 20_000]
+    } else {
+        &[100_000, 1_000_000, 5_000_000]
+    };
+    let mut points = Vec::new();
+    for &size in sizes {
+        let deliveries = generate(size, SEED);
+        let engine_dir = tempfile::tempdir().expect("a temporary directory");
+        let bare_dir = tempfile::tempdir().expect("a temporary directory");
+        let ingest = batch_ingest(engine_dir.path(), &deliveries).await;
+        let bare = bare_sled_ingest(bare_dir.path(), &deliveries);
+        let (rebuild, _) = cold_rebuild(engine_dir.path()).await;
+        results.insert(format!("scaling_ingest_events_per_s_at_{size}"), ingest);
+        results.insert(
+            format!("scaling_ingest_vs_bare_sled_ratio_at_{size}"),
+            ingest / bare,
+        );
+        results.insert(format!("scaling_rebuild_events_per_s_at_{size}"), rebuild);
+        points.push(Point {
+            events: size,
+            ingest_per_s: ingest,
+            rebuild_per_s: rebuild,
+            bare_ingest_per_s: bare,
+        });
+    }
+    points
+}
+
+pub fn print_table(results: &BTreeMap<String, f64>) {
+    println!("{:<48} {:>14}", "figure", "value");
+    for (key, value) in results {
+        println!("{key:<48} {value:>14.2}");
+    }
+}

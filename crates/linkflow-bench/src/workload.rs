@@ -1,0 +1,411 @@
+//! A seeded generator of realistic traffic: sessions of the three providers in several flow
+//! shapes, about 12 events per session, as provider JSON payloads, with about 5% of
+//! deliveries out of order, 2% duplicated and 1% illegal.
+
+use linkflow_core::Provider;
+use serde_json::json;
+
+/// A small deterministic PRNG (SplitMix64): the same seed gives the same workload.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One delivery: the provider and its payload text.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub provider: Provider,
+    pub body: String,
+    /// The session (or account) it belongs to, for grouping.
+    pub session: usize,
+}
+
+const BASE_MS: i64 = 1_700_000_000_000;
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("workload times are in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn moneykit(
+    session: usize,
+    name: &str,
+    ms: i64,
+    properties: serde_json::Value,
+    institution: bool,
+    link_type: &str,
+) -> String {
+    let mut meta = json!({
+        "link_type": link_type,
+        "link_session_id": format!("mk_{session:09}"),
+        "timestamp": iso(ms),
+    });
+    if institution {
+        meta["institution_id"] = json!("moneykit-creds-bank");
+        meta["institution_name"] = json!("Credentials Bank");
+    }
+    json!({"name": name, "properties": properties, "meta": meta}).to_string()
+}
+
+/// The MoneyKit flow shapes.
+fn moneykit_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
+    let shape = rng.below(7);
+    let link_type = if shape == 3 { "Relink" } else { "Link" };
+    let mut t = start;
+    let mut next = |rng: &mut Rng| {
+        t += 1_000 + rng.below(20_000) as i64;
+        t
+    };
+    let empty = json!({});
+    let mut events = vec![
+        moneykit(session, "open", next(rng), empty.clone(), false, link_type),
+        moneykit(
+            session,
+            "change_screen",
+            next(rng),
+            json!({"current_screen_name": "Finder"}),
+            false,
+            link_type,
+        ),
+        moneykit(
+            session,
+            "search_institution",
+            next(rng),
+            json!({"search_term": "credentials"}),
+            false,
+            link_type,
+        ),
+        moneykit(
+            session,
+            "select_institution",
+            next(rng),
+            json!({"institution_id": "moneykit-creds-bank", "institution_name": "Credentials Bank"}),
+            false,
+            link_type,
+        ),
+        moneykit(
+            session,
+            "change_screen",
+            next(rng),
+            json!({"current_screen_name": "Credentials"}),
+            true,
+            link_type,
+        ),
+    ];
+    match shape {
+        // OAuth
+        1 => events.push(moneykit(
+            session,
+            "open_oauth",
+            next(rng),
+            empty.clone(),
+            true,
+            link_type,
+        )),
+        // MFA with an OTP device
+        2 => {
+            events.push(moneykit(
+                session,
+                "submit_credentials",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+            events.push(moneykit(
+                session,
+                "submit_otp_device",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+            events.push(moneykit(
+                session,
+                "submit_otp",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+        }
+        // error, then retry
+        4 => {
+            events.push(moneykit(
+                session,
+                "submit_credentials",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+            events.push(moneykit(session, "error", next(rng), json!({"error_id": "e1", "displayed_message": "Wrong password", "request_id": "r1"}), true, link_type));
+            events.push(moneykit(
+                session,
+                "submit_credentials",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+        }
+        _ => events.push(moneykit(
+            session,
+            "submit_credentials",
+            next(rng),
+            empty.clone(),
+            true,
+            link_type,
+        )),
+    }
+    match shape {
+        // exit midway
+        5 => events.push(moneykit(
+            session,
+            "exit",
+            next(rng),
+            json!({"status": "requires_credentials"}),
+            true,
+            link_type,
+        )),
+        // abandoned: the flow just stops
+        6 => {}
+        _ => {
+            events.push(moneykit(
+                session,
+                "submit_permissions",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+            events.push(moneykit(
+                session,
+                "change_screen",
+                next(rng),
+                json!({"current_screen_name": "Accounts"}),
+                true,
+                link_type,
+            ));
+            events.push(moneykit(
+                session,
+                "submit_accounts",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+            events.push(moneykit(
+                session,
+                "success",
+                next(rng),
+                empty.clone(),
+                true,
+                link_type,
+            ));
+        }
+    }
+    events
+}
+
+fn benji_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
+    let id = format!("bj_{session:09}");
+    let mut t = start;
+    let mut event = |rng: &mut Rng, body: serde_json::Value| {
+        t += 1_000 + rng.below(20_000) as i64;
+        let mut body = body;
+        body["session_id"] = json!(id);
+        body["timestamp"] = json!(t);
+        body.to_string()
+    };
+    let user = format!("user_{session}");
+    let mut events = vec![
+        event(
+            rng,
+            json!({"callback": "onEvent", "event": "go_back_clicked", "metadata": {"screen_name": "intro"}}),
+        ),
+        event(
+            rng,
+            json!({"callback": "onEvent", "event": "user_partner_select", "metadata": {"partner_id": "marriott", "external_user_id": user, "screen_name": "partners"}}),
+        ),
+        event(
+            rng,
+            json!({"callback": "onEvent", "event": "go_back_clicked", "metadata": {"screen_name": "partner_login"}}),
+        ),
+        event(
+            rng,
+            json!({"callback": "onEvent", "event": "user_partner_select", "metadata": {"partner_id": "hilton", "external_user_id": user, "screen_name": "partners"}}),
+        ),
+    ];
+    if rng.percent(30) {
+        events.push(event(
+            rng,
+            json!({"callback": "onError", "error": "partner_connect_error", "error_id": "err_1"}),
+        ));
+    }
+    events.push(event(rng, json!({"callback": "onEvent", "event": "user_authenticated_with_partner", "metadata": {"partner_id": "hilton"}})));
+    if rng.percent(80) {
+        events.push(event(rng, json!({"callback": "onSuccess", "metadata": {"partner_id": "hilton", "external_user_id": user}})));
+    } else {
+        events.push(event(
+            rng,
+            json!({"callback": "onEvent", "event": "user_inactive"}),
+        ));
+    }
+    events.push(event(rng, json!({"callback": "onExit"})));
+    events
+}
+
+fn knot_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
+    let user = format!("knot_user_{session}");
+    let merchant = 10 + (session % 50) as u64;
+    let mut t = start;
+    let mut webhook = |rng: &mut Rng, event: &str, extra: serde_json::Value| {
+        t += 1_000 + rng.below(60_000) as i64;
+        let mut body = json!({
+            "event": event,
+            "external_user_id": user,
+            "merchant": {"id": merchant, "name": "Merchant", "logo": "https://knot.example/logo.png"},
+            "timestamp": t,
+        });
+        for (key, value) in extra.as_object().expect("extra is an object") {
+            body[key] = value.clone();
+        }
+        body.to_string()
+    };
+    let mut events = vec![webhook(
+        rng,
+        "AUTHENTICATED",
+        json!({"session_id": format!("kn_{session:09}"), "task_id": session, "data": {"card_id": "123", "send_card": true, "entrypoint": "onboarding"}}),
+    )];
+    for _ in 0..4 {
+        events.push(webhook(rng, "SYNC_CART_SUCCEEDED", json!({})));
+        let outcome = if rng.percent(85) {
+            "CHECKOUT_SUCCEEDED"
+        } else {
+            "CHECKOUT_FAILED"
+        };
+        let transaction = format!("tx_{session}_{}", rng.below(1_000_000));
+        events.push(webhook(
+            rng,
+            outcome,
+            json!({"data": {"transactions": [{"id": transaction}]}}),
+        ));
+    }
+    if rng.percent(20) {
+        events.push(webhook(rng, "ACCOUNT_LOGIN_REQUIRED", json!({})));
+    }
+    let status = if rng.percent(90) { "UP" } else { "DOWN" };
+    events.push(webhook(rng, "MERCHANT_STATUS_UPDATE", json!({"data": {"type": "card_switcher", "status": status, "platform": "ios", "sdk": "1.0.0"}})));
+    events
+}
+
+/// `events` deliveries (about) from `seed`, in delivery order.
+pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
+    let mut rng = Rng::new(seed);
+    let mut deliveries = Vec::with_capacity(events + events / 20);
+    let mut session = 0usize;
+    while deliveries.len() < events {
+        let start = BASE_MS + session as i64 * 1_000;
+        let provider = match rng.below(10) {
+            0..=5 => Provider::Moneykit,
+            6..=7 => Provider::Benji,
+            _ => Provider::Knot,
+        };
+        let mut bodies = match provider {
+            Provider::Moneykit => moneykit_session(session, &mut rng, start),
+            Provider::Benji => benji_session(session, &mut rng, start),
+            Provider::Knot => knot_session(session, &mut rng, start),
+        };
+        // About 5% out of order: a delivery swapped with the next one of its session.
+        for index in 0..bodies.len().saturating_sub(1) {
+            if rng.percent(5) {
+                bodies.swap(index, index + 1);
+            }
+        }
+        // About 1% illegal: a MoneyKit `open` after the session is under way.
+        if provider == Provider::Moneykit && rng.percent(12) {
+            bodies.push(moneykit(
+                session,
+                "open",
+                start + 10_000_000,
+                json!({}),
+                false,
+                "Link",
+            ));
+        }
+        for body in bodies {
+            // About 2% duplicates: the same payload delivered twice.
+            let duplicate = rng.percent(2);
+            deliveries.push(Delivery {
+                provider,
+                body: body.clone(),
+                session,
+            });
+            if duplicate {
+                deliveries.push(Delivery {
+                    provider,
+                    body,
+                    session,
+                });
+            }
+        }
+        session += 1;
+    }
+    deliveries.truncate(events);
+    deliveries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use linkflow_providers::{decode, DecodeContext};
+
+    #[test]
+    fn the_workload_is_deterministic_decodable_and_has_about_12_events_per_session() {
+        let a = generate(5_000, 7);
+        let b = generate(5_000, 7);
+        assert_eq!(a.len(), 5_000);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.body == y.body));
+        let context = DecodeContext::received_at(Utc::now());
+        for delivery in &a {
+            decode(delivery.provider, &delivery.body, &context).unwrap();
+        }
+        let sessions = a.last().unwrap().session + 1;
+        let per_session = a.len() as f64 / sessions as f64;
+        assert!(
+            (9.0..15.0).contains(&per_session),
+            "{per_session} events per session"
+        );
+        let duplicates = a
+            .windows(2)
+            .filter(|pair| pair[0].body == pair[1].body)
+            .count();
+        assert!(
+            (40..200).contains(&duplicates),
+            "{duplicates} duplicates in 5,000"
+        );
+    }
+}
