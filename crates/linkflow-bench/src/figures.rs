@@ -367,8 +367,11 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         &[100_000, 1_000_000]
     };
     for &size in sizes {
-        if let Some((rss_kb, disk_per_event, _)) = footprint(size).await {
+        if let Some((rss_kb, disk_per_event, workload_kb)) = footprint(size).await {
+            // The child holds the whole workload in memory while it ingests: its size is
+            // reported next to the peak so the engine's share can be read off.
             results.insert(format!("peak_rss_kb_at_{size}"), rss_kb);
+            results.insert(format!("workload_kb_at_{size}"), workload_kb);
             results.insert(format!("disk_bytes_per_event_at_{size}"), disk_per_event);
         }
     }
