@@ -170,26 +170,10 @@ fn sessions_abandoned_flag_and_show_field_follow_the_timeout() {
 async fn the_http_funnel_takes_the_same_filters() {
     let dir = tempfile::tempdir().unwrap();
     ingest_examples(dir.path());
-    let mut child = Command::new(linkflow_bin())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("LINKFLOW_TOKEN")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(address) = line.strip_prefix("linkflow: listening on ") {
-            break address.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let server = linkflow_e2e::Server::start(dir.path(), &[]);
     let client = reqwest::Client::new();
     let funnels: Value = client
-        .get(format!("http://{address}/v1/funnel?by=provider"))
+        .get(server.url("/v1/funnel?by=provider"))
         .send()
         .await
         .unwrap()
@@ -198,9 +182,7 @@ async fn the_http_funnel_takes_the_same_filters() {
         .unwrap();
     assert_eq!(funnels.as_array().unwrap().len(), 3);
     let knot: Value = client
-        .get(format!(
-            "http://{address}/v1/funnel?provider=knot&institution=10"
-        ))
+        .get(server.url("/v1/funnel?provider=knot&institution=10"))
         .send()
         .await
         .unwrap()
@@ -209,18 +191,16 @@ async fn the_http_funnel_takes_the_same_filters() {
         .unwrap();
     assert_eq!(knot[0]["succeeded"], 1);
     let svg = client
-        .get(format!("http://{address}/v1/funnel?format=svg"))
+        .get(server.url("/v1/funnel?format=svg"))
         .send()
         .await
         .unwrap();
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
     render_png(&svg.text().await.unwrap());
     let bad = client
-        .get(format!("http://{address}/v1/funnel?by=color"))
+        .get(server.url("/v1/funnel?by=color"))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let _ = child.kill();
-    let _ = child.wait();
 }

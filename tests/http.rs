@@ -1,77 +1,17 @@
 //! A real `linkflow serve` on a loopback port (port 0), driven by a real HTTP client: every
 //! endpoint, auth, signatures, limits, server-sent events, and shutdown durability.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkflow_e2e::{fixtures_dir, linkflow_bin};
+use linkflow_e2e::{fixtures_dir, linkflow_bin, Server};
 use linkflow_providers::signature;
 use serde_json::Value;
 
 const SESSION: &str = "sandbox_6624ccbc-69bb-4d0d-951a-807715fe6a94";
 const SECRET: &str = "knot-test-secret";
 const TOKEN: &str = "test-token";
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path, token: Option<&str>) -> Server {
-        let mut command = Command::new(linkflow_bin());
-        command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("LINKFLOW_KNOT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped());
-        match token {
-            Some(token) => command.env("LINKFLOW_TOKEN", token),
-            None => command.env_remove("LINKFLOW_TOKEN"),
-        };
-        let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("the server prints its address")
-                .unwrap();
-            if let Some(address) = line.strip_prefix("linkflow: listening on ") {
-                break address.to_owned();
-            }
-        };
-        // Keep draining the logs so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            base: format!("http://{address}"),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGTERM, then wait for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 fn fixture(relative: &str) -> String {
     std::fs::read_to_string(fixtures_dir().join(relative)).unwrap()
@@ -80,7 +20,7 @@ fn fixture(relative: &str) -> String {
 #[tokio::test]
 async fn every_endpoint_answers_and_bad_input_never_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path(), &[("LINKFLOW_KNOT_SECRET", SECRET)]);
     let client = reqwest::Client::new();
 
     assert_eq!(
@@ -337,7 +277,10 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
 #[tokio::test]
 async fn the_token_guards_everything_but_health_and_the_signed_webhook() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), Some(TOKEN));
+    let server = Server::start(
+        dir.path(),
+        &[("LINKFLOW_KNOT_SECRET", SECRET), ("LINKFLOW_TOKEN", TOKEN)],
+    );
     let client = reqwest::Client::new();
     assert_eq!(
         client
@@ -433,7 +376,7 @@ async fn read_ids(response: reqwest::Response, count: usize) -> Vec<u64> {
 #[tokio::test]
 async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_event_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path(), &[("LINKFLOW_KNOT_SECRET", SECRET)]);
     let client = reqwest::Client::new();
     client
         .post(server.url("/v1/events/moneykit"))
@@ -488,7 +431,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
 #[tokio::test]
 async fn sigterm_lets_accepted_requests_finish_and_they_are_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let server = Server::start(dir.path(), &[("LINKFLOW_KNOT_SECRET", SECRET)]);
     let client = reqwest::Client::new();
     // Many requests in flight when the signal arrives.
     let mut requests = Vec::new();

@@ -40,3 +40,70 @@ pub fn linkflow_bin() -> PathBuf {
         })
         .clone()
 }
+
+/// A real `linkflow serve` on a free loopback port, killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Server {
+    /// Starts the server on `data_dir` with `env` set (and no `LINKFLOW_TOKEN` unless given),
+    /// and waits until it prints its address.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        use std::io::{BufRead, BufReader};
+        let mut command = std::process::Command::new(linkflow_bin());
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("LINKFLOW_TOKEN")
+            .env_remove("LINKFLOW_KNOT_SECRET")
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the server starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server prints its address")
+                .expect("stderr is readable");
+            if let Some(address) = line.strip_prefix("linkflow: listening on ") {
+                break address.to_owned();
+            }
+        };
+        // Keep draining the logs so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base: format!("http://{address}"),
+        }
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        self.child.wait().expect("the server exits")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
