@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use linkflow_e2e::linkflow_bin;
+use linkflow_e2e::{get_json, linkflow_bin};
 use serde_json::Value;
 
 fn linkflow(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -172,23 +172,13 @@ async fn the_http_funnel_takes_the_same_filters() {
     ingest_examples(dir.path());
     let server = linkflow_e2e::Server::start(dir.path(), &[]);
     let client = reqwest::Client::new();
-    let funnels: Value = client
-        .get(server.url("/v1/funnel?by=provider"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let funnels: Value = get_json(&client, &server.url("/v1/funnel?by=provider")).await;
     assert_eq!(funnels.as_array().unwrap().len(), 3);
-    let knot: Value = client
-        .get(server.url("/v1/funnel?provider=knot&institution=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let knot: Value = get_json(
+        &client,
+        &server.url("/v1/funnel?provider=knot&institution=10"),
+    )
+    .await;
     assert_eq!(knot[0]["succeeded"], 1);
     let svg = client
         .get(server.url("/v1/funnel?format=svg"))

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkflow_e2e::{fixtures_dir, linkflow_bin, Server};
+use linkflow_e2e::{fixtures_dir, get_json, linkflow_bin, Server};
 use linkflow_providers::signature;
 use serde_json::Value;
 
@@ -55,23 +55,13 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let sessions: Value = client
-        .get(server.url("/v1/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions: Value = get_json(&client, &server.url("/v1/sessions")).await;
     assert_eq!(sessions.as_array().unwrap().len(), 2);
-    let filtered: Value = client
-        .get(server.url("/v1/sessions?phase=succeeded&provider=moneykit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let filtered: Value = get_json(
+        &client,
+        &server.url("/v1/sessions?phase=succeeded&provider=moneykit"),
+    )
+    .await;
     assert_eq!(filtered.as_array().unwrap().len(), 1);
     let show: Value = client
         .get(server.url(&format!("/v1/sessions/{SESSION}")))
@@ -224,32 +214,11 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let accounts: Value = client
-        .get(server.url("/v1/accounts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accounts: Value = get_json(&client, &server.url("/v1/accounts")).await;
     assert_eq!(accounts[0]["state"], "active");
-    let merchants: Value = client
-        .get(server.url("/v1/merchants"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let merchants: Value = get_json(&client, &server.url("/v1/merchants")).await;
     assert_eq!(merchants.as_array().unwrap().len(), 0);
-    let parked: Value = client
-        .get(server.url("/v1/parked"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let parked: Value = get_json(&client, &server.url("/v1/parked")).await;
     assert_eq!(parked.as_array().unwrap().len(), 0);
 
     let metrics = client

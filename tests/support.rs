@@ -107,3 +107,15 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// `GET url` and its body as JSON, failing the test on any transport or decode error.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url} is not JSON: {error}"))
+}
