@@ -36,6 +36,17 @@ pub enum StoreError {
         /// The stream's actual version.
         actual: Version,
     },
+    /// Optimistic concurrency: the stream's parked list is not the size the writer expected
+    /// (another process parked or accepted an event of it). Nothing of the commit was written.
+    #[error("parked-list conflict on session `{stream}`: expected {expected} parked events, the stream has {actual}; nothing was written")]
+    ParkedConflict {
+        /// The stream.
+        stream: SessionId,
+        /// The count the writer expected.
+        expected: usize,
+        /// The stored count.
+        actual: usize,
+    },
     /// An event's encoded record is larger than the store accepts. Nothing was written.
     #[error("event for session `{stream}` encodes to {bytes} bytes; the limit is {limit}; nothing was written")]
     TooLarge {

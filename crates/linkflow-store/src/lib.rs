@@ -7,6 +7,8 @@
 //!
 //! Modules:
 //! - [`store`]: the trait, the operations of an atomic commit and their outcomes.
+//! - [`plan`]: the backend-independent half of a commit (deciding ops, handing out versions
+//!   and positions), shared by every backend so that they agree.
 //! - [`record`]: what is stored (events, parked events, snapshots) and its checksummed,
 //!   versioned encoding with upcasters.
 //! - `keys`: the sled key layout (see `docs/storage.md`).
@@ -17,6 +19,7 @@
 
 pub mod error;
 mod keys;
+pub mod plan;
 pub mod record;
 pub mod sled_store;
 pub mod store;

@@ -1,21 +1,19 @@
 //! The embedded default backend: one sled tree, one `sled::Batch` per commit, and a real fsync.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use linkflow_core::{Position, SessionId, Version};
-use uuid::Uuid;
 
 use crate::error::{CorruptRecord, StoreError};
 use crate::keys::{self, Run};
+use crate::plan::{plan_commit, CommitReads};
 use crate::record::{
-    encode, upcast_event, upcast_parked, upcast_snapshot, DedupeKey, NewEvent, ParkedEvent,
-    Snapshot, StoredEvent, MAX_RECORD_BYTES,
+    upcast_event, upcast_parked, upcast_snapshot, DedupeKey, ParkedEvent, Snapshot, StoredEvent,
 };
-use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, VerifyReport};
+use crate::store::{DedupeHit, EventStore, Op, OpOutcome, VerifyReport};
 
 /// Tuning for [`SledStore`].
 #[derive(Debug, Clone)]
@@ -179,266 +177,84 @@ impl SledStore {
     }
 }
 
-/// Where a dedupe key went, as far as a commit in progress knows.
-#[derive(Clone)]
-enum PendingHit {
-    /// Stored before this commit.
-    Stored(DedupeHit),
-    /// Appended by this commit: the index in `Commit::appends`.
-    Appended(usize),
-    /// Parked by this commit.
-    Parked(Uuid),
-}
-
-/// An append this commit accepted, before positions are handed out.
-struct Accepted {
-    op: usize,
-    stream: SessionId,
-    version: Version,
-    event: NewEvent,
-    accepted_at: chrono::DateTime<chrono::Utc>,
-    from_parked: bool,
-}
-
-/// The dedupe and version state a commit builds up before its batch is applied.
-struct Commit<'a> {
+/// The stored log as a commit in progress reads it.
+struct SledReads<'a> {
     store: &'a SledStore,
-    versions: HashMap<SessionId, Version>,
-    dedupe: HashMap<(SessionId, DedupeKey), PendingHit>,
-    appends: Vec<Accepted>,
 }
 
-impl Commit<'_> {
-    fn version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
-        if let Some(version) = self.versions.get(stream) {
-            return Ok(*version);
-        }
-        let version = self.store.stream_version(stream)?;
-        self.versions.insert(stream.clone(), version);
-        Ok(version)
+impl CommitReads for SledReads<'_> {
+    fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
+        self.store.stream_version(stream)
     }
 
-    fn dedupe(
-        &self,
+    fn find_dedupe(
+        &mut self,
         stream: &SessionId,
         key: &DedupeKey,
-    ) -> Result<Option<PendingHit>, StoreError> {
-        match self.dedupe.get(&(stream.clone(), *key)) {
-            Some(hit) => Ok(Some(hit.clone())),
-            None => Ok(self.store.find_dedupe(stream, key)?.map(PendingHit::Stored)),
-        }
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        self.store.find_dedupe(stream, key)
+    }
+
+    fn parked_count(&mut self, stream: &SessionId) -> Result<usize, StoreError> {
+        Ok(self
+            .store
+            .db
+            .scan_prefix(keys::session_prefix(keys::PARKED, stream))
+            .keys()
+            .count())
     }
 }
 
 impl EventStore for SledStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
         let mut writer = self.writer();
+        let plan = plan_commit(ops, writer.head, &mut SledReads { store: self })?;
         let mut batch = sled::Batch::default();
-        let mut commit = Commit {
-            store: self,
-            versions: HashMap::new(),
-            dedupe: HashMap::new(),
-            appends: Vec::new(),
-        };
-        // Pass 1: decide every op; duplicates of appends made by this commit are resolved
-        // once positions are known.
-        let mut outcomes: Vec<Option<OpOutcome>> = Vec::with_capacity(ops.len());
-        let mut duplicates_of_appends: Vec<(usize, usize)> = Vec::new();
-        for (index, op) in ops.into_iter().enumerate() {
-            match op {
-                Op::Append {
-                    stream,
-                    expected,
-                    event,
-                    accepted_at,
-                    from_parked,
-                } => {
-                    let key = event.dedupe_key;
-                    match commit.dedupe(&stream, &key)? {
-                        Some(PendingHit::Stored(DedupeHit::Parked { event_id, .. }))
-                        | Some(PendingHit::Parked(event_id))
-                            if from_parked && event_id == event.event_id => {}
-                        Some(PendingHit::Appended(append)) => {
-                            duplicates_of_appends.push((index, append));
-                            outcomes.push(None);
-                            continue;
-                        }
-                        Some(PendingHit::Stored(original)) => {
-                            outcomes.push(Some(OpOutcome::Duplicate { original }));
-                            continue;
-                        }
-                        Some(PendingHit::Parked(event_id)) => {
-                            outcomes.push(Some(OpOutcome::Duplicate {
-                                original: DedupeHit::Parked { stream, event_id },
-                            }));
-                            continue;
-                        }
-                        None => {}
-                    }
-                    let actual = commit.version(&stream)?;
-                    if let ExpectedVersion::Exact(expected) = expected {
-                        if expected != actual {
-                            return Err(StoreError::Conflict {
-                                stream,
-                                expected,
-                                actual,
-                            });
-                        }
-                    }
-                    let version = actual.next();
-                    commit.versions.insert(stream.clone(), version);
-                    commit.dedupe.insert(
-                        (stream.clone(), key),
-                        PendingHit::Appended(commit.appends.len()),
-                    );
-                    commit.appends.push(Accepted {
-                        op: index,
-                        stream,
-                        version,
-                        event,
-                        accepted_at,
-                        from_parked,
-                    });
-                    outcomes.push(None);
-                }
-                Op::Park(parked) => {
-                    let key = parked.data.dedupe_key;
-                    match commit.dedupe(&parked.stream, &key)? {
-                        Some(PendingHit::Stored(original)) => {
-                            outcomes.push(Some(OpOutcome::Duplicate { original }));
-                            continue;
-                        }
-                        Some(PendingHit::Parked(event_id)) => {
-                            outcomes.push(Some(OpOutcome::Duplicate {
-                                original: DedupeHit::Parked {
-                                    stream: parked.stream,
-                                    event_id,
-                                },
-                            }));
-                            continue;
-                        }
-                        Some(PendingHit::Appended(append)) => {
-                            duplicates_of_appends.push((index, append));
-                            outcomes.push(None);
-                            continue;
-                        }
-                        None => {}
-                    }
-                    let bytes = encode(&parked);
-                    if bytes.len() > MAX_RECORD_BYTES {
-                        return Err(StoreError::TooLarge {
-                            stream: parked.stream,
-                            bytes: bytes.len(),
-                            limit: MAX_RECORD_BYTES,
-                        });
-                    }
-                    let event_id = parked.data.event_id;
-                    let hit = DedupeHit::Parked {
-                        stream: parked.stream.clone(),
-                        event_id,
-                    };
-                    batch.insert(keys::parked_key(&parked.stream, event_id), bytes);
-                    batch.insert(
-                        keys::dedupe_key(&parked.stream, &key),
-                        keys::dedupe_value(&hit),
-                    );
-                    commit
-                        .dedupe
-                        .insert((parked.stream, key), PendingHit::Parked(event_id));
-                    outcomes.push(Some(OpOutcome::Parked));
-                }
-                Op::PutSnapshot { stream, snapshot } => {
-                    batch.insert(keys::snapshot_key(&stream), encode(&snapshot));
-                    outcomes.push(Some(OpOutcome::SnapshotSaved));
-                }
-            }
-        }
-
-        // Pass 2: positions, stream by stream in order of first appearance, so that the commit
-        // is one run per stream and needs one global index key.
-        let mut order: Vec<SessionId> = Vec::new();
-        for append in &commit.appends {
-            if !order.contains(&append.stream) {
-                order.push(append.stream.clone());
-            }
-        }
-        let first = writer.head.next();
-        let mut head = writer.head;
-        let mut runs = Vec::with_capacity(order.len());
-        let mut positions = vec![Position::START; commit.appends.len()];
-        for stream in &order {
-            let mut run: Option<Run> = None;
-            for (index, append) in commit.appends.iter().enumerate() {
-                if append.stream != *stream {
-                    continue;
-                }
-                head = head.next();
-                positions[index] = head;
-                match &mut run {
-                    Some(run) => run.events += 1,
-                    None => {
-                        run = Some(Run {
-                            stream: stream.clone(),
-                            first_version: append.version,
-                            events: 1,
-                        })
-                    }
-                }
-            }
-            runs.extend(run);
-        }
-        let mut appended: Vec<DedupeHit> = Vec::with_capacity(positions.len());
-        for (append, position) in commit.appends.into_iter().zip(&positions) {
-            let key = append.event.dedupe_key;
-            if append.from_parked {
-                batch.remove(keys::parked_key(&append.stream, append.event.event_id));
-            }
-            let record = StoredEvent {
-                stream: append.stream,
-                version: append.version,
-                position: *position,
-                accepted_at: append.accepted_at,
-                was_parked: append.from_parked,
-                data: append.event,
+        for park in &plan.parked {
+            let hit = DedupeHit::Parked {
+                stream: park.stream.clone(),
+                event_id: park.event_id,
             };
-            let bytes = encode(&record);
-            if bytes.len() > MAX_RECORD_BYTES {
-                return Err(StoreError::TooLarge {
-                    stream: record.stream,
-                    bytes: bytes.len(),
-                    limit: MAX_RECORD_BYTES,
-                });
-            }
-            let hit = DedupeHit::Accepted {
-                stream: record.stream.clone(),
-                version: record.version,
-                position: *position,
-            };
-            batch.insert(keys::event_key(&record.stream, record.version), bytes);
+            batch.insert(keys::parked_key(&park.stream, park.event_id), &*park.record);
             batch.insert(
-                keys::dedupe_key(&record.stream, &key),
+                keys::dedupe_key(&park.stream, &park.dedupe_key),
                 keys::dedupe_value(&hit),
             );
-            outcomes[append.op] = Some(OpOutcome::Appended {
-                version: record.version,
-                position: *position,
-            });
-            appended.push(hit);
         }
-        if !runs.is_empty() {
-            batch.insert(&keys::global_key(first), keys::runs_value(&runs));
+        // One run per stream of consecutive positions, one global index key per commit.
+        let mut runs: Vec<Run> = Vec::new();
+        for event in &plan.events {
+            if event.from_parked {
+                batch.remove(keys::parked_key(&event.stream, event.event_id));
+            }
+            let hit = DedupeHit::Accepted {
+                stream: event.stream.clone(),
+                version: event.version,
+                position: event.position,
+            };
+            batch.insert(keys::event_key(&event.stream, event.version), &*event.record);
+            batch.insert(
+                keys::dedupe_key(&event.stream, &event.dedupe_key),
+                keys::dedupe_value(&hit),
+            );
+            match runs.last_mut() {
+                Some(run) if run.stream == event.stream => run.events += 1,
+                _ => runs.push(Run {
+                    stream: event.stream.clone(),
+                    first_version: event.version,
+                    events: 1,
+                }),
+            }
         }
-        for (index, append) in duplicates_of_appends {
-            outcomes[index] = Some(OpOutcome::Duplicate {
-                original: appended[append].clone(),
-            });
+        if let Some(first) = plan.events.first() {
+            batch.insert(&keys::global_key(first.position), keys::runs_value(&runs));
+        }
+        for snapshot in &plan.snapshots {
+            batch.insert(keys::snapshot_key(&snapshot.stream), &*snapshot.record);
         }
         self.db.apply_batch(batch)?;
-        writer.head = head;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| outcome.expect("every op has an outcome after pass 2"))
-            .collect())
+        writer.head = plan.head;
+        Ok(plan.outcomes)
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -44,6 +44,18 @@ pub enum Op {
     },
     /// Keep a refused event with its reason. A duplicate dedupe key writes nothing.
     Park(ParkedEvent),
+    /// A guard that writes nothing: the stream must be at `version` with `parked` parked events
+    /// (as this commit has left it so far; put it first to check the stored stream), or the
+    /// whole commit fails with [`StoreError::Conflict`] or [`StoreError::ParkedConflict`].
+    /// Writers sharing a store with other processes state what they decided on with it.
+    Expect {
+        /// The stream.
+        stream: SessionId,
+        /// The version the writer saw.
+        version: Version,
+        /// The number of parked events the writer saw.
+        parked: usize,
+    },
     /// Replace the stream's snapshot.
     PutSnapshot {
         /// The stream.
@@ -73,6 +85,8 @@ pub enum OpOutcome {
     Parked,
     /// The snapshot was stored.
     SnapshotSaved,
+    /// An [`Op::Expect`] guard held.
+    Checked,
 }
 
 /// Where the first delivery of a dedupe key went.
@@ -208,4 +222,22 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Walks the log, the indexes and the snapshots and reports every inconsistency.
     fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// True when other processes may write to the same log (a database shared by several
+    /// nodes). A writer then must not trust anything it remembers about a stream: it re-reads,
+    /// states what it decided on with [`Op::Expect`], and retries on a conflict.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Asks the store to call `wake` with the newest head whenever another process may have
+    /// committed, for as long as the store lives. Only a wake-up: readers read the log itself.
+    /// The default (a log only this process writes) never calls it.
+    fn watch_remote_commits(
+        &self,
+        wake: Box<dyn Fn(Position) + Send + Sync>,
+    ) -> Result<(), StoreError> {
+        drop(wake);
+        Ok(())
+    }
 }

@@ -75,6 +75,18 @@ impl Engine {
         // anyone can observe it, so a subscriber never sees an event a crash could take back.
         store.sync()?;
         let (visible, _) = watch::channel(store.head()?);
+        // Other nodes' commits (on a shared store) wake subscribers too. Such a store commits
+        // durably, so their heads may be published at once.
+        let remote = visible.clone();
+        store.watch_remote_commits(Box::new(move |head| {
+            remote.send_if_modified(|visible| {
+                let moved = head > *visible;
+                if moved {
+                    *visible = head;
+                }
+                moved
+            });
+        }))?;
         let shared = Arc::new(Shared {
             store,
             cache: Mutex::new(SessionCache::new(config.cache_sessions)),
@@ -156,8 +168,10 @@ impl Engine {
             }),
             _ => None,
         };
-        if let Some(state) = self.shared.cache().get(id) {
-            return Ok(view(id.clone(), state));
+        if !self.shared.store.is_shared() {
+            if let Some(state) = self.shared.cache().get(id) {
+                return Ok(view(id.clone(), state));
+            }
         }
         let id = id.clone();
         self.read(move |store| Ok(query::load_state(store, &id)?.and_then(|state| view(id, state))))

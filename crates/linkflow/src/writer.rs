@@ -31,6 +31,10 @@ use crate::query::load_state;
 /// store got there first) before its callers get the error.
 const MAX_CONFLICT_RETRIES: usize = 3;
 
+/// The same on a store shared with other processes, where conflicts are the normal way two
+/// nodes writing one session find out about each other.
+const MAX_SHARED_CONFLICT_RETRIES: usize = 64;
+
 /// State shared by the engine handle, the writer thread and the readers.
 pub(crate) struct Shared {
     pub store: Arc<dyn EventStore>,
@@ -212,7 +216,14 @@ impl<'a> Plan<'a> {
         body: &EventBody,
     ) -> Result<&mut Working, EngineError> {
         if !self.sessions.contains_key(session) {
-            let cached = self.shared.cache().get(session);
+            // On a store other processes write, a remembered state may be stale: re-read it,
+            // and make the commit fail if the stream changes before it lands.
+            let shared_store = self.shared.store.is_shared();
+            let cached = if shared_store {
+                None
+            } else {
+                self.shared.cache().get(session)
+            };
             let state = match cached {
                 Some(state) => state,
                 None => load_state(self.shared.store.as_ref(), session)?.unwrap_or_else(|| {
@@ -223,6 +234,14 @@ impl<'a> Plan<'a> {
                     }
                 }),
             };
+            if shared_store {
+                self.ops.push(Op::Expect {
+                    stream: session.clone(),
+                    version: state.folded.version(),
+                    parked: state.parked as usize,
+                });
+                self.op_events.push((session.clone(), Uuid::nil()));
+            }
             self.sessions.insert(
                 session.clone(),
                 Working {
@@ -569,6 +588,11 @@ impl<'a> Plan<'a> {
 }
 
 fn process_group(shared: &Shared, group: Vec<Request>) {
+    let retries = if shared.store.is_shared() {
+        MAX_SHARED_CONFLICT_RETRIES
+    } else {
+        MAX_CONFLICT_RETRIES
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -608,8 +632,11 @@ fn process_group(shared: &Shared, group: Vec<Request>) {
                 return fail_group(group, &EngineError::from(error));
             }
             Ok(outcomes) => return complete_group(shared, plan, group, planned, &outcomes),
-            Err(StoreError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => {
+            Err(StoreError::Conflict { .. } | StoreError::ParkedConflict { .. })
+                if attempt < retries =>
+            {
                 evict(shared, plan.sessions.keys());
+                back_off(attempt, plan.now);
             }
             Err(error) => {
                 evict(shared, plan.sessions.keys());
@@ -617,6 +644,17 @@ fn process_group(shared: &Shared, group: Vec<Request>) {
             }
         }
     }
+}
+
+/// Waits a little before planning again after a conflict, longer after each one and by an
+/// amount that differs between nodes, so that two nodes racing for one session stop colliding.
+fn back_off(attempt: usize, now: DateTime<Utc>) {
+    if attempt < 2 {
+        return;
+    }
+    let spread = u64::from(now.timestamp_subsec_nanos() % 1_000) + 1;
+    let micros = spread * (attempt.min(10) as u64) * 2;
+    std::thread::sleep(std::time::Duration::from_micros(micros));
 }
 
 fn evict<'s>(shared: &Shared, sessions: impl Iterator<Item = &'s SessionId>) {
@@ -661,7 +699,7 @@ fn complete_group(
             }),
             OpOutcome::Parked => Some(DedupeHit::Parked { stream, event_id }),
             OpOutcome::Duplicate { original } => Some(original.clone()),
-            OpOutcome::SnapshotSaved => None,
+            OpOutcome::SnapshotSaved | OpOutcome::Checked => None,
         }
     };
     let resolve_redrive = |redrive: PlannedRedrive| -> Option<Redriven> {

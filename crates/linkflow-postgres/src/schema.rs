@@ -1,0 +1,96 @@
+//! The schema, created and migrated on open.
+//!
+//! Migrations are numbered and applied in order inside one transaction that first takes a
+//! transaction-level advisory lock, so two nodes starting at once apply each migration exactly
+//! once (the second waits, then finds it applied). A database migrated by a newer linkflow is
+//! refused rather than misread.
+
+use tokio_postgres::Client;
+
+use crate::error::{backend, schema_too_new};
+use linkflow_store::StoreError;
+
+/// The advisory lock key migrations hold (`'linkflow'` as bytes).
+const MIGRATION_LOCK: i64 = 0x6c69_6e6b_666c_6f77;
+
+/// Every migration, in order. Never edit one that has shipped: add the next.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+-- The last position handed out. Every commit locks this one row first, so commits (from any
+-- node) are serialized: positions are gap-free and become visible in position order.
+CREATE TABLE linkflow_head (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    position bigint NOT NULL CHECK (position >= 0)
+);
+INSERT INTO linkflow_head (position) VALUES (0);
+
+-- Accepted events. `record` is linkflow's record encoding (schema byte, CRC-32, JSON body).
+CREATE TABLE linkflow_events (
+    position bigint PRIMARY KEY CHECK (position > 0),
+    stream text COLLATE "C" NOT NULL,
+    version bigint NOT NULL CHECK (version > 0),
+    dedupe bytea NOT NULL,
+    record bytea NOT NULL,
+    UNIQUE (stream, version),
+    UNIQUE (stream, dedupe)
+);
+
+-- Events the state machine refused, with their reason (inside the record).
+CREATE TABLE linkflow_parked (
+    stream text COLLATE "C" NOT NULL,
+    event_id uuid NOT NULL,
+    dedupe bytea NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (stream, event_id),
+    UNIQUE (stream, dedupe)
+);
+
+-- The newest folded state of each stream.
+CREATE TABLE linkflow_snapshots (
+    stream text COLLATE "C" PRIMARY KEY,
+    version bigint NOT NULL,
+    record bytea NOT NULL
+);
+"#,
+)];
+
+/// The schema version this build writes.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+/// Creates or migrates the schema; safe to run from several nodes at once.
+pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(backend)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS linkflow_schema (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(backend)?;
+    let current: Option<i32> = tx
+        .query_one("SELECT max(version) FROM linkflow_schema", &[])
+        .await
+        .map_err(backend)?
+        .get(0);
+    let current = current.unwrap_or(0);
+    if current > latest() {
+        return Err(schema_too_new(current, latest()));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+        tx.batch_execute(sql).await.map_err(backend)?;
+        tx.execute(
+            "INSERT INTO linkflow_schema (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
+}

@@ -1,0 +1,748 @@
+//! [`PgStore`]: the [`EventStore`] on PostgreSQL.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkflow_core::{DedupeKey, Position, SessionId, Version};
+use linkflow_store::plan::{plan_commit, CommitPlan, CommitReads};
+use linkflow_store::record::{upcast_event, upcast_parked, upcast_snapshot};
+use linkflow_store::{
+    DedupeHit, EventStore, Op, OpOutcome, ParkedEvent, Snapshot, StoreError, StoredEvent,
+    VerifyReport,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
+use uuid::Uuid;
+
+use crate::error::{backend, bad_column};
+use crate::pool::{Bridge, Pool, Work};
+use crate::{schema, NOTIFY_CHANNEL};
+
+/// Rows fetched per round trip by the full walks.
+pub(crate) const PAGE: i64 = 1_000;
+
+/// How often a watcher polls the head when no notification came.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// How [`PgStore`] connects.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// A libpq-style URL or key/value string: `postgres://user:pass@host:5432/db`.
+    pub url: String,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+}
+
+impl PgOptions {
+    /// Defaults for `url`: a 10 s connect timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The PostgreSQL backend of [`EventStore`]; several processes may open the same database.
+pub struct PgStore {
+    pool: Arc<Pool>,
+    /// Declared after `pool`'s users: dropping it stops the watcher and the connections.
+    bridge: Bridge,
+    watching: Mutex<bool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("hosts", &self.pool.config().get_hosts())
+            .field("dbname", &self.pool.config().get_dbname())
+            .finish()
+    }
+}
+
+fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} exceeds PostgreSQL's bigint")))
+}
+
+fn to_u64(value: i64, record: impl FnOnce() -> String) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| bad_column(record(), format!("negative number {value}")))
+}
+
+fn session(text: String, record: impl FnOnce() -> String) -> Result<SessionId, StoreError> {
+    SessionId::new(text).map_err(|error| bad_column(record(), format!("invalid session id: {error}")))
+}
+
+fn dedupe_key(bytes: &[u8], record: impl FnOnce() -> String) -> Result<DedupeKey, StoreError> {
+    let array: [u8; DedupeKey::LEN] = bytes
+        .try_into()
+        .map_err(|_| bad_column(record(), format!("dedupe key of {} bytes", bytes.len())))?;
+    Ok(DedupeKey::from_bytes(array))
+}
+
+fn describe_event(stream: &str, version: i64) -> String {
+    format!("event `{stream}`@{version}")
+}
+
+pub(crate) fn decode_event_row(row: &Row) -> Result<StoredEvent, StoreError> {
+    let stream: &str = row.get("stream");
+    let version: i64 = row.get("version");
+    let position: i64 = row.get("position");
+    let what = describe_event(stream, version);
+    let event = upcast_event(&what, row.get("record"))?;
+    if event.stream.as_str() != stream
+        || i64::try_from(event.version.0) != Ok(version)
+        || i64::try_from(event.position.0) != Ok(position)
+    {
+        return Err(bad_column(
+            what,
+            format!(
+                "the record says `{}`@{} at position {}, its row says position {position}",
+                event.stream, event.version, event.position
+            ),
+        ));
+    }
+    Ok(event)
+}
+
+impl PgStore {
+    /// Connects to `url`, creating or migrating the schema.
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open_with(PgOptions::new(url))
+    }
+
+    /// Connects with `options`, creating or migrating the schema.
+    pub fn open_with(options: PgOptions) -> Result<PgStore, StoreError> {
+        let mut config: Config = options.url.parse().map_err(|error| {
+            StoreError::Backend(format!("invalid PostgreSQL URL: {error}"))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("linkflow");
+        }
+        let store = PgStore {
+            pool: Pool::new(config),
+            bridge: Bridge::new()?,
+            watching: Mutex::new(false),
+        };
+        store.run(Box::new(|client| Box::pin(schema::migrate(client))))?;
+        Ok(store)
+    }
+
+    /// Runs `work` on a pooled connection and waits for it.
+    fn run<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
+        let pool = Arc::clone(&self.pool);
+        self.bridge.block_on(async move { pool.with(work).await })
+    }
+
+    /// Bytes the database uses for linkflow's tables and their indexes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.run(Box::new(|client| {
+            Box::pin(async move {
+                let row = client
+                    .query_one(
+                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                           FROM pg_class c
+                          WHERE c.relkind = 'r' AND c.relname LIKE 'linkflow\\_%'",
+                        &[],
+                    )
+                    .await
+                    .map_err(backend)?;
+                to_u64(row.get(0), || "table sizes".into())
+            })
+        }))
+    }
+
+    /// Deletes every linkflow table (for tests and benchmarks that reuse a database).
+    pub fn drop_schema(url: &str) -> Result<(), StoreError> {
+        let store = PgStore::open(url)?;
+        store.run(Box::new(|client| {
+            Box::pin(async move {
+                client
+                    .batch_execute(
+                        "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots,
+                                              linkflow_head, linkflow_schema",
+                    )
+                    .await
+                    .map_err(backend)
+            })
+        }))
+    }
+}
+
+/// What a commit's transaction read before planning.
+#[derive(Default)]
+struct Prefetched {
+    versions: HashMap<SessionId, Version>,
+    dedupe: HashMap<(SessionId, DedupeKey), DedupeHit>,
+    parked: HashMap<SessionId, usize>,
+}
+
+impl CommitReads for Prefetched {
+    fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
+        Ok(self.versions.get(stream).copied().unwrap_or(Version::EMPTY))
+    }
+
+    fn find_dedupe(
+        &mut self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        Ok(self.dedupe.get(&(stream.clone(), *key)).cloned())
+    }
+
+    fn parked_count(&mut self, stream: &SessionId) -> Result<usize, StoreError> {
+        Ok(self.parked.get(stream).copied().unwrap_or(0))
+    }
+}
+
+/// Reads, in one round trip each (pipelined), everything the planner may ask about `ops`.
+async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, StoreError> {
+    let mut streams: BTreeSet<&str> = BTreeSet::new();
+    let mut expects: BTreeSet<&str> = BTreeSet::new();
+    let mut key_streams: Vec<&str> = Vec::new();
+    let mut keys: Vec<&[u8]> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Append { stream, event, .. } => {
+                streams.insert(stream.as_str());
+                key_streams.push(stream.as_str());
+                keys.push(event.dedupe_key.as_bytes());
+            }
+            Op::Park(parked) => {
+                key_streams.push(parked.stream.as_str());
+                keys.push(parked.data.dedupe_key.as_bytes());
+            }
+            Op::Expect { stream, .. } => {
+                streams.insert(stream.as_str());
+                expects.insert(stream.as_str());
+            }
+            Op::PutSnapshot { .. } => {}
+        }
+    }
+    let streams: Vec<&str> = streams.into_iter().collect();
+    let expects: Vec<&str> = expects.into_iter().collect();
+    let version_params: [&(dyn ToSql + Sync); 1] = [&streams];
+    let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &keys];
+    let count_params: [&(dyn ToSql + Sync); 1] = [&expects];
+    let versions = tx.query(
+        "SELECT s.stream, (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream)
+           FROM unnest($1::text[]) AS s(stream)",
+        &version_params,
+    );
+    let accepted = tx.query(
+        "SELECT e.stream, e.dedupe, e.version, e.position
+           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
+           JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe",
+        &key_params,
+    );
+    let parked = tx.query(
+        "SELECT p.stream, p.dedupe, p.event_id
+           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
+           JOIN linkflow_parked p ON p.stream = k.stream AND p.dedupe = k.dedupe",
+        &key_params,
+    );
+    let counts = tx.query(
+        "SELECT s.stream, (SELECT count(*) FROM linkflow_parked p WHERE p.stream = s.stream)
+           FROM unnest($1::text[]) AS s(stream)",
+        &count_params,
+    );
+    let (versions, accepted, parked, counts) =
+        futures_util::future::try_join4(versions, accepted, parked, counts)
+            .await
+            .map_err(backend)?;
+
+    let mut out = Prefetched::default();
+    for row in versions {
+        let stream: String = row.get(0);
+        let version: Option<i64> = row.get(1);
+        let what = || format!("version of `{stream}`");
+        let version = Version(to_u64(version.unwrap_or(0), what)?);
+        out.versions.insert(session(stream.clone(), || stream.clone())?, version);
+    }
+    for row in accepted {
+        let stream: String = row.get(0);
+        let what = || format!("dedupe entry of `{stream}`");
+        let key = dedupe_key(row.get(1), what)?;
+        let hit = DedupeHit::Accepted {
+            stream: session(stream.clone(), what)?,
+            version: Version(to_u64(row.get(2), what)?),
+            position: Position(to_u64(row.get(3), what)?),
+        };
+        out.dedupe.insert((session(stream.clone(), what)?, key), hit);
+    }
+    for row in parked {
+        let stream: String = row.get(0);
+        let what = || format!("parked dedupe entry of `{stream}`");
+        let key = dedupe_key(row.get(1), what)?;
+        let stream = session(stream.clone(), what)?;
+        out.dedupe.entry((stream.clone(), key)).or_insert(DedupeHit::Parked {
+            stream,
+            event_id: row.get(2),
+        });
+    }
+    for row in counts {
+        let stream: String = row.get(0);
+        let count: i64 = row.get(1);
+        let what = || format!("parked count of `{stream}`");
+        out.parked.insert(
+            session(stream.clone(), what)?,
+            usize::try_from(count).unwrap_or(0),
+        );
+    }
+    Ok(out)
+}
+
+/// Writes a plan inside the commit's transaction: every statement pipelined.
+async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), StoreError> {
+    let mut positions = Vec::with_capacity(plan.events.len());
+    let mut streams = Vec::with_capacity(plan.events.len());
+    let mut versions = Vec::with_capacity(plan.events.len());
+    let mut dedupes = Vec::with_capacity(plan.events.len());
+    let mut records = Vec::with_capacity(plan.events.len());
+    let mut unparked_streams = Vec::new();
+    let mut unparked_ids = Vec::new();
+    for event in &plan.events {
+        positions.push(to_i64(event.position.0, "position")?);
+        streams.push(event.stream.as_str());
+        versions.push(to_i64(event.version.0, "version")?);
+        dedupes.push(&event.dedupe_key.as_bytes()[..]);
+        records.push(&event.record[..]);
+        if event.from_parked {
+            unparked_streams.push(event.stream.as_str());
+            unparked_ids.push(event.event_id);
+        }
+    }
+    let park_streams: Vec<&str> = plan.parked.iter().map(|p| p.stream.as_str()).collect();
+    let park_ids: Vec<Uuid> = plan.parked.iter().map(|p| p.event_id).collect();
+    let park_dedupes: Vec<&[u8]> = plan.parked.iter().map(|p| &p.dedupe_key.as_bytes()[..]).collect();
+    let park_records: Vec<&[u8]> = plan.parked.iter().map(|p| &p.record[..]).collect();
+    // The last snapshot of a stream in this commit wins (one row may be upserted once per
+    // statement).
+    let mut latest: HashMap<&str, usize> = HashMap::new();
+    for (index, snapshot) in plan.snapshots.iter().enumerate() {
+        latest.insert(snapshot.stream.as_str(), index);
+    }
+    let mut snap_indexes: Vec<usize> = latest.into_values().collect();
+    snap_indexes.sort_unstable();
+    let snap_streams: Vec<&str> = snap_indexes.iter().map(|&i| plan.snapshots[i].stream.as_str()).collect();
+    let snap_versions: Vec<i64> = snap_indexes
+        .iter()
+        .map(|&i| to_i64(plan.snapshots[i].version.0, "snapshot version"))
+        .collect::<Result<_, _>>()?;
+    let snap_records: Vec<&[u8]> = snap_indexes.iter().map(|&i| &plan.snapshots[i].record[..]).collect();
+    let head = to_i64(plan.head.0, "head")?;
+    let head_text = plan.head.0.to_string();
+
+    // Parked rows first, then their removal: an event parked and accepted by the same commit
+    // ends up only in the log.
+    let mut statements: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+    if !park_ids.is_empty() {
+        statements.push((
+            "INSERT INTO linkflow_parked (stream, event_id, dedupe, record)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::bytea[])",
+            vec![&park_streams, &park_ids, &park_dedupes, &park_records],
+        ));
+    }
+    if !unparked_ids.is_empty() {
+        statements.push((
+            "DELETE FROM linkflow_parked p
+              USING unnest($1::text[], $2::uuid[]) AS d(stream, event_id)
+              WHERE p.stream = d.stream AND p.event_id = d.event_id",
+            vec![&unparked_streams, &unparked_ids],
+        ));
+    }
+    if !positions.is_empty() {
+        statements.push((
+            "INSERT INTO linkflow_events (position, stream, version, dedupe, record)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[])",
+            vec![&positions, &streams, &versions, &dedupes, &records],
+        ));
+        statements.push(("UPDATE linkflow_head SET position = $1", vec![&head]));
+        statements.push(("SELECT pg_notify('linkflow_commits', $1)", vec![&head_text]));
+    }
+    if !snap_streams.is_empty() {
+        statements.push((
+            "INSERT INTO linkflow_snapshots (stream, version, record)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record",
+            vec![&snap_streams, &snap_versions, &snap_records],
+        ));
+    }
+    futures_util::future::try_join_all(
+        statements
+            .iter()
+            .map(|(sql, params)| tx.execute(*sql, params.as_slice())),
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn commit(client: &mut Client, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+    let tx = client.transaction().await.map_err(backend)?;
+    // The serialization point of every node: held until COMMIT.
+    let head: i64 = tx
+        .query_one("SELECT position FROM linkflow_head FOR UPDATE", &[])
+        .await
+        .map_err(backend)?
+        .get(0);
+    let head = Position(to_u64(head, || "linkflow_head".into())?);
+    let mut reads = prefetch(&tx, &ops).await?;
+    let plan = plan_commit(ops, head, &mut reads)?;
+    write_plan(&tx, &plan).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(plan.outcomes)
+}
+
+async fn read_head(client: &Client) -> Result<Position, StoreError> {
+    let head: i64 = client
+        .query_one("SELECT position FROM linkflow_head", &[])
+        .await
+        .map_err(backend)?
+        .get(0);
+    Ok(Position(to_u64(head, || "linkflow_head".into())?))
+}
+
+/// Listens for other nodes' commits and calls `wake` with the head, reconnecting after errors,
+/// until the store's runtime stops.
+async fn watch(pool: Arc<Pool>, wake: Box<dyn Fn(Position) + Send + Sync>) {
+    loop {
+        if let Err(error) = watch_once(&pool, &*wake).await {
+            tracing::warn!(%error, "PostgreSQL commit watcher failed; reconnecting");
+        }
+        tokio::time::sleep(WATCH_POLL).await;
+    }
+}
+
+async fn watch_once(pool: &Pool, wake: &(dyn Fn(Position) + Send + Sync)) -> Result<(), StoreError> {
+    let (client, mut connection) = pool.config().connect(NoTls).await.map_err(backend)?;
+    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(note)) => {
+                    let _ = notified.send(note.payload().parse::<u64>().ok());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await
+        .map_err(backend)?;
+    loop {
+        match tokio::time::timeout(WATCH_POLL, notifications.recv()).await {
+            Ok(Some(Some(head))) => wake(Position(head)),
+            Ok(Some(None)) => {}
+            Ok(None) => return Err(StoreError::Backend("the LISTEN connection closed".into())),
+            Err(_) => wake(read_head(&client).await?),
+        }
+    }
+}
+
+fn parse_parked(row: &Row) -> Result<ParkedEvent, StoreError> {
+    let stream: &str = row.get("stream");
+    let event_id: Uuid = row.get("event_id");
+    let what = format!("parked event {event_id} of `{stream}`");
+    let parked = upcast_parked(&what, row.get("record"))?;
+    if parked.stream.as_str() != stream || parked.data.event_id != event_id {
+        return Err(bad_column(what, "the record does not match its row"));
+    }
+    Ok(parked)
+}
+
+impl EventStore for PgStore {
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+        self.run(Box::new(move |client| Box::pin(commit(client, ops))))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // Every commit returned after PostgreSQL flushed its WAL (synchronous_commit = on).
+        Ok(())
+    }
+
+    fn head(&self) -> Result<Position, StoreError> {
+        self.run(Box::new(|client| Box::pin(async move { read_head(client).await })))
+    }
+
+    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
+        let stream = stream.to_string();
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let version: Option<i64> = client
+                    .query_one(
+                        "SELECT max(version) FROM linkflow_events WHERE stream = $1",
+                        &[&stream],
+                    )
+                    .await
+                    .map_err(backend)?
+                    .get(0);
+                Ok(Version(to_u64(version.unwrap_or(0), || format!("version of `{stream}`"))?))
+            })
+        }))
+    }
+
+    fn read_stream(
+        &self,
+        stream: &SessionId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let stream = stream.to_string();
+        let after = to_i64(after.0, "version")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT stream, version, position, record FROM linkflow_events
+                          WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
+                        &[&stream, &after, &limit],
+                    )
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(decode_event_row).collect()
+            })
+        }))
+    }
+
+    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let after = to_i64(after.0, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT stream, version, position, record FROM linkflow_events
+                          WHERE position > $1 ORDER BY position LIMIT $2",
+                        &[&after, &limit],
+                    )
+                    .await
+                    .map_err(backend)?;
+                rows.iter().map(decode_event_row).collect()
+            })
+        }))
+    }
+
+    fn find_dedupe(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        let (stream, key) = (stream.clone(), *key);
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT e.version, e.position, NULL::uuid AS event_id
+                           FROM linkflow_events e WHERE e.stream = $1 AND e.dedupe = $2
+                         UNION ALL
+                         SELECT NULL, NULL, p.event_id
+                           FROM linkflow_parked p WHERE p.stream = $1 AND p.dedupe = $2",
+                        &[&stream.as_str(), &&key.as_bytes()[..]],
+                    )
+                    .await
+                    .map_err(backend)?;
+                let what = || format!("dedupe entry {key} of `{stream}`");
+                let mut hit = None;
+                for row in rows {
+                    let version: Option<i64> = row.get(0);
+                    let position: Option<i64> = row.get(1);
+                    let event_id: Option<Uuid> = row.get(2);
+                    match (version, position, event_id) {
+                        (Some(version), Some(position), _) => {
+                            return Ok(Some(DedupeHit::Accepted {
+                                stream: stream.clone(),
+                                version: Version(to_u64(version, what)?),
+                                position: Position(to_u64(position, what)?),
+                            }))
+                        }
+                        (_, _, Some(event_id)) => {
+                            hit = Some(DedupeHit::Parked {
+                                stream: stream.clone(),
+                                event_id,
+                            })
+                        }
+                        _ => return Err(bad_column(what(), "neither accepted nor parked")),
+                    }
+                }
+                Ok(hit)
+            })
+        }))
+    }
+
+    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
+        let stream = stream.map(SessionId::to_string);
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let rows = match &stream {
+                    Some(stream) => {
+                        client
+                            .query(
+                                "SELECT stream, event_id, record FROM linkflow_parked
+                                  WHERE stream = $1 ORDER BY event_id",
+                                &[stream],
+                            )
+                            .await
+                    }
+                    None => {
+                        client
+                            .query(
+                                "SELECT stream, event_id, record FROM linkflow_parked
+                                  ORDER BY stream, event_id",
+                                &[],
+                            )
+                            .await
+                    }
+                }
+                .map_err(backend)?;
+                rows.iter().map(parse_parked).collect()
+            })
+        }))
+    }
+
+    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
+        let stream = stream.to_string();
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        "SELECT record FROM linkflow_snapshots WHERE stream = $1",
+                        &[&stream],
+                    )
+                    .await
+                    .map_err(backend)?;
+                match row {
+                    Some(row) => Ok(Some(upcast_snapshot(
+                        &format!("snapshot of `{stream}`"),
+                        row.get(0),
+                    )?)),
+                    None => Ok(None),
+                }
+            })
+        }))
+    }
+
+    fn for_each_snapshot(
+        &self,
+        visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut after = String::new();
+        loop {
+            let from = after.clone();
+            let page: Vec<(SessionId, Snapshot)> = self.run(Box::new(move |client| {
+                Box::pin(async move {
+                    let rows = client
+                        .query(
+                            "SELECT stream, record FROM linkflow_snapshots
+                              WHERE stream > $1 ORDER BY stream LIMIT $2",
+                            &[&from, &PAGE],
+                        )
+                        .await
+                        .map_err(backend)?;
+                    rows.iter()
+                        .map(|row| {
+                            let stream: String = row.get(0);
+                            let what = format!("snapshot of `{stream}`");
+                            let snapshot = upcast_snapshot(&what, row.get(1))?;
+                            Ok((session(stream, || what)?, snapshot))
+                        })
+                        .collect()
+                })
+            }))?;
+            let full = page.len() as i64 == PAGE;
+            for (stream, snapshot) in page {
+                after = stream.to_string();
+                if visit(stream, snapshot).is_break() {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn for_each_event_by_stream(
+        &self,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut after = (String::new(), 0i64);
+        loop {
+            let from = after.clone();
+            let page: Vec<StoredEvent> = self.run(Box::new(move |client| {
+                Box::pin(async move {
+                    let rows = client
+                        .query(
+                            "SELECT stream, version, position, record FROM linkflow_events
+                              WHERE (stream, version) > ($1, $2)
+                              ORDER BY stream, version LIMIT $3",
+                            &[&from.0, &from.1, &PAGE],
+                        )
+                        .await
+                        .map_err(backend)?;
+                    rows.iter().map(decode_event_row).collect()
+                })
+            }))?;
+            let full = page.len() as i64 == PAGE;
+            for event in page {
+                after = (event.stream.to_string(), to_i64(event.version.0, "version")?);
+                if visit(event).is_break() {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        crate::verify::verify(self)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn watch_remote_commits(
+        &self,
+        wake: Box<dyn Fn(Position) + Send + Sync>,
+    ) -> Result<(), StoreError> {
+        let mut watching = self
+            .watching
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *watching {
+            return Err(StoreError::Backend(
+                "this store already has a commit watcher".into(),
+            ));
+        }
+        *watching = true;
+        self.bridge.handle().spawn(watch(Arc::clone(&self.pool), wake));
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// Runs a query for the verify walk.
+    pub(crate) fn query_rows(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                client.query(sql, &refs).await.map_err(backend)
+            })
+        }))
+    }
+}

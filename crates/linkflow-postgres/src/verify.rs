@@ -1,0 +1,156 @@
+//! The PostgreSQL backend's consistency walk: what the constraints do not already guarantee.
+
+use linkflow_core::DedupeKey;
+use linkflow_store::record::{upcast_parked, upcast_snapshot};
+use linkflow_store::{Problem, StoreError, VerifyReport};
+
+use crate::store::{PgStore, PAGE};
+use linkflow_store::EventStore;
+
+fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl Into<String>) {
+    report.problems.push(Problem {
+        record: record.into(),
+        message: message.into(),
+    });
+}
+
+/// Checks:
+/// - positions are exactly 1..=head (the primary key makes them unique);
+/// - every stream holds versions 1..=n;
+/// - every event record decodes (checksum included) and matches its row, dedupe key included;
+/// - every parked record decodes, matches its row, and its dedupe key is not also accepted;
+/// - every snapshot decodes and is not ahead of its stream.
+pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let head = store.head()?;
+
+    let totals = store.query_rows(
+        "SELECT count(*), coalesce(max(position), 0), count(DISTINCT stream) FROM linkflow_events",
+        Vec::new(),
+    )?;
+    let (count, max, streams): (i64, i64, i64) =
+        (totals[0].get(0), totals[0].get(1), totals[0].get(2));
+    report.streams = u64::try_from(streams).unwrap_or(0);
+    if u64::try_from(max).ok() != Some(head.0) || u64::try_from(count).ok() != Some(head.0) {
+        problem(
+            &mut report,
+            "linkflow_events",
+            format!("holds {count} events up to position {max}; the head is {head}"),
+        );
+    }
+    for row in store.query_rows(
+        "SELECT stream, count(*), max(version) FROM linkflow_events
+          GROUP BY stream HAVING count(*) <> max(version)",
+        Vec::new(),
+    )? {
+        let stream: String = row.get(0);
+        let (count, max): (i64, i64) = (row.get(1), row.get(2));
+        problem(
+            &mut report,
+            format!("stream `{stream}`"),
+            format!("gap: {count} events up to version {max}"),
+        );
+    }
+
+    let mut after = 0i64;
+    loop {
+        let rows = store.query_rows(
+            "SELECT stream, version, position, dedupe, record FROM linkflow_events
+              WHERE position > $1 ORDER BY position LIMIT $2",
+            vec![Box::new(after), Box::new(PAGE)],
+        )?;
+        let full = rows.len() as i64 == PAGE;
+        for row in &rows {
+            report.events += 1;
+            after = row.get("position");
+            match crate::store::decode_event_row(row) {
+                Ok(event) => {
+                    let dedupe: &[u8] = row.get("dedupe");
+                    if dedupe != event.data.dedupe_key.as_bytes() {
+                        problem(
+                            &mut report,
+                            format!("event `{}`@{}", event.stream, event.version),
+                            "its dedupe column differs from its record's key",
+                        );
+                    }
+                }
+                Err(StoreError::Corrupt(corrupt)) => report.problems.push(corrupt.into()),
+                Err(other) => return Err(other),
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+
+    for row in store.query_rows(
+        "SELECT stream, event_id, dedupe, record FROM linkflow_parked ORDER BY stream, event_id",
+        Vec::new(),
+    )? {
+        report.parked += 1;
+        let stream: String = row.get("stream");
+        let event_id: uuid::Uuid = row.get("event_id");
+        let what = format!("parked event {event_id} of `{stream}`");
+        match upcast_parked(&what, row.get("record")) {
+            Ok(parked) => {
+                let dedupe: &[u8] = row.get("dedupe");
+                if parked.stream.as_str() != stream
+                    || parked.data.event_id != event_id
+                    || dedupe != parked.data.dedupe_key.as_bytes()
+                {
+                    problem(&mut report, &what, "the record does not match its row");
+                }
+            }
+            Err(error) => report.problems.push(error.into()),
+        }
+    }
+    for row in store.query_rows(
+        "SELECT p.stream, p.event_id, p.dedupe FROM linkflow_parked p
+           JOIN linkflow_events e ON e.stream = p.stream AND e.dedupe = p.dedupe",
+        Vec::new(),
+    )? {
+        let stream: String = row.get(0);
+        let event_id: uuid::Uuid = row.get(1);
+        let dedupe: &[u8] = row.get(2);
+        let key = <[u8; DedupeKey::LEN]>::try_from(dedupe)
+            .map(|bytes| DedupeKey::from_bytes(bytes).to_string())
+            .unwrap_or_else(|_| format!("{dedupe:?}"));
+        problem(
+            &mut report,
+            format!("parked event {event_id} of `{stream}`"),
+            format!("its dedupe key {key} is also accepted"),
+        );
+    }
+
+    for row in store.query_rows(
+        "SELECT s.stream, s.version, s.record,
+                (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream)
+           FROM linkflow_snapshots s ORDER BY s.stream",
+        Vec::new(),
+    )? {
+        report.snapshots += 1;
+        let stream: String = row.get(0);
+        let version: i64 = row.get(1);
+        let stored: Option<i64> = row.get(3);
+        let what = format!("snapshot of `{stream}`");
+        match upcast_snapshot(&what, row.get(2)) {
+            Ok(snapshot) => {
+                if i64::try_from(snapshot.version.0) != Ok(version) {
+                    problem(&mut report, &what, "the record does not match its row");
+                }
+                if version > stored.unwrap_or(0) {
+                    problem(
+                        &mut report,
+                        &what,
+                        format!(
+                            "is at version {version}, its stream at {}",
+                            stored.unwrap_or(0)
+                        ),
+                    );
+                }
+            }
+            Err(error) => report.problems.push(error.into()),
+        }
+    }
+    Ok(report)
+}
