@@ -66,6 +66,10 @@ struct Cli {
         default_value = "./linkflow-data"
     )]
     data_dir: PathBuf,
+    /// Keep the log in PostgreSQL instead (`postgres://user:pass@host:5432/db`), shared by every
+    /// linkflow node given the same URL. Without it, the embedded sled store in --data-dir.
+    #[arg(long, global = true, env = "LINKFLOW_DATABASE_URL", value_name = "URL")]
+    store: Option<String>,
     /// Print machine-readable JSON instead of text for people.
     #[arg(long, global = true)]
     json: bool,
@@ -208,11 +212,25 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
-fn open(data_dir: &std::path::Path, inactivity_timeout_minutes: u32) -> Result<Engine, CliError> {
-    let mut config = linkflow::EngineConfig::new(data_dir);
-    config.inactivity_timeout = chrono::Duration::minutes(i64::from(inactivity_timeout_minutes));
-    Engine::open_with(config)
-        .map_err(|error| CliError(format!("cannot open {}: {error}", data_dir.display())))
+fn open(cli: &Cli) -> Result<Engine, CliError> {
+    let (mut config, what) = match &cli.store {
+        None => (
+            linkflow::EngineConfig::new(&cli.data_dir),
+            cli.data_dir.display().to_string(),
+        ),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
+            linkflow::EngineConfig::postgres(url),
+            linkflow::config::redact(url),
+        ),
+        Some(other) => {
+            return Err(CliError(format!(
+                "--store {}: only postgres:// and postgresql:// URLs are supported (leave it out for the embedded store in --data-dir)",
+                linkflow::config::redact(other)
+            )))
+        }
+    };
+    config.inactivity_timeout = chrono::Duration::minutes(i64::from(cli.inactivity_timeout));
+    Engine::open_with(config).map_err(|error| CliError(format!("cannot open {what}: {error}")))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -223,11 +241,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
-        Command::Serve { listen } => {
-            serve::run(open(&cli.data_dir, cli.inactivity_timeout)?, &listen).await
-        }
-        command => {
-            let engine = open(&cli.data_dir, cli.inactivity_timeout)?;
+        Command::Serve { ref listen } => serve::run(open(&cli)?, listen).await,
+        _ => {
+            let engine = open(&cli)?;
+            let command = cli.command;
             let result = match command {
                 Command::Ingest {
                     provider,

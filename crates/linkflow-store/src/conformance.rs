@@ -73,6 +73,7 @@ macro_rules! conformance_tests {
             an_oversized_event_is_refused_and_nothing_is_stored,
             verify_is_clean_after_a_mixed_workload,
             events_by_stream_come_in_stream_then_version_order,
+            an_expect_guard_fails_when_the_version_or_parked_list_moved,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -612,4 +613,52 @@ pub fn events_by_stream_come_in_stream_then_version_order<H: Harness>() {
     sorted.sort();
     assert_eq!(seen, sorted);
     assert_eq!(seen.len(), 9);
+}
+
+/// [`Op::Expect`] writes nothing, holds when the stream is as stated, and otherwise fails the
+/// whole commit: on the version, and on the number of parked events.
+pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("a");
+    let expect = |version: u64, parked: usize| Op::Expect {
+        stream: a.clone(),
+        version: Version(version),
+        parked,
+    };
+    let outcomes = store
+        .commit(vec![expect(0, 0), append(&a, ExpectedVersion::Any, event(1))])
+        .unwrap();
+    assert_eq!(outcomes[0], OpOutcome::Checked);
+    assert_eq!(appended(&outcomes[1]), (Version(1), Position(1)));
+
+    match store.commit(vec![
+        append(&stream("b"), ExpectedVersion::Any, event(2)),
+        expect(0, 0),
+    ]) {
+        Err(StoreError::Conflict {
+            stream,
+            expected,
+            actual,
+        }) => assert_eq!((stream, expected, actual), (a.clone(), Version(0), Version(1))),
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    assert_eq!(store.head().unwrap(), Position(1), "nothing of the commit is written");
+
+    store.commit(vec![park(&a, event(3))]).unwrap();
+    match store.commit(vec![expect(1, 0), append(&a, ExpectedVersion::Any, event(4))]) {
+        Err(StoreError::ParkedConflict {
+            stream,
+            expected,
+            actual,
+        }) => assert_eq!((stream, expected, actual), (a.clone(), 0, 1)),
+        other => panic!("expected a parked-list conflict, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&a).unwrap(), Version(1));
+    let outcomes = store
+        .commit(vec![expect(1, 1), park(&a, event(5)), expect(1, 2)])
+        .unwrap();
+    assert_eq!(outcomes[2], OpOutcome::Checked, "parks of the same commit count");
+    assert_eq!(store.parked(Some(&a)).unwrap().len(), 2);
+    assert_clean(&store);
 }

@@ -27,6 +27,12 @@ pub enum StoreChoice {
         /// sled's page cache, in bytes: bounds the store's memory.
         cache_capacity_bytes: u64,
     },
+    /// PostgreSQL, shared by every node that opens the same database (schema created or
+    /// migrated on open). See `docs/deploy.md`.
+    Postgres {
+        /// A libpq-style URL: `postgres://user:pass@host:5432/db`.
+        url: String,
+    },
     /// A store the caller opened (another backend, or a store shared with other code).
     Custom(Arc<dyn EventStore>),
 }
@@ -35,6 +41,7 @@ impl std::fmt::Debug for StoreChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreChoice::Sled { path, .. } => write!(f, "Sled({})", path.display()),
+            StoreChoice::Postgres { url } => write!(f, "Postgres({})", redact(url)),
             StoreChoice::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -91,11 +98,48 @@ impl EngineConfig {
         }
     }
 
+    /// Defaults on PostgreSQL at `url`.
+    pub fn postgres(url: impl Into<String>) -> Self {
+        EngineConfig {
+            store: StoreChoice::Postgres { url: url.into() },
+            ..EngineConfig::new(PathBuf::new())
+        }
+    }
+
     /// Defaults on a store the caller opened.
     pub fn with_store(store: Arc<dyn EventStore>) -> Self {
         EngineConfig {
             store: StoreChoice::Custom(store),
             ..EngineConfig::new(PathBuf::new())
         }
+    }
+}
+
+/// `url` without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/linkflow"),
+            "postgres://app:***@db:5432/linkflow"
+        );
+        assert_eq!(redact("postgres://app@db/linkflow"), "postgres://app@db/linkflow");
+        assert_eq!(redact("host=db user=app"), "host=db user=app");
     }
 }

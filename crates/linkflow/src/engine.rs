@@ -69,6 +69,7 @@ impl Engine {
                 options.cache_capacity_bytes = cache_capacity_bytes;
                 Arc::new(SledStore::open_with(options)?)
             }
+            StoreChoice::Postgres { url } => Arc::new(linkflow_postgres::PgStore::open(&url)?),
             StoreChoice::Custom(store) => store,
         };
         // Whatever is in the log at open was written by an earlier run; make it durable before

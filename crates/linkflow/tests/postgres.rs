@@ -1,0 +1,133 @@
+//! Two engines ("nodes") on one PostgreSQL database, in one process: every event delivered to
+//! both at once, events of one session racing on different nodes, a parked event made legal by
+//! the other node. The multi-process version is `tests/multi_node.rs` at the top level.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{TimeZone, Utc};
+use linkflow::{Engine, EngineConfig, IncomingEvent, IngestOutcome};
+use linkflow_core::{Event, EventKind, Phase, Position, Provider, SessionId};
+use linkflow_postgres::testing::TestCluster;
+
+const SESSIONS: u64 = 200;
+
+fn flow(session: u64) -> Vec<Event> {
+    let at = |n: i64| Utc.timestamp_opt(1_700_000_000 + session as i64 * 100 + n, 0).unwrap();
+    vec![
+        Event::new(EventKind::Opened).at(at(0)),
+        // Out of order: authenticated before the institution is known (parked until it is).
+        Event::new(EventKind::Authenticated).at(at(2)),
+        Event::new(EventKind::InstitutionSelected)
+            .with_institution("ins_1", Some("Bank"))
+            .at(at(1)),
+        Event::new(EventKind::ScreenChanged).with_screen("accounts").at(at(3)),
+        Event::new(EventKind::AccountsSelected).at(at(4)),
+        Event::new(EventKind::Succeeded).at(at(5)),
+    ]
+}
+
+/// Delivery rounds: the events of a round are sent at once, each to both nodes.
+const ROUNDS: [&[usize]; 4] = [&[0], &[1, 2], &[3, 4], &[5]];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_database_store_every_event_once_and_agree() {
+    let Some(cluster) = TestCluster::shared_or_skip("two_nodes_on_one_database") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let a = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let b = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let mut subscription = a.subscribe(Position::START);
+
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|n| {
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                let id = SessionId::new(format!("pg-{n}")).unwrap();
+                let events = flow(n);
+                let mut outcomes: Vec<(usize, IngestOutcome)> = Vec::new();
+                for round in ROUNDS {
+                    let mut calls = Vec::new();
+                    for (turn, &index) in round.iter().enumerate() {
+                        let incoming =
+                            IncomingEvent::new(id.clone(), Provider::Moneykit, events[index].clone());
+                        // The first event of a round goes to A first, the second to B first.
+                        let (first, second) = if turn % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                        let (first, second, copy) = (first.clone(), second.clone(), incoming.clone());
+                        calls.push(tokio::spawn(async move {
+                            let (x, y) = tokio::join!(first.ingest(incoming), second.ingest(copy));
+                            vec![(index, x.unwrap()), (index, y.unwrap())]
+                        }));
+                    }
+                    for call in calls {
+                        outcomes.extend(call.await.unwrap());
+                    }
+                }
+                (id, outcomes)
+            })
+        })
+        .collect();
+
+    let mut accepted_total = 0u64;
+    for task in tasks {
+        let (id, outcomes) = task.await.unwrap();
+        let mut accepted: HashMap<usize, u32> = HashMap::new();
+        let mut redriven = 0;
+        for (index, outcome) in &outcomes {
+            match outcome {
+                IngestOutcome::Accepted { redriven: r, .. } => {
+                    *accepted.entry(*index).or_default() += 1;
+                    redriven += r.len();
+                }
+                IngestOutcome::Duplicate { .. } | IngestOutcome::Parked { .. } => {}
+                other => panic!("{id}: event {index}: unexpected {other:?}"),
+            }
+        }
+        assert!(
+            accepted.values().all(|&count| count == 1),
+            "{id}: an event was accepted by both nodes: {outcomes:#?}"
+        );
+        // Every event is accepted once: directly, or by a retry after it was parked.
+        assert_eq!(
+            accepted.len() + redriven,
+            6,
+            "{id}: events accepted directly {accepted:?}, by a retry {redriven}"
+        );
+        accepted_total += 6;
+        for node in [&a, &b] {
+            let view = node.session(&id).await.unwrap().expect("the session exists");
+            assert_eq!(view.state.phase(), Phase::Succeeded, "{id}");
+            assert_eq!(view.parked, 0, "{id}: nothing stays parked");
+            let history = node.history(&id).await.unwrap().unwrap();
+            let versions: Vec<u64> = history.iter().map(|entry| entry.version.0).collect();
+            assert_eq!(versions, (1..=6).collect::<Vec<_>>(), "{id}");
+        }
+    }
+    assert_eq!(a.head().unwrap(), Position(accepted_total));
+    assert!(b.parked(None).await.unwrap().is_empty());
+
+    // The subscriber on A saw every event, B's included, once and in order.
+    let mut seen = Vec::new();
+    while seen.len() < accepted_total as usize {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(30), subscription.next())
+            .await
+            .expect("the subscriber keeps up")
+            .unwrap();
+        seen.push(event.position.0);
+    }
+    assert_eq!(seen, (1..=accepted_total).collect::<Vec<_>>());
+    let sessions: HashSet<_> = a
+        .sessions(Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|view| view.session_id)
+        .collect();
+    assert_eq!(sessions.len(), SESSIONS as usize);
+    for node in [&a, &b] {
+        let report = node.verify().await.unwrap();
+        assert!(report.is_clean(), "{:#?}", report.problems);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
