@@ -4,8 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use linkflow_e2e::{fixtures_dir, get_json, linkflow_bin, Server};
+use linkflow_e2e::{fixtures_dir, get_json, linkflow_bin, read_sse_ids, Server};
 use linkflow_providers::signature;
 use serde_json::Value;
 
@@ -320,28 +319,6 @@ async fn the_token_guards_everything_but_health_and_the_signed_webhook() {
     );
 }
 
-/// Reads `count` SSE events (their ids) from a response.
-async fn read_ids(response: reqwest::Response, count: usize) -> Vec<u64> {
-    let mut ids = Vec::new();
-    let mut buffer = String::new();
-    let mut stream = response.bytes_stream();
-    while ids.len() < count {
-        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .expect("the stream keeps up")
-            .expect("the stream stays open")
-            .unwrap();
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            if let Some(id) = frame.lines().find_map(|line| line.strip_prefix("id: ")) {
-                ids.push(id.trim().parse().unwrap());
-            }
-        }
-    }
-    ids
-}
-
 #[tokio::test]
 async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_event_id() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,7 +337,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let reader = tokio::spawn(read_ids(response, 6));
+    let reader = tokio::spawn(read_sse_ids(response, 6));
     tokio::time::sleep(Duration::from_millis(200)).await;
     client
         .post(server.url("/v1/events/benji?session_id=live"))
@@ -376,7 +353,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .send()
         .await
         .unwrap();
-    assert_eq!(read_ids(resumed, 2).await, vec![15, 16]);
+    assert_eq!(read_sse_ids(resumed, 2).await, vec![15, 16]);
     let bad = client
         .get(server.url("/v1/stream"))
         .header("Last-Event-ID", "x")

@@ -119,3 +119,28 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
         .await
         .unwrap_or_else(|error| panic!("GET {url} is not JSON: {error}"))
 }
+
+/// Reads `count` SSE events (their ids) from a response.
+pub async fn read_sse_ids(response: reqwest::Response, count: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut buffer = String::new();
+    let mut stream = futures_util::StreamExt::boxed(response.bytes_stream());
+    while ids.len() < count {
+        let chunk = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            futures_util::StreamExt::next(&mut stream),
+        )
+        .await
+        .expect("the stream keeps up")
+        .expect("the stream stays open")
+        .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            if let Some(id) = frame.lines().find_map(|line| line.strip_prefix("id: ")) {
+                ids.push(id.trim().parse().unwrap());
+            }
+        }
+    }
+    ids
+}

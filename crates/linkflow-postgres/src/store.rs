@@ -63,7 +63,8 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} exceeds PostgreSQL's bigint")))
+    i64::try_from(value)
+        .map_err(|_| StoreError::Backend(format!("{what} {value} exceeds PostgreSQL's bigint")))
 }
 
 fn to_u64(value: i64, record: impl FnOnce() -> String) -> Result<u64, StoreError> {
@@ -71,7 +72,8 @@ fn to_u64(value: i64, record: impl FnOnce() -> String) -> Result<u64, StoreError
 }
 
 fn session(text: String, record: impl FnOnce() -> String) -> Result<SessionId, StoreError> {
-    SessionId::new(text).map_err(|error| bad_column(record(), format!("invalid session id: {error}")))
+    SessionId::new(text)
+        .map_err(|error| bad_column(record(), format!("invalid session id: {error}")))
 }
 
 fn dedupe_key(bytes: &[u8], record: impl FnOnce() -> String) -> Result<DedupeKey, StoreError> {
@@ -114,9 +116,10 @@ impl PgStore {
 
     /// Connects with `options`, creating or migrating the schema.
     pub fn open_with(options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: Config = options.url.parse().map_err(|error| {
-            StoreError::Backend(format!("invalid PostgreSQL URL: {error}"))
-        })?;
+        let mut config: Config = options
+            .url
+            .parse()
+            .map_err(|error| StoreError::Backend(format!("invalid PostgreSQL URL: {error}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
@@ -261,7 +264,8 @@ async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, Sto
         let version: Option<i64> = row.get(1);
         let what = || format!("version of `{stream}`");
         let version = Version(to_u64(version.unwrap_or(0), what)?);
-        out.versions.insert(session(stream.clone(), || stream.clone())?, version);
+        out.versions
+            .insert(session(stream.clone(), || stream.clone())?, version);
     }
     for row in accepted {
         let stream: String = row.get(0);
@@ -272,17 +276,20 @@ async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, Sto
             version: Version(to_u64(row.get(2), what)?),
             position: Position(to_u64(row.get(3), what)?),
         };
-        out.dedupe.insert((session(stream.clone(), what)?, key), hit);
+        out.dedupe
+            .insert((session(stream.clone(), what)?, key), hit);
     }
     for row in parked {
         let stream: String = row.get(0);
         let what = || format!("parked dedupe entry of `{stream}`");
         let key = dedupe_key(row.get(1), what)?;
         let stream = session(stream.clone(), what)?;
-        out.dedupe.entry((stream.clone(), key)).or_insert(DedupeHit::Parked {
-            stream,
-            event_id: row.get(2),
-        });
+        out.dedupe
+            .entry((stream.clone(), key))
+            .or_insert(DedupeHit::Parked {
+                stream,
+                event_id: row.get(2),
+            });
     }
     for row in counts {
         let stream: String = row.get(0);
@@ -318,7 +325,11 @@ async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), St
     }
     let park_streams: Vec<&str> = plan.parked.iter().map(|p| p.stream.as_str()).collect();
     let park_ids: Vec<Uuid> = plan.parked.iter().map(|p| p.event_id).collect();
-    let park_dedupes: Vec<&[u8]> = plan.parked.iter().map(|p| &p.dedupe_key.as_bytes()[..]).collect();
+    let park_dedupes: Vec<&[u8]> = plan
+        .parked
+        .iter()
+        .map(|p| &p.dedupe_key.as_bytes()[..])
+        .collect();
     let park_records: Vec<&[u8]> = plan.parked.iter().map(|p| &p.record[..]).collect();
     // The last snapshot of a stream in this commit wins (one row may be upserted once per
     // statement).
@@ -328,12 +339,18 @@ async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), St
     }
     let mut snap_indexes: Vec<usize> = latest.into_values().collect();
     snap_indexes.sort_unstable();
-    let snap_streams: Vec<&str> = snap_indexes.iter().map(|&i| plan.snapshots[i].stream.as_str()).collect();
+    let snap_streams: Vec<&str> = snap_indexes
+        .iter()
+        .map(|&i| plan.snapshots[i].stream.as_str())
+        .collect();
     let snap_versions: Vec<i64> = snap_indexes
         .iter()
         .map(|&i| to_i64(plan.snapshots[i].version.0, "snapshot version"))
         .collect::<Result<_, _>>()?;
-    let snap_records: Vec<&[u8]> = snap_indexes.iter().map(|&i| &plan.snapshots[i].record[..]).collect();
+    let snap_records: Vec<&[u8]> = snap_indexes
+        .iter()
+        .map(|&i| &plan.snapshots[i].record[..])
+        .collect();
     let head = to_i64(plan.head.0, "head")?;
     let head_text = plan.head.0.to_string();
 
@@ -418,7 +435,10 @@ async fn watch(pool: Arc<Pool>, wake: Box<dyn Fn(Position) + Send + Sync>) {
     }
 }
 
-async fn watch_once(pool: &Pool, wake: &(dyn Fn(Position) + Send + Sync)) -> Result<(), StoreError> {
+async fn watch_once(
+    pool: &Pool,
+    wake: &(dyn Fn(Position) + Send + Sync),
+) -> Result<(), StoreError> {
     let (client, mut connection) = pool.config().connect(NoTls).await.map_err(backend)?;
     let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -468,7 +488,9 @@ impl EventStore for PgStore {
     }
 
     fn head(&self) -> Result<Position, StoreError> {
-        self.run(Box::new(|client| Box::pin(async move { read_head(client).await })))
+        self.run(Box::new(|client| {
+            Box::pin(async move { read_head(client).await })
+        }))
     }
 
     fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
@@ -483,7 +505,9 @@ impl EventStore for PgStore {
                     .await
                     .map_err(backend)?
                     .get(0);
-                Ok(Version(to_u64(version.unwrap_or(0), || format!("version of `{stream}`"))?))
+                Ok(Version(to_u64(version.unwrap_or(0), || {
+                    format!("version of `{stream}`")
+                })?))
             })
         }))
     }
@@ -692,7 +716,10 @@ impl EventStore for PgStore {
             }))?;
             let full = page.len() as i64 == PAGE;
             for event in page {
-                after = (event.stream.to_string(), to_i64(event.version.0, "version")?);
+                after = (
+                    event.stream.to_string(),
+                    to_i64(event.version.0, "version")?,
+                );
                 if visit(event).is_break() {
                     return Ok(());
                 }
@@ -725,7 +752,9 @@ impl EventStore for PgStore {
             ));
         }
         *watching = true;
-        self.bridge.handle().spawn(watch(Arc::clone(&self.pool), wake));
+        self.bridge
+            .handle()
+            .spawn(watch(Arc::clone(&self.pool), wake));
         Ok(())
     }
 }

@@ -43,7 +43,11 @@ pub struct TestCluster {
 /// Where the PostgreSQL server binaries are: `LINKFLOW_PG_BIN`, the `PATH`, or Debian's
 /// `/usr/lib/postgresql/<version>/bin` (newest first).
 pub fn find_binaries() -> Option<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "psql"].iter().all(|b| dir.join(b).exists());
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "psql"]
+            .iter()
+            .all(|b| dir.join(b).exists())
+    };
     if let Some(dir) = std::env::var_os("LINKFLOW_PG_BIN") {
         let dir = PathBuf::from(dir);
         return has_all(&dir).then_some(dir);
@@ -70,7 +74,9 @@ pub fn find_binaries() -> Option<PathBuf> {
 
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn user_ids(user: &str) -> Result<(u32, u32), StartError> {
@@ -140,7 +146,16 @@ impl TestCluster {
             .command("initdb")
             .arg("-D")
             .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(failed("cannot run initdb"))?;
@@ -174,8 +189,8 @@ impl TestCluster {
                 cluster.spawn_watchdog()?;
                 return Ok(cluster);
             }
-            last_error = std::fs::read_to_string(cluster.dir.path().join("server.log"))
-                .unwrap_or_default();
+            last_error =
+                std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
         }
         Err(StartError::Failed(format!(
             "pg_ctl start failed three times; server log:\n{last_error}"
@@ -193,9 +208,7 @@ impl TestCluster {
                 if std::env::var("CI").is_ok_and(|value| value == "true") {
                     panic!("{test}: CI=true and the PostgreSQL tests cannot run: {reason}");
                 }
-                eprintln!(
-                    "\n*** SKIPPED {test}: {reason}. PostgreSQL tests did NOT run. ***\n"
-                );
+                eprintln!("\n*** SKIPPED {test}: {reason}. PostgreSQL tests did NOT run. ***\n");
                 None
             }
             Err(StartError::Failed(reason)) => panic!("{test}: PostgreSQL did not start: {reason}"),
@@ -232,7 +245,15 @@ impl TestCluster {
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let output = self
             .command("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-At"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+            ])
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-d")

@@ -627,7 +627,10 @@ pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>()
         parked,
     };
     let outcomes = store
-        .commit(vec![expect(0, 0), append(&a, ExpectedVersion::Any, event(1))])
+        .commit(vec![
+            expect(0, 0),
+            append(&a, ExpectedVersion::Any, event(1)),
+        ])
         .unwrap();
     assert_eq!(outcomes[0], OpOutcome::Checked);
     assert_eq!(appended(&outcomes[1]), (Version(1), Position(1)));
@@ -640,13 +643,23 @@ pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>()
             stream,
             expected,
             actual,
-        }) => assert_eq!((stream, expected, actual), (a.clone(), Version(0), Version(1))),
+        }) => assert_eq!(
+            (stream, expected, actual),
+            (a.clone(), Version(0), Version(1))
+        ),
         other => panic!("expected a version conflict, got {other:?}"),
     }
-    assert_eq!(store.head().unwrap(), Position(1), "nothing of the commit is written");
+    assert_eq!(
+        store.head().unwrap(),
+        Position(1),
+        "nothing of the commit is written"
+    );
 
     store.commit(vec![park(&a, event(3))]).unwrap();
-    match store.commit(vec![expect(1, 0), append(&a, ExpectedVersion::Any, event(4))]) {
+    match store.commit(vec![
+        expect(1, 0),
+        append(&a, ExpectedVersion::Any, event(4)),
+    ]) {
         Err(StoreError::ParkedConflict {
             stream,
             expected,
@@ -658,7 +671,11 @@ pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>()
     let outcomes = store
         .commit(vec![expect(1, 1), park(&a, event(5)), expect(1, 2)])
         .unwrap();
-    assert_eq!(outcomes[2], OpOutcome::Checked, "parks of the same commit count");
+    assert_eq!(
+        outcomes[2],
+        OpOutcome::Checked,
+        "parks of the same commit count"
+    );
     assert_eq!(store.parked(Some(&a)).unwrap().len(), 2);
     assert_clean(&store);
 }

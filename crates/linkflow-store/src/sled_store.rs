@@ -232,7 +232,10 @@ impl EventStore for SledStore {
                 version: event.version,
                 position: event.position,
             };
-            batch.insert(keys::event_key(&event.stream, event.version), &*event.record);
+            batch.insert(
+                keys::event_key(&event.stream, event.version),
+                &*event.record,
+            );
             batch.insert(
                 keys::dedupe_key(&event.stream, &event.dedupe_key),
                 keys::dedupe_value(&hit),

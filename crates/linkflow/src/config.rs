@@ -139,7 +139,10 @@ mod tests {
             redact("postgres://app:s3cret@db:5432/linkflow"),
             "postgres://app:***@db:5432/linkflow"
         );
-        assert_eq!(redact("postgres://app@db/linkflow"), "postgres://app@db/linkflow");
+        assert_eq!(
+            redact("postgres://app@db/linkflow"),
+            "postgres://app@db/linkflow"
+        );
         assert_eq!(redact("host=db user=app"), "host=db user=app");
     }
 }

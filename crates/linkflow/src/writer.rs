@@ -280,6 +280,11 @@ impl<'a> Plan<'a> {
                 session: session.clone(),
             });
         }
+        if self.shared.store.is_shared() {
+            // Load (and guard) the session before the dedupe check: another node storing this
+            // key after the check then moves the version the commit expects.
+            self.working(session, incoming.provider, &incoming.body)?;
+        }
         if let Some(original) = self.shared.store.find_dedupe(session, &key)? {
             return Ok(Planned::Duplicate {
                 session: session.clone(),
@@ -431,7 +436,12 @@ impl<'a> Plan<'a> {
         event: NewEvent,
     ) -> Result<Option<PlannedRedrive>, EngineError> {
         let key = event.dedupe_key;
-        if self.keys.contains_key(&key) || self.shared.store.find_dedupe(&stream, &key)?.is_some() {
+        if self.keys.contains_key(&key) {
+            return Ok(None);
+        }
+        // Loaded (and guarded) before the dedupe check, as in `plan_event`.
+        self.working(&stream, event.provider, &event.body)?;
+        if self.shared.store.find_dedupe(&stream, &key)?.is_some() {
             return Ok(None);
         }
         let working = self.working(&stream, event.provider, &event.body)?;

@@ -12,7 +12,10 @@ use linkflow_postgres::testing::TestCluster;
 const SESSIONS: u64 = 200;
 
 fn flow(session: u64) -> Vec<Event> {
-    let at = |n: i64| Utc.timestamp_opt(1_700_000_000 + session as i64 * 100 + n, 0).unwrap();
+    let at = |n: i64| {
+        Utc.timestamp_opt(1_700_000_000 + session as i64 * 100 + n, 0)
+            .unwrap()
+    };
     vec![
         Event::new(EventKind::Opened).at(at(0)),
         // Out of order: authenticated before the institution is known (parked until it is).
@@ -20,7 +23,9 @@ fn flow(session: u64) -> Vec<Event> {
         Event::new(EventKind::InstitutionSelected)
             .with_institution("ins_1", Some("Bank"))
             .at(at(1)),
-        Event::new(EventKind::ScreenChanged).with_screen("accounts").at(at(3)),
+        Event::new(EventKind::ScreenChanged)
+            .with_screen("accounts")
+            .at(at(3)),
         Event::new(EventKind::AccountsSelected).at(at(4)),
         Event::new(EventKind::Succeeded).at(at(5)),
     ]
@@ -49,11 +54,15 @@ async fn two_nodes_on_one_database_store_every_event_once_and_agree() {
                 for round in ROUNDS {
                     let mut calls = Vec::new();
                     for (turn, &index) in round.iter().enumerate() {
-                        let incoming =
-                            IncomingEvent::new(id.clone(), Provider::Moneykit, events[index].clone());
+                        let incoming = IncomingEvent::new(
+                            id.clone(),
+                            Provider::Moneykit,
+                            events[index].clone(),
+                        );
                         // The first event of a round goes to A first, the second to B first.
                         let (first, second) = if turn % 2 == 0 { (&a, &b) } else { (&b, &a) };
-                        let (first, second, copy) = (first.clone(), second.clone(), incoming.clone());
+                        let (first, second, copy) =
+                            (first.clone(), second.clone(), incoming.clone());
                         calls.push(tokio::spawn(async move {
                             let (x, y) = tokio::join!(first.ingest(incoming), second.ingest(copy));
                             vec![(index, x.unwrap()), (index, y.unwrap())]
@@ -95,7 +104,11 @@ async fn two_nodes_on_one_database_store_every_event_once_and_agree() {
         );
         accepted_total += 6;
         for node in [&a, &b] {
-            let view = node.session(&id).await.unwrap().expect("the session exists");
+            let view = node
+                .session(&id)
+                .await
+                .unwrap()
+                .expect("the session exists");
             assert_eq!(view.state.phase(), Phase::Succeeded, "{id}");
             assert_eq!(view.parked, 0, "{id}: nothing stays parked");
             let history = node.history(&id).await.unwrap().unwrap();
