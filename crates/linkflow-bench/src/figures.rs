@@ -16,14 +16,14 @@ use crate::workload::{generate, Delivery};
 use crate::Options;
 
 /// Events per call and per fsync in figure 1 and its baseline.
-const BATCH: usize = 1_000;
-const SEED: u64 = 20_261_123;
+pub(crate) const BATCH: usize = 1_000;
+pub(crate) const SEED: u64 = 20_261_123;
 
-fn per_second(events: usize, elapsed: Duration) -> f64 {
+pub(crate) fn per_second(events: usize, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64()
 }
 
-fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -31,14 +31,19 @@ fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1e6
 }
 
-fn incoming(delivery: &Delivery, context: &DecodeContext) -> IncomingEvent {
+pub(crate) fn incoming(delivery: &Delivery, context: &DecodeContext) -> IncomingEvent {
     let decoded = decode(delivery.provider, &delivery.body, context).expect("the workload decodes");
     IncomingEvent::from_decoded(decoded, context.received_at).expect("the workload is valid")
 }
 
 /// Figure 1: provider JSON decoded and ingested 1,000 per call, each call durable.
 async fn batch_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
-    let engine = Engine::open_with(EngineConfig::new(dir)).expect("the engine opens");
+    batch_ingest_with(EngineConfig::new(dir), deliveries).await
+}
+
+/// Figure 1 on any store.
+pub(crate) async fn batch_ingest_with(config: EngineConfig, deliveries: &[Delivery]) -> f64 {
+    let engine = Engine::open_with(config).expect("the engine opens");
     let context = DecodeContext::received_at(Utc::now());
     let started = Instant::now();
     for chunk in deliveries.chunks(BATCH) {
@@ -125,7 +130,16 @@ fn bare_scan_decode(dir: &Path) -> f64 {
 /// sessions, so their events arrive in order.
 async fn concurrent_single(tasks: usize, deliveries: &[Delivery]) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let engine = Engine::open_with(EngineConfig::new(dir.path())).expect("the engine opens");
+    concurrent_single_with(EngineConfig::new(dir.path()), tasks, deliveries).await
+}
+
+/// Figure 2 on any store.
+pub(crate) async fn concurrent_single_with(
+    config: EngineConfig,
+    tasks: usize,
+    deliveries: &[Delivery],
+) -> (f64, f64, f64) {
+    let engine = Engine::open_with(config).expect("the engine opens");
     let context = DecodeContext::received_at(Utc::now());
     let mut shares: Vec<Vec<IncomingEvent>> = vec![Vec::new(); tasks];
     for delivery in deliveries {
@@ -375,6 +389,8 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             results.insert(format!("disk_bytes_per_event_at_{size}"), disk_per_event);
         }
     }
+
+    crate::postgres::figures(options, &deliveries, &single_deliveries, results).await;
 
     let http_events = if options.quick { 1_000 } else { 10_000 };
     let (http_rate, http_p99) = http_ingest(&generate(http_events, SEED + 2), 32).await;

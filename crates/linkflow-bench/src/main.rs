@@ -6,13 +6,16 @@
 //! every state from the log vs a bare sled scan + serde_json decode of the same records;
 //! (4) session reads on a cache miss at 10 and 1,000 events per session; (5) peak RSS and bytes
 //! on disk per event; (6) `--scaling`: figures 1 and 3 at 100k, 1M and 5M events; (8) HTTP
-//! ingest from an in-process load generator on loopback. (7, the PostgreSQL peer, is not built.)
+//! ingest from an in-process load generator on loopback; (7) with `LINKFLOW_BENCH_PG` (a URL,
+//! or `throwaway` for a cluster started for the run): a plain PostgreSQL events table as the
+//! peer, and linkflow itself on PostgreSQL.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]`.
 #![forbid(unsafe_code)]
 
 mod chart;
 mod figures;
+mod postgres;
 mod workload;
 
 use std::collections::BTreeMap;
