@@ -298,6 +298,20 @@ fn errors_exit_2_with_a_clear_message() {
     );
     let bad_flag = linkflow(dir.path(), &["sessions", "--phase", "finished"]);
     assert_eq!(bad_flag.status.code(), Some(2));
+    let bad_store = linkflow(
+        dir.path(),
+        &["--store", "mysql://app:s3cret@db/x", "sessions"],
+    );
+    assert_eq!(bad_store.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad_store.stderr);
+    assert!(
+        stderr.contains("only postgres:// and postgresql:// URLs are supported"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password is redacted: {stderr}"
+    );
 }
 
 #[test]

@@ -494,22 +494,14 @@ impl EventStore for PgStore {
     }
 
     fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        let stream = stream.to_string();
-        self.run(Box::new(move |client| {
-            Box::pin(async move {
-                let version: Option<i64> = client
-                    .query_one(
-                        "SELECT max(version) FROM linkflow_events WHERE stream = $1",
-                        &[&stream],
-                    )
-                    .await
-                    .map_err(backend)?
-                    .get(0);
-                Ok(Version(to_u64(version.unwrap_or(0), || {
-                    format!("version of `{stream}`")
-                })?))
-            })
-        }))
+        let rows = self.query_rows(
+            "SELECT max(version) FROM linkflow_events WHERE stream = $1",
+            vec![Box::new(stream.to_string())],
+        )?;
+        let version: Option<i64> = rows[0].get(0);
+        Ok(Version(to_u64(version.unwrap_or(0), || {
+            format!("version of `{stream}`")
+        })?))
     }
 
     fn read_stream(
@@ -518,40 +510,26 @@ impl EventStore for PgStore {
         after: Version,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let stream = stream.to_string();
-        let after = to_i64(after.0, "version")?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(Box::new(move |client| {
-            Box::pin(async move {
-                let rows = client
-                    .query(
-                        "SELECT stream, version, position, record FROM linkflow_events
-                          WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
-                        &[&stream, &after, &limit],
-                    )
-                    .await
-                    .map_err(backend)?;
-                rows.iter().map(decode_event_row).collect()
-            })
-        }))
+        self.events(
+            "SELECT stream, version, position, record FROM linkflow_events
+              WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
+            vec![
+                Box::new(stream.to_string()),
+                Box::new(to_i64(after.0, "version")?),
+                Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )
     }
 
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let after = to_i64(after.0, "position")?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(Box::new(move |client| {
-            Box::pin(async move {
-                let rows = client
-                    .query(
-                        "SELECT stream, version, position, record FROM linkflow_events
-                          WHERE position > $1 ORDER BY position LIMIT $2",
-                        &[&after, &limit],
-                    )
-                    .await
-                    .map_err(backend)?;
-                rows.iter().map(decode_event_row).collect()
-            })
-        }))
+        self.events(
+            "SELECT stream, version, position, record FROM linkflow_events
+              WHERE position > $1 ORDER BY position LIMIT $2",
+            vec![
+                Box::new(to_i64(after.0, "position")?),
+                Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )
     }
 
     fn find_dedupe(
@@ -632,25 +610,14 @@ impl EventStore for PgStore {
     }
 
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        let stream = stream.to_string();
-        self.run(Box::new(move |client| {
-            Box::pin(async move {
-                let row = client
-                    .query_opt(
-                        "SELECT record FROM linkflow_snapshots WHERE stream = $1",
-                        &[&stream],
-                    )
-                    .await
-                    .map_err(backend)?;
-                match row {
-                    Some(row) => Ok(Some(upcast_snapshot(
-                        &format!("snapshot of `{stream}`"),
-                        row.get(0),
-                    )?)),
-                    None => Ok(None),
-                }
-            })
-        }))
+        let rows = self.query_rows(
+            "SELECT record FROM linkflow_snapshots WHERE stream = $1",
+            vec![Box::new(stream.to_string())],
+        )?;
+        rows.first()
+            .map(|row| upcast_snapshot(&format!("snapshot of `{stream}`"), row.get(0)))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     fn for_each_snapshot(
@@ -659,35 +626,21 @@ impl EventStore for PgStore {
     ) -> Result<(), StoreError> {
         let mut after = String::new();
         loop {
-            let from = after.clone();
-            let page: Vec<(SessionId, Snapshot)> = self.run(Box::new(move |client| {
-                Box::pin(async move {
-                    let rows = client
-                        .query(
-                            "SELECT stream, record FROM linkflow_snapshots
-                              WHERE stream > $1 ORDER BY stream LIMIT $2",
-                            &[&from, &PAGE],
-                        )
-                        .await
-                        .map_err(backend)?;
-                    rows.iter()
-                        .map(|row| {
-                            let stream: String = row.get(0);
-                            let what = format!("snapshot of `{stream}`");
-                            let snapshot = upcast_snapshot(&what, row.get(1))?;
-                            Ok((session(stream, || what)?, snapshot))
-                        })
-                        .collect()
-                })
-            }))?;
-            let full = page.len() as i64 == PAGE;
-            for (stream, snapshot) in page {
-                after = stream.to_string();
-                if visit(stream, snapshot).is_break() {
+            let rows = self.query_rows(
+                "SELECT stream, record FROM linkflow_snapshots
+                  WHERE stream > $1 ORDER BY stream LIMIT $2",
+                vec![Box::new(after.clone()), Box::new(PAGE)],
+            )?;
+            for row in &rows {
+                let stream: String = row.get(0);
+                let what = format!("snapshot of `{stream}`");
+                let snapshot = upcast_snapshot(&what, row.get(1))?;
+                after = stream.clone();
+                if visit(session(stream, || what)?, snapshot).is_break() {
                     return Ok(());
                 }
             }
-            if !full {
+            if (rows.len() as i64) < PAGE {
                 return Ok(());
             }
         }
@@ -699,21 +652,12 @@ impl EventStore for PgStore {
     ) -> Result<(), StoreError> {
         let mut after = (String::new(), 0i64);
         loop {
-            let from = after.clone();
-            let page: Vec<StoredEvent> = self.run(Box::new(move |client| {
-                Box::pin(async move {
-                    let rows = client
-                        .query(
-                            "SELECT stream, version, position, record FROM linkflow_events
-                              WHERE (stream, version) > ($1, $2)
-                              ORDER BY stream, version LIMIT $3",
-                            &[&from.0, &from.1, &PAGE],
-                        )
-                        .await
-                        .map_err(backend)?;
-                    rows.iter().map(decode_event_row).collect()
-                })
-            }))?;
+            let page = self.events(
+                "SELECT stream, version, position, record FROM linkflow_events
+                  WHERE (stream, version) > ($1, $2)
+                  ORDER BY stream, version LIMIT $3",
+                vec![Box::new(after.0.clone()), Box::new(after.1), Box::new(PAGE)],
+            )?;
             let full = page.len() as i64 == PAGE;
             for event in page {
                 after = (
@@ -760,7 +704,19 @@ impl EventStore for PgStore {
 }
 
 impl PgStore {
-    /// Runs a query for the verify walk.
+    /// Event rows of `sql` (selecting stream, version, position, record), decoded and checked.
+    fn events(
+        &self,
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.query_rows(sql, params)?
+            .iter()
+            .map(decode_event_row)
+            .collect()
+    }
+
+    /// Runs one query on a pooled connection; the rows are decoded on the calling thread.
     pub(crate) fn query_rows(
         &self,
         sql: &'static str,
