@@ -13,7 +13,7 @@ use linkflow_store::StoredEvent;
 
 use crate::chart::Point;
 use crate::workload::{generate, Delivery};
-use crate::Options;
+use crate::{Only, Options};
 
 /// Events per call and per fsync in figure 1 and its baseline.
 pub(crate) const BATCH: usize = 1_000;
@@ -328,6 +328,15 @@ async fn http_ingest(deliveries: &[Delivery], clients: usize) -> (f64, f64) {
     (rate, percentile_us(&latencies, 0.99))
 }
 
+/// Events of figure 2's workload (and figure 7's single-event part).
+fn single_events(options: &Options) -> usize {
+    if options.quick {
+        1_500
+    } else {
+        12_000
+    }
+}
+
 pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     let deliveries = generate(options.events, SEED);
     results.insert("events".into(), deliveries.len() as f64);
@@ -343,6 +352,15 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         "disk_bytes_per_event".into(),
         directory_bytes(engine_dir.path()) as f64 / deliveries.len() as f64,
     );
+    match options.only {
+        Some(Only::Ingest) => return,
+        Some(Only::Postgres) => {
+            let single_deliveries = generate(single_events(options), SEED + 1);
+            crate::postgres::figures(options, &deliveries, &single_deliveries, results).await;
+            return;
+        }
+        None => {}
+    }
 
     let (rebuild, folded) = cold_rebuild(engine_dir.path()).await;
     let scan = bare_scan_decode(engine_dir.path());
@@ -354,7 +372,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         rebuild / scan,
     );
 
-    let single = if options.quick { 1_500 } else { 12_000 };
+    let single = single_events(options);
     let single_deliveries = generate(single, SEED + 1);
     let one = concurrent_single(1, &single_deliveries[..single.min(1_000)]).await;
     let eight = concurrent_single(8, &single_deliveries).await;

@@ -10,7 +10,7 @@
 //! or `throwaway` for a cluster started for the run): a plain PostgreSQL events table as the
 //! peer, and linkflow itself on PostgreSQL.
 //!
-//! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]`.
+//! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE] [--only ingest|postgres]`.
 #![forbid(unsafe_code)]
 
 mod chart;
@@ -29,6 +29,17 @@ pub struct Options {
     pub chart: Option<std::path::PathBuf>,
     /// Internal: measure peak RSS and disk use of one batch ingest in this process.
     pub footprint_child: bool,
+    /// `--only`: a subset of the figures (for profiling).
+    pub only: Option<Only>,
+}
+
+/// The subsets `--only` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// `--only ingest`: figure 1 and its baseline.
+    Ingest,
+    /// `--only postgres`: figure 1 and figure 7 (needs `LINKFLOW_BENCH_PG`).
+    Postgres,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -39,6 +50,7 @@ fn parse_options() -> Result<Options, String> {
         scaling: false,
         chart: None,
         footprint_child: false,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,9 +70,16 @@ fn parse_options() -> Result<Options, String> {
             "--scaling" => options.scaling = true,
             "--chart" => options.chart = Some(args.next().ok_or("--chart needs a file")?.into()),
             "--footprint-child" => options.footprint_child = true,
+            "--only" => {
+                options.only = Some(match args.next().as_deref() {
+                    Some("ingest") => Only::Ingest,
+                    Some("postgres") => Only::Postgres,
+                    _ => return Err("--only takes `ingest` (figure 1) or `postgres` (figures 1 and 7)".into()),
+                })
+            }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|postgres"
                 ))
             }
         }

@@ -10,7 +10,7 @@ use linkflow_store::plan::{plan_commit, CommitPlan, CommitReads};
 use linkflow_store::record::{upcast_event, upcast_parked, upcast_snapshot};
 use linkflow_store::{
     DedupeHit, EventStore, Op, OpOutcome, ParkedEvent, Snapshot, StoreError, StoredEvent,
-    VerifyReport,
+    StreamRead, StreamsRead, VerifyReport,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
@@ -415,6 +415,142 @@ async fn commit(client: &mut Client, ops: Vec<Op>) -> Result<Vec<OpOutcome>, Sto
     Ok(plan.outcomes)
 }
 
+/// The rows of [`EventStore::read_streams`]: snapshots, tails, parked events, accepted and
+/// parked dedupe hits.
+type StreamsRows = (Vec<Row>, Vec<Row>, Vec<Row>, Vec<Row>, Vec<Row>);
+
+/// Reads everything `read_streams` answers in one pipelined round trip, inside one
+/// repeatable-read transaction so that every statement sees the same point in time.
+async fn read_streams_rows(
+    client: &mut Client,
+    streams: Vec<String>,
+    key_streams: Vec<String>,
+    keys: Vec<Vec<u8>>,
+) -> Result<StreamsRows, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(backend)?;
+    let stream_params: [&(dyn ToSql + Sync); 1] = [&streams];
+    let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &keys];
+    let snapshots = tx.query(
+        "SELECT n.stream, n.record
+           FROM unnest($1::text[]) AS s(stream) JOIN linkflow_snapshots n ON n.stream = s.stream",
+        &stream_params,
+    );
+    let tails = tx.query(
+        "SELECT e.stream, e.version, e.position, e.record
+           FROM unnest($1::text[]) AS s(stream)
+           JOIN linkflow_events e ON e.stream = s.stream
+           LEFT JOIN linkflow_snapshots n ON n.stream = s.stream
+          WHERE e.version > coalesce(n.version, 0)
+          ORDER BY e.stream, e.version",
+        &stream_params,
+    );
+    let parked = tx.query(
+        "SELECT p.stream, p.event_id, p.record
+           FROM unnest($1::text[]) AS s(stream) JOIN linkflow_parked p ON p.stream = s.stream
+          ORDER BY p.stream, p.event_id",
+        &stream_params,
+    );
+    let accepted_keys = tx.query(
+        "SELECT e.stream, e.dedupe, e.version, e.position
+           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
+           JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe",
+        &key_params,
+    );
+    let parked_keys = tx.query(
+        "SELECT p.stream, p.dedupe, p.event_id
+           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
+           JOIN linkflow_parked p ON p.stream = k.stream AND p.dedupe = k.dedupe",
+        &key_params,
+    );
+    let rows =
+        futures_util::future::try_join5(snapshots, tails, parked, accepted_keys, parked_keys)
+            .await
+            .map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    Ok(rows)
+}
+
+/// Decodes [`read_streams_rows`]'s rows (on the caller's thread).
+fn decode_streams_read(
+    streams: &[SessionId],
+    keys: &[(SessionId, DedupeKey)],
+    (snapshots, tails, parked, accepted_keys, parked_keys): StreamsRows,
+) -> Result<StreamsRead, StoreError> {
+    let mut read = StreamsRead::default();
+    for stream in streams {
+        read.streams.insert(stream.clone(), StreamRead::default());
+    }
+    read.keys = keys.iter().cloned().collect();
+    let entry = |read: &mut StreamsRead, stream: &str, what: &str| {
+        let id = session(stream.to_owned(), || format!("{what} of `{stream}`"))?;
+        match read.streams.get_mut(&id) {
+            Some(_) => Ok(id),
+            None => Err(bad_column(
+                format!("{what} of `{stream}`"),
+                "a stream that was not asked for",
+            )),
+        }
+    };
+    for row in &snapshots {
+        let stream: &str = row.get(0);
+        let id = entry(&mut read, stream, "snapshot")?;
+        let snapshot = upcast_snapshot(&format!("snapshot of `{stream}`"), row.get(1))?;
+        read.streams
+            .get_mut(&id)
+            .expect("checked by entry")
+            .snapshot = Some(snapshot);
+    }
+    for row in &tails {
+        let event = decode_event_row(row)?;
+        let id = entry(&mut read, event.stream.as_str(), "event")?;
+        read.streams
+            .get_mut(&id)
+            .expect("checked by entry")
+            .tail
+            .push(event);
+    }
+    for row in &parked {
+        let event = parse_parked(row)?;
+        let id = entry(&mut read, event.stream.as_str(), "parked event")?;
+        read.streams
+            .get_mut(&id)
+            .expect("checked by entry")
+            .parked
+            .push(event);
+    }
+    for row in &accepted_keys {
+        let stream: String = row.get(0);
+        let what = || format!("dedupe entry of `{stream}`");
+        let key = dedupe_key(row.get(1), what)?;
+        let id = session(stream.clone(), what)?;
+        let hit = DedupeHit::Accepted {
+            stream: id.clone(),
+            version: Version(to_u64(row.get(2), what)?),
+            position: Position(to_u64(row.get(3), what)?),
+        };
+        read.dedupe.insert((id, key), hit);
+    }
+    for row in &parked_keys {
+        let stream: String = row.get(0);
+        let what = || format!("parked dedupe entry of `{stream}`");
+        let key = dedupe_key(row.get(1), what)?;
+        let id = session(stream.clone(), what)?;
+        read.dedupe
+            .entry((id.clone(), key))
+            .or_insert(DedupeHit::Parked {
+                stream: id,
+                event_id: row.get(2),
+            });
+    }
+    Ok(read)
+}
+
 async fn read_head(client: &Client) -> Result<Position, StoreError> {
     let head: i64 = client
         .query_one("SELECT position FROM linkflow_head", &[])
@@ -676,6 +812,20 @@ impl EventStore for PgStore {
 
     fn verify(&self) -> Result<VerifyReport, StoreError> {
         crate::verify::verify(self)
+    }
+
+    fn read_streams(
+        &self,
+        streams: &[SessionId],
+        keys: &[(SessionId, DedupeKey)],
+    ) -> Result<StreamsRead, StoreError> {
+        let names: Vec<String> = streams.iter().map(SessionId::to_string).collect();
+        let key_streams: Vec<String> = keys.iter().map(|(s, _)| s.to_string()).collect();
+        let key_bytes: Vec<Vec<u8>> = keys.iter().map(|(_, k)| k.as_bytes().to_vec()).collect();
+        let rows = self.run(Box::new(move |client| {
+            Box::pin(read_streams_rows(client, names, key_streams, key_bytes))
+        }))?;
+        decode_streams_read(streams, keys, rows)
     }
 
     fn is_shared(&self) -> bool {

@@ -15,7 +15,7 @@ use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, 
 use uuid::Uuid;
 
 use crate::record::{DedupeKey, NewEvent, ParkedEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
-use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome};
+use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, StreamRead};
 use crate::{SledStore, StoreError};
 
 /// A fresh store location for one test.
@@ -74,6 +74,7 @@ macro_rules! conformance_tests {
             verify_is_clean_after_a_mixed_workload,
             events_by_stream_come_in_stream_then_version_order,
             an_expect_guard_fails_when_the_version_or_parked_list_moved,
+            read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -678,4 +679,101 @@ pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>()
     );
     assert_eq!(store.parked(Some(&a)).unwrap().len(), 2);
     assert_clean(&store);
+}
+
+/// `read_streams` answers, for each requested stream, its snapshot, the events after the
+/// snapshot (all of them without one) and its parked events; and for each requested dedupe key
+/// where its first delivery went. Streams that do not exist read as empty.
+pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let (a, b, empty) = (stream("a"), stream("b"), stream("a-empty"));
+    let snapshot = Snapshot {
+        provider: Provider::Moneykit,
+        version: Version(2),
+        state: RawJson::from_string("{\"v\":2}".into()).unwrap(),
+    };
+    store
+        .commit(vec![
+            append(&a, ExpectedVersion::Any, event(1)),
+            append(&a, ExpectedVersion::Any, event(2)),
+            append(&b, ExpectedVersion::Any, event(3)),
+            Op::PutSnapshot {
+                stream: a.clone(),
+                snapshot: snapshot.clone(),
+            },
+        ])
+        .unwrap();
+    store
+        .commit(vec![
+            append(&a, ExpectedVersion::Any, event(4)),
+            append(&a, ExpectedVersion::Any, event(5)),
+            park(&a, event(6)),
+            append(&b, ExpectedVersion::Any, event(7)),
+        ])
+        .unwrap();
+
+    let keys = vec![
+        (a.clone(), event(1).dedupe_key),
+        (a.clone(), event(6).dedupe_key),
+        (a.clone(), event(3).dedupe_key),
+        (b.clone(), event(3).dedupe_key),
+        (b.clone(), event(99).dedupe_key),
+    ];
+    let read = store
+        .read_streams(&[a.clone(), b.clone(), empty.clone()], &keys)
+        .unwrap();
+
+    let a_read = &read.streams[&a];
+    assert_eq!(a_read.snapshot, Some(snapshot));
+    let versions = |read: &StreamRead| read.tail.iter().map(|e| e.version.0).collect::<Vec<_>>();
+    assert_eq!(
+        versions(a_read),
+        vec![3, 4],
+        "only the events after the snapshot"
+    );
+    assert_eq!(a_read.tail, store.read_stream(&a, Version(2), 10).unwrap());
+    assert_eq!(a_read.parked, store.parked(Some(&a)).unwrap());
+    assert_eq!(a_read.parked.len(), 1);
+    let b_read = &read.streams[&b];
+    assert_eq!(b_read.snapshot, None);
+    assert_eq!(
+        versions(b_read),
+        vec![1, 2],
+        "every event without a snapshot"
+    );
+    assert!(b_read.parked.is_empty());
+    assert_eq!(read.streams[&empty], StreamRead::default());
+    assert_eq!(read.streams.len(), 3);
+
+    assert_eq!(
+        read.dedupe(&a, &event(1).dedupe_key),
+        Some(Some(&DedupeHit::Accepted {
+            stream: a.clone(),
+            version: Version(1),
+            position: Position(1),
+        }))
+    );
+    assert_eq!(
+        read.dedupe(&a, &event(6).dedupe_key),
+        Some(Some(&DedupeHit::Parked {
+            stream: a.clone(),
+            event_id: a_read.parked[0].data.event_id,
+        }))
+    );
+    assert_eq!(
+        read.dedupe(&a, &event(3).dedupe_key),
+        Some(None),
+        "keys are scoped to their stream"
+    );
+    assert!(matches!(
+        read.dedupe(&b, &event(3).dedupe_key),
+        Some(Some(DedupeHit::Accepted { .. }))
+    ));
+    assert_eq!(read.dedupe(&b, &event(99).dedupe_key), Some(None));
+    assert_eq!(
+        read.dedupe(&b, &event(1).dedupe_key),
+        None,
+        "a key that was not asked about"
+    );
 }

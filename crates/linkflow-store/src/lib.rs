@@ -34,4 +34,7 @@ pub use record::{
     SCHEMA_VERSION,
 };
 pub use sled_store::{SledOptions, SledStore};
-pub use store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, VerifyReport};
+pub use store::{
+    DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, StreamRead, StreamsRead,
+    VerifyReport,
+};

@@ -1,5 +1,6 @@
 //! The storage trait every backend implements, and the operations a commit is made of.
 
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
@@ -111,6 +112,37 @@ pub enum DedupeHit {
     },
 }
 
+/// One stream as [`EventStore::read_streams`] found it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamRead {
+    /// Its snapshot, if one was stored.
+    pub snapshot: Option<Snapshot>,
+    /// Its events after the snapshot's version (all of them without a snapshot), in order.
+    pub tail: Vec<StoredEvent>,
+    /// Its parked events, in event-id order.
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// What a writer needs to decide a group of events, read at one point in time by
+/// [`EventStore::read_streams`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamsRead {
+    /// Every requested stream (empty ones included).
+    pub streams: HashMap<SessionId, StreamRead>,
+    /// The requested dedupe keys.
+    pub keys: HashSet<(SessionId, DedupeKey)>,
+    /// Those of them the log holds, with where their first delivery went.
+    pub dedupe: HashMap<(SessionId, DedupeKey), DedupeHit>,
+}
+
+impl StreamsRead {
+    /// `Some(hit or none)` when the key was requested, `None` when this read cannot say.
+    pub fn dedupe(&self, stream: &SessionId, key: &DedupeKey) -> Option<Option<&DedupeHit>> {
+        let entry = (stream.clone(), *key);
+        self.keys.contains(&entry).then(|| self.dedupe.get(&entry))
+    }
+}
+
 /// What [`EventStore::verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
@@ -157,6 +189,9 @@ impl From<CorruptRecord> for Problem {
         }
     }
 }
+
+/// Events per `read_stream` call in the default [`EventStore::read_streams`].
+const READ_STREAMS_PAGE: usize = 1_024;
 
 /// An append-only event log of session streams with a global order.
 ///
@@ -222,6 +257,52 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Walks the log, the indexes and the snapshots and reports every inconsistency.
     fn verify(&self) -> Result<VerifyReport, StoreError>;
+
+    /// Reads, as of one point in time, what a writer needs to decide events on `streams` with
+    /// the dedupe `keys`: each stream's snapshot, the events after it and its parked events,
+    /// and where each key's first delivery went. A backend with network round trips answers in
+    /// one; the default reads stream by stream, then key by key (streams first, so that on a
+    /// shared store a key stored after the stream was read moves the stream past the version
+    /// the writer guards).
+    fn read_streams(
+        &self,
+        streams: &[SessionId],
+        keys: &[(SessionId, DedupeKey)],
+    ) -> Result<StreamsRead, StoreError> {
+        let mut read = StreamsRead::default();
+        for stream in streams {
+            let snapshot = self.snapshot(stream)?;
+            let mut after = snapshot.as_ref().map_or(Version::EMPTY, |s| s.version);
+            let mut tail = Vec::new();
+            loop {
+                let page = self.read_stream(stream, after, READ_STREAMS_PAGE)?;
+                let full = page.len() == READ_STREAMS_PAGE;
+                if let Some(last) = page.last() {
+                    after = last.version;
+                }
+                tail.extend(page);
+                if !full {
+                    break;
+                }
+            }
+            let parked = self.parked(Some(stream))?;
+            read.streams.insert(
+                stream.clone(),
+                StreamRead {
+                    snapshot,
+                    tail,
+                    parked,
+                },
+            );
+        }
+        for (stream, key) in keys {
+            read.keys.insert((stream.clone(), *key));
+            if let Some(hit) = self.find_dedupe(stream, key)? {
+                read.dedupe.insert((stream.clone(), *key), hit);
+            }
+        }
+        Ok(read)
+    }
 
     /// True when other processes may write to the same log (a database shared by several
     /// nodes). A writer then must not trust anything it remembers about a stream: it re-reads,

@@ -9,7 +9,7 @@ use linkflow_core::{
     Account, AccountKey, AccountState, MerchantStatus, Phase, Position, Provider, RuleKind,
     Session, SessionId, Version,
 };
-use linkflow_store::{EventStore, Snapshot, StoredEvent};
+use linkflow_store::{EventStore, ParkedEvent, Snapshot, StoredEvent, StreamRead};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -146,13 +146,24 @@ fn replay_tail(
         if events.is_empty() {
             return Ok(folded);
         }
-        for stored in &events {
-            let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
-            state
-                .apply_in_place(&stored.data.body)
-                .map_err(|reason| replay_error(stream, stored, reason))?;
-        }
+        folded = fold_events(stream, folded, &events)?;
     }
+}
+
+/// Applies `events` (the stream's next ones, in order) to `folded`; with no state yet, the
+/// first event decides the stream's kind.
+fn fold_events(
+    stream: &SessionId,
+    mut folded: Option<Folded>,
+    events: &[StoredEvent],
+) -> Result<Option<Folded>, EngineError> {
+    for stored in events {
+        let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
+        state
+            .apply_in_place(&stored.data.body)
+            .map_err(|reason| replay_error(stream, stored, reason))?;
+    }
+    Ok(folded)
 }
 
 /// A stream's current state from its snapshot plus the events after it, or `None` if it has
@@ -166,27 +177,63 @@ pub(crate) fn load_state(
     let base = snapshot.as_ref().and_then(decode_snapshot);
     let folded = replay_tail(store, stream, base, None)?;
     let parked = store.parked(Some(stream))?;
-    let parked_count = u32::try_from(parked.len()).unwrap_or(u32::MAX);
-    let (provider, folded) = match (folded, parked.first()) {
-        (Some(folded), _) => {
-            let provider = match &snapshot {
-                Some(snapshot) => snapshot.provider,
-                None => {
-                    store.read_stream(stream, Version::EMPTY, 1)?[0]
-                        .data
-                        .provider
-                }
-            };
-            (provider, folded)
-        }
-        (None, Some(first)) => (first.data.provider, Folded::initial_for(&first.data.body)),
-        (None, None) => return Ok(None),
+    let provider = match (&snapshot, &folded) {
+        (Some(snapshot), _) => Some(snapshot.provider),
+        (None, Some(_)) => store
+            .read_stream(stream, Version::EMPTY, 1)?
+            .first()
+            .map(|first| first.data.provider),
+        (None, None) => None,
     };
-    Ok(Some(SessionState {
+    Ok(assemble_state(provider, folded, &parked))
+}
+
+/// [`load_state`] from what [`EventStore::read_streams`] returned for the stream, with its
+/// parked events. A snapshot this build cannot decode falls back to [`load_state`].
+pub(crate) fn state_from_read(
+    store: &dyn EventStore,
+    stream: &SessionId,
+    read: StreamRead,
+) -> Result<(Option<SessionState>, Vec<ParkedEvent>), EngineError> {
+    let base = match &read.snapshot {
+        None => None,
+        Some(snapshot) => match decode_snapshot(snapshot) {
+            Some(folded) => Some(folded),
+            None => {
+                let state = load_state(store, stream)?;
+                return Ok((state, store.parked(Some(stream))?));
+            }
+        },
+    };
+    let folded = fold_events(stream, base, &read.tail)?;
+    let provider = read
+        .snapshot
+        .as_ref()
+        .map(|snapshot| snapshot.provider)
+        .or_else(|| read.tail.first().map(|first| first.data.provider));
+    let state = assemble_state(provider, folded, &read.parked);
+    Ok((state, read.parked))
+}
+
+/// The state of a stream with `folded` events from `provider` and `parked` events; `None`
+/// when it has neither.
+fn assemble_state(
+    provider: Option<Provider>,
+    folded: Option<Folded>,
+    parked: &[ParkedEvent],
+) -> Option<SessionState> {
+    let parked_count = u32::try_from(parked.len()).unwrap_or(u32::MAX);
+    let (provider, folded) = match (folded, provider, parked.first()) {
+        (Some(folded), Some(provider), _) => (provider, folded),
+        (Some(folded), None, first) => (first?.data.provider, folded),
+        (None, _, Some(first)) => (first.data.provider, Folded::initial_for(&first.data.body)),
+        (None, _, None) => return None,
+    };
+    Some(SessionState {
         provider,
         folded,
         parked: parked_count,
-    }))
+    })
 }
 
 /// The session as of `version` (a full fold of its first `version` events); `None` if the

@@ -5,7 +5,7 @@
 //! Per-session order is arrival order: requests are taken from one queue in the order they
 //! were sent, and each event is decided against the state left by the events before it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use linkflow_core::{
 };
 use linkflow_store::{
     record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
-    ParkedEvent, RawJson, Snapshot, StoreError,
+    ParkedEvent, RawJson, Snapshot, StoreError, StreamsRead,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::config::Durability;
 use crate::error::{EngineError, EventError};
 use crate::folded::{Change, Folded, SnapshotState, SNAPSHOT_LAYOUT};
 use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
-use crate::query::load_state;
+use crate::query::{load_state, state_from_read};
 
 /// How often a batch is planned again after a version conflict (another writer on a shared
 /// store got there first) before its callers get the error.
@@ -186,10 +186,12 @@ struct Plan<'a> {
     op_events: Vec<(SessionId, Uuid)>,
     /// Dedupe keys appended or parked in this group, and the op that did it.
     keys: HashMap<DedupeKey, usize>,
+    /// On a shared store: the group's sessions and dedupe keys, read in one go before planning.
+    read_ahead: Option<StreamsRead>,
 }
 
 impl<'a> Plan<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    fn new(shared: &'a Shared, read_ahead: Option<StreamsRead>) -> Self {
         Plan {
             shared,
             now: Utc::now(),
@@ -197,7 +199,25 @@ impl<'a> Plan<'a> {
             ops: Vec::new(),
             op_events: Vec::new(),
             keys: HashMap::new(),
+            read_ahead,
         }
+    }
+
+    /// Where a dedupe key's first delivery went: from the read-ahead when it asked about the
+    /// key, else from the store.
+    fn find_dedupe(
+        &self,
+        session: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, EngineError> {
+        if let Some(known) = self
+            .read_ahead
+            .as_ref()
+            .and_then(|read| read.dedupe(session, key))
+        {
+            return Ok(known.cloned());
+        }
+        Ok(self.shared.store.find_dedupe(session, key)?)
     }
 
     fn push(&mut self, op: Op, session: &SessionId, event_id: Uuid, key: DedupeKey) -> usize {
@@ -224,16 +244,24 @@ impl<'a> Plan<'a> {
             } else {
                 self.shared.cache().get(session)
             };
-            let state = match cached {
-                Some(state) => state,
-                None => load_state(self.shared.store.as_ref(), session)?.unwrap_or_else(|| {
-                    SessionState {
-                        provider,
-                        folded: Folded::initial_for(body),
-                        parked: 0,
-                    }
-                }),
+            let read = self
+                .read_ahead
+                .as_mut()
+                .and_then(|read| read.streams.remove(session));
+            let (loaded, parked_list) = match (cached, read) {
+                (Some(state), _) => (Some(state), None),
+                (None, Some(read)) => {
+                    let (state, parked) =
+                        state_from_read(self.shared.store.as_ref(), session, read)?;
+                    (state, Some(parked))
+                }
+                (None, None) => (load_state(self.shared.store.as_ref(), session)?, None),
             };
+            let state = loaded.unwrap_or_else(|| SessionState {
+                provider,
+                folded: Folded::initial_for(body),
+                parked: 0,
+            });
             if shared_store {
                 self.ops.push(Op::Expect {
                     stream: session.clone(),
@@ -246,7 +274,7 @@ impl<'a> Plan<'a> {
                 session.clone(),
                 Working {
                     state,
-                    parked: None,
+                    parked: parked_list,
                     dirty: false,
                 },
             );
@@ -285,7 +313,7 @@ impl<'a> Plan<'a> {
             // key after the check then moves the version the commit expects.
             self.working(session, incoming.provider, &incoming.body)?;
         }
-        if let Some(original) = self.shared.store.find_dedupe(session, &key)? {
+        if let Some(original) = self.find_dedupe(session, &key)? {
             return Ok(Planned::Duplicate {
                 session: session.clone(),
                 original,
@@ -441,7 +469,7 @@ impl<'a> Plan<'a> {
         }
         // Loaded (and guarded) before the dedupe check, as in `plan_event`.
         self.working(&stream, event.provider, &event.body)?;
-        if self.shared.store.find_dedupe(&stream, &key)?.is_some() {
+        if self.find_dedupe(&stream, &key)?.is_some() {
             return Ok(None);
         }
         let working = self.working(&stream, event.provider, &event.body)?;
@@ -606,7 +634,11 @@ fn process_group(shared: &Shared, group: Vec<Request>) {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut plan = Plan::new(shared);
+        let read_ahead = match read_ahead(shared, &group) {
+            Ok(read) => read,
+            Err(error) => return fail_group(group, &error),
+        };
+        let mut plan = Plan::new(shared, read_ahead);
         let planned: Result<Vec<PlannedRequest>, EngineError> = group
             .iter()
             .map(|request| match request {
@@ -654,6 +686,33 @@ fn process_group(shared: &Shared, group: Vec<Request>) {
             }
         }
     }
+}
+
+/// On a shared store, reads every session the group's events name and every dedupe key they
+/// carry in one [`EventStore::read_streams`] call (one round trip on PostgreSQL) instead of
+/// several reads per session and one per event while planning. `None` on a store only this
+/// process writes: the cache is the truth there.
+fn read_ahead(shared: &Shared, group: &[Request]) -> Result<Option<StreamsRead>, EngineError> {
+    if !shared.store.is_shared() {
+        return Ok(None);
+    }
+    let mut streams = Vec::new();
+    let mut seen = HashSet::new();
+    let mut keys = Vec::new();
+    for request in group {
+        if let Request::Ingest { events, .. } = request {
+            for event in events {
+                if seen.insert(&event.session) {
+                    streams.push(event.session.clone());
+                }
+                let key = event
+                    .dedupe_key
+                    .unwrap_or_else(|| default_dedupe_key(event));
+                keys.push((event.session.clone(), key));
+            }
+        }
+    }
+    Ok(Some(shared.store.read_streams(&streams, &keys)?))
 }
 
 /// Waits a little before planning again after a conflict, longer after each one and by an

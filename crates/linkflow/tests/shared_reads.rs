@@ -1,0 +1,194 @@
+//! On a store shared with other processes the writer re-reads every session it decides on. It
+//! must do that in one `read_streams` call per group (one round trip on PostgreSQL), not with
+//! several reads per session and one per event, and decide exactly as it does from its cache.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use linkflow::store::{
+    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, ParkedEvent, SledStore, Snapshot, StoreError,
+    StoredEvent, StreamsRead, VerifyReport,
+};
+use linkflow::{Engine, EngineConfig, IncomingEvent, IngestOutcome};
+use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
+
+/// A sled store that says it is shared and counts the reads a writer makes.
+struct CountingStore {
+    inner: SledStore,
+    read_streams: AtomicUsize,
+    single_reads: AtomicUsize,
+}
+
+impl CountingStore {
+    fn single(&self) {
+        self.single_reads.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn take(&self) -> (usize, usize) {
+        (
+            self.read_streams.swap(0, Ordering::SeqCst),
+            self.single_reads.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+impl EventStore for CountingStore {
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+        self.inner.commit(ops)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+    fn head(&self) -> Result<Position, StoreError> {
+        self.inner.head()
+    }
+    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
+        self.single();
+        self.inner.stream_version(stream)
+    }
+    fn read_stream(
+        &self,
+        stream: &SessionId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.single();
+        self.inner.read_stream(stream, after, limit)
+    }
+    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_all(after, limit)
+    }
+    fn find_dedupe(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        self.single();
+        self.inner.find_dedupe(stream, key)
+    }
+    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
+        self.single();
+        self.inner.parked(stream)
+    }
+    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
+        self.single();
+        self.inner.snapshot(stream)
+    }
+    fn for_each_snapshot(
+        &self,
+        visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.inner.for_each_snapshot(visit)
+    }
+    fn for_each_event_by_stream(
+        &self,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.inner.for_each_event_by_stream(visit)
+    }
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.inner.verify()
+    }
+    fn read_streams(
+        &self,
+        streams: &[SessionId],
+        keys: &[(SessionId, DedupeKey)],
+    ) -> Result<StreamsRead, StoreError> {
+        self.read_streams.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_streams(streams, keys)
+    }
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+fn t(second: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2023, 11, 29, 12, 0, second).unwrap()
+}
+
+fn event(session: usize, kind: EventKind, second: u32) -> IncomingEvent {
+    let selection = kind == EventKind::InstitutionSelected;
+    let mut event = Event::new(kind).at(t(second));
+    if selection {
+        event = event.with_institution("ins_1", Some("Bank"));
+    }
+    IncomingEvent::new(
+        SessionId::new(format!("s{session}")).unwrap(),
+        Provider::Moneykit,
+        event,
+    )
+}
+
+/// Three groups over 20 sessions: opens, a refused (parked) event, duplicates within a group
+/// and across groups, and the event that makes the parked one legal.
+fn batches() -> Vec<Vec<IncomingEvent>> {
+    let mut first: Vec<_> = (0..20).map(|s| event(s, EventKind::Opened, 0)).collect();
+    first.push(event(1, EventKind::AccountsSelected, 5));
+    first.push(event(2, EventKind::Opened, 0));
+    let mut second: Vec<_> = (0..20)
+        .map(|s| event(s, EventKind::InstitutionSelected, 1))
+        .collect();
+    second.push(event(3, EventKind::Opened, 0));
+    let third = vec![
+        event(4, EventKind::Opened, 9),
+        event(1, EventKind::InstitutionSelected, 1),
+    ];
+    vec![first, second, third]
+}
+
+/// What an outcome says, without the parts that legitimately differ (event ids).
+fn shape(outcome: &IngestOutcome) -> String {
+    match outcome {
+        IngestOutcome::Accepted {
+            version,
+            position,
+            redriven,
+            ..
+        } => format!("accepted {version} {position} +{}", redriven.len()),
+        IngestOutcome::Duplicate { original, .. } => format!("duplicate of {original:?}"),
+        IngestOutcome::Parked { reason, .. } => format!("parked: {reason}"),
+        IngestOutcome::Refused { error } => format!("refused: {error}"),
+    }
+}
+
+#[tokio::test]
+async fn a_shared_store_is_read_once_per_group_and_decides_like_the_cache() {
+    let shared_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore {
+        inner: SledStore::open(shared_dir.path()).unwrap(),
+        read_streams: AtomicUsize::new(0),
+        single_reads: AtomicUsize::new(0),
+    });
+    let shared = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
+    let local_dir = tempfile::tempdir().unwrap();
+    let local = Engine::open(local_dir.path()).unwrap();
+
+    for (index, batch) in batches().into_iter().enumerate() {
+        store.take();
+        let from_shared = shared.ingest_batch(batch.clone()).await.unwrap();
+        let (groups_read, single_reads) = store.take();
+        assert_eq!(groups_read, 1, "group {index}: one read_streams call");
+        assert_eq!(
+            single_reads, 0,
+            "group {index}: no per-session or per-event reads"
+        );
+        let from_local = local.ingest_batch(batch).await.unwrap();
+        let shapes = |outcomes: &[IngestOutcome]| outcomes.iter().map(shape).collect::<Vec<_>>();
+        assert_eq!(shapes(&from_shared), shapes(&from_local), "group {index}");
+    }
+
+    for session in 0..20 {
+        let id = SessionId::new(format!("s{session}")).unwrap();
+        let a = shared.session(&id).await.unwrap().unwrap();
+        let b = local.session(&id).await.unwrap().unwrap();
+        assert_eq!((a.state, a.parked), (b.state, b.parked), "session {id}");
+    }
+    assert_eq!(
+        shared.parked(None).await.unwrap().len(),
+        1,
+        "the second open of s4 stays parked"
+    );
+    assert!(shared.verify().await.unwrap().is_clean());
+}
