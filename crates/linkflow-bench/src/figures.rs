@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use linkflow::{Engine, EngineConfig, IncomingEvent};
-use linkflow_core::{Event, EventKind, Provider, SessionId};
+use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
 use linkflow_providers::{decode, DecodeContext};
-use linkflow_store::StoredEvent;
+use linkflow_store::record::{encode_event, upcast_event};
+use linkflow_store::{NewEvent, StoredEvent};
 
 use crate::chart::Point;
 use crate::workload::{generate, Delivery};
@@ -36,6 +37,21 @@ pub(crate) fn incoming(delivery: &Delivery, context: &DecodeContext) -> Incoming
     IncomingEvent::from_decoded(decoded, context.received_at).expect("the workload is valid")
 }
 
+/// A delivery as the log would keep it (for the baselines, which write records themselves).
+pub(crate) fn delivered(delivery: &Delivery, context: &DecodeContext) -> (SessionId, NewEvent) {
+    let event = incoming(delivery, context);
+    let data = NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        dedupe_key: event.dedupe_key.expect("adapters set a dedupe key"),
+        provider: event.provider,
+        body: event.body,
+        raw_name: event.raw_name,
+        raw: event.raw,
+        received_at: context.received_at,
+    };
+    (event.session, data)
+}
+
 /// Figure 1: provider JSON decoded and ingested 1,000 per call, each call durable.
 async fn batch_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
     batch_ingest_with(EngineConfig::new(dir), deliveries).await
@@ -59,28 +75,27 @@ pub(crate) async fn batch_ingest_with(config: EngineConfig, deliveries: &[Delive
 }
 
 /// Figure 1's baseline: bare sled, the same records (each delivery decoded outside the timer
-/// and encoded as the store's JSON record), one key per event, flush + fsync of the log file
-/// every 1,000.
+/// and encoded with the store's record codec), one key per event, flush + fsync of the log
+/// file every 1,000.
 fn bare_sled_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
     let context = DecodeContext::received_at(Utc::now());
     let records: Vec<(Vec<u8>, Vec<u8>)> = deliveries
         .iter()
         .enumerate()
         .map(|(n, delivery)| {
-            let event = incoming(delivery, &context);
-            let record = linkflow_store::NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                dedupe_key: event.dedupe_key.expect("adapters set a dedupe key"),
-                provider: event.provider,
-                body: event.body,
-                raw_name: event.raw_name,
-                raw: event.raw,
-                received_at: context.received_at,
-            };
+            let (session, data) = delivered(delivery, &context);
             let mut key = vec![b'S'];
-            key.extend_from_slice(event.session.as_str().as_bytes());
+            key.extend_from_slice(session.as_str().as_bytes());
+            let record = StoredEvent {
+                stream: session,
+                version: Version(n as u64 + 1),
+                position: Position(n as u64 + 1),
+                accepted_at: context.received_at,
+                was_parked: false,
+                data,
+            };
             key.extend_from_slice(&(n as u64).to_be_bytes());
-            (key, serde_json::to_vec(&record).expect("encode"))
+            (key, encode_event(&record))
         })
         .collect();
     let db = sled::Config::new()
@@ -112,14 +127,16 @@ async fn cold_rebuild(dir: &Path) -> (f64, u64) {
     (rate, stats.events)
 }
 
-/// Figure 3's baseline: a bare sled scan of the same records with serde_json decoding.
+/// Figure 3's baseline: a bare sled scan of the same records, each decoded with the store's
+/// record codec (checksum, binary fields, serde_json for the canonical event and the raw
+/// payload's validation).
 fn bare_scan_decode(dir: &Path) -> f64 {
     let db = sled::Config::new().path(dir).open().expect("sled opens");
     let started = Instant::now();
     let mut count = 0usize;
     for entry in db.scan_prefix([b'S']) {
         let (_, value) = entry.expect("scan");
-        let record: StoredEvent = serde_json::from_slice(&value[5..]).expect("decode");
+        let record: StoredEvent = upcast_event("event", &value).expect("decode");
         std::hint::black_box(&record);
         count += 1;
     }

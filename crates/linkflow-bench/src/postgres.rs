@@ -16,7 +16,7 @@ use linkflow_providers::DecodeContext;
 use tokio_postgres::{Client, NoTls};
 
 use crate::figures::{
-    batch_ingest_with, concurrent_single_with, incoming, per_second, percentile_us, BATCH,
+    batch_ingest_with, concurrent_single_with, delivered, per_second, percentile_us, BATCH,
 };
 use crate::workload::Delivery;
 use crate::Options;
@@ -51,19 +51,10 @@ fn rows(deliveries: &[Delivery]) -> Vec<(String, i64, String)> {
     deliveries
         .iter()
         .map(|delivery| {
-            let event = incoming(delivery, &context);
-            let session = event.session.to_string();
+            let (session, record) = delivered(delivery, &context);
+            let session = session.to_string();
             let version = versions.entry(session.clone()).or_default();
             *version += 1;
-            let record = linkflow_store::NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                dedupe_key: event.dedupe_key.expect("adapters set a dedupe key"),
-                provider: event.provider,
-                body: event.body,
-                raw_name: event.raw_name,
-                raw: event.raw,
-                received_at: context.received_at,
-            };
             let json = serde_json::to_string(&record).expect("encode");
             (session, *version, json)
         })

@@ -25,7 +25,7 @@ CREATE TABLE linkflow_head (
 );
 INSERT INTO linkflow_head (position) VALUES (0);
 
--- Accepted events. `record` is linkflow's record encoding (schema byte, CRC-32, JSON body).
+-- Accepted events. `record` is linkflow's record encoding (schema byte, CRC-32, body).
 CREATE TABLE linkflow_events (
     position bigint PRIMARY KEY CHECK (position > 0),
     stream text COLLATE "C" NOT NULL,

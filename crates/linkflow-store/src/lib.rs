@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod binary;
 pub mod error;
 mod keys;
 pub mod plan;

@@ -10,7 +10,10 @@ use linkflow_core::{Position, SessionId, Version};
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::record::{encode, DedupeKey, NewEvent, StoredEvent, MAX_RECORD_BYTES};
+use crate::record::{
+    encode_event, encode_parked, encode_snapshot, DedupeKey, NewEvent, StoredEvent,
+    MAX_RECORD_BYTES,
+};
 use crate::store::{DedupeHit, ExpectedVersion, Op, OpOutcome};
 
 /// What a commit needs to know of the log as stored before it.
@@ -276,7 +279,7 @@ pub fn plan_commit(
                     }
                     None => {}
                 }
-                let record = encode(&event);
+                let record = encode_parked(&event);
                 if record.len() > MAX_RECORD_BYTES {
                     return Err(too_large(event.stream, record.len()));
                 }
@@ -297,7 +300,7 @@ pub fn plan_commit(
                 snapshots.push(PlannedSnapshot {
                     stream,
                     version: snapshot.version,
-                    record: encode(&snapshot),
+                    record: encode_snapshot(&snapshot),
                 });
                 outcomes.push(Some(OpOutcome::SnapshotSaved));
             }
@@ -338,7 +341,7 @@ pub fn plan_commit(
             was_parked: append.from_parked,
             data: append.event,
         };
-        let bytes = encode(&record);
+        let bytes = encode_event(&record);
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(too_large(record.stream, bytes.len()));
         }

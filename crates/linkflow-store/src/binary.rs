@@ -1,0 +1,327 @@
+//! Schema 2 record bodies: fixed-width fields in binary, strings length-prefixed, the canonical
+//! event as JSON (its shape evolves with the core; JSON keeps old bodies readable) and the raw
+//! payload as its verbatim bytes.
+//!
+//! ```text
+//! event    = str(stream) u64(version) u64(position) time(accepted_at) u8(was_parked) new_event
+//! parked   = str(stream) str(reason) time(parked_at) new_event
+//! snapshot = u8(provider) u64(version) str(state JSON)
+//! new_event = [16](event id) [16](dedupe key) u8(provider) time(received_at)
+//!             opt(str(raw name)) opt(str(raw payload)) str(canonical event JSON)
+//! str  = varint(length) bytes            opt(x) = u8(0) | u8(1) x
+//! time = i64(seconds since the epoch) u32(nanoseconds)     integers big-endian
+//! ```
+//!
+//! Against schema 1 (all JSON) this drops the field names, the hex and text forms of ids and
+//! times, and the escaping of the raw payload inside a JSON string.
+
+use chrono::{DateTime, Utc};
+use linkflow_core::{DedupeKey, EventBody, Position, Provider, SessionId, Version};
+use uuid::Uuid;
+
+use crate::error::CorruptRecord;
+use crate::record::{NewEvent, ParkedEvent, RawJson, Snapshot, StoredEvent};
+
+fn provider_byte(provider: Provider) -> u8 {
+    match provider {
+        Provider::Moneykit => 1,
+        Provider::Benji => 2,
+        Provider::Knot => 3,
+    }
+}
+
+/// Appends schema 2 fields to a buffer.
+pub(crate) struct Writer<'a>(pub &'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn varint(&mut self, mut value: usize) {
+        while value >= 0x80 {
+            self.0.push((value as u8 & 0x7f) | 0x80);
+            value >>= 7;
+        }
+        self.0.push(value as u8);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.varint(bytes.len());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn time(&mut self, time: &DateTime<Utc>) {
+        self.0.extend_from_slice(&time.timestamp().to_be_bytes());
+        self.0
+            .extend_from_slice(&time.timestamp_subsec_nanos().to_be_bytes());
+    }
+
+    fn opt_str(&mut self, text: Option<&str>) {
+        match text {
+            None => self.u8(0),
+            Some(text) => {
+                self.u8(1);
+                self.bytes(text.as_bytes());
+            }
+        }
+    }
+
+    fn new_event(&mut self, event: &NewEvent) {
+        self.0.extend_from_slice(event.event_id.as_bytes());
+        self.0.extend_from_slice(event.dedupe_key.as_bytes());
+        self.u8(provider_byte(event.provider));
+        self.time(&event.received_at);
+        self.opt_str(event.raw_name.as_deref());
+        self.opt_str(event.raw.as_ref().map(RawJson::get));
+        // Its length prefix comes first, so the JSON is serialized aside.
+        let body = serde_json::to_vec(&event.body).expect("an event body serializes");
+        self.bytes(&body);
+    }
+
+    pub(crate) fn event(&mut self, event: &StoredEvent) {
+        self.bytes(event.stream.as_str().as_bytes());
+        self.u64(event.version.0);
+        self.u64(event.position.0);
+        self.time(&event.accepted_at);
+        self.u8(u8::from(event.was_parked));
+        self.new_event(&event.data);
+    }
+
+    pub(crate) fn parked(&mut self, parked: &ParkedEvent) {
+        self.bytes(parked.stream.as_str().as_bytes());
+        self.bytes(parked.reason.as_bytes());
+        self.time(&parked.parked_at);
+        self.new_event(&parked.data);
+    }
+
+    pub(crate) fn snapshot(&mut self, snapshot: &Snapshot) {
+        self.u8(provider_byte(snapshot.provider));
+        self.u64(snapshot.version.0);
+        self.bytes(snapshot.state.get().as_bytes());
+    }
+}
+
+/// Reads schema 2 fields; every failure names the record and the field.
+pub(crate) struct Reader<'a> {
+    key: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(key: &'a str, bytes: &'a [u8]) -> Self {
+        Reader { key, bytes, at: 0 }
+    }
+
+    fn error(&self, what: &str, reason: impl std::fmt::Display) -> CorruptRecord {
+        CorruptRecord::new(
+            self.key,
+            format!("{what} at body byte {}: {reason}", self.at),
+        )
+    }
+
+    fn take(&mut self, what: &str, len: usize) -> Result<&'a [u8], CorruptRecord> {
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| {
+                self.error(
+                    what,
+                    format!("needs {len} bytes, {} left", self.bytes.len() - self.at),
+                )
+            })?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], CorruptRecord> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.take(what, N)?);
+        Ok(array)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, CorruptRecord> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, CorruptRecord> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
+    fn flag(&mut self, what: &str) -> Result<bool, CorruptRecord> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.error(what, format!("flag byte {other} is neither 0 nor 1"))),
+        }
+    }
+
+    fn varint(&mut self, what: &str) -> Result<usize, CorruptRecord> {
+        let mut value: usize = 0;
+        for shift in (0..usize::BITS).step_by(7) {
+            let byte = self.u8(what)?;
+            value |= usize::from(byte & 0x7f)
+                .checked_shl(shift)
+                .ok_or_else(|| self.error(what, "length overflows"))?;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(self.error(what, "length overflows"))
+    }
+
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8], CorruptRecord> {
+        let len = self.varint(what)?;
+        self.take(what, len)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, CorruptRecord> {
+        let bytes = self.bytes(what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|error| self.error(what, error))
+    }
+
+    fn time(&mut self, what: &str) -> Result<DateTime<Utc>, CorruptRecord> {
+        let seconds = i64::from_be_bytes(self.array(what)?);
+        let nanos = u32::from_be_bytes(self.array(what)?);
+        DateTime::from_timestamp(seconds, nanos)
+            .ok_or_else(|| self.error(what, format!("{seconds}s {nanos}ns is out of range")))
+    }
+
+    fn provider(&mut self, what: &str) -> Result<Provider, CorruptRecord> {
+        match self.u8(what)? {
+            1 => Ok(Provider::Moneykit),
+            2 => Ok(Provider::Benji),
+            3 => Ok(Provider::Knot),
+            other => Err(self.error(what, format!("unknown provider code {other}"))),
+        }
+    }
+
+    fn session(&mut self, what: &str) -> Result<SessionId, CorruptRecord> {
+        let text = self.string(what)?;
+        SessionId::new(text).map_err(|error| self.error(what, error))
+    }
+
+    fn raw_json(&mut self, what: &str) -> Result<RawJson, CorruptRecord> {
+        let text = self.string(what)?;
+        RawJson::from_string(text).map_err(|error| self.error(what, error))
+    }
+
+    fn new_event(&mut self) -> Result<NewEvent, CorruptRecord> {
+        let event_id = Uuid::from_bytes(self.array("event id")?);
+        let dedupe_key = DedupeKey::from_bytes(self.array("dedupe key")?);
+        let provider = self.provider("provider")?;
+        let received_at = self.time("received_at")?;
+        let raw_name = if self.flag("raw name")? {
+            Some(self.string("raw name")?)
+        } else {
+            None
+        };
+        let raw = if self.flag("raw payload")? {
+            Some(self.raw_json("raw payload")?)
+        } else {
+            None
+        };
+        let body_bytes = self.bytes("event body")?;
+        let body: EventBody =
+            serde_json::from_slice(body_bytes).map_err(|error| self.error("event body", error))?;
+        Ok(NewEvent {
+            event_id,
+            dedupe_key,
+            provider,
+            body,
+            raw_name,
+            raw,
+            received_at,
+        })
+    }
+
+    fn end<T>(&self, value: T) -> Result<T, CorruptRecord> {
+        if self.at == self.bytes.len() {
+            Ok(value)
+        } else {
+            Err(self.error(
+                "end of record",
+                format!("{} bytes left over", self.bytes.len() - self.at),
+            ))
+        }
+    }
+
+    pub(crate) fn event(mut self) -> Result<StoredEvent, CorruptRecord> {
+        let stream = self.session("stream")?;
+        let version = Version(self.u64("version")?);
+        let position = Position(self.u64("position")?);
+        let accepted_at = self.time("accepted_at")?;
+        let was_parked = self.flag("was_parked")?;
+        let data = self.new_event()?;
+        self.end(StoredEvent {
+            stream,
+            version,
+            position,
+            accepted_at,
+            was_parked,
+            data,
+        })
+    }
+
+    pub(crate) fn parked(mut self) -> Result<ParkedEvent, CorruptRecord> {
+        let stream = self.session("stream")?;
+        let reason = self.string("reason")?;
+        let parked_at = self.time("parked_at")?;
+        let data = self.new_event()?;
+        self.end(ParkedEvent {
+            stream,
+            reason,
+            parked_at,
+            data,
+        })
+    }
+
+    pub(crate) fn snapshot(mut self) -> Result<Snapshot, CorruptRecord> {
+        let provider = self.provider("provider")?;
+        let version = Version(self.u64("version")?);
+        let state = self.raw_json("state")?;
+        self.end(Snapshot {
+            provider,
+            version,
+            state,
+        })
+    }
+}
+
+/// The exact schema 2 size of an event record's body for `event` in `stream`, at most (the
+/// version and position are fixed-width, so they do not change it).
+pub(crate) fn event_body_len(stream: &SessionId, event: &NewEvent, body_json: usize) -> usize {
+    fn str_len(len: usize) -> usize {
+        let mut prefix = 1;
+        let mut rest = len >> 7;
+        while rest > 0 {
+            prefix += 1;
+            rest >>= 7;
+        }
+        prefix + len
+    }
+    str_len(stream.as_str().len())
+        + 8
+        + 8
+        + 12
+        + 1
+        + 16
+        + 16
+        + 1
+        + 12
+        + 1
+        + event
+            .raw_name
+            .as_deref()
+            .map_or(0, |name| str_len(name.len()))
+        + 1
+        + event.raw.as_ref().map_or(0, |raw| str_len(raw.get().len()))
+        + str_len(body_json)
+}
