@@ -13,7 +13,7 @@ use linkflow_store::record::{encode_event, upcast_event};
 use linkflow_store::{NewEvent, StoredEvent};
 
 use crate::chart::Point;
-use crate::workload::{generate, Delivery};
+use crate::workload::{generate, Delivery, Workload};
 use crate::{Only, Options};
 
 /// Events per call and per fsync in figure 1 and its baseline.
@@ -266,33 +266,71 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// Figure 5 in a fresh process: one batch ingest of `events`, then peak RSS and bytes on disk.
-pub async fn footprint_child(events: usize) {
+/// Figure 5 in a fresh process: one batch ingest of `events` streamed from the generator
+/// (1,000 at a time, so the process never holds the workload), then peak RSS and bytes on
+/// disk. Prints `peak-kB disk-bytes workload-kB sessions`.
+pub async fn footprint_child(events: usize, cache_sessions: Option<usize>) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let deliveries = generate(events, SEED);
-    let _rate = batch_ingest(dir.path(), &deliveries).await;
-    let workload_kb = deliveries.iter().map(|d| d.body.len()).sum::<usize>() as u64 / 1024;
+    let mut config = EngineConfig::new(dir.path());
+    if let Some(cache_sessions) = cache_sessions {
+        config.cache_sessions = cache_sessions;
+    }
+    let engine = Engine::open_with(config).expect("the engine opens");
+    let context = DecodeContext::received_at(Utc::now());
+    let mut workload = Workload::new(SEED).take(events);
+    let mut workload_bytes = 0usize;
+    let mut sessions = 0usize;
+    loop {
+        let chunk: Vec<Delivery> = workload.by_ref().take(BATCH).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        workload_bytes += chunk.iter().map(|d| d.body.len()).sum::<usize>();
+        sessions = chunk
+            .iter()
+            .map(|d| d.session + 1)
+            .max()
+            .unwrap_or(sessions);
+        let batch = chunk
+            .iter()
+            .map(|delivery| incoming(delivery, &context))
+            .collect();
+        engine.ingest_batch(batch).await.expect("ingest succeeds");
+    }
+    engine.shutdown().await.expect("shutdown");
     println!(
-        "{} {} {}",
+        "{} {} {} {}",
         peak_rss_kb(),
         directory_bytes(dir.path()),
-        workload_kb
+        workload_bytes / 1024,
+        sessions
     );
 }
 
-async fn footprint(events: usize) -> Option<(f64, f64, f64)> {
+/// What one footprint child measured.
+struct Footprint {
+    rss_kb: f64,
+    disk_per_event: f64,
+    workload_kb: f64,
+    sessions: f64,
+}
+
+async fn footprint(events: usize, cache_sessions: Option<usize>) -> Option<Footprint> {
     let exe = std::env::current_exe().ok()?;
-    let output = tokio::process::Command::new(exe)
-        .args(["--footprint-child", "--events", &events.to_string()])
-        .output()
-        .await
-        .ok()?;
+    let mut command = tokio::process::Command::new(exe);
+    command.args(["--footprint-child", "--events", &events.to_string()]);
+    if let Some(cache_sessions) = cache_sessions {
+        command.args(["--cache-sessions", &cache_sessions.to_string()]);
+    }
+    let output = command.output().await.ok()?;
     let text = String::from_utf8(output.stdout).ok()?;
     let mut numbers = text.split_whitespace().map(|n| n.parse::<f64>().ok());
-    let rss_kb = numbers.next()??;
-    let disk = numbers.next()??;
-    let workload_kb = numbers.next()??;
-    Some((rss_kb, disk / events as f64, workload_kb))
+    Some(Footprint {
+        rss_kb: numbers.next()??,
+        disk_per_event: numbers.next()?? / events as f64,
+        workload_kb: numbers.next()??,
+        sessions: numbers.next()??,
+    })
 }
 
 /// Figure 8: `clients` concurrent HTTP clients posting single MoneyKit events to an in-process
@@ -416,12 +454,39 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         &[100_000, 1_000_000]
     };
     for &size in sizes {
-        if let Some((rss_kb, disk_per_event, workload_kb)) = footprint(size).await {
-            // The child holds the whole workload in memory while it ingests: its size is
-            // reported next to the peak so the engine's share can be read off.
-            results.insert(format!("peak_rss_kb_at_{size}"), rss_kb);
-            results.insert(format!("workload_kb_at_{size}"), workload_kb);
-            results.insert(format!("disk_bytes_per_event_at_{size}"), disk_per_event);
+        if let Some(measured) = footprint(size, None).await {
+            // The child streams the workload (one 1,000-event batch in memory at a time); the
+            // workload's total size is reported to show the peak does not follow it.
+            results.insert(format!("peak_rss_kb_at_{size}"), measured.rss_kb);
+            results.insert(format!("workload_kb_at_{size}"), measured.workload_kb);
+            results.insert(
+                format!("disk_bytes_per_event_at_{size}"),
+                measured.disk_per_event,
+            );
+        }
+    }
+    // What one cached state costs: the largest size again with a 1,000-state cache; the
+    // difference in peak RSS over the difference in cached states (counted as sessions; the
+    // account streams they link are cached too and counted in).
+    let largest = sizes[sizes.len() - 1];
+    let small_cache = 1_000;
+    if let (Some(full), Some(small)) = (
+        results.get(&format!("peak_rss_kb_at_{largest}")).copied(),
+        footprint(largest, Some(small_cache)).await,
+    ) {
+        results.insert(
+            format!("peak_rss_kb_at_{largest}_cache_{small_cache}"),
+            small.rss_kb,
+        );
+        let cached = small
+            .sessions
+            .min(linkflow::config::DEFAULT_CACHE_SESSIONS as f64)
+            - small_cache as f64;
+        if cached > 0.0 {
+            results.insert(
+                "cache_bytes_per_session".into(),
+                (full - small.rss_kb) * 1024.0 / cached,
+            );
         }
     }
 

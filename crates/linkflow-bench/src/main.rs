@@ -29,6 +29,8 @@ pub struct Options {
     pub chart: Option<std::path::PathBuf>,
     /// Internal: measure peak RSS and disk use of one batch ingest in this process.
     pub footprint_child: bool,
+    /// Internal: the footprint child's session cache size (default: the engine's).
+    pub cache_sessions: Option<usize>,
     /// `--only`: a subset of the figures (for profiling).
     pub only: Option<Only>,
 }
@@ -50,6 +52,7 @@ fn parse_options() -> Result<Options, String> {
         scaling: false,
         chart: None,
         footprint_child: false,
+        cache_sessions: None,
         only: None,
     };
     let mut args = std::env::args().skip(1);
@@ -70,6 +73,14 @@ fn parse_options() -> Result<Options, String> {
             "--scaling" => options.scaling = true,
             "--chart" => options.chart = Some(args.next().ok_or("--chart needs a file")?.into()),
             "--footprint-child" => options.footprint_child = true,
+            "--cache-sessions" => {
+                let value = args.next().ok_or("--cache-sessions needs a number")?;
+                options.cache_sessions = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--cache-sessions: `{value}` is not a number"))?,
+                );
+            }
             "--only" => {
                 options.only = Some(match args.next().as_deref() {
                     Some("ingest") => Only::Ingest,
@@ -100,7 +111,7 @@ async fn main() {
         }
     };
     if options.footprint_child {
-        figures::footprint_child(options.events).await;
+        figures::footprint_child(options.events, options.cache_sessions).await;
         return;
     }
     let mut results: BTreeMap<String, f64> = BTreeMap::new();

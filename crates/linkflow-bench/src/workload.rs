@@ -322,11 +322,32 @@ fn knot_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
 }
 
 /// `events` deliveries (about) from `seed`, in delivery order.
+/// `events` deliveries of the workload for `seed`.
 pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
-    let mut rng = Rng::new(seed);
-    let mut deliveries = Vec::with_capacity(events + events / 20);
-    let mut session = 0usize;
-    while deliveries.len() < events {
+    Workload::new(seed).take(events).collect()
+}
+
+/// The workload as an endless stream, session by session: the footprint figure ingests from it
+/// without holding the whole workload in memory. `generate(n, seed)` is its first `n` items.
+pub struct Workload {
+    rng: Rng,
+    session: usize,
+    pending: std::collections::VecDeque<Delivery>,
+}
+
+impl Workload {
+    pub fn new(seed: u64) -> Self {
+        Workload {
+            rng: Rng::new(seed),
+            session: 0,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Queues the next session's deliveries.
+    fn next_session(&mut self) {
+        let rng = &mut self.rng;
+        let session = self.session;
         let start = BASE_MS + session as i64 * 1_000;
         let provider = match rng.below(10) {
             0..=5 => Provider::Moneykit,
@@ -334,9 +355,9 @@ pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
             _ => Provider::Knot,
         };
         let mut bodies = match provider {
-            Provider::Moneykit => moneykit_session(session, &mut rng, start),
-            Provider::Benji => benji_session(session, &mut rng, start),
-            Provider::Knot => knot_session(session, &mut rng, start),
+            Provider::Moneykit => moneykit_session(session, rng, start),
+            Provider::Benji => benji_session(session, rng, start),
+            Provider::Knot => knot_session(session, rng, start),
         };
         // About 5% out of order: a delivery swapped with the next one of its session.
         for index in 0..bodies.len().saturating_sub(1) {
@@ -358,23 +379,32 @@ pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
         for body in bodies {
             // About 2% duplicates: the same payload delivered twice.
             let duplicate = rng.percent(2);
-            deliveries.push(Delivery {
-                provider,
-                body: body.clone(),
-                session,
-            });
             if duplicate {
-                deliveries.push(Delivery {
+                self.pending.push_back(Delivery {
                     provider,
-                    body,
+                    body: body.clone(),
                     session,
                 });
             }
+            self.pending.push_back(Delivery {
+                provider,
+                body,
+                session,
+            });
         }
-        session += 1;
+        self.session += 1;
     }
-    deliveries.truncate(events);
-    deliveries
+}
+
+impl Iterator for Workload {
+    type Item = Delivery;
+
+    fn next(&mut self) -> Option<Delivery> {
+        while self.pending.is_empty() {
+            self.next_session();
+        }
+        self.pending.pop_front()
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +419,14 @@ mod tests {
         let b = generate(5_000, 7);
         assert_eq!(a.len(), 5_000);
         assert!(a.iter().zip(&b).all(|(x, y)| x.body == y.body));
+        let streamed: Vec<Delivery> = Workload::new(7).skip(4_000).take(1_000).collect();
+        assert!(
+            streamed
+                .iter()
+                .zip(&a[4_000..])
+                .all(|(x, y)| x.body == y.body),
+            "the stream is the same workload"
+        );
         let context = DecodeContext::received_at(Utc::now());
         for delivery in &a {
             decode(delivery.provider, &delivery.body, &context).unwrap();
