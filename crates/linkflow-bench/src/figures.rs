@@ -392,7 +392,25 @@ fn single_events(options: &Options) -> usize {
     }
 }
 
+/// Figure 2: 1, 8 and 64 concurrent durable writers of single events.
+async fn concurrent_figures(options: &Options, results: &mut BTreeMap<String, f64>) {
+    let single = single_events(options);
+    let single_deliveries = generate(single, SEED + 1);
+    let one = concurrent_single(1, &single_deliveries[..single.min(1_000)]).await;
+    let eight = concurrent_single(8, &single_deliveries).await;
+    let sixty_four = concurrent_single(64, &single_deliveries).await;
+    for (writers, (rate, p50, p99)) in [(1, one), (8, eight), (64, sixty_four)] {
+        results.insert(format!("writers_{writers}_events_per_s"), rate);
+        results.insert(format!("writers_{writers}_p50_us"), p50);
+        results.insert(format!("writers_{writers}_p99_us"), p99);
+    }
+    results.insert("writers_64_vs_1_ratio".into(), sixty_four.0 / one.0);
+}
+
 pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
+    if options.only == Some(Only::Writers) {
+        return concurrent_figures(options, results).await;
+    }
     let deliveries = generate(options.events, SEED);
     results.insert("events".into(), deliveries.len() as f64);
 
@@ -414,7 +432,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             crate::postgres::figures(options, &deliveries, &single_deliveries, results).await;
             return;
         }
-        None => {}
+        None | Some(Only::Writers) => {}
     }
 
     let (rebuild, folded) = cold_rebuild(engine_dir.path()).await;
@@ -427,17 +445,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         rebuild / scan,
     );
 
-    let single = single_events(options);
-    let single_deliveries = generate(single, SEED + 1);
-    let one = concurrent_single(1, &single_deliveries[..single.min(1_000)]).await;
-    let eight = concurrent_single(8, &single_deliveries).await;
-    let sixty_four = concurrent_single(64, &single_deliveries).await;
-    for (writers, (rate, p50, p99)) in [(1, one), (8, eight), (64, sixty_four)] {
-        results.insert(format!("writers_{writers}_events_per_s"), rate);
-        results.insert(format!("writers_{writers}_p50_us"), p50);
-        results.insert(format!("writers_{writers}_p99_us"), p99);
-    }
-    results.insert("writers_64_vs_1_ratio".into(), sixty_four.0 / one.0);
+    concurrent_figures(options, results).await;
 
     let (sessions_short, sessions_long) = if options.quick { (50, 5) } else { (400, 40) };
     let short = cache_miss_reads(10, sessions_short).await;
@@ -490,6 +498,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         }
     }
 
+    let single_deliveries = generate(single_events(options), SEED + 1);
     crate::postgres::figures(options, &deliveries, &single_deliveries, results).await;
 
     let http_events = if options.quick { 1_000 } else { 10_000 };

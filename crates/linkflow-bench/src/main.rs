@@ -42,6 +42,8 @@ pub enum Only {
     Ingest,
     /// `--only postgres`: figure 1 and figure 7 (needs `LINKFLOW_BENCH_PG`).
     Postgres,
+    /// `--only writers`: figure 2.
+    Writers,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -85,12 +87,13 @@ fn parse_options() -> Result<Options, String> {
                 options.only = Some(match args.next().as_deref() {
                     Some("ingest") => Only::Ingest,
                     Some("postgres") => Only::Postgres,
-                    _ => return Err("--only takes `ingest` (figure 1) or `postgres` (figures 1 and 7)".into()),
+                    Some("writers") => Only::Writers,
+                    _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|postgres"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|writers|postgres"
                 ))
             }
         }
