@@ -75,6 +75,7 @@ macro_rules! conformance_tests {
             events_by_stream_come_in_stream_then_version_order,
             an_expect_guard_fails_when_the_version_or_parked_list_moved,
             read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits,
+            a_long_stream_dedupes_every_key_across_many_commits,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -776,4 +777,103 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
         None,
         "a key that was not asked about"
     );
+}
+
+/// A stream of a few hundred events, appended over many commits of different sizes with some
+/// events parked first and accepted commits later, still recognises every key: each redelivery
+/// is a duplicate pointing at where its first delivery went, before and after a reopen. (The
+/// sled backend moves a stream's dedupe entries out of its list past 64; this crosses that
+/// several times, with parked entries on both sides.)
+pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let a = stream("long");
+    let other = stream("long-other");
+    let mut next = 1u64;
+    let mut held: Vec<NewEvent> = Vec::new();
+    let mut commit_size = 1;
+    while next <= 300 {
+        let mut ops = Vec::new();
+        for _ in 0..commit_size {
+            if next > 300 {
+                break;
+            }
+            let new = event(next);
+            if next % 17 == 0 {
+                held.push(new.clone());
+                ops.push(park(&a, new));
+            } else {
+                ops.push(append(&a, ExpectedVersion::Any, new));
+            }
+            next += 1;
+        }
+        // Accept the events parked two or more commits ago.
+        if held.len() > 2 {
+            for late in held.drain(..held.len() - 2) {
+                ops.push(Op::Append {
+                    stream: a.clone(),
+                    expected: ExpectedVersion::Any,
+                    accepted_at: late.received_at,
+                    event: late,
+                    from_parked: true,
+                });
+            }
+        }
+        ops.push(append(&other, ExpectedVersion::Any, event(10_000 + next)));
+        store.commit(ops).unwrap();
+        commit_size = commit_size % 7 + 1;
+    }
+    let check = |store: &H::Store| {
+        let mut where_went = std::collections::HashMap::new();
+        for stored in store.read_stream(&a, Version(0), 1_000).unwrap() {
+            where_went.insert(
+                stored.data.dedupe_key,
+                DedupeHit::Accepted {
+                    stream: a.clone(),
+                    version: stored.version,
+                    position: stored.position,
+                },
+            );
+        }
+        let parked = store.parked(Some(&a)).unwrap();
+        assert_eq!(
+            parked.len(),
+            held.len(),
+            "the last parked events are still parked"
+        );
+        for entry in &parked {
+            where_went.insert(
+                entry.data.dedupe_key,
+                DedupeHit::Parked {
+                    stream: a.clone(),
+                    event_id: entry.data.event_id,
+                },
+            );
+        }
+        assert_eq!(where_went.len(), 300);
+        let head = store.head().unwrap();
+        for n in 1..=300 {
+            let key = event(n).dedupe_key;
+            let original = where_went[&key].clone();
+            assert_eq!(store.find_dedupe(&a, &key).unwrap(), Some(original.clone()));
+            let outcomes = store
+                .commit(vec![append(&a, ExpectedVersion::Any, event(n))])
+                .unwrap();
+            assert_eq!(
+                outcomes,
+                vec![OpOutcome::Duplicate { original }],
+                "event {n}"
+            );
+        }
+        assert_eq!(store.head().unwrap(), head, "redeliveries wrote nothing");
+        assert_eq!(
+            store.find_dedupe(&other, &event(1).dedupe_key).unwrap(),
+            None,
+            "keys stay scoped to their stream"
+        );
+        assert_clean(store);
+    };
+    check(&store);
+    drop(store);
+    check(&harness.open());
 }

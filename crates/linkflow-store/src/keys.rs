@@ -5,6 +5,7 @@
 //! |--------|----------------------------------------------|------------------------------------|
 //! | `S`    | `S` len:u16 session version:u64              | event record                       |
 //! | `G`    | `G` first position:u64                       | the commit's runs (see below)      |
+//! | `K`    | `K` len:u16 session                          | the stream's dedupe list           |
 //! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
 //! | `P`    | `P` len:u16 session event id (16 bytes)      | parked record                      |
 //! | `N`    | `N` len:u16 session                          | snapshot record                    |
@@ -18,9 +19,12 @@
 //! first-version:u64 events:u32. The positions of the runs follow each other from the key's
 //! first position.
 //!
-//! Dedupe entries live under their session, so the entries of the sessions a commit touches
-//! share leaves. A target is `A` version:u64 position:u64 (accepted) or `P` event-id:16
-//! (parked).
+//! | `M`    | `Mlayout`                                    | layout version: u32                |
+//!
+//! A stream's dedupe entries are one `K` value (see `dedupe_list.rs`) of up to 64
+//! entries; older entries of a long stream, and every entry of a store written before the `K`
+//! lists (one without the `Mlayout` key), are `D` keys, one per entry. A `D` target is `A`
+//! version:u64 position:u64 (accepted) or `P` event-id:16 (parked).
 
 use linkflow_core::{Position, SessionId, Version};
 use uuid::Uuid;
@@ -34,6 +38,13 @@ pub(crate) const GLOBAL: u8 = b'G';
 pub(crate) const DEDUPE: u8 = b'D';
 pub(crate) const PARKED: u8 = b'P';
 pub(crate) const SNAPSHOT: u8 = b'N';
+pub(crate) const LIST: u8 = b'K';
+
+/// The key holding the layout version. Stores created before it existed have none and keep
+/// every dedupe entry under a `D` key.
+pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
+/// Layout 2: dedupe lists under `K` keys.
+pub(crate) const LAYOUT_LISTS: u32 = 2;
 
 /// `tag len session`: the prefix of every key of one session under `tag`.
 pub(crate) fn session_prefix(tag: u8, session: &SessionId) -> Vec<u8> {
@@ -73,6 +84,10 @@ pub(crate) fn parked_key(session: &SessionId, event_id: Uuid) -> Vec<u8> {
 
 pub(crate) fn snapshot_key(session: &SessionId) -> Vec<u8> {
     session_prefix(SNAPSHOT, session)
+}
+
+pub(crate) fn list_key(session: &SessionId) -> Vec<u8> {
+    session_prefix(LIST, session)
 }
 
 /// One stream's events in one commit: `events` consecutive versions from `first_version`,
@@ -229,6 +244,15 @@ pub(crate) fn parse_snapshot_key(key: &[u8]) -> Result<SessionId, CorruptRecord>
     Ok(session)
 }
 
+/// Splits a `K` key into its session.
+pub(crate) fn parse_list_key(key: &[u8]) -> Result<SessionId, CorruptRecord> {
+    let (session, rest) = read_session("dedupe list key", key.get(1..).unwrap_or_default())?;
+    if !rest.is_empty() {
+        return Err(CorruptRecord::new("dedupe list key", "trailing bytes"));
+    }
+    Ok(session)
+}
+
 /// Splits a `P` key into its session and event id.
 pub(crate) fn parse_parked_key(key: &[u8]) -> Result<(SessionId, Uuid), CorruptRecord> {
     let (session, rest) = read_session("parked key", key.get(1..).unwrap_or_default())?;
@@ -309,6 +333,7 @@ mod tests {
             let _ = parse_event_key(bytes);
             let _ = parse_parked_key(bytes);
             let _ = parse_snapshot_key(bytes);
+            let _ = parse_list_key(bytes);
         }
         assert!(parse_runs(Position(1), &[0, 0, 0, 1, 0, 9, b'a']).is_err());
     }

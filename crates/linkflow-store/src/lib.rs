@@ -11,13 +11,15 @@
 //!   and positions), shared by every backend so that they agree.
 //! - [`record`]: what is stored (events, parked events, snapshots) and its checksummed,
 //!   versioned encoding with upcasters.
-//! - `keys`: the sled key layout (see `docs/storage.md`).
+//! - `keys`: the sled key layout (see `docs/storage.md`); `dedupe_list`: a stream's dedupe
+//!   entries in one value.
 //! - [`sled_store`]: the sled backend; `verify`: its consistency walk.
 //! - [`error`]: [`StoreError`] and [`CorruptRecord`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod binary;
+mod dedupe_list;
 pub mod error;
 mod keys;
 pub mod plan;

@@ -1,5 +1,6 @@
 //! The embedded default backend: one sled tree, one `sled::Batch` per commit, and a real fsync.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use linkflow_core::{Position, SessionId, Version};
 
+use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
 use crate::error::{CorruptRecord, StoreError};
 use crate::keys::{self, Run};
 use crate::plan::{plan_commit, CommitReads};
@@ -47,6 +49,8 @@ pub struct SledStore {
     /// Serializes commits: versions and positions are assigned and applied in one critical
     /// section, so the global order on disk is the order positions were handed out.
     writer: Mutex<WriterState>,
+    /// A store written before dedupe lists: every stream may have `D` entries.
+    legacy_dedupe: bool,
 }
 
 struct WriterState {
@@ -104,11 +108,31 @@ impl SledStore {
             }
             None => Position::START,
         };
+        let legacy_dedupe = match db.get(keys::LAYOUT_KEY)? {
+            Some(value) if *value == keys::LAYOUT_LISTS.to_be_bytes() => false,
+            Some(value) => {
+                return Err(StoreError::Corrupt(CorruptRecord::new(
+                    "layout key",
+                    format!(
+                        "unknown layout {value:?}; this linkflow reads layout {} (a newer linkflow wrote this store?)",
+                        keys::LAYOUT_LISTS
+                    ),
+                )))
+            }
+            None if db.is_empty() => {
+                // A new store: dedupe lists from the start. The marker is the first write in
+                // sled's log, so any later commit that survives a crash implies it did.
+                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_LISTS.to_be_bytes())?;
+                false
+            }
+            None => true,
+        };
         Ok(SledStore {
             db,
             path,
             db_file,
             writer: Mutex::new(WriterState { head }),
+            legacy_dedupe,
         })
     }
 
@@ -150,6 +174,38 @@ impl SledStore {
         Ok(self.db.get(key)?.map(|value| value.to_vec()))
     }
 
+    /// The stream's dedupe list, if it has one.
+    fn dedupe_list(&self, stream: &SessionId) -> Result<Option<DedupeList>, StoreError> {
+        match self.db.get(keys::list_key(stream))? {
+            Some(value) => Ok(Some(DedupeList::decode(stream, &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// True when a key missing from the stream's list may be a `D` key.
+    fn may_have_d_entries(&self, list: Option<&DedupeList>) -> bool {
+        self.legacy_dedupe || list.is_some_and(|list| list.spilled)
+    }
+
+    /// Where `key` of `stream` went, given the stream's list.
+    fn lookup(
+        &self,
+        stream: &SessionId,
+        list: Option<&DedupeList>,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        if let Some(target) = list.and_then(|list| list.find(key)) {
+            return Ok(Some(target.hit(stream)));
+        }
+        if !self.may_have_d_entries(list) {
+            return Ok(None);
+        }
+        match self.db.get(keys::dedupe_key(stream, key))? {
+            Some(value) => Ok(Some(keys::parse_dedupe_value(stream, key, &value)?)),
+            None => Ok(None),
+        }
+    }
+
     fn sync_blobs(&self) -> Result<(), StoreError> {
         let blobs = self.path.join("blobs");
         let entries = match std::fs::read_dir(&blobs) {
@@ -177,9 +233,28 @@ impl SledStore {
     }
 }
 
-/// The stored log as a commit in progress reads it.
+/// A dedupe entry a commit adds (or moves from parked to accepted).
+struct NewEntry {
+    key: DedupeKey,
+    target: Target,
+    from_parked: bool,
+}
+
+/// The stored log as a commit in progress reads it. Each stream's dedupe list is read once
+/// and kept for the commit's writes.
 struct SledReads<'a> {
     store: &'a SledStore,
+    lists: HashMap<SessionId, Option<DedupeList>>,
+}
+
+impl SledReads<'_> {
+    fn list(&mut self, stream: &SessionId) -> Result<Option<&DedupeList>, StoreError> {
+        if !self.lists.contains_key(stream) {
+            let list = self.store.dedupe_list(stream)?;
+            self.lists.insert(stream.clone(), list);
+        }
+        Ok(self.lists.get(stream).and_then(Option::as_ref))
+    }
 }
 
 impl CommitReads for SledReads<'_> {
@@ -192,7 +267,9 @@ impl CommitReads for SledReads<'_> {
         stream: &SessionId,
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError> {
-        self.store.find_dedupe(stream, key)
+        let store = self.store;
+        let list = self.list(stream)?;
+        store.lookup(stream, list, key)
     }
 
     fn parked_count(&mut self, stream: &SessionId) -> Result<usize, StoreError> {
@@ -208,17 +285,33 @@ impl CommitReads for SledReads<'_> {
 impl EventStore for SledStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
         let mut writer = self.writer();
-        let plan = plan_commit(ops, writer.head, &mut SledReads { store: self })?;
+        let mut reads = SledReads {
+            store: self,
+            lists: HashMap::new(),
+        };
+        let plan = plan_commit(ops, writer.head, &mut reads)?;
         let mut batch = sled::Batch::default();
+        // New dedupe entries, stream by stream in order of first appearance.
+        let mut entries: Vec<(SessionId, Vec<NewEntry>)> = Vec::new();
+        let mut add_entry = |stream: &SessionId, entry: NewEntry| match entries
+            .iter_mut()
+            .find(|(known, _)| known == stream)
+        {
+            Some((_, list)) => list.push(entry),
+            None => entries.push((stream.clone(), vec![entry])),
+        };
         for park in &plan.parked {
-            let hit = DedupeHit::Parked {
-                stream: park.stream.clone(),
+            batch.insert(keys::parked_key(&park.stream, park.event_id), &*park.record);
+            let target = Target::Parked {
                 event_id: park.event_id,
             };
-            batch.insert(keys::parked_key(&park.stream, park.event_id), &*park.record);
-            batch.insert(
-                keys::dedupe_key(&park.stream, &park.dedupe_key),
-                keys::dedupe_value(&hit),
+            add_entry(
+                &park.stream,
+                NewEntry {
+                    key: park.dedupe_key,
+                    target,
+                    from_parked: false,
+                },
             );
         }
         // One run per stream of consecutive positions, one global index key per commit.
@@ -227,18 +320,21 @@ impl EventStore for SledStore {
             if event.from_parked {
                 batch.remove(keys::parked_key(&event.stream, event.event_id));
             }
-            let hit = DedupeHit::Accepted {
-                stream: event.stream.clone(),
-                version: event.version,
-                position: event.position,
-            };
             batch.insert(
                 keys::event_key(&event.stream, event.version),
                 &*event.record,
             );
-            batch.insert(
-                keys::dedupe_key(&event.stream, &event.dedupe_key),
-                keys::dedupe_value(&hit),
+            let target = Target::Accepted {
+                version: event.version,
+                position: event.position,
+            };
+            add_entry(
+                &event.stream,
+                NewEntry {
+                    key: event.dedupe_key,
+                    target,
+                    from_parked: event.from_parked,
+                },
             );
             match runs.last_mut() {
                 Some(run) if run.stream == event.stream => run.events += 1,
@@ -254,6 +350,35 @@ impl EventStore for SledStore {
         }
         for snapshot in &plan.snapshots {
             batch.insert(keys::snapshot_key(&snapshot.stream), &*snapshot.record);
+        }
+        for (stream, new_entries) in entries {
+            let mut list = reads.list(&stream)?.cloned().unwrap_or_default();
+            for NewEntry {
+                key,
+                target,
+                from_parked,
+            } in new_entries
+            {
+                // An accepted parked event replaces its parked entry where that lives.
+                if from_parked && !list.holds(&key) && self.may_have_d_entries(Some(&list)) {
+                    batch.insert(
+                        keys::dedupe_key(&stream, &key),
+                        keys::dedupe_value(&target.hit(&stream)),
+                    );
+                } else {
+                    list.set(key, target);
+                }
+            }
+            if list.entries.len() > LIST_MAX {
+                for (key, target) in list.entries.drain(..) {
+                    batch.insert(
+                        keys::dedupe_key(&stream, &key),
+                        keys::dedupe_value(&target.hit(&stream)),
+                    );
+                }
+                list.spilled = true;
+            }
+            batch.insert(keys::list_key(&stream), list.encode());
         }
         self.db.apply_batch(batch)?;
         writer.head = plan.head;
@@ -362,10 +487,8 @@ impl EventStore for SledStore {
         stream: &SessionId,
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError> {
-        match self.db.get(keys::dedupe_key(stream, key))? {
-            Some(value) => Ok(Some(keys::parse_dedupe_value(stream, key, &value)?)),
-            None => Ok(None),
-        }
+        let list = self.dedupe_list(stream)?;
+        self.lookup(stream, list.as_ref(), key)
     }
 
     fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
@@ -424,6 +547,247 @@ impl EventStore for SledStore {
     }
 
     fn verify(&self) -> Result<VerifyReport, StoreError> {
-        crate::verify::verify_sled(&self.db, self.head()?)
+        crate::verify::verify_sled(&self.db, self.head()?, self.legacy_dedupe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use linkflow_core::{Event, EventBody, EventKind, Provider};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::record::{NewEvent, RawJson};
+    use crate::store::ExpectedVersion;
+
+    fn stream(id: &str) -> SessionId {
+        SessionId::new(id).unwrap()
+    }
+
+    fn event(n: u64) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            dedupe_key: DedupeKey::derive(&[b"sled", &n.to_be_bytes()]),
+            provider: Provider::Moneykit,
+            body: EventBody::Session(Event::new(EventKind::ScreenChanged)),
+            raw_name: Some("change_screen".into()),
+            raw: Some(RawJson::from_string(format!("{{\"n\": {n}}}")).unwrap()),
+            received_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+        }
+    }
+
+    fn append(stream: &SessionId, event: NewEvent, from_parked: bool) -> Op {
+        Op::Append {
+            stream: stream.clone(),
+            expected: ExpectedVersion::Any,
+            accepted_at: event.received_at,
+            event,
+            from_parked,
+        }
+    }
+
+    fn park(stream: &SessionId, event: NewEvent) -> Op {
+        Op::Park(ParkedEvent {
+            stream: stream.clone(),
+            reason: "test".into(),
+            parked_at: event.received_at,
+            data: event,
+        })
+    }
+
+    fn d_keys(store: &SledStore, stream: &SessionId) -> usize {
+        store
+            .db
+            .scan_prefix(keys::session_prefix(keys::DEDUPE, stream))
+            .count()
+    }
+
+    fn problems(store: &SledStore) -> Vec<String> {
+        let report = store.verify().unwrap();
+        report
+            .problems
+            .iter()
+            .map(|problem| format!("{}: {}", problem.record, problem.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_short_stream_keeps_its_entries_in_one_list_and_a_long_one_spills_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = stream("a");
+        let ops = (1..=LIST_MAX as u64)
+            .map(|n| append(&a, event(n), false))
+            .collect();
+        store.commit(ops).unwrap();
+        assert_eq!(d_keys(&store, &a), 0);
+        let list = store.dedupe_list(&a).unwrap().unwrap();
+        assert_eq!((list.entries.len(), list.spilled), (LIST_MAX, false));
+
+        store.commit(vec![append(&a, event(1_000), false)]).unwrap();
+        assert_eq!(d_keys(&store, &a), LIST_MAX + 1);
+        let list = store.dedupe_list(&a).unwrap().unwrap();
+        assert_eq!((list.entries.len(), list.spilled), (0, true));
+        store.commit(vec![append(&a, event(1_001), false)]).unwrap();
+        assert_eq!(store.dedupe_list(&a).unwrap().unwrap().entries.len(), 1);
+        for n in (1..=LIST_MAX as u64).chain([1_000, 1_001]) {
+            assert!(store
+                .find_dedupe(&a, &event(n).dedupe_key)
+                .unwrap()
+                .is_some());
+        }
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+    }
+
+    #[test]
+    fn a_parked_entry_spilled_before_its_event_is_accepted_moves_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = stream("a");
+        let late = event(0);
+        store.commit(vec![park(&a, late.clone())]).unwrap();
+        let ops = (1..=LIST_MAX as u64)
+            .map(|n| append(&a, event(n), false))
+            .collect();
+        store.commit(ops).unwrap();
+        assert!(store.dedupe_list(&a).unwrap().unwrap().spilled);
+        let outcomes = store.commit(vec![append(&a, late.clone(), true)]).unwrap();
+        let OpOutcome::Appended { version, position } = outcomes[0] else {
+            panic!("accepted: {outcomes:?}");
+        };
+        assert_eq!(
+            store.find_dedupe(&a, &late.dedupe_key).unwrap(),
+            Some(DedupeHit::Accepted {
+                stream: a.clone(),
+                version,
+                position
+            })
+        );
+        assert!(
+            !store
+                .dedupe_list(&a)
+                .unwrap()
+                .unwrap()
+                .holds(&late.dedupe_key),
+            "the entry stays where it lives: one entry per key"
+        );
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+    }
+
+    #[test]
+    fn a_store_written_before_dedupe_lists_is_read_and_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = stream("a");
+        let late = event(3);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .commit(vec![
+                    append(&a, event(1), false),
+                    append(&a, event(2), false),
+                    park(&a, late.clone()),
+                ])
+                .unwrap();
+            // Rewrite it as the first layout stored it: one `D` key per entry, no lists, no
+            // layout key.
+            for entry in store.db.scan_prefix([keys::LIST]) {
+                let (key, value) = entry.unwrap();
+                let session = keys::parse_list_key(&key).unwrap();
+                for (dedupe, target) in DedupeList::decode(&session, &value).unwrap().entries {
+                    store
+                        .db
+                        .insert(
+                            keys::dedupe_key(&session, &dedupe),
+                            keys::dedupe_value(&target.hit(&session)),
+                        )
+                        .unwrap();
+                }
+                store.db.remove(key).unwrap();
+            }
+            store.db.remove(keys::LAYOUT_KEY).unwrap();
+            store.sync().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.legacy_dedupe);
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        let outcomes = store
+            .commit(vec![
+                append(&a, event(1), false),
+                append(&a, late.clone(), true),
+                append(&a, event(4), false),
+            ])
+            .unwrap();
+        assert!(matches!(outcomes[0], OpOutcome::Duplicate { .. }));
+        assert!(matches!(outcomes[1], OpOutcome::Appended { .. }));
+        assert!(matches!(outcomes[2], OpOutcome::Appended { .. }));
+        assert!(matches!(
+            store.find_dedupe(&a, &late.dedupe_key).unwrap(),
+            Some(DedupeHit::Accepted { .. })
+        ));
+        let duplicate = store.commit(vec![append(&a, event(4), false)]).unwrap();
+        assert!(matches!(duplicate[0], OpOutcome::Duplicate { .. }));
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        drop(store);
+        assert!(
+            SledStore::open(dir.path()).unwrap().legacy_dedupe,
+            "an old store stays readable as one"
+        );
+    }
+
+    #[test]
+    fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = stream("sess-a");
+        let b = stream("sess-b");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .commit(vec![
+                    append(&a, event(1), false),
+                    append(&b, event(2), false),
+                ])
+                .unwrap();
+            store.db.insert(keys::list_key(&a), &[0, 1, 2][..]).unwrap();
+            // A `D` key in a stream whose list is not spilled is never read by lookups.
+            let stray = DedupeHit::Accepted {
+                stream: b.clone(),
+                version: Version(1),
+                position: Position(2),
+            };
+            store
+                .db
+                .insert(
+                    keys::dedupe_key(&b, &event(9).dedupe_key),
+                    keys::dedupe_value(&stray),
+                )
+                .unwrap();
+            let error = store.find_dedupe(&a, &event(1).dedupe_key).unwrap_err();
+            assert!(matches!(error, StoreError::Corrupt(_)));
+            assert!(
+                error.to_string().contains("dedupe list of `sess-a`"),
+                "{error}"
+            );
+            let error = store.commit(vec![append(&a, event(5), false)]).unwrap_err();
+            assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+            let found = problems(&store);
+            assert!(
+                found.iter().any(|p| p.contains("dedupe list of `sess-a`")),
+                "{found:?}"
+            );
+            assert!(
+                found.iter().any(|p| p.contains("not marked spilled")),
+                "{found:?}"
+            );
+            store
+                .db
+                .insert(keys::LAYOUT_KEY, &[0, 0, 0, 9][..])
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let error = SledStore::open(dir.path())
+            .err()
+            .expect("an unknown layout is refused");
+        assert!(error.to_string().contains("unknown layout"), "{error}");
     }
 }

@@ -4,21 +4,69 @@ use std::collections::HashMap;
 
 use linkflow_core::{Position, SessionId, Version};
 
+use crate::dedupe_list::DedupeList;
 use crate::keys;
 use crate::record::{upcast_event, upcast_parked, upcast_snapshot};
 use crate::store::{DedupeHit, VerifyReport};
-use crate::StoreError;
+use crate::{CorruptRecord, DedupeKey, StoreError};
+
+/// Dedupe lookups as the store does them, reading each stream's list once.
+struct Lookup<'a> {
+    db: &'a sled::Db,
+    legacy: bool,
+    list: Option<(SessionId, Option<DedupeList>)>,
+}
+
+impl Lookup<'_> {
+    fn find(
+        &mut self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Result<Option<DedupeHit>, CorruptRecord>, StoreError> {
+        if self.list.as_ref().is_none_or(|(known, _)| known != stream) {
+            let list = match self.db.get(keys::list_key(stream))? {
+                Some(value) => match DedupeList::decode(stream, &value) {
+                    Ok(list) => Some(list),
+                    Err(error) => return Ok(Err(error)),
+                },
+                None => None,
+            };
+            self.list = Some((stream.clone(), list));
+        }
+        let list = self.list.as_ref().and_then(|(_, list)| list.as_ref());
+        if let Some(target) = list.and_then(|list| list.find(key)) {
+            return Ok(Ok(Some(target.hit(stream))));
+        }
+        if !self.legacy && !list.is_some_and(|list| list.spilled) {
+            return Ok(Ok(None));
+        }
+        Ok(match self.db.get(keys::dedupe_key(stream, key))? {
+            Some(value) => keys::parse_dedupe_value(stream, key, &value).map(Some),
+            None => Ok(None),
+        })
+    }
+}
 
 /// Walks every key family and cross-checks them:
 /// - the global index's commits tile positions 1..=head with no gap or overlap, and every
 ///   position they name holds an event record that names the same position;
 /// - every stream holds versions 1..=n with no gap; every record decodes (checksum included),
 ///   matches its key, and has a dedupe entry pointing back at it;
-/// - every dedupe entry points at an existing event or parked record;
+/// - every dedupe entry (in a stream's list or under a `D` key) points at an existing event or
+///   parked record, and `D` entries of a store with lists belong to spilled lists;
 /// - every parked record decodes and its dedupe entry points back at it;
 /// - every snapshot decodes and is not ahead of its stream.
-pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport, StoreError> {
+pub(crate) fn verify_sled(
+    db: &sled::Db,
+    head: Position,
+    legacy: bool,
+) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
+    let mut lookup = Lookup {
+        db,
+        legacy,
+        list: None,
+    };
 
     // Global index.
     let mut next = Position(1);
@@ -124,16 +172,15 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
             );
         }
         let key = event.data.dedupe_key;
-        match db.get(keys::dedupe_key(&session, &key))? {
-            Some(value) => match keys::parse_dedupe_value(&session, &key, &value) {
-                Ok(DedupeHit::Accepted { position, .. }) if position == event.position => {}
-                Ok(other) => report.problem(
-                    &what,
-                    format!("its dedupe entry points elsewhere: {other:?}"),
-                ),
-                Err(error) => report.problems.push(error.into()),
-            },
-            None => report.problem(&what, format!("no dedupe entry for key {key}")),
+        match lookup.find(&session, &key)? {
+            Ok(Some(DedupeHit::Accepted { position, .. })) if position == event.position => {}
+            Ok(Some(other)) => report.problem(
+                &what,
+                format!("its dedupe entry points elsewhere: {other:?}"),
+            ),
+            Ok(None) => report.problem(&what, format!("no dedupe entry for key {key}")),
+            // Reported once, by the walk of the lists below.
+            Err(_) => {}
         }
     }
     if report.events != head.0 {
@@ -146,7 +193,32 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
         );
     }
 
-    // Dedupe entries.
+    // Dedupe lists.
+    let mut spilled: HashMap<SessionId, bool> = HashMap::new();
+    for entry in db.scan_prefix([keys::LIST]) {
+        let (key, value) = entry?;
+        let session = match keys::parse_list_key(&key) {
+            Ok(session) => session,
+            Err(error) => {
+                report.problems.push(error.into());
+                continue;
+            }
+        };
+        let list = match DedupeList::decode(&session, &value) {
+            Ok(list) => list,
+            Err(error) => {
+                report.problems.push(error.into());
+                continue;
+            }
+        };
+        spilled.insert(session.clone(), list.spilled);
+        for (dedupe, target) in list.entries {
+            let what = format!("dedupe entry {dedupe} of `{session}` (in its list)");
+            check_target(db, &mut report, &what, &target.hit(&session))?;
+        }
+    }
+
+    // Dedupe entries under `D` keys.
     for entry in db.scan_prefix([keys::DEDUPE]) {
         let (key, value) = entry?;
         let (session, dedupe) = match keys::parse_dedupe_key(&key) {
@@ -157,26 +229,14 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
             }
         };
         let what = format!("dedupe entry {dedupe} of `{session}`");
+        if !legacy && spilled.get(&session) != Some(&true) {
+            report.problem(
+                &what,
+                "is a `D` key, but the stream's dedupe list is not marked spilled: lookups never read it",
+            );
+        }
         match keys::parse_dedupe_value(&session, &dedupe, &value) {
-            Ok(DedupeHit::Accepted { version, .. }) => {
-                if db.get(keys::event_key(&session, version))?.is_none() {
-                    report.problem(
-                        &what,
-                        format!(
-                            "points at {} which does not exist",
-                            keys::describe_event(&session, version)
-                        ),
-                    );
-                }
-            }
-            Ok(DedupeHit::Parked { event_id, .. }) => {
-                if db.get(keys::parked_key(&session, event_id))?.is_none() {
-                    report.problem(
-                        &what,
-                        format!("points at parked event {event_id}, which does not exist"),
-                    );
-                }
-            }
+            Ok(hit) => check_target(db, &mut report, &what, &hit)?,
             Err(error) => report.problems.push(error.into()),
         }
     }
@@ -196,13 +256,10 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
         match upcast_parked(&what, &bytes) {
             Ok(parked) => {
                 let key = parked.data.dedupe_key;
-                let points_back = match db.get(keys::dedupe_key(&session, &key))? {
-                    Some(value) => matches!(
-                        keys::parse_dedupe_value(&session, &key, &value),
-                        Ok(DedupeHit::Parked { event_id: id, .. }) if id == event_id
-                    ),
-                    None => false,
-                };
+                let points_back = matches!(
+                    lookup.find(&session, &key)?,
+                    Ok(Some(DedupeHit::Parked { event_id: id, .. })) if id == event_id
+                );
                 if !points_back {
                     report.problem(&what, "its dedupe entry does not point back at it");
                 }
@@ -240,4 +297,47 @@ pub(crate) fn verify_sled(db: &sled::Db, head: Position) -> Result<VerifyReport,
         }
     }
     Ok(report)
+}
+
+/// Reports a dedupe entry that points at nothing, or at an event with another position.
+fn check_target(
+    db: &sled::Db,
+    report: &mut VerifyReport,
+    what: &str,
+    hit: &DedupeHit,
+) -> Result<(), StoreError> {
+    match hit {
+        DedupeHit::Accepted {
+            stream,
+            version,
+            position,
+        } => {
+            let record = keys::describe_event(stream, *version);
+            match db.get(keys::event_key(stream, *version))? {
+                None => report.problem(what, format!("points at {record}, which does not exist")),
+                Some(bytes) => {
+                    if let Ok(event) = upcast_event(&record, &bytes) {
+                        if event.position != *position {
+                            report.problem(
+                                what,
+                                format!(
+                                    "says position {position}, {record} is at {}",
+                                    event.position
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        DedupeHit::Parked { stream, event_id } => {
+            if db.get(keys::parked_key(stream, *event_id))?.is_none() {
+                report.problem(
+                    what,
+                    format!("points at parked event {event_id}, which does not exist"),
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,275 @@
+//! The sled backend's per-stream dedupe list: a stream's dedupe entries in one value under its
+//! `K` key, rewritten by each commit that adds to it, instead of one `D` key per event.
+//!
+//! A commit of a session's events then writes one dedupe value per stream it touches, not one
+//! per event, and finds every key it checks for that stream in one read. A list holds at most
+//! [`LIST_MAX`] entries: when a commit would take it past that, its entries move to `D` keys
+//! (one per entry, as in the first layout) and the list starts again empty, marked *spilled*,
+//! so that a lookup that misses it knows to try the `D` key. Long streams therefore pay the
+//! first layout's cost, and no commit rewrites more than [`LIST_MAX`] entries.
+//!
+//! ```text
+//! list  = u8(flags: bit 0 = spilled) entry*
+//! entry = [16](dedupe key) ( 'A' varint(version) varint(position) | 'P' [16](event id) )
+//! ```
+
+use linkflow_core::{DedupeKey, Position, SessionId, Version};
+use uuid::Uuid;
+
+use crate::error::CorruptRecord;
+use crate::store::DedupeHit;
+
+/// The most entries a list holds before they move to `D` keys.
+pub(crate) const LIST_MAX: usize = 64;
+
+const SPILLED: u8 = 1;
+const ACCEPTED: u8 = b'A';
+const PARKED: u8 = b'P';
+
+/// Where a dedupe key's first delivery went, without the stream (the list's key names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Accepted {
+        version: Version,
+        position: Position,
+    },
+    Parked {
+        event_id: Uuid,
+    },
+}
+
+impl Target {
+    pub fn hit(self, stream: &SessionId) -> DedupeHit {
+        match self {
+            Target::Accepted { version, position } => DedupeHit::Accepted {
+                stream: stream.clone(),
+                version,
+                position,
+            },
+            Target::Parked { event_id } => DedupeHit::Parked {
+                stream: stream.clone(),
+                event_id,
+            },
+        }
+    }
+}
+
+/// One stream's list, decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DedupeList {
+    /// Older entries of the stream are `D` keys.
+    pub spilled: bool,
+    pub entries: Vec<(DedupeKey, Target)>,
+}
+
+impl DedupeList {
+    pub fn find(&self, key: &DedupeKey) -> Option<Target> {
+        self.entries
+            .iter()
+            .find(|(entry, _)| entry == key)
+            .map(|(_, target)| *target)
+    }
+
+    /// Points `key` at `target`: replaces its entry if the list holds it, else adds one.
+    pub fn set(&mut self, key: DedupeKey, target: Target) {
+        match self.entries.iter_mut().find(|(entry, _)| *entry == key) {
+            Some(entry) => entry.1 = target,
+            None => self.entries.push((key, target)),
+        }
+    }
+
+    pub fn holds(&self, key: &DedupeKey) -> bool {
+        self.entries.iter().any(|(entry, _)| entry == key)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(1 + self.entries.len() * 24);
+        value.push(if self.spilled { SPILLED } else { 0 });
+        for (key, target) in &self.entries {
+            value.extend_from_slice(key.as_bytes());
+            match target {
+                Target::Accepted { version, position } => {
+                    value.push(ACCEPTED);
+                    varint(&mut value, version.0);
+                    varint(&mut value, position.0);
+                }
+                Target::Parked { event_id } => {
+                    value.push(PARKED);
+                    value.extend_from_slice(event_id.as_bytes());
+                }
+            }
+        }
+        value
+    }
+
+    /// Decodes the list of `stream`.
+    pub fn decode(stream: &SessionId, value: &[u8]) -> Result<DedupeList, CorruptRecord> {
+        let what = format!("dedupe list of `{stream}`");
+        let bad = |at: usize, reason: &str| {
+            CorruptRecord::new(&what, format!("{reason} at byte {at} of {}", value.len()))
+        };
+        let (&flags, mut rest) = value.split_first().ok_or_else(|| bad(0, "empty value"))?;
+        if flags & !SPILLED != 0 {
+            return Err(bad(0, &format!("unknown flags {flags:#04x}")));
+        }
+        let mut entries = Vec::new();
+        while !rest.is_empty() {
+            let at = value.len() - rest.len();
+            if rest.len() < 17 {
+                return Err(bad(at, "truncated entry"));
+            }
+            let key: [u8; 16] = rest[..16].try_into().expect("16 bytes were checked");
+            let tag = rest[16];
+            rest = &rest[17..];
+            let target = match tag {
+                ACCEPTED => {
+                    let version = read_varint(&mut rest).ok_or_else(|| bad(at, "bad version"))?;
+                    let position = read_varint(&mut rest).ok_or_else(|| bad(at, "bad position"))?;
+                    if version == 0 || position == 0 {
+                        return Err(bad(at, "version or position 0"));
+                    }
+                    Target::Accepted {
+                        version: Version(version),
+                        position: Position(position),
+                    }
+                }
+                PARKED => {
+                    let id: [u8; 16] = rest
+                        .get(..16)
+                        .and_then(|bytes| bytes.try_into().ok())
+                        .ok_or_else(|| bad(at, "truncated event id"))?;
+                    rest = &rest[16..];
+                    Target::Parked {
+                        event_id: Uuid::from_bytes(id),
+                    }
+                }
+                other => return Err(bad(at, &format!("unknown target tag {other:#04x}"))),
+            };
+            entries.push((DedupeKey::from_bytes(key), target));
+        }
+        Ok(DedupeList {
+            spilled: flags & SPILLED != 0,
+            entries,
+        })
+    }
+}
+
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        let part = u64::from(byte & 0x7f);
+        if shift == 63 && part > 1 {
+            return None;
+        }
+        value |= part << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> SessionId {
+        SessionId::new("s").unwrap()
+    }
+
+    #[test]
+    fn lists_round_trip_with_large_numbers() {
+        let list = DedupeList {
+            spilled: true,
+            entries: vec![
+                (
+                    DedupeKey::derive(&[b"a"]),
+                    Target::Accepted {
+                        version: Version(1),
+                        position: Position(u64::MAX),
+                    },
+                ),
+                (
+                    DedupeKey::derive(&[b"b"]),
+                    Target::Parked {
+                        event_id: Uuid::now_v7(),
+                    },
+                ),
+                (
+                    DedupeKey::derive(&[b"c"]),
+                    Target::Accepted {
+                        version: Version(300),
+                        position: Position(1 << 40),
+                    },
+                ),
+            ],
+        };
+        assert_eq!(DedupeList::decode(&stream(), &list.encode()).unwrap(), list);
+        let empty = DedupeList::default();
+        assert_eq!(
+            DedupeList::decode(&stream(), &empty.encode()).unwrap(),
+            empty
+        );
+    }
+
+    #[test]
+    fn set_replaces_an_entry_in_place() {
+        let mut list = DedupeList::default();
+        let key = DedupeKey::derive(&[b"k"]);
+        let event_id = Uuid::now_v7();
+        list.set(key, Target::Parked { event_id });
+        let accepted = Target::Accepted {
+            version: Version(2),
+            position: Position(9),
+        };
+        list.set(key, accepted);
+        assert_eq!(list.entries.len(), 1);
+        assert_eq!(list.find(&key), Some(accepted));
+        assert_eq!(
+            accepted.hit(&stream()),
+            DedupeHit::Accepted {
+                stream: stream(),
+                version: Version(2),
+                position: Position(9)
+            }
+        );
+    }
+
+    #[test]
+    fn damaged_lists_are_errors_naming_the_stream_not_panics() {
+        let good = DedupeList {
+            spilled: false,
+            entries: vec![(
+                DedupeKey::derive(&[b"a"]),
+                Target::Accepted {
+                    version: Version(5),
+                    position: Position(7),
+                },
+            )],
+        }
+        .encode();
+        for cut in 0..good.len() {
+            if cut == 1 {
+                continue; // the flags byte alone is an empty list
+            }
+            let error = DedupeList::decode(&stream(), &good[..cut]).unwrap_err();
+            assert!(error.key.contains("dedupe list of `s`"), "{error:?}");
+        }
+        let mut bad_tag = good.clone();
+        bad_tag[17] = b'X';
+        assert!(DedupeList::decode(&stream(), &bad_tag).is_err());
+        assert!(DedupeList::decode(&stream(), &[0x80]).is_err());
+        let overflow = [&good[..18], &[0xff; 11][..]].concat();
+        assert!(DedupeList::decode(&stream(), &overflow).is_err());
+    }
+}
