@@ -104,53 +104,113 @@ impl DedupeList {
 
     /// Decodes the list of `stream`.
     pub fn decode(stream: &SessionId, value: &[u8]) -> Result<DedupeList, CorruptRecord> {
-        let what = format!("dedupe list of `{stream}`");
-        let bad = |at: usize, reason: &str| {
-            CorruptRecord::new(&what, format!("{reason} at byte {at} of {}", value.len()))
-        };
-        let (&flags, mut rest) = value.split_first().ok_or_else(|| bad(0, "empty value"))?;
-        if flags & !SPILLED != 0 {
-            return Err(bad(0, &format!("unknown flags {flags:#04x}")));
-        }
-        let mut entries = Vec::new();
-        while !rest.is_empty() {
-            let at = value.len() - rest.len();
-            if rest.len() < 17 {
-                return Err(bad(at, "truncated entry"));
-            }
-            let key: [u8; 16] = rest[..16].try_into().expect("16 bytes were checked");
-            let tag = rest[16];
-            rest = &rest[17..];
-            let target = match tag {
-                ACCEPTED => {
-                    let version = read_varint(&mut rest).ok_or_else(|| bad(at, "bad version"))?;
-                    let position = read_varint(&mut rest).ok_or_else(|| bad(at, "bad position"))?;
-                    if version == 0 || position == 0 {
-                        return Err(bad(at, "version or position 0"));
-                    }
-                    Target::Accepted {
-                        version: Version(version),
-                        position: Position(position),
-                    }
-                }
-                PARKED => {
-                    let id: [u8; 16] = rest
-                        .get(..16)
-                        .and_then(|bytes| bytes.try_into().ok())
-                        .ok_or_else(|| bad(at, "truncated event id"))?;
-                    rest = &rest[16..];
-                    Target::Parked {
-                        event_id: Uuid::from_bytes(id),
-                    }
-                }
-                other => return Err(bad(at, &format!("unknown target tag {other:#04x}"))),
-            };
-            entries.push((DedupeKey::from_bytes(key), target));
-        }
+        let (spilled, entries) = Entries::new(stream, value)?;
         Ok(DedupeList {
-            spilled: flags & SPILLED != 0,
-            entries,
+            spilled,
+            entries: entries.collect::<Result<_, _>>()?,
         })
+    }
+
+    /// Looks `key` up in an encoded list without decoding the rest of it: its target, and
+    /// whether the list is spilled.
+    pub fn find_encoded(
+        stream: &SessionId,
+        value: &[u8],
+        key: &DedupeKey,
+    ) -> Result<(Option<Target>, bool), CorruptRecord> {
+        let (spilled, mut entries) = Entries::new(stream, value)?;
+        for entry in &mut entries {
+            let (entry_key, target) = entry?;
+            if entry_key == *key {
+                return Ok((Some(target), spilled));
+            }
+        }
+        Ok((None, spilled))
+    }
+}
+
+/// The entries of an encoded list, decoded one at a time.
+struct Entries<'a> {
+    stream: &'a SessionId,
+    value: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Entries<'a> {
+    /// The list's spilled flag and its entries.
+    fn new(stream: &'a SessionId, value: &'a [u8]) -> Result<(bool, Self), CorruptRecord> {
+        let entries = Entries {
+            stream,
+            value,
+            rest: value,
+        };
+        let (&flags, rest) = value
+            .split_first()
+            .ok_or_else(|| entries.bad(0, "empty value"))?;
+        if flags & !SPILLED != 0 {
+            return Err(entries.bad(0, &format!("unknown flags {flags:#04x}")));
+        }
+        Ok((flags & SPILLED != 0, Entries { rest, ..entries }))
+    }
+
+    fn bad(&self, at: usize, reason: &str) -> CorruptRecord {
+        CorruptRecord::new(
+            format!("dedupe list of `{}`", self.stream),
+            format!("{reason} at byte {at} of {}", self.value.len()),
+        )
+    }
+
+    fn entry(&mut self) -> Result<(DedupeKey, Target), CorruptRecord> {
+        let at = self.value.len() - self.rest.len();
+        if self.rest.len() < 17 {
+            return Err(self.bad(at, "truncated entry"));
+        }
+        let key: [u8; 16] = self.rest[..16].try_into().expect("16 bytes were checked");
+        let tag = self.rest[16];
+        let mut rest = &self.rest[17..];
+        let target = match tag {
+            ACCEPTED => {
+                let version = read_varint(&mut rest).ok_or_else(|| self.bad(at, "bad version"))?;
+                let position =
+                    read_varint(&mut rest).ok_or_else(|| self.bad(at, "bad position"))?;
+                if version == 0 || position == 0 {
+                    return Err(self.bad(at, "version or position 0"));
+                }
+                Target::Accepted {
+                    version: Version(version),
+                    position: Position(position),
+                }
+            }
+            PARKED => {
+                let id: [u8; 16] = rest
+                    .get(..16)
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| self.bad(at, "truncated event id"))?;
+                rest = &rest[16..];
+                Target::Parked {
+                    event_id: Uuid::from_bytes(id),
+                }
+            }
+            other => return Err(self.bad(at, &format!("unknown target tag {other:#04x}"))),
+        };
+        self.rest = rest;
+        Ok((DedupeKey::from_bytes(key), target))
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<(DedupeKey, Target), CorruptRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let entry = self.entry();
+        if entry.is_err() {
+            // Stop after the first damage: what follows cannot be framed.
+            self.rest = &[];
+        }
+        Some(entry)
     }
 }
 
@@ -220,6 +280,32 @@ mod tests {
             DedupeList::decode(&stream(), &empty.encode()).unwrap(),
             empty
         );
+    }
+
+    #[test]
+    fn find_encoded_agrees_with_the_decoded_list() {
+        let mut list = DedupeList::default();
+        for n in 0..10u64 {
+            list.set(
+                DedupeKey::derive(&[&n.to_be_bytes()]),
+                Target::Accepted {
+                    version: Version(n + 1),
+                    position: Position(n * 1_000 + 1),
+                },
+            );
+        }
+        list.spilled = true;
+        let encoded = list.encode();
+        for n in 0..12u64 {
+            let key = DedupeKey::derive(&[&n.to_be_bytes()]);
+            assert_eq!(
+                DedupeList::find_encoded(&stream(), &encoded, &key).unwrap(),
+                (list.find(&key), true)
+            );
+        }
+        let damaged = &encoded[..encoded.len() - 1];
+        let last = DedupeKey::derive(&[&9u64.to_be_bytes()]);
+        assert!(DedupeList::find_encoded(&stream(), damaged, &last).is_err());
     }
 
     #[test]

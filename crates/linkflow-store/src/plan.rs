@@ -309,23 +309,16 @@ pub fn plan_commit(
 
     // Positions, stream by stream in order of first appearance, so that each stream's events of
     // one commit are one run.
-    let mut order: Vec<&SessionId> = Vec::new();
-    for append in &planner.appends {
-        if !order.contains(&&append.stream) {
-            order.push(&append.stream);
-        }
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut run_of: HashMap<&SessionId, usize> = HashMap::new();
+    for (index, append) in planner.appends.iter().enumerate() {
+        let run = *run_of.entry(&append.stream).or_insert_with(|| {
+            runs.push(Vec::new());
+            runs.len() - 1
+        });
+        runs[run].push(index);
     }
-    let mut sequence: Vec<usize> = Vec::with_capacity(planner.appends.len());
-    for stream in order {
-        sequence.extend(
-            planner
-                .appends
-                .iter()
-                .enumerate()
-                .filter(|(_, append)| append.stream == *stream)
-                .map(|(index, _)| index),
-        );
-    }
+    let sequence: Vec<usize> = runs.into_iter().flatten().collect();
     let mut slots: Vec<Option<Accepted>> = planner.appends.into_iter().map(Some).collect();
     let mut hits: Vec<Option<DedupeHit>> = vec![None; slots.len()];
     let mut events = Vec::with_capacity(slots.len());

@@ -200,6 +200,15 @@ impl SledStore {
         if !self.may_have_d_entries(list) {
             return Ok(None);
         }
+        self.d_entry(stream, key)
+    }
+
+    /// The `D` key of `key`, if there is one.
+    fn d_entry(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
         match self.db.get(keys::dedupe_key(stream, key))? {
             Some(value) => Ok(Some(keys::parse_dedupe_value(stream, key, &value)?)),
             None => Ok(None),
@@ -487,8 +496,18 @@ impl EventStore for SledStore {
         stream: &SessionId,
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError> {
-        let list = self.dedupe_list(stream)?;
-        self.lookup(stream, list.as_ref(), key)
+        let spilled = match self.db.get(keys::list_key(stream))? {
+            Some(value) => match DedupeList::find_encoded(stream, &value, key)? {
+                (Some(target), _) => return Ok(Some(target.hit(stream))),
+                (None, spilled) => spilled,
+            },
+            None => false,
+        };
+        // The list is read without decoding it whole: the engine asks once per event.
+        if !(spilled || self.legacy_dedupe) {
+            return Ok(None);
+        }
+        self.d_entry(stream, key)
     }
 
     fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
