@@ -240,6 +240,14 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
     );
     assert!(metrics.contains("linkflow_ingest_duration_seconds_count"));
     assert!(metrics.contains("linkflow_parked_events 0"));
+    let cached: usize = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("linkflow_cache_states "))
+        .expect("the cache gauge")
+        .parse()
+        .unwrap();
+    assert!(cached >= 2, "both sessions are cached: {metrics}");
+    assert!(metrics.contains("linkflow_cache_bytes "), "{metrics}");
 }
 
 #[tokio::test]

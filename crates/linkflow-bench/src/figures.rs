@@ -279,31 +279,27 @@ pub async fn footprint_child(events: usize, cache_sessions: Option<usize>) {
     let context = DecodeContext::received_at(Utc::now());
     let mut workload = Workload::new(SEED).take(events);
     let mut workload_bytes = 0usize;
-    let mut sessions = 0usize;
     loop {
         let chunk: Vec<Delivery> = workload.by_ref().take(BATCH).collect();
         if chunk.is_empty() {
             break;
         }
         workload_bytes += chunk.iter().map(|d| d.body.len()).sum::<usize>();
-        sessions = chunk
-            .iter()
-            .map(|d| d.session + 1)
-            .max()
-            .unwrap_or(sessions);
         let batch = chunk
             .iter()
             .map(|delivery| incoming(delivery, &context))
             .collect();
         engine.ingest_batch(batch).await.expect("ingest succeeds");
     }
+    let cache = engine.cache_stats();
     engine.shutdown().await.expect("shutdown");
     println!(
-        "{} {} {} {}",
+        "{} {} {} {} {}",
         peak_rss_kb(),
         directory_bytes(dir.path()),
         workload_bytes / 1024,
-        sessions
+        cache.states,
+        cache.bytes
     );
 }
 
@@ -312,7 +308,8 @@ struct Footprint {
     rss_kb: f64,
     disk_per_event: f64,
     workload_kb: f64,
-    sessions: f64,
+    cache_states: f64,
+    cache_bytes: f64,
 }
 
 async fn footprint(events: usize, cache_sessions: Option<usize>) -> Option<Footprint> {
@@ -329,7 +326,8 @@ async fn footprint(events: usize, cache_sessions: Option<usize>) -> Option<Footp
         rss_kb: numbers.next()??,
         disk_per_event: numbers.next()?? / events as f64,
         workload_kb: numbers.next()??,
-        sessions: numbers.next()??,
+        cache_states: numbers.next()??,
+        cache_bytes: numbers.next()??,
     })
 }
 
@@ -461,6 +459,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     } else {
         &[100_000, 1_000_000]
     };
+    let mut largest = None;
     for &size in sizes {
         if let Some(measured) = footprint(size, None).await {
             // The child streams the workload (one 1,000-event batch in memory at a time); the
@@ -471,30 +470,34 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
                 format!("disk_bytes_per_event_at_{size}"),
                 measured.disk_per_event,
             );
+            largest = Some((size, measured));
         }
     }
-    // What one cached state costs: the largest size again with a 1,000-state cache; the
-    // difference in peak RSS over the difference in cached states (counted as sessions; the
-    // account streams they link are cached too and counted in).
-    let largest = sizes[sizes.len() - 1];
-    let small_cache = 1_000;
-    if let (Some(full), Some(small)) = (
-        results.get(&format!("peak_rss_kb_at_{largest}")).copied(),
-        footprint(largest, Some(small_cache)).await,
-    ) {
-        results.insert(
-            format!("peak_rss_kb_at_{largest}_cache_{small_cache}"),
-            small.rss_kb,
-        );
-        let cached = small
-            .sessions
-            .min(linkflow::config::DEFAULT_CACHE_SESSIONS as f64)
-            - small_cache as f64;
-        if cached > 0.0 {
+    // What one cached state costs, two ways. Accounted: the engine's own count of the bytes
+    // its cache holds (compact states, ids, table slots), over the states it holds. RSS: the
+    // largest size again with a 1,000-state cache; the difference in peak RSS over the
+    // difference in cached states (noisy: sled's and the allocator's memory move by tens of
+    // megabytes between runs).
+    if let Some((size, full)) = largest {
+        if full.cache_states > 0.0 {
             results.insert(
-                "cache_bytes_per_session".into(),
-                (full - small.rss_kb) * 1024.0 / cached,
+                "cache_accounted_bytes_per_state".into(),
+                full.cache_bytes / full.cache_states,
             );
+        }
+        let small_cache = 1_000;
+        if let Some(small) = footprint(size, Some(small_cache)).await {
+            results.insert(
+                format!("peak_rss_kb_at_{size}_cache_{small_cache}"),
+                small.rss_kb,
+            );
+            let cached = full.cache_states - small.cache_states;
+            if cached > 0.0 {
+                results.insert(
+                    "cache_rss_bytes_per_state".into(),
+                    (full.rss_kb - small.rss_kb) * 1024.0 / cached,
+                );
+            }
         }
     }
 

@@ -12,8 +12,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{Compact, CompactError, Input, Output};
 use crate::event::LinkType;
 use crate::ids::{InvalidSessionId, Provider, SessionId, Version};
+use crate::session::{decode_link_type, encode_link_type};
 
 /// Operations kept per account in [`Account::operations`]; older ones stay in the log.
 /// Bounds the state's size so that a busy account does not grow its snapshot forever.
@@ -375,6 +377,67 @@ impl Account {
     }
 }
 
+const ACCOUNT_STATES: [AccountState; 3] = [
+    AccountState::Absent,
+    AccountState::Active,
+    AccountState::LoginRequired,
+];
+const OPERATION_KINDS: [OperationKind; 2] = [OperationKind::CartSync, OperationKind::Checkout];
+const OUTCOMES: [Outcome; 2] = [Outcome::Succeeded, Outcome::Failed];
+
+impl Compact for Account {
+    /// Times are written relative to the last event time.
+    fn encode_compact(&self, out: &mut Output) {
+        out.opt_time(self.last_event_at, 0);
+        let base = self.last_event_at.map_or(0, |at| at.timestamp());
+        out.u8(self.state as u8);
+        out.varint(self.version.0);
+        encode_link_type(out, self.link_type);
+        out.varint(self.operations.len() as u64);
+        for operation in &self.operations {
+            out.u8(operation.kind as u8);
+            out.u8(operation.outcome as u8);
+            out.opt_time(operation.event_time, base);
+            out.varint(operation.transaction_ids.len() as u64);
+            for id in &operation.transaction_ids {
+                out.str(id);
+            }
+        }
+    }
+
+    fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
+        let last_event_at = input.opt_time("last event time", 0)?;
+        let base = last_event_at.map_or(0, |at| at.timestamp());
+        let state = input.choice("account state", &ACCOUNT_STATES)?;
+        let version = Version(input.varint("version")?);
+        let link_type = decode_link_type(input)?;
+        let count = input.len("operations")?;
+        let mut operations = Vec::with_capacity(count.min(MAX_RECENT_OPERATIONS + 1));
+        for _ in 0..count {
+            let kind = input.choice("operation kind", &OPERATION_KINDS)?;
+            let outcome = input.choice("operation outcome", &OUTCOMES)?;
+            let event_time = input.opt_time("operation time", base)?;
+            let ids = input.len("transaction ids")?;
+            let transaction_ids = (0..ids)
+                .map(|_| input.str("transaction id"))
+                .collect::<Result<_, _>>()?;
+            operations.push(Operation {
+                kind,
+                outcome,
+                event_time,
+                transaction_ids,
+            });
+        }
+        Ok(Account {
+            state,
+            version,
+            link_type,
+            operations,
+            last_event_at,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,5 +509,33 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(next.state(), AccountState::Absent);
+    }
+
+    #[test]
+    fn an_account_round_trips_through_its_compact_form() {
+        use crate::compact::{from_compact, to_compact};
+        use chrono::TimeZone;
+        let mut account = Account::new();
+        let bytes = to_compact(&account);
+        assert_eq!(from_compact::<Account>(&bytes).unwrap(), account);
+        let mut linked = AccountEvent::new(AccountEventKind::Linked);
+        linked.link_type = Some(LinkType::FailoverLink);
+        linked.occurred_at = Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, 0).single();
+        account.apply_in_place(&linked).unwrap();
+        let mut checkout = op(OperationKind::Checkout, Outcome::Failed);
+        checkout.occurred_at = Some(Utc.timestamp_opt(1_710_864_000, 250_000_000).unwrap());
+        checkout.transaction_ids = vec!["tx_1".into(), "tx_2".into()];
+        account.apply_in_place(&checkout).unwrap();
+        account
+            .apply_in_place(&op(OperationKind::CartSync, Outcome::Succeeded))
+            .unwrap();
+        let bytes = to_compact(&account);
+        assert_eq!(from_compact::<Account>(&bytes).unwrap(), account);
+        for cut in 0..bytes.len() {
+            assert!(
+                from_compact::<Account>(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 }

@@ -38,6 +38,7 @@
 
 pub mod account;
 pub mod body;
+pub mod compact;
 pub mod diagram;
 pub mod event;
 pub mod funnel;
@@ -55,6 +56,7 @@ pub use account::{
     OperationKind, Outcome, ACCOUNT_TABLE,
 };
 pub use body::EventBody;
+pub use compact::{from_compact, to_compact, Compact, CompactError};
 pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution, LinkType, Step};
 pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Version};
 pub use merchant::{Availability, MerchantStatus};

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{Compact, CompactError, Input, Output};
 use crate::ids::{InvalidSessionId, SessionId};
 
 /// Whether a merchant is available.
@@ -63,6 +64,36 @@ impl MerchantStatus {
     }
 }
 
+const AVAILABILITIES: [Availability; 2] = [Availability::Up, Availability::Down];
+
+impl Compact for MerchantStatus {
+    fn encode_compact(&self, out: &mut Output) {
+        out.str(&self.merchant_id);
+        out.opt_str(self.name.as_deref());
+        out.opt_str(self.category.as_deref());
+        out.opt_str(self.logo.as_deref());
+        out.str(&self.product_type);
+        out.str(&self.platform);
+        out.opt_str(self.sdk.as_deref());
+        out.u8(self.status as u8);
+        out.time(self.since, 0);
+    }
+
+    fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
+        Ok(MerchantStatus {
+            merchant_id: input.str("merchant id")?,
+            name: input.opt_str("merchant name")?,
+            category: input.opt_str("merchant category")?,
+            logo: input.opt_str("merchant logo")?,
+            product_type: input.str("product type")?,
+            platform: input.str("platform")?,
+            sdk: input.opt_str("sdk")?,
+            status: input.choice("availability", &AVAILABILITIES)?,
+            since: input.time("status time", 0)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +124,25 @@ mod tests {
             newer.stream_id().unwrap().as_str(),
             "merchant:10:card_switcher:ios:-"
         );
+    }
+
+    #[test]
+    fn a_status_round_trips_through_its_compact_form() {
+        use crate::compact::{from_compact, to_compact};
+        let mut full = status(7, Availability::Down);
+        full.category = Some("rides".into());
+        full.logo = Some("https://example.com/uber.png".into());
+        full.sdk = Some("2.1.0".into());
+        for value in [status(0, Availability::Up), full] {
+            let bytes = to_compact(&value);
+            assert_eq!(from_compact::<MerchantStatus>(&bytes).unwrap(), value);
+            let mut damaged = bytes.clone();
+            let mut time = crate::compact::Output::default();
+            time.time(value.since, 0);
+            let status_at = damaged.len() - time.into_bytes().len() - 1;
+            damaged[status_at] = 9;
+            let error = from_compact::<MerchantStatus>(&damaged).unwrap_err();
+            assert_eq!(error.what, "availability", "{error}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::compact::{Compact, CompactError, Input, Output};
 use crate::event::{ErrorInfo, Event, EventClass, Institution, LinkType};
 use crate::ids::Version;
 use crate::phase::Phase;
@@ -347,4 +348,237 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Session, 
 /// The pure transition function: the session after `event`, or why it is refused.
 pub fn apply(session: &Session, event: &Event) -> Result<Session, Rejection> {
     session.apply(event)
+}
+
+const LINK_TYPES: [LinkType; 3] = [LinkType::Link, LinkType::Relink, LinkType::FailoverLink];
+
+/// An optional link type as one byte: 0 for none, else 1 + its code.
+pub(crate) fn encode_link_type(out: &mut Output, link_type: Option<LinkType>) {
+    out.u8(link_type.map_or(0, |link_type| link_type as u8 + 1));
+}
+
+pub(crate) fn decode_link_type(input: &mut Input<'_>) -> Result<Option<LinkType>, CompactError> {
+    match input.u8("link type")? {
+        0 => Ok(None),
+        code => LINK_TYPES
+            .get(usize::from(code - 1))
+            .copied()
+            .map(Some)
+            .ok_or_else(|| input.error("link type", format!("code {code}, expected 0 to 3"))),
+    }
+}
+
+impl Compact for Session {
+    /// Times are written relative to the first event time, so most take a byte or two; the
+    /// journey writes only the entry times of the phases it visited.
+    fn encode_compact(&self, out: &mut Output) {
+        out.opt_time(self.first_event_at, 0);
+        let base = self.first_event_at.map_or(0, |at| at.timestamp());
+        out.u8(self.phase.rank());
+        out.varint(self.version.0);
+        encode_link_type(out, self.link_type);
+        match &self.institution {
+            None => out.u8(0),
+            Some(institution) => {
+                out.u8(1);
+                out.str(&institution.id);
+                out.opt_str(institution.name.as_deref());
+            }
+        }
+        out.opt_str(self.external_user_id.as_deref());
+        match &self.current_screen {
+            None => out.u8(0),
+            Some(screen) => {
+                out.u8(1);
+                out.str(&screen.value);
+                out.opt_time(screen.at, base);
+            }
+        }
+        match &self.last_error {
+            None => out.u8(0),
+            Some(error) => {
+                out.u8(1);
+                out.opt_str(error.value.id.as_deref());
+                out.opt_str(error.value.code.as_deref());
+                out.opt_str(error.value.message.as_deref());
+                out.opt_str(error.value.request_id.as_deref());
+                out.opt_time(error.at, base);
+            }
+        }
+        match &self.exit {
+            None => out.u8(0),
+            Some(exit) => {
+                out.u8(1);
+                out.u8(exit.phase.rank());
+                out.opt_str(exit.status.as_deref());
+                out.opt_time(exit.at, base);
+            }
+        }
+        let counts = self.counts;
+        for count in [
+            counts.phase,
+            counts.telemetry,
+            counts.unrecognized,
+            counts.errors,
+        ] {
+            out.varint(u64::from(count));
+        }
+        out.opt_time(self.last_event_at, base);
+        let journey = &self.journey;
+        out.u8(journey.furthest.rank());
+        out.varint(u64::from(journey.visited));
+        let timed = journey
+            .entered_at
+            .iter()
+            .enumerate()
+            .filter(|(_, at)| at.is_some())
+            .fold(0u64, |mask, (rank, _)| mask | 1 << rank);
+        out.varint(timed);
+        for at in journey.entered_at.iter().flatten() {
+            out.time(*at, base);
+        }
+        out.varint(journey.errors.len() as u64);
+        for (phase, code) in &journey.errors {
+            out.u8(phase.rank());
+            out.str(code);
+        }
+    }
+
+    fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
+        let first_event_at = input.opt_time("first event time", 0)?;
+        let base = first_event_at.map_or(0, |at| at.timestamp());
+        let phase = input.choice("phase", &Phase::ALL)?;
+        let version = Version(input.varint("version")?);
+        let link_type = decode_link_type(input)?;
+        let institution = if input.present("institution")? {
+            Some(Institution {
+                id: input.str("institution id")?,
+                name: input.opt_str("institution name")?,
+            })
+        } else {
+            None
+        };
+        let external_user_id = input.opt_str("external user id")?;
+        let current_screen = if input.present("screen")? {
+            Some(Latest {
+                value: input.str("screen")?,
+                at: input.opt_time("screen time", base)?,
+            })
+        } else {
+            None
+        };
+        let last_error = if input.present("last error")? {
+            Some(Latest {
+                value: ErrorInfo {
+                    id: input.opt_str("error id")?,
+                    code: input.opt_str("error code")?,
+                    message: input.opt_str("error message")?,
+                    request_id: input.opt_str("error request id")?,
+                },
+                at: input.opt_time("error time", base)?,
+            })
+        } else {
+            None
+        };
+        let exit = if input.present("exit")? {
+            Some(ExitInfo {
+                phase: input.choice("exit phase", &Phase::ALL)?,
+                status: input.opt_str("exit status")?,
+                at: input.opt_time("exit time", base)?,
+            })
+        } else {
+            None
+        };
+        let counts = EventCounts {
+            phase: input.u32("phase event count")?,
+            telemetry: input.u32("telemetry event count")?,
+            unrecognized: input.u32("unrecognized event count")?,
+            errors: input.u32("error event count")?,
+        };
+        let last_event_at = input.opt_time("last event time", base)?;
+        let furthest = input.choice("furthest phase", &Phase::ALL)?;
+        let visited = u16::try_from(input.varint("visited phases")?)
+            .map_err(|_| input.error("visited phases", "more than 16 bits"))?;
+        let timed = input.varint("timed phases")?;
+        if timed >> Phase::ALL.len() != 0 {
+            return Err(input.error("timed phases", format!("bits {timed:#x} beyond the phases")));
+        }
+        let mut entered_at = [None; 10];
+        for (rank, slot) in entered_at.iter_mut().enumerate() {
+            if timed & 1 << rank != 0 {
+                *slot = Some(input.time("phase entry time", base)?);
+            }
+        }
+        let error_count = input.len("journey errors")?;
+        let mut errors = Vec::with_capacity(error_count.min(MAX_JOURNEY_ERRORS));
+        for _ in 0..error_count {
+            errors.push((
+                input.choice("journey error phase", &Phase::ALL)?,
+                input.str("journey error code")?,
+            ));
+        }
+        Ok(Session {
+            phase,
+            version,
+            link_type,
+            institution,
+            external_user_id,
+            current_screen,
+            last_error,
+            exit,
+            counts,
+            first_event_at,
+            last_event_at,
+            journey: Journey {
+                furthest,
+                visited,
+                entered_at,
+                errors,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+
+    use super::*;
+    use crate::compact::{from_compact, to_compact};
+    use crate::strategy::legal_walk;
+
+    proptest! {
+        #[test]
+        fn every_folded_session_round_trips_through_its_compact_form(walk in legal_walk(40)) {
+            let session = fold(&walk.events).unwrap();
+            let bytes = to_compact(&session);
+            prop_assert_eq!(from_compact::<Session>(&bytes).unwrap(), session.clone());
+            // Every proper prefix is an error, never a panic or a different session.
+            for cut in 0..bytes.len() {
+                prop_assert!(from_compact::<Session>(&bytes[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_typical_session_is_a_few_times_smaller_than_its_json() {
+        let walk = legal_walk(12)
+            .new_tree(&mut proptest::test_runner::TestRunner::deterministic())
+            .unwrap()
+            .current();
+        let session = fold(&walk.events).unwrap();
+        let compact = to_compact(&session).len();
+        let json = serde_json::to_vec(&session).unwrap().len();
+        assert!(compact * 2 < json, "compact {compact} bytes, JSON {json}");
+    }
+
+    #[test]
+    fn a_bad_phase_code_is_named() {
+        let mut bytes = to_compact(&Session::new());
+        bytes[1] = 42;
+        let error = from_compact::<Session>(&bytes).unwrap_err();
+        assert_eq!(error.what, "phase");
+        assert_eq!(error.at, 2);
+    }
 }

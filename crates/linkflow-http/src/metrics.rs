@@ -92,6 +92,11 @@ impl Metrics {
         }
         out.push_str("# HELP linkflow_parked_events Events refused by the state machine and parked.\n# TYPE linkflow_parked_events gauge\n");
         let _ = writeln!(out, "linkflow_parked_events {parked}");
+        let cache = engine.cache_stats();
+        out.push_str("# HELP linkflow_cache_states Stream states in the session cache.\n# TYPE linkflow_cache_states gauge\n");
+        let _ = writeln!(out, "linkflow_cache_states {}", cache.states);
+        out.push_str("# HELP linkflow_cache_bytes Bytes the session cache accounts for (compact states, ids, table slots).\n# TYPE linkflow_cache_bytes gauge\n");
+        let _ = writeln!(out, "linkflow_cache_bytes {}", cache.bytes);
         out.push_str(
             "# HELP linkflow_sessions Sessions by phase.\n# TYPE linkflow_sessions gauge\n",
         );

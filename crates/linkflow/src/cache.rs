@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use linkflow_core::compact::{from_compact, to_compact};
 use linkflow_core::{Provider, SessionId};
 
 use crate::folded::Folded;
@@ -15,13 +16,56 @@ pub(crate) struct SessionState {
     pub parked: u32,
 }
 
+/// The session cache's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Cached stream states (sessions, accounts, merchant statuses).
+    pub states: usize,
+    /// The bytes they take as the cache accounts them: each state's compact form and stream
+    /// id, plus the hash tables' slots (one per bucket, used or not). The allocator's own
+    /// overhead (rounding each of the two allocations per state up, typically 8-24 bytes)
+    /// comes on top.
+    pub bytes: usize,
+}
+
+/// A state as the cache holds it: the folded state in its compact form (a few times smaller
+/// than the value: see `linkflow_core::compact`), decoded on each lookup.
+pub(crate) struct PackedState {
+    provider: Provider,
+    parked: u32,
+    folded: Box<[u8]>,
+}
+
+impl PackedState {
+    /// Packs `state`; done before taking the cache's lock.
+    pub fn pack(state: &SessionState) -> Self {
+        PackedState {
+            provider: state.provider,
+            parked: state.parked,
+            folded: to_compact(&state.folded).into_boxed_slice(),
+        }
+    }
+
+    fn unpack(&self) -> Option<SessionState> {
+        let folded = from_compact::<Folded>(&self.folded);
+        debug_assert!(folded.is_ok(), "a packed state decodes: {folded:?}");
+        Some(SessionState {
+            provider: self.provider,
+            folded: folded.ok()?,
+            parked: self.parked,
+        })
+    }
+}
+
 /// A two-generation cache: lookups promote from `old` to `young`; when `young` is full it
 /// becomes `old` and the previous `old` is dropped. Recently used states survive at least one
 /// generation, memory stays within `capacity` entries, and every operation is O(1) without
-/// the bookkeeping of an exact LRU.
+/// the bookkeeping of an exact LRU. States are held packed: a cached session costs its
+/// compact form (~100-200 bytes) plus its id and the map's slot, not the ~1 KB of the value
+/// with its strings.
 pub(crate) struct SessionCache {
-    young: HashMap<SessionId, SessionState>,
-    old: HashMap<SessionId, SessionState>,
+    young: HashMap<SessionId, PackedState>,
+    old: HashMap<SessionId, PackedState>,
     generation_size: usize,
 }
 
@@ -34,18 +78,28 @@ impl SessionCache {
         }
     }
 
+    /// The cached state of `id`. A packed state that does not decode (a bug, asserted in debug
+    /// builds) is dropped and reported as a miss, so the caller reloads it from the store.
     pub fn get(&mut self, id: &SessionId) -> Option<SessionState> {
-        if let Some(state) = self.young.get(id) {
-            return Some(state.clone());
+        if let Some(packed) = self.young.get(id) {
+            let state = packed.unpack();
+            if state.is_none() {
+                self.young.remove(id);
+            }
+            return state;
         }
-        let state = self.old.remove(id)?;
-        self.insert(id.clone(), state.clone());
+        let packed = self.old.remove(id)?;
+        let state = packed.unpack()?;
+        self.insert(id.clone(), packed);
         Some(state)
     }
 
-    pub fn insert(&mut self, id: SessionId, state: SessionState) {
+    pub fn insert(&mut self, id: SessionId, state: PackedState) {
         if self.young.len() >= self.generation_size && !self.young.contains_key(&id) {
-            self.old = std::mem::take(&mut self.young);
+            // The old generation's table is cleared and reused as the young one: no table is
+            // allocated or regrown once both have reached the generation size.
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.young.clear();
         }
         self.old.remove(&id);
         self.young.insert(id, state);
@@ -54,6 +108,21 @@ impl SessionCache {
     pub fn remove(&mut self, id: &SessionId) {
         self.young.remove(id);
         self.old.remove(id);
+    }
+
+    /// What the cache holds now, and the bytes it accounts for.
+    pub fn stats(&self) -> CacheStats {
+        let slot = std::mem::size_of::<(SessionId, PackedState)>() + 1;
+        let payload: usize = self
+            .young
+            .iter()
+            .chain(self.old.iter())
+            .map(|(id, packed)| id.as_str().len() + packed.folded.len())
+            .sum();
+        CacheStats {
+            states: self.young.len() + self.old.len(),
+            bytes: payload + (self.young.capacity() + self.old.capacity()) * slot,
+        }
     }
 
     #[cfg(test)]
@@ -66,12 +135,12 @@ impl SessionCache {
 mod tests {
     use super::*;
 
-    fn state() -> SessionState {
-        SessionState {
+    fn state() -> PackedState {
+        PackedState::pack(&SessionState {
             provider: Provider::Moneykit,
             folded: Folded::Session(Box::default()),
             parked: 0,
-        }
+        })
     }
 
     #[test]
@@ -83,5 +152,36 @@ mod tests {
         }
         assert!(cache.get(&SessionId::new("s99").unwrap()).is_some());
         assert!(cache.get(&SessionId::new("s0").unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_state_comes_back_from_the_cache_as_it_went_in() {
+        let mut cache = SessionCache::new(10);
+        let state = SessionState {
+            provider: Provider::Knot,
+            folded: Folded::Merchant {
+                status: None,
+                version: linkflow_core::Version(4),
+            },
+            parked: 2,
+        };
+        let id = SessionId::new("merchant:10:card_switcher:ios:-").unwrap();
+        cache.insert(id.clone(), PackedState::pack(&state));
+        assert_eq!(cache.get(&id), Some(state));
+    }
+
+    #[test]
+    fn the_cache_accounts_for_its_states_and_tables() {
+        let mut cache = SessionCache::new(100);
+        assert_eq!(cache.stats().states, 0);
+        for n in 0..60 {
+            cache.insert(SessionId::new(format!("s{n}")).unwrap(), state());
+        }
+        let stats = cache.stats();
+        assert_eq!(stats.states, 60);
+        let payload = 60 * (to_compact(&Folded::Session(Box::default())).len() + 2);
+        assert!(stats.bytes > payload, "{stats:?}");
+        cache.remove(&SessionId::new("s1").unwrap());
+        assert_eq!(cache.stats().states, 59);
     }
 }

@@ -9,7 +9,7 @@ use linkflow_core::{MerchantStatus, Position, Session, SessionId, Version};
 use linkflow_store::{EventStore, ParkedEvent, SledOptions, SledStore, VerifyReport};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cache::SessionCache;
+use crate::cache::{CacheStats, SessionCache};
 use crate::config::{EngineConfig, StoreChoice};
 use crate::error::EngineError;
 use crate::folded::Folded;
@@ -155,6 +155,12 @@ impl Engine {
     /// legal. Returns what was accepted.
     pub async fn redrive(&self, session: Option<SessionId>) -> Result<Vec<Redriven>, EngineError> {
         self.call(|reply| Request::Redrive { session, reply }).await
+    }
+
+    /// How many stream states the session cache holds and the bytes it accounts for (see
+    /// [`CacheStats`]); bounded by [`EngineConfig::cache_sessions`](crate::EngineConfig).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.cache().stats()
     }
 
     /// The session's current state, or `None` if it has no event and no parked event (or the

@@ -1,8 +1,9 @@
 //! The folded state of one stream, whatever its kind: a link session, a linked account, or a
 //! merchant's availability.
 
+use linkflow_core::compact::{Compact, CompactError, Input, Output};
 use linkflow_core::{
-    Account, AccountKey, Applied, EventBody, MerchantStatus, Phase, Session, Version,
+    Account, AccountKey, Applied, EventBody, MerchantStatus, Phase, Provider, Session, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -142,5 +143,122 @@ impl Folded {
                 folded.kind_name()
             )),
         }
+    }
+}
+
+/// A provider as one byte (its index in [`Provider::ALL`]).
+fn provider_code(provider: Provider) -> u8 {
+    match provider {
+        Provider::Moneykit => 0,
+        Provider::Benji => 1,
+        Provider::Knot => 2,
+    }
+}
+
+impl Compact for Folded {
+    /// A kind byte (0 session, 1 account, 2 merchant), then the state.
+    fn encode_compact(&self, out: &mut Output) {
+        match self {
+            Folded::Session(session) => {
+                out.u8(0);
+                session.encode_compact(out);
+            }
+            Folded::Account { key, account } => {
+                out.u8(1);
+                out.u8(provider_code(key.provider));
+                out.str(&key.external_user_id);
+                out.str(&key.institution_id);
+                account.encode_compact(out);
+            }
+            Folded::Merchant { status, version } => {
+                out.u8(2);
+                out.varint(version.0);
+                match status {
+                    None => out.u8(0),
+                    Some(status) => {
+                        out.u8(1);
+                        status.encode_compact(out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
+        match input.u8("stream kind")? {
+            0 => Ok(Folded::Session(Box::new(Session::decode_compact(input)?))),
+            1 => Ok(Folded::Account {
+                key: AccountKey {
+                    provider: input.choice("account provider", &Provider::ALL)?,
+                    external_user_id: input.str("account user id")?,
+                    institution_id: input.str("account institution id")?,
+                },
+                account: Account::decode_compact(input)?,
+            }),
+            2 => {
+                let version = Version(input.varint("merchant version")?);
+                let status = if input.present("merchant status")? {
+                    Some(MerchantStatus::decode_compact(input)?)
+                } else {
+                    None
+                };
+                Ok(Folded::Merchant { status, version })
+            }
+            other => Err(input.error(
+                "stream kind",
+                format!("code {other}, expected 0 (session), 1 (account) or 2 (merchant)"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use linkflow_core::compact::{from_compact, to_compact};
+    use linkflow_core::{AccountEvent, AccountEventKind, Availability};
+
+    use super::*;
+
+    #[test]
+    fn every_kind_of_state_round_trips_through_its_compact_form() {
+        let mut account = Account::new();
+        account
+            .apply_in_place(&AccountEvent::new(AccountEventKind::Linked))
+            .unwrap();
+        let states = [
+            Folded::Session(Box::default()),
+            Folded::Account {
+                key: AccountKey {
+                    provider: Provider::Knot,
+                    external_user_id: "user-1".into(),
+                    institution_id: "10".into(),
+                },
+                account,
+            },
+            Folded::Merchant {
+                status: None,
+                version: Version::EMPTY,
+            },
+            Folded::Merchant {
+                status: Some(MerchantStatus {
+                    merchant_id: "10".into(),
+                    name: Some("Uber".into()),
+                    category: None,
+                    logo: None,
+                    product_type: "card_switcher".into(),
+                    platform: "ios".into(),
+                    sdk: None,
+                    status: Availability::Up,
+                    since: chrono::DateTime::from_timestamp(1_710_864_000, 0).unwrap(),
+                }),
+                version: Version(3),
+            },
+        ];
+        for state in states {
+            let bytes = to_compact(&state);
+            assert_eq!(from_compact::<Folded>(&bytes).unwrap(), state);
+        }
+        let error = from_compact::<Folded>(&[7]).unwrap_err();
+        assert_eq!(error.what, "stream kind");
     }
 }

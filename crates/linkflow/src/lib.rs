@@ -34,6 +34,7 @@ mod verify;
 pub mod views;
 mod writer;
 
+pub use cache::CacheStats;
 pub use config::{Durability, EngineConfig, StoreChoice};
 pub use engine::Engine;
 pub use error::{EngineError, EventError};

@@ -20,7 +20,7 @@ use linkflow_store::{
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::cache::{SessionCache, SessionState};
+use crate::cache::{PackedState, SessionCache, SessionState};
 use crate::config::Durability;
 use crate::error::{EngineError, EventError};
 use crate::folded::{Change, Folded, SnapshotState, SNAPSHOT_LAYOUT};
@@ -853,12 +853,21 @@ fn complete_group(
     }
 
     {
+        // Packed before the lock: readers wait on it.
+        let packed: Vec<(SessionId, Option<PackedState>)> = plan
+            .sessions
+            .into_iter()
+            .map(|(session, working)| {
+                let packed =
+                    (!unexpected.contains(&session)).then(|| PackedState::pack(&working.state));
+                (session, packed)
+            })
+            .collect();
         let mut cache = shared.cache();
-        for (session, working) in plan.sessions {
-            if unexpected.contains(&session) {
-                cache.remove(&session);
-            } else {
-                cache.insert(session, working.state);
+        for (session, packed) in packed {
+            match packed {
+                Some(packed) => cache.insert(session, packed),
+                None => cache.remove(&session),
             }
         }
     }
