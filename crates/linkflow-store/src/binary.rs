@@ -102,7 +102,7 @@ impl Writer<'_> {
     pub(crate) fn snapshot(&mut self, snapshot: &Snapshot) {
         self.u8(provider_byte(snapshot.provider));
         self.u64(snapshot.version.0);
-        self.bytes(snapshot.state.get().as_bytes());
+        self.bytes(&snapshot.state);
     }
 }
 
@@ -286,7 +286,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn snapshot(mut self) -> Result<Snapshot, CorruptRecord> {
         let provider = self.provider("provider")?;
         let version = Version(self.u64("version")?);
-        let state = self.raw_json("state")?;
+        let state = self.bytes("state")?.to_vec();
         self.end(Snapshot {
             provider,
             version,

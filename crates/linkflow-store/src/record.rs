@@ -113,14 +113,23 @@ pub struct ParkedEvent {
 
 /// A session's folded state as of a version, so that reading a session never replays its whole
 /// history. The state is opaque to the store: the engine encodes and decodes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// The provider of the session.
     pub provider: Provider,
     /// The stream version the state includes.
     pub version: Version,
-    /// The encoded state.
-    pub state: RawJson,
+    /// The encoded state, as the engine wrote it (schema 1 records held JSON: their state
+    /// reads back as that JSON's text).
+    pub state: Vec<u8>,
+}
+
+/// A schema 1 snapshot record's body: the state was a JSON value.
+#[derive(Serialize, Deserialize)]
+struct SnapshotSchema1 {
+    provider: Provider,
+    version: Version,
+    state: RawJson,
 }
 
 /// Counts bytes instead of storing them.
@@ -309,7 +318,11 @@ pub fn upcast_parked(key: &str, bytes: &[u8]) -> Result<ParkedEvent, CorruptReco
 pub fn upcast_snapshot(key: &str, bytes: &[u8]) -> Result<Snapshot, CorruptRecord> {
     let (schema, body) = open_record(key, bytes)?;
     match schema {
-        1 => decode_body(key, body),
+        1 => decode_body(key, body).map(|old: SnapshotSchema1| Snapshot {
+            provider: old.provider,
+            version: old.version,
+            state: old.state.get().as_bytes().to_vec(),
+        }),
         2 => crate::binary::Reader::new(key, body).snapshot(),
         other => Err(unknown_schema(key, other)),
     }
@@ -394,7 +407,7 @@ mod tests {
         let snapshot = Snapshot {
             provider: Provider::Benji,
             version: Version(u64::MAX),
-            state: RawJson::from_string("{\"phase\": \"open\"}".into()).unwrap(),
+            state: vec![2, 0, 255, 7],
         };
         assert_eq!(
             upcast_snapshot("n", &encode_snapshot(&snapshot)).unwrap(),
@@ -423,14 +436,18 @@ mod tests {
             upcast_parked("p", &encode_schema_1(&parked)).unwrap(),
             parked
         );
-        let snapshot = Snapshot {
+        let snapshot = SnapshotSchema1 {
             provider: Provider::Moneykit,
             version: Version(3),
             state: RawJson::from_string("{\"v\":3}".into()).unwrap(),
         };
         assert_eq!(
             upcast_snapshot("n", &encode_schema_1(&snapshot)).unwrap(),
-            snapshot
+            Snapshot {
+                provider: Provider::Moneykit,
+                version: Version(3),
+                state: b"{\"v\":3}".to_vec(),
+            }
         );
     }
 

@@ -31,15 +31,41 @@ pub enum Folded {
 
 /// The layout of the folded state inside snapshots. Bump it whenever `Folded` (or the
 /// `Session`, `Account` or merchant state in it) gains or changes a field that is derived from
-/// the events: a snapshot of another layout is not decoded (fields with defaults would decode
-/// to wrong values) and the stream is replayed from its log instead.
+/// the events, or its compact form changes: a snapshot of another layout is not decoded (fields
+/// with defaults would decode to wrong values) and the stream is replayed from its log instead.
 pub const SNAPSHOT_LAYOUT: u32 = 2;
 
-/// A snapshot's state: the folded state tagged with its layout.
+/// A JSON snapshot's state (what linkflow wrote before compact snapshots): the folded state
+/// tagged with its layout. Still read.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct SnapshotState<S> {
-    pub layout: u32,
-    pub state: S,
+struct SnapshotState<S> {
+    layout: u32,
+    state: S,
+}
+
+/// A snapshot's state bytes: the layout as one byte, then the compact form of the state
+/// (`linkflow_core::compact`). A JSON snapshot starts with `{`, which no layout byte is.
+pub(crate) fn encode_snapshot_state(folded: &Folded) -> Vec<u8> {
+    const _: () = assert!(SNAPSHOT_LAYOUT < b'{' as u32, "a layout byte is never `{{`");
+    let mut out = Output::default();
+    out.u8(SNAPSHOT_LAYOUT as u8);
+    folded.encode_compact(&mut out);
+    out.into_bytes()
+}
+
+/// Decodes a snapshot's state bytes, compact or JSON; `None` when this build cannot read them
+/// (another layout, or damaged): the caller replays the stream instead.
+pub(crate) fn decode_snapshot_state(state: &[u8]) -> Option<Folded> {
+    match state.split_first()? {
+        (b'{', _) => serde_json::from_slice::<SnapshotState<Folded>>(state)
+            .ok()
+            .filter(|tagged| tagged.layout == SNAPSHOT_LAYOUT)
+            .map(|tagged| tagged.state),
+        (&layout, compact) if u32::from(layout) == SNAPSHOT_LAYOUT => {
+            linkflow_core::compact::from_compact(compact).ok()
+        }
+        _ => None,
+    }
 }
 
 /// What an accepted event did to its stream.
@@ -260,5 +286,41 @@ mod tests {
         }
         let error = from_compact::<Folded>(&[7]).unwrap_err();
         assert_eq!(error.what, "stream kind");
+    }
+
+    #[test]
+    fn snapshots_decode_compact_and_the_json_ones_written_before() {
+        let mut session = Session::new();
+        session
+            .apply_in_place(&linkflow_core::Event::new(linkflow_core::EventKind::Opened))
+            .unwrap();
+        let folded = Folded::Session(Box::new(session));
+        let compact = encode_snapshot_state(&folded);
+        assert_eq!(compact[0], SNAPSHOT_LAYOUT as u8);
+        assert_eq!(decode_snapshot_state(&compact), Some(folded.clone()));
+        let json = serde_json::to_vec(&SnapshotState {
+            layout: SNAPSHOT_LAYOUT,
+            state: &folded,
+        })
+        .unwrap();
+        assert!(
+            json.len() > compact.len() * 3,
+            "{} vs {}",
+            json.len(),
+            compact.len()
+        );
+        assert_eq!(decode_snapshot_state(&json), Some(folded.clone()));
+        // Another layout, a damaged body, or nothing: not decoded (the stream is replayed).
+        let mut other_layout = compact.clone();
+        other_layout[0] = SNAPSHOT_LAYOUT as u8 + 1;
+        assert_eq!(decode_snapshot_state(&other_layout), None);
+        assert_eq!(decode_snapshot_state(&compact[..compact.len() - 1]), None);
+        assert_eq!(decode_snapshot_state(&[]), None);
+        let old_json = serde_json::to_vec(&SnapshotState {
+            layout: SNAPSHOT_LAYOUT - 1,
+            state: &folded,
+        })
+        .unwrap();
+        assert_eq!(decode_snapshot_state(&old_json), None);
     }
 }

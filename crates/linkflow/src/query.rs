@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::cache::SessionState;
 use crate::error::EngineError;
-use crate::folded::{Folded, SnapshotState, SNAPSHOT_LAYOUT};
+use crate::folded::{decode_snapshot_state, Folded};
 
 /// Events read per store call when replaying a stream.
 const READ_CHUNK: usize = 1_024;
@@ -112,11 +112,7 @@ impl SessionFilter {
 /// Decodes a snapshot's state; `None` when this build cannot read it or it does not match its
 /// version (the caller falls back to a full replay).
 pub(crate) fn decode_snapshot(snapshot: &Snapshot) -> Option<Folded> {
-    serde_json::from_str::<SnapshotState<Folded>>(snapshot.state.get())
-        .ok()
-        .filter(|tagged| tagged.layout == SNAPSHOT_LAYOUT)
-        .map(|tagged| tagged.state)
-        .filter(|folded| folded.version() == snapshot.version)
+    decode_snapshot_state(&snapshot.state).filter(|folded| folded.version() == snapshot.version)
 }
 
 fn replay_error(stream: &SessionId, stored: &StoredEvent, reason: String) -> EngineError {

@@ -15,7 +15,7 @@ use linkflow_core::{
 };
 use linkflow_store::{
     record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
-    ParkedEvent, RawJson, Snapshot, StoreError, StreamsRead,
+    ParkedEvent, Snapshot, StoreError, StreamsRead,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::cache::{PackedState, SessionCache, SessionState};
 use crate::config::Durability;
 use crate::error::{EngineError, EventError};
-use crate::folded::{Change, Folded, SnapshotState, SNAPSHOT_LAYOUT};
+use crate::folded::{encode_snapshot_state, Change, Folded};
 use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
 use crate::query::{load_state, state_from_read};
 
@@ -606,11 +606,7 @@ impl<'a> Plan<'a> {
     fn finish(&mut self) -> Vec<Op> {
         for (session, working) in &self.sessions {
             if working.dirty {
-                let state = RawJson::from_serialize(&SnapshotState {
-                    layout: SNAPSHOT_LAYOUT,
-                    state: &working.state.folded,
-                })
-                .expect("serializing a state to memory cannot fail");
+                let state = encode_snapshot_state(&working.state.folded);
                 self.ops.push(Op::PutSnapshot {
                     stream: session.clone(),
                     snapshot: Snapshot {

@@ -451,7 +451,7 @@ async fn a_cache_miss_reads_the_snapshot_and_an_undecodable_snapshot_falls_back_
             snapshot: Snapshot {
                 provider: Provider::Moneykit,
                 version: Version(2),
-                state: RawJson::from_string("{\"format\":\"from the future\"}".into()).unwrap(),
+                state: b"\xfffrom the future".to_vec(),
             },
         }])
         .unwrap();
