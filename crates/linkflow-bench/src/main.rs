@@ -44,6 +44,8 @@ pub enum Only {
     Postgres,
     /// `--only writers`: figure 2.
     Writers,
+    /// `--only reads`: figure 4.
+    Reads,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -88,12 +90,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("ingest") => Only::Ingest,
                     Some("postgres") => Only::Postgres,
                     Some("writers") => Only::Writers,
-                    _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2) or `postgres` (figures 1 and 7)".into()),
+                    Some("reads") => Only::Reads,
+                    _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|writers|postgres"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|writers|reads|postgres"
                 ))
             }
         }
