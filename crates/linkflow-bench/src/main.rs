@@ -46,6 +46,8 @@ pub enum Only {
     Writers,
     /// `--only reads`: figure 4.
     Reads,
+    /// `--only rebuild`: figures 1 and 3 (figure 3 reads figure 1's store).
+    Rebuild,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -91,12 +93,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("postgres") => Only::Postgres,
                     Some("writers") => Only::Writers,
                     Some("reads") => Only::Reads,
-                    _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
+                    Some("rebuild") => Only::Rebuild,
+                    _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `rebuild` (figures 1 and 3), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|writers|reads|postgres"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|writers|rebuild|reads|postgres"
                 ))
             }
         }

@@ -261,6 +261,17 @@ pub(crate) fn parse_parked_key(key: &[u8]) -> Result<(SessionId, Uuid), CorruptR
     Ok((session, event_id))
 }
 
+/// Whether `key` is the `S` key of `session`'s `version`, compared in place (a full scan checks
+/// every record against its key without allocating).
+pub(crate) fn is_event_key(key: &[u8], session: &SessionId, version: Version) -> bool {
+    let id = session.as_str().as_bytes();
+    key.len() == 3 + id.len() + 8
+        && key[0] == EVENT
+        && key[1..3] == (id.len() as u16).to_be_bytes()
+        && &key[3..3 + id.len()] == id
+        && key[3 + id.len()..] == version.0.to_be_bytes()
+}
+
 /// Describes an `S` record for error messages.
 pub(crate) fn describe_event(session: &SessionId, version: Version) -> String {
     format!("event `{session}` version {version}")
@@ -279,6 +290,23 @@ mod tests {
         let short = session_prefix(EVENT, &id("acct-1"));
         let long = event_key(&id("acct-10"), Version(1));
         assert!(!long.starts_with(&short));
+    }
+
+    #[test]
+    fn an_event_key_matches_only_its_own_session_and_version() {
+        let key = event_key(&id("acct-1"), Version(3));
+        assert!(is_event_key(&key, &id("acct-1"), Version(3)));
+        assert!(!is_event_key(&key, &id("acct-1"), Version(4)));
+        assert!(!is_event_key(&key, &id("acct-10"), Version(3)));
+        assert!(!is_event_key(&key, &id("acct-"), Version(3)));
+        assert!(!is_event_key(
+            &key[..key.len() - 1],
+            &id("acct-1"),
+            Version(3)
+        ));
+        let mut other_tag = key.clone();
+        other_tag[0] = PARKED;
+        assert!(!is_event_key(&other_tag, &id("acct-1"), Version(3)));
     }
 
     #[test]

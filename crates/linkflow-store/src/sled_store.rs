@@ -554,10 +554,25 @@ impl EventStore for SledStore {
         &self,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
+        // Records are named from their key only when something is wrong: a full scan does
+        // not format a description per event.
+        let describe = |key: &[u8]| -> Result<String, StoreError> {
+            let (session, version) = keys::parse_event_key(key)?;
+            Ok(keys::describe_event(&session, version))
+        };
         for entry in self.db.scan_prefix([keys::EVENT]) {
             let (key, bytes) = entry?;
-            let (session, version) = keys::parse_event_key(&key)?;
-            let event = upcast_event(&keys::describe_event(&session, version), &bytes)?;
+            let event = match upcast_event("", &bytes) {
+                Ok(event) => event,
+                Err(mut error) => {
+                    error.key = describe(&key)?;
+                    return Err(error.into());
+                }
+            };
+            if !keys::is_event_key(&key, &event.stream, event.version) {
+                let what = describe(&key)?;
+                return Err(CorruptRecord::new(what, "record does not match its key").into());
+            }
             if visit(event).is_break() {
                 break;
             }
