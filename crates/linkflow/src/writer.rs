@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use linkflow_core::{
     AccountEvent, AccountEventKind, AccountKey, DedupeKey, EventBody, Phase, Position, Provider,
-    SessionId,
+    SessionId, Version,
 };
 use linkflow_store::{
     record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
@@ -257,6 +257,9 @@ struct Working {
     state: SessionState,
     parked: Option<Vec<ParkedEvent>>,
     dirty: bool,
+    /// The stream had no event and no parked event when the group began, so the store holds
+    /// no dedupe entry for it: only this group's own keys can match (`Plan::keys`).
+    fresh: bool,
 }
 
 /// One group's plan: the operations to commit and the copies of the states they lead to.
@@ -353,12 +356,14 @@ impl<'a> Plan<'a> {
                 });
                 self.op_events.push((session.clone(), Uuid::nil()));
             }
+            let fresh = state.folded.version() == Version::EMPTY && state.parked == 0;
             self.sessions.insert(
                 session.clone(),
                 Working {
                     state,
                     parked: parked_list,
                     dirty: false,
+                    fresh,
                 },
             );
         }
@@ -391,16 +396,20 @@ impl<'a> Plan<'a> {
                 session: session.clone(),
             });
         }
-        if self.shared.store.is_shared() {
-            // Load (and guard) the session before the dedupe check: another node storing this
-            // key after the check then moves the version the commit expects.
-            self.working(session, incoming.provider, &incoming.body)?;
-        }
-        if let Some(original) = self.find_dedupe(session, &key)? {
-            return Ok(Planned::Duplicate {
-                session: session.clone(),
-                original,
-            });
+        // Load the session before the dedupe check. On a shared store this also guards it:
+        // another node storing this key after the check then moves the version the commit
+        // expects. A stream that was empty when the group began has no stored dedupe entry,
+        // so its events skip the store lookup (most events of new sessions in a batch).
+        let fresh = self
+            .working(session, incoming.provider, &incoming.body)?
+            .fresh;
+        if !fresh {
+            if let Some(original) = self.find_dedupe(session, &key)? {
+                return Ok(Planned::Duplicate {
+                    session: session.clone(),
+                    original,
+                });
+            }
         }
         let new = NewEvent {
             event_id: incoming.event_id.unwrap_or_else(Uuid::now_v7),
