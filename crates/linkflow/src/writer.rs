@@ -83,66 +83,9 @@ impl Request {
     }
 }
 
-/// The replies of a committed group, waiting for the sync that makes it durable.
-struct Unsynced {
-    /// The store's head after the group's commit: what subscribers may see once synced.
-    head: Position,
-    replies: Vec<(Request, Answer)>,
-}
-
-/// Where committed groups go to be synced: a thread of its own under `Fsync`, so that the
-/// writer plans and commits the next group while the disk works on the previous one (group
-/// commit with the fsync off the writer's path); `None` (sync inline) when the thread cannot
-/// be started, or under `Buffered`.
-struct Syncer {
-    groups: std::sync::mpsc::Sender<Unsynced>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Syncer {
-    fn start(shared: &Arc<Shared>) -> Option<Syncer> {
-        if shared.durability != Durability::Fsync {
-            return None;
-        }
-        let (groups, receiver) = std::sync::mpsc::channel();
-        let shared = Arc::clone(shared);
-        let thread = std::thread::Builder::new()
-            .name("linkflow-sync".into())
-            .spawn(move || run_syncer(&shared, receiver))
-            .ok()?;
-        Some(Syncer { groups, thread })
-    }
-
-    /// Answers every group handed over so far (after their sync) and stops the thread.
-    fn finish(self) {
-        drop(self.groups);
-        let _ = self.thread.join();
-    }
-}
-
-/// The sync thread's loop: takes every committed group waiting, syncs once for all of them
-/// (one fsync covers every commit applied before it starts), then publishes their head and
-/// answers them. Ends when the writer drops its sender, after answering what it holds.
-fn run_syncer(shared: &Shared, groups: std::sync::mpsc::Receiver<Unsynced>) {
-    while let Ok(first) = groups.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(groups.try_iter());
-        let result = shared.store.sync().map_err(EngineError::from);
-        if result.is_ok() {
-            if let Some(head) = waiting.iter().map(|group| group.head).max() {
-                publish_position(shared, head);
-            }
-        }
-        for group in waiting {
-            deliver(group.replies, &result);
-        }
-    }
-}
-
-/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`, after every
-/// committed group is answered and a last sync.
+/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`, after a last
+/// sync.
 pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
-    let mut syncer = Syncer::start(&shared);
     while let Some(first) = requests.blocking_recv() {
         let mut group = Vec::new();
         let mut events = 0;
@@ -160,53 +103,27 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
             }
         }
         if !group.is_empty() {
-            process_group(&shared, group, syncer.as_ref());
+            process_group(&shared, group);
         }
         if let Some(reply) = shutdown {
-            if let Some(syncer) = syncer.take() {
-                syncer.finish();
-            }
             let result = shared.store.sync().map_err(EngineError::from);
             publish_head(&shared);
             let _ = reply.send(result);
             return;
         }
     }
-    if let Some(syncer) = syncer.take() {
-        syncer.finish();
-    }
     let _ = shared.store.sync();
 }
 
 fn publish_head(shared: &Shared) {
     if let Ok(head) = shared.store.head() {
-        publish_position(shared, head);
-    }
-}
-
-/// Lets subscribers see up to `head` (never moves back).
-fn publish_position(shared: &Shared, head: Position) {
-    shared.visible.send_if_modified(|visible| {
-        let moved = head > *visible;
-        if moved {
-            *visible = head;
-        }
-        moved
-    });
-}
-
-/// Answers each request with its answer, or with the sync's error.
-fn deliver(replies: Vec<(Request, Answer)>, sync_result: &Result<(), EngineError>) {
-    for (request, answer) in replies {
-        match (request, answer) {
-            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
-                let _ = reply.send(sync_result.clone().map(|()| outcomes));
+        shared.visible.send_if_modified(|visible| {
+            let moved = head > *visible;
+            if moved {
+                *visible = head;
             }
-            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
-                let _ = reply.send(sync_result.clone().map(|()| redriven));
-            }
-            _ => unreachable!("answers are built in request order"),
-        }
+            moved
+        });
     }
 }
 
@@ -713,7 +630,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-fn process_group(shared: &Shared, group: Vec<Request>, syncer: Option<&Syncer>) {
+fn process_group(shared: &Shared, group: Vec<Request>) {
     let retries = if shared.store.is_shared() {
         MAX_SHARED_CONFLICT_RETRIES
     } else {
@@ -761,7 +678,7 @@ fn process_group(shared: &Shared, group: Vec<Request>, syncer: Option<&Syncer>) 
                 ));
                 return fail_group(group, &EngineError::from(error));
             }
-            Ok(outcomes) => return complete_group(shared, plan, group, planned, &outcomes, syncer),
+            Ok(outcomes) => return complete_group(shared, plan, group, planned, &outcomes),
             Err(StoreError::Conflict { .. } | StoreError::ParkedConflict { .. })
                 if attempt < retries =>
             {
@@ -837,15 +754,13 @@ fn fail_group(group: Vec<Request>, error: &EngineError) {
     }
 }
 
-/// Turns commit outcomes into answers, updates the cache, and replies once the group is
-/// durable (synced here, or handed to the sync thread).
+/// Turns commit outcomes into answers, updates the cache, syncs, and replies.
 fn complete_group(
     shared: &Shared,
     plan: Plan<'_>,
     group: Vec<Request>,
     planned: Vec<PlannedRequest>,
     outcomes: &[OpOutcome],
-    syncer: Option<&Syncer>,
 ) {
     let mut unexpected: Vec<SessionId> = Vec::new();
     let describe_op = |op: usize| -> Option<DedupeHit> {
@@ -962,17 +877,6 @@ fn complete_group(
         }
     }
 
-    let replies: Vec<(Request, Answer)> = group.into_iter().zip(answers).collect();
-    let replies = match (shared.durability, syncer, shared.store.head()) {
-        (Durability::Fsync, Some(syncer), Ok(head)) => {
-            match syncer.groups.send(Unsynced { head, replies }) {
-                Ok(()) => return,
-                // The sync thread is gone (it never panics on store errors): sync here.
-                Err(std::sync::mpsc::SendError(unsynced)) => unsynced.replies,
-            }
-        }
-        _ => replies,
-    };
     let sync_result = match shared.durability {
         Durability::Fsync => shared.store.sync().map_err(EngineError::from),
         Durability::Buffered => Ok(()),
@@ -980,7 +884,17 @@ fn complete_group(
     if sync_result.is_ok() {
         publish_head(shared);
     }
-    deliver(replies, &sync_result);
+    for (request, answer) in group.into_iter().zip(answers) {
+        match (request, answer) {
+            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
+                let _ = reply.send(sync_result.clone().map(|()| outcomes));
+            }
+            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
+                let _ = reply.send(sync_result.clone().map(|()| redriven));
+            }
+            _ => unreachable!("answers are built in request order"),
+        }
+    }
 }
 
 enum Answer {
