@@ -537,3 +537,74 @@ async fn buffered_durability_acknowledges_and_stores_the_same_events() {
         Err(EngineError::Closed)
     ));
 }
+
+/// Concurrent durable writers share group commits: every caller must be answered, once, with
+/// its own outcome; subscribers must see every position in order; a shutdown among in-flight
+/// writes must answer them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_writers_are_all_answered_and_seen_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let mut subscription = engine.subscribe(Position::START);
+    let writers: Vec<_> = (0..16u32)
+        .map(|task| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for n in 0..25u32 {
+                    let outcome = engine
+                        .ingest(incoming(&format!("w{task}"), EventKind::ScreenChanged, n))
+                        .await
+                        .unwrap();
+                    versions.push(accepted(&outcome).0 .0);
+                }
+                versions
+            })
+        })
+        .collect();
+    for writer in writers {
+        assert_eq!(writer.await.unwrap(), (1..=25).collect::<Vec<u64>>());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 400 {
+        seen.push(subscription.next().await.unwrap().position.0);
+    }
+    assert_eq!(seen, (1..=400).collect::<Vec<u64>>());
+
+    // Writes racing a shutdown: each is answered, accepted or `Closed`, none is dropped.
+    let racing: Vec<_> = (0..16u32)
+        .map(|task| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .ingest(incoming(&format!("w{task}"), EventKind::ScreenChanged, 30))
+                    .await
+            })
+        })
+        .collect();
+    engine.shutdown().await.unwrap();
+    let mut landed = 0;
+    for racer in racing {
+        match racer.await.unwrap() {
+            Ok(outcome) => {
+                accepted(&outcome);
+                landed += 1;
+            }
+            Err(EngineError::Closed) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(subscription);
+    drop(engine);
+    let reopened = open(&dir);
+    let report = reopened.verify().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let total: u64 = reopened
+        .sessions(SessionFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|view| view.state.version().0)
+        .sum();
+    assert_eq!(total, 400 + landed);
+}
