@@ -323,4 +323,25 @@ mod tests {
         .unwrap();
         assert_eq!(decode_snapshot_state(&old_json), None);
     }
+
+    proptest::proptest! {
+        /// Snapshot bytes come from disk: whatever they hold, decoding answers (a state or
+        /// `None`, so the stream is replayed), never panics.
+        #[test]
+        fn any_snapshot_bytes_decode_or_are_refused_without_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            flip in 0usize..400,
+            value in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = decode_snapshot_state(&bytes);
+            let mut session = Session::new();
+            session
+                .apply_in_place(&linkflow_core::Event::new(linkflow_core::EventKind::Opened))
+                .unwrap();
+            let mut valid = encode_snapshot_state(&Folded::Session(Box::new(session)));
+            let at = flip % valid.len();
+            valid[at] = value;
+            let _ = decode_snapshot_state(&valid);
+        }
+    }
 }
