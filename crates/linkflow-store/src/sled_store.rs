@@ -824,4 +824,44 @@ mod tests {
             .expect("an unknown layout is refused");
         assert!(error.to_string().contains("unknown layout"), "{error}");
     }
+
+    #[test]
+    fn a_full_scan_names_a_record_that_is_damaged_or_under_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (a, b) = (stream("sess-a"), stream("sess-b"));
+        store
+            .commit(vec![
+                append(&a, event(1), false),
+                append(&b, event(2), false),
+            ])
+            .unwrap();
+        let scan = |store: &SledStore| {
+            store.for_each_event_by_stream(&mut |_| std::ops::ControlFlow::Continue(()))
+        };
+        scan(&store).unwrap();
+
+        // `a`'s record copied under `b`'s second version: it decodes, but not as that key.
+        let record = store
+            .db
+            .get(keys::event_key(&a, Version(1)))
+            .unwrap()
+            .unwrap();
+        store
+            .db
+            .insert(keys::event_key(&b, Version(2)), record)
+            .unwrap();
+        let error = scan(&store).unwrap_err().to_string();
+        assert!(error.contains("event `sess-b` version 2"), "{error}");
+        assert!(error.contains("does not match its key"), "{error}");
+
+        // A record that does not decode is named by its key, not by its (unreadable) body.
+        store
+            .db
+            .insert(keys::event_key(&b, Version(2)), &[2, 1, 2, 3, 4, 9][..])
+            .unwrap();
+        let error = scan(&store).unwrap_err().to_string();
+        assert!(error.contains("event `sess-b` version 2"), "{error}");
+        assert!(error.contains("checksum"), "{error}");
+    }
 }
