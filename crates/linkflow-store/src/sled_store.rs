@@ -64,6 +64,29 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// How long opening waits for a lock held by a store this process is closing (sled's
+/// background jobs finishing), before the store is reported as locked by another process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(options.cache_capacity_bytes)
+        .flush_every_ms(options.flush_every_ms)
+        .open()
+        .map_err(|error| match error {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                StoreError::Locked {
+                    path: path.display().to_string(),
+                }
+            }
+            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
+                path: path.display().to_string(),
+            },
+            other => StoreError::from(other),
+        })
+}
+
 impl SledStore {
     /// Opens (or creates) a store in `path` with default options.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -72,24 +95,19 @@ impl SledStore {
 
     /// Opens (or creates) a store with `options`.
     pub fn open_with(options: SledOptions) -> Result<Self, StoreError> {
-        let path = options.path;
+        let path = options.path.clone();
         std::fs::create_dir_all(&path).map_err(io_error(&path))?;
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(options.flush_every_ms)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked {
-                        path: path.display().to_string(),
-                    }
+        // A store closed a moment ago in this process can still hold its lock while sled's
+        // background I/O jobs finish: wait for it a little before calling it locked.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match open_sled(&path, &options) {
+                Err(StoreError::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
-                    path: path.display().to_string(),
-                },
-                other => StoreError::from(other),
-            })?;
+                result => break result?,
+            }
+        };
         let db_path = path.join("db");
         let db_file = File::open(&db_path).map_err(io_error(&db_path))?;
         // The directory entry of a new log file must itself reach the disk.
