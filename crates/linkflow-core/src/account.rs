@@ -411,13 +411,13 @@ impl Compact for Account {
         let state = input.choice("account state", &ACCOUNT_STATES)?;
         let version = Version(input.varint("version")?);
         let link_type = decode_link_type(input)?;
-        let count = input.len("operations")?;
+        let count = input.count("operations")?;
         let mut operations = Vec::with_capacity(count.min(MAX_RECENT_OPERATIONS + 1));
         for _ in 0..count {
             let kind = input.choice("operation kind", &OPERATION_KINDS)?;
             let outcome = input.choice("operation outcome", &OUTCOMES)?;
             let event_time = input.opt_time("operation time", base)?;
-            let ids = input.len("transaction ids")?;
+            let ids = input.count("transaction ids")?;
             let transaction_ids = (0..ids)
                 .map(|_| input.str("transaction id"))
                 .collect::<Result<_, _>>()?;

@@ -189,8 +189,9 @@ impl<'a> Input<'a> {
         u32::try_from(value).map_err(|_| self.error(what, format!("{value} exceeds u32")))
     }
 
-    /// A length that must fit in the bytes left (each element takes at least one byte).
-    pub fn len(&mut self, what: &'static str) -> Result<usize, CompactError> {
+    /// A count of elements or bytes that follow; it must fit in the bytes left (each element
+    /// takes at least one byte), so a damaged count cannot make a decoder allocate for it.
+    pub fn count(&mut self, what: &'static str) -> Result<usize, CompactError> {
         let value = self.varint(what)?;
         let left = self.bytes.len() - self.at;
         usize::try_from(value)
@@ -218,7 +219,7 @@ impl<'a> Input<'a> {
 
     /// A string.
     pub fn str(&mut self, what: &'static str) -> Result<String, CompactError> {
-        let len = self.len(what)?;
+        let len = self.count(what)?;
         self.utf8(what, len)
     }
 

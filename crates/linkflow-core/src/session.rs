@@ -509,7 +509,7 @@ impl Compact for Session {
                 *slot = Some(input.time("phase entry time", base)?);
             }
         }
-        let error_count = input.len("journey errors")?;
+        let error_count = input.count("journey errors")?;
         let mut errors = Vec::with_capacity(error_count.min(MAX_JOURNEY_ERRORS));
         for _ in 0..error_count {
             errors.push((
