@@ -1,13 +1,14 @@
-//! A compact binary form of the folded states (sessions, accounts, merchant statuses): what the
-//! engine's session cache holds, a few times smaller than the values themselves.
+//! A compact binary form of the folded states (sessions, accounts, merchant statuses) and of
+//! event bodies: what the engine's session cache holds, a few times smaller than the values
+//! themselves, and what snapshots and event records store.
 //!
 //! The form is positional (no field names): integers are LEB128 varints, strings a varint
 //! length then UTF-8, an optional string one varint (`0` for none, else length + 1), a time
 //! its whole seconds as a zigzag varint relative to a base the value chooses (a session's
 //! first event time, so most times take one or two bytes) with a flag bit for a sub-second
-//! part that follows as a varint of nanoseconds. It is an in-memory and cache form, not a
-//! stored one: nothing durable depends on it, so it carries no version of its own; a stored
-//! use must add one.
+//! part that follows as a varint of nanoseconds. The form carries no version of its own: each
+//! stored use adds one (snapshots a layout byte, event records their schema version), and
+//! event bodies, which the log keeps forever, have their bytes pinned by a store test.
 //!
 //! Decoding checks every byte it reads (lengths within the input, UTF-8, enum codes, times in
 //! range, no bytes left over) and names what was wrong and where.

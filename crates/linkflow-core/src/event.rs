@@ -245,7 +245,9 @@ pub enum EventClass {
 }
 
 impl EventKind {
-    /// Every known kind (all but `Unrecognized`), phase events first.
+    /// Every known kind (all but `Unrecognized`), phase events first. A kind's index here is
+    /// its code in stored event records (see [`crate::EventBody`]'s compact form): add new
+    /// kinds at the end, never reorder.
     pub const KNOWN: [EventKind; 25] = [
         EventKind::Created,
         EventKind::Opened,

@@ -1,7 +1,8 @@
 //! What the log stores: events, parked events and snapshots, and their on-disk encoding.
 //!
-//! Every record is `[schema version: u8][crc32 of body: u32 BE][body]`. Schema 2 (written now)
-//! is a compact binary body (see `binary.rs`); schema 1 (linkflow before it) was all JSON.
+//! Every record is `[schema version: u8][crc32 of body: u32 BE][body]`. Schema 3 (written now)
+//! is a binary body with the canonical event in its compact form (see `binary.rs`); schema 2
+//! had the same body with the canonical event as JSON; schema 1 was all JSON.
 //! Decoding checks the checksum, then dispatches on the schema version through
 //! [`upcast_event`] and friends, so a record written by an older linkflow is read through an
 //! upcaster and never misread.
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use crate::error::{CorruptRecord, StoreError};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u8 = 2;
+pub const SCHEMA_VERSION: u8 = 3;
 
 /// Header bytes before the body: schema version and checksum.
 const HEADER_LEN: usize = 5;
@@ -132,20 +133,6 @@ struct SnapshotSchema1 {
     state: RawJson,
 }
 
-/// Counts bytes instead of storing them.
-struct ByteCounter(usize);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0 += bytes.len();
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Slack for what the estimate does not count: the rejection reason of a parked record (the
 /// engine's messages are well under this) in place of the version and position.
 const SIZE_SLACK: usize = 256;
@@ -153,16 +140,15 @@ const SIZE_SLACK: usize = 256;
 /// Fails with [`StoreError::TooLarge`] when `event` could not be stored in `stream`, so that a
 /// writer can refuse one event instead of failing a whole group commit.
 pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), StoreError> {
-    // Fast path for session events: JSON escaping at most sextuples a string (`\u0000`), and
-    // the fixed fields (ids, times, numbers, names) take well under 1 KiB.
+    // Fast path for session events: their strings are stored as their bytes plus a length,
+    // and the fixed fields (ids, times, codes) take well under 1 KiB.
     if let EventBody::Session(session_event) = &event.body {
         if fits_fast(stream, event, session_event) {
             return Ok(());
         }
     }
-    let mut counter = ByteCounter(0);
-    serde_json::to_writer(&mut counter, &event.body).expect("serializing to a counter cannot fail");
-    let bytes = HEADER_LEN + crate::binary::event_body_len(stream, event, counter.0);
+    let body = linkflow_core::to_compact(&event.body).len();
+    let bytes = HEADER_LEN + crate::binary::event_body_len(stream, event, body);
     if bytes + SIZE_SLACK > MAX_RECORD_BYTES {
         return Err(StoreError::TooLarge {
             stream: stream.clone(),
@@ -214,7 +200,7 @@ fn fits_fast(stream: &SessionId, event: &NewEvent, session_event: &linkflow_core
         _ => 0,
     };
     let raw = event.raw.as_ref().map_or(0, |raw| raw.get().len());
-    (text + unrecognized) * 6 + raw + 1024 + SIZE_SLACK <= MAX_RECORD_BYTES
+    text + unrecognized + raw + 1024 + SIZE_SLACK <= MAX_RECORD_BYTES
 }
 
 /// A record of `schema` around the body `write` appends, with its checksum.
@@ -231,21 +217,21 @@ fn seal(schema: u8, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8
 /// An event record in the current schema.
 pub fn encode_event(event: &StoredEvent) -> Vec<u8> {
     seal(SCHEMA_VERSION, 512, |out| {
-        crate::binary::Writer(out).event(event)
+        crate::binary::Writer::new(out, SCHEMA_VERSION).event(event)
     })
 }
 
 /// A parked record in the current schema.
 pub fn encode_parked(parked: &ParkedEvent) -> Vec<u8> {
     seal(SCHEMA_VERSION, 512, |out| {
-        crate::binary::Writer(out).parked(parked)
+        crate::binary::Writer::new(out, SCHEMA_VERSION).parked(parked)
     })
 }
 
 /// A snapshot record in the current schema.
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     seal(SCHEMA_VERSION, 512, |out| {
-        crate::binary::Writer(out).snapshot(snapshot)
+        crate::binary::Writer::new(out, SCHEMA_VERSION).snapshot(snapshot)
     })
 }
 
@@ -294,12 +280,13 @@ fn unknown_schema(key: &str, schema: u8) -> CorruptRecord {
 /// Decodes an event record of any known schema version into the current shape.
 ///
 /// The upcaster: each past schema version gets an arm that reads its body and converts it to
-/// the current [`StoredEvent`]. Schema 1 (all JSON) has the same fields as schema 2 (binary).
+/// the current [`StoredEvent`]. Schema 1 (all JSON) has the same fields as schemas 2 and 3
+/// (binary), which differ only in how the canonical event is written (JSON, compact).
 pub fn upcast_event(key: &str, bytes: &[u8]) -> Result<StoredEvent, CorruptRecord> {
     let (schema, body) = open_record(key, bytes)?;
     match schema {
         1 => decode_body(key, body),
-        2 => crate::binary::Reader::new(key, body).event(),
+        2 | 3 => crate::binary::Reader::new(key, schema, body).event(),
         other => Err(unknown_schema(key, other)),
     }
 }
@@ -309,7 +296,7 @@ pub fn upcast_parked(key: &str, bytes: &[u8]) -> Result<ParkedEvent, CorruptReco
     let (schema, body) = open_record(key, bytes)?;
     match schema {
         1 => decode_body(key, body),
-        2 => crate::binary::Reader::new(key, body).parked(),
+        2 | 3 => crate::binary::Reader::new(key, schema, body).parked(),
         other => Err(unknown_schema(key, other)),
     }
 }
@@ -323,7 +310,7 @@ pub fn upcast_snapshot(key: &str, bytes: &[u8]) -> Result<Snapshot, CorruptRecor
             version: old.version,
             state: old.state.get().as_bytes().to_vec(),
         }),
-        2 => crate::binary::Reader::new(key, body).snapshot(),
+        2 | 3 => crate::binary::Reader::new(key, schema, body).snapshot(),
         other => Err(unknown_schema(key, other)),
     }
 }
@@ -383,13 +370,16 @@ mod tests {
     }
 
     #[test]
-    fn schema_2_records_round_trip_and_are_smaller_than_schema_1() {
+    fn schema_3_records_round_trip_and_are_smaller_than_schemas_1_and_2() {
         for raw in [true, false] {
             let event = sample(raw);
             let bytes = encode_event(&event);
-            assert_eq!(bytes[0], 2);
+            assert_eq!(bytes[0], 3);
             assert_eq!(upcast_event("e", &bytes).unwrap(), event);
-            assert!(bytes.len() < encode_schema_1(&event).len());
+            let schema_2 = encode_schema_2(&event);
+            assert_eq!(upcast_event("e", &schema_2).unwrap(), event);
+            assert!(bytes.len() < schema_2.len());
+            assert!(schema_2.len() < encode_schema_1(&event).len());
             assert_eq!(
                 check_event_size_len(&event),
                 bytes.len(),
@@ -417,9 +407,67 @@ mod tests {
 
     /// The size `check_event_size` computes for an event record.
     fn check_event_size_len(event: &StoredEvent) -> usize {
-        let mut counter = ByteCounter(0);
-        serde_json::to_writer(&mut counter, &event.data.body).unwrap();
-        HEADER_LEN + crate::binary::event_body_len(&event.stream, &event.data, counter.0)
+        let body = linkflow_core::to_compact(&event.data.body).len();
+        HEADER_LEN + crate::binary::event_body_len(&event.stream, &event.data, body)
+    }
+
+    /// An event record as linkflow wrote it before schema 3 (canonical event as JSON).
+    fn encode_schema_2(event: &StoredEvent) -> Vec<u8> {
+        seal(2, 512, |out| {
+            crate::binary::Writer::new(out, 2).event(event)
+        })
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// A record with every kind of field, its ids and times fixed.
+    fn golden() -> StoredEvent {
+        use chrono::TimeZone;
+        StoredEvent {
+            stream: SessionId::new("mk_sess_1").unwrap(),
+            version: Version(3),
+            position: Position(42),
+            accepted_at: Utc.timestamp_opt(1_700_000_001, 5_000).unwrap(),
+            was_parked: false,
+            data: NewEvent {
+                event_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+                dedupe_key: DedupeKey::derive(&[b"golden"]),
+                provider: Provider::Moneykit,
+                body: EventBody::Session(
+                    linkflow_core::Event::new(linkflow_core::EventKind::InstitutionSelected)
+                        .at(Utc.timestamp_opt(1_700_000_000, 353_000_000).unwrap())
+                        .with_institution("ins_1", Some("Bank")),
+                ),
+                raw_name: Some("select_institution".into()),
+                raw: Some(
+                    RawJson::from_string("{\"event\":\"select_institution\"}".into()).unwrap(),
+                ),
+                received_at: Utc.timestamp_opt(1_700_000_001, 0).unwrap(),
+            },
+        }
+    }
+
+    /// The bytes schema 2 gave [`golden`], as written by linkflow before schema 3.
+    const GOLDEN_SCHEMA_2: &str = "026283ebe5096d6b5f736573735f310000000000000003000000000000002a000000006553f1010000138800019000000000700080000000000000018d199e37254f0dcc491fa9462ad4d6cc01000000006553f10100000000011273656c6563745f696e737469747574696f6e011e7b226576656e74223a2273656c6563745f696e737469747574696f6e227d8e017b2273657373696f6e223a7b226b696e64223a22696e737469747574696f6e5f73656c6563746564222c226f636375727265645f6174223a22323032332d31312d31345432323a31333a32302e3335335a222c2261747472696275746573223a7b22696e737469747574696f6e223a7b226964223a22696e735f31222c226e616d65223a2242616e6b227d7d7d7d";
+
+    /// The bytes schema 3 gives [`golden`]. A change here means stored records would change
+    /// meaning: add a schema instead (and keep reading this one).
+    const GOLDEN_SCHEMA_3: &str = "0381e24b16096d6b5f736573735f310000000000000003000000000000002a000000006553f1010000138800019000000000700080000000000000018d199e37254f0dcc491fa9462ad4d6cc01000000006553f10100000000011273656c6563745f696e737469747574696f6e011e7b226576656e74223a2273656c6563745f696e737469747574696f6e227d190002018188bfaa19c0b4a9a8010205696e735f310542616e6b";
+
+    #[test]
+    fn the_record_bytes_of_each_schema_are_pinned_and_read() {
+        let event = golden();
+        assert_eq!(hex(&encode_schema_2(&event)), GOLDEN_SCHEMA_2);
+        assert_eq!(hex(&encode_event(&event)), GOLDEN_SCHEMA_3);
+        for pinned in [GOLDEN_SCHEMA_2, GOLDEN_SCHEMA_3] {
+            let bytes: Vec<u8> = (0..pinned.len())
+                .step_by(2)
+                .map(|at| u8::from_str_radix(&pinned[at..at + 2], 16).unwrap())
+                .collect();
+            assert_eq!(upcast_event("e", &bytes).unwrap(), event);
+        }
     }
 
     #[test]
@@ -454,11 +502,21 @@ mod tests {
     /// A body cut short anywhere, or with a byte changed (checksum recomputed, as if written that
     /// way), is an error naming the record, never a panic.
     #[test]
-    fn every_truncated_or_altered_schema_2_body_is_an_error_not_a_panic() {
-        let bytes = encode_event(&sample(true));
+    fn every_truncated_or_altered_binary_body_is_an_error_not_a_panic() {
+        for schema in [2, 3] {
+            every_truncated_or_altered_body_is_an_error(schema);
+        }
+    }
+
+    fn every_truncated_or_altered_body_is_an_error(schema: u8) {
+        let bytes = if schema == 2 {
+            encode_schema_2(&sample(true))
+        } else {
+            encode_event(&sample(true))
+        };
         let body = &bytes[HEADER_LEN..];
         let reseal = |body: &[u8]| {
-            seal(2, body.len() + HEADER_LEN, |out| {
+            seal(schema, body.len() + HEADER_LEN, |out| {
                 out.extend_from_slice(body)
             })
         };
@@ -482,7 +540,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Every session event the core's strategies make survives schema 2 unchanged.
+        /// Every session event the core's strategies make survives schema 3 unchanged, and
+        /// the size check counts its bytes exactly.
         #[test]
         fn any_session_event_round_trips(
             event in proptest::prop_oneof![
