@@ -232,9 +232,12 @@ impl<'a> Reader<'a> {
         SessionId::new(text).map_err(|error| self.error(what, error))
     }
 
+    /// The raw payload: UTF-8 is checked, the JSON was when the record was written.
     fn raw_json(&mut self, what: &str) -> Result<RawJson, CorruptRecord> {
-        let text = self.string(what)?;
-        RawJson::from_string(text).map_err(|error| self.error(what, error))
+        let bytes = self.bytes(what)?;
+        std::str::from_utf8(bytes)
+            .map(RawJson::from_stored)
+            .map_err(|error| self.error(what, error))
     }
 
     fn new_event(&mut self) -> Result<NewEvent, CorruptRecord> {

@@ -7,6 +7,8 @@
 //! [`upcast_event`] and friends, so a record written by an older linkflow is read through an
 //! upcaster and never misread.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 pub use linkflow_core::DedupeKey;
 use linkflow_core::{EventBody, Position, Provider, SessionId, Version};
@@ -30,24 +32,48 @@ pub const MAX_RECORD_BYTES: usize = 6 * 1024;
 
 /// A JSON text kept exactly as it was written (no re-serialization, so a payload's bytes, key
 /// order and whitespace survive).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<RawValue>);
+///
+/// It holds one valid JSON value: checked when it is made from outside ([`RawJson::from_string`],
+/// deserializing), and taken as is by the record decoder, whose records were checked when
+/// written and carry a checksum. Serializing re-reads it as a raw JSON value, so a text that
+/// somehow is not JSON is a serialization error, never invalid output. Cloning shares the
+/// text (the writer copies each delivery into its record).
+#[derive(Debug, Clone)]
+pub struct RawJson(Arc<str>);
 
 impl RawJson {
     /// Checks that `text` is one JSON value and keeps it verbatim.
     pub fn from_string(text: String) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text).map(RawJson)
+        RawValue::from_string(text).map(|raw| RawJson(Box::<str>::from(raw).into()))
+    }
+
+    /// A text read back from a record: checked when the record was written, so not parsed
+    /// again (folding a stream never looks at the raw payload).
+    pub(crate) fn from_stored(text: &str) -> Self {
+        RawJson(Arc::from(text))
     }
 
     /// Serializes `value` compactly.
     pub fn from_serialize<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::value::to_raw_value(value).map(RawJson)
+        serde_json::value::to_raw_value(value).map(|raw| RawJson(Box::<str>::from(raw).into()))
     }
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(|raw| RawJson(Box::<str>::from(raw).into()))
     }
 }
 
@@ -327,6 +353,18 @@ mod tests {
         let error = upcast_snapshot("snapshot of `s1`", &bytes).unwrap_err();
         assert!(error.to_string().contains("snapshot of `s1`"), "{error}");
         assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    }
+
+    #[test]
+    fn raw_payloads_are_checked_on_the_way_in_and_a_bad_stored_one_fails_to_serialize() {
+        assert!(RawJson::from_string("{nope".into()).is_err());
+        let good = RawJson::from_string("{ \"a\" : [1, 2] }".into()).unwrap();
+        assert_eq!(serde_json::to_string(&good).unwrap(), "{ \"a\" : [1, 2] }");
+        let back: RawJson = serde_json::from_str("{ \"a\" : [1, 2] }").unwrap();
+        assert_eq!(back, good);
+        assert!(serde_json::from_str::<RawJson>("{nope").is_err());
+        let bad = RawJson::from_stored("{nope");
+        assert!(serde_json::to_string(&bad).is_err());
     }
 
     #[test]
