@@ -366,15 +366,8 @@ mod tests {
                 }),
             },
             EventBody::Merchant(MerchantStatus {
-                merchant_id: "10".into(),
-                name: Some("Uber".into()),
-                category: None,
-                logo: None,
-                product_type: "card_switcher".into(),
-                platform: "ios".into(),
                 sdk: Some("2.1.0".into()),
-                status: Availability::Down,
-                since: at,
+                ..crate::merchant::tests::status(7, Availability::Down)
             }),
         ]
     }

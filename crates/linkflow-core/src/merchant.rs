@@ -95,11 +95,13 @@ impl Compact for MerchantStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn status(second: u32, status: Availability) -> MerchantStatus {
+    /// Uber's card switcher on iOS, `status` since 16:00:`second` on 2024-03-19 (also used by
+    /// the event body tests).
+    pub(crate) fn status(second: u32, status: Availability) -> MerchantStatus {
         MerchantStatus {
             merchant_id: "10".into(),
             name: Some("Uber".into()),
