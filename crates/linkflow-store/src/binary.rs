@@ -6,7 +6,7 @@
 //! ```text
 //! event    = str(stream) u64(version) u64(position) time(accepted_at) u8(was_parked) new_event
 //! parked   = str(stream) str(reason) time(parked_at) new_event
-//! snapshot = u8(provider) u64(version) str(state JSON)
+//! snapshot = u8(provider) u64(version) str(state bytes, opaque to the store)
 //! new_event = [16](event id) [16](dedupe key) u8(provider) time(received_at)
 //!             opt(str(raw name)) opt(str(raw payload)) str(canonical event)
 //! canonical event = compact EventBody (schema 3) | JSON (schema 2)
@@ -92,7 +92,8 @@ impl<'a> Writer<'a> {
         self.time(&event.received_at);
         self.opt_str(event.raw_name.as_deref());
         self.opt_str(event.raw.as_ref().map(RawJson::get));
-        // Its length prefix comes first, so the body is encoded aside.
+        // Its length prefix comes first, so the body is encoded aside. Schema 2 is written
+        // only by the tests that pin its bytes; stores get the current schema.
         let body = if self.schema == 2 {
             serde_json::to_vec(&event.body).expect("an event body serializes")
         } else {
