@@ -126,6 +126,73 @@ impl<'a> Writer<'a> {
 }
 
 /// Reads schema 2 or 3 fields; every failure names the record and the field.
+/// Several consecutive event records of one stream as one value: `u8(PACKED) varint(count)`
+/// then `str(record)` per record, each record whole (its own header and checksum).
+pub(crate) fn write_packed(records: &[&[u8]]) -> Vec<u8> {
+    let bytes: usize = records.iter().map(|record| record.len() + 2).sum();
+    let mut out = Vec::with_capacity(bytes + 3);
+    out.push(crate::record::PACKED);
+    let mut writer = Writer::new(&mut out, crate::record::SCHEMA_VERSION);
+    writer.varint(records.len());
+    for record in records {
+        writer.bytes(record);
+    }
+    out
+}
+
+/// The records of a packed value (its first byte is `PACKED`): at least two, filling it
+/// exactly.
+pub(crate) fn read_packed<'a>(
+    key: &'a str,
+    value: &'a [u8],
+) -> Result<Vec<&'a [u8]>, CorruptRecord> {
+    let mut reader = Reader::new(
+        key,
+        crate::record::SCHEMA_VERSION,
+        value.get(1..).unwrap_or(&[]),
+    );
+    let count = reader.varint("packed record count")?;
+    if count < 2 {
+        return Err(reader.error("packed record count", format!("{count} is fewer than 2")));
+    }
+    // Each record takes at least its length byte and header: a count beyond that is damage,
+    // not a reason to reserve memory.
+    if count > value.len() / 6 {
+        return Err(reader.error(
+            "packed record count",
+            format!("{count} records cannot fit in {} bytes", value.len()),
+        ));
+    }
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = reader.varint("packed record length")?;
+        records.push(reader.take("packed record", len)?);
+    }
+    if reader.at != reader.bytes.len() {
+        return Err(reader.error(
+            "packed value",
+            format!(
+                "{} bytes after the last record",
+                reader.bytes.len() - reader.at
+            ),
+        ));
+    }
+    Ok(records)
+}
+
+/// How many records a packed value holds, from its header alone.
+pub(crate) fn packed_count(key: &str, value: &[u8]) -> Result<usize, CorruptRecord> {
+    let mut reader = Reader::new(
+        key,
+        crate::record::SCHEMA_VERSION,
+        value.get(1..).unwrap_or(&[]),
+    );
+    match reader.varint("packed record count")? {
+        count @ 2.. => Ok(count),
+        count => Err(reader.error("packed record count", format!("{count} is fewer than 2"))),
+    }
+}
+
 pub(crate) struct Reader<'a> {
     key: &'a str,
     schema: u8,

@@ -3,7 +3,7 @@
 //!
 //! | prefix | key                                          | value                              |
 //! |--------|----------------------------------------------|------------------------------------|
-//! | `S`    | `S` len:u16 session version:u64              | event record                       |
+//! | `S`    | `S` len:u16 session version:u64              | event record, or packed records    |
 //! | `G`    | `G` first position:u64                       | the commit's runs (see below)      |
 //! | `K`    | `K` len:u16 session                          | the stream's dedupe list           |
 //! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
@@ -20,6 +20,12 @@
 //! first position.
 //!
 //! | `M`    | `Mlayout`                                    | layout version: u32                |
+//!
+//! An `S` value is one event record, or (layout 3) the records of consecutive events of one
+//! stream that one commit appended, packed under the key of the first (`record::PACKED`): a
+//! batch of a stream's events costs sled one key, not one per event. A stream's events are
+//! still every `S` key of its prefix in order; the event at a version is in the last value
+//! whose key is at or before it.
 //!
 //! A stream's dedupe entries are one `K` value (see `dedupe_list.rs`) of up to 64
 //! entries; older entries of a long stream, and every entry of a store written before the `K`
@@ -45,6 +51,9 @@ pub(crate) const LIST: u8 = b'K';
 pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// Layout 2: dedupe lists under `K` keys.
 pub(crate) const LAYOUT_LISTS: u32 = 2;
+/// Layout 3: layout 2, and an `S` value may pack several events (see `record::PACKED`). A
+/// layout 2 store moves to 3 with the first commit that packs, in the same batch.
+pub(crate) const LAYOUT_PACKED: u32 = 3;
 
 /// `tag len session`: the prefix of every key of one session under `tag`.
 pub(crate) fn session_prefix(tag: u8, session: &SessionId) -> Vec<u8> {

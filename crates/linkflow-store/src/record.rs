@@ -261,6 +261,42 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     })
 }
 
+/// The first byte of an event value that packs several records: consecutive events of one
+/// stream written by one commit, under the key of the first (a record's first byte is its
+/// schema version, 1..=3). The format is in `binary.rs`.
+pub const PACKED: u8 = 0x80;
+
+/// The most bytes of records one packed value holds: with sled's 17 entries per leaf, leaves
+/// stay under the size sled moves to a blob file (see [`MAX_RECORD_BYTES`]).
+pub const MAX_PACKED_BYTES: usize = MAX_RECORD_BYTES;
+
+/// One value holding `records` (at least two event records, consecutive versions of one stream,
+/// at most [`MAX_PACKED_BYTES`] together).
+pub fn pack_events(records: &[&[u8]]) -> Vec<u8> {
+    debug_assert!(
+        records.len() >= 2,
+        "a packed value holds two records or more"
+    );
+    crate::binary::write_packed(records)
+}
+
+/// The event records an event value holds: itself for a record, each record of a packed
+/// value. Records are not decoded here (see [`upcast_event`]).
+pub fn event_records<'a>(key: &'a str, value: &'a [u8]) -> Result<Vec<&'a [u8]>, CorruptRecord> {
+    match value.first() {
+        Some(&PACKED) => crate::binary::read_packed(key, value),
+        _ => Ok(vec![value]),
+    }
+}
+
+/// How many events an event value holds, reading only the header of a packed one.
+pub fn event_count(key: &str, value: &[u8]) -> Result<usize, CorruptRecord> {
+    match value.first() {
+        Some(&PACKED) => crate::binary::packed_count(key, value),
+        _ => Ok(1),
+    }
+}
+
 /// A schema 1 record (all JSON), as linkflow wrote before schema 2: for the upcaster's tests.
 pub fn encode_schema_1<T: Serialize>(body: &T) -> Vec<u8> {
     seal(1, 512, |out| {
@@ -493,6 +529,27 @@ mod tests {
     /// The bytes schema 3 gives [`golden`]. A change here means stored records would change
     /// meaning: add a schema instead (and keep reading this one).
     const GOLDEN_SCHEMA_3: &str = "0381e24b16096d6b5f736573735f310000000000000003000000000000002a000000006553f1010000138800019000000000700080000000000000018d199e37254f0dcc491fa9462ad4d6cc01000000006553f10100000000011273656c6563745f696e737469747574696f6e011e7b226576656e74223a2273656c6563745f696e737469747574696f6e227d190002018188bfaa19c0b4a9a8010205696e735f310542616e6b";
+
+    #[test]
+    fn packed_values_are_pinned_and_a_record_is_its_own_value() {
+        let (first, second) = (vec![3u8, 1, 2], vec![9u8; 130]);
+        let packed = pack_events(&[&first, &second]);
+        // PACKED, count 2, length 3, the first record, length 130 (varint 0x82 0x01), the second.
+        let mut pinned = vec![0x80, 2, 3, 3, 1, 2, 0x82, 0x01];
+        pinned.extend_from_slice(&second);
+        assert_eq!(packed, pinned);
+        assert_eq!(
+            event_records("k", &packed).unwrap(),
+            [&first[..], &second[..]]
+        );
+        assert_eq!(event_count("k", &packed).unwrap(), 2);
+        let record = encode_event(&golden());
+        assert_eq!(event_records("k", &record).unwrap(), [&record[..]]);
+        assert_eq!(event_count("k", &record).unwrap(), 1);
+        for cut in 1..packed.len() {
+            assert!(event_records("k", &packed[..cut]).is_err(), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn the_record_bytes_of_each_schema_are_pinned_and_read() {

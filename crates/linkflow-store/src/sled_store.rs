@@ -11,9 +11,10 @@ use linkflow_core::{Position, SessionId, Version};
 use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
 use crate::error::{CorruptRecord, StoreError};
 use crate::keys::{self, Run};
-use crate::plan::{plan_commit, CommitReads};
+use crate::plan::{plan_commit, CommitReads, PlannedEvent};
 use crate::record::{
-    upcast_event, upcast_parked, upcast_snapshot, DedupeKey, ParkedEvent, Snapshot, StoredEvent,
+    event_count, event_records, pack_events, upcast_event, upcast_parked, upcast_snapshot,
+    DedupeKey, ParkedEvent, Snapshot, StoredEvent, MAX_PACKED_BYTES,
 };
 use crate::store::{DedupeHit, EventStore, Op, OpOutcome, VerifyReport};
 
@@ -55,6 +56,51 @@ pub struct SledStore {
 
 struct WriterState {
     head: Position,
+    /// The layout marker says 3: packed event values may be written without touching it.
+    packed_layout: bool,
+}
+
+/// The events of one `S` value, checked against its key: the first at the key's stream and
+/// version, each next one at the version after. Records are named from the key only when
+/// something is wrong: a full scan does not format a description per event.
+pub(crate) fn decode_event_value(key: &[u8], value: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+    let describe = |index: usize| -> Result<String, StoreError> {
+        let (session, first) = keys::parse_event_key(key)?;
+        Ok(keys::describe_event(
+            &session,
+            Version(first.0 + index as u64),
+        ))
+    };
+    let records = match event_records("", value) {
+        Ok(records) => records,
+        Err(mut error) => {
+            error.key = describe(0)?;
+            return Err(error.into());
+        }
+    };
+    let mut events: Vec<StoredEvent> = Vec::with_capacity(records.len());
+    for (index, record) in records.into_iter().enumerate() {
+        let event = match upcast_event("", record) {
+            Ok(event) => event,
+            Err(mut error) => {
+                error.key = describe(index)?;
+                return Err(error.into());
+            }
+        };
+        let in_place = match events.last() {
+            None => keys::is_event_key(key, &event.stream, event.version),
+            Some(previous) => {
+                event.stream == previous.stream && event.version == previous.version.next()
+            }
+        };
+        if !in_place {
+            return Err(
+                CorruptRecord::new(describe(index)?, "record does not match its key").into(),
+            );
+        }
+        events.push(event);
+    }
+    Ok(events)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -126,30 +172,36 @@ impl SledStore {
             }
             None => Position::START,
         };
-        let legacy_dedupe = match db.get(keys::LAYOUT_KEY)? {
-            Some(value) if *value == keys::LAYOUT_LISTS.to_be_bytes() => false,
+        let (legacy_dedupe, packed_layout) = match db.get(keys::LAYOUT_KEY)? {
+            Some(value) if *value == keys::LAYOUT_LISTS.to_be_bytes() => (false, false),
+            Some(value) if *value == keys::LAYOUT_PACKED.to_be_bytes() => (false, true),
             Some(value) => {
                 return Err(StoreError::Corrupt(CorruptRecord::new(
                     "layout key",
                     format!(
-                        "unknown layout {value:?}; this linkflow reads layout {} (a newer linkflow wrote this store?)",
-                        keys::LAYOUT_LISTS
+                        "unknown layout {value:?}; this linkflow reads layouts {} and {} (a newer linkflow wrote this store?)",
+                        keys::LAYOUT_LISTS,
+                        keys::LAYOUT_PACKED
                     ),
                 )))
             }
             None if db.is_empty() => {
-                // A new store: dedupe lists from the start. The marker is the first write in
-                // sled's log, so any later commit that survives a crash implies it did.
-                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_LISTS.to_be_bytes())?;
-                false
+                // A new store: dedupe lists and packed values from the start. The marker is
+                // the first write in sled's log, so any later commit that survives a crash
+                // implies it did.
+                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_PACKED.to_be_bytes())?;
+                (false, true)
             }
-            None => true,
+            None => (true, false),
         };
         Ok(SledStore {
             db,
             path,
             db_file,
-            writer: Mutex::new(WriterState { head }),
+            writer: Mutex::new(WriterState {
+                head,
+                packed_layout,
+            }),
             legacy_dedupe,
         })
     }
@@ -341,16 +393,45 @@ impl EventStore for SledStore {
                 },
             );
         }
-        // One run per stream of consecutive positions, one global index key per commit.
+        // One run per stream of consecutive positions, one global index key per commit. The
+        // events of a run go under as few keys as MAX_PACKED_BYTES allows (not in a store
+        // written before dedupe lists, which older builds must still be able to open).
         let mut runs: Vec<Run> = Vec::new();
+        let may_pack = !self.legacy_dedupe;
+        let mut pack: Vec<&PlannedEvent> = Vec::new();
+        let mut packed_any = false;
+        let mut put_pack = |batch: &mut sled::Batch, pack: &mut Vec<&PlannedEvent>| {
+            match pack.as_slice() {
+                [] => {}
+                [event] => batch.insert(
+                    keys::event_key(&event.stream, event.version),
+                    &*event.record,
+                ),
+                [first, ..] => {
+                    let records: Vec<&[u8]> = pack.iter().map(|event| &*event.record).collect();
+                    batch.insert(
+                        keys::event_key(&first.stream, first.version),
+                        pack_events(&records),
+                    );
+                    packed_any = true;
+                }
+            }
+            pack.clear();
+        };
         for event in &plan.events {
             if event.from_parked {
                 batch.remove(keys::parked_key(&event.stream, event.event_id));
             }
-            batch.insert(
-                keys::event_key(&event.stream, event.version),
-                &*event.record,
-            );
+            let extends = may_pack
+                && pack.last().is_some_and(|last| {
+                    last.stream == event.stream && last.version.next() == event.version
+                })
+                && pack.iter().map(|event| event.record.len()).sum::<usize>() + event.record.len()
+                    <= MAX_PACKED_BYTES;
+            if !extends {
+                put_pack(&mut batch, &mut pack);
+            }
+            pack.push(event);
             let target = Target::Accepted {
                 version: event.version,
                 position: event.position,
@@ -371,6 +452,11 @@ impl EventStore for SledStore {
                     events: 1,
                 }),
             }
+        }
+        put_pack(&mut batch, &mut pack);
+        let mark_packed = packed_any && !writer.packed_layout;
+        if mark_packed {
+            batch.insert(keys::LAYOUT_KEY, &keys::LAYOUT_PACKED.to_be_bytes());
         }
         if let Some(first) = plan.events.first() {
             batch.insert(&keys::global_key(first.position), keys::runs_value(&runs));
@@ -409,6 +495,7 @@ impl EventStore for SledStore {
         }
         self.db.apply_batch(batch)?;
         writer.head = plan.head;
+        writer.packed_layout |= mark_packed;
         Ok(plan.outcomes)
     }
 
@@ -432,7 +519,12 @@ impl EventStore for SledStore {
             .scan_prefix(keys::session_prefix(keys::EVENT, stream))
             .next_back()
         {
-            Some(entry) => Ok(keys::parse_event_key(&entry?.0)?.1),
+            Some(entry) => {
+                let (key, value) = entry?;
+                let (session, first) = keys::parse_event_key(&key)?;
+                let count = event_count(&keys::describe_event(&session, first), &value)?;
+                Ok(Version(first.0 + count as u64 - 1))
+            }
             None => Ok(Version::EMPTY),
         }
     }
@@ -443,18 +535,43 @@ impl EventStore for SledStore {
         after: Version,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = keys::event_key(stream, after.next());
-        let end = keys::event_key(stream, Version(u64::MAX));
         let mut events = Vec::new();
-        for entry in self.db.range(start..=end).take(limit) {
-            let (key, bytes) = entry?;
-            let (session, version) = keys::parse_event_key(&key)?;
-            let what = keys::describe_event(&session, version);
-            let event = upcast_event(&what, &bytes)?;
-            if event.stream != session || event.version != version {
-                return Err(CorruptRecord::new(what, "record does not match its key").into());
+        if limit == 0 {
+            return Ok(events);
+        }
+        // The first wanted event is in the last value whose key is at or before it. A stream's
+        // versions start at 1, so a stream with no such key has no events.
+        let wanted = keys::event_key(stream, after.next());
+        let Some(first) = self
+            .db
+            .range(keys::event_key(stream, Version::EMPTY)..=wanted)
+            .next_back()
+        else {
+            return Ok(events);
+        };
+        let (first_key, first_value) = first?;
+        let mut take = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
+            for event in decode_event_value(key, value)? {
+                if event.version > after {
+                    events.push(event);
+                    if events.len() == limit {
+                        return Ok(true);
+                    }
+                }
             }
-            events.push(event);
+            Ok(false)
+        };
+        if !take(&first_key, &first_value)? {
+            let end = keys::event_key(stream, Version(u64::MAX));
+            for entry in self.db.range((
+                std::ops::Bound::Excluded(first_key),
+                std::ops::Bound::Included(sled::IVec::from(end)),
+            )) {
+                let (key, value) = entry?;
+                if take(&key, &value)? {
+                    break;
+                }
+            }
         }
         Ok(events)
     }
@@ -572,27 +689,12 @@ impl EventStore for SledStore {
         &self,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        // Records are named from their key only when something is wrong: a full scan does
-        // not format a description per event.
-        let describe = |key: &[u8]| -> Result<String, StoreError> {
-            let (session, version) = keys::parse_event_key(key)?;
-            Ok(keys::describe_event(&session, version))
-        };
         for entry in self.db.scan_prefix([keys::EVENT]) {
-            let (key, bytes) = entry?;
-            let event = match upcast_event("", &bytes) {
-                Ok(event) => event,
-                Err(mut error) => {
-                    error.key = describe(&key)?;
-                    return Err(error.into());
+            let (key, value) = entry?;
+            for event in decode_event_value(&key, &value)? {
+                if visit(event).is_break() {
+                    return Ok(());
                 }
-            };
-            if !keys::is_event_key(&key, &event.stream, event.version) {
-                let what = describe(&key)?;
-                return Err(CorruptRecord::new(what, "record does not match its key").into());
-            }
-            if visit(event).is_break() {
-                break;
             }
         }
         Ok(())
@@ -610,7 +712,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::record::{NewEvent, RawJson};
+    use crate::record::{NewEvent, RawJson, PACKED};
     use crate::store::ExpectedVersion;
 
     fn stream(id: &str) -> SessionId {
@@ -741,8 +843,9 @@ mod tests {
                     park(&a, late.clone()),
                 ])
                 .unwrap();
-            // Rewrite it as the first layout stored it: one `D` key per entry, no lists, no
-            // layout key.
+            // Rewrite it as the first layout stored it: one key per event, one `D` key per
+            // entry, no lists, no layout key.
+            unpack_all(&store);
             for entry in store.db.scan_prefix([keys::LIST]) {
                 let (key, value) = entry.unwrap();
                 let session = keys::parse_list_key(&key).unwrap();
@@ -881,5 +984,276 @@ mod tests {
         let error = scan(&store).unwrap_err().to_string();
         assert!(error.contains("event `sess-b` version 2"), "{error}");
         assert!(error.contains("checksum"), "{error}");
+    }
+
+    /// The `S` values of `stream`, as (first version, events in the value).
+    fn event_values(store: &SledStore, stream: &SessionId) -> Vec<(u64, usize)> {
+        store
+            .db
+            .scan_prefix(keys::session_prefix(keys::EVENT, stream))
+            .map(|entry| {
+                let (key, value) = entry.unwrap();
+                let (_, first) = keys::parse_event_key(&key).unwrap();
+                (first.0, event_count("", &value).unwrap())
+            })
+            .collect()
+    }
+
+    /// Rewrites every packed value as one key per record, as a store written before packing
+    /// held them.
+    fn unpack_all(store: &SledStore) {
+        for entry in store.db.scan_prefix([keys::EVENT]) {
+            // The first record goes back under the packed value's own key, replacing it.
+            let (_, value) = entry.unwrap();
+            if value.first() != Some(&crate::record::PACKED) {
+                continue;
+            }
+            for record in event_records("", &value).unwrap() {
+                let event = upcast_event("", record).unwrap();
+                store
+                    .db
+                    .insert(keys::event_key(&event.stream, event.version), record)
+                    .unwrap();
+            }
+        }
+    }
+
+    fn versions(events: &[StoredEvent]) -> Vec<u64> {
+        events.iter().map(|event| event.version.0).collect()
+    }
+
+    #[test]
+    fn a_commit_packs_each_streams_run_under_one_key_and_every_read_finds_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (stream("a"), stream("b"));
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .commit(vec![
+                    append(&a, event(1), false),
+                    append(&a, event(2), false),
+                    append(&a, event(3), false),
+                    append(&b, event(4), false),
+                    append(&b, event(5), false),
+                ])
+                .unwrap();
+            store.commit(vec![append(&a, event(6), false)]).unwrap();
+            store.sync().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(event_values(&store, &a), vec![(1, 3), (4, 1)]);
+        assert_eq!(event_values(&store, &b), vec![(1, 2)]);
+        assert_eq!(store.stream_version(&a).unwrap(), Version(4));
+        assert_eq!(store.stream_version(&b).unwrap(), Version(2));
+        assert_eq!(store.stream_version(&stream("c")).unwrap(), Version::EMPTY);
+        // From before, inside and after a packed value, with limits cutting inside one.
+        for after in 0..=4 {
+            let read = store.read_stream(&a, Version(after), usize::MAX).unwrap();
+            assert_eq!(versions(&read), ((after + 1)..=4).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            versions(&store.read_stream(&a, Version(1), 1).unwrap()),
+            [2]
+        );
+        assert_eq!(
+            versions(&store.read_stream(&a, Version(0), 0).unwrap()),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            versions(&store.read_stream(&a, Version(2), 2).unwrap()),
+            [3, 4]
+        );
+        assert!(store
+            .read_stream(&stream("c"), Version(0), 10)
+            .unwrap()
+            .is_empty());
+        // Positions: a 1-3, b 4-5, a 6; reading from inside the commit.
+        let all = store.read_all(Position(1), 3).unwrap();
+        let positions: Vec<u64> = all.iter().map(|event| event.position.0).collect();
+        assert_eq!(positions, [2, 3, 4]);
+        assert_eq!((all[2].stream.as_str(), all[2].version), ("b", Version(1)));
+        let mut scanned = Vec::new();
+        store
+            .for_each_event_by_stream(&mut |event| {
+                scanned.push((event.stream.as_str().to_owned(), event.version.0));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let expected: Vec<(String, u64)> =
+            [("a", 1), ("a", 2), ("a", 3), ("a", 4), ("b", 1), ("b", 2)]
+                .into_iter()
+                .map(|(stream, version)| (stream.to_owned(), version))
+                .collect();
+        assert_eq!(scanned, expected);
+        assert_eq!(store.verify().unwrap().events, 6);
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+    }
+
+    #[test]
+    fn a_packed_value_stays_within_its_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let a = stream("a");
+        let big = |n: u64| {
+            let mut event = event(n);
+            let text = format!("{{\"n\": {n}, \"pad\": \"{}\"}}", "x".repeat(1_500));
+            event.raw = Some(RawJson::from_string(text).unwrap());
+            event
+        };
+        store
+            .commit((1..=20).map(|n| append(&a, big(n), false)).collect())
+            .unwrap();
+        let values = event_values(&store, &a);
+        assert!(values.len() >= 5, "{values:?}");
+        assert_eq!(values.iter().map(|(_, count)| count).sum::<usize>(), 20);
+        for entry in store.db.scan_prefix(keys::session_prefix(keys::EVENT, &a)) {
+            let (_, value) = entry.unwrap();
+            let records: usize = event_records("", &value)
+                .unwrap()
+                .iter()
+                .map(|r| r.len())
+                .sum();
+            assert!(
+                records <= MAX_PACKED_BYTES,
+                "{records} bytes of records in one value"
+            );
+        }
+        assert_eq!(
+            versions(&store.read_stream(&a, Version(7), usize::MAX).unwrap()),
+            (8..=20).collect::<Vec<_>>()
+        );
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+    }
+
+    #[test]
+    fn a_layout_2_store_moves_to_layout_3_with_its_first_packed_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (stream("a"), stream("b"));
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .commit(vec![
+                    append(&a, event(1), false),
+                    append(&a, event(2), false),
+                ])
+                .unwrap();
+            // As a layout 2 build left it: one key per event.
+            unpack_all(&store);
+            store
+                .db
+                .insert(keys::LAYOUT_KEY, &keys::LAYOUT_LISTS.to_be_bytes())
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let layout = |store: &SledStore| store.db.get(keys::LAYOUT_KEY).unwrap().unwrap().to_vec();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1)]);
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        // A commit that packs nothing leaves the marker alone: older builds still open it.
+        store.commit(vec![append(&b, event(3), false)]).unwrap();
+        assert_eq!(layout(&store), keys::LAYOUT_LISTS.to_be_bytes());
+        store
+            .commit(vec![
+                append(&a, event(4), false),
+                append(&a, event(5), false),
+            ])
+            .unwrap();
+        assert_eq!(layout(&store), keys::LAYOUT_PACKED.to_be_bytes());
+        assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1), (3, 2)]);
+        assert_eq!(
+            versions(&store.read_stream(&a, Version(1), usize::MAX).unwrap()),
+            [2, 3, 4]
+        );
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.writer().packed_layout);
+        assert_eq!(store.stream_version(&a).unwrap(), Version(4));
+    }
+
+    #[test]
+    fn a_store_written_before_dedupe_lists_never_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = stream("a");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.commit(vec![append(&a, event(1), false)]).unwrap();
+            store.db.remove(keys::LAYOUT_KEY).unwrap();
+            store.sync().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.legacy_dedupe);
+        store
+            .commit(vec![
+                append(&a, event(2), false),
+                append(&a, event(3), false),
+            ])
+            .unwrap();
+        assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1), (3, 1)]);
+        assert!(store.db.get(keys::LAYOUT_KEY).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_damaged_packed_value_is_a_clear_error_naming_its_event_and_a_verify_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (a, b) = (stream("sess-a"), stream("sess-b"));
+        store
+            .commit(vec![
+                append(&a, event(1), false),
+                append(&a, event(2), false),
+                append(&b, event(3), false),
+                append(&b, event(4), false),
+            ])
+            .unwrap();
+        let packed = |stream: &SessionId| {
+            store
+                .db
+                .get(keys::event_key(stream, Version(1)))
+                .unwrap()
+                .unwrap()
+                .to_vec()
+        };
+        let (good_a, good_b) = (packed(&a), packed(&b));
+        let key = keys::event_key(&b, Version(1));
+        let scan =
+            |store: &SledStore| store.for_each_event_by_stream(&mut |_| ControlFlow::Continue(()));
+        let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+        // A count of one, a count beyond the value, a length past the end, a byte left over.
+        cases.push((vec![PACKED, 1, 3, 1, 2, 3], "fewer than 2"));
+        cases.push((vec![PACKED, 0x7f, 1, 1], "cannot fit"));
+        let mut long = vec![PACKED, 2, 0x7f];
+        long.extend_from_slice(&[0; 20]);
+        cases.push((long, "needs"));
+        let mut trailing = good_b.clone();
+        trailing.push(0);
+        cases.push((trailing, "after the last record"));
+        // `a`'s records under `b`'s key: they decode, but not as that key.
+        cases.push((good_a.clone(), "does not match its key"));
+        // A damaged record inside: named by its own version.
+        let mut flipped = good_b.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        cases.push((flipped, "checksum"));
+        for (value, expected) in cases {
+            store.db.insert(&key, value.clone()).unwrap();
+            let error = scan(&store).unwrap_err().to_string();
+            assert!(error.contains("event `sess-b` version"), "{error}");
+            assert!(error.contains(expected), "{expected}: {error}");
+            let read = store
+                .read_stream(&b, Version(0), 10)
+                .unwrap_err()
+                .to_string();
+            assert!(read.contains(expected), "{expected}: {read}");
+            assert!(
+                problems(&store)
+                    .iter()
+                    .any(|problem| problem.contains(expected)),
+                "{expected}: {:?}",
+                problems(&store)
+            );
+        }
+        store.db.insert(&key, good_b).unwrap();
+        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
     }
 }

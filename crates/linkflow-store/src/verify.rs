@@ -6,7 +6,7 @@ use linkflow_core::{Position, SessionId, Version};
 
 use crate::dedupe_list::DedupeList;
 use crate::keys;
-use crate::record::{upcast_event, upcast_parked, upcast_snapshot};
+use crate::record::{event_records, upcast_event, upcast_parked, upcast_snapshot, StoredEvent};
 use crate::store::{DedupeHit, VerifyReport};
 use crate::{CorruptRecord, DedupeKey, StoreError};
 
@@ -98,21 +98,17 @@ pub(crate) fn verify_sled(
             for offset in 0..u64::from(run.events) {
                 let version = Version(run.first_version.0 + offset);
                 let record = keys::describe_event(&run.stream, version);
-                match db.get(keys::event_key(&run.stream, version))? {
+                match event_at(db, &run.stream, version)? {
                     None => report.problem(&what, format!("names {record}, which does not exist")),
-                    Some(bytes) => {
-                        if let Ok(event) = upcast_event(&record, &bytes) {
-                            if event.position != position {
-                                report.problem(
-                                    &record,
-                                    format!(
-                                        "has position {}, the global index says {position}",
-                                        event.position
-                                    ),
-                                );
-                            }
-                        }
-                    }
+                    Some(Ok(event)) if event.position != position => report.problem(
+                        &record,
+                        format!(
+                            "has position {}, the global index says {position}",
+                            event.position
+                        ),
+                    ),
+                    // A damaged record is reported by the walk of the streams.
+                    Some(_) => {}
                 }
                 position = position.next();
             }
@@ -133,54 +129,67 @@ pub(crate) fn verify_sled(
     let mut stream_versions: HashMap<SessionId, Version> = HashMap::new();
     let mut current: Option<(SessionId, Version)> = None;
     for entry in db.scan_prefix([keys::EVENT]) {
-        let (key, bytes) = entry?;
-        report.events += 1;
-        let (session, version) = match keys::parse_event_key(&key) {
+        let (key, value) = entry?;
+        let (session, first) = match keys::parse_event_key(&key) {
             Ok(parsed) => parsed,
             Err(error) => {
+                report.events += 1;
                 report.problems.push(error.into());
                 continue;
             }
         };
-        let what = keys::describe_event(&session, version);
-        let previous = match &current {
-            Some((stream, last)) if *stream == session => *last,
-            _ => {
-                report.streams += 1;
-                Version::EMPTY
-            }
-        };
-        if version != previous.next() {
-            report.problem(&what, format!("gap: expected version {}", previous.next()));
-        }
-        current = Some((session.clone(), version));
-        stream_versions.insert(session.clone(), version);
-        let event = match upcast_event(&what, &bytes) {
-            Ok(event) => event,
+        let first_what = keys::describe_event(&session, first);
+        let records = match event_records(&first_what, &value) {
+            Ok(records) => records,
             Err(error) => {
+                report.events += 1;
                 report.problems.push(error.into());
                 continue;
             }
         };
-        if event.stream != session || event.version != version {
-            report.problem(&what, "record does not match its key");
-        }
-        if event.position > head || event.position == Position::START {
-            report.problem(
-                &what,
-                format!("position {} is outside 1..={head}", event.position),
-            );
-        }
-        let key = event.data.dedupe_key;
-        match lookup.find(&session, &key)? {
-            Ok(Some(DedupeHit::Accepted { position, .. })) if position == event.position => {}
-            Ok(Some(other)) => report.problem(
-                &what,
-                format!("its dedupe entry points elsewhere: {other:?}"),
-            ),
-            Ok(None) => report.problem(&what, format!("no dedupe entry for key {key}")),
-            // Reported once, by the walk of the lists below.
-            Err(_) => {}
+        for (index, record) in records.into_iter().enumerate() {
+            report.events += 1;
+            let version = Version(first.0 + index as u64);
+            let what = keys::describe_event(&session, version);
+            let previous = match &current {
+                Some((stream, last)) if *stream == session => *last,
+                _ => {
+                    report.streams += 1;
+                    Version::EMPTY
+                }
+            };
+            if version != previous.next() {
+                report.problem(&what, format!("gap: expected version {}", previous.next()));
+            }
+            current = Some((session.clone(), version));
+            stream_versions.insert(session.clone(), version);
+            let event = match upcast_event(&what, record) {
+                Ok(event) => event,
+                Err(error) => {
+                    report.problems.push(error.into());
+                    continue;
+                }
+            };
+            if event.stream != session || event.version != version {
+                report.problem(&what, "record does not match its key");
+            }
+            if event.position > head || event.position == Position::START {
+                report.problem(
+                    &what,
+                    format!("position {} is outside 1..={head}", event.position),
+                );
+            }
+            let key = event.data.dedupe_key;
+            match lookup.find(&session, &key)? {
+                Ok(Some(DedupeHit::Accepted { position, .. })) if position == event.position => {}
+                Ok(Some(other)) => report.problem(
+                    &what,
+                    format!("its dedupe entry points elsewhere: {other:?}"),
+                ),
+                Ok(None) => report.problem(&what, format!("no dedupe entry for key {key}")),
+                // Reported once, by the walk of the lists below.
+                Err(_) => {}
+            }
         }
     }
     if report.events != head.0 {
@@ -313,21 +322,17 @@ fn check_target(
             position,
         } => {
             let record = keys::describe_event(stream, *version);
-            match db.get(keys::event_key(stream, *version))? {
+            match event_at(db, stream, *version)? {
                 None => report.problem(what, format!("points at {record}, which does not exist")),
-                Some(bytes) => {
-                    if let Ok(event) = upcast_event(&record, &bytes) {
-                        if event.position != *position {
-                            report.problem(
-                                what,
-                                format!(
-                                    "says position {position}, {record} is at {}",
-                                    event.position
-                                ),
-                            );
-                        }
-                    }
-                }
+                Some(Ok(event)) if event.position != *position => report.problem(
+                    what,
+                    format!(
+                        "says position {position}, {record} is at {}",
+                        event.position
+                    ),
+                ),
+                // A damaged record is reported by the walk of the streams.
+                Some(_) => {}
             }
         }
         DedupeHit::Parked { stream, event_id } => {
@@ -340,4 +345,31 @@ fn check_target(
         }
     }
     Ok(())
+}
+
+/// The event at `version` of `stream`: in the last value whose key is at or before it (a packed
+/// value holds the versions from its key's on). `Some(Err)`: the value or the record is damaged.
+fn event_at(
+    db: &sled::Db,
+    stream: &SessionId,
+    version: Version,
+) -> Result<Option<Result<StoredEvent, CorruptRecord>>, StoreError> {
+    let Some(entry) = db
+        .range(keys::event_key(stream, Version::EMPTY)..=keys::event_key(stream, version))
+        .next_back()
+    else {
+        return Ok(None);
+    };
+    let (key, value) = entry?;
+    let first = match keys::parse_event_key(&key) {
+        Ok((_, first)) => first,
+        Err(error) => return Ok(Some(Err(error))),
+    };
+    let what = keys::describe_event(stream, version);
+    let records = match event_records(&what, &value) {
+        Ok(records) => records,
+        Err(error) => return Ok(Some(Err(error))),
+    };
+    let index = usize::try_from(version.0 - first.0).unwrap_or(usize::MAX);
+    Ok(records.get(index).map(|record| upcast_event(&what, record)))
 }
