@@ -19,6 +19,8 @@ use crate::{Only, Options};
 /// Events per call and per fsync in figure 1 and its baseline.
 pub(crate) const BATCH: usize = 1_000;
 pub(crate) const SEED: u64 = 20_261_123;
+/// The session cache of the fixed-configuration footprint runs, in states.
+const SMALL_CACHE: usize = 1_000;
 
 pub(crate) fn per_second(events: usize, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64()
@@ -495,38 +497,51 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     } else {
         &[100_000, 1_000_000]
     };
-    let mut largest = None;
+    // Each size twice: with the default cache, and with a 1,000-state cache so that the
+    // configuration is the same at every size and what grows with the log shows.
+    let mut measured = Vec::new();
     for &size in sizes {
-        if let Some(measured) = footprint(size, None).await {
-            // The child streams the workload (one 1,000-event batch in memory at a time); the
-            // workload's total size is reported to show the peak does not follow it.
-            results.insert(format!("peak_rss_kb_at_{size}"), measured.rss_kb);
-            results.insert(format!("workload_kb_at_{size}"), measured.workload_kb);
+        let Some(full) = footprint(size, None).await else {
+            continue;
+        };
+        // The child streams the workload (one 1,000-event batch in memory at a time); the
+        // workload's total size is reported to show the peak does not follow it.
+        results.insert(format!("peak_rss_kb_at_{size}"), full.rss_kb);
+        results.insert(format!("workload_kb_at_{size}"), full.workload_kb);
+        results.insert(
+            format!("disk_bytes_per_event_at_{size}"),
+            full.disk_per_event,
+        );
+        let small = footprint(size, Some(SMALL_CACHE)).await;
+        if let Some(small) = &small {
             results.insert(
-                format!("disk_bytes_per_event_at_{size}"),
-                measured.disk_per_event,
+                format!("peak_rss_kb_at_{size}_cache_{SMALL_CACHE}"),
+                small.rss_kb,
             );
-            largest = Some((size, measured));
         }
+        measured.push((size, full, small));
+    }
+    if let (Some((_, _, Some(first))), Some((_, _, Some(last)))) =
+        (measured.first(), measured.last())
+    {
+        results.insert(
+            format!("peak_rss_cache_{SMALL_CACHE}_largest_vs_smallest_ratio"),
+            last.rss_kb / first.rss_kb,
+        );
     }
     // What one cached state costs, two ways. Accounted: the engine's own count of the bytes
     // its cache holds (compact states, ids, table slots), over the states it holds. RSS: the
-    // largest size again with a 1,000-state cache; the difference in peak RSS over the
-    // difference in cached states (noisy: sled's and the allocator's memory move by tens of
-    // megabytes between runs).
-    if let Some((size, full)) = largest {
+    // difference in peak RSS between the default and the 1,000-state cache at the largest
+    // size, over the difference in cached states (noisy: sled's and the allocator's memory
+    // move by tens of megabytes between runs).
+    if let Some((_, full, small)) = measured.last() {
         if full.cache_states > 0.0 {
             results.insert(
                 "cache_accounted_bytes_per_state".into(),
                 full.cache_bytes / full.cache_states,
             );
         }
-        let small_cache = 1_000;
-        if let Some(small) = footprint(size, Some(small_cache)).await {
-            results.insert(
-                format!("peak_rss_kb_at_{size}_cache_{small_cache}"),
-                small.rss_kb,
-            );
+        if let Some(small) = small {
             let cached = full.cache_states - small.cache_states;
             if cached > 0.0 {
                 results.insert(
@@ -546,7 +561,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     results.insert("http_single_event_p99_us".into(), http_p99);
 }
 
-/// Figure 6: figures 1 and 3 at several sizes.
+/// Figure 6: figures 1 and 3 at several sizes, and peak RSS with a fixed configuration.
 pub async fn scaling(options: &Options, results: &mut BTreeMap<String, f64>) -> Vec<Point> {
     let sizes: &[usize] = if options.quick {
         &[5_000, 20_000]
@@ -567,6 +582,13 @@ pub async fn scaling(options: &Options, results: &mut BTreeMap<String, f64>) -> 
             ingest / bare,
         );
         results.insert(format!("scaling_rebuild_events_per_s_at_{size}"), rebuild);
+        drop(deliveries);
+        if let Some(measured) = footprint(size, Some(SMALL_CACHE)).await {
+            results.insert(
+                format!("scaling_peak_rss_kb_at_{size}_cache_{SMALL_CACHE}"),
+                measured.rss_kb,
+            );
+        }
         points.push(Point {
             events: size,
             ingest_per_s: ingest,
