@@ -33,6 +33,8 @@ pub struct Options {
     pub cache_sessions: Option<usize>,
     /// `--only`: a subset of the figures (for profiling).
     pub only: Option<Only>,
+    /// Internal: run one of figure 3's scans over a store in this process and print its rate.
+    pub scan_child: Option<(figures::Scan, std::path::PathBuf)>,
 }
 
 /// The subsets `--only` selects.
@@ -60,6 +62,7 @@ fn parse_options() -> Result<Options, String> {
         footprint_child: false,
         cache_sessions: None,
         only: None,
+        scan_child: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -79,6 +82,15 @@ fn parse_options() -> Result<Options, String> {
             "--scaling" => options.scaling = true,
             "--chart" => options.chart = Some(args.next().ok_or("--chart needs a file")?.into()),
             "--footprint-child" => options.footprint_child = true,
+            "--scan-child" => {
+                let scan = match args.next().as_deref() {
+                    Some("rebuild") => figures::Scan::Rebuild,
+                    Some("bare") => figures::Scan::Bare,
+                    _ => return Err("--scan-child takes `rebuild` or `bare`, then a directory".into()),
+                };
+                let dir = args.next().ok_or("--scan-child needs a directory")?;
+                options.scan_child = Some((scan, dir.into()));
+            }
             "--cache-sessions" => {
                 let value = args.next().ok_or("--cache-sessions needs a number")?;
                 options.cache_sessions = Some(
@@ -121,6 +133,10 @@ async fn main() {
     };
     if options.footprint_child {
         figures::footprint_child(options.events, options.cache_sessions).await;
+        return;
+    }
+    if let Some((scan, dir)) = &options.scan_child {
+        figures::scan_child(*scan, dir).await;
         return;
     }
     let mut results: BTreeMap<String, f64> = BTreeMap::new();
