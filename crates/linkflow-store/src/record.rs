@@ -270,8 +270,8 @@ pub const PACKED: u8 = 0x80;
 /// stay under the size sled moves to a blob file (see [`MAX_RECORD_BYTES`]).
 pub const MAX_PACKED_BYTES: usize = MAX_RECORD_BYTES;
 
-/// One value holding `records` (at least two event records, consecutive versions of one stream,
-/// at most [`MAX_PACKED_BYTES`] together).
+/// One value holding `records` (at least two event records, each at least its 5-byte header,
+/// consecutive versions of one stream, at most [`MAX_PACKED_BYTES`] together).
 pub fn pack_events(records: &[&[u8]]) -> Vec<u8> {
     debug_assert!(
         records.len() >= 2,
@@ -653,6 +653,27 @@ mod tests {
             let bytes = encode_event(&stored);
             proptest::prop_assert_eq!(upcast_event("e", &bytes).unwrap(), stored.clone());
             proptest::prop_assert_eq!(check_event_size_len(&stored), bytes.len());
+        }
+
+        /// Packing any records and splitting them again gives them back; any bytes after the
+        /// packed tag are records or an error, never a panic.
+        #[test]
+        fn packed_values_round_trip_and_never_panic(
+            records in proptest::collection::vec(
+                // A record is at least its 5-byte header.
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 5..300),
+                2..20,
+            ),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            let packed = pack_events(&slices);
+            proptest::prop_assert_eq!(event_records("k", &packed).unwrap(), slices);
+            proptest::prop_assert_eq!(event_count("k", &packed).unwrap(), records.len());
+            let mut damaged = vec![PACKED];
+            damaged.extend_from_slice(&noise);
+            let _ = event_records("k", &damaged);
+            let _ = event_count("k", &damaged);
         }
     }
 }

@@ -1018,6 +1018,14 @@ mod tests {
         }
     }
 
+    /// Appends of `stream`'s events numbered `numbers`, in one commit's ops.
+    fn appends(stream: &SessionId, numbers: impl IntoIterator<Item = u64>) -> Vec<Op> {
+        numbers
+            .into_iter()
+            .map(|n| append(stream, event(n), false))
+            .collect()
+    }
+
     fn versions(events: &[StoredEvent]) -> Vec<u64> {
         events.iter().map(|event| event.version.0).collect()
     }
@@ -1028,16 +1036,10 @@ mod tests {
         let (a, b) = (stream("a"), stream("b"));
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store
-                .commit(vec![
-                    append(&a, event(1), false),
-                    append(&a, event(2), false),
-                    append(&a, event(3), false),
-                    append(&b, event(4), false),
-                    append(&b, event(5), false),
-                ])
-                .unwrap();
-            store.commit(vec![append(&a, event(6), false)]).unwrap();
+            let mut ops = appends(&a, 1..=3);
+            ops.extend(appends(&b, 4..=5));
+            store.commit(ops).unwrap();
+            store.commit(appends(&a, [6])).unwrap();
             store.sync().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -1131,12 +1133,7 @@ mod tests {
         let (a, b) = (stream("a"), stream("b"));
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store
-                .commit(vec![
-                    append(&a, event(1), false),
-                    append(&a, event(2), false),
-                ])
-                .unwrap();
+            store.commit(appends(&a, 1..=2)).unwrap();
             // As a layout 2 build left it: one key per event.
             unpack_all(&store);
             store
@@ -1152,12 +1149,7 @@ mod tests {
         // A commit that packs nothing leaves the marker alone: older builds still open it.
         store.commit(vec![append(&b, event(3), false)]).unwrap();
         assert_eq!(layout(&store), keys::LAYOUT_LISTS.to_be_bytes());
-        store
-            .commit(vec![
-                append(&a, event(4), false),
-                append(&a, event(5), false),
-            ])
-            .unwrap();
+        store.commit(appends(&a, 4..=5)).unwrap();
         assert_eq!(layout(&store), keys::LAYOUT_PACKED.to_be_bytes());
         assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1), (3, 2)]);
         assert_eq!(
@@ -1183,12 +1175,7 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert!(store.legacy_dedupe);
-        store
-            .commit(vec![
-                append(&a, event(2), false),
-                append(&a, event(3), false),
-            ])
-            .unwrap();
+        store.commit(appends(&a, 2..=3)).unwrap();
         assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1), (3, 1)]);
         assert!(store.db.get(keys::LAYOUT_KEY).unwrap().is_none());
     }
@@ -1198,14 +1185,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (a, b) = (stream("sess-a"), stream("sess-b"));
-        store
-            .commit(vec![
-                append(&a, event(1), false),
-                append(&a, event(2), false),
-                append(&b, event(3), false),
-                append(&b, event(4), false),
-            ])
-            .unwrap();
+        let mut ops = appends(&a, 1..=2);
+        ops.extend(appends(&b, 3..=4));
+        store.commit(ops).unwrap();
         let packed = |stream: &SessionId| {
             store
                 .db
@@ -1234,7 +1216,7 @@ mod tests {
         let mut flipped = good_b.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
-        cases.push((flipped, "checksum"));
+        cases.push((flipped, "version 2: checksum"));
         for (value, expected) in cases {
             store.db.insert(&key, value.clone()).unwrap();
             let error = scan(&store).unwrap_err().to_string();
