@@ -660,6 +660,15 @@ impl EventStore for SledStore {
         Ok(parked)
     }
 
+    /// Every commit that appends or parks an event of a stream writes the stream's dedupe list,
+    /// so in a store with lists (not one written before them) no list means nothing stored.
+    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
+        if self.legacy_dedupe {
+            return Ok(None);
+        }
+        Ok(Some(!self.db.contains_key(keys::list_key(stream))?))
+    }
+
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
         match self.db.get(keys::snapshot_key(stream))? {
             Some(bytes) => Ok(Some(upcast_snapshot(
@@ -888,6 +897,39 @@ mod tests {
             SledStore::open(dir.path()).unwrap().legacy_dedupe,
             "an old store stays readable as one"
         );
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.stream_is_empty(&stream("new")).unwrap(),
+            None,
+            "a store without lists cannot tell from one read"
+        );
+    }
+
+    #[test]
+    fn a_stream_is_empty_until_an_event_is_appended_or_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (a, b, c) = (stream("a"), stream("b"), stream("c"));
+        for id in [&a, &b, &c] {
+            assert_eq!(store.stream_is_empty(id).unwrap(), Some(true));
+        }
+        store
+            .commit(vec![append(&a, event(1), false), park(&b, event(2))])
+            .unwrap();
+        assert_eq!(store.stream_is_empty(&a).unwrap(), Some(false));
+        assert_eq!(
+            store.stream_is_empty(&b).unwrap(),
+            Some(false),
+            "parked only"
+        );
+        assert_eq!(store.stream_is_empty(&c).unwrap(), Some(true));
+        // Past a spill the list stays, empty and marked spilled.
+        let ops = (10..=10 + LIST_MAX as u64)
+            .map(|n| append(&c, event(n), false))
+            .collect();
+        store.commit(ops).unwrap();
+        store.commit(vec![append(&c, event(500), false)]).unwrap();
+        assert_eq!(store.stream_is_empty(&c).unwrap(), Some(false));
     }
 
     #[test]

@@ -242,6 +242,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// The stream's snapshot, if one was stored.
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError>;
 
+    /// Whether the stream certainly holds nothing (no event, no parked event), when the backend
+    /// can tell with one cheap read: `Some(true)` empty, `Some(false)` not empty, `None` cannot
+    /// tell (the caller then reads the snapshot, the tail and the parked list). The default is
+    /// `None`, always a correct answer.
+    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
+        let _ = stream;
+        Ok(None)
+    }
+
     /// Calls `visit` with every stream's snapshot in stream order, until it breaks.
     fn for_each_snapshot(
         &self,

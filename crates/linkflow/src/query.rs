@@ -169,6 +169,10 @@ pub(crate) fn load_state(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<SessionState>, EngineError> {
+    // One read instead of three for a stream the store knows is empty (a new session).
+    if store.stream_is_empty(stream)? == Some(true) {
+        return Ok(None);
+    }
     let snapshot = store.snapshot(stream)?;
     let base = snapshot.as_ref().and_then(decode_snapshot);
     let folded = replay_tail(store, stream, base, None)?;
