@@ -176,11 +176,37 @@ async fn measure_scan(scan: Scan, dir: &Path) -> (f64, f64) {
     }
 }
 
+/// Figure 3 over the store in `dir`: the first bare scan after the ingest (sled rewrites, as it
+/// reads them, the pages the ingest left in many fragments, so the first process to read a
+/// freshly written store often pays for that: 0.5-0.6x of a later scan here), one more
+/// untimed open and scan, then the engine's rebuild and the bare baseline alternating, each in
+/// its own process, on the settled store, the better of two of each (a one-second scan on this
+/// shared machine is sometimes halved by a neighbour). Returns (first bare scan, rebuild,
+/// events folded, bare scan) in events per second.
+async fn settled_scans(dir: &Path) -> (f64, f64, f64, f64) {
+    let (first, _) = measure_scan(Scan::Bare, dir).await;
+    measure_scan(Scan::Bare, dir).await;
+    let (mut rebuild, mut scan, mut folded) = (0.0f64, 0.0f64, 0.0);
+    for _ in 0..2 {
+        let (rate, events) = measure_scan(Scan::Rebuild, dir).await;
+        (rebuild, folded) = (rebuild.max(rate), events);
+        scan = scan.max(measure_scan(Scan::Bare, dir).await.0);
+    }
+    (first, rebuild, folded, scan)
+}
+
 /// The scan child: one of figure 3's scans over `dir`; prints `events-per-s events`.
 pub async fn scan_child(scan: Scan, dir: &Path) {
     let (rate, events) = match scan {
         Scan::Rebuild => cold_rebuild(dir).await,
-        Scan::Bare => bare_scan_decode(dir),
+        // On a blocking-pool thread, where the engine's reads run: the same allocator arena
+        // conditions for both scans.
+        Scan::Bare => {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || bare_scan_decode(&dir))
+                .await
+                .expect("the bare scan runs")
+        }
     };
     println!("{rate} {events}");
 }
@@ -524,8 +550,8 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild) => {}
     }
 
-    let (rebuild, folded) = measure_scan(Scan::Rebuild, engine_dir.path()).await;
-    let (scan, _) = measure_scan(Scan::Bare, engine_dir.path()).await;
+    let (first, rebuild, folded, scan) = settled_scans(engine_dir.path()).await;
+    results.insert("bare_scan_first_open_events_per_s".into(), first);
     results.insert("cold_rebuild_events_per_s".into(), rebuild);
     results.insert("cold_rebuild_events_folded".into(), folded);
     results.insert("bare_scan_decode_events_per_s".into(), scan);
@@ -624,7 +650,7 @@ pub async fn scaling(options: &Options, results: &mut BTreeMap<String, f64>) -> 
         let bare_dir = tempfile::tempdir().expect("a temporary directory");
         let ingest = batch_ingest(engine_dir.path(), &deliveries).await;
         let bare = bare_sled_ingest(bare_dir.path(), &deliveries);
-        let (rebuild, _) = measure_scan(Scan::Rebuild, engine_dir.path()).await;
+        let (_, rebuild, _, _) = settled_scans(engine_dir.path()).await;
         results.insert(format!("scaling_ingest_events_per_s_at_{size}"), ingest);
         results.insert(
             format!("scaling_ingest_vs_bare_sled_ratio_at_{size}"),
