@@ -3,14 +3,16 @@
 //!
 //! Figures: (1) batch ingest of provider JSON, durable, vs bare sled writing the same records;
 //! (2) concurrent durable single-event ingest from 1, 8 and 64 writers; (3) cold rebuild of
-//! every state from the log vs a bare sled scan + serde_json decode of the same records;
-//! (4) session reads on a cache miss at 10 and 1,000 events per session; (5) peak RSS and bytes
-//! on disk per event; (6) `--scaling`: figures 1 and 3 at 100k, 1M and 5M events; (8) HTTP
+//! every state from the log vs a bare sled scan + decode of the same records, each in a fresh
+//! process; (4) session reads on a cache miss at 10 and 1,000 events per session; (5) peak RSS
+//! (default and fixed configuration) and bytes on disk per event; (6) `--scaling`: figures 1
+//! and 3 and the fixed-configuration peak RSS at 100k, 1M and 5M events; (8) HTTP
 //! ingest from an in-process load generator on loopback; (7) with `LINKFLOW_BENCH_PG` (a URL,
 //! or `throwaway` for a cluster started for the run): a plain PostgreSQL events table as the
 //! peer, and linkflow itself on PostgreSQL.
 //!
-//! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE] [--only ingest|postgres]`.
+//! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
+//! [--only ingest|writers|rebuild|reads|postgres]`.
 #![forbid(unsafe_code)]
 
 mod chart;
