@@ -1,6 +1,7 @@
 //! A proptest state-machine test of the engine against a model: a plain list of accepted events
-//! and of parked events per session. Steps append legal, illegal and duplicate events, reopen
-//! the store, and read; after every step the engine must agree with the model.
+//! and of parked events per session. Steps append legal, illegal and duplicate events (legal
+//! ones alone or several of a session in one batch, which the store packs under one key),
+//! reopen the store, and read; after every step the engine must agree with the model.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,8 @@ const SESSIONS: usize = 3;
 enum Step {
     /// An event the session accepts now (the pick chooses among the legal ones).
     Legal { session: usize, pick: usize },
+    /// Several events the session accepts one after the other, ingested in one batch.
+    LegalRun { session: usize, picks: Vec<usize> },
     /// A `created` after a phase event: refused now and forever, so it stays parked.
     Illegal { session: usize },
     /// A second delivery of an earlier event.
@@ -26,6 +29,8 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         5 => (0..SESSIONS, any::<usize>()).prop_map(|(session, pick)| Step::Legal { session, pick }),
+        2 => (0..SESSIONS, proptest::collection::vec(any::<usize>(), 2..6))
+            .prop_map(|(session, picks)| Step::LegalRun { session, picks }),
         1 => (0..SESSIONS).prop_map(|session| Step::Illegal { session }),
         2 => any::<usize>().prop_map(|pick| Step::Duplicate { pick }),
         1 => Just(Step::Reopen),
@@ -64,6 +69,20 @@ impl Model {
     }
 }
 
+/// The candidates `events` (a session's accepted events) accept next.
+fn legal_next(events: &[Event]) -> Vec<EventKind> {
+    let state = fold(events).unwrap();
+    CANDIDATES
+        .iter()
+        .filter(|kind| {
+            state
+                .check(&Event::new((*kind).clone()).with_institution("i", None))
+                .is_ok()
+        })
+        .cloned()
+        .collect()
+}
+
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,6 +93,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         let open = || {
             let mut config = EngineConfig::new(dir.path());
             config.durability = Durability::Buffered;
+            // Every session read and every plan loads from the store (snapshot and tail).
+            config.cache_sessions = 1;
             Engine::open_with(config).unwrap()
         };
         let mut engine = open();
@@ -81,16 +102,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         for step in steps {
             match step {
                 Step::Legal { session, pick } => {
-                    let state = fold(model.accepted.get(&session).into_iter().flatten()).unwrap();
-                    let legal: Vec<EventKind> = CANDIDATES
-                        .iter()
-                        .filter(|kind| {
-                            state
-                                .check(&Event::new((*kind).clone()).with_institution("i", None))
-                                .is_ok()
-                        })
-                        .cloned()
-                        .collect();
+                    let legal = legal_next(model.accepted.get(&session).map_or(&[], Vec::as_slice));
                     let kind = legal[pick % legal.len()].clone();
                     let event = model.event(kind);
                     let incoming =
@@ -103,6 +115,30 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     );
                     model.accepted.entry(session).or_default().push(event);
                     model.sent.push(incoming);
+                }
+                Step::LegalRun { session, picks } => {
+                    let mut events = model.accepted.get(&session).cloned().unwrap_or_default();
+                    let mut batch = Vec::new();
+                    for pick in picks {
+                        let legal = legal_next(&events);
+                        let event = model.event(legal[pick % legal.len()].clone());
+                        events.push(event.clone());
+                        batch.push(IncomingEvent::new(
+                            session_id(session),
+                            Provider::Moneykit,
+                            event,
+                        ));
+                    }
+                    let outcomes = engine.ingest_batch(batch.clone()).await.unwrap();
+                    for outcome in &outcomes {
+                        prop_assert!(
+                            matches!(outcome, IngestOutcome::Accepted { .. }),
+                            "{:?}",
+                            outcome
+                        );
+                    }
+                    model.accepted.insert(session, events);
+                    model.sent.extend(batch);
                 }
                 Step::Illegal { session } => {
                     let has_phase_event = model
