@@ -101,9 +101,10 @@ impl Version {
     /// The version of a stream with no event.
     pub const EMPTY: Version = Version(0);
 
-    /// The version after this one.
+    /// The version after this one (the last one stays itself: a version read from damaged data
+    /// or a caller never overflows).
     pub const fn next(self) -> Version {
-        Version(self.0 + 1)
+        Version(self.0.saturating_add(1))
     }
 }
 
@@ -125,9 +126,10 @@ impl Position {
     /// The position before the first event: subscribing from here replays everything.
     pub const START: Position = Position(0);
 
-    /// The position after this one.
+    /// The position after this one (the last one stays itself: `after=18446744073709551615`
+    /// from a caller reads nothing instead of overflowing).
     pub const fn next(self) -> Position {
-        Position(self.0 + 1)
+        Position(self.0.saturating_add(1))
     }
 }
 
@@ -289,6 +291,14 @@ mod tests {
         assert_ne!(key, DedupeKey::derive(&[b"a", b"bc"]));
         assert_eq!(DedupeKey::from_hex("zz"), None);
         assert_eq!(DedupeKey::from_hex(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn the_last_version_and_position_have_no_next_beyond_them() {
+        assert_eq!(Version(1).next(), Version(2));
+        assert_eq!(Version(u64::MAX).next(), Version(u64::MAX));
+        assert_eq!(Position::START.next(), Position(1));
+        assert_eq!(Position(u64::MAX).next(), Position(u64::MAX));
     }
 
     #[test]
