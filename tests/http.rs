@@ -369,6 +369,25 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // From the last possible position: an open stream with nothing to send, not an overflow.
+    let mut beyond = client
+        .get(server.url(&format!("/v1/stream?from={}", u64::MAX)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .post(server.url("/v1/events/benji?session_id=after-the-end"))
+        .body(r#"[{"callback":"onEvent","event":"go_back_clicked","timestamp":1}]"#)
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_millis(300), beyond.chunk()).await;
+    assert!(
+        first.is_err(),
+        "expected an open, quiet stream, got {first:?}"
+    );
 
     // An open stream does not hold up a graceful shutdown.
     let _open = client
