@@ -60,10 +60,15 @@ struct WriterState {
     packed_layout: bool,
 }
 
-/// The events of one `S` value, checked against its key: the first at the key's stream and
-/// version, each next one at the version after. Records are named from the key only when
-/// something is wrong: a full scan does not format a description per event.
-pub(crate) fn decode_event_value(key: &[u8], value: &[u8]) -> Result<Vec<StoredEvent>, StoreError> {
+/// The events of one `S` value from its `skip`-th on (the ones before are not decoded), checked
+/// against its key: the first at the key's stream and version plus `skip`, each next one at
+/// the version after. Records are named from the key only when something is wrong: a full
+/// scan does not format a description per event.
+pub(crate) fn decode_event_value(
+    key: &[u8],
+    value: &[u8],
+    skip: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let describe = |index: usize| -> Result<String, StoreError> {
         let (session, first) = keys::parse_event_key(key)?;
         Ok(keys::describe_event(
@@ -78,8 +83,8 @@ pub(crate) fn decode_event_value(key: &[u8], value: &[u8]) -> Result<Vec<StoredE
             return Err(error.into());
         }
     };
-    let mut events: Vec<StoredEvent> = Vec::with_capacity(records.len());
-    for (index, record) in records.into_iter().enumerate() {
+    let mut events: Vec<StoredEvent> = Vec::with_capacity(records.len().saturating_sub(skip));
+    for (index, record) in records.into_iter().enumerate().skip(skip) {
         let event = match upcast_event("", record) {
             Ok(event) => event,
             Err(mut error) => {
@@ -88,7 +93,11 @@ pub(crate) fn decode_event_value(key: &[u8], value: &[u8]) -> Result<Vec<StoredE
             }
         };
         let in_place = match events.last() {
-            None => keys::is_event_key(key, &event.stream, event.version),
+            None => event
+                .version
+                .0
+                .checked_sub(skip as u64)
+                .is_some_and(|first| keys::is_event_key(key, &event.stream, Version(first))),
             Some(previous) => {
                 event.stream == previous.stream && event.version == previous.version.next()
             }
@@ -550,13 +559,16 @@ impl EventStore for SledStore {
             return Ok(events);
         };
         let (first_key, first_value) = first?;
+        // The value before the wanted version usually ends at it (a snapshot is taken at the
+        // end of a commit's run): its records up to `after` are not decoded.
         let mut take = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
-            for event in decode_event_value(key, value)? {
-                if event.version > after {
-                    events.push(event);
-                    if events.len() == limit {
-                        return Ok(true);
-                    }
+            let (_, first) = keys::parse_event_key(key)?;
+            let skip =
+                usize::try_from(after.next().0.saturating_sub(first.0)).unwrap_or(usize::MAX);
+            for event in decode_event_value(key, value, skip)? {
+                events.push(event);
+                if events.len() == limit {
+                    return Ok(true);
                 }
             }
             Ok(false)
@@ -700,7 +712,7 @@ impl EventStore for SledStore {
     ) -> Result<(), StoreError> {
         for entry in self.db.scan_prefix([keys::EVENT]) {
             let (key, value) = entry?;
-            for event in decode_event_value(&key, &value)? {
+            for event in decode_event_value(&key, &value, 0)? {
                 if visit(event).is_break() {
                     return Ok(());
                 }
