@@ -73,7 +73,7 @@ pub(crate) fn decode_event_value(
         let (session, first) = keys::parse_event_key(key)?;
         Ok(keys::describe_event(
             &session,
-            Version(first.0 + index as u64),
+            Version(first.0.saturating_add(index as u64)),
         ))
     };
     let records = match event_records("", value) {
@@ -531,8 +531,16 @@ impl EventStore for SledStore {
             Some(entry) => {
                 let (key, value) = entry?;
                 let (session, first) = keys::parse_event_key(&key)?;
-                let count = event_count(&keys::describe_event(&session, first), &value)?;
-                Ok(Version(first.0 + count as u64 - 1))
+                let what = keys::describe_event(&session, first);
+                let count = event_count(&what, &value)?;
+                match first.0.checked_add(count as u64 - 1) {
+                    Some(last) => Ok(Version(last)),
+                    None => Err(CorruptRecord::new(
+                        what,
+                        format!("holds {count} events, past the last possible version"),
+                    )
+                    .into()),
+                }
             }
             None => Ok(Version::EMPTY),
         }
@@ -1289,7 +1297,18 @@ mod tests {
                 problems(&store)
             );
         }
-        store.db.insert(&key, good_b).unwrap();
+        store.db.insert(&key, good_b.clone()).unwrap();
         assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+
+        // A packed value under the last possible version: an error, not an overflow.
+        let c = stream("sess-c");
+        store
+            .db
+            .insert(keys::event_key(&c, Version(u64::MAX)), good_b)
+            .unwrap();
+        let error = store.stream_version(&c).unwrap_err().to_string();
+        assert!(error.contains("past the last possible version"), "{error}");
+        assert!(scan(&store).is_err());
+        assert!(!problems(&store).is_empty());
     }
 }

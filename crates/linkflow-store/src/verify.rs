@@ -149,7 +149,7 @@ pub(crate) fn verify_sled(
         };
         for (index, record) in records.into_iter().enumerate() {
             report.events += 1;
-            let version = Version(first.0 + index as u64);
+            let version = Version(first.0.saturating_add(index as u64));
             let what = keys::describe_event(&session, version);
             let previous = match &current {
                 Some((stream, last)) if *stream == session => *last,
@@ -370,6 +370,6 @@ fn event_at(
         Ok(records) => records,
         Err(error) => return Ok(Some(Err(error))),
     };
-    let index = usize::try_from(version.0 - first.0).unwrap_or(usize::MAX);
+    let index = usize::try_from(version.0.saturating_sub(first.0)).unwrap_or(usize::MAX);
     Ok(records.get(index).map(|record| upcast_event(&what, record)))
 }
