@@ -58,6 +58,54 @@ struct WriterState {
     head: Position,
     /// The layout marker says 3: packed event values may be written without touching it.
     packed_layout: bool,
+    /// The versions this process's commits left recently written streams at.
+    versions: RecentVersions,
+}
+
+/// How many streams [`RecentVersions`] remembers before it starts again empty.
+const RECENT_VERSIONS: usize = 16_384;
+
+/// The last version of the streams recent commits appended to, so that a commit does not look a
+/// stream it wrote moments ago up in the tree (a reverse range scan, the largest read of a
+/// commit of single events). Exact because only commits append and they all run under the
+/// writer lock of the one process that has the tree open (sled locks its directory). Bounded:
+/// when full it empties, and the next commits read versions from the tree again.
+struct RecentVersions {
+    versions: HashMap<SessionId, Version>,
+    capacity: usize,
+}
+
+impl RecentVersions {
+    fn new(capacity: usize) -> Self {
+        RecentVersions {
+            versions: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, stream: &SessionId) -> Option<Version> {
+        self.versions.get(stream).copied()
+    }
+
+    /// After a commit applied `runs`.
+    fn record(&mut self, runs: &[Run]) {
+        for run in runs {
+            let last = run
+                .first_version
+                .0
+                .saturating_add(u64::from(run.events).saturating_sub(1));
+            if self.versions.len() >= self.capacity && !self.versions.contains_key(&run.stream) {
+                self.versions.clear();
+            }
+            self.versions.insert(run.stream.clone(), Version(last));
+        }
+    }
+
+    /// After anything that may have changed the tree outside a commit, or a commit whose
+    /// outcome is unknown.
+    fn forget(&mut self) {
+        self.versions.clear();
+    }
 }
 
 /// The events of one `S` value from its `skip`-th on (the ones before are not decoded), checked
@@ -210,6 +258,7 @@ impl SledStore {
             writer: Mutex::new(WriterState {
                 head,
                 packed_layout,
+                versions: RecentVersions::new(RECENT_VERSIONS),
             }),
             legacy_dedupe,
         })
@@ -237,6 +286,8 @@ impl SledStore {
     /// corrupt the store on purpose.
     #[doc(hidden)]
     pub fn raw_insert_for_tests(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut writer = self.writer();
+        writer.versions.forget();
         self.db.insert(key, value)?;
         Ok(())
     }
@@ -333,6 +384,7 @@ struct NewEntry {
 struct SledReads<'a> {
     store: &'a SledStore,
     lists: HashMap<SessionId, Option<DedupeList>>,
+    versions: &'a RecentVersions,
 }
 
 impl SledReads<'_> {
@@ -347,7 +399,10 @@ impl SledReads<'_> {
 
 impl CommitReads for SledReads<'_> {
     fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
-        self.store.stream_version(stream)
+        match self.versions.get(stream) {
+            Some(version) => Ok(version),
+            None => self.store.stream_version(stream),
+        }
     }
 
     fn find_dedupe(
@@ -376,6 +431,7 @@ impl EventStore for SledStore {
         let mut reads = SledReads {
             store: self,
             lists: HashMap::new(),
+            versions: &writer.versions,
         };
         let plan = plan_commit(ops, writer.head, &mut reads)?;
         let mut batch = sled::Batch::default();
@@ -502,7 +558,11 @@ impl EventStore for SledStore {
             }
             batch.insert(keys::list_key(&stream), list.encode());
         }
-        self.db.apply_batch(batch)?;
+        if let Err(error) = self.db.apply_batch(batch) {
+            writer.versions.forget();
+            return Err(error.into());
+        }
+        writer.versions.record(&runs);
         writer.head = plan.head;
         writer.packed_layout |= mark_packed;
         Ok(plan.outcomes)
@@ -793,6 +853,97 @@ mod tests {
             .iter()
             .map(|problem| format!("{}: {}", problem.record, problem.message))
             .collect()
+    }
+
+    fn exact(stream: &SessionId, version: u64, event: NewEvent) -> Op {
+        Op::Append {
+            stream: stream.clone(),
+            expected: ExpectedVersion::Exact(Version(version)),
+            accepted_at: event.received_at,
+            event,
+            from_parked: false,
+        }
+    }
+
+    #[test]
+    fn recent_versions_hold_each_runs_last_version_and_start_again_empty_when_full() {
+        let run = |id: &str, first: u64, events: u32| Run {
+            stream: stream(id),
+            first_version: Version(first),
+            events,
+        };
+        let mut versions = RecentVersions::new(2);
+        versions.record(&[run("a", 1, 3), run("b", 1, 1)]);
+        assert_eq!(versions.get(&stream("a")), Some(Version(3)));
+        assert_eq!(versions.get(&stream("b")), Some(Version(1)));
+        // A stream it holds is updated in place even when full.
+        versions.record(&[run("a", 4, 2)]);
+        assert_eq!(versions.get(&stream("a")), Some(Version(5)));
+        assert_eq!(versions.get(&stream("b")), Some(Version(1)));
+        // A third stream empties it first.
+        versions.record(&[run("c", 1, 1)]);
+        assert_eq!(versions.get(&stream("a")), None);
+        assert_eq!(versions.get(&stream("c")), Some(Version(1)));
+        // The last possible version does not overflow.
+        versions.record(&[run("d", u64::MAX, 2)]);
+        assert_eq!(versions.get(&stream("d")), Some(Version(u64::MAX)));
+    }
+
+    /// Commits check expected versions against what the store remembers of its own commits,
+    /// and against the tree for streams it does not remember (after a reopen, or after a write
+    /// that did not go through a commit).
+    #[test]
+    fn expected_versions_are_checked_against_remembered_and_stored_versions_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = stream("a");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .commit(vec![exact(&a, 0, event(1)), exact(&a, 1, event(2))])
+                .unwrap();
+            // Remembered: a stale expectation conflicts, a right one appends.
+            assert!(matches!(
+                store.commit(vec![exact(&a, 1, event(3))]),
+                Err(StoreError::Conflict {
+                    actual: Version(2),
+                    ..
+                })
+            ));
+            store.commit(vec![exact(&a, 2, event(3))]).unwrap();
+            // A failed commit leaves nothing behind in memory either.
+            store.commit(vec![exact(&a, 3, event(4))]).unwrap();
+            assert_eq!(store.writer().versions.get(&a), Some(Version(4)));
+            store.sync().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.writer().versions.get(&a), None);
+        assert!(matches!(
+            store.commit(vec![exact(&a, 3, event(5))]),
+            Err(StoreError::Conflict {
+                actual: Version(4),
+                ..
+            })
+        ));
+        store.commit(vec![exact(&a, 4, event(5))]).unwrap();
+        assert_eq!(store.writer().versions.get(&a), Some(Version(5)));
+
+        // An event written behind the commits' back (as a test corrupting the store does):
+        // the store forgets what it remembered and reads the tree again.
+        let mut stored = store.read_stream(&a, Version(4), 1).unwrap().remove(0);
+        stored.version = Version(6);
+        stored.position = Position(6);
+        let record = crate::record::encode_event(&stored);
+        store
+            .raw_insert_for_tests(&keys::event_key(&a, Version(6)), &record)
+            .unwrap();
+        assert_eq!(store.writer().versions.get(&a), None);
+        assert!(matches!(
+            store.commit(vec![exact(&a, 5, event(6))]),
+            Err(StoreError::Conflict {
+                actual: Version(6),
+                ..
+            })
+        ));
     }
 
     #[test]
