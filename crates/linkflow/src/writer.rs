@@ -83,9 +83,33 @@ impl Request {
     }
 }
 
-/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`, after a last
-/// sync.
+/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`; the sync
+/// thread it starts makes the last groups durable and answers them before it ends.
+///
+/// Under `Durability::Fsync` the writer does not wait for a group's sync: it hands the
+/// committed group to the sync thread and goes on to decide the next one, so deciding and
+/// applying group `n + 1` overlaps the disk wait of group `n`, and one sync covers every group
+/// committed while the previous sync ran. No caller is answered before the sync that covers
+/// its group.
 pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
+    let (jobs, pending) = std::sync::mpsc::channel();
+    let syncer_shared = Arc::clone(&shared);
+    let syncer = std::thread::Builder::new()
+        .name("linkflow-sync".into())
+        .spawn(move || run_syncer(&syncer_shared, &pending));
+    let syncer = match syncer {
+        Ok(syncer) => syncer,
+        Err(error) => {
+            // Without a sync thread nothing can be made durable: refuse everything.
+            let error = EngineError::from(StoreError::Backend(format!(
+                "cannot start the sync thread: {error}"
+            )));
+            while let Some(request) = requests.blocking_recv() {
+                fail_group(vec![request], &error);
+            }
+            return;
+        }
+    };
     while let Some(first) = requests.blocking_recv() {
         let mut group = Vec::new();
         let mut events = 0;
@@ -103,11 +127,61 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
             }
         }
         if !group.is_empty() {
-            process_group(&shared, group);
+            process_group(&shared, group, &jobs);
         }
         if let Some(reply) = shutdown {
-            let result = shared.store.sync().map_err(EngineError::from);
-            publish_head(&shared);
+            let _ = jobs.send(SyncJob::Shutdown { reply });
+            break;
+        }
+    }
+    drop(jobs);
+    let _ = syncer.join();
+}
+
+/// Work for the sync thread, in commit order.
+enum SyncJob {
+    /// A committed group: its callers and their answers, and the head its commit left.
+    Committed {
+        replies: Vec<(Request, Answer)>,
+        head: Option<Position>,
+    },
+    /// Sync, answer, and stop.
+    Shutdown { reply: Reply<()> },
+}
+
+/// The sync thread's loop: takes every committed group waiting, makes them durable with one
+/// sync, publishes the head they reached, then answers their callers. Ends after `Shutdown`
+/// or when the writer is gone, after a last sync.
+fn run_syncer(shared: &Shared, jobs: &std::sync::mpsc::Receiver<SyncJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut committed = Vec::new();
+        let mut head = None;
+        let mut shutdown = None;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                SyncJob::Committed {
+                    replies,
+                    head: group_head,
+                } => {
+                    committed.extend(replies);
+                    head = head.max(group_head);
+                    next = jobs.try_recv().ok();
+                }
+                SyncJob::Shutdown { reply } => shutdown = Some(reply),
+            }
+        }
+        let result = shared.store.sync().map_err(EngineError::from);
+        if result.is_ok() {
+            if let Some(head) = head {
+                publish(shared, head);
+            }
+        }
+        answer(committed, &result);
+        if let Some(reply) = shutdown {
+            if result.is_ok() {
+                publish_head(shared);
+            }
             let _ = reply.send(result);
             return;
         }
@@ -115,16 +189,36 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
     let _ = shared.store.sync();
 }
 
+/// Sends each caller its answer, or the error that kept its group from being durable.
+fn answer(replies: Vec<(Request, Answer)>, result: &Result<(), EngineError>) {
+    for (request, answer) in replies {
+        match (request, answer) {
+            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
+                let _ = reply.send(result.clone().map(|()| outcomes));
+            }
+            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
+                let _ = reply.send(result.clone().map(|()| redriven));
+            }
+            _ => unreachable!("answers are built in request order"),
+        }
+    }
+}
+
 fn publish_head(shared: &Shared) {
     if let Ok(head) = shared.store.head() {
-        shared.visible.send_if_modified(|visible| {
-            let moved = head > *visible;
-            if moved {
-                *visible = head;
-            }
-            moved
-        });
+        publish(shared, head);
     }
+}
+
+/// Lets subscribers see the log up to `head`.
+fn publish(shared: &Shared, head: Position) {
+    shared.visible.send_if_modified(|visible| {
+        let moved = head > *visible;
+        if moved {
+            *visible = head;
+        }
+        moved
+    });
 }
 
 /// A parked event a retry accepted, before its commit says where it went.
@@ -630,7 +724,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-fn process_group(shared: &Shared, group: Vec<Request>) {
+fn process_group(shared: &Shared, group: Vec<Request>, jobs: &std::sync::mpsc::Sender<SyncJob>) {
     let retries = if shared.store.is_shared() {
         MAX_SHARED_CONFLICT_RETRIES
     } else {
@@ -678,7 +772,9 @@ fn process_group(shared: &Shared, group: Vec<Request>) {
                 ));
                 return fail_group(group, &EngineError::from(error));
             }
-            Ok(outcomes) => return complete_group(shared, plan, group, planned, &outcomes),
+            Ok(outcomes) => {
+                return complete_group(shared, plan, group, planned, &outcomes, jobs);
+            }
             Err(StoreError::Conflict { .. } | StoreError::ParkedConflict { .. })
                 if attempt < retries =>
             {
@@ -754,13 +850,15 @@ fn fail_group(group: Vec<Request>, error: &EngineError) {
     }
 }
 
-/// Turns commit outcomes into answers, updates the cache, syncs, and replies.
+/// Turns commit outcomes into answers and updates the cache; then answers at once
+/// (`Durability::Buffered`) or hands the group to the sync thread.
 fn complete_group(
     shared: &Shared,
     plan: Plan<'_>,
     group: Vec<Request>,
     planned: Vec<PlannedRequest>,
     outcomes: &[OpOutcome],
+    jobs: &std::sync::mpsc::Sender<SyncJob>,
 ) {
     let mut unexpected: Vec<SessionId> = Vec::new();
     let describe_op = |op: usize| -> Option<DedupeHit> {
@@ -877,22 +975,22 @@ fn complete_group(
         }
     }
 
-    let sync_result = match shared.durability {
-        Durability::Fsync => shared.store.sync().map_err(EngineError::from),
-        Durability::Buffered => Ok(()),
-    };
-    if sync_result.is_ok() {
-        publish_head(shared);
-    }
-    for (request, answer) in group.into_iter().zip(answers) {
-        match (request, answer) {
-            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
-                let _ = reply.send(sync_result.clone().map(|()| outcomes));
+    let replies: Vec<(Request, Answer)> = group.into_iter().zip(answers).collect();
+    match shared.durability {
+        Durability::Fsync => {
+            let head = shared.store.head().ok();
+            if let Err(std::sync::mpsc::SendError(SyncJob::Committed { replies, .. })) =
+                jobs.send(SyncJob::Committed { replies, head })
+            {
+                // The sync thread is gone (it panicked): nothing can be made durable.
+                let error =
+                    EngineError::from(StoreError::Backend("the sync thread has stopped".into()));
+                answer(replies, &Err(error));
             }
-            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
-                let _ = reply.send(sync_result.clone().map(|()| redriven));
-            }
-            _ => unreachable!("answers are built in request order"),
+        }
+        Durability::Buffered => {
+            publish_head(shared);
+            answer(replies, &Ok(()));
         }
     }
 }
