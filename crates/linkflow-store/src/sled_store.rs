@@ -572,6 +572,11 @@ impl EventStore for SledStore {
         // sled 0.34's flush writes its buffers with sync_file_range, which does not reach the
         // disk (spacejam/sled#1452). The fsync of the log file (and of any blob file) does.
         self.db.flush()?;
+        // sled frees memory through crossbeam-epoch: what `flush` retires (the log buffers it
+        // seals, and with them whole segment buffers) waits in this thread's local bag, which a
+        // thread that only syncs would fill only rarely, so it was freed late (+~90 MB peak RSS
+        // at 1M events with the engine's sync thread). Hand it to the global queue now.
+        crossbeam_epoch::pin().flush();
         self.sync_blobs()?;
         self.db_file
             .sync_all()
