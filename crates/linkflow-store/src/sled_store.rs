@@ -399,10 +399,16 @@ impl SledReads<'_> {
 
 impl CommitReads for SledReads<'_> {
     fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
-        match self.versions.get(stream) {
-            Some(version) => Ok(version),
-            None => self.store.stream_version(stream),
+        if let Some(version) = self.versions.get(stream) {
+            return Ok(version);
         }
+        // Every commit that appends to a stream writes its dedupe list (in a store with lists):
+        // no list, no events (as `stream_is_empty` says). The commit has read the list already
+        // for its dedupe checks, so a new stream costs no read here.
+        if !self.store.legacy_dedupe && self.list(stream)?.is_none() {
+            return Ok(Version::EMPTY);
+        }
+        self.store.stream_version(stream)
     }
 
     fn find_dedupe(
@@ -903,6 +909,14 @@ mod tests {
         let a = stream("a");
         {
             let store = SledStore::open(dir.path()).unwrap();
+            // A stream with no dedupe list has no events.
+            assert!(matches!(
+                store.commit(vec![exact(&a, 1, event(1))]),
+                Err(StoreError::Conflict {
+                    actual: Version(0),
+                    ..
+                })
+            ));
             store
                 .commit(vec![exact(&a, 0, event(1)), exact(&a, 1, event(2))])
                 .unwrap();
