@@ -6,16 +6,15 @@
 //! the gate, so "the writer committed the next group while the previous sync was running" and
 //! "nobody was answered before the sync" are observed, not timed.
 
-use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex, MutexGuard};
+mod support;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use linkflow::store::{
-    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, ParkedEvent, SledStore, Snapshot, StoreError,
-    StoredEvent, VerifyReport,
-};
+use linkflow::store::{SledStore, StoreError};
 use linkflow::{Engine, EngineConfig, EngineError, IncomingEvent, IngestOutcome};
 use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
+use support::{Call, Watch, Watched};
 
 #[derive(Default)]
 struct GateState {
@@ -27,25 +26,40 @@ struct GateState {
     log: Vec<&'static str>,
 }
 
-/// A sled store whose syncs wait for the test.
-struct GatedStore {
-    inner: SledStore,
+/// Holds every sync until the test opens the gate, and logs commits and syncs.
+struct Gate {
     state: Mutex<GateState>,
-    changed: std::sync::Condvar,
+    changed: Condvar,
 }
 
-impl GatedStore {
-    fn new(inner: SledStore) -> Self {
-        GatedStore {
-            inner,
-            state: Mutex::new(GateState {
-                open: true,
-                ..GateState::default()
-            }),
-            changed: std::sync::Condvar::new(),
+impl Watch for Gate {
+    fn before(&self, call: Call) -> Result<(), StoreError> {
+        if call != Call::Sync {
+            return Ok(());
         }
+        let mut state = self.state();
+        state.log.push("sync");
+        self.changed.notify_all();
+        while !state.open {
+            state = self.changed.wait(state).unwrap();
+        }
+        if state.fail {
+            state.log.push("synced");
+            return Err(StoreError::Backend("the disk said no".into()));
+        }
+        Ok(())
     }
 
+    fn after(&self, call: Call) {
+        match call {
+            Call::Commit => self.set(|state| state.log.push("commit")),
+            Call::Sync => self.set(|state| state.log.push("synced")),
+            _ => {}
+        }
+    }
+}
+
+impl Gate {
     fn state(&self) -> MutexGuard<'_, GateState> {
         self.state.lock().unwrap()
     }
@@ -74,79 +88,6 @@ impl GatedStore {
     }
 }
 
-impl EventStore for GatedStore {
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
-        let outcomes = self.inner.commit(ops);
-        self.set(|state| state.log.push("commit"));
-        outcomes
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        let mut state = self.state();
-        state.log.push("sync");
-        self.changed.notify_all();
-        while !state.open {
-            state = self.changed.wait(state).unwrap();
-        }
-        let fail = state.fail;
-        drop(state);
-        let result = if fail {
-            Err(StoreError::Backend("the disk said no".into()))
-        } else {
-            self.inner.sync()
-        };
-        self.set(|state| state.log.push("synced"));
-        result
-    }
-    fn head(&self) -> Result<Position, StoreError> {
-        self.inner.head()
-    }
-    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        self.inner.stream_version(stream)
-    }
-    fn read_stream(
-        &self,
-        stream: &SessionId,
-        after: Version,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.read_stream(stream, after, limit)
-    }
-    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.read_all(after, limit)
-    }
-    fn find_dedupe(
-        &self,
-        stream: &SessionId,
-        key: &DedupeKey,
-    ) -> Result<Option<DedupeHit>, StoreError> {
-        self.inner.find_dedupe(stream, key)
-    }
-    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
-        self.inner.parked(stream)
-    }
-    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        self.inner.snapshot(stream)
-    }
-    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
-        self.inner.stream_is_empty(stream)
-    }
-    fn for_each_snapshot(
-        &self,
-        visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.inner.for_each_snapshot(visit)
-    }
-    fn for_each_event_by_stream(
-        &self,
-        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.inner.for_each_event_by_stream(visit)
-    }
-    fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.inner.verify()
-    }
-}
-
 fn opened(session: &str) -> IncomingEvent {
     IncomingEvent::new(
         SessionId::new(session).unwrap(),
@@ -155,13 +96,22 @@ fn opened(session: &str) -> IncomingEvent {
     )
 }
 
-fn open_gated() -> (tempfile::TempDir, Arc<GatedStore>, Engine) {
+fn open_gated() -> (tempfile::TempDir, Arc<Watched<Gate>>, Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(GatedStore::new(SledStore::open(dir.path()).unwrap()));
+    let store = Arc::new(Watched {
+        inner: SledStore::open(dir.path()).unwrap(),
+        watch: Gate {
+            state: Mutex::new(GateState {
+                open: true,
+                ..GateState::default()
+            }),
+            changed: Condvar::new(),
+        },
+    });
     let engine = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
     // Opening syncs once (whatever an earlier run left becomes durable before anyone sees it).
-    assert_eq!(store.state().log, ["sync", "synced"]);
-    store.set(|state| state.log.clear());
+    assert_eq!(store.watch.state().log, ["sync", "synced"]);
+    store.watch.set(|state| state.log.clear());
     (dir, store, engine)
 }
 
@@ -177,26 +127,25 @@ fn spawn_ingest(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_is_answered_after_its_sync_and_the_next_group_commits_meanwhile() {
     let (_dir, store, engine) = open_gated();
-    store.set(|state| state.open = false);
+    let gate = &store.watch;
+    gate.set(|state| state.open = false);
 
     let first = spawn_ingest(&engine, "a");
-    store
-        .until("the first group's sync starts", |state| {
-            state.log == ["commit", "sync"]
-        })
-        .await;
+    gate.until("the first group's sync starts", |state| {
+        state.log == ["commit", "sync"]
+    })
+    .await;
     let second = spawn_ingest(&engine, "b");
-    store
-        .until("the second group commits during the first sync", |state| {
-            state.log == ["commit", "sync", "commit"]
-        })
-        .await;
+    gate.until("the second group commits during the first sync", |state| {
+        state.log == ["commit", "sync", "commit"]
+    })
+    .await;
     assert!(
         !first.is_finished() && !second.is_finished(),
         "nobody is answered before a sync covers their group"
     );
 
-    store.set(|state| state.open = true);
+    gate.set(|state| state.open = true);
     for (handle, version) in [(first, 1), (second, 1)] {
         match handle.await.unwrap().unwrap() {
             IngestOutcome::Accepted { version: got, .. } => assert_eq!(got, Version(version)),
@@ -204,11 +153,10 @@ async fn a_group_is_answered_after_its_sync_and_the_next_group_commits_meanwhile
         }
     }
     // The second group had its own sync after the first one ended.
-    store
-        .until("both syncs end", |state| {
-            state.log == ["commit", "sync", "commit", "synced", "sync", "synced"]
-        })
-        .await;
+    gate.until("both syncs end", |state| {
+        state.log == ["commit", "sync", "commit", "synced", "sync", "synced"]
+    })
+    .await;
     assert_eq!(engine.head().unwrap(), Position(2));
     engine.shutdown().await.unwrap();
 }
@@ -216,34 +164,33 @@ async fn a_group_is_answered_after_its_sync_and_the_next_group_commits_meanwhile
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_committed_during_a_sync_share_the_next_one() {
     let (_dir, store, engine) = open_gated();
-    store.set(|state| state.open = false);
+    let gate = &store.watch;
+    gate.set(|state| state.open = false);
 
     let first = spawn_ingest(&engine, "a");
-    store
-        .until("the first sync starts", |state| {
-            state.log == ["commit", "sync"]
-        })
-        .await;
+    gate.until("the first sync starts", |state| {
+        state.log == ["commit", "sync"]
+    })
+    .await;
     // Three more callers, each its own group (the writer is free: the sync thread waits).
     let mut later = Vec::new();
     for (n, session) in ["b", "c", "d"].into_iter().enumerate() {
         later.push(spawn_ingest(&engine, session));
-        store
-            .until("the next group commits", |state| {
-                state.log.iter().filter(|entry| **entry == "commit").count() == n + 2
-            })
-            .await;
+        gate.until("the next group commits", |state| {
+            state.log.iter().filter(|entry| **entry == "commit").count() == n + 2
+        })
+        .await;
     }
-    store.set(|state| state.open = true);
+    gate.set(|state| state.open = true);
     first.await.unwrap().unwrap();
     for handle in later {
         handle.await.unwrap().unwrap();
     }
     assert_eq!(
-        store.count("sync"),
+        gate.count("sync"),
         2,
         "one sync for the first group, one for the three committed while it ran: {:?}",
-        store.state().log
+        gate.state().log
     );
     engine.shutdown().await.unwrap();
 }
@@ -251,11 +198,12 @@ async fn groups_committed_during_a_sync_share_the_next_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_fails_every_group_it_covers_and_a_retry_is_recognised() {
     let (_dir, store, engine) = open_gated();
-    store.set(|state| state.fail = true);
+    let gate = &store.watch;
+    gate.set(|state| state.fail = true);
     let error = engine.ingest(opened("a")).await.unwrap_err();
     assert!(error.to_string().contains("the disk said no"), "{error}");
 
-    store.set(|state| state.fail = false);
+    gate.set(|state| state.fail = false);
     // The event was committed, only its durability was not confirmed: a retry is a duplicate
     // of it, not a second copy.
     match engine.ingest(opened("a")).await.unwrap() {
@@ -272,13 +220,13 @@ async fn a_failed_sync_fails_every_group_it_covers_and_a_retry_is_recognised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_the_groups_in_flight_after_their_sync() {
     let (_dir, store, engine) = open_gated();
-    store.set(|state| state.open = false);
+    let gate = &store.watch;
+    gate.set(|state| state.open = false);
     let first = spawn_ingest(&engine, "a");
-    store
-        .until("the group's sync starts", |state| {
-            state.log == ["commit", "sync"]
-        })
-        .await;
+    gate.until("the group's sync starts", |state| {
+        state.log == ["commit", "sync"]
+    })
+    .await;
     let stopping = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.shutdown().await })
@@ -286,11 +234,11 @@ async fn shutdown_answers_the_groups_in_flight_after_their_sync() {
     // Give the shutdown request every chance to overtake the group: it must not.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!first.is_finished() && !stopping.is_finished());
-    store.set(|state| state.open = true);
+    gate.set(|state| state.open = true);
     first.await.unwrap().unwrap();
     stopping.await.unwrap().unwrap();
     assert_eq!(
-        store.state().log,
+        gate.state().log,
         ["commit", "sync", "synced", "sync", "synced"],
         "the group's sync, then shutdown's last one"
     );

@@ -2,30 +2,25 @@
 //! must do that in one `read_streams` call per group (one round trip on PostgreSQL), not with
 //! several reads per session and one per event, and decide exactly as it does from its cache.
 
-use std::ops::ControlFlow;
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use linkflow::store::{
-    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, ParkedEvent, SledStore, Snapshot, StoreError,
-    StoredEvent, StreamsRead, VerifyReport,
-};
+use linkflow::store::{SledStore, StoreError};
 use linkflow::{Engine, EngineConfig, IncomingEvent, IngestOutcome};
-use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
+use linkflow_core::{Event, EventKind, Provider, SessionId};
+use support::{Call, Watch, Watched};
 
-/// A sled store that says it is shared and counts the reads a writer makes.
-struct CountingStore {
-    inner: SledStore,
+/// Says the store is shared and counts the reads a writer makes.
+#[derive(Default)]
+struct Counting {
     read_streams: AtomicUsize,
     single_reads: AtomicUsize,
 }
 
-impl CountingStore {
-    fn single(&self) {
-        self.single_reads.fetch_add(1, Ordering::SeqCst);
-    }
-
+impl Counting {
     fn take(&self) -> (usize, usize) {
         (
             self.read_streams.swap(0, Ordering::SeqCst),
@@ -34,72 +29,23 @@ impl CountingStore {
     }
 }
 
-impl EventStore for CountingStore {
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
-        self.inner.commit(ops)
+impl Watch for Counting {
+    fn before(&self, call: Call) -> Result<(), StoreError> {
+        let counter = match call {
+            Call::ReadStreams => &self.read_streams,
+            Call::StreamVersion
+            | Call::ReadStream
+            | Call::FindDedupe
+            | Call::Parked
+            | Call::Snapshot
+            | Call::StreamIsEmpty => &self.single_reads,
+            _ => return Ok(()),
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn head(&self) -> Result<Position, StoreError> {
-        self.inner.head()
-    }
-    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        self.single();
-        self.inner.stream_version(stream)
-    }
-    fn read_stream(
-        &self,
-        stream: &SessionId,
-        after: Version,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.single();
-        self.inner.read_stream(stream, after, limit)
-    }
-    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.inner.read_all(after, limit)
-    }
-    fn find_dedupe(
-        &self,
-        stream: &SessionId,
-        key: &DedupeKey,
-    ) -> Result<Option<DedupeHit>, StoreError> {
-        self.single();
-        self.inner.find_dedupe(stream, key)
-    }
-    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
-        self.single();
-        self.inner.parked(stream)
-    }
-    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        self.single();
-        self.inner.snapshot(stream)
-    }
-    fn for_each_snapshot(
-        &self,
-        visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.inner.for_each_snapshot(visit)
-    }
-    fn for_each_event_by_stream(
-        &self,
-        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.inner.for_each_event_by_stream(visit)
-    }
-    fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.inner.verify()
-    }
-    fn read_streams(
-        &self,
-        streams: &[SessionId],
-        keys: &[(SessionId, DedupeKey)],
-    ) -> Result<StreamsRead, StoreError> {
-        self.read_streams.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_streams(streams, keys)
-    }
-    fn is_shared(&self) -> bool {
+
+    fn shared(&self) -> bool {
         true
     }
 }
@@ -156,19 +102,18 @@ fn shape(outcome: &IngestOutcome) -> String {
 #[tokio::test]
 async fn a_shared_store_is_read_once_per_group_and_decides_like_the_cache() {
     let shared_dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(CountingStore {
+    let store = Arc::new(Watched {
         inner: SledStore::open(shared_dir.path()).unwrap(),
-        read_streams: AtomicUsize::new(0),
-        single_reads: AtomicUsize::new(0),
+        watch: Counting::default(),
     });
     let shared = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
     let local_dir = tempfile::tempdir().unwrap();
     let local = Engine::open(local_dir.path()).unwrap();
 
     for (index, batch) in batches().into_iter().enumerate() {
-        store.take();
+        store.watch.take();
         let from_shared = shared.ingest_batch(batch.clone()).await.unwrap();
-        let (groups_read, single_reads) = store.take();
+        let (groups_read, single_reads) = store.watch.take();
         assert_eq!(groups_read, 1, "group {index}: one read_streams call");
         assert_eq!(
             single_reads, 0,

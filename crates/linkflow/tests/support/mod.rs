@@ -1,0 +1,137 @@
+//! A sled store for engine tests that watch or steer what the engine asks of its store.
+
+use std::ops::ControlFlow;
+
+use linkflow::store::{
+    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, ParkedEvent, SledStore, Snapshot, StoreError,
+    StoredEvent, StreamsRead, VerifyReport,
+};
+use linkflow_core::{Position, SessionId, Version};
+
+/// Which [`EventStore`] method was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Commit,
+    Sync,
+    Head,
+    StreamVersion,
+    ReadStream,
+    ReadAll,
+    FindDedupe,
+    Parked,
+    Snapshot,
+    StreamIsEmpty,
+    ForEachSnapshot,
+    ForEachEvent,
+    Verify,
+    ReadStreams,
+}
+
+/// What a test does around each call. Every method has a default that changes nothing.
+pub trait Watch: Send + Sync + 'static {
+    /// Before the call reaches sled; an error is answered instead of calling it.
+    fn before(&self, _call: Call) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// After sled answered (whatever it answered).
+    fn after(&self, _call: Call) {}
+
+    /// What the store says about being shared with other processes.
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// A sled store with a [`Watch`] around every call. `read_streams` goes to sled's own, whose
+/// reads are not seen one by one.
+pub struct Watched<W> {
+    pub inner: SledStore,
+    pub watch: W,
+}
+
+impl<W: Watch> Watched<W> {
+    fn call<T>(
+        &self,
+        call: Call,
+        run: impl FnOnce(&SledStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.watch.before(call)?;
+        let result = run(&self.inner);
+        self.watch.after(call);
+        result
+    }
+}
+
+impl<W: Watch> EventStore for Watched<W> {
+    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+        self.call(Call::Commit, |store| store.commit(ops))
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.call(Call::Sync, |store| store.sync())
+    }
+    fn head(&self) -> Result<Position, StoreError> {
+        self.call(Call::Head, |store| store.head())
+    }
+    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
+        self.call(Call::StreamVersion, |store| store.stream_version(stream))
+    }
+    fn read_stream(
+        &self,
+        stream: &SessionId,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.call(Call::ReadStream, |store| {
+            store.read_stream(stream, after, limit)
+        })
+    }
+    fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.call(Call::ReadAll, |store| store.read_all(after, limit))
+    }
+    fn find_dedupe(
+        &self,
+        stream: &SessionId,
+        key: &DedupeKey,
+    ) -> Result<Option<DedupeHit>, StoreError> {
+        self.call(Call::FindDedupe, |store| store.find_dedupe(stream, key))
+    }
+    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
+        self.call(Call::Parked, |store| store.parked(stream))
+    }
+    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
+        self.call(Call::Snapshot, |store| store.snapshot(stream))
+    }
+    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
+        self.call(Call::StreamIsEmpty, |store| store.stream_is_empty(stream))
+    }
+    fn for_each_snapshot(
+        &self,
+        visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.call(Call::ForEachSnapshot, |store| {
+            store.for_each_snapshot(visit)
+        })
+    }
+    fn for_each_event_by_stream(
+        &self,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.call(Call::ForEachEvent, |store| {
+            store.for_each_event_by_stream(visit)
+        })
+    }
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.call(Call::Verify, |store| store.verify())
+    }
+    fn read_streams(
+        &self,
+        streams: &[SessionId],
+        keys: &[(SessionId, DedupeKey)],
+    ) -> Result<StreamsRead, StoreError> {
+        self.call(Call::ReadStreams, |store| store.read_streams(streams, keys))
+    }
+    fn is_shared(&self) -> bool {
+        self.watch.shared()
+    }
+}
