@@ -140,9 +140,9 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
 
 /// Work for the sync thread, in commit order.
 enum SyncJob {
-    /// A committed group: its callers and their answers, and the head its commit left.
+    /// A committed group: its callers with their answers, and the head its commit left.
     Committed {
-        replies: Vec<(Request, Answer)>,
+        replies: Vec<Waiting>,
         head: Option<Position>,
     },
     /// Sync, answer, and stop.
@@ -189,17 +189,22 @@ fn run_syncer(shared: &Shared, jobs: &std::sync::mpsc::Receiver<SyncJob>) {
     let _ = shared.store.sync();
 }
 
+/// A caller of a committed group with its answer, until the group is durable.
+enum Waiting {
+    Ingest(Reply<Vec<IngestOutcome>>, Vec<IngestOutcome>),
+    Redrive(Reply<Vec<Redriven>>, Vec<Redriven>),
+}
+
 /// Sends each caller its answer, or the error that kept its group from being durable.
-fn answer(replies: Vec<(Request, Answer)>, result: &Result<(), EngineError>) {
-    for (request, answer) in replies {
-        match (request, answer) {
-            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
+fn answer(replies: Vec<Waiting>, result: &Result<(), EngineError>) {
+    for waiting in replies {
+        match waiting {
+            Waiting::Ingest(reply, outcomes) => {
                 let _ = reply.send(result.clone().map(|()| outcomes));
             }
-            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
+            Waiting::Redrive(reply, redriven) => {
                 let _ = reply.send(result.clone().map(|()| redriven));
             }
-            _ => unreachable!("answers are built in request order"),
         }
     }
 }
@@ -975,7 +980,20 @@ fn complete_group(
         }
     }
 
-    let replies: Vec<(Request, Answer)> = group.into_iter().zip(answers).collect();
+    // The requests' events are dropped here: only the reply channels wait for the sync.
+    let replies: Vec<Waiting> = group
+        .into_iter()
+        .zip(answers)
+        .map(|(request, answer)| match (request, answer) {
+            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
+                Waiting::Ingest(reply, outcomes)
+            }
+            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
+                Waiting::Redrive(reply, redriven)
+            }
+            _ => unreachable!("answers are built in request order"),
+        })
+        .collect();
     match shared.durability {
         Durability::Fsync => {
             let head = shared.store.head().ok();
