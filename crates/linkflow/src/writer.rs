@@ -892,10 +892,12 @@ fn complete_group(
         }
     };
 
-    let mut answers = Vec::with_capacity(planned.len());
-    for request in planned {
-        match request {
-            PlannedRequest::Ingest(events) => {
+    // Each caller's reply channel with its answer; the requests' events are dropped here, so
+    // only the channels wait for the sync.
+    let mut replies = Vec::with_capacity(planned.len());
+    for (request, planned) in group.into_iter().zip(planned) {
+        match (request, planned) {
+            (Request::Ingest { reply, .. }, PlannedRequest::Ingest(events)) => {
                 let resolved: Vec<IngestOutcome> = events
                     .into_iter()
                     .map(|planned| match planned {
@@ -952,11 +954,15 @@ fn complete_group(
                         Planned::Refused(error) => IngestOutcome::Refused { error },
                     })
                     .collect();
-                answers.push(Answer::Ingest(resolved));
+                replies.push(Waiting::Ingest(reply, resolved));
             }
-            PlannedRequest::Redrive(redriven) => answers.push(Answer::Redrive(
-                redriven.into_iter().filter_map(resolve_redrive).collect(),
-            )),
+            (Request::Redrive { reply, .. }, PlannedRequest::Redrive(redriven)) => {
+                replies.push(Waiting::Redrive(
+                    reply,
+                    redriven.into_iter().filter_map(resolve_redrive).collect(),
+                ))
+            }
+            _ => unreachable!("requests are planned in order, one plan per request"),
         }
     }
 
@@ -980,20 +986,6 @@ fn complete_group(
         }
     }
 
-    // The requests' events are dropped here: only the reply channels wait for the sync.
-    let replies: Vec<Waiting> = group
-        .into_iter()
-        .zip(answers)
-        .map(|(request, answer)| match (request, answer) {
-            (Request::Ingest { reply, .. }, Answer::Ingest(outcomes)) => {
-                Waiting::Ingest(reply, outcomes)
-            }
-            (Request::Redrive { reply, .. }, Answer::Redrive(redriven)) => {
-                Waiting::Redrive(reply, redriven)
-            }
-            _ => unreachable!("answers are built in request order"),
-        })
-        .collect();
     match shared.durability {
         Durability::Fsync => {
             let head = shared.store.head().ok();
@@ -1011,11 +1003,6 @@ fn complete_group(
             answer(replies, &Ok(()));
         }
     }
-}
-
-enum Answer {
-    Ingest(Vec<IngestOutcome>),
-    Redrive(Vec<Redriven>),
 }
 
 fn duplicate_or_closed(session: SessionId, original: Option<DedupeHit>) -> IngestOutcome {

@@ -124,17 +124,27 @@ fn spawn_ingest(
     tokio::spawn(async move { engine.ingest(event).await })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_is_answered_after_its_sync_and_the_next_group_commits_meanwhile() {
-    let (_dir, store, engine) = open_gated();
-    let gate = &store.watch;
+/// Closes the gate and ingests one event for `session`; returns once its group is committed and
+/// its sync is waiting at the gate.
+async fn first_group_held_at_sync(
+    engine: &Engine,
+    gate: &Gate,
+    session: &str,
+) -> tokio::task::JoinHandle<Result<IngestOutcome, EngineError>> {
     gate.set(|state| state.open = false);
-
-    let first = spawn_ingest(&engine, "a");
+    let first = spawn_ingest(engine, session);
     gate.until("the first group's sync starts", |state| {
         state.log == ["commit", "sync"]
     })
     .await;
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_answered_after_its_sync_and_the_next_group_commits_meanwhile() {
+    let (_dir, store, engine) = open_gated();
+    let gate = &store.watch;
+    let first = first_group_held_at_sync(&engine, gate, "a").await;
     let second = spawn_ingest(&engine, "b");
     gate.until("the second group commits during the first sync", |state| {
         state.log == ["commit", "sync", "commit"]
@@ -165,13 +175,7 @@ async fn a_group_is_answered_after_its_sync_and_the_next_group_commits_meanwhile
 async fn groups_committed_during_a_sync_share_the_next_one() {
     let (_dir, store, engine) = open_gated();
     let gate = &store.watch;
-    gate.set(|state| state.open = false);
-
-    let first = spawn_ingest(&engine, "a");
-    gate.until("the first sync starts", |state| {
-        state.log == ["commit", "sync"]
-    })
-    .await;
+    let first = first_group_held_at_sync(&engine, gate, "a").await;
     // Three more callers, each its own group (the writer is free: the sync thread waits).
     let mut later = Vec::new();
     for (n, session) in ["b", "c", "d"].into_iter().enumerate() {
@@ -221,12 +225,7 @@ async fn a_failed_sync_fails_every_group_it_covers_and_a_retry_is_recognised() {
 async fn shutdown_answers_the_groups_in_flight_after_their_sync() {
     let (_dir, store, engine) = open_gated();
     let gate = &store.watch;
-    gate.set(|state| state.open = false);
-    let first = spawn_ingest(&engine, "a");
-    gate.until("the group's sync starts", |state| {
-        state.log == ["commit", "sync"]
-    })
-    .await;
+    let first = first_group_held_at_sync(&engine, gate, "a").await;
     let stopping = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.shutdown().await })
