@@ -68,6 +68,7 @@ macro_rules! conformance_tests {
             a_parked_event_accepted_by_a_retry_leaves_the_parked_list,
             a_duplicate_of_a_parked_event_is_recognised,
             snapshots_are_replaced_and_listed,
+            stream_start_agrees_with_stream_is_empty_and_snapshot,
             everything_survives_a_reopen,
             raw_payloads_are_kept_verbatim,
             an_oversized_event_is_refused_and_nothing_is_stored,
@@ -466,6 +467,63 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         .unwrap();
     assert_eq!(listed, vec![(a, Version(2)), (b, Version(1))]);
     assert_clean(&store);
+}
+
+/// `stream_start` answers what `stream_is_empty` and `snapshot` answer, for every kind of
+/// stream, and an empty answer is only ever given for a stream that holds nothing.
+pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let snapshot = |version: u64| Snapshot {
+        provider: Provider::Knot,
+        version: Version(version),
+        state: vec![version as u8; 3],
+    };
+    let (plain, snapshotted, only_parked, only_snapshot) = (
+        stream("plain"),
+        stream("snapshotted"),
+        stream("only-parked"),
+        stream("only-snapshot"),
+    );
+    store
+        .commit(vec![
+            append(&plain, ExpectedVersion::Any, event(1)),
+            append(&snapshotted, ExpectedVersion::Any, event(2)),
+            append(&snapshotted, ExpectedVersion::Any, event(3)),
+            Op::PutSnapshot {
+                stream: snapshotted.clone(),
+                snapshot: snapshot(2),
+            },
+            park(&only_parked, event(4)),
+            Op::PutSnapshot {
+                stream: only_snapshot.clone(),
+                snapshot: snapshot(0),
+            },
+        ])
+        .unwrap();
+    for (name, holds_something) in [
+        (&plain, true),
+        (&snapshotted, true),
+        (&only_parked, true),
+        (&only_snapshot, false),
+        (&stream("unknown"), false),
+    ] {
+        let start = store.stream_start(name).unwrap();
+        let empty = store.stream_is_empty(name).unwrap();
+        assert_eq!(start.empty, empty, "{name}");
+        if holds_something {
+            assert_ne!(empty, Some(true), "{name} holds events or parked events");
+        }
+        let expected = match empty {
+            Some(true) => None,
+            _ => store.snapshot(name).unwrap(),
+        };
+        assert_eq!(start.snapshot, expected, "{name}");
+    }
+    assert_eq!(
+        store.stream_start(&snapshotted).unwrap().snapshot,
+        Some(snapshot(2))
+    );
 }
 
 /// Dropping and reopening the store returns the same streams, positions, parked events and

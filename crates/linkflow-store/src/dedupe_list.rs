@@ -1,17 +1,21 @@
-//! The sled backend's per-stream dedupe list: a stream's dedupe entries in one value under its
-//! `K` key, rewritten by each commit that adds to it, instead of one `D` key per event.
+//! The sled backend's stream head: one value per stream under its `K` key holding the stream's
+//! dedupe entries and (layout 4) its snapshot, rewritten by each commit that touches the stream.
 //!
-//! A commit of a session's events then writes one dedupe value per stream it touches, not one
-//! per event, and finds every key it checks for that stream in one read. A list holds at most
-//! [`LIST_MAX`] entries: when a commit would take it past that, its entries move to `D` keys
-//! (one per entry, as in the first layout) and the list starts again empty, marked *spilled*,
-//! so that a lookup that misses it knows to try the `D` key. Long streams therefore pay the
-//! first layout's cost, and no commit rewrites more than [`LIST_MAX`] entries.
+//! A commit of a session's events then writes one value per stream it touches for both, not
+//! one dedupe key per event plus a snapshot key, and finds every dedupe key it checks for that
+//! stream in one read. A list holds at most [`LIST_MAX`] entries: when a commit would take it
+//! past that, its entries move to `D` keys (one per entry, as in the first layout) and the list
+//! starts again empty, marked *spilled*, so that a lookup that misses it knows to try the `D`
+//! key. Long streams therefore pay the first layout's cost, and no commit rewrites more than
+//! [`LIST_MAX`] entries.
 //!
 //! ```text
-//! list  = u8(flags: bit 0 = spilled) entry*
+//! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot) [varint(length) snapshot] entry*
 //! entry = [16](dedupe key) ( 'A' varint(version) varint(position) | 'P' [16](event id) )
 //! ```
+//!
+//! A layout 2 or 3 value never has bit 1 set (its snapshot is under the stream's `N` key), so
+//! it reads as a head without a snapshot.
 
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
 use uuid::Uuid;
@@ -23,6 +27,7 @@ use crate::store::DedupeHit;
 pub(crate) const LIST_MAX: usize = 64;
 
 const SPILLED: u8 = 1;
+const SNAPSHOT: u8 = 2;
 const ACCEPTED: u8 = b'A';
 const PARKED: u8 = b'P';
 
@@ -82,9 +87,19 @@ impl DedupeList {
         self.entries.iter().any(|(entry, _)| entry == key)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(1 + self.entries.len() * 24);
-        value.push(if self.spilled { SPILLED } else { 0 });
+    /// The stream's head value: this list, with `snapshot` (an encoded snapshot record) if given.
+    pub fn encode(&self, snapshot: Option<&[u8]>) -> Vec<u8> {
+        let snapshot_len = snapshot.map_or(0, |record| record.len() + 3);
+        let mut value = Vec::with_capacity(1 + snapshot_len + self.entries.len() * 24);
+        let mut flags = if self.spilled { SPILLED } else { 0 };
+        if snapshot.is_some() {
+            flags |= SNAPSHOT;
+        }
+        value.push(flags);
+        if let Some(record) = snapshot {
+            varint(&mut value, record.len() as u64);
+            value.extend_from_slice(record);
+        }
         for (key, target) in &self.entries {
             value.extend_from_slice(key.as_bytes());
             match target {
@@ -102,13 +117,37 @@ impl DedupeList {
         value
     }
 
-    /// Decodes the list of `stream`.
-    pub fn decode(stream: &SessionId, value: &[u8]) -> Result<DedupeList, CorruptRecord> {
-        let (spilled, entries) = Entries::new(stream, value)?;
-        Ok(DedupeList {
-            spilled,
+    /// Whether the stream has no event and no parked event: no entry, none spilled.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && !self.spilled
+    }
+
+    /// Decodes the head of `stream`: its list and its snapshot record, if it holds one.
+    pub fn decode<'v>(
+        stream: &SessionId,
+        value: &'v [u8],
+    ) -> Result<(DedupeList, Option<&'v [u8]>), CorruptRecord> {
+        let (head, entries) = Entries::new(stream, value)?;
+        let list = DedupeList {
+            spilled: head.spilled,
             entries: entries.collect::<Result<_, _>>()?,
-        })
+        };
+        Ok((list, head.snapshot))
+    }
+
+    /// The snapshot record in the head of `stream`, without decoding its entries.
+    pub fn snapshot_encoded<'v>(
+        stream: &SessionId,
+        value: &'v [u8],
+    ) -> Result<Option<&'v [u8]>, CorruptRecord> {
+        Ok(Entries::new(stream, value)?.0.snapshot)
+    }
+
+    /// Whether the head of `stream` says the stream is empty (see [`DedupeList::is_empty`]),
+    /// without decoding its entries.
+    pub fn is_empty_encoded(stream: &SessionId, value: &[u8]) -> Result<bool, CorruptRecord> {
+        let (head, entries) = Entries::new(stream, value)?;
+        Ok(!head.spilled && entries.rest.is_empty())
     }
 
     /// Looks `key` up in an encoded list without decoding the rest of it: its target, and
@@ -118,44 +157,68 @@ impl DedupeList {
         value: &[u8],
         key: &DedupeKey,
     ) -> Result<(Option<Target>, bool), CorruptRecord> {
-        let (spilled, mut entries) = Entries::new(stream, value)?;
+        let (head, mut entries) = Entries::new(stream, value)?;
         for entry in &mut entries {
             let (entry_key, target) = entry?;
             if entry_key == *key {
-                return Ok((Some(target), spilled));
+                return Ok((Some(target), head.spilled));
             }
         }
-        Ok((None, spilled))
+        Ok((None, head.spilled))
     }
 }
 
-/// The entries of an encoded list, decoded one at a time.
-struct Entries<'a> {
-    stream: &'a SessionId,
+/// What precedes the entries of an encoded head.
+struct HeadStart<'a> {
+    spilled: bool,
+    snapshot: Option<&'a [u8]>,
+}
+
+/// The entries of an encoded head, decoded one at a time.
+struct Entries<'s, 'a> {
+    stream: &'s SessionId,
     value: &'a [u8],
     rest: &'a [u8],
 }
 
-impl<'a> Entries<'a> {
-    /// The list's spilled flag and its entries.
-    fn new(stream: &'a SessionId, value: &'a [u8]) -> Result<(bool, Self), CorruptRecord> {
+impl<'s, 'a> Entries<'s, 'a> {
+    /// The head's flags and snapshot, and its entries.
+    fn new(stream: &'s SessionId, value: &'a [u8]) -> Result<(HeadStart<'a>, Self), CorruptRecord> {
         let entries = Entries {
             stream,
             value,
             rest: value,
         };
-        let (&flags, rest) = value
+        let (&flags, mut rest) = value
             .split_first()
             .ok_or_else(|| entries.bad(0, "empty value"))?;
-        if flags & !SPILLED != 0 {
+        if flags & !(SPILLED | SNAPSHOT) != 0 {
             return Err(entries.bad(0, &format!("unknown flags {flags:#04x}")));
         }
-        Ok((flags & SPILLED != 0, Entries { rest, ..entries }))
+        let snapshot = if flags & SNAPSHOT != 0 {
+            let len = read_varint(&mut rest)
+                .and_then(|len| usize::try_from(len).ok())
+                .filter(|&len| len > 0 && len <= rest.len())
+                .ok_or_else(|| entries.bad(1, "bad snapshot length"))?;
+            let (snapshot, after) = rest.split_at(len);
+            rest = after;
+            Some(snapshot)
+        } else {
+            None
+        };
+        let head = HeadStart {
+            spilled: flags & SPILLED != 0,
+            snapshot,
+        };
+        Ok((head, Entries { rest, ..entries }))
     }
 
     fn bad(&self, at: usize, reason: &str) -> CorruptRecord {
         CorruptRecord::new(
-            format!("dedupe list of `{}`", self.stream),
+            format!(
+                "head of stream `{}` (dedupe list and snapshot)",
+                self.stream
+            ),
             format!("{reason} at byte {at} of {}", self.value.len()),
         )
     }
@@ -198,7 +261,7 @@ impl<'a> Entries<'a> {
     }
 }
 
-impl Iterator for Entries<'_> {
+impl Iterator for Entries<'_, '_> {
     type Item = Result<(DedupeKey, Target), CorruptRecord>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -274,12 +337,40 @@ mod tests {
                 ),
             ],
         };
-        assert_eq!(DedupeList::decode(&stream(), &list.encode()).unwrap(), list);
+        assert_eq!(
+            DedupeList::decode(&stream(), &list.encode(None)).unwrap(),
+            (list.clone(), None)
+        );
         let empty = DedupeList::default();
         assert_eq!(
-            DedupeList::decode(&stream(), &empty.encode()).unwrap(),
-            empty
+            DedupeList::decode(&stream(), &empty.encode(None)).unwrap(),
+            (empty.clone(), None)
         );
+        // A snapshot rides in front of the entries and leaves them as they were.
+        let snapshot = vec![0x80u8; 300];
+        for list in [&list, &empty] {
+            let head = list.encode(Some(&snapshot));
+            assert_eq!(
+                DedupeList::decode(&stream(), &head).unwrap(),
+                ((*list).clone(), Some(&snapshot[..]))
+            );
+            assert_eq!(
+                DedupeList::snapshot_encoded(&stream(), &head).unwrap(),
+                Some(&snapshot[..])
+            );
+            assert_eq!(
+                DedupeList::is_empty_encoded(&stream(), &head).unwrap(),
+                list.is_empty()
+            );
+        }
+        assert!(!list.is_empty());
+        assert!(empty.is_empty());
+        let spilled_empty = DedupeList {
+            spilled: true,
+            entries: Vec::new(),
+        };
+        assert!(!spilled_empty.is_empty());
+        assert!(!DedupeList::is_empty_encoded(&stream(), &spilled_empty.encode(None)).unwrap());
     }
 
     #[test]
@@ -295,7 +386,7 @@ mod tests {
             );
         }
         list.spilled = true;
-        let encoded = list.encode();
+        let encoded = list.encode(Some(b"snapshot record"));
         for n in 0..12u64 {
             let key = DedupeKey::derive(&[&n.to_be_bytes()]);
             assert_eq!(
@@ -343,14 +434,21 @@ mod tests {
                 },
             )],
         }
-        .encode();
+        .encode(None);
         for cut in 0..good.len() {
             if cut == 1 {
                 continue; // the flags byte alone is an empty list
             }
             let error = DedupeList::decode(&stream(), &good[..cut]).unwrap_err();
-            assert!(error.key.contains("dedupe list of `s`"), "{error:?}");
+            assert!(error.key.contains("head of stream `s`"), "{error:?}");
         }
+        // A snapshot whose length runs past the value, or is zero, is damage too.
+        let with_snapshot = DedupeList::default().encode(Some(b"abc"));
+        for cut in 1..with_snapshot.len() {
+            assert!(DedupeList::decode(&stream(), &with_snapshot[..cut]).is_err());
+            assert!(DedupeList::snapshot_encoded(&stream(), &with_snapshot[..cut]).is_err());
+        }
+        assert!(DedupeList::decode(&stream(), &[SNAPSHOT, 0]).is_err());
         let mut bad_tag = good.clone();
         bad_tag[17] = b'X';
         assert!(DedupeList::decode(&stream(), &bad_tag).is_err());

@@ -5,10 +5,11 @@
 //! |--------|----------------------------------------------|------------------------------------|
 //! | `S`    | `S` len:u16 session version:u64              | event record, or packed records    |
 //! | `G`    | `G` first position:u64                       | the commit's runs (see below)      |
-//! | `K`    | `K` len:u16 session                          | the stream's dedupe list           |
+//! | `K`    | `K` len:u16 session                          | the stream's head: dedupe list and |
+//! |        |                                              | (layout 4) snapshot                |
 //! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
 //! | `P`    | `P` len:u16 session event id (16 bytes)      | parked record                      |
-//! | `N`    | `N` len:u16 session                          | snapshot record                    |
+//! | `N`    | `N` len:u16 session                          | snapshot record (layouts 1-3)      |
 //!
 //! Integers are big-endian so that byte order is numeric order; session ids are length-prefixed
 //! so that `acct-1` is not a prefix of `acct-10`.
@@ -28,7 +29,8 @@
 //! whose key is at or before it.
 //!
 //! A stream's dedupe entries are one `K` value (see `dedupe_list.rs`) of up to 64
-//! entries; older entries of a long stream, and every entry of a store written before the `K`
+//! entries, which from layout 4 also holds the stream's snapshot: a commit rewrites one value
+//! per stream it touches, not two; older entries of a long stream, and every entry of a store written before the `K`
 //! lists (one without the `Mlayout` key), are `D` keys, one per entry. A `D` target is `A`
 //! version:u64 position:u64 (accepted) or `P` event-id:16 (parked).
 
@@ -51,9 +53,11 @@ pub(crate) const LIST: u8 = b'K';
 pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// Layout 2: dedupe lists under `K` keys.
 pub(crate) const LAYOUT_LISTS: u32 = 2;
-/// Layout 3: layout 2, and an `S` value may pack several events (see `record::PACKED`). A
-/// layout 2 store moves to 3 with the first commit that packs, in the same batch.
+/// Layout 3: layout 2, and an `S` value may pack several events (see `record::PACKED`).
 pub(crate) const LAYOUT_PACKED: u32 = 3;
+/// Layout 4: layout 3, and a stream's snapshot is in its `K` value (the stream's head, see
+/// `dedupe_list.rs`), not under an `N` key. A layout 2 or 3 store moves to 4 when it is opened.
+pub(crate) const LAYOUT_HEADS: u32 = 4;
 
 /// `tag len session`: the prefix of every key of one session under `tag`.
 pub(crate) fn session_prefix(tag: u8, session: &SessionId) -> Vec<u8> {

@@ -38,6 +38,6 @@ pub use record::{
 };
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{
-    DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, StreamRead, StreamsRead,
-    VerifyReport,
+    DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, StreamRead, StreamStart,
+    StreamsRead, VerifyReport,
 };

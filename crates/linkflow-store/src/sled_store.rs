@@ -16,7 +16,7 @@ use crate::record::{
     event_count, event_records, pack_events, upcast_event, upcast_parked, upcast_snapshot,
     DedupeKey, ParkedEvent, Snapshot, StoredEvent, MAX_PACKED_BYTES,
 };
-use crate::store::{DedupeHit, EventStore, Op, OpOutcome, VerifyReport};
+use crate::store::{DedupeHit, EventStore, Op, OpOutcome, StreamStart, VerifyReport};
 
 /// Tuning for [`SledStore`].
 #[derive(Debug, Clone)]
@@ -50,14 +50,14 @@ pub struct SledStore {
     /// Serializes commits: versions and positions are assigned and applied in one critical
     /// section, so the global order on disk is the order positions were handed out.
     writer: Mutex<WriterState>,
-    /// A store written before dedupe lists: every stream may have `D` entries.
+    /// A store written before dedupe lists: every stream may have `D` entries, snapshots are
+    /// `N` keys and event values are never packed, so that the builds that wrote it can still
+    /// open it. Every other store is at layout 4 once open.
     legacy_dedupe: bool,
 }
 
 struct WriterState {
     head: Position,
-    /// The layout marker says 3: packed event values may be written without touching it.
-    packed_layout: bool,
     /// The versions this process's commits left recently written streams at.
     versions: RecentVersions,
 }
@@ -190,6 +190,54 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError>
         })
 }
 
+/// How many snapshots one batch of the move into layout 4 carries.
+const MOVE_CHUNK: usize = 1_024;
+
+/// Layout 2 and 3 to 4: moves every `N` snapshot into its stream's head (the `K` value),
+/// [`MOVE_CHUNK`] streams per atomic batch, each batch writing the heads and removing the `N`
+/// keys. Run at open, before any commit; the layout key already says 4, so a crash part way
+/// leaves a store the next open finishes. A head that already holds a snapshot keeps it (the
+/// newer one: only layout 4 commits write them). A stream whose head is damaged keeps its `N`
+/// key, which reads then ignore and verify reports, so the store still opens and names it.
+fn move_snapshots_into_heads(db: &sled::Db) -> Result<(), StoreError> {
+    let mut from = vec![keys::SNAPSHOT];
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        let mut moved = 0;
+        for entry in db.range(from.clone()..).take(MOVE_CHUNK) {
+            let (key, snapshot) = entry?;
+            if key.first() != Some(&keys::SNAPSHOT) {
+                break;
+            }
+            last = Some(key.clone());
+            let Ok(session) = keys::parse_snapshot_key(&key) else {
+                continue;
+            };
+            let list_key = keys::list_key(&session);
+            let head = match db.get(&list_key)? {
+                Some(value) => match DedupeList::decode(&session, &value) {
+                    Ok((list, Some(kept))) => list.encode(Some(kept)),
+                    Ok((list, None)) => list.encode(Some(&snapshot)),
+                    Err(_) => continue,
+                },
+                None => DedupeList::default().encode(Some(&snapshot)),
+            };
+            batch.insert(list_key, head);
+            batch.remove(key);
+            moved += 1;
+        }
+        let Some(last) = last else {
+            return Ok(());
+        };
+        if moved > 0 {
+            db.apply_batch(batch)?;
+        }
+        from = last.to_vec();
+        from.push(0);
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) a store in `path` with default options.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -229,27 +277,40 @@ impl SledStore {
             }
             None => Position::START,
         };
-        let (legacy_dedupe, packed_layout) = match db.get(keys::LAYOUT_KEY)? {
-            Some(value) if *value == keys::LAYOUT_LISTS.to_be_bytes() => (false, false),
-            Some(value) if *value == keys::LAYOUT_PACKED.to_be_bytes() => (false, true),
+        let legacy_dedupe = match db.get(keys::LAYOUT_KEY)? {
+            Some(value) if *value == keys::LAYOUT_HEADS.to_be_bytes() => {
+                // A move into heads that a crash interrupted goes on where it stopped.
+                move_snapshots_into_heads(&db)?;
+                false
+            }
+            Some(value)
+                if *value == keys::LAYOUT_LISTS.to_be_bytes()
+                    || *value == keys::LAYOUT_PACKED.to_be_bytes() =>
+            {
+                // Marked first, so that a build that only knows layouts 2 and 3 refuses the
+                // store from the first moved snapshot on instead of misreading it.
+                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())?;
+                move_snapshots_into_heads(&db)?;
+                false
+            }
             Some(value) => {
                 return Err(StoreError::Corrupt(CorruptRecord::new(
                     "layout key",
                     format!(
-                        "unknown layout {value:?}; this linkflow reads layouts {} and {} (a newer linkflow wrote this store?)",
+                        "unknown layout {value:?}; this linkflow reads layouts {} to {} (a newer linkflow wrote this store?)",
                         keys::LAYOUT_LISTS,
-                        keys::LAYOUT_PACKED
+                        keys::LAYOUT_HEADS
                     ),
                 )))
             }
             None if db.is_empty() => {
-                // A new store: dedupe lists and packed values from the start. The marker is
+                // A new store: stream heads and packed values from the start. The marker is
                 // the first write in sled's log, so any later commit that survives a crash
                 // implies it did.
-                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_PACKED.to_be_bytes())?;
-                (false, true)
+                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())?;
+                false
             }
-            None => (true, false),
+            None => true,
         };
         Ok(SledStore {
             db,
@@ -257,7 +318,6 @@ impl SledStore {
             db_file,
             writer: Mutex::new(WriterState {
                 head,
-                packed_layout,
                 versions: RecentVersions::new(RECENT_VERSIONS),
             }),
             legacy_dedupe,
@@ -304,10 +364,14 @@ impl SledStore {
         Ok(self.db.get(key)?.map(|value| value.to_vec()))
     }
 
-    /// The stream's dedupe list, if it has one.
-    fn dedupe_list(&self, stream: &SessionId) -> Result<Option<DedupeList>, StoreError> {
+    /// The stream's head (dedupe list and, from layout 4, snapshot), if it has one: decoded
+    /// list and raw value.
+    fn head_value(&self, stream: &SessionId) -> Result<Option<Head>, StoreError> {
         match self.db.get(keys::list_key(stream))? {
-            Some(value) => Ok(Some(DedupeList::decode(stream, &value)?)),
+            Some(value) => Ok(Some(Head {
+                list: DedupeList::decode(stream, &value)?.0,
+                value,
+            })),
             None => Ok(None),
         }
     }
@@ -379,21 +443,32 @@ struct NewEntry {
     from_parked: bool,
 }
 
-/// The stored log as a commit in progress reads it. Each stream's dedupe list is read once
-/// and kept for the commit's writes.
+/// A stream's `K` value as read: its decoded dedupe list and the raw value (for its snapshot,
+/// which a commit without a new snapshot carries over).
+struct Head {
+    list: DedupeList,
+    value: sled::IVec,
+}
+
+/// The stored log as a commit in progress reads it. Each stream's head is read once and kept
+/// for the commit's writes.
 struct SledReads<'a> {
     store: &'a SledStore,
-    lists: HashMap<SessionId, Option<DedupeList>>,
+    heads: HashMap<SessionId, Option<Head>>,
     versions: &'a RecentVersions,
 }
 
 impl SledReads<'_> {
-    fn list(&mut self, stream: &SessionId) -> Result<Option<&DedupeList>, StoreError> {
-        if !self.lists.contains_key(stream) {
-            let list = self.store.dedupe_list(stream)?;
-            self.lists.insert(stream.clone(), list);
+    fn head(&mut self, stream: &SessionId) -> Result<Option<&Head>, StoreError> {
+        if !self.heads.contains_key(stream) {
+            let head = self.store.head_value(stream)?;
+            self.heads.insert(stream.clone(), head);
         }
-        Ok(self.lists.get(stream).and_then(Option::as_ref))
+        Ok(self.heads.get(stream).and_then(Option::as_ref))
+    }
+
+    fn list(&mut self, stream: &SessionId) -> Result<Option<&DedupeList>, StoreError> {
+        Ok(self.head(stream)?.map(|head| &head.list))
     }
 }
 
@@ -402,10 +477,10 @@ impl CommitReads for SledReads<'_> {
         if let Some(version) = self.versions.get(stream) {
             return Ok(version);
         }
-        // Every commit that appends to a stream writes its dedupe list (in a store with lists):
-        // no list, no events (as `stream_is_empty` says). The commit has read the list already
-        // for its dedupe checks, so a new stream costs no read here.
-        if !self.store.legacy_dedupe && self.list(stream)?.is_none() {
+        // Every commit that appends to a stream adds to its dedupe list (in a store with lists):
+        // an empty list, no events (as `stream_is_empty` says). The commit has read the list
+        // already for its dedupe checks, so a new stream costs no read here.
+        if !self.store.legacy_dedupe && self.list(stream)?.is_none_or(DedupeList::is_empty) {
             return Ok(Version::EMPTY);
         }
         self.store.stream_version(stream)
@@ -436,7 +511,7 @@ impl EventStore for SledStore {
         let mut writer = self.writer();
         let mut reads = SledReads {
             store: self,
-            lists: HashMap::new(),
+            heads: HashMap::new(),
             versions: &writer.versions,
         };
         let plan = plan_commit(ops, writer.head, &mut reads)?;
@@ -470,8 +545,7 @@ impl EventStore for SledStore {
         let mut runs: Vec<Run> = Vec::new();
         let may_pack = !self.legacy_dedupe;
         let mut pack: Vec<&PlannedEvent> = Vec::new();
-        let mut packed_any = false;
-        let mut put_pack = |batch: &mut sled::Batch, pack: &mut Vec<&PlannedEvent>| {
+        let put_pack = |batch: &mut sled::Batch, pack: &mut Vec<&PlannedEvent>| {
             match pack.as_slice() {
                 [] => {}
                 [event] => batch.insert(
@@ -484,7 +558,6 @@ impl EventStore for SledStore {
                         keys::event_key(&first.stream, first.version),
                         pack_events(&records),
                     );
-                    packed_any = true;
                 }
             }
             pack.clear();
@@ -525,18 +598,33 @@ impl EventStore for SledStore {
             }
         }
         put_pack(&mut batch, &mut pack);
-        let mark_packed = packed_any && !writer.packed_layout;
-        if mark_packed {
-            batch.insert(keys::LAYOUT_KEY, &keys::LAYOUT_PACKED.to_be_bytes());
-        }
         if let Some(first) = plan.events.first() {
             batch.insert(&keys::global_key(first.position), keys::runs_value(&runs));
         }
+        // Each stream's new snapshot (a later one replaces an earlier one). From layout 4 it
+        // goes into the stream's head, with the dedupe entries: one key per stream touched.
+        let heads = !self.legacy_dedupe;
+        let mut snapshots: HashMap<&SessionId, &[u8]> = HashMap::new();
         for snapshot in &plan.snapshots {
-            batch.insert(keys::snapshot_key(&snapshot.stream), &*snapshot.record);
+            if heads {
+                if !entries.iter().any(|(known, _)| *known == snapshot.stream) {
+                    entries.push((snapshot.stream.clone(), Vec::new()));
+                }
+                snapshots.insert(&snapshot.stream, &snapshot.record);
+            } else {
+                batch.insert(keys::snapshot_key(&snapshot.stream), &*snapshot.record);
+            }
         }
         for (stream, new_entries) in entries {
-            let mut list = reads.list(&stream)?.cloned().unwrap_or_default();
+            let head = reads.head(&stream)?;
+            let mut list = head.map(|head| head.list.clone()).unwrap_or_default();
+            let snapshot = match snapshots.get(&stream) {
+                Some(record) => Some(*record),
+                None => match head {
+                    Some(head) => DedupeList::snapshot_encoded(&stream, &head.value)?,
+                    None => None,
+                },
+            };
             for NewEntry {
                 key,
                 target,
@@ -562,7 +650,7 @@ impl EventStore for SledStore {
                 }
                 list.spilled = true;
             }
-            batch.insert(keys::list_key(&stream), list.encode());
+            batch.insert(keys::list_key(&stream), list.encode(snapshot));
         }
         if let Err(error) = self.db.apply_batch(batch) {
             writer.versions.forget();
@@ -570,7 +658,6 @@ impl EventStore for SledStore {
         }
         writer.versions.record(&runs);
         writer.head = plan.head;
-        writer.packed_layout |= mark_packed;
         Ok(plan.outcomes)
     }
 
@@ -757,15 +844,55 @@ impl EventStore for SledStore {
         if self.legacy_dedupe {
             return Ok(None);
         }
-        Ok(Some(!self.db.contains_key(keys::list_key(stream))?))
+        match self.db.get(keys::list_key(stream))? {
+            Some(value) => Ok(Some(DedupeList::is_empty_encoded(stream, &value)?)),
+            None => Ok(Some(true)),
+        }
+    }
+
+    fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
+        if self.legacy_dedupe {
+            return Ok(StreamStart {
+                empty: None,
+                snapshot: self.snapshot(stream)?,
+            });
+        }
+        // One read: the head holds both.
+        let Some(value) = self.db.get(keys::list_key(stream))? else {
+            return Ok(StreamStart {
+                empty: Some(true),
+                snapshot: None,
+            });
+        };
+        if DedupeList::is_empty_encoded(stream, &value)? {
+            return Ok(StreamStart {
+                empty: Some(true),
+                snapshot: None,
+            });
+        }
+        let snapshot = match DedupeList::snapshot_encoded(stream, &value)? {
+            Some(bytes) => Some(upcast_snapshot(&format!("snapshot of `{stream}`"), bytes)?),
+            None => None,
+        };
+        Ok(StreamStart {
+            empty: Some(false),
+            snapshot,
+        })
     }
 
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        match self.db.get(keys::snapshot_key(stream))? {
-            Some(bytes) => Ok(Some(upcast_snapshot(
-                &format!("snapshot of `{stream}`"),
-                &bytes,
-            )?)),
+        let what = || format!("snapshot of `{stream}`");
+        if self.legacy_dedupe {
+            return match self.db.get(keys::snapshot_key(stream))? {
+                Some(bytes) => Ok(Some(upcast_snapshot(&what(), &bytes)?)),
+                None => Ok(None),
+            };
+        }
+        let Some(value) = self.db.get(keys::list_key(stream))? else {
+            return Ok(None);
+        };
+        match DedupeList::snapshot_encoded(stream, &value)? {
+            Some(bytes) => Ok(Some(upcast_snapshot(&what(), bytes)?)),
             None => Ok(None),
         }
     }
@@ -774,10 +901,23 @@ impl EventStore for SledStore {
         &self,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        for entry in self.db.scan_prefix([keys::SNAPSHOT]) {
-            let (key, bytes) = entry?;
-            let session = keys::parse_snapshot_key(&key)?;
-            let snapshot = upcast_snapshot(&format!("snapshot of `{session}`"), &bytes)?;
+        let prefix = if self.legacy_dedupe {
+            keys::SNAPSHOT
+        } else {
+            keys::LIST
+        };
+        for entry in self.db.scan_prefix([prefix]) {
+            let (key, value) = entry?;
+            let (session, bytes) = if self.legacy_dedupe {
+                (keys::parse_snapshot_key(&key)?, &value[..])
+            } else {
+                let session = keys::parse_list_key(&key)?;
+                match DedupeList::snapshot_encoded(&session, &value)? {
+                    Some(bytes) => (session, bytes),
+                    None => continue,
+                }
+            };
+            let snapshot = upcast_snapshot(&format!("snapshot of `{session}`"), bytes)?;
             if visit(session, snapshot).is_break() {
                 break;
             }
@@ -812,7 +952,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::record::{NewEvent, RawJson, PACKED};
+    use crate::record::{encode_snapshot, NewEvent, RawJson, PACKED};
     use crate::store::ExpectedVersion;
 
     fn stream(id: &str) -> SessionId {
@@ -975,15 +1115,24 @@ mod tests {
             .collect();
         store.commit(ops).unwrap();
         assert_eq!(d_keys(&store, &a), 0);
-        let list = store.dedupe_list(&a).unwrap().unwrap();
+        let list = store.head_value(&a).unwrap().map(|head| head.list).unwrap();
         assert_eq!((list.entries.len(), list.spilled), (LIST_MAX, false));
 
         store.commit(vec![append(&a, event(1_000), false)]).unwrap();
         assert_eq!(d_keys(&store, &a), LIST_MAX + 1);
-        let list = store.dedupe_list(&a).unwrap().unwrap();
+        let list = store.head_value(&a).unwrap().map(|head| head.list).unwrap();
         assert_eq!((list.entries.len(), list.spilled), (0, true));
         store.commit(vec![append(&a, event(1_001), false)]).unwrap();
-        assert_eq!(store.dedupe_list(&a).unwrap().unwrap().entries.len(), 1);
+        assert_eq!(
+            store
+                .head_value(&a)
+                .unwrap()
+                .map(|head| head.list)
+                .unwrap()
+                .entries
+                .len(),
+            1
+        );
         for n in (1..=LIST_MAX as u64).chain([1_000, 1_001]) {
             assert!(store
                 .find_dedupe(&a, &event(n).dedupe_key)
@@ -1004,7 +1153,14 @@ mod tests {
             .map(|n| append(&a, event(n), false))
             .collect();
         store.commit(ops).unwrap();
-        assert!(store.dedupe_list(&a).unwrap().unwrap().spilled);
+        assert!(
+            store
+                .head_value(&a)
+                .unwrap()
+                .map(|head| head.list)
+                .unwrap()
+                .spilled
+        );
         let outcomes = store.commit(vec![append(&a, late.clone(), true)]).unwrap();
         let OpOutcome::Appended { version, position } = outcomes[0] else {
             panic!("accepted: {outcomes:?}");
@@ -1019,8 +1175,9 @@ mod tests {
         );
         assert!(
             !store
-                .dedupe_list(&a)
+                .head_value(&a)
                 .unwrap()
+                .map(|head| head.list)
                 .unwrap()
                 .holds(&late.dedupe_key),
             "the entry stays where it lives: one entry per key"
@@ -1048,7 +1205,7 @@ mod tests {
             for entry in store.db.scan_prefix([keys::LIST]) {
                 let (key, value) = entry.unwrap();
                 let session = keys::parse_list_key(&key).unwrap();
-                for (dedupe, target) in DedupeList::decode(&session, &value).unwrap().entries {
+                for (dedupe, target) in DedupeList::decode(&session, &value).unwrap().0.entries {
                     store
                         .db
                         .insert(
@@ -1152,14 +1309,14 @@ mod tests {
             let error = store.find_dedupe(&a, &event(1).dedupe_key).unwrap_err();
             assert!(matches!(error, StoreError::Corrupt(_)));
             assert!(
-                error.to_string().contains("dedupe list of `sess-a`"),
+                error.to_string().contains("head of stream `sess-a`"),
                 "{error}"
             );
             let error = store.commit(vec![append(&a, event(5), false)]).unwrap_err();
             assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
             let found = problems(&store);
             assert!(
-                found.iter().any(|p| p.contains("dedupe list of `sess-a`")),
+                found.iter().any(|p| p.contains("head of stream `sess-a`")),
                 "{found:?}"
             );
             assert!(
@@ -1359,40 +1516,215 @@ mod tests {
         assert!(problems(&store).is_empty(), "{:?}", problems(&store));
     }
 
+    fn snapshot_at(version: u64, state: &[u8]) -> Snapshot {
+        Snapshot {
+            provider: Provider::Moneykit,
+            version: Version(version),
+            state: state.to_vec(),
+        }
+    }
+
+    fn snapshot_op(stream: &SessionId, version: u64, state: &[u8]) -> Op {
+        Op::PutSnapshot {
+            stream: stream.clone(),
+            snapshot: snapshot_at(version, state),
+        }
+    }
+
+    /// Rewrites a layout 4 store as layouts 2 and 3 stored it: each snapshot under an `N` key,
+    /// heads as plain dedupe lists (none for a stream that only has a snapshot).
+    fn snapshots_out_of_heads(store: &SledStore) {
+        for entry in store.db.scan_prefix([keys::LIST]) {
+            let (key, value) = entry.unwrap();
+            let session = keys::parse_list_key(&key).unwrap();
+            let (list, snapshot) = DedupeList::decode(&session, &value).unwrap();
+            if let Some(snapshot) = snapshot {
+                store
+                    .db
+                    .insert(keys::snapshot_key(&session), snapshot)
+                    .unwrap();
+            }
+            if list.is_empty() {
+                store.db.remove(&key).unwrap();
+            } else {
+                store.db.insert(&key, list.encode(None)).unwrap();
+            }
+        }
+    }
+
+    fn layout(store: &SledStore) -> Vec<u8> {
+        store.db.get(keys::LAYOUT_KEY).unwrap().unwrap().to_vec()
+    }
+
+    fn n_keys(store: &SledStore) -> usize {
+        store.db.scan_prefix([keys::SNAPSHOT]).count()
+    }
+
     #[test]
-    fn a_layout_2_store_moves_to_layout_3_with_its_first_packed_commit() {
+    fn a_new_store_keeps_each_snapshot_in_its_streams_head() {
         let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let (a, b) = (stream("a"), stream("b"));
+        let mut ops = appends(&a, 1..=2);
+        ops.push(snapshot_op(&a, 2, b"two"));
+        ops.push(snapshot_op(&b, 0, b"nothing yet"));
+        store.commit(ops).unwrap();
+        assert_eq!(layout(&store), keys::LAYOUT_HEADS.to_be_bytes());
+        assert_eq!(n_keys(&store), 0);
+        assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"two");
+        // A stream with only a snapshot has a head, and is still empty.
+        assert_eq!(store.stream_is_empty(&b).unwrap(), Some(true));
+        assert_eq!(store.stream_version(&b).unwrap(), Version::EMPTY);
+        // A commit without a snapshot for the stream carries its snapshot over; one with a
+        // snapshot replaces it and keeps the dedupe entries.
+        store.commit(vec![append(&a, event(3), false)]).unwrap();
+        assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"two");
+        store.commit(vec![snapshot_op(&a, 3, b"three")]).unwrap();
+        assert_eq!(store.snapshot(&a).unwrap().unwrap().version, Version(3));
+        let duplicate = store.commit(vec![append(&a, event(1), false)]).unwrap();
+        assert!(matches!(duplicate[0], OpOutcome::Duplicate { .. }));
+        // Appending to the stream that had only a snapshot starts it at version 1.
+        store.commit(vec![exact(&b, 0, event(10))]).unwrap();
+        assert_eq!(store.snapshot(&b).unwrap().unwrap().state, b"nothing yet");
+        let mut seen = Vec::new();
+        store
+            .for_each_snapshot(&mut |session, snapshot| {
+                seen.push((session.to_string(), snapshot.version.0));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(seen, [("a".to_string(), 3), ("b".to_string(), 0)]);
+        let report = store.verify().unwrap();
+        assert_eq!(report.snapshots, 2);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_layout_2_or_3_store_moves_its_snapshots_into_heads_when_opened() {
+        for old_layout in [keys::LAYOUT_LISTS, keys::LAYOUT_PACKED] {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, b, c) = (stream("a"), stream("b"), stream("c"));
+            let late = event(9);
+            {
+                let store = SledStore::open(dir.path()).unwrap();
+                let mut ops = appends(&a, 1..=2);
+                ops.push(park(&a, late.clone()));
+                ops.push(snapshot_op(&a, 2, b"a at 2"));
+                ops.push(snapshot_op(&b, 0, b"b alone"));
+                ops.extend(appends(&c, 5..=5));
+                store.commit(ops).unwrap();
+                snapshots_out_of_heads(&store);
+                if old_layout == keys::LAYOUT_LISTS {
+                    unpack_all(&store);
+                }
+                store
+                    .db
+                    .insert(keys::LAYOUT_KEY, &old_layout.to_be_bytes())
+                    .unwrap();
+                store.sync().unwrap();
+                assert_eq!(n_keys(&store), 2);
+            }
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(layout(&store), keys::LAYOUT_HEADS.to_be_bytes());
+            assert_eq!(n_keys(&store), 0, "layout {old_layout}");
+            assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 2");
+            assert_eq!(store.snapshot(&b).unwrap().unwrap().state, b"b alone");
+            assert_eq!(store.snapshot(&c).unwrap(), None);
+            assert_eq!(store.stream_is_empty(&b).unwrap(), Some(true));
+            assert_eq!(store.stream_is_empty(&a).unwrap(), Some(false));
+            assert!(matches!(
+                store.find_dedupe(&a, &late.dedupe_key).unwrap(),
+                Some(DedupeHit::Parked { .. })
+            ));
+            assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+            store.commit(appends(&a, 3..=4)).unwrap();
+            assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 2");
+            assert_eq!(
+                versions(&store.read_stream(&a, Version(1), usize::MAX).unwrap()),
+                [2, 3, 4]
+            );
+            assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        }
+    }
+
+    #[test]
+    fn a_move_into_heads_cut_short_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let streams: Vec<SessionId> = (0..(MOVE_CHUNK as u64 + 10))
+            .map(|n| stream(&format!("s{n}")))
+            .collect();
+        let (damaged, stale) = (stream("damaged"), stream("stale"));
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.commit(appends(&a, 1..=2)).unwrap();
-            // As a layout 2 build left it: one key per event.
-            unpack_all(&store);
+            let mut ops = Vec::new();
+            for (n, session) in streams.iter().enumerate() {
+                ops.push(append(session, event(n as u64), false));
+                ops.push(snapshot_op(session, 1, session.as_str().as_bytes()));
+            }
+            ops.push(append(&damaged, event(1 << 20), false));
+            ops.push(append(&stale, event(1 << 21), false));
+            ops.push(snapshot_op(&stale, 1, b"newer"));
+            store.commit(ops).unwrap();
+            snapshots_out_of_heads(&store);
+            // As a crash leaves it: the layout key already says 4, some snapshots are still
+            // `N` keys, one stream has both (the head's is the one a layout 4 commit wrote).
             store
                 .db
-                .insert(keys::LAYOUT_KEY, &keys::LAYOUT_LISTS.to_be_bytes())
+                .insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())
+                .unwrap();
+            let stale_head = DedupeList::decode(
+                &stale,
+                &store.db.get(keys::list_key(&stale)).unwrap().unwrap(),
+            )
+            .unwrap()
+            .0
+            .encode(Some(&encode_snapshot(&snapshot_at(1, b"newer"))));
+            store.db.insert(keys::list_key(&stale), stale_head).unwrap();
+            store
+                .db
+                .insert(
+                    keys::snapshot_key(&stale),
+                    encode_snapshot(&snapshot_at(1, b"older")),
+                )
+                .unwrap();
+            // A damaged head keeps its stream's `N` key.
+            store
+                .db
+                .insert(
+                    keys::snapshot_key(&damaged),
+                    encode_snapshot(&snapshot_at(1, b"")),
+                )
+                .unwrap();
+            store
+                .db
+                .insert(keys::list_key(&damaged), &[0x40][..])
                 .unwrap();
             store.sync().unwrap();
         }
-        let layout = |store: &SledStore| store.db.get(keys::LAYOUT_KEY).unwrap().unwrap().to_vec();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1)]);
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
-        // A commit that packs nothing leaves the marker alone: older builds still open it.
-        store.commit(vec![append(&b, event(3), false)]).unwrap();
-        assert_eq!(layout(&store), keys::LAYOUT_LISTS.to_be_bytes());
-        store.commit(appends(&a, 4..=5)).unwrap();
-        assert_eq!(layout(&store), keys::LAYOUT_PACKED.to_be_bytes());
-        assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1), (3, 2)]);
         assert_eq!(
-            versions(&store.read_stream(&a, Version(1), usize::MAX).unwrap()),
-            [2, 3, 4]
+            n_keys(&store),
+            1,
+            "only the damaged stream's snapshot stays"
         );
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
-        drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
-        assert!(store.writer().packed_layout);
-        assert_eq!(store.stream_version(&a).unwrap(), Version(4));
+        for session in &streams {
+            assert_eq!(
+                store.snapshot(session).unwrap().unwrap().state,
+                session.as_str().as_bytes()
+            );
+        }
+        assert_eq!(store.snapshot(&stale).unwrap().unwrap().state, b"newer");
+        let found = problems(&store);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("snapshot of `damaged`") && p.contains("`N` key")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("head of stream `damaged`")),
+            "{found:?}"
+        );
     }
 
     #[test]

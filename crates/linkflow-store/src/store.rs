@@ -112,6 +112,16 @@ pub enum DedupeHit {
     },
 }
 
+/// Where reading a stream starts, as [`EventStore::stream_start`] found it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamStart {
+    /// As [`EventStore::stream_is_empty`] answers: `Some(true)` the stream holds nothing,
+    /// `None` the store cannot tell.
+    pub empty: Option<bool>,
+    /// Its snapshot, if one was stored (always `None` for an empty stream).
+    pub snapshot: Option<Snapshot>,
+}
+
 /// One stream as [`EventStore::read_streams`] found it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StreamRead {
@@ -249,6 +259,18 @@ pub trait EventStore: Send + Sync + 'static {
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
         let _ = stream;
         Ok(None)
+    }
+
+    /// [`EventStore::stream_is_empty`] and, unless the stream is empty,
+    /// [`EventStore::snapshot`]: what reading a stream's state starts with. A backend that keeps
+    /// both in one place answers with one read; the default asks the two methods.
+    fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
+        let empty = self.stream_is_empty(stream)?;
+        let snapshot = match empty {
+            Some(true) => None,
+            _ => self.snapshot(stream)?,
+        };
+        Ok(StreamStart { empty, snapshot })
     }
 
     /// Calls `visit` with every stream's snapshot in stream order, until it breaks.

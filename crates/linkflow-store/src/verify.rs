@@ -26,7 +26,7 @@ impl Lookup<'_> {
         if self.list.as_ref().is_none_or(|(known, _)| known != stream) {
             let list = match self.db.get(keys::list_key(stream))? {
                 Some(value) => match DedupeList::decode(stream, &value) {
-                    Ok(list) => Some(list),
+                    Ok((list, _)) => Some(list),
                     Err(error) => return Ok(Err(error)),
                 },
                 None => None,
@@ -55,7 +55,9 @@ impl Lookup<'_> {
 /// - every dedupe entry (in a stream's list or under a `D` key) points at an existing event or
 ///   parked record, and `D` entries of a store with lists belong to spilled lists;
 /// - every parked record decodes and its dedupe entry points back at it;
-/// - every snapshot decodes and is not ahead of its stream.
+/// - every snapshot (in its stream's head, or an `N` key in a store from before dedupe lists)
+///   decodes and is not ahead of its stream; an `N` key in any other store is one reads never
+///   see.
 pub(crate) fn verify_sled(
     db: &sled::Db,
     head: Position,
@@ -202,7 +204,27 @@ pub(crate) fn verify_sled(
         );
     }
 
-    // Dedupe lists.
+    let check_snapshot = |report: &mut VerifyReport, session: &SessionId, bytes: &[u8]| {
+        report.snapshots += 1;
+        let what = format!("snapshot of `{session}`");
+        match upcast_snapshot(&what, bytes) {
+            Ok(snapshot) => {
+                let stream = stream_versions.get(session).copied().unwrap_or_default();
+                if snapshot.version > stream {
+                    report.problem(
+                        &what,
+                        format!(
+                            "is at version {}, ahead of its stream at {stream}",
+                            snapshot.version
+                        ),
+                    );
+                }
+            }
+            Err(error) => report.problems.push(error.into()),
+        }
+    };
+
+    // Stream heads: dedupe lists and snapshots.
     let mut spilled: HashMap<SessionId, bool> = HashMap::new();
     for entry in db.scan_prefix([keys::LIST]) {
         let (key, value) = entry?;
@@ -214,7 +236,12 @@ pub(crate) fn verify_sled(
             }
         };
         let list = match DedupeList::decode(&session, &value) {
-            Ok(list) => list,
+            Ok((list, snapshot)) => {
+                if let Some(bytes) = snapshot {
+                    check_snapshot(&mut report, &session, bytes);
+                }
+                list
+            }
             Err(error) => {
                 report.problems.push(error.into());
                 continue;
@@ -277,10 +304,9 @@ pub(crate) fn verify_sled(
         }
     }
 
-    // Snapshots.
+    // Snapshots under `N` keys.
     for entry in db.scan_prefix([keys::SNAPSHOT]) {
         let (key, bytes) = entry?;
-        report.snapshots += 1;
         let session = match keys::parse_snapshot_key(&key) {
             Ok(session) => session,
             Err(error) => {
@@ -288,21 +314,13 @@ pub(crate) fn verify_sled(
                 continue;
             }
         };
-        let what = format!("snapshot of `{session}`");
-        match upcast_snapshot(&what, &bytes) {
-            Ok(snapshot) => {
-                let stream = stream_versions.get(&session).copied().unwrap_or_default();
-                if snapshot.version > stream {
-                    report.problem(
-                        &what,
-                        format!(
-                            "is at version {}, ahead of its stream at {stream}",
-                            snapshot.version
-                        ),
-                    );
-                }
-            }
-            Err(error) => report.problems.push(error.into()),
+        if legacy {
+            check_snapshot(&mut report, &session, &bytes);
+        } else {
+            report.problem(
+                format!("snapshot of `{session}`"),
+                "is an `N` key, but this store keeps snapshots in stream heads: reads never see it",
+            );
         }
     }
     Ok(report)

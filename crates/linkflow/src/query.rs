@@ -9,7 +9,7 @@ use linkflow_core::{
     Account, AccountKey, AccountState, MerchantStatus, Phase, Position, Provider, RuleKind,
     Session, SessionId, Version,
 };
-use linkflow_store::{EventStore, ParkedEvent, Snapshot, StoredEvent, StreamRead};
+use linkflow_store::{EventStore, ParkedEvent, Snapshot, StoredEvent, StreamRead, StreamStart};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -169,11 +169,12 @@ pub(crate) fn load_state(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<SessionState>, EngineError> {
-    // One read instead of three for a stream the store knows is empty (a new session).
-    if store.stream_is_empty(stream)? == Some(true) {
+    // One read instead of three for a stream the store knows is empty (a new session); the
+    // same read brings the snapshot when the store keeps both together.
+    let StreamStart { empty, snapshot } = store.stream_start(stream)?;
+    if empty == Some(true) {
         return Ok(None);
     }
-    let snapshot = store.snapshot(stream)?;
     let base = snapshot.as_ref().and_then(decode_snapshot);
     let folded = replay_tail(store, stream, base, None)?;
     let parked = store.parked(Some(stream))?;

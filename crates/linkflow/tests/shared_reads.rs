@@ -38,7 +38,8 @@ impl Watch for Counting {
             | Call::FindDedupe
             | Call::Parked
             | Call::Snapshot
-            | Call::StreamIsEmpty => &self.single_reads,
+            | Call::StreamIsEmpty
+            | Call::StreamStart => &self.single_reads,
             _ => return Ok(()),
         };
         counter.fetch_add(1, Ordering::SeqCst);

@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 
 use linkflow::store::{
     DedupeHit, DedupeKey, EventStore, Op, OpOutcome, ParkedEvent, SledStore, Snapshot, StoreError,
-    StoredEvent, StreamsRead, VerifyReport,
+    StoredEvent, StreamStart, StreamsRead, VerifyReport,
 };
 use linkflow_core::{Position, SessionId, Version};
 
@@ -21,6 +21,7 @@ pub enum Call {
     Parked,
     Snapshot,
     StreamIsEmpty,
+    StreamStart,
     ForEachSnapshot,
     ForEachEvent,
     Verify,
@@ -104,6 +105,9 @@ impl<W: Watch> EventStore for Watched<W> {
     }
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
         self.call(Call::StreamIsEmpty, |store| store.stream_is_empty(stream))
+    }
+    fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
+        self.call(Call::StreamStart, |store| store.stream_start(stream))
     }
     fn for_each_snapshot(
         &self,
