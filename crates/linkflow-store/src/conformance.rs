@@ -425,7 +425,8 @@ pub fn a_duplicate_of_a_parked_event_is_recognised<H: Harness>() {
     assert_eq!(store.head().unwrap(), Position(0));
 }
 
-/// A snapshot replaces the previous one and every stream's latest is listed.
+/// A snapshot replaces the previous one, other writes to its stream leave it, and every
+/// stream's latest is listed.
 pub fn snapshots_are_replaced_and_listed<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
@@ -455,6 +456,14 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
             stream: a.clone(),
             snapshot: snapshot(2),
         }])
+        .unwrap();
+    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
+    // Commits that do not replace it (an append, a park) leave it as it was.
+    store
+        .commit(vec![
+            append(&a, ExpectedVersion::Any, event(4)),
+            park(&a, event(5)),
+        ])
         .unwrap();
     assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
     assert_eq!(store.snapshot(&stream("c")).unwrap(), None);

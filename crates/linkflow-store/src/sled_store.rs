@@ -1680,21 +1680,16 @@ mod tests {
             .0
             .encode(Some(&encode_snapshot(&snapshot_at(1, b"newer"))));
             store.db.insert(keys::list_key(&stale), stale_head).unwrap();
-            store
-                .db
-                .insert(
-                    keys::snapshot_key(&stale),
-                    encode_snapshot(&snapshot_at(1, b"older")),
-                )
-                .unwrap();
+            let put_n = |session: &SessionId, state: &[u8]| {
+                let record = encode_snapshot(&snapshot_at(1, state));
+                store
+                    .db
+                    .insert(keys::snapshot_key(session), record)
+                    .unwrap();
+            };
+            put_n(&stale, b"older");
             // A damaged head keeps its stream's `N` key.
-            store
-                .db
-                .insert(
-                    keys::snapshot_key(&damaged),
-                    encode_snapshot(&snapshot_at(1, b"")),
-                )
-                .unwrap();
+            put_n(&damaged, b"");
             store
                 .db
                 .insert(keys::list_key(&damaged), &[0x40][..])
