@@ -470,6 +470,15 @@ impl SledReads<'_> {
     fn list(&mut self, stream: &SessionId) -> Result<Option<&DedupeList>, StoreError> {
         Ok(self.head(stream)?.map(|head| &head.list))
     }
+
+    /// The stream's head, taken out for the commit's write of it (its last use): the list is
+    /// moved, not copied.
+    fn take_head(&mut self, stream: &SessionId) -> Result<Option<Head>, StoreError> {
+        match self.heads.remove(stream) {
+            Some(head) => Ok(head),
+            None => self.store.head_value(stream),
+        }
+    }
 }
 
 impl CommitReads for SledReads<'_> {
@@ -616,14 +625,14 @@ impl EventStore for SledStore {
             }
         }
         for (stream, new_entries) in entries {
-            let head = reads.head(&stream)?;
-            let mut list = head.map(|head| head.list.clone()).unwrap_or_default();
-            let snapshot = match snapshots.get(&stream) {
-                Some(record) => Some(*record),
-                None => match head {
-                    Some(head) => DedupeList::snapshot_encoded(&stream, &head.value)?,
-                    None => None,
-                },
+            let (mut list, old_value) = match reads.take_head(&stream)? {
+                Some(Head { list, value }) => (list, Some(value)),
+                None => (DedupeList::default(), None),
+            };
+            let snapshot = match (snapshots.get(&stream), &old_value) {
+                (Some(record), _) => Some(*record),
+                (None, Some(value)) => DedupeList::snapshot_encoded(&stream, value)?,
+                (None, None) => None,
             };
             for NewEntry {
                 key,
