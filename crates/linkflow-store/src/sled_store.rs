@@ -190,6 +190,17 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError>
         })
 }
 
+/// The snapshot a head value of `stream` holds, decoded.
+fn snapshot_in_head(stream: &SessionId, value: &[u8]) -> Result<Option<Snapshot>, StoreError> {
+    match DedupeList::snapshot_encoded(stream, value)? {
+        Some(bytes) => Ok(Some(upcast_snapshot(
+            &format!("snapshot of `{stream}`"),
+            bytes,
+        )?)),
+        None => Ok(None),
+    }
+}
+
 /// How many snapshots one batch of the move into layout 4 carries.
 const MOVE_CHUNK: usize = 1_024;
 
@@ -278,18 +289,17 @@ impl SledStore {
             None => Position::START,
         };
         let legacy_dedupe = match db.get(keys::LAYOUT_KEY)? {
-            Some(value) if *value == keys::LAYOUT_HEADS.to_be_bytes() => {
-                // A move into heads that a crash interrupted goes on where it stopped.
-                move_snapshots_into_heads(&db)?;
-                false
-            }
             Some(value)
-                if *value == keys::LAYOUT_LISTS.to_be_bytes()
-                    || *value == keys::LAYOUT_PACKED.to_be_bytes() =>
+                if [keys::LAYOUT_LISTS, keys::LAYOUT_PACKED, keys::LAYOUT_HEADS]
+                    .iter()
+                    .any(|layout| *value == layout.to_be_bytes()) =>
             {
                 // Marked first, so that a build that only knows layouts 2 and 3 refuses the
-                // store from the first moved snapshot on instead of misreading it.
-                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())?;
+                // store from the first moved snapshot on instead of misreading it; at layout 4
+                // this finishes a move that a crash interrupted (usually there is nothing).
+                if *value != keys::LAYOUT_HEADS.to_be_bytes() {
+                    db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())?;
+                }
                 move_snapshots_into_heads(&db)?;
                 false
             }
@@ -867,41 +877,33 @@ impl EventStore for SledStore {
             });
         }
         // One read: the head holds both.
-        let Some(value) = self.db.get(keys::list_key(stream))? else {
-            return Ok(StreamStart {
-                empty: Some(true),
-                snapshot: None,
-            });
+        let value = self.db.get(keys::list_key(stream))?;
+        let empty = match &value {
+            Some(value) => DedupeList::is_empty_encoded(stream, value)?,
+            None => true,
         };
-        if DedupeList::is_empty_encoded(stream, &value)? {
-            return Ok(StreamStart {
-                empty: Some(true),
-                snapshot: None,
-            });
-        }
-        let snapshot = match DedupeList::snapshot_encoded(stream, &value)? {
-            Some(bytes) => Some(upcast_snapshot(&format!("snapshot of `{stream}`"), bytes)?),
-            None => None,
+        let snapshot = match value {
+            Some(value) if !empty => snapshot_in_head(stream, &value)?,
+            _ => None,
         };
         Ok(StreamStart {
-            empty: Some(false),
+            empty: Some(empty),
             snapshot,
         })
     }
 
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        let what = || format!("snapshot of `{stream}`");
         if self.legacy_dedupe {
             return match self.db.get(keys::snapshot_key(stream))? {
-                Some(bytes) => Ok(Some(upcast_snapshot(&what(), &bytes)?)),
+                Some(bytes) => Ok(Some(upcast_snapshot(
+                    &format!("snapshot of `{stream}`"),
+                    &bytes,
+                )?)),
                 None => Ok(None),
             };
         }
-        let Some(value) = self.db.get(keys::list_key(stream))? else {
-            return Ok(None);
-        };
-        match DedupeList::snapshot_encoded(stream, &value)? {
-            Some(bytes) => Ok(Some(upcast_snapshot(&what(), bytes)?)),
+        match self.db.get(keys::list_key(stream))? {
+            Some(value) => snapshot_in_head(stream, &value),
             None => Ok(None),
         }
     }
@@ -997,6 +999,10 @@ mod tests {
             parked_at: event.received_at,
             data: event,
         })
+    }
+
+    fn list_of(store: &SledStore, stream: &SessionId) -> DedupeList {
+        store.head_value(stream).unwrap().unwrap().list
     }
 
     fn d_keys(store: &SledStore, stream: &SessionId) -> usize {
@@ -1124,24 +1130,15 @@ mod tests {
             .collect();
         store.commit(ops).unwrap();
         assert_eq!(d_keys(&store, &a), 0);
-        let list = store.head_value(&a).unwrap().map(|head| head.list).unwrap();
+        let list = list_of(&store, &a);
         assert_eq!((list.entries.len(), list.spilled), (LIST_MAX, false));
 
         store.commit(vec![append(&a, event(1_000), false)]).unwrap();
         assert_eq!(d_keys(&store, &a), LIST_MAX + 1);
-        let list = store.head_value(&a).unwrap().map(|head| head.list).unwrap();
+        let list = list_of(&store, &a);
         assert_eq!((list.entries.len(), list.spilled), (0, true));
         store.commit(vec![append(&a, event(1_001), false)]).unwrap();
-        assert_eq!(
-            store
-                .head_value(&a)
-                .unwrap()
-                .map(|head| head.list)
-                .unwrap()
-                .entries
-                .len(),
-            1
-        );
+        assert_eq!(list_of(&store, &a).entries.len(), 1);
         for n in (1..=LIST_MAX as u64).chain([1_000, 1_001]) {
             assert!(store
                 .find_dedupe(&a, &event(n).dedupe_key)
@@ -1162,14 +1159,7 @@ mod tests {
             .map(|n| append(&a, event(n), false))
             .collect();
         store.commit(ops).unwrap();
-        assert!(
-            store
-                .head_value(&a)
-                .unwrap()
-                .map(|head| head.list)
-                .unwrap()
-                .spilled
-        );
+        assert!(list_of(&store, &a).spilled);
         let outcomes = store.commit(vec![append(&a, late.clone(), true)]).unwrap();
         let OpOutcome::Appended { version, position } = outcomes[0] else {
             panic!("accepted: {outcomes:?}");
@@ -1183,12 +1173,7 @@ mod tests {
             })
         );
         assert!(
-            !store
-                .head_value(&a)
-                .unwrap()
-                .map(|head| head.list)
-                .unwrap()
-                .holds(&late.dedupe_key),
+            !list_of(&store, &a).holds(&late.dedupe_key),
             "the entry stays where it lives: one entry per key"
         );
         assert!(problems(&store).is_empty(), "{:?}", problems(&store));
