@@ -248,6 +248,35 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .unwrap();
     assert!(cached >= 2, "both sessions are cached: {metrics}");
     assert!(metrics.contains("linkflow_cache_bytes "), "{metrics}");
+    // The write path: every stored request went through a commit and a sync.
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let requests = counter("linkflow_write_requests_total");
+    assert!(requests >= 2.0, "{metrics}");
+    assert!(
+        counter("linkflow_write_groups_total") <= requests,
+        "{metrics}"
+    );
+    assert!(counter("linkflow_write_syncs_total") >= 1.0, "{metrics}");
+    assert!(
+        counter(r#"linkflow_write_request_seconds_total{stage="syncing"}"#) > 0.0,
+        "{metrics}"
+    );
+    for stage in ["queued", "committing", "waiting_for_sync"] {
+        counter(&format!(
+            r#"linkflow_write_request_seconds_total{{stage="{stage}"}}"#
+        ));
+    }
+    assert!(
+        counter(r#"linkflow_write_thread_busy_seconds_total{thread="writer"}"#) > 0.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -219,10 +219,13 @@ pub async fn figures(
     );
     PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
     let writers = if options.quick { 8 } else { 64 };
-    let (rate, _, p99) =
+    let run =
         concurrent_single_with(EngineConfig::postgres(&url), writers, single_deliveries).await;
-    results.insert(format!("linkflow_pg_writers_{writers}_events_per_s"), rate);
-    results.insert(format!("linkflow_pg_writers_{writers}_p99_us"), p99);
+    results.insert(
+        format!("linkflow_pg_writers_{writers}_events_per_s"),
+        run.rate,
+    );
+    results.insert(format!("linkflow_pg_writers_{writers}_p99_us"), run.p99_us);
     PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
     let client = connect(&url).await;
     client

@@ -1,5 +1,5 @@
 //! Prometheus text metrics: events ingested by provider and outcome, parked events, ingest
-//! latency, sessions by phase.
+//! latency, where the write path's time goes, the session cache, sessions by phase.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -92,6 +92,34 @@ impl Metrics {
         }
         out.push_str("# HELP linkflow_parked_events Events refused by the state machine and parked.\n# TYPE linkflow_parked_events gauge\n");
         let _ = writeln!(out, "linkflow_parked_events {parked}");
+        let write = engine.write_stats();
+        out.push_str("# HELP linkflow_write_requests_total Ingest and redrive calls answered by a committed group.\n# TYPE linkflow_write_requests_total counter\n");
+        let _ = writeln!(out, "linkflow_write_requests_total {}", write.requests);
+        out.push_str("# HELP linkflow_write_groups_total Group commits (one atomic store commit each).\n# TYPE linkflow_write_groups_total counter\n");
+        let _ = writeln!(out, "linkflow_write_groups_total {}", write.groups);
+        out.push_str("# HELP linkflow_write_syncs_total Syncs, each covering the groups committed while the previous one ran.\n# TYPE linkflow_write_syncs_total counter\n");
+        let _ = writeln!(out, "linkflow_write_syncs_total {}", write.syncs);
+        out.push_str("# HELP linkflow_write_request_seconds_total Time summed over write requests, by stage: queued, committing, waiting_for_sync, syncing.\n# TYPE linkflow_write_request_seconds_total counter\n");
+        for (stage, time) in [
+            ("queued", write.queued),
+            ("committing", write.committing),
+            ("waiting_for_sync", write.waiting_for_sync),
+            ("syncing", write.syncing),
+        ] {
+            let _ = writeln!(
+                out,
+                "linkflow_write_request_seconds_total{{stage=\"{stage}\"}} {}",
+                time.as_secs_f64()
+            );
+        }
+        out.push_str("# HELP linkflow_write_thread_busy_seconds_total Time the writer thread spent on groups and the sync thread in syncs.\n# TYPE linkflow_write_thread_busy_seconds_total counter\n");
+        for (thread, time) in [("writer", write.writer_busy), ("sync", write.sync_busy)] {
+            let _ = writeln!(
+                out,
+                "linkflow_write_thread_busy_seconds_total{{thread=\"{thread}\"}} {}",
+                time.as_secs_f64()
+            );
+        }
         let cache = engine.cache_stats();
         out.push_str("# HELP linkflow_cache_states Stream states in the session cache.\n# TYPE linkflow_cache_states gauge\n");
         let _ = writeln!(out, "linkflow_cache_states {}", cache.states);

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::Utc;
 use linkflow_core::funnel::{self, Funnel, FunnelQuery};
@@ -15,6 +16,7 @@ use crate::error::EngineError;
 use crate::folded::Folded;
 use crate::ingest::{IncomingEvent, IngestOutcome, Redriven};
 use crate::query::{self, AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
+use crate::stats::{WriteCounters, WriteStats};
 use crate::subscribe::Subscription;
 use crate::writer::{run_writer, Request, Shared};
 
@@ -96,6 +98,7 @@ impl Engine {
             max_batch_events: config.max_batch_events,
             max_parked_per_session: config.max_parked_per_session,
             inactivity_timeout: config.inactivity_timeout,
+            stats: WriteCounters::default(),
         });
         let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
         let writer_shared = Arc::clone(&shared);
@@ -148,19 +151,38 @@ impl Engine {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.call(|reply| Request::Ingest { events, reply }).await
+        let sent = Instant::now();
+        self.call(|reply| Request::Ingest {
+            events,
+            reply,
+            sent,
+        })
+        .await
     }
 
     /// Retries parked events now (of one session, or of all), accepting those that have become
     /// legal. Returns what was accepted.
     pub async fn redrive(&self, session: Option<SessionId>) -> Result<Vec<Redriven>, EngineError> {
-        self.call(|reply| Request::Redrive { session, reply }).await
+        let sent = Instant::now();
+        self.call(|reply| Request::Redrive {
+            session,
+            reply,
+            sent,
+        })
+        .await
     }
 
     /// How many stream states the session cache holds and the bytes it accounts for (see
     /// [`CacheStats`]); bounded by [`EngineConfig::cache_sessions`](crate::EngineConfig).
     pub fn cache_stats(&self) -> CacheStats {
         self.shared.cache().stats()
+    }
+
+    /// Where the write path's time has gone since the engine opened: requests, groups and
+    /// syncs, and each request's time split into queued, committing, waiting for the sync and
+    /// syncing (see [`WriteStats`]).
+    pub fn write_stats(&self) -> WriteStats {
+        self.shared.stats.snapshot()
     }
 
     /// The session's current state, or `None` if it has no event and no parked event (or the

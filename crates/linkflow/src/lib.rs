@@ -14,6 +14,7 @@
 //! - `query`: sessions from snapshot plus tail, histories, lists.
 //! - `subscribe`: catch-up subscriptions over the global order.
 //! - `cache`: the bounded session cache.
+//! - `stats`: where the write path's time goes ([`WriteStats`]).
 //! - `verify`: the consistency check.
 //! - [`config`], [`error`], [`ingest`]: what goes in and comes out.
 //! - [`chart`]: the SVG funnel chart.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod folded;
 pub mod ingest;
 mod query;
+mod stats;
 mod subscribe;
 mod verify;
 pub mod views;
@@ -41,6 +43,7 @@ pub use error::{EngineError, EventError};
 pub use folded::Folded;
 pub use ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
 pub use query::{AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
+pub use stats::WriteStats;
 pub use subscribe::Subscription;
 
 pub use linkflow_core as core;

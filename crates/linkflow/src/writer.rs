@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use linkflow_core::{
@@ -26,6 +27,7 @@ use crate::error::{EngineError, EventError};
 use crate::folded::{encode_snapshot_state, Change, Folded};
 use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
 use crate::query::{load_state, state_from_read};
+use crate::stats::{CommittedGroup, WriteCounters};
 
 /// How often a batch is planned again after a version conflict (another writer on a shared
 /// store got there first) before its callers get the error.
@@ -45,6 +47,8 @@ pub(crate) struct Shared {
     pub max_batch_events: usize,
     pub max_parked_per_session: u32,
     pub inactivity_timeout: chrono::Duration,
+    /// Where the write path's time goes (`Engine::write_stats`).
+    pub stats: WriteCounters,
 }
 
 impl Shared {
@@ -64,10 +68,13 @@ pub(crate) enum Request {
     Ingest {
         events: Vec<IncomingEvent>,
         reply: Reply<Vec<IngestOutcome>>,
+        /// When the caller sent it.
+        sent: Instant,
     },
     Redrive {
         session: Option<SessionId>,
         reply: Reply<Vec<Redriven>>,
+        sent: Instant,
     },
     Shutdown {
         reply: Reply<()>,
@@ -79,6 +86,13 @@ impl Request {
         match self {
             Request::Ingest { events, .. } => events.len(),
             Request::Redrive { .. } | Request::Shutdown { .. } => 1,
+        }
+    }
+
+    fn sent(&self) -> Option<Instant> {
+        match self {
+            Request::Ingest { sent, .. } | Request::Redrive { sent, .. } => Some(*sent),
+            Request::Shutdown { .. } => None,
         }
     }
 }
@@ -111,6 +125,7 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
         }
     };
     while let Some(first) = requests.blocking_recv() {
+        let taken = Instant::now();
         let mut group = Vec::new();
         let mut events = 0;
         let mut shutdown = None;
@@ -120,6 +135,9 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
                 shutdown = Some(reply);
                 break;
             }
+            if let Some(sent) = request.sent() {
+                shared.stats.queued(sent, taken);
+            }
             events += request.event_count();
             group.push(request);
             if events < shared.max_batch_events {
@@ -127,7 +145,7 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
             }
         }
         if !group.is_empty() {
-            process_group(&shared, group, &jobs);
+            process_group(&shared, group, taken, &jobs);
         }
         if let Some(reply) = shutdown {
             let _ = jobs.send(SyncJob::Shutdown { reply });
@@ -144,6 +162,7 @@ enum SyncJob {
     Committed {
         replies: Vec<Waiting>,
         head: Option<Position>,
+        group: CommittedGroup,
     },
     /// Sync, answer, and stop.
     Shutdown { reply: Reply<()> },
@@ -155,6 +174,7 @@ enum SyncJob {
 fn run_syncer(shared: &Shared, jobs: &std::sync::mpsc::Receiver<SyncJob>) {
     while let Ok(first) = jobs.recv() {
         let mut committed = Vec::new();
+        let mut groups = Vec::new();
         let mut head = None;
         let mut shutdown = None;
         let mut next = Some(first);
@@ -163,15 +183,19 @@ fn run_syncer(shared: &Shared, jobs: &std::sync::mpsc::Receiver<SyncJob>) {
                 SyncJob::Committed {
                     replies,
                     head: group_head,
+                    group,
                 } => {
                     committed.extend(replies);
+                    groups.push(group);
                     head = head.max(group_head);
                     next = jobs.try_recv().ok();
                 }
                 SyncJob::Shutdown { reply } => shutdown = Some(reply),
             }
         }
+        let started = Instant::now();
         let result = shared.store.sync().map_err(EngineError::from);
+        shared.stats.synced(&groups, started, Instant::now());
         if result.is_ok() {
             if let Some(head) = head {
                 publish(shared, head);
@@ -729,7 +753,13 @@ impl<'a> Plan<'a> {
     }
 }
 
-fn process_group(shared: &Shared, group: Vec<Request>, jobs: &std::sync::mpsc::Sender<SyncJob>) {
+/// Decides, commits and hands on one group, which the writer took at `taken`.
+fn process_group(
+    shared: &Shared,
+    group: Vec<Request>,
+    taken: Instant,
+    jobs: &std::sync::mpsc::Sender<SyncJob>,
+) {
     let retries = if shared.store.is_shared() {
         MAX_SHARED_CONFLICT_RETRIES
     } else {
@@ -778,7 +808,7 @@ fn process_group(shared: &Shared, group: Vec<Request>, jobs: &std::sync::mpsc::S
                 return fail_group(group, &EngineError::from(error));
             }
             Ok(outcomes) => {
-                return complete_group(shared, plan, group, planned, &outcomes, jobs);
+                return complete_group(shared, plan, group, planned, &outcomes, taken, jobs);
             }
             Err(StoreError::Conflict { .. } | StoreError::ParkedConflict { .. })
                 if attempt < retries =>
@@ -863,8 +893,23 @@ fn complete_group(
     group: Vec<Request>,
     planned: Vec<PlannedRequest>,
     outcomes: &[OpOutcome],
+    taken: Instant,
     jobs: &std::sync::mpsc::Sender<SyncJob>,
 ) {
+    let committed = CommittedGroup {
+        committed_at: Instant::now(),
+        requests: group.len() as u64,
+    };
+    let events = group
+        .iter()
+        .map(|request| match request {
+            Request::Ingest { events, .. } => events.len() as u64,
+            Request::Redrive { .. } | Request::Shutdown { .. } => 0,
+        })
+        .sum();
+    shared
+        .stats
+        .committed(committed.requests, events, taken, committed.committed_at);
     let mut unexpected: Vec<SessionId> = Vec::new();
     let describe_op = |op: usize| -> Option<DedupeHit> {
         let (stream, event_id) = plan.op_events[op].clone();
@@ -989,8 +1034,13 @@ fn complete_group(
     match shared.durability {
         Durability::Fsync => {
             let head = shared.store.head().ok();
+            shared.stats.writer_done(taken);
             if let Err(std::sync::mpsc::SendError(SyncJob::Committed { replies, .. })) =
-                jobs.send(SyncJob::Committed { replies, head })
+                jobs.send(SyncJob::Committed {
+                    replies,
+                    head,
+                    group: committed,
+                })
             {
                 // The sync thread is gone (it panicked): nothing can be made durable.
                 let error =
@@ -1000,6 +1050,7 @@ fn complete_group(
         }
         Durability::Buffered => {
             publish_head(shared);
+            shared.stats.writer_done(taken);
             answer(replies, &Ok(()));
         }
     }

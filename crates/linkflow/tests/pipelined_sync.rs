@@ -246,3 +246,56 @@ async fn shutdown_answers_the_groups_in_flight_after_their_sync() {
         Err(EngineError::Closed)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_stats_split_each_request_at_its_commit_and_its_sync() {
+    const HELD: Duration = Duration::from_millis(30);
+    let (_dir, store, engine) = open_gated();
+    let gate = &store.watch;
+    assert_eq!(engine.write_stats(), linkflow::WriteStats::default());
+    let first = first_group_held_at_sync(&engine, gate, "a").await;
+    let second = spawn_ingest(&engine, "b");
+    gate.until("the second group commits during the first sync", |state| {
+        state.log == ["commit", "sync", "commit"]
+    })
+    .await;
+    // The first request is in its sync, the second waits for the sync thread, both for at
+    // least as long as the gate stays shut.
+    tokio::time::sleep(HELD).await;
+    gate.set(|state| state.open = true);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+
+    let stats = engine.write_stats();
+    assert_eq!((stats.requests, stats.events), (2, 2), "{stats:?}");
+    assert_eq!((stats.groups, stats.syncs), (2, 2), "{stats:?}");
+    assert!(stats.syncing >= HELD, "{stats:?}");
+    assert!(stats.waiting_for_sync >= HELD, "{stats:?}");
+    assert!(stats.sync_busy >= HELD, "{stats:?}");
+    assert!(stats.committing > Duration::ZERO, "{stats:?}");
+    assert!(stats.writer_busy >= stats.committing, "{stats:?}");
+
+    // One call with three events is one request.
+    let batch = ["c", "d", "e"].map(opened).to_vec();
+    engine.ingest_batch(batch).await.unwrap();
+    let stats = engine.write_stats();
+    assert_eq!((stats.requests, stats.events), (3, 5), "{stats:?}");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_durability_has_no_sync_in_its_write_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.durability = linkflow::Durability::Buffered;
+    let engine = Engine::open_with(config).unwrap();
+    for session in ["a", "b", "c"] {
+        engine.ingest(opened(session)).await.unwrap();
+    }
+    let stats = engine.write_stats();
+    assert_eq!((stats.requests, stats.events), (3, 3), "{stats:?}");
+    assert!(stats.groups >= 1, "{stats:?}");
+    assert_eq!(stats.syncs, 0, "{stats:?}");
+    assert_eq!(stats.waiting_for_sync + stats.syncing, Duration::ZERO);
+    engine.shutdown().await.unwrap();
+}
