@@ -57,9 +57,9 @@ impl Engine {
 
     /// Opens an engine with `config`. Blocks while the store opens.
     pub fn open_with(config: EngineConfig) -> Result<Engine, EngineError> {
-        if config.cache_sessions == 0 || config.max_batch_events == 0 {
+        if config.cache_sessions == 0 || config.max_batch_events == 0 || config.sync_threads == 0 {
             return Err(EngineError::InvalidConfig(
-                "cache_sessions and max_batch_events must be at least 1".into(),
+                "cache_sessions, max_batch_events and sync_threads must be at least 1".into(),
             ));
         }
         let store: Arc<dyn EventStore> = match config.store {
@@ -102,9 +102,10 @@ impl Engine {
         });
         let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
         let writer_shared = Arc::clone(&shared);
+        let sync_threads = config.sync_threads;
         let writer = std::thread::Builder::new()
             .name("linkflow-writer".into())
-            .spawn(move || run_writer(writer_shared, receiver))
+            .spawn(move || run_writer(writer_shared, receiver, sync_threads))
             .map_err(|error| {
                 EngineError::InvalidConfig(format!("cannot start the writer thread: {error}"))
             })?;

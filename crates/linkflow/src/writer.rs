@@ -97,38 +97,52 @@ impl Request {
     }
 }
 
-/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`; the sync
-/// thread it starts makes the last groups durable and answers them before it ends.
+/// The writer thread's loop. Ends when every sender is gone or on `Shutdown`, after its sync
+/// threads have made the last groups durable and answered them, and one last sync.
 ///
 /// Under `Durability::Fsync` the writer does not wait for a group's sync: it hands the
-/// committed group to the sync thread and goes on to decide the next one, so deciding and
-/// applying group `n + 1` overlaps the disk wait of group `n`, and one sync covers every group
-/// committed while the previous sync ran. No caller is answered before the sync that covers
-/// its group.
-pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Request>) {
+/// committed group to a sync thread and goes on to decide the next one, so deciding and
+/// applying group `n + 1` overlaps the disk wait of group `n`. A free sync thread takes every
+/// group waiting and covers them with one sync; with two or more (`sync_threads`), a group
+/// committed while one sync runs starts its own on another thread instead of waiting for it.
+/// No caller is answered before a sync that covers its group.
+pub(crate) fn run_writer(
+    shared: Arc<Shared>,
+    mut requests: mpsc::Receiver<Request>,
+    sync_threads: usize,
+) {
     let (jobs, pending) = std::sync::mpsc::channel();
-    let syncer_shared = Arc::clone(&shared);
-    let syncer = std::thread::Builder::new()
-        .name("linkflow-sync".into())
-        .spawn(move || run_syncer(&syncer_shared, &pending));
-    let syncer = match syncer {
-        Ok(syncer) => syncer,
-        Err(error) => {
-            // Without a sync thread nothing can be made durable: refuse everything.
-            let error = EngineError::from(StoreError::Backend(format!(
-                "cannot start the sync thread: {error}"
-            )));
-            while let Some(request) = requests.blocking_recv() {
-                fail_group(vec![request], &error);
+    let pending = Arc::new(Mutex::new(pending));
+    let mut syncers = Vec::with_capacity(sync_threads);
+    for index in 0..sync_threads.max(1) {
+        let syncer_shared = Arc::clone(&shared);
+        let syncer_jobs = Arc::clone(&pending);
+        match std::thread::Builder::new()
+            .name(format!("linkflow-sync-{index}"))
+            .spawn(move || run_syncer(&syncer_shared, &syncer_jobs))
+        {
+            Ok(syncer) => syncers.push(syncer),
+            // Fewer sync threads only make syncs wait longer; none makes nothing durable.
+            Err(error) if syncers.is_empty() => {
+                let error = EngineError::from(StoreError::Backend(format!(
+                    "cannot start the sync thread: {error}"
+                )));
+                while let Some(request) = requests.blocking_recv() {
+                    fail_group(vec![request], &error);
+                }
+                return;
             }
-            return;
+            Err(_) => break,
         }
-    };
+    }
+    // Only the sync threads hold the queue's receiving end: if they all stopped (a panic), a
+    // send fails instead of leaving the group unanswered.
+    drop(pending);
+    let mut shutdown = None;
     while let Some(first) = requests.blocking_recv() {
         let taken = Instant::now();
         let mut group = Vec::new();
         let mut events = 0;
-        let mut shutdown = None;
         let mut next = Some(first);
         while let Some(request) = next.take() {
             if let Request::Shutdown { reply } = request {
@@ -147,52 +161,58 @@ pub(crate) fn run_writer(shared: Arc<Shared>, mut requests: mpsc::Receiver<Reque
         if !group.is_empty() {
             process_group(&shared, group, taken, &jobs);
         }
-        if let Some(reply) = shutdown {
-            let _ = jobs.send(SyncJob::Shutdown { reply });
+        if shutdown.is_some() {
             break;
         }
     }
+    // The sync threads answer every group handed to them, then see the channel closed.
     drop(jobs);
-    let _ = syncer.join();
+    for syncer in syncers {
+        let _ = syncer.join();
+    }
+    let result = shared.store.sync().map_err(EngineError::from);
+    if result.is_ok() {
+        publish_head(shared.as_ref());
+    }
+    if let Some(reply) = shutdown {
+        let _ = reply.send(result);
+    }
 }
 
-/// Work for the sync thread, in commit order.
-enum SyncJob {
-    /// A committed group: its callers with their answers, and the head its commit left.
-    Committed {
-        replies: Vec<Waiting>,
-        head: Option<Position>,
-        group: CommittedGroup,
-    },
-    /// Sync, answer, and stop.
-    Shutdown { reply: Reply<()> },
+/// A committed group waiting for its sync: its callers with their answers, and the head its
+/// commit left.
+struct SyncJob {
+    replies: Vec<Waiting>,
+    head: Option<Position>,
+    group: CommittedGroup,
 }
 
-/// The sync thread's loop: takes every committed group waiting, makes them durable with one
-/// sync, publishes the head they reached, then answers their callers. Ends after `Shutdown`
-/// or when the writer is gone, after a last sync.
-fn run_syncer(shared: &Shared, jobs: &std::sync::mpsc::Receiver<SyncJob>) {
-    while let Ok(first) = jobs.recv() {
-        let mut committed = Vec::new();
-        let mut groups = Vec::new();
-        let mut head = None;
-        let mut shutdown = None;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                SyncJob::Committed {
-                    replies,
-                    head: group_head,
-                    group,
-                } => {
-                    committed.extend(replies);
-                    groups.push(group);
-                    head = head.max(group_head);
-                    next = jobs.try_recv().ok();
-                }
-                SyncJob::Shutdown { reply } => shutdown = Some(reply),
+/// A sync thread's loop: takes every committed group waiting, makes them durable with one
+/// sync, publishes the head they reached, then answers their callers. Ends when the writer is
+/// gone and no group waits.
+///
+/// The threads share one queue; the one holding its lock waits for the next group while the
+/// others sync. A head published by any of them is durable: every group up to it was
+/// committed before that thread's sync began.
+fn run_syncer(shared: &Shared, jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>) {
+    loop {
+        let (replies, groups, head) = {
+            let jobs = jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Ok(first) = jobs.recv() else {
+                return;
+            };
+            let mut replies = Vec::new();
+            let mut groups = Vec::new();
+            let mut head = None;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                replies.extend(job.replies);
+                groups.push(job.group);
+                head = head.max(job.head);
+                next = jobs.try_recv().ok();
             }
-        }
+            (replies, groups, head)
+        };
         let started = Instant::now();
         let result = shared.store.sync().map_err(EngineError::from);
         shared.stats.synced(&groups, started, Instant::now());
@@ -201,16 +221,8 @@ fn run_syncer(shared: &Shared, jobs: &std::sync::mpsc::Receiver<SyncJob>) {
                 publish(shared, head);
             }
         }
-        answer(committed, &result);
-        if let Some(reply) = shutdown {
-            if result.is_ok() {
-                publish_head(shared);
-            }
-            let _ = reply.send(result);
-            return;
-        }
+        answer(replies, &result);
     }
-    let _ = shared.store.sync();
 }
 
 /// A caller of a committed group with its answer, until the group is durable.
@@ -1035,14 +1047,12 @@ fn complete_group(
         Durability::Fsync => {
             let head = shared.store.head().ok();
             shared.stats.writer_done(taken);
-            if let Err(std::sync::mpsc::SendError(SyncJob::Committed { replies, .. })) =
-                jobs.send(SyncJob::Committed {
-                    replies,
-                    head,
-                    group: committed,
-                })
-            {
-                // The sync thread is gone (it panicked): nothing can be made durable.
+            if let Err(std::sync::mpsc::SendError(SyncJob { replies, .. })) = jobs.send(SyncJob {
+                replies,
+                head,
+                group: committed,
+            }) {
+                // Every sync thread is gone (they panicked): nothing can be made durable.
                 let error =
                     EngineError::from(StoreError::Backend("the sync thread has stopped".into()));
                 answer(replies, &Err(error));

@@ -1,6 +1,8 @@
 //! Under `Durability::Fsync` the writer hands each committed group to a sync thread and goes on
 //! with the next group. A caller must still be answered only after a sync that covers its
 //! group; a failed sync fails every group it covers; shutdown waits for the groups in flight.
+//! Most tests pin one sync thread, where the order of commits and syncs is fixed; the last ones
+//! run the default two, where a group committed during a sync starts its own.
 //!
 //! The store here is sled behind a gate the test holds: its `sync` waits until the test opens
 //! the gate, so "the writer committed the next group while the previous sync was running" and
@@ -97,6 +99,10 @@ fn opened(session: &str) -> IncomingEvent {
 }
 
 fn open_gated() -> (tempfile::TempDir, Arc<Watched<Gate>>, Engine) {
+    open_gated_with(1)
+}
+
+fn open_gated_with(sync_threads: usize) -> (tempfile::TempDir, Arc<Watched<Gate>>, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Watched {
         inner: SledStore::open(dir.path()).unwrap(),
@@ -108,7 +114,9 @@ fn open_gated() -> (tempfile::TempDir, Arc<Watched<Gate>>, Engine) {
             changed: Condvar::new(),
         },
     });
-    let engine = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
+    let mut config = EngineConfig::with_store(store.clone());
+    config.sync_threads = sync_threads;
+    let engine = Engine::open_with(config).unwrap();
     // Opening syncs once (whatever an earlier run left becomes durable before anyone sees it).
     assert_eq!(store.watch.state().log, ["sync", "synced"]);
     store.watch.set(|state| state.log.clear());
@@ -298,4 +306,96 @@ async fn buffered_durability_has_no_sync_in_its_write_stats() {
     assert_eq!(stats.syncs, 0, "{stats:?}");
     assert_eq!(stats.waiting_for_sync + stats.syncing, Duration::ZERO);
     engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_sync_threads_a_group_committed_during_a_sync_starts_its_own() {
+    let (_dir, store, engine) = open_gated_with(2);
+    let gate = &store.watch;
+    let first = first_group_held_at_sync(&engine, gate, "a").await;
+    let second = spawn_ingest(&engine, "b");
+    gate.until(
+        "the second group's sync starts while the first is held",
+        |state| state.log == ["commit", "sync", "commit", "sync"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "nobody is answered before a sync covers their group"
+    );
+    gate.set(|state| state.open = true);
+    for handle in [first, second] {
+        assert!(matches!(
+            handle.await.unwrap().unwrap(),
+            IngestOutcome::Accepted { .. }
+        ));
+    }
+    let stats = engine.write_stats();
+    assert_eq!((stats.groups, stats.syncs), (2, 2), "{stats:?}");
+    assert_eq!(engine.head().unwrap(), Position(2));
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_sync_threads_shutdown_waits_for_both_syncs_then_syncs_last() {
+    let (_dir, store, engine) = open_gated_with(2);
+    let gate = &store.watch;
+    let first = first_group_held_at_sync(&engine, gate, "a").await;
+    let second = spawn_ingest(&engine, "b");
+    gate.until("both groups' syncs are held", |state| {
+        state.log == ["commit", "sync", "commit", "sync"]
+    })
+    .await;
+    let stopping = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.shutdown().await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!first.is_finished() && !second.is_finished() && !stopping.is_finished());
+    assert_eq!(gate.count("sync"), 2, "no third sync while two are held");
+    gate.set(|state| state.open = true);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    stopping.await.unwrap().unwrap();
+    let log = gate.state().log.clone();
+    assert_eq!(log.len(), 8, "{log:?}");
+    assert_eq!(
+        log[4..],
+        ["synced", "synced", "sync", "synced"],
+        "both held syncs end before shutdown's last one starts: {log:?}"
+    );
+    assert!(matches!(
+        engine.ingest(opened("c")).await,
+        Err(EngineError::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_sync_threads_a_failed_sync_fails_its_group_and_the_next_one_lands() {
+    let (_dir, store, engine) = open_gated_with(2);
+    let gate = &store.watch;
+    gate.set(|state| state.fail = true);
+    let error = engine.ingest(opened("a")).await.unwrap_err();
+    assert!(error.to_string().contains("the disk said no"), "{error}");
+    gate.set(|state| state.fail = false);
+    match engine.ingest(opened("b")).await.unwrap() {
+        IngestOutcome::Accepted { position, .. } => assert_eq!(position, Position(2)),
+        other => panic!("accepted, got {other:?}"),
+    }
+    engine.shutdown().await.unwrap();
+}
+
+#[test]
+fn zero_sync_threads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.sync_threads = 0;
+    match Engine::open_with(config) {
+        Err(EngineError::InvalidConfig(message)) => {
+            assert!(message.contains("sync_threads"), "{message}")
+        }
+        Err(other) => panic!("InvalidConfig, got {other:?}"),
+        Ok(_) => panic!("InvalidConfig, got an engine"),
+    }
 }
