@@ -62,7 +62,8 @@ pub struct EngineConfig {
     /// free one takes every group waiting and covers them with one sync. With one, a group
     /// committed while a sync runs waits for it to end; with two (the default), it starts its
     /// own sync on the other thread (the benchmark's 64 writers: the wait for a sync halves,
-    /// ~5% more events/s). More than two mostly adds concurrent syncs of the same files.
+    /// ~5% more events/s). More than two mostly adds concurrent syncs of the same files; at
+    /// most 16.
     pub sync_threads: usize,
     /// Parked events kept per session. Past it, a further refused event for that session is
     /// not stored: its ingest reports [`crate::EventError::ParkedLimit`], so the sender learns

@@ -23,6 +23,10 @@ use crate::writer::{run_writer, Request, Shared};
 /// Requests waiting for the writer at most; senders beyond it wait (back-pressure).
 const REQUEST_QUEUE: usize = 4_096;
 
+/// The most sync threads an engine starts: past a few, more threads only add concurrent syncs
+/// of the same files.
+const MAX_SYNC_THREADS: usize = 16;
+
 /// The linkflow engine: link sessions as state machines over a durable event log.
 ///
 /// Cheap to clone; every clone drives the same engine. Ingests from all clones go through one
@@ -61,6 +65,12 @@ impl Engine {
             return Err(EngineError::InvalidConfig(
                 "cache_sessions, max_batch_events and sync_threads must be at least 1".into(),
             ));
+        }
+        if config.sync_threads > MAX_SYNC_THREADS {
+            return Err(EngineError::InvalidConfig(format!(
+                "sync_threads is {}; at most {MAX_SYNC_THREADS}",
+                config.sync_threads
+            )));
         }
         let store: Arc<dyn EventStore> = match config.store {
             StoreChoice::Sled {

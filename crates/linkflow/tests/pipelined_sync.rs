@@ -387,15 +387,17 @@ async fn with_two_sync_threads_a_failed_sync_fails_its_group_and_the_next_one_la
 }
 
 #[test]
-fn zero_sync_threads_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(dir.path());
-    config.sync_threads = 0;
-    match Engine::open_with(config) {
-        Err(EngineError::InvalidConfig(message)) => {
-            assert!(message.contains("sync_threads"), "{message}")
+fn zero_or_too_many_sync_threads_are_refused() {
+    for threads in [0, 17, usize::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.sync_threads = threads;
+        match Engine::open_with(config) {
+            Err(EngineError::InvalidConfig(message)) => {
+                assert!(message.contains("sync_threads"), "{threads}: {message}")
+            }
+            Err(other) => panic!("InvalidConfig for {threads}, got {other:?}"),
+            Ok(_) => panic!("InvalidConfig for {threads}, got an engine"),
         }
-        Err(other) => panic!("InvalidConfig, got {other:?}"),
-        Ok(_) => panic!("InvalidConfig, got an engine"),
     }
 }
