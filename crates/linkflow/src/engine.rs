@@ -126,13 +126,15 @@ impl Engine {
         })
     }
 
+    /// Sends the writer the request `make` builds from its reply channel and the instant it was
+    /// sent (for `write_stats`), and waits for the answer.
     async fn call<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Request,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>, Instant) -> Request,
     ) -> Result<T, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(make(reply))
+            .send(make(reply, Instant::now()))
             .await
             .map_err(|_| EngineError::Closed)?;
         answer.await.map_err(|_| EngineError::Closed)?
@@ -162,8 +164,7 @@ impl Engine {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let sent = Instant::now();
-        self.call(|reply| Request::Ingest {
+        self.call(|reply, sent| Request::Ingest {
             events,
             reply,
             sent,
@@ -174,8 +175,7 @@ impl Engine {
     /// Retries parked events now (of one session, or of all), accepting those that have become
     /// legal. Returns what was accepted.
     pub async fn redrive(&self, session: Option<SessionId>) -> Result<Vec<Redriven>, EngineError> {
-        let sent = Instant::now();
-        self.call(|reply| Request::Redrive {
+        self.call(|reply, sent| Request::Redrive {
             session,
             reply,
             sent,
@@ -321,7 +321,7 @@ impl Engine {
     /// Stops taking ingests, waits for the ones already queued, syncs, and stops the writer.
     /// Other clones of this engine get [`EngineError::Closed`] afterwards.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
-        let result = self.call(|reply| Request::Shutdown { reply }).await;
+        let result = self.call(|reply, _| Request::Shutdown { reply }).await;
         let writer = self
             .writer
             .lock()

@@ -132,6 +132,24 @@ fn spawn_ingest(
     tokio::spawn(async move { engine.ingest(event).await })
 }
 
+/// With two sync threads: holds the first group at its sync (as below), then ingests one event
+/// for `second` and returns once that group's own sync waits at the gate too.
+async fn two_groups_held_at_their_syncs(
+    engine: &Engine,
+    gate: &Gate,
+    first: &str,
+    second: &str,
+) -> [tokio::task::JoinHandle<Result<IngestOutcome, EngineError>>; 2] {
+    let first = first_group_held_at_sync(engine, gate, first).await;
+    let second = spawn_ingest(engine, second);
+    gate.until(
+        "the second group's sync starts while the first is held",
+        |state| state.log == ["commit", "sync", "commit", "sync"],
+    )
+    .await;
+    [first, second]
+}
+
 /// Closes the gate and ingests one event for `session`; returns once its group is committed and
 /// its sync is waiting at the gate.
 async fn first_group_held_at_sync(
@@ -209,24 +227,26 @@ async fn groups_committed_during_a_sync_share_the_next_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_fails_every_group_it_covers_and_a_retry_is_recognised() {
-    let (_dir, store, engine) = open_gated();
-    let gate = &store.watch;
-    gate.set(|state| state.fail = true);
-    let error = engine.ingest(opened("a")).await.unwrap_err();
-    assert!(error.to_string().contains("the disk said no"), "{error}");
+    for sync_threads in [1, 2] {
+        let (_dir, store, engine) = open_gated_with(sync_threads);
+        let gate = &store.watch;
+        gate.set(|state| state.fail = true);
+        let error = engine.ingest(opened("a")).await.unwrap_err();
+        assert!(error.to_string().contains("the disk said no"), "{error}");
 
-    gate.set(|state| state.fail = false);
-    // The event was committed, only its durability was not confirmed: a retry is a duplicate
-    // of it, not a second copy.
-    match engine.ingest(opened("a")).await.unwrap() {
-        IngestOutcome::Duplicate { .. } => {}
-        other => panic!("a duplicate, got {other:?}"),
+        gate.set(|state| state.fail = false);
+        // The event was committed, only its durability was not confirmed: a retry is a
+        // duplicate of it, not a second copy.
+        match engine.ingest(opened("a")).await.unwrap() {
+            IngestOutcome::Duplicate { .. } => {}
+            other => panic!("a duplicate with {sync_threads} sync threads, got {other:?}"),
+        }
+        match engine.ingest(opened("b")).await.unwrap() {
+            IngestOutcome::Accepted { position, .. } => assert_eq!(position, Position(2)),
+            other => panic!("accepted with {sync_threads} sync threads, got {other:?}"),
+        }
+        engine.shutdown().await.unwrap();
     }
-    match engine.ingest(opened("b")).await.unwrap() {
-        IngestOutcome::Accepted { position, .. } => assert_eq!(position, Position(2)),
-        other => panic!("accepted, got {other:?}"),
-    }
-    engine.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,13 +332,7 @@ async fn buffered_durability_has_no_sync_in_its_write_stats() {
 async fn with_two_sync_threads_a_group_committed_during_a_sync_starts_its_own() {
     let (_dir, store, engine) = open_gated_with(2);
     let gate = &store.watch;
-    let first = first_group_held_at_sync(&engine, gate, "a").await;
-    let second = spawn_ingest(&engine, "b");
-    gate.until(
-        "the second group's sync starts while the first is held",
-        |state| state.log == ["commit", "sync", "commit", "sync"],
-    )
-    .await;
+    let [first, second] = two_groups_held_at_their_syncs(&engine, gate, "a", "b").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
         !first.is_finished() && !second.is_finished(),
@@ -341,12 +355,7 @@ async fn with_two_sync_threads_a_group_committed_during_a_sync_starts_its_own() 
 async fn with_two_sync_threads_shutdown_waits_for_both_syncs_then_syncs_last() {
     let (_dir, store, engine) = open_gated_with(2);
     let gate = &store.watch;
-    let first = first_group_held_at_sync(&engine, gate, "a").await;
-    let second = spawn_ingest(&engine, "b");
-    gate.until("both groups' syncs are held", |state| {
-        state.log == ["commit", "sync", "commit", "sync"]
-    })
-    .await;
+    let [first, second] = two_groups_held_at_their_syncs(&engine, gate, "a", "b").await;
     let stopping = {
         let engine = engine.clone();
         tokio::spawn(async move { engine.shutdown().await })
@@ -369,21 +378,6 @@ async fn with_two_sync_threads_shutdown_waits_for_both_syncs_then_syncs_last() {
         engine.ingest(opened("c")).await,
         Err(EngineError::Closed)
     ));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_two_sync_threads_a_failed_sync_fails_its_group_and_the_next_one_lands() {
-    let (_dir, store, engine) = open_gated_with(2);
-    let gate = &store.watch;
-    gate.set(|state| state.fail = true);
-    let error = engine.ingest(opened("a")).await.unwrap_err();
-    assert!(error.to_string().contains("the disk said no"), "{error}");
-    gate.set(|state| state.fail = false);
-    match engine.ingest(opened("b")).await.unwrap() {
-        IngestOutcome::Accepted { position, .. } => assert_eq!(position, Position(2)),
-        other => panic!("accepted, got {other:?}"),
-    }
-    engine.shutdown().await.unwrap();
 }
 
 #[test]
