@@ -97,7 +97,7 @@ impl Metrics {
         let _ = writeln!(out, "linkflow_write_requests_total {}", write.requests);
         out.push_str("# HELP linkflow_write_groups_total Group commits (one atomic store commit each).\n# TYPE linkflow_write_groups_total counter\n");
         let _ = writeln!(out, "linkflow_write_groups_total {}", write.groups);
-        out.push_str("# HELP linkflow_write_syncs_total Syncs, each covering the groups committed while the previous one ran.\n# TYPE linkflow_write_syncs_total counter\n");
+        out.push_str("# HELP linkflow_write_syncs_total Syncs, each covering every committed group waiting when it began.\n# TYPE linkflow_write_syncs_total counter\n");
         let _ = writeln!(out, "linkflow_write_syncs_total {}", write.syncs);
         out.push_str("# HELP linkflow_write_request_seconds_total Time summed over write requests, by stage: queued, committing, waiting_for_sync, syncing.\n# TYPE linkflow_write_request_seconds_total counter\n");
         for (stage, time) in [
@@ -112,7 +112,7 @@ impl Metrics {
                 time.as_secs_f64()
             );
         }
-        out.push_str("# HELP linkflow_write_thread_busy_seconds_total Time the writer thread spent on groups and the sync thread in syncs.\n# TYPE linkflow_write_thread_busy_seconds_total counter\n");
+        out.push_str("# HELP linkflow_write_thread_busy_seconds_total Time the writer thread spent on groups, and the sync threads (summed) in syncs.\n# TYPE linkflow_write_thread_busy_seconds_total counter\n");
         for (thread, time) in [("writer", write.writer_busy), ("sync", write.sync_busy)] {
             let _ = writeln!(
                 out,

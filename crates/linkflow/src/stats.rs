@@ -24,8 +24,8 @@ pub struct WriteStats {
     pub events: u64,
     /// Groups committed: one atomic store commit each, shared by every request in the group.
     pub groups: u64,
-    /// Syncs made by the sync thread (`Durability::Fsync`); one covers every group committed
-    /// while the previous one ran. Zero under `Durability::Buffered`.
+    /// Syncs made by the sync threads (`Durability::Fsync`); each covers every group waiting
+    /// when it began. Zero under `Durability::Buffered`.
     pub syncs: u64,
     /// Summed over requests: from the call until the writer took the request's group (waiting
     /// behind the group before it, and for room in the queue).
@@ -41,7 +41,7 @@ pub struct WriteStats {
     /// The writer thread's time on groups, once per group: from taking it until handing it to
     /// the sync thread (deciding, committing, updating the cache).
     pub writer_busy: Duration,
-    /// The sync thread's time in syncs, once per sync.
+    /// The sync threads' time in syncs, once per sync, summed over the threads.
     pub sync_busy: Duration,
 }
 
