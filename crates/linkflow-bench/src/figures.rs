@@ -257,7 +257,9 @@ pub(crate) struct Concurrent {
 /// sessions, so their events arrive in order.
 async fn concurrent_single(tasks: usize, deliveries: &[Delivery]) -> Concurrent {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    concurrent_single_with(EngineConfig::new(dir.path()), tasks, deliveries).await
+    // As `linkflow serve` opens it: the log's first segment zero-filled (see `preallocate_log`).
+    let config = EngineConfig::new(dir.path()).preallocating_log();
+    concurrent_single_with(config, tasks, deliveries).await
 }
 
 /// Figure 2 on any store.

@@ -21,6 +21,7 @@
 //! first position.
 //!
 //! | `M`    | `Mlayout`                                    | layout version: u32                |
+//! | `M`    | `Mwal`                                       | last write-ahead log frame: u64    |
 //!
 //! An `S` value is one event record, or (layout 3) the records of consecutive events of one
 //! stream that one commit appended, packed under the key of the first (`record::PACKED`): a
@@ -58,6 +59,12 @@ pub(crate) const LAYOUT_PACKED: u32 = 3;
 /// Layout 4: layout 3, and a stream's snapshot is in its `K` value (the stream's head, see
 /// `dedupe_list.rs`), not under an `N` key. A layout 2 or 3 store moves to 4 when it is opened.
 pub(crate) const LAYOUT_HEADS: u32 = 4;
+/// Layout 5: layout 4, and commits are made durable by the store's write-ahead log (`wal.rs`),
+/// whose frames past `Mwal` opening replays. A layout 2 to 4 store moves to 5 when it is opened.
+pub(crate) const LAYOUT_WAL: u32 = 5;
+/// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
+/// commit's batch.
+pub(crate) const WAL_KEY: &[u8] = b"Mwal";
 
 /// `tag len session`: the prefix of every key of one session under `tag`.
 pub(crate) fn session_prefix(tag: u8, session: &SessionId) -> Vec<u8> {

@@ -27,6 +27,7 @@ pub mod record;
 pub mod sled_store;
 pub mod store;
 mod verify;
+mod wal;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -76,9 +76,11 @@ impl Engine {
             StoreChoice::Sled {
                 path,
                 cache_capacity_bytes,
+                preallocate_log,
             } => {
                 let mut options = SledOptions::new(path);
                 options.cache_capacity_bytes = cache_capacity_bytes;
+                options.wal_preallocate = preallocate_log;
                 Arc::new(SledStore::open_with(options)?)
             }
             StoreChoice::Postgres { url } => Arc::new(linkflow_postgres::PgStore::open(&url)?),

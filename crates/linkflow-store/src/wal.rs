@@ -1,0 +1,807 @@
+//! The sled store's write-ahead log: what makes a commit durable with one disk wait.
+//!
+//! sled 0.34 makes its log durable only through `flush`, which waits for its I/O threads and
+//! then in `sync_file_range`, and even then needs an fsync of its file after it (sled#1452):
+//! two disk waits per sync, with sled's global lock held while the first one lasts. So the
+//! sled store also writes every commit's writes (the keys and values of its `sled::Batch`) as
+//! one **frame** of this log, and a sync is: write the frames committed since the last one,
+//! then one `fdatasync`. sled's own log reaches the disk at **checkpoints** (sled flush plus
+//! fsync of its files), one per filled segment, on the store's maintenance thread; a segment
+//! whose frames a checkpoint covered is kept as a spare and written over (an overwritten,
+//! already allocated file syncs without a metadata update: about half the wait of an append).
+//!
+//! Every commit's batch also writes its frame's sequence number under `Mwal`, in the same
+//! atomic batch, so sled's state after a crash says which frame it ends at (sled recovers a
+//! prefix of its batches). Opening replays the frames after it, in order, as the batches they
+//! were, then checkpoints and starts the log again. Frames are numbered without gaps; a frame
+//! is `len:u32 crc:u32 seq:u64 payload`, the checksum over the sequence number and the
+//! payload, so a torn frame, zeros past the end, or an older frame left in a reused segment
+//! end a segment's frames. A payload is a list of writes: `1 key-len:u32 key value-len:u32
+//! value` (insert) or `2 key-len:u32 key` (remove).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{CorruptRecord, StoreError};
+
+/// The log's directory, under the store's.
+pub(crate) const DIR: &str = "wal";
+/// A segment is retired (and a checkpoint asked for) once it holds at least this much.
+pub(crate) const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+/// Retired segments kept to be written over; the rest are deleted.
+const SPARES: usize = 2;
+/// Committed frames waiting for a sync beyond this many bytes are written out by the
+/// maintenance thread, so that a store nobody syncs does not hold them all in memory.
+pub(crate) const PENDING_LIMIT: usize = 4 * 1024 * 1024;
+/// A log that has written this much into a segment that is not zero-filled asks for a
+/// zero-filled spare: only a log under sustained load pays for one.
+const PREPARE_AFTER: u64 = 1024 * 1024;
+/// The suffix of a spare being zero-filled (ignored by recovery, deleted by `start`).
+const PREPARING: &str = "prep";
+
+const HEADER: usize = 16;
+const INSERT: u8 = 1;
+const REMOVE: u8 = 2;
+
+fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn segment_name(index: u64) -> String {
+    format!("{index:020}.wal")
+}
+
+/// Writes `bytes` of zeros to a new file at `path` and syncs it and its directory: a segment
+/// whose blocks are allocated and written, so that writing frames over them and syncing does
+/// not also commit a metadata change (about half the wait of syncing an append).
+pub(crate) fn zero_filled(path: &Path, bytes: u64) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|error| io_error(path, error))?;
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let chunk = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..chunk])
+            .map_err(|error| io_error(path, error))?;
+        left -= chunk as u64;
+    }
+    file.sync_all().map_err(|error| io_error(path, error))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|error| io_error(path, error))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
+fn segment_index(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".wal")?.parse().ok()
+}
+
+/// The segment files in `dir`, by index (none if the directory does not exist).
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error(dir, error)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|error| io_error(dir, error))?.path();
+        if let Some(index) = segment_index(&path) {
+            found.push((index, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| io_error(dir, error))
+}
+
+/// The writes of one commit, in the frame payload's encoding.
+#[derive(Default)]
+pub(crate) struct Payload {
+    bytes: Vec<u8>,
+}
+
+impl Payload {
+    fn put(&mut self, part: &[u8]) {
+        let len = u32::try_from(part.len()).expect("sled keys and values are below 4 GiB");
+        self.bytes.extend_from_slice(&len.to_be_bytes());
+        self.bytes.extend_from_slice(part);
+    }
+
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.bytes.push(INSERT);
+        self.put(key);
+        self.put(value);
+    }
+
+    pub(crate) fn remove(&mut self, key: &[u8]) {
+        self.bytes.push(REMOVE);
+        self.put(key);
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// One write of a frame's payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Write1<'a> {
+    Insert(&'a [u8], &'a [u8]),
+    Remove(&'a [u8]),
+}
+
+/// The writes of a payload, or what is wrong with it.
+pub(crate) fn decode_payload(mut bytes: &[u8]) -> Result<Vec<Write1<'_>>, String> {
+    fn take<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], String> {
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err("a length is cut short".into());
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!(
+                "a part of {len} bytes has only {} left",
+                rest.len()
+            ));
+        }
+        let (part, rest) = rest.split_at(len);
+        *bytes = rest;
+        Ok(part)
+    }
+    let mut writes = Vec::new();
+    while let Some((&tag, rest)) = bytes.split_first() {
+        bytes = rest;
+        writes.push(match tag {
+            INSERT => {
+                let key = take(&mut bytes)?;
+                Write1::Insert(key, take(&mut bytes)?)
+            }
+            REMOVE => Write1::Remove(take(&mut bytes)?),
+            other => return Err(format!("unknown write tag {other}")),
+        });
+    }
+    Ok(writes)
+}
+
+fn checksum(seq: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&seq.to_be_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn encode_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("a commit's writes are below 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&checksum(seq, payload).to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The frames of one segment's bytes, up to the first that is not whole and intact.
+fn frames(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    let mut found = Vec::new();
+    let mut rest = bytes;
+    while let Some((header, body)) = rest.split_first_chunk::<HEADER>() {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        let seq = u64::from_be_bytes([
+            header[8], header[9], header[10], header[11], header[12], header[13], header[14],
+            header[15],
+        ]);
+        if len == 0 || len > body.len() {
+            break;
+        }
+        let (payload, next) = body.split_at(len);
+        if checksum(seq, payload) != crc {
+            break;
+        }
+        found.push((seq, payload));
+        rest = next;
+    }
+    found
+}
+
+/// A frame to replay.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) seq: u64,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The frames of the log in `dir` after `after` (the frame sled's state ends at), in order.
+/// Frames at or before `after` are already in sled (older frames in reused segments among
+/// them). A frame after `after` with the one right after it missing is an error: frames reach
+/// the disk in order, so the log lost one that a later sync made durable.
+pub(crate) fn recover(dir: &Path, after: u64) -> Result<Vec<Frame>, StoreError> {
+    let mut later: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (_, path) in segments(dir)? {
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .map_err(|error| io_error(&path, error))?;
+        for (seq, payload) in frames(&bytes) {
+            if seq > after {
+                if let Err(reason) = decode_payload(payload) {
+                    return Err(CorruptRecord::new(
+                        format!("write-ahead log frame {seq} in {}", path.display()),
+                        reason,
+                    )
+                    .into());
+                }
+                later.insert(seq, payload.to_vec());
+            }
+        }
+    }
+    let mut replay = Vec::new();
+    let mut expected = after.saturating_add(1);
+    for (seq, payload) in later {
+        if seq != expected {
+            return Err(CorruptRecord::new(
+                format!("write-ahead log in {}", dir.display()),
+                format!(
+                    "the store's state ends at frame {after} and the log holds frame {seq} but not {expected}"
+                ),
+            )
+            .into());
+        }
+        replay.push(Frame { seq, payload });
+        expected = seq.saturating_add(1);
+    }
+    Ok(replay)
+}
+
+/// Frames committed and not yet written to a segment.
+struct Pending {
+    bytes: Vec<u8>,
+    next_seq: u64,
+}
+
+/// A segment no longer written to, waiting for a checkpoint.
+pub(crate) struct Retired {
+    path: PathBuf,
+}
+
+/// A segment ready to be written over: its zero-filled (or earlier written) length.
+struct Spare {
+    path: PathBuf,
+    capacity: u64,
+}
+
+struct Segments {
+    file: Arc<File>,
+    path: PathBuf,
+    index: u64,
+    /// Bytes written to the current segment.
+    offset: u64,
+    /// Bytes of the current segment already allocated and written (zeros or older frames):
+    /// frames within them sync without a metadata update.
+    capacity: u64,
+    /// A spare is being zero-filled (see [`Wal::prepare_spare`]).
+    preparing: bool,
+    preparations: u64,
+    /// Bytes written over the log's life, and how many of them a finished `sync_data` covers.
+    written: u64,
+    synced: u64,
+    retired: Vec<Retired>,
+    spares: Vec<Spare>,
+    /// Set when a write or sync failed: what the segment holds is then unknown, so every later
+    /// sync fails (the store must be reopened, which replays what did reach the disk).
+    broken: Option<String>,
+}
+
+/// The write-ahead log of an open store.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    pending: Mutex<Pending>,
+    segments: Mutex<Segments>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state whole before anything that can panic.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Wal {
+    /// Starts the log in `dir` with frame `next_seq`, after sled's state was made durable up to
+    /// the frame before it: every segment already there is kept as a spare (up to [`SPARES`])
+    /// or deleted.
+    /// With `preallocate`, the first segment is zero-filled now (`segment_bytes` of zeros),
+    /// so that the syncs after it are the short kind from the first one.
+    pub(crate) fn start(
+        dir: &Path,
+        next_seq: u64,
+        segment_bytes: u64,
+        preallocate: bool,
+    ) -> Result<Wal, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|error| io_error(dir, error))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        remove_preparing(dir)?;
+        let existing = segments(dir)?;
+        let next_index = existing.last().map_or(0, |(index, _)| index + 1);
+        let mut spares = Vec::new();
+        for (_, path) in existing {
+            if spares.len() < SPARES {
+                let capacity = std::fs::metadata(&path)
+                    .map_err(|error| io_error(&path, error))?
+                    .len();
+                spares.push(Spare { path, capacity });
+            } else {
+                std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+            }
+        }
+        if preallocate && spares.iter().all(|spare| spare.capacity < segment_bytes) {
+            let path = dir.join(format!("0.{PREPARING}"));
+            zero_filled(&path, segment_bytes)?;
+            spares.push(Spare {
+                path,
+                capacity: segment_bytes,
+            });
+        }
+        let spare = spares.pop();
+        let capacity = spare.as_ref().map_or(0, |spare| spare.capacity);
+        let (file, path) = open_segment(dir, next_index, spare.map(|spare| spare.path))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            pending: Mutex::new(Pending {
+                bytes: Vec::new(),
+                next_seq,
+            }),
+            segments: Mutex::new(Segments {
+                file: Arc::new(file),
+                path,
+                index: next_index,
+                offset: 0,
+                capacity,
+                preparing: false,
+                preparations: 0,
+                written: 0,
+                synced: 0,
+                retired: Vec::new(),
+                spares,
+                broken: None,
+            }),
+        })
+    }
+
+    /// The number the next frame gets. Only the store's writer appends, under its lock.
+    pub(crate) fn next_seq(&self) -> u64 {
+        lock(&self.pending).next_seq
+    }
+
+    /// Adds a committed batch's frame (`seq` from [`Wal::next_seq`]). Returns the bytes now
+    /// waiting for a sync.
+    pub(crate) fn append(&self, seq: u64, payload: &Payload) -> usize {
+        let mut pending = lock(&self.pending);
+        debug_assert_eq!(seq, pending.next_seq);
+        encode_frame(&mut pending.bytes, seq, payload.as_bytes());
+        pending.next_seq = seq + 1;
+        pending.bytes.len()
+    }
+
+    /// Bytes waiting for a sync.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        lock(&self.pending).bytes.len()
+    }
+
+    /// Makes every frame appended before the call durable: writes the waiting frames to the
+    /// current segment (moving to a new one when it is full) and syncs it, unless a sync that
+    /// began after they were written already finished. Returns true when a segment was retired
+    /// (a checkpoint is due).
+    pub(crate) fn sync(&self) -> Result<bool, StoreError> {
+        let mut segments = lock(&self.segments);
+        if let Some(reason) = &segments.broken {
+            return Err(broken(&self.dir, reason));
+        }
+        // Taken under the segments' lock, so that frames reach the file in their order.
+        let bytes = std::mem::take(&mut lock(&self.pending).bytes);
+        let mut retired = false;
+        if !bytes.is_empty() {
+            let file = Arc::clone(&segments.file);
+            if let Err(error) = (&*file).write_all(&bytes) {
+                segments.broken = Some(error.to_string());
+                return Err(io_error(&segments.path, error));
+            }
+            segments.offset += bytes.len() as u64;
+            segments.written += bytes.len() as u64;
+            // Full, or written past its allocated part while a zero-filled spare is ready.
+            let full = segments.offset >= self.segment_bytes;
+            let better = segments.offset >= segments.capacity
+                && segments
+                    .spares
+                    .last()
+                    .is_some_and(|spare| spare.capacity > segments.offset);
+            if full || better {
+                // The full segment is synced before any frame goes to the next one: a later
+                // sync of the next segment then covers every frame before it.
+                if let Err(error) = file.sync_data() {
+                    segments.broken = Some(error.to_string());
+                    return Err(io_error(&segments.path, error));
+                }
+                segments.synced = segments.written;
+                self.next_segment(&mut segments)?;
+                retired = true;
+            }
+        }
+        let target = segments.written;
+        if segments.synced >= target {
+            return Ok(retired);
+        }
+        let file = Arc::clone(&segments.file);
+        let path = segments.path.clone();
+        drop(segments);
+        if let Err(error) = file.sync_data() {
+            lock(&self.segments).broken = Some(error.to_string());
+            return Err(io_error(&path, error));
+        }
+        let mut segments = lock(&self.segments);
+        segments.synced = segments.synced.max(target);
+        Ok(retired)
+    }
+
+    fn next_segment(&self, segments: &mut Segments) -> Result<(), StoreError> {
+        let index = segments.index + 1;
+        let spare = segments.spares.pop();
+        let capacity = spare.as_ref().map_or(0, |spare| spare.capacity);
+        let (file, path) = match open_segment(&self.dir, index, spare.map(|spare| spare.path)) {
+            Ok(opened) => opened,
+            Err(error) => {
+                segments.broken = Some(error.to_string());
+                return Err(error);
+            }
+        };
+        let old = std::mem::replace(&mut segments.path, path);
+        segments.retired.push(Retired { path: old });
+        segments.file = Arc::new(file);
+        segments.index = index;
+        segments.offset = 0;
+        segments.capacity = capacity;
+        Ok(())
+    }
+
+    /// True when the log should have a zero-filled spare and nobody is making one: no spare
+    /// is ready, and the current segment is half full, or (not zero-filled) has taken
+    /// [`PREPARE_AFTER`] bytes. Marks the preparation as started.
+    pub(crate) fn wants_spare(&self) -> bool {
+        let mut segments = lock(&self.segments);
+        let wanted = !segments.preparing
+            && segments.broken.is_none()
+            && segments.spares.is_empty()
+            && (segments.offset >= self.segment_bytes / 2
+                || (segments.offset >= PREPARE_AFTER && segments.capacity < self.segment_bytes));
+        if wanted {
+            segments.preparing = true;
+        }
+        wanted
+    }
+
+    /// Zero-fills a spare segment (on the maintenance thread, after [`Wal::wants_spare`]).
+    pub(crate) fn prepare_spare(&self) -> Result<(), StoreError> {
+        let number = {
+            let mut segments = lock(&self.segments);
+            segments.preparations += 1;
+            segments.preparations
+        };
+        let path = self.dir.join(format!("{number}.{PREPARING}"));
+        let made = zero_filled(&path, self.segment_bytes);
+        let mut segments = lock(&self.segments);
+        segments.preparing = false;
+        made?;
+        segments.spares.push(Spare {
+            path,
+            capacity: self.segment_bytes,
+        });
+        Ok(())
+    }
+
+    /// Breaks the log: every later sync fails with `reason` (a checkpoint failed, so what sled
+    /// holds on disk is unknown).
+    pub(crate) fn fail(&self, reason: &str) {
+        lock(&self.segments).broken = Some(reason.to_string());
+    }
+
+    /// The segments retired so far: a checkpoint that begins after this call covers them.
+    pub(crate) fn take_retired(&self) -> Vec<Retired> {
+        std::mem::take(&mut lock(&self.segments).retired)
+    }
+
+    /// Gives back segments a checkpoint did not get to cover.
+    pub(crate) fn give_back(&self, retired: Vec<Retired>) {
+        let mut segments = lock(&self.segments);
+        let newer = std::mem::replace(&mut segments.retired, retired);
+        segments.retired.extend(newer);
+    }
+
+    /// After a checkpoint covered `retired`: keeps them as spares or deletes them.
+    pub(crate) fn recycle(&self, retired: Vec<Retired>) -> Result<(), StoreError> {
+        let mut segments = lock(&self.segments);
+        for Retired { path } in retired {
+            if segments.spares.len() < SPARES {
+                let capacity = std::fs::metadata(&path)
+                    .map_err(|error| io_error(&path, error))?
+                    .len();
+                // Kept behind any zero-filled spare, which is used first.
+                segments.spares.insert(0, Spare { path, capacity });
+            } else {
+                std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a checkpoint that covered every frame (the store closing): deletes every segment.
+    pub(crate) fn remove_all(&self) -> Result<(), StoreError> {
+        for (_, path) in segments(&self.dir)? {
+            std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+        }
+        remove_preparing(&self.dir)
+    }
+
+    /// Bytes the log's segments (and spares) take on disk.
+    pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|error| io_error(&self.dir, error))?;
+        let mut total = 0;
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error(&self.dir, error))?;
+            // A file deleted between listing and reading takes nothing.
+            if let Ok(metadata) = entry.metadata() {
+                total += metadata.len();
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Deletes spares a run left half zero-filled (or whole: they hold no frames).
+fn remove_preparing(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(io_error(dir, error)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|error| io_error(dir, error))?.path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == PREPARING)
+        {
+            std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+        }
+    }
+    Ok(())
+}
+
+fn broken(dir: &Path, reason: &str) -> StoreError {
+    StoreError::Io {
+        path: dir.display().to_string(),
+        source: std::io::Error::other(format!(
+            "an earlier write-ahead log write failed ({reason}); reopen the store"
+        )),
+    }
+}
+
+/// Opens segment `index` for writing from its start: a spare renamed to it (its old frames are
+/// at or before every frame sled holds, so replay skips them), or a new file whose directory
+/// entry is synced before anything relies on it.
+fn open_segment(
+    dir: &Path,
+    index: u64,
+    spare: Option<PathBuf>,
+) -> Result<(File, PathBuf), StoreError> {
+    let path = dir.join(segment_name(index));
+    match spare {
+        Some(spare) => {
+            std::fs::rename(&spare, &path).map_err(|error| io_error(&spare, error))?;
+            // Recovery reads `.wal` files only: the new name must be on disk before a frame.
+            sync_dir(dir)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|error| io_error(&path, error))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|error| io_error(&path, error))?;
+            Ok((file, path))
+        }
+        None => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|error| io_error(&path, error))?;
+            sync_dir(dir)?;
+            Ok((file, path))
+        }
+    }
+}
+
+/// The last segment file in `dir`, for tests that damage it.
+#[cfg(test)]
+pub(crate) fn tests_last_segment(dir: &Path) -> (u64, PathBuf) {
+    segments(dir).unwrap().pop().unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(writes: &[(&[u8], Option<&[u8]>)]) -> Payload {
+        let mut payload = Payload::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => payload.insert(key, value),
+                None => payload.remove(key),
+            }
+        }
+        payload
+    }
+
+    fn seqs(frames: &[Frame]) -> Vec<u64> {
+        frames.iter().map(|frame| frame.seq).collect()
+    }
+
+    #[test]
+    fn a_payload_decodes_to_the_writes_it_was_built_from() {
+        let built = payload(&[(b"Sa", Some(b"one")), (b"Pb", None), (b"", Some(b""))]);
+        assert_eq!(
+            decode_payload(built.as_bytes()).unwrap(),
+            vec![
+                Write1::Insert(b"Sa", b"one"),
+                Write1::Remove(b"Pb"),
+                Write1::Insert(b"", b""),
+            ]
+        );
+        let bytes = built.as_bytes();
+        assert!(decode_payload(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_payload(&[9])
+            .unwrap_err()
+            .contains("unknown write tag 9"));
+    }
+
+    #[test]
+    fn synced_frames_are_recovered_in_order_after_the_state_they_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 1, SEGMENT_BYTES, false).unwrap();
+        for seq in 1..=5u64 {
+            let value = seq.to_be_bytes();
+            wal.append(seq, &payload(&[(b"k", Some(&value))]));
+        }
+        assert!(!wal.sync().unwrap());
+        assert_eq!(wal.pending_bytes(), 0);
+        // Appended and never synced: not in the file.
+        wal.append(6, &payload(&[(b"k", None)]));
+        let frames = recover(dir.path(), 0).unwrap();
+        assert_eq!(seqs(&frames), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            decode_payload(&frames[2].payload).unwrap(),
+            [Write1::Insert(b"k", &3u64.to_be_bytes())]
+        );
+        assert_eq!(seqs(&recover(dir.path(), 3).unwrap()), [4, 5]);
+        assert!(recover(dir.path(), 5).unwrap().is_empty());
+        assert!(recover(dir.path(), 9).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_or_damaged_tail_ends_the_log_and_a_missing_frame_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 1, SEGMENT_BYTES, false).unwrap();
+        for seq in 1..=3 {
+            wal.append(seq, &payload(&[(b"key", Some(b"value"))]));
+        }
+        wal.sync().unwrap();
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        let frame = whole.len() / 3;
+        // Cut inside the third frame: the first two remain.
+        std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1, 2]);
+        // A flipped byte in the second frame's payload ends the log at the first.
+        let mut damaged = whole.clone();
+        damaged[frame + HEADER + 2] ^= 0xff;
+        std::fs::write(&path, &damaged).unwrap();
+        assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1]);
+        // Zeros after the frames (a reused or extended file) end it too.
+        let mut padded = whole.clone();
+        padded.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &padded).unwrap();
+        assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1, 2, 3]);
+        // sled's state ends at frame 0, but the log starts at frame 2: frame 1 was lost.
+        std::fs::write(&path, &whole[frame..]).unwrap();
+        let error = recover(dir.path(), 0).unwrap_err().to_string();
+        assert!(error.contains("holds frame 2 but not 1"), "{error}");
+        // A frame whose checksum is right but whose writes do not decode names itself.
+        let mut bad = Vec::new();
+        encode_frame(&mut bad, 1, &[7, 0]);
+        std::fs::write(&path, &bad).unwrap();
+        let error = recover(dir.path(), 0).unwrap_err().to_string();
+        assert!(
+            error.contains("frame 1") && error.contains("tag 7"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn full_segments_retire_and_reused_ones_keep_only_their_new_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 100 bytes: every sync of a ~40-byte frame pair fills one.
+        let wal = Wal::start(dir.path(), 1, 100, false).unwrap();
+        let frame = |seq: u64| payload(&[(b"key", Some(&seq.to_be_bytes()))]);
+        let mut retired_seen = 0;
+        for seq in 1..=12 {
+            wal.append(seq, &frame(seq));
+            if seq % 2 == 0 && wal.sync().unwrap() {
+                retired_seen += 1;
+                let retired = wal.take_retired();
+                // Every frame so far is "in sled" from here: a checkpoint covered them.
+                wal.recycle(retired).unwrap();
+            }
+        }
+        assert!(retired_seen >= 3, "{retired_seen}");
+        // At most two spares and the current segment are left.
+        assert!(segments(dir.path()).unwrap().len() <= SPARES + 1);
+        // Reused segments still hold older frames past their new ones: skipped by number.
+        assert!(recover(dir.path(), 12).unwrap().is_empty());
+        let recovered = recover(dir.path(), 10).unwrap();
+        assert_eq!(seqs(&recovered), [11, 12]);
+        // Starting again keeps the segments as spares; their frames stay behind the new ones.
+        drop(wal);
+        let again = Wal::start(dir.path(), 13, 100, false).unwrap();
+        again.append(13, &frame(13));
+        again.sync().unwrap();
+        assert_eq!(seqs(&recover(dir.path(), 12).unwrap()), [13]);
+        again.remove_all().unwrap();
+        assert!(segments(dir.path()).unwrap().is_empty());
+        assert_eq!(again.size_on_disk().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_sync_with_nothing_new_still_covers_what_another_sync_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 1, SEGMENT_BYTES, false).unwrap();
+        wal.append(1, &payload(&[(b"a", Some(b"b"))]));
+        wal.sync().unwrap();
+        // As if another thread had written the frames and were still in its `sync_data`.
+        lock(&wal.segments).synced = 0;
+        wal.sync().unwrap();
+        let segments = lock(&wal.segments);
+        assert!(segments.written > 0);
+        assert_eq!(segments.synced, segments.written);
+    }
+
+    #[test]
+    fn after_a_failed_write_every_sync_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 1, SEGMENT_BYTES, false).unwrap();
+        lock(&wal.segments).broken = Some("disk full".into());
+        wal.append(1, &payload(&[(b"a", Some(b"b"))]));
+        let error = wal.sync().unwrap_err().to_string();
+        assert!(
+            error.contains("disk full") && error.contains("reopen"),
+            "{error}"
+        );
+    }
+}
