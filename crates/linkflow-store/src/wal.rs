@@ -140,7 +140,18 @@ impl Payload {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// Empties it, keeping its buffer.
+    pub(crate) fn clear(&mut self) {
+        if self.bytes.capacity() > REUSE_LIMIT {
+            self.bytes = Vec::new();
+        }
+        self.bytes.clear();
+    }
 }
+
+/// Buffers up to this size are kept for the next commit or sync; larger ones are freed.
+const REUSE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// One write of a frame's payload.
 #[derive(Debug, PartialEq, Eq)]
@@ -273,6 +284,8 @@ pub(crate) fn recover(dir: &Path, after: u64) -> Result<Vec<Frame>, StoreError> 
 struct Pending {
     bytes: Vec<u8>,
     next_seq: u64,
+    /// An empty buffer a sync gave back, for the next frames.
+    reuse: Vec<u8>,
 }
 
 /// A segment no longer written to, waiting for a checkpoint.
@@ -370,6 +383,7 @@ impl Wal {
             pending: Mutex::new(Pending {
                 bytes: Vec::new(),
                 next_seq,
+                reuse: Vec::new(),
             }),
             segments: Mutex::new(Segments {
                 file: Arc::new(file),
@@ -418,7 +432,11 @@ impl Wal {
             return Err(broken(&self.dir, reason));
         }
         // Taken under the segments' lock, so that frames reach the file in their order.
-        let bytes = std::mem::take(&mut lock(&self.pending).bytes);
+        let mut bytes = {
+            let mut pending = lock(&self.pending);
+            let reuse = std::mem::take(&mut pending.reuse);
+            std::mem::replace(&mut pending.bytes, reuse)
+        };
         let mut retired = false;
         if !bytes.is_empty() {
             let file = Arc::clone(&segments.file);
@@ -428,6 +446,10 @@ impl Wal {
             }
             segments.offset += bytes.len() as u64;
             segments.written += bytes.len() as u64;
+            if bytes.capacity() <= REUSE_LIMIT {
+                bytes.clear();
+                lock(&self.pending).reuse = bytes;
+            }
             // Full, or written past its allocated part while a zero-filled spare is ready.
             let full = segments.offset >= self.segment_bytes;
             let better = segments.offset >= segments.capacity
