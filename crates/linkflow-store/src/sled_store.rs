@@ -2235,6 +2235,48 @@ mod tests {
     }
 
     #[test]
+    fn commits_nobody_syncs_reach_the_log_within_the_background_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = SledOptions::new(dir.path());
+        options.flush_every_ms = Some(20);
+        let store = SledStore::open_with(options).unwrap();
+        let image = tempfile::tempdir().unwrap();
+        copy_sled_files(dir.path(), image.path());
+        let a = stream("a");
+        store.commit(appends(&a, 1..=3)).unwrap();
+        // No sync: the maintenance thread writes and syncs the frames on its own.
+        let wal = store.wal.as_ref().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wal.pending_bytes() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log was never written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The frames' `fdatasync` follows their write: wait for the log to hold them.
+        while wal::recover(&dir.path().join(wal::DIR), 0)
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log holds no frame"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        copy_log(dir.path(), image.path());
+        drop(store);
+        let recovered = SledStore::open(image.path()).unwrap();
+        assert_eq!(recovered.head().unwrap(), Position(3));
+        assert!(
+            problems(&recovered).is_empty(),
+            "{:?}",
+            problems(&recovered)
+        );
+    }
+
+    #[test]
     fn a_closed_store_leaves_no_log_and_sled_holds_every_commit() {
         let dir = tempfile::tempdir().unwrap();
         let a = stream("a");
