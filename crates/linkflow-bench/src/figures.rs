@@ -461,7 +461,9 @@ async fn footprint(events: usize, cache_sessions: Option<usize>) -> Option<Footp
 /// server on loopback.
 async fn http_ingest(deliveries: &[Delivery], clients: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let engine = Engine::open_with(EngineConfig::new(dir.path())).expect("the engine opens");
+    // As `linkflow serve` opens it (the log's first segment zero-filled).
+    let config = EngineConfig::new(dir.path()).preallocating_log();
+    let engine = Engine::open_with(config).expect("the engine opens");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -73,6 +73,9 @@ pub(crate) fn zero_filled(path: &Path, bytes: u64) -> Result<File, StoreError> {
         let chunk = left.min(zeros.len() as u64) as usize;
         file.write_all(&zeros[..chunk])
             .map_err(|error| io_error(path, error))?;
+        // A megabyte at a time: a sync of the log waits behind at most one chunk, not behind
+        // the whole segment's writeback.
+        file.sync_data().map_err(|error| io_error(path, error))?;
         left -= chunk as u64;
     }
     file.sync_all().map_err(|error| io_error(path, error))?;

@@ -8,12 +8,14 @@ use linkflow_store::EventStore;
 /// When an ingest call returns relative to the disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Durability {
-    /// The call returns after its events are on stable storage (sled flush plus an fsync of
-    /// its files). Concurrent calls share one fsync (group commit). The default.
+    /// The call returns after its events are on stable storage (on sled: written to the
+    /// store's write-ahead log and `fdatasync`ed). Concurrent calls share one sync (group
+    /// commit). The default.
     #[default]
     Fsync,
-    /// The call returns once its events are committed in memory; sled writes them within its
-    /// background flush interval. A crash can lose the last acknowledged events.
+    /// The call returns once its events are committed in memory; the store writes and syncs
+    /// them within its background interval (500 ms on sled). A crash can lose the last
+    /// acknowledged events.
     Buffered,
 }
 
