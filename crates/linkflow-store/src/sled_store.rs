@@ -39,8 +39,9 @@ pub struct SledOptions {
     pub wal_segment_bytes: u64,
     /// Zero-fill the first log segment when the store opens (`wal_segment_bytes` of zeros, a
     /// fraction of a second), so that syncs are the short kind from the first commit on.
-    /// Without it the first segment grows as it is written, and a zero-filled spare is made in
-    /// the background once the log has taken 1 MiB. For a long-running server.
+    /// Without it the log's segments grow as they are written (a sync about twice as long)
+    /// until the first checkpoint gives one back to be written over, after about
+    /// `wal_segment_bytes` of log. For a long-running server.
     pub wal_preallocate: bool,
 }
 
@@ -324,14 +325,12 @@ struct Signal {
     stop: bool,
     checkpoint: bool,
     write: bool,
-    prepare: bool,
 }
 
 type SignalPair = Arc<(Mutex<Signal>, Condvar)>;
 
-/// The store's maintenance thread: checkpoints when the log retires a segment, zero-fills a
-/// spare segment when the log asks for one, and writes and syncs the log every
-/// `flush_every_ms` (or when [`wal::PENDING_LIMIT`] bytes wait), so that commits nobody syncs
+/// The store's maintenance thread: checkpoints when the log retires a segment, and writes and
+/// syncs the log every `flush_every_ms` (or when [`wal::PENDING_LIMIT`] bytes wait), so that commits nobody syncs
 /// (`Durability::Buffered`) reach the disk about as soon as sled's own background flush would
 /// have written them.
 struct Maintenance {
@@ -376,7 +375,7 @@ fn maintain(durable: &Durable, wal: Option<&Wal>, signal: &SignalPair, every: Op
     let (lock, wake) = &**signal;
     loop {
         let mut raised = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while !(raised.stop || raised.checkpoint || raised.write || raised.prepare) {
+        while !(raised.stop || raised.checkpoint || raised.write) {
             match every {
                 Some(every) => {
                     let (guard, waited) = wake
@@ -398,7 +397,6 @@ fn maintain(durable: &Durable, wal: Option<&Wal>, signal: &SignalPair, every: Op
             stop,
             mut checkpoint,
             write,
-            prepare,
         } = std::mem::take(&mut *raised);
         drop(raised);
         if stop {
@@ -417,14 +415,8 @@ fn maintain(durable: &Durable, wal: Option<&Wal>, signal: &SignalPair, every: Op
         if write && wal.pending_bytes() > 0 {
             checkpoint |= wal.sync().unwrap_or(false);
         }
-        let prepare = prepare || wal.wants_spare();
         if checkpoint {
             let _ = durable.checkpoint(wal);
-        }
-        // A spare that could not be made is only a missed speed-up (the next open deletes what
-        // is left of it).
-        if prepare {
-            let _ = wal.prepare_spare();
         }
     }
 }
@@ -1015,9 +1007,6 @@ impl EventStore for SledStore {
             (Some(wal), Some(maintenance)) => {
                 if wal.sync()? {
                     raise(&maintenance.signal, |signal| signal.checkpoint = true);
-                }
-                if wal.wants_spare() {
-                    raise(&maintenance.signal, |signal| signal.prepare = true);
                 }
                 Ok(())
             }

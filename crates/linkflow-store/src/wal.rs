@@ -36,10 +36,8 @@ const SPARES: usize = 2;
 /// Committed frames waiting for a sync beyond this many bytes are written out by the
 /// maintenance thread, so that a store nobody syncs does not hold them all in memory.
 pub(crate) const PENDING_LIMIT: usize = 4 * 1024 * 1024;
-/// A log that has written this much into a segment that is not zero-filled asks for a
-/// zero-filled spare: only a log under sustained load pays for one.
-const PREPARE_AFTER: u64 = 1024 * 1024;
-/// The suffix of a spare being zero-filled (ignored by recovery, deleted by `start`).
+/// The suffix of a segment being zero-filled at open (ignored by recovery, deleted by
+/// `start` if a crash left one).
 const PREPARING: &str = "prep";
 
 const HEADER: usize = 16;
@@ -311,9 +309,6 @@ struct Segments {
     /// Bytes of the current segment already allocated and written (zeros or older frames):
     /// frames within them sync without a metadata update.
     capacity: u64,
-    /// A spare is being zero-filled (see [`Wal::prepare_spare`]).
-    preparing: bool,
-    preparations: u64,
     /// Bytes written over the log's life, and how many of them a finished `sync_data` covers.
     written: u64,
     synced: u64,
@@ -344,7 +339,8 @@ impl Wal {
     /// the frame before it: every segment already there is kept as a spare (up to [`SPARES`])
     /// or deleted.
     /// With `preallocate`, the first segment is zero-filled now (`segment_bytes` of zeros),
-    /// so that the syncs after it are the short kind from the first one.
+    /// so that the syncs after it are the short kind from the first one. Without it the first
+    /// segments grow as they are written, until a checkpoint gives back a covered one.
     pub(crate) fn start(
         dir: &Path,
         next_seq: u64,
@@ -394,8 +390,6 @@ impl Wal {
                 index: next_index,
                 offset: 0,
                 capacity,
-                preparing: false,
-                preparations: 0,
                 written: 0,
                 synced: 0,
                 retired: Vec::new(),
@@ -505,41 +499,6 @@ impl Wal {
         segments.index = index;
         segments.offset = 0;
         segments.capacity = capacity;
-        Ok(())
-    }
-
-    /// True when the log should have a zero-filled spare and nobody is making one: no spare
-    /// is ready, and the current segment is half full, or (not zero-filled) has taken
-    /// [`PREPARE_AFTER`] bytes. Marks the preparation as started.
-    pub(crate) fn wants_spare(&self) -> bool {
-        let mut segments = lock(&self.segments);
-        let wanted = !segments.preparing
-            && segments.broken.is_none()
-            && segments.spares.is_empty()
-            && (segments.offset >= self.segment_bytes / 2
-                || (segments.offset >= PREPARE_AFTER && segments.capacity < self.segment_bytes));
-        if wanted {
-            segments.preparing = true;
-        }
-        wanted
-    }
-
-    /// Zero-fills a spare segment (on the maintenance thread, after [`Wal::wants_spare`]).
-    pub(crate) fn prepare_spare(&self) -> Result<(), StoreError> {
-        let number = {
-            let mut segments = lock(&self.segments);
-            segments.preparations += 1;
-            segments.preparations
-        };
-        let path = self.dir.join(format!("{number}.{PREPARING}"));
-        let made = zero_filled(&path, self.segment_bytes);
-        let mut segments = lock(&self.segments);
-        segments.preparing = false;
-        made?;
-        segments.spares.push(Spare {
-            path,
-            capacity: self.segment_bytes,
-        });
         Ok(())
     }
 

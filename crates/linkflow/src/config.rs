@@ -31,8 +31,9 @@ pub enum StoreChoice {
         /// Zero-fill the store's first write-ahead log segment at open (32 MiB, a fraction of
         /// a second), so that every durable sync is the short kind from the start (a sync of
         /// frames written over allocated blocks needs no metadata update; ~0.1 against ~0.2 ms
-        /// on the reference disk). Otherwise a spare is zero-filled in the background once the
-        /// log has taken 1 MiB. `linkflow serve` turns it on; see `docs/storage.md`.
+        /// on the reference disk). Otherwise the log's first 32 MiB go to growing files (the
+        /// slower syncs) until a checkpoint gives back a segment to write over. `linkflow
+        /// serve` turns it on; see `docs/storage.md`.
         preallocate_log: bool,
     },
     /// PostgreSQL, shared by every node that opens the same database (schema created or
