@@ -9,6 +9,7 @@
 //! fsync of its files), one per filled segment, on the store's maintenance thread; a segment
 //! whose frames a checkpoint covered is kept as a spare and written over (an overwritten,
 //! already allocated file syncs without a metadata update: about half the wait of an append).
+//! The first segment is zero-filled at open when the store is asked to preallocate.
 //!
 //! Every commit's batch also writes its frame's sequence number under `Mwal`, in the same
 //! atomic batch, so sled's state after a crash says which frame it ends at (sled recovers a
@@ -447,7 +448,7 @@ impl Wal {
                 bytes.clear();
                 lock(&self.pending).reuse = bytes;
             }
-            // Full, or written past its allocated part while a zero-filled spare is ready.
+            // Full, or written past its allocated part while a longer spare is ready.
             let full = segments.offset >= self.segment_bytes;
             let better = segments.offset >= segments.capacity
                 && segments
@@ -528,8 +529,7 @@ impl Wal {
                 let capacity = std::fs::metadata(&path)
                     .map_err(|error| io_error(&path, error))?
                     .len();
-                // Kept behind any zero-filled spare, which is used first.
-                segments.spares.insert(0, Spare { path, capacity });
+                segments.spares.push(Spare { path, capacity });
             } else {
                 std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
             }
@@ -560,7 +560,7 @@ impl Wal {
     }
 }
 
-/// Deletes spares a run left half zero-filled (or whole: they hold no frames).
+/// Deletes a segment an open left half zero-filled (a crash during it; it holds no frames).
 fn remove_preparing(dir: &Path) -> Result<(), StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
