@@ -12,7 +12,7 @@ use std::time::Duration;
 use linkflow_core::{Position, SessionId, Version};
 
 use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
-use crate::error::{CorruptRecord, StoreError};
+use crate::error::{io_error, CorruptRecord, StoreError};
 use crate::keys::{self, Run};
 use crate::plan::{plan_commit, CommitReads, PlannedEvent};
 use crate::record::{
@@ -20,7 +20,7 @@ use crate::record::{
     DedupeKey, ParkedEvent, Snapshot, StoredEvent, MAX_PACKED_BYTES,
 };
 use crate::store::{DedupeHit, EventStore, Op, OpOutcome, StreamStart, VerifyReport};
-use crate::wal::{self, Payload, Wal};
+use crate::wal::{self, sync_dir, Payload, Wal};
 
 /// Tuning for [`SledStore`].
 #[derive(Debug, Clone)]
@@ -183,13 +183,6 @@ pub(crate) fn decode_event_value(
         events.push(event);
     }
     Ok(events)
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 /// How long opening waits for a lock held by a store this process is closing (sled's
@@ -458,14 +451,8 @@ fn replay(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
 
 fn sync_blobs(path: &Path) -> Result<(), StoreError> {
     let blobs = path.join("blobs");
-    let entries = match std::fs::read_dir(&blobs) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(io_error(&blobs)(error)),
-    };
     let mut any = false;
-    for entry in entries {
-        let path = entry.map_err(io_error(&blobs))?.path();
+    for path in wal::files_in(&blobs)? {
         // A blob garbage-collected between listing and opening needs no sync.
         match File::open(&path) {
             Ok(file) => file.sync_all().map_err(io_error(&path))?,
@@ -475,9 +462,7 @@ fn sync_blobs(path: &Path) -> Result<(), StoreError> {
         any = true;
     }
     if any {
-        File::open(&blobs)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(&blobs))?;
+        sync_dir(&blobs)?;
     }
     Ok(())
 }
@@ -529,9 +514,7 @@ impl SledStore {
         let db_path = path.join("db");
         let db_file = Arc::new(File::open(&db_path).map_err(io_error(&db_path))?);
         // The directory entry of a new log file must itself reach the disk.
-        File::open(&path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(&path))?;
+        sync_dir(&path)?;
         let wal_dir = path.join(wal::DIR);
         let legacy_dedupe = match db.get(keys::LAYOUT_KEY)? {
             Some(value) if *value == keys::LAYOUT_WAL.to_be_bytes() => {

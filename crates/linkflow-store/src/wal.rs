@@ -26,7 +26,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::error::{CorruptRecord, StoreError};
+use crate::error::{io_error, CorruptRecord, StoreError};
 
 /// The log's directory, under the store's.
 pub(crate) const DIR: &str = "wal";
@@ -45,13 +45,6 @@ const HEADER: usize = 16;
 const INSERT: u8 = 1;
 const REMOVE: u8 = 2;
 
-fn io_error(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 fn segment_name(index: u64) -> String {
     format!("{index:020}.wal")
 }
@@ -65,21 +58,19 @@ pub(crate) fn zero_filled(path: &Path, bytes: u64) -> Result<File, StoreError> {
         .create(true)
         .truncate(true)
         .open(path)
-        .map_err(|error| io_error(path, error))?;
+        .map_err(io_error(path))?;
     let zeros = vec![0u8; 1024 * 1024];
     let mut left = bytes;
     while left > 0 {
         let chunk = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..chunk])
-            .map_err(|error| io_error(path, error))?;
+        file.write_all(&zeros[..chunk]).map_err(io_error(path))?;
         // A megabyte at a time: a sync of the log waits behind at most one chunk, not behind
         // the whole segment's writeback.
-        file.sync_data().map_err(|error| io_error(path, error))?;
+        file.sync_data().map_err(io_error(path))?;
         left -= chunk as u64;
     }
-    file.sync_all().map_err(|error| io_error(path, error))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|error| io_error(path, error))?;
+    file.sync_all().map_err(io_error(path))?;
+    file.seek(SeekFrom::Start(0)).map_err(io_error(path))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
@@ -91,28 +82,32 @@ fn segment_index(path: &Path) -> Option<u64> {
     name.strip_suffix(".wal")?.parse().ok()
 }
 
-/// The segment files in `dir`, by index (none if the directory does not exist).
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+/// The paths in `dir` (none if the directory does not exist).
+pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(io_error(dir, error)),
+        Err(error) => return Err(io_error(dir)(error)),
     };
-    let mut found = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|error| io_error(dir, error))?.path();
-        if let Some(index) = segment_index(&path) {
-            found.push((index, path));
-        }
-    }
+    entries
+        .map(|entry| entry.map(|entry| entry.path()).map_err(io_error(dir)))
+        .collect()
+}
+
+/// The segment files in `dir`, by index (none if the directory does not exist).
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut found: Vec<(u64, PathBuf)> = files_in(dir)?
+        .into_iter()
+        .filter_map(|path| Some((segment_index(&path)?, path)))
+        .collect();
     found.sort();
     Ok(found)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(|error| io_error(dir, error))
+        .map_err(io_error(dir))
 }
 
 /// The writes of one commit, in the frame payload's encoding.
@@ -250,7 +245,7 @@ pub(crate) fn recover(dir: &Path, after: u64) -> Result<Vec<Frame>, StoreError> 
         let mut bytes = Vec::new();
         File::open(&path)
             .and_then(|mut file| file.read_to_end(&mut bytes))
-            .map_err(|error| io_error(&path, error))?;
+            .map_err(io_error(&path))?;
         for (seq, payload) in frames(&bytes) {
             if seq > after {
                 if let Err(reason) = decode_payload(payload) {
@@ -339,6 +334,7 @@ impl Wal {
     /// Starts the log in `dir` with frame `next_seq`, after sled's state was made durable up to
     /// the frame before it: every segment already there is kept as a spare (up to [`SPARES`])
     /// or deleted.
+    ///
     /// With `preallocate`, the first segment is zero-filled now (`segment_bytes` of zeros),
     /// so that the syncs after it are the short kind from the first one. Without it the first
     /// segments grow as they are written, until a checkpoint gives back a covered one.
@@ -348,7 +344,7 @@ impl Wal {
         segment_bytes: u64,
         preallocate: bool,
     ) -> Result<Wal, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| io_error(dir, error))?;
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent)?;
         }
@@ -358,12 +354,10 @@ impl Wal {
         let mut spares = Vec::new();
         for (_, path) in existing {
             if spares.len() < SPARES {
-                let capacity = std::fs::metadata(&path)
-                    .map_err(|error| io_error(&path, error))?
-                    .len();
+                let capacity = std::fs::metadata(&path).map_err(io_error(&path))?.len();
                 spares.push(Spare { path, capacity });
             } else {
-                std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
             }
         }
         if preallocate && spares.iter().all(|spare| spare.capacity < segment_bytes) {
@@ -440,7 +434,7 @@ impl Wal {
             let file = Arc::clone(&segments.file);
             if let Err(error) = (&*file).write_all(&bytes) {
                 segments.broken = Some(error.to_string());
-                return Err(io_error(&segments.path, error));
+                return Err(io_error(&segments.path)(error));
             }
             segments.offset += bytes.len() as u64;
             segments.written += bytes.len() as u64;
@@ -460,7 +454,7 @@ impl Wal {
                 // sync of the next segment then covers every frame before it.
                 if let Err(error) = file.sync_data() {
                     segments.broken = Some(error.to_string());
-                    return Err(io_error(&segments.path, error));
+                    return Err(io_error(&segments.path)(error));
                 }
                 segments.synced = segments.written;
                 self.next_segment(&mut segments)?;
@@ -476,7 +470,7 @@ impl Wal {
         drop(segments);
         if let Err(error) = file.sync_data() {
             lock(&self.segments).broken = Some(error.to_string());
-            return Err(io_error(&path, error));
+            return Err(io_error(&path)(error));
         }
         let mut segments = lock(&self.segments);
         segments.synced = segments.synced.max(target);
@@ -526,12 +520,10 @@ impl Wal {
         let mut segments = lock(&self.segments);
         for Retired { path } in retired {
             if segments.spares.len() < SPARES {
-                let capacity = std::fs::metadata(&path)
-                    .map_err(|error| io_error(&path, error))?
-                    .len();
+                let capacity = std::fs::metadata(&path).map_err(io_error(&path))?.len();
                 segments.spares.push(Spare { path, capacity });
             } else {
-                std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
             }
         }
         Ok(())
@@ -540,17 +532,17 @@ impl Wal {
     /// After a checkpoint that covered every frame (the store closing): deletes every segment.
     pub(crate) fn remove_all(&self) -> Result<(), StoreError> {
         for (_, path) in segments(&self.dir)? {
-            std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
         }
         remove_preparing(&self.dir)
     }
 
     /// Bytes the log's segments (and spares) take on disk.
     pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|error| io_error(&self.dir, error))?;
+        let entries = std::fs::read_dir(&self.dir).map_err(io_error(&self.dir))?;
         let mut total = 0;
         for entry in entries {
-            let entry = entry.map_err(|error| io_error(&self.dir, error))?;
+            let entry = entry.map_err(io_error(&self.dir))?;
             // A file deleted between listing and reading takes nothing.
             if let Ok(metadata) = entry.metadata() {
                 total += metadata.len();
@@ -562,18 +554,12 @@ impl Wal {
 
 /// Deletes a segment an open left half zero-filled (a crash during it; it holds no frames).
 fn remove_preparing(dir: &Path) -> Result<(), StoreError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(io_error(dir, error)),
-    };
-    for entry in entries {
-        let path = entry.map_err(|error| io_error(dir, error))?.path();
+    for path in files_in(dir)? {
         if path
             .extension()
             .is_some_and(|extension| extension == PREPARING)
         {
-            std::fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
         }
     }
     Ok(())
@@ -599,15 +585,14 @@ fn open_segment(
     let path = dir.join(segment_name(index));
     match spare {
         Some(spare) => {
-            std::fs::rename(&spare, &path).map_err(|error| io_error(&spare, error))?;
+            std::fs::rename(&spare, &path).map_err(io_error(&spare))?;
             // Recovery reads `.wal` files only: the new name must be on disk before a frame.
             sync_dir(dir)?;
             let mut file = OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .map_err(|error| io_error(&path, error))?;
-            file.seek(SeekFrom::Start(0))
-                .map_err(|error| io_error(&path, error))?;
+                .map_err(io_error(&path))?;
+            file.seek(SeekFrom::Start(0)).map_err(io_error(&path))?;
             Ok((file, path))
         }
         None => {
@@ -616,7 +601,7 @@ fn open_segment(
                 .create(true)
                 .truncate(true)
                 .open(&path)
-                .map_err(|error| io_error(&path, error))?;
+                .map_err(io_error(&path))?;
             sync_dir(dir)?;
             Ok((file, path))
         }
