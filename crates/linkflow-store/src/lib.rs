@@ -25,6 +25,7 @@ mod keys;
 pub mod plan;
 pub mod record;
 pub mod sled_store;
+mod staged;
 pub mod store;
 mod verify;
 mod wal;

@@ -1,18 +1,20 @@
 //! The sled backend's consistency walk.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use linkflow_core::{Position, SessionId, Version};
 
 use crate::dedupe_list::DedupeList;
 use crate::keys;
 use crate::record::{event_records, upcast_event, upcast_parked, upcast_snapshot, StoredEvent};
+use crate::staged::Staged;
 use crate::store::{DedupeHit, VerifyReport};
 use crate::{CorruptRecord, DedupeKey, StoreError};
 
 /// Dedupe lookups as the store does them, reading each stream's list once.
 struct Lookup<'a> {
-    db: &'a sled::Db,
+    db: &'a Staged,
     legacy: bool,
     list: Option<(SessionId, Option<DedupeList>)>,
 }
@@ -59,7 +61,7 @@ impl Lookup<'_> {
 ///   decodes and is not ahead of its stream; an `N` key in any other store is one reads never
 ///   see.
 pub(crate) fn verify_sled(
-    db: &sled::Db,
+    db: &Staged,
     head: Position,
     legacy: bool,
 ) -> Result<VerifyReport, StoreError> {
@@ -328,7 +330,7 @@ pub(crate) fn verify_sled(
 
 /// Reports a dedupe entry that points at nothing, or at an event with another position.
 fn check_target(
-    db: &sled::Db,
+    db: &Staged,
     report: &mut VerifyReport,
     what: &str,
     hit: &DedupeHit,
@@ -368,17 +370,17 @@ fn check_target(
 /// The event at `version` of `stream`: in the last value whose key is at or before it (a packed
 /// value holds the versions from its key's on). `Some(Err)`: the value or the record is damaged.
 fn event_at(
-    db: &sled::Db,
+    db: &Staged,
     stream: &SessionId,
     version: Version,
 ) -> Result<Option<Result<StoredEvent, CorruptRecord>>, StoreError> {
-    let Some(entry) = db
-        .range(keys::event_key(stream, Version::EMPTY)..=keys::event_key(stream, version))
-        .next_back()
+    let Some((key, value)) = db.last((
+        Bound::Included(keys::event_key(stream, Version::EMPTY)),
+        Bound::Included(keys::event_key(stream, version)),
+    ))?
     else {
         return Ok(None);
     };
-    let (key, value) = entry?;
     let first = match keys::parse_event_key(&key) {
         Ok((_, first)) => first,
         Err(error) => return Ok(Some(Err(error))),

@@ -2,28 +2,30 @@
 //!
 //! sled 0.34 makes its log durable only through `flush`, which waits for its I/O threads and
 //! then in `sync_file_range`, and even then needs an fsync of its file after it (sled#1452):
-//! two disk waits per sync, with sled's global lock held while the first one lasts. So the
-//! sled store also writes every commit's writes (the keys and values of its `sled::Batch`) as
-//! one **frame** of this log, and a sync is: write the frames committed since the last one,
-//! then one `fdatasync`. sled's own log reaches the disk at **checkpoints** (sled flush plus
-//! fsync of its files), one per filled segment, on the store's maintenance thread; a segment
-//! whose frames a checkpoint covered is kept as a spare and written over (an overwritten,
-//! already allocated file syncs without a metadata update: about half the wait of an append).
-//! The first segment is zero-filled at open when the store is asked to preallocate.
+//! two disk waits per sync, with sled's global lock held while the first one lasts. So a
+//! commit of the sled store is one **frame** of this log (the keys and values it writes), and
+//! a sync is: write the frames committed since the last one, then one `fdatasync`. sled gets
+//! a frame's writes only once a sync made it durable (`staged.rs`), and its own log reaches
+//! the disk at **checkpoints** (sled flush plus fsync of its files), one per filled segment,
+//! on the store's maintenance thread; a segment whose frames a checkpoint covered is kept as a
+//! spare and written over (an overwritten, already allocated file syncs without a metadata
+//! update: about half the wait of an append). The first segment is zero-filled at open when
+//! the store is asked to preallocate.
 //!
-//! Every commit's batch also writes its frame's sequence number under `Mwal`, in the same
-//! atomic batch, so sled's state after a crash says which frame it ends at (sled recovers a
-//! prefix of its batches). Opening replays the frames after it, in order, as the batches they
-//! were, then checkpoints and starts the log again. Frames are numbered without gaps; a frame
-//! is `len:u32 crc:u32 seq:u64 payload`, the checksum over the sequence number and the
-//! payload, so a torn frame, zeros past the end, or an older frame left in a reused segment
-//! end a segment's frames. A payload is a list of writes: `1 key-len:u32 key value-len:u32
-//! value` (insert) or `2 key-len:u32 key` (remove).
+//! After applying frames, sled gets the last one's sequence number under `Mwal`, so its state
+//! after a crash says which frame it is whole up to (sled recovers a prefix of its writes).
+//! Opening replays the frames after it, in order, then checkpoints and starts the log again.
+//! Frames are numbered without gaps; a frame is `len:u32 crc:u32 seq:u64 payload`, the
+//! checksum over the sequence number and the payload, so a torn frame, zeros past the end, or
+//! an older frame left in a reused segment end a segment's frames. A payload is a list of
+//! writes: `1 key-len:u32 key value-len:u32 value` (insert) or `2 key-len:u32 key` (remove).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{io_error, CorruptRecord, StoreError};
@@ -158,31 +160,55 @@ pub(crate) enum Write1<'a> {
 }
 
 /// The writes of a payload, or what is wrong with it.
-pub(crate) fn decode_payload(mut bytes: &[u8]) -> Result<Vec<Write1<'_>>, String> {
-    fn take<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], String> {
-        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+pub(crate) fn decode_payload(bytes: &[u8]) -> Result<Vec<Write1<'_>>, String> {
+    Ok(decode_payload_at(bytes)?
+        .into_iter()
+        .map(|write| match write.value {
+            Some(value) => Write1::Insert(&bytes[write.key], &bytes[value]),
+            None => Write1::Remove(&bytes[write.key]),
+        })
+        .collect())
+}
+
+/// One write of a payload, as where its key and value are in the payload's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WriteAt {
+    pub(crate) key: Range<usize>,
+    /// `None` for a remove.
+    pub(crate) value: Option<Range<usize>>,
+}
+
+/// The writes of a payload as ranges of its bytes, or what is wrong with it.
+pub(crate) fn decode_payload_at(bytes: &[u8]) -> Result<Vec<WriteAt>, String> {
+    let take = |at: &mut usize| -> Result<Range<usize>, String> {
+        let Some(len) = bytes.get(*at..*at + 4) else {
             return Err("a length is cut short".into());
         };
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(format!(
-                "a part of {len} bytes has only {} left",
-                rest.len()
-            ));
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let start = *at + 4;
+        let left = bytes.len() - start;
+        if left < len {
+            return Err(format!("a part of {len} bytes has only {left} left"));
         }
-        let (part, rest) = rest.split_at(len);
-        *bytes = rest;
-        Ok(part)
-    }
+        *at = start + len;
+        Ok(start..start + len)
+    };
     let mut writes = Vec::new();
-    while let Some((&tag, rest)) = bytes.split_first() {
-        bytes = rest;
+    let mut at = 0;
+    while let Some(&tag) = bytes.get(at) {
+        at += 1;
         writes.push(match tag {
             INSERT => {
-                let key = take(&mut bytes)?;
-                Write1::Insert(key, take(&mut bytes)?)
+                let key = take(&mut at)?;
+                WriteAt {
+                    key,
+                    value: Some(take(&mut at)?),
+                }
             }
-            REMOVE => Write1::Remove(take(&mut bytes)?),
+            REMOVE => WriteAt {
+                key: take(&mut at)?,
+                value: None,
+            },
             other => return Err(format!("unknown write tag {other}")),
         });
     }
@@ -308,6 +334,8 @@ struct Segments {
     /// Bytes written over the log's life, and how many of them a finished `sync_data` covers.
     written: u64,
     synced: u64,
+    /// The last frame written.
+    written_seq: u64,
     retired: Vec<Retired>,
     spares: Vec<Spare>,
     /// Set when a write or sync failed: what the segment holds is then unknown, so every later
@@ -321,6 +349,8 @@ pub(crate) struct Wal {
     segment_bytes: u64,
     pending: Mutex<Pending>,
     segments: Mutex<Segments>,
+    /// The last frame a finished sync covers.
+    durable: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -379,6 +409,7 @@ impl Wal {
                 next_seq,
                 reuse: Vec::new(),
             }),
+            durable: AtomicU64::new(next_seq - 1),
             segments: Mutex::new(Segments {
                 file: Arc::new(file),
                 path,
@@ -387,6 +418,7 @@ impl Wal {
                 capacity,
                 written: 0,
                 synced: 0,
+                written_seq: next_seq - 1,
                 retired: Vec::new(),
                 spares,
                 broken: None,
@@ -399,7 +431,7 @@ impl Wal {
         lock(&self.pending).next_seq
     }
 
-    /// Adds a committed batch's frame (`seq` from [`Wal::next_seq`]). Returns the bytes now
+    /// Adds a commit's frame (`seq` from [`Wal::next_seq`]). Returns the bytes now
     /// waiting for a sync.
     pub(crate) fn append(&self, seq: u64, payload: &Payload) -> usize {
         let mut pending = lock(&self.pending);
@@ -407,6 +439,12 @@ impl Wal {
         encode_frame(&mut pending.bytes, seq, payload.as_bytes());
         pending.next_seq = seq + 1;
         pending.bytes.len()
+    }
+
+    /// The last frame a finished sync made durable (before the first, the frame sled's state
+    /// ended at when the log started).
+    pub(crate) fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Bytes waiting for a sync.
@@ -424,10 +462,13 @@ impl Wal {
             return Err(broken(&self.dir, reason));
         }
         // Taken under the segments' lock, so that frames reach the file in their order.
-        let mut bytes = {
+        let (mut bytes, last_seq) = {
             let mut pending = lock(&self.pending);
             let reuse = std::mem::take(&mut pending.reuse);
-            std::mem::replace(&mut pending.bytes, reuse)
+            (
+                std::mem::replace(&mut pending.bytes, reuse),
+                pending.next_seq - 1,
+            )
         };
         let mut retired = false;
         if !bytes.is_empty() {
@@ -438,6 +479,7 @@ impl Wal {
             }
             segments.offset += bytes.len() as u64;
             segments.written += bytes.len() as u64;
+            segments.written_seq = last_seq;
             if bytes.capacity() <= REUSE_LIMIT {
                 bytes.clear();
                 lock(&self.pending).reuse = bytes;
@@ -457,11 +499,14 @@ impl Wal {
                     return Err(io_error(&segments.path)(error));
                 }
                 segments.synced = segments.written;
+                self.durable
+                    .fetch_max(segments.written_seq, Ordering::Release);
                 self.next_segment(&mut segments)?;
                 retired = true;
             }
         }
         let target = segments.written;
+        let target_seq = segments.written_seq;
         if segments.synced >= target {
             return Ok(retired);
         }
@@ -474,6 +519,7 @@ impl Wal {
         }
         let mut segments = lock(&self.segments);
         segments.synced = segments.synced.max(target);
+        self.durable.fetch_max(target_seq, Ordering::Release);
         Ok(retired)
     }
 

@@ -1,0 +1,517 @@
+//! Commits the write-ahead log holds and sled does not yet, and the reads that see them.
+//!
+//! A commit of a store with a write-ahead log does not touch sled: its writes become one frame
+//! of the log and are **staged** here, where every read of the store finds them (a key's
+//! latest staged value, or its removal, hides sled's). A frame is applied to sled only once a
+//! sync has made it durable, key by key with plain inserts and removes (no `sled::Batch`,
+//! whose two log-buffer seals per batch each wake every idle sled I/O thread), then `Mwal`
+//! says the last frame applied. That order is what makes the plain writes safe: after a crash
+//! sled holds a prefix of its writes, which can end inside a frame, but every frame it holds
+//! any part of is durable in the log and comes after the frame `Mwal` names, so opening
+//! replays it whole (writes are whole values, so replaying one twice changes nothing).
+//!
+//! Frames are applied in order by one thread at a time (`applying`), by whoever gets there
+//! first: the writer before each commit, the maintenance thread after its background sync and
+//! before a checkpoint, the store when it closes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sled::IVec;
+
+use crate::error::{CorruptRecord, StoreError};
+use crate::keys;
+use crate::wal::{decode_payload_at, Payload, WriteAt};
+
+/// A staged frame: its number and its writes.
+struct Frame {
+    seq: u64,
+    payload: Arc<Payload>,
+}
+
+/// A key's latest staged write: the frame and where its value is in the frame's payload
+/// (`None`: removed).
+#[derive(Clone)]
+struct Latest {
+    seq: u64,
+    value: Option<std::ops::Range<usize>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Staged frames, in order and without gaps.
+    frames: VecDeque<Frame>,
+    /// Each staged key's latest write. Every frame it names is in `frames`.
+    latest: BTreeMap<Vec<u8>, Latest>,
+    /// A payload buffer an applied frame gave back, for the next commit.
+    spare: Option<Payload>,
+}
+
+impl State {
+    fn value(&self, latest: &Latest) -> Option<IVec> {
+        let range = latest.value.clone()?;
+        let first = self.frames.front()?.seq;
+        let frame = self.frames.get(usize::try_from(latest.seq - first).ok()?)?;
+        Some(IVec::from(&frame.payload.as_bytes()[range]))
+    }
+
+    /// The staged writes in `bounds`, in key order.
+    fn range(&self, bounds: &Bounds) -> Vec<(IVec, Option<IVec>)> {
+        if is_empty(bounds) {
+            return Vec::new();
+        }
+        self.latest
+            .range::<Vec<u8>, _>((bounds.0.as_ref(), bounds.1.as_ref()))
+            .map(|(key, latest)| (IVec::from(key.as_slice()), self.value(latest)))
+            .collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state whole before anything that can panic.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A key range.
+pub(crate) type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// True when no key is in `bounds` (which `BTreeMap::range` would panic on for some).
+fn is_empty(bounds: &Bounds) -> bool {
+    use Bound::{Excluded, Included, Unbounded};
+    match bounds {
+        (Unbounded, _) | (_, Unbounded) => false,
+        (Included(start), Included(end)) => start > end,
+        (Included(start), Excluded(end))
+        | (Excluded(start), Included(end))
+        | (Excluded(start), Excluded(end)) => start >= end,
+    }
+}
+
+/// The keys that start with `prefix`.
+pub(crate) fn prefix_bounds(prefix: &[u8]) -> Bounds {
+    // The first key after every key with the prefix: the prefix without its trailing 0xff
+    // bytes, its last byte plus one.
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    let end = match end.last_mut() {
+        Some(last) => {
+            *last += 1;
+            Bound::Excluded(end)
+        }
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(prefix.to_vec()), end)
+}
+
+/// sled's tree with the staged commits in front of it.
+pub(crate) struct Staged {
+    db: sled::Db,
+    state: Mutex<State>,
+    /// Held while frames are applied, so that they are applied once and in order.
+    applying: Mutex<()>,
+    /// How many frames are staged: reads skip the lock when none are.
+    frames: AtomicUsize,
+}
+
+impl Staged {
+    pub(crate) fn new(db: sled::Db) -> Self {
+        Staged {
+            db,
+            state: Mutex::default(),
+            applying: Mutex::new(()),
+            frames: AtomicUsize::new(0),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.frames.load(Ordering::Acquire) > 0
+    }
+
+    /// An empty payload buffer for a commit's writes.
+    pub(crate) fn take_payload(&self) -> Payload {
+        lock(&self.state).spare.take().unwrap_or_default()
+    }
+
+    /// Gives back a payload buffer a commit did not use.
+    pub(crate) fn give_back(&self, mut payload: Payload) {
+        payload.clear();
+        lock(&self.state).spare = Some(payload);
+    }
+
+    /// Stages frame `seq` (the one after the last staged or applied) and its writes.
+    pub(crate) fn add(&self, seq: u64, payload: Payload) -> Result<Arc<Payload>, StoreError> {
+        let writes = decode(seq, &payload)?;
+        let mut state = lock(&self.state);
+        debug_assert!(state.frames.back().is_none_or(|last| last.seq + 1 == seq));
+        for WriteAt { key, value } in writes {
+            let key = payload.as_bytes()[key].to_vec();
+            state.latest.insert(key, Latest { seq, value });
+        }
+        let payload = Arc::new(payload);
+        state.frames.push_back(Frame {
+            seq,
+            payload: Arc::clone(&payload),
+        });
+        self.frames.fetch_add(1, Ordering::Release);
+        Ok(payload)
+    }
+
+    /// Applies every staged frame up to `durable` (the last frame a sync made durable) to
+    /// sled, in order, then writes `Mwal`, then unstages them. A failure leaves them staged
+    /// (reads still see them, the next call applies them again).
+    pub(crate) fn apply(&self, durable: u64) -> Result<(), StoreError> {
+        if !self.any() {
+            return Ok(());
+        }
+        let _one = lock(&self.applying);
+        let frames: Vec<(u64, Arc<Payload>)> = lock(&self.state)
+            .frames
+            .iter()
+            .take_while(|frame| frame.seq <= durable)
+            .map(|frame| (frame.seq, Arc::clone(&frame.payload)))
+            .collect();
+        let Some(&(last, _)) = frames.last() else {
+            return Ok(());
+        };
+        let mut decoded = Vec::with_capacity(frames.len());
+        for (seq, payload) in &frames {
+            let writes = decode(*seq, payload)?;
+            let bytes = payload.as_bytes();
+            for WriteAt { key, value } in &writes {
+                match value {
+                    Some(value) => {
+                        self.db.insert(&bytes[key.clone()], &bytes[value.clone()])?;
+                    }
+                    None => {
+                        self.db.remove(&bytes[key.clone()])?;
+                    }
+                }
+            }
+            decoded.push(writes);
+        }
+        self.db.insert(keys::WAL_KEY, &last.to_be_bytes())?;
+        let mut state = lock(&self.state);
+        for ((_, payload), writes) in frames.iter().zip(decoded) {
+            for WriteAt { key, .. } in writes {
+                let key = &payload.as_bytes()[key];
+                if state
+                    .latest
+                    .get(key)
+                    .is_some_and(|latest| latest.seq <= last)
+                {
+                    state.latest.remove(key);
+                }
+            }
+        }
+        let applied = frames.len();
+        state.frames.drain(..applied);
+        self.frames.fetch_sub(applied, Ordering::Release);
+        // The last applied frame's buffer goes to the next commit, if nothing else holds it.
+        drop(state);
+        let spare = frames
+            .into_iter()
+            .last()
+            .and_then(|(_, payload)| Arc::try_unwrap(payload).ok());
+        if let Some(mut payload) = spare {
+            payload.clear();
+            let mut state = lock(&self.state);
+            if state.spare.is_none() {
+                state.spare = Some(payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when nothing is staged.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.any()
+    }
+
+    /// The value of `key`.
+    pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<IVec>, StoreError> {
+        let key = key.as_ref();
+        if self.any() {
+            let state = lock(&self.state);
+            if let Some(latest) = state.latest.get(key) {
+                return Ok(state.value(latest));
+            }
+        }
+        Ok(self.db.get(key)?)
+    }
+
+    /// The entries in `bounds`, in key order.
+    pub(crate) fn scan(&self, bounds: Bounds) -> Scan {
+        let staged = if self.any() {
+            lock(&self.state).range(&bounds)
+        } else {
+            Vec::new()
+        };
+        Scan {
+            tree: self.db.range(bounds),
+            tree_next: None,
+            staged: staged.into_iter().peekable(),
+        }
+    }
+
+    /// The entries whose keys start with `prefix`, in key order.
+    pub(crate) fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Scan {
+        self.scan(prefix_bounds(prefix.as_ref()))
+    }
+
+    /// The last entry in `bounds`.
+    pub(crate) fn last(&self, bounds: Bounds) -> Result<Option<(IVec, IVec)>, StoreError> {
+        let staged = if self.any() {
+            lock(&self.state).range(&bounds)
+        } else {
+            Vec::new()
+        };
+        let staged_last = staged
+            .iter()
+            .rev()
+            .find_map(|(key, value)| Some((key.clone(), value.clone()?)));
+        // sled's last key that no staged write replaces or removes.
+        let mut tree_last = None;
+        for entry in self.db.range(bounds).rev() {
+            let (key, value) = entry?;
+            match staged.binary_search_by(|(staged, _)| staged.cmp(&key)) {
+                // A staged value of it is in `staged_last`'s running, a removal hides it.
+                Ok(_) => continue,
+                Err(_) => {
+                    tree_last = Some((key, value));
+                    break;
+                }
+            }
+        }
+        Ok(match (tree_last, staged_last) {
+            (Some(tree), Some(staged)) => Some(if tree.0 > staged.0 { tree } else { staged }),
+            (tree, staged) => tree.or(staged),
+        })
+    }
+}
+
+fn decode(seq: u64, payload: &Payload) -> Result<Vec<WriteAt>, StoreError> {
+    decode_payload_at(payload.as_bytes()).map_err(|reason| {
+        CorruptRecord::new(format!("write-ahead log frame {seq} (in memory)"), reason).into()
+    })
+}
+
+/// A scan of sled's tree merged with the staged writes in its range: a staged value replaces
+/// sled's, a staged removal hides it.
+pub(crate) struct Scan {
+    tree: sled::Iter,
+    tree_next: Option<(IVec, IVec)>,
+    staged: std::iter::Peekable<std::vec::IntoIter<(IVec, Option<IVec>)>>,
+}
+
+impl Iterator for Scan {
+    type Item = Result<(IVec, IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.tree_next.is_none() {
+                match self.tree.next() {
+                    Some(Ok(entry)) => self.tree_next = Some(entry),
+                    Some(Err(error)) => return Some(Err(error.into())),
+                    None => {}
+                }
+            }
+            let order = match (&self.tree_next, self.staged.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((tree, _)), Some((staged, _))) => tree.cmp(staged),
+            };
+            if order == std::cmp::Ordering::Less {
+                return self.tree_next.take().map(Ok);
+            }
+            if order == std::cmp::Ordering::Equal {
+                self.tree_next = None;
+            }
+            if let Some((key, Some(value))) = self.staged.next() {
+                return Some(Ok((key, value)));
+            }
+            // A staged removal: nothing at this key.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(writes: &[(&str, Option<&str>)]) -> Payload {
+        let mut payload = Payload::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => payload.insert(key.as_bytes(), value.as_bytes()),
+                None => payload.remove(key.as_bytes()),
+            }
+        }
+        payload
+    }
+
+    fn entries(scan: Scan) -> Vec<(String, String)> {
+        scan.map(|entry| {
+            let (key, value) = entry.unwrap();
+            (
+                String::from_utf8(key.to_vec()).unwrap(),
+                String::from_utf8(value.to_vec()).unwrap(),
+            )
+        })
+        .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    fn text(value: Option<IVec>) -> Option<String> {
+        value.map(|value| String::from_utf8(value.to_vec()).unwrap())
+    }
+
+    fn fixture() -> (tempfile::TempDir, Staged) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        for key in ["a1", "a2", "a3", "b1"] {
+            db.insert(key, format!("tree-{key}").as_bytes()).unwrap();
+        }
+        let staged = Staged::new(db);
+        // Frame 1 replaces a2 and adds a4; frame 2 removes a3 and a4 and adds a0.
+        staged
+            .add(
+                1,
+                payload(&[("a2", Some("one-a2")), ("a4", Some("one-a4"))]),
+            )
+            .unwrap();
+        staged
+            .add(
+                2,
+                payload(&[("a3", None), ("a4", None), ("a0", Some("two-a0"))]),
+            )
+            .unwrap();
+        (dir, staged)
+    }
+
+    #[test]
+    fn reads_see_staged_writes_in_front_of_the_tree() {
+        let (_dir, staged) = fixture();
+        assert_eq!(text(staged.get(b"a1").unwrap()).as_deref(), Some("tree-a1"));
+        assert_eq!(text(staged.get(b"a2").unwrap()).as_deref(), Some("one-a2"));
+        assert_eq!(staged.get(b"a3").unwrap(), None);
+        assert_eq!(staged.get(b"a4").unwrap(), None);
+        assert_eq!(text(staged.get(b"a0").unwrap()).as_deref(), Some("two-a0"));
+        assert_eq!(
+            entries(staged.scan_prefix(b"a")),
+            pairs(&[("a0", "two-a0"), ("a1", "tree-a1"), ("a2", "one-a2")])
+        );
+        assert_eq!(
+            entries(staged.scan((
+                Bound::Excluded(b"a0".to_vec()),
+                Bound::Included(b"b1".to_vec())
+            ))),
+            pairs(&[("a1", "tree-a1"), ("a2", "one-a2"), ("b1", "tree-b1")])
+        );
+        // The last entry skips the removed a3 and a4.
+        let last = staged.last(prefix_bounds(b"a")).unwrap().unwrap();
+        assert_eq!((&*last.0, &*last.1), (&b"a2"[..], &b"one-a2"[..]));
+        let last = staged
+            .last((Bound::Unbounded, Bound::Excluded(b"a1".to_vec())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*last.0, b"a0");
+        // Empty and reversed ranges are empty, not a panic.
+        let reversed = (
+            Bound::Excluded(b"a2".to_vec()),
+            Bound::Excluded(b"a2".to_vec()),
+        );
+        assert!(entries(staged.scan(reversed.clone())).is_empty());
+        assert_eq!(staged.last(reversed).unwrap(), None);
+    }
+
+    #[test]
+    fn only_durable_frames_are_applied_and_reads_do_not_change() {
+        let (_dir, staged) = fixture();
+        let data = || {
+            (
+                Bound::Included(b"a".to_vec()),
+                Bound::Excluded(b"c".to_vec()),
+            )
+        };
+        let before = entries(staged.scan(data()));
+        staged.apply(0).unwrap();
+        assert_eq!(
+            staged.db.get(b"a2").unwrap().as_deref(),
+            Some(&b"tree-a2"[..])
+        );
+        staged.apply(1).unwrap();
+        // Frame 1 is in the tree, frame 2 still only staged.
+        assert_eq!(
+            staged.db.get(b"a2").unwrap().as_deref(),
+            Some(&b"one-a2"[..])
+        );
+        assert_eq!(
+            staged.db.get(b"a4").unwrap().as_deref(),
+            Some(&b"one-a4"[..])
+        );
+        assert_eq!(
+            staged.db.get(keys::WAL_KEY).unwrap().as_deref(),
+            Some(&1u64.to_be_bytes()[..])
+        );
+        assert!(!staged.is_empty());
+        assert_eq!(entries(staged.scan(data())), before);
+        assert_eq!(staged.get(b"a4").unwrap(), None);
+        staged.apply(2).unwrap();
+        assert!(staged.is_empty());
+        assert_eq!(staged.db.get(b"a4").unwrap(), None);
+        assert_eq!(
+            staged.db.get(keys::WAL_KEY).unwrap().as_deref(),
+            Some(&2u64.to_be_bytes()[..])
+        );
+        assert_eq!(entries(staged.scan(data())), before);
+    }
+
+    #[test]
+    fn a_later_frame_keeps_its_key_staged_when_an_earlier_one_is_applied() {
+        let (_dir, staged) = fixture();
+        staged.add(3, payload(&[("a2", Some("three-a2"))])).unwrap();
+        staged.apply(2).unwrap();
+        assert_eq!(
+            staged.db.get(b"a2").unwrap().as_deref(),
+            Some(&b"one-a2"[..])
+        );
+        assert_eq!(
+            text(staged.get(b"a2").unwrap()).as_deref(),
+            Some("three-a2")
+        );
+        staged.apply(3).unwrap();
+        assert_eq!(
+            text(staged.get(b"a2").unwrap()).as_deref(),
+            Some("three-a2")
+        );
+        assert!(staged.is_empty());
+    }
+
+    #[test]
+    fn prefix_bounds_end_after_every_key_with_the_prefix() {
+        assert_eq!(
+            prefix_bounds(&[1, 0xff]),
+            (Bound::Included(vec![1, 0xff]), Bound::Excluded(vec![2]))
+        );
+        assert_eq!(
+            prefix_bounds(&[0xff, 0xff]),
+            (Bound::Included(vec![0xff, 0xff]), Bound::Unbounded)
+        );
+        assert_eq!(
+            prefix_bounds(&[]),
+            (Bound::Included(vec![]), Bound::Unbounded)
+        );
+    }
+}
