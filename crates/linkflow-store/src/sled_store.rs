@@ -22,7 +22,7 @@ use crate::record::{
     event_count, event_records, pack_events, upcast_event, upcast_parked, upcast_snapshot,
     DedupeKey, ParkedEvent, Snapshot, StoredEvent, MAX_PACKED_BYTES,
 };
-use crate::staged::{prefix_bounds, Staged};
+use crate::staged::{prefix_bounds, Staged, Wait};
 use crate::store::{DedupeHit, EventStore, Op, OpOutcome, StreamStart, VerifyReport};
 use crate::wal::{self, sync_dir, Payload, Wal};
 
@@ -306,7 +306,10 @@ impl Durable {
         }
         // Every frame of a retired segment was synced before the segment was retired, so it
         // is applied now (if nothing did it already), before this flush begins.
-        match staged.apply(wal.durable_seq()).and_then(|()| self.sync()) {
+        match staged
+            .apply(wal.durable_seq(), Wait::Yes)
+            .and_then(|()| self.sync())
+        {
             Ok(()) => wal.recycle(retired),
             Err(error) => {
                 wal.give_back(retired);
@@ -423,7 +426,7 @@ fn maintain(
             if wal.pending_bytes() > 0 {
                 checkpoint |= wal.sync().unwrap_or(false);
             }
-            let _ = staged.apply(wal.durable_seq());
+            let _ = staged.apply(wal.durable_seq(), Wait::Yes);
         }
         if checkpoint {
             let _ = durable.checkpoint(wal, staged);
@@ -672,7 +675,7 @@ impl SledStore {
     fn settle(&self) -> Result<(), StoreError> {
         if let Some(wal) = &self.wal {
             wal.sync()?;
-            self.staged.apply(wal.durable_seq())?;
+            self.staged.apply(wal.durable_seq(), Wait::Yes)?;
         }
         Ok(())
     }
@@ -844,7 +847,7 @@ impl EventStore for SledStore {
         // group was collected while the last one synced), so that only the frames of the last
         // commit or two are staged at any time.
         if let Some(wal) = &self.wal {
-            self.staged.apply(wal.durable_seq())?;
+            self.staged.apply(wal.durable_seq(), Wait::No)?;
         }
         let mut reads = SledReads {
             store: self,
@@ -1035,6 +1038,14 @@ impl EventStore for SledStore {
             }
             // A store older builds must open: sled's flush, then the fsync it does not do.
             _ => self.durable().sync(),
+        }
+    }
+
+    /// Applies the frames the sync made durable, unless another thread is applying already.
+    fn after_sync(&self) -> Result<(), StoreError> {
+        match &self.wal {
+            Some(wal) => self.staged.apply(wal.durable_seq(), Wait::No),
+            None => Ok(()),
         }
     }
 
@@ -2300,11 +2311,18 @@ mod tests {
             .is_none());
         assert_eq!(store.stream_version(&a).unwrap(), Version(4));
         assert_eq!(store.stream_version(&b).unwrap(), Version(3));
+        // The engine's sync threads apply what a sync made durable once they have answered.
+        store.commit(appends(&a, 8..=8)).unwrap();
+        store.sync().unwrap();
+        assert!(!store.staged.is_empty());
+        store.after_sync().unwrap();
+        assert!(store.staged.is_empty());
+        assert_eq!(applied_frame(&store.db).unwrap(), 5);
         drop(store);
         // Closing applies and checkpoints everything: sled alone holds it.
         let reopened = SledStore::open(dir.path()).unwrap();
-        assert_eq!(applied_frame(&reopened.db).unwrap(), 4);
-        assert_eq!(reopened.head().unwrap(), Position(7));
+        assert_eq!(applied_frame(&reopened.db).unwrap(), 5);
+        assert_eq!(reopened.head().unwrap(), Position(8));
         assert!(problems(&reopened).is_empty(), "{:?}", problems(&reopened));
     }
 

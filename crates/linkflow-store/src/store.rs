@@ -221,6 +221,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Makes every committed operation durable.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Work that may follow a sync, off its callers' path: the engine's sync threads call it
+    /// after answering the callers a sync covered. The sled store applies the log frames the
+    /// sync made durable to sled here (which its next commit or its maintenance thread would
+    /// do otherwise). Nothing by default.
+    fn after_sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The position of the last accepted event ([`Position::START`] when empty).
     fn head(&self) -> Result<Position, StoreError>;
 

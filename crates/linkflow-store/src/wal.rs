@@ -180,39 +180,73 @@ pub(crate) struct WriteAt {
 
 /// The writes of a payload as ranges of its bytes, or what is wrong with it.
 pub(crate) fn decode_payload_at(bytes: &[u8]) -> Result<Vec<WriteAt>, String> {
-    let take = |at: &mut usize| -> Result<Range<usize>, String> {
-        let Some(len) = bytes.get(*at..*at + 4) else {
+    writes_at(bytes).collect()
+}
+
+/// The writes of a payload as ranges of its bytes, one at a time (nothing allocated: a
+/// commit of 1,000 events has thousands of writes, and a list of them per commit was enough
+/// to push glibc's malloc into growing the heap), ending with what is wrong, if anything.
+pub(crate) fn writes_at(bytes: &[u8]) -> WritesAt<'_> {
+    WritesAt {
+        bytes,
+        at: 0,
+        failed: false,
+    }
+}
+
+/// See [`writes_at`].
+pub(crate) struct WritesAt<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    failed: bool,
+}
+
+impl WritesAt<'_> {
+    fn take(&mut self) -> Result<Range<usize>, String> {
+        let Some(len) = self.bytes.get(self.at..self.at + 4) else {
             return Err("a length is cut short".into());
         };
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let start = *at + 4;
-        let left = bytes.len() - start;
+        let start = self.at + 4;
+        let left = self.bytes.len() - start;
         if left < len {
             return Err(format!("a part of {len} bytes has only {left} left"));
         }
-        *at = start + len;
+        self.at = start + len;
         Ok(start..start + len)
-    };
-    let mut writes = Vec::new();
-    let mut at = 0;
-    while let Some(&tag) = bytes.get(at) {
-        at += 1;
-        writes.push(match tag {
-            INSERT => {
-                let key = take(&mut at)?;
-                WriteAt {
-                    key,
-                    value: Some(take(&mut at)?),
-                }
-            }
-            REMOVE => WriteAt {
-                key: take(&mut at)?,
-                value: None,
-            },
-            other => return Err(format!("unknown write tag {other}")),
-        });
     }
-    Ok(writes)
+
+    fn write(&mut self, tag: u8) -> Result<WriteAt, String> {
+        match tag {
+            INSERT => {
+                let key = self.take()?;
+                Ok(WriteAt {
+                    key,
+                    value: Some(self.take()?),
+                })
+            }
+            REMOVE => Ok(WriteAt {
+                key: self.take()?,
+                value: None,
+            }),
+            other => Err(format!("unknown write tag {other}")),
+        }
+    }
+}
+
+impl Iterator for WritesAt<'_> {
+    type Item = Result<WriteAt, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let &tag = self.bytes.get(self.at)?;
+        self.at += 1;
+        let write = self.write(tag);
+        self.failed = write.is_err();
+        Some(write)
+    }
 }
 
 fn checksum(seq: u64, payload: &[u8]) -> u32 {

@@ -222,6 +222,11 @@ fn run_syncer(shared: &Shared, jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>)
             }
         }
         answer(replies, &result);
+        if result.is_ok() {
+            // Off the callers' path. A failure leaves the work to the store's next commit,
+            // which reports it.
+            let _ = shared.store.after_sync();
+        }
     }
 }
 
