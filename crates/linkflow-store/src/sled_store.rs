@@ -667,6 +667,7 @@ impl SledStore {
         let mut writer = self.writer();
         writer.versions.forget();
         self.settle()?;
+        self.staged.forget_heads();
         self.db.insert(key, value)?;
         Ok(())
     }
@@ -1320,6 +1321,7 @@ mod tests {
     /// sled's tree with every commit applied, for tests that read or change it directly.
     fn settled(store: &SledStore) -> &sled::Db {
         store.settle().unwrap();
+        store.staged.forget_heads();
         &store.db
     }
     use crate::record::{encode_snapshot, NewEvent, RawJson, PACKED};
