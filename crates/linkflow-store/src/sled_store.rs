@@ -2159,6 +2159,14 @@ mod tests {
         assert!(!problems(&store).is_empty());
     }
 
+    /// A store that does nothing in the background: sled's files change only at checkpoints,
+    /// and staged frames are applied only by commits, `after_sync` and closing.
+    fn quiet_store(path: &Path) -> SledStore {
+        let mut options = SledOptions::new(path);
+        options.flush_every_ms = None;
+        SledStore::open_with(options).unwrap()
+    }
+
     /// Copies a store's files (not its log) as they are on disk now.
     fn copy_sled_files(from: &Path, to: &Path) {
         for entry in std::fs::read_dir(from).unwrap() {
@@ -2184,10 +2192,7 @@ mod tests {
     #[test]
     fn acknowledged_commits_that_sled_never_wrote_are_replayed_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let mut options = SledOptions::new(dir.path());
-        // Nothing in the background: sled's files change only at checkpoints.
-        options.flush_every_ms = None;
-        let store = SledStore::open_with(options).unwrap();
+        let store = quiet_store(dir.path());
         // A crash image: sled's files as the open made them durable (the layout, no commits)...
         let image = tempfile::tempdir().unwrap();
         copy_sled_files(dir.path(), image.path());
@@ -2262,9 +2267,7 @@ mod tests {
     #[test]
     fn commits_are_read_from_staging_until_a_sync_lets_them_into_sled() {
         let dir = tempfile::tempdir().unwrap();
-        let mut options = SledOptions::new(dir.path());
-        options.flush_every_ms = None;
-        let store = SledStore::open_with(options).unwrap();
+        let store = quiet_store(dir.path());
         let (a, b) = (stream("a"), stream("b"));
         store.commit(appends(&a, 1..=3)).unwrap();
         let late = event(6);
@@ -2331,9 +2334,7 @@ mod tests {
     #[test]
     fn a_frame_sled_holds_only_part_of_is_replayed_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let mut options = SledOptions::new(dir.path());
-        options.flush_every_ms = None;
-        let store = SledStore::open_with(options).unwrap();
+        let store = quiet_store(dir.path());
         let image = tempfile::tempdir().unwrap();
         copy_sled_files(dir.path(), image.path());
         let (a, b) = (stream("a"), stream("b"));

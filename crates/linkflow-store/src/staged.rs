@@ -72,7 +72,9 @@ impl State {
     fn value(&self, latest: &Latest) -> Option<IVec> {
         let range = latest.value.clone()?;
         let first = self.frames.front()?.seq;
-        let frame = self.frames.get(usize::try_from(latest.seq - first).ok()?)?;
+        let frame = self
+            .frames
+            .get(usize::try_from(latest.seq.checked_sub(first)?).ok()?)?;
         Some(IVec::from(&frame.payload.as_bytes()[range]))
     }
 
@@ -229,8 +231,9 @@ impl Staged {
         // Plain writes for the few of a small group's commit; one batch for thousands: its two
         // log-buffer seals cost nothing next to them, and it takes sled's epoch pin and lock
         // once instead of per write (bulk ingest, `--only ingest --events 200000`, 5
-        // alternating runs: 165k events/s median as one batch, 151k as plain writes). A stream head's value is also kept for `heads`: the same
-        // `IVec` as sled's (a reference count, not a copy).
+        // alternating runs: 165k events/s median as one batch, 151k as plain writes). A
+        // stream head's value is also kept for `heads`: the same `IVec` as sled's (a
+        // reference count, not a copy).
         let mut batch = frames
             .iter()
             .map(|(_, _, count)| count)
@@ -374,7 +377,8 @@ impl Staged {
         for entry in self.db.range(bounds).rev() {
             let (key, value) = entry?;
             match staged.binary_search_by(|(staged, _)| staged.cmp(&key)) {
-                // A staged value of it is in `staged_last`'s running, a removal hides it.
+                // Staged: its staged value is a candidate in `staged_last`, or its staged
+                // removal hides it.
                 Ok(_) => continue,
                 Err(_) => {
                     tree_last = Some((key, value));
