@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,7 +17,7 @@ pub const MAX_SESSION_ID_BYTES: usize = 256;
 /// the Benji session the integrator opened).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct SessionId(String);
+pub struct SessionId(Arc<str>);
 
 /// A string that cannot be a session id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +53,7 @@ impl SessionId {
         if let Some((at, _)) = id.char_indices().find(|(_, c)| c.is_control()) {
             return Err(InvalidSessionId::ControlCharacter { at });
         }
-        Ok(SessionId(id))
+        Ok(SessionId(Arc::from(id)))
     }
 
     /// The id as text.
@@ -71,7 +72,7 @@ impl TryFrom<String> for SessionId {
 
 impl From<SessionId> for String {
     fn from(id: SessionId) -> String {
-        id.0
+        String::from(&*id.0)
     }
 }
 

@@ -113,11 +113,13 @@ impl SessionCache {
     /// What the cache holds now, and the bytes it accounts for.
     pub fn stats(&self) -> CacheStats {
         let slot = std::mem::size_of::<(SessionId, PackedState)>() + 1;
+        // A session id's text sits behind its two reference counts (it is an `Arc<str>`).
+        let id_header = 2 * std::mem::size_of::<usize>();
         let payload: usize = self
             .young
             .iter()
             .chain(self.old.iter())
-            .map(|(id, packed)| id.as_str().len() + packed.folded.len())
+            .map(|(id, packed)| id_header + id.as_str().len() + packed.folded.len())
             .sum();
         CacheStats {
             states: self.young.len() + self.old.len(),
