@@ -1372,6 +1372,11 @@ mod tests {
             .count()
     }
 
+    fn assert_consistent(store: &SledStore) {
+        let problems = problems(store);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
     fn problems(store: &SledStore) -> Vec<String> {
         let report = store.verify().unwrap();
         report
@@ -1505,7 +1510,7 @@ mod tests {
                 .unwrap()
                 .is_some());
         }
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
     }
 
     #[test]
@@ -1536,7 +1541,7 @@ mod tests {
             !list_of(&store, &a).holds(&late.dedupe_key),
             "the entry stays where it lives: one entry per key"
         );
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
     }
 
     #[test]
@@ -1574,7 +1579,7 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert!(store.legacy_dedupe);
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
         let outcomes = store
             .commit(vec![
                 append(&a, event(1), false),
@@ -1591,7 +1596,7 @@ mod tests {
         ));
         let duplicate = store.commit(vec![append(&a, event(4), false)]).unwrap();
         assert!(matches!(duplicate[0], OpOutcome::Duplicate { .. }));
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
         drop(store);
         assert!(
             SledStore::open(dir.path()).unwrap().legacy_dedupe,
@@ -1825,7 +1830,7 @@ mod tests {
                 .collect();
         assert_eq!(scanned, expected);
         assert_eq!(store.verify().unwrap().events, 6);
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
     }
 
     #[test]
@@ -1861,7 +1866,7 @@ mod tests {
             versions(&store.read_stream(&a, Version(7), usize::MAX).unwrap()),
             (8..=20).collect::<Vec<_>>()
         );
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
     }
 
     fn snapshot_at(version: u64, state: &[u8]) -> Snapshot {
@@ -1986,14 +1991,14 @@ mod tests {
                 store.find_dedupe(&a, &late.dedupe_key).unwrap(),
                 Some(DedupeHit::Parked { .. })
             ));
-            assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+            assert_consistent(&store);
             store.commit(appends(&a, 3..=4)).unwrap();
             assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 2");
             assert_eq!(
                 versions(&store.read_stream(&a, Version(1), usize::MAX).unwrap()),
                 [2, 3, 4]
             );
-            assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+            assert_consistent(&store);
         }
     }
 
@@ -2146,7 +2151,7 @@ mod tests {
             );
         }
         settled(&store).insert(&key, good_b.clone()).unwrap();
-        assert!(problems(&store).is_empty(), "{:?}", problems(&store));
+        assert_consistent(&store);
 
         // A packed value under the last possible version: an error, not an overflow.
         let c = stream("sess-c");
@@ -2235,11 +2240,7 @@ mod tests {
         assert_eq!(recovered.head().unwrap(), Position(6));
         assert_eq!(recovered.parked(Some(&a)).unwrap().len(), 1);
         assert_eq!(recovered.snapshot(&a).unwrap().unwrap().state, b"a at 3");
-        assert!(
-            problems(&recovered).is_empty(),
-            "{:?}",
-            problems(&recovered)
-        );
+        assert_consistent(&recovered);
         // The replayed store goes on from there, and its frames are numbered after them.
         recovered.commit(appends(&b, 8..=8)).unwrap();
         assert_eq!(applied_frame(settled(&recovered)).unwrap(), 4);
@@ -2261,7 +2262,7 @@ mod tests {
             [1, 2, 3]
         );
         assert_eq!(cut.head().unwrap(), Position(5));
-        assert!(problems(&cut).is_empty(), "{:?}", problems(&cut));
+        assert_consistent(&cut);
     }
 
     #[test]
@@ -2292,7 +2293,7 @@ mod tests {
                 .unwrap()
                 .is_some());
             assert_eq!(store.stream_is_empty(&b).unwrap(), Some(false));
-            assert!(problems(store).is_empty(), "{:?}", problems(store));
+            assert_consistent(store);
         };
         seen(&store);
         // The parked event accepted: its parked key removed, in staging only.
@@ -2328,7 +2329,7 @@ mod tests {
         let reopened = SledStore::open(dir.path()).unwrap();
         assert_eq!(applied_frame(&reopened.db).unwrap(), 5);
         assert_eq!(reopened.head().unwrap(), Position(8));
-        assert!(problems(&reopened).is_empty(), "{:?}", problems(&reopened));
+        assert_consistent(&reopened);
     }
 
     #[test]
@@ -2379,11 +2380,7 @@ mod tests {
         );
         assert_eq!(recovered.stream_version(&b).unwrap(), Version(2));
         assert_eq!(recovered.parked(Some(&a)).unwrap().len(), 1);
-        assert!(
-            problems(&recovered).is_empty(),
-            "{:?}",
-            problems(&recovered)
-        );
+        assert_consistent(&recovered);
     }
 
     #[test]
@@ -2430,11 +2427,7 @@ mod tests {
         drop(store);
         let recovered = SledStore::open(image.path()).unwrap();
         assert_eq!(recovered.head().unwrap(), Position(3));
-        assert!(
-            problems(&recovered).is_empty(),
-            "{:?}",
-            problems(&recovered)
-        );
+        assert_consistent(&recovered);
     }
 
     #[test]
