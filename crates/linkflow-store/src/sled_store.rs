@@ -844,9 +844,9 @@ impl CommitReads for SledReads<'_> {
 impl EventStore for SledStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
         let mut writer = self.writer();
-        // What earlier syncs made durable goes to sled first (it usually has: this commit's
-        // group was collected while the last one synced), so that only the frames of the last
-        // commit or two are staged at any time.
+        // What earlier syncs made durable and nobody applied yet (the engine's sync threads
+        // usually have, after answering) goes to sled first, unless another thread is at it:
+        // a store used without `after_sync` keeps only the last commit or two staged.
         if let Some(wal) = &self.wal {
             self.staged.apply(wal.durable_seq(), Wait::No)?;
         }
