@@ -161,13 +161,15 @@ pub(crate) enum Write1<'a> {
 
 /// The writes of a payload, or what is wrong with it.
 pub(crate) fn decode_payload(bytes: &[u8]) -> Result<Vec<Write1<'_>>, String> {
-    Ok(decode_payload_at(bytes)?
-        .into_iter()
-        .map(|write| match write.value {
-            Some(value) => Write1::Insert(&bytes[write.key], &bytes[value]),
-            None => Write1::Remove(&bytes[write.key]),
+    writes_at(bytes)
+        .map(|write| {
+            let write = write?;
+            Ok(match write.value {
+                Some(value) => Write1::Insert(&bytes[write.key], &bytes[value]),
+                None => Write1::Remove(&bytes[write.key]),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// One write of a payload, as where its key and value are in the payload's bytes.
@@ -178,14 +180,9 @@ pub(crate) struct WriteAt {
     pub(crate) value: Option<Range<usize>>,
 }
 
-/// The writes of a payload as ranges of its bytes, or what is wrong with it.
-pub(crate) fn decode_payload_at(bytes: &[u8]) -> Result<Vec<WriteAt>, String> {
-    writes_at(bytes).collect()
-}
-
-/// The writes of a payload as ranges of its bytes, one at a time (nothing allocated: a
-/// commit of 1,000 events has thousands of writes, and a list of them per commit was enough
-/// to push glibc's malloc into growing the heap), ending with what is wrong, if anything.
+/// The writes of a payload as ranges of its bytes, one at a time, ending with what is wrong,
+/// if anything. Nothing is allocated: staging and applying a commit's frame walk its writes
+/// on the write path.
 pub(crate) fn writes_at(bytes: &[u8]) -> WritesAt<'_> {
     WritesAt {
         bytes,
