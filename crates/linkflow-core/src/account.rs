@@ -85,6 +85,19 @@ pub enum Outcome {
     Succeeded,
     /// It failed.
     Failed,
+    /// It began; its end comes in a later event (Knot `CARD_UPDATING`).
+    Started,
+}
+
+impl Outcome {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Started => "started",
+        }
+    }
 }
 
 /// What an account operation did.
@@ -95,6 +108,49 @@ pub enum OperationKind {
     CartSync,
     /// A checkout of the merchant cart (Knot `CHECKOUT_*`).
     Checkout,
+    /// The user's card switched in the merchant account (Knot `CARD_UPDATING`, `CARD_UPDATED`,
+    /// `CARD_FAILED`).
+    CardSwitch,
+}
+
+impl OperationKind {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::CartSync => "cart_sync",
+            OperationKind::Checkout => "checkout",
+            OperationKind::CardSwitch => "card_switch",
+        }
+    }
+}
+
+/// A provider notice about the user's data that changes no account state and needs no linked
+/// account: accepted in every state, like an unrecognized event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// New transactions can be fetched (Knot `NEW_TRANSACTIONS_AVAILABLE`).
+    TransactionsAvailable,
+    /// Transactions changed; their ids are the event's transaction ids (Knot
+    /// `UPDATED_TRANSACTIONS_AVAILABLE`).
+    TransactionsUpdated,
+    /// The provider detected accounts of the user at merchants (Knot
+    /// `NEW_DETECTED_ACCOUNTS_AVAILABLE`).
+    AccountsDetected,
+    /// The provider retrieved the user's accounts at the merchant (Knot `ACCOUNTS_RETRIEVED`).
+    AccountsRetrieved,
+}
+
+impl NoticeKind {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::TransactionsAvailable => "transactions_available",
+            NoticeKind::TransactionsUpdated => "transactions_updated",
+            NoticeKind::AccountsDetected => "accounts_detected",
+            NoticeKind::AccountsRetrieved => "accounts_retrieved",
+        }
+    }
 }
 
 /// What happened to an account.
@@ -112,6 +168,8 @@ pub enum AccountEventKind {
         /// How it ended.
         outcome: Outcome,
     },
+    /// A notice about the user's data (new transactions, detected accounts). Changes nothing.
+    Notice(NoticeKind),
     /// A name no adapter knows. Kept; changes nothing.
     Unrecognized {
         /// The name as the provider sent it.
@@ -130,19 +188,24 @@ pub struct AccountEvent {
     /// The link type of a `Linked` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_type: Option<LinkType>,
-    /// Transaction ids of an operation (Knot `data.transactions[].id`).
+    /// Transaction ids of an operation (Knot `data.transactions[].id`) or of a
+    /// `transactions_updated` notice (Knot `updated[].id`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transaction_ids: Vec<String>,
+    /// Why an operation failed, as the provider words it (Knot `data.reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl AccountEvent {
-    /// An event of `kind` with no time, link type or transactions.
+    /// An event of `kind` with no time, link type, transactions or reason.
     pub fn new(kind: AccountEventKind) -> Self {
         AccountEvent {
             kind,
             occurred_at: None,
             link_type: None,
             transaction_ids: Vec::new(),
+            reason: None,
         }
     }
 
@@ -152,30 +215,25 @@ impl AccountEvent {
         self
     }
 
-    /// The step this event takes in [`ACCOUNT_TABLE`], `None` for unrecognized names.
+    /// The step this event takes in [`ACCOUNT_TABLE`], `None` for notices and unrecognized
+    /// names (accepted in every state).
     pub fn step(&self) -> Option<AccountStep> {
         match self.kind {
             AccountEventKind::Linked => Some(AccountStep::Link),
             AccountEventKind::LoginRequired => Some(AccountStep::RequireLogin),
             AccountEventKind::Operation { .. } => Some(AccountStep::RecordOperation),
-            AccountEventKind::Unrecognized { .. } => None,
+            AccountEventKind::Notice(_) | AccountEventKind::Unrecognized { .. } => None,
         }
     }
 
-    /// The snake_case name (`linked`, `login_required`, `cart_sync`, `checkout`,
-    /// `unrecognized`).
+    /// The snake_case name (`linked`, `login_required`, the operation's kind, the notice's
+    /// kind, `unrecognized`).
     pub fn name(&self) -> &'static str {
         match self.kind {
             AccountEventKind::Linked => "linked",
             AccountEventKind::LoginRequired => "login_required",
-            AccountEventKind::Operation {
-                kind: OperationKind::CartSync,
-                ..
-            } => "cart_sync",
-            AccountEventKind::Operation {
-                kind: OperationKind::Checkout,
-                ..
-            } => "checkout",
+            AccountEventKind::Operation { kind, .. } => kind.as_str(),
+            AccountEventKind::Notice(kind) => kind.as_str(),
             AccountEventKind::Unrecognized { .. } => "unrecognized",
         }
     }
@@ -189,7 +247,7 @@ pub enum AccountStep {
     Link,
     /// The login broke.
     RequireLogin,
-    /// A cart sync or checkout.
+    /// A cart sync, checkout or card switch.
     RecordOperation,
 }
 
@@ -264,7 +322,7 @@ fn steps(accepts: &[AccountStep]) -> String {
 /// A recorded operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
-    /// Cart sync or checkout.
+    /// Cart sync, checkout or card switch.
     pub kind: OperationKind,
     /// How it ended.
     pub outcome: Outcome,
@@ -273,6 +331,9 @@ pub struct Operation {
     /// Its transaction ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transaction_ids: Vec<String>,
+    /// Why it failed, as the provider words it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A linked account folded from its events.
@@ -355,6 +416,7 @@ impl Account {
                 outcome,
                 event_time: event.occurred_at,
                 transaction_ids: event.transaction_ids.clone(),
+                reason: event.reason.clone(),
             });
             if self.operations.len() > MAX_RECENT_OPERATIONS {
                 self.operations.remove(0);
@@ -382,8 +444,21 @@ const ACCOUNT_STATES: [AccountState; 3] = [
     AccountState::Active,
     AccountState::LoginRequired,
 ];
-const OPERATION_KINDS: [OperationKind; 2] = [OperationKind::CartSync, OperationKind::Checkout];
-const OUTCOMES: [Outcome; 2] = [Outcome::Succeeded, Outcome::Failed];
+/// Every operation kind, in the order of their durable codes.
+pub(crate) const OPERATION_KINDS: [OperationKind; 3] = [
+    OperationKind::CartSync,
+    OperationKind::Checkout,
+    OperationKind::CardSwitch,
+];
+/// Every outcome, in the order of their durable codes.
+pub(crate) const OUTCOMES: [Outcome; 3] = [Outcome::Succeeded, Outcome::Failed, Outcome::Started];
+/// Every notice kind, in the order of their durable codes.
+pub(crate) const NOTICE_KINDS: [NoticeKind; 4] = [
+    NoticeKind::TransactionsAvailable,
+    NoticeKind::TransactionsUpdated,
+    NoticeKind::AccountsDetected,
+    NoticeKind::AccountsRetrieved,
+];
 
 impl Compact for Account {
     /// Times are written relative to the last event time.
@@ -402,6 +477,7 @@ impl Compact for Account {
             for id in &operation.transaction_ids {
                 out.str(id);
             }
+            out.opt_str(operation.reason.as_deref());
         }
     }
 
@@ -421,11 +497,13 @@ impl Compact for Account {
             let transaction_ids = (0..ids)
                 .map(|_| input.str("transaction id"))
                 .collect::<Result<_, _>>()?;
+            let reason = input.opt_str("operation failure reason")?;
             operations.push(Operation {
                 kind,
                 outcome,
                 event_time,
                 transaction_ids,
+                reason,
             });
         }
         Ok(Account {
@@ -525,6 +603,7 @@ mod tests {
         let mut checkout = op(OperationKind::Checkout, Outcome::Failed);
         checkout.occurred_at = Some(Utc.timestamp_opt(1_710_864_000, 250_000_000).unwrap());
         checkout.transaction_ids = vec!["tx_1".into(), "tx_2".into()];
+        checkout.reason = Some("card declined".into());
         account.apply_in_place(&checkout).unwrap();
         account
             .apply_in_place(&op(OperationKind::CartSync, Outcome::Succeeded))

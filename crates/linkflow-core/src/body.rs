@@ -3,11 +3,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountEvent, AccountEventKind, AccountKey, OperationKind, Outcome};
+use crate::account::{
+    AccountEvent, AccountEventKind, AccountKey, NOTICE_KINDS, OPERATION_KINDS, OUTCOMES,
+};
 use crate::compact::{Compact, CompactError, Input, Output};
 use crate::event::{Attributes, ErrorInfo, Event, EventKind, Institution};
-use crate::ids::Provider;
+use crate::ids::{Provider, SessionId};
 use crate::merchant::MerchantStatus;
+use crate::quarantine::{Quarantined, Released};
 use crate::session::{decode_link_type, encode_link_type};
 
 /// The body of one stored event: a link-session event, a linked-account event, or a merchant
@@ -26,6 +29,10 @@ pub enum EventBody {
     },
     /// A merchant availability update.
     Merchant(MerchantStatus),
+    /// A payload that named no stream it could go to, kept in its own quarantine stream.
+    Quarantined(Quarantined),
+    /// A quarantined payload released into a stream.
+    QuarantineReleased(Released),
 }
 
 impl EventBody {
@@ -35,6 +42,7 @@ impl EventBody {
             EventBody::Session(event) => event.occurred_at,
             EventBody::Account { event, .. } => event.occurred_at,
             EventBody::Merchant(status) => Some(status.since),
+            EventBody::Quarantined(_) | EventBody::QuarantineReleased(_) => None,
         }
     }
 
@@ -44,6 +52,8 @@ impl EventBody {
             EventBody::Session(event) => event.kind.name(),
             EventBody::Account { event, .. } => event.name(),
             EventBody::Merchant(_) => "merchant_status",
+            EventBody::Quarantined(_) => "quarantined",
+            EventBody::QuarantineReleased(_) => "released",
         }
     }
 
@@ -60,8 +70,6 @@ impl EventBody {
 /// [`EventKind::KNOWN`].
 const UNRECOGNIZED_KIND: u8 = 0xff;
 const PROVIDERS: [Provider; 3] = Provider::ALL;
-const OPERATION_KINDS: [OperationKind; 2] = [OperationKind::CartSync, OperationKind::Checkout];
-const OUTCOMES: [Outcome; 2] = [Outcome::Succeeded, Outcome::Failed];
 
 // Presence bits of the attributes, in the order the present ones follow the mask.
 const LINK_TYPE: u8 = 1;
@@ -71,16 +79,27 @@ const SEARCH_TERM: u8 = 1 << 3;
 const ERROR: u8 = 1 << 4;
 const EXTERNAL_USER_ID: u8 = 1 << 5;
 const EXIT_STATUS: u8 = 1 << 6;
+/// Set when a varint of extended presence bits follows the present attributes: attributes
+/// added after the first seven, so that records without them keep their bytes.
+const EXTENDED: u8 = 1 << 7;
+// Extended presence bits, in the order the present ones follow the extended mask.
+const EXIT_STEP: u64 = 1;
+/// Every extended bit this build knows.
+const KNOWN_EXTENDED: u64 = EXIT_STEP;
 
 /// The compact form of an event body, as event records store it (record schema 3):
 ///
 /// ```text
-/// body     = u8(0) session | u8(1) account | u8(2) merchant-status
+/// body     = u8(0) session | u8(1) account | u8(2) merchant-status | u8(3) quarantined
+///            | u8(4) str(released-into stream)
 /// session  = u8(kind: index in EventKind::KNOWN, or 255 then str(raw name)) opt_time
 ///            u8(attribute mask) the present attributes in mask-bit order
+///            [varint(extended mask) the present extended attributes] when mask bit 7 is set
 /// account  = u8(provider) str(user id) str(institution id)
-///            u8(0 linked | 1 login required | 2 operation u8(kind) u8(outcome) | 3 str(raw name))
+///            [u8(4) str(reason)] account-kind
 ///            opt_time u8(link type) varint(count) str(transaction id)...
+/// account-kind = u8(0 linked | 1 login required | 2 operation u8(kind) u8(outcome)
+///                   | 3 str(raw name) | 5 notice u8(notice kind))
 /// ```
 ///
 /// Times are absolute (base 0). This form is durable: a change to it needs a new record schema
@@ -104,6 +123,14 @@ impl Compact for EventBody {
                 out.u8(2);
                 status.encode_compact(out);
             }
+            EventBody::Quarantined(quarantined) => {
+                out.u8(3);
+                quarantined.encode_compact(out);
+            }
+            EventBody::QuarantineReleased(released) => {
+                out.u8(4);
+                out.str(released.stream.as_str());
+            }
         }
     }
 
@@ -120,7 +147,14 @@ impl Compact for EventBody {
                 Ok(EventBody::Account { account, event })
             }
             2 => MerchantStatus::decode_compact(input).map(EventBody::Merchant),
-            other => Err(input.error("body kind", format!("code {other}, expected 0 to 2"))),
+            3 => Quarantined::decode_compact(input).map(EventBody::Quarantined),
+            4 => {
+                let stream = input.str("released into")?;
+                let stream = SessionId::new(stream)
+                    .map_err(|error| input.error("released into", error.to_string()))?;
+                Ok(EventBody::QuarantineReleased(Released { stream }))
+            }
+            other => Err(input.error("body kind", format!("code {other}, expected 0 to 4"))),
         }
     }
 }
@@ -160,6 +194,14 @@ fn encode_event(event: &Event, out: &mut Output) {
             mask |= bit;
         }
     }
+    let extended = if attributes.exit_step.is_some() {
+        EXIT_STEP
+    } else {
+        0
+    };
+    if extended != 0 {
+        mask |= EXTENDED;
+    }
     out.u8(mask);
     if attributes.link_type.is_some() {
         encode_link_type(out, attributes.link_type);
@@ -186,6 +228,12 @@ fn encode_event(event: &Event, out: &mut Output) {
     {
         out.str(text);
     }
+    if extended != 0 {
+        out.varint(extended);
+        if let Some(step) = &attributes.exit_step {
+            out.str(step);
+        }
+    }
 }
 
 fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
@@ -208,9 +256,6 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
     };
     let occurred_at = input.opt_time("event time", 0)?;
     let mask = input.u8("attribute mask")?;
-    if mask & 0x80 != 0 {
-        return Err(input.error("attribute mask", format!("unknown bits in {mask:#04x}")));
-    }
     let mut attributes = Attributes::default();
     if mask & LINK_TYPE != 0 {
         attributes.link_type = decode_link_type(input)?;
@@ -244,6 +289,18 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
     if mask & EXIT_STATUS != 0 {
         attributes.exit_status = Some(input.str("exit status")?);
     }
+    if mask & EXTENDED != 0 {
+        let extended = input.varint("extended attribute mask")?;
+        if extended == 0 || extended & !KNOWN_EXTENDED != 0 {
+            return Err(input.error(
+                "extended attribute mask",
+                format!("unknown bits in {extended:#x}"),
+            ));
+        }
+        if extended & EXIT_STEP != 0 {
+            attributes.exit_step = Some(input.str("exit step")?);
+        }
+    }
     Ok(Event {
         kind,
         occurred_at,
@@ -251,7 +308,14 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
     })
 }
 
+/// The code that puts a failure reason in front of an account event's kind code.
+const ACCOUNT_REASON: u8 = 4;
+
 fn encode_account_event(event: &AccountEvent, out: &mut Output) {
+    if let Some(reason) = &event.reason {
+        out.u8(ACCOUNT_REASON);
+        out.str(reason);
+    }
     match &event.kind {
         AccountEventKind::Linked => out.u8(0),
         AccountEventKind::LoginRequired => out.u8(1),
@@ -264,6 +328,10 @@ fn encode_account_event(event: &AccountEvent, out: &mut Output) {
             out.u8(3);
             out.str(raw_name);
         }
+        AccountEventKind::Notice(kind) => {
+            out.u8(5);
+            out.u8(code_of(&NOTICE_KINDS, kind));
+        }
     }
     out.opt_time(event.occurred_at, 0);
     encode_link_type(out, event.link_type);
@@ -274,7 +342,13 @@ fn encode_account_event(event: &AccountEvent, out: &mut Output) {
 }
 
 fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactError> {
-    let kind = match input.u8("account event kind")? {
+    let mut code = input.u8("account event kind")?;
+    let mut reason = None;
+    if code == ACCOUNT_REASON {
+        reason = Some(input.str("account event reason")?);
+        code = input.u8("account event kind")?;
+    }
+    let kind = match code {
         0 => AccountEventKind::Linked,
         1 => AccountEventKind::LoginRequired,
         2 => AccountEventKind::Operation {
@@ -284,10 +358,11 @@ fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactEr
         3 => AccountEventKind::Unrecognized {
             raw_name: input.str("unrecognized account event name")?,
         },
+        5 => AccountEventKind::Notice(input.choice("notice kind", &NOTICE_KINDS)?),
         other => {
             return Err(input.error(
                 "account event kind",
-                format!("code {other}, expected 0 to 3"),
+                format!("code {other}, expected 0 to 3 or 5"),
             ))
         }
     };
@@ -302,6 +377,7 @@ fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactEr
         occurred_at,
         link_type,
         transaction_ids,
+        reason,
     })
 }
 
@@ -311,6 +387,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::account::{NoticeKind, OperationKind, Outcome};
     use crate::compact::{from_compact, to_compact};
     use crate::event::LinkType;
     use crate::merchant::Availability;
@@ -324,6 +401,7 @@ mod tests {
             .with_link_type(LinkType::Relink)
             .with_screen("mfa")
             .with_exit_status("user_cancelled")
+            .with_exit_step("partner_login")
             .with_error(ErrorInfo {
                 id: Some("err_1".into()),
                 code: None,
@@ -338,6 +416,10 @@ mod tests {
         })
         .at(at);
         checkout.transaction_ids = vec!["tx_1".into(), "tx_2".into()];
+        checkout.reason = Some("card declined".into());
+        let mut updated =
+            AccountEvent::new(AccountEventKind::Notice(NoticeKind::TransactionsUpdated));
+        updated.transaction_ids = vec!["tx_3".into()];
         let mut linked = AccountEvent::new(AccountEventKind::Linked);
         linked.link_type = Some(LinkType::FailoverLink);
         let key = AccountKey {
@@ -360,6 +442,10 @@ mod tests {
                 event: linked,
             },
             EventBody::Account {
+                account: key.clone(),
+                event: updated,
+            },
+            EventBody::Account {
                 account: key,
                 event: AccountEvent::new(AccountEventKind::Unrecognized {
                     raw_name: "NEW_WEBHOOK".into(),
@@ -368,6 +454,15 @@ mod tests {
             EventBody::Merchant(MerchantStatus {
                 sdk: Some("2.1.0".into()),
                 ..crate::merchant::tests::status(7, Availability::Down)
+            }),
+            EventBody::Quarantined(Quarantined {
+                reason: "no session id".into(),
+                origin: crate::quarantine::Origin::new("POST /v1/events/benji")
+                    .at("line 1")
+                    .with_param("external_user_id", "u1"),
+            }),
+            EventBody::QuarantineReleased(Released {
+                stream: SessionId::new("s1").unwrap(),
             }),
         ]
     }
@@ -397,8 +492,9 @@ mod tests {
         assert_eq!((error.what, error.at), ("event kind", 2), "{error}");
         let mut bytes = to_compact(&body);
         *bytes.last_mut().unwrap() = 0x80;
+        bytes.push(0x40);
         let error = from_compact::<EventBody>(&bytes).unwrap_err();
-        assert_eq!(error.what, "attribute mask", "{error}");
+        assert_eq!(error.what, "extended attribute mask", "{error}");
         let error = from_compact::<EventBody>(&[7]).unwrap_err();
         assert_eq!(error.what, "body kind", "{error}");
     }

@@ -72,6 +72,12 @@ impl Event {
         self.attributes.exit_status = Some(status.into());
         self
     }
+
+    /// Sets the step of the flow the user left from.
+    pub fn with_exit_step(mut self, step: impl Into<String>) -> Self {
+        self.attributes.exit_step = Some(step.into());
+        self
+    }
 }
 
 /// The attributes the provider docs name. Every one is optional: which ones arrive depends on
@@ -96,9 +102,13 @@ pub struct Attributes {
     /// The integrator's id for the end user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_user_id: Option<String>,
-    /// Why or how the user left, as the provider words it.
+    /// Why or how the user left, as the provider words it (MoneyKit `status`, Benji's exit
+    /// `trigger`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<String>,
+    /// The step of the flow the user left from, as the provider names it (Benji's exit `step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_step: Option<String>,
 }
 
 impl Attributes {
@@ -226,6 +236,14 @@ pub enum EventKind {
     /// An error happened in the flow (MoneyKit `error`, Benji `onError`).
     Error,
 
+    /// The institution asked for more than the login: a one-time code, security questions, an
+    /// approval, a zip code or a license (Knot `OTP_REQUIRED`, `QUESTIONS_REQUIRED`,
+    /// `APPROVAL_REQUIRED`, ...). The user is in the MFA step.
+    StepUpRequired,
+    /// A documented provider event with no canonical meaning of its own (Benji `EVENT`, Knot
+    /// `REFRESH_SESSION_REQUEST`); its name is kept as the raw name. Telemetry.
+    ProviderEvent,
+
     /// A name no adapter knows (a provider added it, or misspelled it). Kept, never fatal.
     Unrecognized {
         /// The name as the provider sent it.
@@ -248,7 +266,7 @@ impl EventKind {
     /// Every known kind (all but `Unrecognized`), phase events first. A kind's index here is
     /// its code in stored event records (see [`crate::EventBody`]'s compact form): add new
     /// kinds at the end, never reorder.
-    pub const KNOWN: [EventKind; 25] = [
+    pub const KNOWN: [EventKind; 27] = [
         EventKind::Created,
         EventKind::Opened,
         EventKind::InstitutionSelected,
@@ -274,6 +292,8 @@ impl EventKind {
         EventKind::WentBack,
         EventKind::Inactive,
         EventKind::Error,
+        EventKind::StepUpRequired,
+        EventKind::ProviderEvent,
     ];
 
     /// The canonical snake_case name (`unrecognized` for unknown names).
@@ -304,6 +324,8 @@ impl EventKind {
             EventKind::WentBack => "went_back",
             EventKind::Inactive => "inactive",
             EventKind::Error => "error",
+            EventKind::StepUpRequired => "step_up_required",
+            EventKind::ProviderEvent => "provider_event",
             EventKind::Unrecognized { .. } => "unrecognized",
         }
     }
@@ -317,9 +339,10 @@ impl EventKind {
             EventKind::CredentialsSubmitted | EventKind::OauthOpened => {
                 EventClass::Phase(Step::StartAuthentication)
             }
-            EventKind::OtpDeviceSubmitted | EventKind::OtpSubmitted | EventKind::MfaSubmitted => {
-                EventClass::Phase(Step::SubmitMfa)
-            }
+            EventKind::OtpDeviceSubmitted
+            | EventKind::OtpSubmitted
+            | EventKind::MfaSubmitted
+            | EventKind::StepUpRequired => EventClass::Phase(Step::SubmitMfa),
             EventKind::Authenticated => EventClass::Phase(Step::Authenticate),
             EventKind::PermissionsGranted => EventClass::Phase(Step::GrantPermissions),
             EventKind::AccountsSelected => EventClass::Phase(Step::SelectAccounts),
@@ -336,7 +359,8 @@ impl EventKind {
             | EventKind::ReportIssueSubmitted
             | EventKind::WentBack
             | EventKind::Inactive
-            | EventKind::Error => EventClass::Telemetry,
+            | EventKind::Error
+            | EventKind::ProviderEvent => EventClass::Telemetry,
             EventKind::Unrecognized { .. } => EventClass::Unrecognized,
         }
     }
@@ -382,7 +406,7 @@ pub enum Step {
     SelectInstitution,
     /// `credentials_submitted`, `oauth_opened`.
     StartAuthentication,
-    /// `otp_device_submitted`, `otp_submitted`, `mfa_submitted`.
+    /// `otp_device_submitted`, `otp_submitted`, `mfa_submitted`, `step_up_required`.
     SubmitMfa,
     /// `authenticated`.
     Authenticate,

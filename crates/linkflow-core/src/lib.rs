@@ -10,6 +10,7 @@
 //! - [`account`]: the linked-account machine ([`Account`], [`ACCOUNT_TABLE`]).
 //! - [`merchant`]: merchant availability ([`MerchantStatus`]).
 //! - [`body`]: [`EventBody`], what a stored event says, by stream kind.
+//! - [`quarantine`]: payloads that name no stream, kept until they can be released into one.
 //! - [`phase`]: the ten [`Phase`]s and their forward order.
 //! - [`event`]: canonical [`Event`]s, their [`EventKind`]s and attributes.
 //! - [`transition`]: the transition table [`SESSION_TABLE`], the one copy of the rules.
@@ -45,6 +46,7 @@ pub mod funnel;
 pub mod ids;
 pub mod merchant;
 pub mod phase;
+pub mod quarantine;
 pub mod rejection;
 pub mod session;
 #[cfg(any(test, feature = "proptest"))]
@@ -53,7 +55,7 @@ pub mod transition;
 
 pub use account::{
     Account, AccountEvent, AccountEventKind, AccountKey, AccountRejection, AccountState,
-    OperationKind, Outcome, ACCOUNT_TABLE,
+    NoticeKind, OperationKind, Outcome, ACCOUNT_TABLE,
 };
 pub use body::EventBody;
 pub use compact::{from_compact, to_compact, Compact, CompactError};
@@ -61,6 +63,7 @@ pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution
 pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Version};
 pub use merchant::{Availability, MerchantStatus};
 pub use phase::Phase;
+pub use quarantine::{Origin, QuarantineEntry, Quarantined, Released};
 pub use rejection::Rejection;
 pub use session::{
     apply, fold, Applied, EventCounts, ExitInfo, Journey, Latest, ReplayError, Session,

@@ -97,6 +97,9 @@ pub struct ExitInfo {
     /// The provider's exit status, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The provider's name for the step the user left from, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// The exit's event time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
@@ -231,6 +234,7 @@ impl Session {
                 self.exit = Some(ExitInfo {
                     phase: phase_before,
                     status: event.attributes.exit_status.clone(),
+                    step: event.attributes.exit_step.clone(),
                     at: event.occurred_at,
                 });
             }
@@ -411,6 +415,7 @@ impl Compact for Session {
                 out.u8(1);
                 out.u8(exit.phase.rank());
                 out.opt_str(exit.status.as_deref());
+                out.opt_str(exit.step.as_deref());
                 out.opt_time(exit.at, base);
             }
         }
@@ -484,6 +489,7 @@ impl Compact for Session {
             Some(ExitInfo {
                 phase: input.choice("exit phase", &Phase::ALL)?,
                 status: input.opt_str("exit status")?,
+                step: input.opt_str("exit step")?,
                 at: input.opt_time("exit time", base)?,
             })
         } else {

@@ -57,7 +57,7 @@ const INSTITUTIONS: [(&str, &str); 3] = [
     ("10", "Uber"),
 ];
 
-const TELEMETRY: [EventKind; 12] = [
+const TELEMETRY: [EventKind; 13] = [
     EventKind::ScreenChanged,
     EventKind::InstitutionSearched,
     EventKind::InstitutionAlertAcknowledged,
@@ -70,6 +70,7 @@ const TELEMETRY: [EventKind; 12] = [
     EventKind::WentBack,
     EventKind::Inactive,
     EventKind::Error,
+    EventKind::ProviderEvent,
 ];
 
 /// What the generator knows about the walk so far: the model the table is walked with.

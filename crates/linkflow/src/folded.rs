@@ -2,8 +2,10 @@
 //! merchant's availability.
 
 use linkflow_core::compact::{Compact, CompactError, Input, Output};
+use linkflow_core::quarantine::{apply_quarantine, QuarantineEvent};
 use linkflow_core::{
-    Account, AccountKey, Applied, EventBody, MerchantStatus, Phase, Provider, Session, Version,
+    Account, AccountKey, Applied, EventBody, MerchantStatus, Phase, Provider, QuarantineEntry,
+    Session, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,13 +29,15 @@ pub enum Folded {
         /// Accepted updates.
         version: Version,
     },
+    /// A quarantined payload (`None` before its first event).
+    Quarantine(Option<QuarantineEntry>),
 }
 
 /// The layout of the folded state inside snapshots. Bump it whenever `Folded` (or the
 /// `Session`, `Account` or merchant state in it) gains or changes a field that is derived from
 /// the events, or its compact form changes: a snapshot of another layout is not decoded (fields
 /// with defaults would decode to wrong values) and the stream is replayed from its log instead.
-pub const SNAPSHOT_LAYOUT: u32 = 2;
+pub const SNAPSHOT_LAYOUT: u32 = 3;
 
 /// A JSON snapshot's state (what linkflow wrote before compact snapshots): the folded state
 /// tagged with its layout. Still read.
@@ -98,6 +102,9 @@ impl Folded {
                 status: None,
                 version: Version::EMPTY,
             },
+            EventBody::Quarantined(_) | EventBody::QuarantineReleased(_) => {
+                Folded::Quarantine(None)
+            }
         }
     }
 
@@ -107,6 +114,7 @@ impl Folded {
             Folded::Session(session) => session.version(),
             Folded::Account { account, .. } => account.version(),
             Folded::Merchant { version, .. } => *version,
+            Folded::Quarantine(entry) => entry.as_ref().map_or(Version::EMPTY, |e| e.version()),
         }
     }
 
@@ -116,6 +124,7 @@ impl Folded {
             Folded::Session(_) => "session",
             Folded::Account { .. } => "account",
             Folded::Merchant { .. } => "merchant",
+            Folded::Quarantine(_) => "quarantine",
         }
     }
 
@@ -140,6 +149,12 @@ impl Folded {
                 .map(|_| true)
                 .map_err(|rejection| rejection.to_string()),
             (Folded::Merchant { .. }, EventBody::Merchant(_)) => Ok(true),
+            (Folded::Quarantine(entry), body) => match quarantine_event(body) {
+                Some(event) => apply_quarantine(&mut entry.clone(), event)
+                    .map(|()| true)
+                    .map_err(|rejection| rejection.to_string()),
+                None => Ok(false),
+            },
             _ => Ok(false),
         }
     }
@@ -163,12 +178,27 @@ impl Folded {
                 *version = version.next();
                 Ok(Change { session: None })
             }
+            (Folded::Quarantine(entry), body) if quarantine_event(body).is_some() => {
+                let event = quarantine_event(body).expect("matched by the guard");
+                apply_quarantine(entry, event)
+                    .map(|()| Change { session: None })
+                    .map_err(|rejection| rejection.to_string())
+            }
             (folded, body) => Err(format!(
                 "a {} event cannot go into a {} stream",
                 body.name(),
                 folded.kind_name()
             )),
         }
+    }
+}
+
+/// The quarantine event a body is, if it is one.
+fn quarantine_event(body: &EventBody) -> Option<QuarantineEvent<'_>> {
+    match body {
+        EventBody::Quarantined(quarantined) => Some(QuarantineEvent::Quarantined(quarantined)),
+        EventBody::QuarantineReleased(released) => Some(QuarantineEvent::Released(released)),
+        _ => None,
     }
 }
 
@@ -182,7 +212,7 @@ fn provider_code(provider: Provider) -> u8 {
 }
 
 impl Compact for Folded {
-    /// A kind byte (0 session, 1 account, 2 merchant), then the state.
+    /// A kind byte (0 session, 1 account, 2 merchant, 3 quarantine), then the state.
     fn encode_compact(&self, out: &mut Output) {
         match self {
             Folded::Session(session) => {
@@ -204,6 +234,16 @@ impl Compact for Folded {
                     Some(status) => {
                         out.u8(1);
                         status.encode_compact(out);
+                    }
+                }
+            }
+            Folded::Quarantine(entry) => {
+                out.u8(3);
+                match entry {
+                    None => out.u8(0),
+                    Some(entry) => {
+                        out.u8(1);
+                        entry.encode_compact(out);
                     }
                 }
             }
@@ -230,9 +270,19 @@ impl Compact for Folded {
                 };
                 Ok(Folded::Merchant { status, version })
             }
+            3 => {
+                let entry = if input.present("quarantine entry")? {
+                    Some(QuarantineEntry::decode_compact(input)?)
+                } else {
+                    None
+                };
+                Ok(Folded::Quarantine(entry))
+            }
             other => Err(input.error(
                 "stream kind",
-                format!("code {other}, expected 0 (session), 1 (account) or 2 (merchant)"),
+                format!(
+                    "code {other}, expected 0 (session), 1 (account), 2 (merchant) or 3 (quarantine)"
+                ),
             )),
         }
     }
@@ -279,6 +329,11 @@ mod tests {
                 }),
                 version: Version(3),
             },
+            Folded::Quarantine(None),
+            Folded::Quarantine(Some(QuarantineEntry::new(linkflow_core::Quarantined {
+                reason: "no session id".into(),
+                origin: linkflow_core::Origin::new("POST /v1/events/benji"),
+            }))),
         ];
         for state in states {
             let bytes = to_compact(&state);
