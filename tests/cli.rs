@@ -30,6 +30,22 @@ fn json(output: &Output) -> Value {
     })
 }
 
+/// The summary of `ingest --json`: its last line, `{"summary": counts}`; every line before it
+/// is one payload's result and must be JSON too.
+fn ingest_summary(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    lines.last().expect("a summary line")["summary"].clone()
+}
+
 fn fixture(relative: &str) -> String {
     fixtures_dir().join(relative).display().to_string()
 }
@@ -58,7 +74,7 @@ fn demo_runs_on_a_fresh_temporary_store_and_reports_a_consistent_log() {
 #[test]
 fn ingest_then_every_query_command_speaks_the_json_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let report = json(&linkflow(
+    let report = ingest_summary(&linkflow(
         dir.path(),
         &[
             "ingest",
@@ -70,7 +86,8 @@ fn ingest_then_every_query_command_speaks_the_json_contract() {
     ));
     assert_eq!(report["accepted"], 14);
     assert_eq!(report["unrecognized"], 1);
-    assert_eq!(report["invalid"], 0);
+    assert_eq!(report["refused"], 0);
+    assert_eq!(report["quarantined"], 0);
 
     let sessions = json(&linkflow(dir.path(), &["sessions", "--json"]));
     assert_eq!(sessions[0]["session_id"], SESSION);
@@ -148,14 +165,14 @@ fn ingest_then_every_query_command_speaks_the_json_contract() {
 }
 
 #[test]
-fn an_invalid_input_exits_1_names_its_line_and_the_valid_ones_are_stored() {
+fn a_refused_input_exits_1_names_its_line_and_the_others_are_stored_or_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("mixed.jsonl");
     std::fs::write(
         &input,
         concat!(
             r#"{"name":"open","properties":{},"meta":{"link_session_id":"s1","timestamp":"2023-11-29T12:44:31.804Z"}}"#, "\n",
-            r#"{"name":"open","properties":{}}"#, "\n",
+            r#"{"name":"select_institution","properties":{"institution_id":"ins_1"}}"#, "\n",
             "not json\n",
             r#"{"name":"open","properties":{},"meta":{"link_session_id":"s1","timestamp":"2023-11-29T12:45:31.804Z"}}"#, "\n",
         ),
@@ -163,20 +180,34 @@ fn an_invalid_input_exits_1_names_its_line_and_the_valid_ones_are_stored() {
     .unwrap();
     let output = linkflow(
         dir.path(),
-        &["ingest", "--provider", "moneykit", input.to_str().unwrap()],
+        &[
+            "ingest",
+            "--provider",
+            "moneykit",
+            "--quiet",
+            input.to_str().unwrap(),
+        ],
     );
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
-        text.contains("accepted 1, duplicate 0, parked 1, unrecognized 0, invalid 2"),
+        text.contains(
+            "accepted 1, duplicate 0, parked 1, quarantined 1, refused 1, unrecognized 0"
+        ),
         "{text}"
     );
     assert!(
-        text.contains("invalid at line 2: $.meta is missing"),
+        text.contains("quarantined at line 2 as quarantine:moneykit:"),
         "{text}"
     );
-    assert!(text.contains("invalid at line 3: not JSON"), "{text}");
+    assert!(text.contains("no session id"), "{text}");
+    assert!(text.contains("refused at line 3: not JSON"), "{text}");
     assert!(text.contains("parked at line 4:"), "{text}");
+    assert!(
+        output.stderr.is_empty(),
+        "--quiet: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let parked = json(&linkflow(dir.path(), &["parked", "--json"]));
     assert_eq!(parked[0]["session_id"], "s1");
     assert_eq!(parked[0]["event"], "opened");
@@ -192,6 +223,31 @@ fn an_invalid_input_exits_1_names_its_line_and_the_valid_ones_are_stored() {
     assert_eq!(redrive.as_array().unwrap().len(), 0);
     assert!(linkflow(dir.path(), &["parked"]).status.success());
     assert!(linkflow(dir.path(), &["redrive"]).status.success());
+
+    // The quarantined payload is listed, then released into the session supplied later.
+    let quarantine = json(&linkflow(
+        dir.path(),
+        &["quarantine", "--pending", "--json"],
+    ));
+    assert_eq!(quarantine["counts"]["pending"], 1);
+    let entry = &quarantine["entries"][0];
+    assert_eq!(entry["raw_name"], "select_institution");
+    assert_eq!(entry["origin"]["location"], "line 2");
+    assert_eq!(entry["payload"]["name"], "select_institution");
+    let released = json(&linkflow(
+        dir.path(),
+        &["redrive", "--quarantine", "--session", "s1", "--json"],
+    ));
+    assert_eq!(released["results"][0]["result"], "released");
+    assert_eq!(released["results"][0]["outcome"]["outcome"], "accepted");
+    let show = json(&linkflow(dir.path(), &["show", "s1", "--json"]));
+    assert_eq!(show["phase"], "institution_selected");
+    assert_eq!(show["institution"]["id"], "ins_1");
+    let quarantine = json(&linkflow(dir.path(), &["quarantine", "--json"]));
+    assert_eq!(quarantine["counts"]["pending"], 0);
+    assert_eq!(quarantine["counts"]["released"], 1);
+    assert_eq!(quarantine["entries"][0]["released"], "s1");
+    assert!(linkflow(dir.path(), &["quarantine"]).status.success());
 }
 
 #[test]
@@ -219,7 +275,7 @@ fn ingest_reads_standard_input_and_benji_takes_the_session_flag() {
         .unwrap()
         .write_all(br#"[{"callback":"onEvent","event":"user_partner_select","metadata":{"partner_id":"p1"}},{"callback":"onExit"}]"#)
         .unwrap();
-    let report = json(&child.wait_with_output().unwrap());
+    let report = ingest_summary(&child.wait_with_output().unwrap());
     assert_eq!(report["accepted"], 2);
     let show = json(&linkflow(dir.path(), &["show", "benji-cli", "--json"]));
     assert_eq!(show["phase"], "exited");
@@ -230,7 +286,7 @@ fn ingest_reads_standard_input_and_benji_takes_the_session_flag() {
 fn knot_webhooks_show_up_as_accounts_and_merchants() {
     let dir = tempfile::tempdir().unwrap();
     let examples = fixtures_dir().join("../../examples/knot_webhooks.jsonl");
-    let report = json(&linkflow(
+    let report = ingest_summary(&linkflow(
         dir.path(),
         &[
             "ingest",

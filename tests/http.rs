@@ -120,10 +120,11 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
     let error: Value = malformed.json().await.unwrap();
     assert_eq!(error["error"], "invalid_json");
     assert!(error["detail"].as_str().unwrap().contains("not JSON"));
+    // One payload not JSON: the whole request is refused, the valid one is not stored.
     let partial = format!(
-        "[{},{}]",
+        "{}\n{}",
         r#"{"name":"open","meta":{"link_session_id":"never-stored","timestamp":"2023-11-29T12:44:31.804Z"}}"#,
-        r#"{"name":"open","meta":{}}"#
+        r#"{"name":"open","meta":"#
     );
     let response = client
         .post(server.url("/v1/events/moneykit"))
@@ -133,11 +134,37 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .unwrap();
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"], "invalid_event");
-    assert!(error["detail"]
-        .as_str()
-        .unwrap()
-        .contains("index 1: $.meta.link_session_id is missing"));
+    assert_eq!(error["error"], "invalid_json");
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .contains("line 2: not JSON"),
+        "{error}"
+    );
+    // One payload over the record size limit: 413, and nothing stored either.
+    let oversized = format!(
+        "[{},{}]",
+        r#"{"name":"open","meta":{"link_session_id":"never-stored","timestamp":"2023-11-29T12:44:31.804Z"}}"#,
+        serde_json::json!({
+            "name": "error",
+            "properties": {"displayed_message": "x".repeat(8_000)},
+            "meta": {"link_session_id": "never-stored"}
+        })
+    );
+    let response = client
+        .post(server.url("/v1/events/moneykit"))
+        .body(oversized)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "too_large");
+    assert!(
+        error["detail"].as_str().unwrap().starts_with("index 1:"),
+        "{error}"
+    );
     assert_eq!(
         client
             .get(server.url("/v1/sessions/never-stored"))
@@ -166,13 +193,24 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
             .status(),
         413
     );
+    // A well-formed payload that names no session is kept in quarantine: 202, never a 4xx
+    // that would make the sender retry or drop it.
     let benji_without_session = client
         .post(server.url("/v1/events/benji"))
         .body(r#"{"callback":"onExit"}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(benji_without_session.status(), 400);
+    assert_eq!(benji_without_session.status(), 202);
+    let body: Value = benji_without_session.json().await.unwrap();
+    assert_eq!(body["quarantined"], 1);
+    assert_eq!(body["results"][0]["outcome"], "quarantined");
+    let quarantine: Value = get_json(&client, &server.url("/v1/quarantine")).await;
+    assert_eq!(quarantine["counts"]["pending"], 1);
+    assert_eq!(
+        quarantine["entries"][0]["origin"]["channel"],
+        "POST /v1/events/benji"
+    );
 
     // Knot: unsigned and forged webhooks are refused; a signed one is stored.
     let webhook = fixture("knot/authenticated.json");

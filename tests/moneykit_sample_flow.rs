@@ -2,21 +2,23 @@
 //! `fixtures/moneykit/sample_flow.json`) decoded by the MoneyKit adapter and folded.
 
 use chrono::Utc;
-use linkflow_core::{fold, EventKind, LinkType, Phase, Provider};
+use linkflow_core::{fold, EventKind, LinkType, Phase};
 use linkflow_e2e::fixtures_dir;
-use linkflow_providers::{decode, split_events, DecodeContext, Target};
+use linkflow_providers::{decode, split_all, DecodeContext, Decoding, Feed, Target};
 
 #[test]
 fn moneykit_sample_flow_succeeds_and_keeps_the_misspelled_event() {
     let body = std::fs::read_to_string(fixtures_dir().join("moneykit/sample_flow.json")).unwrap();
     let context = DecodeContext::received_at(Utc::now());
-    let events: Vec<_> = split_events(&body)
-        .unwrap()
+    let events: Vec<_> = split_all(body.as_bytes())
         .into_iter()
         .map(
-            |text| match decode(Provider::Moneykit, text, &context).unwrap().target {
-                Target::Session { event, .. } => event,
-                other => panic!("MoneyKit events are session events, got {other:?}"),
+            |(_, text)| match decode(Feed::Moneykit, &text.unwrap(), &context).unwrap() {
+                Decoding::Event(decoded) => match decoded.target {
+                    Target::Session { event, .. } => event,
+                    other => panic!("MoneyKit events are session events, got {other:?}"),
+                },
+                Decoding::Quarantine(unrouted) => panic!("quarantined: {}", unrouted.reason),
             },
         )
         .collect();

@@ -2,12 +2,12 @@
 //! sessions, accounts and merchant availability.
 
 use chrono::{DateTime, TimeZone, Utc};
-use linkflow::{Engine, IncomingEvent, IngestOutcome};
+use linkflow::{Engine, IngestOutcome, PayloadContext};
 use linkflow_core::{
-    AccountState, Availability, LinkType, OperationKind, Phase, Provider, SessionId,
+    AccountState, Availability, LinkType, OperationKind, Origin, Phase, Provider, SessionId,
 };
 use linkflow_e2e::fixtures_dir;
-use linkflow_providers::{decode, signature, split_events, DecodeContext};
+use linkflow_providers::{signature, DecodeContext};
 use serde_json::json;
 
 fn now() -> DateTime<Utc> {
@@ -18,24 +18,25 @@ fn fixture(relative: &str) -> String {
     std::fs::read_to_string(fixtures_dir().join(relative)).unwrap()
 }
 
+/// The body through `Engine::ingest_payload`, the call the CLI and HTTP share.
 async fn ingest(
     engine: &Engine,
     provider: Provider,
     body: &str,
     context: &DecodeContext,
 ) -> Vec<IngestOutcome> {
-    let events = split_events(body)
+    let context = PayloadContext {
+        decode: context.clone(),
+        origin: Origin::new("providers_e2e"),
+    };
+    engine
+        .ingest_payload(provider.into(), body.as_bytes(), &context)
+        .await
         .unwrap()
+        .results
         .into_iter()
-        .map(|text| {
-            IncomingEvent::from_decoded(
-                decode(provider, text, context).unwrap(),
-                context.received_at,
-            )
-            .unwrap()
-        })
-        .collect();
-    engine.ingest_batch(events).await.unwrap()
+        .map(|result| result.outcome)
+        .collect()
 }
 
 fn moneykit(

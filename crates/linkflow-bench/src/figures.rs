@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use linkflow::{Engine, EngineConfig, IncomingEvent, WriteStats};
 use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
-use linkflow_providers::{decode, DecodeContext};
+use linkflow_providers::{decode, DecodeContext, Decoding};
 use linkflow_store::record::{encode_event, event_records, upcast_event};
 use linkflow_store::{NewEvent, StoredEvent};
 
@@ -35,7 +35,11 @@ pub(crate) fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub(crate) fn incoming(delivery: &Delivery, context: &DecodeContext) -> IncomingEvent {
-    let decoded = decode(delivery.provider, &delivery.body, context).expect("the workload decodes");
+    let decoded =
+        decode(delivery.provider.into(), &delivery.body, context).expect("the workload is JSON");
+    let Decoding::Event(decoded) = decoded else {
+        panic!("every workload payload names its stream");
+    };
     IncomingEvent::from_decoded(decoded, context.received_at).expect("the workload is valid")
 }
 

@@ -429,7 +429,7 @@ mod tests {
         );
         let context = DecodeContext::received_at(Utc::now());
         for delivery in &a {
-            decode(delivery.provider, &delivery.body, &context).unwrap();
+            decode(delivery.provider.into(), &delivery.body, &context).unwrap();
         }
         let sessions = a.last().unwrap().session + 1;
         let per_session = a.len() as f64 / sessions as f64;

@@ -10,30 +10,28 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use linkflow::views::{AccountJson, MerchantJson, ParkedJson, SessionJson};
-use linkflow::{Engine, SessionFilter};
-use linkflow_core::Provider;
-use linkflow_providers::DecodeContext;
+use linkflow::{Engine, Feed, PayloadContext, SessionFilter};
 use serde_json::json;
 
-use crate::ingest::{ingest_body, print_report};
+use crate::ingest::{ingest_body, print_summary, Show};
 use crate::CliError;
 
-/// The bundled flows: (provider, file name, contents, the end user the integrator knows).
-const FLOWS: [(Provider, &str, &str, Option<&str>); 3] = [
+/// The bundled flows: (input, file name, contents, the end user the integrator knows).
+const FLOWS: [(Feed, &str, &str, Option<&str>); 3] = [
     (
-        Provider::Moneykit,
+        Feed::Moneykit,
         "examples/moneykit_flow.jsonl",
         include_str!("../../../examples/moneykit_flow.jsonl"),
         Some("user_17"),
     ),
     (
-        Provider::Benji,
+        Feed::Benji,
         "examples/benji_callbacks.json",
         include_str!("../../../examples/benji_callbacks.json"),
         None,
     ),
     (
-        Provider::Knot,
+        Feed::Knot,
         "examples/knot_webhooks.jsonl",
         include_str!("../../../examples/knot_webhooks.jsonl"),
         None,
@@ -45,18 +43,28 @@ pub async fn run(json: bool) -> Result<ExitCode, CliError> {
         .map_err(|error| CliError(format!("cannot create a temporary store: {error}")))?;
     let engine = Engine::open(dir.path())?;
     let mut reports = serde_json::Map::new();
-    for (provider, name, body, user) in FLOWS {
-        let mut context = DecodeContext::received_at(Utc::now());
-        context.external_user_id = user.map(str::to_owned);
-        let report = ingest_body(&engine, provider, body, &context, false).await?;
+    for (feed, name, body, user) in FLOWS {
+        let mut context = PayloadContext::new(&format!("linkflow demo {name}"), Utc::now());
+        if let Some(user) = user {
+            context = context.with_user(user);
+        }
         if !json {
-            out!("== ingest {name} ({provider})");
-            print_report(&report);
+            out!("== ingest {name} ({feed})");
+        }
+        // The JSON report holds the counts; the payloads' lines are shown to people only.
+        let show = Show {
+            json: false,
+            progress: false,
+            lines: !json,
+        };
+        let counts = ingest_body(&engine, feed, body, context, show).await?;
+        if !json {
+            print_summary(&counts, false);
             out!();
         }
         reports.insert(
             name.to_owned(),
-            serde_json::to_value(&report).expect("a report serializes"),
+            serde_json::to_value(counts).expect("counts serialize"),
         );
     }
     let sessions = engine.sessions(SessionFilter::default()).await?;

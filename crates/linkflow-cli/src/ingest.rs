@@ -1,207 +1,310 @@
-//! `linkflow ingest`: provider payloads from a file or standard input into the engine.
+//! `linkflow ingest`: provider payloads from a file or standard input into the engine, read a
+//! chunk at a time (a file of any size, memory bounded by [`CHUNK_BYTES`] and the engine's
+//! [`linkflow::INTAKE_BATCH`]), with progress on standard error.
+//!
+//! Output: every payload that was not simply stored (refused, parked, quarantined, or stored
+//! with warnings) is named by its line as it is read, then a summary. With `--json` each of
+//! those is one JSON line (a `PayloadResult`), and the last line is `{"summary": counts}`.
 
 use std::io::{IsTerminal, Read};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
-use linkflow::{Engine, IncomingEvent, IngestOutcome};
-use linkflow_core::{EventBody, EventKind, Provider};
-use linkflow_providers::{decode, split_located, DecodeContext, Location};
-use serde::Serialize;
+use linkflow::{Engine, Feed, IngestOutcome, Intake, IntakeCounts, PayloadContext, PayloadResult};
+use tokio::sync::mpsc;
 
 use crate::CliError;
 
-/// Events per engine call: one group commit each.
-const CHUNK: usize = 1_000;
+/// Bytes read per chunk.
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
-/// Inputs from which on a progress bar is worth drawing.
-const PROGRESS_FROM: usize = 5_000;
+/// Chunks read ahead of the engine: bounds the memory a fast disk can fill.
+const CHUNKS_AHEAD: usize = 4;
 
-/// What happened to a delivery's events.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    /// Appended to their stream.
-    pub accepted: usize,
-    /// Already stored.
-    pub duplicate: usize,
-    /// Refused by the state machine and parked.
-    pub parked: usize,
-    /// Accepted with a name no adapter knows (also counted in `accepted`).
-    pub unrecognized: usize,
-    /// Not stored: not decodable, or refused by the engine.
-    pub invalid: usize,
-    /// Parked events (from this input or earlier) that this input made legal and that were
-    /// accepted right after, plus account `linked` events written for successes.
-    pub redriven: usize,
-    /// The reason for each invalid or parked input.
-    pub problems: Vec<Problem>,
+/// The chunks of an input, as the reader thread sends them.
+pub type Chunks = mpsc::Receiver<std::io::Result<Vec<u8>>>;
+
+/// How often a progress line is printed when standard error is not a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How the payloads' outcomes are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Show {
+    /// JSON lines instead of text for people.
+    pub json: bool,
+    /// Progress on standard error.
+    pub progress: bool,
+    /// A line for every payload not simply stored.
+    pub lines: bool,
 }
 
-/// One invalid or parked input.
-#[derive(Debug, Serialize)]
-pub struct Problem {
-    /// Where it is in the input.
-    pub at: Location,
-    /// `invalid` or `parked`.
-    pub outcome: &'static str,
-    /// Why.
-    pub reason: String,
-}
-
-/// Decodes and ingests a whole body; every decodable event is stored even if others are not.
-pub async fn ingest_body(
-    engine: &Engine,
-    provider: Provider,
-    body: &str,
-    context: &DecodeContext,
-    progress: bool,
-) -> Result<Report, CliError> {
-    let mut report = Report::default();
-    let located = match split_located(body) {
-        Ok(located) => located,
-        Err(error) => {
-            report.invalid += 1;
-            report.problems.push(Problem {
-                at: Location::Line(1),
-                outcome: "invalid",
-                reason: error.to_string(),
-            });
-            return Ok(report);
-        }
-    };
-    let bar = (progress && located.len() >= PROGRESS_FROM && std::io::stderr().is_terminal()).then(
-        || {
-            let bar = ProgressBar::new(located.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
-                    .expect("the template is valid"),
-            );
-            bar
-        },
-    );
-    let mut pending: Vec<(Location, IncomingEvent)> = Vec::with_capacity(CHUNK);
-    for (at, text) in located {
-        let decoded = text
-            .and_then(|text| decode(provider, text, context))
-            .and_then(|decoded| IncomingEvent::from_decoded(decoded, context.received_at));
-        match decoded {
-            Ok(incoming) => pending.push((at, incoming)),
-            Err(error) => {
-                report.invalid += 1;
-                report.problems.push(Problem {
-                    at,
-                    outcome: "invalid",
-                    reason: error.to_string(),
-                });
-            }
-        }
-        if pending.len() == CHUNK {
-            flush(engine, &mut pending, &mut report, bar.as_ref()).await?;
-        }
-    }
-    flush(engine, &mut pending, &mut report, bar.as_ref()).await?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    Ok(report)
-}
-
-async fn flush(
-    engine: &Engine,
-    pending: &mut Vec<(Location, IncomingEvent)>,
-    report: &mut Report,
-    bar: Option<&ProgressBar>,
-) -> Result<(), CliError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let (locations, events): (Vec<Location>, Vec<IncomingEvent>) = pending.drain(..).unzip();
-    let unrecognized: Vec<bool> = events
-        .iter()
-        .map(|event| matches!(&event.body, EventBody::Session(session) if matches!(session.kind, EventKind::Unrecognized { .. })))
-        .collect();
-    let outcomes = engine.ingest_batch(events).await?;
-    for ((at, outcome), unrecognized) in locations.into_iter().zip(outcomes).zip(unrecognized) {
-        match outcome {
-            IngestOutcome::Accepted {
-                redriven, linked, ..
-            } => {
-                report.redriven += redriven.len() + usize::from(linked.is_some());
-                report.accepted += 1;
-                report.unrecognized += usize::from(unrecognized);
-            }
-            IngestOutcome::Duplicate { .. } => report.duplicate += 1,
-            IngestOutcome::Parked { reason, .. } => {
-                report.parked += 1;
-                report.problems.push(Problem {
-                    at,
-                    outcome: "parked",
-                    reason,
-                });
-            }
-            IngestOutcome::Refused { error } => {
-                report.invalid += 1;
-                report.problems.push(Problem {
-                    at,
-                    outcome: "invalid",
-                    reason: error.to_string(),
-                });
-            }
-        }
-        if let Some(bar) = bar {
-            bar.inc(1);
-        }
-    }
-    Ok(())
-}
-
-/// Prints a report for people.
-pub fn print_report(report: &Report) {
-    out!(
-        "accepted {}, duplicate {}, parked {}, unrecognized {}, invalid {} (then accepted by retries or links: {})",
-        report.accepted, report.duplicate, report.parked, report.unrecognized, report.invalid, report.redriven
-    );
-    for problem in &report.problems {
-        out!(
-            "  {} at {}: {}",
-            problem.outcome,
-            problem.at,
-            problem.reason
-        );
-    }
-}
-
+/// Reads `input` (a path, or `-` for standard input) and ingests it; exits 0 when every
+/// payload was stored, 1 when any was refused.
 pub async fn run(
     engine: &Engine,
-    provider: Provider,
-    session: Option<&str>,
-    user: Option<String>,
+    feed: Feed,
+    context: PayloadContext,
     input: &str,
-    json: bool,
+    show: Show,
 ) -> Result<ExitCode, CliError> {
-    let body = if input == "-" {
-        let mut body = String::new();
-        std::io::stdin()
-            .read_to_string(&mut body)
-            .map_err(|error| CliError(format!("cannot read standard input: {error}")))?;
-        body
-    } else {
-        std::fs::read_to_string(input)
-            .map_err(|error| CliError(format!("cannot read {input}: {error}")))?
-    };
-    let mut context = DecodeContext::received_at(Utc::now());
-    context.session_id = session.map(crate::session_id).transpose()?;
-    context.external_user_id = user;
-    let report = ingest_body(engine, provider, &body, &context, true).await?;
-    if json {
-        crate::print_json(&report);
-    } else {
-        print_report(&report);
-    }
-    Ok(if report.invalid == 0 {
+    let (chunks, total) = read_chunks(input)?;
+    let counts = ingest_chunks(engine, feed, context, chunks, total, show).await?;
+    print_summary(&counts, show.json);
+    Ok(if counts.refused == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Starts a thread that reads `input` in [`CHUNK_BYTES`] chunks; returns its channel and the
+/// input's size when known.
+fn read_chunks(input: &str) -> Result<(Chunks, Option<u64>), CliError> {
+    let (reader, total): (Box<dyn Read + Send>, Option<u64>) = if input == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let file = std::fs::File::open(Path::new(input))
+            .map_err(|error| CliError(format!("cannot read {input}: {error}")))?;
+        let total = file.metadata().ok().map(|metadata| metadata.len());
+        (Box::new(file), total)
+    };
+    let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
+    std::thread::Builder::new()
+        .name("linkflow-ingest-read".into())
+        .spawn(move || read_into(reader, &sender))
+        .map_err(|error| CliError(format!("cannot start the reader thread: {error}")))?;
+    Ok((receiver, total))
+}
+
+fn read_into(mut reader: Box<dyn Read + Send>, sender: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    loop {
+        let mut chunk = vec![0; CHUNK_BYTES];
+        match reader.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(read) => {
+                chunk.truncate(read);
+                if sender.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                let _ = sender.blocking_send(Err(error));
+                return;
+            }
+        }
+    }
+}
+
+/// Ingests every chunk the channel brings, showing problems as they come; returns the counts.
+pub async fn ingest_chunks(
+    engine: &Engine,
+    feed: Feed,
+    context: PayloadContext,
+    mut chunks: Chunks,
+    total: Option<u64>,
+    show: Show,
+) -> Result<IntakeCounts, CliError> {
+    let mut intake = Intake::new(engine, feed, context);
+    let mut counts = IntakeCounts::default();
+    let mut progress = Progress::new(show.progress, total);
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|error| CliError(format!("cannot read the input: {error}")))?;
+        let results = intake.push(&chunk).await?;
+        progress.read(chunk.len() as u64);
+        report(&results, &mut counts, show, &mut progress);
+    }
+    let results = intake.finish().await?;
+    report(&results, &mut counts, show, &mut progress);
+    progress.finish();
+    Ok(counts)
+}
+
+fn report(
+    results: &[PayloadResult],
+    counts: &mut IntakeCounts,
+    show: Show,
+    progress: &mut Progress,
+) {
+    for result in results {
+        counts.add(result);
+        let notable = !result.warnings.is_empty()
+            || !matches!(
+                result.outcome,
+                IngestOutcome::Accepted { .. } | IngestOutcome::Duplicate { .. }
+            );
+        if notable && show.lines {
+            progress.suspend(|| print_result(result, show.json));
+        }
+    }
+    progress.payloads(results.len() as u64, counts);
+}
+
+fn print_result(result: &PayloadResult, json: bool) {
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string(result).expect("a result serializes")
+        );
+        return;
+    }
+    let at = result.at;
+    match &result.outcome {
+        IngestOutcome::Refused { error } => out!("  refused at {at}: {error}"),
+        IngestOutcome::Parked { reason, .. } => out!("  parked at {at}: {reason}"),
+        IngestOutcome::Quarantined { entry, reason, .. } => {
+            out!("  quarantined at {at} as {entry}: {reason}")
+        }
+        IngestOutcome::Accepted { .. } | IngestOutcome::Duplicate { .. } => {}
+    }
+    for warning in &result.warnings {
+        out!("  warning at {at}: {warning}");
+    }
+}
+
+/// Prints the counts for people, or as the last JSON line.
+pub fn print_summary(counts: &IntakeCounts, json: bool) {
+    if json {
+        out!("{}", serde_json::json!({ "summary": counts }));
+        return;
+    }
+    out!(
+        "accepted {}, duplicate {}, parked {}, quarantined {}, refused {}, unrecognized {}, with warnings {} (then accepted by retries or links: {})",
+        counts.accepted,
+        counts.duplicate,
+        counts.parked,
+        counts.quarantined,
+        counts.refused,
+        counts.unrecognized,
+        counts.warned,
+        counts.redriven
+    );
+}
+
+/// Progress on standard error: a bar on a terminal, a line every [`PROGRESS_EVERY`]
+/// otherwise, nothing with `--quiet`.
+struct Progress {
+    bar: Option<ProgressBar>,
+    lines: bool,
+    started: Instant,
+    last_line: Instant,
+    bytes: u64,
+    total: Option<u64>,
+    payloads: u64,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: Option<u64>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (enabled && terminal).then(|| {
+            let bar = match total {
+                Some(total) => ProgressBar::new(total),
+                None => ProgressBar::no_length(),
+            };
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} eta {eta}")
+                    .expect("the template is valid"),
+            );
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            lines: enabled && !terminal,
+            started: now,
+            last_line: now,
+            bytes: 0,
+            total,
+            payloads: 0,
+        }
+    }
+
+    fn read(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.bytes);
+        }
+    }
+
+    fn payloads(&mut self, done: u64, counts: &IntakeCounts) {
+        self.payloads += done;
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "{} payloads, {} refused, {} quarantined",
+                self.payloads, counts.refused, counts.quarantined
+            ));
+        }
+        if self.lines && self.last_line.elapsed() >= PROGRESS_EVERY {
+            self.last_line = Instant::now();
+            self.line();
+        }
+    }
+
+    fn line(&self) {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let of = self
+            .total
+            .map(|total| format!(" of {:.1} MiB", total as f64 / 1_048_576.0))
+            .unwrap_or_default();
+        eprintln!(
+            "linkflow ingest: {} payloads, {:.1} MiB read{of}, {:.0} payloads/s",
+            self.payloads,
+            self.bytes as f64 / 1_048_576.0,
+            self.payloads as f64 / seconds
+        );
+    }
+
+    /// Runs `print` with the bar out of the way.
+    fn suspend(&self, print: impl FnOnce()) {
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if self.lines {
+            self.line();
+        }
+    }
+}
+
+/// Ingests an in-memory body the way a file is ingested (the demo's flows).
+pub async fn ingest_body(
+    engine: &Engine,
+    feed: Feed,
+    body: &str,
+    context: PayloadContext,
+    show: Show,
+) -> Result<IntakeCounts, CliError> {
+    let (sender, receiver) = mpsc::channel(1);
+    sender
+        .send(Ok(body.as_bytes().to_vec()))
+        .await
+        .map_err(|_| CliError("the ingest stopped".into()))?;
+    drop(sender);
+    ingest_chunks(engine, feed, context, receiver, None, show).await
+}
+
+/// The context of a `linkflow ingest` run.
+pub fn context(
+    input: &str,
+    session: Option<&str>,
+    user: Option<String>,
+) -> Result<PayloadContext, CliError> {
+    let channel = format!("linkflow ingest {input}");
+    let mut context = PayloadContext::new(&channel, Utc::now());
+    if let Some(session) = session {
+        context = context.with_session(crate::session_id(session)?);
+    }
+    if let Some(user) = user {
+        context = context.with_user(user);
+    }
+    Ok(context)
 }

@@ -1,7 +1,8 @@
 //! `linkflow`: the command line of the linkflow engine.
 //!
 //! One file per command, behind [`Command`]: `ingest.rs`, `sessions.rs` (sessions, show,
-//! history), `parked.rs` (parked, redrive), `accounts.rs` (accounts, merchants), `diagram.rs`,
+//! history), `parked.rs` (parked, redrive), `quarantine.rs` (quarantine, redrive --quarantine),
+//! `accounts.rs` (accounts, merchants), `diagram.rs`,
 //! `verify.rs`, `demo.rs`, `serve.rs`, `funnel.rs`. Output is for people by default; `--json` prints the JSON shapes of
 //! `linkflow::views`, which the HTTP API shares.
 #![forbid(unsafe_code)]
@@ -43,6 +44,7 @@ mod diagram;
 mod funnel;
 mod ingest;
 mod parked;
+mod quarantine;
 mod serve;
 mod sessions;
 mod verify;
@@ -51,7 +53,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use linkflow::{Engine, EngineError};
+use linkflow::{Engine, EngineError, Feed};
 use linkflow_core::{Phase, Provider, SessionId, Version};
 
 /// linkflow: link sessions of connect flows as explicit state machines over a durable log.
@@ -103,21 +105,60 @@ impl From<ProviderArg> for Provider {
     }
 }
 
+/// An input, as named on the command line: a provider, or Knot's client SDK.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FeedArg {
+    /// MoneyKit Connect `onEvent` payloads.
+    Moneykit,
+    /// Benji Connect callbacks in linkflow's envelope.
+    Benji,
+    /// Knot webhooks.
+    Knot,
+    /// Knot client SDK callbacks in linkflow's envelope.
+    KnotSdk,
+}
+
+impl From<FeedArg> for Feed {
+    fn from(arg: FeedArg) -> Feed {
+        match arg {
+            FeedArg::Moneykit => Feed::Moneykit,
+            FeedArg::Benji => Feed::Benji,
+            FeedArg::Knot => Feed::Knot,
+            FeedArg::KnotSdk => Feed::KnotSdk,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Ingest provider payloads: a JSON value, a JSON array, or JSON Lines, from FILE or `-`.
+    /// Ingest provider payloads: a JSON value, a JSON array, or JSON Lines, from FILE or `-`,
+    /// read a chunk at a time (no size limit). Exit 0 when every payload was stored (accepted,
+    /// duplicate, parked or quarantined), 1 when any was refused.
     Ingest {
-        /// The provider that sent the payloads.
+        /// The input the payloads come from.
         #[arg(long, value_enum)]
-        provider: ProviderArg,
-        /// The session the payloads belong to, when they do not say (Benji).
+        provider: FeedArg,
+        /// The session the payloads belong to, when they do not say (Benji, Knot's SDK,
+        /// MoneyKit's Android bridge). A payload's own session id wins.
         #[arg(long)]
         session: Option<String>,
         /// The end user's id, when the payloads do not say (MoneyKit).
         #[arg(long)]
         user: Option<String>,
+        /// No progress on standard error.
+        #[arg(long)]
+        quiet: bool,
         /// The input file, or `-` for standard input.
         input: String,
+    },
+    /// Payloads that named no stream, kept in quarantine.
+    Quarantine {
+        /// Only the ones not released yet.
+        #[arg(long)]
+        pending: bool,
+        /// Only this provider's.
+        #[arg(long, value_enum)]
+        provider: Option<ProviderArg>,
     },
     /// List sessions.
     Sessions {
@@ -152,11 +193,22 @@ enum Command {
         #[arg(long)]
         session: Option<String>,
     },
-    /// Retry parked events now.
+    /// Retry parked events now; with `--quarantine`, decode quarantined payloads again.
     Redrive {
-        /// Only this session's.
+        /// Parked events: only this session's. With `--quarantine`: the session to give the
+        /// payloads that name none.
         #[arg(long)]
         session: Option<String>,
+        /// Decode quarantined payloads again (every pending one, or ENTRY) and store those that
+        /// now name a stream.
+        #[arg(long)]
+        quarantine: bool,
+        /// With `--quarantine`: the user to give payloads that name none.
+        #[arg(long, requires = "quarantine")]
+        user: Option<String>,
+        /// With `--quarantine`: only this entry (as `linkflow quarantine` lists it).
+        #[arg(requires = "quarantine")]
+        entry: Option<String>,
     },
     /// Linked accounts with their state and recent operations.
     Accounts,
@@ -255,17 +307,21 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     provider,
                     session,
                     user,
+                    quiet,
                     input,
-                } => {
-                    ingest::run(
-                        &engine,
-                        provider.into(),
-                        session.as_deref(),
-                        user,
-                        &input,
-                        json,
-                    )
-                    .await
+                } => match ingest::context(&input, session.as_deref(), user) {
+                    Ok(context) => {
+                        let show = ingest::Show {
+                            json,
+                            progress: !quiet,
+                            lines: true,
+                        };
+                        ingest::run(&engine, provider.into(), context, &input, show).await
+                    }
+                    Err(error) => Err(error),
+                },
+                Command::Quarantine { pending, provider } => {
+                    quarantine::list(&engine, pending, provider.map(Into::into), json).await
                 }
                 Command::Sessions {
                     phase,
@@ -282,7 +338,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Command::Parked { session } => {
                     parked::list(&engine, session.as_deref(), json).await
                 }
-                Command::Redrive { session } => {
+                Command::Redrive {
+                    session,
+                    quarantine: true,
+                    user,
+                    entry,
+                } => {
+                    quarantine::redrive(&engine, entry.as_deref(), session.as_deref(), user, json)
+                        .await
+                }
+                Command::Redrive { session, .. } => {
                     parked::redrive(&engine, session.as_deref(), json).await
                 }
                 Command::Accounts => accounts::accounts(&engine, json).await,

@@ -456,6 +456,7 @@ mod tests {
                 ..crate::merchant::tests::status(7, Availability::Down)
             }),
             EventBody::Quarantined(Quarantined {
+                feed: "benji".into(),
                 reason: "no session id".into(),
                 origin: crate::quarantine::Origin::new("POST /v1/events/benji")
                     .at("line 1")

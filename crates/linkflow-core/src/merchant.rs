@@ -16,6 +16,8 @@ pub enum Availability {
     Up,
     /// Unavailable.
     Down,
+    /// A status this build does not know; the provider's value is in the stored payload.
+    Unknown,
 }
 
 /// Availability of one merchant for one product type, platform and SDK version.
@@ -64,7 +66,8 @@ impl MerchantStatus {
     }
 }
 
-const AVAILABILITIES: [Availability; 2] = [Availability::Up, Availability::Down];
+const AVAILABILITIES: [Availability; 3] =
+    [Availability::Up, Availability::Down, Availability::Unknown];
 
 impl Compact for MerchantStatus {
     fn encode_compact(&self, out: &mut Output) {

@@ -97,6 +97,9 @@ fn bounded(text: &str) -> String {
 /// A payload put in quarantine: why no stream could take it, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantined {
+    /// The input the payload came from (`moneykit`, `benji`, `knot`, `knot-sdk`): what decodes
+    /// it again.
+    pub feed: String,
     /// Why the payload names no stream (`no session id: ...`).
     pub reason: String,
     /// Where it came in.
@@ -228,12 +231,14 @@ impl Compact for Origin {
 
 impl Compact for Quarantined {
     fn encode_compact(&self, out: &mut Output) {
+        out.str(&self.feed);
         out.str(&self.reason);
         self.origin.encode_compact(out);
     }
 
     fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
         Ok(Quarantined {
+            feed: input.str("quarantine feed")?,
             reason: input.str("quarantine reason")?,
             origin: Origin::decode_compact(input)?,
         })
@@ -269,6 +274,7 @@ mod tests {
 
     fn entry() -> QuarantineEntry {
         QuarantineEntry::new(Quarantined {
+            feed: "benji".into(),
             reason: "no session id".into(),
             origin: Origin::new("POST /v1/events/benji")
                 .at("line 3")

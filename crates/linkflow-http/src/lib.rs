@@ -2,10 +2,12 @@
 //! can mount in its own app; [`serve`] runs it with graceful shutdown (what `linkflow serve`
 //! does).
 //!
-//! Endpoints: `POST /v1/events/moneykit`, `POST /v1/events/benji` (`?session_id=`),
+//! Endpoints: `POST /v1/events/moneykit`, `POST /v1/events/benji`, `POST /v1/events/knot`
+//! (Knot's SDK callbacks; `?session_id=`, `?external_user_id=` on all three),
 //! `POST /v1/webhooks/knot` (signature checked when a secret is configured); `GET /v1/sessions`,
-//! `/v1/sessions/{id}`, `/v1/sessions/{id}/history`, `/v1/parked`, `/v1/accounts`,
-//! `/v1/merchants`; `GET /v1/stream` (server-sent events); `GET /healthz`; `GET /metrics`.
+//! `/v1/sessions/{id}`, `/v1/sessions/{id}/history`, `/v1/parked`, `/v1/quarantine`,
+//! `POST /v1/quarantine/redrive`, `/v1/accounts`, `/v1/merchants`; `GET /v1/stream`
+//! (server-sent events); `GET /healthz`; `GET /metrics`.
 //!
 //! Modules: `error` (responses for refused requests), `metrics` (Prometheus text), `stream`
 //! (server-sent events).
@@ -29,11 +31,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use linkflow::views::{AccountJson, HistoryJson, MerchantJson, ParkedJson, SessionJson};
-use linkflow::{Engine, IncomingEvent, IngestOutcome, SessionFilter};
+use linkflow::{
+    DeliveryError, Engine, Feed, IngestOutcome, PayloadContext, QuarantineFilter,
+    QuarantineRedrive, SessionFilter,
+};
 use linkflow_core::{Phase, Provider, SessionId};
-use linkflow_providers::{decode, signature, split_located, DecodeContext};
+use linkflow_providers::signature;
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::watch;
 
 pub use error::ApiError;
@@ -86,6 +90,9 @@ fn build(
     let protected = Router::new()
         .route("/v1/events/moneykit", post(ingest_moneykit))
         .route("/v1/events/benji", post(ingest_benji))
+        .route("/v1/events/knot", post(ingest_knot_sdk))
+        .route("/v1/quarantine", get(list_quarantine))
+        .route("/v1/quarantine/redrive", post(redrive_quarantine))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", get(show_session))
         .route("/v1/sessions/{id}/history", get(session_history))
@@ -157,73 +164,65 @@ fn outcome_name(outcome: &IngestOutcome) -> &'static str {
         IngestOutcome::Accepted { .. } => "accepted",
         IngestOutcome::Duplicate { .. } => "duplicate",
         IngestOutcome::Parked { .. } => "parked",
+        IngestOutcome::Quarantined { .. } => "quarantined",
         IngestOutcome::Refused { .. } => "refused",
     }
 }
 
-/// Decodes a whole body; any invalid event refuses the request (nothing stored), then ingests.
+/// Decodes and ingests a whole body through [`Engine::ingest_payload`]: a payload that is not
+/// JSON is a 400 and one over a limit a 413, with nothing stored; a payload that names no
+/// stream is quarantined (202 when every payload of the request was).
 async fn ingest(
     state: &AppState,
-    provider: Provider,
+    feed: Feed,
     body: &[u8],
     query: IngestQuery,
+    channel: &str,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let text = std::str::from_utf8(body).map_err(|error| {
-        ApiError::bad_request("invalid_json", format!("the body is not UTF-8: {error}"))
-    })?;
-    let mut context = DecodeContext::received_at(Utc::now());
+    let mut context = PayloadContext::new(channel, Utc::now());
     if let Some(session) = &query.session_id {
-        context.session_id = Some(
-            SessionId::new(session.as_str())
-                .map_err(|error| ApiError::bad_request("invalid_session_id", error.to_string()))?,
-        );
+        let session = SessionId::new(session.as_str())
+            .map_err(|error| ApiError::bad_request("invalid_session_id", error.to_string()))?;
+        context = context.with_session(session);
     }
-    context.external_user_id = query.external_user_id;
-    let located = split_located(text)
-        .map_err(|error| ApiError::bad_request("invalid_json", error.to_string()))?;
-    if located.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "the body holds no event",
-        ));
+    if let Some(user) = query.external_user_id {
+        context = context.with_user(user);
     }
-    let mut events = Vec::with_capacity(located.len());
-    for (at, event) in located {
-        let decoded = event
-            .and_then(|text| decode(provider, text, &context))
-            .and_then(|decoded| IncomingEvent::from_decoded(decoded, context.received_at))
-            .map_err(|error| {
-                let kind = if matches!(error, linkflow_providers::DecodeError::NotJson { .. }) {
-                    "invalid_json"
-                } else {
-                    "invalid_event"
-                };
-                ApiError::bad_request(kind, format!("{at}: {error}"))
-            })?;
-        events.push(decoded);
-    }
-    let outcomes = state.engine.ingest_batch(events).await?;
-    for outcome in &outcomes {
+    let report = match state.engine.ingest_payload(feed, body, &context).await {
+        Ok(report) => report,
+        Err(DeliveryError::Engine(error)) => return Err(error.into()),
+        Err(error) if error.is_limit() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                error.to_string(),
+            ))
+        }
+        Err(DeliveryError::Empty) => {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "the body holds no payload",
+            ))
+        }
+        Err(error) => return Err(ApiError::bad_request("invalid_json", error.to_string())),
+    };
+    for result in &report.results {
         state
             .metrics
-            .ingested(provider.as_str(), outcome_name(outcome));
+            .ingested(feed.as_str(), outcome_name(&result.outcome));
+        if !result.warnings.is_empty() {
+            state.metrics.warned(feed.as_str());
+        }
     }
     state.metrics.latency(started.elapsed());
-    let count = |name: &str| {
-        outcomes
-            .iter()
-            .filter(|outcome| outcome_name(outcome) == name)
-            .count()
+    let all_quarantined = report.counts.quarantined == report.results.len() as u64;
+    let status = if all_quarantined {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
     };
-    let body = json!({
-        "accepted": count("accepted"),
-        "duplicate": count("duplicate"),
-        "parked": count("parked"),
-        "refused": count("refused"),
-        "results": outcomes,
-    });
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok((status, Json(report)).into_response())
 }
 
 async fn ingest_moneykit(
@@ -231,7 +230,14 @@ async fn ingest_moneykit(
     Query(query): Query<IngestQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    ingest(&state, Provider::Moneykit, &body, query).await
+    ingest(
+        &state,
+        Feed::Moneykit,
+        &body,
+        query,
+        "POST /v1/events/moneykit",
+    )
+    .await
 }
 
 async fn ingest_benji(
@@ -239,7 +245,15 @@ async fn ingest_benji(
     Query(query): Query<IngestQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    ingest(&state, Provider::Benji, &body, query).await
+    ingest(&state, Feed::Benji, &body, query, "POST /v1/events/benji").await
+}
+
+async fn ingest_knot_sdk(
+    State(state): State<AppState>,
+    Query(query): Query<IngestQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    ingest(&state, Feed::KnotSdk, &body, query, "POST /v1/events/knot").await
 }
 
 async fn ingest_knot(
@@ -258,16 +272,75 @@ async fn ingest_knot(
         signature::verify(secret, signature_header, &body, content_type)
             .map_err(|error| ApiError::unauthorized(error.to_string()))?;
     }
-    ingest(
-        &state,
-        Provider::Knot,
-        &body,
-        IngestQuery {
-            session_id: None,
-            external_user_id: None,
-        },
-    )
-    .await
+    let query = IngestQuery {
+        session_id: None,
+        external_user_id: None,
+    };
+    ingest(&state, Feed::Knot, &body, query, "POST /v1/webhooks/knot").await
+}
+
+#[derive(Debug, Deserialize)]
+struct QuarantineQuery {
+    pending: Option<bool>,
+    provider: Option<String>,
+}
+
+/// `GET /v1/quarantine`: quarantined payloads (`?pending=true`, `?provider=`), at most
+/// `linkflow::quarantine::MAX_QUARANTINE_PAGE`, with the counts of all.
+async fn list_quarantine(
+    State(state): State<AppState>,
+    Query(query): Query<QuarantineQuery>,
+) -> Result<Json<linkflow::QuarantineList>, ApiError> {
+    let provider = query
+        .provider
+        .map(|text| text.parse::<Provider>())
+        .transpose()
+        .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+    let filter = QuarantineFilter {
+        pending_only: query.pending.unwrap_or(false),
+        provider,
+    };
+    Ok(Json(state.engine.quarantine(filter).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    entry: Option<String>,
+    session_id: Option<String>,
+    external_user_id: Option<String>,
+}
+
+/// `POST /v1/quarantine/redrive`: decodes quarantined payloads again (`{"entry"}` one, else
+/// every pending one), with `session_id` / `external_user_id` for payloads that name none.
+async fn redrive_quarantine(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<linkflow::RedriveReport>, ApiError> {
+    let request: RedriveBody = if body.is_empty() {
+        RedriveBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::bad_request("invalid_json", error.to_string()))?
+    };
+    let id = |text: Option<String>, what: &'static str| {
+        text.map(|text| {
+            SessionId::new(text).map_err(|error| ApiError::bad_request(what, error.to_string()))
+        })
+        .transpose()
+    };
+    let redrive = QuarantineRedrive {
+        entry: id(request.entry, "invalid_entry")?,
+        session_id: id(request.session_id, "invalid_session_id")?,
+        external_user_id: request.external_user_id,
+    };
+    match state.engine.redrive_quarantine(redrive).await {
+        Ok(report) => Ok(Json(report)),
+        Err(linkflow::EngineError::NotQuarantined { entry }) => Err(ApiError::not_found(format!(
+            "`{entry}` is not a quarantine entry"
+        ))),
+        Err(error) => Err(error.into()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

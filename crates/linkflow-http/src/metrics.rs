@@ -1,5 +1,5 @@
-//! Prometheus text metrics: events ingested by provider and outcome, parked events, ingest
-//! latency, where the write path's time goes, the session cache, sessions by phase.
+//! Prometheus text metrics: payloads ingested by input and outcome, payloads with warnings,
+//! parked events, quarantined payloads, ingest latency, where the write path's time goes, the session cache, sessions by phase.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +22,7 @@ pub struct Metrics {
 #[derive(Default)]
 struct Inner {
     ingested: BTreeMap<(&'static str, &'static str), u64>,
+    warned: BTreeMap<&'static str, u64>,
     latency_buckets: [u64; BUCKETS_S.len()],
     latency_count: u64,
     latency_sum_s: f64,
@@ -43,6 +44,11 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Counts one payload stored with warnings (fields its adapter could not read).
+    pub fn warned(&self, provider: &'static str) {
+        *self.inner().warned.entry(provider).or_default() += 1;
+    }
+
     /// Records one ingest request's duration.
     pub fn latency(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
@@ -60,12 +66,20 @@ impl Metrics {
     pub async fn render(&self, engine: &Engine) -> Result<String, EngineError> {
         let sessions = engine.sessions(SessionFilter::default()).await?;
         let parked = engine.parked(None).await?.len();
+        let quarantined = engine.quarantine_counts().await?;
         let mut out = String::new();
         {
             let inner = self.inner();
-            out.push_str("# HELP linkflow_events_ingested_total Events ingested over HTTP, by provider and outcome.\n# TYPE linkflow_events_ingested_total counter\n");
+            out.push_str("# HELP linkflow_events_ingested_total Payloads ingested over HTTP, by input and outcome (accepted, duplicate, parked, quarantined, refused).\n# TYPE linkflow_events_ingested_total counter\n");
             for ((provider, outcome), count) in &inner.ingested {
                 let _ = writeln!(out, "linkflow_events_ingested_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {count}");
+            }
+            out.push_str("# HELP linkflow_payload_warnings_total Payloads stored with fields their adapter could not read, by input.\n# TYPE linkflow_payload_warnings_total counter\n");
+            for (provider, count) in &inner.warned {
+                let _ = writeln!(
+                    out,
+                    "linkflow_payload_warnings_total{{provider=\"{provider}\"}} {count}"
+                );
             }
             out.push_str("# HELP linkflow_ingest_duration_seconds Duration of ingest requests.\n# TYPE linkflow_ingest_duration_seconds histogram\n");
             for (bucket, bound) in inner.latency_buckets.iter().zip(BUCKETS_S) {
@@ -92,6 +106,17 @@ impl Metrics {
         }
         out.push_str("# HELP linkflow_parked_events Events refused by the state machine and parked.\n# TYPE linkflow_parked_events gauge\n");
         let _ = writeln!(out, "linkflow_parked_events {parked}");
+        out.push_str("# HELP linkflow_quarantined_payloads Payloads that named no stream, by state (pending, or released by a redrive).\n# TYPE linkflow_quarantined_payloads gauge\n");
+        let _ = writeln!(
+            out,
+            "linkflow_quarantined_payloads{{state=\"pending\"}} {}",
+            quarantined.pending
+        );
+        let _ = writeln!(
+            out,
+            "linkflow_quarantined_payloads{{state=\"released\"}} {}",
+            quarantined.released
+        );
         let write = engine.write_stats();
         out.push_str("# HELP linkflow_write_requests_total Ingest and redrive calls answered by a committed group.\n# TYPE linkflow_write_requests_total counter\n");
         let _ = writeln!(out, "linkflow_write_requests_total {}", write.requests);

@@ -1,67 +1,50 @@
-//! Why a payload could not be decoded.
+//! Why a payload could not be read at all. A payload that is JSON is never refused for what it
+//! says: fields the adapter cannot read are [`crate::Warning`]s, and a payload that names no
+//! stream is quarantined.
 
-use serde_json::Value;
-
-use crate::json::type_name;
-
-/// A payload that is not a valid event of its provider. Names the JSON path of the problem;
-/// nothing of it is stored.
+/// A payload that is not JSON, or breaks a size or count limit. Nothing of it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[serde(tag = "error", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// The input is not JSON.
+    /// The payload is not JSON.
     #[error("not JSON (line {line}, column {column}): {message}")]
     NotJson {
-        /// 1-based line of the problem.
+        /// 1-based line of the problem, within the payload.
         line: usize,
         /// 1-based column of the problem.
         column: usize,
         /// What the JSON parser said.
         message: String,
     },
-    /// A required field is missing (or null).
-    #[error("{path} is missing")]
-    Missing {
-        /// Where the field should be (`$.meta.link_session_id`).
-        path: String,
-    },
-    /// A field has the wrong JSON type.
-    #[error("{path} must be {expected}, found {found}")]
-    WrongType {
-        /// Where the field is.
-        path: String,
-        /// What it must be.
-        expected: String,
-        /// What it is.
-        found: String,
-    },
-    /// A field has the right type but a value that cannot be used.
-    #[error("{path}: {reason}")]
-    InvalidValue {
-        /// Where the field is.
-        path: String,
-        /// What is wrong with it.
+    /// The input's structure is broken around the payload (an unterminated value, an empty
+    /// array element, an array never closed).
+    #[error("not JSON: {reason}")]
+    Malformed {
+        /// What is broken, and where it starts.
         reason: String,
+    },
+    /// The payload's bytes are not UTF-8.
+    #[error("not UTF-8: invalid bytes after {at} valid ones")]
+    NotUtf8 {
+        /// The number of valid bytes before the first invalid one.
+        at: usize,
+    },
+    /// The payload is larger than the limit.
+    #[error("the payload is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// One delivery holds more payloads than allowed.
+    #[error("more than {limit} payloads in one delivery")]
+    TooManyPayloads {
+        /// The limit.
+        limit: usize,
     },
 }
 
 impl DecodeError {
-    pub(crate) fn wrong_type(path: &str, expected: &str, found: &Value) -> Self {
-        DecodeError::WrongType {
-            path: path.to_owned(),
-            expected: expected.to_owned(),
-            found: type_name(found).to_owned(),
-        }
-    }
-
-    pub(crate) fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        DecodeError::InvalidValue {
-            path: path.into(),
-            reason: reason.into(),
-        }
-    }
-
     pub(crate) fn not_json(error: &serde_json::Error) -> Self {
         DecodeError::NotJson {
             line: error.line(),
@@ -70,13 +53,17 @@ impl DecodeError {
         }
     }
 
-    /// The JSON path of the problem (`$` for input that is not JSON).
-    pub fn path(&self) -> &str {
-        match self {
-            DecodeError::NotJson { .. } => "$",
-            DecodeError::Missing { path }
-            | DecodeError::WrongType { path, .. }
-            | DecodeError::InvalidValue { path, .. } => path,
+    pub(crate) fn invalid_input(reason: impl Into<String>) -> Self {
+        DecodeError::Malformed {
+            reason: reason.into(),
         }
+    }
+
+    /// True when the payload broke a size or count limit (an HTTP 413), not the JSON syntax.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::TooLarge { .. } | DecodeError::TooManyPayloads { .. }
+        )
     }
 }

@@ -1,15 +1,21 @@
-//! MoneyKit Connect: `{name, properties, meta}` objects from the SDK's `onEvent` callback,
-//! forwarded by the integrator's frontend.
+//! MoneyKit Connect: the `onEvent` payloads of every MoneyKit SDK, forwarded by the
+//! integrator's frontend. Shapes (sources in `docs/providers.md`):
 //!
-//! Session key `meta.link_session_id`; event time `meta.timestamp` (ISO-8601); link type
-//! `meta.link_type` (`Link`, `Relink`, `Failover Link`); institution from
-//! `select_institution`'s properties or from `meta` once one is selected.
+//! - the vendor doc and the web SDK (`@moneykit/connect`): `{name, properties, meta}`, `meta`
+//!   = `{link_type, timestamp, link_session_id, institution_id?, institution_name?}`, the web
+//!   SDK's link types in lowercase (`"link"`, `"relink"`), optional fields null;
+//! - the React Native types and older iOS SDKs: `{name, sessionId, properties}`, no `meta`;
+//! - the React Native iOS bridge: `{name, meta, properties}`;
+//! - the React Native Android bridge: `{name, properties}`: the session comes from the caller.
+//!
+//! Session key: `meta.link_session_id` (or `meta.linkSessionId`), else `sessionId` /
+//! `session_id`, else the caller's; none: quarantined. Event time: `meta.timestamp`
+//! (ISO-8601). Institution: `select_institution`'s properties, or `meta` once one is selected.
 
-use linkflow_core::{ErrorInfo, Event, EventKind, LinkType, Provider};
-use serde_json::Value;
+use linkflow_core::{ErrorInfo, Event, EventKind, Institution, LinkType, Provider};
 
-use crate::json::{At, Obj};
-use crate::{dedupe_key, iso_time, session_id, DecodeContext, DecodeError, Decoded, Target};
+use crate::json::{Notes, Obj};
+use crate::{dedupe_key, event_time, session_for, Payload, Routed, Target};
 
 /// Every documented event name and its canonical kind.
 pub const EVENT_NAMES: [(&str, EventKind); 21] = [
@@ -55,114 +61,162 @@ fn kind_of(name: &str) -> EventKind {
         })
 }
 
-fn link_type(path: &str, text: &str) -> Result<LinkType, DecodeError> {
-    match text {
-        "Link" => Ok(LinkType::Link),
-        "Relink" => Ok(LinkType::Relink),
-        "Failover Link" => Ok(LinkType::FailoverLink),
-        other => Err(DecodeError::invalid(
-            path,
-            format!("`{other}` is not a link type (Link, Relink, Failover Link)"),
-        )),
+/// A link type in any SDK's spelling (`Link`, `link`, `Failover Link`, `failover_link`);
+/// `None` for one this build does not know.
+fn link_type(text: &str) -> Option<LinkType> {
+    let normalized: String = text
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
+    match normalized.as_str() {
+        "link" => Some(LinkType::Link),
+        "relink" => Some(LinkType::Relink),
+        "failoverlink" => Some(LinkType::FailoverLink),
+        _ => None,
     }
 }
 
 /// Decodes one MoneyKit event.
-pub fn decode(value: &Value, text: &str, context: &DecodeContext) -> Result<Decoded, DecodeError> {
-    let root = Obj::new(At::root(value))?;
-    let name = root.str("name")?;
-    let meta = root.obj("meta")?;
-    let properties = root.opt_obj("properties")?;
-    let session = session_id(
-        &meta.path_of("link_session_id"),
-        meta.str("link_session_id")?,
-    )?;
-    let occurred_at = meta
-        .opt_str("timestamp")?
-        .map(|time| iso_time(&meta.path_of("timestamp"), time))
-        .transpose()?;
+pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
+    let Some(root) = Obj::root(payload.value) else {
+        return payload.nowhere(
+            "the payload is not a JSON object, so it names no session",
+            None,
+        );
+    };
+    let name = root.text("name", notes).unwrap_or_else(|| {
+        notes.warn("$.name", "missing: the event is kept as unrecognized");
+        String::new()
+    });
+    let meta = root.obj("meta", notes);
+    let found = meta
+        .as_ref()
+        .and_then(|meta| {
+            let (key, _) = meta.first_of(&["link_session_id", "linkSessionId"])?;
+            Some((meta.path_of(key), meta.text(key, notes)?))
+        })
+        .or_else(|| {
+            let (key, _) = root.first_of(&["sessionId", "session_id"])?;
+            Some((root.path_of(key), root.text(key, notes)?))
+        });
+    let session = match session_for(found, payload.context, notes) {
+        Ok(session) => session,
+        Err(reason) => return payload.nowhere(reason, Some(&name)),
+    };
+    let occurred_at = meta.as_ref().and_then(|meta| {
+        let (key, value) = meta.first_of(&["timestamp"])?;
+        event_time(&meta.path_of(key), value, notes)
+    });
 
-    let kind = kind_of(name);
+    let kind = kind_of(&name);
     let mut event = Event::new(kind.clone());
     event.occurred_at = occurred_at;
-    if let Some(text) = meta.opt_str("link_type")? {
-        event = event.with_link_type(link_type(&meta.path_of("link_type"), text)?);
+    if let Some(meta) = &meta {
+        read_meta(meta, &mut event, notes);
     }
-    if let Some(id) = meta.opt_id("institution_id")? {
-        event = event.with_institution(id, meta.opt_str("institution_name")?);
+    event.attributes.external_user_id = payload.context.external_user_id.clone();
+    if let Some(properties) = root.obj("properties", notes) {
+        read_properties(&kind, &properties, &mut event, notes);
     }
-    if let Some(user) = &context.external_user_id {
-        event.attributes.external_user_id = Some(user.clone());
-    }
-    if let Some(properties) = &properties {
-        read_properties(&kind, properties, &mut event)?;
-    }
-    Ok(Decoded {
-        provider: Provider::Moneykit,
-        raw_name: name.to_owned(),
-        event_id: None,
+    Routed::Event {
         dedupe_key: dedupe_key(
             Provider::Moneykit,
             session.as_str(),
-            name,
+            &name,
             occurred_at,
-            value,
+            payload.value,
         ),
-        raw: text.to_owned(),
         target: Target::Session { session, event },
-    })
+        raw_name: name,
+        event_id: None,
+    }
 }
 
-fn read_properties(
-    kind: &EventKind,
-    properties: &Obj<'_>,
-    event: &mut Event,
-) -> Result<(), DecodeError> {
+fn read_meta(meta: &Obj<'_>, event: &mut Event, notes: &mut Notes) {
+    if let Some(text) = meta.text_of(&["link_type", "linkType"], notes) {
+        match link_type(&text) {
+            Some(link_type) => event.attributes.link_type = Some(link_type),
+            None => notes.warn(
+                meta.path_of("link_type"),
+                format!("`{text}` is not a link type this build knows (link, relink, failover link); kept in the raw payload"),
+            ),
+        }
+    }
+    if let Some(id) = meta.id_of(&["institution_id", "institutionId"], notes) {
+        event.attributes.institution = Some(Institution {
+            id,
+            name: meta.text_of(&["institution_name", "institutionName"], notes),
+        });
+    }
+}
+
+fn read_properties(kind: &EventKind, properties: &Obj<'_>, event: &mut Event, notes: &mut Notes) {
     match kind {
-        EventKind::Error => {
-            event.attributes.error = Some(ErrorInfo {
-                id: properties
-                    .opt_str("error_id")?
-                    .filter(|id| !id.is_empty())
-                    .map(str::to_owned),
-                code: properties.opt_str("error_code")?.map(str::to_owned),
-                message: properties
-                    .opt_str("displayed_message")?
-                    .filter(|message| !message.is_empty())
-                    .map(str::to_owned),
-                request_id: properties
-                    .opt_str("request_id")?
-                    .filter(|id| !id.is_empty())
-                    .map(str::to_owned),
-            });
+        // The web SDK passes the error to the exit callback too; forwarded exits may carry it.
+        EventKind::Error | EventKind::Exited => {
+            let error = read_error(properties, notes);
+            if *kind == EventKind::Error || error != ErrorInfo::default() {
+                event.attributes.error = Some(error);
+            }
+            if *kind == EventKind::Exited {
+                event.attributes.exit_status =
+                    properties.text_of(&["status", "exit_status"], notes);
+            }
         }
         EventKind::ScreenChanged => {
             // The doc's list says `current_screen_name`, its prose example `current_screen`.
-            let screen = match properties.opt_str("current_screen_name")? {
-                Some(screen) => Some(screen),
-                None => properties.opt_str("current_screen")?,
-            };
-            event.attributes.screen_name = screen.map(str::to_owned);
+            event.attributes.screen_name =
+                properties.text_of(&["current_screen_name", "current_screen"], notes);
         }
         EventKind::InstitutionSelected => {
-            if let Some(id) = properties.opt_id("institution_id")? {
-                event.attributes.institution = Some(linkflow_core::Institution {
+            if let Some(id) = properties.id_of(&["institution_id", "institutionId"], notes) {
+                event.attributes.institution = Some(Institution {
                     id,
-                    name: properties.opt_str("institution_name")?.map(str::to_owned),
+                    name: properties.text_of(&["institution_name", "institutionName"], notes),
                 });
             }
         }
         EventKind::InstitutionSearched => {
-            event.attributes.search_term = properties.opt_str("search_term")?.map(str::to_owned);
-        }
-        EventKind::Exited => {
-            let status = match properties.opt_str("status")? {
-                Some(status) => Some(status),
-                None => properties.opt_str("exit_status")?,
-            };
-            event.attributes.exit_status = status.map(str::to_owned);
+            event.attributes.search_term =
+                properties.text_of(&["search_term", "searchTerm"], notes);
         }
         _ => {}
     }
-    Ok(())
+}
+
+/// The error fields in the web SDK's snake_case or the React Native types' camelCase; empty
+/// strings count as absent.
+fn read_error(properties: &Obj<'_>, notes: &mut Notes) -> ErrorInfo {
+    let mut text = |keys: &[&'static str]| {
+        properties
+            .text_of(keys, notes)
+            .filter(|text| !text.is_empty())
+    };
+    ErrorInfo {
+        id: text(&["error_id", "identifier", "errorId"]),
+        code: text(&["error_code", "errorCode"]),
+        message: text(&["displayed_message", "displayedMessage"]),
+        request_id: text(&["request_id", "requestId"]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_types_are_read_in_every_sdk_spelling() {
+        for (text, expected) in [
+            ("Link", LinkType::Link),
+            ("link", LinkType::Link),
+            ("Relink", LinkType::Relink),
+            ("relink", LinkType::Relink),
+            ("Failover Link", LinkType::FailoverLink),
+            ("failover_link", LinkType::FailoverLink),
+        ] {
+            assert_eq!(link_type(text), Some(expected), "{text}");
+        }
+        assert_eq!(link_type("update"), None);
+    }
 }

@@ -142,7 +142,7 @@ impl Engine {
         answer.await.map_err(|_| EngineError::Closed)?
     }
 
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&dyn EventStore) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {

@@ -35,6 +35,12 @@ pub enum EngineError {
         /// The session's last version.
         current: linkflow_core::Version,
     },
+    /// A redrive named a stream that is not a quarantine entry.
+    #[error("`{entry}` is not a quarantine entry")]
+    NotQuarantined {
+        /// The stream named.
+        entry: SessionId,
+    },
     /// The engine was shut down (or its writer stopped) before the call completed. Whether the
     /// call's events were stored is unknown: retry them (appends are idempotent).
     #[error("the engine is shut down")]
@@ -55,6 +61,12 @@ impl From<StoreError> for EngineError {
 #[serde(tag = "error", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventError {
+    /// The payload is not JSON, or breaks a size or count limit of its input.
+    #[error("{detail}")]
+    Invalid {
+        /// What is wrong with it.
+        detail: linkflow_providers::DecodeError,
+    },
     /// The event encodes to a record larger than the log accepts.
     #[error("event for session `{session}` encodes to {bytes} bytes; the limit is {limit}")]
     TooLarge {

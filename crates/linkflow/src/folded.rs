@@ -331,6 +331,7 @@ mod tests {
             },
             Folded::Quarantine(None),
             Folded::Quarantine(Some(QuarantineEntry::new(linkflow_core::Quarantined {
+                feed: "benji".into(),
                 reason: "no session id".into(),
                 origin: linkflow_core::Origin::new("POST /v1/events/benji"),
             }))),

@@ -1,7 +1,10 @@
 //! What goes into an ingest and what comes out.
 
 use chrono::{DateTime, Utc};
-use linkflow_core::{Event, EventBody, Phase, Position, Provider, SessionId, Version};
+use linkflow_core::{
+    Event, EventBody, InvalidSessionId, Origin, Phase, Position, Provider, Quarantined, SessionId,
+    Version,
+};
 use linkflow_store::{DedupeHit, DedupeKey, RawJson};
 use serde::Serialize;
 use uuid::Uuid;
@@ -32,42 +35,53 @@ pub struct IncomingEvent {
 
 impl IncomingEvent {
     /// A decoded provider payload on its way in: its stream, body, name, id, dedupe key and
-    /// verbatim payload, received at `received_at`.
+    /// payload text, received at `received_at`. Fails only if the stream id is not usable,
+    /// which the adapters rule out (they quarantine such payloads).
     pub fn from_decoded(
         decoded: linkflow_providers::Decoded,
         received_at: DateTime<Utc>,
-    ) -> Result<Self, linkflow_providers::DecodeError> {
-        use linkflow_providers::{DecodeError, Target};
-        let invalid = |error: linkflow_core::InvalidSessionId| DecodeError::InvalidValue {
-            path: "$".into(),
-            reason: format!("the stream id this payload names is not usable: {error}"),
+    ) -> Result<Self, InvalidSessionId> {
+        use linkflow_providers::Target;
+        let stream = decoded.target.stream_id()?;
+        let body = match decoded.target {
+            Target::Session { event, .. } => EventBody::Session(event),
+            Target::Account { account, event } => EventBody::Account { account, event },
+            Target::Merchant(status) => EventBody::Merchant(status),
         };
-        let (stream, body) = match decoded.target {
-            Target::Session { session, event } => (session, EventBody::Session(event)),
-            Target::Account { account, event } => (
-                account.stream_id().map_err(invalid)?,
-                EventBody::Account { account, event },
-            ),
-            Target::Merchant(status) => (
-                status.stream_id().map_err(invalid)?,
-                EventBody::Merchant(status),
-            ),
-        };
-        let raw = RawJson::from_string(decoded.raw).map_err(|error| DecodeError::NotJson {
-            line: error.line(),
-            column: error.column(),
-            message: error.to_string(),
-        })?;
         Ok(IncomingEvent {
             session: stream,
             provider: decoded.provider,
             body,
             raw_name: Some(decoded.raw_name),
-            raw: Some(raw),
+            raw: Some(raw_json(decoded.raw)),
             event_id: decoded.event_id,
             dedupe_key: Some(decoded.dedupe_key),
             received_at: Some(received_at),
         })
+    }
+
+    /// A payload that names no stream, on its way into its own quarantine stream, with the
+    /// feed that decodes it again and where it came from.
+    pub fn quarantined(
+        unrouted: linkflow_providers::Unrouted,
+        feed: linkflow_providers::Feed,
+        origin: Origin,
+        received_at: DateTime<Utc>,
+    ) -> Self {
+        IncomingEvent {
+            session: unrouted.stream_id(),
+            provider: unrouted.provider,
+            body: EventBody::Quarantined(Quarantined {
+                feed: feed.as_str().to_owned(),
+                reason: unrouted.reason,
+                origin,
+            }),
+            raw_name: unrouted.raw_name,
+            raw: Some(raw_json(unrouted.raw)),
+            event_id: None,
+            dedupe_key: Some(unrouted.dedupe_key),
+            received_at: Some(received_at),
+        }
     }
 
     /// The session event, if this is one.
@@ -96,6 +110,12 @@ impl IncomingEvent {
             received_at: None,
         }
     }
+}
+
+/// A payload text the adapter parsed: kept as it is.
+fn raw_json(text: String) -> RawJson {
+    RawJson::from_string(text)
+        .expect("an adapter's payload text is the JSON it parsed, or that JSON re-serialized")
 }
 
 /// The dedupe key of an event whose adapter supplied none: a hash of the provider, the
@@ -139,6 +159,16 @@ pub enum IngestOutcome {
         session: SessionId,
         /// Where the first delivery went.
         original: DedupeHit,
+    },
+    /// A payload that names no stream, kept in its own quarantine stream (`entry`) until a
+    /// redrive decodes it into one.
+    Quarantined {
+        /// The quarantine entry's stream.
+        entry: SessionId,
+        /// Why no stream could take the payload.
+        reason: String,
+        /// The entry's global position.
+        position: Position,
     },
     /// Refused by the state machine and parked with the reason; retried after each later
     /// accepted event of the session.

@@ -16,6 +16,9 @@
 //! - `cache`: the bounded session cache.
 //! - `stats`: where the write path's time goes ([`WriteStats`]).
 //! - `verify`: the consistency check.
+//! - [`intake`]: provider payloads in ([`Engine::ingest_payload`], [`Intake`] for streams):
+//!   split, decode, quarantine what names no stream, ingest.
+//! - [`quarantine`]: payloads that named no stream: listed, counted, redriven.
 //! - [`config`], [`error`], [`ingest`]: what goes in and comes out.
 //! - [`chart`]: the SVG funnel chart.
 //! - [`views`]: the JSON shapes of the CLI and HTTP contract.
@@ -29,6 +32,8 @@ mod engine;
 pub mod error;
 pub mod folded;
 pub mod ingest;
+pub mod intake;
+pub mod quarantine;
 mod query;
 mod stats;
 mod subscribe;
@@ -42,9 +47,19 @@ pub use engine::Engine;
 pub use error::{EngineError, EventError};
 pub use folded::Folded;
 pub use ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
+pub use intake::{
+    DeliveryError, DeliveryReport, Intake, IntakeCounts, PayloadContext, PayloadResult,
+    INTAKE_BATCH,
+};
+pub use quarantine::{
+    QuarantineCounts, QuarantineFilter, QuarantineList, QuarantineRedrive, QuarantineView,
+    RedriveReport, Redrove,
+};
 pub use query::{AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
 pub use stats::WriteStats;
 pub use subscribe::Subscription;
 
 pub use linkflow_core as core;
+pub use linkflow_providers as providers;
+pub use linkflow_providers::{DecodeContext, Feed, Location, Warning};
 pub use linkflow_store as store;

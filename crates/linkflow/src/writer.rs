@@ -284,6 +284,8 @@ enum Planned {
         phase_after: Option<Phase>,
         redriven: Vec<PlannedRedrive>,
         linked: Option<PlannedRedrive>,
+        /// Why the payload is in quarantine, when the event is a quarantine entry's payload.
+        quarantined: Option<String>,
     },
     Park {
         op: usize,
@@ -506,6 +508,10 @@ impl<'a> Plan<'a> {
                 working.dirty = true;
                 let link = self.link_for(session, &new, change);
                 let event_id = new.event_id;
+                let quarantined = match &new.body {
+                    EventBody::Quarantined(entry) => Some(entry.reason.clone()),
+                    _ => None,
+                };
                 let op = self.push(
                     Op::Append {
                         stream: session.clone(),
@@ -530,6 +536,7 @@ impl<'a> Plan<'a> {
                     phase_after: change.phase_after(),
                     redriven,
                     linked,
+                    quarantined,
                 })
             }
             Err(reason) => {
@@ -970,7 +977,15 @@ fn complete_group(
                             phase_after,
                             redriven,
                             linked,
+                            quarantined,
                         } => match outcomes.get(op) {
+                            Some(OpOutcome::Appended { position, .. }) if quarantined.is_some() => {
+                                IngestOutcome::Quarantined {
+                                    entry: session,
+                                    reason: quarantined.unwrap_or_default(),
+                                    position: *position,
+                                }
+                            }
                             Some(OpOutcome::Appended { version, position }) => {
                                 IngestOutcome::Accepted {
                                     session,

@@ -96,6 +96,7 @@ fn shape(outcome: &IngestOutcome) -> String {
         } => format!("accepted {version} {position} +{}", redriven.len()),
         IngestOutcome::Duplicate { original, .. } => format!("duplicate of {original:?}"),
         IngestOutcome::Parked { reason, .. } => format!("parked: {reason}"),
+        IngestOutcome::Quarantined { entry, .. } => format!("quarantined as {entry}"),
         IngestOutcome::Refused { error } => format!("refused: {error}"),
     }
 }

@@ -1,0 +1,91 @@
+//! `linkflow quarantine`, `linkflow redrive --quarantine`: payloads that named no stream.
+
+use std::process::ExitCode;
+
+use linkflow::{Engine, QuarantineFilter, QuarantineRedrive, Redrove};
+use linkflow_core::Provider;
+
+use crate::{print_json, session_id, CliError};
+
+pub async fn list(
+    engine: &Engine,
+    pending_only: bool,
+    provider: Option<Provider>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let list = engine
+        .quarantine(QuarantineFilter {
+            pending_only,
+            provider,
+        })
+        .await?;
+    if json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for entry in &list.entries {
+        let state = match &entry.released {
+            Some(stream) => format!("released into {stream}"),
+            None => "pending".to_owned(),
+        };
+        out!(
+            "{}  {}  {}  received {}  {state}\n    from {}\n    why: {}",
+            entry.entry,
+            entry.feed,
+            entry.raw_name.as_deref().unwrap_or("-"),
+            entry.received_at.to_rfc3339(),
+            entry.origin,
+            entry.reason
+        );
+    }
+    if list.omitted > 0 {
+        out!("({} more not listed)", list.omitted);
+    }
+    out!(
+        "{} pending, {} released",
+        list.counts.pending,
+        list.counts.released
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn redrive(
+    engine: &Engine,
+    entry: Option<&str>,
+    session: Option<&str>,
+    user: Option<String>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let request = QuarantineRedrive {
+        entry: entry.map(session_id).transpose()?,
+        session_id: session.map(session_id).transpose()?,
+        external_user_id: user,
+    };
+    let report = engine.redrive_quarantine(request).await?;
+    if json {
+        print_json(&report);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut released = 0;
+    for result in &report.results {
+        match result {
+            Redrove::Released { entry, outcome, .. } => {
+                released += 1;
+                out!(
+                    "released {entry}: {}",
+                    serde_json::to_string(outcome).expect("an outcome serializes")
+                );
+            }
+            Redrove::StillQuarantined { entry, reason } => {
+                out!("still quarantined {entry}: {reason}")
+            }
+            Redrove::Refused { entry, error } => out!("refused {entry}: {error}"),
+        }
+    }
+    out!(
+        "{released} of {} released; {} pending left for another run",
+        report.results.len(),
+        report.remaining
+    );
+    Ok(ExitCode::SUCCESS)
+}
