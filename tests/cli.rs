@@ -68,7 +68,9 @@ fn demo_runs_on_a_fresh_temporary_store_and_reports_a_consistent_log() {
     assert_eq!(report["sessions"].as_array().unwrap().len(), 4);
     assert_eq!(report["accounts"].as_array().unwrap().len(), 3);
     assert_eq!(report["merchants"][0]["status"], "down");
-    assert_eq!(report["parked"].as_array().unwrap().len(), 1);
+    // The second MoneyKit open, and Benji's partner choice delivered after the authentication
+    // (judged in arrival order, it is illegal in `authenticated`).
+    assert_eq!(report["parked"].as_array().unwrap().len(), 2);
 }
 
 #[test]

@@ -79,20 +79,6 @@ impl Phase {
     pub const fn is_terminal(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Exited)
     }
-
-    /// Every phase after `institution_selected` (except `exited`, which a user can reach from
-    /// anywhere) needs a known institution.
-    pub const fn requires_institution(self) -> bool {
-        matches!(
-            self,
-            Phase::Authenticating
-                | Phase::Mfa
-                | Phase::Authenticated
-                | Phase::PermissionsGranted
-                | Phase::AccountsSelected
-                | Phase::Succeeded
-        )
-    }
 }
 
 impl fmt::Display for Phase {

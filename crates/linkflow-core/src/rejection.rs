@@ -26,19 +26,6 @@ pub enum Rejection {
         /// The steps the phase accepts.
         accepts: Vec<Step>,
     },
-    /// The step leads to a phase that needs a known institution, and neither the session nor
-    /// the event names one.
-    #[error("`{event}` would move the session from `{phase}` to `{target}`, which needs a known institution, and none has been selected; {accepts}", accepts = Accepts(accepts))]
-    InstitutionUnknown {
-        /// The session's phase.
-        phase: Phase,
-        /// The refused event.
-        event: EventKind,
-        /// The phase the event would have led to.
-        target: Phase,
-        /// The steps the phase accepts.
-        accepts: Vec<Step>,
-    },
     /// The step is accepted only as the session's first phase event (a second `created`).
     #[error("`{event}` is accepted only as the session's first phase event, and phase `{phase}` already has one; {accepts}", accepts = Accepts(accepts))]
     NotFirstPhaseEvent {
@@ -55,18 +42,18 @@ impl Rejection {
     /// The phase that refused the event.
     pub fn phase(&self) -> Phase {
         match self {
-            Rejection::NotAccepted { phase, .. }
-            | Rejection::InstitutionUnknown { phase, .. }
-            | Rejection::NotFirstPhaseEvent { phase, .. } => *phase,
+            Rejection::NotAccepted { phase, .. } | Rejection::NotFirstPhaseEvent { phase, .. } => {
+                *phase
+            }
         }
     }
 
     /// The refused event's kind.
     pub fn event(&self) -> &EventKind {
         match self {
-            Rejection::NotAccepted { event, .. }
-            | Rejection::InstitutionUnknown { event, .. }
-            | Rejection::NotFirstPhaseEvent { event, .. } => event,
+            Rejection::NotAccepted { event, .. } | Rejection::NotFirstPhaseEvent { event, .. } => {
+                event
+            }
         }
     }
 
@@ -74,7 +61,6 @@ impl Rejection {
     pub fn accepts(&self) -> &[Step] {
         match self {
             Rejection::NotAccepted { accepts, .. }
-            | Rejection::InstitutionUnknown { accepts, .. }
             | Rejection::NotFirstPhaseEvent { accepts, .. } => accepts,
         }
     }

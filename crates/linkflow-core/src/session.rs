@@ -268,17 +268,6 @@ impl Session {
                 accepts: reject_accepts(),
             });
         }
-        if rule.to.requires_institution()
-            && self.institution.is_none()
-            && event.attributes.institution.is_none()
-        {
-            return Err(Rejection::InstitutionUnknown {
-                phase: self.phase,
-                event: event.kind.clone(),
-                target: rule.to,
-                accepts: reject_accepts(),
-            });
-        }
         Ok(Some(rule))
     }
 

@@ -110,19 +110,13 @@ impl WalkState {
         options
     }
 
-    /// The phase event kinds the table refuses now (an event without an institution counts as
-    /// refused where the target needs one and none is known).
+    /// The phase event kinds the table refuses now.
     fn illegal_phase_events(&self) -> Vec<EventKind> {
         let legal = self.legal_phase_events();
         EventKind::KNOWN
             .into_iter()
             .filter(|kind| kind.step().is_some())
-            .filter(
-                |kind| match legal.iter().find(|(legal_kind, _)| legal_kind == kind) {
-                    None => true,
-                    Some((_, to)) => to.requires_institution() && !self.institution_known,
-                },
-            )
+            .filter(|kind| !legal.iter().any(|(legal_kind, _)| legal_kind == kind))
             .collect()
     }
 }
@@ -168,11 +162,11 @@ fn build_walk(choices: &[(u32, u32, u32)]) -> (LegalWalk, Vec<WalkState>) {
         };
         event = event.at(state.time);
         let (id, name) = institution_for(pick >> 8);
-        let needs_institution = to.is_some_and(|to| to.requires_institution());
         let selects = event.kind == EventKind::InstitutionSelected;
-        // Some events carry the institution anyway, like MoneyKit's meta once one is chosen.
+        // Some events carry the institution anyway, like MoneyKit's meta once one is chosen or
+        // Knot's merchant; others never name it (Benji's current SDK).
         let carries = flavor & 0b1000 != 0 && state.institution_known;
-        if selects || (needs_institution && !state.institution_known) || carries {
+        if selects || carries {
             event = event.with_institution(id, Some(name));
         }
         match event.kind {
@@ -230,13 +224,24 @@ pub fn legal_walk(max_len: usize) -> impl Strategy<Value = LegalWalk> {
 }
 
 /// A legal walk with one event the table refuses at a known index. The refused event is a
-/// phase event with no table row in the current phase, a second `created`, or a step that
-/// needs an institution when none is known.
+/// phase event with no table row in the current phase, or a second `created` / `opened`.
 pub fn walk_with_illegal(max_len: usize) -> impl Strategy<Value = IllegalWalk> {
     (choices(max_len), any::<u32>(), any::<u32>()).prop_map(|(choices, at, which)| {
-        let (walk, states) = build_walk(&choices);
-        // Every state has at least one illegal event except a `created` session that already
-        // knows its institution; the first state never does, so the list is never empty.
+        let (mut walk, mut states) = build_walk(&choices);
+        // Every state refuses some phase event, except a session with no phase event yet (it
+        // accepts them all). A walk with no phase event starts with `opened` here, so that
+        // there is a state that refuses one (a second `opened`).
+        if states.iter().all(|state| state.phase_events == 0) {
+            let start = WalkState::new();
+            walk.events
+                .insert(0, Event::new(EventKind::Opened).at(start.time));
+            for state in &mut states {
+                state.phase = Phase::Opened;
+                state.phase_events = 1;
+            }
+            states.insert(0, start);
+            walk.expected_phase = Phase::Opened;
+        }
         let candidates: Vec<(usize, Vec<EventKind>)> = states
             .iter()
             .enumerate()

@@ -1,9 +1,10 @@
 //! The session state machine as data: one table of (phase, step) -> outcome.
 //!
 //! [`crate::Session::apply`], the diagram generators and the proptest walks all read
-//! [`SESSION_TABLE`]; there is no second copy of the rules. Two rules are not rows because they
-//! hold for every row: a phase that [`Phase::requires_institution`] is entered only with a known
-//! institution, and telemetry / unrecognized events are accepted everywhere without moving.
+//! [`SESSION_TABLE`]; there is no second copy of the rules. One rule is not a row because it
+//! holds everywhere: telemetry / unrecognized events are accepted in every phase without
+//! moving it. No phase needs a known institution: the institution is data, unknown until an
+//! event names one (Benji's current SDK never does).
 
 use serde::{Deserialize, Serialize};
 

@@ -6,10 +6,12 @@ use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 use linkflow_core::{
-    Account, AccountKey, AccountState, MerchantStatus, Phase, Position, Provider, RuleKind,
-    Session, SessionId, Version,
+    Account, AccountKey, AccountState, EventBody, MerchantStatus, Phase, Position, Provider,
+    RuleKind, Session, SessionId, Version,
 };
-use linkflow_store::{EventStore, ParkedEvent, Snapshot, StoredEvent, StreamRead, StreamStart};
+use linkflow_store::{
+    EventStore, ParkedEvent, RawJson, Snapshot, StoredEvent, StreamRead, StreamStart,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -71,6 +73,10 @@ pub struct HistoryEntry {
     pub phase_after: Option<Phase>,
     /// The table row that took it; `None` for telemetry, unrecognized and non-session events.
     pub rule: Option<RuleKind>,
+    /// The canonical event.
+    pub body: EventBody,
+    /// The payload as stored.
+    pub raw: Option<RawJson>,
 }
 
 /// Which sessions [`crate::Engine::sessions`] returns. Every set field must match.
@@ -292,6 +298,8 @@ pub(crate) fn history(
                 phase_before: change.phase_before(),
                 phase_after: change.phase_after(),
                 rule: change.session.and_then(|applied| applied.rule),
+                body: stored.data.body,
+                raw: stored.data.raw,
             });
         }
     }

@@ -2,8 +2,8 @@
 //! field names: they are a contract, shared by both front doors.
 
 use chrono::{DateTime, Utc};
-use linkflow_core::{MerchantStatus, Phase, Position, Provider, SessionId, Version};
-use linkflow_store::ParkedEvent;
+use linkflow_core::{EventBody, MerchantStatus, Phase, Position, Provider, SessionId, Version};
+use linkflow_store::{ParkedEvent, RawJson};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -24,10 +24,14 @@ pub struct SessionJson {
     pub institution: Option<InstitutionJson>,
     /// Accepted events.
     pub version: Version,
-    /// `{code, id, message}` or null.
+    /// `{code, id, message, request_id}` or null.
     pub last_error: Option<ErrorJson>,
-    /// `{phase, status}` or null.
+    /// `{phase, status, step}` or null.
     pub exit: Option<ExitJson>,
+    /// Accepted events by class: `{phase, telemetry, unrecognized, errors}`.
+    pub counts: linkflow_core::EventCounts,
+    /// Every phase the session entered, in the table's order.
+    pub visited: Vec<Phase>,
     /// The earliest event time.
     pub first_event_at: Option<DateTime<Utc>>,
     /// The latest event time.
@@ -60,6 +64,8 @@ pub struct ErrorJson {
     pub id: Option<String>,
     /// The message shown.
     pub message: Option<String>,
+    /// The provider's id for the request that failed.
+    pub request_id: Option<String>,
 }
 
 /// How the user left.
@@ -67,8 +73,10 @@ pub struct ErrorJson {
 pub struct ExitJson {
     /// The phase they left from.
     pub phase: Phase,
-    /// The provider's status.
+    /// The provider's status (or exit trigger).
     pub status: Option<String>,
+    /// The provider's name for the step the user left from.
+    pub step: Option<String>,
 }
 
 impl SessionJson {
@@ -90,11 +98,18 @@ impl SessionJson {
                 code: error.value.code.clone(),
                 id: error.value.id.clone(),
                 message: error.value.message.clone(),
+                request_id: error.value.request_id.clone(),
             }),
             exit: state.exit().map(|exit| ExitJson {
                 phase: exit.phase,
                 status: exit.status.clone(),
+                step: exit.step.clone(),
             }),
+            counts: state.counts(),
+            visited: Phase::ALL
+                .into_iter()
+                .filter(|phase| state.journey().visited(*phase))
+                .collect(),
             first_event_at: state.first_event_at(),
             last_event_at: state.last_event_at(),
             abandoned,
@@ -130,6 +145,10 @@ pub struct HistoryJson {
     pub was_parked: bool,
     /// Its id.
     pub event_id: Uuid,
+    /// The canonical event with everything the adapter read (attributes, account details).
+    pub canonical: EventBody,
+    /// The payload as stored (tokens withheld): what has no canonical place is here.
+    pub raw: Option<RawJson>,
 }
 
 impl From<&HistoryEntry> for HistoryJson {
@@ -146,6 +165,8 @@ impl From<&HistoryEntry> for HistoryJson {
             accepted_at: entry.accepted_at,
             was_parked: entry.was_parked,
             event_id: entry.event_id,
+            canonical: entry.body.clone(),
+            raw: entry.raw.clone(),
         }
     }
 }
@@ -203,14 +224,16 @@ pub struct AccountJson {
 /// A recorded operation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OperationJson {
-    /// `cart_sync` or `checkout`.
+    /// `cart_sync`, `checkout` or `card_switch`.
     pub kind: linkflow_core::OperationKind,
-    /// `succeeded` or `failed`.
+    /// `succeeded`, `failed` or `started`.
     pub outcome: linkflow_core::Outcome,
     /// When.
     pub event_time: Option<DateTime<Utc>>,
     /// Transaction ids.
     pub transaction_ids: Vec<String>,
+    /// Why it failed, as the provider words it.
+    pub reason: Option<String>,
 }
 
 impl From<&AccountView> for AccountJson {
@@ -230,6 +253,7 @@ impl From<&AccountView> for AccountJson {
                     outcome: operation.outcome,
                     event_time: operation.event_time,
                     transaction_ids: operation.transaction_ids.clone(),
+                    reason: operation.reason.clone(),
                 })
                 .collect(),
         }
@@ -250,7 +274,7 @@ pub struct MerchantJson {
     pub platform: String,
     /// The SDK version.
     pub sdk: Option<String>,
-    /// `up` or `down`.
+    /// `up`, `down`, or `unknown` (a status this build does not know; see the payload).
     pub status: linkflow_core::Availability,
     /// Since when (the event time of the newest status).
     pub since: DateTime<Utc>,

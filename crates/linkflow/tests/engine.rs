@@ -117,37 +117,46 @@ async fn a_duplicate_delivery_is_stored_once_and_points_at_the_original() {
 async fn an_early_event_is_parked_then_accepted_once_it_becomes_legal() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    // accounts arrives before the institution is known: refused, parked.
+    // The exit callback fires twice (the second one later); the second exit comes while the
+    // session is exited: refused, parked.
     let outcomes = engine
         .ingest_batch(vec![
             incoming("s1", EventKind::Opened, 0),
-            incoming("s1", EventKind::AccountsSelected, 5),
+            incoming("s1", EventKind::Exited, 5),
+            incoming("s1", EventKind::Exited, 9),
         ])
         .await
         .unwrap();
-    let IngestOutcome::Parked { reason, .. } = &outcomes[1] else {
-        panic!("expected parked, got {:?}", outcomes[1]);
+    let IngestOutcome::Parked { reason, .. } = &outcomes[2] else {
+        panic!("expected parked, got {:?}", outcomes[2]);
     };
-    assert!(reason.contains("needs a known institution"), "{reason}");
+    assert!(
+        reason.contains("not accepted in phase `exited`"),
+        "{reason}"
+    );
     let parked = engine.parked(Some(sid("s1"))).await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].reason, *reason);
     assert_eq!(engine.session(&sid("s1")).await.unwrap().unwrap().parked, 1);
 
-    // The selection makes it legal: it is accepted right after, in the same commit.
-    let outcome = engine.ingest(select("s1", 1)).await.unwrap();
+    // A late success wins over the exit; in `succeeded` an exit is recorded, so the parked one
+    // is accepted right after, in the same commit.
+    let outcome = engine
+        .ingest(incoming("s1", EventKind::Succeeded, 4))
+        .await
+        .unwrap();
     let IngestOutcome::Accepted { redriven, .. } = outcome else {
         panic!("expected accepted, got {outcome:?}");
     };
     assert_eq!(redriven.len(), 1);
-    assert_eq!(redriven[0].phase_after, Some(Phase::AccountsSelected));
+    assert_eq!(redriven[0].phase_after, Some(Phase::Succeeded));
     assert!(engine.parked(None).await.unwrap().is_empty());
     let view = engine.session(&sid("s1")).await.unwrap().unwrap();
-    assert_eq!(view.state.phase(), Phase::AccountsSelected);
+    assert_eq!(view.state.phase(), Phase::Succeeded);
     assert_eq!(view.parked, 0);
     let history = engine.history(&sid("s1")).await.unwrap().unwrap();
-    assert!(history[2].was_parked);
-    assert!(history[2].accepted_at >= history[2].received_at);
+    assert!(history[3].was_parked);
+    assert!(history[3].accepted_at >= history[3].received_at);
     assert!(engine.verify().await.unwrap().is_clean());
 }
 
@@ -155,30 +164,26 @@ async fn an_early_event_is_parked_then_accepted_once_it_becomes_legal() {
 async fn parked_events_are_retried_oldest_event_time_first() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    // Everything after open arrives before the selection, newest first.
+    // Two more exits arrive while the session is exited, newest first.
     engine
         .ingest_batch(vec![
             incoming("s1", EventKind::Opened, 0),
-            incoming("s1", EventKind::Succeeded, 9),
-            incoming("s1", EventKind::AccountsSelected, 8),
-            incoming("s1", EventKind::PermissionsGranted, 7),
+            incoming("s1", EventKind::Exited, 5),
+            incoming("s1", EventKind::Exited, 9),
+            incoming("s1", EventKind::Exited, 8),
         ])
         .await
         .unwrap();
-    assert_eq!(engine.parked(None).await.unwrap().len(), 3);
-    engine.ingest(select("s1", 1)).await.unwrap();
+    assert_eq!(engine.parked(None).await.unwrap().len(), 2);
+    engine
+        .ingest(incoming("s1", EventKind::Succeeded, 4))
+        .await
+        .unwrap();
     let history = engine.history(&sid("s1")).await.unwrap().unwrap();
     let names: Vec<&str> = history.iter().map(|entry| entry.event.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "opened",
-            "institution_selected",
-            "permissions_granted",
-            "accounts_selected",
-            "succeeded"
-        ]
-    );
+    assert_eq!(names, ["opened", "exited", "succeeded", "exited", "exited"]);
+    let redriven_times: Vec<_> = history[3..].iter().map(|entry| entry.event_time).collect();
+    assert_eq!(redriven_times, [Some(t(8)), Some(t(9))]);
 }
 
 #[tokio::test]

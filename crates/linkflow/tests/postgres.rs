@@ -18,16 +18,19 @@ fn flow(session: u64) -> Vec<Event> {
     };
     vec![
         Event::new(EventKind::Opened).at(at(0)),
-        // Out of order: authenticated before the institution is known (parked until it is).
-        Event::new(EventKind::Authenticated).at(at(2)),
-        Event::new(EventKind::InstitutionSelected)
-            .with_institution("ins_1", Some("Bank"))
-            .at(at(1)),
+        // The exit callback twice: whichever arrives second finds the session exited and is
+        // parked until the late success below makes an exit legal again (exit after success).
+        Event::new(EventKind::Exited)
+            .with_exit_status("closed")
+            .at(at(2)),
+        Event::new(EventKind::Exited)
+            .with_exit_status("closed_again")
+            .at(at(3)),
         Event::new(EventKind::ScreenChanged)
             .with_screen("accounts")
-            .at(at(3)),
-        Event::new(EventKind::AccountsSelected).at(at(4)),
-        Event::new(EventKind::Succeeded).at(at(5)),
+            .at(at(4)),
+        Event::new(EventKind::Succeeded).at(at(1)),
+        Event::new(EventKind::Error).at(at(5)),
     ]
 }
 

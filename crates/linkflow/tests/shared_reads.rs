@@ -72,15 +72,19 @@ fn event(session: usize, kind: EventKind, second: u32) -> IncomingEvent {
 /// and across groups, and the event that makes the parked one legal.
 fn batches() -> Vec<Vec<IncomingEvent>> {
     let mut first: Vec<_> = (0..20).map(|s| event(s, EventKind::Opened, 0)).collect();
-    first.push(event(1, EventKind::AccountsSelected, 5));
+    // s1 exits twice: the second exit finds it exited and is parked.
+    first.push(event(1, EventKind::Exited, 5));
+    first.push(event(1, EventKind::Exited, 6));
     first.push(event(2, EventKind::Opened, 0));
     let mut second: Vec<_> = (0..20)
+        .filter(|s| *s != 1)
         .map(|s| event(s, EventKind::InstitutionSelected, 1))
         .collect();
     second.push(event(3, EventKind::Opened, 0));
+    // A late success for s1 makes its parked exit legal (exit after success).
     let third = vec![
         event(4, EventKind::Opened, 9),
-        event(1, EventKind::InstitutionSelected, 1),
+        event(1, EventKind::Succeeded, 4),
     ];
     vec![first, second, third]
 }
