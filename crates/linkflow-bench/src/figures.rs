@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -138,6 +139,51 @@ fn bare_sled_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
     db.flush().expect("flush");
     log.sync_all().expect("fsync");
     per_second(deliveries.len(), started.elapsed())
+}
+
+/// Figure 9: `linkflow ingest` of figure 1's workload, written as JSON Lines files (one per
+/// provider, each payload a line, in delivery order), run as a user runs it: the release
+/// binary next to this one, one process per file, into a fresh data directory. Timed from the
+/// first process's start to the last one's exit (reading, splitting, decoding, three store
+/// opens and closes included). `None` when the binary is not built.
+fn cli_file_ingest(deliveries: &[Delivery]) -> Option<f64> {
+    let binary = std::env::current_exe().ok()?.with_file_name("linkflow");
+    if !binary.exists() {
+        eprintln!(
+            "linkflow-bench: figure 9 skipped: {} is missing (cargo build --release -p linkflow-cli)",
+            binary.display()
+        );
+        return None;
+    }
+    let files = tempfile::tempdir().expect("a temporary directory");
+    let mut inputs = Vec::new();
+    for provider in Provider::ALL {
+        let path = files.path().join(format!("{provider}.jsonl"));
+        let mut file = std::io::BufWriter::new(File::create(&path).expect("the input file"));
+        for delivery in deliveries.iter().filter(|d| d.provider == provider) {
+            writeln!(file, "{}", delivery.body).expect("the input is written");
+        }
+        file.flush().expect("the input is written");
+        inputs.push((provider, path));
+    }
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let started = Instant::now();
+    for (provider, input) in &inputs {
+        let status = std::process::Command::new(&binary)
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["ingest", "--provider", provider.as_str(), "--quiet"])
+            .arg(input)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("the CLI runs");
+        assert!(
+            status.success(),
+            "linkflow ingest {}: {status}",
+            input.display()
+        );
+    }
+    Some(per_second(deliveries.len(), started.elapsed()))
 }
 
 /// Figure 3's two scans.
@@ -595,6 +641,10 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     results.insert("batch_ingest_events_per_s".into(), ingest);
     results.insert("bare_sled_ingest_events_per_s".into(), bare);
     results.insert("batch_ingest_vs_bare_sled_ratio".into(), ingest / bare);
+    if let Some(cli) = cli_file_ingest(&deliveries) {
+        results.insert("cli_file_ingest_events_per_s".into(), cli);
+        results.insert("cli_file_ingest_vs_batch_ingest_ratio".into(), cli / ingest);
+    }
     results.insert(
         "disk_bytes_per_event".into(),
         directory_bytes(engine_dir.path()) as f64 / deliveries.len() as f64,

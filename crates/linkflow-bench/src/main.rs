@@ -9,7 +9,8 @@
 //! and 3 and the fixed-configuration peak RSS at 100k, 1M and 5M events; (8) HTTP
 //! ingest from an in-process load generator on loopback; (7) with `LINKFLOW_BENCH_PG` (a URL,
 //! or `throwaway` for a cluster started for the run): a plain PostgreSQL events table as the
-//! peer, and linkflow itself on PostgreSQL.
+//! peer, and linkflow itself on PostgreSQL; (9) `linkflow ingest` of figure 1's workload as
+//! JSON Lines files, vs figure 1 (needs the release `linkflow` binary next to this one).
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
 //! [--only ingest|writers|rebuild|reads|postgres]`.
@@ -42,7 +43,7 @@ pub struct Options {
 /// The subsets `--only` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
-    /// `--only ingest`: figure 1 and its baseline.
+    /// `--only ingest`: figure 1, its baseline, and figure 9.
     Ingest,
     /// `--only postgres`: figure 1 and figure 7 (needs `LINKFLOW_BENCH_PG`).
     Postgres,

@@ -287,6 +287,10 @@ fn open(cli: &Cli) -> Result<Engine, CliError> {
     if matches!(cli.command, Command::Serve { .. }) {
         config = config.preallocating_log();
     }
+    // An ingest is one pass over a stream of any size: memory stays flat with it.
+    if matches!(cli.command, Command::Ingest { .. }) {
+        config = config.sized_for_ingest();
+    }
     Engine::open_with(config).map_err(|error| CliError(format!("cannot open {what}: {error}")))
 }
 
