@@ -2,8 +2,9 @@
 //! fresh temporary store, and what the engine made of them.
 //!
 //! The flows include a duplicate delivery (MoneyKit's `submit_permissions` forwarded twice, a
-//! Knot webhook retried), out-of-order deliveries (Benji's authentication before the partner
-//! choice, a Knot checkout before `AUTHENTICATED`, merchant updates newest first) and an
+//! Knot webhook retried), out-of-order deliveries (Benji's partner choice delivered after the
+//! authentication, which the table, judging arrival order, parks; a Knot checkout before
+//! `AUTHENTICATED`, accepted once the account exists; merchant updates newest first) and an
 //! illegal event (a second MoneyKit `open` after the success).
 
 use std::process::ExitCode;

@@ -356,20 +356,45 @@ fn quarantine(
     raw_name: Option<String>,
     notes: Notes,
 ) -> Decoding {
-    let canonical =
-        serde_json::to_vec(payload.value).expect("serializing a value to memory cannot fail");
     Decoding::Quarantine(Unrouted {
         provider: payload.feed.provider(),
         reason,
         raw_name,
-        dedupe_key: DedupeKey::derive(&[
-            b"quarantine",
-            payload.feed.as_str().as_bytes(),
-            &canonical,
-        ]),
+        dedupe_key: quarantine_key(payload.feed, payload.value),
         raw: payload.raw.to_owned(),
         warnings: notes.warnings,
     })
+}
+
+/// A quarantined payload's key: the feed and the canonical payload, so that a retried
+/// delivery finds its entry however it is formatted.
+fn quarantine_key(feed: Feed, value: &Value) -> DedupeKey {
+    let canonical = serde_json::to_vec(value).expect("serializing a value to memory cannot fail");
+    DedupeKey::derive(&[b"quarantine", feed.as_str().as_bytes(), &canonical])
+}
+
+impl Unrouted {
+    /// A decoded payload that its stream turned away (the session belongs to another provider,
+    /// the id names a stream of another kind, the session holds the most refused events
+    /// allowed), to be kept in quarantine instead with `reason`. `raw` is the stored payload
+    /// text (JSON: the adapter produced it).
+    pub fn turned_away(
+        feed: Feed,
+        raw: &str,
+        raw_name: Option<String>,
+        reason: String,
+    ) -> Result<Unrouted, DecodeError> {
+        let value: Value =
+            serde_json::from_str(raw).map_err(|error| DecodeError::not_json(&error))?;
+        Ok(Unrouted {
+            provider: feed.provider(),
+            reason,
+            raw_name,
+            dedupe_key: quarantine_key(feed, &value),
+            raw: raw.to_owned(),
+            warnings: Vec::new(),
+        })
+    }
 }
 
 /// The dedupe key of a delivery without a provider event id: provider, stream key, event

@@ -188,11 +188,13 @@ pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), Stor
 /// True when a session event is certainly small enough, without serializing it.
 fn fits_fast(stream: &SessionId, event: &NewEvent, session_event: &linkflow_core::Event) -> bool {
     let attributes = &session_event.attributes;
+    // Every string of `Attributes`: a new attribute must be counted here too.
     let strings = [
         attributes.screen_name.as_deref(),
         attributes.search_term.as_deref(),
         attributes.external_user_id.as_deref(),
         attributes.exit_status.as_deref(),
+        attributes.exit_step.as_deref(),
         attributes
             .institution
             .as_ref()

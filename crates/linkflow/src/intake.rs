@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use linkflow_core::{EventBody, EventKind, Origin, SessionId};
 use linkflow_providers::{
     decode, split_all, DecodeContext, DecodeError, Decoding, Feed, Location, Split, Splitter,
-    Warning, MAX_EVENTS_PER_DELIVERY,
+    Unrouted, Warning, MAX_EVENTS_PER_DELIVERY,
 };
 use linkflow_store::record::check_event_size;
 use linkflow_store::{NewEvent, StoreError};
@@ -259,26 +259,83 @@ fn check_size(incoming: &IncomingEvent) -> Result<(), EventError> {
     }
 }
 
-/// Ingests decoded payloads in one call and pairs each outcome with its payload.
+/// What a result needs besides its outcome, and what quarantining the payload would need.
+struct Pending {
+    at: Location,
+    warnings: Vec<Warning>,
+    unrecognized: bool,
+    raw: Option<linkflow_store::RawJson>,
+    raw_name: Option<String>,
+}
+
+/// True for the refusals of a payload's stream (not of the payload): it is kept in quarantine
+/// instead, so that a sender answered 200 has lost nothing.
+fn turned_away(error: &EventError) -> bool {
+    matches!(
+        error,
+        EventError::ProviderMismatch { .. }
+            | EventError::StreamKindMismatch { .. }
+            | EventError::ParkedLimit { .. }
+    )
+}
+
+/// Ingests decoded payloads in one call and pairs each outcome with its payload. A payload its
+/// stream turns away (another provider's session, another kind of stream, a session at its
+/// refused-events bound) goes into quarantine with that reason, in a second call.
 async fn ingest_ready(
     engine: &Engine,
+    feed: Feed,
+    context: &PayloadContext,
     ready: Vec<Ready>,
 ) -> Result<Vec<PayloadResult>, EngineError> {
     let mut events = Vec::with_capacity(ready.len());
-    let mut rest = Vec::with_capacity(ready.len());
+    let mut pending = Vec::with_capacity(ready.len());
     for item in ready {
+        pending.push(Pending {
+            at: item.at,
+            warnings: item.warnings,
+            unrecognized: item.unrecognized,
+            raw: item.incoming.raw.clone(),
+            raw_name: item.incoming.raw_name.clone(),
+        });
         events.push(item.incoming);
-        rest.push((item.at, item.warnings, item.unrecognized));
     }
-    let outcomes = engine.ingest_batch(events).await?;
-    Ok(rest
+    let mut outcomes = engine.ingest_batch(events).await?;
+    let mut again = Vec::new();
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let IngestOutcome::Refused { error } = outcome else {
+            continue;
+        };
+        let Some(raw) = pending[index].raw.as_ref().filter(|_| turned_away(error)) else {
+            continue;
+        };
+        let unrouted = Unrouted::turned_away(
+            feed,
+            raw.get(),
+            pending[index].raw_name.clone(),
+            error.to_string(),
+        )
+        .expect("a stored payload text is JSON");
+        let origin = context.origin.clone().at(&pending[index].at.to_string());
+        again.push((
+            index,
+            IncomingEvent::quarantined(unrouted, feed, origin, context.decode.received_at),
+        ));
+    }
+    if !again.is_empty() {
+        let (indexes, events): (Vec<usize>, Vec<IncomingEvent>) = again.into_iter().unzip();
+        for (index, outcome) in indexes.into_iter().zip(engine.ingest_batch(events).await?) {
+            outcomes[index] = outcome;
+        }
+    }
+    Ok(pending
         .into_iter()
         .zip(outcomes)
-        .map(|((at, warnings, unrecognized), outcome)| PayloadResult {
-            at,
+        .map(|(pending, outcome)| PayloadResult {
+            at: pending.at,
             outcome,
-            warnings,
-            unrecognized,
+            warnings: pending.warnings,
+            unrecognized: pending.unrecognized,
         })
         .collect())
 }
@@ -316,7 +373,7 @@ impl Engine {
                 .map_err(|error| DeliveryError::Invalid { at: item.at, error })?;
             ready.push(item);
         }
-        let results = ingest_ready(self, ready).await?;
+        let results = ingest_ready(self, feed, context, ready).await?;
         let mut counts = IntakeCounts::default();
         for result in &results {
             counts.add(result);
@@ -402,7 +459,7 @@ impl Intake {
         let mut ingested = if ready.is_empty() {
             Vec::new()
         } else {
-            ingest_ready(&self.engine, ready).await?
+            ingest_ready(&self.engine, self.feed, &self.context, ready).await?
         }
         .into_iter();
         Ok(order

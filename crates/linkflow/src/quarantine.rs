@@ -295,6 +295,8 @@ impl Engine {
                     let stored = payload_event(store, &id)?;
                     tried.push((id, stored));
                 }
+                // In the order they were received (then logged), as they would have been.
+                tried.sort_by_key(|(_, stored)| (stored.data.received_at, stored.position));
                 Ok((tried, remaining))
             })
             .await?;

@@ -979,15 +979,13 @@ fn complete_group(
                             linked,
                             quarantined,
                         } => match outcomes.get(op) {
-                            Some(OpOutcome::Appended { position, .. }) if quarantined.is_some() => {
-                                IngestOutcome::Quarantined {
+                            Some(OpOutcome::Appended { version, position }) => match quarantined {
+                                Some(reason) => IngestOutcome::Quarantined {
                                     entry: session,
-                                    reason: quarantined.unwrap_or_default(),
+                                    reason,
                                     position: *position,
-                                }
-                            }
-                            Some(OpOutcome::Appended { version, position }) => {
-                                IngestOutcome::Accepted {
+                                },
+                                None => IngestOutcome::Accepted {
                                     session,
                                     version: *version,
                                     position: *position,
@@ -998,8 +996,8 @@ fn complete_group(
                                         .filter_map(resolve_redrive)
                                         .collect(),
                                     linked: linked.and_then(resolve_redrive),
-                                }
-                            }
+                                },
+                            },
                             _ => {
                                 // Another writer stored it first (only on a shared store).
                                 unexpected.push(session.clone());

@@ -1,0 +1,219 @@
+//! Provider payloads into the engine through `Engine::ingest_payload` and `Intake`: all or
+//! nothing for a delivery, every storable payload stored from a stream, and nothing a provider
+//! sends lost (what a stream turns away goes into quarantine).
+
+use chrono::{TimeZone, Utc};
+use linkflow::{
+    DeliveryError, Engine, EventError, Feed, IngestOutcome, Intake, PayloadContext,
+    QuarantineFilter, QuarantineRedrive, Redrove,
+};
+use linkflow_core::{Phase, SessionId};
+
+fn context() -> PayloadContext {
+    PayloadContext::new("test", Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, 0).unwrap())
+}
+
+fn moneykit(name: &str, session: &str, second: u32) -> String {
+    format!(
+        r#"{{"name":"{name}","properties":{{}},"meta":{{"link_session_id":"{session}","timestamp":"2023-11-29T12:44:{second:02}.000Z"}}}}"#
+    )
+}
+
+fn outcome_names(results: &[linkflow::PayloadResult]) -> Vec<&'static str> {
+    results
+        .iter()
+        .map(|result| match result.outcome {
+            IngestOutcome::Accepted { .. } => "accepted",
+            IngestOutcome::Duplicate { .. } => "duplicate",
+            IngestOutcome::Parked { .. } => "parked",
+            IngestOutcome::Quarantined { .. } => "quarantined",
+            IngestOutcome::Refused { .. } => "refused",
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delivery_is_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let body = format!("{}\n{{\"name\": ", moneykit("open", "s1", 1));
+    let error = engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, DeliveryError::Invalid { at, error: EventError::Invalid { .. } } if at.to_string() == "line 2"),
+        "{error}"
+    );
+    assert!(!error.is_limit());
+    assert_eq!(engine.head().unwrap().0, 0, "nothing stored");
+    // Over the record size limit: a limit, and nothing stored either.
+    let big = format!(
+        "[{},{}]",
+        moneykit("open", "s1", 1),
+        serde_json::json!({"name": "error", "properties": {"displayed_message": "x".repeat(7_000)}, "meta": {"link_session_id": "s1"}})
+    );
+    let error = engine
+        .ingest_payload(Feed::Moneykit, big.as_bytes(), &context())
+        .await
+        .unwrap_err();
+    assert!(error.is_limit(), "{error}");
+    assert_eq!(engine.head().unwrap().0, 0);
+    assert!(matches!(
+        engine
+            .ingest_payload(Feed::Moneykit, b"  \n", &context())
+            .await,
+        Err(DeliveryError::Empty)
+    ));
+    // A good delivery: every payload's outcome, in order.
+    let body = [
+        moneykit("open", "s1", 1),
+        moneykit("open", "s1", 1),
+        r#"{"name":"open"}"#.to_owned(),
+    ]
+    .join("\n");
+    let report = engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_names(&report.results),
+        ["accepted", "duplicate", "quarantined"]
+    );
+    assert_eq!(
+        (
+            report.counts.accepted,
+            report.counts.duplicate,
+            report.counts.quarantined
+        ),
+        (1, 1, 1)
+    );
+}
+
+/// A payload whose session belongs to another provider is not refused (a 200 that lost it):
+/// it is quarantined with the reason.
+#[tokio::test]
+async fn a_payload_its_stream_turns_away_is_quarantined_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    engine
+        .ingest_payload(
+            Feed::Moneykit,
+            moneykit("open", "shared-id", 1).as_bytes(),
+            &context(),
+        )
+        .await
+        .unwrap();
+    let benji = r#"{"callback":"onExit","session_id":"shared-id"}"#;
+    let report = engine
+        .ingest_payload(Feed::Benji, benji.as_bytes(), &context())
+        .await
+        .unwrap();
+    let IngestOutcome::Quarantined { reason, entry, .. } = &report.results[0].outcome else {
+        panic!("{:?}", report.results[0].outcome);
+    };
+    assert!(reason.contains("belongs to provider moneykit"), "{reason}");
+    assert!(entry.as_str().starts_with("quarantine:benji:"));
+    let list = engine
+        .quarantine(QuarantineFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(list.counts.pending, 1);
+    assert_eq!(list.entries[0].feed, "benji");
+    assert_eq!(list.entries[0].payload.as_ref().unwrap().get(), benji);
+    // Redriven as it is, it is turned away again and stays.
+    let report = engine
+        .redrive_quarantine(QuarantineRedrive::default())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &report.results[0],
+            Redrove::Refused {
+                error: EventError::ProviderMismatch { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        report.results
+    );
+    assert_eq!(engine.quarantine_counts().await.unwrap().pending, 1);
+}
+
+/// A stream in chunks of any size: every payload stored or named where it is; the same input
+/// in one chunk and in 7-byte chunks gives the same results.
+#[tokio::test]
+async fn a_stream_is_read_in_chunks_and_each_refused_payload_is_named() {
+    let lines = [
+        moneykit("open", "s1", 1),
+        "not json".to_owned(),
+        moneykit("select_institution", "s1", 2),
+        r#"{"name":"submit_credentials","properties":{}}"#.to_owned(),
+        moneykit("success", "s1", 4),
+    ];
+    let input = lines.join("\n");
+    let mut runs = Vec::new();
+    for chunk in [input.len(), 7] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut intake = Intake::new(&engine, Feed::Moneykit, context());
+        let mut results = Vec::new();
+        for piece in input.as_bytes().chunks(chunk) {
+            results.extend(intake.push(piece).await.unwrap());
+        }
+        results.extend(intake.finish().await.unwrap());
+        let view = engine
+            .session(&SessionId::new("s1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.state.phase(), Phase::Succeeded);
+        let at: Vec<String> = results.iter().map(|r| r.at.to_string()).collect();
+        runs.push((outcome_names(&results), at));
+        engine.shutdown().await.unwrap();
+    }
+    assert_eq!(
+        runs[0].0,
+        ["accepted", "refused", "accepted", "quarantined", "accepted"]
+    );
+    assert_eq!(
+        runs[0].1,
+        ["line 1", "line 2", "line 3", "line 4", "line 5"]
+    );
+    assert_eq!(runs[0], runs[1]);
+}
+
+/// Quarantined payloads are released into the session a redrive supplies, once.
+#[tokio::test]
+async fn a_redrive_with_a_session_releases_quarantined_payloads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let body = r#"[{"callback":"onEvent","event":"AUTH_SUCCESS"},{"callback":"onSuccess"}]"#;
+    let report = engine
+        .ingest_payload(Feed::Benji, body.as_bytes(), &context())
+        .await
+        .unwrap();
+    assert_eq!(report.counts.quarantined, 2);
+    let request = QuarantineRedrive {
+        session_id: Some(SessionId::new("benji-late").unwrap()),
+        ..QuarantineRedrive::default()
+    };
+    let report = engine.redrive_quarantine(request.clone()).await.unwrap();
+    assert_eq!(report.results.len(), 2);
+    assert!(report
+        .results
+        .iter()
+        .all(|result| matches!(result, Redrove::Released { .. })));
+    let view = engine
+        .session(&SessionId::new("benji-late").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.state.phase(), Phase::Succeeded);
+    // Nothing pending: a second redrive tries nothing.
+    let again = engine.redrive_quarantine(request).await.unwrap();
+    assert!(again.results.is_empty());
+    let counts = engine.quarantine_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.released), (0, 2));
+    assert!(engine.verify().await.unwrap().is_clean());
+}
