@@ -210,6 +210,22 @@ fn a_refused_input_exits_1_names_its_line_and_the_others_are_stored_or_quarantin
         "--quiet: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Without --quiet, and standard error not a terminal: a progress line at the end.
+    let again = linkflow(
+        dir.path(),
+        &["ingest", "--provider", "moneykit", input.to_str().unwrap()],
+    );
+    let progress = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        progress.contains("linkflow ingest: 4 payloads") && progress.contains("MiB read"),
+        "{progress}"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .contains("accepted 0, duplicate 3, parked 0, quarantined 0, refused 1"),
+        "a second run stores nothing twice: {}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     let parked = json(&linkflow(dir.path(), &["parked", "--json"]));
     assert_eq!(parked[0]["session_id"], "s1");
     assert_eq!(parked[0]["event"], "opened");
