@@ -16,12 +16,12 @@
 //! `{name, message, stack}` from iOS). There is no provider time: the receive time is the
 //! event time unless the frontend stamped one.
 
-use linkflow_core::{ErrorInfo, Event, EventKind, Institution, Provider};
+use linkflow_core::{ErrorInfo, Event, EventKind, Institution};
 use serde_json::Value;
-use uuid::Uuid;
 
+use crate::envelope::{Envelope, Spelling};
 use crate::json::{as_text, Notes, Obj};
-use crate::{dedupe_key, event_time, session_for, Payload, Routed, Target};
+use crate::{Payload, Routed};
 
 /// Every documented `onEvent` name and its canonical kind: the 2024 names, the current SDK's
 /// event types, and the transport types the SDK forwards to `onEvent` when it does not route
@@ -41,100 +41,30 @@ pub const EVENT_NAMES: [(&str, EventKind); 9] = [
 /// The documented `onError` codes (2024) and error names (current SDK).
 pub const ERROR_CODES: [&str; 2] = ["unexpected_error", "partner_connect_error"];
 
+/// How Benji's envelope is spelled.
+const SPELLING: Spelling = Spelling {
+    session_keys: &["session_id"],
+    error_keys: &["error"],
+};
+
 /// Decodes one forwarded Benji callback.
 pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
-    let Some(root) = Obj::root(payload.value) else {
-        return payload.nowhere(
-            "the payload is not a JSON object, so it names no session",
-            None,
-        );
+    let envelope = match Envelope::read(payload, &SPELLING, notes) {
+        Ok(envelope) => envelope,
+        Err(nowhere) => return *nowhere,
     };
-    let callback = callback_of(&root, notes);
-    let name = match callback.as_str() {
-        "onEvent" => root.text("event", notes).unwrap_or_else(|| {
-            notes.warn("$.event", "missing: the event is kept as unrecognized");
-            String::new()
-        }),
-        other => other.to_owned(),
-    };
-    let found = root
-        .first_of(&["session_id"])
-        .and_then(|(key, _)| Some((root.path_of(key), root.text(key, notes)?)));
-    let session = match session_for(found, payload.context, notes) {
-        Ok(session) => session,
-        Err(reason) => return payload.nowhere(reason, Some(&name)),
-    };
-    let stamped = root
-        .first_of(&["timestamp"])
-        .and_then(|(key, value)| event_time(&root.path_of(key), value, notes));
-
-    let kind = match callback.as_str() {
-        "onSuccess" => EventKind::Succeeded,
-        "onExit" => EventKind::Exited,
-        "onError" => EventKind::Error,
-        "onEvent" => EVENT_NAMES
-            .iter()
-            .find(|(known, _)| *known == name)
-            .map(|(_, kind)| kind.clone())
-            .unwrap_or_else(|| EventKind::Unrecognized {
-                raw_name: name.clone(),
-            }),
-        _ => EventKind::Unrecognized {
-            raw_name: name.clone(),
-        },
-    };
-    let mut event = Event::new(kind.clone()).at(stamped.unwrap_or(payload.context.received_at));
-    if let Some(metadata) = root.obj("metadata", notes) {
+    let kind = envelope.kind(&EVENT_NAMES);
+    let mut event = envelope.event(kind.clone(), &payload);
+    if let Some(metadata) = envelope.root.obj("metadata", notes) {
         read_metadata(&metadata, &mut event, notes);
     }
     if event.attributes.external_user_id.is_none() {
         event.attributes.external_user_id = payload.context.external_user_id.clone();
     }
     if kind == EventKind::Error {
-        event.attributes.error = Some(read_error(&root, notes));
+        event.attributes.error = Some(read_error(&envelope.root, notes));
     }
-    let event_id_text = root.text("event_id", notes);
-    let dedupe = match &event_id_text {
-        Some(id) => linkflow_core::DedupeKey::derive(&[
-            b"benji",
-            session.as_str().as_bytes(),
-            id.as_bytes(),
-        ]),
-        None => dedupe_key(
-            Provider::Benji,
-            session.as_str(),
-            &name,
-            stamped,
-            payload.value,
-        ),
-    };
-    Routed::Event {
-        target: Target::Session { session, event },
-        raw_name: name,
-        event_id: event_id_text.and_then(|id| Uuid::parse_str(&id).ok()),
-        dedupe_key: dedupe,
-    }
-}
-
-/// The envelope's callback. A forward without one is read by what it carries: an `event` is
-/// an `onEvent`, an `error` an `onError` (both noted); otherwise it is unrecognized.
-fn callback_of(root: &Obj<'_>, notes: &mut Notes) -> String {
-    if let Some(callback) = root.text("callback", notes) {
-        return callback;
-    }
-    let inferred = if root.value("event").is_some() {
-        "onEvent"
-    } else if root.value("error").is_some() {
-        "onError"
-    } else {
-        notes.warn("$.callback", "missing: the event is kept as unrecognized");
-        return String::new();
-    };
-    notes.warn(
-        "$.callback",
-        format!("missing: read as `{inferred}` from the fields present"),
-    );
-    inferred.to_owned()
+    envelope.route(event, b"benji", payload, notes)
 }
 
 fn read_metadata(metadata: &Obj<'_>, event: &mut Event, notes: &mut Notes) {

@@ -11,13 +11,14 @@
 //! Modules: [`moneykit`] (Connect `onEvent` payloads from every SDK), [`benji`] (linkflow's
 //! envelope around the Connect SDK callbacks, 2024 and current vocabularies), [`knot`]
 //! (webhooks of every product), [`knot_sdk`] (linkflow's envelope around Knot's client SDK
-//! callbacks), [`signature`] (Knot's HMAC-SHA256 `Knot-Signature`), [`split`] (bodies and
+//! callbacks), `envelope` (what the two envelopes share), [`signature`] (Knot's HMAC-SHA256 `Knot-Signature`), [`split`] (bodies and
 //! streams into payload texts, in bounded memory), `json` (lenient field access), `secrets`
 //! (tokens withheld from stored payloads), [`error`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod benji;
+mod envelope;
 pub mod error;
 mod json;
 pub mod knot;
