@@ -221,6 +221,28 @@ impl Unrouted {
         SessionId::new(format!("quarantine:{}:{hex}", self.provider))
             .expect("a provider name and hex digits make a valid id")
     }
+
+    /// A decoded payload that its stream turned away (the session belongs to another provider,
+    /// the id names a stream of another kind, the session holds the most refused events
+    /// allowed), to be kept in quarantine instead with `reason`. `raw` is the stored payload
+    /// text (JSON: the adapter produced it).
+    pub fn turned_away(
+        feed: Feed,
+        raw: &str,
+        raw_name: Option<String>,
+        reason: String,
+    ) -> Result<Unrouted, DecodeError> {
+        let value: Value =
+            serde_json::from_str(raw).map_err(|error| DecodeError::not_json(&error))?;
+        Ok(Unrouted {
+            provider: feed.provider(),
+            reason,
+            raw_name,
+            dedupe_key: quarantine_key(feed, &value),
+            raw: raw.to_owned(),
+            warnings: Vec::new(),
+        })
+    }
 }
 
 /// The stream a decoded event belongs to.
@@ -372,30 +394,6 @@ fn quarantine(
 fn quarantine_key(feed: Feed, value: &Value) -> DedupeKey {
     let canonical = serde_json::to_vec(value).expect("serializing a value to memory cannot fail");
     DedupeKey::derive(&[b"quarantine", feed.as_str().as_bytes(), &canonical])
-}
-
-impl Unrouted {
-    /// A decoded payload that its stream turned away (the session belongs to another provider,
-    /// the id names a stream of another kind, the session holds the most refused events
-    /// allowed), to be kept in quarantine instead with `reason`. `raw` is the stored payload
-    /// text (JSON: the adapter produced it).
-    pub fn turned_away(
-        feed: Feed,
-        raw: &str,
-        raw_name: Option<String>,
-        reason: String,
-    ) -> Result<Unrouted, DecodeError> {
-        let value: Value =
-            serde_json::from_str(raw).map_err(|error| DecodeError::not_json(&error))?;
-        Ok(Unrouted {
-            provider: feed.provider(),
-            reason,
-            raw_name,
-            dedupe_key: quarantine_key(feed, &value),
-            raw: raw.to_owned(),
-            warnings: Vec::new(),
-        })
-    }
 }
 
 /// The dedupe key of a delivery without a provider event id: provider, stream key, event
