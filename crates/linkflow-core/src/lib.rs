@@ -15,6 +15,8 @@
 //! - [`event`]: canonical [`Event`]s, their [`EventKind`]s and attributes.
 //! - [`transition`]: the transition table [`SESSION_TABLE`], the one copy of the rules.
 //! - [`session`]: the folded [`Session`] value and the pure [`apply`].
+//! - [`timeline`]: a stream's events folded in event-time order ([`timeline::fold`],
+//!   [`Timeline::append`]): which are accepted, which rejected, whatever the arrival order.
 //! - [`funnel`]: funnels and abandonment, computed from session states and a clock passed in.
 //! - [`rejection`]: why an event was refused.
 //! - [`diagram`]: Mermaid / DOT diagrams and the Markdown rule table, generated from the table.
@@ -51,6 +53,7 @@ pub mod rejection;
 pub mod session;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategy;
+pub mod timeline;
 pub mod transition;
 
 pub use account::{
@@ -68,4 +71,5 @@ pub use rejection::Rejection;
 pub use session::{
     apply, fold, Applied, EventCounts, ExitInfo, Journey, Latest, ReplayError, Session,
 };
+pub use timeline::{TimedKey, Timeline};
 pub use transition::{Guard, Rule, RuleKind, SESSION_TABLE};

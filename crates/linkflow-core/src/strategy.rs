@@ -301,7 +301,39 @@ pub fn unrecognized_event() -> impl Strategy<Value = Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeline::{self, Appended, Timeline};
     use crate::{fold, Session};
+
+    /// The events with times made distinct (a millisecond more per place), in the same order.
+    fn distinct_times(events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(index, event)| {
+                let mut event = event.clone();
+                event.occurred_at = event
+                    .occurred_at
+                    .map(|at| at + Duration::milliseconds(index as i64));
+                event
+            })
+            .collect()
+    }
+
+    /// Indices `0..len` shuffled.
+    fn shuffled(len: usize) -> impl Strategy<Value = Vec<usize>> {
+        Just((0..len).collect::<Vec<_>>()).prop_shuffle()
+    }
+
+    /// Folds `events` one arrival at a time, folding the whole stream again where asked.
+    fn appended_one_by_one(events: &[Event]) -> Timeline<Session> {
+        let mut timeline = Timeline::<Session>::default();
+        for (count, event) in events.iter().enumerate() {
+            if timeline.append(event) == Appended::Refold {
+                timeline = timeline::fold::<Session>(&events[..=count]).timeline;
+            }
+        }
+        timeline
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
@@ -377,6 +409,71 @@ mod tests {
         #[test]
         fn folding_is_deterministic(walk in legal_walk(40)) {
             prop_assert_eq!(fold(&walk.events).unwrap(), fold(&walk.events).unwrap());
+            let events = distinct_times(&walk.events);
+            prop_assert_eq!(timeline::fold::<Session>(&events), timeline::fold::<Session>(&events));
+        }
+
+        /// Principle 2: a session is what happened, not the order it arrived in. Any delivery
+        /// order of a legal walk (distinct times) folds to the session of in-order delivery,
+        /// with nothing rejected.
+        #[test]
+        fn every_delivery_order_of_a_legal_walk_folds_to_the_same_session(
+            (walk, order) in legal_walk(30).prop_flat_map(|walk| {
+                let len = walk.events.len();
+                (Just(walk), shuffled(len))
+            }),
+        ) {
+            let events = distinct_times(&walk.events);
+            let delivered: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
+            let in_order = timeline::fold::<Session>(&events);
+            let permuted = timeline::fold::<Session>(&delivered);
+            prop_assert_eq!(in_order.timeline.rejected, 0);
+            prop_assert_eq!(permuted.timeline.rejected, 0);
+            prop_assert_eq!(&permuted.timeline.state, &in_order.timeline.state);
+            prop_assert_eq!(&in_order.timeline.state, &fold(&events).unwrap());
+            prop_assert_eq!(permuted.timeline.state.phase(), walk.expected_phase);
+        }
+
+        /// A walk with an illegal event gives the same accepted/rejected split whatever the
+        /// delivery order: the illegal event, and only it, is rejected.
+        #[test]
+        fn the_rejected_events_do_not_depend_on_the_delivery_order(
+            (walk, order) in walk_with_illegal(30).prop_flat_map(|walk| {
+                let len = walk.events.len();
+                (Just(walk), shuffled(len))
+            }),
+        ) {
+            let events = distinct_times(&walk.events);
+            let delivered: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
+            let folded = timeline::fold::<Session>(&delivered);
+            let rejected: Vec<usize> = folded
+                .placed
+                .iter()
+                .filter(|placed| placed.verdict.is_err())
+                .map(|placed| order[placed.arrival as usize - 1])
+                .collect();
+            prop_assert_eq!(rejected, vec![walk.illegal_index]);
+            prop_assert_eq!(folded.timeline.state.phase(), walk.expected_phase);
+        }
+
+        /// Appending arrivals in place (folding again where asked) always agrees with folding
+        /// every arrival at once, whatever the order and with some events without a time.
+        #[test]
+        fn appending_agrees_with_folding_the_whole_stream(
+            (walk, order, untimed) in legal_walk(24).prop_flat_map(|walk| {
+                let len = walk.events.len();
+                (Just(walk), shuffled(len), proptest::collection::vec(any::<bool>(), len))
+            }),
+        ) {
+            let mut events = distinct_times(&walk.events);
+            for (event, drop) in events.iter_mut().zip(untimed) {
+                if drop {
+                    event.occurred_at = None;
+                }
+            }
+            let delivered: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
+            let whole = timeline::fold::<Session>(&delivered).timeline;
+            prop_assert_eq!(appended_one_by_one(&delivered), whole);
         }
     }
 }

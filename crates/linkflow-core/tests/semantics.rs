@@ -329,3 +329,131 @@ fn late_telemetry_does_not_replace_the_institution_a_phase_event_chose() {
     ]);
     assert_eq!(session.institution().unwrap().id, "ins_2");
 }
+
+/// Event-time order (`linkflow_core::timeline`): arrivals folded by what happened.
+mod event_time_order {
+    use super::*;
+    use linkflow_core::timeline::{fold, Folded};
+
+    fn rejected(folded: &Folded<Session>) -> Vec<u64> {
+        folded
+            .placed
+            .iter()
+            .filter(|placed| placed.verdict.is_err())
+            .map(|placed| placed.arrival)
+            .collect()
+    }
+
+    fn order(folded: &Folded<Session>) -> Vec<u64> {
+        folded.placed.iter().map(|placed| placed.arrival).collect()
+    }
+
+    /// The example of issue 24: the selection at t10 arrives last, after the success, and
+    /// takes its place: nothing is rejected, the session visited `institution_selected`.
+    #[test]
+    fn a_late_selection_takes_its_place_in_time() {
+        let folded = fold::<Session>(&[
+            ev(EventKind::Opened, 0),
+            ev(EventKind::CredentialsSubmitted, 20),
+            ev(EventKind::Succeeded, 40),
+            select("ins_1", 10),
+        ]);
+        assert_eq!(rejected(&folded), Vec::<u64>::new());
+        assert_eq!(order(&folded), [1, 4, 2, 3]);
+        assert!(folded.placed[1].late);
+        let session = &folded.timeline.state;
+        assert_eq!(session.phase(), Phase::Succeeded);
+        assert!(session.journey().visited(Phase::InstitutionSelected));
+        assert_eq!(session.institution().unwrap().id, "ins_1");
+    }
+
+    /// Credentials at t40 and a success at t21: the success is accepted and the credentials
+    /// rejected, in either delivery order.
+    #[test]
+    fn the_classification_does_not_depend_on_delivery_order() {
+        let open = ev(EventKind::Opened, 0);
+        let credentials = ev(EventKind::CredentialsSubmitted, 40);
+        let success = ev(EventKind::Succeeded, 21);
+        let a = fold::<Session>(&[open.clone(), credentials.clone(), success.clone()]);
+        let b = fold::<Session>(&[open, success, credentials]);
+        assert_eq!(a.timeline.state, b.timeline.state);
+        assert_eq!(a.timeline.state.phase(), Phase::Succeeded);
+        // Arrival 2 in the first order and arrival 3 in the second: the credentials.
+        assert_eq!((rejected(&a), rejected(&b)), (vec![2], vec![3]));
+    }
+
+    /// A success and an exit of the same instant: the table's forward order puts the success
+    /// first (an exit after a success is recorded, the phase stays succeeded).
+    #[test]
+    fn ties_in_time_go_by_the_tables_forward_order_then_arrival() {
+        let folded = fold::<Session>(&[
+            ev(EventKind::Opened, 0),
+            ev(EventKind::Exited, 9),
+            ev(EventKind::Succeeded, 9),
+        ]);
+        assert_eq!(order(&folded), [1, 3, 2]);
+        assert_eq!(folded.timeline.state.phase(), Phase::Succeeded);
+        assert_eq!(
+            folded.timeline.state.exit().unwrap().phase,
+            Phase::Succeeded
+        );
+    }
+
+    /// Benji's current SDK sends no times and no partner: its flow ends succeeded with the
+    /// institution unknown, nothing rejected.
+    #[test]
+    fn an_untimed_flow_without_partner_succeeds_with_the_institution_unknown() {
+        let folded = fold::<Session>(&[
+            Event::new(EventKind::Authenticated),
+            Event::new(EventKind::Succeeded),
+            Event::new(EventKind::Exited),
+        ]);
+        assert_eq!(rejected(&folded), Vec::<u64>::new());
+        assert_eq!(folded.timeline.state.phase(), Phase::Succeeded);
+        assert_eq!(folded.timeline.state.institution(), None);
+    }
+
+    /// Without times, an event takes its arrival place when legal there, else the latest
+    /// earlier place where it and the accepted events around it are legal: a partner choice
+    /// arriving after the success goes before the authentication; a second open is refused
+    /// wherever it would go.
+    #[test]
+    fn an_untimed_event_goes_to_the_latest_earlier_place_where_all_stay_legal() {
+        let folded = fold::<Session>(&[
+            Event::new(EventKind::Authenticated),
+            Event::new(EventKind::Succeeded),
+            Event::new(EventKind::InstitutionSelected).with_institution("marriott", None),
+        ]);
+        assert_eq!(rejected(&folded), Vec::<u64>::new());
+        assert_eq!(order(&folded), [3, 1, 2]);
+        assert_eq!(folded.timeline.state.institution().unwrap().id, "marriott");
+        let folded = fold::<Session>(&[
+            Event::new(EventKind::Opened),
+            Event::new(EventKind::Authenticated),
+            Event::new(EventKind::Opened),
+        ]);
+        assert_eq!(rejected(&folded), vec![3]);
+        assert_eq!(order(&folded), [1, 2, 3]);
+    }
+
+    /// Mixed sessions (Knot's SDK callbacks without time, its webhooks with): an event without
+    /// a time stays after the timed events that arrived before it, and a timed event that
+    /// arrives later goes after the untimed ones that precede the first timed event later
+    /// than it. So SDK steps first, then the webhook's success, then the SDK's exit.
+    #[test]
+    fn mixed_timed_and_untimed_events_follow_the_documented_rule() {
+        let folded = fold::<Session>(&[
+            Event::new(EventKind::InstitutionSelected).with_institution("10", None),
+            Event::new(EventKind::CredentialsSubmitted),
+            Event::new(EventKind::StepUpRequired),
+            ev(EventKind::Succeeded, 30),
+            Event::new(EventKind::Succeeded),
+            Event::new(EventKind::Exited),
+        ]);
+        assert_eq!(order(&folded), [1, 2, 3, 4, 5, 6]);
+        // The SDK's own success after the webhook's: a session succeeds once.
+        assert_eq!(rejected(&folded), vec![5]);
+        assert_eq!(folded.timeline.state.phase(), Phase::Succeeded);
+        assert!(folded.timeline.state.journey().visited(Phase::Mfa));
+    }
+}
