@@ -256,7 +256,8 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
     let merchants: Value = get_json(&client, &server.url("/v1/merchants")).await;
     assert_eq!(merchants.as_array().unwrap().len(), 0);
     let parked: Value = get_json(&client, &server.url("/v1/parked")).await;
-    assert_eq!(parked.as_array().unwrap().len(), 0);
+    assert_eq!(parked["events"].as_array().unwrap().len(), 0);
+    assert_eq!(parked["truncated"], false);
 
     let metrics = client
         .get(server.url("/metrics"))
@@ -277,7 +278,7 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         "{metrics}"
     );
     assert!(metrics.contains("linkflow_ingest_duration_seconds_count"));
-    assert!(metrics.contains("linkflow_parked_events 0"));
+    assert!(metrics.contains("linkflow_rejected_events 0"));
     let cached: usize = metrics
         .lines()
         .find_map(|line| line.strip_prefix("linkflow_cache_states "))

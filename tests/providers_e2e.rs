@@ -2,7 +2,7 @@
 //! sessions, accounts and merchant availability.
 
 use chrono::{DateTime, TimeZone, Utc};
-use linkflow::{Engine, IngestOutcome, PayloadContext};
+use linkflow::{AccountFollow, Engine, IngestOutcome, PayloadContext};
 use linkflow_core::{
     AccountState, Availability, LinkType, OperationKind, Origin, Phase, Provider, SessionId,
 };
@@ -70,8 +70,15 @@ fn count(outcomes: &[IngestOutcome], pattern: fn(&IngestOutcome) -> bool) -> usi
 fn accepted(outcome: &IngestOutcome) -> bool {
     matches!(outcome, IngestOutcome::Accepted { .. })
 }
-fn parked(outcome: &IngestOutcome) -> bool {
-    matches!(outcome, IngestOutcome::Parked { .. })
+fn rejected(outcome: &IngestOutcome) -> bool {
+    matches!(outcome, IngestOutcome::Rejected { .. })
+}
+fn late(outcome: &IngestOutcome) -> bool {
+    matches!(outcome, IngestOutcome::Accepted { late: true, .. })
+}
+fn linked(outcome: &IngestOutcome) -> bool {
+    matches!(outcome, IngestOutcome::Accepted { accounts, .. }
+        if accounts.iter().any(|account| matches!(account, AccountFollow::Linked { .. })))
 }
 fn duplicate(outcome: &IngestOutcome) -> bool {
     matches!(outcome, IngestOutcome::Duplicate { .. })
@@ -295,13 +302,15 @@ async fn moneykit_oauth_mfa_retry_exit_and_reselection_flows() {
 }
 
 #[tokio::test]
-async fn moneykit_out_of_order_success_parks_the_late_step_and_relink_repairs_the_account() {
+async fn moneykit_out_of_order_success_takes_the_late_step_in_its_place_and_relink_repairs_the_account(
+) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path()).unwrap();
     let mut context = DecodeContext::received_at(now());
     context.external_user_id = Some("user_7".into());
     let empty = json!({});
-    // success arrives before submit_accounts: the late step is refused by the terminal phase.
+    // success arrives before submit_accounts: the late step is folded in its place, before
+    // the success, and nothing is rejected.
     let outcomes = ingest(
         &engine,
         Provider::Moneykit,
@@ -335,15 +344,31 @@ async fn moneykit_out_of_order_success_parks_the_late_step_and_relink_repairs_th
         &context,
     )
     .await;
-    assert_eq!(count(&outcomes, accepted), 3);
-    assert_eq!(count(&outcomes, parked), 1);
-    let IngestOutcome::Accepted { linked, .. } = &outcomes[2] else {
-        panic!()
-    };
+    assert_eq!(count(&outcomes, accepted), 4, "{outcomes:?}");
+    assert_eq!(count(&outcomes, rejected), 0);
+    assert!(late(&outcomes[3]), "{outcomes:?}");
     assert!(
-        linked.is_some(),
+        linked(&outcomes[2]),
         "a success with a known user links the account"
     );
+    let history = engine
+        .history(&SessionId::new("relink").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<&str> = history.iter().map(|entry| entry.event.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "opened",
+            "credentials_submitted",
+            "accounts_selected",
+            "succeeded"
+        ]
+    );
+    assert!(history.iter().all(|entry| entry.accepted));
+    assert!(history[2].late);
+    assert_eq!(history[2].version.0, 4, "its arrival number");
     let accounts = engine.accounts().await.unwrap();
     assert_eq!(accounts.len(), 1);
     assert_eq!(accounts[0].key.external_user_id, "user_7");
@@ -370,12 +395,11 @@ async fn benji_flow_with_an_early_authentication_and_exit_after_success() {
         envelope("onSuccess", json!({"metadata": {"partner_id": "marriott", "external_user_id": "user_9"}, "timestamp": 3000})),
         envelope("onExit", json!({"timestamp": 4000})),
     ]), &context).await;
-    // Authenticated before the partner was chosen: accepted (no phase needs a known
-    // institution). The partner choice, arriving after it, is judged in arrival order and
-    // parked as illegal in `authenticated` (issue 24 folds in event-time order instead); the
-    // success still names the partner, so the session and its account know it.
+    // The authentication arrives before the partner choice that happened before it: the
+    // choice is folded in its place (by its timestamp), and nothing is rejected.
     assert!(matches!(outcomes[0], IngestOutcome::Accepted { .. }));
-    assert!(parked(&outcomes[1]));
+    assert!(late(&outcomes[1]), "{outcomes:?}");
+    assert_eq!(count(&outcomes, rejected), 0);
     assert_eq!(phase(&engine, "benji_1").await, Phase::Succeeded);
     let view = engine
         .session(&SessionId::new("benji_1").unwrap())
@@ -401,14 +425,15 @@ async fn knot_checkout_before_authenticated_waits_for_the_account_then_login_bre
     let checkout = fixture("knot/checkout_succeeded.json")
         .replace("{your-unique-identifier}", user)
         .replace("\"id\": 7", "\"id\": 10");
-    // The checkout webhook arrives first: the account does not exist yet, it is parked.
+    // The checkout webhook arrives first: the account does not exist yet, it is rejected
+    // (for now: kept, and listed with the reason).
     let outcomes = ingest(&engine, Provider::Knot, &checkout, &context).await;
-    assert!(parked(&outcomes[0]), "{outcomes:?}");
+    assert!(rejected(&outcomes[0]), "{outcomes:?}");
     assert!(
         engine.accounts().await.unwrap().is_empty(),
         "no account exists yet"
     );
-    assert_eq!(engine.parked(None).await.unwrap().len(), 1);
+    assert_eq!(engine.rejected(None).await.unwrap().events.len(), 1);
     // AUTHENTICATED completes the session, creates the account and lets the checkout in.
     let outcomes = ingest(
         &engine,
@@ -417,17 +442,18 @@ async fn knot_checkout_before_authenticated_waits_for_the_account_then_login_bre
         &context,
     )
     .await;
-    let IngestOutcome::Accepted { linked, .. } = &outcomes[0] else {
-        panic!("{outcomes:?}")
-    };
-    assert!(linked.is_some());
+    assert!(linked(&outcomes[0]), "{outcomes:?}");
     assert_eq!(
         phase(&engine, "fb5aa994-ed1c-4c3e-b29a-b2a53222e584").await,
         Phase::Succeeded
     );
     let account = &engine.accounts().await.unwrap()[0];
     assert_eq!(account.account.state(), AccountState::Active);
-    assert_eq!(account.parked, 0);
+    assert_eq!(
+        account.rejected, 0,
+        "the checkout is accepted after the link"
+    );
+    assert!(engine.rejected(None).await.unwrap().events.is_empty());
     assert_eq!(
         account.account.operations()[0].kind,
         OperationKind::Checkout

@@ -307,7 +307,13 @@ async fn every_real_sdk_shape_through_linkflow_ingest() {
             .collect();
         let (summary, results) = lines.split_last().unwrap();
         let expected = fixture.expected_outcomes();
-        for outcome in ["accepted", "quarantined", "parked", "duplicate", "refused"] {
+        for outcome in [
+            "accepted",
+            "quarantined",
+            "rejected",
+            "duplicate",
+            "refused",
+        ] {
             let count = expected.iter().filter(|o| **o == outcome).count();
             assert_eq!(
                 summary["summary"][outcome], count,
@@ -557,7 +563,7 @@ mod any_json_over_http {
         })
     }
 
-    /// Any JSON value POSTed to any provider endpoint is stored (an event, parked, or
+    /// Any JSON value POSTed to any provider endpoint is stored (an event, accepted or rejected,
     /// quarantined: 200 or 202) or refused with a 4xx whose body names why (413 past the
     /// record size limit); the server never answers 5xx and never stops.
     #[test]
@@ -594,7 +600,7 @@ mod any_json_over_http {
                         for result in answer["results"].as_array().unwrap() {
                             let outcome = result["outcome"].as_str().unwrap();
                             prop_assert!(
-                                ["accepted", "duplicate", "parked", "quarantined"]
+                                ["accepted", "rejected", "duplicate", "quarantined"]
                                     .contains(&outcome),
                                 "{body}: {result}"
                             );

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 
 use chrono::Utc;
-use linkflow::views::{AccountJson, MerchantJson, ParkedJson, SessionJson};
+use linkflow::views::{AccountJson, MerchantJson, RejectedListJson, SessionJson};
 use linkflow::{Engine, Feed, PayloadContext, SessionFilter};
 use serde_json::json;
 
@@ -71,7 +71,7 @@ pub async fn run(json: bool) -> Result<ExitCode, CliError> {
     let sessions = engine.sessions(SessionFilter::default()).await?;
     let accounts = engine.accounts().await?;
     let merchants = engine.merchants().await?;
-    let parked = engine.parked(None).await?;
+    let rejected = RejectedListJson::from(&engine.rejected(None).await?);
     let verified = engine.verify().await?;
     if json {
         crate::print_json(&json!({
@@ -79,7 +79,7 @@ pub async fn run(json: bool) -> Result<ExitCode, CliError> {
             "sessions": sessions.iter().map(|view| SessionJson::new(view, engine.is_abandoned(&view.state))).collect::<Vec<_>>(),
             "accounts": accounts.iter().map(AccountJson::from).collect::<Vec<_>>(),
             "merchants": merchants.iter().map(MerchantJson::from).collect::<Vec<_>>(),
-            "parked": parked.iter().map(ParkedJson::from).collect::<Vec<_>>(),
+            "rejected": rejected,
             "verify_clean": verified.is_clean(),
         }));
     } else {
@@ -94,7 +94,7 @@ pub async fn run(json: bool) -> Result<ExitCode, CliError> {
                 state
                     .institution()
                     .map_or("-", |institution| institution.id.as_str()),
-                state.version().0,
+                view.events,
                 state
                     .last_error()
                     .and_then(|error| error.value.code.clone())
@@ -127,11 +127,12 @@ pub async fn run(json: bool) -> Result<ExitCode, CliError> {
                 merchant.since.to_rfc3339()
             );
         }
-        out!("\n== parked (refused, kept with the reason)");
-        for entry in parked.iter().map(ParkedJson::from) {
+        out!("\n== rejected (kept, shown with the reason; `linkflow parked`)");
+        for entry in &rejected.events {
             out!(
-                "{} {}: {}",
+                "{} v{} {}: {}",
                 entry.session_id,
+                entry.version,
                 entry.raw_name.as_deref().unwrap_or(&entry.event),
                 entry.reason
             );

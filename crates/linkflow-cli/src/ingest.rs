@@ -2,7 +2,7 @@
 //! chunk at a time (a file of any size, memory bounded by [`CHUNK_BYTES`] and the engine's
 //! [`linkflow::INTAKE_BATCH`]), with progress on standard error.
 //!
-//! Output: every payload that was not simply stored (refused, parked, quarantined, or stored
+//! Output: every payload that was not simply stored (refused, rejected, quarantined, or stored
 //! with warnings) is named by its line as it is read, then a summary. With `--json` each of
 //! those is one JSON line (a `PayloadResult`), and the last line is `{"summary": counts}`.
 
@@ -154,7 +154,7 @@ fn print_result(result: &PayloadResult, json: bool) {
     let at = result.at;
     match &result.outcome {
         IngestOutcome::Refused { error } => out!("  refused at {at}: {error}"),
-        IngestOutcome::Parked { reason, .. } => out!("  parked at {at}: {reason}"),
+        IngestOutcome::Rejected { reason, .. } => out!("  rejected (for now) at {at}: {reason}"),
         IngestOutcome::Quarantined { entry, reason, .. } => {
             out!("  quarantined at {at} as {entry}: {reason}")
         }
@@ -172,15 +172,15 @@ pub fn print_summary(counts: &IntakeCounts, json: bool) {
         return;
     }
     out!(
-        "accepted {}, duplicate {}, parked {}, quarantined {}, refused {}, unrecognized {}, with warnings {} (then accepted by retries or links: {})",
+        "accepted {}, rejected {}, duplicate {}, quarantined {}, refused {}, unrecognized {}, with warnings {} (account events written: {})",
         counts.accepted,
+        counts.rejected,
         counts.duplicate,
-        counts.parked,
         counts.quarantined,
         counts.refused,
         counts.unrecognized,
         counts.warned,
-        counts.redriven
+        counts.account_events
     );
 }
 

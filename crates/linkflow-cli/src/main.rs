@@ -1,7 +1,7 @@
 //! `linkflow`: the command line of the linkflow engine.
 //!
 //! One file per command, behind [`Command`]: `ingest.rs`, `sessions.rs` (sessions, show,
-//! history), `parked.rs` (parked, redrive), `quarantine.rs` (quarantine, redrive --quarantine),
+//! history), `parked.rs` (parked), `quarantine.rs` (quarantine, redrive),
 //! `accounts.rs` (accounts, merchants), `diagram.rs`,
 //! `verify.rs`, `demo.rs`, `serve.rs`, `funnel.rs`. Output is for people by default; `--json` prints the JSON shapes of
 //! `linkflow::views`, which the HTTP API shares.
@@ -182,32 +182,28 @@ enum Command {
         #[arg(long)]
         at: Option<u64>,
     },
-    /// Every accepted event of a session with the phase before and after it.
+    /// Every event of a session in event-time order with its arrival, accepted (with the phase
+    /// before and after it) or rejected (with why).
     History {
         /// The session id.
         session: String,
     },
-    /// Events the state machine refused, with their reasons.
+    /// Events their session's fold rejects now, with the reasons.
     Parked {
         /// Only this session's.
         #[arg(long)]
         session: Option<String>,
     },
-    /// Retry parked events now; with `--quarantine`, decode quarantined payloads again.
+    /// Decode quarantined payloads again (every pending one, or ENTRY) and store those that
+    /// now name a stream.
     Redrive {
-        /// Parked events: only this session's. With `--quarantine`: the session to give the
-        /// payloads that name none.
+        /// The session to give the payloads that name none.
         #[arg(long)]
         session: Option<String>,
-        /// Decode quarantined payloads again (every pending one, or ENTRY) and store those that
-        /// now name a stream.
+        /// The user to give payloads that name none.
         #[arg(long)]
-        quarantine: bool,
-        /// With `--quarantine`: the user to give payloads that name none.
-        #[arg(long, requires = "quarantine")]
         user: Option<String>,
-        /// With `--quarantine`: only this entry (as `linkflow quarantine` lists it).
-        #[arg(requires = "quarantine")]
+        /// Only this entry (as `linkflow quarantine` lists it).
         entry: Option<String>,
     },
     /// Linked accounts with their state and recent operations.
@@ -344,15 +340,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 Command::Redrive {
                     session,
-                    quarantine: true,
                     user,
                     entry,
                 } => {
                     quarantine::redrive(&engine, entry.as_deref(), session.as_deref(), user, json)
                         .await
-                }
-                Command::Redrive { session, .. } => {
-                    parked::redrive(&engine, session.as_deref(), json).await
                 }
                 Command::Accounts => accounts::accounts(&engine, json).await,
                 Command::Merchants => accounts::merchants(&engine, json).await,

@@ -1,8 +1,8 @@
-//! `linkflow parked`, `redrive`.
+//! `linkflow parked`: the events their streams' folds reject now.
 
 use std::process::ExitCode;
 
-use linkflow::views::ParkedJson;
+use linkflow::views::RejectedListJson;
 use linkflow::Engine;
 
 use crate::{print_json, session_id, CliError};
@@ -13,44 +13,32 @@ pub async fn list(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let session = session.map(session_id).transpose()?;
-    let parked = engine.parked(session).await?;
-    let entries: Vec<ParkedJson> = parked.iter().map(ParkedJson::from).collect();
+    let list = RejectedListJson::from(&engine.rejected(session).await?);
     if json {
-        print_json(&entries);
+        print_json(&list);
         return Ok(ExitCode::SUCCESS);
     }
-    for entry in &entries {
+    for entry in &list.events {
         out!(
-            "{}  {}  received {}\n    {}",
+            "{}  v{}  {}  at {}{}  received {}\n    {}",
             entry.session_id,
+            entry.version,
             entry.raw_name.as_deref().unwrap_or(&entry.event),
+            entry
+                .event_time
+                .map_or_else(|| "(no time)".to_owned(), |at| at.to_rfc3339()),
+            if entry.late { " (late)" } else { "" },
             entry.received_at.to_rfc3339(),
             entry.reason
         );
     }
-    out!("{} parked events", entries.len());
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn redrive(
-    engine: &Engine,
-    session: Option<&str>,
-    json: bool,
-) -> Result<ExitCode, CliError> {
-    let session = session.map(session_id).transpose()?;
-    let redriven = engine.redrive(session).await?;
-    if json {
-        print_json(&redriven);
+    if list.truncated {
+        out!(
+            "{} rejected events listed; more are rejected (ask for one session with --session)",
+            list.events.len()
+        );
     } else {
-        for event in &redriven {
-            out!(
-                "accepted {} of `{}` as version {}",
-                event.event_id,
-                event.session,
-                event.version
-            );
-        }
-        out!("{} parked events accepted", redriven.len());
+        out!("{} rejected events", list.events.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,4 @@
-//! `linkflow quarantine`, `linkflow redrive --quarantine`: payloads that named no stream.
+//! `linkflow quarantine`, `linkflow redrive`: payloads that named no stream.
 
 use std::process::ExitCode;
 

@@ -42,7 +42,7 @@ pub async fn list(
         "phase",
         "institution",
         "events",
-        "parked"
+        "reject"
     );
     for view in &sessions {
         print_row(view);
@@ -63,8 +63,8 @@ fn print_row(view: &SessionView) {
                 .institution()
                 .map(|institution| institution.id.clone())
         ),
-        state.version().0,
-        view.parked,
+        view.events,
+        view.rejected,
         dash(state.last_event_at().map(|at| at.to_rfc3339())),
     );
 }
@@ -80,10 +80,10 @@ pub async fn show(
         return Err(CliError(format!("no session `{session}`")));
     };
     if let Some(version) = at {
-        view.state = engine
+        view = engine
             .session_at(&id, version)
             .await?
-            .ok_or_else(|| CliError(format!("session `{session}` has no accepted event")))?;
+            .ok_or_else(|| CliError(format!("no session `{session}`")))?;
     }
     let shown = SessionJson::new(&view, engine.is_abandoned(&view.state));
     if json {
@@ -101,7 +101,12 @@ pub async fn show(
             None => i.id.clone(),
         }))
     );
-    out!("version        {}", shown.version);
+    out!(
+        "version        {} ({} accepted, {} rejected)",
+        shown.version,
+        shown.accepted,
+        shown.rejected
+    );
     out!("current screen {}", dash(shown.current_screen.as_ref()));
     out!(
         "last error     {}",
@@ -129,16 +134,13 @@ pub async fn show(
         dash(shown.last_event_at.map(|at| at.to_rfc3339()))
     );
     out!("abandoned      {}", shown.abandoned);
-    out!("parked         {}", shown.parked);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn history(engine: &Engine, session: &str, json: bool) -> Result<ExitCode, CliError> {
     let id = session_id(session)?;
     let Some(history) = engine.history(&id).await? else {
-        return Err(CliError(format!(
-            "no session `{session}` with accepted events"
-        )));
+        return Err(CliError(format!("no session `{session}`")));
     };
     if json {
         print_json(&history.iter().map(HistoryJson::from).collect::<Vec<_>>());
@@ -162,13 +164,14 @@ pub async fn history(engine: &Engine, session: &str, json: bool) -> Result<ExitC
             dash(entry.raw_name.as_ref()),
             dash(entry.phase_before),
             dash(entry.phase_after),
-            dash(entry.event_time.map(|at| at.to_rfc3339())),
-            if entry.was_parked {
-                "  (was parked)"
-            } else {
-                ""
-            },
+            entry
+                .event_time
+                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+            if entry.late { "  (late)" } else { "" },
         );
+        if let Some(rejection) = &entry.rejection {
+            out!("     rejected: {rejection}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -159,6 +159,10 @@ impl NoticeKind {
 pub enum AccountEventKind {
     /// A link succeeded for this user and institution.
     Linked,
+    /// The link a session made was withdrawn: a later fold of that session no longer accepts
+    /// its success, or names another user or institution (the engine appends it, with the
+    /// time of the success it withdraws).
+    LinkWithdrawn,
     /// The provider says the user must log in again (Knot `ACCOUNT_LOGIN_REQUIRED`).
     LoginRequired,
     /// An operation ran on the account.
@@ -220,6 +224,7 @@ impl AccountEvent {
     pub fn step(&self) -> Option<AccountStep> {
         match self.kind {
             AccountEventKind::Linked => Some(AccountStep::Link),
+            AccountEventKind::LinkWithdrawn => Some(AccountStep::WithdrawLink),
             AccountEventKind::LoginRequired => Some(AccountStep::RequireLogin),
             AccountEventKind::Operation { .. } => Some(AccountStep::RecordOperation),
             AccountEventKind::Notice(_) | AccountEventKind::Unrecognized { .. } => None,
@@ -231,6 +236,7 @@ impl AccountEvent {
     pub fn name(&self) -> &'static str {
         match self.kind {
             AccountEventKind::Linked => "linked",
+            AccountEventKind::LinkWithdrawn => "link_withdrawn",
             AccountEventKind::LoginRequired => "login_required",
             AccountEventKind::Operation { kind, .. } => kind.as_str(),
             AccountEventKind::Notice(kind) => kind.as_str(),
@@ -249,6 +255,8 @@ pub enum AccountStep {
     RequireLogin,
     /// A cart sync, checkout or card switch.
     RecordOperation,
+    /// A session's link was withdrawn.
+    WithdrawLink,
 }
 
 impl AccountStep {
@@ -258,6 +266,7 @@ impl AccountStep {
             AccountStep::Link => "link",
             AccountStep::RequireLogin => "require_login",
             AccountStep::RecordOperation => "record_operation",
+            AccountStep::WithdrawLink => "withdraw_link",
         }
     }
 }
@@ -299,10 +308,16 @@ pub const ACCOUNT_TABLE: &[AccountRule] = &[
         from: &[AccountState::LoginRequired],
         to: AccountState::LoginRequired,
     },
+    AccountRule {
+        step: AccountStep::WithdrawLink,
+        from: &[AccountState::Active, AccountState::LoginRequired],
+        to: AccountState::Absent,
+    },
 ];
 
 /// An account event the current state does not accept (an operation or a login failure for an
-/// account that does not exist yet). The engine parks it until the account appears.
+/// account that does not exist yet). The engine keeps it, rejected; an earlier link arriving
+/// later makes it accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("`{event}` is not accepted for an account in state `{state}`; it accepts {accepts}", accepts = steps(accepts))]
 pub struct AccountRejection {

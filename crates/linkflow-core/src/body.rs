@@ -332,6 +332,7 @@ fn encode_account_event(event: &AccountEvent, out: &mut Output) {
             out.u8(5);
             out.u8(code_of(&NOTICE_KINDS, kind));
         }
+        AccountEventKind::LinkWithdrawn => out.u8(6),
     }
     out.opt_time(event.occurred_at, 0);
     encode_link_type(out, event.link_type);
@@ -359,10 +360,11 @@ fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactEr
             raw_name: input.str("unrecognized account event name")?,
         },
         5 => AccountEventKind::Notice(input.choice("notice kind", &NOTICE_KINDS)?),
+        6 => AccountEventKind::LinkWithdrawn,
         other => {
             return Err(input.error(
                 "account event kind",
-                format!("code {other}, expected 0 to 3 or 5"),
+                format!("code {other}, expected 0 to 3, 5 or 6"),
             ))
         }
     };

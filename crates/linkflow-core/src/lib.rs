@@ -71,5 +71,5 @@ pub use rejection::Rejection;
 pub use session::{
     apply, fold, Applied, EventCounts, ExitInfo, Journey, Latest, ReplayError, Session,
 };
-pub use timeline::{TimedKey, Timeline};
+pub use timeline::{TimedKey, Timeline, RULES_VERSION};
 pub use transition::{Guard, Rule, RuleKind, SESSION_TABLE};

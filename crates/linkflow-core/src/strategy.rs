@@ -329,7 +329,7 @@ mod tests {
         let mut timeline = Timeline::<Session>::default();
         for (count, event) in events.iter().enumerate() {
             if timeline.append(event) == Appended::Refold {
-                timeline = timeline::fold::<Session>(&events[..=count]).timeline;
+                timeline = timeline::fold::<Session, _>(&events[..=count]).timeline;
             }
         }
         timeline
@@ -410,7 +410,7 @@ mod tests {
         fn folding_is_deterministic(walk in legal_walk(40)) {
             prop_assert_eq!(fold(&walk.events).unwrap(), fold(&walk.events).unwrap());
             let events = distinct_times(&walk.events);
-            prop_assert_eq!(timeline::fold::<Session>(&events), timeline::fold::<Session>(&events));
+            prop_assert_eq!(timeline::fold::<Session, _>(&events), timeline::fold::<Session, _>(&events));
         }
 
         /// Principle 2: a session is what happened, not the order it arrived in. Any delivery
@@ -425,8 +425,8 @@ mod tests {
         ) {
             let events = distinct_times(&walk.events);
             let delivered: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
-            let in_order = timeline::fold::<Session>(&events);
-            let permuted = timeline::fold::<Session>(&delivered);
+            let in_order = timeline::fold::<Session, _>(&events);
+            let permuted = timeline::fold::<Session, _>(&delivered);
             prop_assert_eq!(in_order.timeline.rejected, 0);
             prop_assert_eq!(permuted.timeline.rejected, 0);
             prop_assert_eq!(&permuted.timeline.state, &in_order.timeline.state);
@@ -445,7 +445,7 @@ mod tests {
         ) {
             let events = distinct_times(&walk.events);
             let delivered: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
-            let folded = timeline::fold::<Session>(&delivered);
+            let folded = timeline::fold::<Session, _>(&delivered);
             let rejected: Vec<usize> = folded
                 .placed
                 .iter()
@@ -472,7 +472,7 @@ mod tests {
                 }
             }
             let delivered: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
-            let whole = timeline::fold::<Session>(&delivered).timeline;
+            let whole = timeline::fold::<Session, _>(&delivered).timeline;
             prop_assert_eq!(appended_one_by_one(&delivered), whole);
         }
     }

@@ -23,10 +23,18 @@
 //! [`Timeline::append`] does it in place when the new event sorts last (in-order arrival, the
 //! common case) and asks for a [`fold`] of the whole stream otherwise.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// The version of the rules a stream is folded with: the session and account tables, the
+/// event-time order and its ties, the placement of events without a time. Bump it with any
+/// change that can fold the same events differently: snapshots record it, and a stream whose
+/// snapshot was folded with other rules is folded again (`docs/state-machine.md`, "Rule
+/// changes").
+pub const RULES_VERSION: u32 = 1;
 
 /// The furthest back an event without a time is moved, in places, looking for one where it is
 /// accepted. Bounds a fold's work (each place tried is a fold of the stream) on streams of
@@ -152,10 +160,17 @@ impl<M: Machine> Timeline<M> {
 }
 
 /// Folds a stream's events, given in arrival order, in event-time order (see the module docs).
-pub fn fold<M: Machine>(events: &[M::Event]) -> Folded<M> {
+///
+/// While every event goes last (in-order arrival, the common case) the fold of the order so
+/// far is carried along, so such a stream folds in one pass; an event placed earlier makes the
+/// next placement fold the order again.
+pub fn fold<M: Machine, E: Borrow<M::Event>>(events: &[E]) -> Folded<M> {
     let mut order: Vec<usize> = Vec::with_capacity(events.len());
     let mut last_timed: Option<TimedKey> = None;
+    // The fold of `order` as it stands, when it is known.
+    let mut running: Option<(M, Verdicts<M>)> = Some((M::default(), Vec::new()));
     for (index, event) in events.iter().enumerate() {
+        let event = event.borrow();
         match M::time(event) {
             Some(at) => {
                 let key = timed_key::<M>(index, event, at);
@@ -163,16 +178,27 @@ pub fn fold<M: Machine>(events: &[M::Event]) -> Folded<M> {
                 let place = order
                     .iter()
                     .position(|&other| {
-                        M::time(&events[other])
-                            .is_some_and(|at| timed_key::<M>(other, &events[other], at) > key)
+                        let other_event = events[other].borrow();
+                        M::time(other_event)
+                            .is_some_and(|at| timed_key::<M>(other, other_event, at) > key)
                     })
                     .unwrap_or(order.len());
+                if place == order.len() {
+                    if let Some((state, verdicts)) = running.as_mut() {
+                        verdicts.push(state.fold_in(event));
+                    }
+                } else {
+                    running = None;
+                }
                 order.insert(place, index);
             }
-            None => place_untimed::<M>(events, &mut order, index),
+            None => {
+                let (state, verdicts) = running.unwrap_or_else(|| classify::<M, E>(events, &order));
+                running = place_untimed::<M, E>(events, &mut order, index, state, verdicts);
+            }
         }
     }
-    let (state, verdicts) = classify::<M>(events, &order);
+    let (state, verdicts) = running.unwrap_or_else(|| classify::<M, E>(events, &order));
     let mut placed = Vec::with_capacity(order.len());
     let mut rejected = 0u32;
     // An event is late when some event placed after it arrived before it.
@@ -243,13 +269,15 @@ impl Machine for crate::Account {
     }
 
     /// A link first (an operation of the same instant needs the account), then a broken
-    /// login, then operations, then notices and unrecognized events.
+    /// login, then operations, then a withdrawn link (it carries the time of the link it
+    /// withdraws, so it sorts right after it), then notices and unrecognized events.
     fn rank(event: &crate::AccountEvent) -> u8 {
         match event.step() {
             Some(crate::account::AccountStep::Link) => 0,
             Some(crate::account::AccountStep::RequireLogin) => 1,
             Some(crate::account::AccountStep::RecordOperation) => 2,
-            None => 3,
+            Some(crate::account::AccountStep::WithdrawLink) => 3,
+            None => 4,
         }
     }
 
@@ -262,6 +290,54 @@ impl Machine for crate::Account {
     }
 }
 
+impl<M: Machine + crate::compact::Compact> crate::compact::Compact for Timeline<M> {
+    /// Arrivals, rejected count, the greatest timed key (presence byte, time, rank, arrival),
+    /// then the state.
+    fn encode_compact(&self, out: &mut crate::compact::Output) {
+        out.varint(self.arrivals);
+        out.varint(u64::from(self.rejected));
+        match self.last_timed {
+            None => out.u8(0),
+            Some(key) => {
+                out.u8(1);
+                out.time(key.at, 0);
+                out.u8(key.rank);
+                out.varint(key.arrival);
+            }
+        }
+        self.state.encode_compact(out);
+    }
+
+    fn decode_compact(
+        input: &mut crate::compact::Input<'_>,
+    ) -> Result<Self, crate::compact::CompactError> {
+        let arrivals = input.varint("timeline arrivals")?;
+        let rejected = input.u32("timeline rejected")?;
+        let last_timed = if input.present("timeline last timed key")? {
+            Some(TimedKey {
+                at: input.time("timeline last timed key", 0)?,
+                rank: input.u8("timeline last timed rank")?,
+                arrival: input.varint("timeline last timed arrival")?,
+            })
+        } else {
+            None
+        };
+        let state = M::decode_compact(input)?;
+        if u64::from(rejected) > arrivals {
+            return Err(input.error(
+                "timeline rejected",
+                format!("{rejected} rejected of {arrivals} arrivals"),
+            ));
+        }
+        Ok(Timeline {
+            state,
+            arrivals,
+            rejected,
+            last_timed,
+        })
+    }
+}
+
 fn timed_key<M: Machine>(index: usize, event: &M::Event, at: DateTime<Utc>) -> TimedKey {
     TimedKey {
         at,
@@ -270,18 +346,27 @@ fn timed_key<M: Machine>(index: usize, event: &M::Event, at: DateTime<Utc>) -> T
     }
 }
 
-/// Places the event `index` (without a time) into `order`: last when accepted there, else the
-/// latest earlier place where it is accepted and nothing accepted before is refused, else last.
-fn place_untimed<M: Machine>(events: &[M::Event], order: &mut Vec<usize>, index: usize) {
-    let (state, base) = classify::<M>(events, order);
-    if state.accepts(&events[index]) {
+/// Places the event `index` (without a time) into `order`, whose fold is `state` and
+/// `verdicts`: last when accepted there, else the latest earlier place where it is accepted
+/// and nothing accepted before is refused, else last. Returns the fold of the new order when
+/// the event went last (it is known without folding again).
+fn place_untimed<M: Machine, E: Borrow<M::Event>>(
+    events: &[E],
+    order: &mut Vec<usize>,
+    index: usize,
+    mut state: M,
+    mut base: Verdicts<M>,
+) -> Option<(M, Verdicts<M>)> {
+    let event = events[index].borrow();
+    if state.accepts(event) {
         order.push(index);
-        return;
+        base.push(state.fold_in(event));
+        return Some((state, base));
     }
     let earliest = order.len().saturating_sub(MAX_PLACEMENT_SEARCH);
     for place in (earliest..order.len()).rev() {
         order.insert(place, index);
-        let (_, verdicts) = classify::<M>(events, order);
+        let (_, verdicts) = classify::<M, E>(events, order);
         let keeps_the_rest = order
             .iter()
             .zip(&verdicts)
@@ -289,21 +374,23 @@ fn place_untimed<M: Machine>(events: &[M::Event], order: &mut Vec<usize>, index:
             .zip(&base)
             .all(|((_, now), before)| before.is_err() || now.is_ok());
         if keeps_the_rest && verdicts[place].is_ok() {
-            return;
+            return None;
         }
         order.remove(place);
     }
     order.push(index);
+    base.push(state.fold_in(event));
+    Some((state, base))
 }
 
 type Verdicts<M> = Vec<Result<<M as Machine>::Applied, <M as Machine>::Rejection>>;
 
 /// Folds the events in `order` from a new state: the state and each event's verdict.
-fn classify<M: Machine>(events: &[M::Event], order: &[usize]) -> (M, Verdicts<M>) {
+fn classify<M: Machine, E: Borrow<M::Event>>(events: &[E], order: &[usize]) -> (M, Verdicts<M>) {
     let mut state = M::default();
     let verdicts = order
         .iter()
-        .map(|&index| state.fold_in(&events[index]))
+        .map(|&index| state.fold_in(events[index].borrow()))
         .collect();
     (state, verdicts)
 }
@@ -364,7 +451,7 @@ mod tests {
     #[test]
     fn timed_events_are_folded_in_time_order_whatever_the_arrival() {
         let events = [step(3, Some(30)), step(1, Some(10)), step(2, Some(20))];
-        let folded = fold::<Steps>(&events);
+        let folded = fold::<Steps, _>(&events);
         assert_eq!(verdicts(&folded), [(2, true), (3, true), (1, true)]);
         assert_eq!(folded.timeline.state, Steps(3));
         assert_eq!(folded.timeline.rejected, 0);
@@ -377,7 +464,7 @@ mod tests {
         // 4 at t40 arrives first and is accepted; 5 at t21 then comes before it, and 4 is now
         // the one refused (it would move back).
         let events = [step(5, Some(40)), step(5, Some(21))];
-        let folded = fold::<Steps>(&events);
+        let folded = fold::<Steps, _>(&events);
         assert_eq!(verdicts(&folded), [(2, true), (1, false)]);
     }
 
@@ -385,11 +472,11 @@ mod tests {
     fn an_untimed_event_takes_the_latest_earlier_place_where_it_and_the_rest_are_accepted() {
         // 1 arrives after 2 and 3: it goes before them.
         let events = [step(2, None), step(3, None), step(1, None)];
-        let folded = fold::<Steps>(&events);
+        let folded = fold::<Steps, _>(&events);
         assert_eq!(verdicts(&folded), [(3, true), (1, true), (2, true)]);
         // A second 1 is refused wherever it would go: last.
         let events = [step(1, None), step(2, None), step(1, None)];
-        let folded = fold::<Steps>(&events);
+        let folded = fold::<Steps, _>(&events);
         assert_eq!(verdicts(&folded), [(1, true), (2, true), (3, false)]);
         assert_eq!(folded.timeline.rejected, 1);
     }
@@ -398,14 +485,14 @@ mod tests {
     fn untimed_events_stay_before_a_timed_event_that_arrives_after_them() {
         let events = [step(1, None), step(2, None), step(3, Some(5))];
         assert_eq!(
-            verdicts(&fold::<Steps>(&events)),
+            verdicts(&fold::<Steps, _>(&events)),
             [(1, true), (2, true), (3, true)]
         );
         // A timed event earlier than the timed ones already there goes before them, not
         // before the untimed events that precede them.
         let events = [step(1, None), step(4, Some(50)), step(3, Some(20))];
         assert_eq!(
-            verdicts(&fold::<Steps>(&events)),
+            verdicts(&fold::<Steps, _>(&events)),
             [(1, true), (3, true), (2, true)]
         );
     }
@@ -422,11 +509,11 @@ mod tests {
         let mut timeline = Timeline::<Steps>::default();
         for (count, event) in events.iter().enumerate() {
             if timeline.append(event) == Appended::Refold {
-                timeline = fold::<Steps>(&events[..=count]).timeline;
+                timeline = fold::<Steps, _>(&events[..=count]).timeline;
             }
             assert_eq!(
                 timeline,
-                fold::<Steps>(&events[..=count]).timeline,
+                fold::<Steps, _>(&events[..=count]).timeline,
                 "{count}"
             );
         }

@@ -352,7 +352,7 @@ mod event_time_order {
     /// takes its place: nothing is rejected, the session visited `institution_selected`.
     #[test]
     fn a_late_selection_takes_its_place_in_time() {
-        let folded = fold::<Session>(&[
+        let folded = fold::<Session, _>(&[
             ev(EventKind::Opened, 0),
             ev(EventKind::CredentialsSubmitted, 20),
             ev(EventKind::Succeeded, 40),
@@ -374,8 +374,8 @@ mod event_time_order {
         let open = ev(EventKind::Opened, 0);
         let credentials = ev(EventKind::CredentialsSubmitted, 40);
         let success = ev(EventKind::Succeeded, 21);
-        let a = fold::<Session>(&[open.clone(), credentials.clone(), success.clone()]);
-        let b = fold::<Session>(&[open, success, credentials]);
+        let a = fold::<Session, _>(&[open.clone(), credentials.clone(), success.clone()]);
+        let b = fold::<Session, _>(&[open, success, credentials]);
         assert_eq!(a.timeline.state, b.timeline.state);
         assert_eq!(a.timeline.state.phase(), Phase::Succeeded);
         // Arrival 2 in the first order and arrival 3 in the second: the credentials.
@@ -386,7 +386,7 @@ mod event_time_order {
     /// first (an exit after a success is recorded, the phase stays succeeded).
     #[test]
     fn ties_in_time_go_by_the_tables_forward_order_then_arrival() {
-        let folded = fold::<Session>(&[
+        let folded = fold::<Session, _>(&[
             ev(EventKind::Opened, 0),
             ev(EventKind::Exited, 9),
             ev(EventKind::Succeeded, 9),
@@ -403,7 +403,7 @@ mod event_time_order {
     /// institution unknown, nothing rejected.
     #[test]
     fn an_untimed_flow_without_partner_succeeds_with_the_institution_unknown() {
-        let folded = fold::<Session>(&[
+        let folded = fold::<Session, _>(&[
             Event::new(EventKind::Authenticated),
             Event::new(EventKind::Succeeded),
             Event::new(EventKind::Exited),
@@ -419,7 +419,7 @@ mod event_time_order {
     /// wherever it would go.
     #[test]
     fn an_untimed_event_goes_to_the_latest_earlier_place_where_all_stay_legal() {
-        let folded = fold::<Session>(&[
+        let folded = fold::<Session, _>(&[
             Event::new(EventKind::Authenticated),
             Event::new(EventKind::Succeeded),
             Event::new(EventKind::InstitutionSelected).with_institution("marriott", None),
@@ -427,7 +427,7 @@ mod event_time_order {
         assert_eq!(rejected(&folded), Vec::<u64>::new());
         assert_eq!(order(&folded), [3, 1, 2]);
         assert_eq!(folded.timeline.state.institution().unwrap().id, "marriott");
-        let folded = fold::<Session>(&[
+        let folded = fold::<Session, _>(&[
             Event::new(EventKind::Opened),
             Event::new(EventKind::Authenticated),
             Event::new(EventKind::Opened),
@@ -442,7 +442,7 @@ mod event_time_order {
     /// than it. So SDK steps first, then the webhook's success, then the SDK's exit.
     #[test]
     fn mixed_timed_and_untimed_events_follow_the_documented_rule() {
-        let folded = fold::<Session>(&[
+        let folded = fold::<Session, _>(&[
             Event::new(EventKind::InstitutionSelected).with_institution("10", None),
             Event::new(EventKind::CredentialsSubmitted),
             Event::new(EventKind::StepUpRequired),

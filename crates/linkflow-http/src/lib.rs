@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use linkflow::views::{AccountJson, HistoryJson, MerchantJson, ParkedJson, SessionJson};
+use linkflow::views::{AccountJson, HistoryJson, MerchantJson, RejectedListJson, SessionJson};
 use linkflow::{
     DeliveryError, Engine, Feed, IngestOutcome, PayloadContext, QuarantineFilter,
     QuarantineRedrive, SessionFilter,
@@ -163,7 +163,7 @@ fn outcome_name(outcome: &IngestOutcome) -> &'static str {
     match outcome {
         IngestOutcome::Accepted { .. } => "accepted",
         IngestOutcome::Duplicate { .. } => "duplicate",
-        IngestOutcome::Parked { .. } => "parked",
+        IngestOutcome::Rejected { .. } => "rejected",
         IngestOutcome::Quarantined { .. } => "quarantined",
         IngestOutcome::Refused { .. } => "refused",
     }
@@ -416,20 +416,15 @@ struct ParkedQuery {
     session: Option<String>,
 }
 
+/// The events their streams' folds reject now (of one session with `?session=`), at most
+/// [`linkflow::MAX_REJECTED_LISTED`]; `truncated` says whether more are.
 async fn list_parked(
     State(state): State<AppState>,
     Query(query): Query<ParkedQuery>,
-) -> Result<Json<Vec<ParkedJson>>, ApiError> {
+) -> Result<Json<RejectedListJson>, ApiError> {
     let session = query.session.as_deref().map(session_id).transpose()?;
-    Ok(Json(
-        state
-            .engine
-            .parked(session)
-            .await?
-            .iter()
-            .map(ParkedJson::from)
-            .collect(),
-    ))
+    let list = state.engine.rejected(session).await?;
+    Ok(Json(RejectedListJson::from(&list)))
 }
 
 async fn list_accounts(State(state): State<AppState>) -> Result<Json<Vec<AccountJson>>, ApiError> {

@@ -1,5 +1,5 @@
 //! Prometheus text metrics: payloads ingested by input and outcome, payloads with warnings,
-//! parked events, quarantined payloads, ingest latency, where the write path's time goes, the session cache, sessions by phase.
+//! rejected events, quarantined payloads, ingest latency, where the write path's time goes, the session cache, sessions by phase.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -65,12 +65,11 @@ impl Metrics {
     /// The metrics in Prometheus text format.
     pub async fn render(&self, engine: &Engine) -> Result<String, EngineError> {
         let sessions = engine.sessions(SessionFilter::default()).await?;
-        let parked = engine.parked(None).await?.len();
         let quarantined = engine.quarantine_counts().await?;
         let mut out = String::new();
         {
             let inner = self.inner();
-            out.push_str("# HELP linkflow_events_ingested_total Payloads ingested over HTTP, by input and outcome (accepted, duplicate, parked, quarantined, refused).\n# TYPE linkflow_events_ingested_total counter\n");
+            out.push_str("# HELP linkflow_events_ingested_total Payloads ingested over HTTP, by input and outcome (accepted, rejected, duplicate, quarantined, refused).\n# TYPE linkflow_events_ingested_total counter\n");
             for ((provider, outcome), count) in &inner.ingested {
                 let _ = writeln!(out, "linkflow_events_ingested_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {count}");
             }
@@ -104,8 +103,9 @@ impl Metrics {
                 inner.latency_count
             );
         }
-        out.push_str("# HELP linkflow_parked_events Events refused by the state machine and parked.\n# TYPE linkflow_parked_events gauge\n");
-        let _ = writeln!(out, "linkflow_parked_events {parked}");
+        let rejected: u64 = sessions.iter().map(|view| u64::from(view.rejected)).sum();
+        out.push_str("# HELP linkflow_rejected_events Events of sessions that their session's fold rejects now (listed by GET /v1/parked).\n# TYPE linkflow_rejected_events gauge\n");
+        let _ = writeln!(out, "linkflow_rejected_events {rejected}");
         out.push_str("# HELP linkflow_quarantined_payloads Payloads that named no stream, by state (pending, or released by a redrive).\n# TYPE linkflow_quarantined_payloads gauge\n");
         let _ = writeln!(
             out,

@@ -7,13 +7,11 @@ use linkflow_core::{Provider, SessionId};
 
 use crate::folded::Folded;
 
-/// What the engine knows about one stream: its folded state, its provider, and how many of
-/// its events are parked (so that retries cost nothing for the streams that have none).
+/// What the engine knows about one stream: its folded state and its provider.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SessionState {
     pub provider: Provider,
     pub folded: Folded,
-    pub parked: u32,
 }
 
 /// The session cache's size.
@@ -32,7 +30,6 @@ pub struct CacheStats {
 /// than the value: see `linkflow_core::compact`), decoded on each lookup.
 pub(crate) struct PackedState {
     provider: Provider,
-    parked: u32,
     folded: Box<[u8]>,
 }
 
@@ -41,7 +38,6 @@ impl PackedState {
     pub fn pack(state: &SessionState) -> Self {
         PackedState {
             provider: state.provider,
-            parked: state.parked,
             folded: to_compact(&state.folded).into_boxed_slice(),
         }
     }
@@ -52,7 +48,6 @@ impl PackedState {
         Some(SessionState {
             provider: self.provider,
             folded: folded.ok()?,
-            parked: self.parked,
         })
     }
 }
@@ -141,7 +136,6 @@ mod tests {
         PackedState::pack(&SessionState {
             provider: Provider::Moneykit,
             folded: Folded::Session(Box::default()),
-            parked: 0,
         })
     }
 
@@ -165,7 +159,6 @@ mod tests {
                 status: None,
                 version: linkflow_core::Version(4),
             },
-            parked: 2,
         };
         let id = SessionId::new("merchant:10:card_switcher:ios:-").unwrap();
         cache.insert(id.clone(), PackedState::pack(&state));

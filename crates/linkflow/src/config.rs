@@ -74,11 +74,12 @@ pub struct EngineConfig {
     /// ~5% more events/s). More than two mostly adds concurrent syncs of the same files; at
     /// most 16.
     pub sync_threads: usize,
-    /// Parked events kept per session. Past it, a further refused event for that session is
-    /// not stored: its ingest reports [`crate::EventError::ParkedLimit`], so the sender learns
-    /// it (a webhook sender retries later) and one broken session cannot grow the log without
-    /// bound.
-    pub max_parked_per_session: u32,
+    /// Events kept per session or linked-account stream, accepted and rejected alike. Past it,
+    /// a further event for that stream is not stored in it: its ingest reports
+    /// [`crate::EventError::StreamFull`] (the intake then quarantines the payload), so one
+    /// broken sender cannot grow a stream without bound, and a late event's re-fold reads at
+    /// most this many events.
+    pub max_events_per_stream: u32,
     /// A session silent this long without reaching a terminal phase is abandoned (judged at
     /// read time; a late event makes it live again).
     pub inactivity_timeout: chrono::Duration,
@@ -92,9 +93,9 @@ pub const DEFAULT_CACHE_SESSIONS: usize = 100_000;
 /// milliseconds.
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 4_096;
 
-/// Default for [`EngineConfig::max_parked_per_session`]. A real session has a handful of
-/// out-of-order events; 256 refused events for one session means a broken sender.
-pub const DEFAULT_MAX_PARKED_PER_SESSION: u32 = 256;
+/// Default for [`EngineConfig::max_events_per_stream`]. A real session has a few dozen events
+/// (Plaid's richest flows about a hundred); a thousand means a broken sender.
+pub const DEFAULT_MAX_EVENTS_PER_STREAM: u32 = 1_024;
 
 /// Default for [`EngineConfig::sync_threads`].
 pub const DEFAULT_SYNC_THREADS: usize = 2;
@@ -122,7 +123,7 @@ impl EngineConfig {
             cache_sessions: DEFAULT_CACHE_SESSIONS,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             sync_threads: DEFAULT_SYNC_THREADS,
-            max_parked_per_session: DEFAULT_MAX_PARKED_PER_SESSION,
+            max_events_per_stream: DEFAULT_MAX_EVENTS_PER_STREAM,
             inactivity_timeout: chrono::Duration::minutes(
                 linkflow_core::funnel::DEFAULT_INACTIVITY_TIMEOUT_MINUTES,
             ),

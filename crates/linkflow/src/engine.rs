@@ -7,15 +7,17 @@ use std::time::Instant;
 use chrono::Utc;
 use linkflow_core::funnel::{self, Funnel, FunnelQuery};
 use linkflow_core::{MerchantStatus, Position, Session, SessionId, Version};
-use linkflow_store::{EventStore, ParkedEvent, SledOptions, SledStore, VerifyReport};
+use linkflow_store::{EventStore, SledOptions, SledStore, VerifyReport};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cache::{CacheStats, SessionCache};
 use crate::config::{EngineConfig, StoreChoice};
 use crate::error::EngineError;
 use crate::folded::Folded;
-use crate::ingest::{IncomingEvent, IngestOutcome, Redriven};
-use crate::query::{self, AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
+use crate::ingest::{IncomingEvent, IngestOutcome};
+use crate::query::{
+    self, AccountView, HistoryEntry, RebuildStats, RejectedList, SessionFilter, SessionView,
+};
 use crate::stats::{WriteCounters, WriteStats};
 use crate::subscribe::Subscription;
 use crate::writer::{run_writer, Request, Shared};
@@ -61,9 +63,13 @@ impl Engine {
 
     /// Opens an engine with `config`. Blocks while the store opens.
     pub fn open_with(config: EngineConfig) -> Result<Engine, EngineError> {
-        if config.cache_sessions == 0 || config.max_batch_events == 0 || config.sync_threads == 0 {
+        if config.cache_sessions == 0
+            || config.max_batch_events == 0
+            || config.sync_threads == 0
+            || config.max_events_per_stream == 0
+        {
             return Err(EngineError::InvalidConfig(
-                "cache_sessions, max_batch_events and sync_threads must be at least 1".into(),
+                "cache_sessions, max_batch_events, sync_threads and max_events_per_stream must be at least 1".into(),
             ));
         }
         if config.sync_threads > MAX_SYNC_THREADS {
@@ -108,7 +114,7 @@ impl Engine {
             visible,
             durability: config.durability,
             max_batch_events: config.max_batch_events,
-            max_parked_per_session: config.max_parked_per_session,
+            max_events_per_stream: config.max_events_per_stream,
             inactivity_timeout: config.inactivity_timeout,
             stats: WriteCounters::default(),
         });
@@ -174,17 +180,6 @@ impl Engine {
         .await
     }
 
-    /// Retries parked events now (of one session, or of all), accepting those that have become
-    /// legal. Returns what was accepted.
-    pub async fn redrive(&self, session: Option<SessionId>) -> Result<Vec<Redriven>, EngineError> {
-        self.call(|reply, sent| Request::Redrive {
-            session,
-            reply,
-            sent,
-        })
-        .await
-    }
-
     /// How many stream states the session cache holds and the bytes it accounts for (see
     /// [`CacheStats`]); bounded by [`EngineConfig::cache_sessions`](crate::EngineConfig).
     pub fn cache_stats(&self) -> CacheStats {
@@ -198,15 +193,16 @@ impl Engine {
         self.shared.stats.snapshot()
     }
 
-    /// The session's current state, or `None` if it has no event and no parked event (or the
-    /// id names an account or merchant stream).
+    /// The session's current state (the fold of every event it stored, in event-time order),
+    /// or `None` if it has no event (or the id names an account or merchant stream).
     pub async fn session(&self, id: &SessionId) -> Result<Option<SessionView>, EngineError> {
         let view = |id: SessionId, state: crate::cache::SessionState| match state.folded {
-            Folded::Session(session) => Some(SessionView {
+            Folded::Session(timeline) => Some(SessionView {
                 session_id: id,
                 provider: state.provider,
-                state: *session,
-                parked: state.parked,
+                events: timeline.arrivals,
+                rejected: timeline.rejected,
+                state: timeline.state,
             }),
             _ => None,
         };
@@ -230,19 +226,21 @@ impl Engine {
         self.read(query::merchants).await
     }
 
-    /// The session as it was after its first `version` events.
+    /// The session as it was after its first `version` arrivals: the fold of those events
+    /// (what `show --at` shows).
     pub async fn session_at(
         &self,
         id: &SessionId,
         version: Version,
-    ) -> Result<Option<Session>, EngineError> {
+    ) -> Result<Option<SessionView>, EngineError> {
         let id = id.clone();
         self.read(move |store| query::session_at(store, &id, version))
             .await
     }
 
-    /// Every accepted event of the stream (a session, an account, a merchant) with what it
-    /// did; `None` if the stream has no accepted event.
+    /// Every event of the stream (a session, an account, a merchant), in the order its fold
+    /// takes them (event time for sessions and accounts), each accepted with what it did or
+    /// rejected with why; `None` if the stream has no event.
     pub async fn history(&self, id: &SessionId) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
         let id = id.clone();
         self.read(move |store| query::history(store, &id)).await
@@ -291,12 +289,10 @@ impl Engine {
         .await
     }
 
-    /// Parked events of one session, or of all sessions.
-    pub async fn parked(
-        &self,
-        session: Option<SessionId>,
-    ) -> Result<Vec<ParkedEvent>, EngineError> {
-        self.read(move |store| Ok(store.parked(session.as_ref())?))
+    /// The events the folds of their streams reject now: of one stream, or of every stream
+    /// (at most [`crate::MAX_REJECTED_LISTED`]).
+    pub async fn rejected(&self, stream: Option<SessionId>) -> Result<RejectedList, EngineError> {
+        self.read(move |store| query::rejected(store, stream.as_ref()))
             .await
     }
 

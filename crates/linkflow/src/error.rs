@@ -77,14 +77,21 @@ pub enum EventError {
         /// The limit.
         limit: usize,
     },
-    /// The session already has the most parked events allowed.
-    #[error("session `{session}` already has {limit} parked events; this refused event was not stored (reason: {reason})")]
-    ParkedLimit {
-        /// The session.
+    /// The stream already holds the most events allowed.
+    #[error("stream `{session}` already holds {limit} events, the most a stream keeps; this event was not stored in it")]
+    StreamFull {
+        /// The session (or account stream).
         session: SessionId,
-        /// The limit ([`crate::EngineConfig::max_parked_per_session`]).
+        /// The limit ([`crate::EngineConfig::max_events_per_stream`]).
         limit: u32,
-        /// Why the state machine refused the event.
+    },
+    /// A quarantine entry refuses the event (quarantine streams are written by linkflow alone:
+    /// a second payload for one entry, a release of what is not there or was released).
+    #[error("quarantine entry `{session}` refuses this event: {reason}")]
+    QuarantineRule {
+        /// The entry's stream.
+        session: SessionId,
+        /// Why.
         reason: String,
     },
     /// The stream holds events of another kind (a session id used as an account stream id).

@@ -132,26 +132,50 @@ pub fn default_dedupe_key(incoming: &IncomingEvent) -> DedupeKey {
 }
 
 /// What happened to one ingested event.
+///
+/// An event stored in a session or account stream is `Accepted` or `Rejected` as that
+/// stream's fold stands once it is in: the classification is **provisional**. A later arrival
+/// that sorts before it in event time can change it (and the events around it), exactly as if
+/// the events had arrived in order; `history` always shows the classification of the fold of
+/// everything stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum IngestOutcome {
-    /// Appended to its session.
+    /// Stored in its stream, and accepted by the stream's fold as it stands now.
     Accepted {
-        /// The session.
+        /// The stream.
         session: SessionId,
-        /// Its version in the session.
+        /// Its version (arrival number) in the stream.
         version: Version,
         /// Its global position.
         position: Position,
-        /// The phase before it (session events only).
+        /// The session's phase before it arrived (session events only).
         phase_before: Option<Phase>,
-        /// The phase after it (session events only).
+        /// The session's phase once it is folded in (session events only).
         phase_after: Option<Phase>,
-        /// Parked events of the stream that this event made legal, accepted right after it.
-        redriven: Vec<Redriven>,
-        /// The `linked` event this session success wrote into its account's stream, if the
-        /// session knows its user and institution.
-        linked: Option<Redriven>,
+        /// It sorts before events that arrived earlier: the stream was folded again.
+        late: bool,
+        /// Events of the stream the fold rejects now (a late event can change that count).
+        rejected: u32,
+        /// What the session's linked account did because of it.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        accounts: Vec<AccountFollow>,
+    },
+    /// Stored in its stream, and rejected by the stream's fold as it stands now: kept, shown
+    /// with the reason, and accepted later if an event that makes it legal arrives.
+    Rejected {
+        /// The stream.
+        session: SessionId,
+        /// Its version (arrival number) in the stream.
+        version: Version,
+        /// Its global position.
+        position: Position,
+        /// Why the state machine refuses it where the fold places it.
+        reason: String,
+        /// It sorts before events that arrived earlier.
+        late: bool,
+        /// Events of the stream the fold rejects now, this one included.
+        rejected: u32,
     },
     /// Already stored: nothing was written.
     Duplicate {
@@ -170,16 +194,6 @@ pub enum IngestOutcome {
         /// The entry's global position.
         position: Position,
     },
-    /// Refused by the state machine and parked with the reason; retried after each later
-    /// accepted event of the session.
-    Parked {
-        /// The session.
-        session: SessionId,
-        /// The event's id (the key of its parked entry).
-        event_id: Uuid,
-        /// Why the session refused it.
-        reason: String,
-    },
     /// Not stored, for the reason given.
     Refused {
         /// Why.
@@ -187,18 +201,35 @@ pub enum IngestOutcome {
     },
 }
 
-/// An event accepted as a consequence of another: a parked event a retry accepted, or an
-/// account's `linked` event.
+/// What a session's linked account did because of an event of the session: its fold gained
+/// an accepted success with a known user and institution (the account is linked), lost it or
+/// changed the user or institution (the link is withdrawn), or succeeded without what a link
+/// needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Redriven {
-    /// Its stream.
-    pub session: SessionId,
-    /// The event's id.
-    pub event_id: Uuid,
-    /// Its version in the session.
-    pub version: Version,
-    /// Its global position.
-    pub position: Position,
-    /// The phase after it (session events only).
-    pub phase_after: Option<Phase>,
+#[serde(tag = "account", rename_all = "snake_case")]
+pub enum AccountFollow {
+    /// A `linked` event was stored in the account's stream.
+    Linked {
+        /// The account's stream.
+        stream: SessionId,
+        /// The event's version in it.
+        version: Version,
+        /// Its global position.
+        position: Position,
+    },
+    /// A `link_withdrawn` event was stored in the account's stream.
+    Withdrawn {
+        /// The account's stream.
+        stream: SessionId,
+        /// The event's version in it.
+        version: Version,
+        /// Its global position.
+        position: Position,
+    },
+    /// The session succeeded, but no account was linked, for the reason given (the session
+    /// names no user or no institution, or the account's stream refused the event).
+    NotLinked {
+        /// Why.
+        reason: String,
+    },
 }

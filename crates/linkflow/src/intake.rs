@@ -85,8 +85,8 @@ pub struct IntakeCounts {
     pub accepted: u64,
     /// Already stored.
     pub duplicate: u64,
-    /// Refused by the state machine and parked.
-    pub parked: u64,
+    /// Stored, and rejected by their stream's fold as it stood.
+    pub rejected: u64,
     /// Named no stream: kept in quarantine.
     pub quarantined: u64,
     /// Not stored: not JSON, or over a limit.
@@ -95,23 +95,24 @@ pub struct IntakeCounts {
     pub unrecognized: u64,
     /// Stored with at least one warning (also counted in their outcome).
     pub warned: u64,
-    /// Parked events these made legal, plus account `linked` events their successes wrote.
-    pub redriven: u64,
+    /// Account events their sessions wrote (`linked`, `link_withdrawn`).
+    pub account_events: u64,
 }
 
 impl IntakeCounts {
     /// Counts one result.
     pub fn add(&mut self, result: &PayloadResult) {
         match &result.outcome {
-            IngestOutcome::Accepted {
-                redriven, linked, ..
-            } => {
+            IngestOutcome::Accepted { accounts, .. } => {
                 self.accepted += 1;
-                self.redriven += redriven.len() as u64 + u64::from(linked.is_some());
+                self.account_events += accounts
+                    .iter()
+                    .filter(|account| !matches!(account, crate::AccountFollow::NotLinked { .. }))
+                    .count() as u64;
                 self.unrecognized += u64::from(result.unrecognized);
             }
             IngestOutcome::Duplicate { .. } => self.duplicate += 1,
-            IngestOutcome::Parked { .. } => self.parked += 1,
+            IngestOutcome::Rejected { .. } => self.rejected += 1,
             IngestOutcome::Quarantined { .. } => self.quarantined += 1,
             IngestOutcome::Refused { .. } => self.refused += 1,
         }
@@ -275,13 +276,13 @@ fn turned_away(error: &EventError) -> bool {
         error,
         EventError::ProviderMismatch { .. }
             | EventError::StreamKindMismatch { .. }
-            | EventError::ParkedLimit { .. }
+            | EventError::StreamFull { .. }
     )
 }
 
 /// Ingests decoded payloads in one call and pairs each outcome with its payload. A payload its
 /// stream turns away (another provider's session, another kind of stream, a session at its
-/// refused-events bound) goes into quarantine with that reason, in a second call.
+/// events bound) goes into quarantine with that reason, in a second call.
 async fn ingest_ready(
     engine: &Engine,
     feed: Feed,

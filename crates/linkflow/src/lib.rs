@@ -1,11 +1,11 @@
 //! `linkflow`: the engine users embed. Link sessions as explicit state machines over a durable,
 //! append-only event log.
 //!
-//! [`Engine`] takes decoded provider events ([`IncomingEvent`]), decides each against its
-//! session's state with the transition table of `linkflow_core`, and stores it: accepted
-//! events go to the session's stream, refused ones are parked with their reason and retried
-//! after every later accepted event of the session, and duplicates are recognised by their
-//! dedupe key and stored once. Every accepted event is durable when the call returns (under the
+//! [`Engine`] takes decoded provider events ([`IncomingEvent`]) and stores every one in its
+//! session's stream, in arrival order; duplicates are recognised by their dedupe key and
+//! stored once. A session is the fold of its events in event-time order with the transition
+//! table of `linkflow_core` (`linkflow_core::timeline`): each event accepted where the fold
+//! places it, or rejected and shown with the reason, whatever order they arrived in. Every accepted event is durable when the call returns (under the
 //! default [`Durability::Fsync`]); concurrent callers share one fsync.
 //!
 //! Modules:
@@ -46,7 +46,7 @@ pub use config::{Durability, EngineConfig, StoreChoice};
 pub use engine::Engine;
 pub use error::{EngineError, EventError};
 pub use folded::Folded;
-pub use ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
+pub use ingest::{default_dedupe_key, AccountFollow, IncomingEvent, IngestOutcome};
 pub use intake::{
     DeliveryError, DeliveryReport, Intake, IntakeCounts, PayloadContext, PayloadResult,
     INTAKE_BATCH,
@@ -55,7 +55,10 @@ pub use quarantine::{
     QuarantineCounts, QuarantineFilter, QuarantineList, QuarantineRedrive, QuarantineView,
     RedriveReport, Redrove,
 };
-pub use query::{AccountView, HistoryEntry, RebuildStats, SessionFilter, SessionView};
+pub use query::{
+    AccountView, HistoryEntry, RebuildStats, RejectedEvent, RejectedList, SessionFilter,
+    SessionView, MAX_REJECTED_LISTED,
+};
 pub use stats::WriteStats;
 pub use subscribe::Subscription;
 

@@ -92,7 +92,7 @@ pub struct QuarantineRedrive {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Redrove {
-    /// Decoded and stored in its stream (accepted, parked or already there), and released.
+    /// Decoded and stored in its stream (accepted, rejected or already there), and released.
     Released {
         /// The entry.
         entry: SessionId,

@@ -1,7 +1,6 @@
 //! Reading streams back: states from snapshot plus tail, histories, lists of sessions,
 //! accounts and merchants.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
@@ -9,15 +8,13 @@ use linkflow_core::{
     Account, AccountKey, AccountState, EventBody, MerchantStatus, Phase, Position, Provider,
     RuleKind, Session, SessionId, Version,
 };
-use linkflow_store::{
-    EventStore, ParkedEvent, RawJson, Snapshot, StoredEvent, StreamRead, StreamStart,
-};
+use linkflow_store::{EventStore, RawJson, Snapshot, StoredEvent, StreamRead, StreamStart};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cache::SessionState;
 use crate::error::EngineError;
-use crate::folded::{decode_snapshot_state, Folded};
+use crate::folded::{decode_snapshot_state, Append, Folded, FoldedStream, StreamFolder};
 
 /// Events read per store call when replaying a stream.
 const READ_CHUNK: usize = 1_024;
@@ -31,8 +28,10 @@ pub struct SessionView {
     pub provider: Provider,
     /// Its folded state.
     pub state: Session,
-    /// How many of its events are parked.
-    pub parked: u32,
+    /// Events stored for it (accepted and rejected): its version.
+    pub events: u64,
+    /// How many of its events the fold rejects.
+    pub rejected: u32,
 }
 
 /// A linked account as the engine knows it now.
@@ -42,14 +41,16 @@ pub struct AccountView {
     pub key: AccountKey,
     /// Its state.
     pub account: Account,
-    /// How many of its events are parked (operations that came before the account existed).
-    pub parked: u32,
+    /// How many of its events the fold rejects (operations before any link).
+    pub rejected: u32,
 }
 
-/// One accepted event of a stream's history, with what it did.
+/// One event of a stream's history, in the order the fold takes them (event-time order for
+/// sessions and accounts, arrival order for merchant and quarantine streams), with what it
+/// did or why it was rejected.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryEntry {
-    /// Its version in the stream.
+    /// Its version in the stream: its arrival number.
     pub version: Version,
     /// Its global position.
     pub position: Position,
@@ -61,22 +62,48 @@ pub struct HistoryEntry {
     pub raw_name: Option<String>,
     /// The provider's time for it.
     pub event_time: Option<DateTime<Utc>>,
-    /// When linkflow received it.
+    /// When linkflow received it (shown; never used to order it).
     pub received_at: DateTime<Utc>,
-    /// When the log accepted it (later than `received_at` if it was parked first).
-    pub accepted_at: DateTime<Utc>,
-    /// True if it was parked before a retry accepted it.
-    pub was_parked: bool,
+    /// Whether the fold accepts it.
+    pub accepted: bool,
+    /// Why the fold rejects it, in words.
+    pub rejection: Option<String>,
+    /// It arrived after an event that the fold places after it.
+    pub late: bool,
     /// The phase before it (session streams only).
     pub phase_before: Option<Phase>,
-    /// The phase after it (session streams only; equal to `phase_before` for telemetry).
+    /// The phase after it (session streams only; equal to `phase_before` for telemetry and
+    /// rejected events).
     pub phase_after: Option<Phase>,
-    /// The table row that took it; `None` for telemetry, unrecognized and non-session events.
+    /// The table row that took it; `None` for telemetry, unrecognized, rejected and
+    /// non-session events.
     pub rule: Option<RuleKind>,
     /// The canonical event.
     pub body: EventBody,
     /// The payload as stored.
     pub raw: Option<RawJson>,
+}
+
+/// An event the fold of its stream rejects, with its stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedEvent {
+    /// The stream (a session or an account).
+    pub stream: SessionId,
+    /// The event as its history shows it.
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+}
+
+/// The most rejected events one [`crate::Engine::rejected`] call returns.
+pub const MAX_REJECTED_LISTED: usize = 1_000;
+
+/// Rejected events, in stream then event-time order, at most [`MAX_REJECTED_LISTED`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RejectedList {
+    /// The events.
+    pub events: Vec<RejectedEvent>,
+    /// True when more are rejected than were listed.
+    pub truncated: bool,
 }
 
 /// Which sessions [`crate::Engine::sessions`] returns. Every set field must match.
@@ -115,141 +142,176 @@ impl SessionFilter {
     }
 }
 
-/// Decodes a snapshot's state; `None` when this build cannot read it or it does not match its
-/// version (the caller falls back to a full replay).
+/// Decodes a snapshot's state; `None` when this build cannot use it or it does not match its
+/// version (the caller folds the stream from its log).
 pub(crate) fn decode_snapshot(snapshot: &Snapshot) -> Option<Folded> {
     decode_snapshot_state(&snapshot.state).filter(|folded| folded.version() == snapshot.version)
 }
 
-fn replay_error(stream: &SessionId, stored: &StoredEvent, reason: String) -> EngineError {
+fn replay_error(stream: &SessionId, (version, reason): (u64, String)) -> EngineError {
     EngineError::Replay {
         session: stream.clone(),
-        version: stored.version,
+        version: Version(version),
         reason,
     }
 }
 
-/// Replays `stream`'s events after `folded`'s version onto it, up to `until` if given. With no
-/// state yet, the first event decides the stream's kind.
-fn replay_tail(
+/// The stream's first `until` events (all of them with `None`), in arrival order.
+fn read_events(
     store: &dyn EventStore,
     stream: &SessionId,
-    mut folded: Option<Folded>,
     until: Option<Version>,
-) -> Result<Option<Folded>, EngineError> {
+) -> Result<Vec<StoredEvent>, EngineError> {
+    let mut events = Vec::new();
     loop {
-        let after = folded.as_ref().map_or(Version::EMPTY, Folded::version);
+        let after = Version(events.len() as u64);
         let limit = match until {
-            Some(until) if until <= after => return Ok(folded),
+            Some(until) if until <= after => return Ok(events),
             Some(until) => READ_CHUNK.min((until.0 - after.0) as usize),
             None => READ_CHUNK,
         };
-        let events = store.read_stream(stream, after, limit)?;
-        if events.is_empty() {
-            return Ok(folded);
+        let page = store.read_stream(stream, after, limit)?;
+        let full = page.len() == limit;
+        events.extend(page);
+        if !full {
+            return Ok(events);
         }
-        folded = fold_events(stream, folded, &events)?;
     }
 }
 
-/// Applies `events` (the stream's next ones, in order) to `folded`; with no state yet, the
-/// first event decides the stream's kind.
-fn fold_events(
+/// The bodies of the stream's first `until` events, in arrival order: what a re-fold folds.
+pub(crate) fn read_bodies(
+    store: &dyn EventStore,
     stream: &SessionId,
-    mut folded: Option<Folded>,
-    events: &[StoredEvent],
+    until: Version,
+) -> Result<Vec<EventBody>, EngineError> {
+    Ok(read_events(store, stream, Some(until))?
+        .into_iter()
+        .map(|stored| stored.data.body)
+        .collect())
+}
+
+/// Folds the stream's first `until` events (all with `None`) from the start.
+fn fold_stream(
+    store: &dyn EventStore,
+    stream: &SessionId,
+    until: Option<Version>,
+) -> Result<Option<(Vec<StoredEvent>, FoldedStream)>, EngineError> {
+    let events = read_events(store, stream, until)?;
+    let bodies: Vec<&EventBody> = events.iter().map(|stored| &stored.data.body).collect();
+    let folded = Folded::fold_all(&bodies).map_err(|failure| replay_error(stream, failure))?;
+    Ok(folded.map(|folded| (events, folded)))
+}
+
+/// Continues `folded` (the stream's state after `folded.version()` events) with its next
+/// events `tail`. `None` when one of them sorts before events already folded: the stream must
+/// be folded from the start.
+fn continue_fold(
+    stream: &SessionId,
+    mut folded: Folded,
+    tail: &[StoredEvent],
 ) -> Result<Option<Folded>, EngineError> {
-    for stored in events {
-        let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
-        state
-            .apply_in_place(&stored.data.body)
-            .map_err(|reason| replay_error(stream, stored, reason))?;
+    for stored in tail {
+        match folded.append(&stored.data.body) {
+            Ok(Append::Accepted(_) | Append::Rejected(_)) => {}
+            Ok(Append::Refold) => return Ok(None),
+            Err(reason) => return Err(replay_error(stream, (stored.version.0, reason))),
+        }
     }
-    Ok(folded)
+    Ok(Some(folded))
 }
 
 /// A stream's current state from its snapshot plus the events after it, or `None` if it has
-/// neither events nor parked events. A snapshot this build cannot decode falls back to a full
-/// replay.
+/// no event. A snapshot this build cannot use (another layout, other rules) or a tail that
+/// does not continue it in place falls back to a fold of the whole stream.
 pub(crate) fn load_state(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<SessionState>, EngineError> {
-    // One read instead of three for a stream the store knows is empty (a new session); the
+    // One read instead of two for a stream the store knows is empty (a new session); the
     // same read brings the snapshot when the store keeps both together.
     let StreamStart { empty, snapshot } = store.stream_start(stream)?;
     if empty == Some(true) {
         return Ok(None);
     }
-    let base = snapshot.as_ref().and_then(decode_snapshot);
-    let folded = replay_tail(store, stream, base, None)?;
-    let parked = store.parked(Some(stream))?;
-    let provider = match (&snapshot, &folded) {
-        (Some(snapshot), _) => Some(snapshot.provider),
-        (None, Some(_)) => store
-            .read_stream(stream, Version::EMPTY, 1)?
-            .first()
-            .map(|first| first.data.provider),
-        (None, None) => None,
-    };
-    Ok(assemble_state(provider, folded, &parked))
+    if let Some((snapshot, base)) = snapshot
+        .as_ref()
+        .and_then(|snapshot| decode_snapshot(snapshot).map(|base| (snapshot, base)))
+    {
+        let tail = read_events_after(store, stream, base.version())?;
+        if let Some(folded) = continue_fold(stream, base, &tail)? {
+            return Ok(Some(SessionState {
+                provider: snapshot.provider,
+                folded,
+            }));
+        }
+    }
+    Ok(
+        fold_stream(store, stream, None)?.and_then(|(events, folded)| {
+            events.first().map(|first| SessionState {
+                provider: first.data.provider,
+                folded: folded.folded,
+            })
+        }),
+    )
 }
 
-/// [`load_state`] from what [`EventStore::read_streams`] returned for the stream, with its
-/// parked events. A snapshot this build cannot decode falls back to [`load_state`].
+/// The stream's events after version `after`.
+fn read_events_after(
+    store: &dyn EventStore,
+    stream: &SessionId,
+    after: Version,
+) -> Result<Vec<StoredEvent>, EngineError> {
+    let mut events: Vec<StoredEvent> = Vec::new();
+    loop {
+        let from = events.last().map_or(after, |last| last.version);
+        let page = store.read_stream(stream, from, READ_CHUNK)?;
+        let full = page.len() == READ_CHUNK;
+        events.extend(page);
+        if !full {
+            return Ok(events);
+        }
+    }
+}
+
+/// [`load_state`] from what [`EventStore::read_streams`] returned for the stream. A snapshot
+/// this build cannot use, or a tail that does not continue it, falls back to [`load_state`].
 pub(crate) fn state_from_read(
     store: &dyn EventStore,
     stream: &SessionId,
     read: StreamRead,
-) -> Result<(Option<SessionState>, Vec<ParkedEvent>), EngineError> {
-    let base = match &read.snapshot {
-        None => None,
-        Some(snapshot) => match decode_snapshot(snapshot) {
-            Some(folded) => Some(folded),
-            None => {
-                let state = load_state(store, stream)?;
-                return Ok((state, store.parked(Some(stream))?));
-            }
-        },
-    };
-    let folded = fold_events(stream, base, &read.tail)?;
+) -> Result<Option<SessionState>, EngineError> {
     let provider = read
         .snapshot
         .as_ref()
         .map(|snapshot| snapshot.provider)
         .or_else(|| read.tail.first().map(|first| first.data.provider));
-    let state = assemble_state(provider, folded, &read.parked);
-    Ok((state, read.parked))
-}
-
-/// The state of a stream with `folded` events from `provider` and `parked` events; `None`
-/// when it has neither.
-fn assemble_state(
-    provider: Option<Provider>,
-    folded: Option<Folded>,
-    parked: &[ParkedEvent],
-) -> Option<SessionState> {
-    let parked_count = u32::try_from(parked.len()).unwrap_or(u32::MAX);
-    let (provider, folded) = match (folded, provider, parked.first()) {
-        (Some(folded), Some(provider), _) => (provider, folded),
-        (Some(folded), None, first) => (first?.data.provider, folded),
-        (None, _, Some(first)) => (first.data.provider, Folded::initial_for(&first.data.body)),
-        (None, _, None) => return None,
+    let Some(provider) = provider else {
+        return Ok(None);
     };
-    Some(SessionState {
-        provider,
-        folded,
-        parked: parked_count,
-    })
+    let base = match &read.snapshot {
+        None => read
+            .tail
+            .first()
+            .map(|first| Folded::initial_for(&first.data.body)),
+        Some(snapshot) => decode_snapshot(snapshot),
+    };
+    let Some(base) = base else {
+        return load_state(store, stream);
+    };
+    match continue_fold(stream, base, &read.tail)? {
+        Some(folded) => Ok(Some(SessionState { provider, folded })),
+        None => load_state(store, stream),
+    }
 }
 
-/// The session as of `version` (a full fold of its first `version` events); `None` if the
+/// The session as of `version`: the fold of its first `version` arrivals; `None` if the
 /// stream is empty or not a session.
 pub(crate) fn session_at(
     store: &dyn EventStore,
     stream: &SessionId,
     version: Version,
-) -> Result<Option<Session>, EngineError> {
+) -> Result<Option<SessionView>, EngineError> {
     let current = store.stream_version(stream)?;
     if current == Version::EMPTY {
         return Ok(None);
@@ -261,53 +323,115 @@ pub(crate) fn session_at(
             current,
         });
     }
-    Ok(match replay_tail(store, stream, None, Some(version))? {
-        Some(Folded::Session(session)) => Some(*session),
+    Ok(match fold_stream(store, stream, Some(version))? {
+        Some((
+            events,
+            FoldedStream {
+                folded: Folded::Session(timeline),
+                ..
+            },
+        )) => events.first().map(|first| SessionView {
+            session_id: stream.clone(),
+            provider: first.data.provider,
+            events: timeline.arrivals,
+            rejected: timeline.rejected,
+            state: timeline.state,
+        }),
         _ => None,
     })
 }
 
-/// Every accepted event of the stream with what it did.
+/// Every event of the stream, in the order its fold takes them, with what it did or why it
+/// was rejected; `None` if the stream has no event.
 pub(crate) fn history(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
-    let mut folded: Option<Folded> = None;
-    let mut entries = Vec::new();
-    loop {
-        let after = folded.as_ref().map_or(Version::EMPTY, Folded::version);
-        let events = store.read_stream(stream, after, READ_CHUNK)?;
-        if events.is_empty() {
-            break;
+    let Some((events, folded)) = fold_stream(store, stream, None)? else {
+        return Ok(None);
+    };
+    let mut events: Vec<Option<StoredEvent>> = events.into_iter().map(Some).collect();
+    let mut entries = Vec::with_capacity(events.len());
+    // The session's phase where the fold is, for rejected events.
+    let mut current = folded.folded.as_session().map(|_| Phase::Created);
+    for placement in folded.placements {
+        let Some(stored) = events
+            .get_mut(placement.arrival as usize - 1)
+            .and_then(Option::take)
+        else {
+            continue;
+        };
+        let (accepted, rejection, phase_before, phase_after, rule) = match placement.verdict {
+            Ok(change) => {
+                let before = change.phase_before().or(current);
+                let after = change.phase_after().or(current);
+                current = after;
+                (
+                    true,
+                    None,
+                    before,
+                    after,
+                    change.session.and_then(|applied| applied.rule),
+                )
+            }
+            Err(reason) => (false, Some(reason), current, current, None),
+        };
+        entries.push(HistoryEntry {
+            version: stored.version,
+            position: stored.position,
+            event_id: stored.data.event_id,
+            event: stored.data.body.name().to_owned(),
+            raw_name: stored.data.raw_name,
+            event_time: stored.data.body.occurred_at(),
+            received_at: stored.data.received_at,
+            accepted,
+            rejection,
+            late: placement.late,
+            phase_before,
+            phase_after,
+            rule,
+            body: stored.data.body,
+            raw: stored.data.raw,
+        });
+    }
+    Ok(Some(entries))
+}
+
+/// The events the folds of their streams reject: of one stream, or of every stream (found by
+/// their snapshots' rejected counts), at most [`MAX_REJECTED_LISTED`].
+pub(crate) fn rejected(
+    store: &dyn EventStore,
+    stream: Option<&SessionId>,
+) -> Result<RejectedList, EngineError> {
+    let streams = match stream {
+        Some(stream) => vec![stream.clone()],
+        None => {
+            let mut streams = Vec::new();
+            for (id, _, folded) in all_states(store)? {
+                if folded.rejected() > 0 {
+                    streams.push(id);
+                }
+            }
+            streams
         }
-        for stored in events {
-            let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
-            let change = state
-                .apply_in_place(&stored.data.body)
-                .map_err(|reason| replay_error(stream, &stored, reason))?;
-            entries.push(HistoryEntry {
-                version: stored.version,
-                position: stored.position,
-                event_id: stored.data.event_id,
-                event: stored.data.body.name().to_owned(),
-                raw_name: stored.data.raw_name,
-                event_time: stored.data.body.occurred_at(),
-                received_at: stored.data.received_at,
-                accepted_at: stored.accepted_at,
-                was_parked: stored.was_parked,
-                phase_before: change.phase_before(),
-                phase_after: change.phase_after(),
-                rule: change.session.and_then(|applied| applied.rule),
-                body: stored.data.body,
-                raw: stored.data.raw,
+    };
+    let mut list = RejectedList::default();
+    for stream in streams {
+        for entry in history(store, &stream)?.unwrap_or_default() {
+            if entry.accepted {
+                continue;
+            }
+            if list.events.len() == MAX_REJECTED_LISTED {
+                list.truncated = true;
+                return Ok(list);
+            }
+            list.events.push(RejectedEvent {
+                stream: stream.clone(),
+                entry,
             });
         }
     }
-    Ok(if entries.is_empty() {
-        None
-    } else {
-        Some(entries)
-    })
+    Ok(list)
 }
 
 /// Every stream's current state from its snapshot (each is current: every commit that changes
@@ -331,30 +455,22 @@ fn all_states(store: &dyn EventStore) -> Result<Vec<(SessionId, Provider, Folded
     Ok(states)
 }
 
-fn parked_counts(store: &dyn EventStore) -> Result<HashMap<SessionId, u32>, EngineError> {
-    let mut counts: HashMap<SessionId, u32> = HashMap::new();
-    for entry in store.parked(None)? {
-        *counts.entry(entry.stream).or_default() += 1;
-    }
-    Ok(counts)
-}
-
 /// Sessions matching `filter`, in session-id order.
 pub(crate) fn sessions(
     store: &dyn EventStore,
     filter: &SessionFilter,
     clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<Vec<SessionView>, EngineError> {
-    let parked = parked_counts(store)?;
     Ok(all_states(store)?
         .into_iter()
         .filter_map(|(session_id, provider, folded)| match folded {
-            Folded::Session(state) if filter.matches(provider, &state, clock) => {
+            Folded::Session(timeline) if filter.matches(provider, &timeline.state, clock) => {
                 Some(SessionView {
-                    parked: parked.get(&session_id).copied().unwrap_or(0),
                     session_id,
                     provider,
-                    state: *state,
+                    events: timeline.arrivals,
+                    rejected: timeline.rejected,
+                    state: timeline.state,
                 })
             }
             _ => None,
@@ -369,7 +485,7 @@ pub(crate) fn session_states(
     Ok(all_states(store)?
         .into_iter()
         .filter_map(|(_, provider, folded)| match folded {
-            Folded::Session(session) => Some((provider, *session)),
+            Folded::Session(timeline) => Some((provider, timeline.state)),
             _ => None,
         })
         .collect())
@@ -379,33 +495,61 @@ pub(crate) fn session_states(
 pub(crate) fn session_states_from_log(
     store: &dyn EventStore,
 ) -> Result<Vec<(Provider, Session)>, EngineError> {
-    let mut states: Vec<(SessionId, Provider, Folded)> = Vec::new();
+    let mut states = Vec::new();
+    for_each_stream_folded(store, &mut |_, provider, folded| {
+        if let Folded::Session(timeline) = folded {
+            states.push((provider, timeline.state));
+        }
+    })?;
+    Ok(states)
+}
+
+/// Folds every stream from its log (snapshots ignored), one stream at a time, and hands each
+/// state to `visit`. Fails on the first stream that does not fold.
+pub(crate) fn for_each_stream_folded(
+    store: &dyn EventStore,
+    visit: &mut dyn FnMut(SessionId, Provider, Folded),
+) -> Result<RebuildStats, EngineError> {
+    let mut stats = RebuildStats::default();
+    let mut current: Option<(SessionId, Provider, StreamFolder)> = None;
     let mut failure = None;
+    let finish = |(stream, provider, folder): (SessionId, Provider, StreamFolder),
+                  visit: &mut dyn FnMut(SessionId, Provider, Folded)|
+     -> Result<(), EngineError> {
+        match folder.finish() {
+            Ok(Some(folded)) => visit(stream, provider, folded),
+            Ok(None) => {}
+            Err(failure) => return Err(replay_error(&stream, failure)),
+        }
+        Ok(())
+    };
     store.for_each_event_by_stream(&mut |stored| {
-        if states.last().map(|(id, _, _)| id) != Some(&stored.stream) {
-            states.push((
+        stats.events += 1;
+        if current.as_ref().map(|(id, _, _)| id) != Some(&stored.stream) {
+            stats.streams += 1;
+            if let Some(done) = current.take() {
+                if let Err(error) = finish(done, visit) {
+                    failure = Some(error);
+                    return ControlFlow::Break(());
+                }
+            }
+            current = Some((
                 stored.stream.clone(),
                 stored.data.provider,
-                Folded::initial_for(&stored.data.body),
+                StreamFolder::default(),
             ));
         }
-        let (_, _, folded) = states.last_mut().expect("pushed above");
-        if let Err(reason) = folded.apply_in_place(&stored.data.body) {
-            failure = Some(replay_error(&stored.stream, &stored, reason));
-            return ControlFlow::Break(());
-        }
+        let (_, _, folder) = current.as_mut().expect("set above");
+        folder.push(stored.data.body);
         ControlFlow::Continue(())
     })?;
     if let Some(error) = failure {
         return Err(error);
     }
-    Ok(states
-        .into_iter()
-        .filter_map(|(_, provider, folded)| match folded {
-            Folded::Session(session) => Some((provider, *session)),
-            _ => None,
-        })
-        .collect())
+    if let Some(done) = current.take() {
+        finish(done, visit)?;
+    }
+    Ok(stats)
 }
 
 /// What a rebuild from the log folded.
@@ -419,43 +563,20 @@ pub struct RebuildStats {
 
 /// Folds every stream from its events (snapshots ignored), keeping one state at a time.
 pub(crate) fn rebuild_from_log(store: &dyn EventStore) -> Result<RebuildStats, EngineError> {
-    let mut stats = RebuildStats::default();
-    let mut current: Option<(SessionId, Folded)> = None;
-    let mut failure = None;
-    store.for_each_event_by_stream(&mut |stored| {
-        stats.events += 1;
-        if current.as_ref().map(|(id, _)| id) != Some(&stored.stream) {
-            stats.streams += 1;
-            current = Some((
-                stored.stream.clone(),
-                Folded::initial_for(&stored.data.body),
-            ));
-        }
-        let (_, folded) = current.as_mut().expect("set above");
-        if let Err(reason) = folded.apply_in_place(&stored.data.body) {
-            failure = Some(replay_error(&stored.stream, &stored, reason));
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    })?;
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(stats),
-    }
+    for_each_stream_folded(store, &mut |_, _, _| {})
 }
 
-/// Every linked account that exists (state `active` or `login_required`). Operations waiting
-/// for an account that does not exist yet are in the parked list.
+/// Every linked account that exists (state `active` or `login_required`). Operations for an
+/// account that does not exist are its rejected events.
 pub(crate) fn accounts(store: &dyn EventStore) -> Result<Vec<AccountView>, EngineError> {
-    let parked = parked_counts(store)?;
     let mut views: Vec<AccountView> = all_states(store)?
         .into_iter()
-        .filter_map(|(stream, _, folded)| match folded {
-            Folded::Account { key, account } if account.state() != AccountState::Absent => {
+        .filter_map(|(_, _, folded)| match folded {
+            Folded::Account { key, timeline } if timeline.state.state() != AccountState::Absent => {
                 Some(AccountView {
-                    parked: parked.get(&stream).copied().unwrap_or(0),
+                    rejected: timeline.rejected,
                     key,
-                    account,
+                    account: timeline.state,
                 })
             }
             _ => None,

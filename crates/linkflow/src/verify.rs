@@ -1,47 +1,39 @@
-//! The engine's consistency check: the store's own walk, plus every session folded from its log
+//! The engine's consistency check: the store's own walk, plus every stream folded from its log
 //! and compared with its snapshot.
 
 use std::ops::ControlFlow;
 
-use linkflow_core::SessionId;
+use linkflow_core::{SessionId, RULES_VERSION};
 use linkflow_store::{EventStore, Problem, VerifyReport};
 
 use crate::error::EngineError;
-use crate::folded::Folded;
-use crate::query::decode_snapshot;
+use crate::folded::{read_snapshot_state, Folded, SnapshotState, StreamFolder};
 
-/// Walks the log and indexes (the store's check), then folds every session from its events:
-/// each must fold without a rejection and equal its snapshot.
+/// Walks the log and indexes (the store's check), then folds every stream from its events:
+/// each must fold (every event of the stream's kind) and equal its snapshot.
 pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError> {
     let mut report = store.verify()?;
-    // (stream, its fold so far, the first refusal if any)
-    type Fold = (SessionId, Option<Folded>, Option<String>);
-    let mut folded: Vec<Fold> = Vec::new();
-    let mut current: Option<Fold> = None;
+    let mut folded: Vec<(SessionId, Result<Folded, String>)> = Vec::new();
+    let mut current: Option<(SessionId, StreamFolder)> = None;
+    let finish = |(stream, folder): (SessionId, StreamFolder)| match folder.finish() {
+        Ok(Some(state)) => Some((stream, Ok(state))),
+        Ok(None) => None,
+        Err((version, reason)) => Some((
+            stream,
+            Err(format!("version {version} cannot be folded: {reason}")),
+        )),
+    };
     store.for_each_event_by_stream(&mut |stored| {
-        if current.as_ref().map(|(id, _, _)| id) != Some(&stored.stream) {
-            folded.extend(current.take());
-            current = Some((stored.stream.clone(), None, None));
+        if current.as_ref().map(|(id, _)| id) != Some(&stored.stream) {
+            folded.extend(current.take().and_then(finish));
+            current = Some((stored.stream.clone(), StreamFolder::default()));
         }
-        if let Some((_, folded, refused @ None)) = &mut current {
-            let state = folded.get_or_insert_with(|| Folded::initial_for(&stored.data.body));
-            if let Err(reason) = state.apply_in_place(&stored.data.body) {
-                *refused = Some(format!(
-                    "version {} is refused on replay: {reason}",
-                    stored.version
-                ));
-            }
+        if let Some((_, folder)) = &mut current {
+            folder.push(stored.data.body);
         }
         ControlFlow::Continue(())
     })?;
-    folded.extend(current.take());
-    // A stream in this list was folded from at least one event, so its state is set.
-    let folded = folded
-        .into_iter()
-        .filter_map(|(id, state, refused)| match (refused, state) {
-            (Some(message), _) => Some((id, Err(message))),
-            (None, state) => state.map(|state| (id, Ok(state))),
-        });
+    folded.extend(current.take().and_then(finish));
     for (session_id, result) in folded {
         let what = format!("stream `{session_id}`");
         match result {
@@ -49,27 +41,41 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
                 record: what,
                 message,
             }),
-            Ok(session) => match store.snapshot(&session_id)? {
+            Ok(state) => match store.snapshot(&session_id)? {
                 None => report.problems.push(Problem {
                     record: what,
                     message: "has events but no snapshot".into(),
                 }),
-                Some(snapshot) => match decode_snapshot(&snapshot) {
-                    None => report.problems.push(Problem {
-                        record: format!("snapshot of `{session_id}`"),
-                        message: "cannot be decoded by this build or does not match its version (reads fall back to a full replay)"
-                            .into(),
-                    }),
-                    Some(state) if state != session => report.problems.push(Problem {
-                        record: format!("snapshot of `{session_id}`"),
-                        message: format!(
-                            "differs from the fold of the log (snapshot version {}, log version {})",
-                            state.version(),
-                            session.version()
+                Some(snapshot) => {
+                    let record = format!("snapshot of `{session_id}`");
+                    let message = match read_snapshot_state(&snapshot.state) {
+                        SnapshotState::Unreadable => Some(
+                            "cannot be decoded by this build (reads fold the stream from its log)"
+                                .to_owned(),
                         ),
-                    }),
-                    Some(_) => {}
-                },
+                        SnapshotState::OtherRules(rules) => Some(format!(
+                            "was folded with rules version {rules}, this build's are {RULES_VERSION} (reads fold the stream again)"
+                        )),
+                        SnapshotState::Current(snapshot_state) if snapshot_state != state => {
+                            Some(format!(
+                                "differs from the fold of the log (snapshot version {}, log version {})",
+                                snapshot_state.version(),
+                                state.version()
+                            ))
+                        }
+                        SnapshotState::Current(_) if snapshot.version != state.version() => {
+                            Some(format!(
+                                "is labelled version {}, the log's is {}",
+                                snapshot.version,
+                                state.version()
+                            ))
+                        }
+                        SnapshotState::Current(_) => None,
+                    };
+                    if let Some(message) = message {
+                        report.problems.push(Problem { record, message });
+                    }
+                }
             },
         }
     }

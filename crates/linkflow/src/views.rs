@@ -3,11 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use linkflow_core::{EventBody, MerchantStatus, Phase, Position, Provider, SessionId, Version};
-use linkflow_store::{ParkedEvent, RawJson};
+use linkflow_store::RawJson;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::query::{AccountView, HistoryEntry, SessionView};
+use crate::query::{AccountView, HistoryEntry, RejectedEvent, SessionView};
 
 /// `show SESSION --json` and `GET /v1/sessions/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,8 +22,12 @@ pub struct SessionJson {
     pub link_type: Option<&'static str>,
     /// `{id, name}` or null.
     pub institution: Option<InstitutionJson>,
-    /// Accepted events.
+    /// Events stored for it, accepted and rejected: its version (`show --at` counts these).
     pub version: Version,
+    /// Events its fold accepts.
+    pub accepted: u64,
+    /// Events its fold rejects (listed by `parked`).
+    pub rejected: u32,
     /// `{code, id, message, request_id}` or null.
     pub last_error: Option<ErrorJson>,
     /// `{phase, status, step}` or null.
@@ -42,8 +46,6 @@ pub struct SessionJson {
     pub current_screen: Option<String>,
     /// The end user's id.
     pub external_user_id: Option<String>,
-    /// Parked events of the session.
-    pub parked: u32,
 }
 
 /// An institution.
@@ -93,7 +95,9 @@ impl SessionJson {
                 id: institution.id.clone(),
                 name: institution.name.clone(),
             }),
-            version: state.version(),
+            version: Version(view.events),
+            accepted: state.version().0,
+            rejected: view.rejected,
             last_error: state.last_error().map(|error| ErrorJson {
                 code: error.value.code.clone(),
                 id: error.value.id.clone(),
@@ -115,15 +119,15 @@ impl SessionJson {
             abandoned,
             current_screen: state.current_screen().map(|screen| screen.value.clone()),
             external_user_id: state.external_user_id().map(str::to_owned),
-            parked: view.parked,
         }
     }
 }
 
-/// One entry of `history SESSION --json` and `GET /v1/sessions/{id}/history`.
+/// One entry of `history SESSION --json` and `GET /v1/sessions/{id}/history`, in the order
+/// the session's fold takes its events (event time).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryJson {
-    /// Version in the session.
+    /// Version in the session: its arrival number.
     pub version: Version,
     /// Global position.
     pub position: Position,
@@ -133,16 +137,18 @@ pub struct HistoryJson {
     pub raw_name: Option<String>,
     /// The provider's time.
     pub event_time: Option<DateTime<Utc>>,
+    /// Whether the fold accepts it.
+    pub accepted: bool,
+    /// Why the fold rejects it (null when accepted).
+    pub rejection: Option<String>,
+    /// It arrived after an event the fold places after it.
+    pub late: bool,
     /// The phase before (null outside sessions).
     pub phase_before: Option<Phase>,
-    /// The phase after (equal for telemetry).
+    /// The phase after (equal for telemetry and rejected events).
     pub phase_after: Option<Phase>,
-    /// When it was received.
+    /// When it was received (shown, never used to order it).
     pub received_at: DateTime<Utc>,
-    /// When the log accepted it.
-    pub accepted_at: DateTime<Utc>,
-    /// Whether it was parked first.
-    pub was_parked: bool,
     /// Its id.
     pub event_id: Uuid,
     /// The canonical event with everything the adapter read (attributes, account details).
@@ -159,11 +165,12 @@ impl From<&HistoryEntry> for HistoryJson {
             event: entry.event.clone(),
             raw_name: entry.raw_name.clone(),
             event_time: entry.event_time,
+            accepted: entry.accepted,
+            rejection: entry.rejection.clone(),
+            late: entry.late,
             phase_before: entry.phase_before,
             phase_after: entry.phase_after,
             received_at: entry.received_at,
-            accepted_at: entry.accepted_at,
-            was_parked: entry.was_parked,
             event_id: entry.event_id,
             canonical: entry.body.clone(),
             raw: entry.raw.clone(),
@@ -171,35 +178,61 @@ impl From<&HistoryEntry> for HistoryJson {
     }
 }
 
-/// One entry of `parked --json` and `GET /v1/parked`.
+/// One entry of `parked --json` and `GET /v1/parked`: an event its stream's fold rejects now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ParkedJson {
-    /// The stream it was meant for.
+pub struct RejectedJson {
+    /// Its stream (a session or an account).
     pub session_id: SessionId,
+    /// Its version in the stream: its arrival number.
+    pub version: Version,
     /// Canonical name.
     pub event: String,
     /// The provider's name.
     pub raw_name: Option<String>,
-    /// Why it was refused.
+    /// The provider's time.
+    pub event_time: Option<DateTime<Utc>>,
+    /// Why the fold rejects it.
     pub reason: String,
+    /// It arrived after an event the fold places after it.
+    pub late: bool,
     /// When it was received.
     pub received_at: DateTime<Utc>,
-    /// When it was parked.
-    pub parked_at: DateTime<Utc>,
     /// Its id.
     pub event_id: Uuid,
 }
 
-impl From<&ParkedEvent> for ParkedJson {
-    fn from(parked: &ParkedEvent) -> Self {
-        ParkedJson {
-            session_id: parked.stream.clone(),
-            event: parked.data.body.name().to_owned(),
-            raw_name: parked.data.raw_name.clone(),
-            reason: parked.reason.clone(),
-            received_at: parked.data.received_at,
-            parked_at: parked.parked_at,
-            event_id: parked.data.event_id,
+impl From<&RejectedEvent> for RejectedJson {
+    fn from(rejected: &RejectedEvent) -> Self {
+        let entry = &rejected.entry;
+        RejectedJson {
+            session_id: rejected.stream.clone(),
+            version: entry.version,
+            event: entry.event.clone(),
+            raw_name: entry.raw_name.clone(),
+            event_time: entry.event_time,
+            reason: entry.rejection.clone().unwrap_or_default(),
+            late: entry.late,
+            received_at: entry.received_at,
+            event_id: entry.event_id,
+        }
+    }
+}
+
+/// `parked --json` and `GET /v1/parked`: the rejected events, at most
+/// [`crate::MAX_REJECTED_LISTED`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedListJson {
+    /// The events, in stream then event-time order.
+    pub events: Vec<RejectedJson>,
+    /// True when more events are rejected than were listed.
+    pub truncated: bool,
+}
+
+impl From<&crate::RejectedList> for RejectedListJson {
+    fn from(list: &crate::RejectedList) -> Self {
+        RejectedListJson {
+            events: list.events.iter().map(RejectedJson::from).collect(),
+            truncated: list.truncated,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! its session's state, writes the whole group in one atomic commit, makes it durable with one
 //! fsync, then answers every caller (group commit).
 //!
-//! Per-session order is arrival order: requests are taken from one queue in the order they
-//! were sent, and each event is decided against the state left by the events before it.
+//! Each stream's events are stored in arrival order: requests are taken from one queue in the
+//! order they were sent. What the stream's state is, and which of its events are accepted, is
+//! the fold of all of them in event-time order (`linkflow_core::timeline`): an arrival that
+//! sorts last is folded in place, a late one folds its stream again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,12 +13,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use linkflow_core::{
-    AccountEvent, AccountEventKind, AccountKey, DedupeKey, EventBody, Phase, Position, Provider,
-    SessionId, Version,
+    AccountEvent, AccountEventKind, AccountKey, DedupeKey, EventBody, LinkType, Phase, Position,
+    Provider, SessionId, Version,
 };
 use linkflow_store::{
     record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
-    ParkedEvent, Snapshot, StoreError, StreamsRead,
+    Snapshot, StoreError, StreamsRead,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -24,9 +26,9 @@ use uuid::Uuid;
 use crate::cache::{PackedState, SessionCache, SessionState};
 use crate::config::Durability;
 use crate::error::{EngineError, EventError};
-use crate::folded::{encode_snapshot_state, Change, Folded};
-use crate::ingest::{default_dedupe_key, IncomingEvent, IngestOutcome, Redriven};
-use crate::query::{load_state, state_from_read};
+use crate::folded::{encode_snapshot_state, Append, Folded};
+use crate::ingest::{default_dedupe_key, AccountFollow, IncomingEvent, IngestOutcome};
+use crate::query::{load_state, read_bodies, state_from_read};
 use crate::stats::{CommittedGroup, WriteCounters};
 
 /// How often a batch is planned again after a version conflict (another writer on a shared
@@ -45,7 +47,7 @@ pub(crate) struct Shared {
     pub visible: watch::Sender<Position>,
     pub durability: Durability,
     pub max_batch_events: usize,
-    pub max_parked_per_session: u32,
+    pub max_events_per_stream: u32,
     pub inactivity_timeout: chrono::Duration,
     /// Where the write path's time goes (`Engine::write_stats`).
     pub stats: WriteCounters,
@@ -71,11 +73,6 @@ pub(crate) enum Request {
         /// When the caller sent it.
         sent: Instant,
     },
-    Redrive {
-        session: Option<SessionId>,
-        reply: Reply<Vec<Redriven>>,
-        sent: Instant,
-    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -85,13 +82,13 @@ impl Request {
     fn event_count(&self) -> usize {
         match self {
             Request::Ingest { events, .. } => events.len(),
-            Request::Redrive { .. } | Request::Shutdown { .. } => 1,
+            Request::Shutdown { .. } => 1,
         }
     }
 
     fn sent(&self) -> Option<Instant> {
         match self {
-            Request::Ingest { sent, .. } | Request::Redrive { sent, .. } => Some(*sent),
+            Request::Ingest { sent, .. } => Some(*sent),
             Request::Shutdown { .. } => None,
         }
     }
@@ -231,22 +228,12 @@ fn run_syncer(shared: &Shared, jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>)
 }
 
 /// A caller of a committed group with its answer, until the group is durable.
-enum Waiting {
-    Ingest(Reply<Vec<IngestOutcome>>, Vec<IngestOutcome>),
-    Redrive(Reply<Vec<Redriven>>, Vec<Redriven>),
-}
+struct Waiting(Reply<Vec<IngestOutcome>>, Vec<IngestOutcome>);
 
 /// Sends each caller its answer, or the error that kept its group from being durable.
 fn answer(replies: Vec<Waiting>, result: &Result<(), EngineError>) {
-    for waiting in replies {
-        match waiting {
-            Waiting::Ingest(reply, outcomes) => {
-                let _ = reply.send(result.clone().map(|()| outcomes));
-            }
-            Waiting::Redrive(reply, redriven) => {
-                let _ = reply.send(result.clone().map(|()| redriven));
-            }
-        }
+    for Waiting(reply, outcomes) in replies {
+        let _ = reply.send(result.clone().map(|()| outcomes));
     }
 }
 
@@ -267,31 +254,22 @@ fn publish(shared: &Shared, head: Position) {
     });
 }
 
-/// A parked event a retry accepted, before its commit says where it went.
-struct PlannedRedrive {
-    op: usize,
-    session: SessionId,
-    event_id: Uuid,
-    phase_after: Option<Phase>,
-}
-
 /// An event's fate, before the commit fills in versions and positions.
 enum Planned {
-    Append {
+    /// Appended to its stream by op `op`.
+    Stored {
         op: usize,
         session: SessionId,
         phase_before: Option<Phase>,
         phase_after: Option<Phase>,
-        redriven: Vec<PlannedRedrive>,
-        linked: Option<PlannedRedrive>,
+        /// Accepted, or rejected with why, as the stream's fold stands with it.
+        verdict: Result<(), String>,
+        late: bool,
+        /// The stream's rejected events with it.
+        rejected: u32,
+        accounts: Vec<PlannedAccount>,
         /// Why the payload is in quarantine, when the event is a quarantine entry's payload.
         quarantined: Option<String>,
-    },
-    Park {
-        op: usize,
-        session: SessionId,
-        event_id: Uuid,
-        reason: String,
     },
     /// The same dedupe key came earlier in this group.
     DuplicateOfOp {
@@ -305,20 +283,76 @@ enum Planned {
     Refused(EventError),
 }
 
-enum PlannedRequest {
-    Ingest(Vec<Planned>),
-    Redrive(Vec<PlannedRedrive>),
+/// What a session event did to its linked account, before the commit says where it went.
+enum PlannedAccount {
+    Linked { op: usize, stream: SessionId },
+    Withdrawn { op: usize, stream: SessionId },
+    NotLinked(String),
 }
 
-/// A session being changed by this group: a copy of its state, its parked events once needed,
-/// and whether its snapshot must be rewritten.
+/// Whether a session's fold links an account.
+#[derive(Debug, Clone, PartialEq)]
+enum Link {
+    /// It has no accepted success (or is not a session).
+    None,
+    /// It succeeded but cannot link one, for the reason given.
+    Missing(&'static str),
+    /// It links this account, with its success's time and link type.
+    Account {
+        key: AccountKey,
+        at: Option<DateTime<Utc>>,
+        link_type: Option<LinkType>,
+    },
+}
+
+impl Link {
+    /// The link of a session's fold: an accepted success with a known user and institution.
+    fn of(state: &SessionState) -> Link {
+        let Some(session) = state.folded.as_session() else {
+            return Link::None;
+        };
+        if session.phase() != Phase::Succeeded {
+            return Link::None;
+        }
+        let Some(user) = session.external_user_id() else {
+            return Link::Missing("the session names no external user id");
+        };
+        let Some(institution) = session.institution() else {
+            return Link::Missing("the session names no institution");
+        };
+        Link::Account {
+            key: AccountKey {
+                provider: state.provider,
+                external_user_id: user.to_owned(),
+                institution_id: institution.id.clone(),
+            },
+            at: session.journey().entered_at[usize::from(Phase::Succeeded.rank())],
+            link_type: session.link_type(),
+        }
+    }
+
+    fn key(&self) -> Option<&AccountKey> {
+        match self {
+            Link::Account { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// A stream being changed by this group: a copy of its state and whether its snapshot must be
+/// rewritten, with what a re-fold of it needs.
 struct Working {
     state: SessionState,
-    parked: Option<Vec<ParkedEvent>>,
     dirty: bool,
-    /// The stream had no event and no parked event when the group began, so the store holds
-    /// no dedupe entry for it: only this group's own keys can match (`Plan::keys`).
+    /// The stream had no event when the group began, so the store holds no dedupe entry for
+    /// it: only this group's own keys can match (`Plan::keys`).
     fresh: bool,
+    /// Its version when the group began.
+    start: Version,
+    /// The bodies of its events stored before the group, loaded by its first re-fold.
+    stored: Option<Vec<EventBody>>,
+    /// This group's ops appending to it, in order.
+    appended: Vec<usize>,
 }
 
 /// One group's plan: the operations to commit and the copies of the states they lead to.
@@ -329,7 +363,7 @@ struct Plan<'a> {
     ops: Vec<Op>,
     /// Session and event id of every op, to describe duplicates of it.
     op_events: Vec<(SessionId, Uuid)>,
-    /// Dedupe keys appended or parked in this group, and the op that did it.
+    /// Dedupe keys appended in this group, and the op that did it.
     keys: HashMap<DedupeKey, usize>,
     /// On a shared store: the group's sessions and dedupe keys, read in one go before planning.
     read_ahead: Option<StreamsRead>,
@@ -393,36 +427,33 @@ impl<'a> Plan<'a> {
                 .read_ahead
                 .as_mut()
                 .and_then(|read| read.streams.remove(session));
-            let (loaded, parked_list) = match (cached, read) {
-                (Some(state), _) => (Some(state), None),
-                (None, Some(read)) => {
-                    let (state, parked) =
-                        state_from_read(self.shared.store.as_ref(), session, read)?;
-                    (state, Some(parked))
-                }
-                (None, None) => (load_state(self.shared.store.as_ref(), session)?, None),
+            let loaded = match (cached, read) {
+                (Some(state), _) => Some(state),
+                (None, Some(read)) => state_from_read(self.shared.store.as_ref(), session, read)?,
+                (None, None) => load_state(self.shared.store.as_ref(), session)?,
             };
             let state = loaded.unwrap_or_else(|| SessionState {
                 provider,
                 folded: Folded::initial_for(body),
-                parked: 0,
             });
+            let start = state.folded.version();
             if shared_store {
                 self.ops.push(Op::Expect {
                     stream: session.clone(),
-                    version: state.folded.version(),
-                    parked: state.parked as usize,
+                    version: start,
+                    parked: 0,
                 });
                 self.op_events.push((session.clone(), Uuid::nil()));
             }
-            let fresh = state.folded.version() == Version::EMPTY && state.parked == 0;
             self.sessions.insert(
                 session.clone(),
                 Working {
                     state,
-                    parked: parked_list,
                     dirty: false,
-                    fresh,
+                    fresh: start == Version::EMPTY,
+                    start,
+                    stored: None,
+                    appended: Vec::new(),
                 },
             );
         }
@@ -430,18 +461,6 @@ impl<'a> Plan<'a> {
             .sessions
             .get_mut(session)
             .expect("the session was inserted just above"))
-    }
-
-    fn load_parked(&mut self, session: &SessionId) -> Result<(), EngineError> {
-        let store = Arc::clone(&self.shared.store);
-        let working = self
-            .sessions
-            .get_mut(session)
-            .expect("load_parked is called for a working session");
-        if working.parked.is_none() {
-            working.parked = Some(store.parked(Some(session))?);
-        }
-        Ok(())
     }
 
     fn plan_event(&mut self, incoming: &IncomingEvent) -> Result<Planned, EngineError> {
@@ -486,7 +505,7 @@ impl<'a> Plan<'a> {
                 limit,
             }));
         }
-        let max_parked = self.shared.max_parked_per_session;
+        let limit = self.shared.max_events_per_stream;
         let working = self.working(session, incoming.provider, &new.body)?;
         if working.state.provider != incoming.provider {
             return Ok(Planned::Refused(EventError::ProviderMismatch {
@@ -495,267 +514,234 @@ impl<'a> Plan<'a> {
                 incoming: incoming.provider,
             }));
         }
-        if working.state.folded.check(&new.body) == Ok(false) {
+        let folded = &mut working.state.folded;
+        if !folded.holds(&new.body) {
             return Ok(Planned::Refused(EventError::StreamKindMismatch {
                 session: session.clone(),
-                stream: working.state.folded.kind_name(),
+                stream: folded.kind_name(),
                 event: new.body.name(),
             }));
         }
-        let before = working.state.folded.version();
-        match working.state.folded.apply_in_place(&new.body) {
-            Ok(change) => {
-                working.dirty = true;
-                let link = self.link_for(session, &new, change);
-                let event_id = new.event_id;
-                let quarantined = match &new.body {
-                    EventBody::Quarantined(entry) => Some(entry.reason.clone()),
-                    _ => None,
-                };
-                let op = self.push(
-                    Op::Append {
-                        stream: session.clone(),
-                        expected: ExpectedVersion::Exact(before),
-                        accepted_at: new.received_at,
-                        event: new,
-                        from_parked: false,
-                    },
-                    session,
-                    event_id,
-                    key,
-                );
-                let redriven = self.retry_parked(session)?;
-                let linked = match link {
-                    Some((stream, event)) => self.plan_link(stream, event)?,
-                    None => None,
-                };
-                Ok(Planned::Append {
-                    op,
-                    session: session.clone(),
-                    phase_before: change.phase_before(),
-                    phase_after: change.phase_after(),
-                    redriven,
-                    linked,
-                    quarantined,
-                })
-            }
+        let before = folded.version();
+        if folded.is_timeline() && before.0 >= u64::from(limit) {
+            return Ok(Planned::Refused(EventError::StreamFull {
+                session: session.clone(),
+                limit,
+            }));
+        }
+        let phase_before = folded.as_session().map(|state| state.phase());
+        let link_before = Link::of(&working.state);
+        let (verdict, late) = match working.state.folded.append(&new.body) {
+            Ok(Append::Accepted(_)) => (Ok(()), false),
+            Ok(Append::Rejected(reason)) => (Err(reason), false),
+            Ok(Append::Refold) => self.refold(session, &new.body)?,
             Err(reason) => {
-                if working.state.parked >= max_parked {
-                    return Ok(Planned::Refused(EventError::ParkedLimit {
-                        session: session.clone(),
-                        limit: max_parked,
-                        reason,
-                    }));
-                }
-                working.state.parked += 1;
-                self.load_parked(session)?;
-                let parked = ParkedEvent {
-                    stream: session.clone(),
-                    reason: reason.clone(),
-                    parked_at: self.now,
-                    data: new,
-                };
-                let event_id = parked.data.event_id;
-                self.sessions
-                    .get_mut(session)
-                    .and_then(|working| working.parked.as_mut())
-                    .expect("the parked list was loaded just above")
-                    .push(parked.clone());
-                let op = self.push(Op::Park(parked), session, event_id, key);
-                Ok(Planned::Park {
-                    op,
+                return Ok(Planned::Refused(EventError::QuarantineRule {
                     session: session.clone(),
-                    event_id,
                     reason,
-                })
+                }))
             }
-        }
-    }
-
-    /// The account `linked` event a session event causes: when the session has just succeeded
-    /// and knows its user and institution. Its dedupe key derives from the success's, so a
-    /// redelivered success links once.
-    fn link_for(
-        &self,
-        session: &SessionId,
-        success: &NewEvent,
-        change: Change,
-    ) -> Option<(SessionId, NewEvent)> {
-        let applied = change.session?;
-        if applied.phase_after != Phase::Succeeded || applied.phase_before == Phase::Succeeded {
-            return None;
-        }
-        let state = self.sessions.get(session)?.state.folded.as_session()?;
-        let key = AccountKey {
-            provider: success.provider,
-            external_user_id: state.external_user_id()?.to_owned(),
-            institution_id: state.institution()?.id.clone(),
         };
-        let stream = key.stream_id().ok()?;
-        let mut event = AccountEvent::new(AccountEventKind::Linked);
-        event.occurred_at = success.body.occurred_at();
-        event.link_type = state.link_type();
-        Some((
-            stream,
-            NewEvent {
-                event_id: Uuid::now_v7(),
-                dedupe_key: DedupeKey::derive(&[b"linked", success.dedupe_key.as_bytes()]),
-                provider: success.provider,
-                body: EventBody::Account {
-                    account: key,
-                    event,
-                },
-                raw_name: Some(format!("linked by session {session}")),
-                raw: None,
-                received_at: success.received_at,
-            },
-        ))
-    }
-
-    /// Appends a `linked` event to its account's stream and retries the account's parked
-    /// events (operations that arrived before the account existed).
-    fn plan_link(
-        &mut self,
-        stream: SessionId,
-        event: NewEvent,
-    ) -> Result<Option<PlannedRedrive>, EngineError> {
-        let key = event.dedupe_key;
-        if self.keys.contains_key(&key) {
-            return Ok(None);
-        }
-        // Loaded (and guarded) before the dedupe check, as in `plan_event`.
-        self.working(&stream, event.provider, &event.body)?;
-        if self.find_dedupe(&stream, &key)?.is_some() {
-            return Ok(None);
-        }
-        let working = self.working(&stream, event.provider, &event.body)?;
-        if working.state.folded.check(&event.body) != Ok(true) {
-            // The id is taken by a stream of another kind: no account for it.
-            return Ok(None);
-        }
-        let before = working.state.folded.version();
-        working
-            .state
-            .folded
-            .apply_in_place(&event.body)
-            .expect("a link is accepted in every account state");
-        working.dirty = true;
-        let event_id = event.event_id;
+        let quarantined = match &new.body {
+            EventBody::Quarantined(entry) => Some(entry.reason.clone()),
+            _ => None,
+        };
+        let event_id = new.event_id;
+        let received_at = new.received_at;
         let op = self.push(
             Op::Append {
-                stream: stream.clone(),
+                stream: session.clone(),
                 expected: ExpectedVersion::Exact(before),
-                accepted_at: event.received_at,
-                event,
+                accepted_at: received_at,
+                event: new,
                 from_parked: false,
             },
-            &stream,
+            session,
             event_id,
             key,
         );
-        self.retry_parked(&stream)?;
-        Ok(Some(PlannedRedrive {
-            op,
-            session: stream,
-            event_id,
-            phase_after: None,
-        }))
-    }
-
-    /// Retries the stream's parked events, oldest event time first, accepting every one that
-    /// has become legal, until none is.
-    fn retry_parked(&mut self, session: &SessionId) -> Result<Vec<PlannedRedrive>, EngineError> {
-        let mut redriven = Vec::new();
-        if self
+        let working = self
             .sessions
-            .get(session)
-            .is_none_or(|working| working.state.parked == 0)
-        {
-            return Ok(redriven);
-        }
-        self.load_parked(session)?;
-        loop {
-            let working = self
-                .sessions
-                .get_mut(session)
-                .expect("retry_parked is called for a working session");
-            let list = working
-                .parked
-                .as_mut()
-                .expect("the parked list was loaded before the loop");
-            list.sort_by_key(|parked| {
-                (
-                    parked
-                        .data
-                        .body
-                        .occurred_at()
-                        .unwrap_or(parked.data.received_at),
-                    parked.data.received_at,
-                    parked.data.event_id,
-                )
-            });
-            let Some(index) = list
-                .iter()
-                .position(|parked| working.state.folded.check(&parked.data.body) == Ok(true))
-            else {
-                break;
-            };
-            let parked = list.remove(index);
-            let before = working.state.folded.version();
-            let change = working
-                .state
-                .folded
-                .apply_in_place(&parked.data.body)
-                .expect("check accepted this event against the same state");
-            working.state.parked -= 1;
-            working.dirty = true;
-            let event_id = parked.data.event_id;
-            let key = parked.data.dedupe_key;
-            let op = self.push(
-                Op::Append {
-                    stream: session.clone(),
-                    expected: ExpectedVersion::Exact(before),
-                    event: parked.data,
-                    accepted_at: self.now,
-                    from_parked: true,
-                },
-                session,
-                event_id,
-                key,
-            );
-            redriven.push(PlannedRedrive {
-                op,
-                session: session.clone(),
-                event_id,
-                phase_after: change.phase_after(),
-            });
-        }
-        Ok(redriven)
+            .get_mut(session)
+            .expect("the session is being planned");
+        working.dirty = true;
+        working.appended.push(op);
+        let phase_after = working.state.folded.as_session().map(|state| state.phase());
+        let rejected = working.state.folded.rejected();
+        let link_after = Link::of(&working.state);
+        let provider = working.state.provider;
+        let version = before.next();
+        let accounts = self.follow(
+            session,
+            provider,
+            version,
+            received_at,
+            link_before,
+            link_after,
+        )?;
+        Ok(Planned::Stored {
+            op,
+            session: session.clone(),
+            phase_before,
+            phase_after,
+            verdict,
+            late,
+            rejected,
+            accounts,
+            quarantined,
+        })
     }
 
-    /// Retries parked events by hand. The store's parked list is the truth here, not the cached
-    /// count: entries may have been parked by another writer on a shared store.
-    fn plan_redrive(
+    /// Folds `session` again with its new arrival `body`, which does not sort last: every
+    /// event it stored before this group, this group's, then `body`. Returns the new arrival's
+    /// verdict and whether it is late.
+    fn refold(
         &mut self,
-        only: Option<&SessionId>,
-    ) -> Result<Vec<PlannedRedrive>, EngineError> {
-        let mut by_session: Vec<(SessionId, Vec<ParkedEvent>)> = Vec::new();
-        for entry in self.shared.store.parked(only)? {
-            match by_session.last_mut() {
-                Some((id, list)) if *id == entry.stream => list.push(entry),
-                _ => by_session.push((entry.stream.clone(), vec![entry])),
+        session: &SessionId,
+        body: &EventBody,
+    ) -> Result<(Result<(), String>, bool), EngineError> {
+        let store = Arc::clone(&self.shared.store);
+        let working = self
+            .sessions
+            .get_mut(session)
+            .expect("refold is called for a working session");
+        if working.stored.is_none() {
+            working.stored = Some(read_bodies(store.as_ref(), session, working.start)?);
+        }
+        let working = &self.sessions[session];
+        let mut bodies: Vec<&EventBody> = working
+            .stored
+            .as_ref()
+            .expect("loaded just above")
+            .iter()
+            .collect();
+        for &op in &working.appended {
+            if let Op::Append { event, .. } = &self.ops[op] {
+                bodies.push(&event.body);
             }
         }
-        let mut redriven = Vec::new();
-        for (session, list) in by_session {
-            let (provider, body) = (list[0].data.provider, list[0].data.body.clone());
-            let working = self.working(&session, provider, &body)?;
-            // A list loaded earlier in this group also holds this group's own parks: keep it.
-            let list = working.parked.get_or_insert(list);
-            working.state.parked = u32::try_from(list.len()).unwrap_or(u32::MAX);
-            redriven.extend(self.retry_parked(&session)?);
+        bodies.push(body);
+        let arrival = bodies.len() as u64;
+        let stream = Folded::fold_all(&bodies)
+            .map_err(|(version, reason)| EngineError::Replay {
+                session: session.clone(),
+                version: Version(version),
+                reason,
+            })?
+            .expect("the stream holds at least the new event");
+        let placed = stream
+            .placements
+            .iter()
+            .find(|placed| placed.arrival == arrival)
+            .expect("every event of a fold is placed");
+        let verdict = placed.verdict.clone().map(|_| ());
+        let late = placed.late;
+        self.sessions
+            .get_mut(session)
+            .expect("refold is called for a working session")
+            .state
+            .folded = stream.folded;
+        Ok((verdict, late))
+    }
+
+    /// Makes the session's linked account follow its fold: an account it no longer links gets
+    /// a `link_withdrawn` event, one it now links a `linked` event (dedupe keys derived from
+    /// the session and the arrival that changed it, so a replanned group writes them once).
+    fn follow(
+        &mut self,
+        session: &SessionId,
+        provider: Provider,
+        version: Version,
+        received_at: DateTime<Utc>,
+        before: Link,
+        after: Link,
+    ) -> Result<Vec<PlannedAccount>, EngineError> {
+        let mut accounts = Vec::new();
+        if before == after {
+            return Ok(accounts);
         }
-        Ok(redriven)
+        let arrival = version.0.to_be_bytes();
+        if let Link::Account { key, at, .. } = &before {
+            if after.key() != Some(key) {
+                let mut event = AccountEvent::new(AccountEventKind::LinkWithdrawn);
+                event.occurred_at = *at;
+                // A key without a stream id was never linked.
+                if let Ok(stream) = account_stream(key) {
+                    let derived = IncomingEvent {
+                        session: stream,
+                        provider,
+                        body: EventBody::Account {
+                            account: key.clone(),
+                            event,
+                        },
+                        raw_name: Some(format!("link withdrawn by session {session}")),
+                        raw: None,
+                        event_id: None,
+                        dedupe_key: Some(DedupeKey::derive(&[
+                            b"link_withdrawn",
+                            session.as_str().as_bytes(),
+                            &arrival,
+                        ])),
+                        received_at: Some(received_at),
+                    };
+                    accounts.extend(self.plan_account(&derived, false)?);
+                }
+            }
+        }
+        match after {
+            Link::Account { key, at, link_type } if before.key() != Some(&key) => {
+                let mut event = AccountEvent::new(AccountEventKind::Linked);
+                event.occurred_at = at;
+                event.link_type = link_type;
+                let stream = match account_stream(&key) {
+                    Ok(stream) => stream,
+                    Err(reason) => {
+                        accounts.push(PlannedAccount::NotLinked(reason));
+                        return Ok(accounts);
+                    }
+                };
+                let derived = IncomingEvent {
+                    session: stream,
+                    provider,
+                    body: EventBody::Account {
+                        account: key.clone(),
+                        event,
+                    },
+                    raw_name: Some(format!("linked by session {session}")),
+                    raw: None,
+                    event_id: None,
+                    dedupe_key: Some(DedupeKey::derive(&[
+                        b"linked",
+                        session.as_str().as_bytes(),
+                        &arrival,
+                    ])),
+                    received_at: Some(received_at),
+                };
+                accounts.extend(self.plan_account(&derived, true)?);
+            }
+            Link::Missing(reason) if !matches!(before, Link::Missing(_)) => {
+                accounts.push(PlannedAccount::NotLinked(reason.to_owned()));
+            }
+            _ => {}
+        }
+        Ok(accounts)
+    }
+
+    /// Plans an account event a session caused.
+    fn plan_account(
+        &mut self,
+        derived: &IncomingEvent,
+        link: bool,
+    ) -> Result<Option<PlannedAccount>, EngineError> {
+        let stream = derived.session.clone();
+        Ok(match self.plan_event(derived)? {
+            Planned::Stored { op, .. } if link => Some(PlannedAccount::Linked { op, stream }),
+            Planned::Stored { op, .. } => Some(PlannedAccount::Withdrawn { op, stream }),
+            Planned::Refused(error) if link => Some(PlannedAccount::NotLinked(format!(
+                "the account stream `{stream}` refused the link: {error}"
+            ))),
+            Planned::Refused(_) | Planned::Duplicate { .. } | Planned::DuplicateOfOp { .. } => None,
+        })
     }
 
     /// Adds a snapshot of every session this group changed.
@@ -775,6 +761,17 @@ impl<'a> Plan<'a> {
         }
         std::mem::take(&mut self.ops)
     }
+}
+
+/// An account's stream id, or why the account cannot have one (a user and institution id
+/// too long together for a stream id).
+fn account_stream(key: &AccountKey) -> Result<SessionId, String> {
+    key.stream_id().map_err(|error| {
+        format!(
+            "the account of user `{}` at `{}` has no valid stream id: {error}",
+            key.external_user_id, key.institution_id
+        )
+    })
 }
 
 /// Decides, commits and hands on one group, which the writer took at `taken`.
@@ -797,17 +794,13 @@ fn process_group(
             Err(error) => return fail_group(group, &error),
         };
         let mut plan = Plan::new(shared, read_ahead);
-        let planned: Result<Vec<PlannedRequest>, EngineError> = group
+        let planned: Result<Vec<Vec<Planned>>, EngineError> = group
             .iter()
             .map(|request| match request {
                 Request::Ingest { events, .. } => events
                     .iter()
                     .map(|event| plan.plan_event(event))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(PlannedRequest::Ingest),
-                Request::Redrive { session, .. } => plan
-                    .plan_redrive(session.as_ref())
-                    .map(PlannedRequest::Redrive),
+                    .collect::<Result<Vec<_>, _>>(),
                 Request::Shutdown { .. } => unreachable!("shutdown is never part of a group"),
             })
             .collect();
@@ -899,9 +892,6 @@ fn fail_group(group: Vec<Request>, error: &EngineError) {
             Request::Ingest { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Request::Redrive { reply, .. } => {
-                let _ = reply.send(Err(error.clone()));
-            }
             Request::Shutdown { reply } => {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -915,7 +905,7 @@ fn complete_group(
     shared: &Shared,
     plan: Plan<'_>,
     group: Vec<Request>,
-    planned: Vec<PlannedRequest>,
+    planned: Vec<Vec<Planned>>,
     outcomes: &[OpOutcome],
     taken: Instant,
     jobs: &std::sync::mpsc::Sender<SyncJob>,
@@ -928,7 +918,7 @@ fn complete_group(
         .iter()
         .map(|request| match request {
             Request::Ingest { events, .. } => events.len() as u64,
-            Request::Redrive { .. } | Request::Shutdown { .. } => 0,
+            Request::Shutdown { .. } => 0,
         })
         .sum();
     shared
@@ -936,28 +926,38 @@ fn complete_group(
         .committed(committed.requests, events, taken, committed.committed_at);
     let mut unexpected: Vec<SessionId> = Vec::new();
     let describe_op = |op: usize| -> Option<DedupeHit> {
-        let (stream, event_id) = plan.op_events[op].clone();
+        let (stream, _) = plan.op_events[op].clone();
         match outcomes.get(op)? {
             OpOutcome::Appended { version, position } => Some(DedupeHit::Accepted {
                 stream,
                 version: *version,
                 position: *position,
             }),
-            OpOutcome::Parked => Some(DedupeHit::Parked { stream, event_id }),
             OpOutcome::Duplicate { original } => Some(original.clone()),
-            OpOutcome::SnapshotSaved | OpOutcome::Checked => None,
+            OpOutcome::Parked | OpOutcome::SnapshotSaved | OpOutcome::Checked => None,
         }
     };
-    let resolve_redrive = |redrive: PlannedRedrive| -> Option<Redriven> {
-        match outcomes.get(redrive.op) {
-            Some(OpOutcome::Appended { version, position }) => Some(Redriven {
-                session: redrive.session,
-                event_id: redrive.event_id,
-                version: *version,
-                position: *position,
-                phase_after: redrive.phase_after,
-            }),
-            _ => None,
+    let appended = |op: usize| match outcomes.get(op) {
+        Some(OpOutcome::Appended { version, position }) => Some((*version, *position)),
+        _ => None,
+    };
+    let resolve_account = |account: PlannedAccount| -> Option<AccountFollow> {
+        match account {
+            PlannedAccount::Linked { op, stream } => {
+                appended(op).map(|(version, position)| AccountFollow::Linked {
+                    stream,
+                    version,
+                    position,
+                })
+            }
+            PlannedAccount::Withdrawn { op, stream } => {
+                appended(op).map(|(version, position)| AccountFollow::Withdrawn {
+                    stream,
+                    version,
+                    position,
+                })
+            }
+            PlannedAccount::NotLinked(reason) => Some(AccountFollow::NotLinked { reason }),
         }
     };
 
@@ -965,80 +965,62 @@ fn complete_group(
     // only the channels wait for the sync.
     let mut replies = Vec::with_capacity(planned.len());
     for (request, planned) in group.into_iter().zip(planned) {
-        match (request, planned) {
-            (Request::Ingest { reply, .. }, PlannedRequest::Ingest(events)) => {
-                let resolved: Vec<IngestOutcome> = events
-                    .into_iter()
-                    .map(|planned| match planned {
-                        Planned::Append {
-                            op,
-                            session,
-                            phase_before,
-                            phase_after,
-                            redriven,
-                            linked,
-                            quarantined,
-                        } => match outcomes.get(op) {
-                            Some(OpOutcome::Appended { version, position }) => match quarantined {
-                                Some(reason) => IngestOutcome::Quarantined {
-                                    entry: session,
-                                    reason,
-                                    position: *position,
-                                },
-                                None => IngestOutcome::Accepted {
-                                    session,
-                                    version: *version,
-                                    position: *position,
-                                    phase_before,
-                                    phase_after,
-                                    redriven: redriven
-                                        .into_iter()
-                                        .filter_map(resolve_redrive)
-                                        .collect(),
-                                    linked: linked.and_then(resolve_redrive),
-                                },
-                            },
-                            _ => {
-                                // Another writer stored it first (only on a shared store).
-                                unexpected.push(session.clone());
-                                duplicate_or_closed(session, describe_op(op))
-                            }
-                        },
-                        Planned::Park {
-                            op,
-                            session,
-                            event_id,
-                            reason,
-                        } => match outcomes.get(op) {
-                            Some(OpOutcome::Parked) => IngestOutcome::Parked {
-                                session,
-                                event_id,
-                                reason,
-                            },
-                            _ => {
-                                unexpected.push(session.clone());
-                                duplicate_or_closed(session, describe_op(op))
-                            }
-                        },
-                        Planned::DuplicateOfOp { op, session } => {
-                            duplicate_or_closed(session, describe_op(op))
-                        }
-                        Planned::Duplicate { session, original } => {
-                            IngestOutcome::Duplicate { session, original }
-                        }
-                        Planned::Refused(error) => IngestOutcome::Refused { error },
-                    })
-                    .collect();
-                replies.push(Waiting::Ingest(reply, resolved));
-            }
-            (Request::Redrive { reply, .. }, PlannedRequest::Redrive(redriven)) => {
-                replies.push(Waiting::Redrive(
-                    reply,
-                    redriven.into_iter().filter_map(resolve_redrive).collect(),
-                ))
-            }
-            _ => unreachable!("requests are planned in order, one plan per request"),
-        }
+        let Request::Ingest { reply, .. } = request else {
+            unreachable!("shutdown is never part of a group")
+        };
+        let resolved: Vec<IngestOutcome> = planned
+            .into_iter()
+            .map(|planned| match planned {
+                Planned::Stored {
+                    op,
+                    session,
+                    phase_before,
+                    phase_after,
+                    verdict,
+                    late,
+                    rejected,
+                    accounts,
+                    quarantined,
+                } => match (appended(op), quarantined, verdict) {
+                    (Some((_, position)), Some(reason), _) => IngestOutcome::Quarantined {
+                        entry: session,
+                        reason,
+                        position,
+                    },
+                    (Some((version, position)), None, Ok(())) => IngestOutcome::Accepted {
+                        session,
+                        version,
+                        position,
+                        phase_before,
+                        phase_after,
+                        late,
+                        rejected,
+                        accounts: accounts.into_iter().filter_map(resolve_account).collect(),
+                    },
+                    (Some((version, position)), None, Err(reason)) => IngestOutcome::Rejected {
+                        session,
+                        version,
+                        position,
+                        reason,
+                        late,
+                        rejected,
+                    },
+                    (None, ..) => {
+                        // Another writer stored it first (only on a shared store).
+                        unexpected.push(session.clone());
+                        duplicate_or_closed(session, describe_op(op))
+                    }
+                },
+                Planned::DuplicateOfOp { op, session } => {
+                    duplicate_or_closed(session, describe_op(op))
+                }
+                Planned::Duplicate { session, original } => {
+                    IngestOutcome::Duplicate { session, original }
+                }
+                Planned::Refused(error) => IngestOutcome::Refused { error },
+            })
+            .collect();
+        replies.push(Waiting(reply, resolved));
     }
 
     {

@@ -137,7 +137,11 @@ async fn concurrent_ingests_into_shared_sessions_land_exactly_once() {
     for session in 0..4 {
         let id = SessionId::new(format!("s{session}")).unwrap();
         let history = engine.history(&id).await.unwrap().unwrap();
-        let versions: Vec<u64> = history.iter().map(|entry| entry.version.0).collect();
+        // The history is in event-time order; its versions (arrival numbers) are gap-free.
+        let times: Vec<_> = history.iter().map(|entry| entry.event_time).collect();
+        assert!(times.windows(2).all(|pair| pair[0] <= pair[1]));
+        let mut versions: Vec<u64> = history.iter().map(|entry| entry.version.0).collect();
+        versions.sort_unstable();
         assert_eq!(versions, (1..=history.len() as u64).collect::<Vec<_>>());
         total += history.len();
     }

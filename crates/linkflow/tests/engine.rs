@@ -1,5 +1,5 @@
-//! The engine's behaviour a user relies on: outcomes, out-of-order retries, parking, reopen,
-//! snapshot fallback, subscriptions and verify.
+//! The engine's behaviour a user relies on: outcomes, late events folded in event-time order,
+//! rejected events, reopen, snapshot fallback, subscriptions and verify.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use linkflow::{
     Durability, Engine, EngineConfig, EngineError, EventError, IncomingEvent, IngestOutcome,
     SessionFilter,
 };
-use linkflow_core::{Event, EventBody, EventKind, Phase, Position, Provider, SessionId, Version};
+use linkflow_core::{Event, EventKind, Phase, Position, Provider, SessionId, Version};
 
 fn t(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2023, 11, 29, 12, 0, second).unwrap()
@@ -114,11 +114,11 @@ async fn a_duplicate_delivery_is_stored_once_and_points_at_the_original() {
 }
 
 #[tokio::test]
-async fn an_early_event_is_parked_then_accepted_once_it_becomes_legal() {
+async fn a_rejected_event_is_accepted_once_a_late_event_makes_it_legal() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     // The exit callback fires twice (the second one later); the second exit comes while the
-    // session is exited: refused, parked.
+    // session is exited: stored, rejected with the reason.
     let outcomes = engine
         .ingest_batch(vec![
             incoming("s1", EventKind::Opened, 0),
@@ -127,67 +127,140 @@ async fn an_early_event_is_parked_then_accepted_once_it_becomes_legal() {
         ])
         .await
         .unwrap();
-    let IngestOutcome::Parked { reason, .. } = &outcomes[2] else {
-        panic!("expected parked, got {:?}", outcomes[2]);
+    let IngestOutcome::Rejected {
+        reason,
+        version,
+        late,
+        rejected,
+        ..
+    } = &outcomes[2]
+    else {
+        panic!("expected rejected, got {:?}", outcomes[2]);
     };
     assert!(
         reason.contains("not accepted in phase `exited`"),
         "{reason}"
     );
-    let parked = engine.parked(Some(sid("s1"))).await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].reason, *reason);
-    assert_eq!(engine.session(&sid("s1")).await.unwrap().unwrap().parked, 1);
+    assert_eq!((*version, *late, *rejected), (Version(3), false, 1));
+    let listed = engine.rejected(Some(sid("s1"))).await.unwrap();
+    assert_eq!(listed.events.len(), 1);
+    assert_eq!(
+        listed.events[0].entry.rejection.as_deref(),
+        Some(&reason[..])
+    );
+    assert!(!listed.truncated);
+    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!((view.events, view.rejected), (3, 1));
 
-    // A late success wins over the exit; in `succeeded` an exit is recorded, so the parked one
-    // is accepted right after, in the same commit.
+    // A success at t4 arrives last: it sorts before both exits, wins over nothing (the
+    // session was opened then), and in `succeeded` an exit is recorded: nothing is rejected.
     let outcome = engine
         .ingest(incoming("s1", EventKind::Succeeded, 4))
         .await
         .unwrap();
-    let IngestOutcome::Accepted { redriven, .. } = outcome else {
+    let IngestOutcome::Accepted {
+        version,
+        phase_before,
+        phase_after,
+        late,
+        rejected,
+        ..
+    } = outcome
+    else {
         panic!("expected accepted, got {outcome:?}");
     };
-    assert_eq!(redriven.len(), 1);
-    assert_eq!(redriven[0].phase_after, Some(Phase::Succeeded));
-    assert!(engine.parked(None).await.unwrap().is_empty());
+    assert_eq!(version, Version(4));
+    assert_eq!(
+        (phase_before, phase_after),
+        (Some(Phase::Exited), Some(Phase::Succeeded))
+    );
+    assert!(late);
+    assert_eq!(rejected, 0);
+    assert!(engine.rejected(None).await.unwrap().events.is_empty());
     let view = engine.session(&sid("s1")).await.unwrap().unwrap();
     assert_eq!(view.state.phase(), Phase::Succeeded);
-    assert_eq!(view.parked, 0);
+    assert_eq!((view.events, view.rejected), (4, 0));
+    // The history is in event-time order, with each event's arrival number.
     let history = engine.history(&sid("s1")).await.unwrap().unwrap();
-    assert!(history[3].was_parked);
-    assert!(history[3].accepted_at >= history[3].received_at);
+    let order: Vec<(u64, &str, bool)> = history
+        .iter()
+        .map(|entry| (entry.version.0, entry.event.as_str(), entry.late))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (1, "opened", false),
+            (4, "succeeded", true),
+            (2, "exited", false),
+            (3, "exited", false),
+        ]
+    );
+    assert!(history.iter().all(|entry| entry.accepted));
+    assert_eq!(history[2].phase_before, Some(Phase::Succeeded));
     assert!(engine.verify().await.unwrap().is_clean());
 }
 
 #[tokio::test]
-async fn parked_events_are_retried_oldest_event_time_first() {
+async fn a_late_event_changes_the_classification_of_events_that_arrived_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    // Two more exits arrive while the session is exited, newest first.
-    engine
+    // Credentials at t40 are accepted on arrival...
+    let outcomes = engine
         .ingest_batch(vec![
             incoming("s1", EventKind::Opened, 0),
-            incoming("s1", EventKind::Exited, 5),
-            incoming("s1", EventKind::Exited, 9),
-            incoming("s1", EventKind::Exited, 8),
+            incoming("s1", EventKind::CredentialsSubmitted, 40),
         ])
         .await
         .unwrap();
-    assert_eq!(engine.parked(None).await.unwrap().len(), 2);
-    engine
-        .ingest(incoming("s1", EventKind::Succeeded, 4))
+    accepted(&outcomes[1]);
+    // ...then a success at t21 arrives: in event time the session succeeded first, so the
+    // credentials are the rejected event, exactly as if the two had arrived in order.
+    let outcome = engine
+        .ingest(incoming("s1", EventKind::Succeeded, 21))
         .await
         .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            IngestOutcome::Accepted {
+                late: true,
+                rejected: 1,
+                phase_after: Some(Phase::Succeeded),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     let history = engine.history(&sid("s1")).await.unwrap().unwrap();
-    let names: Vec<&str> = history.iter().map(|entry| entry.event.as_str()).collect();
-    assert_eq!(names, ["opened", "exited", "succeeded", "exited", "exited"]);
-    let redriven_times: Vec<_> = history[3..].iter().map(|entry| entry.event_time).collect();
-    assert_eq!(redriven_times, [Some(t(8)), Some(t(9))]);
+    let verdicts: Vec<(u64, bool)> = history
+        .iter()
+        .map(|entry| (entry.version.0, entry.accepted))
+        .collect();
+    assert_eq!(verdicts, [(1, true), (3, true), (2, false)]);
+    assert!(history[2]
+        .rejection
+        .as_deref()
+        .unwrap()
+        .contains("not accepted in phase `succeeded`"));
+    // The same three events delivered in order give the same session.
+    let in_order = tempfile::tempdir().unwrap();
+    let other = open(&in_order);
+    let outcomes = other
+        .ingest_batch(vec![
+            incoming("s1", EventKind::Opened, 0),
+            incoming("s1", EventKind::Succeeded, 21),
+            incoming("s1", EventKind::CredentialsSubmitted, 40),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[2], IngestOutcome::Rejected { .. }));
+    let a = engine.session(&sid("s1")).await.unwrap().unwrap();
+    let b = other.session(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!((a.state, a.rejected), (b.state, b.rejected));
 }
 
 #[tokio::test]
-async fn a_permanently_illegal_event_stays_parked_and_manual_redrive_leaves_it() {
+async fn a_permanently_illegal_event_stays_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     engine
@@ -198,80 +271,57 @@ async fn a_permanently_illegal_event_stays_parked_and_manual_redrive_leaves_it()
         ])
         .await
         .unwrap();
-    assert!(engine.redrive(None).await.unwrap().is_empty());
-    assert!(engine.redrive(Some(sid("s1"))).await.unwrap().is_empty());
-    let parked = engine.parked(None).await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert!(parked[0]
-        .reason
+    engine
+        .ingest(incoming("s1", EventKind::ScreenChanged, 3))
+        .await
+        .unwrap();
+    let listed = engine.rejected(None).await.unwrap();
+    assert_eq!(listed.events.len(), 1);
+    assert_eq!(listed.events[0].stream, sid("s1"));
+    assert!(listed.events[0]
+        .entry
+        .rejection
+        .as_deref()
+        .unwrap()
         .contains("`opened` is not accepted in phase `institution_selected`"));
 }
 
 #[tokio::test]
-async fn manual_redrive_accepts_parked_events_that_are_legal_now() {
-    // An event parked under other rules (an older linkflow, or written by another tool) that
-    // the current table accepts: only a redrive by hand picks it up, since no new event comes.
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let engine = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
-    engine
-        .ingest(incoming("s1", EventKind::Opened, 0))
-        .await
-        .unwrap();
-    let parked = linkflow::store::NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        dedupe_key: linkflow::store::DedupeKey::derive(&[b"parked elsewhere"]),
-        provider: Provider::Moneykit,
-        body: EventBody::Session(
-            Event::new(EventKind::InstitutionSelected)
-                .at(t(1))
-                .with_institution("ins_1", None),
-        ),
-        raw_name: Some("select_institution".into()),
-        raw: None,
-        received_at: t(1),
-    };
-    store
-        .commit(vec![Op::Park(linkflow::store::ParkedEvent {
-            stream: sid("s1"),
-            reason: "refused by an older table".into(),
-            parked_at: t(1),
-            data: parked,
-        })])
-        .unwrap();
-    let redriven = engine.redrive(Some(sid("s1"))).await.unwrap();
-    assert_eq!(redriven.len(), 1);
-    assert_eq!(redriven[0].version, Version(2));
-    assert_eq!(redriven[0].phase_after, Some(Phase::InstitutionSelected));
-    assert!(engine.parked(None).await.unwrap().is_empty());
-    assert!(engine.redrive(None).await.unwrap().is_empty());
-    assert!(engine.verify().await.unwrap().is_clean());
-}
-
-#[tokio::test]
-async fn past_the_parked_bound_a_refused_event_is_reported_and_not_stored() {
+async fn a_session_at_its_event_bound_turns_further_events_away() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = EngineConfig::new(dir.path());
-    config.max_parked_per_session = 2;
+    config.max_events_per_stream = 3;
     let engine = Engine::open_with(config).unwrap();
     let outcomes = engine
         .ingest_batch(vec![
             incoming("s1", EventKind::Opened, 0),
             incoming("s1", EventKind::Opened, 1),
-            incoming("s1", EventKind::Opened, 2),
-            incoming("s1", EventKind::Opened, 3),
+            incoming("s1", EventKind::ScreenChanged, 2),
+            incoming("s1", EventKind::ScreenChanged, 3),
         ])
         .await
         .unwrap();
-    assert!(matches!(outcomes[1], IngestOutcome::Parked { .. }));
-    assert!(matches!(outcomes[2], IngestOutcome::Parked { .. }));
+    assert!(matches!(outcomes[1], IngestOutcome::Rejected { .. }));
+    assert!(matches!(outcomes[2], IngestOutcome::Accepted { .. }));
+    let IngestOutcome::Refused {
+        error: error @ EventError::StreamFull { limit: 3, .. },
+    } = &outcomes[3]
+    else {
+        panic!("{:?}", outcomes[3]);
+    };
+    assert!(
+        error.to_string().contains("already holds 3 events"),
+        "{error}"
+    );
+    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!(view.events, 3);
+    let other = tempfile::tempdir().unwrap();
+    let mut zero = EngineConfig::new(other.path());
+    zero.max_events_per_stream = 0;
     assert!(matches!(
-        &outcomes[3],
-        IngestOutcome::Refused {
-            error: EventError::ParkedLimit { limit: 2, .. }
-        }
+        Engine::open_with(zero),
+        Err(EngineError::InvalidConfig(_))
     ));
-    assert_eq!(engine.parked(None).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -322,7 +372,7 @@ async fn an_oversized_event_is_refused_and_the_rest_of_the_batch_is_stored() {
 }
 
 #[tokio::test]
-async fn reopening_returns_the_same_sessions_histories_and_parked_events() {
+async fn reopening_returns_the_same_sessions_histories_and_rejected_events() {
     let dir = tempfile::tempdir().unwrap();
     let (sessions, history, parked) = {
         let engine = open(&dir);
@@ -338,7 +388,7 @@ async fn reopening_returns_the_same_sessions_histories_and_parked_events() {
         let result = (
             engine.sessions(SessionFilter::default()).await.unwrap(),
             engine.history(&sid("a")).await.unwrap(),
-            engine.parked(None).await.unwrap(),
+            engine.rejected(None).await.unwrap(),
         );
         engine.shutdown().await.unwrap();
         result
@@ -349,9 +399,10 @@ async fn reopening_returns_the_same_sessions_histories_and_parked_events() {
         sessions
     );
     assert_eq!(engine.history(&sid("a")).await.unwrap(), history);
-    assert_eq!(engine.parked(None).await.unwrap(), parked);
+    assert_eq!(engine.rejected(None).await.unwrap(), parked);
     assert_eq!(sessions.len(), 2);
-    assert_eq!(sessions[0].parked, 1);
+    assert_eq!(sessions[0].rejected, 1);
+    assert_eq!(parked.events.len(), 1);
     assert!(engine.verify().await.unwrap().is_clean());
 }
 
@@ -412,8 +463,8 @@ async fn a_session_can_be_read_as_of_any_version() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(at_two.phase(), Phase::InstitutionSelected);
-    assert_eq!(at_two.version(), Version(2));
+    assert_eq!(at_two.state.phase(), Phase::InstitutionSelected);
+    assert_eq!(at_two.events, 2);
     let error = engine.session_at(&sid("s1"), Version(9)).await.unwrap_err();
     assert!(matches!(
         error,

@@ -25,7 +25,7 @@ fn outcome_names(results: &[linkflow::PayloadResult]) -> Vec<&'static str> {
         .map(|result| match result.outcome {
             IngestOutcome::Accepted { .. } => "accepted",
             IngestOutcome::Duplicate { .. } => "duplicate",
-            IngestOutcome::Parked { .. } => "parked",
+            IngestOutcome::Rejected { .. } => "rejected",
             IngestOutcome::Quarantined { .. } => "quarantined",
             IngestOutcome::Refused { .. } => "refused",
         })

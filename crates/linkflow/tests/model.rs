@@ -1,13 +1,15 @@
-//! A proptest state-machine test of the engine against a model: a plain list of accepted events
-//! and of parked events per session. Steps append legal, illegal and duplicate events (legal
-//! ones alone or several of a session in one batch, which the store packs under one key),
-//! reopen the store, and read; after every step the engine must agree with the model.
+//! A proptest state-machine test of the engine against a model: a plain list of the events each
+//! session received, folded by `linkflow_core::timeline::fold`. Steps send legal, illegal, late
+//! and duplicate events (legal ones alone or several of a session in one batch, which the store
+//! packs under one key), reopen the store, and read; after every step the engine must agree
+//! with the model: the state, the history's order and verdicts, the rejected list.
 
 use std::collections::HashMap;
 
 use chrono::{TimeZone, Utc};
 use linkflow::{Durability, Engine, EngineConfig, IncomingEvent, IngestOutcome};
-use linkflow_core::{fold, Event, EventKind, Provider, SessionId};
+use linkflow_core::timeline::{self, Timeline};
+use linkflow_core::{Event, EventKind, Provider, Session, SessionId};
 use proptest::prelude::*;
 
 const SESSIONS: usize = 3;
@@ -18,8 +20,15 @@ enum Step {
     Legal { session: usize, pick: usize },
     /// Several events the session accepts one after the other, ingested in one batch.
     LegalRun { session: usize, picks: Vec<usize> },
-    /// A `created` after a phase event: refused now and forever, so it stays parked.
+    /// A `created` after a phase event: rejected now and forever.
     Illegal { session: usize },
+    /// An event of any candidate kind with a time before the session's latest (it arrives
+    /// late): the session is folded again, and it or others may be rejected.
+    Late {
+        session: usize,
+        kind: usize,
+        back: i64,
+    },
     /// A second delivery of an earlier event.
     Duplicate { pick: usize },
     /// Shut the engine down and open it again on the same directory.
@@ -32,6 +41,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..SESSIONS, proptest::collection::vec(any::<usize>(), 2..6))
             .prop_map(|(session, picks)| Step::LegalRun { session, picks }),
         1 => (0..SESSIONS).prop_map(|session| Step::Illegal { session }),
+        2 => (0..SESSIONS, 0..CANDIDATES.len(), 1i64..8)
+            .prop_map(|(session, kind, back)| Step::Late { session, kind, back }),
         2 => any::<usize>().prop_map(|pick| Step::Duplicate { pick }),
         1 => Just(Step::Reopen),
     ]
@@ -51,8 +62,8 @@ const CANDIDATES: [EventKind; 9] = [
 
 #[derive(Default)]
 struct Model {
-    accepted: HashMap<usize, Vec<Event>>,
-    parked: HashMap<usize, Vec<Event>>,
+    /// Every event each session received, in arrival order.
+    received: HashMap<usize, Vec<Event>>,
     sent: Vec<IncomingEvent>,
     clock: i64,
 }
@@ -69,9 +80,14 @@ impl Model {
     }
 }
 
-/// The candidates `events` (a session's accepted events) accept next.
+/// The fold of a session's received events.
+fn folded(events: &[Event]) -> timeline::Folded<Session> {
+    timeline::fold::<Session, _>(events)
+}
+
+/// The candidates a session that received `events` accepts next (as its latest event).
 fn legal_next(events: &[Event]) -> Vec<EventKind> {
-    let state = fold(events).unwrap();
+    let state = folded(events).timeline.state;
     CANDIDATES
         .iter()
         .filter(|kind| {
@@ -102,7 +118,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         for step in steps {
             match step {
                 Step::Legal { session, pick } => {
-                    let legal = legal_next(model.accepted.get(&session).map_or(&[], Vec::as_slice));
+                    let legal = legal_next(model.received.get(&session).map_or(&[], Vec::as_slice));
                     let kind = legal[pick % legal.len()].clone();
                     let event = model.event(kind);
                     let incoming =
@@ -113,11 +129,11 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         "{:?}",
                         outcome
                     );
-                    model.accepted.entry(session).or_default().push(event);
+                    model.received.entry(session).or_default().push(event);
                     model.sent.push(incoming);
                 }
                 Step::LegalRun { session, picks } => {
-                    let mut events = model.accepted.get(&session).cloned().unwrap_or_default();
+                    let mut events = model.received.get(&session).cloned().unwrap_or_default();
                     let mut batch = Vec::new();
                     for pick in picks {
                         let legal = legal_next(&events);
@@ -137,14 +153,14 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                             outcome
                         );
                     }
-                    model.accepted.insert(session, events);
+                    model.received.insert(session, events);
                     model.sent.extend(batch);
                 }
                 Step::Illegal { session } => {
                     let has_phase_event = model
-                        .accepted
+                        .received
                         .get(&session)
-                        .is_some_and(|events| events.iter().any(|e| e.kind.step().is_some()));
+                        .is_some_and(|events| folded(events).timeline.state.counts().phase > 0);
                     if !has_phase_event {
                         continue;
                     }
@@ -153,11 +169,47 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         IncomingEvent::new(session_id(session), Provider::Moneykit, event.clone());
                     let outcome = engine.ingest(incoming.clone()).await.unwrap();
                     prop_assert!(
-                        matches!(outcome, IngestOutcome::Parked { .. }),
+                        matches!(outcome, IngestOutcome::Rejected { .. }),
                         "{:?}",
                         outcome
                     );
-                    model.parked.entry(session).or_default().push(event);
+                    model.received.entry(session).or_default().push(event);
+                    model.sent.push(incoming);
+                }
+                Step::Late {
+                    session,
+                    kind,
+                    back,
+                } => {
+                    let events = model.received.entry(session).or_default();
+                    let Some(latest) = events.iter().filter_map(|e| e.occurred_at).max() else {
+                        continue;
+                    };
+                    let event = Event::new(CANDIDATES[kind].clone())
+                        .at(latest - chrono::Duration::seconds(back))
+                        .with_institution("ins_model", None);
+                    events.push(event.clone());
+                    let expected = folded(events);
+                    let verdict = &expected
+                        .placed
+                        .iter()
+                        .find(|placed| placed.arrival == events.len() as u64)
+                        .unwrap()
+                        .verdict;
+                    let incoming =
+                        IncomingEvent::new(session_id(session), Provider::Moneykit, event);
+                    let outcome = engine.ingest(incoming.clone()).await.unwrap();
+                    match (&outcome, verdict) {
+                        (IngestOutcome::Accepted { rejected, .. }, Ok(_))
+                        | (IngestOutcome::Rejected { rejected, .. }, Err(_)) => {
+                            prop_assert_eq!(*rejected, expected.timeline.rejected);
+                        }
+                        // The same event (kind and time) sent before: one event.
+                        (IngestOutcome::Duplicate { .. }, _) => {
+                            model.received.get_mut(&session).unwrap().pop();
+                        }
+                        _ => prop_assert!(false, "{:?} against {:?}", outcome, verdict),
+                    }
                     model.sent.push(incoming);
                 }
                 Step::Duplicate { pick } => {
@@ -181,24 +233,32 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             // Read back every session and compare with the model.
             for session in 0..SESSIONS {
                 let id = session_id(session);
-                let expected = model.accepted.get(&session).cloned().unwrap_or_default();
+                let received = model.received.get(&session).cloned().unwrap_or_default();
+                let expected = folded(&received);
                 let history = engine.history(&id).await.unwrap().unwrap_or_default();
-                prop_assert_eq!(history.len(), expected.len());
-                for (entry, event) in history.iter().zip(&expected) {
+                prop_assert_eq!(history.len(), received.len());
+                for (entry, placed) in history.iter().zip(&expected.placed) {
+                    let event = &received[placed.arrival as usize - 1];
+                    prop_assert_eq!(entry.version.0, placed.arrival);
                     prop_assert_eq!(entry.event.as_str(), event.kind.name());
                     prop_assert_eq!(entry.event_time, event.occurred_at);
+                    prop_assert_eq!(entry.accepted, placed.verdict.is_ok());
+                    prop_assert_eq!(entry.late, placed.late);
                 }
                 let view = engine.session(&id).await.unwrap();
-                let parked_expected = model.parked.get(&session).map_or(0, Vec::len);
                 match view {
-                    None => prop_assert!(expected.is_empty() && parked_expected == 0),
+                    None => prop_assert!(received.is_empty()),
                     Some(view) => {
-                        prop_assert_eq!(&view.state, &fold(&expected).unwrap());
-                        prop_assert_eq!(view.parked as usize, parked_expected);
+                        let Timeline {
+                            state, rejected, ..
+                        } = &expected.timeline;
+                        prop_assert_eq!(&view.state, state);
+                        prop_assert_eq!(view.rejected, *rejected);
+                        prop_assert_eq!(view.events, received.len() as u64);
                     }
                 }
-                let parked = engine.parked(Some(id)).await.unwrap();
-                prop_assert_eq!(parked.len(), parked_expected);
+                let listed = engine.rejected(Some(id)).await.unwrap();
+                prop_assert_eq!(listed.events.len() as u32, expected.timeline.rejected);
             }
         }
         let report = engine.verify().await.unwrap();
@@ -211,7 +271,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_engine_agrees_with_a_list_of_events_per_session(steps in proptest::collection::vec(step(), 1..40)) {
+    fn the_engine_agrees_with_the_fold_of_the_events_each_session_received(steps in proptest::collection::vec(step(), 1..40)) {
         run(steps)?;
     }
 }
