@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use linkflow::store::{EventStore, Op, RawJson, SledStore, Snapshot};
 use linkflow::{
-    Durability, Engine, EngineConfig, EngineError, EventError, IncomingEvent, IngestOutcome,
-    SessionFilter,
+    AccountFollow, Durability, Engine, EngineConfig, EngineError, EventError, IncomingEvent,
+    IngestOutcome, SessionFilter,
 };
 use linkflow_core::{Event, EventKind, Phase, Position, Provider, SessionId, Version};
 
@@ -663,4 +663,168 @@ async fn concurrent_durable_writers_are_all_answered_and_seen_in_order() {
         .map(|view| view.state.version().0)
         .sum();
     assert_eq!(total, 400 + landed);
+}
+
+fn with_user(mut event: IncomingEvent, user: &str) -> IncomingEvent {
+    if let Some(session_event) = event.session_event_mut() {
+        session_event.attributes.external_user_id = Some(user.into());
+    }
+    event
+}
+
+fn success_at(session: &str, second: u32, institution: &str) -> IncomingEvent {
+    IncomingEvent::new(
+        sid(session),
+        Provider::Moneykit,
+        Event::new(EventKind::Succeeded)
+            .at(t(second))
+            .with_institution(institution, None),
+    )
+}
+
+#[tokio::test]
+async fn the_linked_account_follows_the_sessions_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let outcomes = engine
+        .ingest_batch(vec![
+            with_user(incoming("s1", EventKind::Opened, 0), "u1"),
+            success_at("s1", 40, "bank_x"),
+        ])
+        .await
+        .unwrap();
+    let IngestOutcome::Accepted { accounts, .. } = &outcomes[1] else {
+        panic!("{:?}", outcomes[1]);
+    };
+    let [AccountFollow::Linked {
+        stream: linked_x, ..
+    }] = accounts.as_slice()
+    else {
+        panic!("{accounts:?}");
+    };
+    assert!(linked_x.as_str().ends_with("bank_x"), "{linked_x}");
+    // A success at t30 naming another bank arrives late: it is the session's success now, the
+    // one at t40 is rejected (a second success), and the account follows: bank_x's link is
+    // withdrawn, bank_y is linked.
+    let outcome = engine.ingest(success_at("s1", 30, "bank_y")).await.unwrap();
+    let IngestOutcome::Accepted {
+        accounts,
+        late: true,
+        rejected: 1,
+        ..
+    } = &outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert!(
+        matches!(
+            accounts.as_slice(),
+            [AccountFollow::Withdrawn { stream: x, .. }, AccountFollow::Linked { stream: y, .. }]
+                if x == linked_x && y.as_str().ends_with("bank_y")
+        ),
+        "{accounts:?}"
+    );
+    let active: Vec<String> = engine
+        .accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|view| view.key.institution_id)
+        .collect();
+    assert_eq!(active, ["bank_y"]);
+    let history = engine.history(linked_x).await.unwrap().unwrap();
+    let names: Vec<&str> = history.iter().map(|entry| entry.event.as_str()).collect();
+    assert_eq!(names, ["linked", "link_withdrawn"]);
+    assert_eq!(
+        history[1].event_time,
+        Some(t(40)),
+        "the withdrawn success's time"
+    );
+    // The same late success delivered again changes nothing.
+    let again = engine.ingest(success_at("s1", 30, "bank_y")).await.unwrap();
+    assert!(
+        matches!(again, IngestOutcome::Duplicate { .. }),
+        "{again:?}"
+    );
+    assert_eq!(engine.accounts().await.unwrap().len(), 1);
+    assert!(engine.verify().await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_success_without_a_user_says_why_no_account_was_linked() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let outcomes = engine
+        .ingest_batch(vec![
+            incoming("s1", EventKind::Opened, 0),
+            success_at("s1", 5, "bank_x"),
+        ])
+        .await
+        .unwrap();
+    let IngestOutcome::Accepted { accounts, .. } = &outcomes[1] else {
+        panic!("{:?}", outcomes[1]);
+    };
+    assert!(
+        matches!(accounts.as_slice(), [AccountFollow::NotLinked { reason }]
+            if reason.contains("no external user id")),
+        "{accounts:?}"
+    );
+    assert!(engine.accounts().await.unwrap().is_empty());
+    // Telemetry after the success does not repeat it.
+    let outcome = engine
+        .ingest(incoming("s1", EventKind::ScreenChanged, 6))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, IngestOutcome::Accepted { accounts, .. } if accounts.is_empty()),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_institution_selection_takes_its_place_and_nothing_is_rejected() {
+    // The example: open (t0), credentials (t20), success (t40), then the selection
+    // (t10) arriving last.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    engine
+        .ingest_batch(vec![
+            incoming("s1", EventKind::Opened, 0),
+            incoming("s1", EventKind::CredentialsSubmitted, 20),
+            incoming("s1", EventKind::Succeeded, 40),
+        ])
+        .await
+        .unwrap();
+    let outcome = engine.ingest(select("s1", 10)).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            IngestOutcome::Accepted {
+                late: true,
+                rejected: 0,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!(view.state.phase(), Phase::Succeeded);
+    assert_eq!(view.state.institution().unwrap().id, "ins_1");
+    assert!(view.state.journey().visited(Phase::InstitutionSelected));
+    let history = engine.history(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!(history[1].event, "institution_selected");
+    assert_eq!(
+        (history[1].phase_before, history[1].phase_after),
+        (Some(Phase::Opened), Some(Phase::InstitutionSelected))
+    );
+    assert!(history[1].late);
+    // `show --at 3` is the session before the selection arrived.
+    let at_three = engine
+        .session_at(&sid("s1"), Version(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(at_three.state.institution().is_none());
+    assert!(!at_three.state.journey().visited(Phase::InstitutionSelected));
+    assert!(engine.rejected(None).await.unwrap().events.is_empty());
 }
