@@ -178,7 +178,11 @@ fn encode_event(event: &Event, out: &mut Output) {
             out.u8(code_of(&EventKind::KNOWN, known));
         }
     }
-    out.opt_time(event.occurred_at, 0);
+    // Which times follow: bit 0 the provider time, bit 1 the receive time.
+    out.u8(u8::from(event.occurred_at.is_some()) | u8::from(event.received_at.is_some()) << 1);
+    for at in [event.occurred_at, event.received_at].into_iter().flatten() {
+        out.time(at, 0);
+    }
     let attributes = &event.attributes;
     let mut mask = 0;
     for (bit, present) in [
@@ -254,7 +258,20 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
                 )
             })?,
     };
-    let occurred_at = input.opt_time("event time", 0)?;
+    let times = input.u8("event times")?;
+    if times > 3 {
+        return Err(input.error("event times", format!("{times}, expected 0 to 3")));
+    }
+    let occurred_at = if times & 1 != 0 {
+        Some(input.time("event time", 0)?)
+    } else {
+        None
+    };
+    let received_at = if times & 2 != 0 {
+        Some(input.time("event receive time", 0)?)
+    } else {
+        None
+    };
     let mask = input.u8("attribute mask")?;
     let mut attributes = Attributes::default();
     if mask & LINK_TYPE != 0 {
@@ -304,6 +321,7 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
     Ok(Event {
         kind,
         occurred_at,
+        received_at,
         attributes,
     })
 }

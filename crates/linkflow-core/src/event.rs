@@ -16,9 +16,15 @@ use crate::phase::Phase;
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// When it happened, by the provider's clock, if known.
+    /// When it happened, by the provider's clock, if known. The only time that orders events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// When linkflow received it, kept for an event without a provider time (the adapters set
+    /// it then; Benji's callbacks carry none). Such an event has only its arrival to go by:
+    /// this time is shown, and stands in for the event time in the session's first and last
+    /// event time and in time in phase ([`Event::time`]), but never orders events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
     /// The attributes the provider sent with it.
     #[serde(default, skip_serializing_if = "Attributes::is_empty")]
     pub attributes: Attributes,
@@ -30,6 +36,7 @@ impl Event {
         Event {
             kind,
             occurred_at: None,
+            received_at: None,
             attributes: Attributes::default(),
         }
     }
@@ -38,6 +45,25 @@ impl Event {
     pub fn at(mut self, occurred_at: DateTime<Utc>) -> Self {
         self.occurred_at = Some(occurred_at);
         self
+    }
+
+    /// Sets the provider time when there is one, else the receive time (what the adapters do).
+    pub fn at_or_received(
+        mut self,
+        occurred_at: Option<DateTime<Utc>>,
+        received_at: DateTime<Utc>,
+    ) -> Self {
+        match occurred_at {
+            Some(at) => self.occurred_at = Some(at),
+            None => self.received_at = Some(received_at),
+        }
+        self
+    }
+
+    /// The provider time, else the receive time: what the session's first and last event time
+    /// and its phases' entry times record. Only the provider time orders events.
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        self.occurred_at.or(self.received_at)
     }
 
     /// Sets the institution (id and optional display name).

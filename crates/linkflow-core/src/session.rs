@@ -219,10 +219,10 @@ impl Session {
         let phase_before = self.phase;
         let rule = self.check(event)?;
         if self.version == Version::EMPTY {
-            self.journey.enter(Phase::Created, event.occurred_at);
+            self.journey.enter(Phase::Created, event.time());
         }
         self.version = self.version.next();
-        self.record_times(event.occurred_at);
+        self.record_times(event.time());
         self.record_attributes(event, rule.is_some());
         match event.kind.class() {
             EventClass::Phase(_) => self.counts.phase += 1,
@@ -235,11 +235,11 @@ impl Session {
                     phase: phase_before,
                     status: event.attributes.exit_status.clone(),
                     step: event.attributes.exit_step.clone(),
-                    at: event.occurred_at,
+                    at: event.time(),
                 });
             }
             self.phase = rule.to;
-            self.journey.enter(rule.to, event.occurred_at);
+            self.journey.enter(rule.to, event.time());
         }
         Ok(Applied {
             phase_before,

@@ -89,9 +89,10 @@ impl<'a> Envelope<'a> {
         }
     }
 
-    /// An event of `kind` at the stamped time, else the receive time (the callbacks carry none).
+    /// An event of `kind` at the stamped time; without one (the callbacks carry none) it has
+    /// no provider time, only its receive time (which never orders it).
     pub fn event(&self, kind: EventKind, payload: &Payload<'_>) -> Event {
-        Event::new(kind).at(self.stamped.unwrap_or(payload.context.received_at))
+        Event::new(kind).at_or_received(self.stamped, payload.context.received_at)
     }
 
     /// The event for the session, with its dedupe key: from `event_id` when the forward has one

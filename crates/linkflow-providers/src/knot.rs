@@ -240,8 +240,8 @@ fn session_target(
         notes,
     )
     .ok()?;
-    let mut event = Event::new(kind.clone());
-    event.occurred_at = common.time;
+    let mut event =
+        Event::new(kind.clone()).at_or_received(common.time, payload.context.received_at);
     if let (Some(id), Some(merchant)) = (&common.merchant_id, &common.merchant) {
         event = event.with_institution(id.clone(), merchant.text("name", notes).as_deref());
     }

@@ -389,8 +389,10 @@ fn benji_callbacks_map_to_the_canonical_events() {
         assert_eq!(event.kind, kind, "{relative}");
         assert_eq!(decoded.raw_name, raw_name);
         assert_eq!(session.as_str(), "benji_sess_1");
-        // No provider time: the receive time is the event time.
-        assert_eq!(event.occurred_at, Some(context().received_at));
+        // No provider time: none orders it; its receive time is kept.
+        assert_eq!(event.occurred_at, None);
+        assert_eq!(event.received_at, Some(context().received_at));
+        assert_eq!(event.time(), Some(context().received_at));
     }
     let selected = decode_fixture(Feed::Benji, "benji/on_event_user_partner_select.json");
     let attributes = &session_event(&selected).1.attributes;
