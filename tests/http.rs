@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use linkflow_e2e::{fixtures_dir, get_json, linkflow_bin, read_sse_ids, Server};
+use linkflow_e2e::{fixtures_dir, get_json, linkflow_bin, read_sse_frames, read_sse_ids, Server};
 use linkflow_providers::signature;
 use serde_json::Value;
 
@@ -430,6 +430,28 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .await
         .unwrap();
     assert_eq!(read_sse_ids(resumed, 2).await, vec![15, 16]);
+    // Each event carries its classification as its session's fold stood when it was stored:
+    // a second MoneyKit open is rejected.
+    let open = |second: u32| {
+        format!(
+            r#"{{"name":"open","properties":{{}},"meta":{{"link_session_id":"sse-rejected","timestamp":"2023-11-29T12:44:{second:02}.000Z"}}}}"#
+        )
+    };
+    client
+        .post(server.url("/v1/events/moneykit"))
+        .body(format!("[{},{}]", open(1), open(2)))
+        .send()
+        .await
+        .unwrap();
+    let classified = client
+        .get(server.url("/v1/stream?from=16"))
+        .send()
+        .await
+        .unwrap();
+    let frames = read_sse_frames(classified, 2).await;
+    assert_eq!(frames[0].1["session_id"], "sse-rejected");
+    assert_eq!(frames[0].1["rejected"], false);
+    assert_eq!(frames[1].1["rejected"], true, "{frames:?}");
     let bad = client
         .get(server.url("/v1/stream"))
         .header("Last-Event-ID", "x")

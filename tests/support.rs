@@ -122,10 +122,22 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
 
 /// Reads `count` SSE events (their ids) from a response.
 pub async fn read_sse_ids(response: reqwest::Response, count: usize) -> Vec<u64> {
-    let mut ids = Vec::new();
+    read_sse_frames(response, count)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// The first `count` events of an SSE response: each id with its JSON data.
+pub async fn read_sse_frames(
+    response: reqwest::Response,
+    count: usize,
+) -> Vec<(u64, serde_json::Value)> {
+    let mut frames = Vec::new();
     let mut buffer = String::new();
     let mut stream = futures_util::StreamExt::boxed(response.bytes_stream());
-    while ids.len() < count {
+    while frames.len() < count {
         let chunk = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             futures_util::StreamExt::next(&mut stream),
@@ -138,9 +150,15 @@ pub async fn read_sse_ids(response: reqwest::Response, count: usize) -> Vec<u64>
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
             if let Some(id) = frame.lines().find_map(|line| line.strip_prefix("id: ")) {
-                ids.push(id.trim().parse().unwrap());
+                let data = frame
+                    .lines()
+                    .find_map(|line| line.strip_prefix("data: "))
+                    .map_or(serde_json::Value::Null, |data| {
+                        serde_json::from_str(data).unwrap()
+                    });
+                frames.push((id.trim().parse().unwrap(), data));
             }
         }
     }
-    ids
+    frames
 }

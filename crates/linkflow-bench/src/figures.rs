@@ -10,7 +10,7 @@ use chrono::Utc;
 use linkflow::{Engine, EngineConfig, IncomingEvent, WriteStats};
 use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
 use linkflow_providers::{decode, DecodeContext, Decoding};
-use linkflow_store::record::{encode_event, event_records, upcast_event};
+use linkflow_store::record::{decode_event_record, encode_event, event_records};
 use linkflow_store::{NewEvent, StoredEvent};
 
 use crate::chart::Point;
@@ -114,8 +114,8 @@ fn bare_sled_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
                 stream: session,
                 version: Version(n as u64 + 1),
                 position: Position(n as u64 + 1),
-                accepted_at: context.received_at,
-                was_parked: false,
+                stored_at: context.received_at,
+                rejected: false,
                 data,
             };
             key.extend_from_slice(&(n as u64).to_be_bytes());
@@ -286,7 +286,7 @@ fn bare_scan_decode(dir: &Path) -> (f64, u64) {
         let (_, value) = entry.expect("scan");
         // A value is one record or the packed records of one commit's run of a stream.
         for bytes in event_records("event", &value).expect("records") {
-            let record: StoredEvent = upcast_event("event", bytes).expect("decode");
+            let record: StoredEvent = decode_event_record("event", bytes).expect("decode");
             std::hint::black_box(&record);
             count += 1;
         }

@@ -12,10 +12,9 @@ pub async fn run(engine: &Engine, json: bool) -> Result<ExitCode, CliError> {
         print_json(&report);
     } else {
         out!(
-            "walked {} events in {} streams, {} parked, {} snapshots",
+            "walked {} events in {} streams, {} snapshots",
             report.events,
             report.streams,
-            report.parked,
             report.snapshots
         );
         for problem in &report.problems {

@@ -57,6 +57,9 @@ pub(crate) async fn events(
                 "event": event.data.body.name(),
                 "raw_name": event.data.raw_name,
                 "event_time": event.data.body.occurred_at(),
+                // Rejected by its stream's fold as it stood when the event was stored (what its
+                // ingest outcome said); a later arrival may change it (see the history).
+                "rejected": event.rejected,
                 "body": event.data.body,
             });
             let sse = Event::default()

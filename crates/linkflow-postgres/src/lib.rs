@@ -8,7 +8,7 @@
 //!   what is committed, writes, and commits: commits from all nodes are serialized by the
 //!   database, positions are gap-free and become visible in position order, so a reader of
 //!   `position > checkpoint` never skips a late-committing event;
-//! - version and parked-list conflicts are found inside that transaction (and the unique
+//! - version conflicts are found inside that transaction (and the unique
 //!   constraints on `(stream, version)` and `(stream, dedupe)` back it up), so a dedupe key is
 //!   stored once across nodes;
 //! - `LISTEN linkflow_commits` wakes subscribers when another node commits, with a poll of the

@@ -13,9 +13,12 @@ use linkflow_store::StoreError;
 /// The advisory lock key migrations hold (`'linkflow'` as bytes).
 const MIGRATION_LOCK: i64 = 0x6c69_6e6b_666c_6f77;
 
-/// Every migration, in order. Never edit one that has shipped: add the next.
+/// Every migration, in order. Nothing has shipped yet: the schema starts at 2, the layout
+/// that keeps every event of a session in the log (schema 1 kept refused events apart in a
+/// `linkflow_parked` table; a database at 1 is refused, not migrated). Once linkflow is
+/// released, never edit one that has shipped: add the next.
 pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
+    FIRST,
     r#"
 -- The last position handed out. Every commit locks this one row first, so commits (from any
 -- node) are serialized: positions are gap-free and become visible in position order.
@@ -25,7 +28,8 @@ CREATE TABLE linkflow_head (
 );
 INSERT INTO linkflow_head (position) VALUES (0);
 
--- Accepted events. `record` is linkflow's record encoding (schema byte, CRC-32, body).
+-- Every event each stream received, in arrival order. `record` is linkflow's record
+-- encoding (schema byte, CRC-32, body).
 CREATE TABLE linkflow_events (
     position bigint PRIMARY KEY CHECK (position > 0),
     stream text COLLATE "C" NOT NULL,
@@ -33,16 +37,6 @@ CREATE TABLE linkflow_events (
     dedupe bytea NOT NULL,
     record bytea NOT NULL,
     UNIQUE (stream, version),
-    UNIQUE (stream, dedupe)
-);
-
--- Events the state machine refused, with their reason (inside the record).
-CREATE TABLE linkflow_parked (
-    stream text COLLATE "C" NOT NULL,
-    event_id uuid NOT NULL,
-    dedupe bytea NOT NULL,
-    record bytea NOT NULL,
-    PRIMARY KEY (stream, event_id),
     UNIQUE (stream, dedupe)
 );
 
@@ -54,6 +48,9 @@ CREATE TABLE linkflow_snapshots (
 );
 "#,
 )];
+
+/// The first schema this build reads.
+const FIRST: i32 = 2;
 
 /// The schema version this build writes.
 pub fn latest() -> i32 {
@@ -82,6 +79,14 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let current = current.unwrap_or(0);
     if current > latest() {
         return Err(schema_too_new(current, latest()));
+    }
+    if current != 0 && current < FIRST {
+        return Err(StoreError::UnsupportedLayout {
+            store: "the PostgreSQL database".into(),
+            found: format!("schema {current}"),
+            supported: FIRST as u32,
+            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 keeps every event of a session in linkflow_events",
+        });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
         tx.batch_execute(sql).await.map_err(backend)?;

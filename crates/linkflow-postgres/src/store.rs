@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
 use linkflow_store::plan::{plan_commit, CommitPlan, CommitReads};
-use linkflow_store::record::{upcast_event, upcast_parked, upcast_snapshot};
+use linkflow_store::record::{decode_event_record, decode_snapshot_record};
 use linkflow_store::{
-    DedupeHit, EventStore, Op, OpOutcome, ParkedEvent, Snapshot, StoreError, StoredEvent,
-    StreamRead, StreamsRead, VerifyReport,
+    DedupeHit, EventStore, Op, OpOutcome, Snapshot, StoreError, StoredEvent, StreamRead,
+    StreamsRead, VerifyReport,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
-use uuid::Uuid;
 
 use crate::error::{backend, bad_column};
 use crate::pool::{Bridge, Pool, Work};
@@ -92,7 +91,7 @@ pub(crate) fn decode_event_row(row: &Row) -> Result<StoredEvent, StoreError> {
     let version: i64 = row.get("version");
     let position: i64 = row.get("position");
     let what = describe_event(stream, version);
-    let event = upcast_event(&what, row.get("record"))?;
+    let event = decode_event_record(&what, row.get("record"))?;
     if event.stream.as_str() != stream
         || i64::try_from(event.version.0) != Ok(version)
         || i64::try_from(event.position.0) != Ok(position)
@@ -181,7 +180,6 @@ impl PgStore {
 struct Prefetched {
     versions: HashMap<SessionId, Version>,
     dedupe: HashMap<(SessionId, DedupeKey), DedupeHit>,
-    parked: HashMap<SessionId, usize>,
 }
 
 impl CommitReads for Prefetched {
@@ -196,16 +194,11 @@ impl CommitReads for Prefetched {
     ) -> Result<Option<DedupeHit>, StoreError> {
         Ok(self.dedupe.get(&(stream.clone(), *key)).cloned())
     }
-
-    fn parked_count(&mut self, stream: &SessionId) -> Result<usize, StoreError> {
-        Ok(self.parked.get(stream).copied().unwrap_or(0))
-    }
 }
 
 /// Reads, in one round trip each (pipelined), everything the planner may ask about `ops`.
 async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, StoreError> {
     let mut streams: BTreeSet<&str> = BTreeSet::new();
-    let mut expects: BTreeSet<&str> = BTreeSet::new();
     let mut key_streams: Vec<&str> = Vec::new();
     let mut keys: Vec<&[u8]> = Vec::new();
     for op in ops {
@@ -215,22 +208,15 @@ async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, Sto
                 key_streams.push(stream.as_str());
                 keys.push(event.dedupe_key.as_bytes());
             }
-            Op::Park(parked) => {
-                key_streams.push(parked.stream.as_str());
-                keys.push(parked.data.dedupe_key.as_bytes());
-            }
             Op::Expect { stream, .. } => {
                 streams.insert(stream.as_str());
-                expects.insert(stream.as_str());
             }
             Op::PutSnapshot { .. } => {}
         }
     }
     let streams: Vec<&str> = streams.into_iter().collect();
-    let expects: Vec<&str> = expects.into_iter().collect();
     let version_params: [&(dyn ToSql + Sync); 1] = [&streams];
     let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &keys];
-    let count_params: [&(dyn ToSql + Sync); 1] = [&expects];
     let versions = tx.query(
         "SELECT s.stream, (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream)
            FROM unnest($1::text[]) AS s(stream)",
@@ -242,21 +228,9 @@ async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, Sto
            JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe",
         &key_params,
     );
-    let parked = tx.query(
-        "SELECT p.stream, p.dedupe, p.event_id
-           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
-           JOIN linkflow_parked p ON p.stream = k.stream AND p.dedupe = k.dedupe",
-        &key_params,
-    );
-    let counts = tx.query(
-        "SELECT s.stream, (SELECT count(*) FROM linkflow_parked p WHERE p.stream = s.stream)
-           FROM unnest($1::text[]) AS s(stream)",
-        &count_params,
-    );
-    let (versions, accepted, parked, counts) =
-        futures_util::future::try_join4(versions, accepted, parked, counts)
-            .await
-            .map_err(backend)?;
+    let (versions, accepted) = futures_util::future::try_join(versions, accepted)
+        .await
+        .map_err(backend)?;
 
     let mut out = Prefetched::default();
     for row in versions {
@@ -271,34 +245,13 @@ async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, Sto
         let stream: String = row.get(0);
         let what = || format!("dedupe entry of `{stream}`");
         let key = dedupe_key(row.get(1), what)?;
-        let hit = DedupeHit::Accepted {
+        let hit = DedupeHit {
             stream: session(stream.clone(), what)?,
             version: Version(to_u64(row.get(2), what)?),
             position: Position(to_u64(row.get(3), what)?),
         };
         out.dedupe
             .insert((session(stream.clone(), what)?, key), hit);
-    }
-    for row in parked {
-        let stream: String = row.get(0);
-        let what = || format!("parked dedupe entry of `{stream}`");
-        let key = dedupe_key(row.get(1), what)?;
-        let stream = session(stream.clone(), what)?;
-        out.dedupe
-            .entry((stream.clone(), key))
-            .or_insert(DedupeHit::Parked {
-                stream,
-                event_id: row.get(2),
-            });
-    }
-    for row in counts {
-        let stream: String = row.get(0);
-        let count: i64 = row.get(1);
-        let what = || format!("parked count of `{stream}`");
-        out.parked.insert(
-            session(stream.clone(), what)?,
-            usize::try_from(count).unwrap_or(0),
-        );
     }
     Ok(out)
 }
@@ -310,27 +263,13 @@ async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), St
     let mut versions = Vec::with_capacity(plan.events.len());
     let mut dedupes = Vec::with_capacity(plan.events.len());
     let mut records = Vec::with_capacity(plan.events.len());
-    let mut unparked_streams = Vec::new();
-    let mut unparked_ids = Vec::new();
     for event in &plan.events {
         positions.push(to_i64(event.position.0, "position")?);
         streams.push(event.stream.as_str());
         versions.push(to_i64(event.version.0, "version")?);
         dedupes.push(&event.dedupe_key.as_bytes()[..]);
         records.push(&event.record[..]);
-        if event.from_parked {
-            unparked_streams.push(event.stream.as_str());
-            unparked_ids.push(event.event_id);
-        }
     }
-    let park_streams: Vec<&str> = plan.parked.iter().map(|p| p.stream.as_str()).collect();
-    let park_ids: Vec<Uuid> = plan.parked.iter().map(|p| p.event_id).collect();
-    let park_dedupes: Vec<&[u8]> = plan
-        .parked
-        .iter()
-        .map(|p| &p.dedupe_key.as_bytes()[..])
-        .collect();
-    let park_records: Vec<&[u8]> = plan.parked.iter().map(|p| &p.record[..]).collect();
     // The last snapshot of a stream in this commit wins (one row may be upserted once per
     // statement).
     let mut latest: HashMap<&str, usize> = HashMap::new();
@@ -354,24 +293,7 @@ async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), St
     let head = to_i64(plan.head.0, "head")?;
     let head_text = plan.head.0.to_string();
 
-    // Parked rows first, then their removal: an event parked and accepted by the same commit
-    // ends up only in the log.
     let mut statements: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
-    if !park_ids.is_empty() {
-        statements.push((
-            "INSERT INTO linkflow_parked (stream, event_id, dedupe, record)
-             SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::bytea[])",
-            vec![&park_streams, &park_ids, &park_dedupes, &park_records],
-        ));
-    }
-    if !unparked_ids.is_empty() {
-        statements.push((
-            "DELETE FROM linkflow_parked p
-              USING unnest($1::text[], $2::uuid[]) AS d(stream, event_id)
-              WHERE p.stream = d.stream AND p.event_id = d.event_id",
-            vec![&unparked_streams, &unparked_ids],
-        ));
-    }
     if !positions.is_empty() {
         statements.push((
             "INSERT INTO linkflow_events (position, stream, version, dedupe, record)
@@ -415,9 +337,8 @@ async fn commit(client: &mut Client, ops: Vec<Op>) -> Result<Vec<OpOutcome>, Sto
     Ok(plan.outcomes)
 }
 
-/// The rows of [`EventStore::read_streams`]: snapshots, tails, parked events, accepted and
-/// parked dedupe hits.
-type StreamsRows = (Vec<Row>, Vec<Row>, Vec<Row>, Vec<Row>, Vec<Row>);
+/// The rows of [`EventStore::read_streams`]: snapshots, tails, dedupe hits.
+type StreamsRows = (Vec<Row>, Vec<Row>, Vec<Row>);
 
 /// Reads everything `read_streams` answers in one pipelined round trip, inside one
 /// repeatable-read transaction so that every statement sees the same point in time.
@@ -450,28 +371,15 @@ async fn read_streams_rows(
           ORDER BY e.stream, e.version",
         &stream_params,
     );
-    let parked = tx.query(
-        "SELECT p.stream, p.event_id, p.record
-           FROM unnest($1::text[]) AS s(stream) JOIN linkflow_parked p ON p.stream = s.stream
-          ORDER BY p.stream, p.event_id",
-        &stream_params,
-    );
     let accepted_keys = tx.query(
         "SELECT e.stream, e.dedupe, e.version, e.position
            FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
            JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe",
         &key_params,
     );
-    let parked_keys = tx.query(
-        "SELECT p.stream, p.dedupe, p.event_id
-           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
-           JOIN linkflow_parked p ON p.stream = k.stream AND p.dedupe = k.dedupe",
-        &key_params,
-    );
-    let rows =
-        futures_util::future::try_join5(snapshots, tails, parked, accepted_keys, parked_keys)
-            .await
-            .map_err(backend)?;
+    let rows = futures_util::future::try_join3(snapshots, tails, accepted_keys)
+        .await
+        .map_err(backend)?;
     tx.commit().await.map_err(backend)?;
     Ok(rows)
 }
@@ -480,7 +388,7 @@ async fn read_streams_rows(
 fn decode_streams_read(
     streams: &[SessionId],
     keys: &[(SessionId, DedupeKey)],
-    (snapshots, tails, parked, accepted_keys, parked_keys): StreamsRows,
+    (snapshots, tails, accepted_keys): StreamsRows,
 ) -> Result<StreamsRead, StoreError> {
     let mut read = StreamsRead::default();
     for stream in streams {
@@ -500,7 +408,7 @@ fn decode_streams_read(
     for row in &snapshots {
         let stream: &str = row.get(0);
         let id = entry(&mut read, stream, "snapshot")?;
-        let snapshot = upcast_snapshot(&format!("snapshot of `{stream}`"), row.get(1))?;
+        let snapshot = decode_snapshot_record(&format!("snapshot of `{stream}`"), row.get(1))?;
         read.streams
             .get_mut(&id)
             .expect("checked by entry")
@@ -515,38 +423,17 @@ fn decode_streams_read(
             .tail
             .push(event);
     }
-    for row in &parked {
-        let event = parse_parked(row)?;
-        let id = entry(&mut read, event.stream.as_str(), "parked event")?;
-        read.streams
-            .get_mut(&id)
-            .expect("checked by entry")
-            .parked
-            .push(event);
-    }
     for row in &accepted_keys {
         let stream: String = row.get(0);
         let what = || format!("dedupe entry of `{stream}`");
         let key = dedupe_key(row.get(1), what)?;
         let id = session(stream.clone(), what)?;
-        let hit = DedupeHit::Accepted {
+        let hit = DedupeHit {
             stream: id.clone(),
             version: Version(to_u64(row.get(2), what)?),
             position: Position(to_u64(row.get(3), what)?),
         };
         read.dedupe.insert((id, key), hit);
-    }
-    for row in &parked_keys {
-        let stream: String = row.get(0);
-        let what = || format!("parked dedupe entry of `{stream}`");
-        let key = dedupe_key(row.get(1), what)?;
-        let id = session(stream.clone(), what)?;
-        read.dedupe
-            .entry((id.clone(), key))
-            .or_insert(DedupeHit::Parked {
-                stream: id,
-                event_id: row.get(2),
-            });
     }
     Ok(read)
 }
@@ -600,17 +487,6 @@ async fn watch_once(
             Err(_) => wake(read_head(&client).await?),
         }
     }
-}
-
-fn parse_parked(row: &Row) -> Result<ParkedEvent, StoreError> {
-    let stream: &str = row.get("stream");
-    let event_id: Uuid = row.get("event_id");
-    let what = format!("parked event {event_id} of `{stream}`");
-    let parked = upcast_parked(&what, row.get("record"))?;
-    if parked.stream.as_str() != stream || parked.data.event_id != event_id {
-        return Err(bad_column(what, "the record does not match its row"));
-    }
-    Ok(parked)
 }
 
 impl EventStore for PgStore {
@@ -678,69 +554,22 @@ impl EventStore for PgStore {
             Box::pin(async move {
                 let rows = client
                     .query(
-                        "SELECT e.version, e.position, NULL::uuid AS event_id
-                           FROM linkflow_events e WHERE e.stream = $1 AND e.dedupe = $2
-                         UNION ALL
-                         SELECT NULL, NULL, p.event_id
-                           FROM linkflow_parked p WHERE p.stream = $1 AND p.dedupe = $2",
+                        "SELECT e.version, e.position
+                           FROM linkflow_events e WHERE e.stream = $1 AND e.dedupe = $2",
                         &[&stream.as_str(), &&key.as_bytes()[..]],
                     )
                     .await
                     .map_err(backend)?;
                 let what = || format!("dedupe entry {key} of `{stream}`");
-                let mut hit = None;
-                for row in rows {
-                    let version: Option<i64> = row.get(0);
-                    let position: Option<i64> = row.get(1);
-                    let event_id: Option<Uuid> = row.get(2);
-                    match (version, position, event_id) {
-                        (Some(version), Some(position), _) => {
-                            return Ok(Some(DedupeHit::Accepted {
-                                stream: stream.clone(),
-                                version: Version(to_u64(version, what)?),
-                                position: Position(to_u64(position, what)?),
-                            }))
-                        }
-                        (_, _, Some(event_id)) => {
-                            hit = Some(DedupeHit::Parked {
-                                stream: stream.clone(),
-                                event_id,
-                            })
-                        }
-                        _ => return Err(bad_column(what(), "neither accepted nor parked")),
-                    }
-                }
-                Ok(hit)
-            })
-        }))
-    }
-
-    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
-        let stream = stream.map(SessionId::to_string);
-        self.run(Box::new(move |client| {
-            Box::pin(async move {
-                let rows = match &stream {
-                    Some(stream) => {
-                        client
-                            .query(
-                                "SELECT stream, event_id, record FROM linkflow_parked
-                                  WHERE stream = $1 ORDER BY event_id",
-                                &[stream],
-                            )
-                            .await
-                    }
-                    None => {
-                        client
-                            .query(
-                                "SELECT stream, event_id, record FROM linkflow_parked
-                                  ORDER BY stream, event_id",
-                                &[],
-                            )
-                            .await
-                    }
-                }
-                .map_err(backend)?;
-                rows.iter().map(parse_parked).collect()
+                rows.first()
+                    .map(|row| {
+                        Ok(DedupeHit {
+                            stream: stream.clone(),
+                            version: Version(to_u64(row.get(0), what)?),
+                            position: Position(to_u64(row.get(1), what)?),
+                        })
+                    })
+                    .transpose()
             })
         }))
     }
@@ -751,7 +580,7 @@ impl EventStore for PgStore {
             vec![Box::new(stream.to_string())],
         )?;
         rows.first()
-            .map(|row| upcast_snapshot(&format!("snapshot of `{stream}`"), row.get(0)))
+            .map(|row| decode_snapshot_record(&format!("snapshot of `{stream}`"), row.get(0)))
             .transpose()
             .map_err(StoreError::from)
     }
@@ -770,7 +599,7 @@ impl EventStore for PgStore {
             for row in &rows {
                 let stream: String = row.get(0);
                 let what = format!("snapshot of `{stream}`");
-                let snapshot = upcast_snapshot(&what, row.get(1))?;
+                let snapshot = decode_snapshot_record(&what, row.get(1))?;
                 after = stream.clone();
                 if visit(session(stream, || what)?, snapshot).is_break() {
                     return Ok(());

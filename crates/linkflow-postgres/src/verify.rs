@@ -1,7 +1,6 @@
 //! The PostgreSQL backend's consistency walk: what the constraints do not already guarantee.
 
-use linkflow_core::DedupeKey;
-use linkflow_store::record::{upcast_parked, upcast_snapshot};
+use linkflow_store::record::decode_snapshot_record;
 use linkflow_store::{Problem, StoreError, VerifyReport};
 
 use crate::store::{PgStore, PAGE};
@@ -18,7 +17,6 @@ fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl I
 /// - positions are exactly 1..=head (the primary key makes them unique);
 /// - every stream holds versions 1..=n;
 /// - every event record decodes (checksum included) and matches its row, dedupe key included;
-/// - every parked record decodes, matches its row, and its dedupe key is not also accepted;
 /// - every snapshot decodes and is not ahead of its stream.
 pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
@@ -84,45 +82,6 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     }
 
     for row in store.query_rows(
-        "SELECT stream, event_id, dedupe, record FROM linkflow_parked ORDER BY stream, event_id",
-        Vec::new(),
-    )? {
-        report.parked += 1;
-        let stream: String = row.get("stream");
-        let event_id: uuid::Uuid = row.get("event_id");
-        let what = format!("parked event {event_id} of `{stream}`");
-        match upcast_parked(&what, row.get("record")) {
-            Ok(parked) => {
-                let dedupe: &[u8] = row.get("dedupe");
-                if parked.stream.as_str() != stream
-                    || parked.data.event_id != event_id
-                    || dedupe != parked.data.dedupe_key.as_bytes()
-                {
-                    problem(&mut report, &what, "the record does not match its row");
-                }
-            }
-            Err(error) => report.problems.push(error.into()),
-        }
-    }
-    for row in store.query_rows(
-        "SELECT p.stream, p.event_id, p.dedupe FROM linkflow_parked p
-           JOIN linkflow_events e ON e.stream = p.stream AND e.dedupe = p.dedupe",
-        Vec::new(),
-    )? {
-        let stream: String = row.get(0);
-        let event_id: uuid::Uuid = row.get(1);
-        let dedupe: &[u8] = row.get(2);
-        let key = <[u8; DedupeKey::LEN]>::try_from(dedupe)
-            .map(|bytes| DedupeKey::from_bytes(bytes).to_string())
-            .unwrap_or_else(|_| format!("{dedupe:?}"));
-        problem(
-            &mut report,
-            format!("parked event {event_id} of `{stream}`"),
-            format!("its dedupe key {key} is also accepted"),
-        );
-    }
-
-    for row in store.query_rows(
         "SELECT s.stream, s.version, s.record,
                 (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream)
            FROM linkflow_snapshots s ORDER BY s.stream",
@@ -133,7 +92,7 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         let version: i64 = row.get(1);
         let stored: Option<i64> = row.get(3);
         let what = format!("snapshot of `{stream}`");
-        match upcast_snapshot(&what, row.get(2)) {
+        match decode_snapshot_record(&what, row.get(2)) {
             Ok(snapshot) => {
                 if i64::try_from(snapshot.version.0) != Ok(version) {
                     problem(&mut report, &what, "the record does not match its row");

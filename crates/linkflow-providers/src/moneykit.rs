@@ -110,7 +110,8 @@ pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
     });
 
     let kind = kind_of(&name);
-    let mut event = Event::new(kind.clone()).at_or_received(occurred_at, payload.context.received_at);
+    let mut event =
+        Event::new(kind.clone()).at_or_received(occurred_at, payload.context.received_at);
     if let Some(meta) = &meta {
         read_meta(meta, &mut event, notes);
     }

@@ -1,29 +1,25 @@
-//! Schema 2 and 3 record bodies: fixed-width fields in binary, strings length-prefixed, the raw
-//! payload as its verbatim bytes, and the canonical event in the core's compact form (schema 3,
-//! `linkflow_core::EventBody`'s `Compact` impl, its bytes pinned by a test here) or as JSON
-//! (schema 2, still read).
+//! Record bodies (schema 4): fixed-width fields in binary, strings length-prefixed, the raw
+//! payload as its verbatim bytes, and the canonical event in the core's compact form
+//! (`linkflow_core::EventBody`'s `Compact` impl, its bytes pinned by a test here).
 //!
 //! ```text
-//! event    = str(stream) u64(version) u64(position) time(accepted_at) u8(was_parked) new_event
-//! parked   = str(stream) str(reason) time(parked_at) new_event
+//! event    = str(stream) u64(version) u64(position) time(stored_at) u8(rejected) new_event
 //! snapshot = u8(provider) u64(version) str(state bytes, opaque to the store)
 //! new_event = [16](event id) [16](dedupe key) u8(provider) time(received_at)
-//!             opt(str(raw name)) opt(str(raw payload)) str(canonical event)
-//! canonical event = compact EventBody (schema 3) | JSON (schema 2)
+//!             opt(str(raw name)) opt(str(raw payload)) str(compact EventBody)
 //! str  = varint(length) bytes            opt(x) = u8(0) | u8(1) x
 //! time = i64(seconds since the epoch) u32(nanoseconds)     integers big-endian
 //! ```
 //!
-//! Against schema 1 (all JSON) this drops the field names, the hex and text forms of ids and
-//! times, and the escaping of the raw payload inside a JSON string; schema 3 also drops them
-//! from the canonical event (178 -> ~30 bytes for the bench workload's average event).
+//! No field names, no hex or text forms of ids and times, no escaping of the raw payload: ~30
+//! bytes of canonical event for the bench workload's average event (178 as JSON).
 
 use chrono::{DateTime, Utc};
 use linkflow_core::{from_compact, DedupeKey, EventBody, Position, Provider, SessionId, Version};
 use uuid::Uuid;
 
 use crate::error::CorruptRecord;
-use crate::record::{NewEvent, ParkedEvent, RawJson, Snapshot, StoredEvent};
+use crate::record::{NewEvent, RawJson, Snapshot, StoredEvent};
 
 fn provider_byte(provider: Provider) -> u8 {
     match provider {
@@ -33,19 +29,14 @@ fn provider_byte(provider: Provider) -> u8 {
     }
 }
 
-/// Appends schema 2 or 3 fields to a buffer.
+/// Appends record fields to a buffer.
 pub(crate) struct Writer<'a> {
     out: &'a mut Vec<u8>,
-    schema: u8,
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(out: &'a mut Vec<u8>, schema: u8) -> Self {
-        debug_assert!(
-            matches!(schema, 2 | 3),
-            "schema {schema} has no binary body"
-        );
-        Writer { out, schema }
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
+        Writer { out }
     }
 
     fn u8(&mut self, value: u8) {
@@ -92,30 +83,17 @@ impl<'a> Writer<'a> {
         self.time(&event.received_at);
         self.opt_str(event.raw_name.as_deref());
         self.opt_str(event.raw.as_ref().map(RawJson::get));
-        // Its length prefix comes first, so the body is encoded aside. Schema 2 is written
-        // only by the tests that pin its bytes; stores get the current schema.
-        let body = if self.schema == 2 {
-            serde_json::to_vec(&event.body).expect("an event body serializes")
-        } else {
-            linkflow_core::to_compact(&event.body)
-        };
-        self.bytes(&body);
+        // Its length prefix comes first, so the body is encoded aside.
+        self.bytes(&linkflow_core::to_compact(&event.body));
     }
 
     pub(crate) fn event(&mut self, event: &StoredEvent) {
         self.bytes(event.stream.as_str().as_bytes());
         self.u64(event.version.0);
         self.u64(event.position.0);
-        self.time(&event.accepted_at);
-        self.u8(u8::from(event.was_parked));
+        self.time(&event.stored_at);
+        self.u8(u8::from(event.rejected));
         self.new_event(&event.data);
-    }
-
-    pub(crate) fn parked(&mut self, parked: &ParkedEvent) {
-        self.bytes(parked.stream.as_str().as_bytes());
-        self.bytes(parked.reason.as_bytes());
-        self.time(&parked.parked_at);
-        self.new_event(&parked.data);
     }
 
     pub(crate) fn snapshot(&mut self, snapshot: &Snapshot) {
@@ -125,14 +103,13 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// Reads schema 2 or 3 fields; every failure names the record and the field.
 /// Several consecutive event records of one stream as one value: `u8(PACKED) varint(count)`
 /// then `str(record)` per record, each record whole (its own header and checksum).
 pub(crate) fn write_packed(records: &[&[u8]]) -> Vec<u8> {
     let bytes: usize = records.iter().map(|record| record.len() + 2).sum();
     let mut out = Vec::with_capacity(bytes + 3);
     out.push(crate::record::PACKED);
-    let mut writer = Writer::new(&mut out, crate::record::SCHEMA_VERSION);
+    let mut writer = Writer::new(&mut out);
     writer.varint(records.len());
     for record in records {
         writer.bytes(record);
@@ -146,11 +123,7 @@ pub(crate) fn read_packed<'a>(
     key: &'a str,
     value: &'a [u8],
 ) -> Result<Vec<&'a [u8]>, CorruptRecord> {
-    let mut reader = Reader::new(
-        key,
-        crate::record::SCHEMA_VERSION,
-        value.get(1..).unwrap_or(&[]),
-    );
+    let mut reader = Reader::new(key, value.get(1..).unwrap_or(&[]));
     let count = reader.varint("packed record count")?;
     if count < 2 {
         return Err(reader.error("packed record count", format!("{count} is fewer than 2")));
@@ -182,32 +155,23 @@ pub(crate) fn read_packed<'a>(
 
 /// How many records a packed value holds, from its header alone.
 pub(crate) fn packed_count(key: &str, value: &[u8]) -> Result<usize, CorruptRecord> {
-    let mut reader = Reader::new(
-        key,
-        crate::record::SCHEMA_VERSION,
-        value.get(1..).unwrap_or(&[]),
-    );
+    let mut reader = Reader::new(key, value.get(1..).unwrap_or(&[]));
     match reader.varint("packed record count")? {
         count @ 2.. => Ok(count),
         count => Err(reader.error("packed record count", format!("{count} is fewer than 2"))),
     }
 }
 
+/// Reads record fields; every failure names the record and the field.
 pub(crate) struct Reader<'a> {
     key: &'a str,
-    schema: u8,
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(key: &'a str, schema: u8, bytes: &'a [u8]) -> Self {
-        Reader {
-            key,
-            schema,
-            bytes,
-            at: 0,
-        }
+    pub(crate) fn new(key: &'a str, bytes: &'a [u8]) -> Self {
+        Reader { key, bytes, at: 0 }
     }
 
     fn error(&self, what: &str, reason: impl std::fmt::Display) -> CorruptRecord {
@@ -324,11 +288,8 @@ impl<'a> Reader<'a> {
             None
         };
         let body_bytes = self.bytes("event body")?;
-        let body: EventBody = if self.schema == 2 {
-            serde_json::from_slice(body_bytes).map_err(|error| self.error("event body", error))?
-        } else {
-            from_compact(body_bytes).map_err(|error| self.error("event body", error))?
-        };
+        let body: EventBody =
+            from_compact(body_bytes).map_err(|error| self.error("event body", error))?;
         Ok(NewEvent {
             event_id,
             dedupe_key,
@@ -355,28 +316,15 @@ impl<'a> Reader<'a> {
         let stream = self.session("stream")?;
         let version = Version(self.u64("version")?);
         let position = Position(self.u64("position")?);
-        let accepted_at = self.time("accepted_at")?;
-        let was_parked = self.flag("was_parked")?;
+        let stored_at = self.time("stored_at")?;
+        let rejected = self.flag("rejected")?;
         let data = self.new_event()?;
         self.end(StoredEvent {
             stream,
             version,
             position,
-            accepted_at,
-            was_parked,
-            data,
-        })
-    }
-
-    pub(crate) fn parked(mut self) -> Result<ParkedEvent, CorruptRecord> {
-        let stream = self.session("stream")?;
-        let reason = self.string("reason")?;
-        let parked_at = self.time("parked_at")?;
-        let data = self.new_event()?;
-        self.end(ParkedEvent {
-            stream,
-            reason,
-            parked_at,
+            stored_at,
+            rejected,
             data,
         })
     }

@@ -14,7 +14,7 @@ use chrono::{TimeZone, Utc};
 use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, Version};
 use uuid::Uuid;
 
-use crate::record::{DedupeKey, NewEvent, ParkedEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
+use crate::record::{DedupeKey, NewEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
 use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, StreamRead};
 use crate::{SledStore, StoreError};
 
@@ -65,8 +65,7 @@ macro_rules! conformance_tests {
             a_retry_by_a_stale_writer_is_a_duplicate_not_a_conflict,
             reads_start_after_the_given_version_and_position_and_respect_limits,
             streams_whose_ids_share_a_prefix_stay_apart,
-            a_parked_event_accepted_by_a_retry_leaves_the_parked_list,
-            a_duplicate_of_a_parked_event_is_recognised,
+            an_event_keeps_its_stored_time_and_rejected_flag,
             snapshots_are_replaced_and_listed,
             stream_start_agrees_with_stream_is_empty_and_snapshot,
             everything_survives_a_reopen,
@@ -74,8 +73,8 @@ macro_rules! conformance_tests {
             an_oversized_event_is_refused_and_nothing_is_stored,
             verify_is_clean_after_a_mixed_workload,
             events_by_stream_come_in_stream_then_version_order,
-            an_expect_guard_fails_when_the_version_or_parked_list_moved,
-            read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits,
+            an_expect_guard_fails_when_the_version_moved,
+            read_streams_returns_snapshots_tails_and_dedupe_hits,
             a_long_stream_dedupes_every_key_across_many_commits,
         );
     };
@@ -121,19 +120,21 @@ fn append(stream: &SessionId, expected: ExpectedVersion, event: NewEvent) -> Op 
     Op::Append {
         stream: stream.clone(),
         expected,
-        accepted_at: event.received_at,
+        stored_at: event.received_at,
         event,
-        from_parked: false,
+        rejected: false,
     }
 }
 
-fn park(stream: &SessionId, event: NewEvent) -> Op {
-    Op::Park(ParkedEvent {
+/// An append of an event the stream's fold rejected when it was stored.
+fn rejected(stream: &SessionId, event: NewEvent) -> Op {
+    Op::Append {
         stream: stream.clone(),
-        reason: "test rejection".into(),
-        parked_at: event.received_at,
-        data: event,
-    })
+        expected: ExpectedVersion::Any,
+        stored_at: event.received_at,
+        event,
+        rejected: true,
+    }
 }
 
 fn appended(outcome: &OpOutcome) -> (Version, Position) {
@@ -241,7 +242,7 @@ pub fn a_stored_dedupe_key_writes_nothing_and_returns_the_original<H: Harness>()
     assert_eq!(
         outcomes,
         vec![OpOutcome::Duplicate {
-            original: DedupeHit::Accepted {
+            original: DedupeHit {
                 stream: a.clone(),
                 version: Version(1),
                 position: Position(1),
@@ -270,14 +271,13 @@ pub fn a_dedupe_key_repeated_within_one_commit_is_stored_once<H: Harness>() {
         .commit(vec![
             append(&a, ExpectedVersion::Any, event(1)),
             append(&a, ExpectedVersion::Any, event(1)),
-            park(&a, event(1)),
+            rejected(&a, event(1)),
         ])
         .unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
     assert!(matches!(outcomes[1], OpOutcome::Duplicate { .. }));
     assert!(matches!(outcomes[2], OpOutcome::Duplicate { .. }));
     assert_eq!(store.head().unwrap(), Position(1));
-    assert!(store.parked(None).unwrap().is_empty());
     assert_clean(&store);
 }
 
@@ -350,79 +350,65 @@ pub fn streams_whose_ids_share_a_prefix_stay_apart<H: Harness>() {
     assert_eq!(store.read_stream(&short, Version(0), 10).unwrap().len(), 1);
     assert_eq!(store.read_stream(&long, Version(0), 10).unwrap().len(), 2);
     store
-        .commit(vec![park(&short, event(4)), park(&long, event(5))])
+        .commit(vec![rejected(&short, event(4)), rejected(&long, event(5))])
         .unwrap();
-    assert_eq!(store.parked(Some(&short)).unwrap().len(), 1);
+    assert_eq!(store.stream_version(&short).unwrap(), Version(2));
+    assert_eq!(store.stream_version(&long).unwrap(), Version(3));
 }
 
-/// A parked event that a retry accepts leaves the parked list; its record says it was parked
-/// and when it was accepted, and its dedupe entry now names its position.
-pub fn a_parked_event_accepted_by_a_retry_leaves_the_parked_list<H: Harness>() {
+/// Every event is appended, the ones the stream's fold rejected too: its record keeps when the
+/// log stored it and the rejected flag, its dedupe entry names its position, and a second
+/// delivery of it is a duplicate.
+pub fn an_event_keeps_its_stored_time_and_rejected_flag<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
     let late = event(1);
-    let outcomes = store.commit(vec![park(&a, late.clone())]).unwrap();
-    assert_eq!(outcomes, vec![OpOutcome::Parked]);
-    let parked = store.parked(Some(&a)).unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].reason, "test rejection");
-    assert_eq!(parked[0].data, late);
-
-    let accepted_at = late.received_at + chrono::Duration::seconds(30);
-    let outcomes = store
-        .commit(vec![Op::Append {
-            stream: a.clone(),
-            expected: ExpectedVersion::Exact(Version(0)),
-            event: late.clone(),
-            accepted_at,
-            from_parked: true,
-        }])
-        .unwrap();
-    assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
-    assert!(store.parked(None).unwrap().is_empty());
-    let stored = store.read_stream(&a, Version(0), 1).unwrap().remove(0);
-    assert!(stored.was_parked);
-    assert_eq!(stored.accepted_at, accepted_at);
-    assert_eq!(stored.data.received_at, late.received_at);
-    assert!(matches!(
-        store.find_dedupe(&a, &late.dedupe_key).unwrap(),
-        Some(DedupeHit::Accepted {
-            position: Position(1),
-            ..
-        })
-    ));
-    assert_clean(&store);
-}
-
-/// A second delivery of a parked event is a duplicate, and a plain append of it too.
-pub fn a_duplicate_of_a_parked_event_is_recognised<H: Harness>() {
-    let harness = H::fresh();
-    let store = harness.open();
-    let a = stream("a");
-    let late = event(1);
-    store.commit(vec![park(&a, late.clone())]).unwrap();
+    let stored_at = late.received_at + chrono::Duration::seconds(30);
     let outcomes = store
         .commit(vec![
-            park(&a, late.clone()),
+            Op::Append {
+                stream: a.clone(),
+                expected: ExpectedVersion::Exact(Version(0)),
+                event: late.clone(),
+                stored_at,
+                rejected: true,
+            },
+            append(&a, ExpectedVersion::Exact(Version(1)), event(2)),
+        ])
+        .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
+    let events = store.read_stream(&a, Version(0), 10).unwrap();
+    assert!(events[0].rejected);
+    assert_eq!(events[0].stored_at, stored_at);
+    assert_eq!(events[0].data, late);
+    assert!(!events[1].rejected);
+    let hit = DedupeHit {
+        stream: a.clone(),
+        version: Version(1),
+        position: Position(1),
+    };
+    assert_eq!(
+        store.find_dedupe(&a, &late.dedupe_key).unwrap(),
+        Some(hit.clone())
+    );
+    let again = store
+        .commit(vec![
+            rejected(&a, late.clone()),
             append(&a, ExpectedVersion::Any, late.clone()),
         ])
         .unwrap();
-    let expected = DedupeHit::Parked {
-        stream: a.clone(),
-        event_id: late.event_id,
-    };
     assert_eq!(
-        outcomes,
+        again,
         vec![
             OpOutcome::Duplicate {
-                original: expected.clone()
+                original: hit.clone()
             },
-            OpOutcome::Duplicate { original: expected }
+            OpOutcome::Duplicate { original: hit }
         ]
     );
-    assert_eq!(store.parked(None).unwrap().len(), 1);
-    assert_eq!(store.head().unwrap(), Position(0));
+    assert_eq!(store.head().unwrap(), Position(2));
+    assert_clean(&store);
 }
 
 /// A snapshot replaces the previous one, other writes to its stream leave it, and every
@@ -458,11 +444,11 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         }])
         .unwrap();
     assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
-    // Commits that do not replace it (an append, a park) leave it as it was.
+    // Commits that do not replace it (appends) leave it as it was.
     store
         .commit(vec![
             append(&a, ExpectedVersion::Any, event(4)),
-            park(&a, event(5)),
+            rejected(&a, event(5)),
         ])
         .unwrap();
     assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
@@ -488,10 +474,10 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
         version: Version(version),
         state: vec![version as u8; 3],
     };
-    let (plain, snapshotted, only_parked, only_snapshot) = (
+    let (plain, snapshotted, only_rejected, only_snapshot) = (
         stream("plain"),
         stream("snapshotted"),
-        stream("only-parked"),
+        stream("only-rejected"),
         stream("only-snapshot"),
     );
     store
@@ -503,7 +489,7 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
                 stream: snapshotted.clone(),
                 snapshot: snapshot(2),
             },
-            park(&only_parked, event(4)),
+            rejected(&only_rejected, event(4)),
             Op::PutSnapshot {
                 stream: only_snapshot.clone(),
                 snapshot: snapshot(0),
@@ -513,7 +499,7 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
     for (name, holds_something) in [
         (&plain, true),
         (&snapshotted, true),
-        (&only_parked, true),
+        (&only_rejected, true),
         (&only_snapshot, false),
         (&stream("unknown"), false),
     ] {
@@ -521,7 +507,7 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
         let empty = store.stream_is_empty(name).unwrap();
         assert_eq!(start.empty, empty, "{name}");
         if holds_something {
-            assert_ne!(empty, Some(true), "{name} holds events or parked events");
+            assert_ne!(empty, Some(true), "{name} holds events");
         }
         let expected = match empty {
             Some(true) => None,
@@ -535,18 +521,18 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
     );
 }
 
-/// Dropping and reopening the store returns the same streams, positions, parked events and
+/// Dropping and reopening the store returns the same streams, positions, flags and
 /// snapshots, and appends continue from the same head.
 pub fn everything_survives_a_reopen<H: Harness>() {
     let harness = H::fresh();
     let a = stream("a");
-    let (before_all, before_parked, before_snapshot) = {
+    let (before_all, before_snapshot) = {
         let store = harness.open();
         store
             .commit(vec![
                 append(&a, ExpectedVersion::Any, event(1)),
                 append(&stream("b"), ExpectedVersion::Any, event(2)),
-                park(&a, event(3)),
+                rejected(&a, event(3)),
                 Op::PutSnapshot {
                     stream: a.clone(),
                     snapshot: Snapshot {
@@ -560,23 +546,23 @@ pub fn everything_survives_a_reopen<H: Harness>() {
         store.sync().unwrap();
         (
             store.read_all(Position(0), 100).unwrap(),
-            store.parked(None).unwrap(),
             store.snapshot(&a).unwrap(),
         )
     };
     let store = harness.open();
     assert_eq!(store.read_all(Position(0), 100).unwrap(), before_all);
-    assert_eq!(store.parked(None).unwrap(), before_parked);
+    // Positions go stream by stream: a's two events, then b's.
+    assert!(before_all[1].rejected, "the rejected flag survives");
     assert_eq!(store.snapshot(&a).unwrap(), before_snapshot);
-    assert_eq!(store.head().unwrap(), Position(2));
+    assert_eq!(store.head().unwrap(), Position(3));
     let outcomes = store
         .commit(vec![append(
             &a,
-            ExpectedVersion::Exact(Version(1)),
+            ExpectedVersion::Exact(Version(2)),
             event(4),
         )])
         .unwrap();
-    assert_eq!(appended(&outcomes[0]), (Version(2), Position(3)));
+    assert_eq!(appended(&outcomes[0]), (Version(3), Position(4)));
     assert_clean(&store);
 }
 
@@ -620,8 +606,8 @@ pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
     );
 }
 
-/// After appends, duplicates, parks, retries and snapshots, verify finds nothing wrong and
-/// counts what it walked.
+/// After appends (rejected ones too) and duplicates, verify finds nothing wrong and counts
+/// what it walked.
 pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
@@ -630,7 +616,7 @@ pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
     for n in 0..50u64 {
         let target = &streams[(n % 5) as usize];
         if n % 7 == 0 {
-            ops.push(park(target, event(n)));
+            ops.push(rejected(target, event(n)));
         } else {
             ops.push(append(target, ExpectedVersion::Any, event(n)));
         }
@@ -639,22 +625,11 @@ pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
         }
     }
     store.commit(ops).unwrap();
-    let parked = store.parked(None).unwrap();
-    let retry = parked[0].clone();
-    store
-        .commit(vec![Op::Append {
-            stream: retry.stream.clone(),
-            expected: ExpectedVersion::Any,
-            event: retry.data,
-            accepted_at: Utc::now(),
-            from_parked: true,
-        }])
-        .unwrap();
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);
     assert_eq!(report.events, store.head().unwrap().0);
+    assert_eq!(report.events, 50);
     assert_eq!(report.streams, 5);
-    assert_eq!(report.parked, parked.len() as u64 - 1);
 }
 
 /// A full scan visits each stream's events together, in version order.
@@ -684,29 +659,25 @@ pub fn events_by_stream_come_in_stream_then_version_order<H: Harness>() {
     assert_eq!(seen.len(), 9);
 }
 
-/// [`Op::Expect`] writes nothing, holds when the stream is as stated, and otherwise fails the
-/// whole commit: on the version, and on the number of parked events.
-pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>() {
+/// [`Op::Expect`] writes nothing, holds when the stream is as stated (as the commit has left it
+/// so far), and otherwise fails the whole commit.
+pub fn an_expect_guard_fails_when_the_version_moved<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
-    let expect = |version: u64, parked: usize| Op::Expect {
+    let expect = |version: u64| Op::Expect {
         stream: a.clone(),
         version: Version(version),
-        parked,
     };
     let outcomes = store
-        .commit(vec![
-            expect(0, 0),
-            append(&a, ExpectedVersion::Any, event(1)),
-        ])
+        .commit(vec![expect(0), append(&a, ExpectedVersion::Any, event(1))])
         .unwrap();
     assert_eq!(outcomes[0], OpOutcome::Checked);
     assert_eq!(appended(&outcomes[1]), (Version(1), Position(1)));
 
     match store.commit(vec![
         append(&stream("b"), ExpectedVersion::Any, event(2)),
-        expect(0, 0),
+        expect(0),
     ]) {
         Err(StoreError::Conflict {
             stream,
@@ -723,36 +694,22 @@ pub fn an_expect_guard_fails_when_the_version_or_parked_list_moved<H: Harness>()
         Position(1),
         "nothing of the commit is written"
     );
-
-    store.commit(vec![park(&a, event(3))]).unwrap();
-    match store.commit(vec![
-        expect(1, 0),
-        append(&a, ExpectedVersion::Any, event(4)),
-    ]) {
-        Err(StoreError::ParkedConflict {
-            stream,
-            expected,
-            actual,
-        }) => assert_eq!((stream, expected, actual), (a.clone(), 0, 1)),
-        other => panic!("expected a parked-list conflict, got {other:?}"),
-    }
-    assert_eq!(store.stream_version(&a).unwrap(), Version(1));
     let outcomes = store
-        .commit(vec![expect(1, 1), park(&a, event(5)), expect(1, 2)])
+        .commit(vec![expect(1), rejected(&a, event(3)), expect(2)])
         .unwrap();
     assert_eq!(
         outcomes[2],
         OpOutcome::Checked,
-        "parks of the same commit count"
+        "appends of the same commit count"
     );
-    assert_eq!(store.parked(Some(&a)).unwrap().len(), 2);
+    assert_eq!(store.stream_version(&a).unwrap(), Version(2));
     assert_clean(&store);
 }
 
-/// `read_streams` answers, for each requested stream, its snapshot, the events after the
-/// snapshot (all of them without one) and its parked events; and for each requested dedupe key
-/// where its first delivery went. Streams that do not exist read as empty.
-pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Harness>() {
+/// `read_streams` answers, for each requested stream, its snapshot and the events after the
+/// snapshot (all of them without one); and for each requested dedupe key where its first
+/// delivery went. Streams that do not exist read as empty.
+pub fn read_streams_returns_snapshots_tails_and_dedupe_hits<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let (a, b, empty) = (stream("a"), stream("b"), stream("a-empty"));
@@ -776,7 +733,7 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
         .commit(vec![
             append(&a, ExpectedVersion::Any, event(4)),
             append(&a, ExpectedVersion::Any, event(5)),
-            park(&a, event(6)),
+            rejected(&a, event(6)),
             append(&b, ExpectedVersion::Any, event(7)),
         ])
         .unwrap();
@@ -797,12 +754,11 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
     let versions = |read: &StreamRead| read.tail.iter().map(|e| e.version.0).collect::<Vec<_>>();
     assert_eq!(
         versions(a_read),
-        vec![3, 4],
+        vec![3, 4, 5],
         "only the events after the snapshot"
     );
     assert_eq!(a_read.tail, store.read_stream(&a, Version(2), 10).unwrap());
-    assert_eq!(a_read.parked, store.parked(Some(&a)).unwrap());
-    assert_eq!(a_read.parked.len(), 1);
+    assert!(a_read.tail[2].rejected);
     let b_read = &read.streams[&b];
     assert_eq!(b_read.snapshot, None);
     assert_eq!(
@@ -810,13 +766,12 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
         vec![1, 2],
         "every event without a snapshot"
     );
-    assert!(b_read.parked.is_empty());
     assert_eq!(read.streams[&empty], StreamRead::default());
     assert_eq!(read.streams.len(), 3);
 
     assert_eq!(
         read.dedupe(&a, &event(1).dedupe_key),
-        Some(Some(&DedupeHit::Accepted {
+        Some(Some(&DedupeHit {
             stream: a.clone(),
             version: Version(1),
             position: Position(1),
@@ -824,9 +779,10 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
     );
     assert_eq!(
         read.dedupe(&a, &event(6).dedupe_key),
-        Some(Some(&DedupeHit::Parked {
+        Some(Some(&DedupeHit {
             stream: a.clone(),
-            event_id: a_read.parked[0].data.event_id,
+            version: Version(5),
+            position: Position(6),
         }))
     );
     assert_eq!(
@@ -836,7 +792,7 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
     );
     assert!(matches!(
         read.dedupe(&b, &event(3).dedupe_key),
-        Some(Some(DedupeHit::Accepted { .. }))
+        Some(Some(DedupeHit { .. }))
     ));
     assert_eq!(read.dedupe(&b, &event(99).dedupe_key), Some(None));
     assert_eq!(
@@ -846,18 +802,16 @@ pub fn read_streams_returns_snapshots_tails_parked_events_and_dedupe_hits<H: Har
     );
 }
 
-/// A stream of a few hundred events, appended over many commits of different sizes with some
-/// events parked first and accepted commits later, still recognises every key: each redelivery
-/// is a duplicate pointing at where its first delivery went, before and after a reopen. (The
-/// sled backend moves a stream's dedupe entries out of its list past 64; this crosses that
-/// several times, with parked entries on both sides.)
+/// A stream of a few hundred events, appended over many commits of different sizes (some of
+/// them rejected), still recognises every key: each redelivery is a duplicate pointing at
+/// where its first delivery went, before and after a reopen. (The sled backend moves a
+/// stream's dedupe entries out of its list past 64; this crosses that several times.)
 pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("long");
     let other = stream("long-other");
     let mut next = 1u64;
-    let mut held: Vec<NewEvent> = Vec::new();
     let mut commit_size = 1;
     while next <= 300 {
         let mut ops = Vec::new();
@@ -867,24 +821,11 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
             }
             let new = event(next);
             if next % 17 == 0 {
-                held.push(new.clone());
-                ops.push(park(&a, new));
+                ops.push(rejected(&a, new));
             } else {
                 ops.push(append(&a, ExpectedVersion::Any, new));
             }
             next += 1;
-        }
-        // Accept the events parked two or more commits ago.
-        if held.len() > 2 {
-            for late in held.drain(..held.len() - 2) {
-                ops.push(Op::Append {
-                    stream: a.clone(),
-                    expected: ExpectedVersion::Any,
-                    accepted_at: late.received_at,
-                    event: late,
-                    from_parked: true,
-                });
-            }
         }
         ops.push(append(&other, ExpectedVersion::Any, event(10_000 + next)));
         store.commit(ops).unwrap();
@@ -895,25 +836,10 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
         for stored in store.read_stream(&a, Version(0), 1_000).unwrap() {
             where_went.insert(
                 stored.data.dedupe_key,
-                DedupeHit::Accepted {
+                DedupeHit {
                     stream: a.clone(),
                     version: stored.version,
                     position: stored.position,
-                },
-            );
-        }
-        let parked = store.parked(Some(&a)).unwrap();
-        assert_eq!(
-            parked.len(),
-            held.len(),
-            "the last parked events are still parked"
-        );
-        for entry in &parked {
-            where_went.insert(
-                entry.data.dedupe_key,
-                DedupeHit::Parked {
-                    stream: a.clone(),
-                    event_id: entry.data.event_id,
                 },
             );
         }

@@ -1,5 +1,5 @@
 //! The sled backend's stream head: one value per stream under its `K` key holding the stream's
-//! dedupe entries and (layout 4) its snapshot, rewritten by each commit that touches the stream.
+//! dedupe entries and its snapshot, rewritten by each commit that touches the stream.
 //!
 //! A commit of a session's events then writes one value per stream it touches for both, not
 //! one dedupe key per event plus a snapshot key, and finds every dedupe key it checks for that
@@ -11,14 +11,10 @@
 //!
 //! ```text
 //! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot) [varint(length) snapshot] entry*
-//! entry = [16](dedupe key) ( 'A' varint(version) varint(position) | 'P' [16](event id) )
+//! entry = [16](dedupe key) 'A' varint(version) varint(position)
 //! ```
-//!
-//! A layout 2 or 3 value never has bit 1 set (its snapshot is under the stream's `N` key), so
-//! it reads as a head without a snapshot.
 
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
-use uuid::Uuid;
 
 use crate::error::CorruptRecord;
 use crate::store::DedupeHit;
@@ -29,32 +25,20 @@ pub(crate) const LIST_MAX: usize = 64;
 const SPILLED: u8 = 1;
 const SNAPSHOT: u8 = 2;
 const ACCEPTED: u8 = b'A';
-const PARKED: u8 = b'P';
 
 /// Where a dedupe key's first delivery went, without the stream (the list's key names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target {
-    Accepted {
-        version: Version,
-        position: Position,
-    },
-    Parked {
-        event_id: Uuid,
-    },
+pub(crate) struct Target {
+    pub version: Version,
+    pub position: Position,
 }
 
 impl Target {
     pub fn hit(self, stream: &SessionId) -> DedupeHit {
-        match self {
-            Target::Accepted { version, position } => DedupeHit::Accepted {
-                stream: stream.clone(),
-                version,
-                position,
-            },
-            Target::Parked { event_id } => DedupeHit::Parked {
-                stream: stream.clone(),
-                event_id,
-            },
+        DedupeHit {
+            stream: stream.clone(),
+            version: self.version,
+            position: self.position,
         }
     }
 }
@@ -83,10 +67,6 @@ impl DedupeList {
         }
     }
 
-    pub fn holds(&self, key: &DedupeKey) -> bool {
-        self.entries.iter().any(|(entry, _)| entry == key)
-    }
-
     /// The stream's head value: this list, with `snapshot` (an encoded snapshot record) if given.
     pub fn encode(&self, snapshot: Option<&[u8]>) -> Vec<u8> {
         let snapshot_len = snapshot.map_or(0, |record| record.len() + 3);
@@ -102,22 +82,14 @@ impl DedupeList {
         }
         for (key, target) in &self.entries {
             value.extend_from_slice(key.as_bytes());
-            match target {
-                Target::Accepted { version, position } => {
-                    value.push(ACCEPTED);
-                    varint(&mut value, version.0);
-                    varint(&mut value, position.0);
-                }
-                Target::Parked { event_id } => {
-                    value.push(PARKED);
-                    value.extend_from_slice(event_id.as_bytes());
-                }
-            }
+            value.push(ACCEPTED);
+            varint(&mut value, target.version.0);
+            varint(&mut value, target.position.0);
         }
         value
     }
 
-    /// Whether the stream has no event and no parked event: no entry, none spilled.
+    /// Whether the stream has no event: no entry, none spilled.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && !self.spilled
     }
@@ -239,19 +211,9 @@ impl<'s, 'a> Entries<'s, 'a> {
                 if version == 0 || position == 0 {
                     return Err(self.bad(at, "version or position 0"));
                 }
-                Target::Accepted {
+                Target {
                     version: Version(version),
                     position: Position(position),
-                }
-            }
-            PARKED => {
-                let id: [u8; 16] = rest
-                    .get(..16)
-                    .and_then(|bytes| bytes.try_into().ok())
-                    .ok_or_else(|| self.bad(at, "truncated event id"))?;
-                rest = &rest[16..];
-                Target::Parked {
-                    event_id: Uuid::from_bytes(id),
                 }
             }
             other => return Err(self.bad(at, &format!("unknown target tag {other:#04x}"))),
@@ -317,20 +279,21 @@ mod tests {
             entries: vec![
                 (
                     DedupeKey::derive(&[b"a"]),
-                    Target::Accepted {
+                    Target {
                         version: Version(1),
                         position: Position(u64::MAX),
                     },
                 ),
                 (
                     DedupeKey::derive(&[b"b"]),
-                    Target::Parked {
-                        event_id: Uuid::now_v7(),
+                    Target {
+                        version: Version(2),
+                        position: Position(3),
                     },
                 ),
                 (
                     DedupeKey::derive(&[b"c"]),
-                    Target::Accepted {
+                    Target {
                         version: Version(300),
                         position: Position(1 << 40),
                     },
@@ -379,7 +342,7 @@ mod tests {
         for n in 0..10u64 {
             list.set(
                 DedupeKey::derive(&[&n.to_be_bytes()]),
-                Target::Accepted {
+                Target {
                     version: Version(n + 1),
                     position: Position(n * 1_000 + 1),
                 },
@@ -403,9 +366,14 @@ mod tests {
     fn set_replaces_an_entry_in_place() {
         let mut list = DedupeList::default();
         let key = DedupeKey::derive(&[b"k"]);
-        let event_id = Uuid::now_v7();
-        list.set(key, Target::Parked { event_id });
-        let accepted = Target::Accepted {
+        list.set(
+            key,
+            Target {
+                version: Version(1),
+                position: Position(1),
+            },
+        );
+        let accepted = Target {
             version: Version(2),
             position: Position(9),
         };
@@ -414,7 +382,7 @@ mod tests {
         assert_eq!(list.find(&key), Some(accepted));
         assert_eq!(
             accepted.hit(&stream()),
-            DedupeHit::Accepted {
+            DedupeHit {
                 stream: stream(),
                 version: Version(2),
                 position: Position(9)
@@ -428,7 +396,7 @@ mod tests {
             spilled: false,
             entries: vec![(
                 DedupeKey::derive(&[b"a"]),
-                Target::Accepted {
+                Target {
                     version: Version(5),
                     position: Position(7),
                 },

@@ -36,17 +36,6 @@ pub enum StoreError {
         /// The stream's actual version.
         actual: Version,
     },
-    /// Optimistic concurrency: the stream's parked list is not the size the writer expected
-    /// (another process parked or accepted an event of it). Nothing of the commit was written.
-    #[error("parked-list conflict on session `{stream}`: expected {expected} parked events, the stream has {actual}; nothing was written")]
-    ParkedConflict {
-        /// The stream.
-        stream: SessionId,
-        /// The count the writer expected.
-        expected: usize,
-        /// The stored count.
-        actual: usize,
-    },
     /// An event's encoded record is larger than the store accepts. Nothing was written.
     #[error("event for session `{stream}` encodes to {bytes} bytes; the limit is {limit}; nothing was written")]
     TooLarge {
@@ -60,6 +49,20 @@ pub enum StoreError {
     /// A stored record cannot be read.
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    /// The store was written in a layout this linkflow does not read (an older linkflow's, or
+    /// a newer one's). Nothing was read or changed; nothing has been released, so no layout is
+    /// migrated.
+    #[error("{store} holds the log in layout {found}; this linkflow reads layout {supported} only ({detail})")]
+    UnsupportedLayout {
+        /// The store (its directory, or its database).
+        store: String,
+        /// Its layout.
+        found: String,
+        /// The one this build reads.
+        supported: u32,
+        /// What the layouts differ in.
+        detail: &'static str,
+    },
     /// The data directory is in use by another process.
     #[error("the data directory {path} is locked by another linkflow process")]
     Locked {

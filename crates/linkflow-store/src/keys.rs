@@ -6,10 +6,8 @@
 //! | `S`    | `S` len:u16 session version:u64              | event record, or packed records    |
 //! | `G`    | `G` first position:u64                       | the commit's runs (see below)      |
 //! | `K`    | `K` len:u16 session                          | the stream's head: dedupe list and |
-//! |        |                                              | (layout 4) snapshot                |
+//! |        |                                              | snapshot                           |
 //! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
-//! | `P`    | `P` len:u16 session event id (16 bytes)      | parked record                      |
-//! | `N`    | `N` len:u16 session                          | snapshot record (layouts 1-3)      |
 //!
 //! Integers are big-endian so that byte order is numeric order; session ids are length-prefixed
 //! so that `acct-1` is not a prefix of `acct-10`.
@@ -23,20 +21,18 @@
 //! | `M`    | `Mlayout`                                    | layout version: u32                |
 //! | `M`    | `Mwal`                                       | last write-ahead log frame: u64    |
 //!
-//! An `S` value is one event record, or (layout 3) the records of consecutive events of one
-//! stream that one commit appended, packed under the key of the first (`record::PACKED`): a
-//! batch of a stream's events costs sled one key, not one per event. A stream's events are
-//! still every `S` key of its prefix in order; the event at a version is in the last value
-//! whose key is at or before it.
+//! An `S` value is one event record, or the records of consecutive events of one stream that
+//! one commit appended, packed under the key of the first (`record::PACKED`): a batch of a
+//! stream's events costs sled one key, not one per event. A stream's events are still every
+//! `S` key of its prefix in order; the event at a version is in the last value whose key is at
+//! or before it.
 //!
-//! A stream's dedupe entries are one `K` value (see `dedupe_list.rs`) of up to 64
-//! entries, which from layout 4 also holds the stream's snapshot: a commit rewrites one value
-//! per stream it touches, not two; older entries of a long stream, and every entry of a store written before the `K`
-//! lists (one without the `Mlayout` key), are `D` keys, one per entry. A `D` target is `A`
-//! version:u64 position:u64 (accepted) or `P` event-id:16 (parked).
+//! A stream's dedupe entries are one `K` value (see `dedupe_list.rs`) of up to 64 entries,
+//! which also holds the stream's snapshot: a commit rewrites one value per stream it touches,
+//! not two. Older entries of a long stream are `D` keys, one per entry; a `D` target is `A`
+//! version:u64 position:u64.
 
 use linkflow_core::{Position, SessionId, Version};
-use uuid::Uuid;
 
 use crate::error::CorruptRecord;
 use crate::record::DedupeKey;
@@ -45,23 +41,17 @@ use crate::store::DedupeHit;
 pub(crate) const EVENT: u8 = b'S';
 pub(crate) const GLOBAL: u8 = b'G';
 pub(crate) const DEDUPE: u8 = b'D';
-pub(crate) const PARKED: u8 = b'P';
-pub(crate) const SNAPSHOT: u8 = b'N';
 pub(crate) const LIST: u8 = b'K';
 
-/// The key holding the layout version. Stores created before it existed have none and keep
-/// every dedupe entry under a `D` key.
+/// The key holding the layout version.
 pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
-/// Layout 2: dedupe lists under `K` keys.
-pub(crate) const LAYOUT_LISTS: u32 = 2;
-/// Layout 3: layout 2, and an `S` value may pack several events (see `record::PACKED`).
-pub(crate) const LAYOUT_PACKED: u32 = 3;
-/// Layout 4: layout 3, and a stream's snapshot is in its `K` value (the stream's head, see
-/// `dedupe_list.rs`), not under an `N` key. A layout 2 or 3 store moves to 4 when it is opened.
-pub(crate) const LAYOUT_HEADS: u32 = 4;
-/// Layout 5: layout 4, and commits are made durable by the store's write-ahead log (`wal.rs`),
-/// whose frames past `Mwal` opening replays. A layout 2 to 4 store moves to 5 when it is opened.
-pub(crate) const LAYOUT_WAL: u32 = 5;
+/// The layout this build reads and writes: one stream per session holding every event it
+/// received (schema 4 records), dedupe lists and snapshots in each stream's `K` head, packed
+/// `S` values, commits made durable by the store's write-ahead log (`wal.rs`), whose frames
+/// past `Mwal` opening replays. Layouts 2 to 5 kept refused events apart (`P` keys) and are
+/// refused at open, as is a store without a layout key (layout 1); nothing has been released,
+/// so none is migrated.
+pub(crate) const LAYOUT: u32 = 6;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";
@@ -96,16 +86,6 @@ pub(crate) fn dedupe_key(session: &SessionId, dedupe: &DedupeKey) -> Vec<u8> {
     key
 }
 
-pub(crate) fn parked_key(session: &SessionId, event_id: Uuid) -> Vec<u8> {
-    let mut key = session_prefix(PARKED, session);
-    key.extend_from_slice(event_id.as_bytes());
-    key
-}
-
-pub(crate) fn snapshot_key(session: &SessionId) -> Vec<u8> {
-    session_prefix(SNAPSHOT, session)
-}
-
 pub(crate) fn list_key(session: &SessionId) -> Vec<u8> {
     session_prefix(LIST, session)
 }
@@ -132,21 +112,10 @@ pub(crate) fn runs_value(runs: &[Run]) -> Vec<u8> {
 }
 
 pub(crate) fn dedupe_value(hit: &DedupeHit) -> Vec<u8> {
-    match hit {
-        DedupeHit::Accepted {
-            version, position, ..
-        } => {
-            let mut value = vec![b'A'];
-            value.extend_from_slice(&version.0.to_be_bytes());
-            value.extend_from_slice(&position.0.to_be_bytes());
-            value
-        }
-        DedupeHit::Parked { event_id, .. } => {
-            let mut value = vec![b'P'];
-            value.extend_from_slice(event_id.as_bytes());
-            value
-        }
-    }
+    let mut value = vec![b'A'];
+    value.extend_from_slice(&hit.version.0.to_be_bytes());
+    value.extend_from_slice(&hit.position.0.to_be_bytes());
+    value
 }
 
 /// Reads a `len session` field at the start of `bytes`; returns the session and the rest.
@@ -232,15 +201,10 @@ pub(crate) fn parse_dedupe_value(
 ) -> Result<DedupeHit, CorruptRecord> {
     let what = format!("dedupe entry {key} of `{stream}`");
     match (value.first(), value.len()) {
-        (Some(b'A'), 17) => Ok(DedupeHit::Accepted {
+        (Some(b'A'), 17) => Ok(DedupeHit {
             stream: stream.clone(),
             version: Version(read_u64(&what, &value[1..9])?),
             position: Position(read_u64(&what, &value[9..17])?),
-        }),
-        (Some(b'P'), 17) => Ok(DedupeHit::Parked {
-            stream: stream.clone(),
-            event_id: Uuid::from_slice(&value[1..17])
-                .map_err(|_| CorruptRecord::new(&what, "bad event id"))?,
         }),
         _ => Err(CorruptRecord::new(what, "unknown dedupe target")),
     }
@@ -255,15 +219,6 @@ pub(crate) fn parse_dedupe_key(key: &[u8]) -> Result<(SessionId, DedupeKey), Cor
     Ok((session, DedupeKey::from_bytes(bytes)))
 }
 
-/// Splits an `N` key into its session.
-pub(crate) fn parse_snapshot_key(key: &[u8]) -> Result<SessionId, CorruptRecord> {
-    let (session, rest) = read_session("snapshot key", key.get(1..).unwrap_or_default())?;
-    if !rest.is_empty() {
-        return Err(CorruptRecord::new("snapshot key", "trailing bytes"));
-    }
-    Ok(session)
-}
-
 /// Splits a `K` key into its session.
 pub(crate) fn parse_list_key(key: &[u8]) -> Result<SessionId, CorruptRecord> {
     let (session, rest) = read_session("dedupe list key", key.get(1..).unwrap_or_default())?;
@@ -271,14 +226,6 @@ pub(crate) fn parse_list_key(key: &[u8]) -> Result<SessionId, CorruptRecord> {
         return Err(CorruptRecord::new("dedupe list key", "trailing bytes"));
     }
     Ok(session)
-}
-
-/// Splits a `P` key into its session and event id.
-pub(crate) fn parse_parked_key(key: &[u8]) -> Result<(SessionId, Uuid), CorruptRecord> {
-    let (session, rest) = read_session("parked key", key.get(1..).unwrap_or_default())?;
-    let event_id =
-        Uuid::from_slice(rest).map_err(|_| CorruptRecord::new("parked key", "bad event id"))?;
-    Ok((session, event_id))
 }
 
 /// Whether `key` is the `S` key of `session`'s `version`, compared in place (a full scan checks
@@ -325,7 +272,7 @@ mod tests {
             Version(3)
         ));
         let mut other_tag = key.clone();
-        other_tag[0] = PARKED;
+        other_tag[0] = DEDUPE;
         assert!(!is_event_key(&other_tag, &id("acct-1"), Version(3)));
     }
 
@@ -350,9 +297,10 @@ mod tests {
             },
         ];
         assert_eq!(parse_runs(Position(1), &runs_value(&runs)).unwrap(), runs);
-        let hit = DedupeHit::Parked {
+        let hit = DedupeHit {
             stream: session.clone(),
-            event_id: Uuid::now_v7(),
+            version: Version(3),
+            position: Position(9),
         };
         let key = DedupeKey::derive(&[b"x"]);
         assert_eq!(
@@ -379,8 +327,6 @@ mod tests {
             let _ = parse_dedupe_value(&session, &DedupeKey::derive(&[]), bytes);
             let _ = parse_dedupe_key(bytes);
             let _ = parse_event_key(bytes);
-            let _ = parse_parked_key(bytes);
-            let _ = parse_snapshot_key(bytes);
             let _ = parse_list_key(bytes);
         }
         assert!(parse_runs(Position(1), &[0, 0, 0, 1, 0, 9, b'a']).is_err());

@@ -35,8 +35,7 @@ pub mod conformance;
 
 pub use error::{CorruptRecord, StoreError};
 pub use record::{
-    DedupeKey, NewEvent, ParkedEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES,
-    SCHEMA_VERSION,
+    DedupeKey, NewEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES, SCHEMA_VERSION,
 };
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{

@@ -11,8 +11,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::record::{
-    encode_event, encode_parked, encode_snapshot, DedupeKey, NewEvent, StoredEvent,
-    MAX_RECORD_BYTES,
+    encode_event, encode_snapshot, DedupeKey, NewEvent, StoredEvent, MAX_RECORD_BYTES,
 };
 use crate::store::{DedupeHit, ExpectedVersion, Op, OpOutcome};
 
@@ -26,11 +25,9 @@ pub trait CommitReads {
         stream: &SessionId,
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError>;
-    /// How many parked events the stream has stored.
-    fn parked_count(&mut self, stream: &SessionId) -> Result<usize, StoreError>;
 }
 
-/// An accepted event, ready to write.
+/// An event, ready to write.
 #[derive(Debug)]
 pub struct PlannedEvent {
     /// Its stream.
@@ -43,22 +40,7 @@ pub struct PlannedEvent {
     pub dedupe_key: DedupeKey,
     /// Its event id.
     pub event_id: Uuid,
-    /// True when it was parked before: its parked entry is removed by the same commit.
-    pub from_parked: bool,
     /// The encoded [`StoredEvent`] record.
-    pub record: Vec<u8>,
-}
-
-/// A parked event, ready to write.
-#[derive(Debug)]
-pub struct PlannedPark {
-    /// The stream it was meant for.
-    pub stream: SessionId,
-    /// Its event id.
-    pub event_id: Uuid,
-    /// Its dedupe key.
-    pub dedupe_key: DedupeKey,
-    /// The encoded [`crate::ParkedEvent`] record.
     pub record: Vec<u8>,
 }
 
@@ -78,10 +60,8 @@ pub struct PlannedSnapshot {
 pub struct CommitPlan {
     /// One outcome per op, in op order.
     pub outcomes: Vec<OpOutcome>,
-    /// Accepted events in position order (stream by stream, each stream in version order).
+    /// Events in position order (stream by stream, each stream in version order).
     pub events: Vec<PlannedEvent>,
-    /// New parked events.
-    pub parked: Vec<PlannedPark>,
     /// New snapshots, in op order (a later one for the same stream replaces an earlier one).
     pub snapshots: Vec<PlannedSnapshot>,
     /// The head after the commit.
@@ -94,26 +74,22 @@ enum PendingHit {
     Stored(DedupeHit),
     /// Appended by this commit: the index in `Planner::appends`.
     Appended(usize),
-    /// Parked by this commit.
-    Parked(Uuid),
 }
 
-struct Accepted {
+struct Appended {
     op: usize,
     stream: SessionId,
     version: Version,
     event: NewEvent,
-    accepted_at: DateTime<Utc>,
-    from_parked: bool,
+    stored_at: DateTime<Utc>,
+    rejected: bool,
 }
 
 struct Planner<'r> {
     reads: &'r mut dyn CommitReads,
     versions: HashMap<SessionId, Version>,
-    /// Parked events added (+) and accepted (-) by this commit, per stream.
-    parked_delta: HashMap<SessionId, i64>,
     dedupe: HashMap<(SessionId, DedupeKey), PendingHit>,
-    appends: Vec<Accepted>,
+    appends: Vec<Appended>,
 }
 
 impl Planner<'_> {
@@ -136,10 +112,6 @@ impl Planner<'_> {
             None => Ok(self.reads.find_dedupe(stream, key)?.map(PendingHit::Stored)),
         }
     }
-
-    fn park_delta(&mut self, stream: &SessionId, delta: i64) {
-        *self.parked_delta.entry(stream.clone()).or_default() += delta;
-    }
 }
 
 fn too_large(stream: SessionId, bytes: usize) -> StoreError {
@@ -152,8 +124,7 @@ fn too_large(stream: SessionId, bytes: usize) -> StoreError {
 
 /// Decides `ops` against the log described by `reads`, whose last position is `head`.
 ///
-/// Fails (and nothing may be written) on a version or parked-list conflict and on an oversized
-/// record. The rules are the [`crate::EventStore`] contract: dedupe before version checks, a
+/// Fails (and nothing may be written) on a version conflict and on an oversized record. The rules are the [`crate::EventStore`] contract: dedupe before version checks, a
 /// key repeated within the commit stored once, positions handed out stream by stream.
 pub fn plan_commit(
     ops: Vec<Op>,
@@ -163,21 +134,15 @@ pub fn plan_commit(
     let mut planner = Planner {
         reads,
         versions: HashMap::new(),
-        parked_delta: HashMap::new(),
         dedupe: HashMap::new(),
         appends: Vec::new(),
     };
     let mut outcomes: Vec<Option<OpOutcome>> = Vec::with_capacity(ops.len());
     let mut duplicates_of_appends: Vec<(usize, usize)> = Vec::new();
-    let mut parked = Vec::new();
     let mut snapshots = Vec::new();
     for (index, op) in ops.into_iter().enumerate() {
         match op {
-            Op::Expect {
-                stream,
-                version,
-                parked: expected_parked,
-            } => {
+            Op::Expect { stream, version } => {
                 let actual = planner.version(&stream)?;
                 if actual != version {
                     return Err(StoreError::Conflict {
@@ -186,30 +151,17 @@ pub fn plan_commit(
                         actual,
                     });
                 }
-                let stored = planner.reads.parked_count(&stream)?;
-                let delta = planner.parked_delta.get(&stream).copied().unwrap_or(0);
-                let actual_parked = usize::try_from(stored as i64 + delta).unwrap_or(0);
-                if actual_parked != expected_parked {
-                    return Err(StoreError::ParkedConflict {
-                        stream,
-                        expected: expected_parked,
-                        actual: actual_parked,
-                    });
-                }
                 outcomes.push(Some(OpOutcome::Checked));
             }
             Op::Append {
                 stream,
                 expected,
                 event,
-                accepted_at,
-                from_parked,
+                stored_at,
+                rejected,
             } => {
                 let key = event.dedupe_key;
                 match planner.dedupe(&stream, &key)? {
-                    Some(PendingHit::Stored(DedupeHit::Parked { event_id, .. }))
-                    | Some(PendingHit::Parked(event_id))
-                        if from_parked && event_id == event.event_id => {}
                     Some(PendingHit::Appended(append)) => {
                         duplicates_of_appends.push((index, append));
                         outcomes.push(None);
@@ -217,12 +169,6 @@ pub fn plan_commit(
                     }
                     Some(PendingHit::Stored(original)) => {
                         outcomes.push(Some(OpOutcome::Duplicate { original }));
-                        continue;
-                    }
-                    Some(PendingHit::Parked(event_id)) => {
-                        outcomes.push(Some(OpOutcome::Duplicate {
-                            original: DedupeHit::Parked { stream, event_id },
-                        }));
                         continue;
                     }
                     None => {}
@@ -239,62 +185,19 @@ pub fn plan_commit(
                 }
                 let version = actual.next();
                 planner.versions.insert(stream.clone(), version);
-                if from_parked {
-                    planner.park_delta(&stream, -1);
-                }
                 planner.dedupe.insert(
                     (stream.clone(), key),
                     PendingHit::Appended(planner.appends.len()),
                 );
-                planner.appends.push(Accepted {
+                planner.appends.push(Appended {
                     op: index,
                     stream,
                     version,
                     event,
-                    accepted_at,
-                    from_parked,
+                    stored_at,
+                    rejected,
                 });
                 outcomes.push(None);
-            }
-            Op::Park(event) => {
-                let key = event.data.dedupe_key;
-                match planner.dedupe(&event.stream, &key)? {
-                    Some(PendingHit::Stored(original)) => {
-                        outcomes.push(Some(OpOutcome::Duplicate { original }));
-                        continue;
-                    }
-                    Some(PendingHit::Parked(event_id)) => {
-                        outcomes.push(Some(OpOutcome::Duplicate {
-                            original: DedupeHit::Parked {
-                                stream: event.stream,
-                                event_id,
-                            },
-                        }));
-                        continue;
-                    }
-                    Some(PendingHit::Appended(append)) => {
-                        duplicates_of_appends.push((index, append));
-                        outcomes.push(None);
-                        continue;
-                    }
-                    None => {}
-                }
-                let record = encode_parked(&event);
-                if record.len() > MAX_RECORD_BYTES {
-                    return Err(too_large(event.stream, record.len()));
-                }
-                let event_id = event.data.event_id;
-                planner.park_delta(&event.stream, 1);
-                planner
-                    .dedupe
-                    .insert((event.stream.clone(), key), PendingHit::Parked(event_id));
-                parked.push(PlannedPark {
-                    stream: event.stream,
-                    event_id,
-                    dedupe_key: key,
-                    record,
-                });
-                outcomes.push(Some(OpOutcome::Parked));
             }
             Op::PutSnapshot { stream, snapshot } => {
                 snapshots.push(PlannedSnapshot {
@@ -319,7 +222,7 @@ pub fn plan_commit(
         runs[run].push(index);
     }
     let sequence: Vec<usize> = runs.into_iter().flatten().collect();
-    let mut slots: Vec<Option<Accepted>> = planner.appends.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<Appended>> = planner.appends.into_iter().map(Some).collect();
     let mut hits: Vec<Option<DedupeHit>> = vec![None; slots.len()];
     let mut events = Vec::with_capacity(slots.len());
     let mut position = head;
@@ -330,8 +233,8 @@ pub fn plan_commit(
             stream: append.stream,
             version: append.version,
             position,
-            accepted_at: append.accepted_at,
-            was_parked: append.from_parked,
+            stored_at: append.stored_at,
+            rejected: append.rejected,
             data: append.event,
         };
         let bytes = encode_event(&record);
@@ -342,7 +245,7 @@ pub fn plan_commit(
             version: record.version,
             position,
         });
-        hits[index] = Some(DedupeHit::Accepted {
+        hits[index] = Some(DedupeHit {
             stream: record.stream.clone(),
             version: record.version,
             position,
@@ -350,7 +253,6 @@ pub fn plan_commit(
         events.push(PlannedEvent {
             dedupe_key: record.data.dedupe_key,
             event_id: record.data.event_id,
-            from_parked: append.from_parked,
             stream: record.stream,
             version: record.version,
             position,
@@ -368,7 +270,6 @@ pub fn plan_commit(
             .map(|outcome| outcome.expect("every op has an outcome once positions are known"))
             .collect(),
         events,
-        parked,
         snapshots,
         head: position,
     })

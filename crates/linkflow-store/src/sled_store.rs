@@ -19,8 +19,8 @@ use crate::error::{io_error, CorruptRecord, StoreError};
 use crate::keys::{self, Run};
 use crate::plan::{plan_commit, CommitReads, PlannedEvent};
 use crate::record::{
-    event_count, event_records, pack_events, upcast_event, upcast_parked, upcast_snapshot,
-    DedupeKey, ParkedEvent, Snapshot, StoredEvent, MAX_PACKED_BYTES,
+    decode_event_record, decode_snapshot_record, event_count, event_records, pack_events,
+    DedupeKey, Snapshot, StoredEvent, MAX_PACKED_BYTES,
 };
 use crate::staged::{prefix_bounds, Staged, Wait};
 use crate::store::{DedupeHit, EventStore, Op, OpOutcome, StreamStart, VerifyReport};
@@ -79,10 +79,6 @@ pub struct SledStore {
     /// Serializes commits: versions and positions are assigned and applied in one critical
     /// section, so the global order on disk is the order positions were handed out.
     writer: Mutex<WriterState>,
-    /// A store written before dedupe lists: every stream may have `D` entries, snapshots are
-    /// `N` keys and event values are never packed, so that the builds that wrote it can still
-    /// open it. Every other store is at layout 4 once open.
-    legacy_dedupe: bool,
 }
 
 struct WriterState {
@@ -162,7 +158,7 @@ pub(crate) fn decode_event_value(
     };
     let mut events: Vec<StoredEvent> = Vec::with_capacity(records.len().saturating_sub(skip));
     for (index, record) in records.into_iter().enumerate().skip(skip) {
-        let event = match upcast_event("", record) {
+        let event = match decode_event_record("", record) {
             Ok(event) => event,
             Err(mut error) => {
                 error.key = describe(index)?;
@@ -219,59 +215,11 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError>
 /// The snapshot a head value of `stream` holds, decoded.
 fn snapshot_in_head(stream: &SessionId, value: &[u8]) -> Result<Option<Snapshot>, StoreError> {
     match DedupeList::snapshot_encoded(stream, value)? {
-        Some(bytes) => Ok(Some(upcast_snapshot(
+        Some(bytes) => Ok(Some(decode_snapshot_record(
             &format!("snapshot of `{stream}`"),
             bytes,
         )?)),
         None => Ok(None),
-    }
-}
-
-/// How many snapshots one batch of the move into layout 4 carries.
-const MOVE_CHUNK: usize = 1_024;
-
-/// Layout 2 and 3 to 4: moves every `N` snapshot into its stream's head (the `K` value),
-/// [`MOVE_CHUNK`] streams per atomic batch, each batch writing the heads and removing the `N`
-/// keys. Run at open, before any commit; the layout key already says 4, so a crash part way
-/// leaves a store the next open finishes. A head that already holds a snapshot keeps it (the
-/// newer one: only layout 4 commits write them). A stream whose head is damaged keeps its `N`
-/// key, which reads then ignore and verify reports, so the store still opens and names it.
-fn move_snapshots_into_heads(db: &sled::Db) -> Result<(), StoreError> {
-    let mut from = vec![keys::SNAPSHOT];
-    loop {
-        let mut batch = sled::Batch::default();
-        let mut last = None;
-        let mut moved = 0;
-        for entry in db.range(from.clone()..).take(MOVE_CHUNK) {
-            let (key, snapshot) = entry?;
-            if key.first() != Some(&keys::SNAPSHOT) {
-                break;
-            }
-            last = Some(key.clone());
-            let Ok(session) = keys::parse_snapshot_key(&key) else {
-                continue;
-            };
-            let list_key = keys::list_key(&session);
-            let head = match db.get(&list_key)? {
-                Some(value) => match DedupeList::decode(&session, &value) {
-                    Ok((list, Some(kept))) => list.encode(Some(kept)),
-                    Ok((list, None)) => list.encode(Some(&snapshot)),
-                    Err(_) => continue,
-                },
-                None => DedupeList::default().encode(Some(&snapshot)),
-            };
-            batch.insert(list_key, head);
-            batch.remove(key);
-            moved += 1;
-        }
-        let Some(last) = last else {
-            return Ok(());
-        };
-        if moved > 0 {
-            db.apply_batch(batch)?;
-        }
-        from = last.to_vec();
-        from.push(0);
     }
 }
 
@@ -500,13 +448,6 @@ impl Writes<'_> {
             Writes::Batch(batch) => batch.insert(key, value),
         }
     }
-
-    fn remove(&mut self, key: &[u8]) {
-        match self {
-            Writes::Frame(payload, _) => payload.remove(key),
-            Writes::Batch(batch) => batch.remove(key),
-        }
-    }
 }
 
 impl SledStore {
@@ -535,47 +476,31 @@ impl SledStore {
         // The directory entry of a new log file must itself reach the disk.
         sync_dir(&path)?;
         let wal_dir = path.join(wal::DIR);
-        let legacy_dedupe = match db.get(keys::LAYOUT_KEY)? {
-            Some(value) if *value == keys::LAYOUT_WAL.to_be_bytes() => {
+        match db.get(keys::LAYOUT_KEY)? {
+            Some(value) if *value == keys::LAYOUT.to_be_bytes() => {
                 // What the last run acknowledged and sled had not yet made durable.
                 replay(&db, &wal_dir)?;
-                false
-            }
-            Some(value)
-                if [keys::LAYOUT_LISTS, keys::LAYOUT_PACKED, keys::LAYOUT_HEADS]
-                    .iter()
-                    .any(|layout| *value == layout.to_be_bytes()) =>
-            {
-                // Marked 4 first, so that a build that only knows layouts 2 and 3 refuses the
-                // store from the first moved snapshot on instead of misreading it (at 4 this
-                // finishes a move that a crash interrupted; usually there is nothing), then 5,
-                // so that a build that knows no write-ahead log refuses a store whose log it
-                // would not replay.
-                if *value != keys::LAYOUT_HEADS.to_be_bytes() {
-                    db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())?;
-                }
-                move_snapshots_into_heads(&db)?;
-                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_WAL.to_be_bytes())?;
-                false
-            }
-            Some(value) => {
-                return Err(StoreError::Corrupt(CorruptRecord::new(
-                    "layout key",
-                    format!(
-                        "unknown layout {value:?}; this linkflow reads layouts {} to {} (a newer linkflow wrote this store?)",
-                        keys::LAYOUT_LISTS,
-                        keys::LAYOUT_WAL
-                    ),
-                )))
             }
             None if db.is_empty() => {
-                // A new store: stream heads, packed values and the write-ahead log from the
-                // start. The marker reaches the disk (below) before the log is used.
-                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT_WAL.to_be_bytes())?;
-                false
+                // A new store. The marker reaches the disk (below) before the log is used.
+                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT.to_be_bytes())?;
             }
-            None => true,
-        };
+            found => {
+                let found = match found {
+                    None => "1 (no layout key)".to_owned(),
+                    Some(value) => match <[u8; 4]>::try_from(&value[..]) {
+                        Ok(bytes) => u32::from_be_bytes(bytes).to_string(),
+                        Err(_) => format!("{:?} (not a layout number)", &value[..]),
+                    },
+                };
+                return Err(StoreError::UnsupportedLayout {
+                    store: path.display().to_string(),
+                    found,
+                    supported: keys::LAYOUT,
+                    detail: "layouts 1 to 5 kept refused events apart as parked events; layout 6 keeps every event of a session in its stream",
+                });
+            }
+        }
         let durable = Durable {
             db: db.clone(),
             db_file: Arc::clone(&db_file),
@@ -583,25 +508,21 @@ impl SledStore {
         };
         let every = options.flush_every_ms.map(Duration::from_millis);
         let staged = Arc::new(Staged::new(db.clone()));
-        let (wal, maintenance) = if legacy_dedupe {
-            (None, Some(Maintenance::start(durable, None, every)?))
-        } else {
-            // sled made durable up to the last frame (replayed or not) before the log's
-            // segments are reused: from here on only the log's new frames are needed.
-            durable.sync()?;
-            let wal = Arc::new(Wal::start(
-                &wal_dir,
-                applied_frame(&db)? + 1,
-                options.wal_segment_bytes.max(1),
-                options.wal_preallocate,
-            )?);
-            let maintenance = Maintenance::start(
-                durable,
-                Some((Arc::clone(&wal), Arc::clone(&staged))),
-                every,
-            )?;
-            (Some(wal), Some(maintenance))
-        };
+        // sled made durable up to the last frame (replayed or not) before the log's segments
+        // are reused: from here on only the log's new frames are needed.
+        durable.sync()?;
+        let wal = Arc::new(Wal::start(
+            &wal_dir,
+            applied_frame(&db)? + 1,
+            options.wal_segment_bytes.max(1),
+            options.wal_preallocate,
+        )?);
+        let maintenance = Maintenance::start(
+            durable,
+            Some((Arc::clone(&wal), Arc::clone(&staged))),
+            every,
+        )?;
+        let (wal, maintenance) = (Some(wal), Some(maintenance));
         let head = match db.scan_prefix([keys::GLOBAL]).next_back() {
             Some(entry) => {
                 let (key, value) = entry?;
@@ -625,7 +546,6 @@ impl SledStore {
                 head,
                 versions: RecentVersions::new(RECENT_VERSIONS),
             }),
-            legacy_dedupe,
         })
     }
 
@@ -707,7 +627,7 @@ impl SledStore {
 
     /// True when a key missing from the stream's list may be a `D` key.
     fn may_have_d_entries(&self, list: Option<&DedupeList>) -> bool {
-        self.legacy_dedupe || list.is_some_and(|list| list.spilled)
+        list.is_some_and(|list| list.spilled)
     }
 
     /// Where `key` of `stream` went, given the stream's list.
@@ -758,11 +678,10 @@ impl Drop for SledStore {
     }
 }
 
-/// A dedupe entry a commit adds (or moves from parked to accepted).
+/// A dedupe entry a commit adds.
 struct NewEntry {
     key: DedupeKey,
     target: Target,
-    from_parked: bool,
 }
 
 /// A stream's `K` value as read: its decoded dedupe list and the raw value (for its snapshot,
@@ -808,10 +727,10 @@ impl CommitReads for SledReads<'_> {
         if let Some(version) = self.versions.get(stream) {
             return Ok(version);
         }
-        // Every commit that appends to a stream adds to its dedupe list (in a store with lists):
-        // an empty list, no events (as `stream_is_empty` says). The commit has read the list
-        // already for its dedupe checks, so a new stream costs no read here.
-        if !self.store.legacy_dedupe && self.list(stream)?.is_none_or(DedupeList::is_empty) {
+        // Every commit that appends to a stream adds to its dedupe list: an empty list, no
+        // events (as `stream_is_empty` says). The commit has read the list already for its
+        // dedupe checks, so a new stream costs no read here.
+        if self.list(stream)?.is_none_or(DedupeList::is_empty) {
             return Ok(Version::EMPTY);
         }
         self.store.stream_version(stream)
@@ -825,19 +744,6 @@ impl CommitReads for SledReads<'_> {
         let store = self.store;
         let list = self.list(stream)?;
         store.lookup(stream, list, key)
-    }
-
-    fn parked_count(&mut self, stream: &SessionId) -> Result<usize, StoreError> {
-        let mut count = 0;
-        for entry in self
-            .store
-            .staged
-            .scan_prefix(keys::session_prefix(keys::PARKED, stream))
-        {
-            entry?;
-            count += 1;
-        }
-        Ok(count)
     }
 }
 
@@ -872,25 +778,9 @@ impl EventStore for SledStore {
             Some((_, list)) => list.push(entry),
             None => entries.push((stream.clone(), vec![entry])),
         };
-        for park in &plan.parked {
-            batch.insert(&keys::parked_key(&park.stream, park.event_id), &park.record);
-            let target = Target::Parked {
-                event_id: park.event_id,
-            };
-            add_entry(
-                &park.stream,
-                NewEntry {
-                    key: park.dedupe_key,
-                    target,
-                    from_parked: false,
-                },
-            );
-        }
         // One run per stream of consecutive positions, one global index key per commit. The
-        // events of a run go under as few keys as MAX_PACKED_BYTES allows (not in a store
-        // written before dedupe lists, which older builds must still be able to open).
+        // events of a run go under as few keys as MAX_PACKED_BYTES allows.
         let mut runs: Vec<Run> = Vec::new();
-        let may_pack = !self.legacy_dedupe;
         let mut pack: Vec<&PlannedEvent> = Vec::new();
         let put_pack = |batch: &mut Writes, pack: &mut Vec<&PlannedEvent>| {
             match pack.as_slice() {
@@ -910,20 +800,16 @@ impl EventStore for SledStore {
             pack.clear();
         };
         for event in &plan.events {
-            if event.from_parked {
-                batch.remove(&keys::parked_key(&event.stream, event.event_id));
-            }
-            let extends = may_pack
-                && pack.last().is_some_and(|last| {
-                    last.stream == event.stream && last.version.next() == event.version
-                })
-                && pack.iter().map(|event| event.record.len()).sum::<usize>() + event.record.len()
-                    <= MAX_PACKED_BYTES;
+            let extends = pack.last().is_some_and(|last| {
+                last.stream == event.stream && last.version.next() == event.version
+            }) && pack.iter().map(|event| event.record.len()).sum::<usize>()
+                + event.record.len()
+                <= MAX_PACKED_BYTES;
             if !extends {
                 put_pack(&mut batch, &mut pack);
             }
             pack.push(event);
-            let target = Target::Accepted {
+            let target = Target {
                 version: event.version,
                 position: event.position,
             };
@@ -932,7 +818,6 @@ impl EventStore for SledStore {
                 NewEntry {
                     key: event.dedupe_key,
                     target,
-                    from_parked: event.from_parked,
                 },
             );
             match runs.last_mut() {
@@ -948,19 +833,14 @@ impl EventStore for SledStore {
         if let Some(first) = plan.events.first() {
             batch.insert(&keys::global_key(first.position), &keys::runs_value(&runs));
         }
-        // Each stream's new snapshot (a later one replaces an earlier one). From layout 4 it
-        // goes into the stream's head, with the dedupe entries: one key per stream touched.
-        let heads = !self.legacy_dedupe;
+        // Each stream's new snapshot (a later one replaces an earlier one) goes into the
+        // stream's head, with the dedupe entries: one key per stream touched.
         let mut snapshots: HashMap<&SessionId, &[u8]> = HashMap::new();
         for snapshot in &plan.snapshots {
-            if heads {
-                if !entries.iter().any(|(known, _)| *known == snapshot.stream) {
-                    entries.push((snapshot.stream.clone(), Vec::new()));
-                }
-                snapshots.insert(&snapshot.stream, &snapshot.record);
-            } else {
-                batch.insert(&keys::snapshot_key(&snapshot.stream), &snapshot.record);
+            if !entries.iter().any(|(known, _)| *known == snapshot.stream) {
+                entries.push((snapshot.stream.clone(), Vec::new()));
             }
+            snapshots.insert(&snapshot.stream, &snapshot.record);
         }
         for (stream, new_entries) in entries {
             let (mut list, old_value) = match reads.take_head(&stream)? {
@@ -972,21 +852,8 @@ impl EventStore for SledStore {
                 (None, Some(value)) => DedupeList::snapshot_encoded(&stream, value)?,
                 (None, None) => None,
             };
-            for NewEntry {
-                key,
-                target,
-                from_parked,
-            } in new_entries
-            {
-                // An accepted parked event replaces its parked entry where that lives.
-                if from_parked && !list.holds(&key) && self.may_have_d_entries(Some(&list)) {
-                    batch.insert(
-                        &keys::dedupe_key(&stream, &key),
-                        &keys::dedupe_value(&target.hit(&stream)),
-                    );
-                } else {
-                    list.set(key, target);
-                }
+            for NewEntry { key, target } in new_entries {
+                list.set(key, target);
             }
             if list.entries.len() > LIST_MAX {
                 for (key, target) in list.entries.drain(..) {
@@ -1187,33 +1054,15 @@ impl EventStore for SledStore {
             None => false,
         };
         // The list is read without decoding it whole: the engine asks once per event.
-        if !(spilled || self.legacy_dedupe) {
+        if !spilled {
             return Ok(None);
         }
         self.d_entry(stream, key)
     }
 
-    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
-        let prefix = match stream {
-            Some(stream) => keys::session_prefix(keys::PARKED, stream),
-            None => vec![keys::PARKED],
-        };
-        let mut parked = Vec::new();
-        for entry in self.staged.scan_prefix(prefix) {
-            let (key, bytes) = entry?;
-            let (session, event_id) = keys::parse_parked_key(&key)?;
-            let what = format!("parked event {event_id} of `{session}`");
-            parked.push(upcast_parked(&what, &bytes)?);
-        }
-        Ok(parked)
-    }
-
-    /// Every commit that appends or parks an event of a stream writes the stream's dedupe list,
-    /// so in a store with lists (not one written before them) no list means nothing stored.
+    /// Every commit that appends an event of a stream writes the stream's dedupe list, so no
+    /// list means nothing stored.
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
-        if self.legacy_dedupe {
-            return Ok(None);
-        }
         match self.staged.get(keys::list_key(stream))? {
             Some(value) => Ok(Some(DedupeList::is_empty_encoded(stream, &value)?)),
             None => Ok(Some(true)),
@@ -1221,12 +1070,6 @@ impl EventStore for SledStore {
     }
 
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
-        if self.legacy_dedupe {
-            return Ok(StreamStart {
-                empty: None,
-                snapshot: self.snapshot(stream)?,
-            });
-        }
         // One read: the head holds both.
         let value = self.staged.get(keys::list_key(stream))?;
         let empty = match &value {
@@ -1244,15 +1087,6 @@ impl EventStore for SledStore {
     }
 
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        if self.legacy_dedupe {
-            return match self.staged.get(keys::snapshot_key(stream))? {
-                Some(bytes) => Ok(Some(upcast_snapshot(
-                    &format!("snapshot of `{stream}`"),
-                    &bytes,
-                )?)),
-                None => Ok(None),
-            };
-        }
         match self.staged.get(keys::list_key(stream))? {
             Some(value) => snapshot_in_head(stream, &value),
             None => Ok(None),
@@ -1263,23 +1097,13 @@ impl EventStore for SledStore {
         &self,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let prefix = if self.legacy_dedupe {
-            keys::SNAPSHOT
-        } else {
-            keys::LIST
-        };
-        for entry in self.staged.scan_prefix([prefix]) {
+        for entry in self.staged.scan_prefix([keys::LIST]) {
             let (key, value) = entry?;
-            let (session, bytes) = if self.legacy_dedupe {
-                (keys::parse_snapshot_key(&key)?, &value[..])
-            } else {
-                let session = keys::parse_list_key(&key)?;
-                match DedupeList::snapshot_encoded(&session, &value)? {
-                    Some(bytes) => (session, bytes),
-                    None => continue,
-                }
+            let session = keys::parse_list_key(&key)?;
+            let Some(bytes) = DedupeList::snapshot_encoded(&session, &value)? else {
+                continue;
             };
-            let snapshot = upcast_snapshot(&format!("snapshot of `{session}`"), bytes)?;
+            let snapshot = decode_snapshot_record(&format!("snapshot of `{session}`"), bytes)?;
             if visit(session, snapshot).is_break() {
                 break;
             }
@@ -1306,7 +1130,7 @@ impl EventStore for SledStore {
     /// middle of the walk would look like a gap).
     fn verify(&self) -> Result<VerifyReport, StoreError> {
         let writer = self.writer();
-        crate::verify::verify_sled(&self.staged, writer.head, self.legacy_dedupe)
+        crate::verify::verify_sled(&self.staged, writer.head)
     }
 }
 
@@ -1324,7 +1148,7 @@ mod tests {
         store.staged.forget_heads();
         &store.db
     }
-    use crate::record::{encode_snapshot, NewEvent, RawJson, PACKED};
+    use crate::record::{NewEvent, RawJson, PACKED};
     use crate::store::ExpectedVersion;
 
     fn stream(id: &str) -> SessionId {
@@ -1343,23 +1167,15 @@ mod tests {
         }
     }
 
-    fn append(stream: &SessionId, event: NewEvent, from_parked: bool) -> Op {
+    /// An append, of an event the stream's fold rejected when `rejected`.
+    fn append(stream: &SessionId, event: NewEvent, rejected: bool) -> Op {
         Op::Append {
             stream: stream.clone(),
             expected: ExpectedVersion::Any,
-            accepted_at: event.received_at,
+            stored_at: event.received_at,
             event,
-            from_parked,
+            rejected,
         }
-    }
-
-    fn park(stream: &SessionId, event: NewEvent) -> Op {
-        Op::Park(ParkedEvent {
-            stream: stream.clone(),
-            reason: "test".into(),
-            parked_at: event.received_at,
-            data: event,
-        })
     }
 
     fn list_of(store: &SledStore, stream: &SessionId) -> DedupeList {
@@ -1390,9 +1206,9 @@ mod tests {
         Op::Append {
             stream: stream.clone(),
             expected: ExpectedVersion::Exact(Version(version)),
-            accepted_at: event.received_at,
+            stored_at: event.received_at,
             event,
-            from_parked: false,
+            rejected: false,
         }
     }
 
@@ -1514,104 +1330,7 @@ mod tests {
     }
 
     #[test]
-    fn a_parked_entry_spilled_before_its_event_is_accepted_moves_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let a = stream("a");
-        let late = event(0);
-        store.commit(vec![park(&a, late.clone())]).unwrap();
-        let ops = (1..=LIST_MAX as u64)
-            .map(|n| append(&a, event(n), false))
-            .collect();
-        store.commit(ops).unwrap();
-        assert!(list_of(&store, &a).spilled);
-        let outcomes = store.commit(vec![append(&a, late.clone(), true)]).unwrap();
-        let OpOutcome::Appended { version, position } = outcomes[0] else {
-            panic!("accepted: {outcomes:?}");
-        };
-        assert_eq!(
-            store.find_dedupe(&a, &late.dedupe_key).unwrap(),
-            Some(DedupeHit::Accepted {
-                stream: a.clone(),
-                version,
-                position
-            })
-        );
-        assert!(
-            !list_of(&store, &a).holds(&late.dedupe_key),
-            "the entry stays where it lives: one entry per key"
-        );
-        assert_consistent(&store);
-    }
-
-    #[test]
-    fn a_store_written_before_dedupe_lists_is_read_and_extended() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = stream("a");
-        let late = event(3);
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            store
-                .commit(vec![
-                    append(&a, event(1), false),
-                    append(&a, event(2), false),
-                    park(&a, late.clone()),
-                ])
-                .unwrap();
-            // Rewrite it as the first layout stored it: one key per event, one `D` key per
-            // entry, no lists, no layout key.
-            unpack_all(&store);
-            for entry in settled(&store).scan_prefix([keys::LIST]) {
-                let (key, value) = entry.unwrap();
-                let session = keys::parse_list_key(&key).unwrap();
-                for (dedupe, target) in DedupeList::decode(&session, &value).unwrap().0.entries {
-                    settled(&store)
-                        .insert(
-                            keys::dedupe_key(&session, &dedupe),
-                            keys::dedupe_value(&target.hit(&session)),
-                        )
-                        .unwrap();
-                }
-                settled(&store).remove(key).unwrap();
-            }
-            settled(&store).remove(keys::LAYOUT_KEY).unwrap();
-            store.sync().unwrap();
-        }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert!(store.legacy_dedupe);
-        assert_consistent(&store);
-        let outcomes = store
-            .commit(vec![
-                append(&a, event(1), false),
-                append(&a, late.clone(), true),
-                append(&a, event(4), false),
-            ])
-            .unwrap();
-        assert!(matches!(outcomes[0], OpOutcome::Duplicate { .. }));
-        assert!(matches!(outcomes[1], OpOutcome::Appended { .. }));
-        assert!(matches!(outcomes[2], OpOutcome::Appended { .. }));
-        assert!(matches!(
-            store.find_dedupe(&a, &late.dedupe_key).unwrap(),
-            Some(DedupeHit::Accepted { .. })
-        ));
-        let duplicate = store.commit(vec![append(&a, event(4), false)]).unwrap();
-        assert!(matches!(duplicate[0], OpOutcome::Duplicate { .. }));
-        assert_consistent(&store);
-        drop(store);
-        assert!(
-            SledStore::open(dir.path()).unwrap().legacy_dedupe,
-            "an old store stays readable as one"
-        );
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.stream_is_empty(&stream("new")).unwrap(),
-            None,
-            "a store without lists cannot tell from one read"
-        );
-    }
-
-    #[test]
-    fn a_stream_is_empty_until_an_event_is_appended_or_parked() {
+    fn a_stream_is_empty_until_an_event_is_appended() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (a, b, c) = (stream("a"), stream("b"), stream("c"));
@@ -1619,13 +1338,16 @@ mod tests {
             assert_eq!(store.stream_is_empty(id).unwrap(), Some(true));
         }
         store
-            .commit(vec![append(&a, event(1), false), park(&b, event(2))])
+            .commit(vec![
+                append(&a, event(1), false),
+                append(&b, event(2), true),
+            ])
             .unwrap();
         assert_eq!(store.stream_is_empty(&a).unwrap(), Some(false));
         assert_eq!(
             store.stream_is_empty(&b).unwrap(),
             Some(false),
-            "parked only"
+            "a rejected event only"
         );
         assert_eq!(store.stream_is_empty(&c).unwrap(), Some(true));
         // Past a spill the list stays, empty and marked spilled.
@@ -1654,7 +1376,7 @@ mod tests {
                 .insert(keys::list_key(&a), &[0, 1, 2][..])
                 .unwrap();
             // A `D` key in a stream whose list is not spilled is never read by lookups.
-            let stray = DedupeHit::Accepted {
+            let stray = DedupeHit {
                 stream: b.clone(),
                 version: Version(1),
                 position: Position(2),
@@ -1690,7 +1412,42 @@ mod tests {
         let error = SledStore::open(dir.path())
             .err()
             .expect("an unknown layout is refused");
-        assert!(error.to_string().contains("unknown layout"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("layout 9; this linkflow reads layout 6 only"),
+            "{error}"
+        );
+    }
+
+    /// A store of an older layout (1 to 5: refused events kept apart as parked events) is
+    /// refused at open with its layout named, and left as it was.
+    #[test]
+    fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
+        for (old, named) in [
+            (Some(5u32), "layout 5"),
+            (Some(2), "layout 2"),
+            (None, "layout 1"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = SledStore::open(dir.path()).unwrap();
+                store.commit(appends(&stream("a"), 1..=2)).unwrap();
+                store.sync().unwrap();
+                let db = settled(&store);
+                match old {
+                    Some(layout) => db.insert(keys::LAYOUT_KEY, &layout.to_be_bytes()).unwrap(),
+                    None => db.remove(keys::LAYOUT_KEY).unwrap(),
+                };
+            }
+            let error = SledStore::open(dir.path()).err().expect("refused");
+            assert!(
+                matches!(error, StoreError::UnsupportedLayout { supported: 6, .. }),
+                "{error:?}"
+            );
+            let text = error.to_string();
+            assert!(text.contains(named) && text.contains("parked"), "{text}");
+        }
     }
 
     #[test]
@@ -1740,24 +1497,6 @@ mod tests {
                 (first.0, event_count("", &value).unwrap())
             })
             .collect()
-    }
-
-    /// Rewrites every packed value as one key per record, as a store written before packing
-    /// held them.
-    fn unpack_all(store: &SledStore) {
-        for entry in settled(store).scan_prefix([keys::EVENT]) {
-            // The first record goes back under the packed value's own key, replacing it.
-            let (_, value) = entry.unwrap();
-            if value.first() != Some(&crate::record::PACKED) {
-                continue;
-            }
-            for record in event_records("", &value).unwrap() {
-                let event = upcast_event("", record).unwrap();
-                settled(store)
-                    .insert(keys::event_key(&event.stream, event.version), record)
-                    .unwrap();
-            }
-        }
     }
 
     /// Appends of `stream`'s events numbered `numbers`, in one commit's ops.
@@ -1884,36 +1623,12 @@ mod tests {
         }
     }
 
-    /// Rewrites a layout 4 store as layouts 2 and 3 stored it: each snapshot under an `N` key,
-    /// heads as plain dedupe lists (none for a stream that only has a snapshot).
-    fn snapshots_out_of_heads(store: &SledStore) {
-        for entry in settled(store).scan_prefix([keys::LIST]) {
-            let (key, value) = entry.unwrap();
-            let session = keys::parse_list_key(&key).unwrap();
-            let (list, snapshot) = DedupeList::decode(&session, &value).unwrap();
-            if let Some(snapshot) = snapshot {
-                settled(store)
-                    .insert(keys::snapshot_key(&session), snapshot)
-                    .unwrap();
-            }
-            if list.is_empty() {
-                settled(store).remove(&key).unwrap();
-            } else {
-                settled(store).insert(&key, list.encode(None)).unwrap();
-            }
-        }
-    }
-
     fn layout(store: &SledStore) -> Vec<u8> {
         settled(store)
             .get(keys::LAYOUT_KEY)
             .unwrap()
             .unwrap()
             .to_vec()
-    }
-
-    fn n_keys(store: &SledStore) -> usize {
-        settled(store).scan_prefix([keys::SNAPSHOT]).count()
     }
 
     #[test]
@@ -1925,8 +1640,7 @@ mod tests {
         ops.push(snapshot_op(&a, 2, b"two"));
         ops.push(snapshot_op(&b, 0, b"nothing yet"));
         store.commit(ops).unwrap();
-        assert_eq!(layout(&store), keys::LAYOUT_WAL.to_be_bytes());
-        assert_eq!(n_keys(&store), 0);
+        assert_eq!(layout(&store), keys::LAYOUT.to_be_bytes());
         assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"two");
         // A stream with only a snapshot has a head, and is still empty.
         assert_eq!(store.stream_is_empty(&b).unwrap(), Some(true));
@@ -1953,147 +1667,6 @@ mod tests {
         let report = store.verify().unwrap();
         assert_eq!(report.snapshots, 2);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-    }
-
-    #[test]
-    fn a_layout_2_or_3_store_moves_its_snapshots_into_heads_when_opened() {
-        for old_layout in [keys::LAYOUT_LISTS, keys::LAYOUT_PACKED] {
-            let dir = tempfile::tempdir().unwrap();
-            let (a, b, c) = (stream("a"), stream("b"), stream("c"));
-            let late = event(9);
-            {
-                let store = SledStore::open(dir.path()).unwrap();
-                let mut ops = appends(&a, 1..=2);
-                ops.push(park(&a, late.clone()));
-                ops.push(snapshot_op(&a, 2, b"a at 2"));
-                ops.push(snapshot_op(&b, 0, b"b alone"));
-                ops.extend(appends(&c, 5..=5));
-                store.commit(ops).unwrap();
-                snapshots_out_of_heads(&store);
-                if old_layout == keys::LAYOUT_LISTS {
-                    unpack_all(&store);
-                }
-                settled(&store)
-                    .insert(keys::LAYOUT_KEY, &old_layout.to_be_bytes())
-                    .unwrap();
-                store.sync().unwrap();
-                assert_eq!(n_keys(&store), 2);
-            }
-            let store = SledStore::open(dir.path()).unwrap();
-            assert_eq!(layout(&store), keys::LAYOUT_WAL.to_be_bytes());
-            assert_eq!(n_keys(&store), 0, "layout {old_layout}");
-            assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 2");
-            assert_eq!(store.snapshot(&b).unwrap().unwrap().state, b"b alone");
-            assert_eq!(store.snapshot(&c).unwrap(), None);
-            assert_eq!(store.stream_is_empty(&b).unwrap(), Some(true));
-            assert_eq!(store.stream_is_empty(&a).unwrap(), Some(false));
-            assert!(matches!(
-                store.find_dedupe(&a, &late.dedupe_key).unwrap(),
-                Some(DedupeHit::Parked { .. })
-            ));
-            assert_consistent(&store);
-            store.commit(appends(&a, 3..=4)).unwrap();
-            assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 2");
-            assert_eq!(
-                versions(&store.read_stream(&a, Version(1), usize::MAX).unwrap()),
-                [2, 3, 4]
-            );
-            assert_consistent(&store);
-        }
-    }
-
-    #[test]
-    fn a_move_into_heads_cut_short_is_finished_by_the_next_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let streams: Vec<SessionId> = (0..(MOVE_CHUNK as u64 + 10))
-            .map(|n| stream(&format!("s{n}")))
-            .collect();
-        let (damaged, stale) = (stream("damaged"), stream("stale"));
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            let mut ops = Vec::new();
-            for (n, session) in streams.iter().enumerate() {
-                ops.push(append(session, event(n as u64), false));
-                ops.push(snapshot_op(session, 1, session.as_str().as_bytes()));
-            }
-            ops.push(append(&damaged, event(1 << 20), false));
-            ops.push(append(&stale, event(1 << 21), false));
-            ops.push(snapshot_op(&stale, 1, b"newer"));
-            store.commit(ops).unwrap();
-            snapshots_out_of_heads(&store);
-            // As a crash leaves it: the layout key already says 4, some snapshots are still
-            // `N` keys, one stream has both (the head's is the one a layout 4 commit wrote).
-            settled(&store)
-                .insert(keys::LAYOUT_KEY, &keys::LAYOUT_HEADS.to_be_bytes())
-                .unwrap();
-            let stale_head = DedupeList::decode(
-                &stale,
-                &settled(&store)
-                    .get(keys::list_key(&stale))
-                    .unwrap()
-                    .unwrap(),
-            )
-            .unwrap()
-            .0
-            .encode(Some(&encode_snapshot(&snapshot_at(1, b"newer"))));
-            settled(&store)
-                .insert(keys::list_key(&stale), stale_head)
-                .unwrap();
-            let put_n = |session: &SessionId, state: &[u8]| {
-                let record = encode_snapshot(&snapshot_at(1, state));
-                settled(&store)
-                    .insert(keys::snapshot_key(session), record)
-                    .unwrap();
-            };
-            put_n(&stale, b"older");
-            // A damaged head keeps its stream's `N` key.
-            put_n(&damaged, b"");
-            settled(&store)
-                .insert(keys::list_key(&damaged), &[0x40][..])
-                .unwrap();
-            store.sync().unwrap();
-        }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            n_keys(&store),
-            1,
-            "only the damaged stream's snapshot stays"
-        );
-        for session in &streams {
-            assert_eq!(
-                store.snapshot(session).unwrap().unwrap().state,
-                session.as_str().as_bytes()
-            );
-        }
-        assert_eq!(store.snapshot(&stale).unwrap().unwrap().state, b"newer");
-        let found = problems(&store);
-        assert!(
-            found
-                .iter()
-                .any(|p| p.contains("snapshot of `damaged`") && p.contains("`N` key")),
-            "{found:?}"
-        );
-        assert!(
-            found.iter().any(|p| p.contains("head of stream `damaged`")),
-            "{found:?}"
-        );
-    }
-
-    #[test]
-    fn a_store_written_before_dedupe_lists_never_packs() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = stream("a");
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            store.commit(vec![append(&a, event(1), false)]).unwrap();
-            settled(&store).remove(keys::LAYOUT_KEY).unwrap();
-            store.sync().unwrap();
-        }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert!(store.legacy_dedupe);
-        store.commit(appends(&a, 2..=3)).unwrap();
-        assert_eq!(event_values(&store, &a), vec![(1, 1), (2, 1), (3, 1)]);
-        assert!(settled(&store).get(keys::LAYOUT_KEY).unwrap().is_none());
     }
 
     #[test]
@@ -2206,7 +1779,7 @@ mod tests {
         let (a, b) = (stream("a"), stream("b"));
         store.commit(appends(&a, 1..=3)).unwrap();
         let mut second = appends(&b, 4..=5);
-        second.push(park(&a, event(6)));
+        second.push(append(&a, event(6), true));
         second.push(snapshot_op(&a, 3, b"a at 3"));
         store.commit(second).unwrap();
         store.commit(appends(&a, 7..=7)).unwrap();
@@ -2227,7 +1800,7 @@ mod tests {
                     .read_stream(&a, Version::EMPTY, usize::MAX)
                     .unwrap()
             ),
-            [1, 2, 3, 4]
+            [1, 2, 3, 4, 5]
         );
         assert_eq!(
             versions(
@@ -2237,8 +1810,11 @@ mod tests {
             ),
             [1, 2]
         );
-        assert_eq!(recovered.head().unwrap(), Position(6));
-        assert_eq!(recovered.parked(Some(&a)).unwrap().len(), 1);
+        assert_eq!(recovered.head().unwrap(), Position(7));
+        assert!(
+            recovered.read_stream(&a, Version(3), 1).unwrap()[0].rejected,
+            "the rejected flag is replayed"
+        );
         assert_eq!(recovered.snapshot(&a).unwrap().unwrap().state, b"a at 3");
         assert_consistent(&recovered);
         // The replayed store goes on from there, and its frames are numbered after them.
@@ -2259,9 +1835,9 @@ mod tests {
         let cut = SledStore::open(torn.path()).unwrap();
         assert_eq!(
             versions(&cut.read_stream(&a, Version::EMPTY, usize::MAX).unwrap()),
-            [1, 2, 3]
+            [1, 2, 3, 4]
         );
-        assert_eq!(cut.head().unwrap(), Position(5));
+        assert_eq!(cut.head().unwrap(), Position(6));
         assert_consistent(&cut);
     }
 
@@ -2271,9 +1847,8 @@ mod tests {
         let store = quiet_store(dir.path());
         let (a, b) = (stream("a"), stream("b"));
         store.commit(appends(&a, 1..=3)).unwrap();
-        let late = event(6);
         let mut second = appends(&b, 4..=5);
-        second.push(park(&a, late.clone()));
+        second.push(append(&a, event(6), true));
         second.push(snapshot_op(&a, 3, b"a at 3"));
         store.commit(second).unwrap();
         // Not synced: sled holds none of it, every read sees all of it.
@@ -2282,11 +1857,10 @@ mod tests {
         let seen = |store: &SledStore| {
             assert_eq!(
                 versions(&store.read_stream(&a, Version::EMPTY, usize::MAX).unwrap()),
-                [1, 2, 3]
+                [1, 2, 3, 4]
             );
             assert_eq!(store.stream_version(&b).unwrap(), Version(2));
-            assert_eq!(store.read_all(Position(2), 10).unwrap().len(), 3);
-            assert_eq!(store.parked(Some(&a)).unwrap().len(), 1);
+            assert_eq!(store.read_all(Position(2), 10).unwrap().len(), 4);
             assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 3");
             assert!(store
                 .find_dedupe(&b, &event(5).dedupe_key)
@@ -2296,12 +1870,12 @@ mod tests {
             assert_consistent(store);
         };
         seen(&store);
-        // The parked event accepted: its parked key removed, in staging only.
-        store.commit(vec![append(&a, late, true)]).unwrap();
-        assert!(store.parked(Some(&a)).unwrap().is_empty());
+        // Another commit, in staging only.
+        store.commit(appends(&a, 9..=9)).unwrap();
+        assert_eq!(store.stream_version(&a).unwrap(), Version(5));
         assert!(store
             .db
-            .scan_prefix(keys::session_prefix(keys::PARKED, &a))
+            .scan_prefix(keys::session_prefix(keys::EVENT, &a))
             .next()
             .is_none());
         // A sync makes the frames durable; the next commit applies them first.
@@ -2310,12 +1884,15 @@ mod tests {
         store.commit(appends(&b, 7..=7)).unwrap();
         assert_eq!(applied_frame(&store.db).unwrap(), 3);
         assert!(store.db.get(keys::list_key(&a)).unwrap().is_some());
-        assert!(store
-            .db
-            .scan_prefix(keys::session_prefix(keys::PARKED, &a))
-            .next()
-            .is_none());
-        assert_eq!(store.stream_version(&a).unwrap(), Version(4));
+        assert_eq!(
+            store
+                .db
+                .scan_prefix(keys::session_prefix(keys::EVENT, &a))
+                .count(),
+            3,
+            "a's runs of three commits, each under one key"
+        );
+        assert_eq!(store.stream_version(&a).unwrap(), Version(5));
         assert_eq!(store.stream_version(&b).unwrap(), Version(3));
         // The engine's sync threads apply what a sync made durable once they have answered.
         store.commit(appends(&a, 8..=8)).unwrap();
@@ -2328,7 +1905,7 @@ mod tests {
         // Closing applies and checkpoints everything: sled alone holds it.
         let reopened = SledStore::open(dir.path()).unwrap();
         assert_eq!(applied_frame(&reopened.db).unwrap(), 5);
-        assert_eq!(reopened.head().unwrap(), Position(8));
+        assert_eq!(reopened.head().unwrap(), Position(9));
         assert_consistent(&reopened);
     }
 
@@ -2342,7 +1919,7 @@ mod tests {
         store.commit(appends(&a, 1..=3)).unwrap();
         let mut second = appends(&b, 4..=5);
         second.extend(appends(&a, 6..=6));
-        second.push(park(&a, event(7)));
+        second.push(append(&a, event(7), true));
         store.commit(second).unwrap();
         store.sync().unwrap();
         copy_log(dir.path(), image.path());
@@ -2369,17 +1946,13 @@ mod tests {
             db.flush().unwrap();
         }
         let recovered = SledStore::open(image.path()).unwrap();
-        assert_eq!(recovered.head().unwrap(), Position(6));
-        assert_eq!(
-            versions(
-                &recovered
-                    .read_stream(&a, Version::EMPTY, usize::MAX)
-                    .unwrap()
-            ),
-            [1, 2, 3, 4]
-        );
+        assert_eq!(recovered.head().unwrap(), Position(7));
+        let a_events = recovered
+            .read_stream(&a, Version::EMPTY, usize::MAX)
+            .unwrap();
+        assert_eq!(versions(&a_events), [1, 2, 3, 4, 5]);
+        assert!(a_events[4].rejected);
         assert_eq!(recovered.stream_version(&b).unwrap(), Version(2));
-        assert_eq!(recovered.parked(Some(&a)).unwrap().len(), 1);
         assert_consistent(&recovered);
     }
 
@@ -2471,7 +2044,7 @@ mod tests {
         );
         // The log is gone, so what the reopened store holds came from sled alone.
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(layout(&store), keys::LAYOUT_WAL.to_be_bytes());
+        assert_eq!(layout(&store), keys::LAYOUT.to_be_bytes());
         assert_eq!(store.head().unwrap(), Position(2));
         assert_eq!(applied_frame(settled(&store)).unwrap(), 1);
     }

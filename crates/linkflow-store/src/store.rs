@@ -3,13 +3,11 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
+use crate::error::{CorruptRecord, StoreError};
+use crate::record::{DedupeKey, NewEvent, Snapshot, StoredEvent};
 use chrono::{DateTime, Utc};
 use linkflow_core::{Position, SessionId, Version};
 use serde::Serialize;
-use uuid::Uuid;
-
-use crate::error::{CorruptRecord, StoreError};
-use crate::record::{DedupeKey, NewEvent, ParkedEvent, Snapshot, StoredEvent};
 
 /// What a writer believes a stream's version to be before its append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +20,13 @@ pub enum ExpectedVersion {
 }
 
 /// One operation of an atomic commit.
+// `Append` carries its event inline: it is the op of nearly every commit, and boxing it would
+// cost an allocation per event on the write path for the rare guards and snapshots.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// Append an accepted event to `stream`.
+    /// Append an event to `stream`: every event a stream receives is appended, in arrival
+    /// order (which of them its fold accepts is the engine's to derive).
     ///
     /// If its dedupe key is already stored for the stream (or appended earlier in the same
     /// commit) nothing is
@@ -37,25 +39,21 @@ pub enum Op {
         expected: ExpectedVersion,
         /// The event.
         event: NewEvent,
-        /// When the log accepts it.
-        accepted_at: DateTime<Utc>,
-        /// True when a retry accepts a parked event: its parked entry is removed in the same
-        /// commit and its dedupe entry moves from parked to accepted.
-        from_parked: bool,
+        /// When the log stores it.
+        stored_at: DateTime<Utc>,
+        /// The stream's fold rejected it when it was stored (kept in the record, as the
+        /// ingest outcome said it; a later arrival may change the verdict).
+        rejected: bool,
     },
-    /// Keep a refused event with its reason. A duplicate dedupe key writes nothing.
-    Park(ParkedEvent),
-    /// A guard that writes nothing: the stream must be at `version` with `parked` parked events
-    /// (as this commit has left it so far; put it first to check the stored stream), or the
-    /// whole commit fails with [`StoreError::Conflict`] or [`StoreError::ParkedConflict`].
-    /// Writers sharing a store with other processes state what they decided on with it.
+    /// A guard that writes nothing: the stream must be at `version` (as this commit has left it
+    /// so far; put it first to check the stored stream), or the whole commit fails with
+    /// [`StoreError::Conflict`]. Writers sharing a store with other processes state what they
+    /// decided on with it.
     Expect {
         /// The stream.
         stream: SessionId,
         /// The version the writer saw.
         version: Version,
-        /// The number of parked events the writer saw.
-        parked: usize,
     },
     /// Replace the stream's snapshot.
     PutSnapshot {
@@ -82,34 +80,21 @@ pub enum OpOutcome {
         /// Where the original is.
         original: DedupeHit,
     },
-    /// The event was parked.
-    Parked,
     /// The snapshot was stored.
     SnapshotSaved,
     /// An [`Op::Expect`] guard held.
     Checked,
 }
 
-/// Where the first delivery of a dedupe key went.
+/// Where the first delivery of a dedupe key was stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum DedupeHit {
-    /// It was accepted into a stream.
-    Accepted {
-        /// The stream.
-        stream: SessionId,
-        /// Its version.
-        version: Version,
-        /// Its global position.
-        position: Position,
-    },
-    /// It is parked.
-    Parked {
-        /// The stream it was meant for.
-        stream: SessionId,
-        /// Its event id.
-        event_id: Uuid,
-    },
+pub struct DedupeHit {
+    /// The stream.
+    pub stream: SessionId,
+    /// Its version.
+    pub version: Version,
+    /// Its global position.
+    pub position: Position,
 }
 
 /// Where reading a stream starts, as [`EventStore::stream_start`] found it.
@@ -129,8 +114,6 @@ pub struct StreamRead {
     pub snapshot: Option<Snapshot>,
     /// Its events after the snapshot's version (all of them without a snapshot), in order.
     pub tail: Vec<StoredEvent>,
-    /// Its parked events, in event-id order.
-    pub parked: Vec<ParkedEvent>,
 }
 
 /// What a writer needs to decide a group of events, read at one point in time by
@@ -156,12 +139,10 @@ impl StreamsRead {
 /// What [`EventStore::verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// Accepted events walked.
+    /// Events walked.
     pub events: u64,
     /// Streams walked.
     pub streams: u64,
-    /// Parked events walked.
-    pub parked: u64,
     /// Snapshots walked.
     pub snapshots: u64,
     /// Every inconsistency found.
@@ -208,7 +189,7 @@ const READ_STREAMS_PAGE: usize = 1_024;
 /// Contract (checked by the conformance suite in [`crate::conformance`] for every backend):
 /// - a commit is atomic: after any crash, all of its operations are present or none;
 /// - versions per stream and positions over all streams start at 1 and have no gaps;
-/// - an accepted event is never rewritten or deleted;
+/// - a stored event is never rewritten or deleted;
 /// - a dedupe key is stored once per stream; later appends of it to that stream write nothing
 ///   and report the original;
 /// - within one commit, positions are handed out stream by stream (in the order of each
@@ -229,7 +210,7 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The position of the last accepted event ([`Position::START`] when empty).
+    /// The position of the last stored event ([`Position::START`] when empty).
     fn head(&self) -> Result<Position, StoreError>;
 
     /// The stream's version ([`Version::EMPTY`] when it has no event).
@@ -254,16 +235,12 @@ pub trait EventStore: Send + Sync + 'static {
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError>;
 
-    /// The parked events of one stream, or of all streams, in stream then event-id order.
-    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError>;
-
     /// The stream's snapshot, if one was stored.
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError>;
 
-    /// Whether the stream certainly holds nothing (no event, no parked event), when the backend
-    /// can tell with one cheap read: `Some(true)` empty, `Some(false)` not empty, `None` cannot
-    /// tell (the caller then reads the snapshot, the tail and the parked list). The default is
-    /// `None`, always a correct answer.
+    /// Whether the stream certainly holds no event, when the backend can tell with one cheap
+    /// read: `Some(true)` empty, `Some(false)` not empty, `None` cannot tell (the caller then
+    /// reads the snapshot and the tail). The default is `None`, always a correct answer.
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
         let _ = stream;
         Ok(None)
@@ -287,7 +264,7 @@ pub trait EventStore: Send + Sync + 'static {
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
-    /// Calls `visit` with every accepted event, stream by stream in version order, until it
+    /// Calls `visit` with every stored event, stream by stream in version order, until it
     /// breaks. This is the order a rebuild of every session state wants.
     fn for_each_event_by_stream(
         &self,
@@ -298,8 +275,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn verify(&self) -> Result<VerifyReport, StoreError>;
 
     /// Reads, as of one point in time, what a writer needs to decide events on `streams` with
-    /// the dedupe `keys`: each stream's snapshot, the events after it and its parked events,
-    /// and where each key's first delivery went. A backend with network round trips answers in
+    /// the dedupe `keys`: each stream's snapshot and the events after it, and where each key's
+    /// first delivery went. A backend with network round trips answers in
     /// one; the default reads stream by stream, then key by key (streams first, so that on a
     /// shared store a key stored after the stream was read moves the stream past the version
     /// the writer guards).
@@ -324,15 +301,8 @@ pub trait EventStore: Send + Sync + 'static {
                     break;
                 }
             }
-            let parked = self.parked(Some(stream))?;
-            read.streams.insert(
-                stream.clone(),
-                StreamRead {
-                    snapshot,
-                    tail,
-                    parked,
-                },
-            );
+            read.streams
+                .insert(stream.clone(), StreamRead { snapshot, tail });
         }
         for (stream, key) in keys {
             read.keys.insert((stream.clone(), *key));

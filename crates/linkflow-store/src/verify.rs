@@ -7,7 +7,7 @@ use linkflow_core::{Position, SessionId, Version};
 
 use crate::dedupe_list::DedupeList;
 use crate::keys;
-use crate::record::{event_records, upcast_event, upcast_parked, upcast_snapshot, StoredEvent};
+use crate::record::{decode_event_record, decode_snapshot_record, event_records, StoredEvent};
 use crate::staged::Staged;
 use crate::store::{DedupeHit, VerifyReport};
 use crate::{CorruptRecord, DedupeKey, StoreError};
@@ -15,7 +15,6 @@ use crate::{CorruptRecord, DedupeKey, StoreError};
 /// Dedupe lookups as the store does them, reading each stream's list once.
 struct Lookup<'a> {
     db: &'a Staged,
-    legacy: bool,
     list: Option<(SessionId, Option<DedupeList>)>,
 }
 
@@ -39,7 +38,7 @@ impl Lookup<'_> {
         if let Some(target) = list.and_then(|list| list.find(key)) {
             return Ok(Ok(Some(target.hit(stream))));
         }
-        if !self.legacy && !list.is_some_and(|list| list.spilled) {
+        if !list.is_some_and(|list| list.spilled) {
             return Ok(Ok(None));
         }
         Ok(match self.db.get(keys::dedupe_key(stream, key))? {
@@ -54,23 +53,14 @@ impl Lookup<'_> {
 ///   position they name holds an event record that names the same position;
 /// - every stream holds versions 1..=n with no gap; every record decodes (checksum included),
 ///   matches its key, and has a dedupe entry pointing back at it;
-/// - every dedupe entry (in a stream's list or under a `D` key) points at an existing event or
-///   parked record, and `D` entries of a store with lists belong to spilled lists;
-/// - every parked record decodes and its dedupe entry points back at it;
-/// - every snapshot (in its stream's head, or an `N` key in a store from before dedupe lists)
+/// - every dedupe entry (in a stream's list or under a `D` key) points at an existing event,
+///   and `D` entries belong to spilled lists;
+/// - every snapshot (in its stream's head)
 ///   decodes and is not ahead of its stream; an `N` key in any other store is one reads never
 ///   see.
-pub(crate) fn verify_sled(
-    db: &Staged,
-    head: Position,
-    legacy: bool,
-) -> Result<VerifyReport, StoreError> {
+pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let mut lookup = Lookup {
-        db,
-        legacy,
-        list: None,
-    };
+    let mut lookup = Lookup { db, list: None };
 
     // Global index.
     let mut next = Position(1);
@@ -167,7 +157,7 @@ pub(crate) fn verify_sled(
             }
             current = Some((session.clone(), version));
             stream_versions.insert(session.clone(), version);
-            let event = match upcast_event(&what, record) {
+            let event = match decode_event_record(&what, record) {
                 Ok(event) => event,
                 Err(error) => {
                     report.problems.push(error.into());
@@ -185,7 +175,7 @@ pub(crate) fn verify_sled(
             }
             let key = event.data.dedupe_key;
             match lookup.find(&session, &key)? {
-                Ok(Some(DedupeHit::Accepted { position, .. })) if position == event.position => {}
+                Ok(Some(DedupeHit { position, .. })) if position == event.position => {}
                 Ok(Some(other)) => report.problem(
                     &what,
                     format!("its dedupe entry points elsewhere: {other:?}"),
@@ -209,7 +199,7 @@ pub(crate) fn verify_sled(
     let check_snapshot = |report: &mut VerifyReport, session: &SessionId, bytes: &[u8]| {
         report.snapshots += 1;
         let what = format!("snapshot of `{session}`");
-        match upcast_snapshot(&what, bytes) {
+        match decode_snapshot_record(&what, bytes) {
             Ok(snapshot) => {
                 let stream = stream_versions.get(session).copied().unwrap_or_default();
                 if snapshot.version > stream {
@@ -267,7 +257,7 @@ pub(crate) fn verify_sled(
             }
         };
         let what = format!("dedupe entry {dedupe} of `{session}`");
-        if !legacy && spilled.get(&session) != Some(&true) {
+        if spilled.get(&session) != Some(&true) {
             report.problem(
                 &what,
                 "is a `D` key, but the stream's dedupe list is not marked spilled: lookups never read it",
@@ -279,52 +269,6 @@ pub(crate) fn verify_sled(
         }
     }
 
-    // Parked events.
-    for entry in db.scan_prefix([keys::PARKED]) {
-        let (key, bytes) = entry?;
-        report.parked += 1;
-        let (session, event_id) = match keys::parse_parked_key(&key) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                report.problems.push(error.into());
-                continue;
-            }
-        };
-        let what = format!("parked event {event_id} of `{session}`");
-        match upcast_parked(&what, &bytes) {
-            Ok(parked) => {
-                let key = parked.data.dedupe_key;
-                let points_back = matches!(
-                    lookup.find(&session, &key)?,
-                    Ok(Some(DedupeHit::Parked { event_id: id, .. })) if id == event_id
-                );
-                if !points_back {
-                    report.problem(&what, "its dedupe entry does not point back at it");
-                }
-            }
-            Err(error) => report.problems.push(error.into()),
-        }
-    }
-
-    // Snapshots under `N` keys.
-    for entry in db.scan_prefix([keys::SNAPSHOT]) {
-        let (key, bytes) = entry?;
-        let session = match keys::parse_snapshot_key(&key) {
-            Ok(session) => session,
-            Err(error) => {
-                report.problems.push(error.into());
-                continue;
-            }
-        };
-        if legacy {
-            check_snapshot(&mut report, &session, &bytes);
-        } else {
-            report.problem(
-                format!("snapshot of `{session}`"),
-                "is an `N` key, but this store keeps snapshots in stream heads: reads never see it",
-            );
-        }
-    }
     Ok(report)
 }
 
@@ -335,34 +279,23 @@ fn check_target(
     what: &str,
     hit: &DedupeHit,
 ) -> Result<(), StoreError> {
-    match hit {
-        DedupeHit::Accepted {
-            stream,
-            version,
-            position,
-        } => {
-            let record = keys::describe_event(stream, *version);
-            match event_at(db, stream, *version)? {
-                None => report.problem(what, format!("points at {record}, which does not exist")),
-                Some(Ok(event)) if event.position != *position => report.problem(
-                    what,
-                    format!(
-                        "says position {position}, {record} is at {}",
-                        event.position
-                    ),
-                ),
-                // A damaged record is reported by the walk of the streams.
-                Some(_) => {}
-            }
-        }
-        DedupeHit::Parked { stream, event_id } => {
-            if db.get(keys::parked_key(stream, *event_id))?.is_none() {
-                report.problem(
-                    what,
-                    format!("points at parked event {event_id}, which does not exist"),
-                );
-            }
-        }
+    let DedupeHit {
+        stream,
+        version,
+        position,
+    } = hit;
+    let record = keys::describe_event(stream, *version);
+    match event_at(db, stream, *version)? {
+        None => report.problem(what, format!("points at {record}, which does not exist")),
+        Some(Ok(event)) if event.position != *position => report.problem(
+            what,
+            format!(
+                "says position {position}, {record} is at {}",
+                event.position
+            ),
+        ),
+        // A damaged record is reported by the walk of the streams.
+        Some(_) => {}
     }
     Ok(())
 }
@@ -391,5 +324,7 @@ fn event_at(
         Err(error) => return Ok(Some(Err(error))),
     };
     let index = usize::try_from(version.0.saturating_sub(first.0)).unwrap_or(usize::MAX);
-    Ok(records.get(index).map(|record| upcast_event(&what, record)))
+    Ok(records
+        .get(index)
+        .map(|record| decode_event_record(&what, record)))
 }

@@ -131,6 +131,8 @@ impl Payload {
         self.put(value);
     }
 
+    /// A removal (commits only insert; the format and its replay keep removes general).
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, key: &[u8]) {
         self.bytes.push(REMOVE);
         self.put(key);

@@ -16,9 +16,9 @@ fn a_corrupted_event_record_is_a_clear_error_and_a_verify_problem() {
         .commit(vec![Op::Append {
             stream: a.clone(),
             expected: ExpectedVersion::Any,
-            accepted_at: new.received_at,
+            stored_at: new.received_at,
             event: new,
-            from_parked: false,
+            rejected: false,
         }])
         .unwrap();
     let key = SledStore::raw_event_key_for_tests(&a, Version(1));

@@ -441,7 +441,6 @@ impl<'a> Plan<'a> {
                 self.ops.push(Op::Expect {
                     stream: session.clone(),
                     version: start,
-                    parked: 0,
                 });
                 self.op_events.push((session.clone(), Uuid::nil()));
             }
@@ -552,9 +551,9 @@ impl<'a> Plan<'a> {
             Op::Append {
                 stream: session.clone(),
                 expected: ExpectedVersion::Exact(before),
-                accepted_at: received_at,
+                stored_at: self.now,
+                rejected: verdict.is_err(),
                 event: new,
-                from_parked: false,
             },
             session,
             event_id,
@@ -827,9 +826,7 @@ fn process_group(
             Ok(outcomes) => {
                 return complete_group(shared, plan, group, planned, &outcomes, taken, jobs);
             }
-            Err(StoreError::Conflict { .. } | StoreError::ParkedConflict { .. })
-                if attempt < retries =>
-            {
+            Err(StoreError::Conflict { .. }) if attempt < retries => {
                 evict(shared, plan.sessions.keys());
                 back_off(attempt, plan.now);
             }
@@ -928,13 +925,13 @@ fn complete_group(
     let describe_op = |op: usize| -> Option<DedupeHit> {
         let (stream, _) = plan.op_events[op].clone();
         match outcomes.get(op)? {
-            OpOutcome::Appended { version, position } => Some(DedupeHit::Accepted {
+            OpOutcome::Appended { version, position } => Some(DedupeHit {
                 stream,
                 version: *version,
                 position: *position,
             }),
             OpOutcome::Duplicate { original } => Some(original.clone()),
-            OpOutcome::Parked | OpOutcome::SnapshotSaved | OpOutcome::Checked => None,
+            OpOutcome::SnapshotSaved | OpOutcome::Checked => None,
         }
     };
     let appended = |op: usize| match outcomes.get(op) {

@@ -54,8 +54,8 @@ fn writers_with_expected_versions_lose_nothing_and_see_conflicts() {
                             stream: stream.clone(),
                             expected: ExpectedVersion::Exact(expected),
                             event: new_event(thread, n),
-                            accepted_at: Utc::now(),
-                            from_parked: false,
+                            stored_at: Utc::now(),
+                            rejected: false,
                         }]) {
                             Ok(outcomes) => {
                                 assert!(matches!(outcomes[0], OpOutcome::Appended { .. }));

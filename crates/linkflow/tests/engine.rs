@@ -104,11 +104,11 @@ async fn a_duplicate_delivery_is_stored_once_and_points_at_the_original() {
     accepted(&outcomes[0]);
     assert!(
         matches!(&outcomes[1], IngestOutcome::Duplicate { original, .. }
-        if matches!(original, linkflow::store::DedupeHit::Accepted { position: Position(2), .. }))
+        if matches!(original, linkflow::store::DedupeHit { position: Position(2), .. }))
     );
     assert!(
         matches!(&outcomes[2], IngestOutcome::Duplicate { original, .. }
-        if matches!(original, linkflow::store::DedupeHit::Accepted { position: p, .. } if *p == position))
+        if matches!(original, linkflow::store::DedupeHit { position: p, .. } if *p == position))
     );
     assert_eq!(engine.head().unwrap(), Position(2));
 }

@@ -37,7 +37,6 @@ impl Watch for Counting {
             Call::StreamVersion
             | Call::ReadStream
             | Call::FindDedupe
-            | Call::Parked
             | Call::Snapshot
             | Call::StreamIsEmpty
             | Call::StreamStart => &self.single_reads,

@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use linkflow::store::{
-    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, ParkedEvent, SledStore, Snapshot, StoreError,
-    StoredEvent, StreamStart, StreamsRead, VerifyReport,
+    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, SledStore, Snapshot, StoreError, StoredEvent,
+    StreamStart, StreamsRead, VerifyReport,
 };
 use linkflow_core::{Position, SessionId, Version};
 
@@ -18,7 +18,6 @@ pub enum Call {
     ReadStream,
     ReadAll,
     FindDedupe,
-    Parked,
     Snapshot,
     StreamIsEmpty,
     StreamStart,
@@ -96,9 +95,6 @@ impl<W: Watch> EventStore for Watched<W> {
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError> {
         self.call(Call::FindDedupe, |store| store.find_dedupe(stream, key))
-    }
-    fn parked(&self, stream: Option<&SessionId>) -> Result<Vec<ParkedEvent>, StoreError> {
-        self.call(Call::Parked, |store| store.parked(stream))
     }
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
         self.call(Call::Snapshot, |store| store.snapshot(stream))
