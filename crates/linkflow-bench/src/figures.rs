@@ -98,6 +98,71 @@ pub(crate) async fn batch_ingest_with(config: EngineConfig, deliveries: &[Delive
     rate
 }
 
+/// Decoded events ingested `BATCH` per call, each call durable (figure 1's cadence, with the
+/// decoding done before the timer).
+async fn ingest_decoded(config: EngineConfig, events: &[IncomingEvent]) -> f64 {
+    let engine = Engine::open_with(config).expect("the engine opens");
+    let started = Instant::now();
+    for chunk in events.chunks(BATCH) {
+        engine
+            .ingest_batch(chunk.to_vec())
+            .await
+            .expect("ingest succeeds");
+    }
+    let rate = per_second(events.len(), started.elapsed());
+    engine.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// Figure 10: the workload's sessions in the Plaid shape (each session's first event where it
+/// was, the rest in one burst ~1,200 events later), the bursts shuffled against the same
+/// bursts in provider-time order: what late events cost (each one folds its session again).
+/// Returns (shuffled, in order) events/s, alternating twice and keeping each one's best.
+async fn plaid_shape_ingest(deliveries: &[Delivery]) -> (f64, f64) {
+    let context = DecodeContext::received_at(Utc::now());
+    let decoded: Vec<(usize, Option<chrono::DateTime<Utc>>, IncomingEvent)> = deliveries
+        .iter()
+        .map(|delivery| {
+            let event = incoming(delivery, &context);
+            (delivery.session, event.body.occurred_at(), event)
+        })
+        .collect();
+    let in_order = crate::workload::plaid_like(&decoded, false, SEED);
+    let shuffled = crate::workload::plaid_like(&decoded, true, SEED);
+    drop(decoded);
+    let (mut best_shuffled, mut best_in_order) = (0f64, 0f64);
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        best_in_order =
+            best_in_order.max(ingest_decoded(EngineConfig::new(dir.path()), &in_order).await);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        best_shuffled =
+            best_shuffled.max(ingest_decoded(EngineConfig::new(dir.path()), &shuffled).await);
+    }
+    (best_shuffled, best_in_order)
+}
+
+/// Figure 11: figure 1 as another build of the bench measures it (`--baseline-bin`, e.g. the
+/// build of an earlier commit), run as a child right after this build's figure 1.
+fn baseline_bin_ingest(binary: &Path, events: usize) -> Option<f64> {
+    let output = std::process::Command::new(binary)
+        .args(["--only", "ingest", "--json", "--events"])
+        .arg(events.to_string())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "linkflow-bench: the baseline bench {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    let results: BTreeMap<String, f64> =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last()?).ok()?;
+    results.get("batch_ingest_events_per_s").copied()
+}
+
 /// Figure 1's baseline: bare sled, the same records (each delivery decoded outside the timer
 /// and encoded with the store's record codec), one key per event, flush + fsync of the log
 /// file every 1,000.
@@ -645,6 +710,24 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         results.insert("cli_file_ingest_events_per_s".into(), cli);
         results.insert("cli_file_ingest_vs_batch_ingest_ratio".into(), cli / ingest);
     }
+    if let Some(binary) = &options.baseline_bin {
+        if let Some(theirs) = baseline_bin_ingest(binary, options.events) {
+            // This build's figure 1 again after the child, so that neither side is only ever
+            // measured first; the better of this build's two runs is compared.
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let again = batch_ingest(dir.path(), &deliveries).await;
+            let ours = ingest.max(again);
+            results.insert("baseline_bin_batch_ingest_events_per_s".into(), theirs);
+            results.insert("batch_ingest_vs_baseline_bin_ratio".into(), ours / theirs);
+        }
+    }
+    let (shuffled, in_order) = plaid_shape_ingest(&deliveries).await;
+    results.insert("plaid_shape_shuffled_events_per_s".into(), shuffled);
+    results.insert("plaid_shape_in_order_events_per_s".into(), in_order);
+    results.insert(
+        "plaid_shape_shuffled_vs_in_order_ratio".into(),
+        shuffled / in_order,
+    );
     results.insert(
         "disk_bytes_per_event".into(),
         directory_bytes(engine_dir.path()) as f64 / deliveries.len() as f64,

@@ -10,10 +10,14 @@
 //! ingest from an in-process load generator on loopback; (7) with `LINKFLOW_BENCH_PG` (a URL,
 //! or `throwaway` for a cluster started for the run): a plain PostgreSQL events table as the
 //! peer, and linkflow itself on PostgreSQL; (9) `linkflow ingest` of figure 1's workload as
-//! JSON Lines files, vs figure 1 (needs the release `linkflow` binary next to this one).
+//! JSON Lines files, vs figure 1 (needs the release `linkflow` binary next to this one); (10)
+//! the Plaid shape (each session's events after its first in one burst ~1,200 events later),
+//! bursts shuffled vs the same bursts in provider-time order; (11) with `--baseline-bin FILE`
+//! (another build of this bench, e.g. an earlier commit's): figure 1 as that build measures it,
+//! in the same run.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
-//! [--only ingest|writers|rebuild|reads|postgres]`.
+//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres]`.
 #![forbid(unsafe_code)]
 
 mod chart;
@@ -38,12 +42,15 @@ pub struct Options {
     pub only: Option<Only>,
     /// Internal: run one of figure 3's scans over a store in this process and print its rate.
     pub scan_child: Option<(figures::Scan, std::path::PathBuf)>,
+    /// `--baseline-bin FILE`: another build of this bench (an earlier commit's) whose figure 1
+    /// is measured in the same run (figure 11).
+    pub baseline_bin: Option<std::path::PathBuf>,
 }
 
 /// The subsets `--only` selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
-    /// `--only ingest`: figure 1, its baseline, and figure 9.
+    /// `--only ingest`: figure 1, its baseline, and figures 9, 10 and 11.
     Ingest,
     /// `--only postgres`: figure 1 and figure 7 (needs `LINKFLOW_BENCH_PG`).
     Postgres,
@@ -66,6 +73,7 @@ fn parse_options() -> Result<Options, String> {
         cache_sessions: None,
         only: None,
         scan_child: None,
+        baseline_bin: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -84,6 +92,10 @@ fn parse_options() -> Result<Options, String> {
             "--json" => options.json = true,
             "--scaling" => options.scaling = true,
             "--chart" => options.chart = Some(args.next().ok_or("--chart needs a file")?.into()),
+            "--baseline-bin" => {
+                options.baseline_bin =
+                    Some(args.next().ok_or("--baseline-bin needs a file")?.into());
+            }
             "--footprint-child" => options.footprint_child = true,
             "--scan-child" => {
                 let scan = match args.next().as_deref() {
@@ -114,7 +126,7 @@ fn parse_options() -> Result<Options, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --only ingest|writers|rebuild|reads|postgres"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres"
                 ))
             }
         }

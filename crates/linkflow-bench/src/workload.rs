@@ -321,7 +321,6 @@ fn knot_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
     events
 }
 
-/// `events` deliveries (about) from `seed`, in delivery order.
 /// `events` deliveries of the workload for `seed`.
 pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
     Workload::new(seed).take(events).collect()
@@ -407,11 +406,103 @@ impl Iterator for Workload {
     }
 }
 
+/// How many sessions later a Plaid-like session's burst arrives (~1,200 events: the next
+/// ingest call, so the burst's session is read back from the store, as a late burst would be).
+pub const BURST_DELAY_SESSIONS: usize = 100;
+
+/// The Plaid-like shape of figure 10, from decoded events with their workload session: each
+/// session's first event (by provider time) where it was, the rest delivered together
+/// [`BURST_DELAY_SESSIONS`] sessions later, as Plaid delivers most `onEvent` callbacks in one
+/// burst at the end of the flow. `shuffled` delivers each burst in a seeded random order (the
+/// Plaid shape); otherwise in provider-time order (the same sessions delivered in order).
+pub fn plaid_like<T: Clone>(
+    events: &[(usize, Option<chrono::DateTime<chrono::Utc>>, T)],
+    shuffled: bool,
+    seed: u64,
+) -> Vec<T> {
+    let mut rng = Rng::new(seed);
+    let mut sessions: Vec<Vec<(Option<chrono::DateTime<chrono::Utc>>, usize)>> = Vec::new();
+    let mut index_of: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for (at, (session, time, _)) in events.iter().enumerate() {
+        let slot = *index_of.entry(*session).or_insert_with(|| {
+            sessions.push(Vec::new());
+            sessions.len() - 1
+        });
+        sessions[slot].push((*time, at));
+    }
+    // Each session's events by provider time (untimed ones after, in arrival order).
+    for session in &mut sessions {
+        session.sort_by_key(|(time, at)| (time.is_none(), *time, *at));
+    }
+    let mut out = Vec::with_capacity(events.len());
+    let mut bursts: std::collections::VecDeque<Vec<usize>> = std::collections::VecDeque::new();
+    for session in &sessions {
+        let (_, first) = session[0];
+        out.push(events[first].2.clone());
+        let mut burst: Vec<usize> = session[1..].iter().map(|(_, at)| *at).collect();
+        if shuffled {
+            for index in (1..burst.len()).rev() {
+                let other = rng.below(index as u64 + 1) as usize;
+                burst.swap(index, other);
+            }
+        }
+        bursts.push_back(burst);
+        if bursts.len() > BURST_DELAY_SESSIONS {
+            let due = bursts.pop_front().expect("more than the delay waits");
+            out.extend(due.into_iter().map(|at| events[at].2.clone()));
+        }
+    }
+    for due in bursts {
+        out.extend(due.into_iter().map(|at| events[at].2.clone()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Utc;
     use linkflow_providers::{decode, DecodeContext};
+
+    #[test]
+    fn the_plaid_shape_delivers_each_session_once_first_event_first_burst_later() {
+        let at = |ms: i64| Some(chrono::DateTime::from_timestamp_millis(ms).unwrap());
+        // 150 sessions of 4 events, times 0..3 within each.
+        let events: Vec<(usize, Option<chrono::DateTime<Utc>>, (usize, i64))> = (0..150)
+            .flat_map(|session| (0..4).map(move |n| (session, at(n), (session, n))))
+            .collect();
+        for shuffled in [false, true] {
+            let out = plaid_like(&events, shuffled, 7);
+            assert_eq!(out.len(), events.len());
+            let mut sorted = out.clone();
+            sorted.sort();
+            let mut expected: Vec<(usize, i64)> = events.iter().map(|(_, _, e)| *e).collect();
+            expected.sort();
+            assert_eq!(sorted, expected, "every event once");
+            // Session 0's first event comes first; its burst after 100 more sessions' opens.
+            assert_eq!(out[0], (0, 0));
+            let burst_at = out.iter().position(|e| *e == (0, 1)).unwrap();
+            assert!(burst_at > BURST_DELAY_SESSIONS, "{burst_at}");
+            let burst: Vec<i64> = out
+                .iter()
+                .filter(|e| e.0 == 0 && e.1 > 0)
+                .map(|e| e.1)
+                .collect();
+            if !shuffled {
+                assert_eq!(burst, [1, 2, 3]);
+            }
+        }
+        let shuffled_any = (0..150).any(|session| {
+            let out = plaid_like(&events, true, 7);
+            let burst: Vec<i64> = out
+                .iter()
+                .filter(|e| e.0 == session && e.1 > 0)
+                .map(|e| e.1)
+                .collect();
+            burst != [1, 2, 3]
+        });
+        assert!(shuffled_any, "the shuffle moves something");
+    }
 
     #[test]
     fn the_workload_is_deterministic_decodable_and_has_about_12_events_per_session() {

@@ -46,6 +46,12 @@ CREATE TABLE linkflow_snapshots (
     version bigint NOT NULL,
     record bytea NOT NULL
 );
+
+-- Markers the engine keeps: `folded_with`, the rules every snapshot was folded with.
+CREATE TABLE linkflow_meta (
+    name text PRIMARY KEY,
+    value bigint NOT NULL
+);
 "#,
 )];
 

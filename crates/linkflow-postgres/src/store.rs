@@ -165,7 +165,7 @@ impl PgStore {
             Box::pin(async move {
                 client
                     .batch_execute(
-                        "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots,
+                        "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots, linkflow_meta,
                                               linkflow_head, linkflow_schema",
                     )
                     .await
@@ -572,6 +572,29 @@ impl EventStore for PgStore {
                     .transpose()
             })
         }))
+    }
+
+    fn folded_with(&self) -> Result<Option<u32>, StoreError> {
+        let rows = self.query_rows(
+            "SELECT value FROM linkflow_meta WHERE name = 'folded_with'",
+            Vec::new(),
+        )?;
+        rows.first()
+            .map(|row| {
+                let value: i64 = row.get(0);
+                u32::try_from(value)
+                    .map_err(|_| bad_column("linkflow_meta folded_with", "not a rules version"))
+            })
+            .transpose()
+    }
+
+    fn set_folded_with(&self, rules: u32) -> Result<(), StoreError> {
+        self.query_rows(
+            "INSERT INTO linkflow_meta (name, value) VALUES ('folded_with', $1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            vec![Box::new(i64::from(rules))],
+        )?;
+        Ok(())
     }
 
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {

@@ -76,6 +76,7 @@ macro_rules! conformance_tests {
             an_expect_guard_fails_when_the_version_moved,
             read_streams_returns_snapshots_tails_and_dedupe_hits,
             a_long_stream_dedupes_every_key_across_many_commits,
+            the_rules_marker_is_kept_across_a_reopen,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -869,4 +870,24 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
     check(&store);
     drop(store);
     check(&harness.open());
+}
+
+/// The rules marker the engine records ([`EventStore::set_folded_with`]) is absent in a new
+/// store, replaced by a later one, and survives a reopen.
+pub fn the_rules_marker_is_kept_across_a_reopen<H: Harness>() {
+    let harness = H::fresh();
+    {
+        let store = harness.open();
+        assert_eq!(store.folded_with().unwrap(), None);
+        store.set_folded_with(1).unwrap();
+        store.set_folded_with(7).unwrap();
+        assert_eq!(store.folded_with().unwrap(), Some(7));
+        store
+            .commit(vec![append(&stream("a"), ExpectedVersion::Any, event(1))])
+            .unwrap();
+        store.sync().unwrap();
+    }
+    let store = harness.open();
+    assert_eq!(store.folded_with().unwrap(), Some(7));
+    assert_clean(&store);
 }

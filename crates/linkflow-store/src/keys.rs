@@ -20,6 +20,7 @@
 //!
 //! | `M`    | `Mlayout`                                    | layout version: u32                |
 //! | `M`    | `Mwal`                                       | last write-ahead log frame: u64    |
+//! | `M`    | `Mfolded`                                    | rules the snapshots are folded with: u32 |
 //!
 //! An `S` value is one event record, or the records of consecutive events of one stream that
 //! one commit appended, packed under the key of the first (`record::PACKED`): a batch of a
@@ -55,6 +56,9 @@ pub(crate) const LAYOUT: u32 = 6;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";
+/// The rules every snapshot was folded with, as the engine recorded it (u32; see
+/// `EventStore::set_folded_with`). Written to sled directly, not through the log.
+pub(crate) const FOLDED_WITH_KEY: &[u8] = b"Mfolded";
 
 /// `tag len session`: the prefix of every key of one session under `tag`.
 pub(crate) fn session_prefix(tag: u8, session: &SessionId) -> Vec<u8> {

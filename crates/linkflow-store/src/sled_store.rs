@@ -1060,6 +1060,25 @@ impl EventStore for SledStore {
         self.d_entry(stream, key)
     }
 
+    fn folded_with(&self) -> Result<Option<u32>, StoreError> {
+        match self.db.get(keys::FOLDED_WITH_KEY)? {
+            None => Ok(None),
+            Some(value) => <[u8; 4]>::try_from(&value[..])
+                .map(|bytes| Some(u32::from_be_bytes(bytes)))
+                .map_err(|_| {
+                    CorruptRecord::new("rules marker", format!("{} bytes, not 4", value.len()))
+                        .into()
+                }),
+        }
+    }
+
+    /// Written to sled directly (no commit writes this key) and made durable at once.
+    fn set_folded_with(&self, rules: u32) -> Result<(), StoreError> {
+        self.db
+            .insert(keys::FOLDED_WITH_KEY, &rules.to_be_bytes())?;
+        self.durable().sync()
+    }
+
     /// Every commit that appends an event of a stream writes the stream's dedupe list, so no
     /// list means nothing stored.
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {

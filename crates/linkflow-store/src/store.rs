@@ -313,6 +313,21 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(read)
     }
 
+    /// The version of the rules the engine last recorded every snapshot of this store as folded
+    /// with ([`EventStore::set_folded_with`]); `None` when none was recorded (a new store, or a
+    /// backend that keeps no such marker: the engine then checks the snapshots themselves).
+    fn folded_with(&self) -> Result<Option<u32>, StoreError> {
+        Ok(None)
+    }
+
+    /// Records, durably, that every snapshot of the store was folded with rules `rules`. The
+    /// engine calls it once its pass over the snapshots of other rules is done and synced. The
+    /// default records nothing.
+    fn set_folded_with(&self, rules: u32) -> Result<(), StoreError> {
+        let _ = rules;
+        Ok(())
+    }
+
     /// True when other processes may write to the same log (a database shared by several
     /// nodes). A writer then must not trust anything it remembers about a stream: it re-reads,
     /// states what it decided on with [`Op::Expect`], and retries on a conflict.

@@ -20,7 +20,7 @@ use crate::query::{
 };
 use crate::stats::{WriteCounters, WriteStats};
 use crate::subscribe::Subscription;
-use crate::writer::{run_writer, Request, Shared};
+use crate::writer::{refold_stale, run_writer, RefoldReport, Request, Shared};
 
 /// Requests waiting for the writer at most; senders beyond it wait (back-pressure).
 const REQUEST_QUEUE: usize = 4_096;
@@ -51,6 +51,7 @@ const MAX_SYNC_THREADS: usize = 16;
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
+    refolded: RefoldReport,
     requests: mpsc::Sender<Request>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -118,6 +119,8 @@ impl Engine {
             inactivity_timeout: config.inactivity_timeout,
             stats: WriteCounters::default(),
         });
+        // Streams folded with other rules are folded again before the first request.
+        let refolded = refold_stale(&shared)?;
         let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
         let writer_shared = Arc::clone(&shared);
         let sync_threads = config.sync_threads;
@@ -129,6 +132,7 @@ impl Engine {
             })?;
         Ok(Engine {
             shared,
+            refolded,
             requests,
             writer: Arc::new(Mutex::new(Some(writer))),
         })
@@ -178,6 +182,12 @@ impl Engine {
             sent,
         })
         .await
+    }
+
+    /// What opening the engine did to streams whose snapshots were folded with other rules
+    /// (`docs/state-machine.md`, "Rule changes re-interpret history").
+    pub fn refolded_at_open(&self) -> RefoldReport {
+        self.refolded
     }
 
     /// How many stream states the session cache holds and the bytes it accounts for (see

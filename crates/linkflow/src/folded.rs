@@ -96,6 +96,20 @@ pub(crate) fn read_snapshot_state(state: &[u8]) -> SnapshotState {
     }
 }
 
+/// The state a snapshot of this layout holds, whatever rules it was folded with: what the
+/// engine's pass over snapshots of other rules compares a stream's new fold with.
+pub(crate) fn decode_state_any_rules(state: &[u8]) -> Option<Folded> {
+    let (&layout, rest) = state.split_first()?;
+    if layout != SNAPSHOT_LAYOUT {
+        return None;
+    }
+    let mut input = Input::new(rest);
+    input.u32("rules version").ok()?;
+    let folded = Folded::decode_compact(&mut input).ok()?;
+    input.finish().ok()?;
+    Some(folded)
+}
+
 /// Decodes a snapshot's state bytes; `None` when this build cannot use them (another layout,
 /// other rules, or damaged): the caller folds the stream from its log instead.
 pub(crate) fn decode_snapshot_state(state: &[u8]) -> Option<Folded> {

@@ -61,6 +61,7 @@ pub use query::{
 };
 pub use stats::WriteStats;
 pub use subscribe::Subscription;
+pub use writer::RefoldReport;
 
 pub use linkflow_core as core;
 pub use linkflow_providers as providers;

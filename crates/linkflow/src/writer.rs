@@ -14,19 +14,23 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use linkflow_core::{
     AccountEvent, AccountEventKind, AccountKey, DedupeKey, EventBody, LinkType, Phase, Position,
-    Provider, SessionId, Version,
+    Provider, SessionId, Version, RULES_VERSION,
 };
 use linkflow_store::{
     record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
     Snapshot, StoreError, StreamsRead,
 };
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::cache::{PackedState, SessionCache, SessionState};
 use crate::config::Durability;
 use crate::error::{EngineError, EventError};
-use crate::folded::{encode_snapshot_state, Append, Folded};
+use crate::folded::{
+    decode_state_any_rules, encode_snapshot_state, read_snapshot_state, Append, Folded,
+    SnapshotState,
+};
 use crate::ingest::{default_dedupe_key, AccountFollow, IncomingEvent, IngestOutcome};
 use crate::query::{load_state, read_bodies, state_from_read};
 use crate::stats::{CommittedGroup, WriteCounters};
@@ -573,7 +577,7 @@ impl<'a> Plan<'a> {
         let accounts = self.follow(
             session,
             provider,
-            version,
+            &version.0.to_be_bytes(),
             received_at,
             link_before,
             link_after,
@@ -644,13 +648,14 @@ impl<'a> Plan<'a> {
     }
 
     /// Makes the session's linked account follow its fold: an account it no longer links gets
-    /// a `link_withdrawn` event, one it now links a `linked` event (dedupe keys derived from
-    /// the session and the arrival that changed it, so a replanned group writes them once).
+    /// a `link_withdrawn` event, one it now links a `linked` event. Their dedupe keys derive
+    /// from the session and `cause` (the arrival that changed the fold, or the rules a pass
+    /// re-folded it with), so a replanned group writes them once.
     fn follow(
         &mut self,
         session: &SessionId,
         provider: Provider,
-        version: Version,
+        cause: &[u8],
         received_at: DateTime<Utc>,
         before: Link,
         after: Link,
@@ -659,7 +664,7 @@ impl<'a> Plan<'a> {
         if before == after {
             return Ok(accounts);
         }
-        let arrival = version.0.to_be_bytes();
+        let arrival = cause;
         if let Link::Account { key, at, .. } = &before {
             if after.key() != Some(key) {
                 let mut event = AccountEvent::new(AccountEventKind::LinkWithdrawn);
@@ -679,7 +684,7 @@ impl<'a> Plan<'a> {
                         dedupe_key: Some(DedupeKey::derive(&[
                             b"link_withdrawn",
                             session.as_str().as_bytes(),
-                            &arrival,
+                            arrival,
                         ])),
                         received_at: Some(received_at),
                     };
@@ -712,7 +717,7 @@ impl<'a> Plan<'a> {
                     dedupe_key: Some(DedupeKey::derive(&[
                         b"linked",
                         session.as_str().as_bytes(),
-                        &arrival,
+                        arrival,
                     ])),
                     received_at: Some(received_at),
                 };
@@ -743,6 +748,55 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// Folds `stream`, whose snapshot `old` was folded with other rules, again with this
+    /// build's, and makes its linked account follow the difference.
+    fn plan_refold(
+        &mut self,
+        stream: &SessionId,
+        old: &Snapshot,
+    ) -> Result<Vec<PlannedAccount>, EngineError> {
+        if let Some(working) = self.sessions.get_mut(stream) {
+            // Loaded already (an account a session of this batch links): folded with this
+            // build's rules, its snapshot only needs writing.
+            working.dirty = true;
+            return Ok(Vec::new());
+        }
+        // The snapshot is of other rules, so the state is folded from the log.
+        let Some(state) = load_state(self.shared.store.as_ref(), stream)? else {
+            return Ok(Vec::new());
+        };
+        let before = decode_state_any_rules(&old.state).map(|folded| SessionState {
+            provider: old.provider,
+            folded,
+        });
+        let link_before = before.as_ref().map_or(Link::None, Link::of);
+        let link_after = Link::of(&state);
+        let provider = state.provider;
+        let start = state.folded.version();
+        if self.shared.store.is_shared() {
+            self.ops.push(Op::Expect {
+                stream: stream.clone(),
+                version: start,
+            });
+            self.op_events.push((stream.clone(), Uuid::nil()));
+        }
+        self.sessions.insert(
+            stream.clone(),
+            Working {
+                state,
+                dirty: true,
+                fresh: start == Version::EMPTY,
+                start,
+                stored: None,
+                appended: Vec::new(),
+            },
+        );
+        let mut cause = b"rules".to_vec();
+        cause.extend_from_slice(&RULES_VERSION.to_be_bytes());
+        let now = self.now;
+        self.follow(stream, provider, &cause, now, link_before, link_after)
+    }
+
     /// Adds a snapshot of every session this group changed.
     fn finish(&mut self) -> Vec<Op> {
         for (session, working) in &self.sessions {
@@ -771,6 +825,117 @@ fn account_stream(key: &AccountKey) -> Result<SessionId, String> {
             key.external_user_id, key.institution_id
         )
     })
+}
+
+/// Snapshots of other rules collected per walk of the snapshots (bounds the pass's memory).
+const REFOLD_SCAN: usize = 65_536;
+
+/// Streams folded again per commit of the pass.
+const REFOLD_BATCH: usize = 512;
+
+/// What the pass over snapshots folded with other rules did when the engine opened
+/// ([`crate::Engine::refolded_at_open`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RefoldReport {
+    /// Whether the pass ran: the store did not record that its snapshots were folded with this
+    /// build's rules ([`linkflow_core::RULES_VERSION`]).
+    pub ran: bool,
+    /// Streams folded again (their snapshots were folded with other rules).
+    pub streams: u64,
+    /// Accounts linked because a session's new fold accepts its success.
+    pub linked: u64,
+    /// Links withdrawn because a session's new fold no longer does (or names another account).
+    pub withdrawn: u64,
+}
+
+/// Folds again every stream whose snapshot was folded with other rules, before the engine
+/// takes its first request, and makes linked accounts follow: the rules of this build decide
+/// every session, with no manual redrive. The store's marker ([`EventStore::folded_with`])
+/// says when there is nothing to do, so an open of a store at these rules walks nothing.
+pub(crate) fn refold_stale(shared: &Shared) -> Result<RefoldReport, EngineError> {
+    let mut report = RefoldReport::default();
+    if shared.store.folded_with()? == Some(RULES_VERSION) {
+        return Ok(report);
+    }
+    report.ran = true;
+    loop {
+        let mut stale = Vec::new();
+        shared.store.for_each_snapshot(&mut |stream, snapshot| {
+            if matches!(
+                read_snapshot_state(&snapshot.state),
+                SnapshotState::OtherRules(_)
+            ) {
+                stale.push((stream, snapshot));
+            }
+            if stale.len() == REFOLD_SCAN {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })?;
+        let more = stale.len() == REFOLD_SCAN;
+        for chunk in stale.chunks(REFOLD_BATCH) {
+            refold_chunk(shared, chunk, &mut report)?;
+        }
+        if !more {
+            break;
+        }
+    }
+    if report.streams > 0 {
+        // The new snapshots and account events are durable before the marker says so.
+        shared.store.sync()?;
+    }
+    shared.store.set_folded_with(RULES_VERSION)?;
+    Ok(report)
+}
+
+/// Folds a chunk of streams again in one commit (planned again after a conflict on a shared
+/// store).
+fn refold_chunk(
+    shared: &Shared,
+    chunk: &[(SessionId, Snapshot)],
+    report: &mut RefoldReport,
+) -> Result<(), EngineError> {
+    let retries = if shared.store.is_shared() {
+        MAX_SHARED_CONFLICT_RETRIES
+    } else {
+        MAX_CONFLICT_RETRIES
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut plan = Plan::new(shared, None);
+        let mut accounts = Vec::new();
+        for (stream, snapshot) in chunk {
+            accounts.extend(plan.plan_refold(stream, snapshot)?);
+        }
+        let ops = plan.finish();
+        let result = if ops.is_empty() {
+            Ok(Vec::new())
+        } else {
+            shared.store.commit(ops)
+        };
+        evict(shared, plan.sessions.keys());
+        match result {
+            Ok(outcomes) => {
+                let appended =
+                    |op: usize| matches!(outcomes.get(op), Some(OpOutcome::Appended { .. }));
+                for account in accounts {
+                    match account {
+                        PlannedAccount::Linked { op, .. } if appended(op) => report.linked += 1,
+                        PlannedAccount::Withdrawn { op, .. } if appended(op) => {
+                            report.withdrawn += 1
+                        }
+                        _ => {}
+                    }
+                }
+                report.streams += chunk.len() as u64;
+                return Ok(());
+            }
+            Err(StoreError::Conflict { .. }) if attempt < retries => back_off(attempt, plan.now),
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// Decides, commits and hands on one group, which the writer took at `taken`.

@@ -828,3 +828,87 @@ async fn a_late_institution_selection_takes_its_place_and_nothing_is_rejected() 
     assert!(!at_three.state.journey().visited(Phase::InstitutionSelected));
     assert!(engine.rejected(None).await.unwrap().events.is_empty());
 }
+
+/// Rule changes re-interpret history: a store whose snapshot was folded with other rules (here:
+/// rules under which the session's success was rejected, so no account was linked) is folded
+/// again when the engine opens, and the account follows, with no redrive. The next open finds
+/// the store's marker and walks nothing.
+#[tokio::test]
+async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account_follows() {
+    use linkflow::store::{ExpectedVersion, NewEvent};
+    use linkflow_core::compact::to_compact;
+    use linkflow_core::timeline::Timeline;
+    use linkflow_core::{EventBody, Session, RULES_VERSION};
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut opened = Event::new(EventKind::Opened).at(t(0));
+        opened.attributes.external_user_id = Some("u1".into());
+        let success = Event::new(EventKind::Succeeded)
+            .at(t(40))
+            .with_institution("bank_x", None);
+        let new = |n: u8, event: Event| NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            dedupe_key: linkflow::store::DedupeKey::derive(&[b"other rules", &[n]]),
+            provider: Provider::Moneykit,
+            body: EventBody::Session(event),
+            raw_name: None,
+            raw: None,
+            received_at: t(n.into()),
+        };
+        let append = |event: NewEvent, rejected: bool| Op::Append {
+            stream: sid("s1"),
+            expected: ExpectedVersion::Any,
+            stored_at: event.received_at,
+            event,
+            rejected,
+        };
+        // The old rules' fold: the open accepted, the success rejected.
+        let mut old = Timeline::<Session>::default();
+        old.append(&opened);
+        old.arrivals = 2;
+        old.rejected = 1;
+        let mut state = vec![linkflow::folded::SNAPSHOT_LAYOUT, (RULES_VERSION + 1) as u8];
+        state.extend(to_compact(&linkflow::Folded::Session(Box::new(old))));
+        store
+            .commit(vec![
+                append(new(0, opened), false),
+                append(new(1, success), true),
+                Op::PutSnapshot {
+                    stream: sid("s1"),
+                    snapshot: Snapshot {
+                        provider: Provider::Moneykit,
+                        version: Version(2),
+                        state,
+                    },
+                },
+            ])
+            .unwrap();
+        store.sync().unwrap();
+    }
+    let engine = open(&dir);
+    let report = engine.refolded_at_open();
+    assert!(report.ran);
+    assert_eq!((report.streams, report.linked, report.withdrawn), (1, 1, 0));
+    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!(view.state.phase(), Phase::Succeeded);
+    assert_eq!(view.rejected, 0);
+    let accounts = engine.accounts().await.unwrap();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].key.institution_id, "bank_x");
+    assert!(engine.verify().await.unwrap().is_clean());
+    let query = linkflow_core::funnel::FunnelQuery::at(t(59));
+    assert_eq!(
+        engine.funnel(query.clone()).await.unwrap(),
+        engine.funnel_rebuilt(query).await.unwrap()
+    );
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let again = open(&dir);
+    assert!(
+        !again.refolded_at_open().ran,
+        "the marker says nothing is left"
+    );
+    assert_eq!(again.accounts().await.unwrap().len(), 1);
+}

@@ -99,6 +99,12 @@ impl<W: Watch> EventStore for Watched<W> {
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
         self.call(Call::Snapshot, |store| store.snapshot(stream))
     }
+    fn folded_with(&self) -> Result<Option<u32>, StoreError> {
+        self.inner.folded_with()
+    }
+    fn set_folded_with(&self, rules: u32) -> Result<(), StoreError> {
+        self.inner.set_folded_with(rules)
+    }
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
         self.call(Call::StreamIsEmpty, |store| store.stream_is_empty(stream))
     }
