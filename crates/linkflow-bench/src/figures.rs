@@ -120,7 +120,7 @@ async fn ingest_decoded(config: EngineConfig, events: &[IncomingEvent]) -> f64 {
 /// Returns (shuffled, in order) events/s, alternating twice and keeping each one's best.
 async fn plaid_shape_ingest(deliveries: &[Delivery]) -> (f64, f64) {
     let context = DecodeContext::received_at(Utc::now());
-    let decoded: Vec<(usize, Option<chrono::DateTime<Utc>>, IncomingEvent)> = deliveries
+    let decoded: Vec<crate::workload::SessionEvent<IncomingEvent>> = deliveries
         .iter()
         .map(|delivery| {
             let event = incoming(delivery, &context);

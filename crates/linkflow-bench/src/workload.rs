@@ -406,6 +406,9 @@ impl Iterator for Workload {
     }
 }
 
+/// An event of figure 10's input: its workload session, its provider time, the event.
+pub type SessionEvent<T> = (usize, Option<chrono::DateTime<chrono::Utc>>, T);
+
 /// How many sessions later a Plaid-like session's burst arrives (~1,200 events: the next
 /// ingest call, so the burst's session is read back from the store, as a late burst would be).
 pub const BURST_DELAY_SESSIONS: usize = 100;
@@ -415,11 +418,7 @@ pub const BURST_DELAY_SESSIONS: usize = 100;
 /// [`BURST_DELAY_SESSIONS`] sessions later, as Plaid delivers most `onEvent` callbacks in one
 /// burst at the end of the flow. `shuffled` delivers each burst in a seeded random order (the
 /// Plaid shape); otherwise in provider-time order (the same sessions delivered in order).
-pub fn plaid_like<T: Clone>(
-    events: &[(usize, Option<chrono::DateTime<chrono::Utc>>, T)],
-    shuffled: bool,
-    seed: u64,
-) -> Vec<T> {
+pub fn plaid_like<T: Clone>(events: &[SessionEvent<T>], shuffled: bool, seed: u64) -> Vec<T> {
     let mut rng = Rng::new(seed);
     let mut sessions: Vec<Vec<(Option<chrono::DateTime<chrono::Utc>>, usize)>> = Vec::new();
     let mut index_of: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
@@ -468,7 +467,7 @@ mod tests {
     fn the_plaid_shape_delivers_each_session_once_first_event_first_burst_later() {
         let at = |ms: i64| Some(chrono::DateTime::from_timestamp_millis(ms).unwrap());
         // 150 sessions of 4 events, times 0..3 within each.
-        let events: Vec<(usize, Option<chrono::DateTime<Utc>>, (usize, i64))> = (0..150)
+        let events: Vec<SessionEvent<(usize, i64)>> = (0..150)
             .flat_map(|session| (0..4).map(move |n| (session, at(n), (session, n))))
             .collect();
         for shuffled in [false, true] {
