@@ -140,6 +140,35 @@ async fn a_payload_its_stream_turns_away_is_quarantined_with_the_reason() {
     assert_eq!(engine.quarantine_counts().await.unwrap().pending, 1);
 }
 
+/// A session at its event bound turns further payloads away: they are quarantined with the
+/// reason, not lost and not refused.
+#[tokio::test]
+async fn a_payload_for_a_full_session_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = linkflow::EngineConfig::new(dir.path());
+    config.max_events_per_stream = 2;
+    let engine = Engine::open_with(config).unwrap();
+    let body = format!(
+        "{}\n{}\n{}",
+        moneykit("open", "full", 1),
+        moneykit("select_institution", "full", 2),
+        moneykit("submit_credentials", "full", 3)
+    );
+    let report = engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_names(&report.results),
+        ["accepted", "accepted", "quarantined"]
+    );
+    let IngestOutcome::Quarantined { reason, .. } = &report.results[2].outcome else {
+        unreachable!()
+    };
+    assert!(reason.contains("already holds 2 events"), "{reason}");
+    assert_eq!(engine.quarantine_counts().await.unwrap().pending, 1);
+}
+
 /// A stream in chunks of any size: every payload stored or named where it is; the same input
 /// in one chunk and in 7-byte chunks gives the same results.
 #[tokio::test]
