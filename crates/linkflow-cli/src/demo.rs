@@ -3,9 +3,10 @@
 //!
 //! The flows include a duplicate delivery (MoneyKit's `submit_permissions` forwarded twice, a
 //! Knot webhook retried), out-of-order deliveries (Benji's partner choice delivered after the
-//! authentication, which the table, judging arrival order, parks; a Knot checkout before
-//! `AUTHENTICATED`, accepted once the account exists; merchant updates newest first) and an
-//! illegal event (a second MoneyKit `open` after the success).
+//! authentication, with no time of its own: it takes its place before it; a Knot checkout
+//! before `AUTHENTICATED`, rejected until the account's link arrives, then accepted in its
+//! place; merchant updates newest first) and an illegal event (a second MoneyKit `open` after
+//! the success, rejected).
 
 use std::process::ExitCode;
 

@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::event::{EventKind, Step};
 use crate::phase::Phase;
 
-/// An event the session's current phase does not accept. The session is unchanged; the
-/// engine parks the event with this reason and retries it after later events.
+/// An event the session's phase, where the fold places it, does not accept. The session is
+/// unchanged; the engine keeps the event, rejected with this reason (a late event may make it
+/// legal).
 ///
 /// Every variant names the phase, the event, and what the phase accepts, so a person reading a
-/// parked entry knows what was expected instead.
+/// rejected event knows what was expected instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 #[non_exhaustive]

@@ -1,16 +1,15 @@
 //! `linkflow-store`: linkflow's append-only event log.
 //!
 //! Per-session streams with gap-free versions, a gap-free global position over all streams,
-//! idempotent appends by dedupe key, a parked log for refused events, and per-session
-//! snapshots, behind the [`EventStore`] trait. [`SledStore`] is the embedded default; the
+//! idempotent appends by dedupe key (every event a stream receives, whether its fold accepts
+//! it or not), and per-session snapshots, behind the [`EventStore`] trait. [`SledStore`] is the embedded default; the
 //! [`conformance`] suite (feature `conformance`) is written once and run against every backend.
 //!
 //! Modules:
 //! - [`store`]: the trait, the operations of an atomic commit and their outcomes.
 //! - [`plan`]: the backend-independent half of a commit (deciding ops, handing out versions
 //!   and positions), shared by every backend so that they agree.
-//! - [`record`]: what is stored (events, parked events, snapshots) and its checksummed,
-//!   versioned encoding with upcasters.
+//! - [`record`]: what is stored (events, snapshots) and its checksummed, versioned encoding.
 //! - `keys`: the sled key layout (see `docs/storage.md`); `dedupe_list`: a stream's dedupe
 //!   entries in one value.
 //! - [`sled_store`]: the sled backend; `verify`: its consistency walk.
