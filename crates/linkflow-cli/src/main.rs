@@ -59,7 +59,7 @@ use linkflow_core::{Phase, Provider, SessionId, Version};
 /// linkflow: link sessions of connect flows as explicit state machines over a durable log.
 #[derive(Debug, Parser)]
 #[command(name = "linkflow", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     /// The data directory of the embedded store.
     #[arg(
         long,
@@ -219,8 +219,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "session")]
         machine: diagram::Machine,
     },
-    /// Check the store: exit 0 when it is consistent, else print a report and exit 1.
+    /// Check the store: exit 0 when it is consistent, else print a report and exit 1 (a
+    /// store whose log or files are damaged, which cannot be opened, is inconsistent too).
     Verify,
+    /// Repair the embedded store after `verify` found its write-ahead log damaged: keep a copy
+    /// of the log (`wal.damaged-<n>` in the data directory), recover what precedes the damage,
+    /// and list every acknowledged event that could not be recovered (exit 1 when some were
+    /// lost, 0 when the log was not damaged).
+    Repair,
     /// Serve the HTTP API (Knot secret from LINKFLOW_KNOT_SECRET, bearer token from
     /// LINKFLOW_TOKEN).
     Serve {
@@ -260,8 +266,22 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
+/// The store the command names, for messages.
+fn store_name(cli: &Cli) -> String {
+    match &cli.store {
+        None => cli.data_dir.display().to_string(),
+        Some(url) => linkflow::config::redact(url),
+    }
+}
+
 fn open(cli: &Cli) -> Result<Engine, CliError> {
-    let (mut config, what) = match &cli.store {
+    open_engine(cli)?.map_err(|error| CliError(format!("cannot open {}: {error}", store_name(cli))))
+}
+
+/// Opens the engine the options name; the outer error is a bad option, the inner one the
+/// engine's.
+fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
+    let (mut config, _) = match &cli.store {
         None => (
             linkflow::EngineConfig::new(&cli.data_dir),
             cli.data_dir.display().to_string(),
@@ -287,7 +307,7 @@ fn open(cli: &Cli) -> Result<Engine, CliError> {
     if matches!(cli.command, Command::Ingest { .. }) {
         config = config.sized_for_ingest();
     }
-    Engine::open_with(config).map_err(|error| CliError(format!("cannot open {what}: {error}")))
+    Ok(Engine::open_with(config))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -299,6 +319,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Demo => demo::run(json).await,
         Command::Serve { ref listen } => serve::run(open(&cli)?, listen).await,
+        Command::Repair => verify::repair(&cli, json),
+        Command::Verify => match open_engine(&cli)? {
+            Ok(engine) => {
+                let result = verify::run(&engine, json).await;
+                engine.shutdown().await?;
+                result
+            }
+            // A store that cannot be opened because its data is damaged is inconsistent.
+            Err(error) if error.is_damage() => verify::damaged(&error, json),
+            Err(error) => Err(CliError(format!(
+                "cannot open {}: {error}",
+                store_name(&cli)
+            ))),
+        },
         _ => {
             let engine = open(&cli)?;
             let command = cli.command;
@@ -348,8 +382,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 Command::Accounts => accounts::accounts(&engine, json).await,
                 Command::Merchants => accounts::merchants(&engine, json).await,
-                Command::Verify => verify::run(&engine, json).await,
-                Command::Diagram { .. } | Command::Demo | Command::Serve { .. } => {
+                Command::Diagram { .. }
+                | Command::Demo
+                | Command::Serve { .. }
+                | Command::Verify
+                | Command::Repair => {
                     unreachable!("handled above")
                 }
             };

@@ -63,6 +63,18 @@ pub enum StoreError {
         /// What the layouts differ in.
         detail: &'static str,
     },
+    /// The store's write-ahead log is damaged: a frame it needs is missing or unreadable while
+    /// a later one is intact, so what follows it cannot be applied. The store is not opened and
+    /// nothing is deleted; `linkflow repair` keeps a copy and says what it cannot recover.
+    #[error("the write-ahead log is damaged: frame {frame} is missing or unreadable ({}) while later frames are intact; the store was not opened and nothing was deleted (`linkflow repair` keeps a copy of the log and recovers what precedes the damage)", match offset { Some(offset) => format!("bad bytes at offset {offset} of {segment}"), None => format!("in {segment}") })]
+    CorruptLog {
+        /// The segment file (or the log's directory, when no bad bytes were found).
+        segment: String,
+        /// Where the bad bytes start in it.
+        offset: Option<u64>,
+        /// The first frame the log does not hold whole.
+        frame: u64,
+    },
     /// The data directory is in use by another process.
     #[error("the data directory {path} is locked by another linkflow process")]
     Locked {

@@ -23,6 +23,7 @@ pub mod error;
 mod keys;
 pub mod plan;
 pub mod record;
+mod repair;
 pub mod sled_store;
 mod staged;
 pub mod store;
@@ -36,6 +37,7 @@ pub use error::{CorruptRecord, StoreError};
 pub use record::{
     DedupeKey, NewEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES, SCHEMA_VERSION,
 };
+pub use repair::{LostEvent, LostFrame, RepairReport};
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{
     DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, StreamRead, StreamStart,

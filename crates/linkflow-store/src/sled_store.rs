@@ -189,7 +189,7 @@ pub(crate) fn decode_event_value(
 /// background jobs finishing), before the store is reported as locked by another process.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
     sled::Config::new()
         .path(path)
         .cache_capacity(options.cache_capacity_bytes)
@@ -225,14 +225,14 @@ fn snapshot_in_head(stream: &SessionId, value: &[u8]) -> Result<Option<Snapshot>
 
 /// Makes sled's own log durable: its flush (which writes its buffers, then waits in
 /// `sync_file_range`), then an fsync of its files (which the flush does not do, sled#1452).
-struct Durable {
-    db: sled::Db,
-    db_file: Arc<File>,
-    path: PathBuf,
+pub(crate) struct Durable {
+    pub(crate) db: sled::Db,
+    pub(crate) db_file: Arc<File>,
+    pub(crate) path: PathBuf,
 }
 
 impl Durable {
-    fn sync(&self) -> Result<(), StoreError> {
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         // sled frees memory through crossbeam-epoch: what `flush` retires (the log buffers it
         // seals, and with them whole segment buffers) waits in this thread's local bag, which a
@@ -383,7 +383,34 @@ fn maintain(
 }
 
 /// Reads the frame sled's state ends at (`Mwal`; 0 before the first).
-fn applied_frame(db: &sled::Db) -> Result<u64, StoreError> {
+/// Refuses a store of another layout (nothing of it is read or changed) and marks a new one.
+/// The marker reaches the disk with the store's first sync, before the log is used.
+pub(crate) fn check_layout(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    match db.get(keys::LAYOUT_KEY)? {
+        Some(value) if *value == keys::LAYOUT.to_be_bytes() => Ok(()),
+        None if db.is_empty() => {
+            db.insert(keys::LAYOUT_KEY, &keys::LAYOUT.to_be_bytes())?;
+            Ok(())
+        }
+        found => {
+            let found = match found {
+                None => "1 (no layout key)".to_owned(),
+                Some(value) => match <[u8; 4]>::try_from(&value[..]) {
+                    Ok(bytes) => u32::from_be_bytes(bytes).to_string(),
+                    Err(_) => format!("{:?} (not a layout number)", &value[..]),
+                },
+            };
+            Err(StoreError::UnsupportedLayout {
+                store: path.display().to_string(),
+                found,
+                supported: keys::LAYOUT,
+                detail: "layouts 1 to 5 kept refused events apart as parked events; layout 6 keeps every event of a session in its stream",
+            })
+        }
+    }
+}
+
+pub(crate) fn applied_frame(db: &sled::Db) -> Result<u64, StoreError> {
     match db.get(keys::WAL_KEY)? {
         None => Ok(0),
         Some(value) => match <[u8; 8]>::try_from(&*value) {
@@ -398,8 +425,8 @@ fn applied_frame(db: &sled::Db) -> Result<u64, StoreError> {
 }
 
 /// Applies the log's frames after the one sled's state ends at, each as one batch.
-fn replay(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
-    for frame in wal::recover(dir, applied_frame(db)?)? {
+pub(crate) fn replay_frames(db: &sled::Db, frames: Vec<wal::Frame>) -> Result<(), StoreError> {
+    for frame in frames {
         let mut batch = sled::Batch::default();
         let writes = wal::decode_payload(&frame.payload).map_err(|reason| {
             CorruptRecord::new(format!("write-ahead log frame {}", frame.seq), reason)
@@ -414,6 +441,12 @@ fn replay(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
         db.apply_batch(batch)?;
     }
     Ok(())
+}
+
+/// Replays the log's frames after sled's state; a damaged log is [`StoreError::CorruptLog`]
+/// and nothing is applied or deleted.
+fn replay(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    replay_frames(db, wal::recover(dir, applied_frame(db)?)?)
 }
 
 fn sync_blobs(path: &Path) -> Result<(), StoreError> {
@@ -476,31 +509,9 @@ impl SledStore {
         // The directory entry of a new log file must itself reach the disk.
         sync_dir(&path)?;
         let wal_dir = path.join(wal::DIR);
-        match db.get(keys::LAYOUT_KEY)? {
-            Some(value) if *value == keys::LAYOUT.to_be_bytes() => {
-                // What the last run acknowledged and sled had not yet made durable.
-                replay(&db, &wal_dir)?;
-            }
-            None if db.is_empty() => {
-                // A new store. The marker reaches the disk (below) before the log is used.
-                db.insert(keys::LAYOUT_KEY, &keys::LAYOUT.to_be_bytes())?;
-            }
-            found => {
-                let found = match found {
-                    None => "1 (no layout key)".to_owned(),
-                    Some(value) => match <[u8; 4]>::try_from(&value[..]) {
-                        Ok(bytes) => u32::from_be_bytes(bytes).to_string(),
-                        Err(_) => format!("{:?} (not a layout number)", &value[..]),
-                    },
-                };
-                return Err(StoreError::UnsupportedLayout {
-                    store: path.display().to_string(),
-                    found,
-                    supported: keys::LAYOUT,
-                    detail: "layouts 1 to 5 kept refused events apart as parked events; layout 6 keeps every event of a session in its stream",
-                });
-            }
-        }
+        check_layout(&db, &path)?;
+        // What the last run acknowledged and sled had not yet made durable.
+        replay(&db, &wal_dir)?;
         let durable = Durable {
             db: db.clone(),
             db_file: Arc::clone(&db_file),
@@ -547,6 +558,15 @@ impl SledStore {
                 versions: RecentVersions::new(RECENT_VERSIONS),
             }),
         })
+    }
+
+    /// Repairs the closed store in `path` whose write-ahead log is damaged (opening it fails
+    /// with [`StoreError::CorruptLog`]): keeps a copy of the log's files beside it
+    /// (`wal.damaged-<n>`), applies the frames before the damage, reports every frame it could
+    /// not apply with the events it held, and empties the log so that the store opens again.
+    /// A store whose log is not damaged is left as it is.
+    pub fn repair(path: impl AsRef<Path>) -> Result<crate::RepairReport, StoreError> {
+        crate::repair::repair(path.as_ref())
     }
 
     /// The data directory.
@@ -1784,6 +1804,97 @@ mod tests {
             let path = entry.unwrap().path();
             std::fs::copy(&path, to.join(wal::DIR).join(path.file_name().unwrap())).unwrap();
         }
+    }
+
+    /// Finding 1 of issue 25: five acknowledged commits, then one flipped bit inside the second
+    /// of their five frames. Opening is `CorruptLog` naming the segment, the offset and the
+    /// frame, not a store cut short after the first commit; the log is left as it was; a
+    /// repair keeps a copy, applies the first frame, and names the four it lost with the
+    /// events they held; the store then opens with the first commit alone.
+    #[test]
+    fn a_damaged_frame_before_intact_ones_is_corruption_and_a_repair_says_what_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = quiet_store(dir.path());
+        // A crash image: sled's files as the open made them durable (no commits)...
+        let image = tempfile::tempdir().unwrap();
+        copy_sled_files(dir.path(), image.path());
+        let a = stream("a");
+        for n in 1..=5 {
+            store.commit(appends(&a, n..=n)).unwrap();
+            store.sync().unwrap();
+        }
+        // ...and the log with its five frames, the second one damaged.
+        copy_log(dir.path(), image.path());
+        drop(store);
+        let (_, segment) = wal::tests_last_segment(&image.path().join(wal::DIR));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let frames = wal::read_log(&image.path().join(wal::DIR), 0)
+            .unwrap()
+            .frames;
+        assert_eq!(frames.len(), 5);
+        let first_len = 16 + frames[0].payload.len();
+        bytes[first_len + 20] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+        let log_before: Vec<_> = wal::files_in(&image.path().join(wal::DIR)).unwrap();
+
+        let error = SledStore::open(image.path())
+            .err()
+            .expect("a damaged log is refused");
+        assert!(
+            matches!(&error, StoreError::CorruptLog { frame: 2, offset: Some(offset), segment: named }
+                if *offset == first_len as u64 && named.ends_with(".wal")),
+            "{error:?}"
+        );
+        assert_eq!(
+            wal::files_in(&image.path().join(wal::DIR)).unwrap(),
+            log_before,
+            "nothing is deleted"
+        );
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nor changed");
+
+        let report = SledStore::repair(image.path()).unwrap();
+        assert_eq!(report.damaged_frame, Some(2));
+        assert_eq!(report.replayed, 1);
+        let lost: Vec<(u64, Option<Vec<u64>>)> = report
+            .lost
+            .iter()
+            .map(|frame| {
+                (
+                    frame.frame,
+                    frame
+                        .events
+                        .as_ref()
+                        .map(|events| events.iter().map(|e| e.version.0).collect()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lost,
+            [
+                (2, None),
+                (3, Some(vec![3])),
+                (4, Some(vec![4])),
+                (5, Some(vec![5])),
+            ]
+        );
+        let copy = report.copy.unwrap();
+        assert!(copy.ends_with("wal.damaged-1"));
+        let copied = std::fs::read(copy.join(segment.file_name().unwrap())).unwrap();
+        assert_eq!(copied, bytes, "the damaged log is kept");
+        let repaired = SledStore::open(image.path()).unwrap();
+        assert_eq!(
+            versions(&repaired.read_stream(&a, Version::EMPTY, 10).unwrap()),
+            [1]
+        );
+        assert_eq!(repaired.head().unwrap(), Position(1));
+        assert_consistent(&repaired);
+        // Writing goes on from there; a second repair finds nothing to do.
+        repaired.commit(appends(&a, 6..=6)).unwrap();
+        repaired.sync().unwrap();
+        drop(repaired);
+        let again = SledStore::repair(image.path()).unwrap();
+        assert_eq!(again.copy, None);
+        assert!(again.lost.is_empty());
     }
 
     #[test]

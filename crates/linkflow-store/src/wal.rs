@@ -263,28 +263,51 @@ fn encode_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// The frames of one segment's bytes, up to the first that is not whole and intact.
-fn frames(bytes: &[u8]) -> Vec<(u64, &[u8])> {
-    let mut found = Vec::new();
-    let mut rest = bytes;
-    while let Some((header, body)) = rest.split_first_chunk::<HEADER>() {
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        let seq = u64::from_be_bytes([
-            header[8], header[9], header[10], header[11], header[12], header[13], header[14],
-            header[15],
-        ]);
-        if len == 0 || len > body.len() {
-            break;
-        }
-        let (payload, next) = body.split_at(len);
-        if checksum(seq, payload) != crc {
-            break;
-        }
-        found.push((seq, payload));
-        rest = next;
+/// One segment's bytes read back: every intact frame in it, and where the first frame that is
+/// not whole and intact starts (`None` when the frames run to the end).
+struct Scanned<'a> {
+    frames: Vec<(u64, usize, &'a [u8])>,
+    bad_at: Option<usize>,
+}
+
+/// Reads the frame header at `at`, if a whole, intact frame starts there.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let seq = u64::from_be_bytes([
+        header[8], header[9], header[10], header[11], header[12], header[13], header[14],
+        header[15],
+    ]);
+    if len == 0 {
+        return None;
     }
-    found
+    let end = (at + HEADER).checked_add(len)?;
+    let payload = bytes.get(at + HEADER..end)?;
+    (checksum(seq, payload) == crc).then_some((seq, payload, end))
+}
+
+/// The frames of one segment's bytes. Frames follow each other from the start; where one is not
+/// whole and intact (a torn write, zeros past the end, older frames of a reused segment, or
+/// damage), the rest of the segment is searched byte by byte for intact frames, so that a
+/// damaged frame followed by intact ones is seen as such, not as the end of the log.
+fn scan(bytes: &[u8]) -> Scanned<'_> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut bad_at = None;
+    while at < bytes.len() {
+        match frame_at(bytes, at) {
+            Some((seq, payload, end)) => {
+                frames.push((seq, at, payload));
+                at = end;
+            }
+            None => {
+                bad_at.get_or_insert(at);
+                at += 1;
+            }
+        }
+    }
+    Scanned { frames, bad_at }
 }
 
 /// A frame to replay.
@@ -294,18 +317,70 @@ pub(crate) struct Frame {
     pub(crate) payload: Vec<u8>,
 }
 
-/// The frames of the log in `dir` after `after` (the frame sled's state ends at), in order.
-/// Frames at or before `after` are already in sled (older frames in reused segments among
-/// them). A frame after `after` with the one right after it missing is an error: frames reach
-/// the disk in order, so the log lost one that a later sync made durable.
-pub(crate) fn recover(dir: &Path, after: u64) -> Result<Vec<Frame>, StoreError> {
+/// The log read back for recovery: the frames to replay, or where it is damaged.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// The frames after the store's state, in order, up to the first missing one.
+    pub(crate) frames: Vec<Frame>,
+    /// The first frame the log needs and does not hold whole, when a later one is there:
+    /// damage, not a torn tail.
+    pub(crate) damage: Option<LogDamage>,
+    /// Intact frames after the damage (their writes cannot be applied without the missing one).
+    pub(crate) stranded: Vec<Frame>,
+}
+
+/// Where a damaged log lost a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LogDamage {
+    /// The frame that is missing or unreadable.
+    pub(crate) frame: u64,
+    /// The segment holding the first bad bytes before the next intact frame, if one does.
+    pub(crate) segment: Option<PathBuf>,
+    /// Their offset in it.
+    pub(crate) offset: Option<u64>,
+}
+
+impl LogDamage {
+    pub(crate) fn into_error(self, dir: &Path) -> StoreError {
+        StoreError::CorruptLog {
+            segment: self
+                .segment
+                .unwrap_or_else(|| dir.to_path_buf())
+                .display()
+                .to_string(),
+            offset: self.offset,
+            frame: self.frame,
+        }
+    }
+}
+
+/// Reads every segment of the log in `dir` and sorts out the frames after `after` (the frame
+/// sled's state ends at; frames at or before it are in sled already, older frames of reused
+/// segments among them). Frames reach the disk in order, so the log is whole when they run
+/// from `after + 1` without a gap to the last intact one: a gap followed by a later intact
+/// frame is damage (a bad frame, or a lost one), never the end of the log.
+pub(crate) fn read_log(dir: &Path, after: u64) -> Result<Recovered, StoreError> {
     let mut later: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    // The first bad spot of each segment that comes right after an intact frame (or at its
+    // start), by the sequence number of that intact frame.
+    let mut bad_spots: Vec<(u64, PathBuf, u64)> = Vec::new();
     for (_, path) in segments(dir)? {
         let mut bytes = Vec::new();
         File::open(&path)
             .and_then(|mut file| file.read_to_end(&mut bytes))
             .map_err(io_error(&path))?;
-        for (seq, payload) in frames(&bytes) {
+        let scanned = scan(&bytes);
+        if let Some(bad_at) = scanned.bad_at {
+            let before = scanned
+                .frames
+                .iter()
+                .filter(|(_, at, _)| *at < bad_at)
+                .map(|(seq, _, _)| *seq)
+                .max()
+                .unwrap_or(0);
+            bad_spots.push((before, path.clone(), bad_at as u64));
+        }
+        for (seq, _, payload) in scanned.frames {
             if seq > after {
                 if let Err(reason) = decode_payload(payload) {
                     return Err(CorruptRecord::new(
@@ -318,22 +393,44 @@ pub(crate) fn recover(dir: &Path, after: u64) -> Result<Vec<Frame>, StoreError> 
             }
         }
     }
-    let mut replay = Vec::new();
+    let mut recovered = Recovered {
+        frames: Vec::new(),
+        damage: None,
+        stranded: Vec::new(),
+    };
     let mut expected = after.saturating_add(1);
     for (seq, payload) in later {
-        if seq != expected {
-            return Err(CorruptRecord::new(
-                format!("write-ahead log in {}", dir.display()),
-                format!(
-                    "the store's state ends at frame {after} and the log holds frame {seq} but not {expected}"
-                ),
-            )
-            .into());
+        if recovered.damage.is_none() && seq != expected {
+            // The bad spot right after the last frame the log holds whole, if one is known.
+            let spot = bad_spots
+                .iter()
+                .find(|(before, _, _)| *before == expected - 1)
+                .or_else(|| bad_spots.iter().find(|(before, _, _)| *before == 0));
+            recovered.damage = Some(LogDamage {
+                frame: expected,
+                segment: spot.map(|(_, path, _)| path.clone()),
+                offset: spot.map(|(_, _, offset)| *offset),
+            });
         }
-        replay.push(Frame { seq, payload });
-        expected = seq.saturating_add(1);
+        let frame = Frame { seq, payload };
+        if recovered.damage.is_some() {
+            recovered.stranded.push(frame);
+        } else {
+            recovered.frames.push(frame);
+            expected = seq.saturating_add(1);
+        }
     }
-    Ok(replay)
+    Ok(recovered)
+}
+
+/// The frames of the log in `dir` after `after`, in order; a damaged log is
+/// [`StoreError::CorruptLog`] (see [`read_log`]).
+pub(crate) fn recover(dir: &Path, after: u64) -> Result<Vec<Frame>, StoreError> {
+    let recovered = read_log(dir, after)?;
+    match recovered.damage {
+        Some(damage) => Err(damage.into_error(dir)),
+        None => Ok(recovered.frames),
+    }
 }
 
 /// Frames committed and not yet written to a segment.
@@ -754,7 +851,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_or_damaged_tail_ends_the_log_and_a_missing_frame_is_an_error() {
+    fn a_torn_tail_ends_the_log_and_damage_before_intact_frames_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::start(dir.path(), 1, SEGMENT_BYTES, false).unwrap();
         for seq in 1..=3 {
@@ -764,23 +861,51 @@ mod tests {
         let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
         let whole = std::fs::read(&path).unwrap();
         let frame = whole.len() / 3;
-        // Cut inside the third frame: the first two remain.
+        // Cut inside the third frame (the end of the last write): the first two remain.
         std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
         assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1, 2]);
-        // A flipped byte in the second frame's payload ends the log at the first.
+        // A flipped byte in the last frame is a torn tail too: nothing intact follows it.
+        let mut last = whole.clone();
+        last[2 * frame + HEADER + 2] ^= 0xff;
+        std::fs::write(&path, &last).unwrap();
+        assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1, 2]);
+        // A flipped byte in the second frame, with the third intact after it, is damage: the
+        // log is not cut short at the first frame, the error names the segment, the offset of
+        // the bad bytes and the frame, and the frames around it are reported.
         let mut damaged = whole.clone();
         damaged[frame + HEADER + 2] ^= 0xff;
         std::fs::write(&path, &damaged).unwrap();
-        assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1]);
-        // Zeros after the frames (a reused or extended file) end it too.
+        let error = recover(dir.path(), 0).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::CorruptLog { frame: 2, offset: Some(offset), segment }
+                if *offset == frame as u64 && segment.ends_with(".wal")),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("nothing was deleted"), "{error}");
+        let read = read_log(dir.path(), 0).unwrap();
+        assert_eq!(seqs(&read.frames), [1]);
+        assert_eq!(seqs(&read.stranded), [3]);
+        // Damage among frames already in sled does not matter.
+        assert!(recover(dir.path(), 2).is_ok());
+        // Zeros after the frames (a reused or extended file) end it.
         let mut padded = whole.clone();
         padded.extend_from_slice(&[0; 64]);
         std::fs::write(&path, &padded).unwrap();
         assert_eq!(seqs(&recover(dir.path(), 0).unwrap()), [1, 2, 3]);
         // sled's state ends at frame 0, but the log starts at frame 2: frame 1 was lost.
         std::fs::write(&path, &whole[frame..]).unwrap();
-        let error = recover(dir.path(), 0).unwrap_err().to_string();
-        assert!(error.contains("holds frame 2 but not 1"), "{error}");
+        let error = recover(dir.path(), 0).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::CorruptLog {
+                    frame: 1,
+                    offset: None,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         // A frame whose checksum is right but whose writes do not decode names itself.
         let mut bad = Vec::new();
         encode_frame(&mut bad, 1, &[7, 0]);

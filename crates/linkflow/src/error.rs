@@ -50,6 +50,21 @@ pub enum EngineError {
     InvalidConfig(String),
 }
 
+impl EngineError {
+    /// True when the error says stored data is damaged (a record, the write-ahead log), not
+    /// that something else failed: what `linkflow verify` reports as an inconsistency.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            EngineError::Store(store) => matches!(
+                **store,
+                StoreError::Corrupt(_) | StoreError::CorruptLog { .. }
+            ),
+            EngineError::Replay { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<StoreError> for EngineError {
     fn from(error: StoreError) -> Self {
         EngineError::Store(Arc::new(error))
