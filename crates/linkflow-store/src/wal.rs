@@ -53,30 +53,56 @@ fn segment_name(index: u64) -> String {
 
 /// Writes `bytes` of zeros to a new file at `path` and syncs it and its directory: a segment
 /// whose blocks are allocated and written, so that writing frames over them and syncing does
-/// not also commit a metadata change (about half the wait of syncing an append).
+/// not also commit a metadata change (about half the wait of syncing an append). On a failure
+/// (a full disk) the partial file is removed, so that it holds no space a later open needs.
 pub(crate) fn zero_filled(path: &Path, bytes: u64) -> Result<File, StoreError> {
-    let mut file = OpenOptions::new()
+    filled_with(path, bytes, fill_zeros)
+}
+
+/// [`zero_filled`] with the filling step given.
+fn filled_with(
+    path: &Path,
+    bytes: u64,
+    fill: impl FnOnce(&mut File, u64) -> std::io::Result<()>,
+) -> Result<File, StoreError> {
+    let result = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)
-        .map_err(io_error(path))?;
+        .map_err(io_error(path))
+        .and_then(|mut file| {
+            fill(&mut file, bytes).map_err(io_error(path))?;
+            Ok(file)
+        });
+    match result {
+        Ok(file) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(file)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(path);
+            Err(error)
+        }
+    }
+}
+
+/// Writes `bytes` zeros to `file` a megabyte at a time, syncing each (a sync of the log waits
+/// behind at most one chunk, not behind the whole segment's writeback), then rewinds it.
+fn fill_zeros(file: &mut File, bytes: u64) -> std::io::Result<()> {
     let zeros = vec![0u8; 1024 * 1024];
     let mut left = bytes;
     while left > 0 {
         let chunk = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..chunk]).map_err(io_error(path))?;
-        // A megabyte at a time: a sync of the log waits behind at most one chunk, not behind
-        // the whole segment's writeback.
-        file.sync_data().map_err(io_error(path))?;
+        file.write_all(&zeros[..chunk])?;
+        file.sync_data()?;
         left -= chunk as u64;
     }
-    file.sync_all().map_err(io_error(path))?;
-    file.seek(SeekFrom::Start(0)).map_err(io_error(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(file)
+    file.sync_all()?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(())
 }
 
 fn segment_index(path: &Path) -> Option<u64> {
@@ -848,6 +874,29 @@ mod tests {
         assert_eq!(seqs(&recover(dir.path(), 3).unwrap()), [4, 5]);
         assert!(recover(dir.path(), 5).unwrap().is_empty());
         assert!(recover(dir.path(), 9).unwrap().is_empty());
+    }
+
+    /// Finding 4 of issue 25: zero-filling a segment on a full disk leaves no file behind that
+    /// would hold the space a later open needs.
+    #[test]
+    fn a_segment_that_cannot_be_zero_filled_leaves_no_file() {
+        // Writing to /dev/full fails with ENOSPC, as a full disk does.
+        if let Ok(mut full) = OpenOptions::new().write(true).open("/dev/full") {
+            let error = fill_zeros(&mut full, 2 * 1024 * 1024).unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(28), "{error}");
+        }
+        // A disk that fills up part way: the error names the file, and the file is gone.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.prep");
+        let error = filled_with(&path, 8 * 1024 * 1024, |file, _| {
+            file.write_all(&[0; 4096])?;
+            Err(std::io::Error::from_raw_os_error(28))
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("0.prep"), "{error}");
+        assert!(!path.exists(), "the partial file is removed");
+        let file = zero_filled(&path, 4096).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), 4096);
     }
 
     #[test]
