@@ -184,6 +184,9 @@ pub(crate) fn parse_runs(first: Position, value: &[u8]) -> Result<Vec<Run>, Corr
         if events == 0 || first_version == Version::EMPTY {
             return Err(CorruptRecord::new(what, "empty run or version 0"));
         }
+        if first_version.0.checked_add(u64::from(events)).is_none() {
+            return Err(CorruptRecord::new(what, "a run's versions run past u64"));
+        }
         runs.push(Run {
             stream,
             first_version,
@@ -193,6 +196,15 @@ pub(crate) fn parse_runs(first: Position, value: &[u8]) -> Result<Vec<Run>, Corr
     }
     if !rest.is_empty() || runs.is_empty() {
         return Err(CorruptRecord::new(what, "trailing bytes or no run"));
+    }
+    // Every position of the commit, and the one after its last, must be a u64: readers add
+    // run lengths to positions without checking again.
+    let total: u64 = runs.iter().map(|run| u64::from(run.events)).sum();
+    if first == Position::START || first.0.checked_add(total).is_none() {
+        return Err(CorruptRecord::new(
+            what,
+            format!("{total} events from position {first} run past u64"),
+        ));
     }
     Ok(runs)
 }
@@ -334,5 +346,23 @@ mod tests {
             let _ = parse_list_key(bytes);
         }
         assert!(parse_runs(Position(1), &[0, 0, 0, 1, 0, 9, b'a']).is_err());
+    }
+
+    /// Finding 6 of issue 25: a damaged `G` key or value whose positions or versions would run
+    /// past u64 is a `CorruptRecord`, so no reader's addition can overflow.
+    #[test]
+    fn runs_that_would_overflow_are_corrupt() {
+        let run = |first_version: u64, events: u32| Run {
+            stream: id("s"),
+            first_version: Version(first_version),
+            events,
+        };
+        let value = runs_value(&[run(1, 3)]);
+        assert!(parse_runs(Position(u64::MAX - 3), &value).is_ok());
+        let error = parse_runs(Position(u64::MAX - 1), &value).unwrap_err();
+        assert!(error.reason.contains("run past u64"), "{error}");
+        assert!(parse_runs(Position(0), &value).is_err());
+        let error = parse_runs(Position(1), &runs_value(&[run(u64::MAX, 1)])).unwrap_err();
+        assert!(error.reason.contains("versions run past u64"), "{error}");
     }
 }
