@@ -111,3 +111,148 @@ async fn a_damaged_log_frame_is_reported_kept_and_repaired_naming_what_was_lost(
     let again = linkflow(dir.path(), &["repair"]);
     assert_eq!(again.status.code(), Some(0));
 }
+
+/// A sled store whose syncs fail while `failing` is set: a disk that fails.
+struct FailingDisk {
+    inner: linkflow_store::SledStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl linkflow_store::EventStore for FailingDisk {
+    fn commit(
+        &self,
+        ops: Vec<linkflow_store::Op>,
+    ) -> Result<Vec<linkflow_store::OpOutcome>, linkflow_store::StoreError> {
+        self.inner.commit(ops)
+    }
+    fn sync(&self) -> Result<(), linkflow_store::StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(linkflow_store::StoreError::Io {
+                path: "the log".into(),
+                source: std::io::Error::from_raw_os_error(5),
+            });
+        }
+        self.inner.sync()
+    }
+    fn after_sync(&self) -> Result<(), linkflow_store::StoreError> {
+        self.inner.after_sync()
+    }
+    fn head(&self) -> Result<linkflow_core::Position, linkflow_store::StoreError> {
+        self.inner.head()
+    }
+    fn stream_version(
+        &self,
+        stream: &linkflow_core::SessionId,
+    ) -> Result<linkflow_core::Version, linkflow_store::StoreError> {
+        self.inner.stream_version(stream)
+    }
+    fn read_stream(
+        &self,
+        stream: &linkflow_core::SessionId,
+        after: linkflow_core::Version,
+        limit: usize,
+    ) -> Result<Vec<linkflow_store::StoredEvent>, linkflow_store::StoreError> {
+        self.inner.read_stream(stream, after, limit)
+    }
+    fn read_all(
+        &self,
+        after: linkflow_core::Position,
+        limit: usize,
+    ) -> Result<Vec<linkflow_store::StoredEvent>, linkflow_store::StoreError> {
+        self.inner.read_all(after, limit)
+    }
+    fn find_dedupe(
+        &self,
+        stream: &linkflow_core::SessionId,
+        key: &linkflow_store::DedupeKey,
+    ) -> Result<Option<linkflow_store::DedupeHit>, linkflow_store::StoreError> {
+        self.inner.find_dedupe(stream, key)
+    }
+    fn snapshot(
+        &self,
+        stream: &linkflow_core::SessionId,
+    ) -> Result<Option<linkflow_store::Snapshot>, linkflow_store::StoreError> {
+        self.inner.snapshot(stream)
+    }
+    fn stream_start(
+        &self,
+        stream: &linkflow_core::SessionId,
+    ) -> Result<linkflow_store::StreamStart, linkflow_store::StoreError> {
+        self.inner.stream_start(stream)
+    }
+    fn for_each_snapshot(
+        &self,
+        visit: &mut dyn FnMut(
+            linkflow_core::SessionId,
+            linkflow_store::Snapshot,
+        ) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), linkflow_store::StoreError> {
+        self.inner.for_each_snapshot(visit)
+    }
+    fn for_each_event_by_stream(
+        &self,
+        visit: &mut dyn FnMut(linkflow_store::StoredEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), linkflow_store::StoreError> {
+        self.inner.for_each_event_by_stream(visit)
+    }
+    fn verify(&self) -> Result<linkflow_store::VerifyReport, linkflow_store::StoreError> {
+        self.inner.verify()
+    }
+}
+
+/// Finding 3 of issue 25: a failed fsync stops all acks (fail-stop) and `/healthz` says so,
+/// while reads keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_fsync_nothing_more_is_acknowledged_and_healthz_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = std::sync::Arc::new(FailingDisk {
+        inner: linkflow_store::SledStore::open(dir.path()).unwrap(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let engine =
+        linkflow::Engine::open_with(linkflow::EngineConfig::with_store(disk.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(linkflow_http::serve(
+        listener,
+        engine.clone(),
+        linkflow_http::HttpConfig::default(),
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
+    let post = |second: u32| {
+        client
+            .post(format!("{base}/v1/events/moneykit"))
+            .body(open_event(second))
+            .send()
+    };
+    assert_eq!(post(1).await.unwrap().status(), 200);
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    disk.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(post(2).await.unwrap().status(), 503);
+    // The disk answers again: still nothing is acknowledged until the store is reopened.
+    disk.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(post(3).await.unwrap().status(), 503);
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let reason: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(reason["status"], "failed");
+    assert!(
+        reason["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped taking writes"),
+        "{reason}"
+    );
+    let read = client
+        .get(format!("{base}/v1/sessions/dmg-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "reads keep working");
+    server.abort();
+}

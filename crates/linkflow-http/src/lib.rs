@@ -104,7 +104,7 @@ fn build(
         .route("/metrics", get(render_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/v1/webhooks/knot", post(ingest_knot))
         .merge(protected)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -151,6 +151,18 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         }
     }
     next.run(request).await
+}
+
+/// `ok`, or 503 with the reason once the engine takes no more writes (its disk failed).
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.engine.health() {
+        Ok(()) => "ok".into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "failed", "reason": error.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,6 +75,14 @@ pub enum StoreError {
         /// The first frame the log does not hold whole.
         frame: u64,
     },
+    /// The store stopped taking writes after its disk failed (a write or fsync of its log, a
+    /// checkpoint, an apply to sled): nothing more is acknowledged, reads keep working. Reopen
+    /// the store once the cause is fixed: recovery replays what reached the disk.
+    #[error("the store stopped taking writes after a failure of its disk ({reason}); reads keep working; reopen it once the cause is fixed")]
+    Failed {
+        /// The first failure.
+        reason: String,
+    },
     /// The data directory is in use by another process.
     #[error("the data directory {path} is locked by another linkflow process")]
     Locked {

@@ -368,15 +368,21 @@ fn maintain(
             }
             continue;
         };
-        // Errors here break the log (the next sync reports them) or leave frames staged (the
-        // next commit applies them, or reports why it cannot), so nothing is lost silently.
+        // Any error here fails the store (the log breaks: no commit or sync is taken after it),
+        // so nothing more is acknowledged on a disk that failed; reads keep working.
         if write {
             if wal.pending_bytes() > 0 {
-                checkpoint |= wal.sync().unwrap_or(false);
+                match wal.sync() {
+                    Ok(retired) => checkpoint |= retired,
+                    Err(error) => wal.fail(&error.to_string()),
+                }
             }
-            let _ = staged.apply(wal.durable_seq(), Wait::Yes);
+            if let Err(error) = staged.apply(wal.durable_seq(), Wait::Yes) {
+                wal.fail(&format!("applying synced frames to sled: {error}"));
+            }
         }
         if checkpoint {
+            // A failed checkpoint breaks the log itself.
             let _ = durable.checkpoint(wal, staged);
         }
     }
@@ -769,6 +775,8 @@ impl CommitReads for SledReads<'_> {
 
 impl EventStore for SledStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+        // Fail-stop: after the disk failed, nothing more is committed (or acknowledged).
+        self.health()?;
         let mut writer = self.writer();
         // What earlier syncs made durable and nobody applied yet (the engine's sync threads
         // usually have, after answering) goes to sled first, unless another thread is at it:
@@ -1078,6 +1086,13 @@ impl EventStore for SledStore {
             return Ok(None);
         }
         self.d_entry(stream, key)
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        match self.wal.as_ref().and_then(|wal| wal.failure()) {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     }
 
     fn folded_with(&self) -> Result<Option<u32>, StoreError> {
@@ -1804,6 +1819,39 @@ mod tests {
             let path = entry.unwrap().path();
             std::fs::copy(&path, to.join(wal::DIR).join(path.file_name().unwrap())).unwrap();
         }
+    }
+
+    /// Finding 3 of issue 25: once the log broke (a failed write or fsync, a failed checkpoint or
+    /// apply on the maintenance thread), the store takes no more commits or syncs, says why,
+    /// and keeps serving reads.
+    #[test]
+    fn a_store_whose_log_broke_takes_no_more_writes_and_keeps_serving_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = quiet_store(dir.path());
+        let a = stream("a");
+        store.commit(appends(&a, 1..=2)).unwrap();
+        store.sync().unwrap();
+        assert!(store.health().is_ok());
+        store.wal.as_ref().unwrap().fail("EIO on fdatasync");
+        store.wal.as_ref().unwrap().fail("a later failure");
+        for error in [
+            store.commit(appends(&a, 3..=3)).unwrap_err(),
+            store.sync().unwrap_err(),
+            store.health().unwrap_err(),
+        ] {
+            assert!(
+                matches!(&error, StoreError::Failed { reason } if reason.contains("EIO on fdatasync")),
+                "{error:?}"
+            );
+        }
+        assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+        assert_eq!(store.read_stream(&a, Version::EMPTY, 10).unwrap().len(), 2);
+        drop(store);
+        // Reopened, the store takes writes again with every synced commit there.
+        let reopened = quiet_store(dir.path());
+        assert!(reopened.health().is_ok());
+        reopened.commit(appends(&a, 3..=3)).unwrap();
+        assert_eq!(reopened.stream_version(&a).unwrap(), Version(3));
     }
 
     /// Finding 1 of issue 25: five acknowledged commits, then one flipped bit inside the second

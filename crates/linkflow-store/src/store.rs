@@ -313,6 +313,13 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(read)
     }
 
+    /// Whether the store takes writes: `Err` (typically [`StoreError::Failed`]) once its disk
+    /// failed, after which every commit and sync fails too. Reads keep working. The default is
+    /// always healthy.
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The version of the rules the engine last recorded every snapshot of this store as folded
     /// with ([`EventStore::set_folded_with`]); `None` when none was recorded (a new store, or a
     /// backend that keeps no such marker: the engine then checks the snapshots themselves).

@@ -700,9 +700,19 @@ impl Wal {
     }
 
     /// Breaks the log: every later sync fails with `reason` (a checkpoint failed, so what sled
-    /// holds on disk is unknown).
+    /// holds on disk is unknown). The first reason is kept.
     pub(crate) fn fail(&self, reason: &str) {
-        lock(&self.segments).broken = Some(reason.to_string());
+        lock(&self.segments)
+            .broken
+            .get_or_insert_with(|| reason.to_string());
+    }
+
+    /// Why the log broke, if it did: the store then takes no more writes.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        lock(&self.segments)
+            .broken
+            .as_deref()
+            .map(|reason| broken(&self.dir, reason))
     }
 
     /// The segments retired so far: a checkpoint that begins after this call covers them.
@@ -768,11 +778,8 @@ fn remove_preparing(dir: &Path) -> Result<(), StoreError> {
 }
 
 fn broken(dir: &Path, reason: &str) -> StoreError {
-    StoreError::Io {
-        path: dir.display().to_string(),
-        source: std::io::Error::other(format!(
-            "an earlier write-ahead log write failed ({reason}); reopen the store"
-        )),
+    StoreError::Failed {
+        reason: format!("the write-ahead log in {} failed: {reason}", dir.display()),
     }
 }
 

@@ -118,6 +118,7 @@ impl Engine {
             max_events_per_stream: config.max_events_per_stream,
             inactivity_timeout: config.inactivity_timeout,
             stats: WriteCounters::default(),
+            failure: Mutex::new(None),
         });
         // Streams folded with other rules are folded again before the first request.
         let refolded = refold_stale(&shared)?;
@@ -182,6 +183,15 @@ impl Engine {
             sent,
         })
         .await
+    }
+
+    /// Whether the engine takes writes: `Err` once a sync failed (the engine then acknowledges
+    /// nothing more; reads keep working) or its store reports a failure of its own.
+    pub fn health(&self) -> Result<(), EngineError> {
+        if let Some(failure) = self.shared.failed() {
+            return Err(failure);
+        }
+        Ok(self.shared.store.health()?)
     }
 
     /// What opening the engine did to streams whose snapshots were folded with other rules

@@ -55,9 +55,30 @@ pub(crate) struct Shared {
     pub inactivity_timeout: chrono::Duration,
     /// Where the write path's time goes (`Engine::write_stats`).
     pub stats: WriteCounters,
+    /// The first failure to make writes durable: the engine then takes no more writes
+    /// (fail-stop; reads keep working).
+    pub failure: Mutex<Option<String>>,
 }
 
 impl Shared {
+    /// Records the first failure to make writes durable.
+    pub fn fail(&self, reason: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_or_insert(reason);
+    }
+
+    /// Why the engine takes no more writes, if it does not.
+    pub fn failed(&self) -> Option<EngineError> {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        Some(EngineError::from(StoreError::Failed { reason: failure }))
+    }
+
     pub fn cache(&self) -> MutexGuard<'_, SessionCache> {
         // The cache holds clones of committed states only; a panic elsewhere cannot leave it
         // half-updated.
@@ -216,6 +237,11 @@ fn run_syncer(shared: &Shared, jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>)
         };
         let started = Instant::now();
         let result = shared.store.sync().map_err(EngineError::from);
+        if let Err(error) = &result {
+            // Fail-stop: what the disk holds after a failed sync is unknown, so nothing more
+            // is acknowledged until the store is reopened.
+            shared.fail(error.to_string());
+        }
         shared.stats.synced(&groups, started, Instant::now());
         if result.is_ok() {
             if let Some(head) = head {
@@ -950,6 +976,9 @@ fn process_group(
     } else {
         MAX_CONFLICT_RETRIES
     };
+    if let Some(failure) = shared.failed() {
+        return fail_group(group, &failure);
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -226,7 +226,7 @@ async fn groups_committed_during_a_sync_share_the_next_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_sync_fails_every_group_it_covers_and_a_retry_is_recognised() {
+async fn a_failed_sync_fails_its_groups_and_the_engine_takes_no_more_writes() {
     for sync_threads in [1, 2] {
         let (_dir, store, engine) = open_gated_with(sync_threads);
         let gate = &store.watch;
@@ -234,18 +234,38 @@ async fn a_failed_sync_fails_every_group_it_covers_and_a_retry_is_recognised() {
         let error = engine.ingest(opened("a")).await.unwrap_err();
         assert!(error.to_string().contains("the disk said no"), "{error}");
 
+        // Fail-stop (issue 25, finding 3): what the disk holds after a failed sync is unknown,
+        // so nothing more is acknowledged, even once the disk answers again; the reason is
+        // reported, and reads keep working.
         gate.set(|state| state.fail = false);
-        // The event was committed, only its durability was not confirmed: a retry is a
-        // duplicate of it, not a second copy.
-        match engine.ingest(opened("a")).await.unwrap() {
+        let refused = engine.ingest(opened("b")).await.unwrap_err();
+        assert!(
+            matches!(&refused, EngineError::Store(store) if matches!(**store, StoreError::Failed { .. })),
+            "{refused:?}"
+        );
+        let health = engine.health().unwrap_err().to_string();
+        assert!(health.contains("the disk said no"), "{health}");
+        assert!(engine
+            .session(&SessionId::new("a").unwrap())
+            .await
+            .unwrap()
+            .is_some());
+        engine.shutdown().await.unwrap();
+        drop(engine);
+
+        // Reopened: the event committed before the failure is recognised, a retry is a
+        // duplicate of it, and writing goes on.
+        let reopened = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
+        assert!(reopened.health().is_ok());
+        match reopened.ingest(opened("a")).await.unwrap() {
             IngestOutcome::Duplicate { .. } => {}
             other => panic!("a duplicate with {sync_threads} sync threads, got {other:?}"),
         }
-        match engine.ingest(opened("b")).await.unwrap() {
+        match reopened.ingest(opened("b")).await.unwrap() {
             IngestOutcome::Accepted { position, .. } => assert_eq!(position, Position(2)),
             other => panic!("accepted with {sync_threads} sync threads, got {other:?}"),
         }
-        engine.shutdown().await.unwrap();
+        reopened.shutdown().await.unwrap();
     }
 }
 
