@@ -92,6 +92,16 @@ pub enum EventError {
         /// The limit.
         limit: usize,
     },
+    /// The stream's stored data cannot be read (a damaged record, a log that no longer folds):
+    /// its events are refused until it is repaired; other streams are unaffected
+    /// (`linkflow verify` names the damage).
+    #[error("stream `{session}` cannot be read, so this event was not stored in it: {reason}")]
+    StreamUnreadable {
+        /// The stream.
+        session: SessionId,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The stream already holds the most events allowed.
     #[error("stream `{session}` already holds {limit} events, the most a stream keeps; this event was not stored in it")]
     StreamFull {

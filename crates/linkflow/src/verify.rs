@@ -41,12 +41,17 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
                 record: what,
                 message,
             }),
-            Ok(state) => match store.snapshot(&session_id)? {
-                None => report.problems.push(Problem {
+            Ok(state) => match store.snapshot(&session_id) {
+                // A damaged head is one more problem to report, not a reason to stop.
+                Err(linkflow_store::StoreError::Corrupt(corrupt)) => {
+                    report.problems.push(corrupt.into())
+                }
+                Err(error) => return Err(error.into()),
+                Ok(None) => report.problems.push(Problem {
                     record: what,
                     message: "has events but no snapshot".into(),
                 }),
-                Some(snapshot) => {
+                Ok(Some(snapshot)) => {
                     let record = format!("snapshot of `{session_id}`");
                     let message = match read_snapshot_state(&snapshot.state) {
                         SnapshotState::Unreadable => Some(

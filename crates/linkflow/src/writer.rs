@@ -492,7 +492,19 @@ impl<'a> Plan<'a> {
             .expect("the session was inserted just above"))
     }
 
+    /// Plans one event. A stream whose stored data cannot be read (a damaged record or head, a
+    /// log that no longer folds) refuses only its own events: the rest of the group commits.
     fn plan_event(&mut self, incoming: &IncomingEvent) -> Result<Planned, EngineError> {
+        match self.plan_event_in_stream(incoming) {
+            Err(error) if error.is_damage() => Ok(Planned::Refused(EventError::StreamUnreadable {
+                session: incoming.session.clone(),
+                reason: error.to_string(),
+            })),
+            planned => planned,
+        }
+    }
+
+    fn plan_event_in_stream(&mut self, incoming: &IncomingEvent) -> Result<Planned, EngineError> {
         let session = &incoming.session;
         let key = incoming
             .dedupe_key

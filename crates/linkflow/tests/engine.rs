@@ -912,3 +912,49 @@ async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account
     );
     assert_eq!(again.accounts().await.unwrap().len(), 1);
 }
+
+/// Finding 5 of issue 25: a stream whose stored data cannot be read fails only its own events;
+/// the other sessions of the same group commit.
+#[tokio::test]
+async fn a_stream_that_cannot_be_read_fails_only_its_own_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    {
+        let engine = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
+        engine
+            .ingest_batch(vec![
+                incoming("a", EventKind::Opened, 0),
+                incoming("b", EventKind::Opened, 0),
+            ])
+            .await
+            .unwrap();
+        engine.shutdown().await.unwrap();
+    }
+    // Damage session a's head (its dedupe list and snapshot): `K`, the id's length, the id.
+    store
+        .raw_insert_for_tests(&[b'K', 0, 1, b'a'], &[0xff, 0x01])
+        .unwrap();
+    let engine = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
+    let outcomes = engine
+        .ingest_batch(vec![
+            select("a", 1),
+            select("b", 1),
+            incoming("c", EventKind::Opened, 2),
+        ])
+        .await
+        .unwrap();
+    let IngestOutcome::Refused {
+        error: EventError::StreamUnreadable { session, reason },
+    } = &outcomes[0]
+    else {
+        panic!("{:?}", outcomes[0]);
+    };
+    assert_eq!(session, &sid("a"));
+    assert!(reason.contains("head of stream `a`"), "{reason}");
+    assert_eq!(accepted(&outcomes[1]).0, Version(2));
+    assert_eq!(accepted(&outcomes[2]).0, Version(1));
+    assert!(
+        !engine.verify().await.unwrap().is_clean(),
+        "verify names the damage"
+    );
+}
