@@ -283,7 +283,8 @@ fn turned_away(error: &EventError) -> bool {
 
 /// Ingests decoded payloads in one call and pairs each outcome with its payload. A payload its
 /// stream turns away (another provider's session, another kind of stream, a session at its
-/// events bound, a stream that cannot be read) goes into quarantine with that reason, in a second call.
+/// events bound, a stream that cannot be read) goes into quarantine with that reason, in a
+/// second call.
 async fn ingest_ready(
     engine: &Engine,
     feed: Feed,
