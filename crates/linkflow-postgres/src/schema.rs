@@ -87,7 +87,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         return Err(schema_too_new(current, latest()));
     }
     if current != 0 && current < FIRST {
-        return Err(StoreError::UnsupportedLayout {
+        return Err(StoreError::UpgradeRequired {
             store: "the PostgreSQL database".into(),
             found: format!("schema {current}"),
             supported: FIRST as u32,

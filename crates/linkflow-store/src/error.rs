@@ -53,7 +53,7 @@ pub enum StoreError {
     /// a newer one's). Nothing was read or changed; nothing has been released, so no layout is
     /// migrated.
     #[error("{store} holds the log in layout {found}; this linkflow reads layout {supported} only ({detail})")]
-    UnsupportedLayout {
+    UpgradeRequired {
         /// The store (its directory, or its database).
         store: String,
         /// Its layout.

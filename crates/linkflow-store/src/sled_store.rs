@@ -430,7 +430,7 @@ pub(crate) fn check_layout(db: &sled::Db, path: &Path) -> Result<(), StoreError>
                     Err(_) => format!("{:?} (not a layout number)", &value[..]),
                 },
             };
-            Err(StoreError::UnsupportedLayout {
+            Err(StoreError::UpgradeRequired {
                 store: path.display().to_string(),
                 found,
                 supported: keys::LAYOUT,
@@ -1527,7 +1527,7 @@ mod tests {
             }
             let error = SledStore::open(dir.path()).err().expect("refused");
             assert!(
-                matches!(error, StoreError::UnsupportedLayout { supported: 6, .. }),
+                matches!(error, StoreError::UpgradeRequired { supported: 6, .. }),
                 "{error:?}"
             );
             let text = error.to_string();
