@@ -606,6 +606,23 @@ impl SledStore {
         crate::repair::repair(path.as_ref())
     }
 
+    /// Runs a store operation behind the guard against sled panics ([`guard_sled`]); a panic
+    /// also fails the store (sled's state is unknown after it), so that no more is written.
+    fn guarded<T>(
+        &self,
+        operation: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = guard_sled(&self.path, operation);
+        if let Err(StoreError::Corrupt(corrupt)) = &result {
+            if corrupt.reason.starts_with("sled failed reading its files") {
+                if let Some(wal) = &self.wal {
+                    wal.fail(&corrupt.to_string());
+                }
+            }
+        }
+        result
+    }
+
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -806,152 +823,154 @@ impl CommitReads for SledReads<'_> {
 
 impl EventStore for SledStore {
     fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
-        // Fail-stop: after the disk failed, nothing more is committed (or acknowledged).
-        self.health()?;
-        let mut writer = self.writer();
-        // What earlier syncs made durable and nobody applied yet (the engine's sync threads
-        // usually have, after answering) goes to sled first, unless another thread is at it:
-        // a store used without `after_sync` keeps only the last commit or two staged.
-        if let Some(wal) = &self.wal {
-            self.staged.apply(wal.durable_seq(), Wait::No)?;
-        }
-        let mut reads = SledReads {
-            store: self,
-            heads: HashMap::new(),
-            versions: &writer.versions,
-        };
-        let plan = plan_commit(ops, writer.head, &mut reads)?;
-        // The payload's buffer is reused from commit to commit: a commit of 1,000 events
-        // writes about a megabyte, and a fresh buffer each time left the allocator holding
-        // tens of megabytes it had grown into.
-        let mut batch = match &self.wal {
-            Some(wal) => Writes::Frame(self.staged.take_payload(), wal),
-            None => Writes::Batch(sled::Batch::default()),
-        };
-        // New dedupe entries, stream by stream in order of first appearance.
-        let mut entries: Vec<(SessionId, Vec<NewEntry>)> = Vec::new();
-        let mut add_entry = |stream: &SessionId, entry: NewEntry| match entries
-            .iter_mut()
-            .find(|(known, _)| known == stream)
-        {
-            Some((_, list)) => list.push(entry),
-            None => entries.push((stream.clone(), vec![entry])),
-        };
-        // One run per stream of consecutive positions, one global index key per commit. The
-        // events of a run go under as few keys as MAX_PACKED_BYTES allows.
-        let mut runs: Vec<Run> = Vec::new();
-        let mut pack: Vec<&PlannedEvent> = Vec::new();
-        let put_pack = |batch: &mut Writes, pack: &mut Vec<&PlannedEvent>| {
-            match pack.as_slice() {
-                [] => {}
-                [event] => batch.insert(
-                    &keys::event_key(&event.stream, event.version),
-                    &event.record,
-                ),
-                [first, ..] => {
-                    let records: Vec<&[u8]> = pack.iter().map(|event| &*event.record).collect();
-                    batch.insert(
-                        &keys::event_key(&first.stream, first.version),
-                        &pack_events(&records),
-                    );
+        self.guarded(|| {
+            // Fail-stop: after the disk failed, nothing more is committed (or acknowledged).
+            self.health()?;
+            let mut writer = self.writer();
+            // What earlier syncs made durable and nobody applied yet (the engine's sync threads
+            // usually have, after answering) goes to sled first, unless another thread is at it:
+            // a store used without `after_sync` keeps only the last commit or two staged.
+            if let Some(wal) = &self.wal {
+                self.staged.apply(wal.durable_seq(), Wait::No)?;
+            }
+            let mut reads = SledReads {
+                store: self,
+                heads: HashMap::new(),
+                versions: &writer.versions,
+            };
+            let plan = plan_commit(ops, writer.head, &mut reads)?;
+            // The payload's buffer is reused from commit to commit: a commit of 1,000 events
+            // writes about a megabyte, and a fresh buffer each time left the allocator holding
+            // tens of megabytes it had grown into.
+            let mut batch = match &self.wal {
+                Some(wal) => Writes::Frame(self.staged.take_payload(), wal),
+                None => Writes::Batch(sled::Batch::default()),
+            };
+            // New dedupe entries, stream by stream in order of first appearance.
+            let mut entries: Vec<(SessionId, Vec<NewEntry>)> = Vec::new();
+            let mut add_entry = |stream: &SessionId, entry: NewEntry| match entries
+                .iter_mut()
+                .find(|(known, _)| known == stream)
+            {
+                Some((_, list)) => list.push(entry),
+                None => entries.push((stream.clone(), vec![entry])),
+            };
+            // One run per stream of consecutive positions, one global index key per commit. The
+            // events of a run go under as few keys as MAX_PACKED_BYTES allows.
+            let mut runs: Vec<Run> = Vec::new();
+            let mut pack: Vec<&PlannedEvent> = Vec::new();
+            let put_pack = |batch: &mut Writes, pack: &mut Vec<&PlannedEvent>| {
+                match pack.as_slice() {
+                    [] => {}
+                    [event] => batch.insert(
+                        &keys::event_key(&event.stream, event.version),
+                        &event.record,
+                    ),
+                    [first, ..] => {
+                        let records: Vec<&[u8]> = pack.iter().map(|event| &*event.record).collect();
+                        batch.insert(
+                            &keys::event_key(&first.stream, first.version),
+                            &pack_events(&records),
+                        );
+                    }
+                }
+                pack.clear();
+            };
+            for event in &plan.events {
+                let extends = pack.last().is_some_and(|last| {
+                    last.stream == event.stream && last.version.next() == event.version
+                }) && pack.iter().map(|event| event.record.len()).sum::<usize>()
+                    + event.record.len()
+                    <= MAX_PACKED_BYTES;
+                if !extends {
+                    put_pack(&mut batch, &mut pack);
+                }
+                pack.push(event);
+                let target = Target {
+                    version: event.version,
+                    position: event.position,
+                };
+                add_entry(
+                    &event.stream,
+                    NewEntry {
+                        key: event.dedupe_key,
+                        target,
+                    },
+                );
+                match runs.last_mut() {
+                    Some(run) if run.stream == event.stream => run.events += 1,
+                    _ => runs.push(Run {
+                        stream: event.stream.clone(),
+                        first_version: event.version,
+                        events: 1,
+                    }),
                 }
             }
-            pack.clear();
-        };
-        for event in &plan.events {
-            let extends = pack.last().is_some_and(|last| {
-                last.stream == event.stream && last.version.next() == event.version
-            }) && pack.iter().map(|event| event.record.len()).sum::<usize>()
-                + event.record.len()
-                <= MAX_PACKED_BYTES;
-            if !extends {
-                put_pack(&mut batch, &mut pack);
+            put_pack(&mut batch, &mut pack);
+            if let Some(first) = plan.events.first() {
+                batch.insert(&keys::global_key(first.position), &keys::runs_value(&runs));
             }
-            pack.push(event);
-            let target = Target {
-                version: event.version,
-                position: event.position,
-            };
-            add_entry(
-                &event.stream,
-                NewEntry {
-                    key: event.dedupe_key,
-                    target,
-                },
-            );
-            match runs.last_mut() {
-                Some(run) if run.stream == event.stream => run.events += 1,
-                _ => runs.push(Run {
-                    stream: event.stream.clone(),
-                    first_version: event.version,
-                    events: 1,
-                }),
-            }
-        }
-        put_pack(&mut batch, &mut pack);
-        if let Some(first) = plan.events.first() {
-            batch.insert(&keys::global_key(first.position), &keys::runs_value(&runs));
-        }
-        // Each stream's new snapshot (a later one replaces an earlier one) goes into the
-        // stream's head, with the dedupe entries: one key per stream touched.
-        let mut snapshots: HashMap<&SessionId, &[u8]> = HashMap::new();
-        for snapshot in &plan.snapshots {
-            if !entries.iter().any(|(known, _)| *known == snapshot.stream) {
-                entries.push((snapshot.stream.clone(), Vec::new()));
-            }
-            snapshots.insert(&snapshot.stream, &snapshot.record);
-        }
-        for (stream, new_entries) in entries {
-            let (mut list, old_value) = match reads.take_head(&stream)? {
-                Some(Head { list, value }) => (list, Some(value)),
-                None => (DedupeList::default(), None),
-            };
-            let snapshot = match (snapshots.get(&stream), &old_value) {
-                (Some(record), _) => Some(*record),
-                (None, Some(value)) => DedupeList::snapshot_encoded(&stream, value)?,
-                (None, None) => None,
-            };
-            for NewEntry { key, target } in new_entries {
-                list.set(key, target);
-            }
-            if list.entries.len() > LIST_MAX {
-                for (key, target) in list.entries.drain(..) {
-                    batch.insert(
-                        &keys::dedupe_key(&stream, &key),
-                        &keys::dedupe_value(&target.hit(&stream)),
-                    );
+            // Each stream's new snapshot (a later one replaces an earlier one) goes into the
+            // stream's head, with the dedupe entries: one key per stream touched.
+            let mut snapshots: HashMap<&SessionId, &[u8]> = HashMap::new();
+            for snapshot in &plan.snapshots {
+                if !entries.iter().any(|(known, _)| *known == snapshot.stream) {
+                    entries.push((snapshot.stream.clone(), Vec::new()));
                 }
-                list.spilled = true;
+                snapshots.insert(&snapshot.stream, &snapshot.record);
             }
-            batch.insert(&keys::list_key(&stream), &list.encode(snapshot));
-        }
-        match batch {
-            Writes::Frame(payload, wal) => {
-                if payload.as_bytes().is_empty() {
-                    // Only duplicates: nothing to write, no frame.
-                    self.staged.give_back(payload);
-                } else {
-                    // Staged (where reads see it) before it is in the log: nothing applies a
-                    // frame before a sync of the log covers it.
-                    let seq = wal.next_seq();
-                    let payload = self.staged.add(seq, payload)?;
-                    if wal.append(seq, &payload) > wal::PENDING_LIMIT {
-                        if let Some(maintenance) = &self.maintenance {
-                            raise(&maintenance.signal, |signal| signal.write = true);
+            for (stream, new_entries) in entries {
+                let (mut list, old_value) = match reads.take_head(&stream)? {
+                    Some(Head { list, value }) => (list, Some(value)),
+                    None => (DedupeList::default(), None),
+                };
+                let snapshot = match (snapshots.get(&stream), &old_value) {
+                    (Some(record), _) => Some(*record),
+                    (None, Some(value)) => DedupeList::snapshot_encoded(&stream, value)?,
+                    (None, None) => None,
+                };
+                for NewEntry { key, target } in new_entries {
+                    list.set(key, target);
+                }
+                if list.entries.len() > LIST_MAX {
+                    for (key, target) in list.entries.drain(..) {
+                        batch.insert(
+                            &keys::dedupe_key(&stream, &key),
+                            &keys::dedupe_value(&target.hit(&stream)),
+                        );
+                    }
+                    list.spilled = true;
+                }
+                batch.insert(&keys::list_key(&stream), &list.encode(snapshot));
+            }
+            match batch {
+                Writes::Frame(payload, wal) => {
+                    if payload.as_bytes().is_empty() {
+                        // Only duplicates: nothing to write, no frame.
+                        self.staged.give_back(payload);
+                    } else {
+                        // Staged (where reads see it) before it is in the log: nothing applies a
+                        // frame before a sync of the log covers it.
+                        let seq = wal.next_seq();
+                        let payload = self.staged.add(seq, payload)?;
+                        if wal.append(seq, &payload) > wal::PENDING_LIMIT {
+                            if let Some(maintenance) = &self.maintenance {
+                                raise(&maintenance.signal, |signal| signal.write = true);
+                            }
                         }
                     }
                 }
-            }
-            Writes::Batch(batch) => {
-                if let Err(error) = self.db.apply_batch(batch) {
-                    writer.versions.forget();
-                    return Err(error.into());
+                Writes::Batch(batch) => {
+                    if let Err(error) = self.db.apply_batch(batch) {
+                        writer.versions.forget();
+                        return Err(error.into());
+                    }
                 }
             }
-        }
-        writer.versions.record(&runs);
-        writer.head = plan.head;
-        Ok(plan.outcomes)
+            writer.versions.record(&runs);
+            writer.head = plan.head;
+            Ok(plan.outcomes)
+        })
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -981,25 +1000,27 @@ impl EventStore for SledStore {
     }
 
     fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        match self
-            .staged
-            .last(prefix_bounds(&keys::session_prefix(keys::EVENT, stream)))?
-        {
-            Some((key, value)) => {
-                let (session, first) = keys::parse_event_key(&key)?;
-                let what = keys::describe_event(&session, first);
-                let count = event_count(&what, &value)?;
-                match first.0.checked_add(count as u64 - 1) {
-                    Some(last) => Ok(Version(last)),
-                    None => Err(CorruptRecord::new(
-                        what,
-                        format!("holds {count} events, past the last possible version"),
-                    )
-                    .into()),
+        self.guarded(|| {
+            match self
+                .staged
+                .last(prefix_bounds(&keys::session_prefix(keys::EVENT, stream)))?
+            {
+                Some((key, value)) => {
+                    let (session, first) = keys::parse_event_key(&key)?;
+                    let what = keys::describe_event(&session, first);
+                    let count = event_count(&what, &value)?;
+                    match first.0.checked_add(count as u64 - 1) {
+                        Some(last) => Ok(Version(last)),
+                        None => Err(CorruptRecord::new(
+                            what,
+                            format!("holds {count} events, past the last possible version"),
+                        )
+                        .into()),
+                    }
                 }
+                None => Ok(Version::EMPTY),
             }
-            None => Ok(Version::EMPTY),
-        }
+        })
     }
 
     fn read_stream(
@@ -1008,96 +1029,100 @@ impl EventStore for SledStore {
         after: Version,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut events = Vec::new();
-        if limit == 0 {
-            return Ok(events);
-        }
-        // The first wanted event is in the last value whose key is at or before it. A stream's
-        // versions start at 1, so a stream with no such key has no events.
-        let wanted = keys::event_key(stream, after.next());
-        let Some((first_key, first_value)) = self.staged.last((
-            Bound::Included(keys::event_key(stream, Version::EMPTY)),
-            Bound::Included(wanted),
-        ))?
-        else {
-            return Ok(events);
-        };
-        // The value before the wanted version usually ends at it (a snapshot is taken at the
-        // end of a commit's run): its records up to `after` are not decoded.
-        let mut take = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
-            let (_, first) = keys::parse_event_key(key)?;
-            let skip =
-                usize::try_from(after.next().0.saturating_sub(first.0)).unwrap_or(usize::MAX);
-            for event in decode_event_value(key, value, skip)? {
-                events.push(event);
-                if events.len() == limit {
-                    return Ok(true);
+        self.guarded(|| {
+            let mut events = Vec::new();
+            if limit == 0 {
+                return Ok(events);
+            }
+            // The first wanted event is in the last value whose key is at or before it. A stream's
+            // versions start at 1, so a stream with no such key has no events.
+            let wanted = keys::event_key(stream, after.next());
+            let Some((first_key, first_value)) = self.staged.last((
+                Bound::Included(keys::event_key(stream, Version::EMPTY)),
+                Bound::Included(wanted),
+            ))?
+            else {
+                return Ok(events);
+            };
+            // The value before the wanted version usually ends at it (a snapshot is taken at the
+            // end of a commit's run): its records up to `after` are not decoded.
+            let mut take = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
+                let (_, first) = keys::parse_event_key(key)?;
+                let skip =
+                    usize::try_from(after.next().0.saturating_sub(first.0)).unwrap_or(usize::MAX);
+                for event in decode_event_value(key, value, skip)? {
+                    events.push(event);
+                    if events.len() == limit {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
+            if !take(&first_key, &first_value)? {
+                let end = keys::event_key(stream, Version(u64::MAX));
+                for entry in self
+                    .staged
+                    .scan((Bound::Excluded(first_key.to_vec()), Bound::Included(end)))
+                {
+                    let (key, value) = entry?;
+                    if take(&key, &value)? {
+                        break;
+                    }
                 }
             }
-            Ok(false)
-        };
-        if !take(&first_key, &first_value)? {
-            let end = keys::event_key(stream, Version(u64::MAX));
-            for entry in self
-                .staged
-                .scan((Bound::Excluded(first_key.to_vec()), Bound::Included(end)))
-            {
-                let (key, value) = entry?;
-                if take(&key, &value)? {
-                    break;
-                }
-            }
-        }
-        Ok(events)
+            Ok(events)
+        })
     }
 
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let wanted = after.next();
-        // The commit holding `wanted` starts at the last index key at or before it.
-        let Some((start_key, _)) = self.staged.last((
-            Bound::Included(keys::global_key(Position::START).to_vec()),
-            Bound::Included(keys::global_key(wanted).to_vec()),
-        ))?
-        else {
-            return Ok(Vec::new());
-        };
-        let mut events = Vec::new();
-        for entry in self.staged.scan((
-            Bound::Included(start_key.to_vec()),
-            Bound::Included(keys::global_key(Position(u64::MAX)).to_vec()),
-        )) {
-            let (key, value) = entry?;
-            let mut position = keys::parse_global_key(&key)?;
-            for run in keys::parse_runs(position, &value)? {
-                let run_end = Position(position.0 + u64::from(run.events));
-                if run_end <= wanted {
-                    position = run_end;
-                    continue;
-                }
-                let skip = wanted.0.saturating_sub(position.0);
-                let take = (u64::from(run.events) - skip).min((limit - events.len()) as u64);
-                let after_version = Version(run.first_version.0 - 1 + skip);
-                let read = self.read_stream(&run.stream, after_version, take as usize)?;
-                for (offset, event) in read.into_iter().enumerate() {
-                    let expected = Position(position.0 + skip + offset as u64);
-                    if event.position != expected
-                        || event.version.0 != after_version.0 + 1 + offset as u64
-                    {
-                        return Err(CorruptRecord::new(
-                            keys::describe_event(&event.stream, event.version),
-                            format!("the global index places it at position {expected}, the record says {}", event.position),
-                        )
-                        .into());
+        self.guarded(|| {
+            let wanted = after.next();
+            // The commit holding `wanted` starts at the last index key at or before it.
+            let Some((start_key, _)) = self.staged.last((
+                Bound::Included(keys::global_key(Position::START).to_vec()),
+                Bound::Included(keys::global_key(wanted).to_vec()),
+            ))?
+            else {
+                return Ok(Vec::new());
+            };
+            let mut events = Vec::new();
+            for entry in self.staged.scan((
+                Bound::Included(start_key.to_vec()),
+                Bound::Included(keys::global_key(Position(u64::MAX)).to_vec()),
+            )) {
+                let (key, value) = entry?;
+                let mut position = keys::parse_global_key(&key)?;
+                for run in keys::parse_runs(position, &value)? {
+                    let run_end = Position(position.0 + u64::from(run.events));
+                    if run_end <= wanted {
+                        position = run_end;
+                        continue;
                     }
-                    events.push(event);
+                    let skip = wanted.0.saturating_sub(position.0);
+                    let take = (u64::from(run.events) - skip).min((limit - events.len()) as u64);
+                    let after_version = Version(run.first_version.0 - 1 + skip);
+                    let read = self.read_stream(&run.stream, after_version, take as usize)?;
+                    for (offset, event) in read.into_iter().enumerate() {
+                        let expected = Position(position.0 + skip + offset as u64);
+                        if event.position != expected
+                            || event.version.0 != after_version.0 + 1 + offset as u64
+                        {
+                            return Err(CorruptRecord::new(
+                                keys::describe_event(&event.stream, event.version),
+                                format!("the global index places it at position {expected}, the record says {}", event.position),
+                            )
+                            .into());
+                        }
+                        events.push(event);
+                    }
+                    if events.len() >= limit {
+                        return Ok(events);
+                    }
+                    position = run_end;
                 }
-                if events.len() >= limit {
-                    return Ok(events);
-                }
-                position = run_end;
             }
-        }
-        Ok(events)
+            Ok(events)
+        })
     }
 
     fn find_dedupe(
@@ -1105,18 +1130,20 @@ impl EventStore for SledStore {
         stream: &SessionId,
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError> {
-        let spilled = match self.staged.get(keys::list_key(stream))? {
-            Some(value) => match DedupeList::find_encoded(stream, &value, key)? {
-                (Some(target), _) => return Ok(Some(target.hit(stream))),
-                (None, spilled) => spilled,
-            },
-            None => false,
-        };
-        // The list is read without decoding it whole: the engine asks once per event.
-        if !spilled {
-            return Ok(None);
-        }
-        self.d_entry(stream, key)
+        self.guarded(|| {
+            let spilled = match self.staged.get(keys::list_key(stream))? {
+                Some(value) => match DedupeList::find_encoded(stream, &value, key)? {
+                    (Some(target), _) => return Ok(Some(target.hit(stream))),
+                    (None, spilled) => spilled,
+                },
+                None => false,
+            };
+            // The list is read without decoding it whole: the engine asks once per event.
+            if !spilled {
+                return Ok(None);
+            }
+            self.d_entry(stream, key)
+        })
     }
 
     fn health(&self) -> Result<(), StoreError> {
@@ -1127,7 +1154,7 @@ impl EventStore for SledStore {
     }
 
     fn folded_with(&self) -> Result<Option<u32>, StoreError> {
-        match self.db.get(keys::FOLDED_WITH_KEY)? {
+        self.guarded(|| match self.db.get(keys::FOLDED_WITH_KEY)? {
             None => Ok(None),
             Some(value) => <[u8; 4]>::try_from(&value[..])
                 .map(|bytes| Some(u32::from_be_bytes(bytes)))
@@ -1135,7 +1162,7 @@ impl EventStore for SledStore {
                     CorruptRecord::new("rules marker", format!("{} bytes, not 4", value.len()))
                         .into()
                 }),
-        }
+        })
     }
 
     /// Written to sled directly (no commit writes this key) and made durable at once.
@@ -1148,74 +1175,82 @@ impl EventStore for SledStore {
     /// Every commit that appends an event of a stream writes the stream's dedupe list, so no
     /// list means nothing stored.
     fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
-        match self.staged.get(keys::list_key(stream))? {
+        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
             Some(value) => Ok(Some(DedupeList::is_empty_encoded(stream, &value)?)),
             None => Ok(Some(true)),
-        }
+        })
     }
 
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
-        // One read: the head holds both.
-        let value = self.staged.get(keys::list_key(stream))?;
-        let empty = match &value {
-            Some(value) => DedupeList::is_empty_encoded(stream, value)?,
-            None => true,
-        };
-        let snapshot = match value {
-            Some(value) if !empty => snapshot_in_head(stream, &value)?,
-            _ => None,
-        };
-        Ok(StreamStart {
-            empty: Some(empty),
-            snapshot,
+        self.guarded(|| {
+            // One read: the head holds both.
+            let value = self.staged.get(keys::list_key(stream))?;
+            let empty = match &value {
+                Some(value) => DedupeList::is_empty_encoded(stream, value)?,
+                None => true,
+            };
+            let snapshot = match value {
+                Some(value) if !empty => snapshot_in_head(stream, &value)?,
+                _ => None,
+            };
+            Ok(StreamStart {
+                empty: Some(empty),
+                snapshot,
+            })
         })
     }
 
     fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        match self.staged.get(keys::list_key(stream))? {
+        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
             Some(value) => snapshot_in_head(stream, &value),
             None => Ok(None),
-        }
+        })
     }
 
     fn for_each_snapshot(
         &self,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        for entry in self.staged.scan_prefix([keys::LIST]) {
-            let (key, value) = entry?;
-            let session = keys::parse_list_key(&key)?;
-            let Some(bytes) = DedupeList::snapshot_encoded(&session, &value)? else {
-                continue;
-            };
-            let snapshot = decode_snapshot_record(&format!("snapshot of `{session}`"), bytes)?;
-            if visit(session, snapshot).is_break() {
-                break;
+        self.guarded(|| {
+            for entry in self.staged.scan_prefix([keys::LIST]) {
+                let (key, value) = entry?;
+                let session = keys::parse_list_key(&key)?;
+                let Some(bytes) = DedupeList::snapshot_encoded(&session, &value)? else {
+                    continue;
+                };
+                let snapshot = decode_snapshot_record(&format!("snapshot of `{session}`"), bytes)?;
+                if visit(session, snapshot).is_break() {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn for_each_event_by_stream(
         &self,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        for entry in self.staged.scan_prefix([keys::EVENT]) {
-            let (key, value) = entry?;
-            for event in decode_event_value(&key, &value, 0)? {
-                if visit(event).is_break() {
-                    return Ok(());
+        self.guarded(|| {
+            for entry in self.staged.scan_prefix([keys::EVENT]) {
+                let (key, value) = entry?;
+                for event in decode_event_value(&key, &value, 0)? {
+                    if visit(event).is_break() {
+                        return Ok(());
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Walks the store as reads see it, with commits held off while it runs (a commit in the
     /// middle of the walk would look like a gap).
     fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let writer = self.writer();
-        crate::verify::verify_sled(&self.staged, writer.head)
+        self.guarded(|| {
+            let writer = self.writer();
+            crate::verify::verify_sled(&self.staged, writer.head)
+        })
     }
 }
 
@@ -1863,6 +1898,15 @@ mod tests {
         assert!(corrupt.key.ends_with("db"), "{corrupt:?}");
         assert!(corrupt.reason.contains("Uninitialized"), "{corrupt:?}");
         assert_eq!(guard_sled(dir.path(), || Ok(7)).unwrap(), 7);
+        // On an open store, a panic of sled's in any operation fails the store for writes.
+        let store = quiet_store(dir.path());
+        let error = store
+            .guarded::<()>(|| panic!("tried to serialize Uninitialized"))
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+        assert!(matches!(store.health(), Err(StoreError::Failed { .. })));
+        assert!(store.commit(appends(&stream("a"), 1..=1)).is_err());
+        assert_eq!(store.head().unwrap(), Position::START, "reads still answer");
     }
 
     /// Finding 2 of issue 25: damaged bytes in sled's own file are an error naming the store,
