@@ -37,7 +37,8 @@ pub enum StoreChoice {
         preallocate_log: bool,
     },
     /// PostgreSQL, shared by every node that opens the same database (schema created or
-    /// migrated on open). See `docs/deploy.md`.
+    /// migrated on open). See `docs/deploy.md`. Needs the crate's `postgres` feature.
+    #[cfg(feature = "postgres")]
     Postgres {
         /// A libpq-style URL: `postgres://user:pass@host:5432/db`.
         url: String,
@@ -50,6 +51,7 @@ impl std::fmt::Debug for StoreChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreChoice::Sled { path, .. } => write!(f, "Sled({})", path.display()),
+            #[cfg(feature = "postgres")]
             StoreChoice::Postgres { url } => write!(f, "Postgres({})", redact(url)),
             StoreChoice::Custom(_) => f.write_str("Custom"),
         }
@@ -159,7 +161,8 @@ impl EngineConfig {
         self
     }
 
-    /// Defaults on PostgreSQL at `url`.
+    /// Defaults on PostgreSQL at `url` (the crate's `postgres` feature).
+    #[cfg(feature = "postgres")]
     pub fn postgres(url: impl Into<String>) -> Self {
         EngineConfig {
             store: StoreChoice::Postgres { url: url.into() },

@@ -90,6 +90,7 @@ impl Engine {
                 options.wal_preallocate = preallocate_log;
                 Arc::new(SledStore::open_with(options)?)
             }
+            #[cfg(feature = "postgres")]
             StoreChoice::Postgres { url } => Arc::new(linkflow_postgres::PgStore::open(&url)?),
             StoreChoice::Custom(store) => store,
         };
