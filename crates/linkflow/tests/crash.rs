@@ -17,7 +17,16 @@ use linkflow::{Engine, EngineConfig, IncomingEvent, IngestOutcome, SessionFilter
 use linkflow_core::timeline;
 use linkflow_core::{Event, EventKind, Position, Provider, Session, SessionId};
 
+/// SIGKILL rounds of a run; `LINKFLOW_CRASH_ROUNDS` sets more for a long run (see
+/// docs/storage.md, "Crash testing").
 const ROUNDS: u64 = 24;
+
+fn rounds() -> u64 {
+    std::env::var("LINKFLOW_CRASH_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(ROUNDS)
+}
 const WRITER_TASKS: u64 = 4;
 const EVENTS_PER_SESSION: u64 = 10;
 const BATCH: usize = 5;
@@ -117,7 +126,8 @@ async fn acknowledged_events_survive_sigkill() {
     let exe = std::env::current_exe().unwrap();
     let mut acked: HashSet<u64> = HashSet::new();
     let mut total_kills = 0;
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    for round in 0..rounds {
         let lowest_unacked = (0..).find(|n| !acked.contains(n)).unwrap();
         let start = lowest_unacked.saturating_sub(40);
         let mut child = Command::new(&exe)
@@ -165,7 +175,7 @@ async fn acknowledged_events_survive_sigkill() {
         check_round(&engine, &acked, round).await;
         engine.shutdown().await.unwrap();
     }
-    assert_eq!(total_kills, ROUNDS);
+    assert_eq!(total_kills, rounds);
     assert!(
         acked.len() > 500,
         "the child acknowledged only {} events",
