@@ -121,9 +121,9 @@ struct FailingDisk {
 impl linkflow_store::EventStore for FailingDisk {
     fn commit(
         &self,
-        ops: Vec<linkflow_store::Op>,
-    ) -> Result<Vec<linkflow_store::OpOutcome>, linkflow_store::StoreError> {
-        self.inner.commit(ops)
+        commit: linkflow_store::Commit,
+    ) -> Result<linkflow_store::Receipt, linkflow_store::StoreError> {
+        self.inner.commit(commit)
     }
     fn sync(&self) -> Result<(), linkflow_store::StoreError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {

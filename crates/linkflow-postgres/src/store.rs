@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
-use linkflow_store::plan::{plan_commit, CommitPlan, CommitReads};
+use linkflow_store::check::{check_commit, Checked, StoredLog};
 use linkflow_store::record::{decode_event_record, decode_snapshot_record};
 use linkflow_store::{
-    DedupeHit, EventStore, Op, OpOutcome, Snapshot, StoreError, StoredEvent, StreamRead,
+    Commit, DedupeHit, EventStore, Receipt, Snapshot, StoreError, StoredEvent, StreamRead,
     StreamsRead, VerifyReport,
 };
 use tokio_postgres::types::ToSql;
@@ -182,37 +182,29 @@ struct Prefetched {
     dedupe: HashMap<(SessionId, DedupeKey), DedupeHit>,
 }
 
-impl CommitReads for Prefetched {
+impl StoredLog for Prefetched {
     fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
         Ok(self.versions.get(stream).copied().unwrap_or(Version::EMPTY))
     }
 
-    fn find_dedupe(
-        &mut self,
-        stream: &SessionId,
-        key: &DedupeKey,
-    ) -> Result<Option<DedupeHit>, StoreError> {
-        Ok(self.dedupe.get(&(stream.clone(), *key)).cloned())
+    fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError> {
+        Ok(self.dedupe.contains_key(&(stream.clone(), *key)))
     }
 }
 
-/// Reads, in one round trip each (pipelined), everything the planner may ask about `ops`.
-async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, StoreError> {
+/// Reads, in one round trip each (pipelined), everything checking `commit` asks: the version
+/// of every stream it appends to or snapshots, and whether its dedupe keys are stored.
+async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched, StoreError> {
     let mut streams: BTreeSet<&str> = BTreeSet::new();
     let mut key_streams: Vec<&str> = Vec::new();
     let mut keys: Vec<&[u8]> = Vec::new();
-    for op in ops {
-        match op {
-            Op::Append { stream, event, .. } => {
-                streams.insert(stream.as_str());
-                key_streams.push(stream.as_str());
-                keys.push(event.dedupe_key.as_bytes());
-            }
-            Op::Expect { stream, .. } => {
-                streams.insert(stream.as_str());
-            }
-            Op::PutSnapshot { .. } => {}
-        }
+    for append in &commit.appends {
+        streams.insert(append.stream.as_str());
+        key_streams.push(append.stream.as_str());
+        keys.push(append.event.dedupe_key.as_bytes());
+    }
+    for (stream, _) in &commit.snapshots {
+        streams.insert(stream.as_str());
     }
     let streams: Vec<&str> = streams.into_iter().collect();
     let version_params: [&(dyn ToSql + Sync); 1] = [&streams];
@@ -257,7 +249,7 @@ async fn prefetch(tx: &impl GenericClient, ops: &[Op]) -> Result<Prefetched, Sto
 }
 
 /// Writes a plan inside the commit's transaction: every statement pipelined.
-async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), StoreError> {
+async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), StoreError> {
     let mut positions = Vec::with_capacity(plan.events.len());
     let mut streams = Vec::with_capacity(plan.events.len());
     let mut versions = Vec::with_capacity(plan.events.len());
@@ -290,8 +282,8 @@ async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), St
         .iter()
         .map(|&i| &plan.snapshots[i].record[..])
         .collect();
-    let head = to_i64(plan.head.0, "head")?;
-    let head_text = plan.head.0.to_string();
+    let head = to_i64(plan.receipt.head.0, "head")?;
+    let head_text = plan.receipt.head.0.to_string();
 
     let mut statements: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
     if !positions.is_empty() {
@@ -321,7 +313,7 @@ async fn write_plan(tx: &impl GenericClient, plan: &CommitPlan) -> Result<(), St
     Ok(())
 }
 
-async fn commit(client: &mut Client, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+async fn write_commit(client: &mut Client, commit: Commit) -> Result<Receipt, StoreError> {
     let tx = client.transaction().await.map_err(backend)?;
     // The serialization point of every node: held until COMMIT.
     let head: i64 = tx
@@ -330,11 +322,11 @@ async fn commit(client: &mut Client, ops: Vec<Op>) -> Result<Vec<OpOutcome>, Sto
         .map_err(backend)?
         .get(0);
     let head = Position(to_u64(head, || "linkflow_head".into())?);
-    let mut reads = prefetch(&tx, &ops).await?;
-    let plan = plan_commit(ops, head, &mut reads)?;
-    write_plan(&tx, &plan).await?;
+    let mut reads = prefetch(&tx, &commit).await?;
+    let checked = check_commit(commit, head, &mut reads)?;
+    write_plan(&tx, &checked).await?;
     tx.commit().await.map_err(backend)?;
-    Ok(plan.outcomes)
+    Ok(checked.receipt)
 }
 
 /// The rows of [`EventStore::read_streams`]: snapshots, tails, dedupe hits.
@@ -490,8 +482,10 @@ async fn watch_once(
 }
 
 impl EventStore for PgStore {
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
-        self.run(Box::new(move |client| Box::pin(commit(client, ops))))
+    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
+        self.run(Box::new(move |client| {
+            Box::pin(write_commit(client, commit))
+        }))
     }
 
     fn sync(&self) -> Result<(), StoreError> {

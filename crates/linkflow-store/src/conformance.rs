@@ -15,7 +15,7 @@ use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, 
 use uuid::Uuid;
 
 use crate::record::{DedupeKey, NewEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
-use crate::store::{DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, StreamRead};
+use crate::store::{Append, Commit, DedupeHit, EventStore, Placed, StreamRead};
 use crate::{SledStore, StoreError};
 
 /// A fresh store location for one test.
@@ -60,9 +60,9 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $harness;
             appends_assign_gap_free_versions_and_positions,
             a_stale_expected_version_conflicts_and_writes_nothing,
-            a_stored_dedupe_key_writes_nothing_and_returns_the_original,
-            a_dedupe_key_repeated_within_one_commit_is_stored_once,
-            a_retry_by_a_stale_writer_is_a_duplicate_not_a_conflict,
+            a_stored_dedupe_key_is_refused_and_nothing_is_written,
+            a_dedupe_key_repeated_within_one_commit_is_refused,
+            a_retry_by_a_stale_writer_is_a_duplicate_key_not_a_conflict,
             reads_start_after_the_given_version_and_position_and_respect_limits,
             streams_whose_ids_share_a_prefix_stay_apart,
             an_event_keeps_its_stored_time_and_rejected_flag,
@@ -73,7 +73,7 @@ macro_rules! conformance_tests {
             an_oversized_event_is_refused_and_nothing_is_stored,
             verify_is_clean_after_a_mixed_workload,
             events_by_stream_come_in_stream_then_version_order,
-            an_expect_guard_fails_when_the_version_moved,
+            a_snapshot_guards_the_version_it_was_folded_at,
             read_streams_returns_snapshots_tails_and_dedupe_hits,
             a_long_stream_dedupes_every_key_across_many_commits,
             the_rules_marker_is_kept_across_a_reopen,
@@ -117,32 +117,81 @@ pub fn event(n: u64) -> NewEvent {
     }
 }
 
-fn append(stream: &SessionId, expected: ExpectedVersion, event: NewEvent) -> Op {
-    Op::Append {
-        stream: stream.clone(),
-        expected,
-        stored_at: event.received_at,
-        event,
-        rejected: false,
+/// The version an append of these tests expects.
+#[derive(Debug, Clone, Copy)]
+enum ExpectedVersion {
+    /// Its stream's version as the store and the commit's earlier appends leave it.
+    Next,
+    /// This one.
+    Exact(Version),
+}
+
+/// One part of a commit these tests make (a test helper: the size of its variants does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Append(ExpectedVersion, Append),
+    Snapshot(SessionId, Snapshot),
+}
+
+/// Commits `items`, numbering each `Next` append after its stream's version (read from the
+/// store, then counted through the commit): what a writer that read the stream would send.
+fn commit<S: EventStore>(store: &S, items: Vec<Item>) -> Result<Vec<Placed>, StoreError> {
+    let mut versions: std::collections::HashMap<SessionId, Version> = Default::default();
+    let mut commit = Commit::default();
+    for item in items {
+        match item {
+            Item::Append(expected, mut append) => {
+                let version = match expected {
+                    ExpectedVersion::Exact(version) => version,
+                    ExpectedVersion::Next => match versions.get(&append.stream) {
+                        Some(version) => *version,
+                        None => store.stream_version(&append.stream)?,
+                    },
+                };
+                append.expected = version;
+                versions.insert(append.stream.clone(), version.next());
+                commit.appends.push(append);
+            }
+            Item::Snapshot(stream, snapshot) => commit.snapshots.push((stream, snapshot)),
+        }
     }
+    Ok(store.commit(commit)?.appended)
+}
+
+fn append(stream: &SessionId, expected: ExpectedVersion, event: NewEvent) -> Item {
+    Item::Append(
+        expected,
+        Append {
+            stream: stream.clone(),
+            expected: Version::EMPTY,
+            stored_at: event.received_at,
+            event,
+            rejected: false,
+        },
+    )
 }
 
 /// An append of an event the stream's fold rejected when it was stored.
-fn rejected(stream: &SessionId, event: NewEvent) -> Op {
-    Op::Append {
-        stream: stream.clone(),
-        expected: ExpectedVersion::Any,
-        stored_at: event.received_at,
-        event,
-        rejected: true,
-    }
+fn rejected(stream: &SessionId, event: NewEvent) -> Item {
+    Item::Append(
+        ExpectedVersion::Next,
+        Append {
+            stream: stream.clone(),
+            expected: Version::EMPTY,
+            stored_at: event.received_at,
+            event,
+            rejected: true,
+        },
+    )
 }
 
-fn appended(outcome: &OpOutcome) -> (Version, Position) {
-    match outcome {
-        OpOutcome::Appended { version, position } => (*version, *position),
-        other => panic!("expected an append, got {other:?}"),
-    }
+fn put_snapshot(stream: &SessionId, snapshot: Snapshot) -> Item {
+    Item::Snapshot(stream.clone(), snapshot)
+}
+
+fn appended(placed: &Placed) -> (Version, Position) {
+    (placed.version, placed.position)
 }
 
 fn assert_clean<S: EventStore>(store: &S) {
@@ -159,13 +208,15 @@ pub fn appends_assign_gap_free_versions_and_positions<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let (a, b) = (stream("a"), stream("b"));
-    let outcomes = store
-        .commit(vec![
+    let outcomes = commit(
+        &store,
+        vec![
             append(&a, ExpectedVersion::Exact(Version(0)), event(1)),
             append(&b, ExpectedVersion::Exact(Version(0)), event(2)),
             append(&a, ExpectedVersion::Exact(Version(1)), event(3)),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     let got: Vec<_> = outcomes.iter().map(appended).collect();
     // Within a commit, positions go stream by stream in order of first appearance.
     assert_eq!(
@@ -176,9 +227,7 @@ pub fn appends_assign_gap_free_versions_and_positions<H: Harness>() {
             (Version(2), Position(2)),
         ]
     );
-    let outcomes = store
-        .commit(vec![append(&b, ExpectedVersion::Any, event(4))])
-        .unwrap();
+    let outcomes = commit(&store, vec![append(&b, ExpectedVersion::Next, event(4))]).unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(2), Position(4)));
     assert_eq!(store.head().unwrap(), Position(4));
     assert_eq!(store.stream_version(&a).unwrap(), Version(2));
@@ -192,19 +241,19 @@ pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
-    store
-        .commit(vec![append(
-            &a,
-            ExpectedVersion::Exact(Version(0)),
-            event(1),
-        )])
-        .unwrap();
-    let error = store
-        .commit(vec![
-            append(&stream("b"), ExpectedVersion::Any, event(2)),
+    commit(
+        &store,
+        vec![append(&a, ExpectedVersion::Exact(Version(0)), event(1))],
+    )
+    .unwrap();
+    let error = commit(
+        &store,
+        vec![
+            append(&stream("b"), ExpectedVersion::Next, event(2)),
             append(&a, ExpectedVersion::Exact(Version(0)), event(3)),
-        ])
-        .unwrap_err();
+        ],
+    )
+    .unwrap_err();
     match error {
         StoreError::Conflict {
             stream,
@@ -228,79 +277,92 @@ pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
     assert_clean(&store);
 }
 
-/// Appending a dedupe key that is stored writes nothing and returns the original position.
-/// Keys are scoped to their stream: the same key on another stream is another event.
-pub fn a_stored_dedupe_key_writes_nothing_and_returns_the_original<H: Harness>() {
+/// Appending a dedupe key its stream holds is a typed error naming the stream and the key, and
+/// nothing of the commit is written. Keys are scoped to their stream: the same key on another
+/// stream is another event, and `find_dedupe` says where the original went.
+pub fn a_stored_dedupe_key_is_refused_and_nothing_is_written<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
-    store
-        .commit(vec![append(&a, ExpectedVersion::Any, event(1))])
-        .unwrap();
-    let outcomes = store
-        .commit(vec![append(&a, ExpectedVersion::Any, event(1))])
-        .unwrap();
-    assert_eq!(
-        outcomes,
-        vec![OpOutcome::Duplicate {
-            original: DedupeHit {
-                stream: a.clone(),
-                version: Version(1),
-                position: Position(1),
-            }
-        }]
-    );
+    commit(&store, vec![append(&a, ExpectedVersion::Next, event(1))]).unwrap();
+    let error = commit(
+        &store,
+        vec![
+            append(&stream("b"), ExpectedVersion::Next, event(2)),
+            append(&a, ExpectedVersion::Next, event(1)),
+        ],
+    )
+    .unwrap_err();
+    assert_duplicate_key(&error, &a, 1);
     assert_eq!(store.head().unwrap(), Position(1));
     assert_eq!(store.stream_version(&a).unwrap(), Version(1));
-    let outcomes = store
-        .commit(vec![append(
-            &stream("other"),
-            ExpectedVersion::Any,
-            event(1),
-        )])
-        .unwrap();
+    assert_eq!(store.stream_version(&stream("b")).unwrap(), Version(0));
+    assert_eq!(
+        store.find_dedupe(&a, &event(1).dedupe_key).unwrap(),
+        Some(DedupeHit {
+            stream: a.clone(),
+            version: Version(1),
+            position: Position(1),
+        })
+    );
+    let outcomes = commit(
+        &store,
+        vec![append(&stream("other"), ExpectedVersion::Next, event(1))],
+    )
+    .unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(1), Position(2)));
     assert_clean(&store);
 }
 
-/// The same delivery twice in one commit is stored once.
-pub fn a_dedupe_key_repeated_within_one_commit_is_stored_once<H: Harness>() {
+fn assert_duplicate_key(error: &StoreError, expected_stream: &SessionId, n: u64) {
+    match error {
+        StoreError::DuplicateKey { stream, key } => {
+            assert_eq!(stream, expected_stream);
+            assert_eq!(*key, event(n).dedupe_key);
+        }
+        other => panic!("expected a duplicate key, got {other}"),
+    }
+}
+
+/// A key appended twice in one commit is refused like a stored one: the commit writes nothing.
+pub fn a_dedupe_key_repeated_within_one_commit_is_refused<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
-    let outcomes = store
-        .commit(vec![
-            append(&a, ExpectedVersion::Any, event(1)),
-            append(&a, ExpectedVersion::Any, event(1)),
+    let error = commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(1)),
             rejected(&a, event(1)),
-        ])
-        .unwrap();
-    assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
-    assert!(matches!(outcomes[1], OpOutcome::Duplicate { .. }));
-    assert!(matches!(outcomes[2], OpOutcome::Duplicate { .. }));
-    assert_eq!(store.head().unwrap(), Position(1));
+        ],
+    )
+    .unwrap_err();
+    assert_duplicate_key(&error, &a, 1);
+    assert_eq!(store.head().unwrap(), Position::START);
+    assert_eq!(store.stream_version(&a).unwrap(), Version::EMPTY);
     assert_clean(&store);
 }
 
-/// The dedupe check comes first: a stale writer retrying a stored event learns where it is.
-pub fn a_retry_by_a_stale_writer_is_a_duplicate_not_a_conflict<H: Harness>() {
+/// A stale writer retrying a stored event learns that the key is stored (not merely that the
+/// version moved), so that it reads again and answers a duplicate.
+pub fn a_retry_by_a_stale_writer_is_a_duplicate_key_not_a_conflict<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
-    store
-        .commit(vec![
+    commit(
+        &store,
+        vec![
             append(&a, ExpectedVersion::Exact(Version(0)), event(1)),
             append(&a, ExpectedVersion::Exact(Version(1)), event(2)),
-        ])
-        .unwrap();
-    let outcomes = store
-        .commit(vec![append(
-            &a,
-            ExpectedVersion::Exact(Version(0)),
-            event(1),
-        )])
-        .unwrap();
-    assert!(matches!(outcomes[0], OpOutcome::Duplicate { .. }));
+        ],
+    )
+    .unwrap();
+    let error = commit(
+        &store,
+        vec![append(&a, ExpectedVersion::Exact(Version(0)), event(1))],
+    )
+    .unwrap_err();
+    assert_duplicate_key(&error, &a, 1);
 }
 
 /// Reads return what follows the given version or position, in order, up to the limit.
@@ -312,12 +374,12 @@ pub fn reads_start_after_the_given_version_and_position_and_respect_limits<H: Ha
         .map(|n| {
             append(
                 if n % 2 == 0 { &a } else { &b },
-                ExpectedVersion::Any,
+                ExpectedVersion::Next,
                 event(n),
             )
         })
         .collect();
-    store.commit(ops).unwrap();
+    commit(&store, ops).unwrap();
     let tail = store.read_stream(&a, Version(2), 100).unwrap();
     let versions: Vec<u64> = tail.iter().map(|e| e.version.0).collect();
     assert_eq!(versions, vec![3, 4, 5]);
@@ -340,44 +402,53 @@ pub fn streams_whose_ids_share_a_prefix_stay_apart<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let (short, long) = (stream("acct-1"), stream("acct-10"));
-    store
-        .commit(vec![
-            append(&short, ExpectedVersion::Any, event(1)),
-            append(&long, ExpectedVersion::Any, event(2)),
-            append(&long, ExpectedVersion::Any, event(3)),
-        ])
-        .unwrap();
+    commit(
+        &store,
+        vec![
+            append(&short, ExpectedVersion::Next, event(1)),
+            append(&long, ExpectedVersion::Next, event(2)),
+            append(&long, ExpectedVersion::Next, event(3)),
+        ],
+    )
+    .unwrap();
     assert_eq!(store.stream_version(&short).unwrap(), Version(1));
     assert_eq!(store.read_stream(&short, Version(0), 10).unwrap().len(), 1);
     assert_eq!(store.read_stream(&long, Version(0), 10).unwrap().len(), 2);
-    store
-        .commit(vec![rejected(&short, event(4)), rejected(&long, event(5))])
-        .unwrap();
+    commit(
+        &store,
+        vec![rejected(&short, event(4)), rejected(&long, event(5))],
+    )
+    .unwrap();
     assert_eq!(store.stream_version(&short).unwrap(), Version(2));
     assert_eq!(store.stream_version(&long).unwrap(), Version(3));
 }
 
 /// Every event is appended, the ones the stream's fold rejected too: its record keeps when the
 /// log stored it and the rejected flag, its dedupe entry names its position, and a second
-/// delivery of it is a duplicate.
+/// delivery of it is a duplicate key.
 pub fn an_event_keeps_its_stored_time_and_rejected_flag<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
     let late = event(1);
     let stored_at = late.received_at + chrono::Duration::seconds(30);
-    let outcomes = store
-        .commit(vec![
-            Op::Append {
-                stream: a.clone(),
-                expected: ExpectedVersion::Exact(Version(0)),
-                event: late.clone(),
-                stored_at,
-                rejected: true,
-            },
+    let outcomes = commit(
+        &store,
+        vec![
+            Item::Append(
+                ExpectedVersion::Exact(Version(0)),
+                Append {
+                    stream: a.clone(),
+                    expected: Version::EMPTY,
+                    event: late.clone(),
+                    stored_at,
+                    rejected: true,
+                },
+            ),
             append(&a, ExpectedVersion::Exact(Version(1)), event(2)),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
     let events = store.read_stream(&a, Version(0), 10).unwrap();
     assert!(events[0].rejected);
@@ -389,31 +460,15 @@ pub fn an_event_keeps_its_stored_time_and_rejected_flag<H: Harness>() {
         version: Version(1),
         position: Position(1),
     };
-    assert_eq!(
-        store.find_dedupe(&a, &late.dedupe_key).unwrap(),
-        Some(hit.clone())
-    );
-    let again = store
-        .commit(vec![
-            rejected(&a, late.clone()),
-            append(&a, ExpectedVersion::Any, late.clone()),
-        ])
-        .unwrap();
-    assert_eq!(
-        again,
-        vec![
-            OpOutcome::Duplicate {
-                original: hit.clone()
-            },
-            OpOutcome::Duplicate { original: hit }
-        ]
-    );
+    assert_eq!(store.find_dedupe(&a, &late.dedupe_key).unwrap(), Some(hit));
+    let again = commit(&store, vec![rejected(&a, late.clone())]).unwrap_err();
+    assert_duplicate_key(&again, &a, 1);
     assert_eq!(store.head().unwrap(), Position(2));
     assert_clean(&store);
 }
 
-/// A snapshot replaces the previous one, other writes to its stream leave it, and every
-/// stream's latest is listed.
+/// A snapshot replaces the previous one, other writes to its stream leave it, one of a stale
+/// version is a conflict, and every stream's latest is listed.
 pub fn snapshots_are_replaced_and_listed<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
@@ -423,35 +478,50 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         version: Version(version),
         state: format!("state {version}").into_bytes(),
     };
-    store
-        .commit(vec![
-            append(&a, ExpectedVersion::Any, event(1)),
-            append(&a, ExpectedVersion::Any, event(2)),
-            append(&b, ExpectedVersion::Any, event(3)),
-            Op::PutSnapshot {
-                stream: a.clone(),
-                snapshot: snapshot(1),
-            },
-            Op::PutSnapshot {
-                stream: b.clone(),
-                snapshot: snapshot(1),
-            },
-        ])
-        .unwrap();
-    store
-        .commit(vec![Op::PutSnapshot {
-            stream: a.clone(),
-            snapshot: snapshot(2),
-        }])
-        .unwrap();
+    commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(1)),
+            append(&b, ExpectedVersion::Next, event(3)),
+            put_snapshot(&a, snapshot(1)),
+            put_snapshot(&b, snapshot(1)),
+        ],
+    )
+    .unwrap();
+    commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(2)),
+            put_snapshot(&a, snapshot(2)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
+    // A snapshot must be of its stream's version as the commit leaves it: one folded from a
+    // stale read is a conflict, and nothing of its commit is written.
+    let error = commit(
+        &store,
+        vec![
+            append(&b, ExpectedVersion::Next, event(6)),
+            put_snapshot(&a, snapshot(1)),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(error, StoreError::Conflict { ref stream, expected: Version(1), actual: Version(2) } if *stream == a),
+        "{error}"
+    );
+    assert_eq!(store.stream_version(&b).unwrap(), Version(1));
     assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
     // Commits that do not replace it (appends) leave it as it was.
-    store
-        .commit(vec![
-            append(&a, ExpectedVersion::Any, event(4)),
+    commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(4)),
             rejected(&a, event(5)),
-        ])
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
     assert_eq!(store.snapshot(&stream("c")).unwrap(), None);
     let mut listed = Vec::new();
@@ -481,22 +551,18 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
         stream("only-rejected"),
         stream("only-snapshot"),
     );
-    store
-        .commit(vec![
-            append(&plain, ExpectedVersion::Any, event(1)),
-            append(&snapshotted, ExpectedVersion::Any, event(2)),
-            append(&snapshotted, ExpectedVersion::Any, event(3)),
-            Op::PutSnapshot {
-                stream: snapshotted.clone(),
-                snapshot: snapshot(2),
-            },
+    commit(
+        &store,
+        vec![
+            append(&plain, ExpectedVersion::Next, event(1)),
+            append(&snapshotted, ExpectedVersion::Next, event(2)),
+            append(&snapshotted, ExpectedVersion::Next, event(3)),
+            put_snapshot(&snapshotted, snapshot(2)),
             rejected(&only_rejected, event(4)),
-            Op::PutSnapshot {
-                stream: only_snapshot.clone(),
-                snapshot: snapshot(0),
-            },
-        ])
-        .unwrap();
+            put_snapshot(&only_snapshot, snapshot(0)),
+        ],
+    )
+    .unwrap();
     for (name, holds_something) in [
         (&plain, true),
         (&snapshotted, true),
@@ -529,21 +595,23 @@ pub fn everything_survives_a_reopen<H: Harness>() {
     let a = stream("a");
     let (before_all, before_snapshot) = {
         let store = harness.open();
-        store
-            .commit(vec![
-                append(&a, ExpectedVersion::Any, event(1)),
-                append(&stream("b"), ExpectedVersion::Any, event(2)),
+        commit(
+            &store,
+            vec![
+                append(&a, ExpectedVersion::Next, event(1)),
+                append(&stream("b"), ExpectedVersion::Next, event(2)),
                 rejected(&a, event(3)),
-                Op::PutSnapshot {
-                    stream: a.clone(),
-                    snapshot: Snapshot {
+                put_snapshot(
+                    &a,
+                    Snapshot {
                         provider: Provider::Knot,
-                        version: Version(1),
+                        version: Version(2),
                         state: vec![2, 0],
                     },
-                },
-            ])
-            .unwrap();
+                ),
+            ],
+        )
+        .unwrap();
         store.sync().unwrap();
         (
             store.read_all(Position(0), 100).unwrap(),
@@ -556,13 +624,11 @@ pub fn everything_survives_a_reopen<H: Harness>() {
     assert!(before_all[1].rejected, "the rejected flag survives");
     assert_eq!(store.snapshot(&a).unwrap(), before_snapshot);
     assert_eq!(store.head().unwrap(), Position(3));
-    let outcomes = store
-        .commit(vec![append(
-            &a,
-            ExpectedVersion::Exact(Version(2)),
-            event(4),
-        )])
-        .unwrap();
+    let outcomes = commit(
+        &store,
+        vec![append(&a, ExpectedVersion::Exact(Version(2)), event(4))],
+    )
+    .unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(3), Position(4)));
     assert_clean(&store);
 }
@@ -574,9 +640,11 @@ pub fn raw_payloads_are_kept_verbatim<H: Harness>() {
     let text = "{ \"z\" : 1,\n  \"a\":[true , null] }";
     let mut new = event(1);
     new.raw = Some(RawJson::from_string(text.into()).unwrap());
-    store
-        .commit(vec![append(&stream("a"), ExpectedVersion::Any, new)])
-        .unwrap();
+    commit(
+        &store,
+        vec![append(&stream("a"), ExpectedVersion::Next, new)],
+    )
+    .unwrap();
     let stored = store.read_all(Position(0), 1).unwrap().remove(0);
     assert_eq!(stored.data.raw.unwrap().get(), text);
 }
@@ -588,12 +656,14 @@ pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
     let mut huge = event(2);
     let padding = "x".repeat(MAX_RECORD_BYTES);
     huge.raw = Some(RawJson::from_string(format!("\"{padding}\"")).unwrap());
-    let error = store
-        .commit(vec![
-            append(&stream("a"), ExpectedVersion::Any, event(1)),
-            append(&stream("a"), ExpectedVersion::Any, huge),
-        ])
-        .unwrap_err();
+    let error = commit(
+        &store,
+        vec![
+            append(&stream("a"), ExpectedVersion::Next, event(1)),
+            append(&stream("a"), ExpectedVersion::Next, huge),
+        ],
+    )
+    .unwrap_err();
     assert!(
         matches!(error, StoreError::TooLarge { limit, bytes, .. } if limit == MAX_RECORD_BYTES && bytes > limit),
         "{error}"
@@ -607,8 +677,8 @@ pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
     );
 }
 
-/// After appends (rejected ones too) and duplicates, verify finds nothing wrong and counts
-/// what it walked.
+/// After appends (rejected ones too) and refused duplicates, verify finds nothing wrong and
+/// counts what it walked.
 pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
@@ -619,13 +689,18 @@ pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
         if n % 7 == 0 {
             ops.push(rejected(target, event(n)));
         } else {
-            ops.push(append(target, ExpectedVersion::Any, event(n)));
-        }
-        if n % 10 == 0 {
-            ops.push(append(target, ExpectedVersion::Any, event(n)));
+            ops.push(append(target, ExpectedVersion::Next, event(n)));
         }
     }
-    store.commit(ops).unwrap();
+    commit(&store, ops).unwrap();
+    for n in (0..50u64).step_by(10) {
+        let target = &streams[(n % 5) as usize];
+        let refused = commit(
+            &store,
+            vec![append(target, ExpectedVersion::Next, event(n))],
+        );
+        assert!(matches!(refused, Err(StoreError::DuplicateKey { .. })));
+    }
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);
     assert_eq!(report.events, store.head().unwrap().0);
@@ -641,12 +716,12 @@ pub fn events_by_stream_come_in_stream_then_version_order<H: Harness>() {
         .map(|n| {
             append(
                 &stream(&format!("s{}", n % 3)),
-                ExpectedVersion::Any,
+                ExpectedVersion::Next,
                 event(n),
             )
         })
         .collect();
-    store.commit(ops).unwrap();
+    commit(&store, ops).unwrap();
     let mut seen = Vec::new();
     store
         .for_each_event_by_stream(&mut |event| {
@@ -660,26 +735,35 @@ pub fn events_by_stream_come_in_stream_then_version_order<H: Harness>() {
     assert_eq!(seen.len(), 9);
 }
 
-/// [`Op::Expect`] writes nothing, holds when the stream is as stated (as the commit has left it
-/// so far), and otherwise fails the whole commit.
-pub fn an_expect_guard_fails_when_the_version_moved<H: Harness>() {
+/// A snapshot is the guard of a decision that appends nothing to its stream (a stream folded
+/// again with new rules): it holds when the stream is at the snapshot's version, counting the
+/// commit's own appends, and otherwise fails the whole commit.
+pub fn a_snapshot_guards_the_version_it_was_folded_at<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let a = stream("a");
-    let expect = |version: u64| Op::Expect {
-        stream: a.clone(),
+    let snapshot = |version: u64| Snapshot {
+        provider: Provider::Moneykit,
         version: Version(version),
+        state: vec![version as u8],
     };
-    let outcomes = store
-        .commit(vec![expect(0), append(&a, ExpectedVersion::Any, event(1))])
-        .unwrap();
-    assert_eq!(outcomes[0], OpOutcome::Checked);
-    assert_eq!(appended(&outcomes[1]), (Version(1), Position(1)));
+    let outcomes = commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(1)),
+            put_snapshot(&a, snapshot(1)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(appended(&outcomes[0]), (Version(1), Position(1)));
 
-    match store.commit(vec![
-        append(&stream("b"), ExpectedVersion::Any, event(2)),
-        expect(0),
-    ]) {
+    match commit(
+        &store,
+        vec![
+            append(&stream("b"), ExpectedVersion::Next, event(2)),
+            put_snapshot(&a, snapshot(0)),
+        ],
+    ) {
         Err(StoreError::Conflict {
             stream,
             expected,
@@ -695,15 +779,14 @@ pub fn an_expect_guard_fails_when_the_version_moved<H: Harness>() {
         Position(1),
         "nothing of the commit is written"
     );
-    let outcomes = store
-        .commit(vec![expect(1), rejected(&a, event(3)), expect(2)])
-        .unwrap();
-    assert_eq!(
-        outcomes[2],
-        OpOutcome::Checked,
-        "appends of the same commit count"
-    );
+    commit(
+        &store,
+        vec![rejected(&a, event(3)), put_snapshot(&a, snapshot(2))],
+    )
+    .expect("appends of the same commit count");
+    commit(&store, vec![put_snapshot(&a, snapshot(2))]).expect("a snapshot-only commit");
     assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
     assert_clean(&store);
 }
 
@@ -719,25 +802,26 @@ pub fn read_streams_returns_snapshots_tails_and_dedupe_hits<H: Harness>() {
         version: Version(2),
         state: b"state 2".to_vec(),
     };
-    store
-        .commit(vec![
-            append(&a, ExpectedVersion::Any, event(1)),
-            append(&a, ExpectedVersion::Any, event(2)),
-            append(&b, ExpectedVersion::Any, event(3)),
-            Op::PutSnapshot {
-                stream: a.clone(),
-                snapshot: snapshot.clone(),
-            },
-        ])
-        .unwrap();
-    store
-        .commit(vec![
-            append(&a, ExpectedVersion::Any, event(4)),
-            append(&a, ExpectedVersion::Any, event(5)),
+    commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(1)),
+            append(&a, ExpectedVersion::Next, event(2)),
+            append(&b, ExpectedVersion::Next, event(3)),
+            put_snapshot(&a, snapshot.clone()),
+        ],
+    )
+    .unwrap();
+    commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(4)),
+            append(&a, ExpectedVersion::Next, event(5)),
             rejected(&a, event(6)),
-            append(&b, ExpectedVersion::Any, event(7)),
-        ])
-        .unwrap();
+            append(&b, ExpectedVersion::Next, event(7)),
+        ],
+    )
+    .unwrap();
 
     let keys = vec![
         (a.clone(), event(1).dedupe_key),
@@ -824,12 +908,12 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
             if next % 17 == 0 {
                 ops.push(rejected(&a, new));
             } else {
-                ops.push(append(&a, ExpectedVersion::Any, new));
+                ops.push(append(&a, ExpectedVersion::Next, new));
             }
             next += 1;
         }
-        ops.push(append(&other, ExpectedVersion::Any, event(10_000 + next)));
-        store.commit(ops).unwrap();
+        ops.push(append(&other, ExpectedVersion::Next, event(10_000 + next)));
+        commit(&store, ops).unwrap();
         commit_size = commit_size % 7 + 1;
     }
     let check = |store: &H::Store| {
@@ -850,14 +934,9 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
             let key = event(n).dedupe_key;
             let original = where_went[&key].clone();
             assert_eq!(store.find_dedupe(&a, &key).unwrap(), Some(original.clone()));
-            let outcomes = store
-                .commit(vec![append(&a, ExpectedVersion::Any, event(n))])
-                .unwrap();
-            assert_eq!(
-                outcomes,
-                vec![OpOutcome::Duplicate { original }],
-                "event {n}"
-            );
+            let error =
+                commit(store, vec![append(&a, ExpectedVersion::Next, event(n))]).unwrap_err();
+            assert_duplicate_key(&error, &a, n);
         }
         assert_eq!(store.head().unwrap(), head, "redeliveries wrote nothing");
         assert_eq!(
@@ -882,9 +961,11 @@ pub fn the_rules_marker_is_kept_across_a_reopen<H: Harness>() {
         store.set_folded_with(1).unwrap();
         store.set_folded_with(7).unwrap();
         assert_eq!(store.folded_with().unwrap(), Some(7));
-        store
-            .commit(vec![append(&stream("a"), ExpectedVersion::Any, event(1))])
-            .unwrap();
+        commit(
+            &store,
+            vec![append(&stream("a"), ExpectedVersion::Next, event(1))],
+        )
+        .unwrap();
         store.sync().unwrap();
     }
     let store = harness.open();

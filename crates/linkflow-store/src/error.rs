@@ -36,6 +36,16 @@ pub enum StoreError {
         /// The stream's actual version.
         actual: Version,
     },
+    /// A commit appends a dedupe key its stream already holds (or appends it twice). Nothing
+    /// of the commit was written: the engine decides duplicates before committing, so this is
+    /// another process's write that landed in between (the engine retries) or a writer's bug.
+    #[error("session `{stream}` already holds dedupe key {key}; nothing was written")]
+    DuplicateKey {
+        /// The stream.
+        stream: SessionId,
+        /// The key.
+        key: linkflow_core::DedupeKey,
+    },
     /// An event's encoded record is larger than the store accepts. Nothing was written.
     #[error("event for session `{stream}` encodes to {bytes} bytes; the limit is {limit}; nothing was written")]
     TooLarge {

@@ -6,9 +6,10 @@
 //! [`conformance`] suite (feature `conformance`) is written once and run against every backend.
 //!
 //! Modules:
-//! - [`store`]: the trait, the operations of an atomic commit and their outcomes.
-//! - [`plan`]: the backend-independent half of a commit (deciding ops, handing out versions
-//!   and positions), shared by every backend so that they agree.
+//! - [`store`]: the trait, what an atomic commit writes ([`Commit`]) and what it answers
+//!   ([`Receipt`]).
+//! - [`check`]: the backend-independent half of a commit (checking its constraints, handing
+//!   out positions), shared by every backend so that they refuse the same commits.
 //! - [`record`]: what is stored (events, snapshots) and its checksummed, versioned encoding.
 //! - `keys`: the sled key layout (see `docs/storage.md`); `dedupe_list`: a stream's dedupe
 //!   entries in one value.
@@ -18,10 +19,10 @@
 #![warn(missing_docs)]
 
 mod binary;
+pub mod check;
 mod dedupe_list;
 pub mod error;
 mod keys;
-pub mod plan;
 pub mod record;
 mod repair;
 pub mod sled_store;
@@ -40,6 +41,6 @@ pub use record::{
 pub use repair::{LostEvent, LostFrame, RepairReport};
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{
-    DedupeHit, EventStore, ExpectedVersion, Op, OpOutcome, Problem, StreamRead, StreamStart,
+    Append, Commit, DedupeHit, EventStore, Placed, Problem, Receipt, StreamRead, StreamStart,
     StreamsRead, VerifyReport,
 };

@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use linkflow_core::{Position, SessionId, Version};
 
+use crate::check::{check_commit, CheckedEvent, StoredLog};
 use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
 use crate::error::{io_error, CorruptRecord, StoreError};
 use crate::keys::{self, Run};
-use crate::plan::{plan_commit, CommitReads, PlannedEvent};
 use crate::record::{
     decode_event_record, decode_snapshot_record, event_count, event_records, pack_events,
     DedupeKey, Snapshot, StoredEvent, MAX_PACKED_BYTES,
 };
 use crate::staged::{prefix_bounds, Staged, Wait};
-use crate::store::{DedupeHit, EventStore, Op, OpOutcome, StreamStart, VerifyReport};
+use crate::store::{Commit, DedupeHit, EventStore, Receipt, StreamStart, VerifyReport};
 use crate::wal::{self, sync_dir, Payload, Wal};
 
 /// Tuning for [`SledStore`].
@@ -796,7 +796,7 @@ impl SledReads<'_> {
     }
 }
 
-impl CommitReads for SledReads<'_> {
+impl StoredLog for SledReads<'_> {
     fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
         if let Some(version) = self.versions.get(stream) {
             return Ok(version);
@@ -810,19 +810,15 @@ impl CommitReads for SledReads<'_> {
         self.store.stream_version(stream)
     }
 
-    fn find_dedupe(
-        &mut self,
-        stream: &SessionId,
-        key: &DedupeKey,
-    ) -> Result<Option<DedupeHit>, StoreError> {
+    fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError> {
         let store = self.store;
         let list = self.list(stream)?;
-        store.lookup(stream, list, key)
+        Ok(store.lookup(stream, list, key)?.is_some())
     }
 }
 
 impl EventStore for SledStore {
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
+    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
         self.guarded(|| {
             // Fail-stop: after the disk failed, nothing more is committed (or acknowledged).
             self.health()?;
@@ -838,7 +834,7 @@ impl EventStore for SledStore {
                 heads: HashMap::new(),
                 versions: &writer.versions,
             };
-            let plan = plan_commit(ops, writer.head, &mut reads)?;
+            let plan = check_commit(commit, writer.head, &mut reads)?;
             // The payload's buffer is reused from commit to commit: a commit of 1,000 events
             // writes about a megabyte, and a fresh buffer each time left the allocator holding
             // tens of megabytes it had grown into.
@@ -858,8 +854,8 @@ impl EventStore for SledStore {
             // One run per stream of consecutive positions, one global index key per commit. The
             // events of a run go under as few keys as MAX_PACKED_BYTES allows.
             let mut runs: Vec<Run> = Vec::new();
-            let mut pack: Vec<&PlannedEvent> = Vec::new();
-            let put_pack = |batch: &mut Writes, pack: &mut Vec<&PlannedEvent>| {
+            let mut pack: Vec<&CheckedEvent> = Vec::new();
+            let put_pack = |batch: &mut Writes, pack: &mut Vec<&CheckedEvent>| {
                 match pack.as_slice() {
                     [] => {}
                     [event] => batch.insert(
@@ -946,7 +942,7 @@ impl EventStore for SledStore {
             match batch {
                 Writes::Frame(payload, wal) => {
                     if payload.as_bytes().is_empty() {
-                        // Only duplicates: nothing to write, no frame.
+                        // An empty commit: nothing to write, no frame.
                         self.staged.give_back(payload);
                     } else {
                         // Staged (where reads see it) before it is in the log: nothing applies a
@@ -968,8 +964,8 @@ impl EventStore for SledStore {
                 }
             }
             writer.versions.record(&runs);
-            writer.head = plan.head;
-            Ok(plan.outcomes)
+            writer.head = plan.receipt.head;
+            Ok(plan.receipt)
         })
     }
 
@@ -1269,7 +1265,7 @@ mod tests {
         &store.db
     }
     use crate::record::{NewEvent, RawJson, PACKED};
-    use crate::store::ExpectedVersion;
+    use crate::store::{Append, Placed};
 
     fn stream(id: &str) -> SessionId {
         SessionId::new(id).unwrap()
@@ -1287,15 +1283,49 @@ mod tests {
         }
     }
 
+    /// What these tests commit: appends numbered after what the store holds (`Next`) or at a
+    /// stated version (`Exact`), and snapshots.
+    #[allow(clippy::large_enum_variant)]
+    enum TestOp {
+        Next(Append),
+        Exact(Append),
+        Snapshot(SessionId, Snapshot),
+    }
+
+    /// Commits `ops`, each `Next` append expecting its stream's version as the store and the
+    /// commit's earlier appends leave it.
+    fn commit(store: &SledStore, ops: Vec<TestOp>) -> Result<Vec<Placed>, StoreError> {
+        let mut versions: HashMap<SessionId, Version> = HashMap::new();
+        let mut commit = Commit::default();
+        for op in ops {
+            match op {
+                TestOp::Next(mut append) => {
+                    let version = versions.entry(append.stream.clone()).or_insert_with(|| {
+                        store.stream_version(&append.stream).unwrap_or_default()
+                    });
+                    append.expected = *version;
+                    *version = version.next();
+                    commit.appends.push(append);
+                }
+                TestOp::Exact(append) => {
+                    versions.insert(append.stream.clone(), append.expected.next());
+                    commit.appends.push(append);
+                }
+                TestOp::Snapshot(stream, snapshot) => commit.snapshots.push((stream, snapshot)),
+            }
+        }
+        Ok(store.commit(commit)?.appended)
+    }
+
     /// An append, of an event the stream's fold rejected when `rejected`.
-    fn append(stream: &SessionId, event: NewEvent, rejected: bool) -> Op {
-        Op::Append {
+    fn append(stream: &SessionId, event: NewEvent, rejected: bool) -> TestOp {
+        TestOp::Next(Append {
             stream: stream.clone(),
-            expected: ExpectedVersion::Any,
+            expected: Version::EMPTY,
             stored_at: event.received_at,
             event,
             rejected,
-        }
+        })
     }
 
     fn list_of(store: &SledStore, stream: &SessionId) -> DedupeList {
@@ -1322,14 +1352,14 @@ mod tests {
             .collect()
     }
 
-    fn exact(stream: &SessionId, version: u64, event: NewEvent) -> Op {
-        Op::Append {
+    fn exact(stream: &SessionId, version: u64, event: NewEvent) -> TestOp {
+        TestOp::Exact(Append {
             stream: stream.clone(),
-            expected: ExpectedVersion::Exact(Version(version)),
+            expected: Version(version),
             stored_at: event.received_at,
             event,
             rejected: false,
-        }
+        })
     }
 
     #[test]
@@ -1367,39 +1397,37 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             // A stream with no dedupe list has no events.
             assert!(matches!(
-                store.commit(vec![exact(&a, 1, event(1))]),
+                commit(&store, vec![exact(&a, 1, event(1))]),
                 Err(StoreError::Conflict {
                     actual: Version(0),
                     ..
                 })
             ));
-            store
-                .commit(vec![exact(&a, 0, event(1)), exact(&a, 1, event(2))])
-                .unwrap();
+            commit(&store, vec![exact(&a, 0, event(1)), exact(&a, 1, event(2))]).unwrap();
             // Remembered: a stale expectation conflicts, a right one appends.
             assert!(matches!(
-                store.commit(vec![exact(&a, 1, event(3))]),
+                commit(&store, vec![exact(&a, 1, event(3))]),
                 Err(StoreError::Conflict {
                     actual: Version(2),
                     ..
                 })
             ));
-            store.commit(vec![exact(&a, 2, event(3))]).unwrap();
+            commit(&store, vec![exact(&a, 2, event(3))]).unwrap();
             // A failed commit leaves nothing behind in memory either.
-            store.commit(vec![exact(&a, 3, event(4))]).unwrap();
+            commit(&store, vec![exact(&a, 3, event(4))]).unwrap();
             assert_eq!(store.writer().versions.get(&a), Some(Version(4)));
             store.sync().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.writer().versions.get(&a), None);
         assert!(matches!(
-            store.commit(vec![exact(&a, 3, event(5))]),
+            commit(&store, vec![exact(&a, 3, event(5))]),
             Err(StoreError::Conflict {
                 actual: Version(4),
                 ..
             })
         ));
-        store.commit(vec![exact(&a, 4, event(5))]).unwrap();
+        commit(&store, vec![exact(&a, 4, event(5))]).unwrap();
         assert_eq!(store.writer().versions.get(&a), Some(Version(5)));
 
         // An event written behind the commits' back (as a test corrupting the store does):
@@ -1413,7 +1441,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.writer().versions.get(&a), None);
         assert!(matches!(
-            store.commit(vec![exact(&a, 5, event(6))]),
+            commit(&store, vec![exact(&a, 5, event(6))]),
             Err(StoreError::Conflict {
                 actual: Version(6),
                 ..
@@ -1429,16 +1457,16 @@ mod tests {
         let ops = (1..=LIST_MAX as u64)
             .map(|n| append(&a, event(n), false))
             .collect();
-        store.commit(ops).unwrap();
+        commit(&store, ops).unwrap();
         assert_eq!(d_keys(&store, &a), 0);
         let list = list_of(&store, &a);
         assert_eq!((list.entries.len(), list.spilled), (LIST_MAX, false));
 
-        store.commit(vec![append(&a, event(1_000), false)]).unwrap();
+        commit(&store, vec![append(&a, event(1_000), false)]).unwrap();
         assert_eq!(d_keys(&store, &a), LIST_MAX + 1);
         let list = list_of(&store, &a);
         assert_eq!((list.entries.len(), list.spilled), (0, true));
-        store.commit(vec![append(&a, event(1_001), false)]).unwrap();
+        commit(&store, vec![append(&a, event(1_001), false)]).unwrap();
         assert_eq!(list_of(&store, &a).entries.len(), 1);
         for n in (1..=LIST_MAX as u64).chain([1_000, 1_001]) {
             assert!(store
@@ -1457,12 +1485,11 @@ mod tests {
         for id in [&a, &b, &c] {
             assert_eq!(store.stream_is_empty(id).unwrap(), Some(true));
         }
-        store
-            .commit(vec![
-                append(&a, event(1), false),
-                append(&b, event(2), true),
-            ])
-            .unwrap();
+        commit(
+            &store,
+            vec![append(&a, event(1), false), append(&b, event(2), true)],
+        )
+        .unwrap();
         assert_eq!(store.stream_is_empty(&a).unwrap(), Some(false));
         assert_eq!(
             store.stream_is_empty(&b).unwrap(),
@@ -1474,8 +1501,8 @@ mod tests {
         let ops = (10..=10 + LIST_MAX as u64)
             .map(|n| append(&c, event(n), false))
             .collect();
-        store.commit(ops).unwrap();
-        store.commit(vec![append(&c, event(500), false)]).unwrap();
+        commit(&store, ops).unwrap();
+        commit(&store, vec![append(&c, event(500), false)]).unwrap();
         assert_eq!(store.stream_is_empty(&c).unwrap(), Some(false));
     }
 
@@ -1486,12 +1513,11 @@ mod tests {
         let b = stream("sess-b");
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store
-                .commit(vec![
-                    append(&a, event(1), false),
-                    append(&b, event(2), false),
-                ])
-                .unwrap();
+            commit(
+                &store,
+                vec![append(&a, event(1), false), append(&b, event(2), false)],
+            )
+            .unwrap();
             settled(&store)
                 .insert(keys::list_key(&a), &[0, 1, 2][..])
                 .unwrap();
@@ -1513,7 +1539,7 @@ mod tests {
                 error.to_string().contains("head of stream `sess-a`"),
                 "{error}"
             );
-            let error = store.commit(vec![append(&a, event(5), false)]).unwrap_err();
+            let error = commit(&store, vec![append(&a, event(5), false)]).unwrap_err();
             assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
             let found = problems(&store);
             assert!(
@@ -1552,7 +1578,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let store = SledStore::open(dir.path()).unwrap();
-                store.commit(appends(&stream("a"), 1..=2)).unwrap();
+                commit(&store, appends(&stream("a"), 1..=2)).unwrap();
                 store.sync().unwrap();
                 let db = settled(&store);
                 match old {
@@ -1575,12 +1601,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let (a, b) = (stream("sess-a"), stream("sess-b"));
-        store
-            .commit(vec![
-                append(&a, event(1), false),
-                append(&b, event(2), false),
-            ])
-            .unwrap();
+        commit(
+            &store,
+            vec![append(&a, event(1), false), append(&b, event(2), false)],
+        )
+        .unwrap();
         let scan = |store: &SledStore| {
             store.for_each_event_by_stream(&mut |_| std::ops::ControlFlow::Continue(()))
         };
@@ -1620,7 +1645,7 @@ mod tests {
     }
 
     /// Appends of `stream`'s events numbered `numbers`, in one commit's ops.
-    fn appends(stream: &SessionId, numbers: impl IntoIterator<Item = u64>) -> Vec<Op> {
+    fn appends(stream: &SessionId, numbers: impl IntoIterator<Item = u64>) -> Vec<TestOp> {
         numbers
             .into_iter()
             .map(|n| append(stream, event(n), false))
@@ -1639,8 +1664,8 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             let mut ops = appends(&a, 1..=3);
             ops.extend(appends(&b, 4..=5));
-            store.commit(ops).unwrap();
-            store.commit(appends(&a, [6])).unwrap();
+            commit(&store, ops).unwrap();
+            commit(&store, appends(&a, [6])).unwrap();
             store.sync().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -1703,9 +1728,11 @@ mod tests {
             event.raw = Some(RawJson::from_string(text).unwrap());
             event
         };
-        store
-            .commit((1..=20).map(|n| append(&a, big(n), false)).collect())
-            .unwrap();
+        commit(
+            &store,
+            (1..=20).map(|n| append(&a, big(n), false)).collect(),
+        )
+        .unwrap();
         let values = event_values(&store, &a);
         assert!(values.len() >= 5, "{values:?}");
         assert_eq!(values.iter().map(|(_, count)| count).sum::<usize>(), 20);
@@ -1736,11 +1763,8 @@ mod tests {
         }
     }
 
-    fn snapshot_op(stream: &SessionId, version: u64, state: &[u8]) -> Op {
-        Op::PutSnapshot {
-            stream: stream.clone(),
-            snapshot: snapshot_at(version, state),
-        }
+    fn snapshot_op(stream: &SessionId, version: u64, state: &[u8]) -> TestOp {
+        TestOp::Snapshot(stream.clone(), snapshot_at(version, state))
     }
 
     fn layout(store: &SledStore) -> Vec<u8> {
@@ -1759,7 +1783,7 @@ mod tests {
         let mut ops = appends(&a, 1..=2);
         ops.push(snapshot_op(&a, 2, b"two"));
         ops.push(snapshot_op(&b, 0, b"nothing yet"));
-        store.commit(ops).unwrap();
+        commit(&store, ops).unwrap();
         assert_eq!(layout(&store), keys::LAYOUT.to_be_bytes());
         assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"two");
         // A stream with only a snapshot has a head, and is still empty.
@@ -1767,14 +1791,14 @@ mod tests {
         assert_eq!(store.stream_version(&b).unwrap(), Version::EMPTY);
         // A commit without a snapshot for the stream carries its snapshot over; one with a
         // snapshot replaces it and keeps the dedupe entries.
-        store.commit(vec![append(&a, event(3), false)]).unwrap();
+        commit(&store, vec![append(&a, event(3), false)]).unwrap();
         assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"two");
-        store.commit(vec![snapshot_op(&a, 3, b"three")]).unwrap();
+        commit(&store, vec![snapshot_op(&a, 3, b"three")]).unwrap();
         assert_eq!(store.snapshot(&a).unwrap().unwrap().version, Version(3));
-        let duplicate = store.commit(vec![append(&a, event(1), false)]).unwrap();
-        assert!(matches!(duplicate[0], OpOutcome::Duplicate { .. }));
+        let duplicate = commit(&store, vec![append(&a, event(1), false)]).unwrap_err();
+        assert!(matches!(duplicate, StoreError::DuplicateKey { .. }));
         // Appending to the stream that had only a snapshot starts it at version 1.
-        store.commit(vec![exact(&b, 0, event(10))]).unwrap();
+        commit(&store, vec![exact(&b, 0, event(10))]).unwrap();
         assert_eq!(store.snapshot(&b).unwrap().unwrap().state, b"nothing yet");
         let mut seen = Vec::new();
         store
@@ -1796,7 +1820,7 @@ mod tests {
         let (a, b) = (stream("sess-a"), stream("sess-b"));
         let mut ops = appends(&a, 1..=2);
         ops.extend(appends(&b, 3..=4));
-        store.commit(ops).unwrap();
+        commit(&store, ops).unwrap();
         let packed = |stream: &SessionId| {
             settled(&store)
                 .get(keys::event_key(stream, Version(1)))
@@ -1905,7 +1929,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
         assert!(matches!(store.health(), Err(StoreError::Failed { .. })));
-        assert!(store.commit(appends(&stream("a"), 1..=1)).is_err());
+        assert!(commit(&store, appends(&stream("a"), 1..=1)).is_err());
         assert_eq!(store.head().unwrap(), Position::START, "reads still answer");
     }
 
@@ -1920,9 +1944,11 @@ mod tests {
         let pristine = tempfile::tempdir().unwrap();
         let store = quiet_store(live.path());
         for n in 0..40u64 {
-            store
-                .commit(appends(&stream(&format!("s{n}")), n * 10..=n * 10 + 5))
-                .unwrap();
+            commit(
+                &store,
+                appends(&stream(&format!("s{n}")), n * 10..=n * 10 + 5),
+            )
+            .unwrap();
             store.sync().unwrap();
         }
         store.durable().sync().unwrap();
@@ -1947,7 +1973,7 @@ mod tests {
                     // so may writing and checkpointing.
                     let _ = store.verify();
                     let _ = store.read_all(Position::START, 1_000);
-                    let _ = store.commit(appends(&stream("after"), 1..=3));
+                    let _ = commit(&store, appends(&stream("after"), 1..=3));
                     let _ = store.sync();
                     let _ = store.durable().sync();
                     true
@@ -1971,13 +1997,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = quiet_store(dir.path());
         let a = stream("a");
-        store.commit(appends(&a, 1..=2)).unwrap();
+        commit(&store, appends(&a, 1..=2)).unwrap();
         store.sync().unwrap();
         assert!(store.health().is_ok());
         store.wal.as_ref().unwrap().fail("EIO on fdatasync");
         store.wal.as_ref().unwrap().fail("a later failure");
         for error in [
-            store.commit(appends(&a, 3..=3)).unwrap_err(),
+            commit(&store, appends(&a, 3..=3)).unwrap_err(),
             store.sync().unwrap_err(),
             store.health().unwrap_err(),
         ] {
@@ -1992,7 +2018,7 @@ mod tests {
         // Reopened, the store takes writes again with every synced commit there.
         let reopened = quiet_store(dir.path());
         assert!(reopened.health().is_ok());
-        reopened.commit(appends(&a, 3..=3)).unwrap();
+        commit(&reopened, appends(&a, 3..=3)).unwrap();
         assert_eq!(reopened.stream_version(&a).unwrap(), Version(3));
     }
 
@@ -2010,7 +2036,7 @@ mod tests {
         copy_sled_files(dir.path(), image.path());
         let a = stream("a");
         for n in 1..=5 {
-            store.commit(appends(&a, n..=n)).unwrap();
+            commit(&store, appends(&a, n..=n)).unwrap();
             store.sync().unwrap();
         }
         // ...and the log with its five frames, the second one damaged.
@@ -2079,7 +2105,7 @@ mod tests {
         assert_eq!(repaired.head().unwrap(), Position(1));
         assert_consistent(&repaired);
         // Writing goes on from there; a second repair finds nothing to do.
-        repaired.commit(appends(&a, 6..=6)).unwrap();
+        commit(&repaired, appends(&a, 6..=6)).unwrap();
         repaired.sync().unwrap();
         drop(repaired);
         let again = SledStore::repair(image.path()).unwrap();
@@ -2097,14 +2123,14 @@ mod tests {
         let bare = tempfile::tempdir().unwrap();
         copy_sled_files(dir.path(), bare.path());
         let (a, b) = (stream("a"), stream("b"));
-        store.commit(appends(&a, 1..=3)).unwrap();
+        commit(&store, appends(&a, 1..=3)).unwrap();
         let mut second = appends(&b, 4..=5);
         second.push(append(&a, event(6), true));
-        second.push(snapshot_op(&a, 3, b"a at 3"));
-        store.commit(second).unwrap();
-        store.commit(appends(&a, 7..=7)).unwrap();
-        // Only duplicates: no frame.
-        store.commit(appends(&a, 7..=7)).unwrap();
+        second.push(snapshot_op(&a, 4, b"a at 4"));
+        commit(&store, second).unwrap();
+        commit(&store, appends(&a, 7..=7)).unwrap();
+        // A refused commit (a duplicate key): no frame.
+        commit(&store, appends(&a, 7..=7)).unwrap_err();
         store.sync().unwrap();
         // ...and the log as the syncs left it.
         copy_log(dir.path(), image.path());
@@ -2135,10 +2161,10 @@ mod tests {
             recovered.read_stream(&a, Version(3), 1).unwrap()[0].rejected,
             "the rejected flag is replayed"
         );
-        assert_eq!(recovered.snapshot(&a).unwrap().unwrap().state, b"a at 3");
+        assert_eq!(recovered.snapshot(&a).unwrap().unwrap().state, b"a at 4");
         assert_consistent(&recovered);
         // The replayed store goes on from there, and its frames are numbered after them.
-        recovered.commit(appends(&b, 8..=8)).unwrap();
+        commit(&recovered, appends(&b, 8..=8)).unwrap();
         assert_eq!(applied_frame(settled(&recovered)).unwrap(), 4);
         drop(recovered);
 
@@ -2166,11 +2192,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = quiet_store(dir.path());
         let (a, b) = (stream("a"), stream("b"));
-        store.commit(appends(&a, 1..=3)).unwrap();
+        commit(&store, appends(&a, 1..=3)).unwrap();
         let mut second = appends(&b, 4..=5);
         second.push(append(&a, event(6), true));
-        second.push(snapshot_op(&a, 3, b"a at 3"));
-        store.commit(second).unwrap();
+        second.push(snapshot_op(&a, 4, b"a at 4"));
+        commit(&store, second).unwrap();
         // Not synced: sled holds none of it, every read sees all of it.
         assert!(store.db.get(keys::list_key(&a)).unwrap().is_none());
         assert!(store.db.get(keys::WAL_KEY).unwrap().is_none());
@@ -2181,7 +2207,7 @@ mod tests {
             );
             assert_eq!(store.stream_version(&b).unwrap(), Version(2));
             assert_eq!(store.read_all(Position(2), 10).unwrap().len(), 4);
-            assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 3");
+            assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 4");
             assert!(store
                 .find_dedupe(&b, &event(5).dedupe_key)
                 .unwrap()
@@ -2191,7 +2217,7 @@ mod tests {
         };
         seen(&store);
         // Another commit, in staging only.
-        store.commit(appends(&a, 9..=9)).unwrap();
+        commit(&store, appends(&a, 9..=9)).unwrap();
         assert_eq!(store.stream_version(&a).unwrap(), Version(5));
         assert!(store
             .db
@@ -2201,7 +2227,7 @@ mod tests {
         // A sync makes the frames durable; the next commit applies them first.
         store.sync().unwrap();
         assert!(store.db.get(keys::list_key(&a)).unwrap().is_none());
-        store.commit(appends(&b, 7..=7)).unwrap();
+        commit(&store, appends(&b, 7..=7)).unwrap();
         assert_eq!(applied_frame(&store.db).unwrap(), 3);
         assert!(store.db.get(keys::list_key(&a)).unwrap().is_some());
         assert_eq!(
@@ -2215,7 +2241,7 @@ mod tests {
         assert_eq!(store.stream_version(&a).unwrap(), Version(5));
         assert_eq!(store.stream_version(&b).unwrap(), Version(3));
         // The engine's sync threads apply what a sync made durable once they have answered.
-        store.commit(appends(&a, 8..=8)).unwrap();
+        commit(&store, appends(&a, 8..=8)).unwrap();
         store.sync().unwrap();
         assert!(!store.staged.is_empty());
         store.after_sync().unwrap();
@@ -2236,11 +2262,11 @@ mod tests {
         let image = tempfile::tempdir().unwrap();
         copy_sled_files(dir.path(), image.path());
         let (a, b) = (stream("a"), stream("b"));
-        store.commit(appends(&a, 1..=3)).unwrap();
+        commit(&store, appends(&a, 1..=3)).unwrap();
         let mut second = appends(&b, 4..=5);
         second.extend(appends(&a, 6..=6));
         second.push(append(&a, event(7), true));
-        store.commit(second).unwrap();
+        commit(&store, second).unwrap();
         store.sync().unwrap();
         copy_log(dir.path(), image.path());
         drop(store);
@@ -2285,7 +2311,7 @@ mod tests {
         let image = tempfile::tempdir().unwrap();
         copy_sled_files(dir.path(), image.path());
         let a = stream("a");
-        store.commit(appends(&a, 1..=3)).unwrap();
+        commit(&store, appends(&a, 1..=3)).unwrap();
         // No sync: the maintenance thread writes and syncs the frames on its own.
         let wal = store.wal.as_ref().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -2328,7 +2354,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.commit(appends(&stream("a"), 1..=1)).unwrap();
+            commit(&store, appends(&stream("a"), 1..=1)).unwrap();
             store
                 .raw_insert_for_tests(keys::WAL_KEY, &[1, 2, 3])
                 .unwrap();
@@ -2346,7 +2372,7 @@ mod tests {
         let a = stream("a");
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.commit(appends(&a, 1..=2)).unwrap();
+            commit(&store, appends(&a, 1..=2)).unwrap();
             store.sync().unwrap();
             assert!(store.size_on_disk().unwrap() > 0);
             assert!(
@@ -2377,7 +2403,7 @@ mod tests {
         let store = SledStore::open_with(options).unwrap();
         for n in 0..200 {
             let session = stream(&format!("s{}", n % 7));
-            store.commit(appends(&session, [n])).unwrap();
+            commit(&store, appends(&session, [n])).unwrap();
             store.sync().unwrap();
         }
         // Checkpoints keep up: the log holds a few small segments, not every frame.

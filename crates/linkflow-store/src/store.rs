@@ -9,81 +9,70 @@ use chrono::{DateTime, Utc};
 use linkflow_core::{Position, SessionId, Version};
 use serde::Serialize;
 
-/// What a writer believes a stream's version to be before its append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// No check.
-    Any,
-    /// The stream must be at exactly this version, or the whole commit fails with
-    /// [`StoreError::Conflict`] and nothing is written.
-    Exact(Version),
-}
-
-/// One operation of an atomic commit.
-// `Append` carries its event inline: it is the op of nearly every commit, and boxing it would
-// cost an allocation per event on the write path for the rare guards and snapshots.
-#[allow(clippy::large_enum_variant)]
+/// One event a [`Commit`] appends, as the engine decided it.
 #[derive(Debug, Clone)]
-pub enum Op {
-    /// Append an event to `stream`: every event a stream receives is appended, in arrival
-    /// order (which of them its fold accepts is the engine's to derive).
-    ///
-    /// If its dedupe key is already stored for the stream (or appended earlier in the same
-    /// commit) nothing is
-    /// written and the outcome is [`OpOutcome::Duplicate`] with the original. The dedupe check
-    /// comes before the version check: a retry of a stored event is a duplicate, not a conflict.
-    Append {
-        /// The stream.
-        stream: SessionId,
-        /// The version the writer expects before this event.
-        expected: ExpectedVersion,
-        /// The event.
-        event: NewEvent,
-        /// When the log stores it.
-        stored_at: DateTime<Utc>,
-        /// The stream's fold rejected it when it was stored (kept in the record, as the
-        /// ingest outcome said it; a later arrival may change the verdict).
-        rejected: bool,
-    },
-    /// A guard that writes nothing: the stream must be at `version` (as this commit has left it
-    /// so far; put it first to check the stored stream), or the whole commit fails with
-    /// [`StoreError::Conflict`]. Writers sharing a store with other processes state what they
-    /// decided on with it.
-    Expect {
-        /// The stream.
-        stream: SessionId,
-        /// The version the writer saw.
-        version: Version,
-    },
-    /// Replace the stream's snapshot.
-    PutSnapshot {
-        /// The stream.
-        stream: SessionId,
-        /// Its new snapshot.
-        snapshot: Snapshot,
-    },
+pub struct Append {
+    /// The stream.
+    pub stream: SessionId,
+    /// The stream's version before this event, as the engine read it (after the commit's
+    /// earlier appends to the stream). Any other version is a [`StoreError::Conflict`] and
+    /// nothing of the commit is written.
+    pub expected: Version,
+    /// The event.
+    pub event: NewEvent,
+    /// When the log stores it.
+    pub stored_at: DateTime<Utc>,
+    /// The stream's fold rejected it when it was stored (kept in the record, as the ingest
+    /// outcome said it; a later arrival may change the verdict).
+    pub rejected: bool,
 }
 
-/// What one [`Op`] did.
+/// What one atomic commit writes: everything the engine decided for a group of events. The
+/// store decides nothing: it checks the constraints below, writes all of it or nothing, and
+/// answers with a [`Receipt`].
+///
+/// Constraints (a violation is a typed error and nothing is written):
+/// - every append's `expected` is its stream's version as the commit has left it so far
+///   ([`StoreError::Conflict`]);
+/// - a dedupe key is stored once per stream: a key the stream holds, or one appended earlier
+///   in the same commit, is [`StoreError::DuplicateKey`] (the engine answers duplicates before
+///   committing; on a store other processes write, a key one of them stored meanwhile lands
+///   here, and the engine reads again and retries);
+/// - every snapshot is of its stream's version as the commit leaves it
+///   ([`StoreError::Conflict`]: on a shared store, another process appended since the state
+///   the snapshot folds was read);
+/// - every record fits [`crate::MAX_RECORD_BYTES`] ([`StoreError::TooLarge`]).
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Events, in the order the engine decided them.
+    pub appends: Vec<Append>,
+    /// New snapshots (a later one of a stream replaces an earlier one).
+    pub snapshots: Vec<(SessionId, Snapshot)>,
+}
+
+impl Commit {
+    /// True when the commit writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.snapshots.is_empty()
+    }
+}
+
+/// Where one appended event went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Placed {
+    /// Its stream version.
+    pub version: Version,
+    /// Its global position.
+    pub position: Position,
+}
+
+/// What a commit wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum OpOutcome {
-    /// The event was appended.
-    Appended {
-        /// Its stream version.
-        version: Version,
-        /// Its global position.
-        position: Position,
-    },
-    /// The dedupe key was already stored: nothing was written.
-    Duplicate {
-        /// Where the original is.
-        original: DedupeHit,
-    },
-    /// The snapshot was stored.
-    SnapshotSaved,
-    /// An [`Op::Expect`] guard held.
-    Checked,
+pub struct Receipt {
+    /// The log's head after the commit.
+    pub head: Position,
+    /// One per [`Commit::appends`], in order.
+    pub appended: Vec<Placed>,
 }
 
 /// Where the first delivery of a dedupe key was stored.
@@ -190,14 +179,14 @@ const READ_STREAMS_PAGE: usize = 1_024;
 /// - a commit is atomic: after any crash, all of its operations are present or none;
 /// - versions per stream and positions over all streams start at 1 and have no gaps;
 /// - a stored event is never rewritten or deleted;
-/// - a dedupe key is stored once per stream; later appends of it to that stream write nothing
-///   and report the original;
+/// - a dedupe key is stored once per stream (see [`Commit`] for every constraint);
 /// - within one commit, positions are handed out stream by stream (in the order of each
 ///   stream's first append), keeping each stream's events in commit order;
 /// - [`EventStore::sync`] returns once every committed operation is on stable storage.
 pub trait EventStore: Send + Sync + 'static {
-    /// Applies `ops` in order, atomically. On an error nothing is written.
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError>;
+    /// Writes `commit` atomically after checking its constraints. On an error nothing is
+    /// written.
+    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError>;
 
     /// Makes every committed operation durable.
     fn sync(&self) -> Result<(), StoreError>;
@@ -336,8 +325,8 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// True when other processes may write to the same log (a database shared by several
-    /// nodes). A writer then must not trust anything it remembers about a stream: it re-reads,
-    /// states what it decided on with [`Op::Expect`], and retries on a conflict.
+    /// nodes). A writer then must not trust anything it remembers about a stream: it re-reads
+    /// before deciding, and retries on a conflict or a duplicate key.
     fn is_shared(&self) -> bool {
         false
     }

@@ -2,7 +2,7 @@
 
 use linkflow_core::{Position, Version};
 use linkflow_store::conformance::{event, stream, Harness, SledHarness};
-use linkflow_store::{EventStore, ExpectedVersion, Op, SledStore, StoreError};
+use linkflow_store::{Append, Commit, EventStore, SledStore, StoreError};
 
 linkflow_store::conformance_tests!(SledHarness);
 
@@ -13,13 +13,16 @@ fn a_corrupted_event_record_is_a_clear_error_and_a_verify_problem() {
     let a = stream("sess-1");
     let new = event(1);
     store
-        .commit(vec![Op::Append {
-            stream: a.clone(),
-            expected: ExpectedVersion::Any,
-            stored_at: new.received_at,
-            event: new,
-            rejected: false,
-        }])
+        .commit(Commit {
+            appends: vec![Append {
+                stream: a.clone(),
+                expected: Version::EMPTY,
+                stored_at: new.received_at,
+                event: new,
+                rejected: false,
+            }],
+            snapshots: Vec::new(),
+        })
         .unwrap();
     let key = SledStore::raw_event_key_for_tests(&a, Version(1));
     let mut bytes = store.raw_get_for_tests(&key).unwrap().unwrap();

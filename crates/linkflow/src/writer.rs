@@ -17,7 +17,7 @@ use linkflow_core::{
     Provider, SessionId, Version, RULES_VERSION,
 };
 use linkflow_store::{
-    record::check_event_size, DedupeHit, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome,
+    record::check_event_size, Append as NewAppend, Commit, DedupeHit, EventStore, NewEvent, Placed,
     Snapshot, StoreError, StreamsRead,
 };
 use serde::Serialize;
@@ -381,7 +381,7 @@ struct Working {
     start: Version,
     /// The bodies of its events stored before the group, loaded by its first re-fold.
     stored: Option<Vec<EventBody>>,
-    /// This group's ops appending to it, in order.
+    /// This group's appends to it (indexes in `Plan::commit.appends`), in order.
     appended: Vec<usize>,
 }
 
@@ -390,10 +390,9 @@ struct Plan<'a> {
     shared: &'a Shared,
     now: DateTime<Utc>,
     sessions: HashMap<SessionId, Working>,
-    ops: Vec<Op>,
-    /// Session and event id of every op, to describe duplicates of it.
-    op_events: Vec<(SessionId, Uuid)>,
-    /// Dedupe keys appended in this group, and the op that did it.
+    /// What the group writes, as decided so far.
+    commit: Commit,
+    /// Dedupe keys appended in this group, and the append that did it.
     keys: HashMap<DedupeKey, usize>,
     /// On a shared store: the group's sessions and dedupe keys, read in one go before planning.
     read_ahead: Option<StreamsRead>,
@@ -405,8 +404,7 @@ impl<'a> Plan<'a> {
             shared,
             now: Utc::now(),
             sessions: HashMap::new(),
-            ops: Vec::new(),
-            op_events: Vec::new(),
+            commit: Commit::default(),
             keys: HashMap::new(),
             read_ahead,
         }
@@ -429,11 +427,11 @@ impl<'a> Plan<'a> {
         Ok(self.shared.store.find_dedupe(session, key)?)
     }
 
-    fn push(&mut self, op: Op, session: &SessionId, event_id: Uuid, key: DedupeKey) -> usize {
-        let index = self.ops.len();
-        self.ops.push(op);
-        self.op_events.push((session.clone(), event_id));
-        self.keys.insert(key, index);
+    /// Adds an append to the commit; returns its index there.
+    fn push(&mut self, append: NewAppend) -> usize {
+        let index = self.commit.appends.len();
+        self.keys.insert(append.event.dedupe_key, index);
+        self.commit.appends.push(append);
         index
     }
 
@@ -445,8 +443,9 @@ impl<'a> Plan<'a> {
         body: &EventBody,
     ) -> Result<&mut Working, EngineError> {
         if !self.sessions.contains_key(session) {
-            // On a store other processes write, a remembered state may be stale: re-read it,
-            // and make the commit fail if the stream changes before it lands.
+            // On a store other processes write, a remembered state may be stale: re-read it.
+            // The commit's expected versions (and its snapshot's) make it fail if the stream
+            // changes before it lands.
             let shared_store = self.shared.store.is_shared();
             let cached = if shared_store {
                 None
@@ -467,13 +466,6 @@ impl<'a> Plan<'a> {
                 folded: Folded::initial_for(body),
             });
             let start = state.folded.version();
-            if shared_store {
-                self.ops.push(Op::Expect {
-                    stream: session.clone(),
-                    version: start,
-                });
-                self.op_events.push((session.clone(), Uuid::nil()));
-            }
             self.sessions.insert(
                 session.clone(),
                 Working {
@@ -587,20 +579,14 @@ impl<'a> Plan<'a> {
             EventBody::Quarantined(entry) => Some(entry.reason.clone()),
             _ => None,
         };
-        let event_id = new.event_id;
         let received_at = new.received_at;
-        let op = self.push(
-            Op::Append {
-                stream: session.clone(),
-                expected: ExpectedVersion::Exact(before),
-                stored_at: self.now,
-                rejected: verdict.is_err(),
-                event: new,
-            },
-            session,
-            event_id,
-            key,
-        );
+        let op = self.push(NewAppend {
+            stream: session.clone(),
+            expected: before,
+            stored_at: self.now,
+            rejected: verdict.is_err(),
+            event: new,
+        });
         let working = self
             .sessions
             .get_mut(session)
@@ -657,9 +643,7 @@ impl<'a> Plan<'a> {
             .iter()
             .collect();
         for &op in &working.appended {
-            if let Op::Append { event, .. } = &self.ops[op] {
-                bodies.push(&event.body);
-            }
+            bodies.push(&self.commit.appends[op].event.body);
         }
         bodies.push(body);
         let arrival = bodies.len() as u64;
@@ -810,14 +794,8 @@ impl<'a> Plan<'a> {
         let link_before = before.as_ref().map_or(Link::None, Link::of);
         let link_after = Link::of(&state);
         let provider = state.provider;
+        // Its snapshot, of this version, guards the decision on a shared store.
         let start = state.folded.version();
-        if self.shared.store.is_shared() {
-            self.ops.push(Op::Expect {
-                stream: stream.clone(),
-                version: start,
-            });
-            self.op_events.push((stream.clone(), Uuid::nil()));
-        }
         self.sessions.insert(
             stream.clone(),
             Working {
@@ -835,22 +813,22 @@ impl<'a> Plan<'a> {
         self.follow(stream, provider, &cause, now, link_before, link_after)
     }
 
-    /// Adds a snapshot of every session this group changed.
-    fn finish(&mut self) -> Vec<Op> {
+    /// Adds a snapshot of every session this group changed; returns the commit.
+    fn finish(&mut self) -> Commit {
         for (session, working) in &self.sessions {
             if working.dirty {
                 let state = encode_snapshot_state(&working.state.folded);
-                self.ops.push(Op::PutSnapshot {
-                    stream: session.clone(),
-                    snapshot: Snapshot {
+                self.commit.snapshots.push((
+                    session.clone(),
+                    Snapshot {
                         provider: working.state.provider,
                         version: working.state.folded.version(),
                         state,
                     },
-                });
+                ));
             }
         }
-        std::mem::take(&mut self.ops)
+        std::mem::take(&mut self.commit)
     }
 }
 
@@ -947,30 +925,26 @@ fn refold_chunk(
         for (stream, snapshot) in chunk {
             accounts.extend(plan.plan_refold(stream, snapshot)?);
         }
-        let ops = plan.finish();
-        let result = if ops.is_empty() {
-            Ok(Vec::new())
+        let commit = plan.finish();
+        let result = if commit.is_empty() {
+            Ok(())
         } else {
-            shared.store.commit(ops)
+            shared.store.commit(commit).map(drop)
         };
         evict(shared, plan.sessions.keys());
         match result {
-            Ok(outcomes) => {
-                let appended =
-                    |op: usize| matches!(outcomes.get(op), Some(OpOutcome::Appended { .. }));
+            Ok(()) => {
                 for account in accounts {
                     match account {
-                        PlannedAccount::Linked { op, .. } if appended(op) => report.linked += 1,
-                        PlannedAccount::Withdrawn { op, .. } if appended(op) => {
-                            report.withdrawn += 1
-                        }
-                        _ => {}
+                        PlannedAccount::Linked { .. } => report.linked += 1,
+                        PlannedAccount::Withdrawn { .. } => report.withdrawn += 1,
+                        PlannedAccount::NotLinked(_) => {}
                     }
                 }
                 report.streams += chunk.len() as u64;
                 return Ok(());
             }
-            Err(StoreError::Conflict { .. }) if attempt < retries => back_off(attempt, plan.now),
+            Err(error) if is_race(&error) && attempt < retries => back_off(attempt, plan.now),
             Err(error) => return Err(error.into()),
         }
     }
@@ -1013,26 +987,32 @@ fn process_group(
             Ok(planned) => planned,
             Err(error) => return fail_group(group, &error),
         };
-        let ops = plan.finish();
-        let op_count = ops.len();
-        let outcomes = if ops.is_empty() {
+        let commit = plan.finish();
+        let appends = commit.appends.len();
+        let streams: Vec<SessionId> = commit
+            .appends
+            .iter()
+            .map(|append| append.stream.clone())
+            .collect();
+        let receipt = if commit.is_empty() {
             Ok(Vec::new())
         } else {
-            shared.store.commit(ops)
+            shared.store.commit(commit).map(|receipt| receipt.appended)
         };
-        match outcomes {
-            Ok(outcomes) if outcomes.len() != op_count => {
+        match receipt {
+            Ok(appended) if appended.len() != appends => {
                 evict(shared, plan.sessions.keys());
                 let error = StoreError::Backend(format!(
-                    "the store answered {} outcomes for {op_count} operations",
-                    outcomes.len()
+                    "the store placed {} events of a commit of {appends}",
+                    appended.len()
                 ));
                 return fail_group(group, &EngineError::from(error));
             }
-            Ok(outcomes) => {
-                return complete_group(shared, plan, group, planned, &outcomes, taken, jobs);
+            Ok(appended) => {
+                let placed = Receipted { streams, appended };
+                return complete_group(shared, plan, group, planned, &placed, taken, jobs);
             }
-            Err(StoreError::Conflict { .. }) if attempt < retries => {
+            Err(error) if is_race(&error) && attempt < retries => {
                 evict(shared, plan.sessions.keys());
                 back_off(attempt, plan.now);
             }
@@ -1069,6 +1049,39 @@ fn read_ahead(shared: &Shared, group: &[Request]) -> Result<Option<StreamsRead>,
         }
     }
     Ok(Some(shared.store.read_streams(&streams, &keys)?))
+}
+
+/// Whether a refused commit lost a race the writer wins by deciding again: another process
+/// appended to one of its streams, or stored one of its dedupe keys, after the writer read it.
+/// On a store only this process writes, neither happens unless a cached state was wrong, and
+/// deciding again from the store is the cure too.
+fn is_race(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Conflict { .. } | StoreError::DuplicateKey { .. }
+    )
+}
+
+/// Where each append of a commit went, with its stream.
+struct Receipted {
+    streams: Vec<SessionId>,
+    appended: Vec<Placed>,
+}
+
+impl Receipted {
+    fn appended(&self, op: usize) -> Option<(Version, Position)> {
+        let placed = self.appended.get(op)?;
+        Some((placed.version, placed.position))
+    }
+
+    fn hit(&self, op: usize) -> Option<DedupeHit> {
+        let (version, position) = self.appended(op)?;
+        Some(DedupeHit {
+            stream: self.streams.get(op)?.clone(),
+            version,
+            position,
+        })
+    }
 }
 
 /// Waits a little before planning again after a conflict, longer after each one and by an
@@ -1109,7 +1122,7 @@ fn complete_group(
     plan: Plan<'_>,
     group: Vec<Request>,
     planned: Vec<Vec<Planned>>,
-    outcomes: &[OpOutcome],
+    placed: &Receipted,
     taken: Instant,
     jobs: &std::sync::mpsc::Sender<SyncJob>,
 ) {
@@ -1127,43 +1140,6 @@ fn complete_group(
     shared
         .stats
         .committed(committed.requests, events, taken, committed.committed_at);
-    let mut unexpected: Vec<SessionId> = Vec::new();
-    let describe_op = |op: usize| -> Option<DedupeHit> {
-        let (stream, _) = plan.op_events[op].clone();
-        match outcomes.get(op)? {
-            OpOutcome::Appended { version, position } => Some(DedupeHit {
-                stream,
-                version: *version,
-                position: *position,
-            }),
-            OpOutcome::Duplicate { original } => Some(original.clone()),
-            OpOutcome::SnapshotSaved | OpOutcome::Checked => None,
-        }
-    };
-    let appended = |op: usize| match outcomes.get(op) {
-        Some(OpOutcome::Appended { version, position }) => Some((*version, *position)),
-        _ => None,
-    };
-    let resolve_account = |account: PlannedAccount| -> Option<AccountFollow> {
-        match account {
-            PlannedAccount::Linked { op, stream } => {
-                appended(op).map(|(version, position)| AccountFollow::Linked {
-                    stream,
-                    version,
-                    position,
-                })
-            }
-            PlannedAccount::Withdrawn { op, stream } => {
-                appended(op).map(|(version, position)| AccountFollow::Withdrawn {
-                    stream,
-                    version,
-                    position,
-                })
-            }
-            PlannedAccount::NotLinked(reason) => Some(AccountFollow::NotLinked { reason }),
-        }
-    };
-
     // Each caller's reply channel with its answer; the requests' events are dropped here, so
     // only the channels wait for the sync.
     let mut replies = Vec::with_capacity(planned.len());
@@ -1171,78 +1147,23 @@ fn complete_group(
         let Request::Ingest { reply, .. } = request else {
             unreachable!("shutdown is never part of a group")
         };
-        let resolved: Vec<IngestOutcome> = planned
+        let resolved = planned
             .into_iter()
-            .map(|planned| match planned {
-                Planned::Stored {
-                    op,
-                    session,
-                    phase_before,
-                    phase_after,
-                    verdict,
-                    late,
-                    rejected,
-                    accounts,
-                    quarantined,
-                } => match (appended(op), quarantined, verdict) {
-                    (Some((_, position)), Some(reason), _) => IngestOutcome::Quarantined {
-                        entry: session,
-                        reason,
-                        position,
-                    },
-                    (Some((version, position)), None, Ok(())) => IngestOutcome::Accepted {
-                        session,
-                        version,
-                        position,
-                        phase_before,
-                        phase_after,
-                        late,
-                        rejected,
-                        accounts: accounts.into_iter().filter_map(resolve_account).collect(),
-                    },
-                    (Some((version, position)), None, Err(reason)) => IngestOutcome::Rejected {
-                        session,
-                        version,
-                        position,
-                        reason,
-                        late,
-                        rejected,
-                    },
-                    (None, ..) => {
-                        // Another writer stored it first (only on a shared store).
-                        unexpected.push(session.clone());
-                        duplicate_or_closed(session, describe_op(op))
-                    }
-                },
-                Planned::DuplicateOfOp { op, session } => {
-                    duplicate_or_closed(session, describe_op(op))
-                }
-                Planned::Duplicate { session, original } => {
-                    IngestOutcome::Duplicate { session, original }
-                }
-                Planned::Refused(error) => IngestOutcome::Refused { error },
-            })
+            .map(|planned| resolve(planned, placed))
             .collect();
         replies.push(Waiting(reply, resolved));
     }
 
     {
         // Packed before the lock: readers wait on it.
-        let packed: Vec<(SessionId, Option<PackedState>)> = plan
+        let packed: Vec<(SessionId, PackedState)> = plan
             .sessions
             .into_iter()
-            .map(|(session, working)| {
-                let packed =
-                    (!unexpected.contains(&session)).then(|| PackedState::pack(&working.state));
-                (session, packed)
-            })
+            .map(|(session, working)| (session, PackedState::pack(&working.state)))
             .collect();
         let mut cache = shared.cache();
         for (session, packed) in packed {
-            match packed {
-                Some(packed) => cache.insert(session, packed),
-                None => cache.remove(&session),
-            }
+            cache.insert(session, packed);
         }
     }
 
@@ -1269,7 +1190,81 @@ fn complete_group(
     }
 }
 
-fn duplicate_or_closed(session: SessionId, original: Option<DedupeHit>) -> IngestOutcome {
-    let original = original.expect("the outcome count was checked against the op count");
-    IngestOutcome::Duplicate { session, original }
+/// The answer to one planned event, once its commit is written. Every append of the commit
+/// is in `placed` (its length was checked against the commit's).
+fn resolve(planned: Planned, placed: &Receipted) -> IngestOutcome {
+    const PLACED: &str = "the receipt's length was checked against the commit's";
+    match planned {
+        Planned::Stored {
+            op,
+            session,
+            phase_before,
+            phase_after,
+            verdict,
+            late,
+            rejected,
+            accounts,
+            quarantined,
+        } => {
+            let (version, position) = placed.appended(op).expect(PLACED);
+            match (quarantined, verdict) {
+                (Some(reason), _) => IngestOutcome::Quarantined {
+                    entry: session,
+                    reason,
+                    position,
+                },
+                (None, Ok(())) => IngestOutcome::Accepted {
+                    session,
+                    version,
+                    position,
+                    phase_before,
+                    phase_after,
+                    late,
+                    rejected,
+                    accounts: accounts
+                        .into_iter()
+                        .map(|account| follow(account, placed))
+                        .collect(),
+                },
+                (None, Err(reason)) => IngestOutcome::Rejected {
+                    session,
+                    version,
+                    position,
+                    reason,
+                    late,
+                    rejected,
+                },
+            }
+        }
+        Planned::DuplicateOfOp { op, session } => IngestOutcome::Duplicate {
+            session,
+            original: placed.hit(op).expect(PLACED),
+        },
+        Planned::Duplicate { session, original } => IngestOutcome::Duplicate { session, original },
+        Planned::Refused(error) => IngestOutcome::Refused { error },
+    }
+}
+
+/// What a session event did to its linked account, with where the account's event went.
+fn follow(account: PlannedAccount, placed: &Receipted) -> AccountFollow {
+    const PLACED: &str = "the receipt's length was checked against the commit's";
+    match account {
+        PlannedAccount::Linked { op, stream } => {
+            let (version, position) = placed.appended(op).expect(PLACED);
+            AccountFollow::Linked {
+                stream,
+                version,
+                position,
+            }
+        }
+        PlannedAccount::Withdrawn { op, stream } => {
+            let (version, position) = placed.appended(op).expect(PLACED);
+            AccountFollow::Withdrawn {
+                stream,
+                version,
+                position,
+            }
+        }
+        PlannedAccount::NotLinked(reason) => AccountFollow::NotLinked { reason },
+    }
 }

@@ -4,9 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
 use chrono::{TimeZone, Utc};
-use linkflow::store::{
-    DedupeKey, EventStore, ExpectedVersion, NewEvent, Op, OpOutcome, SledStore, StoreError,
-};
+use linkflow::store::{Append, Commit, DedupeKey, EventStore, NewEvent, SledStore, StoreError};
 use linkflow::{Engine, IncomingEvent, IngestOutcome};
 use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, Version};
 
@@ -50,15 +48,18 @@ fn writers_with_expected_versions_lose_nothing_and_see_conflicts() {
                             barrier.wait();
                             started = true;
                         }
-                        match store.commit(vec![Op::Append {
-                            stream: stream.clone(),
-                            expected: ExpectedVersion::Exact(expected),
-                            event: new_event(thread, n),
-                            stored_at: Utc::now(),
-                            rejected: false,
-                        }]) {
-                            Ok(outcomes) => {
-                                assert!(matches!(outcomes[0], OpOutcome::Appended { .. }));
+                        match store.commit(Commit {
+                            appends: vec![Append {
+                                stream: stream.clone(),
+                                expected,
+                                event: new_event(thread, n),
+                                stored_at: Utc::now(),
+                                rejected: false,
+                            }],
+                            snapshots: Vec::new(),
+                        }) {
+                            Ok(receipt) => {
+                                assert_eq!(receipt.appended[0].version, expected.next());
                                 break;
                             }
                             Err(StoreError::Conflict {

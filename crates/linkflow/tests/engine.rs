@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use linkflow::store::{EventStore, Op, RawJson, SledStore, Snapshot};
+use linkflow::store::{Commit, EventStore, RawJson, SledStore, Snapshot};
 use linkflow::{
     AccountFollow, Durability, Engine, EngineConfig, EngineError, EventError, IncomingEvent,
     IngestOutcome, SessionFilter,
@@ -502,14 +502,17 @@ async fn a_cache_miss_reads_the_snapshot_and_an_undecodable_snapshot_falls_back_
 
     // Replace the snapshot with one this build cannot read.
     store
-        .commit(vec![Op::PutSnapshot {
-            stream: sid("a"),
-            snapshot: Snapshot {
-                provider: Provider::Moneykit,
-                version: Version(2),
-                state: b"\xfffrom the future".to_vec(),
-            },
-        }])
+        .commit(Commit {
+            appends: Vec::new(),
+            snapshots: vec![(
+                sid("a"),
+                Snapshot {
+                    provider: Provider::Moneykit,
+                    version: Version(2),
+                    state: b"\xfffrom the future".to_vec(),
+                },
+            )],
+        })
         .unwrap();
     engine.session(&sid("b")).await.unwrap();
     engine.session(&sid("c")).await.unwrap();
@@ -835,7 +838,7 @@ async fn a_late_institution_selection_takes_its_place_and_nothing_is_rejected() 
 /// the store's marker and walks nothing.
 #[tokio::test]
 async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account_follows() {
-    use linkflow::store::{ExpectedVersion, NewEvent};
+    use linkflow::store::{Append, NewEvent};
     use linkflow_core::compact::to_compact;
     use linkflow_core::timeline::Timeline;
     use linkflow_core::{EventBody, Session, RULES_VERSION};
@@ -857,9 +860,9 @@ async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account
             raw: None,
             received_at: t(n.into()),
         };
-        let append = |event: NewEvent, rejected: bool| Op::Append {
+        let append = |expected: u64, event: NewEvent, rejected: bool| Append {
             stream: sid("s1"),
-            expected: ExpectedVersion::Any,
+            expected: Version(expected),
             stored_at: event.received_at,
             event,
             rejected,
@@ -872,18 +875,20 @@ async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account
         let mut state = vec![linkflow::folded::SNAPSHOT_LAYOUT, (RULES_VERSION + 1) as u8];
         state.extend(to_compact(&linkflow::Folded::Session(Box::new(old))));
         store
-            .commit(vec![
-                append(new(0, opened), false),
-                append(new(1, success), true),
-                Op::PutSnapshot {
-                    stream: sid("s1"),
-                    snapshot: Snapshot {
+            .commit(Commit {
+                appends: vec![
+                    append(0, new(0, opened), false),
+                    append(1, new(1, success), true),
+                ],
+                snapshots: vec![(
+                    sid("s1"),
+                    Snapshot {
                         provider: Provider::Moneykit,
                         version: Version(2),
                         state,
                     },
-                },
-            ])
+                )],
+            })
             .unwrap();
         store.sync().unwrap();
     }

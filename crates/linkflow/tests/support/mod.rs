@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use linkflow::store::{
-    DedupeHit, DedupeKey, EventStore, Op, OpOutcome, SledStore, Snapshot, StoreError, StoredEvent,
-    StreamStart, StreamsRead, VerifyReport,
+    Commit, DedupeHit, DedupeKey, EventStore, Receipt, SledStore, Snapshot, StoreError,
+    StoredEvent, StreamStart, StreamsRead, VerifyReport,
 };
 use linkflow_core::{Position, SessionId, Version};
 
@@ -64,8 +64,8 @@ impl<W: Watch> Watched<W> {
 }
 
 impl<W: Watch> EventStore for Watched<W> {
-    fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpOutcome>, StoreError> {
-        self.call(Call::Commit, |store| store.commit(ops))
+    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
+        self.call(Call::Commit, |store| store.commit(commit))
     }
     fn sync(&self) -> Result<(), StoreError> {
         self.call(Call::Sync, |store| store.sync())

@@ -1,0 +1,218 @@
+//! The backend-independent half of a commit: checking a [`Commit`]'s constraints against the
+//! stored log and handing out positions. It decides nothing (the engine did): it refuses a
+//! commit that breaks a constraint, and numbers and encodes one that does not. A backend
+//! answers what its log holds ([`StoredLog`]) and writes the [`Checked`] commit atomically;
+//! checking in one place is what makes every backend refuse the same commits.
+
+use std::collections::{HashMap, HashSet};
+
+use linkflow_core::{Position, SessionId, Version};
+
+use crate::error::StoreError;
+use crate::record::{encode_event, encode_snapshot, DedupeKey, StoredEvent, MAX_RECORD_BYTES};
+use crate::store::{Append, Commit, Placed, Receipt};
+
+/// What the log held before the commit, as far as its constraints ask.
+pub trait StoredLog {
+    /// The stream's stored version.
+    fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError>;
+    /// Whether the stream holds the dedupe key.
+    fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError>;
+}
+
+/// An event, ready to write.
+#[derive(Debug)]
+pub struct CheckedEvent {
+    /// Its stream.
+    pub stream: SessionId,
+    /// Its stream version.
+    pub version: Version,
+    /// Its global position.
+    pub position: Position,
+    /// Its dedupe key.
+    pub dedupe_key: DedupeKey,
+    /// The encoded [`StoredEvent`] record.
+    pub record: Vec<u8>,
+}
+
+/// A snapshot, ready to write.
+#[derive(Debug)]
+pub struct CheckedSnapshot {
+    /// Its stream.
+    pub stream: SessionId,
+    /// The version it includes.
+    pub version: Version,
+    /// The encoded [`crate::Snapshot`] record.
+    pub record: Vec<u8>,
+}
+
+/// Everything one commit writes, and its receipt.
+#[derive(Debug)]
+pub struct Checked {
+    /// Events in position order (stream by stream, each stream in version order).
+    pub events: Vec<CheckedEvent>,
+    /// New snapshots, the last of each stream only.
+    pub snapshots: Vec<CheckedSnapshot>,
+    /// What the commit answers once written.
+    pub receipt: Receipt,
+}
+
+/// Checks `commit` against the log described by `log`, whose last position is `head`, and
+/// numbers its events: positions are handed out stream by stream, in the order of each
+/// stream's first append, so that a stream's events of one commit are one run.
+///
+/// Fails, and nothing may be written, on any broken constraint of [`Commit`].
+pub fn check_commit(
+    commit: Commit,
+    head: Position,
+    log: &mut dyn StoredLog,
+) -> Result<Checked, StoreError> {
+    let versions = check_appends(&commit.appends, log)?;
+    let snapshots = check_snapshots(commit.snapshots, &versions, log)?;
+    let (events, appended) = number(commit.appends, head)?;
+    let head = events.last().map_or(head, |event| event.position);
+    Ok(Checked {
+        events,
+        snapshots,
+        receipt: Receipt { head, appended },
+    })
+}
+
+/// Checks every append's expected version and dedupe key; returns each appended stream's
+/// version after the commit.
+fn check_appends(
+    appends: &[Append],
+    log: &mut dyn StoredLog,
+) -> Result<HashMap<SessionId, Version>, StoreError> {
+    let mut versions: HashMap<SessionId, Version> = HashMap::new();
+    let mut keys: HashSet<(&SessionId, DedupeKey)> = HashSet::new();
+    for append in appends {
+        let stream = &append.stream;
+        let key = append.event.dedupe_key;
+        if !keys.insert((stream, key)) || log.holds_key(stream, &key)? {
+            return Err(StoreError::DuplicateKey {
+                stream: stream.clone(),
+                key,
+            });
+        }
+        let actual = match versions.get(stream) {
+            Some(version) => *version,
+            None => log.stream_version(stream)?,
+        };
+        if append.expected != actual {
+            return Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected: append.expected,
+                actual,
+            });
+        }
+        versions.insert(stream.clone(), actual.next());
+    }
+    Ok(versions)
+}
+
+/// Checks that every snapshot is of its stream's version after the commit; keeps the last of
+/// each stream, encoded.
+fn check_snapshots(
+    snapshots: Vec<(SessionId, crate::Snapshot)>,
+    versions: &HashMap<SessionId, Version>,
+    log: &mut dyn StoredLog,
+) -> Result<Vec<CheckedSnapshot>, StoreError> {
+    let mut last: HashMap<SessionId, usize> = HashMap::new();
+    let mut checked: Vec<CheckedSnapshot> = Vec::with_capacity(snapshots.len());
+    for (stream, snapshot) in snapshots {
+        let actual = match versions.get(&stream) {
+            Some(version) => *version,
+            None => log.stream_version(&stream)?,
+        };
+        if snapshot.version != actual {
+            return Err(StoreError::Conflict {
+                stream,
+                expected: snapshot.version,
+                actual,
+            });
+        }
+        let record = encode_snapshot(&snapshot);
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(too_large(stream, record.len()));
+        }
+        let entry = CheckedSnapshot {
+            version: snapshot.version,
+            stream: stream.clone(),
+            record,
+        };
+        match last.get(&stream) {
+            Some(&index) => checked[index] = entry,
+            None => {
+                last.insert(stream, checked.len());
+                checked.push(entry);
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Hands out versions and positions, stream by stream, and encodes the records.
+fn number(
+    appends: Vec<Append>,
+    head: Position,
+) -> Result<(Vec<CheckedEvent>, Vec<Placed>), StoreError> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut run_of: HashMap<&SessionId, usize> = HashMap::new();
+    for (index, append) in appends.iter().enumerate() {
+        let run = *run_of.entry(&append.stream).or_insert_with(|| {
+            runs.push(Vec::new());
+            runs.len() - 1
+        });
+        runs[run].push(index);
+    }
+    let order: Vec<usize> = runs.into_iter().flatten().collect();
+    let mut slots: Vec<Option<Append>> = appends.into_iter().map(Some).collect();
+    let mut placed = vec![
+        Placed {
+            version: Version::EMPTY,
+            position: Position::START,
+        };
+        slots.len()
+    ];
+    let mut events = Vec::with_capacity(slots.len());
+    let mut position = head;
+    for index in order {
+        let Some(append) = slots[index].take() else {
+            continue;
+        };
+        position = position.next();
+        let record = StoredEvent {
+            stream: append.stream,
+            version: append.expected.next(),
+            position,
+            stored_at: append.stored_at,
+            rejected: append.rejected,
+            data: append.event,
+        };
+        let bytes = encode_event(&record);
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(too_large(record.stream, bytes.len()));
+        }
+        placed[index] = Placed {
+            version: record.version,
+            position,
+        };
+        events.push(CheckedEvent {
+            dedupe_key: record.data.dedupe_key,
+            stream: record.stream,
+            version: record.version,
+            position,
+            record: bytes,
+        });
+    }
+    Ok((events, placed))
+}
+
+fn too_large(stream: SessionId, bytes: usize) -> StoreError {
+    StoreError::TooLarge {
+        stream,
+        bytes,
+        limit: MAX_RECORD_BYTES,
+    }
+}
