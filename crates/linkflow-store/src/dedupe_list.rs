@@ -10,7 +10,11 @@
 //! [`LIST_MAX`] entries.
 //!
 //! ```text
-//! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot) [varint(length) snapshot] entry*
+//! The head also holds the stream's version (its last event's), which a commit checks every
+//! append's expected version against: the commit reads the head for its dedupe checks anyway.
+//!
+//! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot) varint(version)
+//!         [varint(length) snapshot] entry*
 //! entry = [16](dedupe key) 'A' varint(version) varint(position)
 //! ```
 
@@ -46,6 +50,8 @@ impl Target {
 /// One stream's list, decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct DedupeList {
+    /// The stream's version: its last event's ([`Version::EMPTY`]: none).
+    pub version: Version,
     /// Older entries of the stream are `D` keys.
     pub spilled: bool,
     pub entries: Vec<(DedupeKey, Target)>,
@@ -76,6 +82,7 @@ impl DedupeList {
             flags |= SNAPSHOT;
         }
         value.push(flags);
+        varint(&mut value, self.version.0);
         if let Some(record) = snapshot {
             varint(&mut value, record.len() as u64);
             value.extend_from_slice(record);
@@ -89,11 +96,6 @@ impl DedupeList {
         value
     }
 
-    /// Whether the stream has no event: no entry, none spilled.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && !self.spilled
-    }
-
     /// Decodes the head of `stream`: its list and its snapshot record, if it holds one.
     pub fn decode<'v>(
         stream: &SessionId,
@@ -101,6 +103,7 @@ impl DedupeList {
     ) -> Result<(DedupeList, Option<&'v [u8]>), CorruptRecord> {
         let (head, entries) = Entries::new(stream, value)?;
         let list = DedupeList {
+            version: head.version,
             spilled: head.spilled,
             entries: entries.collect::<Result<_, _>>()?,
         };
@@ -115,11 +118,9 @@ impl DedupeList {
         Ok(Entries::new(stream, value)?.0.snapshot)
     }
 
-    /// Whether the head of `stream` says the stream is empty (see [`DedupeList::is_empty`]),
-    /// without decoding its entries.
-    pub fn is_empty_encoded(stream: &SessionId, value: &[u8]) -> Result<bool, CorruptRecord> {
-        let (head, entries) = Entries::new(stream, value)?;
-        Ok(!head.spilled && entries.rest.is_empty())
+    /// The stream's version in the head of `stream`, without decoding its entries.
+    pub fn version_encoded(stream: &SessionId, value: &[u8]) -> Result<Version, CorruptRecord> {
+        Ok(Entries::new(stream, value)?.0.version)
     }
 
     /// Looks `key` up in an encoded list without decoding the rest of it: its target, and
@@ -142,6 +143,7 @@ impl DedupeList {
 
 /// What precedes the entries of an encoded head.
 struct HeadStart<'a> {
+    version: Version,
     spilled: bool,
     snapshot: Option<&'a [u8]>,
 }
@@ -167,6 +169,7 @@ impl<'s, 'a> Entries<'s, 'a> {
         if flags & !(SPILLED | SNAPSHOT) != 0 {
             return Err(entries.bad(0, &format!("unknown flags {flags:#04x}")));
         }
+        let version = read_varint(&mut rest).ok_or_else(|| entries.bad(1, "bad version"))?;
         let snapshot = if flags & SNAPSHOT != 0 {
             let len = read_varint(&mut rest)
                 .and_then(|len| usize::try_from(len).ok())
@@ -179,6 +182,7 @@ impl<'s, 'a> Entries<'s, 'a> {
             None
         };
         let head = HeadStart {
+            version: Version(version),
             spilled: flags & SPILLED != 0,
             snapshot,
         };
@@ -275,6 +279,7 @@ mod tests {
     #[test]
     fn lists_round_trip_with_large_numbers() {
         let list = DedupeList {
+            version: Version(u64::MAX),
             spilled: true,
             entries: vec![
                 (
@@ -322,18 +327,20 @@ mod tests {
                 Some(&snapshot[..])
             );
             assert_eq!(
-                DedupeList::is_empty_encoded(&stream(), &head).unwrap(),
-                list.is_empty()
+                DedupeList::version_encoded(&stream(), &head).unwrap(),
+                list.version
             );
         }
-        assert!(!list.is_empty());
-        assert!(empty.is_empty());
+        // A list that just spilled holds no entry; the stream is not empty.
         let spilled_empty = DedupeList {
+            version: Version(65),
             spilled: true,
             entries: Vec::new(),
         };
-        assert!(!spilled_empty.is_empty());
-        assert!(!DedupeList::is_empty_encoded(&stream(), &spilled_empty.encode(None)).unwrap());
+        assert_eq!(
+            DedupeList::version_encoded(&stream(), &spilled_empty.encode(None)).unwrap(),
+            Version(65)
+        );
     }
 
     #[test]
@@ -393,6 +400,7 @@ mod tests {
     #[test]
     fn damaged_lists_are_errors_naming_the_stream_not_panics() {
         let good = DedupeList {
+            version: Version(5),
             spilled: false,
             entries: vec![(
                 DedupeKey::derive(&[b"a"]),
@@ -404,8 +412,8 @@ mod tests {
         }
         .encode(None);
         for cut in 0..good.len() {
-            if cut == 1 {
-                continue; // the flags byte alone is an empty list
+            if cut == 2 {
+                continue; // the flags and the version alone are a list without entries
             }
             let error = DedupeList::decode(&stream(), &good[..cut]).unwrap_err();
             assert!(error.key.contains("head of stream `s`"), "{error:?}");
@@ -418,10 +426,10 @@ mod tests {
         }
         assert!(DedupeList::decode(&stream(), &[SNAPSHOT, 0]).is_err());
         let mut bad_tag = good.clone();
-        bad_tag[17] = b'X';
+        bad_tag[18] = b'X';
         assert!(DedupeList::decode(&stream(), &bad_tag).is_err());
         assert!(DedupeList::decode(&stream(), &[0x80]).is_err());
-        let overflow = [&good[..18], &[0xff; 11][..]].concat();
+        let overflow = [&good[..19], &[0xff; 11][..]].concat();
         assert!(DedupeList::decode(&stream(), &overflow).is_err());
     }
 }

@@ -49,10 +49,11 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// The layout this build reads and writes: one stream per session holding every event it
 /// received (schema 4 records), dedupe lists and snapshots in each stream's `K` head, packed
 /// `S` values, commits made durable by the store's write-ahead log (`wal.rs`), whose frames
-/// past `Mwal` opening replays. Layouts 2 to 5 kept refused events apart (`P` keys) and are
-/// refused at open, as is a store without a layout key (layout 1); nothing has been released,
-/// so none is migrated.
-pub(crate) const LAYOUT: u32 = 6;
+/// past `Mwal` opening replays, each `K` head holding its stream's version. Layouts 2 to 5 kept
+/// refused events apart (`P` keys), layout 6 kept no version in a head; they are refused at
+/// open, as is a store without a layout key (layout 1); nothing has been released, so none is
+/// migrated.
+pub(crate) const LAYOUT: u32 = 7;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";

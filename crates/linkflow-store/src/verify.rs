@@ -55,9 +55,9 @@ impl Lookup<'_> {
 ///   matches its key, and has a dedupe entry pointing back at it;
 /// - every dedupe entry (in a stream's list or under a `D` key) points at an existing event,
 ///   and `D` entries belong to spilled lists;
-/// - every snapshot (in its stream's head)
-///   decodes and is not ahead of its stream; an `N` key in any other store is one reads never
-///   see.
+/// - every stream head's version is its stream's last event's (the version commits check
+///   expected versions against);
+/// - every snapshot (in its stream's head) decodes and is not ahead of its stream.
 pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let mut lookup = Lookup { db, list: None };
@@ -239,6 +239,16 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
                 continue;
             }
         };
+        let stored = stream_versions.get(&session).copied().unwrap_or_default();
+        if list.version != stored {
+            report.problem(
+                format!("head of stream `{session}`"),
+                format!(
+                    "says the stream is at version {}, its last event is at {stored}",
+                    list.version
+                ),
+            );
+        }
         spilled.insert(session.clone(), list.spilled);
         for (dedupe, target) in list.entries {
             let what = format!("dedupe entry {dedupe} of `{session}` (in its list)");
