@@ -168,12 +168,6 @@ impl linkflow_store::EventStore for FailingDisk {
     ) -> Result<Option<linkflow_store::DedupeHit>, linkflow_store::StoreError> {
         self.inner.find_dedupe(stream, key)
     }
-    fn snapshot(
-        &self,
-        stream: &linkflow_core::SessionId,
-    ) -> Result<Option<linkflow_store::Snapshot>, linkflow_store::StoreError> {
-        self.inner.snapshot(stream)
-    }
     fn stream_start(
         &self,
         stream: &linkflow_core::SessionId,

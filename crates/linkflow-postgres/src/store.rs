@@ -10,7 +10,7 @@ use linkflow_store::check::{check_commit, Checked, StoredLog};
 use linkflow_store::record::{decode_event_record, decode_snapshot_record};
 use linkflow_store::{
     Commit, DedupeHit, EventStore, Receipt, Snapshot, StoreError, StoredEvent, StreamRead,
-    StreamsRead, VerifyReport,
+    StreamStart, StreamsRead, VerifyReport,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
@@ -50,6 +50,8 @@ pub struct PgStore {
     /// Declared after `pool`'s users: dropping it stops the watcher and the connections.
     bridge: Bridge,
     watching: Mutex<bool>,
+    /// Set by `close`: this handle takes no more writes (other nodes go on).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -129,6 +131,7 @@ impl PgStore {
             pool: Pool::new(config),
             bridge: Bridge::new()?,
             watching: Mutex::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         store.run(Box::new(|client| Box::pin(schema::migrate(client))))?;
         Ok(store)
@@ -483,13 +486,28 @@ async fn watch_once(
 
 impl EventStore for PgStore {
     fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
+        self.health()?;
         self.run(Box::new(move |client| {
             Box::pin(write_commit(client, commit))
         }))
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        self.health()?;
         // Every commit returned after PostgreSQL flushed its WAL (synchronous_commit = on).
+        Ok(())
+    }
+
+    /// Every commit is durable when it returns: closing only stops this handle's writes.
+    fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         Ok(())
     }
 
@@ -591,15 +609,33 @@ impl EventStore for PgStore {
         Ok(())
     }
 
-    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
+    /// One query answers both: whether the stream has an event, and its snapshot.
+    fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
         let rows = self.query_rows(
-            "SELECT record FROM linkflow_snapshots WHERE stream = $1",
+            "SELECT EXISTS (SELECT 1 FROM linkflow_events WHERE stream = $1),
+                    (SELECT record FROM linkflow_snapshots WHERE stream = $1)",
             vec![Box::new(stream.to_string())],
         )?;
-        rows.first()
-            .map(|row| decode_snapshot_record(&format!("snapshot of `{stream}`"), row.get(0)))
-            .transpose()
-            .map_err(StoreError::from)
+        let Some(row) = rows.first() else {
+            return Err(StoreError::Backend(
+                "a query of one row answered none".into(),
+            ));
+        };
+        let holds_events: bool = row.get(0);
+        if !holds_events {
+            return Ok(StreamStart {
+                empty: Some(true),
+                snapshot: None,
+            });
+        }
+        let record: Option<&[u8]> = row.get(1);
+        let snapshot = record
+            .map(|record| decode_snapshot_record(&format!("snapshot of `{stream}`"), record))
+            .transpose()?;
+        Ok(StreamStart {
+            empty: Some(false),
+            snapshot,
+        })
     }
 
     fn for_each_snapshot(

@@ -67,7 +67,7 @@ macro_rules! conformance_tests {
             streams_whose_ids_share_a_prefix_stay_apart,
             an_event_keeps_its_stored_time_and_rejected_flag,
             snapshots_are_replaced_and_listed,
-            stream_start_agrees_with_stream_is_empty_and_snapshot,
+            stream_start_says_whether_a_stream_is_empty_and_gives_its_snapshot,
             everything_survives_a_reopen,
             raw_payloads_are_kept_verbatim,
             an_oversized_event_is_refused_and_nothing_is_stored,
@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             read_streams_returns_snapshots_tails_and_dedupe_hits,
             a_long_stream_dedupes_every_key_across_many_commits,
             the_rules_marker_is_kept_across_a_reopen,
+            a_closed_store_takes_no_writes_and_keeps_its_reads,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -496,7 +497,7 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         ],
     )
     .unwrap();
-    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
+    assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
     // A snapshot must be of its stream's version as the commit leaves it: one folded from a
     // stale read is a conflict, and nothing of its commit is written.
     let error = commit(
@@ -512,7 +513,7 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         "{error}"
     );
     assert_eq!(store.stream_version(&b).unwrap(), Version(1));
-    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
+    assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
     // Commits that do not replace it (appends) leave it as it was.
     commit(
         &store,
@@ -522,8 +523,8 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         ],
     )
     .unwrap();
-    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
-    assert_eq!(store.snapshot(&stream("c")).unwrap(), None);
+    assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
+    assert_eq!(snapshot_of(&store, &stream("c")), None);
     let mut listed = Vec::new();
     store
         .for_each_snapshot(&mut |session, snapshot| {
@@ -535,9 +536,9 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
     assert_clean(&store);
 }
 
-/// `stream_start` answers what `stream_is_empty` and `snapshot` answer, for every kind of
-/// stream, and an empty answer is only ever given for a stream that holds nothing.
-pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
+/// `stream_start` answers, for every kind of stream, whether it is empty (an empty answer only
+/// for a stream that holds nothing) and, unless it is, its snapshot.
+pub fn stream_start_says_whether_a_stream_is_empty_and_gives_its_snapshot<H: Harness>() {
     let harness = H::fresh();
     let store = harness.open();
     let snapshot = |version: u64| Snapshot {
@@ -563,29 +564,36 @@ pub fn stream_start_agrees_with_stream_is_empty_and_snapshot<H: Harness>() {
         ],
     )
     .unwrap();
-    for (name, holds_something) in [
-        (&plain, true),
-        (&snapshotted, true),
-        (&only_rejected, true),
-        (&only_snapshot, false),
-        (&stream("unknown"), false),
+    for (name, holds_events, expected) in [
+        (&plain, true, None),
+        (&snapshotted, true, Some(snapshot(2))),
+        (&only_rejected, true, None),
+        (&only_snapshot, false, None),
+        (&stream("unknown"), false, None),
     ] {
         let start = store.stream_start(name).unwrap();
-        let empty = store.stream_is_empty(name).unwrap();
-        assert_eq!(start.empty, empty, "{name}");
-        if holds_something {
-            assert_ne!(empty, Some(true), "{name} holds events");
+        if holds_events {
+            assert_ne!(start.empty, Some(true), "{name} holds events");
+        } else {
+            assert_ne!(start.empty, Some(false), "{name} holds no event");
         }
-        let expected = match empty {
-            Some(true) => None,
-            _ => store.snapshot(name).unwrap(),
-        };
-        assert_eq!(start.snapshot, expected, "{name}");
+        if start.empty != Some(true) {
+            assert_eq!(start.snapshot, expected, "{name}");
+        } else {
+            assert_eq!(
+                start.snapshot, None,
+                "{name}: no snapshot of an empty stream"
+            );
+        }
     }
-    assert_eq!(
-        store.stream_start(&snapshotted).unwrap().snapshot,
-        Some(snapshot(2))
-    );
+}
+
+/// The snapshot `stream_start` gives (tests only ask for streams that hold events).
+fn snapshot_of<S: EventStore>(store: &S, stream: &SessionId) -> Option<Snapshot> {
+    store
+        .stream_start(stream)
+        .expect("stream_start reads")
+        .snapshot
 }
 
 /// Dropping and reopening the store returns the same streams, positions, flags and
@@ -615,14 +623,14 @@ pub fn everything_survives_a_reopen<H: Harness>() {
         store.sync().unwrap();
         (
             store.read_all(Position(0), 100).unwrap(),
-            store.snapshot(&a).unwrap(),
+            snapshot_of(&store, &a),
         )
     };
     let store = harness.open();
     assert_eq!(store.read_all(Position(0), 100).unwrap(), before_all);
     // Positions go stream by stream: a's two events, then b's.
     assert!(before_all[1].rejected, "the rejected flag survives");
-    assert_eq!(store.snapshot(&a).unwrap(), before_snapshot);
+    assert_eq!(snapshot_of(&store, &a), before_snapshot);
     assert_eq!(store.head().unwrap(), Position(3));
     let outcomes = commit(
         &store,
@@ -786,7 +794,7 @@ pub fn a_snapshot_guards_the_version_it_was_folded_at<H: Harness>() {
     .expect("appends of the same commit count");
     commit(&store, vec![put_snapshot(&a, snapshot(2))]).expect("a snapshot-only commit");
     assert_eq!(store.stream_version(&a).unwrap(), Version(2));
-    assert_eq!(store.snapshot(&a).unwrap(), Some(snapshot(2)));
+    assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
     assert_clean(&store);
 }
 
@@ -889,7 +897,7 @@ pub fn read_streams_returns_snapshots_tails_and_dedupe_hits<H: Harness>() {
 
 /// A stream of a few hundred events, appended over many commits of different sizes (some of
 /// them rejected), still recognises every key: each redelivery is a duplicate pointing at
-/// where its first delivery went, before and after a reopen. (The sled backend moves a
+/// where its first delivery went, before and after the store is closed and opened again. (The sled backend moves a
 /// stream's dedupe entries out of its list past 64; this crosses that several times.)
 pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
     let harness = H::fresh();
@@ -947,6 +955,7 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
         assert_clean(store);
     };
     check(&store);
+    store.close().unwrap();
     drop(store);
     check(&harness.open());
 }
@@ -970,5 +979,26 @@ pub fn the_rules_marker_is_kept_across_a_reopen<H: Harness>() {
     }
     let store = harness.open();
     assert_eq!(store.folded_with().unwrap(), Some(7));
+    assert_clean(&store);
+}
+
+/// After `close`, commits and syncs fail with `Closed`, `health` says so, reads go on, and a
+/// reopened store holds everything committed before.
+pub fn a_closed_store_takes_no_writes_and_keeps_its_reads<H: Harness>() {
+    let harness = H::fresh();
+    let a = stream("a");
+    {
+        let store = harness.open();
+        commit(&store, vec![append(&a, ExpectedVersion::Next, event(1))]).unwrap();
+        store.close().unwrap();
+        let refused = commit(&store, vec![append(&a, ExpectedVersion::Next, event(2))]);
+        assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
+        assert!(matches!(store.sync(), Err(StoreError::Closed)));
+        assert!(matches!(store.health(), Err(StoreError::Closed)));
+        assert_eq!(store.read_stream(&a, Version::EMPTY, 10).unwrap().len(), 1);
+    }
+    let store = harness.open();
+    assert_eq!(store.head().unwrap(), Position(1));
+    assert_eq!(store.stream_version(&a).unwrap(), Version(1));
     assert_clean(&store);
 }

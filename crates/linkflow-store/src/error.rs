@@ -93,6 +93,9 @@ pub enum StoreError {
         /// The first failure.
         reason: String,
     },
+    /// The store was closed ([`crate::EventStore::close`]): it takes no more writes.
+    #[error("the store was closed; it takes no more writes")]
+    Closed,
     /// The data directory is in use by another process.
     #[error("the data directory {path} is locked by another linkflow process")]
     Locked {

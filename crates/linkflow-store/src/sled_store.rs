@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -69,13 +70,14 @@ pub struct SledStore {
     path: PathBuf,
     /// sled's log file, kept open for the fsync that sled's own flush does not do.
     db_file: Arc<File>,
-    /// The write-ahead log every commit writes a frame to (`None` in a store written before
-    /// dedupe lists: older builds, which know no log, must be able to open it).
-    wal: Option<Arc<Wal>>,
+    /// The write-ahead log every commit writes a frame to.
+    wal: Arc<Wal>,
     /// sled with the commits not yet applied to it in front: every read goes through it.
     staged: Arc<Staged>,
     /// The thread that checkpoints sled's log and writes the log when nobody syncs.
-    maintenance: Option<Maintenance>,
+    maintenance: Maintenance,
+    /// Set by `close`: no more writes.
+    closed: AtomicBool,
     /// Serializes commits: versions and positions are assigned and applied in one critical
     /// section, so the global order on disk is the order positions were handed out.
     writer: Mutex<WriterState>,
@@ -326,7 +328,7 @@ type SignalPair = Arc<(Mutex<Signal>, Condvar)>;
 /// have written them.
 struct Maintenance {
     signal: SignalPair,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn raise(signal: &SignalPair, set: impl FnOnce(&mut Signal)) {
@@ -338,36 +340,45 @@ fn raise(signal: &SignalPair, set: impl FnOnce(&mut Signal)) {
 impl Maintenance {
     fn start(
         durable: Durable,
-        wal: Option<(Arc<Wal>, Arc<Staged>)>,
+        wal: Arc<Wal>,
+        staged: Arc<Staged>,
         every: Option<Duration>,
     ) -> Result<Maintenance, StoreError> {
         let signal: SignalPair = Arc::default();
         let theirs = Arc::clone(&signal);
         let thread = std::thread::Builder::new()
             .name("linkflow-sled-checkpoint".into())
-            .spawn(move || {
-                let wal = wal.as_ref().map(|(wal, staged)| (&**wal, &**staged));
-                maintain(&durable, wal, &theirs, every);
-            })
+            .spawn(move || maintain(&durable, &wal, &staged, &theirs, every))
             .map_err(io_error(&PathBuf::from("linkflow-sled-checkpoint thread")))?;
         Ok(Maintenance {
             signal,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
-    fn stop(&mut self) {
+    /// Stops the thread and waits for it.
+    fn stop(&self) {
         raise(&self.signal, |signal| signal.stop = true);
-        if let Some(thread) = self.thread.take() {
-            // A panic there has nothing left to clean up; the store's drop checkpoints anyway.
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            // A panic there has nothing left to clean up: closing checkpoints anyway.
             let _ = thread.join();
         }
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section of this module leaves its state whole before anything that can
+    // panic.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn maintain(
     durable: &Durable,
-    wal: Option<(&Wal, &Staged)>,
+    wal: &Wal,
+    staged: &Staged,
     signal: &SignalPair,
     every: Option<Duration>,
 ) {
@@ -401,15 +412,6 @@ fn maintain(
         if stop {
             return;
         }
-        let Some((wal, staged)) = wal else {
-            // A store without a log (written before dedupe lists): what sled's own background
-            // flush did, writing its buffers (durable only with a sync's fsync).
-            if write {
-                let _ = durable.db.flush();
-                crossbeam_epoch::pin().flush();
-            }
-            continue;
-        };
         // Any error here fails the store (the log breaks: no commit or sync is taken after it),
         // so nothing more is acknowledged on a disk that failed; reads keep working.
         if write {
@@ -515,22 +517,6 @@ fn sync_blobs(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A commit's writes: a frame's payload (with a write-ahead log), or a sled batch (a store
-/// written before dedupe lists).
-enum Writes<'a> {
-    Frame(Payload, &'a Wal),
-    Batch(sled::Batch),
-}
-
-impl Writes<'_> {
-    fn insert(&mut self, key: &[u8], value: &[u8]) {
-        match self {
-            Writes::Frame(payload, _) => payload.insert(key, value),
-            Writes::Batch(batch) => batch.insert(key, value),
-        }
-    }
-}
-
 impl SledStore {
     /// Opens (or creates) a store in `path` with default options.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -583,12 +569,8 @@ impl SledStore {
             options.wal_segment_bytes.max(1),
             options.wal_preallocate,
         )?);
-        let maintenance = Maintenance::start(
-            durable,
-            Some((Arc::clone(&wal), Arc::clone(&staged))),
-            every,
-        )?;
-        let (wal, maintenance) = (Some(wal), Some(maintenance));
+        let maintenance =
+            Maintenance::start(durable, Arc::clone(&wal), Arc::clone(&staged), every)?;
         let head = match db.scan_prefix([keys::GLOBAL]).next_back() {
             Some(entry) => {
                 let (key, value) = entry?;
@@ -608,6 +590,7 @@ impl SledStore {
             wal,
             staged,
             maintenance,
+            closed: AtomicBool::new(false),
             writer: Mutex::new(WriterState { head }),
         })
     }
@@ -630,9 +613,7 @@ impl SledStore {
         let result = guard_sled(&self.path, operation);
         if let Err(StoreError::Corrupt(corrupt)) = &result {
             if corrupt.reason.starts_with("sled failed reading its files") {
-                if let Some(wal) = &self.wal {
-                    wal.fail(&corrupt.to_string());
-                }
+                self.wal.fail(&corrupt.to_string());
             }
         }
         result
@@ -645,11 +626,7 @@ impl SledStore {
 
     /// Bytes sled and the write-ahead log use on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let log = match &self.wal {
-            Some(wal) => wal.size_on_disk()?,
-            None => 0,
-        };
-        Ok(self.db.size_on_disk()? + log)
+        Ok(self.db.size_on_disk()? + self.wal.size_on_disk()?)
     }
 
     fn durable(&self) -> Durable {
@@ -682,11 +659,8 @@ impl SledStore {
 
     /// Makes every commit durable and applies it to sled, so that sled alone holds them.
     fn settle(&self) -> Result<(), StoreError> {
-        if let Some(wal) = &self.wal {
-            wal.sync()?;
-            self.staged.apply(wal.durable_seq(), Wait::Yes)?;
-        }
-        Ok(())
+        self.wal.sync()?;
+        self.staged.apply(self.wal.durable_seq(), Wait::Yes)
     }
 
     /// The raw key of an event record, for tests that corrupt it.
@@ -748,21 +722,12 @@ impl SledStore {
 }
 
 impl Drop for SledStore {
-    /// Stops the maintenance thread, makes every commit durable, applies it to sled, makes
-    /// sled durable and deletes the write-ahead log, which it then no longer needs. If that
-    /// fails, the log stays for the next open to replay.
+    /// Only stops the maintenance thread (signals it, and waits for it to finish what it is
+    /// doing, so that sled is released when the store is gone): no I/O of its own, no error to
+    /// lose. Closing work, and its errors, belong to [`EventStore::close`]; a store dropped
+    /// without closing keeps its log, which the next open replays (as after a crash).
     fn drop(&mut self) {
-        if let Some(mut maintenance) = self.maintenance.take() {
-            maintenance.stop();
-        }
-        if self.wal.is_some() {
-            let settled = self.settle().is_ok() && self.staged.is_empty();
-            if let Some(wal) = self.wal.take() {
-                if settled && self.durable().sync().is_ok() {
-                    let _ = wal.remove_all();
-                }
-            }
-        }
+        self.maintenance.stop();
     }
 }
 
@@ -828,15 +793,14 @@ impl StoredLog for SledReads<'_> {
 impl EventStore for SledStore {
     fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
         self.guarded(|| {
-            // Fail-stop: after the disk failed, nothing more is committed (or acknowledged).
-            self.health()?;
             let mut writer = self.writer();
+            // Fail-stop: after the disk failed, nothing more is committed (or acknowledged);
+            // nor after the store was closed (checked under the writer lock `close` takes).
+            self.health()?;
             // What earlier syncs made durable and nobody applied yet (the engine's sync threads
             // usually have, after answering) goes to sled first, unless another thread is at it:
             // a store used without `after_sync` keeps only the last commit or two staged.
-            if let Some(wal) = &self.wal {
-                self.staged.apply(wal.durable_seq(), Wait::No)?;
-            }
+            self.staged.apply(self.wal.durable_seq(), Wait::No)?;
             let mut reads = SledReads {
                 store: self,
                 heads: HashMap::new(),
@@ -845,10 +809,7 @@ impl EventStore for SledStore {
             // The payload's buffer is reused from commit to commit: a commit of 1,000 events
             // writes about a megabyte, and a fresh buffer each time left the allocator holding
             // tens of megabytes it had grown into.
-            let mut batch = match &self.wal {
-                Some(wal) => Writes::Frame(self.staged.take_payload(), wal),
-                None => Writes::Batch(sled::Batch::default()),
-            };
+            let mut batch = self.staged.take_payload();
             // New dedupe entries, stream by stream in order of first appearance.
             let mut entries: Vec<(SessionId, Vec<NewEntry>)> = Vec::new();
             let mut add_entry = |stream: &SessionId, entry: NewEntry| match entries
@@ -862,7 +823,7 @@ impl EventStore for SledStore {
             // events of a run go under as few keys as MAX_PACKED_BYTES allows.
             let mut runs: Vec<Run> = Vec::new();
             let mut pack: Vec<&CheckedEvent> = Vec::new();
-            let put_pack = |batch: &mut Writes, pack: &mut Vec<&CheckedEvent>| {
+            let put_pack = |batch: &mut Payload, pack: &mut Vec<&CheckedEvent>| {
                 match pack.as_slice() {
                     [] => {}
                     [event] => batch.insert(
@@ -947,25 +908,16 @@ impl EventStore for SledStore {
                 }
                 batch.insert(&keys::list_key(&stream), &list.encode(snapshot));
             }
-            match batch {
-                Writes::Frame(payload, wal) => {
-                    if payload.as_bytes().is_empty() {
-                        // An empty commit: nothing to write, no frame.
-                        self.staged.give_back(payload);
-                    } else {
-                        // Staged (where reads see it) before it is in the log: nothing applies a
-                        // frame before a sync of the log covers it.
-                        let seq = wal.next_seq();
-                        let payload = self.staged.add(seq, payload)?;
-                        if wal.append(seq, &payload) > wal::PENDING_LIMIT {
-                            if let Some(maintenance) = &self.maintenance {
-                                raise(&maintenance.signal, |signal| signal.write = true);
-                            }
-                        }
-                    }
-                }
-                Writes::Batch(batch) => {
-                    self.db.apply_batch(batch)?;
+            if batch.as_bytes().is_empty() {
+                // An empty commit: nothing to write, no frame.
+                self.staged.give_back(batch);
+            } else {
+                // Staged (where reads see it) before it is in the log: nothing applies a frame
+                // before a sync of the log covers it.
+                let seq = self.wal.next_seq();
+                let payload = self.staged.add(seq, batch)?;
+                if self.wal.append(seq, &payload) > wal::PENDING_LIMIT {
+                    raise(&self.maintenance.signal, |signal| signal.write = true);
                 }
             }
             writer.head = plan.receipt.head;
@@ -973,26 +925,38 @@ impl EventStore for SledStore {
         })
     }
 
+    /// One write and one `fdatasync` of the log; a filled segment asks for a checkpoint.
     fn sync(&self) -> Result<(), StoreError> {
-        match (&self.wal, &self.maintenance) {
-            // One write and one `fdatasync` of the log; a filled segment asks for a checkpoint.
-            (Some(wal), Some(maintenance)) => {
-                if wal.sync()? {
-                    raise(&maintenance.signal, |signal| signal.checkpoint = true);
-                }
-                Ok(())
-            }
-            // A store older builds must open: sled's flush, then the fsync it does not do.
-            _ => self.durable().sync(),
+        self.health()?;
+        if self.wal.sync()? {
+            raise(&self.maintenance.signal, |signal| signal.checkpoint = true);
         }
+        Ok(())
     }
 
     /// Applies the frames the sync made durable, unless another thread is applying already.
     fn after_sync(&self) -> Result<(), StoreError> {
-        match &self.wal {
-            Some(wal) => self.staged.apply(wal.durable_seq(), Wait::No),
-            None => Ok(()),
+        self.staged.apply(self.wal.durable_seq(), Wait::No)
+    }
+
+    /// Stops the maintenance thread, makes every commit durable, applies it to sled, makes
+    /// sled durable and deletes the log, which the store then no longer needs; the store takes
+    /// no more writes. On an error the log stays for the next open to replay.
+    fn close(&self) -> Result<(), StoreError> {
+        self.maintenance.stop();
+        let _writer = self.writer();
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
         }
+        self.wal.sync()?;
+        self.staged.apply(self.wal.durable_seq(), Wait::Yes)?;
+        if !self.staged.is_empty() {
+            return Err(StoreError::Failed {
+                reason: "frames stayed staged after every durable one was applied".into(),
+            });
+        }
+        self.durable().sync()?;
+        self.wal.remove_all()
     }
 
     fn head(&self) -> Result<Position, StoreError> {
@@ -1131,7 +1095,10 @@ impl EventStore for SledStore {
     }
 
     fn health(&self) -> Result<(), StoreError> {
-        match self.wal.as_ref().and_then(|wal| wal.failure()) {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        match self.wal.failure() {
             Some(failure) => Err(failure),
             None => Ok(()),
         }
@@ -1156,17 +1123,6 @@ impl EventStore for SledStore {
         self.durable().sync()
     }
 
-    /// Every commit that appends an event of a stream writes the stream's head, with its
-    /// version: no head, or version 0, means nothing stored.
-    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
-        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
-            Some(value) => Ok(Some(
-                DedupeList::version_encoded(stream, &value)? == Version::EMPTY,
-            )),
-            None => Ok(Some(true)),
-        })
-    }
-
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
         self.guarded(|| {
             // One read: the head holds both.
@@ -1183,13 +1139,6 @@ impl EventStore for SledStore {
                 empty: Some(empty),
                 snapshot,
             })
-        })
-    }
-
-    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
-            Some(value) => snapshot_in_head(stream, &value),
-            None => Ok(None),
         })
     }
 
@@ -1236,6 +1185,29 @@ impl EventStore for SledStore {
         self.guarded(|| {
             let writer = self.writer();
             crate::verify::verify_sled(&self.staged, writer.head)
+        })
+    }
+}
+
+/// Reads the tests of this module ask for by themselves.
+#[cfg(test)]
+impl SledStore {
+    /// Every commit that appends an event of a stream writes the stream's head, with its
+    /// version: no head, or version 0, means nothing stored.
+    pub(crate) fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
+        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
+            Some(value) => Ok(Some(
+                DedupeList::version_encoded(stream, &value)? == Version::EMPTY,
+            )),
+            None => Ok(Some(true)),
+        })
+    }
+
+    /// The stream's snapshot, if one was stored (an empty stream's too).
+    pub(crate) fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
+        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
+            Some(value) => snapshot_in_head(stream, &value),
+            None => Ok(None),
         })
     }
 }
@@ -2018,8 +1990,8 @@ mod tests {
         commit(&store, appends(&a, 1..=2)).unwrap();
         store.sync().unwrap();
         assert!(store.health().is_ok());
-        store.wal.as_ref().unwrap().fail("EIO on fdatasync");
-        store.wal.as_ref().unwrap().fail("a later failure");
+        store.wal.fail("EIO on fdatasync");
+        store.wal.fail("a later failure");
         for error in [
             commit(&store, appends(&a, 3..=3)).unwrap_err(),
             store.sync().unwrap_err(),
@@ -2331,7 +2303,7 @@ mod tests {
         let a = stream("a");
         commit(&store, appends(&a, 1..=3)).unwrap();
         // No sync: the maintenance thread writes and syncs the frames on its own.
-        let wal = store.wal.as_ref().unwrap();
+        let wal = &store.wal;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while wal.pending_bytes() > 0 {
             assert!(
@@ -2399,6 +2371,15 @@ mod tests {
                     .count()
                     > 0
             );
+            store.close().unwrap();
+            // Closed: no more writes, reads go on, a second close does nothing.
+            assert!(matches!(
+                commit(&store, appends(&a, 3..=3)),
+                Err(StoreError::Closed)
+            ));
+            assert!(matches!(store.sync(), Err(StoreError::Closed)));
+            assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+            store.close().unwrap();
         }
         assert_eq!(
             std::fs::read_dir(dir.path().join(wal::DIR))
@@ -2411,6 +2392,29 @@ mod tests {
         assert_eq!(layout(&store), keys::LAYOUT.to_be_bytes());
         assert_eq!(store.head().unwrap(), Position(2));
         assert_eq!(applied_frame(settled(&store)).unwrap(), 1);
+    }
+
+    /// Dropping a store only stops its background work: its log stays, and the next open
+    /// replays it.
+    #[test]
+    fn a_dropped_store_keeps_its_log_for_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = stream("a");
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            commit(&store, appends(&a, 1..=2)).unwrap();
+            store.sync().unwrap();
+        }
+        assert!(
+            std::fs::read_dir(dir.path().join(wal::DIR))
+                .unwrap()
+                .count()
+                > 0
+        );
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().unwrap(), Position(2));
+        assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+        assert_consistent(&store);
     }
 
     #[test]

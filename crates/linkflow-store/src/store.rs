@@ -89,8 +89,8 @@ pub struct DedupeHit {
 /// Where reading a stream starts, as [`EventStore::stream_start`] found it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StreamStart {
-    /// As [`EventStore::stream_is_empty`] answers: `Some(true)` the stream holds nothing,
-    /// `None` the store cannot tell.
+    /// `Some(true)` the stream certainly holds no event, `Some(false)` it holds some, `None`
+    /// the store cannot tell with the read it made (the caller then reads the tail).
     pub empty: Option<bool>,
     /// Its snapshot, if one was stored (always `None` for an empty stream).
     pub snapshot: Option<Snapshot>,
@@ -224,28 +224,10 @@ pub trait EventStore: Send + Sync + 'static {
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError>;
 
-    /// The stream's snapshot, if one was stored.
-    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError>;
-
-    /// Whether the stream certainly holds no event, when the backend can tell with one cheap
-    /// read: `Some(true)` empty, `Some(false)` not empty, `None` cannot tell (the caller then
-    /// reads the snapshot and the tail). The default is `None`, always a correct answer.
-    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
-        let _ = stream;
-        Ok(None)
-    }
-
-    /// [`EventStore::stream_is_empty`] and, unless the stream is empty,
-    /// [`EventStore::snapshot`]: what reading a stream's state starts with. A backend that keeps
-    /// both in one place answers with one read; the default asks the two methods.
-    fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
-        let empty = self.stream_is_empty(stream)?;
-        let snapshot = match empty {
-            Some(true) => None,
-            _ => self.snapshot(stream)?,
-        };
-        Ok(StreamStart { empty, snapshot })
-    }
+    /// What reading a stream's state starts with: whether the stream holds no event, and
+    /// unless it is empty its snapshot, if one was stored. A backend that keeps both in one
+    /// place answers with one read.
+    fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError>;
 
     /// Calls `visit` with every stream's snapshot in stream order, until it breaks.
     fn for_each_snapshot(
@@ -276,7 +258,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<StreamsRead, StoreError> {
         let mut read = StreamsRead::default();
         for stream in streams {
-            let snapshot = self.snapshot(stream)?;
+            let snapshot = self.stream_start(stream)?.snapshot;
             let mut after = snapshot.as_ref().map_or(Version::EMPTY, |s| s.version);
             let mut tail = Vec::new();
             loop {
@@ -300,6 +282,15 @@ pub trait EventStore: Send + Sync + 'static {
             }
         }
         Ok(read)
+    }
+
+    /// Closes the store: makes everything committed durable and leaves the store at rest
+    /// (the sled store applies its log to sled, makes sled durable and deletes the log). After
+    /// it, commits and syncs fail with [`StoreError::Closed`]. Closing work and its errors
+    /// belong here: dropping a store only stops its background work, and the next open
+    /// recovers from what is on disk, as after a crash. Nothing by default.
+    fn close(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Whether the store takes writes: `Err` (typically [`StoreError::Failed`]) once its disk

@@ -79,6 +79,7 @@ impl Engine {
                 config.sync_threads
             )));
         }
+        let owns_store = !matches!(config.store, StoreChoice::Custom(_));
         let store: Arc<dyn EventStore> = match config.store {
             StoreChoice::Sled {
                 path,
@@ -112,6 +113,7 @@ impl Engine {
         }))?;
         let shared = Arc::new(Shared {
             store,
+            owns_store,
             cache: Mutex::new(SessionCache::new(config.cache_sessions)),
             visible,
             durability: config.durability,

@@ -41,7 +41,7 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
                 record: what,
                 message,
             }),
-            Ok(state) => match store.snapshot(&session_id) {
+            Ok(state) => match store.stream_start(&session_id).map(|start| start.snapshot) {
                 // A damaged head is one more problem to report, not a reason to stop.
                 Err(linkflow_store::StoreError::Corrupt(corrupt)) => {
                     report.problems.push(corrupt.into())

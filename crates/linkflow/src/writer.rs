@@ -46,6 +46,9 @@ const MAX_SHARED_CONFLICT_RETRIES: usize = 64;
 /// State shared by the engine handle, the writer thread and the readers.
 pub(crate) struct Shared {
     pub store: Arc<dyn EventStore>,
+    /// The engine opened the store itself, and closes it on shutdown (a store given to it is
+    /// its owner's to close).
+    pub owns_store: bool,
     pub cache: Mutex<SessionCache>,
     /// The last position subscribers may see: durable under `Fsync`, committed under `Buffered`.
     pub visible: watch::Sender<Position>,
@@ -196,6 +199,12 @@ pub(crate) fn run_writer(
     if result.is_ok() {
         publish_head(shared.as_ref());
     }
+    let result = match result {
+        Ok(()) if shared.owns_store && shutdown.is_some() => {
+            shared.store.close().map_err(EngineError::from)
+        }
+        other => other,
+    };
     if let Some(reply) = shutdown {
         let _ = reply.send(result);
     }

@@ -18,8 +18,6 @@ pub enum Call {
     ReadStream,
     ReadAll,
     FindDedupe,
-    Snapshot,
-    StreamIsEmpty,
     StreamStart,
     ForEachSnapshot,
     ForEachEvent,
@@ -96,17 +94,11 @@ impl<W: Watch> EventStore for Watched<W> {
     ) -> Result<Option<DedupeHit>, StoreError> {
         self.call(Call::FindDedupe, |store| store.find_dedupe(stream, key))
     }
-    fn snapshot(&self, stream: &SessionId) -> Result<Option<Snapshot>, StoreError> {
-        self.call(Call::Snapshot, |store| store.snapshot(stream))
-    }
     fn folded_with(&self) -> Result<Option<u32>, StoreError> {
         self.inner.folded_with()
     }
     fn set_folded_with(&self, rules: u32) -> Result<(), StoreError> {
         self.inner.set_folded_with(rules)
-    }
-    fn stream_is_empty(&self, stream: &SessionId) -> Result<Option<bool>, StoreError> {
-        self.call(Call::StreamIsEmpty, |store| store.stream_is_empty(stream))
     }
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
         self.call(Call::StreamStart, |store| store.stream_start(stream))
