@@ -60,9 +60,20 @@ impl Lookup<'_> {
 /// - every snapshot (in its stream's head) decodes and is not ahead of its stream.
 pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let mut lookup = Lookup { db, list: None };
+    check_global_index(db, head, &mut report)?;
+    let stream_versions = check_streams(db, head, &mut report)?;
+    let spilled = check_heads(db, &stream_versions, &mut report)?;
+    check_spilled_entries(db, &spilled, &mut report)?;
+    Ok(report)
+}
 
-    // Global index.
+/// The global index's commits tile positions 1..=head, and every position they name holds an
+/// event record naming that position.
+fn check_global_index(
+    db: &Staged,
+    head: Position,
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
     let mut next = Position(1);
     for entry in db.scan_prefix([keys::GLOBAL]) {
         let (key, value) = entry?;
@@ -118,8 +129,17 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
             ),
         );
     }
+    Ok(())
+}
 
-    // Streams.
+/// Every stream's versions run 1..=n; every record decodes, matches its key, lies within the
+/// head and has a dedupe entry pointing back at it. Returns each stream's last version.
+fn check_streams(
+    db: &Staged,
+    head: Position,
+    report: &mut VerifyReport,
+) -> Result<HashMap<SessionId, Version>, StoreError> {
+    let mut lookup = Lookup { db, list: None };
     let mut stream_versions: HashMap<SessionId, Version> = HashMap::new();
     let mut current: Option<(SessionId, Version)> = None;
     for entry in db.scan_prefix([keys::EVENT]) {
@@ -195,7 +215,17 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
             ),
         );
     }
+    Ok(stream_versions)
+}
 
+/// Every stream head decodes, holds its stream's version, points its dedupe entries at
+/// existing events, and holds a snapshot that decodes and is not ahead of its stream. Returns
+/// which heads are spilled.
+fn check_heads(
+    db: &Staged,
+    stream_versions: &HashMap<SessionId, Version>,
+    report: &mut VerifyReport,
+) -> Result<HashMap<SessionId, bool>, StoreError> {
     let check_snapshot = |report: &mut VerifyReport, session: &SessionId, bytes: &[u8]| {
         report.snapshots += 1;
         let what = format!("snapshot of `{session}`");
@@ -216,7 +246,6 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
         }
     };
 
-    // Stream heads: dedupe lists and snapshots.
     let mut spilled: HashMap<SessionId, bool> = HashMap::new();
     for entry in db.scan_prefix([keys::LIST]) {
         let (key, value) = entry?;
@@ -230,7 +259,7 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
         let list = match DedupeList::decode(&session, &value) {
             Ok((list, snapshot)) => {
                 if let Some(bytes) = snapshot {
-                    check_snapshot(&mut report, &session, bytes);
+                    check_snapshot(report, &session, bytes);
                 }
                 list
             }
@@ -252,11 +281,18 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
         spilled.insert(session.clone(), list.spilled);
         for (dedupe, target) in list.entries {
             let what = format!("dedupe entry {dedupe} of `{session}` (in its list)");
-            check_target(db, &mut report, &what, &target.hit(&session))?;
+            check_target(db, report, &what, &target.hit(&session))?;
         }
     }
+    Ok(spilled)
+}
 
-    // Dedupe entries under `D` keys.
+/// Every `D` key belongs to a spilled head and points at an existing event.
+fn check_spilled_entries(
+    db: &Staged,
+    spilled: &HashMap<SessionId, bool>,
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
     for entry in db.scan_prefix([keys::DEDUPE]) {
         let (key, value) = entry?;
         let (session, dedupe) = match keys::parse_dedupe_key(&key) {
@@ -274,12 +310,11 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
             );
         }
         match keys::parse_dedupe_value(&session, &dedupe, &value) {
-            Ok(hit) => check_target(db, &mut report, &what, &hit)?,
+            Ok(hit) => check_target(db, report, &what, &hit)?,
             Err(error) => report.problems.push(error.into()),
         }
     }
-
-    Ok(report)
+    Ok(())
 }
 
 /// Reports a dedupe entry that points at nothing, or at an event with another position.

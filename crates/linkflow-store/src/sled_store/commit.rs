@@ -1,0 +1,231 @@
+//! A commit on sled: the heads it reads for its checks, and the frame it writes.
+
+use std::collections::HashMap;
+
+use linkflow_core::{SessionId, Version};
+
+use crate::check::{check_commit, CheckedEvent, CheckedSnapshot, StoredLog};
+use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
+use crate::error::StoreError;
+use crate::keys::{self, Run};
+use crate::record::{pack_events, DedupeKey, MAX_PACKED_BYTES};
+use crate::staged::Wait;
+use crate::store::{Commit, EventStore, Receipt};
+use crate::wal::{self, Payload};
+
+use super::maintenance::raise;
+use super::SledStore;
+
+/// A dedupe entry a commit adds.
+struct NewEntry {
+    key: DedupeKey,
+    target: Target,
+}
+
+/// A stream's `K` value as read: its decoded dedupe list and the raw value (for its snapshot,
+/// which a commit without a new snapshot carries over).
+pub(super) struct Head {
+    pub(super) list: DedupeList,
+    pub(super) value: sled::IVec,
+}
+
+/// The stored log as a commit in progress reads it. Each stream's head is read once and kept
+/// for the commit's writes.
+struct SledReads<'a> {
+    store: &'a SledStore,
+    heads: HashMap<SessionId, Option<Head>>,
+}
+
+impl SledReads<'_> {
+    fn head(&mut self, stream: &SessionId) -> Result<Option<&Head>, StoreError> {
+        if !self.heads.contains_key(stream) {
+            let head = self.store.head_value(stream)?;
+            self.heads.insert(stream.clone(), head);
+        }
+        Ok(self.heads.get(stream).and_then(Option::as_ref))
+    }
+
+    fn list(&mut self, stream: &SessionId) -> Result<Option<&DedupeList>, StoreError> {
+        Ok(self.head(stream)?.map(|head| &head.list))
+    }
+
+    /// The stream's head, taken out for the commit's write of it (its last use): the list is
+    /// moved, not copied.
+    fn take_head(&mut self, stream: &SessionId) -> Result<Option<Head>, StoreError> {
+        match self.heads.remove(stream) {
+            Some(head) => Ok(head),
+            None => self.store.head_value(stream),
+        }
+    }
+}
+
+impl StoredLog for SledReads<'_> {
+    /// The head holds the stream's version, and the commit has read the head already for
+    /// its dedupe checks: no read here.
+    fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
+        Ok(self
+            .list(stream)?
+            .map_or(Version::EMPTY, |list| list.version))
+    }
+
+    fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError> {
+        let store = self.store;
+        let list = self.list(stream)?;
+        Ok(store.lookup(stream, list, key)?.is_some())
+    }
+}
+
+impl SledStore {
+    /// Checks `commit` against the heads it touches, writes it as one frame of the log
+    /// (staged, where reads see it), and answers its receipt.
+    pub(super) fn commit_unguarded(&self, commit: Commit) -> Result<Receipt, StoreError> {
+        let mut writer = self.writer();
+        // Fail-stop: after the disk failed, nothing more is committed (or acknowledged); nor
+        // after the store was closed (checked under the writer lock `close` takes).
+        self.health()?;
+        // What earlier syncs made durable and nobody applied yet (the engine's sync threads
+        // usually have, after answering) goes to sled first, unless another thread is at it: a
+        // store used without `after_sync` keeps only the last commit or two staged.
+        self.staged.apply(self.wal.durable_seq(), Wait::No)?;
+        let mut reads = SledReads {
+            store: self,
+            heads: HashMap::new(),
+        };
+        let checked = check_commit(commit, writer.head, &mut reads)?;
+        // The payload's buffer is reused from commit to commit: a commit of 1,000 events
+        // writes about a megabyte, and a fresh buffer each time left the allocator holding
+        // tens of megabytes it had grown into.
+        let mut frame = self.staged.take_payload();
+        let entries = write_events(&mut frame, &checked.events);
+        write_heads(&mut frame, &mut reads, entries, &checked.snapshots)?;
+        self.stage(frame)?;
+        writer.head = checked.receipt.head;
+        Ok(checked.receipt)
+    }
+
+    /// Stages a commit's frame (where reads see it) and hands it to the log: nothing applies a
+    /// frame before a sync of the log covers it. An empty commit writes no frame.
+    fn stage(&self, frame: Payload) -> Result<(), StoreError> {
+        if frame.as_bytes().is_empty() {
+            self.staged.give_back(frame);
+            return Ok(());
+        }
+        let seq = self.wal.next_seq();
+        let payload = self.staged.add(seq, frame)?;
+        if self.wal.append(seq, &payload) > wal::PENDING_LIMIT {
+            raise(&self.maintenance.signal, |signal| signal.write = true);
+        }
+        Ok(())
+    }
+}
+
+/// A commit's dedupe entries, stream by stream in order of first appearance.
+type Entries = Vec<(SessionId, Vec<NewEntry>)>;
+
+/// Writes a commit's events: one run per stream of consecutive positions, its events under as
+/// few `S` keys as [`MAX_PACKED_BYTES`] allows, and one global index key for the commit.
+/// Returns the dedupe entries the events add.
+fn write_events(frame: &mut Payload, events: &[CheckedEvent]) -> Entries {
+    let mut entries: Entries = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut pack: Vec<&CheckedEvent> = Vec::new();
+    for event in events {
+        let extends = pack.last().is_some_and(|last| {
+            last.stream == event.stream && last.version.next() == event.version
+        }) && pack.iter().map(|event| event.record.len()).sum::<usize>()
+            + event.record.len()
+            <= MAX_PACKED_BYTES;
+        if !extends {
+            put_pack(frame, &mut pack);
+        }
+        pack.push(event);
+        let entry = NewEntry {
+            key: event.dedupe_key,
+            target: Target {
+                version: event.version,
+                position: event.position,
+            },
+        };
+        match entries.iter_mut().find(|(known, _)| *known == event.stream) {
+            Some((_, list)) => list.push(entry),
+            None => entries.push((event.stream.clone(), vec![entry])),
+        }
+        match runs.last_mut() {
+            Some(run) if run.stream == event.stream => run.events += 1,
+            _ => runs.push(Run {
+                stream: event.stream.clone(),
+                first_version: event.version,
+                events: 1,
+            }),
+        }
+    }
+    put_pack(frame, &mut pack);
+    if let Some(first) = events.first() {
+        frame.insert(&keys::global_key(first.position), &keys::runs_value(&runs));
+    }
+    entries
+}
+
+/// Writes the events of `pack` (consecutive versions of one stream) under the first one's key,
+/// and empties it.
+fn put_pack(frame: &mut Payload, pack: &mut Vec<&CheckedEvent>) {
+    match pack.as_slice() {
+        [] => {}
+        [event] => frame.insert(
+            &keys::event_key(&event.stream, event.version),
+            &event.record,
+        ),
+        [first, ..] => {
+            let records: Vec<&[u8]> = pack.iter().map(|event| &*event.record).collect();
+            frame.insert(
+                &keys::event_key(&first.stream, first.version),
+                &pack_events(&records),
+            );
+        }
+    }
+    pack.clear();
+}
+
+/// Writes the head of every stream the commit touches, once: its version, its dedupe entries
+/// (spilled to `D` keys past [`LIST_MAX`]) and its snapshot (the commit's, else the one it
+/// held).
+fn write_heads(
+    frame: &mut Payload,
+    reads: &mut SledReads<'_>,
+    mut entries: Entries,
+    snapshots: &[CheckedSnapshot],
+) -> Result<(), StoreError> {
+    let mut new_snapshots: HashMap<&SessionId, &[u8]> = HashMap::new();
+    for snapshot in snapshots {
+        if !entries.iter().any(|(known, _)| *known == snapshot.stream) {
+            entries.push((snapshot.stream.clone(), Vec::new()));
+        }
+        new_snapshots.insert(&snapshot.stream, &snapshot.record);
+    }
+    for (stream, new_entries) in entries {
+        let (mut list, old_value) = match reads.take_head(&stream)? {
+            Some(Head { list, value }) => (list, Some(value)),
+            None => (DedupeList::default(), None),
+        };
+        let snapshot = match (new_snapshots.get(&stream), &old_value) {
+            (Some(record), _) => Some(*record),
+            (None, Some(value)) => DedupeList::snapshot_encoded(&stream, value)?,
+            (None, None) => None,
+        };
+        for NewEntry { key, target } in new_entries {
+            list.version = list.version.max(target.version);
+            list.set(key, target);
+        }
+        if list.entries.len() > LIST_MAX {
+            for (key, target) in list.entries.drain(..) {
+                frame.insert(
+                    &keys::dedupe_key(&stream, &key),
+                    &keys::dedupe_value(&target.hit(&stream)),
+                );
+            }
+            list.spilled = true;
+        }
+        frame.insert(&keys::list_key(&stream), &list.encode(snapshot));
+    }
+    Ok(())
+}
