@@ -1,30 +1,41 @@
 //! PostgreSQL errors as [`StoreError`]s.
 
-use linkflow_store::{CorruptRecord, StoreError};
+use linkflow_store::{CorruptRecord, DatabaseError, DatabaseFailure, StoreError};
 
-/// A driver or server error, with the server's code, message, detail and constraint when there
-/// are some.
+/// A driver or server error, typed by the server's SQLSTATE, with its message, detail and
+/// constraint when there are some.
 pub(crate) fn backend(error: tokio_postgres::Error) -> StoreError {
-    match error.as_db_error() {
+    let (sqlstate, message) = match error.as_db_error() {
         Some(db) => {
-            let mut text = format!("PostgreSQL {}: {}", db.code().code(), db.message());
+            let mut text = db.message().to_owned();
             if let Some(detail) = db.detail() {
                 text.push_str(&format!(" ({detail})"));
             }
             if let Some(constraint) = db.constraint() {
                 text.push_str(&format!(" [constraint {constraint}]"));
             }
-            StoreError::Backend(text)
+            (Some(db.code().code().to_owned()), text)
         }
-        None => StoreError::Backend(format!("PostgreSQL: {error}")),
-    }
+        None => (None, error.to_string()),
+    };
+    StoreError::Database(DatabaseError {
+        failure: DatabaseFailure::of_sqlstate(sqlstate.as_deref()),
+        sqlstate,
+        message,
+    })
+}
+
+/// The database is unreachable for a reason the driver does not give as an error.
+pub(crate) fn unreachable(message: &str) -> StoreError {
+    StoreError::Database(DatabaseError {
+        failure: DatabaseFailure::Unreachable,
+        sqlstate: None,
+        message: message.to_owned(),
+    })
 }
 
 pub(crate) fn schema_too_new(found: i32, known: i32) -> StoreError {
-    StoreError::Backend(format!(
-        "the database's linkflow schema is at version {found}; this build knows up to {known}: \
-         upgrade linkflow before opening it"
-    ))
+    StoreError::SchemaTooNew { found, known }
 }
 
 /// A column that does not fit the type linkflow reads it as.

@@ -107,7 +107,7 @@ impl Bridge {
             .enable_all()
             .build()
             .map_err(|error| {
-                StoreError::Backend(format!("cannot start the PostgreSQL runtime: {error}"))
+                StoreError::Internal(format!("cannot start the PostgreSQL runtime: {error}"))
             })?;
         let handle = runtime.handle().clone();
         Ok(Bridge {
@@ -130,7 +130,7 @@ impl Bridge {
             let _ = done.send(future.await);
         });
         answer.recv().map_err(|_| {
-            StoreError::Backend("the PostgreSQL runtime stopped before answering".into())
+            StoreError::Internal("the PostgreSQL runtime stopped before answering".into())
         })?
     }
 }

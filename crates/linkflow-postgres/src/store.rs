@@ -63,9 +63,8 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn to_i64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value)
-        .map_err(|_| StoreError::Backend(format!("{what} {value} exceeds PostgreSQL's bigint")))
+fn to_i64(value: u64, what: &'static str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
 }
 
 fn to_u64(value: i64, record: impl FnOnce() -> String) -> Result<u64, StoreError> {
@@ -117,10 +116,9 @@ impl PgStore {
 
     /// Connects with `options`, creating or migrating the schema.
     pub fn open_with(options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: Config = options
-            .url
-            .parse()
-            .map_err(|error| StoreError::Backend(format!("invalid PostgreSQL URL: {error}")))?;
+        let mut config: Config = options.url.parse().map_err(|error| {
+            StoreError::InvalidConfig(format!("invalid PostgreSQL URL: {error}"))
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
@@ -478,7 +476,7 @@ async fn watch_once(
         match tokio::time::timeout(WATCH_POLL, notifications.recv()).await {
             Ok(Some(Some(head))) => wake(Position(head)),
             Ok(Some(None)) => {}
-            Ok(None) => return Err(StoreError::Backend("the LISTEN connection closed".into())),
+            Ok(None) => return Err(crate::error::unreachable("the LISTEN connection closed")),
             Err(_) => wake(read_head(&client).await?),
         }
     }
@@ -617,7 +615,7 @@ impl EventStore for PgStore {
             vec![Box::new(stream.to_string())],
         )?;
         let Some(row) = rows.first() else {
-            return Err(StoreError::Backend(
+            return Err(StoreError::Internal(
                 "a query of one row answered none".into(),
             ));
         };
@@ -723,7 +721,7 @@ impl EventStore for PgStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *watching {
-            return Err(StoreError::Backend(
+            return Err(StoreError::Internal(
                 "this store already has a commit watcher".into(),
             ));
         }

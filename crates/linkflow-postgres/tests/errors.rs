@@ -2,10 +2,12 @@
 
 use linkflow_postgres::testing::TestCluster;
 use linkflow_postgres::{PgOptions, PgStore};
+use linkflow_store::{DatabaseError, DatabaseFailure, StoreError};
 
 #[test]
 fn an_invalid_url_is_a_clear_error() {
     let error = PgStore::open("postgres://user@host:notaport/db").unwrap_err();
+    assert!(matches!(error, StoreError::InvalidConfig(_)), "{error:?}");
     assert!(
         error.to_string().contains("invalid PostgreSQL URL"),
         "{error}"
@@ -24,6 +26,17 @@ fn a_server_that_does_not_answer_is_an_error_not_a_hang_or_panic() {
     options.connect_timeout = std::time::Duration::from_secs(2);
     let error = PgStore::open_with(options).unwrap_err();
     assert!(error.to_string().contains("PostgreSQL"), "{error}");
+    assert!(
+        matches!(
+            error,
+            StoreError::Database(DatabaseError {
+                failure: DatabaseFailure::Unreachable,
+                sqlstate: None,
+                ..
+            })
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -39,6 +52,10 @@ fn a_schema_from_a_newer_linkflow_is_refused_and_left_alone() {
         "INSERT INTO linkflow_schema (version) VALUES (99)",
     );
     let error = PgStore::open(&url).unwrap_err();
+    assert!(
+        matches!(error, StoreError::SchemaTooNew { found: 99, .. }),
+        "{error:?}"
+    );
     let text = error.to_string();
     assert!(text.contains("version 99"), "{text}");
     assert!(text.contains("upgrade linkflow"), "{text}");
@@ -46,5 +63,50 @@ fn a_schema_from_a_newer_linkflow_is_refused_and_left_alone() {
         cluster.psql(database, "SELECT count(*) FROM linkflow_schema"),
         "2",
         "nothing was migrated"
+    );
+}
+
+/// A server error keeps its SQLSTATE, typed: here the store's events table renamed behind its
+/// back, so that its read fails on the server (42P01, undefined table).
+#[test]
+fn a_server_error_is_typed_by_its_sqlstate() {
+    use linkflow_store::EventStore;
+    for (code, failure) in [
+        (None, DatabaseFailure::Unreachable),
+        (Some("08006"), DatabaseFailure::Unreachable),
+        (Some("40001"), DatabaseFailure::SerializationFailure),
+        (Some("40P01"), DatabaseFailure::DeadlockDetected),
+        (Some("23505"), DatabaseFailure::UniqueViolation),
+        (Some("53100"), DatabaseFailure::DiskFull),
+        (Some("57P01"), DatabaseFailure::ShuttingDown),
+        (Some("25006"), DatabaseFailure::ReadOnly),
+        (Some("42P01"), DatabaseFailure::Other),
+    ] {
+        assert_eq!(DatabaseFailure::of_sqlstate(code), failure, "{code:?}");
+    }
+    let Some(cluster) = TestCluster::shared_or_skip("sqlstate") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let store = PgStore::open(&url).unwrap();
+    let database = url.rsplit('/').next().unwrap();
+    cluster.psql(database, "ALTER TABLE linkflow_events RENAME TO gone");
+    let error = store
+        .read_all(linkflow_core::Position::START, 10)
+        .unwrap_err();
+    match &error {
+        StoreError::Database(DatabaseError {
+            failure: DatabaseFailure::Other,
+            sqlstate: Some(code),
+            message,
+        }) => {
+            assert_eq!(code, "42P01");
+            assert!(message.contains("linkflow_events"), "{message}");
+        }
+        other => panic!("expected a typed database error, got {other:?}"),
+    }
+    assert!(
+        error.to_string().starts_with("PostgreSQL 42P01: "),
+        "{error}"
     );
 }

@@ -102,9 +102,36 @@ pub enum StoreError {
         /// The directory.
         path: String,
     },
-    /// The storage backend failed.
-    #[error("storage backend error: {0}")]
-    Backend(String),
+    /// The database server (PostgreSQL) refused or failed an operation, or could not be
+    /// reached.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    /// The database holds a linkflow schema newer than this build knows: nothing was changed.
+    #[error("the database's linkflow schema is at version {found}; this build knows up to {known}: upgrade linkflow before opening it")]
+    SchemaTooNew {
+        /// The database's schema version.
+        found: i32,
+        /// The newest this build knows.
+        known: i32,
+    },
+    /// The store's configuration cannot be used (a PostgreSQL URL that does not parse).
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
+    /// A number does not fit where the store keeps it (a position past PostgreSQL's bigint).
+    #[error("{what} {value} does not fit the store")]
+    OutOfRange {
+        /// What the number is.
+        what: &'static str,
+        /// The number.
+        value: u64,
+    },
+    /// sled failed without naming damage (an unsupported operation, a bug it reports).
+    #[error("sled failed: {0}")]
+    Sled(String),
+    /// A thread or runtime the store or the engine needs has stopped, or broke a rule it
+    /// keeps (answered the wrong number of results, a second commit watcher).
+    #[error("internal failure: {0}")]
+    Internal(String),
     /// A file operation failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -130,7 +157,68 @@ impl From<sled::Error> for StoreError {
                 format!("sled page at {at:?}"),
                 "sled reported corruption",
             )),
-            other => StoreError::Backend(other.to_string()),
+            other => StoreError::Sled(other.to_string()),
         }
     }
+}
+
+/// What kind of database failure a [`DatabaseError`] is: PostgreSQL's SQLSTATE codes that
+/// call for different handling, as variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DatabaseFailure {
+    /// The server could not be reached or the connection broke (no SQLSTATE, or class 08).
+    Unreachable,
+    /// 40001: the transaction could not be serialized; retrying it may succeed.
+    SerializationFailure,
+    /// 40P01: a deadlock was detected; retrying may succeed.
+    DeadlockDetected,
+    /// 23505: a unique constraint was violated.
+    UniqueViolation,
+    /// 53100: the server's disk is full.
+    DiskFull,
+    /// 53200: the server is out of memory.
+    OutOfMemory,
+    /// 53300: the server takes no more connections.
+    TooManyConnections,
+    /// 57014: the statement was canceled (a timeout).
+    QueryCanceled,
+    /// 57P01, 57P02, 57P03: the server is shutting down or not accepting connections yet.
+    ShuttingDown,
+    /// 25006: the server is read-only (a standby).
+    ReadOnly,
+    /// Any other SQLSTATE.
+    Other,
+}
+
+impl DatabaseFailure {
+    /// The kind of failure a SQLSTATE code names (`None`: no code, a connection failure).
+    pub fn of_sqlstate(code: Option<&str>) -> DatabaseFailure {
+        match code {
+            None => DatabaseFailure::Unreachable,
+            Some(code) if code.starts_with("08") => DatabaseFailure::Unreachable,
+            Some("40001") => DatabaseFailure::SerializationFailure,
+            Some("40P01") => DatabaseFailure::DeadlockDetected,
+            Some("23505") => DatabaseFailure::UniqueViolation,
+            Some("53100") => DatabaseFailure::DiskFull,
+            Some("53200") => DatabaseFailure::OutOfMemory,
+            Some("53300") => DatabaseFailure::TooManyConnections,
+            Some("57014") => DatabaseFailure::QueryCanceled,
+            Some("57P01" | "57P02" | "57P03") => DatabaseFailure::ShuttingDown,
+            Some("25006") => DatabaseFailure::ReadOnly,
+            Some(_) => DatabaseFailure::Other,
+        }
+    }
+}
+
+/// A failure of the database server, typed by its SQLSTATE, with the server's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PostgreSQL{}: {message}", match sqlstate { Some(code) => format!(" {code}"), None => String::new() })]
+pub struct DatabaseError {
+    /// What kind of failure it is.
+    pub failure: DatabaseFailure,
+    /// The SQLSTATE code, when the server answered one.
+    pub sqlstate: Option<String>,
+    /// The server's message (with its detail and constraint), or the driver's.
+    pub message: String,
 }

@@ -14,7 +14,9 @@
 //! - `keys`: the sled key layout (see `docs/storage.md`); `dedupe_list`: a stream's dedupe
 //!   entries in one value.
 //! - [`sled_store`]: the sled backend; `verify`: its consistency walk.
-//! - [`error`]: [`StoreError`] and [`CorruptRecord`].
+//! - [`error`]: [`StoreError`] (typed variants, none a bare string of another layer's error),
+//!   [`CorruptRecord`], and [`DatabaseError`] with its [`DatabaseFailure`] (PostgreSQL's
+//!   SQLSTATE codes as variants).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -34,7 +36,7 @@ mod wal;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use error::{CorruptRecord, StoreError};
+pub use error::{CorruptRecord, DatabaseError, DatabaseFailure, StoreError};
 pub use record::{
     DedupeKey, NewEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES, SCHEMA_VERSION,
 };

@@ -47,7 +47,7 @@ impl Watch for Gate {
         }
         if state.fail {
             state.log.push("synced");
-            return Err(StoreError::Backend("the disk said no".into()));
+            return Err(StoreError::Internal("the disk said no".into()));
         }
         Ok(())
     }

@@ -156,7 +156,7 @@ pub(crate) fn run_writer(
             Ok(syncer) => syncers.push(syncer),
             // Fewer sync threads only make syncs wait longer; none makes nothing durable.
             Err(error) if syncers.is_empty() => {
-                let error = EngineError::from(StoreError::Backend(format!(
+                let error = EngineError::from(StoreError::Internal(format!(
                     "cannot start the sync thread: {error}"
                 )));
                 while let Some(request) = requests.blocking_recv() {
@@ -352,7 +352,7 @@ fn process_group(
         match receipt {
             Ok(appended) if appended.len() != appends => {
                 evict(shared, plan.sessions.keys());
-                let error = StoreError::Backend(format!(
+                let error = StoreError::Internal(format!(
                     "the store placed {} events of a commit of {appends}",
                     appended.len()
                 ));
@@ -528,7 +528,7 @@ fn complete_group(
             }) {
                 // Every sync thread is gone (they panicked): nothing can be made durable.
                 let error =
-                    EngineError::from(StoreError::Backend("the sync thread has stopped".into()));
+                    EngineError::from(StoreError::Internal("the sync thread has stopped".into()));
                 answer(replies, &Err(error));
             }
         }
