@@ -67,12 +67,8 @@ impl Output {
     }
 
     /// An unsigned integer as a LEB128 varint (1 byte below 128).
-    pub fn varint(&mut self, mut value: u64) {
-        while value >= 0x80 {
-            self.0.push((value as u8) | 0x80);
-            value >>= 7;
-        }
-        self.0.push(value as u8);
+    pub fn varint(&mut self, value: u64) {
+        put_varint(&mut self.0, value);
     }
 
     /// A string: its length, then its bytes.
@@ -114,6 +110,38 @@ impl Output {
             }
         }
     }
+}
+
+/// Appends `value` as an unsigned LEB128 varint (7 bits a byte, low first, the high bit set on
+/// every byte but the last): the one varint of every linkflow binary form (the compact state,
+/// the store's records and stream heads).
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// What a varint [`take_varint`] refuses is.
+pub const VARINT_ERROR: &str = "a varint cut short, longer than 10 bytes, or past 64 bits";
+
+/// Reads an unsigned LEB128 varint from the front of `bytes` and moves past it. `None` (and
+/// `bytes` as it was) when it is cut short, longer than 10 bytes, or past 64 bits.
+pub fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (index, byte) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        if index == 9 && bits > 1 {
+            return None;
+        }
+        value |= bits << (7 * index);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[index + 1..];
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Reads compact forms, naming the field and offset of anything wrong.
@@ -169,19 +197,10 @@ impl<'a> Input<'a> {
 
     /// A varint.
     pub fn varint(&mut self, what: &'static str) -> Result<u64, CompactError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.u8(what)?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(self.error(what, "varint overflows 64 bits"));
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(self.error(what, "varint longer than 10 bytes"))
+        let mut rest = &self.bytes[self.at..];
+        let value = take_varint(&mut rest).ok_or_else(|| self.error(what, VARINT_ERROR))?;
+        self.at = self.bytes.len() - rest.len();
+        Ok(value)
     }
 
     /// A varint that must fit a `u32`.

@@ -15,6 +15,7 @@
 //! bytes of canonical event for the bench workload's average event (178 as JSON).
 
 use chrono::{DateTime, Utc};
+use linkflow_core::compact::{put_varint, take_varint, VARINT_ERROR};
 use linkflow_core::{from_compact, DedupeKey, EventBody, Position, Provider, SessionId, Version};
 use uuid::Uuid;
 
@@ -47,12 +48,8 @@ impl<'a> Writer<'a> {
         self.out.extend_from_slice(&value.to_be_bytes());
     }
 
-    fn varint(&mut self, mut value: usize) {
-        while value >= 0x80 {
-            self.out.push((value as u8 & 0x7f) | 0x80);
-            value >>= 7;
-        }
-        self.out.push(value as u8);
+    fn varint(&mut self, value: usize) {
+        put_varint(self.out, value as u64);
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
@@ -220,17 +217,12 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, what: &str) -> Result<usize, CorruptRecord> {
-        let mut value: usize = 0;
-        for shift in (0..usize::BITS).step_by(7) {
-            let byte = self.u8(what)?;
-            value |= usize::from(byte & 0x7f)
-                .checked_shl(shift)
-                .ok_or_else(|| self.error(what, "length overflows"))?;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(self.error(what, "length overflows"))
+        let mut rest = &self.bytes[self.at..];
+        let value = take_varint(&mut rest)
+            .and_then(|value| usize::try_from(value).ok())
+            .ok_or_else(|| self.error(what, VARINT_ERROR))?;
+        self.at = self.bytes.len() - rest.len();
+        Ok(value)
     }
 
     fn bytes(&mut self, what: &str) -> Result<&'a [u8], CorruptRecord> {

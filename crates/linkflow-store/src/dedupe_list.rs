@@ -18,6 +18,7 @@
 //! entry = [16](dedupe key) 'A' varint(version) varint(position)
 //! ```
 
+use linkflow_core::compact::{put_varint as varint, take_varint as read_varint};
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
 
 use crate::error::CorruptRecord;
@@ -241,31 +242,6 @@ impl Iterator for Entries<'_, '_> {
         }
         Some(entry)
     }
-}
-
-fn varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = bytes.split_first()?;
-        *bytes = rest;
-        let part = u64::from(byte & 0x7f);
-        if shift == 63 && part > 1 {
-            return None;
-        }
-        value |= part << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
