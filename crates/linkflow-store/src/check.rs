@@ -9,7 +9,10 @@ use std::collections::{HashMap, HashSet};
 use linkflow_core::{Position, SessionId, Version};
 
 use crate::error::StoreError;
-use crate::record::{encode_event, encode_snapshot, DedupeKey, StoredEvent, MAX_RECORD_BYTES};
+use crate::record::{
+    decode_event_record, decode_snapshot_record, encode_event, encode_snapshot, DedupeKey,
+    StoredEvent, MAX_RECORD_BYTES,
+};
 use crate::store::{Append, Commit, Placed, Receipt};
 
 /// What the log held before the commit, as far as its constraints ask.
@@ -136,6 +139,10 @@ fn check_snapshots(
         if record.len() > MAX_RECORD_BYTES {
             return Err(too_large(stream, record.len()));
         }
+        debug_assert_eq!(
+            decode_snapshot_record("a snapshot about to be written", &record).as_ref(),
+            Ok(&snapshot)
+        );
         let entry = CheckedSnapshot {
             version: snapshot.version,
             stream: stream.clone(),
@@ -194,6 +201,12 @@ fn number(
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(too_large(record.stream, bytes.len()));
         }
+        // Asserted right before writing (in debug builds and tests): the bytes read back as the
+        // record. Reads check every record's checksum and its key right after reading.
+        debug_assert_eq!(
+            decode_event_record("a record about to be written", &bytes).as_ref(),
+            Ok(&record)
+        );
         placed[index] = Placed {
             version: record.version,
             position,
