@@ -478,8 +478,35 @@ struct Spare {
     capacity: u64,
 }
 
+/// The file I/O of a segment the log writes: the real file, or in tests a simulated disk that
+/// fails a write or a sync at a seeded point and keeps what a crash would leave.
+pub(crate) trait SegmentIo: Send + Sync {
+    /// Writes all of `bytes` at the file's position (or fails, having written a prefix).
+    fn write_all(&self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Makes what was written durable.
+    fn sync_data(&self) -> std::io::Result<()>;
+}
+
+impl SegmentIo for File {
+    fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut file: &File = self;
+        Write::write_all(&mut file, bytes)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+/// Turns a segment file the log opened into the I/O it writes through.
+pub(crate) type OpenIo = Arc<dyn Fn(File, &Path) -> Arc<dyn SegmentIo> + Send + Sync>;
+
+fn real_io() -> OpenIo {
+    Arc::new(|file, _| Arc::new(file))
+}
+
 struct Segments {
-    file: Arc<File>,
+    file: Arc<dyn SegmentIo>,
     path: PathBuf,
     index: u64,
     /// Bytes written to the current segment.
@@ -503,6 +530,7 @@ struct Segments {
 pub(crate) struct Wal {
     dir: PathBuf,
     segment_bytes: u64,
+    io: OpenIo,
     pending: Mutex<Pending>,
     segments: Mutex<Segments>,
     /// The last frame a finished sync covers.
@@ -529,6 +557,17 @@ impl Wal {
         next_seq: u64,
         segment_bytes: u64,
         preallocate: bool,
+    ) -> Result<Wal, StoreError> {
+        Wal::start_on(dir, next_seq, segment_bytes, preallocate, real_io())
+    }
+
+    /// [`Wal::start`], writing its segments through `io`.
+    pub(crate) fn start_on(
+        dir: &Path,
+        next_seq: u64,
+        segment_bytes: u64,
+        preallocate: bool,
+        io: OpenIo,
     ) -> Result<Wal, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         if let Some(parent) = dir.parent() {
@@ -557,9 +596,11 @@ impl Wal {
         let spare = spares.pop();
         let capacity = spare.as_ref().map_or(0, |spare| spare.capacity);
         let (file, path) = open_segment(dir, next_index, spare.map(|spare| spare.path))?;
+        let file = io(file, &path);
         Ok(Wal {
             dir: dir.to_path_buf(),
             segment_bytes,
+            io,
             pending: Mutex::new(Pending {
                 bytes: Vec::new(),
                 next_seq,
@@ -567,7 +608,7 @@ impl Wal {
             }),
             durable: AtomicU64::new(next_seq - 1),
             segments: Mutex::new(Segments {
-                file: Arc::new(file),
+                file,
                 path,
                 index: next_index,
                 offset: 0,
@@ -629,7 +670,7 @@ impl Wal {
         let mut retired = false;
         if !bytes.is_empty() {
             let file = Arc::clone(&segments.file);
-            if let Err(error) = (&*file).write_all(&bytes) {
+            if let Err(error) = file.write_all(&bytes) {
                 segments.broken = Some(error.to_string());
                 return Err(io_error(&segments.path)(error));
             }
@@ -690,9 +731,9 @@ impl Wal {
                 return Err(error);
             }
         };
+        segments.file = (self.io)(file, &path);
         let old = std::mem::replace(&mut segments.path, path);
         segments.retired.push(Retired { path: old });
-        segments.file = Arc::new(file);
         segments.index = index;
         segments.offset = 0;
         segments.capacity = capacity;
@@ -983,6 +1024,217 @@ mod tests {
             seen.get("damage").copied().unwrap_or(0) > count / 4,
             "{seen:?}"
         );
+    }
+
+    /// What the simulated disk is told to do at its seeded operation.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum DiskFault {
+        /// A write fails with EIO after a prefix of its bytes reached the file.
+        WriteEio,
+        /// A write fails with ENOSPC after a prefix of its bytes reached the file.
+        WriteEnospc,
+        /// A sync fails with EIO; what it was to make durable may or may not be.
+        SyncEio,
+        /// Nothing fails: the process dies after the operation.
+        Crash,
+    }
+
+    /// The simulated disk's state, shared by every segment it opened.
+    struct SimDisk {
+        rng: Seeded,
+        /// Operations (writes and syncs) so far, and the one the fault strikes.
+        ops: u64,
+        fault_at: u64,
+        fault: DiskFault,
+        /// Set once the fault struck: every operation after it is refused (the process died,
+        /// or the log must stop).
+        struck: bool,
+        /// Per segment: bytes written, and bytes a sync made durable (a crash keeps those).
+        written: BTreeMap<PathBuf, u64>,
+        durable: BTreeMap<PathBuf, u64>,
+    }
+
+    struct SimFile {
+        file: File,
+        path: PathBuf,
+        disk: Arc<Mutex<SimDisk>>,
+    }
+
+    impl SegmentIo for SimFile {
+        fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+            let mut disk = lock(&self.disk);
+            disk.ops += 1;
+            let failing = match disk.fault {
+                DiskFault::WriteEio => Some(5),
+                DiskFault::WriteEnospc => Some(28),
+                _ => None,
+            };
+            let (keep, result) = match failing {
+                Some(code) if disk.ops == disk.fault_at => {
+                    disk.struck = true;
+                    let keep = disk.rng.below(bytes.len() as u64 + 1) as usize;
+                    (keep, Err(std::io::Error::from_raw_os_error(code)))
+                }
+                _ if disk.struck => (0, Err(std::io::Error::from_raw_os_error(5))),
+                _ => (bytes.len(), Ok(())),
+            };
+            SegmentIo::write_all(&self.file, &bytes[..keep])?;
+            *disk.written.entry(self.path.clone()).or_default() += keep as u64;
+            if disk.ops == disk.fault_at && disk.fault == DiskFault::Crash {
+                disk.struck = true;
+            }
+            result
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            let mut disk = lock(&self.disk);
+            disk.ops += 1;
+            let written = disk.written.get(&self.path).copied().unwrap_or(0);
+            if disk.struck {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            if disk.ops == disk.fault_at && disk.fault == DiskFault::SyncEio {
+                disk.struck = true;
+                // After a failed fsync the written bytes may or may not be on the disk.
+                if disk.rng.below(2) == 0 {
+                    disk.durable.insert(self.path.clone(), written);
+                }
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            disk.durable.insert(self.path.clone(), written);
+            if disk.ops == disk.fault_at && disk.fault == DiskFault::Crash {
+                disk.struck = true;
+            }
+            Ok(())
+        }
+    }
+
+    /// One seeded point of the simulated disk: frames appended and synced at random through a
+    /// log whose segments are small (so that frames cross segments), until the disk's fault
+    /// strikes (a write or sync failing with EIO or ENOSPC, or the process dying). Then the
+    /// crash image (every segment cut to what its syncs made durable) is recovered and checked
+    /// against the model (the frames whose sync returned `Ok`): every acknowledged frame is
+    /// there exactly once and whole, nothing unacknowledged is there in part, nothing is taken
+    /// for damage, and after a failed write or sync the log acknowledges nothing more.
+    fn disk_fault_point(seed: u64) -> Result<DiskFault, String> {
+        let mut rng = Seeded(seed ^ 0x5EED_D15C);
+        let fault = match rng.below(4) {
+            0 => DiskFault::WriteEio,
+            1 => DiskFault::WriteEnospc,
+            2 => DiskFault::SyncEio,
+            _ => DiskFault::Crash,
+        };
+        let disk = Arc::new(Mutex::new(SimDisk {
+            rng: Seeded(rng.next()),
+            ops: 0,
+            fault_at: 1 + rng.below(60),
+            fault,
+            struck: false,
+            written: BTreeMap::new(),
+            durable: BTreeMap::new(),
+        }));
+        let theirs = Arc::clone(&disk);
+        let io: OpenIo = Arc::new(move |file, path| {
+            Arc::new(SimFile {
+                file,
+                path: path.to_path_buf(),
+                disk: Arc::clone(&theirs),
+            })
+        });
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let wal = Wal::start_on(dir.path(), 1, 2_048, false, io).map_err(|e| e.to_string())?;
+        let mut appended: Vec<Vec<u8>> = Vec::new();
+        let mut acked = 0u64;
+        let mut failed = false;
+        for seq in 1..=80u64 {
+            let value: Vec<u8> = (0..1 + rng.below(400)).map(|_| rng.next() as u8).collect();
+            wal.append(seq, &payload(&[(b"k", Some(&value))]));
+            appended.push(value);
+            if rng.below(3) == 0 {
+                match wal.sync() {
+                    Ok(_) if failed => return Err("a sync after a failure succeeded".into()),
+                    Ok(_) => acked = seq,
+                    Err(_) => failed = true,
+                }
+            }
+            if lock(&disk).struck && (fault == DiskFault::Crash || failed) {
+                break;
+            }
+        }
+        if failed && wal.sync().is_ok() {
+            return Err("the log acknowledged a sync after a failed write or sync".into());
+        }
+        if wal.durable_seq() > acked && !failed {
+            return Err(format!(
+                "durable_seq {} is past the last acknowledged frame {acked}",
+                wal.durable_seq()
+            ));
+        }
+        // The crash image: each segment as far as its syncs made it durable.
+        let crashed = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let durable = lock(&disk).durable.clone();
+        for (_, path) in segments(dir.path()).map_err(|e| e.to_string())? {
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            let keep = durable.get(&path).copied().unwrap_or(0) as usize;
+            std::fs::write(
+                crashed
+                    .path()
+                    .join(path.file_name().expect("a segment file")),
+                &bytes[..keep.min(bytes.len())],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let read = read_log(crashed.path(), 0).map_err(|e| e.to_string())?;
+        if let Some(damage) = read.damage {
+            return Err(format!(
+                "{fault:?}: a crash image taken for damage: {damage:?}"
+            ));
+        }
+        if (read.frames.len() as u64) < acked {
+            return Err(format!(
+                "{fault:?}: {} frames recovered, {acked} acknowledged",
+                read.frames.len()
+            ));
+        }
+        for (index, frame) in read.frames.iter().enumerate() {
+            let seq = index as u64 + 1;
+            let expected = appended
+                .get(index)
+                .ok_or_else(|| format!("{fault:?}: frame {seq} was never appended"))?;
+            if frame.seq != seq
+                || decode_payload(&frame.payload).map_err(|e| e.to_string())?
+                    != [Write1::Insert(b"k", expected.as_slice())]
+            {
+                return Err(format!("{fault:?}: frame {seq} is not the one appended"));
+            }
+        }
+        Ok(fault)
+    }
+
+    /// Thousands of seeded points of the simulated disk (`LINKFLOW_FAULT_SEEDS` from
+    /// `LINKFLOW_FAULT_SEED_BASE`, as the test above): EIO and ENOSPC on a write or a sync, or
+    /// a crash, at a random operation. A failing seed prints how to replay it.
+    #[test]
+    fn a_failing_disk_never_loses_an_acknowledged_frame_nor_acknowledges_after_failing() {
+        let count: u64 = std::env::var("LINKFLOW_FAULT_SEEDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2_000);
+        let base: u64 = std::env::var("LINKFLOW_FAULT_SEED_BASE")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for seed in base..base + count {
+            match disk_fault_point(seed) {
+                Ok(fault) => *seen.entry(format!("{fault:?}")).or_default() += 1,
+                Err(what) => panic!(
+                    "seed {seed}: {what} (replay: LINKFLOW_FAULT_SEED_BASE={seed} LINKFLOW_FAULT_SEEDS=1)"
+                ),
+            }
+        }
+        eprintln!("disk fault points: {seen:?}");
+        assert_eq!(seen.len(), 4, "every kind of fault was tried: {seen:?}");
     }
 
     #[test]
