@@ -900,6 +900,21 @@ mod tests {
         }
     }
 
+    /// The seeds a fault test runs: `LINKFLOW_FAULT_SEEDS` of them (2,000 by default) from
+    /// `LINKFLOW_FAULT_SEED_BASE` (0).
+    fn fault_seeds() -> (u64, u64) {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default)
+        };
+        (
+            var("LINKFLOW_FAULT_SEED_BASE", 0),
+            var("LINKFLOW_FAULT_SEEDS", 2_000),
+        )
+    }
+
     /// One seeded fault point: frames appended and synced at random, then a crash image of the
     /// segment with one fault, recovered and checked against the model (the frames each sync
     /// acknowledged). The faults: a crash after a sync; a crash inside the last sync (its write
@@ -1002,14 +1017,7 @@ mod tests {
     /// it, never taken for the end of the log. A failing seed prints how to replay it.
     #[test]
     fn seeded_fault_points_never_lose_an_acknowledged_frame_silently() {
-        let count: u64 = std::env::var("LINKFLOW_FAULT_SEEDS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2_000);
-        let base: u64 = std::env::var("LINKFLOW_FAULT_SEED_BASE")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let (base, count) = fault_seeds();
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         for seed in base..base + count {
             match fault_point(seed) {
@@ -1216,14 +1224,7 @@ mod tests {
     /// a crash, at a random operation. A failing seed prints how to replay it.
     #[test]
     fn a_failing_disk_never_loses_an_acknowledged_frame_nor_acknowledges_after_failing() {
-        let count: u64 = std::env::var("LINKFLOW_FAULT_SEEDS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(2_000);
-        let base: u64 = std::env::var("LINKFLOW_FAULT_SEED_BASE")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let (base, count) = fault_seeds();
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
         for seed in base..base + count {
             match disk_fault_point(seed) {

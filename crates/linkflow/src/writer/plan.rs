@@ -451,23 +451,13 @@ impl<'a> Plan<'a> {
                 event.occurred_at = *at;
                 // A key without a stream id was never linked.
                 if let Ok(stream) = account_stream(key) {
-                    let derived = IncomingEvent {
-                        session: stream,
+                    let derived = Derived {
+                        session,
                         provider,
-                        body: EventBody::Account {
-                            account: key.clone(),
-                            event,
-                        },
-                        raw_name: Some(format!("link withdrawn by session {session}")),
-                        raw: None,
-                        event_id: None,
-                        dedupe_key: Some(DedupeKey::derive(&[
-                            b"link_withdrawn",
-                            session.as_str().as_bytes(),
-                            arrival,
-                        ])),
-                        received_at: Some(received_at),
-                    };
+                        arrival,
+                        received_at,
+                    }
+                    .event(stream, key, event, "link_withdrawn");
                     accounts.extend(self.plan_account(&derived, false)?);
                 }
             }
@@ -484,23 +474,13 @@ impl<'a> Plan<'a> {
                         return Ok(accounts);
                     }
                 };
-                let derived = IncomingEvent {
-                    session: stream,
+                let derived = Derived {
+                    session,
                     provider,
-                    body: EventBody::Account {
-                        account: key.clone(),
-                        event,
-                    },
-                    raw_name: Some(format!("linked by session {session}")),
-                    raw: None,
-                    event_id: None,
-                    dedupe_key: Some(DedupeKey::derive(&[
-                        b"linked",
-                        session.as_str().as_bytes(),
-                        arrival,
-                    ])),
-                    received_at: Some(received_at),
-                };
+                    arrival,
+                    received_at,
+                }
+                .event(stream, &key, event, "linked");
                 accounts.extend(self.plan_account(&derived, true)?);
             }
             Link::Missing(reason) if !matches!(before, Link::Missing(_)) => {
@@ -599,4 +579,48 @@ fn account_stream(key: &AccountKey) -> Result<SessionId, String> {
             key.external_user_id, key.institution_id
         )
     })
+}
+
+/// What an account event a session's fold change derives is made of: the session, its
+/// provider, the arrival (or rules) that changed the fold, and when.
+struct Derived<'a> {
+    session: &'a SessionId,
+    provider: Provider,
+    arrival: &'a [u8],
+    received_at: DateTime<Utc>,
+}
+
+impl Derived<'_> {
+    /// The account event `kind` (`linked`, `link_withdrawn`) for the account's `stream`, its
+    /// dedupe key derived from the kind, the session and the arrival, so that a group decided
+    /// again writes it once.
+    fn event(
+        &self,
+        stream: SessionId,
+        key: &AccountKey,
+        event: AccountEvent,
+        kind: &'static str,
+    ) -> IncomingEvent {
+        IncomingEvent {
+            session: stream,
+            provider: self.provider,
+            body: EventBody::Account {
+                account: key.clone(),
+                event,
+            },
+            raw_name: Some(format!(
+                "{} by session {}",
+                kind.replace('_', " "),
+                self.session
+            )),
+            raw: None,
+            event_id: None,
+            dedupe_key: Some(DedupeKey::derive(&[
+                kind.as_bytes(),
+                self.session.as_str().as_bytes(),
+                self.arrival,
+            ])),
+            received_at: Some(self.received_at),
+        }
+    }
 }
