@@ -20,8 +20,8 @@ pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// renames it to `snap.<lsn>`: the rename is what makes it sled's. But its reader takes every
 /// file whose name starts with `snap.` for a snapshot, the newest first, so a process killed
 /// while writing one leaves a partial file that every later open reads as the newest snapshot
-/// and refuses (`Corruption { at: None }`; sled issues #1527 and #1533; seen here once in 200
-/// SIGKILL rounds of `crates/linkflow/tests/crash.rs`). A snapshot is sled's cache of its log,
+/// and refuses (`Corruption { at: None }`; sled issues #1527 and #1533; it stopped a 200-round
+/// SIGKILL run of `crates/linkflow/tests/crash.rs` once). A snapshot is sled's cache of its log,
 /// not data: without the unfinished one, sled starts from the previous snapshot and replays
 /// its log from there, as it does after every crash. So when opening fails with sled's
 /// corruption error and unfinished snapshots are there, they are removed, under sled's own
