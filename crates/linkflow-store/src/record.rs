@@ -5,6 +5,7 @@
 //! `binary.rs`). Decoding checks the checksum and the schema: a record of another schema is an
 //! error naming it, never misread (nothing has been released, so no older schema is read).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -288,31 +289,126 @@ fn open_record<'a>(key: &str, bytes: &'a [u8]) -> Result<(u8, &'a [u8]), Corrupt
     Ok((schema, body))
 }
 
-/// Checks the header, the checksum and the schema; returns the body.
-fn open_current<'a>(key: &str, bytes: &'a [u8]) -> Result<&'a [u8], CorruptRecord> {
-    match open_record(key, bytes)? {
-        (SCHEMA_VERSION, body) => Ok(body),
-        (schema, _) => Err(CorruptRecord::new(
-            key,
-            format!(
-                "schema version {schema}; this build reads schema {SCHEMA_VERSION} only (a record of another linkflow)"
-            ),
-        )),
+/// Turns the body of a record of an older schema into the next schema's body: how a record
+/// schema changes once a linkflow with stored data has been released. Nothing has been
+/// released, so none is registered ([`UPCASTERS`] is empty) and a record of another schema is
+/// refused; the mechanism is kept, with a test that proves it, for the first change after a
+/// release.
+pub(crate) struct Upcaster {
+    /// The schema it reads.
+    pub(crate) from: u8,
+    /// The schema it writes.
+    pub(crate) to: u8,
+    /// The `to` body of a `from` body, or what is wrong with it.
+    pub(crate) upcast: fn(&[u8]) -> Result<Vec<u8>, String>,
+}
+
+/// The upcasters of the schemas this build reads besides [`SCHEMA_VERSION`]: none.
+pub(crate) const UPCASTERS: &[Upcaster] = &[];
+
+/// Checks the header and the checksum; returns the body as the current schema's, upcast step
+/// by step with `upcasters` from an older schema.
+fn open_current<'a>(
+    key: &str,
+    bytes: &'a [u8],
+    upcasters: &[Upcaster],
+) -> Result<Cow<'a, [u8]>, CorruptRecord> {
+    let (mut schema, body) = open_record(key, bytes)?;
+    let mut body = Cow::Borrowed(body);
+    // Each step moves to another schema; a chain longer than the table would be a loop.
+    for _ in 0..=upcasters.len() {
+        if schema == SCHEMA_VERSION {
+            return Ok(body);
+        }
+        let Some(step) = upcasters.iter().find(|step| step.from == schema) else {
+            break;
+        };
+        body = Cow::Owned((step.upcast)(&body).map_err(|reason| {
+            CorruptRecord::new(
+                key,
+                format!("upcasting schema {schema} to {}: {reason}", step.to),
+            )
+        })?);
+        schema = step.to;
     }
+    Err(CorruptRecord::new(
+        key,
+        format!(
+            "schema version {schema}; this build reads schema {SCHEMA_VERSION} only (a record of another linkflow)"
+        ),
+    ))
 }
 
 /// Decodes an event record.
 pub fn decode_event_record(key: &str, bytes: &[u8]) -> Result<StoredEvent, CorruptRecord> {
-    crate::binary::Reader::new(key, open_current(key, bytes)?).event()
+    decode_event_with(key, bytes, UPCASTERS)
+}
+
+fn decode_event_with(
+    key: &str,
+    bytes: &[u8],
+    upcasters: &[Upcaster],
+) -> Result<StoredEvent, CorruptRecord> {
+    let body = open_current(key, bytes, upcasters)?;
+    crate::binary::Reader::new(key, &body).event()
 }
 
 /// Decodes a snapshot record.
 pub fn decode_snapshot_record(key: &str, bytes: &[u8]) -> Result<Snapshot, CorruptRecord> {
-    crate::binary::Reader::new(key, open_current(key, bytes)?).snapshot()
+    let body = open_current(key, bytes, UPCASTERS)?;
+    crate::binary::Reader::new(key, &body).snapshot()
 }
 
 #[cfg(test)]
 mod tests {
+
+    /// The upcaster mechanism, proved with a made-up older schema: schema 3 is schema 4 without
+    /// the rejected flag (every event accepted). Its record is refused without the upcaster
+    /// and read as the current schema's with it.
+    #[test]
+    fn an_upcaster_reads_a_record_of_an_older_schema_as_the_current_one() {
+        fn without_flag(body: &[u8]) -> usize {
+            // str(stream) u64(version) u64(position) time(12 bytes), then the flag.
+            let mut rest = body;
+            let len = linkflow_core::compact::take_varint(&mut rest).unwrap() as usize;
+            (body.len() - rest.len()) + len + 8 + 8 + 12
+        }
+        fn schema_3_to_4(body: &[u8]) -> Result<Vec<u8>, String> {
+            let mut rest = body;
+            let len = linkflow_core::compact::take_varint(&mut rest)
+                .ok_or("a stream id cut short")? as usize;
+            let at = (body.len() - rest.len()) + len + 8 + 8 + 12;
+            if at > body.len() {
+                return Err("a body cut short".into());
+            }
+            let mut upcast = body[..at].to_vec();
+            upcast.push(0);
+            upcast.extend_from_slice(&body[at..]);
+            Ok(upcast)
+        }
+        let mut event = sample(true);
+        event.rejected = false;
+        let current = encode_event(&event);
+        let body = &current[HEADER_LEN..];
+        let at = without_flag(body);
+        assert_eq!(body[at], 0, "the sample is accepted");
+        let old = seal(3, current.len(), |out| {
+            out.extend_from_slice(&body[..at]);
+            out.extend_from_slice(&body[at + 1..]);
+        });
+        let refused = decode_event_record("old", &old).unwrap_err();
+        assert!(refused.reason.contains("schema version 3"), "{refused}");
+        let upcasters = [Upcaster {
+            from: 3,
+            to: SCHEMA_VERSION,
+            upcast: schema_3_to_4,
+        }];
+        assert_eq!(decode_event_with("old", &old, &upcasters).unwrap(), event);
+        // A body the upcaster cannot read is damage naming the step.
+        let cut = seal(3, 8, |out| out.push(200));
+        let error = decode_event_with("cut", &cut, &upcasters).unwrap_err();
+        assert!(error.reason.contains("upcasting schema 3 to 4"), "{error}");
+    }
     use super::*;
 
     #[test]
