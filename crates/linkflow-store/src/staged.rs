@@ -61,6 +61,9 @@ struct State {
     heads: HashMap<Vec<u8>, IVec>,
 }
 
+/// A stream head an applied frame wrote (its key and value) or removed.
+type HeadWrite<'a> = (&'a [u8], Option<IVec>);
+
 /// How many stream heads [`State::heads`] keeps.
 const HEADS_KEPT: usize = 4096;
 
@@ -228,20 +231,44 @@ impl Staged {
         let Some(&(last, _, _)) = frames.last() else {
             return Ok(());
         };
-        // Plain writes for the few of a small group's commit; one batch for thousands: its two
-        // log-buffer seals cost nothing next to them, and it takes sled's epoch pin and lock
-        // once instead of per write (bulk ingest, `--only ingest --events 200000`, 5
-        // alternating runs: 165k events/s median as one batch, 151k as plain writes). A
-        // stream head's value is also kept for `heads`: the same `IVec` as sled's (a
-        // reference count, not a copy).
+        let heads = self.write_to_sled(&frames, last)?;
+        self.unstage(&frames, last, heads);
+        // The last applied frame's buffer goes to the next commit, if nothing else holds it.
+        let spare = frames
+            .into_iter()
+            .last()
+            .and_then(|(_, payload, _)| Arc::try_unwrap(payload).ok());
+        if let Some(mut payload) = spare {
+            payload.clear();
+            let mut state = lock(&self.state);
+            if state.spare.is_none() {
+                state.spare = Some(payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `frames` (the last numbered `last`) to sled with `Mwal` naming `last`; returns the
+    /// stream heads they wrote.
+    ///
+    /// Plain writes for the few of a small group's commit; one batch for thousands: its two
+    /// log-buffer seals cost nothing next to them, and it takes sled's epoch pin and lock once
+    /// instead of per write (bulk ingest, `--only ingest --events 200000`, 5 alternating runs:
+    /// 165k events/s median as one batch, 151k as plain writes). A stream head's value is also
+    /// kept for `heads`: the same `IVec` as sled's (a reference count, not a copy).
+    fn write_to_sled<'f>(
+        &self,
+        frames: &'f [(u64, Arc<Payload>, usize)],
+        last: u64,
+    ) -> Result<Vec<HeadWrite<'f>>, StoreError> {
         let mut batch = frames
             .iter()
             .map(|(_, _, count)| count)
             .sum::<usize>()
             .checked_sub(BATCH_WRITES)
             .map(|_| sled::Batch::default());
-        let mut heads: Vec<(&[u8], Option<IVec>)> = Vec::new();
-        for (seq, payload, _) in &frames {
+        let mut heads: Vec<HeadWrite<'_>> = Vec::new();
+        for (seq, payload, _) in frames {
             let bytes = payload.as_bytes();
             for write in writes(*seq, payload) {
                 let WriteAt { key, value } = write?;
@@ -271,6 +298,12 @@ impl Staged {
                 self.db.insert(keys::WAL_KEY, &last.to_be_bytes())?;
             }
         }
+        Ok(heads)
+    }
+
+    /// Drops the applied `frames` from the staging (each key whose latest write they hold) and
+    /// keeps the `heads` they wrote.
+    fn unstage(&self, frames: &[(u64, Arc<Payload>, usize)], last: u64, heads: Vec<HeadWrite<'_>>) {
         let mut state = lock(&self.state);
         for (key, value) in heads {
             match value {
@@ -285,7 +318,7 @@ impl Staged {
                 }
             }
         }
-        for (seq, payload, _) in &frames {
+        for (seq, payload, _) in frames {
             for WriteAt { key, .. } in writes(*seq, payload).flatten() {
                 let key = &payload.as_bytes()[key];
                 if state
@@ -300,20 +333,6 @@ impl Staged {
         let applied = frames.len();
         state.frames.drain(..applied);
         self.frames.fetch_sub(applied, Ordering::Release);
-        // The last applied frame's buffer goes to the next commit, if nothing else holds it.
-        drop(state);
-        let spare = frames
-            .into_iter()
-            .last()
-            .and_then(|(_, payload, _)| Arc::try_unwrap(payload).ok());
-        if let Some(mut payload) = spare {
-            payload.clear();
-            let mut state = lock(&self.state);
-            if state.spare.is_none() {
-                state.spare = Some(payload);
-            }
-        }
-        Ok(())
     }
 
     /// Forgets the stream heads kept, for a write to sled that does not go through a frame
