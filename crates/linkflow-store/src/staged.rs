@@ -17,7 +17,7 @@
 //! commit when no one else is at it, the maintenance thread after its background sync and
 //! before a checkpoint, and the store when it closes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,21 +54,6 @@ struct State {
     latest: BTreeMap<Vec<u8>, Latest>,
     /// A payload buffer an applied frame gave back, for the next commit.
     spare: Option<Payload>,
-    /// The values of stream heads (`K` keys) applied lately, exactly as sled holds them (only
-    /// applies write heads): a commit reads the head of every stream it touches, twice with
-    /// the engine's dedupe check, usually a head a commit wrote moments ago. Bounded: when
-    /// full it empties, and reads go to sled again.
-    heads: HashMap<Vec<u8>, IVec>,
-}
-
-/// A stream head an applied frame wrote (its key and value) or removed.
-type HeadWrite<'a> = (&'a [u8], Option<IVec>);
-
-/// How many stream heads [`State::heads`] keeps.
-const HEADS_KEPT: usize = 4096;
-
-fn is_head(key: &[u8]) -> bool {
-    key.first() == Some(&keys::LIST)
 }
 
 impl State {
@@ -231,8 +216,8 @@ impl Staged {
         let Some(&(last, _, _)) = frames.last() else {
             return Ok(());
         };
-        let heads = self.write_to_sled(&frames, last)?;
-        self.unstage(&frames, last, heads);
+        self.write_to_sled(&frames, last)?;
+        self.unstage(&frames, last);
         // The last applied frame's buffer goes to the next commit, if nothing else holds it.
         let spare = frames
             .into_iter()
@@ -248,35 +233,29 @@ impl Staged {
         Ok(())
     }
 
-    /// Writes `frames` (the last numbered `last`) to sled with `Mwal` naming `last`; returns the
-    /// stream heads they wrote.
+    /// Writes `frames` (the last numbered `last`) to sled with `Mwal` naming `last`.
     ///
     /// Plain writes for the few of a small group's commit; one batch for thousands: its two
     /// log-buffer seals cost nothing next to them, and it takes sled's epoch pin and lock once
     /// instead of per write (bulk ingest, `--only ingest --events 200000`, 5 alternating runs:
-    /// 165k events/s median as one batch, 151k as plain writes). A stream head's value is also
-    /// kept for `heads`: the same `IVec` as sled's (a reference count, not a copy).
-    fn write_to_sled<'f>(
+    /// 165k events/s median as one batch, 151k as plain writes).
+    fn write_to_sled(
         &self,
-        frames: &'f [(u64, Arc<Payload>, usize)],
+        frames: &[(u64, Arc<Payload>, usize)],
         last: u64,
-    ) -> Result<Vec<HeadWrite<'f>>, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut batch = frames
             .iter()
             .map(|(_, _, count)| count)
             .sum::<usize>()
             .checked_sub(BATCH_WRITES)
             .map(|_| sled::Batch::default());
-        let mut heads: Vec<HeadWrite<'_>> = Vec::new();
         for (seq, payload, _) in frames {
             let bytes = payload.as_bytes();
             for write in writes(*seq, payload) {
                 let WriteAt { key, value } = write?;
                 let key = &bytes[key];
-                let value = value.map(|value| IVec::from(&bytes[value]));
-                if is_head(key) {
-                    heads.push((key, value.clone()));
-                }
+                let value = value.map(|value| &bytes[value]);
                 match (&mut batch, value) {
                     (Some(batch), Some(value)) => batch.insert(key, value),
                     (Some(batch), None) => batch.remove(key),
@@ -298,26 +277,12 @@ impl Staged {
                 self.db.insert(keys::WAL_KEY, &last.to_be_bytes())?;
             }
         }
-        Ok(heads)
+        Ok(())
     }
 
-    /// Drops the applied `frames` from the staging (each key whose latest write they hold) and
-    /// keeps the `heads` they wrote.
-    fn unstage(&self, frames: &[(u64, Arc<Payload>, usize)], last: u64, heads: Vec<HeadWrite<'_>>) {
+    /// Drops the applied `frames` from the staging: each key whose latest write they hold.
+    fn unstage(&self, frames: &[(u64, Arc<Payload>, usize)], last: u64) {
         let mut state = lock(&self.state);
-        for (key, value) in heads {
-            match value {
-                Some(value) => {
-                    if state.heads.len() >= HEADS_KEPT && !state.heads.contains_key(key) {
-                        state.heads.clear();
-                    }
-                    state.heads.insert(key.to_vec(), value);
-                }
-                None => {
-                    state.heads.remove(key);
-                }
-            }
-        }
         for (seq, payload, _) in frames {
             for WriteAt { key, .. } in writes(*seq, payload).flatten() {
                 let key = &payload.as_bytes()[key];
@@ -335,12 +300,6 @@ impl Staged {
         self.frames.fetch_sub(applied, Ordering::Release);
     }
 
-    /// Forgets the stream heads kept, for a write to sled that does not go through a frame
-    /// (tests that damage a store on purpose).
-    pub(crate) fn forget_heads(&self) {
-        lock(&self.state).heads.clear();
-    }
-
     /// True when nothing is staged.
     pub(crate) fn is_empty(&self) -> bool {
         !self.any()
@@ -349,13 +308,10 @@ impl Staged {
     /// The value of `key`.
     pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<IVec>, StoreError> {
         let key = key.as_ref();
-        if self.any() || is_head(key) {
+        if self.any() {
             let state = lock(&self.state);
             if let Some(latest) = state.latest.get(key) {
                 return Ok(state.value(latest));
-            }
-            if let Some(value) = state.heads.get(key) {
-                return Ok(Some(value.clone()));
             }
         }
         Ok(self.db.get(key)?)
@@ -655,18 +611,17 @@ mod tests {
     }
 
     #[test]
-    fn applied_stream_heads_are_read_from_memory_and_follow_every_apply() {
+    fn applied_writes_are_read_from_sled_and_follow_every_apply() {
         let (_dir, staged) = fixture();
         staged.add(3, payload(&[("K-a", Some("head-3"))])).unwrap();
         staged.apply(3, Wait::Yes).unwrap();
         assert!(staged.is_empty());
-        // Kept: a change behind the store's back (what tests that damage a store do, after
-        // `forget_heads`) is not seen until the heads are forgotten.
+        // Nothing applied is cached: a change behind the store's back (what tests that damage a
+        // store do) is seen at once.
         staged.db.insert(b"K-a", &b"behind"[..]).unwrap();
-        assert_eq!(text(staged.get(b"K-a").unwrap()).as_deref(), Some("head-3"));
-        staged.forget_heads();
         assert_eq!(text(staged.get(b"K-a").unwrap()).as_deref(), Some("behind"));
         staged.add(4, payload(&[("K-a", Some("head-4"))])).unwrap();
+        assert_eq!(text(staged.get(b"K-a").unwrap()).as_deref(), Some("head-4"));
         staged.apply(4, Wait::Yes).unwrap();
         assert_eq!(text(staged.get(b"K-a").unwrap()).as_deref(), Some("head-4"));
         staged.add(5, payload(&[("K-a", None)])).unwrap();

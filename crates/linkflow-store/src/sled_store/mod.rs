@@ -295,7 +295,6 @@ impl SledStore {
     pub fn raw_insert_for_tests(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let _writer = self.writer();
         self.settle()?;
-        self.staged.forget_heads();
         self.db.insert(key, value)?;
         Ok(())
     }

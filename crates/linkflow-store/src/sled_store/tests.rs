@@ -15,7 +15,6 @@ use crate::store::{Append, Placed};
 /// sled's tree with every commit applied, for tests that read or change it directly.
 fn settled(store: &SledStore) -> &sled::Db {
     store.settle().unwrap();
-    store.staged.forget_heads();
     &store.db
 }
 
