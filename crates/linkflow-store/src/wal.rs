@@ -501,7 +501,7 @@ impl SegmentIo for File {
 /// Turns a segment file the log opened into the I/O it writes through.
 pub(crate) type OpenIo = Arc<dyn Fn(File, &Path) -> Arc<dyn SegmentIo> + Send + Sync>;
 
-fn real_io() -> OpenIo {
+pub(crate) fn real_io() -> OpenIo {
     Arc::new(|file, _| Arc::new(file))
 }
 
@@ -545,13 +545,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Wal {
-    /// Starts the log in `dir` with frame `next_seq`, after sled's state was made durable up to
-    /// the frame before it: every segment already there is kept as a spare (up to [`SPARES`])
-    /// or deleted.
-    ///
-    /// With `preallocate`, the first segment is zero-filled now (`segment_bytes` of zeros),
-    /// so that the syncs after it are the short kind from the first one. Without it the first
-    /// segments grow as they are written, until a checkpoint gives back a covered one.
+    /// [`Wal::start_on`] the real files (the tests of the log).
+    #[cfg(test)]
     pub(crate) fn start(
         dir: &Path,
         next_seq: u64,
@@ -561,7 +556,13 @@ impl Wal {
         Wal::start_on(dir, next_seq, segment_bytes, preallocate, real_io())
     }
 
-    /// [`Wal::start`], writing its segments through `io`.
+    /// Starts the log in `dir` with frame `next_seq`, after sled's state was made durable up to
+    /// the frame before it, writing its segments through `io`: every segment already there is
+    /// kept as a spare (up to [`SPARES`]) or deleted.
+    ///
+    /// With `preallocate`, the first segment is zero-filled now (`segment_bytes` of zeros),
+    /// so that the syncs after it are the short kind from the first one. Without it the first
+    /// segments grow as they are written, until a checkpoint gives back a covered one.
     pub(crate) fn start_on(
         dir: &Path,
         next_seq: u64,
@@ -858,6 +859,161 @@ fn open_segment(
     }
 }
 
+/// A simulated disk for the log's segments, for the fault tests of this crate: it fails a
+/// write or a sync, or stops (a crash), at a seeded operation, and keeps what a crash leaves.
+#[cfg(test)]
+pub(crate) mod sim {
+    use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+
+    use super::{lock, OpenIo, SegmentIo};
+
+    /// A small seeded generator (SplitMix64) for the fault tests.
+    pub(crate) struct Seeded(pub(crate) u64);
+
+    impl Seeded {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// What the simulated disk is told to do at its seeded operation.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub(crate) enum DiskFault {
+        /// A write fails with EIO after a prefix of its bytes reached the file.
+        WriteEio,
+        /// A write fails with ENOSPC after a prefix of its bytes reached the file.
+        WriteEnospc,
+        /// A sync fails with EIO; what it was to make durable may or may not be.
+        SyncEio,
+        /// Nothing fails: the process dies after the operation.
+        Crash,
+    }
+
+    /// The simulated disk's state, shared by every segment it opened.
+    pub(crate) struct SimDisk {
+        pub(crate) rng: Seeded,
+        /// Operations (writes and syncs) so far, and the one the fault strikes.
+        pub(crate) ops: u64,
+        pub(crate) fault_at: u64,
+        pub(crate) fault: DiskFault,
+        /// Set once the fault struck: every operation after it is refused (the process died,
+        /// or the log must stop).
+        pub(crate) struck: bool,
+        /// Per segment: bytes written, and bytes a sync made durable (a crash keeps those).
+        pub(crate) written: BTreeMap<PathBuf, u64>,
+        pub(crate) durable: BTreeMap<PathBuf, u64>,
+    }
+
+    pub(crate) struct SimFile {
+        pub(crate) file: File,
+        pub(crate) path: PathBuf,
+        pub(crate) disk: Arc<Mutex<SimDisk>>,
+    }
+
+    impl SegmentIo for SimFile {
+        fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+            let mut disk = lock(&self.disk);
+            disk.ops += 1;
+            let failing = match disk.fault {
+                DiskFault::WriteEio => Some(5),
+                DiskFault::WriteEnospc => Some(28),
+                _ => None,
+            };
+            let (keep, result) = match failing {
+                Some(code) if disk.ops == disk.fault_at => {
+                    disk.struck = true;
+                    let keep = disk.rng.below(bytes.len() as u64 + 1) as usize;
+                    (keep, Err(std::io::Error::from_raw_os_error(code)))
+                }
+                _ if disk.struck => (0, Err(std::io::Error::from_raw_os_error(5))),
+                _ => (bytes.len(), Ok(())),
+            };
+            SegmentIo::write_all(&self.file, &bytes[..keep])?;
+            *disk.written.entry(self.path.clone()).or_default() += keep as u64;
+            if disk.ops == disk.fault_at && disk.fault == DiskFault::Crash {
+                disk.struck = true;
+            }
+            result
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            let mut disk = lock(&self.disk);
+            disk.ops += 1;
+            let written = disk.written.get(&self.path).copied().unwrap_or(0);
+            if disk.struck {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            if disk.ops == disk.fault_at && disk.fault == DiskFault::SyncEio {
+                disk.struck = true;
+                // After a failed fsync the written bytes may or may not be on the disk.
+                if disk.rng.below(2) == 0 {
+                    disk.durable.insert(self.path.clone(), written);
+                }
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            disk.durable.insert(self.path.clone(), written);
+            if disk.ops == disk.fault_at && disk.fault == DiskFault::Crash {
+                disk.struck = true;
+            }
+            Ok(())
+        }
+    }
+
+    impl SimDisk {
+        /// A disk whose `fault` strikes at operation `fault_at`.
+        pub(crate) fn new(seed: u64, fault: DiskFault, fault_at: u64) -> Arc<Mutex<SimDisk>> {
+            Arc::new(Mutex::new(SimDisk {
+                rng: Seeded(seed),
+                ops: 0,
+                fault_at,
+                fault,
+                struck: false,
+                written: BTreeMap::new(),
+                durable: BTreeMap::new(),
+            }))
+        }
+
+        /// How the log opens its segments on `disk`.
+        pub(crate) fn io(disk: &Arc<Mutex<SimDisk>>) -> OpenIo {
+            let disk = Arc::clone(disk);
+            Arc::new(move |file: File, path: &Path| -> Arc<dyn SegmentIo> {
+                Arc::new(SimFile {
+                    file,
+                    path: path.to_path_buf(),
+                    disk: Arc::clone(&disk),
+                })
+            })
+        }
+
+        /// Writes into `to` what a crash now leaves of the segments in `from`: each cut to
+        /// what its syncs made durable.
+        pub(crate) fn crash_image(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            std::fs::create_dir_all(to)?;
+            for entry in std::fs::read_dir(from)? {
+                let path: PathBuf = entry?.path();
+                let Some(name) = path.file_name() else {
+                    continue;
+                };
+                let bytes = std::fs::read(&path)?;
+                let keep = self.durable.get(&path).copied().unwrap_or(0) as usize;
+                std::fs::write(to.join(name), &bytes[..keep.min(bytes.len())])?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The last segment file in `dir`, for tests that damage it.
 #[cfg(test)]
 pub(crate) fn tests_last_segment(dir: &Path) -> (u64, PathBuf) {
@@ -866,6 +1022,7 @@ pub(crate) fn tests_last_segment(dir: &Path) -> (u64, PathBuf) {
 
 #[cfg(test)]
 mod tests {
+    use super::sim::{DiskFault, Seeded, SimDisk};
     use super::*;
 
     fn payload(writes: &[(&[u8], Option<&[u8]>)]) -> Payload {
@@ -881,23 +1038,6 @@ mod tests {
 
     fn seqs(frames: &[Frame]) -> Vec<u64> {
         frames.iter().map(|frame| frame.seq).collect()
-    }
-
-    /// A small seeded generator (SplitMix64) for the fault test.
-    struct Seeded(u64);
-
-    impl Seeded {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
     }
 
     /// The seeds a fault test runs: `LINKFLOW_FAULT_SEEDS` of them (2,000 by default) from
@@ -1034,89 +1174,6 @@ mod tests {
         );
     }
 
-    /// What the simulated disk is told to do at its seeded operation.
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    enum DiskFault {
-        /// A write fails with EIO after a prefix of its bytes reached the file.
-        WriteEio,
-        /// A write fails with ENOSPC after a prefix of its bytes reached the file.
-        WriteEnospc,
-        /// A sync fails with EIO; what it was to make durable may or may not be.
-        SyncEio,
-        /// Nothing fails: the process dies after the operation.
-        Crash,
-    }
-
-    /// The simulated disk's state, shared by every segment it opened.
-    struct SimDisk {
-        rng: Seeded,
-        /// Operations (writes and syncs) so far, and the one the fault strikes.
-        ops: u64,
-        fault_at: u64,
-        fault: DiskFault,
-        /// Set once the fault struck: every operation after it is refused (the process died,
-        /// or the log must stop).
-        struck: bool,
-        /// Per segment: bytes written, and bytes a sync made durable (a crash keeps those).
-        written: BTreeMap<PathBuf, u64>,
-        durable: BTreeMap<PathBuf, u64>,
-    }
-
-    struct SimFile {
-        file: File,
-        path: PathBuf,
-        disk: Arc<Mutex<SimDisk>>,
-    }
-
-    impl SegmentIo for SimFile {
-        fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
-            let mut disk = lock(&self.disk);
-            disk.ops += 1;
-            let failing = match disk.fault {
-                DiskFault::WriteEio => Some(5),
-                DiskFault::WriteEnospc => Some(28),
-                _ => None,
-            };
-            let (keep, result) = match failing {
-                Some(code) if disk.ops == disk.fault_at => {
-                    disk.struck = true;
-                    let keep = disk.rng.below(bytes.len() as u64 + 1) as usize;
-                    (keep, Err(std::io::Error::from_raw_os_error(code)))
-                }
-                _ if disk.struck => (0, Err(std::io::Error::from_raw_os_error(5))),
-                _ => (bytes.len(), Ok(())),
-            };
-            SegmentIo::write_all(&self.file, &bytes[..keep])?;
-            *disk.written.entry(self.path.clone()).or_default() += keep as u64;
-            if disk.ops == disk.fault_at && disk.fault == DiskFault::Crash {
-                disk.struck = true;
-            }
-            result
-        }
-
-        fn sync_data(&self) -> std::io::Result<()> {
-            let mut disk = lock(&self.disk);
-            disk.ops += 1;
-            let written = disk.written.get(&self.path).copied().unwrap_or(0);
-            if disk.struck {
-                return Err(std::io::Error::from_raw_os_error(5));
-            }
-            if disk.ops == disk.fault_at && disk.fault == DiskFault::SyncEio {
-                disk.struck = true;
-                // After a failed fsync the written bytes may or may not be on the disk.
-                if disk.rng.below(2) == 0 {
-                    disk.durable.insert(self.path.clone(), written);
-                }
-                return Err(std::io::Error::from_raw_os_error(5));
-            }
-            disk.durable.insert(self.path.clone(), written);
-            if disk.ops == disk.fault_at && disk.fault == DiskFault::Crash {
-                disk.struck = true;
-            }
-            Ok(())
-        }
-    }
-
     /// One seeded point of the simulated disk: frames appended and synced at random through a
     /// log whose segments are small (so that frames cross segments), until the disk's fault
     /// strikes (a write or sync failing with EIO or ENOSPC, or the process dying). Then the
@@ -1132,23 +1189,8 @@ mod tests {
             2 => DiskFault::SyncEio,
             _ => DiskFault::Crash,
         };
-        let disk = Arc::new(Mutex::new(SimDisk {
-            rng: Seeded(rng.next()),
-            ops: 0,
-            fault_at: 1 + rng.below(60),
-            fault,
-            struck: false,
-            written: BTreeMap::new(),
-            durable: BTreeMap::new(),
-        }));
-        let theirs = Arc::clone(&disk);
-        let io: OpenIo = Arc::new(move |file, path| {
-            Arc::new(SimFile {
-                file,
-                path: path.to_path_buf(),
-                disk: Arc::clone(&theirs),
-            })
-        });
+        let disk = SimDisk::new(rng.next(), fault, 1 + rng.below(60));
+        let io = SimDisk::io(&disk);
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let wal = Wal::start_on(dir.path(), 1, 2_048, false, io).map_err(|e| e.to_string())?;
         let mut appended: Vec<Vec<u8>> = Vec::new();
@@ -1180,18 +1222,9 @@ mod tests {
         }
         // The crash image: each segment as far as its syncs made it durable.
         let crashed = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let durable = lock(&disk).durable.clone();
-        for (_, path) in segments(dir.path()).map_err(|e| e.to_string())? {
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-            let keep = durable.get(&path).copied().unwrap_or(0) as usize;
-            std::fs::write(
-                crashed
-                    .path()
-                    .join(path.file_name().expect("a segment file")),
-                &bytes[..keep.min(bytes.len())],
-            )
+        lock(&disk)
+            .crash_image(dir.path(), crashed.path())
             .map_err(|e| e.to_string())?;
-        }
         let read = read_log(crashed.path(), 0).map_err(|e| e.to_string())?;
         if let Some(damage) = read.damage {
             return Err(format!(

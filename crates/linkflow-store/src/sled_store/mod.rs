@@ -58,6 +58,19 @@ pub struct SledOptions {
     /// until the first checkpoint gives one back to be written over, after about
     /// `wal_segment_bytes` of log. For a long-running server.
     pub wal_preallocate: bool,
+    /// How the log's segments are written: the real files, or in this crate's tests a
+    /// simulated disk.
+    pub(crate) wal_io: WalIo,
+}
+
+/// How the log's segments are written (see [`wal::SegmentIo`]).
+#[derive(Clone)]
+pub(crate) struct WalIo(pub(crate) wal::OpenIo);
+
+impl std::fmt::Debug for WalIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WalIo")
+    }
 }
 
 impl SledOptions {
@@ -70,6 +83,7 @@ impl SledOptions {
             flush_every_ms: Some(500),
             wal_segment_bytes: wal::SEGMENT_BYTES,
             wal_preallocate: false,
+            wal_io: WalIo(wal::real_io()),
         }
     }
 }
@@ -206,11 +220,12 @@ impl SledStore {
         // sled made durable up to the last frame (replayed or not) before the log's segments
         // are reused: from here on only the log's new frames are needed.
         durable.sync()?;
-        let wal = Arc::new(Wal::start(
+        let wal = Arc::new(Wal::start_on(
             &wal_dir,
             applied_frame(&db)? + 1,
             options.wal_segment_bytes.max(1),
             options.wal_preallocate,
+            options.wal_io.0.clone(),
         )?);
         let maintenance =
             Maintenance::start(durable, Arc::clone(&wal), Arc::clone(&staged), every)?;
