@@ -1302,13 +1302,16 @@ fn store_fault_point(seed: u64) -> Result<String, String> {
     if failed && store.sync().is_ok() {
         return Err("a sync succeeded after the log failed".into());
     }
-    // The crash image, taken before the store is dropped.
+    // The crash image once the maintenance thread stopped (a checkpoint in progress would
+    // move segments while they are copied): sled's files hold only frames the log made
+    // durable, whatever sled flushed meanwhile, and the log is cut to what its syncs made
+    // durable.
+    drop(store);
     let image = tempfile::tempdir().map_err(|e| e.to_string())?;
     copy_sled_files(dir.path(), image.path());
     maintenance::lock(&disk)
         .crash_image(&dir.path().join(wal::DIR), &image.path().join(wal::DIR))
         .map_err(|e| e.to_string())?;
-    drop(store);
     let reopened = SledStore::open(image.path()).map_err(|e| format!("{fault:?}: {e}"))?;
     let mut stored: Vec<u64> = Vec::new();
     for target in &streams {
