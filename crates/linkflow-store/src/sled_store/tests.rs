@@ -1260,7 +1260,8 @@ impl SledStore {
 /// ENOSPC) or the process dies; then the crash image (sled's files as they are, the log cut
 /// to what its syncs made durable) is opened. Checked against the model (the events whose
 /// sync returned `Ok`): every acknowledged event is there exactly once, every event there is
-/// one that was committed (nothing half there), and `verify` is clean.
+/// one that was committed (nothing half there), `verify` is clean, and the reopened store
+/// takes writes again.
 fn store_fault_point(seed: u64) -> Result<String, String> {
     use crate::wal::sim::{DiskFault, Seeded, SimDisk};
     let mut rng = Seeded(seed ^ 0x5_70_2E);
@@ -1342,6 +1343,10 @@ fn store_fault_point(seed: u64) -> Result<String, String> {
     if !report.is_clean() {
         return Err(format!("{fault:?}: verify: {:?}", report.problems));
     }
+    // Reopened (the disk's fault gone, as after space was freed), the store takes writes again.
+    commit(&reopened, vec![append(&streams[0], event(1_000), false)])
+        .and_then(|_| reopened.sync())
+        .map_err(|e| format!("{fault:?}: writing after the reopen: {e}"))?;
     Ok(format!("{fault:?}"))
 }
 
