@@ -122,7 +122,7 @@ impl linkflow_store::EventStore for FailingDisk {
     fn commit(
         &self,
         commit: linkflow_store::Commit,
-    ) -> Result<linkflow_store::Receipt, linkflow_store::StoreError> {
+    ) -> Result<linkflow_store::Receipt, linkflow_store::CommitError> {
         self.inner.commit(commit)
     }
     fn sync(&self) -> Result<(), linkflow_store::StoreError> {

@@ -9,8 +9,8 @@ use linkflow_core::{DedupeKey, Position, SessionId, Version};
 use linkflow_store::check::{check_commit, Checked, StoredLog};
 use linkflow_store::record::{decode_event_record, decode_snapshot_record};
 use linkflow_store::{
-    Commit, DedupeHit, EventStore, Receipt, Snapshot, StoreError, StoredEvent, StreamRead,
-    StreamStart, StreamsRead, VerifyReport,
+    Commit, CommitError, DedupeHit, EventStore, Receipt, Snapshot, StoreError, StoredEvent,
+    StreamRead, StreamStart, StreamsRead, VerifyReport,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
@@ -314,7 +314,12 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
     Ok(())
 }
 
-async fn write_commit(client: &mut Client, commit: Commit) -> Result<Receipt, StoreError> {
+/// A commit in one transaction: `Err` when the database failed, `Ok(Err)` when the commit
+/// broke one of its constraints (the transaction is rolled back, nothing written).
+async fn write_commit(
+    client: &mut Client,
+    commit: Commit,
+) -> Result<Result<Receipt, CommitError>, StoreError> {
     let tx = client.transaction().await.map_err(backend)?;
     // The serialization point of every node: held until COMMIT.
     let head: i64 = tx
@@ -324,10 +329,14 @@ async fn write_commit(client: &mut Client, commit: Commit) -> Result<Receipt, St
         .get(0);
     let head = Position(to_u64(head, || "linkflow_head".into())?);
     let mut reads = prefetch(&tx, &commit).await?;
-    let checked = check_commit(commit, head, &mut reads)?;
+    let checked = match check_commit(commit, head, &mut reads) {
+        Ok(checked) => checked,
+        Err(CommitError::Store(error)) => return Err(error),
+        Err(refused) => return Ok(Err(refused)),
+    };
     write_plan(&tx, &checked).await?;
     tx.commit().await.map_err(backend)?;
-    Ok(checked.receipt)
+    Ok(Ok(checked.receipt))
 }
 
 /// The rows of [`EventStore::read_streams`]: snapshots, tails, dedupe hits.
@@ -483,11 +492,11 @@ async fn watch_once(
 }
 
 impl EventStore for PgStore {
-    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
+    fn commit(&self, commit: Commit) -> Result<Receipt, CommitError> {
         self.health()?;
         self.run(Box::new(move |client| {
             Box::pin(write_commit(client, commit))
-        }))
+        }))?
     }
 
     fn sync(&self) -> Result<(), StoreError> {

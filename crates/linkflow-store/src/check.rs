@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use linkflow_core::{Position, SessionId, Version};
 
-use crate::error::StoreError;
+use crate::error::{CommitError, StoreError};
 use crate::record::{
     decode_event_record, decode_snapshot_record, encode_event, encode_snapshot, DedupeKey,
     StoredEvent, MAX_RECORD_BYTES,
@@ -69,7 +69,7 @@ pub fn check_commit(
     commit: Commit,
     head: Position,
     log: &mut dyn StoredLog,
-) -> Result<Checked, StoreError> {
+) -> Result<Checked, CommitError> {
     let versions = check_appends(&commit.appends, log)?;
     let snapshots = check_snapshots(commit.snapshots, &versions, log)?;
     let (events, appended) = number(commit.appends, head)?;
@@ -86,14 +86,14 @@ pub fn check_commit(
 fn check_appends(
     appends: &[Append],
     log: &mut dyn StoredLog,
-) -> Result<HashMap<SessionId, Version>, StoreError> {
+) -> Result<HashMap<SessionId, Version>, CommitError> {
     let mut versions: HashMap<SessionId, Version> = HashMap::new();
     let mut keys: HashSet<(&SessionId, DedupeKey)> = HashSet::new();
     for append in appends {
         let stream = &append.stream;
         let key = append.event.dedupe_key;
         if !keys.insert((stream, key)) || log.holds_key(stream, &key)? {
-            return Err(StoreError::DuplicateKey {
+            return Err(CommitError::DuplicateKey {
                 stream: stream.clone(),
                 key,
             });
@@ -103,7 +103,7 @@ fn check_appends(
             None => log.stream_version(stream)?,
         };
         if append.expected != actual {
-            return Err(StoreError::Conflict {
+            return Err(CommitError::Conflict {
                 stream: stream.clone(),
                 expected: append.expected,
                 actual,
@@ -120,7 +120,7 @@ fn check_snapshots(
     snapshots: Vec<(SessionId, crate::Snapshot)>,
     versions: &HashMap<SessionId, Version>,
     log: &mut dyn StoredLog,
-) -> Result<Vec<CheckedSnapshot>, StoreError> {
+) -> Result<Vec<CheckedSnapshot>, CommitError> {
     let mut last: HashMap<SessionId, usize> = HashMap::new();
     let mut checked: Vec<CheckedSnapshot> = Vec::with_capacity(snapshots.len());
     for (stream, snapshot) in snapshots {
@@ -129,7 +129,7 @@ fn check_snapshots(
             None => log.stream_version(&stream)?,
         };
         if snapshot.version != actual {
-            return Err(StoreError::Conflict {
+            return Err(CommitError::Conflict {
                 stream,
                 expected: snapshot.version,
                 actual,
@@ -163,7 +163,7 @@ fn check_snapshots(
 fn number(
     appends: Vec<Append>,
     head: Position,
-) -> Result<(Vec<CheckedEvent>, Vec<Placed>), StoreError> {
+) -> Result<(Vec<CheckedEvent>, Vec<Placed>), CommitError> {
     let mut runs: Vec<Vec<usize>> = Vec::new();
     let mut run_of: HashMap<&SessionId, usize> = HashMap::new();
     for (index, append) in appends.iter().enumerate() {
@@ -222,8 +222,8 @@ fn number(
     Ok((events, placed))
 }
 
-fn too_large(stream: SessionId, bytes: usize) -> StoreError {
-    StoreError::TooLarge {
+fn too_large(stream: SessionId, bytes: usize) -> CommitError {
+    CommitError::TooLarge {
         stream,
         bytes,
         limit: MAX_RECORD_BYTES,

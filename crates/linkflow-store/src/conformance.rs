@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::record::{DedupeKey, NewEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
 use crate::store::{Append, Commit, DedupeHit, EventStore, Placed, StreamRead};
-use crate::{SledStore, StoreError};
+use crate::{CommitError, SledStore, StoreError};
 
 /// A fresh store location for one test.
 pub trait Harness {
@@ -137,7 +137,7 @@ enum Item {
 
 /// Commits `items`, numbering each `Next` append after its stream's version (read from the
 /// store, then counted through the commit): what a writer that read the stream would send.
-fn commit<S: EventStore>(store: &S, items: Vec<Item>) -> Result<Vec<Placed>, StoreError> {
+fn commit<S: EventStore>(store: &S, items: Vec<Item>) -> Result<Vec<Placed>, CommitError> {
     let mut versions: std::collections::HashMap<SessionId, Version> = Default::default();
     let mut commit = Commit::default();
     for item in items {
@@ -256,7 +256,7 @@ pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
     )
     .unwrap_err();
     match error {
-        StoreError::Conflict {
+        CommitError::Conflict {
             stream,
             expected,
             actual,
@@ -315,9 +315,9 @@ pub fn a_stored_dedupe_key_is_refused_and_nothing_is_written<H: Harness>() {
     assert_clean(&store);
 }
 
-fn assert_duplicate_key(error: &StoreError, expected_stream: &SessionId, n: u64) {
+fn assert_duplicate_key(error: &CommitError, expected_stream: &SessionId, n: u64) {
     match error {
-        StoreError::DuplicateKey { stream, key } => {
+        CommitError::DuplicateKey { stream, key } => {
             assert_eq!(stream, expected_stream);
             assert_eq!(*key, event(n).dedupe_key);
         }
@@ -509,7 +509,7 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
     )
     .unwrap_err();
     assert!(
-        matches!(error, StoreError::Conflict { ref stream, expected: Version(1), actual: Version(2) } if *stream == a),
+        matches!(error, CommitError::Conflict { ref stream, expected: Version(1), actual: Version(2) } if *stream == a),
         "{error}"
     );
     assert_eq!(store.stream_version(&b).unwrap(), Version(1));
@@ -673,7 +673,7 @@ pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
     )
     .unwrap_err();
     assert!(
-        matches!(error, StoreError::TooLarge { limit, bytes, .. } if limit == MAX_RECORD_BYTES && bytes > limit),
+        matches!(error, CommitError::TooLarge { limit, bytes, .. } if limit == MAX_RECORD_BYTES && bytes > limit),
         "{error}"
     );
     assert_eq!(store.head().unwrap(), Position(0));
@@ -707,7 +707,7 @@ pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
             &store,
             vec![append(target, ExpectedVersion::Next, event(n))],
         );
-        assert!(matches!(refused, Err(StoreError::DuplicateKey { .. })));
+        assert!(matches!(refused, Err(CommitError::DuplicateKey { .. })));
     }
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);
@@ -772,7 +772,7 @@ pub fn a_snapshot_guards_the_version_it_was_folded_at<H: Harness>() {
             put_snapshot(&a, snapshot(0)),
         ],
     ) {
-        Err(StoreError::Conflict {
+        Err(CommitError::Conflict {
             stream,
             expected,
             actual,
@@ -992,7 +992,10 @@ pub fn a_closed_store_takes_no_writes_and_keeps_its_reads<H: Harness>() {
         commit(&store, vec![append(&a, ExpectedVersion::Next, event(1))]).unwrap();
         store.close().unwrap();
         let refused = commit(&store, vec![append(&a, ExpectedVersion::Next, event(2))]);
-        assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
+        assert!(
+            matches!(refused, Err(CommitError::Store(StoreError::Closed))),
+            "{refused:?}"
+        );
         assert!(matches!(store.sync(), Err(StoreError::Closed)));
         assert!(matches!(store.health(), Err(StoreError::Closed)));
         assert_eq!(store.read_stream(&a, Version::EMPTY, 10).unwrap().len(), 1);

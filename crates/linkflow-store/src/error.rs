@@ -21,10 +21,12 @@ impl CorruptRecord {
     }
 }
 
-/// Why a store operation failed.
+/// Why a commit ([`crate::EventStore::commit`]) was refused or failed; nothing of it was
+/// written. The first three are the commit's own constraints (see [`crate::Commit`]); the rest
+/// is what any operation of the store can meet.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StoreError {
+pub enum CommitError {
     /// Optimistic concurrency: the stream is not at the version the writer expected. Nothing of
     /// the commit was written.
     #[error("version conflict on session `{stream}`: expected version {expected}, the stream is at {actual}; nothing was written")]
@@ -56,6 +58,28 @@ pub enum StoreError {
         /// The limit ([`crate::MAX_RECORD_BYTES`]).
         limit: usize,
     },
+    /// The store could not take the commit (its disk failed, it was closed, a record it had
+    /// to read is damaged, the database failed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CorruptRecord> for CommitError {
+    fn from(error: CorruptRecord) -> Self {
+        CommitError::Store(StoreError::Corrupt(error))
+    }
+}
+
+impl From<sled::Error> for CommitError {
+    fn from(error: sled::Error) -> Self {
+        CommitError::Store(StoreError::from(error))
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
     /// A stored record cannot be read.
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),

@@ -36,7 +36,7 @@ mod wal;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use error::{CorruptRecord, DatabaseError, DatabaseFailure, StoreError};
+pub use error::{CommitError, CorruptRecord, DatabaseError, DatabaseFailure, StoreError};
 pub use record::{
     DedupeKey, NewEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES, SCHEMA_VERSION,
 };

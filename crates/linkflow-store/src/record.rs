@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::error::{CorruptRecord, StoreError};
+use crate::error::{CommitError, CorruptRecord};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u8 = 4;
@@ -139,9 +139,9 @@ pub struct Snapshot {
 /// Slack for what the estimate does not count.
 const SIZE_SLACK: usize = 256;
 
-/// Fails with [`StoreError::TooLarge`] when `event` could not be stored in `stream`, so that a
+/// Fails with [`CommitError::TooLarge`] when `event` could not be stored in `stream`, so that a
 /// writer can refuse one event instead of failing a whole group commit.
-pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), StoreError> {
+pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), CommitError> {
     // Fast path for session events: their strings are stored as their bytes plus a length,
     // and the fixed fields (ids, times, codes) take well under 1 KiB.
     if let EventBody::Session(session_event) = &event.body {
@@ -152,7 +152,7 @@ pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), Stor
     let body = linkflow_core::to_compact(&event.body).len();
     let bytes = HEADER_LEN + crate::binary::event_body_len(stream, event, body);
     if bytes + SIZE_SLACK > MAX_RECORD_BYTES {
-        return Err(StoreError::TooLarge {
+        return Err(CommitError::TooLarge {
             stream: stream.clone(),
             bytes,
             limit: MAX_RECORD_BYTES,

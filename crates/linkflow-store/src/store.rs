@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
-use crate::error::{CorruptRecord, StoreError};
+use crate::error::{CommitError, CorruptRecord, StoreError};
 use crate::record::{DedupeKey, NewEvent, Snapshot, StoredEvent};
 use chrono::{DateTime, Utc};
 use linkflow_core::{Position, SessionId, Version};
@@ -15,7 +15,7 @@ pub struct Append {
     /// The stream.
     pub stream: SessionId,
     /// The stream's version before this event, as the engine read it (after the commit's
-    /// earlier appends to the stream). Any other version is a [`StoreError::Conflict`] and
+    /// earlier appends to the stream). Any other version is a [`CommitError::Conflict`] and
     /// nothing of the commit is written.
     pub expected: Version,
     /// The event.
@@ -33,15 +33,15 @@ pub struct Append {
 ///
 /// Constraints (a violation is a typed error and nothing is written):
 /// - every append's `expected` is its stream's version as the commit has left it so far
-///   ([`StoreError::Conflict`]);
+///   ([`CommitError::Conflict`]);
 /// - a dedupe key is stored once per stream: a key the stream holds, or one appended earlier
-///   in the same commit, is [`StoreError::DuplicateKey`] (the engine answers duplicates before
+///   in the same commit, is [`CommitError::DuplicateKey`] (the engine answers duplicates before
 ///   committing; on a store other processes write, a key one of them stored meanwhile lands
 ///   here, and the engine reads again and retries);
 /// - every snapshot is of its stream's version as the commit leaves it
-///   ([`StoreError::Conflict`]: on a shared store, another process appended since the state
+///   ([`CommitError::Conflict`]: on a shared store, another process appended since the state
 ///   the snapshot folds was read);
-/// - every record fits [`crate::MAX_RECORD_BYTES`] ([`StoreError::TooLarge`]).
+/// - every record fits [`crate::MAX_RECORD_BYTES`] ([`CommitError::TooLarge`]).
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     /// Events, in the order the engine decided them.
@@ -186,7 +186,7 @@ const READ_STREAMS_PAGE: usize = 1_024;
 pub trait EventStore: Send + Sync + 'static {
     /// Writes `commit` atomically after checking its constraints. On an error nothing is
     /// written.
-    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError>;
+    fn commit(&self, commit: Commit) -> Result<Receipt, CommitError>;
 
     /// Makes every committed operation durable.
     fn sync(&self) -> Result<(), StoreError>;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use linkflow_core::{Provider, SessionId};
-use linkflow_store::StoreError;
+use linkflow_store::{CommitError, StoreError};
 
 /// Why an engine call failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -12,6 +12,10 @@ pub enum EngineError {
     /// The log failed (I/O, corruption, a lock held by another process).
     #[error(transparent)]
     Store(Arc<StoreError>),
+    /// The store refused a commit the engine decided (a race with another process lost more
+    /// often than the engine retries, or a writer's bug): nothing of it was written.
+    #[error(transparent)]
+    Commit(Arc<CommitError>),
     /// A stored stream no longer folds: an event the log accepted is refused on replay. The log
     /// is inconsistent with the transition table (see `verify`).
     #[error(
@@ -68,6 +72,15 @@ impl EngineError {
 impl From<StoreError> for EngineError {
     fn from(error: StoreError) -> Self {
         EngineError::Store(Arc::new(error))
+    }
+}
+
+impl From<CommitError> for EngineError {
+    fn from(error: CommitError) -> Self {
+        match error {
+            CommitError::Store(error) => EngineError::from(error),
+            refused => EngineError::Commit(Arc::new(refused)),
+        }
     }
 }
 

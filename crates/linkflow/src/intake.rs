@@ -14,7 +14,7 @@ use linkflow_providers::{
     Unrouted, Warning, MAX_EVENTS_PER_DELIVERY,
 };
 use linkflow_store::record::check_event_size;
-use linkflow_store::{NewEvent, StoreError};
+use linkflow_store::{CommitError, NewEvent};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -247,7 +247,7 @@ fn check_size(incoming: &IncomingEvent) -> Result<(), EventError> {
     };
     match check_event_size(&incoming.session, &probe) {
         Ok(()) => Ok(()),
-        Err(StoreError::TooLarge {
+        Err(CommitError::TooLarge {
             stream,
             bytes,
             limit,

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
 use chrono::{TimeZone, Utc};
-use linkflow::store::{Append, Commit, DedupeKey, EventStore, NewEvent, SledStore, StoreError};
+use linkflow::store::{Append, Commit, CommitError, DedupeKey, EventStore, NewEvent, SledStore};
 use linkflow::{Engine, IncomingEvent, IngestOutcome};
 use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, Version};
 
@@ -62,7 +62,7 @@ fn writers_with_expected_versions_lose_nothing_and_see_conflicts() {
                                 assert_eq!(receipt.appended[0].version, expected.next());
                                 break;
                             }
-                            Err(StoreError::Conflict {
+                            Err(CommitError::Conflict {
                                 stream: conflicted,
                                 expected: stale,
                                 actual,

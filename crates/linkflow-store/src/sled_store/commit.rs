@@ -6,7 +6,7 @@ use linkflow_core::{SessionId, Version};
 
 use crate::check::{check_commit, CheckedEvent, CheckedSnapshot, StoredLog};
 use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
-use crate::error::StoreError;
+use crate::error::{CommitError, StoreError};
 use crate::keys::{self, Run};
 use crate::record::{pack_events, DedupeKey, MAX_PACKED_BYTES};
 use crate::staged::Wait;
@@ -78,7 +78,7 @@ impl StoredLog for SledReads<'_> {
 impl SledStore {
     /// Checks `commit` against the heads it touches, writes it as one frame of the log
     /// (staged, where reads see it), and answers its receipt.
-    pub(super) fn commit_unguarded(&self, commit: Commit) -> Result<Receipt, StoreError> {
+    pub(super) fn commit_unguarded(&self, commit: Commit) -> Result<Receipt, CommitError> {
         let mut writer = self.writer();
         // Fail-stop: after the disk failed, nothing more is committed (or acknowledged); nor
         // after the store was closed (checked under the writer lock `close` takes).

@@ -16,7 +16,7 @@ use std::time::Duration;
 use linkflow_core::{Position, SessionId, Version};
 
 use crate::dedupe_list::DedupeList;
-use crate::error::{io_error, CorruptRecord, StoreError};
+use crate::error::{io_error, CommitError, CorruptRecord, StoreError};
 use crate::keys::{self};
 use crate::record::{
     decode_event_record, decode_snapshot_record, event_records, DedupeKey, Snapshot, StoredEvent,
@@ -389,8 +389,14 @@ impl Drop for SledStore {
 }
 
 impl EventStore for SledStore {
-    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
-        self.guarded(|| self.commit_unguarded(commit))
+    /// Behind the guard against sled's panics, as every operation that reads sled.
+    fn commit(&self, commit: Commit) -> Result<Receipt, CommitError> {
+        let mut outcome = None;
+        self.guarded(|| {
+            outcome = Some(self.commit_unguarded(commit));
+            Ok(())
+        })?;
+        outcome.unwrap_or_else(|| Err(StoreError::Internal("the commit did not run".into()).into()))
     }
 
     /// One write and one `fdatasync` of the log; a filled segment asks for a checkpoint.

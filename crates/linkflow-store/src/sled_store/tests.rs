@@ -45,7 +45,7 @@ enum TestOp {
 
 /// Commits `ops`, each `Next` append expecting its stream's version as the store and the
 /// commit's earlier appends leave it.
-fn commit(store: &SledStore, ops: Vec<TestOp>) -> Result<Vec<Placed>, StoreError> {
+fn commit(store: &SledStore, ops: Vec<TestOp>) -> Result<Vec<Placed>, CommitError> {
     let mut versions: HashMap<SessionId, Version> = HashMap::new();
     let mut commit = Commit::default();
     for op in ops {
@@ -125,7 +125,7 @@ fn expected_versions_are_checked_against_the_version_in_the_streams_head() {
         // A stream with no head has no events.
         assert!(matches!(
             commit(&store, vec![exact(&a, 1, event(1))]),
-            Err(StoreError::Conflict {
+            Err(CommitError::Conflict {
                 actual: Version(0),
                 ..
             })
@@ -133,7 +133,7 @@ fn expected_versions_are_checked_against_the_version_in_the_streams_head() {
         commit(&store, vec![exact(&a, 0, event(1)), exact(&a, 1, event(2))]).unwrap();
         assert!(matches!(
             commit(&store, vec![exact(&a, 1, event(3))]),
-            Err(StoreError::Conflict {
+            Err(CommitError::Conflict {
                 actual: Version(2),
                 ..
             })
@@ -144,7 +144,7 @@ fn expected_versions_are_checked_against_the_version_in_the_streams_head() {
     let store = SledStore::open(dir.path()).unwrap();
     assert!(matches!(
         commit(&store, vec![exact(&a, 2, event(4))]),
-        Err(StoreError::Conflict {
+        Err(CommitError::Conflict {
             actual: Version(3),
             ..
         })
@@ -265,7 +265,10 @@ fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
             "{error}"
         );
         let error = commit(&store, vec![append(&a, event(5), false)]).unwrap_err();
-        assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+        assert!(
+            matches!(error, CommitError::Store(StoreError::Corrupt(_))),
+            "{error}"
+        );
         let found = problems(&store);
         assert!(
             found.iter().any(|p| p.contains("head of stream `sess-a`")),
@@ -522,7 +525,7 @@ fn a_new_store_keeps_each_snapshot_in_its_streams_head() {
     commit(&store, vec![snapshot_op(&a, 3, b"three")]).unwrap();
     assert_eq!(store.snapshot(&a).unwrap().unwrap().version, Version(3));
     let duplicate = commit(&store, vec![append(&a, event(1), false)]).unwrap_err();
-    assert!(matches!(duplicate, StoreError::DuplicateKey { .. }));
+    assert!(matches!(duplicate, CommitError::DuplicateKey { .. }));
     // Appending to the stream that had only a snapshot starts it at version 1.
     commit(&store, vec![exact(&b, 0, event(10))]).unwrap();
     assert_eq!(store.snapshot(&b).unwrap().unwrap().state, b"nothing yet");
@@ -780,8 +783,11 @@ fn a_store_whose_log_broke_takes_no_more_writes_and_keeps_serving_reads() {
     assert!(store.health().is_ok());
     store.wal.fail("EIO on fdatasync");
     store.wal.fail("a later failure");
+    let CommitError::Store(refused) = commit(&store, appends(&a, 3..=3)).unwrap_err() else {
+        panic!("a store error")
+    };
     for error in [
-        commit(&store, appends(&a, 3..=3)).unwrap_err(),
+        refused,
         store.sync().unwrap_err(),
         store.health().unwrap_err(),
     ] {
@@ -1163,7 +1169,7 @@ fn a_closed_store_leaves_no_log_and_sled_holds_every_commit() {
         // Closed: no more writes, reads go on, a second close does nothing.
         assert!(matches!(
             commit(&store, appends(&a, 3..=3)),
-            Err(StoreError::Closed)
+            Err(CommitError::Store(StoreError::Closed))
         ));
         assert!(matches!(store.sync(), Err(StoreError::Closed)));
         assert_eq!(store.stream_version(&a).unwrap(), Version(2));
@@ -1345,7 +1351,7 @@ fn store_fault_point(seed: u64) -> Result<String, String> {
     }
     // Reopened (the disk's fault gone, as after space was freed), the store takes writes again.
     commit(&reopened, vec![append(&streams[0], event(1_000), false)])
-        .and_then(|_| reopened.sync())
+        .and_then(|_| Ok(reopened.sync()?))
         .map_err(|e| format!("{fault:?}: writing after the reopen: {e}"))?;
     Ok(format!("{fault:?}"))
 }

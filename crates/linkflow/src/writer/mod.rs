@@ -17,8 +17,8 @@ use linkflow_core::{
     Provider, SessionId, Version, RULES_VERSION,
 };
 use linkflow_store::{
-    record::check_event_size, Append as NewAppend, Commit, DedupeHit, EventStore, NewEvent, Placed,
-    Snapshot, StoreError, StreamsRead,
+    record::check_event_size, Append as NewAppend, Commit, CommitError, DedupeHit, EventStore,
+    NewEvent, Placed, Snapshot, StoreError, StreamsRead,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -405,10 +405,10 @@ fn read_ahead(shared: &Shared, group: &[Request]) -> Result<Option<StreamsRead>,
 /// appended to one of its streams, or stored one of its dedupe keys, after the writer read it.
 /// On a store only this process writes, neither happens unless a cached state was wrong, and
 /// deciding again from the store is the cure too.
-fn is_race(error: &StoreError) -> bool {
+fn is_race(error: &CommitError) -> bool {
     matches!(
         error,
-        StoreError::Conflict { .. } | StoreError::DuplicateKey { .. }
+        CommitError::Conflict { .. } | CommitError::DuplicateKey { .. }
     )
 }
 

@@ -278,7 +278,7 @@ impl<'a> Plan<'a> {
         new: &NewEvent,
     ) -> Result<Option<EventError>, EngineError> {
         let session = &incoming.session;
-        if let Err(StoreError::TooLarge { bytes, limit, .. }) = check_event_size(session, new) {
+        if let Err(CommitError::TooLarge { bytes, limit, .. }) = check_event_size(session, new) {
             return Ok(Some(EventError::TooLarge {
                 session: session.clone(),
                 bytes,

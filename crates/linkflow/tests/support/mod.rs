@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use linkflow::store::{
-    Commit, DedupeHit, DedupeKey, EventStore, Receipt, SledStore, Snapshot, StoreError,
-    StoredEvent, StreamStart, StreamsRead, VerifyReport,
+    Commit, CommitError, DedupeHit, DedupeKey, EventStore, Receipt, SledStore, Snapshot,
+    StoreError, StoredEvent, StreamStart, StreamsRead, VerifyReport,
 };
 use linkflow_core::{Position, SessionId, Version};
 
@@ -62,8 +62,11 @@ impl<W: Watch> Watched<W> {
 }
 
 impl<W: Watch> EventStore for Watched<W> {
-    fn commit(&self, commit: Commit) -> Result<Receipt, StoreError> {
-        self.call(Call::Commit, |store| store.commit(commit))
+    fn commit(&self, commit: Commit) -> Result<Receipt, CommitError> {
+        self.watch.before(Call::Commit)?;
+        let result = self.inner.commit(commit);
+        self.watch.after(Call::Commit);
+        result
     }
     fn sync(&self) -> Result<(), StoreError> {
         self.call(Call::Sync, |store| store.sync())
