@@ -45,3 +45,15 @@ pub(crate) fn bad_column(record: impl Into<String>, reason: impl Into<String>) -
         reason: reason.into(),
     })
 }
+
+/// Column `index` of `row` as `T`: a typed error naming the column, not a panic, when the
+/// database holds another type there (a schema changed behind linkflow's back).
+pub(crate) fn col<'a, T, I>(row: &'a tokio_postgres::Row, index: I) -> Result<T, StoreError>
+where
+    T: tokio_postgres::types::FromSql<'a>,
+    I: tokio_postgres::row::RowIndex + std::fmt::Display,
+{
+    let name = index.to_string();
+    row.try_get(index)
+        .map_err(|error| bad_column(format!("column `{name}`"), error.to_string()))
+}

@@ -77,11 +77,12 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     )
     .await
     .map_err(backend)?;
-    let current: Option<i32> = tx
-        .query_one("SELECT max(version) FROM linkflow_schema", &[])
-        .await
-        .map_err(backend)?
-        .get(0);
+    let current: Option<i32> = crate::error::col(
+        &tx.query_one("SELECT max(version) FROM linkflow_schema", &[])
+            .await
+            .map_err(backend)?,
+        0,
+    )?;
     let current = current.unwrap_or(0);
     if current > latest() {
         return Err(schema_too_new(current, latest()));

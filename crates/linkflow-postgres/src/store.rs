@@ -15,7 +15,7 @@ use linkflow_store::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
 
-use crate::error::{backend, bad_column};
+use crate::error::{backend, bad_column, col};
 use crate::pool::{Bridge, Pool, Work};
 use crate::{schema, NOTIFY_CHANNEL};
 
@@ -88,11 +88,11 @@ fn describe_event(stream: &str, version: i64) -> String {
 }
 
 pub(crate) fn decode_event_row(row: &Row) -> Result<StoredEvent, StoreError> {
-    let stream: &str = row.get("stream");
-    let version: i64 = row.get("version");
-    let position: i64 = row.get("position");
+    let stream: &str = col(row, "stream")?;
+    let version: i64 = col(row, "version")?;
+    let position: i64 = col(row, "position")?;
     let what = describe_event(stream, version);
-    let event = decode_event_record(&what, row.get("record"))?;
+    let event = decode_event_record(&what, col(row, "record")?)?;
     if event.stream.as_str() != stream
         || i64::try_from(event.version.0) != Ok(version)
         || i64::try_from(event.position.0) != Ok(position)
@@ -154,7 +154,7 @@ impl PgStore {
                     )
                     .await
                     .map_err(backend)?;
-                to_u64(row.get(0), || "table sizes".into())
+                to_u64(col(&row, 0)?, || "table sizes".into())
             })
         }))
     }
@@ -227,21 +227,21 @@ async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched
 
     let mut out = Prefetched::default();
     for row in versions {
-        let stream: String = row.get(0);
-        let version: Option<i64> = row.get(1);
+        let stream: String = col(&row, 0)?;
+        let version: Option<i64> = col(&row, 1)?;
         let what = || format!("version of `{stream}`");
         let version = Version(to_u64(version.unwrap_or(0), what)?);
         out.versions
             .insert(session(stream.clone(), || stream.clone())?, version);
     }
     for row in accepted {
-        let stream: String = row.get(0);
+        let stream: String = col(&row, 0)?;
         let what = || format!("dedupe entry of `{stream}`");
-        let key = dedupe_key(row.get(1), what)?;
+        let key = dedupe_key(col(&row, 1)?, what)?;
         let hit = DedupeHit {
             stream: session(stream.clone(), what)?,
-            version: Version(to_u64(row.get(2), what)?),
-            position: Position(to_u64(row.get(3), what)?),
+            version: Version(to_u64(col(&row, 2)?, what)?),
+            position: Position(to_u64(col(&row, 3)?, what)?),
         };
         out.dedupe
             .insert((session(stream.clone(), what)?, key), hit);
@@ -322,11 +322,12 @@ async fn write_commit(
 ) -> Result<Result<Receipt, CommitError>, StoreError> {
     let tx = client.transaction().await.map_err(backend)?;
     // The serialization point of every node: held until COMMIT.
-    let head: i64 = tx
-        .query_one("SELECT position FROM linkflow_head FOR UPDATE", &[])
-        .await
-        .map_err(backend)?
-        .get(0);
+    let head: i64 = col(
+        &tx.query_one("SELECT position FROM linkflow_head FOR UPDATE", &[])
+            .await
+            .map_err(backend)?,
+        0,
+    )?;
     let head = Position(to_u64(head, || "linkflow_head".into())?);
     let mut reads = prefetch(&tx, &commit).await?;
     let checked = match check_commit(commit, head, &mut reads) {
@@ -408,9 +409,9 @@ fn decode_streams_read(
         }
     };
     for row in &snapshots {
-        let stream: &str = row.get(0);
+        let stream: &str = col(row, 0)?;
         let id = entry(&mut read, stream, "snapshot")?;
-        let snapshot = decode_snapshot_record(&format!("snapshot of `{stream}`"), row.get(1))?;
+        let snapshot = decode_snapshot_record(&format!("snapshot of `{stream}`"), col(row, 1)?)?;
         read.streams
             .get_mut(&id)
             .expect("checked by entry")
@@ -426,14 +427,14 @@ fn decode_streams_read(
             .push(event);
     }
     for row in &accepted_keys {
-        let stream: String = row.get(0);
+        let stream: String = col(row, 0)?;
         let what = || format!("dedupe entry of `{stream}`");
-        let key = dedupe_key(row.get(1), what)?;
+        let key = dedupe_key(col(row, 1)?, what)?;
         let id = session(stream.clone(), what)?;
         let hit = DedupeHit {
             stream: id.clone(),
-            version: Version(to_u64(row.get(2), what)?),
-            position: Position(to_u64(row.get(3), what)?),
+            version: Version(to_u64(col(row, 2)?, what)?),
+            position: Position(to_u64(col(row, 3)?, what)?),
         };
         read.dedupe.insert((id, key), hit);
     }
@@ -441,11 +442,13 @@ fn decode_streams_read(
 }
 
 async fn read_head(client: &Client) -> Result<Position, StoreError> {
-    let head: i64 = client
-        .query_one("SELECT position FROM linkflow_head", &[])
-        .await
-        .map_err(backend)?
-        .get(0);
+    let head: i64 = col(
+        &client
+            .query_one("SELECT position FROM linkflow_head", &[])
+            .await
+            .map_err(backend)?,
+        0,
+    )?;
     Ok(Position(to_u64(head, || "linkflow_head".into())?))
 }
 
@@ -529,7 +532,7 @@ impl EventStore for PgStore {
             "SELECT max(version) FROM linkflow_events WHERE stream = $1",
             vec![Box::new(stream.to_string())],
         )?;
-        let version: Option<i64> = rows[0].get(0);
+        let version: Option<i64> = col(&rows[0], 0)?;
         Ok(Version(to_u64(version.unwrap_or(0), || {
             format!("version of `{stream}`")
         })?))
@@ -584,8 +587,8 @@ impl EventStore for PgStore {
                     .map(|row| {
                         Ok(DedupeHit {
                             stream: stream.clone(),
-                            version: Version(to_u64(row.get(0), what)?),
-                            position: Position(to_u64(row.get(1), what)?),
+                            version: Version(to_u64(col(row, 0)?, what)?),
+                            position: Position(to_u64(col(row, 1)?, what)?),
                         })
                     })
                     .transpose()
@@ -600,7 +603,7 @@ impl EventStore for PgStore {
         )?;
         rows.first()
             .map(|row| {
-                let value: i64 = row.get(0);
+                let value: i64 = col(row, 0)?;
                 u32::try_from(value)
                     .map_err(|_| bad_column("linkflow_meta folded_with", "not a rules version"))
             })
@@ -628,14 +631,14 @@ impl EventStore for PgStore {
                 "a query of one row answered none".into(),
             ));
         };
-        let holds_events: bool = row.get(0);
+        let holds_events: bool = col(row, 0)?;
         if !holds_events {
             return Ok(StreamStart {
                 empty: Some(true),
                 snapshot: None,
             });
         }
-        let record: Option<&[u8]> = row.get(1);
+        let record: Option<&[u8]> = col(row, 1)?;
         let snapshot = record
             .map(|record| decode_snapshot_record(&format!("snapshot of `{stream}`"), record))
             .transpose()?;
@@ -657,9 +660,9 @@ impl EventStore for PgStore {
                 vec![Box::new(after.clone()), Box::new(PAGE)],
             )?;
             for row in &rows {
-                let stream: String = row.get(0);
+                let stream: String = col(row, 0)?;
                 let what = format!("snapshot of `{stream}`");
-                let snapshot = decode_snapshot_record(&what, row.get(1))?;
+                let snapshot = decode_snapshot_record(&what, col(row, 1)?)?;
                 after = stream.clone();
                 if visit(session(stream, || what)?, snapshot).is_break() {
                     return Ok(());

@@ -3,6 +3,7 @@
 use linkflow_store::record::decode_snapshot_record;
 use linkflow_store::{Problem, StoreError, VerifyReport};
 
+use crate::error::col;
 use crate::store::{PgStore, PAGE};
 use linkflow_store::EventStore;
 
@@ -26,8 +27,11 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         "SELECT count(*), coalesce(max(position), 0), count(DISTINCT stream) FROM linkflow_events",
         Vec::new(),
     )?;
-    let (count, max, streams): (i64, i64, i64) =
-        (totals[0].get(0), totals[0].get(1), totals[0].get(2));
+    let (count, max, streams): (i64, i64, i64) = (
+        col(&totals[0], 0)?,
+        col(&totals[0], 1)?,
+        col(&totals[0], 2)?,
+    );
     report.streams = u64::try_from(streams).unwrap_or(0);
     if u64::try_from(max).ok() != Some(head.0) || u64::try_from(count).ok() != Some(head.0) {
         problem(
@@ -41,8 +45,8 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
           GROUP BY stream HAVING count(*) <> max(version)",
         Vec::new(),
     )? {
-        let stream: String = row.get(0);
-        let (count, max): (i64, i64) = (row.get(1), row.get(2));
+        let stream: String = col(&row, 0)?;
+        let (count, max): (i64, i64) = (col(&row, 1)?, col(&row, 2)?);
         problem(
             &mut report,
             format!("stream `{stream}`"),
@@ -60,10 +64,10 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         let full = rows.len() as i64 == PAGE;
         for row in &rows {
             report.events += 1;
-            after = row.get("position");
+            after = col(row, "position")?;
             match crate::store::decode_event_row(row) {
                 Ok(event) => {
-                    let dedupe: &[u8] = row.get("dedupe");
+                    let dedupe: &[u8] = col(row, "dedupe")?;
                     if dedupe != event.data.dedupe_key.as_bytes() {
                         problem(
                             &mut report,
@@ -88,11 +92,11 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         Vec::new(),
     )? {
         report.snapshots += 1;
-        let stream: String = row.get(0);
-        let version: i64 = row.get(1);
-        let stored: Option<i64> = row.get(3);
+        let stream: String = col(&row, 0)?;
+        let version: i64 = col(&row, 1)?;
+        let stored: Option<i64> = col(&row, 3)?;
         let what = format!("snapshot of `{stream}`");
-        match decode_snapshot_record(&what, row.get(2)) {
+        match decode_snapshot_record(&what, col(&row, 2)?) {
             Ok(snapshot) => {
                 if i64::try_from(snapshot.version.0) != Ok(version) {
                     problem(&mut report, &what, "the record does not match its row");

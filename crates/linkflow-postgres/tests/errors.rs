@@ -110,3 +110,24 @@ fn a_server_error_is_typed_by_its_sqlstate() {
         "{error}"
     );
 }
+
+/// A column of another type than linkflow reads (a schema changed behind its back) is a typed
+/// error naming the column, never a panic.
+#[test]
+fn a_column_of_another_type_is_an_error_not_a_panic() {
+    use linkflow_store::EventStore;
+    let Some(cluster) = TestCluster::shared_or_skip("column_type") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let store = PgStore::open(&url).unwrap();
+    let database = url.rsplit('/').next().unwrap();
+    store.set_folded_with(1).unwrap();
+    cluster.psql(
+        database,
+        "ALTER TABLE linkflow_meta ALTER COLUMN value TYPE text USING value::text",
+    );
+    let error = store.folded_with().unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    assert!(error.to_string().contains("column `0`"), "{error}");
+}
