@@ -970,6 +970,31 @@ pub(crate) mod sim {
         }
     }
 
+    impl DiskFault {
+        /// One of the four, evenly.
+        pub(crate) fn pick(rng: &mut Seeded) -> DiskFault {
+            match rng.below(4) {
+                0 => DiskFault::WriteEio,
+                1 => DiskFault::WriteEnospc,
+                2 => DiskFault::SyncEio,
+                _ => DiskFault::Crash,
+            }
+        }
+    }
+
+    /// The seeds a fault test runs: `LINKFLOW_FAULT_SEEDS` of them (`default` unless set) from
+    /// `LINKFLOW_FAULT_SEED_BASE` (0).
+    pub(crate) fn fault_seeds(default: u64) -> std::ops::Range<u64> {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default)
+        };
+        let base = var("LINKFLOW_FAULT_SEED_BASE", 0);
+        base..base.saturating_add(var("LINKFLOW_FAULT_SEEDS", default))
+    }
+
     impl SimDisk {
         /// A disk whose `fault` strikes at operation `fault_at`.
         pub(crate) fn new(seed: u64, fault: DiskFault, fault_at: u64) -> Arc<Mutex<SimDisk>> {
@@ -1022,7 +1047,7 @@ pub(crate) fn tests_last_segment(dir: &Path) -> (u64, PathBuf) {
 
 #[cfg(test)]
 mod tests {
-    use super::sim::{DiskFault, Seeded, SimDisk};
+    use super::sim::{fault_seeds, DiskFault, Seeded, SimDisk};
     use super::*;
 
     fn payload(writes: &[(&[u8], Option<&[u8]>)]) -> Payload {
@@ -1038,21 +1063,6 @@ mod tests {
 
     fn seqs(frames: &[Frame]) -> Vec<u64> {
         frames.iter().map(|frame| frame.seq).collect()
-    }
-
-    /// The seeds a fault test runs: `LINKFLOW_FAULT_SEEDS` of them (2,000 by default) from
-    /// `LINKFLOW_FAULT_SEED_BASE` (0).
-    fn fault_seeds() -> (u64, u64) {
-        let var = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(default)
-        };
-        (
-            var("LINKFLOW_FAULT_SEED_BASE", 0),
-            var("LINKFLOW_FAULT_SEEDS", 2_000),
-        )
     }
 
     /// One seeded fault point: frames appended and synced at random, then a crash image of the
@@ -1157,9 +1167,10 @@ mod tests {
     /// it, never taken for the end of the log. A failing seed prints how to replay it.
     #[test]
     fn seeded_fault_points_never_lose_an_acknowledged_frame_silently() {
-        let (base, count) = fault_seeds();
+        let seeds = fault_seeds(2_000);
+        let count = seeds.end - seeds.start;
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        for seed in base..base + count {
+        for seed in seeds {
             match fault_point(seed) {
                 Ok(kind) => *seen.entry(kind).or_default() += 1,
                 Err(what) => panic!(
@@ -1183,12 +1194,7 @@ mod tests {
     /// for damage, and after a failed write or sync the log acknowledges nothing more.
     fn disk_fault_point(seed: u64) -> Result<DiskFault, String> {
         let mut rng = Seeded(seed ^ 0x5EED_D15C);
-        let fault = match rng.below(4) {
-            0 => DiskFault::WriteEio,
-            1 => DiskFault::WriteEnospc,
-            2 => DiskFault::SyncEio,
-            _ => DiskFault::Crash,
-        };
+        let fault = DiskFault::pick(&mut rng);
         let disk = SimDisk::new(rng.next(), fault, 1 + rng.below(60));
         let io = SimDisk::io(&disk);
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -1257,9 +1263,9 @@ mod tests {
     /// a crash, at a random operation. A failing seed prints how to replay it.
     #[test]
     fn a_failing_disk_never_loses_an_acknowledged_frame_nor_acknowledges_after_failing() {
-        let (base, count) = fault_seeds();
+        let seeds = fault_seeds(2_000);
         let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        for seed in base..base + count {
+        for seed in seeds {
             match disk_fault_point(seed) {
                 Ok(fault) => *seen.entry(format!("{fault:?}")).or_default() += 1,
                 Err(what) => panic!(

@@ -185,7 +185,7 @@ impl SledStore {
     /// caught here and becomes a `CorruptRecord` naming the store's file, never a process exit.
     pub fn open_with(options: SledOptions) -> Result<Self, StoreError> {
         let path = options.path.clone();
-        guard_sled(&path, || SledStore::open_unguarded(options))
+        guard_sled(&path, || SledStore::open_unguarded(options))?
     }
 
     fn open_unguarded(options: SledOptions) -> Result<Self, StoreError> {
@@ -264,17 +264,14 @@ impl SledStore {
 
     /// Runs a store operation behind the guard against sled panics ([`guard_sled`]); a panic
     /// also fails the store (sled's state is unknown after it), so that no more is written.
-    fn guarded<T>(
+    fn guarded<T, E: From<StoreError>>(
         &self,
-        operation: impl FnOnce() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let result = guard_sled(&self.path, operation);
-        if let Err(StoreError::Corrupt(corrupt)) = &result {
-            if corrupt.reason.starts_with("sled failed reading its files") {
-                self.wal.fail(&corrupt.to_string());
-            }
-        }
-        result
+        operation: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        guard_sled(&self.path, operation).unwrap_or_else(|panicked| {
+            self.wal.fail(&panicked.to_string());
+            Err(panicked.into())
+        })
     }
 
     /// The data directory.
@@ -391,12 +388,7 @@ impl Drop for SledStore {
 impl EventStore for SledStore {
     /// Behind the guard against sled's panics, as every operation that reads sled.
     fn commit(&self, commit: Commit) -> Result<Receipt, CommitError> {
-        let mut outcome = None;
-        self.guarded(|| {
-            outcome = Some(self.commit_unguarded(commit));
-            Ok(())
-        })?;
-        outcome.unwrap_or_else(|| Err(StoreError::Internal("the commit did not run".into()).into()))
+        self.guarded(|| self.commit_unguarded(commit))
     }
 
     /// One write and one `fdatasync` of the log; a filled segment asks for a checkpoint.

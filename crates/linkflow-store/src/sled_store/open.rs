@@ -103,15 +103,12 @@ pub(super) fn open_sled_once(path: &Path, options: &SledOptions) -> Result<sled:
         })
 }
 
-/// Runs `read` (sled reading its files), turning a panic of sled's into a `CorruptRecord`
-/// naming the store's file: sled 0.34 panics on some damaged pages, and no bytes on disk may
-/// end the process.
-pub(super) fn guard_sled<T>(
-    path: &Path,
-    read: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+/// Runs `read` (sled reading its files): its answer, or a `CorruptRecord` naming the store's
+/// file if sled panicked (sled 0.34 panics on some damaged pages, and no bytes on disk may end
+/// the process).
+pub(super) fn guard_sled<T>(path: &Path, read: impl FnOnce() -> T) -> Result<T, StoreError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
-        Ok(result) => result,
+        Ok(answer) => Ok(answer),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()

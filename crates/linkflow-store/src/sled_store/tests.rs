@@ -653,11 +653,11 @@ fn a_panic_of_sled_while_opening_is_a_corrupt_record_naming_the_file() {
     };
     assert!(corrupt.key.ends_with("db"), "{corrupt:?}");
     assert!(corrupt.reason.contains("Uninitialized"), "{corrupt:?}");
-    assert_eq!(guard_sled(dir.path(), || Ok(7)).unwrap(), 7);
+    assert_eq!(guard_sled(dir.path(), || 7).unwrap(), 7);
     // On an open store, a panic of sled's in any operation fails the store for writes.
     let store = quiet_store(dir.path());
     let error = store
-        .guarded::<()>(|| panic!("tried to serialize Uninitialized"))
+        .guarded::<(), StoreError>(|| panic!("tried to serialize Uninitialized"))
         .unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     assert!(matches!(store.health(), Err(StoreError::Failed { .. })));
@@ -665,9 +665,6 @@ fn a_panic_of_sled_while_opening_is_a_corrupt_record_naming_the_file() {
     assert_eq!(store.head().unwrap(), Position::START, "reads still answer");
 }
 
-/// Finding 2 of issue 25: damaged bytes in sled's own file are an error naming the store,
-/// never a panic (sled 0.34 panics on some damaged pages): every one of many single-byte
-/// changes either opens and reads, or fails to open with an error.
 /// A process killed while sled writes a snapshot leaves `snap.<lsn>.generating`, partial;
 /// sled 0.34.7 alone then refuses every open. The store sets the unfinished snapshot aside
 /// and opens with everything committed; any other corruption stays an error.
@@ -717,6 +714,9 @@ fn a_snapshot_sled_never_finished_does_not_stop_the_store_from_opening() {
     ));
 }
 
+/// Finding 2 of issue 25: damaged bytes in sled's own file are an error naming the store,
+/// never a panic (sled 0.34 panics on some damaged pages): every one of many single-byte
+/// changes either opens and reads, or fails to open with an error.
 #[test]
 fn a_damaged_sled_file_is_an_error_not_a_panic() {
     // A crash image: sled's files and the log copied while the store is open, as a kill
@@ -1271,12 +1271,7 @@ impl SledStore {
 fn store_fault_point(seed: u64) -> Result<String, String> {
     use crate::wal::sim::{DiskFault, Seeded, SimDisk};
     let mut rng = Seeded(seed ^ 0x5_70_2E);
-    let fault = match rng.below(4) {
-        0 => DiskFault::WriteEio,
-        1 => DiskFault::WriteEnospc,
-        2 => DiskFault::SyncEio,
-        _ => DiskFault::Crash,
-    };
+    let fault = DiskFault::pick(&mut rng);
     let disk = SimDisk::new(rng.next(), fault, 1 + rng.below(40));
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut options = SledOptions::new(dir.path());
@@ -1361,18 +1356,8 @@ fn store_fault_point(seed: u64) -> Result<String, String> {
 /// to replay it.
 #[test]
 fn the_store_on_a_failing_disk_keeps_every_acknowledged_event_and_verifies() {
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(default)
-    };
-    let (base, count) = (
-        var("LINKFLOW_FAULT_SEED_BASE", 0),
-        var("LINKFLOW_FAULT_SEEDS", 300),
-    );
     let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
-    for seed in base..base + count {
+    for seed in crate::wal::sim::fault_seeds(300) {
         match store_fault_point(seed) {
             Ok(kind) => *seen.entry(kind).or_default() += 1,
             Err(what) => panic!(
