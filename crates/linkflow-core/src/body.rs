@@ -160,6 +160,16 @@ impl Compact for EventBody {
 }
 
 /// The code of `value`: its index in `all`, which lists every value (the durable order).
+impl Compact for Provider {
+    fn encode_compact(&self, out: &mut Output) {
+        out.u8(code_of(&PROVIDERS, self));
+    }
+
+    fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
+        input.choice("provider", &PROVIDERS)
+    }
+}
+
 fn code_of<T: PartialEq>(all: &[T], value: &T) -> u8 {
     let index = all
         .iter()

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 
 /// A compact form that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("compact state: {what} at byte {at}: {reason}")]
+#[error("{what} at byte {at}: {reason}")]
 #[non_exhaustive]
 pub struct CompactError {
     /// The field being read.
@@ -55,6 +55,13 @@ pub fn from_compact<T: Compact>(bytes: &[u8]) -> Result<T, CompactError> {
 #[derive(Debug, Default)]
 pub struct Output(Vec<u8>);
 
+impl From<Vec<u8>> for Output {
+    /// Writes after what `bytes` holds (and into its capacity).
+    fn from(bytes: Vec<u8>) -> Self {
+        Output(bytes)
+    }
+}
+
 impl Output {
     /// The bytes written.
     pub fn into_bytes(self) -> Vec<u8> {
@@ -71,10 +78,20 @@ impl Output {
         put_varint(&mut self.0, value);
     }
 
+    /// Bytes as they are (a fixed-width field, such as an id).
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// Bytes of any length: their length, then the bytes.
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        self.varint(bytes.len() as u64);
+        self.0.extend_from_slice(bytes);
+    }
+
     /// A string: its length, then its bytes.
     pub fn str(&mut self, value: &str) {
-        self.varint(value.len() as u64);
-        self.0.extend_from_slice(value.as_bytes());
+        self.bytes(value.as_bytes());
     }
 
     /// An optional string: `0` for none, else length + 1 and the bytes.
@@ -195,6 +212,19 @@ impl<'a> Input<'a> {
         Ok(self.take(what, 1)?[0])
     }
 
+    /// `N` bytes as they are.
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], CompactError> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(what, N)?);
+        Ok(array)
+    }
+
+    /// Bytes written by [`Output::bytes`].
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], CompactError> {
+        let len = self.count(what)?;
+        self.take(what, len)
+    }
+
     /// A varint.
     pub fn varint(&mut self, what: &'static str) -> Result<u64, CompactError> {
         let mut rest = &self.bytes[self.at..];
@@ -225,26 +255,24 @@ impl<'a> Input<'a> {
             })
     }
 
-    fn utf8(&mut self, what: &'static str, len: usize) -> Result<String, CompactError> {
+    fn utf8(&mut self, what: &'static str, len: usize) -> Result<&'a str, CompactError> {
         let start = self.at;
         let bytes = self.take(what, len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|error| CompactError {
-                what,
-                at: start,
-                reason: format!("not UTF-8: {error}"),
-            })
+        std::str::from_utf8(bytes).map_err(|error| CompactError {
+            what,
+            at: start,
+            reason: format!("not UTF-8: {error}"),
+        })
     }
 
     /// A string.
     pub fn str(&mut self, what: &'static str) -> Result<String, CompactError> {
         let len = self.count(what)?;
-        self.utf8(what, len)
+        self.utf8(what, len).map(str::to_owned)
     }
 
-    /// An optional string.
-    pub fn opt_str(&mut self, what: &'static str) -> Result<Option<String>, CompactError> {
+    /// An optional string, borrowed from the input.
+    pub fn opt_str_ref(&mut self, what: &'static str) -> Result<Option<&'a str>, CompactError> {
         match self.varint(what)? {
             0 => Ok(None),
             len => {
@@ -253,6 +281,11 @@ impl<'a> Input<'a> {
                 self.utf8(what, len).map(Some)
             }
         }
+    }
+
+    /// An optional string.
+    pub fn opt_str(&mut self, what: &'static str) -> Result<Option<String>, CompactError> {
+        Ok(self.opt_str_ref(what)?.map(str::to_owned))
     }
 
     /// A time written with base `base_secs`.

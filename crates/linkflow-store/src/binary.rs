@@ -1,365 +1,156 @@
-//! Record bodies (schema 4): fixed-width fields in binary, strings length-prefixed, the raw
-//! payload as its verbatim bytes, and the canonical event in the core's compact form
-//! (`linkflow_core::EventBody`'s `Compact` impl, its bytes pinned by a test here).
+//! Record bodies (schema 5), in the core's compact form (`linkflow_core::compact`): integers
+//! as varints, ids as their 16 bytes, strings and the raw payload length-prefixed and verbatim,
+//! and the canonical event as its own compact form (`EventBody`'s, its bytes pinned by a test
+//! in `record.rs`).
 //!
 //! ```text
-//! event    = str(stream) u64(version) u64(position) time(stored_at) u8(rejected) new_event
-//! snapshot = u8(provider) u64(version) str(state bytes, opaque to the store)
-//! new_event = [16](event id) [16](dedupe key) u8(provider) time(received_at)
-//!             opt(str(raw name)) opt(str(raw payload)) str(compact EventBody)
-//! str  = varint(length) bytes            opt(x) = u8(0) | u8(1) x
-//! time = i64(seconds since the epoch) u32(nanoseconds)     integers big-endian
+//! event     = u8(rejected) str(stream) varint(version) varint(position) new_event
+//!             time(stored_at, from received_at)
+//! new_event = [16](event id) [16](dedupe key) provider time(received_at, from the epoch)
+//!             opt_str(raw name) opt_str(raw payload) bytes(compact EventBody)
+//! snapshot  = provider varint(version) bytes(state, opaque to the store)
+//! packed    = u8(PACKED) varint(count >= 2) bytes(record) per record
 //! ```
 //!
 //! No field names, no hex or text forms of ids and times, no escaping of the raw payload: ~30
 //! bytes of canonical event for the bench workload's average event (178 as JSON).
 
-use chrono::{DateTime, Utc};
-use linkflow_core::compact::{put_varint, take_varint, VARINT_ERROR};
-use linkflow_core::{from_compact, DedupeKey, EventBody, Position, Provider, SessionId, Version};
+use linkflow_core::compact::{Input, Output};
+use linkflow_core::{
+    from_compact, Compact, CompactError, DedupeKey, Position, Provider, SessionId, Version,
+};
 use uuid::Uuid;
 
 use crate::error::CorruptRecord;
-use crate::record::{NewEvent, RawJson, Snapshot, StoredEvent};
+use crate::record::{NewEvent, RawJson, Snapshot, StoredEvent, PACKED};
 
-fn provider_byte(provider: Provider) -> u8 {
-    match provider {
-        Provider::Moneykit => 1,
-        Provider::Benji => 2,
-        Provider::Knot => 3,
-    }
+/// The most bytes an event record's body takes besides its strings and canonical event (each
+/// varint at most 10 bytes, a time at most 15): what the size check adds to them.
+pub(crate) const EVENT_FIXED_BYTES: usize = 1 + 10 + 10 + 16 + 16 + 1 + 15 + 15 + 6 * 10;
+
+pub(crate) fn write_event(out: &mut Output, event: &StoredEvent) {
+    out.u8(u8::from(event.rejected));
+    out.str(event.stream.as_str());
+    out.varint(event.version.0);
+    out.varint(event.position.0);
+    let data = &event.data;
+    out.raw(data.event_id.as_bytes());
+    out.raw(data.dedupe_key.as_bytes());
+    data.provider.encode_compact(out);
+    out.time(data.received_at, 0);
+    out.opt_str(data.raw_name.as_deref());
+    out.opt_str(data.raw.as_ref().map(RawJson::get));
+    // Its length prefix comes first, so the body is encoded aside.
+    out.bytes(&linkflow_core::to_compact(&data.body));
+    out.time(event.stored_at, data.received_at.timestamp());
 }
 
-/// Appends record fields to a buffer.
-pub(crate) struct Writer<'a> {
-    out: &'a mut Vec<u8>,
+pub(crate) fn write_snapshot(out: &mut Output, snapshot: &Snapshot) {
+    snapshot.provider.encode_compact(out);
+    out.varint(snapshot.version.0);
+    out.bytes(&snapshot.state);
 }
 
-impl<'a> Writer<'a> {
-    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
-        Writer { out }
-    }
-
-    fn u8(&mut self, value: u8) {
-        self.out.push(value);
-    }
-
-    fn u64(&mut self, value: u64) {
-        self.out.extend_from_slice(&value.to_be_bytes());
-    }
-
-    fn varint(&mut self, value: usize) {
-        put_varint(self.out, value as u64);
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        self.varint(bytes.len());
-        self.out.extend_from_slice(bytes);
-    }
-
-    fn time(&mut self, time: &DateTime<Utc>) {
-        self.out.extend_from_slice(&time.timestamp().to_be_bytes());
-        self.out
-            .extend_from_slice(&time.timestamp_subsec_nanos().to_be_bytes());
-    }
-
-    fn opt_str(&mut self, text: Option<&str>) {
-        match text {
-            None => self.u8(0),
-            Some(text) => {
-                self.u8(1);
-                self.bytes(text.as_bytes());
-            }
-        }
-    }
-
-    fn new_event(&mut self, event: &NewEvent) {
-        self.out.extend_from_slice(event.event_id.as_bytes());
-        self.out.extend_from_slice(event.dedupe_key.as_bytes());
-        self.u8(provider_byte(event.provider));
-        self.time(&event.received_at);
-        self.opt_str(event.raw_name.as_deref());
-        self.opt_str(event.raw.as_ref().map(RawJson::get));
-        // Its length prefix comes first, so the body is encoded aside.
-        self.bytes(&linkflow_core::to_compact(&event.body));
-    }
-
-    pub(crate) fn event(&mut self, event: &StoredEvent) {
-        self.bytes(event.stream.as_str().as_bytes());
-        self.u64(event.version.0);
-        self.u64(event.position.0);
-        self.time(&event.stored_at);
-        self.u8(u8::from(event.rejected));
-        self.new_event(&event.data);
-    }
-
-    pub(crate) fn snapshot(&mut self, snapshot: &Snapshot) {
-        self.u8(provider_byte(snapshot.provider));
-        self.u64(snapshot.version.0);
-        self.bytes(&snapshot.state);
-    }
+fn corrupt(key: &str, part: &str, error: CompactError) -> CorruptRecord {
+    CorruptRecord::new(key, format!("{part}: {error}"))
 }
 
-/// Several consecutive event records of one stream as one value: `u8(PACKED) varint(count)`
-/// then `str(record)` per record, each record whole (its own header and checksum).
-pub(crate) fn write_packed(records: &[&[u8]]) -> Vec<u8> {
-    let bytes: usize = records.iter().map(|record| record.len() + 2).sum();
-    let mut out = Vec::with_capacity(bytes + 3);
-    out.push(crate::record::PACKED);
-    let mut writer = Writer::new(&mut out);
-    writer.varint(records.len());
-    for record in records {
-        writer.bytes(record);
-    }
-    out
+/// Reads a whole body with `read`; a failure names the record, the field and the byte.
+fn read<T>(
+    key: &str,
+    body: &[u8],
+    read: impl FnOnce(&mut Input<'_>) -> Result<T, CompactError>,
+) -> Result<T, CorruptRecord> {
+    let mut input = Input::new(body);
+    read(&mut input)
+        .and_then(|value| input.finish().map(|()| value))
+        .map_err(|error| corrupt(key, "body", error))
 }
 
-/// The records of a packed value (its first byte is `PACKED`): at least two, filling it
-/// exactly.
-pub(crate) fn read_packed<'a>(
-    key: &'a str,
-    value: &'a [u8],
-) -> Result<Vec<&'a [u8]>, CorruptRecord> {
-    let mut reader = Reader::new(key, value.get(1..).unwrap_or(&[]));
-    let count = reader.varint("packed record count")?;
-    if count < 2 {
-        return Err(reader.error("packed record count", format!("{count} is fewer than 2")));
-    }
-    // Each record takes at least its length byte and header: a count beyond that is damage,
-    // not a reason to reserve memory.
-    if count > value.len() / 6 {
-        return Err(reader.error(
-            "packed record count",
-            format!("{count} records cannot fit in {} bytes", value.len()),
-        ));
-    }
-    let mut records = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = reader.varint("packed record length")?;
-        records.push(reader.take("packed record", len)?);
-    }
-    if reader.at != reader.bytes.len() {
-        return Err(reader.error(
-            "packed value",
-            format!(
-                "{} bytes after the last record",
-                reader.bytes.len() - reader.at
-            ),
-        ));
-    }
-    Ok(records)
-}
-
-/// How many records a packed value holds, from its header alone.
-pub(crate) fn packed_count(key: &str, value: &[u8]) -> Result<usize, CorruptRecord> {
-    let mut reader = Reader::new(key, value.get(1..).unwrap_or(&[]));
-    match reader.varint("packed record count")? {
-        count @ 2.. => Ok(count),
-        count => Err(reader.error("packed record count", format!("{count} is fewer than 2"))),
-    }
-}
-
-/// Reads record fields; every failure names the record and the field.
-pub(crate) struct Reader<'a> {
-    key: &'a str,
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(key: &'a str, bytes: &'a [u8]) -> Self {
-        Reader { key, bytes, at: 0 }
-    }
-
-    fn error(&self, what: &str, reason: impl std::fmt::Display) -> CorruptRecord {
-        CorruptRecord::new(
-            self.key,
-            format!("{what} at body byte {}: {reason}", self.at),
-        )
-    }
-
-    fn take(&mut self, what: &str, len: usize) -> Result<&'a [u8], CorruptRecord> {
-        let end = self
-            .at
-            .checked_add(len)
-            .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| {
-                self.error(
-                    what,
-                    format!("needs {len} bytes, {} left", self.bytes.len() - self.at),
-                )
-            })?;
-        let slice = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], CorruptRecord> {
-        let mut array = [0u8; N];
-        array.copy_from_slice(self.take(what, N)?);
-        Ok(array)
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8, CorruptRecord> {
-        Ok(self.array::<1>(what)?[0])
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, CorruptRecord> {
-        Ok(u64::from_be_bytes(self.array(what)?))
-    }
-
-    fn flag(&mut self, what: &str) -> Result<bool, CorruptRecord> {
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(self.error(what, format!("flag byte {other} is neither 0 nor 1"))),
-        }
-    }
-
-    fn varint(&mut self, what: &str) -> Result<usize, CorruptRecord> {
-        let mut rest = &self.bytes[self.at..];
-        let value = take_varint(&mut rest)
-            .and_then(|value| usize::try_from(value).ok())
-            .ok_or_else(|| self.error(what, VARINT_ERROR))?;
-        self.at = self.bytes.len() - rest.len();
-        Ok(value)
-    }
-
-    fn bytes(&mut self, what: &str) -> Result<&'a [u8], CorruptRecord> {
-        let len = self.varint(what)?;
-        self.take(what, len)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, CorruptRecord> {
-        let bytes = self.bytes(what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|error| self.error(what, error))
-    }
-
-    fn time(&mut self, what: &str) -> Result<DateTime<Utc>, CorruptRecord> {
-        let seconds = i64::from_be_bytes(self.array(what)?);
-        let nanos = u32::from_be_bytes(self.array(what)?);
-        DateTime::from_timestamp(seconds, nanos)
-            .ok_or_else(|| self.error(what, format!("{seconds}s {nanos}ns is out of range")))
-    }
-
-    fn provider(&mut self, what: &str) -> Result<Provider, CorruptRecord> {
-        match self.u8(what)? {
-            1 => Ok(Provider::Moneykit),
-            2 => Ok(Provider::Benji),
-            3 => Ok(Provider::Knot),
-            other => Err(self.error(what, format!("unknown provider code {other}"))),
-        }
-    }
-
-    fn session(&mut self, what: &str) -> Result<SessionId, CorruptRecord> {
-        let text = self.string(what)?;
-        SessionId::new(text).map_err(|error| self.error(what, error))
-    }
-
-    /// The raw payload: UTF-8 is checked, the JSON was when the record was written.
-    fn raw_json(&mut self, what: &str) -> Result<RawJson, CorruptRecord> {
-        let bytes = self.bytes(what)?;
-        std::str::from_utf8(bytes)
-            .map(RawJson::from_stored)
-            .map_err(|error| self.error(what, error))
-    }
-
-    fn new_event(&mut self) -> Result<NewEvent, CorruptRecord> {
-        let event_id = Uuid::from_bytes(self.array("event id")?);
-        let dedupe_key = DedupeKey::from_bytes(self.array("dedupe key")?);
-        let provider = self.provider("provider")?;
-        let received_at = self.time("received_at")?;
-        let raw_name = if self.flag("raw name")? {
-            Some(self.string("raw name")?)
-        } else {
-            None
-        };
-        let raw = if self.flag("raw payload")? {
-            Some(self.raw_json("raw payload")?)
-        } else {
-            None
-        };
-        let body_bytes = self.bytes("event body")?;
-        let body: EventBody =
-            from_compact(body_bytes).map_err(|error| self.error("event body", error))?;
-        Ok(NewEvent {
-            event_id,
-            dedupe_key,
-            provider,
-            body,
-            raw_name,
-            raw,
-            received_at,
-        })
-    }
-
-    fn end<T>(&self, value: T) -> Result<T, CorruptRecord> {
-        if self.at == self.bytes.len() {
-            Ok(value)
-        } else {
-            Err(self.error(
-                "end of record",
-                format!("{} bytes left over", self.bytes.len() - self.at),
-            ))
-        }
-    }
-
-    pub(crate) fn event(mut self) -> Result<StoredEvent, CorruptRecord> {
-        let stream = self.session("stream")?;
-        let version = Version(self.u64("version")?);
-        let position = Position(self.u64("position")?);
-        let stored_at = self.time("stored_at")?;
-        let rejected = self.flag("rejected")?;
-        let data = self.new_event()?;
-        self.end(StoredEvent {
+pub(crate) fn read_event(key: &str, body: &[u8]) -> Result<StoredEvent, CorruptRecord> {
+    read(key, body, |input| {
+        let rejected = input.present("rejected")?;
+        let stream = input.str("stream")?;
+        let stream =
+            SessionId::new(stream).map_err(|error| input.error("stream", error.to_string()))?;
+        let version = Version(input.varint("version")?);
+        let position = Position(input.varint("position")?);
+        let event_id = Uuid::from_bytes(input.array("event id")?);
+        let dedupe_key = DedupeKey::from_bytes(input.array("dedupe key")?);
+        let provider = Provider::decode_compact(input)?;
+        let received_at = input.time("received_at", 0)?;
+        let raw_name = input.opt_str("raw name")?;
+        // UTF-8 is checked here; the JSON was when the record was written.
+        let raw = input.opt_str_ref("raw payload")?.map(RawJson::from_stored);
+        let body = input.bytes("event body")?;
+        let body =
+            from_compact(body).map_err(|error| input.error("event body", error.to_string()))?;
+        let stored_at = input.time("stored_at", received_at.timestamp())?;
+        Ok(StoredEvent {
             stream,
             version,
             position,
             stored_at,
             rejected,
-            data,
+            data: NewEvent {
+                event_id,
+                dedupe_key,
+                provider,
+                body,
+                raw_name,
+                raw,
+                received_at,
+            },
         })
-    }
+    })
+}
 
-    pub(crate) fn snapshot(mut self) -> Result<Snapshot, CorruptRecord> {
-        let provider = self.provider("provider")?;
-        let version = Version(self.u64("version")?);
-        let state = self.bytes("state")?.to_vec();
-        self.end(Snapshot {
-            provider,
-            version,
-            state,
+pub(crate) fn read_snapshot(key: &str, body: &[u8]) -> Result<Snapshot, CorruptRecord> {
+    read(key, body, |input| {
+        Ok(Snapshot {
+            provider: Provider::decode_compact(input)?,
+            version: Version(input.varint("version")?),
+            state: input.bytes("state")?.to_vec(),
         })
+    })
+}
+
+/// Several consecutive event records of one stream as one value, each record whole (its own
+/// header and checksum).
+pub(crate) fn write_packed(records: &[&[u8]]) -> Vec<u8> {
+    let bytes: usize = records.iter().map(|record| record.len() + 2).sum();
+    let mut out = Output::from(Vec::with_capacity(bytes + 3));
+    out.u8(PACKED);
+    out.varint(records.len() as u64);
+    for record in records {
+        out.bytes(record);
+    }
+    out.into_bytes()
+}
+
+/// A packed value's record count (at least two), read past its first byte.
+fn packed_header(input: &mut Input<'_>) -> Result<usize, CompactError> {
+    input.u8("packed marker")?;
+    match input.count("packed record count")? {
+        count @ 2.. => Ok(count),
+        count => Err(input.error("packed record count", format!("{count} is fewer than 2"))),
     }
 }
 
-/// The exact size of an event record's body for `event` in `stream` whose canonical event
-/// takes `body` bytes (the version and position are fixed-width, so they do not change it).
-pub(crate) fn event_body_len(stream: &SessionId, event: &NewEvent, body: usize) -> usize {
-    fn str_len(len: usize) -> usize {
-        let mut prefix = 1;
-        let mut rest = len >> 7;
-        while rest > 0 {
-            prefix += 1;
-            rest >>= 7;
-        }
-        prefix + len
-    }
-    str_len(stream.as_str().len())
-        + 8
-        + 8
-        + 12
-        + 1
-        + 16
-        + 16
-        + 1
-        + 12
-        + 1
-        + event
-            .raw_name
-            .as_deref()
-            .map_or(0, |name| str_len(name.len()))
-        + 1
-        + event.raw.as_ref().map_or(0, |raw| str_len(raw.get().len()))
-        + str_len(body)
+/// The records of a packed value, filling it exactly.
+pub(crate) fn read_packed<'a>(key: &str, value: &'a [u8]) -> Result<Vec<&'a [u8]>, CorruptRecord> {
+    let mut input = Input::new(value);
+    packed_header(&mut input)
+        .and_then(|count| {
+            (0..count)
+                .map(|_| input.bytes("packed record"))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .and_then(|records| input.finish().map(|()| records))
+        .map_err(|error| corrupt(key, "packed value", error))
+}
+
+/// How many records a packed value holds, from its header alone.
+pub(crate) fn packed_count(key: &str, value: &[u8]) -> Result<usize, CorruptRecord> {
+    packed_header(&mut Input::new(value)).map_err(|error| corrupt(key, "packed value", error))
 }

@@ -47,7 +47,7 @@ pub(crate) const LIST: u8 = b'K';
 /// The key holding the layout version.
 pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// The layout this build reads and writes: one stream per session holding every event it
-/// received (schema 4 records), dedupe lists and snapshots in each stream's `K` head, packed
+/// received (schema 5 records), dedupe lists and snapshots in each stream's `K` head, packed
 /// `S` values, commits made durable by the store's write-ahead log (`wal.rs`), whose frames
 /// past `Mwal` opening replays, each `K` head holding its stream's version. Layouts 2 to 5 kept
 /// refused events apart (`P` keys), layout 6 kept no version in a head; they are refused at

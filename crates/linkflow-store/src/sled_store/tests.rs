@@ -564,13 +564,13 @@ fn a_damaged_packed_value_is_a_clear_error_naming_its_event_and_a_verify_problem
     let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
     // A count of one, a count beyond the value, a length past the end, a byte left over.
     cases.push((vec![PACKED, 1, 3, 1, 2, 3], "fewer than 2"));
-    cases.push((vec![PACKED, 0x7f, 1, 1], "cannot fit"));
+    cases.push((vec![PACKED, 0x7f, 1, 1], "exceeds the 2 bytes left"));
     let mut long = vec![PACKED, 2, 0x7f];
     long.extend_from_slice(&[0; 20]);
-    cases.push((long, "needs"));
+    cases.push((long, "length 127 exceeds the 20 bytes left"));
     let mut trailing = good_b.clone();
     trailing.push(0);
-    cases.push((trailing, "after the last record"));
+    cases.push((trailing, "1 bytes left over"));
     // `a`'s records under `b`'s key: they decode, but not as that key.
     cases.push((good_a.clone(), "does not match its key"));
     // A damaged record inside: named by its own version.
