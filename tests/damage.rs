@@ -140,12 +140,6 @@ impl linkflow_store::EventStore for FailingDisk {
     fn head(&self) -> Result<linkflow_core::Position, linkflow_store::StoreError> {
         self.inner.head()
     }
-    fn stream_version(
-        &self,
-        stream: &linkflow_core::SessionId,
-    ) -> Result<linkflow_core::Version, linkflow_store::StoreError> {
-        self.inner.stream_version(stream)
-    }
     fn read_stream(
         &self,
         stream: &linkflow_core::SessionId,

@@ -527,17 +527,6 @@ impl EventStore for PgStore {
         }))
     }
 
-    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        let rows = self.query_rows(
-            "SELECT max(version) FROM linkflow_events WHERE stream = $1",
-            vec![Box::new(stream.to_string())],
-        )?;
-        let version: Option<i64> = col(&rows[0], 0)?;
-        Ok(Version(to_u64(version.unwrap_or(0), || {
-            format!("version of `{stream}`")
-        })?))
-    }
-
     fn read_stream(
         &self,
         stream: &SessionId,
@@ -622,7 +611,7 @@ impl EventStore for PgStore {
     /// One query answers both: whether the stream has an event, and its snapshot.
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
         let rows = self.query_rows(
-            "SELECT EXISTS (SELECT 1 FROM linkflow_events WHERE stream = $1),
+            "SELECT (SELECT max(version) FROM linkflow_events WHERE stream = $1),
                     (SELECT record FROM linkflow_snapshots WHERE stream = $1)",
             vec![Box::new(stream.to_string())],
         )?;
@@ -631,21 +620,16 @@ impl EventStore for PgStore {
                 "a query of one row answered none".into(),
             ));
         };
-        let holds_events: bool = col(row, 0)?;
-        if !holds_events {
-            return Ok(StreamStart {
-                empty: Some(true),
-                snapshot: None,
-            });
-        }
+        let version: Option<i64> = col(row, 0)?;
+        let Some(version) = version else {
+            return Ok(StreamStart::default());
+        };
+        let version = Version(to_u64(version, || format!("version of `{stream}`"))?);
         let record: Option<&[u8]> = col(row, 1)?;
         let snapshot = record
             .map(|record| decode_snapshot_record(&format!("snapshot of `{stream}`"), record))
             .transpose()?;
-        Ok(StreamStart {
-            empty: Some(false),
-            snapshot,
-        })
+        Ok(StreamStart { version, snapshot })
     }
 
     fn for_each_snapshot(
@@ -720,14 +704,10 @@ impl EventStore for PgStore {
         decode_streams_read(streams, keys, rows)
     }
 
-    fn is_shared(&self) -> bool {
-        true
-    }
-
     fn watch_remote_commits(
         &self,
         wake: Box<dyn Fn(Position) + Send + Sync>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut watching = self
             .watching
             .lock()
@@ -741,7 +721,7 @@ impl EventStore for PgStore {
         self.bridge
             .handle()
             .spawn(watch(Arc::clone(&self.pool), wake));
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -55,20 +55,22 @@ fn corrupt(key: &str, part: &str, error: CompactError) -> CorruptRecord {
     CorruptRecord::new(key, format!("{part}: {error}"))
 }
 
-/// Reads a whole body with `read`; a failure names the record, the field and the byte.
-fn read<T>(
+/// Reads the whole of `bytes` (the `part` of what `key` names: a record's body, a value) with
+/// `read`; a failure names the key, the part, the field and the byte.
+pub(crate) fn read_whole<T>(
     key: &str,
-    body: &[u8],
+    part: &str,
+    bytes: &[u8],
     read: impl FnOnce(&mut Input<'_>) -> Result<T, CompactError>,
 ) -> Result<T, CorruptRecord> {
-    let mut input = Input::new(body);
+    let mut input = Input::new(bytes);
     read(&mut input)
         .and_then(|value| input.finish().map(|()| value))
-        .map_err(|error| corrupt(key, "body", error))
+        .map_err(|error| corrupt(key, part, error))
 }
 
 pub(crate) fn read_event(key: &str, body: &[u8]) -> Result<StoredEvent, CorruptRecord> {
-    read(key, body, |input| {
+    read_whole(key, "body", body, |input| {
         let rejected = input.present("rejected")?;
         let stream = input.str("stream")?;
         let stream =
@@ -106,7 +108,7 @@ pub(crate) fn read_event(key: &str, body: &[u8]) -> Result<StoredEvent, CorruptR
 }
 
 pub(crate) fn read_snapshot(key: &str, body: &[u8]) -> Result<Snapshot, CorruptRecord> {
-    read(key, body, |input| {
+    read_whole(key, "body", body, |input| {
         Ok(Snapshot {
             provider: Provider::decode_compact(input)?,
             version: Version(input.varint("version")?),

@@ -147,7 +147,7 @@ fn commit<S: EventStore>(store: &S, items: Vec<Item>) -> Result<Vec<Placed>, Com
                     ExpectedVersion::Exact(version) => version,
                     ExpectedVersion::Next => match versions.get(&append.stream) {
                         Some(version) => *version,
-                        None => store.stream_version(&append.stream)?,
+                        None => store.stream_start(&append.stream)?.version,
                     },
                 };
                 append.expected = version;
@@ -231,8 +231,11 @@ pub fn appends_assign_gap_free_versions_and_positions<H: Harness>() {
     let outcomes = commit(&store, vec![append(&b, ExpectedVersion::Next, event(4))]).unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(2), Position(4)));
     assert_eq!(store.head().unwrap(), Position(4));
-    assert_eq!(store.stream_version(&a).unwrap(), Version(2));
-    assert_eq!(store.stream_version(&stream("none")).unwrap(), Version(0));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(2));
+    assert_eq!(
+        store.stream_start(&stream("none")).unwrap().version,
+        Version(0)
+    );
     assert_clean(&store);
 }
 
@@ -268,7 +271,10 @@ pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
         other => panic!("expected a conflict, got {other}"),
     }
     assert_eq!(store.head().unwrap(), Position(1));
-    assert_eq!(store.stream_version(&stream("b")).unwrap(), Version(0));
+    assert_eq!(
+        store.stream_start(&stream("b")).unwrap().version,
+        Version(0)
+    );
     assert_eq!(
         store
             .find_dedupe(&stream("b"), &event(2).dedupe_key)
@@ -296,8 +302,11 @@ pub fn a_stored_dedupe_key_is_refused_and_nothing_is_written<H: Harness>() {
     .unwrap_err();
     assert_duplicate_key(&error, &a, 1);
     assert_eq!(store.head().unwrap(), Position(1));
-    assert_eq!(store.stream_version(&a).unwrap(), Version(1));
-    assert_eq!(store.stream_version(&stream("b")).unwrap(), Version(0));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(1));
+    assert_eq!(
+        store.stream_start(&stream("b")).unwrap().version,
+        Version(0)
+    );
     assert_eq!(
         store.find_dedupe(&a, &event(1).dedupe_key).unwrap(),
         Some(DedupeHit {
@@ -340,7 +349,7 @@ pub fn a_dedupe_key_repeated_within_one_commit_is_refused<H: Harness>() {
     .unwrap_err();
     assert_duplicate_key(&error, &a, 1);
     assert_eq!(store.head().unwrap(), Position::START);
-    assert_eq!(store.stream_version(&a).unwrap(), Version::EMPTY);
+    assert_eq!(store.stream_start(&a).unwrap().version, Version::EMPTY);
     assert_clean(&store);
 }
 
@@ -412,7 +421,7 @@ pub fn streams_whose_ids_share_a_prefix_stay_apart<H: Harness>() {
         ],
     )
     .unwrap();
-    assert_eq!(store.stream_version(&short).unwrap(), Version(1));
+    assert_eq!(store.stream_start(&short).unwrap().version, Version(1));
     assert_eq!(store.read_stream(&short, Version(0), 10).unwrap().len(), 1);
     assert_eq!(store.read_stream(&long, Version(0), 10).unwrap().len(), 2);
     commit(
@@ -420,8 +429,8 @@ pub fn streams_whose_ids_share_a_prefix_stay_apart<H: Harness>() {
         vec![rejected(&short, event(4)), rejected(&long, event(5))],
     )
     .unwrap();
-    assert_eq!(store.stream_version(&short).unwrap(), Version(2));
-    assert_eq!(store.stream_version(&long).unwrap(), Version(3));
+    assert_eq!(store.stream_start(&short).unwrap().version, Version(2));
+    assert_eq!(store.stream_start(&long).unwrap().version, Version(3));
 }
 
 /// Every event is appended, the ones the stream's fold rejected too: its record keeps when the
@@ -512,7 +521,7 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
         matches!(error, CommitError::Conflict { ref stream, expected: Version(1), actual: Version(2) } if *stream == a),
         "{error}"
     );
-    assert_eq!(store.stream_version(&b).unwrap(), Version(1));
+    assert_eq!(store.stream_start(&b).unwrap().version, Version(1));
     assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
     // Commits that do not replace it (appends) leave it as it was.
     commit(
@@ -572,12 +581,12 @@ pub fn stream_start_says_whether_a_stream_is_empty_and_gives_its_snapshot<H: Har
         (&stream("unknown"), false, None),
     ] {
         let start = store.stream_start(name).unwrap();
+        assert_eq!(
+            start.version != Version::EMPTY,
+            holds_events,
+            "{name}: holds events"
+        );
         if holds_events {
-            assert_ne!(start.empty, Some(true), "{name} holds events");
-        } else {
-            assert_ne!(start.empty, Some(false), "{name} holds no event");
-        }
-        if start.empty != Some(true) {
             assert_eq!(start.snapshot, expected, "{name}");
         } else {
             assert_eq!(
@@ -793,7 +802,7 @@ pub fn a_snapshot_guards_the_version_it_was_folded_at<H: Harness>() {
     )
     .expect("appends of the same commit count");
     commit(&store, vec![put_snapshot(&a, snapshot(2))]).expect("a snapshot-only commit");
-    assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(2));
     assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
     assert_clean(&store);
 }
@@ -1002,6 +1011,6 @@ pub fn a_closed_store_takes_no_writes_and_keeps_its_reads<H: Harness>() {
     }
     let store = harness.open();
     assert_eq!(store.head().unwrap(), Position(1));
-    assert_eq!(store.stream_version(&a).unwrap(), Version(1));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(1));
     assert_clean(&store);
 }

@@ -9,16 +9,17 @@
 //! key. Long streams therefore pay the first layout's cost, and no commit rewrites more than
 //! [`LIST_MAX`] entries.
 //!
-//! ```text
 //! The head also holds the stream's version (its last event's), which a commit checks every
 //! append's expected version against: the commit reads the head for its dedupe checks anyway.
+//! In the core's compact form:
 //!
+//! ```text
 //! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot) varint(version)
-//!         [varint(length) snapshot] entry*
-//! entry = [16](dedupe key) 'A' varint(version) varint(position)
+//!         [bytes(snapshot record)] entry*
+//! entry = [16](dedupe key) varint(version) varint(position)
 //! ```
 
-use linkflow_core::compact::{put_varint as varint, take_varint as read_varint};
+use linkflow_core::compact::{CompactError, Input, Output};
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
 
 use crate::error::CorruptRecord;
@@ -29,13 +30,21 @@ pub(crate) const LIST_MAX: usize = 64;
 
 const SPILLED: u8 = 1;
 const SNAPSHOT: u8 = 2;
-const ACCEPTED: u8 = b'A';
 
 /// Where a dedupe key's first delivery went, without the stream (the list's key names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Target {
     pub version: Version,
     pub position: Position,
+}
+
+impl From<&DedupeHit> for Target {
+    fn from(hit: &DedupeHit) -> Self {
+        Target {
+            version: hit.version,
+            position: hit.position,
+        }
+    }
 }
 
 impl Target {
@@ -45,6 +54,24 @@ impl Target {
             version: self.version,
             position: self.position,
         }
+    }
+
+    pub fn write(&self, out: &mut Output) {
+        out.varint(self.version.0);
+        out.varint(self.position.0);
+    }
+
+    /// Reads a target written by [`Target::write`]; neither number may be 0.
+    pub fn read(input: &mut Input<'_>) -> Result<Self, CompactError> {
+        let version = input.varint("target version")?;
+        let position = input.varint("target position")?;
+        if version == 0 || position == 0 {
+            return Err(input.error("target", "version or position 0"));
+        }
+        Ok(Target {
+            version: Version(version),
+            position: Position(position),
+        })
     }
 }
 
@@ -77,24 +104,20 @@ impl DedupeList {
     /// The stream's head value: this list, with `snapshot` (an encoded snapshot record) if given.
     pub fn encode(&self, snapshot: Option<&[u8]>) -> Vec<u8> {
         let snapshot_len = snapshot.map_or(0, |record| record.len() + 3);
-        let mut value = Vec::with_capacity(1 + snapshot_len + self.entries.len() * 24);
-        let mut flags = if self.spilled { SPILLED } else { 0 };
-        if snapshot.is_some() {
-            flags |= SNAPSHOT;
-        }
-        value.push(flags);
-        varint(&mut value, self.version.0);
+        let mut out = Output::from(Vec::with_capacity(
+            11 + snapshot_len + self.entries.len() * 24,
+        ));
+        let snapshot_flag = if snapshot.is_some() { SNAPSHOT } else { 0 };
+        out.u8(if self.spilled { SPILLED } else { 0 } | snapshot_flag);
+        out.varint(self.version.0);
         if let Some(record) = snapshot {
-            varint(&mut value, record.len() as u64);
-            value.extend_from_slice(record);
+            out.bytes(record);
         }
         for (key, target) in &self.entries {
-            value.extend_from_slice(key.as_bytes());
-            value.push(ACCEPTED);
-            varint(&mut value, target.version.0);
-            varint(&mut value, target.position.0);
+            out.raw(key.as_bytes());
+            target.write(&mut out);
         }
-        value
+        out.into_bytes()
     }
 
     /// Decodes the head of `stream`: its list and its snapshot record, if it holds one.
@@ -102,11 +125,15 @@ impl DedupeList {
         stream: &SessionId,
         value: &'v [u8],
     ) -> Result<(DedupeList, Option<&'v [u8]>), CorruptRecord> {
-        let (head, entries) = Entries::new(stream, value)?;
+        let mut head = Head::open(stream, value)?;
+        let mut entries = Vec::new();
+        while let Some(entry) = head.next_entry()? {
+            entries.push(entry);
+        }
         let list = DedupeList {
             version: head.version,
             spilled: head.spilled,
-            entries: entries.collect::<Result<_, _>>()?,
+            entries,
         };
         Ok((list, head.snapshot))
     }
@@ -116,12 +143,12 @@ impl DedupeList {
         stream: &SessionId,
         value: &'v [u8],
     ) -> Result<Option<&'v [u8]>, CorruptRecord> {
-        Ok(Entries::new(stream, value)?.0.snapshot)
+        Ok(Head::open(stream, value)?.snapshot)
     }
 
     /// The stream's version in the head of `stream`, without decoding its entries.
     pub fn version_encoded(stream: &SessionId, value: &[u8]) -> Result<Version, CorruptRecord> {
-        Ok(Entries::new(stream, value)?.0.version)
+        Ok(Head::open(stream, value)?.version)
     }
 
     /// Looks `key` up in an encoded list without decoding the rest of it: its target, and
@@ -131,10 +158,9 @@ impl DedupeList {
         value: &[u8],
         key: &DedupeKey,
     ) -> Result<(Option<Target>, bool), CorruptRecord> {
-        let (head, mut entries) = Entries::new(stream, value)?;
-        for entry in &mut entries {
-            let (entry_key, target) = entry?;
-            if entry_key == *key {
+        let mut head = Head::open(stream, value)?;
+        while let Some((entry, target)) = head.next_entry()? {
+            if entry == *key {
                 return Ok((Some(target), head.spilled));
             }
         }
@@ -142,106 +168,61 @@ impl DedupeList {
     }
 }
 
-/// What precedes the entries of an encoded head.
-struct HeadStart<'a> {
+/// An encoded head: what precedes its entries, and the entries, read one at a time.
+struct Head<'s, 'a> {
+    stream: &'s SessionId,
     version: Version,
     spilled: bool,
     snapshot: Option<&'a [u8]>,
+    entries: Input<'a>,
 }
 
-/// The entries of an encoded head, decoded one at a time.
-struct Entries<'s, 'a> {
-    stream: &'s SessionId,
-    value: &'a [u8],
-    rest: &'a [u8],
-}
-
-impl<'s, 'a> Entries<'s, 'a> {
-    /// The head's flags and snapshot, and its entries.
-    fn new(stream: &'s SessionId, value: &'a [u8]) -> Result<(HeadStart<'a>, Self), CorruptRecord> {
-        let entries = Entries {
-            stream,
-            value,
-            rest: value,
-        };
-        let (&flags, mut rest) = value
-            .split_first()
-            .ok_or_else(|| entries.bad(0, "empty value"))?;
-        if flags & !(SPILLED | SNAPSHOT) != 0 {
-            return Err(entries.bad(0, &format!("unknown flags {flags:#04x}")));
-        }
-        let version = read_varint(&mut rest).ok_or_else(|| entries.bad(1, "bad version"))?;
-        let snapshot = if flags & SNAPSHOT != 0 {
-            let len = read_varint(&mut rest)
-                .and_then(|len| usize::try_from(len).ok())
-                .filter(|&len| len > 0 && len <= rest.len())
-                .ok_or_else(|| entries.bad(1, "bad snapshot length"))?;
-            let (snapshot, after) = rest.split_at(len);
-            rest = after;
-            Some(snapshot)
-        } else {
-            None
-        };
-        let head = HeadStart {
-            version: Version(version),
-            spilled: flags & SPILLED != 0,
-            snapshot,
-        };
-        Ok((head, Entries { rest, ..entries }))
-    }
-
-    fn bad(&self, at: usize, reason: &str) -> CorruptRecord {
-        CorruptRecord::new(
-            format!(
-                "head of stream `{}` (dedupe list and snapshot)",
-                self.stream
-            ),
-            format!("{reason} at byte {at} of {}", self.value.len()),
-        )
-    }
-
-    fn entry(&mut self) -> Result<(DedupeKey, Target), CorruptRecord> {
-        let at = self.value.len() - self.rest.len();
-        if self.rest.len() < 17 {
-            return Err(self.bad(at, "truncated entry"));
-        }
-        let key: [u8; 16] = self.rest[..16].try_into().expect("16 bytes were checked");
-        let tag = self.rest[16];
-        let mut rest = &self.rest[17..];
-        let target = match tag {
-            ACCEPTED => {
-                let version = read_varint(&mut rest).ok_or_else(|| self.bad(at, "bad version"))?;
-                let position =
-                    read_varint(&mut rest).ok_or_else(|| self.bad(at, "bad position"))?;
-                if version == 0 || position == 0 {
-                    return Err(self.bad(at, "version or position 0"));
-                }
-                Target {
-                    version: Version(version),
-                    position: Position(position),
-                }
+impl<'s, 'a> Head<'s, 'a> {
+    fn open(stream: &'s SessionId, value: &'a [u8]) -> Result<Self, CorruptRecord> {
+        let mut input = Input::new(value);
+        let start = (|| {
+            let flags = input.u8("flags")?;
+            if flags & !(SPILLED | SNAPSHOT) != 0 {
+                return Err(input.error("flags", format!("unknown flags {flags:#04x}")));
             }
-            other => return Err(self.bad(at, &format!("unknown target tag {other:#04x}"))),
-        };
-        self.rest = rest;
-        Ok((DedupeKey::from_bytes(key), target))
+            let version = Version(input.varint("version")?);
+            let snapshot = match flags & SNAPSHOT {
+                0 => None,
+                _ => match input.bytes("snapshot")? {
+                    [] => return Err(input.error("snapshot", "an empty snapshot record")),
+                    record => Some(record),
+                },
+            };
+            Ok((version, flags & SPILLED != 0, snapshot))
+        })();
+        let (version, spilled, snapshot) = start.map_err(|error| corrupt(stream, error))?;
+        Ok(Head {
+            stream,
+            version,
+            spilled,
+            snapshot,
+            entries: input,
+        })
+    }
+
+    /// The next entry, `None` after the last.
+    fn next_entry(&mut self) -> Result<Option<(DedupeKey, Target)>, CorruptRecord> {
+        if self.entries.finish().is_ok() {
+            return Ok(None);
+        }
+        let input = &mut self.entries;
+        input
+            .array("dedupe key")
+            .and_then(|key| Ok(Some((DedupeKey::from_bytes(key), Target::read(input)?))))
+            .map_err(|error| corrupt(self.stream, error))
     }
 }
 
-impl Iterator for Entries<'_, '_> {
-    type Item = Result<(DedupeKey, Target), CorruptRecord>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let entry = self.entry();
-        if entry.is_err() {
-            // Stop after the first damage: what follows cannot be framed.
-            self.rest = &[];
-        }
-        Some(entry)
-    }
+fn corrupt(stream: &SessionId, error: CompactError) -> CorruptRecord {
+    CorruptRecord::new(
+        format!("head of stream `{stream}` (dedupe list and snapshot)"),
+        error.to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -401,11 +382,12 @@ mod tests {
             assert!(DedupeList::snapshot_encoded(&stream(), &with_snapshot[..cut]).is_err());
         }
         assert!(DedupeList::decode(&stream(), &[SNAPSHOT, 0]).is_err());
-        let mut bad_tag = good.clone();
-        bad_tag[18] = b'X';
-        assert!(DedupeList::decode(&stream(), &bad_tag).is_err());
+        // An entry whose version is 0 names no event.
+        let mut version_0 = good.clone();
+        version_0[18] = 0;
+        assert!(DedupeList::decode(&stream(), &version_0).is_err());
         assert!(DedupeList::decode(&stream(), &[0x80]).is_err());
-        let overflow = [&good[..19], &[0xff; 11][..]].concat();
+        let overflow = [&good[..18], &[0xff; 11][..]].concat();
         assert!(DedupeList::decode(&stream(), &overflow).is_err());
     }
 }

@@ -14,11 +14,11 @@
 //!
 //! One `G` key per commit, not per event: a commit's positions are handed out stream by stream
 //! (in order of each stream's first append in the commit), so its events form one run per
-//! stream, and the value lists the runs: count:u32, then per run len:u16 session
-//! first-version:u64 events:u32. The positions of the runs follow each other from the key's
+//! stream, and the value lists the runs in the core's compact form: varint(count), then per
+//! run str(session) varint(first version) varint(events). The positions of the runs follow each other from the key's
 //! first position.
 //!
-//! | `M`    | `Mlayout`                                    | layout version: u32                |
+//! | `M`    | `Mlayout`                                    | layout version: u32 BE             |
 //! | `M`    | `Mwal`                                       | last write-ahead log frame: u64    |
 //! | `M`    | `Mfolded`                                    | rules the snapshots are folded with: u32 |
 //!
@@ -30,11 +30,14 @@
 //!
 //! A stream's dedupe entries are one `K` value (see `dedupe_list.rs`) of up to 64 entries,
 //! which also holds the stream's snapshot: a commit rewrites one value per stream it touches,
-//! not two. Older entries of a long stream are `D` keys, one per entry; a `D` target is `A`
-//! version:u64 position:u64.
+//! not two. Older entries of a long stream are `D` keys, one per entry; a `D` target is
+//! varint(version) varint(position).
 
+use linkflow_core::compact::Output;
 use linkflow_core::{Position, SessionId, Version};
 
+use crate::binary::read_whole;
+use crate::dedupe_list::Target;
 use crate::error::CorruptRecord;
 use crate::record::DedupeKey;
 use crate::store::DedupeHit;
@@ -49,11 +52,12 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// The layout this build reads and writes: one stream per session holding every event it
 /// received (schema 5 records), dedupe lists and snapshots in each stream's `K` head, packed
 /// `S` values, commits made durable by the store's write-ahead log (`wal.rs`), whose frames
-/// past `Mwal` opening replays, each `K` head holding its stream's version. Layouts 2 to 5 kept
-/// refused events apart (`P` keys), layout 6 kept no version in a head; they are refused at
-/// open, as is a store without a layout key (layout 1); nothing has been released, so none is
-/// migrated.
-pub(crate) const LAYOUT: u32 = 7;
+/// past `Mwal` opening replays, each `K` head holding its stream's version, every value in
+/// the core's compact form. Layouts 2 to 5 kept refused events apart (`P` keys), layout 6 kept
+/// no version in a head, layout 7 kept fixed-width integers in `G` and `D` values and a target
+/// tag in dedupe entries; they are refused at open, as is a store without a layout key
+/// (layout 1); nothing has been released, so none is migrated.
+pub(crate) const LAYOUT: u32 = 8;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";
@@ -106,21 +110,20 @@ pub(crate) struct Run {
 
 /// The value of a `G` key: the commit's runs in position order.
 pub(crate) fn runs_value(runs: &[Run]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(4 + runs.len() * 40);
-    value.extend_from_slice(&(runs.len() as u32).to_be_bytes());
+    let mut out = Output::from(Vec::with_capacity(1 + runs.len() * 40));
+    out.varint(runs.len() as u64);
     for run in runs {
-        value.extend_from_slice(&session_prefix(0, &run.stream)[1..]);
-        value.extend_from_slice(&run.first_version.0.to_be_bytes());
-        value.extend_from_slice(&run.events.to_be_bytes());
+        out.str(run.stream.as_str());
+        out.varint(run.first_version.0);
+        out.varint(u64::from(run.events));
     }
-    value
+    out.into_bytes()
 }
 
 pub(crate) fn dedupe_value(hit: &DedupeHit) -> Vec<u8> {
-    let mut value = vec![b'A'];
-    value.extend_from_slice(&hit.version.0.to_be_bytes());
-    value.extend_from_slice(&hit.position.0.to_be_bytes());
-    value
+    let mut out = Output::default();
+    Target::from(hit).write(&mut out);
+    out.into_bytes()
 }
 
 /// Reads a `len session` field at the start of `bytes`; returns the session and the rest.
@@ -168,36 +171,32 @@ pub(crate) fn parse_global_key(key: &[u8]) -> Result<Position, CorruptRecord> {
 /// Reads a `G` value: the runs of the commit that starts at `first`.
 pub(crate) fn parse_runs(first: Position, value: &[u8]) -> Result<Vec<Run>, CorruptRecord> {
     let what = format!("global index entry at position {first}");
-    let count_bytes: [u8; 4] = value
-        .get(..4)
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or_else(|| CorruptRecord::new(&what, "truncated run count"))?;
-    let count = u32::from_be_bytes(count_bytes);
-    let mut rest = &value[4..];
-    let mut runs = Vec::new();
-    for _ in 0..count {
-        let (stream, after) = read_session(&what, rest)?;
-        if after.len() < 12 {
-            return Err(CorruptRecord::new(what, "truncated run"));
+    let runs = read_whole(&what, "value", value, |input| {
+        let count = input.count("run count")?;
+        if count == 0 {
+            return Err(input.error("run count", "no run"));
         }
-        let first_version = Version(read_u64(&what, &after[..8])?);
-        let events = u32::from_be_bytes([after[8], after[9], after[10], after[11]]);
-        if events == 0 || first_version == Version::EMPTY {
-            return Err(CorruptRecord::new(what, "empty run or version 0"));
+        let mut runs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let stream = input.str("run stream")?;
+            let stream = SessionId::new(stream)
+                .map_err(|error| input.error("run stream", error.to_string()))?;
+            let first_version = Version(input.varint("run first version")?);
+            let events = input.u32("run events")?;
+            if events == 0 || first_version == Version::EMPTY {
+                return Err(input.error("run", "empty run or version 0"));
+            }
+            if first_version.0.checked_add(u64::from(events)).is_none() {
+                return Err(input.error("run", "a run's versions run past u64"));
+            }
+            runs.push(Run {
+                stream,
+                first_version,
+                events,
+            });
         }
-        if first_version.0.checked_add(u64::from(events)).is_none() {
-            return Err(CorruptRecord::new(what, "a run's versions run past u64"));
-        }
-        runs.push(Run {
-            stream,
-            first_version,
-            events,
-        });
-        rest = &after[12..];
-    }
-    if !rest.is_empty() || runs.is_empty() {
-        return Err(CorruptRecord::new(what, "trailing bytes or no run"));
-    }
+        Ok(runs)
+    })?;
     // Every position of the commit, and the one after its last, must be a u64: readers add
     // run lengths to positions without checking again.
     let total: u64 = runs.iter().map(|run| u64::from(run.events)).sum();
@@ -217,14 +216,7 @@ pub(crate) fn parse_dedupe_value(
     value: &[u8],
 ) -> Result<DedupeHit, CorruptRecord> {
     let what = format!("dedupe entry {key} of `{stream}`");
-    match (value.first(), value.len()) {
-        (Some(b'A'), 17) => Ok(DedupeHit {
-            stream: stream.clone(),
-            version: Version(read_u64(&what, &value[1..9])?),
-            position: Position(read_u64(&what, &value[9..17])?),
-        }),
-        _ => Err(CorruptRecord::new(what, "unknown dedupe target")),
-    }
+    read_whole(&what, "value", value, Target::read).map(|target| target.hit(stream))
 }
 
 /// Splits a `D` key into its session and dedupe key.
@@ -346,7 +338,19 @@ mod tests {
             let _ = parse_event_key(bytes);
             let _ = parse_list_key(bytes);
         }
-        assert!(parse_runs(Position(1), &[0, 0, 0, 1, 0, 9, b'a']).is_err());
+        // One run whose stream id claims 9 bytes and has 1; no run at all.
+        assert!(parse_runs(Position(1), &[1, 9, b'a']).is_err());
+        assert!(parse_runs(Position(1), &[0]).is_err());
+        let hit = DedupeHit {
+            stream: session.clone(),
+            version: Version(300),
+            position: Position(1 << 40),
+        };
+        let value = dedupe_value(&hit);
+        let key = DedupeKey::derive(&[]);
+        assert_eq!(parse_dedupe_value(&session, &key, &value).unwrap(), hit);
+        let error = parse_dedupe_value(&session, &key, &[value.as_slice(), &[0]].concat());
+        assert!(error.unwrap_err().reason.contains("left over"));
     }
 
     /// Finding 6 of issue 25: a damaged `G` key or value whose positions or versions would run

@@ -89,9 +89,8 @@ pub struct DedupeHit {
 /// Where reading a stream starts, as [`EventStore::stream_start`] found it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StreamStart {
-    /// `Some(true)` the stream certainly holds no event, `Some(false)` it holds some, `None`
-    /// the store cannot tell with the read it made (the caller then reads the tail).
-    pub empty: Option<bool>,
+    /// The stream's version ([`Version::EMPTY`] when it has no event).
+    pub version: Version,
     /// Its snapshot, if one was stored (always `None` for an empty stream).
     pub snapshot: Option<Snapshot>,
 }
@@ -202,9 +201,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// The position of the last stored event ([`Position::START`] when empty).
     fn head(&self) -> Result<Position, StoreError>;
 
-    /// The stream's version ([`Version::EMPTY`] when it has no event).
-    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError>;
-
     /// Up to `limit` events of `stream` with versions after `after`, in version order.
     fn read_stream(
         &self,
@@ -224,9 +220,9 @@ pub trait EventStore: Send + Sync + 'static {
         key: &DedupeKey,
     ) -> Result<Option<DedupeHit>, StoreError>;
 
-    /// What reading a stream's state starts with: whether the stream holds no event, and
-    /// unless it is empty its snapshot, if one was stored. A backend that keeps both in one
-    /// place answers with one read.
+    /// What reading a stream's state starts with: the stream's version ([`Version::EMPTY`]
+    /// when it has no event) and, unless it is empty, its snapshot, if one was stored. A
+    /// backend that keeps both in one place answers with one read.
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError>;
 
     /// Calls `visit` with every stream's snapshot in stream order, until it breaks.
@@ -315,21 +311,17 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// True when other processes may write to the same log (a database shared by several
-    /// nodes). A writer then must not trust anything it remembers about a stream: it re-reads
-    /// before deciding, and retries on a conflict or a duplicate key.
-    fn is_shared(&self) -> bool {
-        false
-    }
-
     /// Asks the store to call `wake` with the newest head whenever another process may have
-    /// committed, for as long as the store lives. Only a wake-up: readers read the log itself.
-    /// The default (a log only this process writes) never calls it.
+    /// committed, for as long as the store lives (only a wake-up: readers read the log itself),
+    /// and answers whether other processes may write to the same log (a database shared by
+    /// several nodes): a writer then must not trust anything it remembers about a stream, and
+    /// re-reads before deciding and retries on a conflict or a duplicate key. The default, a
+    /// log only this process writes, never calls `wake` and answers `false`.
     fn watch_remote_commits(
         &self,
         wake: Box<dyn Fn(Position) + Send + Sync>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         drop(wake);
-        Ok(())
+        Ok(false)
     }
 }

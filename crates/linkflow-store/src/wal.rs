@@ -18,7 +18,8 @@
 //! Frames are numbered without gaps; a frame is `len:u32 crc:u32 seq:u64 payload`, the
 //! checksum over the sequence number and the payload, so a torn frame, zeros past the end, or
 //! an older frame left in a reused segment end a segment's frames. A payload is a list of
-//! writes: `1 key-len:u32 key value-len:u32 value` (insert) or `2 key-len:u32 key` (remove).
+//! writes: `1 varint(key length) key varint(value length) value` (insert) or `2 varint(key length)
+//! key` (remove), the varint being the core's one (`linkflow_core::compact`).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{io_error, CorruptRecord, StoreError};
+use linkflow_core::compact::{put_varint, take_varint, VARINT_ERROR};
 
 /// The log's directory, under the store's.
 pub(crate) const DIR: &str = "wal";
@@ -146,8 +148,7 @@ pub(crate) struct Payload {
 
 impl Payload {
     fn put(&mut self, part: &[u8]) {
-        let len = u32::try_from(part.len()).expect("sled keys and values are below 4 GiB");
-        self.bytes.extend_from_slice(&len.to_be_bytes());
+        put_varint(&mut self.bytes, part.len() as u64);
         self.bytes.extend_from_slice(part);
     }
 
@@ -228,12 +229,12 @@ pub(crate) struct WritesAt<'a> {
 
 impl WritesAt<'_> {
     fn take(&mut self) -> Result<Range<usize>, String> {
-        let Some(len) = self.bytes.get(self.at..self.at + 4) else {
-            return Err("a length is cut short".into());
-        };
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let start = self.at + 4;
-        let left = self.bytes.len() - start;
+        let mut rest = &self.bytes[self.at..];
+        let len = take_varint(&mut rest)
+            .and_then(|len| usize::try_from(len).ok())
+            .ok_or(format!("a length: {VARINT_ERROR}"))?;
+        let start = self.bytes.len() - rest.len();
+        let left = rest.len();
         if left < len {
             return Err(format!("a part of {len} bytes has only {left} left"));
         }

@@ -102,7 +102,7 @@ impl Engine {
         // Other nodes' commits (on a shared store) wake subscribers too. Such a store commits
         // durably, so their heads may be published at once.
         let remote = visible.clone();
-        store.watch_remote_commits(Box::new(move |head| {
+        let store_is_shared = store.watch_remote_commits(Box::new(move |head| {
             remote.send_if_modified(|visible| {
                 let moved = head > *visible;
                 if moved {
@@ -114,6 +114,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             store,
             owns_store,
+            store_is_shared,
             cache: Mutex::new(SessionCache::new(config.cache_sessions)),
             visible,
             durability: config.durability,
@@ -229,7 +230,7 @@ impl Engine {
             }),
             _ => None,
         };
-        if !self.shared.store.is_shared() {
+        if !self.shared.store_is_shared {
             if let Some(state) = self.shared.cache().get(id) {
                 return Ok(view(id.clone(), state));
             }

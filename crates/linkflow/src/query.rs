@@ -230,8 +230,8 @@ pub(crate) fn load_state(
 ) -> Result<Option<SessionState>, EngineError> {
     // One read instead of two for a stream the store knows is empty (a new session); the
     // same read brings the snapshot when the store keeps both together.
-    let StreamStart { empty, snapshot } = store.stream_start(stream)?;
-    if empty == Some(true) {
+    let StreamStart { version, snapshot } = store.stream_start(stream)?;
+    if version == Version::EMPTY {
         return Ok(None);
     }
     if let Some((snapshot, base)) = snapshot
@@ -312,7 +312,7 @@ pub(crate) fn session_at(
     stream: &SessionId,
     version: Version,
 ) -> Result<Option<SessionView>, EngineError> {
-    let current = store.stream_version(stream)?;
+    let current = store.stream_start(stream)?.version;
     if current == Version::EMPTY {
         return Ok(None);
     }

@@ -42,7 +42,7 @@ fn writers_with_expected_versions_lose_nothing_and_see_conflicts() {
                 for n in 0..EVENTS_PER_THREAD {
                     let stream = SessionId::new(format!("shared-{}", n % STREAMS)).unwrap();
                     loop {
-                        let expected = store.stream_version(&stream).unwrap();
+                        let expected = store.stream_start(&stream).unwrap().version;
                         if !started {
                             // Everyone read version 0 before anyone appends.
                             barrier.wait();

@@ -34,9 +34,7 @@ impl Watch for Counting {
     fn before(&self, call: Call) -> Result<(), StoreError> {
         let counter = match call {
             Call::ReadStreams => &self.read_streams,
-            Call::StreamVersion | Call::ReadStream | Call::FindDedupe | Call::StreamStart => {
-                &self.single_reads
-            }
+            Call::ReadStream | Call::FindDedupe | Call::StreamStart => &self.single_reads,
             _ => return Ok(()),
         };
         counter.fetch_add(1, Ordering::SeqCst);

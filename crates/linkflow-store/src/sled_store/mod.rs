@@ -429,14 +429,6 @@ impl EventStore for SledStore {
         Ok(self.writer().head)
     }
 
-    /// The stream's head holds its version; no head, no event.
-    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        self.guarded(|| match self.staged.get(keys::list_key(stream))? {
-            Some(value) => Ok(DedupeList::version_encoded(stream, &value)?),
-            None => Ok(Version::EMPTY),
-        })
-    }
-
     fn read_stream(
         &self,
         stream: &SessionId,
@@ -591,20 +583,16 @@ impl EventStore for SledStore {
 
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError> {
         self.guarded(|| {
-            // One read: the head holds both.
-            let value = self.staged.get(keys::list_key(stream))?;
-            let empty = match &value {
-                Some(value) => DedupeList::version_encoded(stream, value)? == Version::EMPTY,
-                None => true,
+            // One read: the head holds both; no head, no event.
+            let Some(value) = self.staged.get(keys::list_key(stream))? else {
+                return Ok(StreamStart::default());
             };
-            let snapshot = match value {
-                Some(value) if !empty => snapshot_in_head(stream, &value)?,
-                _ => None,
+            let version = DedupeList::version_encoded(stream, &value)?;
+            let snapshot = match version {
+                Version::EMPTY => None,
+                _ => snapshot_in_head(stream, &value)?,
             };
-            Ok(StreamStart {
-                empty: Some(empty),
-                snapshot,
-            })
+            Ok(StreamStart { version, snapshot })
         })
     }
 

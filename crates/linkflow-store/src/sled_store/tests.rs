@@ -51,9 +51,12 @@ fn commit(store: &SledStore, ops: Vec<TestOp>) -> Result<Vec<Placed>, CommitErro
     for op in ops {
         match op {
             TestOp::Next(mut append) => {
-                let version = versions
-                    .entry(append.stream.clone())
-                    .or_insert_with(|| store.stream_version(&append.stream).unwrap_or_default());
+                let version = versions.entry(append.stream.clone()).or_insert_with(|| {
+                    store
+                        .stream_start(&append.stream)
+                        .map(|start| start.version)
+                        .unwrap_or_default()
+                });
                 append.expected = *version;
                 *version = version.next();
                 commit.appends.push(append);
@@ -155,7 +158,7 @@ fn expected_versions_are_checked_against_the_version_in_the_streams_head() {
     let spilled = LIST_MAX as u64 + 4;
     assert!(list_of(&store, &a).spilled);
     assert_eq!(list_of(&store, &a).version, Version(spilled));
-    assert_eq!(store.stream_version(&a).unwrap(), Version(spilled));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(spilled));
     commit(&store, vec![exact(&a, spilled, event(1_000))]).unwrap();
     assert_consistent(&store);
 
@@ -289,18 +292,19 @@ fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
     assert!(
         error
             .to_string()
-            .contains("layout 9; this linkflow reads layout 7 only"),
+            .contains("layout 9; this linkflow reads layout 8 only"),
         "{error}"
     );
 }
 
 /// A store of an older layout (1 to 5: refused events kept apart as parked events; 6: no
-/// version in a stream's head) is refused at open with its layout named, and left as it
-/// was.
+/// version in a stream's head; 7: fixed-width values) is refused at open with its layout
+/// named, and left as it was.
 #[test]
 fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
     for (old, named) in [
-        (Some(6u32), "layout 6"),
+        (Some(7u32), "layout 7"),
+        (Some(6), "layout 6"),
         (Some(5), "layout 5"),
         (Some(2), "layout 2"),
         (None, "layout 1"),
@@ -318,7 +322,7 @@ fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
         }
         let error = SledStore::open(dir.path()).err().expect("refused");
         assert!(
-            matches!(error, StoreError::UpgradeRequired { supported: 7, .. }),
+            matches!(error, StoreError::UpgradeRequired { supported: 8, .. }),
             "{error:?}"
         );
         let text = error.to_string();
@@ -401,9 +405,12 @@ fn a_commit_packs_each_streams_run_under_one_key_and_every_read_finds_inside_it(
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(event_values(&store, &a), vec![(1, 3), (4, 1)]);
     assert_eq!(event_values(&store, &b), vec![(1, 2)]);
-    assert_eq!(store.stream_version(&a).unwrap(), Version(4));
-    assert_eq!(store.stream_version(&b).unwrap(), Version(2));
-    assert_eq!(store.stream_version(&stream("c")).unwrap(), Version::EMPTY);
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(4));
+    assert_eq!(store.stream_start(&b).unwrap().version, Version(2));
+    assert_eq!(
+        store.stream_start(&stream("c")).unwrap().version,
+        Version::EMPTY
+    );
     // From before, inside and after a packed value, with limits cutting inside one.
     for after in 0..=4 {
         let read = store.read_stream(&a, Version(after), usize::MAX).unwrap();
@@ -517,7 +524,7 @@ fn a_new_store_keeps_each_snapshot_in_its_streams_head() {
     assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"two");
     // A stream with only a snapshot has a head, and is still empty.
     assert_eq!(store.stream_is_empty(&b).unwrap(), Some(true));
-    assert_eq!(store.stream_version(&b).unwrap(), Version::EMPTY);
+    assert_eq!(store.stream_start(&b).unwrap().version, Version::EMPTY);
     // A commit without a snapshot for the stream carries its snapshot over; one with a
     // snapshot replaces it and keeps the dedupe entries.
     commit(&store, vec![append(&a, event(3), false)]).unwrap();
@@ -688,7 +695,7 @@ fn a_snapshot_sled_never_finished_does_not_stop_the_store_from_opening() {
 
     let store = SledStore::open(dir.path()).unwrap();
     assert!(!unfinished.exists());
-    assert_eq!(store.stream_version(&a).unwrap(), Version(5));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(5));
     assert_consistent(&store);
     commit(&store, appends(&a, 6..=6)).unwrap();
     drop(store);
@@ -796,14 +803,14 @@ fn a_store_whose_log_broke_takes_no_more_writes_and_keeps_serving_reads() {
             "{error:?}"
         );
     }
-    assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(2));
     assert_eq!(store.read_stream(&a, Version::EMPTY, 10).unwrap().len(), 2);
     drop(store);
     // Reopened, the store takes writes again with every synced commit there.
     let reopened = quiet_store(dir.path());
     assert!(reopened.health().is_ok());
     commit(&reopened, appends(&a, 3..=3)).unwrap();
-    assert_eq!(reopened.stream_version(&a).unwrap(), Version(3));
+    assert_eq!(reopened.stream_start(&a).unwrap().version, Version(3));
 }
 
 /// Finding 1 of issue 25: five acknowledged commits, then one flipped bit inside the second
@@ -989,7 +996,7 @@ fn commits_are_read_from_staging_until_a_sync_lets_them_into_sled() {
             versions(&store.read_stream(&a, Version::EMPTY, usize::MAX).unwrap()),
             [1, 2, 3, 4]
         );
-        assert_eq!(store.stream_version(&b).unwrap(), Version(2));
+        assert_eq!(store.stream_start(&b).unwrap().version, Version(2));
         assert_eq!(store.read_all(Position(2), 10).unwrap().len(), 4);
         assert_eq!(store.snapshot(&a).unwrap().unwrap().state, b"a at 4");
         assert!(store
@@ -1002,7 +1009,7 @@ fn commits_are_read_from_staging_until_a_sync_lets_them_into_sled() {
     seen(&store);
     // Another commit, in staging only.
     commit(&store, appends(&a, 9..=9)).unwrap();
-    assert_eq!(store.stream_version(&a).unwrap(), Version(5));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(5));
     assert!(store
         .db
         .scan_prefix(keys::session_prefix(keys::EVENT, &a))
@@ -1022,8 +1029,8 @@ fn commits_are_read_from_staging_until_a_sync_lets_them_into_sled() {
         3,
         "a's runs of three commits, each under one key"
     );
-    assert_eq!(store.stream_version(&a).unwrap(), Version(5));
-    assert_eq!(store.stream_version(&b).unwrap(), Version(3));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(5));
+    assert_eq!(store.stream_start(&b).unwrap().version, Version(3));
     // The engine's sync threads apply what a sync made durable once they have answered.
     commit(&store, appends(&a, 8..=8)).unwrap();
     store.sync().unwrap();
@@ -1082,7 +1089,7 @@ fn a_frame_sled_holds_only_part_of_is_replayed_whole() {
         .unwrap();
     assert_eq!(versions(&a_events), [1, 2, 3, 4, 5]);
     assert!(a_events[4].rejected);
-    assert_eq!(recovered.stream_version(&b).unwrap(), Version(2));
+    assert_eq!(recovered.stream_start(&b).unwrap().version, Version(2));
     assert_consistent(&recovered);
 }
 
@@ -1172,7 +1179,7 @@ fn a_closed_store_leaves_no_log_and_sled_holds_every_commit() {
             Err(CommitError::Store(StoreError::Closed))
         ));
         assert!(matches!(store.sync(), Err(StoreError::Closed)));
-        assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+        assert_eq!(store.stream_start(&a).unwrap().version, Version(2));
         store.close().unwrap();
     }
     assert_eq!(
@@ -1207,7 +1214,7 @@ fn a_dropped_store_keeps_its_log_for_the_next_open() {
     );
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.head().unwrap(), Position(2));
-    assert_eq!(store.stream_version(&a).unwrap(), Version(2));
+    assert_eq!(store.stream_start(&a).unwrap().version, Version(2));
     assert_consistent(&store);
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     /// The engine opened the store itself, and closes it on shutdown (a store given to it is
     /// its owner's to close).
     pub owns_store: bool,
+    /// Other processes may write to the store's log (`EventStore::watch_remote_commits`).
+    pub store_is_shared: bool,
     pub cache: Mutex<SessionCache>,
     /// The last position subscribers may see: durable under `Fsync`, committed under `Buffered`.
     pub visible: watch::Sender<Position>,
@@ -307,7 +309,7 @@ fn process_group(
     taken: Instant,
     jobs: &std::sync::mpsc::Sender<SyncJob>,
 ) {
-    let retries = if shared.store.is_shared() {
+    let retries = if shared.store_is_shared {
         MAX_SHARED_CONFLICT_RETRIES
     } else {
         MAX_CONFLICT_RETRIES
@@ -379,7 +381,7 @@ fn process_group(
 /// several reads per session and one per event while planning. `None` on a store only this
 /// process writes: the cache is the truth there.
 fn read_ahead(shared: &Shared, group: &[Request]) -> Result<Option<StreamsRead>, EngineError> {
-    if !shared.store.is_shared() {
+    if !shared.store_is_shared {
         return Ok(None);
     }
     let mut streams = Vec::new();

@@ -165,7 +165,7 @@ impl<'a> Plan<'a> {
             // On a store other processes write, a remembered state may be stale: re-read it.
             // The commit's expected versions (and its snapshot's) make it fail if the stream
             // changes before it lands.
-            let shared_store = self.shared.store.is_shared();
+            let shared_store = self.shared.store_is_shared;
             let cached = if shared_store {
                 None
             } else {

@@ -72,7 +72,7 @@ fn refold_chunk(
     chunk: &[(SessionId, Snapshot)],
     report: &mut RefoldReport,
 ) -> Result<(), EngineError> {
-    let retries = if shared.store.is_shared() {
+    let retries = if shared.store_is_shared {
         MAX_SHARED_CONFLICT_RETRIES
     } else {
         MAX_CONFLICT_RETRIES

@@ -14,7 +14,6 @@ pub enum Call {
     Commit,
     Sync,
     Head,
-    StreamVersion,
     ReadStream,
     ReadAll,
     FindDedupe,
@@ -74,9 +73,6 @@ impl<W: Watch> EventStore for Watched<W> {
     fn head(&self) -> Result<Position, StoreError> {
         self.call(Call::Head, |store| store.head())
     }
-    fn stream_version(&self, stream: &SessionId) -> Result<Version, StoreError> {
-        self.call(Call::StreamVersion, |store| store.stream_version(stream))
-    }
     fn read_stream(
         &self,
         stream: &SessionId,
@@ -132,7 +128,11 @@ impl<W: Watch> EventStore for Watched<W> {
     ) -> Result<StreamsRead, StoreError> {
         self.call(Call::ReadStreams, |store| store.read_streams(streams, keys))
     }
-    fn is_shared(&self) -> bool {
-        self.watch.shared()
+    fn watch_remote_commits(
+        &self,
+        wake: Box<dyn Fn(Position) + Send + Sync>,
+    ) -> Result<bool, StoreError> {
+        self.inner.watch_remote_commits(wake)?;
+        Ok(self.watch.shared())
     }
 }
