@@ -1,6 +1,7 @@
-//! A seeded generator of realistic traffic: sessions of the three providers in several flow
+//! A seeded generator of realistic traffic: sessions of the four providers in several flow
 //! shapes, about 12 events per session, as provider JSON payloads, with about 5% of
-//! deliveries out of order, 2% duplicated and 1% illegal.
+//! deliveries out of order, 2% duplicated and 1% illegal. Plaid sessions arrive as Plaid
+//! delivers them: `OPEN` first, every other callback in one burst at the end, shuffled.
 
 use linkflow_core::Provider;
 use serde_json::json;
@@ -321,6 +322,120 @@ fn knot_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
     events
 }
 
+/// A forwarded Plaid `onEvent` callback (the web SDK's snake_case metadata).
+fn plaid_event(session: usize, name: &str, ms: i64, metadata: serde_json::Value) -> String {
+    let mut meta = json!({
+        "link_session_id": format!("pl_{session:09}"),
+        "request_id": format!("req_{session}"),
+        "timestamp": iso(ms),
+    });
+    if let (Some(meta), Some(extra)) = (meta.as_object_mut(), metadata.as_object()) {
+        meta.extend(extra.clone());
+    }
+    json!({"eventName": name, "metadata": meta}).to_string()
+}
+
+/// The Plaid flow shapes: a success (most), an exit after a credentials error, an OAuth
+/// success; `OPEN` in real time, the rest one shuffled burst, as Plaid delivers them.
+fn plaid_session(session: usize, rng: &mut Rng, start: i64) -> Vec<String> {
+    let mut t = start;
+    let mut next = |rng: &mut Rng| {
+        t += 1_000 + rng.below(20_000) as i64;
+        t
+    };
+    let bank = json!({"institution_id": "ins_109508", "institution_name": "First Platypus Bank"});
+    let view = |name: &str| json!({"view_name": name});
+    let open = plaid_event(session, "OPEN", next(rng), view("CONSENT"));
+    let mut burst = vec![
+        plaid_event(
+            session,
+            "TRANSITION_VIEW",
+            next(rng),
+            view("SELECT_INSTITUTION"),
+        ),
+        plaid_event(
+            session,
+            "SEARCH_INSTITUTION",
+            next(rng),
+            json!({"institution_search_query": "platypus"}),
+        ),
+        plaid_event(session, "SELECT_INSTITUTION", next(rng), bank.clone()),
+        plaid_event(session, "TRANSITION_VIEW", next(rng), view("CREDENTIAL")),
+    ];
+    let success = json!({
+        "public_token": "public-sandbox-b0e2c4ee",
+        "metadata": {
+            "institution": {"name": "First Platypus Bank", "institution_id": "ins_109508"},
+            "accounts": [{"id": "acc_1", "name": "Checking", "mask": "0000", "type": "depository", "subtype": "checking"}],
+            "link_session_id": format!("pl_{session:09}"),
+        },
+        "item_id": format!("item_{session:09}"),
+    })
+    .to_string();
+    match rng.below(5) {
+        0 => {
+            burst.push(plaid_event(
+                session,
+                "SUBMIT_CREDENTIALS",
+                next(rng),
+                bank.clone(),
+            ));
+            burst.push(plaid_event(session, "ERROR", next(rng), json!({"error_type": "ITEM_ERROR", "error_code": "INVALID_CREDENTIALS", "error_message": "the credentials were not correct"})));
+            burst.push(plaid_event(
+                session,
+                "EXIT",
+                next(rng),
+                json!({"exit_status": "requires_credentials"}),
+            ));
+            burst.push(json!({"error": {"error_type": "ITEM_ERROR", "error_code": "INVALID_CREDENTIALS", "error_message": "the credentials were not correct", "display_message": "The credentials were not correct."}, "metadata": {"institution": {"name": "First Platypus Bank", "institution_id": "ins_109508"}, "status": "requires_credentials", "link_session_id": format!("pl_{session:09}"), "request_id": format!("req_{session}")}}).to_string());
+        }
+        1 => {
+            burst.push(plaid_event(session, "OPEN_OAUTH", next(rng), view("OAUTH")));
+            burst.push(plaid_event(
+                session,
+                "HANDOFF",
+                next(rng),
+                view("CONNECTED"),
+            ));
+            burst.push(success);
+        }
+        _ => {
+            burst.push(plaid_event(
+                session,
+                "SUBMIT_CREDENTIALS",
+                next(rng),
+                bank.clone(),
+            ));
+            burst.push(plaid_event(
+                session,
+                "TRANSITION_VIEW",
+                next(rng),
+                view("MFA"),
+            ));
+            burst.push(plaid_event(
+                session,
+                "SUBMIT_MFA",
+                next(rng),
+                json!({"mfa_type": "code"}),
+            ));
+            burst.push(plaid_event(
+                session,
+                "HANDOFF",
+                next(rng),
+                view("CONNECTED"),
+            ));
+            burst.push(success);
+        }
+    }
+    // The burst in a seeded random order (Fisher-Yates).
+    for index in (1..burst.len()).rev() {
+        burst.swap(index, rng.below(index as u64 + 1) as usize);
+    }
+    let mut events = vec![open];
+    events.extend(burst);
+    events
+}
+
 /// `events` deliveries of the workload for `seed`.
 pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
     Workload::new(seed).take(events).collect()
@@ -349,14 +464,16 @@ impl Workload {
         let session = self.session;
         let start = BASE_MS + session as i64 * 1_000;
         let provider = match rng.below(10) {
-            0..=5 => Provider::Moneykit,
-            6..=7 => Provider::Benji,
-            _ => Provider::Knot,
+            0..=4 => Provider::Moneykit,
+            5..=6 => Provider::Benji,
+            7 => Provider::Knot,
+            _ => Provider::Plaid,
         };
         let mut bodies = match provider {
             Provider::Moneykit => moneykit_session(session, rng, start),
             Provider::Benji => benji_session(session, rng, start),
             Provider::Knot => knot_session(session, rng, start),
+            Provider::Plaid => plaid_session(session, rng, start),
         };
         // About 5% out of order: a delivery swapped with the next one of its session.
         for index in 0..bodies.len().saturating_sub(1) {

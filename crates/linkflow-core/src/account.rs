@@ -32,6 +32,13 @@ pub enum AccountState {
     Active,
     /// The provider reported that the user must log in again.
     LoginRequired,
+    /// Linked and working, but the provider said it will stop working on a date
+    /// ([`Account::expires_at`]): consent expiring (Plaid `PENDING_EXPIRATION`) or a
+    /// disconnection ahead (Plaid `PENDING_DISCONNECT`). A new link (update mode) renews it.
+    PendingExpiration,
+    /// The user revoked the link at the provider (Plaid `USER_PERMISSION_REVOKED`,
+    /// `USER_ACCOUNT_REVOKED`): it no longer works until the user links again.
+    Revoked,
 }
 
 impl AccountState {
@@ -41,6 +48,8 @@ impl AccountState {
             AccountState::Absent => "absent",
             AccountState::Active => "active",
             AccountState::LoginRequired => "login_required",
+            AccountState::PendingExpiration => "pending_expiration",
+            AccountState::Revoked => "revoked",
         }
     }
 }
@@ -63,6 +72,16 @@ pub struct AccountKey {
 }
 
 impl AccountKey {
+    /// The account of a Plaid item: Plaid's item webhooks name the item alone, so the item is
+    /// the account, with an empty user id and the item id in the institution's place.
+    pub fn plaid_item(item_id: &str) -> Self {
+        AccountKey {
+            provider: Provider::Plaid,
+            external_user_id: String::new(),
+            institution_id: item_id.to_owned(),
+        }
+    }
+
     /// The id of the account's own event stream:
     /// `account:<provider>:<user id length>:<user id>:<institution id>`. The length keeps two
     /// different (user, institution) pairs from ever giving the same id.
@@ -139,6 +158,10 @@ pub enum NoticeKind {
     AccountsDetected,
     /// The provider retrieved the user's accounts at the merchant (Knot `ACCOUNTS_RETRIEVED`).
     AccountsRetrieved,
+    /// The user has accounts at the institution that the link does not share yet; update
+    /// mode can add them (Plaid `NEW_ACCOUNTS_AVAILABLE`). Recorded on the account
+    /// ([`Account::new_accounts_at`]).
+    NewAccountsAvailable,
 }
 
 impl NoticeKind {
@@ -149,6 +172,7 @@ impl NoticeKind {
             NoticeKind::TransactionsUpdated => "transactions_updated",
             NoticeKind::AccountsDetected => "accounts_detected",
             NoticeKind::AccountsRetrieved => "accounts_retrieved",
+            NoticeKind::NewAccountsAvailable => "new_accounts_available",
         }
     }
 }
@@ -163,8 +187,17 @@ pub enum AccountEventKind {
     /// its success, or names another user or institution (the engine appends it, with the
     /// time of the success it withdraws).
     LinkWithdrawn,
-    /// The provider says the user must log in again (Knot `ACCOUNT_LOGIN_REQUIRED`).
+    /// The provider says the user must log in again (Knot `ACCOUNT_LOGIN_REQUIRED`, Plaid
+    /// `ERROR` with `ITEM_LOGIN_REQUIRED`).
     LoginRequired,
+    /// The provider says the login works again (Plaid `LOGIN_REPAIRED`).
+    LoginRepaired,
+    /// The provider says the link will stop working at the event's `expires_at` (Plaid
+    /// `PENDING_EXPIRATION`, `PENDING_DISCONNECT`).
+    ExpiryPending,
+    /// The user revoked the link at the provider (Plaid `USER_PERMISSION_REVOKED`,
+    /// `USER_ACCOUNT_REVOKED`).
+    Revoked,
     /// An operation ran on the account.
     Operation {
         /// Which.
@@ -196,9 +229,13 @@ pub struct AccountEvent {
     /// `transactions_updated` notice (Knot `updated[].id`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transaction_ids: Vec<String>,
-    /// Why an operation failed, as the provider words it (Knot `data.reason`).
+    /// Why an operation failed, or why a link will stop or stopped working, as the provider
+    /// words it (Knot `data.reason`, Plaid's `reason` or error code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When an `expiry_pending` link stops working, as the provider said or estimated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl AccountEvent {
@@ -210,6 +247,7 @@ impl AccountEvent {
             link_type: None,
             transaction_ids: Vec::new(),
             reason: None,
+            expires_at: None,
         }
     }
 
@@ -226,6 +264,9 @@ impl AccountEvent {
             AccountEventKind::Linked => Some(AccountStep::Link),
             AccountEventKind::LinkWithdrawn => Some(AccountStep::WithdrawLink),
             AccountEventKind::LoginRequired => Some(AccountStep::RequireLogin),
+            AccountEventKind::LoginRepaired => Some(AccountStep::RepairLogin),
+            AccountEventKind::ExpiryPending => Some(AccountStep::WarnExpiry),
+            AccountEventKind::Revoked => Some(AccountStep::Revoke),
             AccountEventKind::Operation { .. } => Some(AccountStep::RecordOperation),
             AccountEventKind::Notice(_) | AccountEventKind::Unrecognized { .. } => None,
         }
@@ -238,6 +279,9 @@ impl AccountEvent {
             AccountEventKind::Linked => "linked",
             AccountEventKind::LinkWithdrawn => "link_withdrawn",
             AccountEventKind::LoginRequired => "login_required",
+            AccountEventKind::LoginRepaired => "login_repaired",
+            AccountEventKind::ExpiryPending => "expiry_pending",
+            AccountEventKind::Revoked => "revoked",
             AccountEventKind::Operation { kind, .. } => kind.as_str(),
             AccountEventKind::Notice(kind) => kind.as_str(),
             AccountEventKind::Unrecognized { .. } => "unrecognized",
@@ -257,6 +301,12 @@ pub enum AccountStep {
     RecordOperation,
     /// A session's link was withdrawn.
     WithdrawLink,
+    /// The login works again.
+    RepairLogin,
+    /// The link will stop working on a date.
+    WarnExpiry,
+    /// The user revoked the link.
+    Revoke,
 }
 
 impl AccountStep {
@@ -267,6 +317,9 @@ impl AccountStep {
             AccountStep::RequireLogin => "require_login",
             AccountStep::RecordOperation => "record_operation",
             AccountStep::WithdrawLink => "withdraw_link",
+            AccountStep::RepairLogin => "repair_login",
+            AccountStep::WarnExpiry => "warn_expiry",
+            AccountStep::Revoke => "revoke",
         }
     }
 }
@@ -282,21 +335,63 @@ pub struct AccountRule {
     pub to: AccountState,
 }
 
-/// The account state machine.
+/// Every state in which the link exists (not `absent`).
+const LINKED: &[AccountState] = &[
+    AccountState::Active,
+    AccountState::LoginRequired,
+    AccountState::PendingExpiration,
+    AccountState::Revoked,
+];
+
+/// The account state machine. A step's rows never share a `from` state.
 pub const ACCOUNT_TABLE: &[AccountRule] = &[
+    // A new link (update mode included) makes any account active and renews its consent.
     AccountRule {
         step: AccountStep::Link,
         from: &[
             AccountState::Absent,
             AccountState::Active,
             AccountState::LoginRequired,
+            AccountState::PendingExpiration,
+            AccountState::Revoked,
         ],
         to: AccountState::Active,
     },
     AccountRule {
         step: AccountStep::RequireLogin,
-        from: &[AccountState::Active, AccountState::LoginRequired],
+        from: &[
+            AccountState::Active,
+            AccountState::LoginRequired,
+            AccountState::PendingExpiration,
+        ],
         to: AccountState::LoginRequired,
+    },
+    AccountRule {
+        step: AccountStep::RepairLogin,
+        from: &[AccountState::Active, AccountState::LoginRequired],
+        to: AccountState::Active,
+    },
+    // A repaired login does not renew consent: the expiry still stands.
+    AccountRule {
+        step: AccountStep::RepairLogin,
+        from: &[AccountState::PendingExpiration],
+        to: AccountState::PendingExpiration,
+    },
+    AccountRule {
+        step: AccountStep::WarnExpiry,
+        from: &[AccountState::Active, AccountState::PendingExpiration],
+        to: AccountState::PendingExpiration,
+    },
+    // A broken login is the more urgent state; the expiry is recorded on the account.
+    AccountRule {
+        step: AccountStep::WarnExpiry,
+        from: &[AccountState::LoginRequired],
+        to: AccountState::LoginRequired,
+    },
+    AccountRule {
+        step: AccountStep::Revoke,
+        from: LINKED,
+        to: AccountState::Revoked,
     },
     AccountRule {
         step: AccountStep::RecordOperation,
@@ -309,8 +404,13 @@ pub const ACCOUNT_TABLE: &[AccountRule] = &[
         to: AccountState::LoginRequired,
     },
     AccountRule {
+        step: AccountStep::RecordOperation,
+        from: &[AccountState::PendingExpiration],
+        to: AccountState::PendingExpiration,
+    },
+    AccountRule {
         step: AccountStep::WithdrawLink,
-        from: &[AccountState::Active, AccountState::LoginRequired],
+        from: LINKED,
         to: AccountState::Absent,
     },
 ];
@@ -362,6 +462,10 @@ pub struct Account {
     operations: Vec<Operation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_event_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    new_accounts_at: Option<DateTime<Utc>>,
 }
 
 impl Account {
@@ -393,6 +497,18 @@ impl Account {
     /// The latest event time seen.
     pub fn last_event_at(&self) -> Option<DateTime<Utc>> {
         self.last_event_at
+    }
+
+    /// When the link stops working, as the provider's last expiry warning said (cleared by a
+    /// new link, which renews it).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+
+    /// When the provider last said the user has accounts the link does not share yet (cleared
+    /// by a new link).
+    pub fn new_accounts_at(&self) -> Option<DateTime<Utc>> {
+        self.new_accounts_at
     }
 
     /// Whether the current state accepts `event`, and by which row.
@@ -437,8 +553,20 @@ impl Account {
                 self.operations.remove(0);
             }
         }
-        if event.kind == AccountEventKind::Linked {
-            self.link_type = event.link_type.or(self.link_type);
+        match event.kind {
+            AccountEventKind::Linked => {
+                self.link_type = event.link_type.or(self.link_type);
+                self.expires_at = None;
+                self.new_accounts_at = None;
+            }
+            AccountEventKind::ExpiryPending => {
+                self.expires_at = event.expires_at.or(self.expires_at);
+            }
+            AccountEventKind::Notice(NoticeKind::NewAccountsAvailable) => {
+                let at = event.occurred_at;
+                self.new_accounts_at = at.max(self.new_accounts_at).or(at);
+            }
+            _ => {}
         }
         if let Some(rule) = rule {
             self.state = rule.to;
@@ -454,10 +582,12 @@ impl Account {
     }
 }
 
-const ACCOUNT_STATES: [AccountState; 3] = [
+const ACCOUNT_STATES: [AccountState; 5] = [
     AccountState::Absent,
     AccountState::Active,
     AccountState::LoginRequired,
+    AccountState::PendingExpiration,
+    AccountState::Revoked,
 ];
 /// Every operation kind, in the order of their durable codes.
 pub(crate) const OPERATION_KINDS: [OperationKind; 3] = [
@@ -468,11 +598,12 @@ pub(crate) const OPERATION_KINDS: [OperationKind; 3] = [
 /// Every outcome, in the order of their durable codes.
 pub(crate) const OUTCOMES: [Outcome; 3] = [Outcome::Succeeded, Outcome::Failed, Outcome::Started];
 /// Every notice kind, in the order of their durable codes.
-pub(crate) const NOTICE_KINDS: [NoticeKind; 4] = [
+pub(crate) const NOTICE_KINDS: [NoticeKind; 5] = [
     NoticeKind::TransactionsAvailable,
     NoticeKind::TransactionsUpdated,
     NoticeKind::AccountsDetected,
     NoticeKind::AccountsRetrieved,
+    NoticeKind::NewAccountsAvailable,
 ];
 
 impl Compact for Account {
@@ -494,6 +625,8 @@ impl Compact for Account {
             }
             out.opt_str(operation.reason.as_deref());
         }
+        out.opt_time(self.expires_at, base);
+        out.opt_time(self.new_accounts_at, base);
     }
 
     fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
@@ -521,12 +654,16 @@ impl Compact for Account {
                 reason,
             });
         }
+        let expires_at = input.opt_time("expiry time", base)?;
+        let new_accounts_at = input.opt_time("new accounts time", base)?;
         Ok(Account {
             state,
             version,
             link_type,
             operations,
             last_event_at,
+            expires_at,
+            new_accounts_at,
         })
     }
 }
@@ -631,5 +768,87 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_step_has_at_most_one_row_per_state() {
+        for state in ACCOUNT_STATES {
+            for rule in ACCOUNT_TABLE {
+                let rows = ACCOUNT_TABLE
+                    .iter()
+                    .filter(|other| other.step == rule.step && other.from.contains(&state))
+                    .count();
+                assert!(
+                    rows <= 1,
+                    "{rows} rows for {} in {state}",
+                    rule.step.as_str()
+                );
+            }
+        }
+    }
+
+    /// Plaid's item lifecycle: expiry warnings, a broken and repaired login, a revocation, and
+    /// a new link that renews everything.
+    #[test]
+    fn an_item_is_warned_broken_repaired_revoked_and_linked_again() {
+        use chrono::TimeZone;
+        let at = |day: u32| Utc.with_ymd_and_hms(2026, 1, day, 12, 0, 0).unwrap();
+        let event = |kind: AccountEventKind, day: u32| AccountEvent::new(kind).at(at(day));
+        let mut account = Account::new();
+        assert!(account
+            .apply(&event(AccountEventKind::ExpiryPending, 1))
+            .is_err());
+        account
+            .apply_in_place(&event(AccountEventKind::Linked, 1))
+            .unwrap();
+        let mut warning = event(AccountEventKind::ExpiryPending, 2);
+        warning.expires_at = Some(at(30));
+        account.apply_in_place(&warning).unwrap();
+        assert_eq!(account.state(), AccountState::PendingExpiration);
+        assert_eq!(account.expires_at(), Some(at(30)));
+        // A repaired login does not renew consent.
+        account
+            .apply_in_place(&event(AccountEventKind::LoginRepaired, 3))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::PendingExpiration);
+        account
+            .apply_in_place(&event(AccountEventKind::LoginRequired, 4))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::LoginRequired);
+        // A warning while the login is broken keeps the more urgent state, and its date.
+        let mut later = event(AccountEventKind::ExpiryPending, 5);
+        later.expires_at = Some(at(31));
+        account.apply_in_place(&later).unwrap();
+        assert_eq!(account.state(), AccountState::LoginRequired);
+        assert_eq!(account.expires_at(), Some(at(31)));
+        account
+            .apply_in_place(&event(
+                AccountEventKind::Notice(NoticeKind::NewAccountsAvailable),
+                6,
+            ))
+            .unwrap();
+        assert_eq!(account.new_accounts_at(), Some(at(6)));
+        account
+            .apply_in_place(&event(AccountEventKind::Revoked, 7))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::Revoked);
+        let rejection = account
+            .apply(&op(OperationKind::Checkout, Outcome::Succeeded))
+            .unwrap_err();
+        assert_eq!(rejection.state, AccountState::Revoked);
+        assert!(account
+            .apply(&event(AccountEventKind::LoginRepaired, 8))
+            .is_err());
+        account
+            .apply_in_place(&event(AccountEventKind::Linked, 9))
+            .unwrap();
+        assert_eq!(account.state(), AccountState::Active);
+        assert_eq!(account.expires_at(), None);
+        assert_eq!(account.new_accounts_at(), None);
+        let compact = crate::compact::to_compact(&account);
+        assert_eq!(
+            crate::compact::from_compact::<Account>(&compact).unwrap(),
+            account
+        );
     }
 }

@@ -69,7 +69,7 @@ impl EventBody {
 /// Event kind code of `Unrecognized` in the compact form; known kinds are their index in
 /// [`EventKind::KNOWN`].
 const UNRECOGNIZED_KIND: u8 = 0xff;
-const PROVIDERS: [Provider; 3] = Provider::ALL;
+const PROVIDERS: [Provider; 4] = Provider::ALL;
 
 // Presence bits of the attributes, in the order the present ones follow the mask.
 const LINK_TYPE: u8 = 1;
@@ -84,8 +84,9 @@ const EXIT_STATUS: u8 = 1 << 6;
 const EXTENDED: u8 = 1 << 7;
 // Extended presence bits, in the order the present ones follow the extended mask.
 const EXIT_STEP: u64 = 1;
+const ITEM_ID: u64 = 1 << 1;
 /// Every extended bit this build knows.
-const KNOWN_EXTENDED: u64 = EXIT_STEP;
+const KNOWN_EXTENDED: u64 = EXIT_STEP | ITEM_ID;
 
 /// The compact form of an event body, as event records store it (record schema 3):
 ///
@@ -208,11 +209,13 @@ fn encode_event(event: &Event, out: &mut Output) {
             mask |= bit;
         }
     }
-    let extended = if attributes.exit_step.is_some() {
-        EXIT_STEP
-    } else {
-        0
-    };
+    let extended = [
+        (EXIT_STEP, attributes.exit_step.is_some()),
+        (ITEM_ID, attributes.item_id.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, present)| *present)
+    .fold(0, |mask, (bit, _)| mask | bit);
     if extended != 0 {
         mask |= EXTENDED;
     }
@@ -244,8 +247,11 @@ fn encode_event(event: &Event, out: &mut Output) {
     }
     if extended != 0 {
         out.varint(extended);
-        if let Some(step) = &attributes.exit_step {
-            out.str(step);
+        for text in [&attributes.exit_step, &attributes.item_id]
+            .into_iter()
+            .flatten()
+        {
+            out.str(text);
         }
     }
 }
@@ -327,6 +333,9 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
         if extended & EXIT_STEP != 0 {
             attributes.exit_step = Some(input.str("exit step")?);
         }
+        if extended & ITEM_ID != 0 {
+            attributes.item_id = Some(input.str("item id")?);
+        }
     }
     Ok(Event {
         kind,
@@ -338,11 +347,17 @@ fn decode_event(input: &mut Input<'_>) -> Result<Event, CompactError> {
 
 /// The code that puts a failure reason in front of an account event's kind code.
 const ACCOUNT_REASON: u8 = 4;
+/// The code of the expiry time that may precede an account event's kind (after its reason).
+const ACCOUNT_EXPIRES: u8 = 7;
 
 fn encode_account_event(event: &AccountEvent, out: &mut Output) {
     if let Some(reason) = &event.reason {
         out.u8(ACCOUNT_REASON);
         out.str(reason);
+    }
+    if let Some(expires_at) = event.expires_at {
+        out.u8(ACCOUNT_EXPIRES);
+        out.time(expires_at, 0);
     }
     match &event.kind {
         AccountEventKind::Linked => out.u8(0),
@@ -361,6 +376,9 @@ fn encode_account_event(event: &AccountEvent, out: &mut Output) {
             out.u8(code_of(&NOTICE_KINDS, kind));
         }
         AccountEventKind::LinkWithdrawn => out.u8(6),
+        AccountEventKind::LoginRepaired => out.u8(8),
+        AccountEventKind::ExpiryPending => out.u8(9),
+        AccountEventKind::Revoked => out.u8(10),
     }
     out.opt_time(event.occurred_at, 0);
     encode_link_type(out, event.link_type);
@@ -377,6 +395,11 @@ fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactEr
         reason = Some(input.str("account event reason")?);
         code = input.u8("account event kind")?;
     }
+    let mut expires_at = None;
+    if code == ACCOUNT_EXPIRES {
+        expires_at = Some(input.time("account expiry time", 0)?);
+        code = input.u8("account event kind")?;
+    }
     let kind = match code {
         0 => AccountEventKind::Linked,
         1 => AccountEventKind::LoginRequired,
@@ -389,10 +412,13 @@ fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactEr
         },
         5 => AccountEventKind::Notice(input.choice("notice kind", &NOTICE_KINDS)?),
         6 => AccountEventKind::LinkWithdrawn,
+        8 => AccountEventKind::LoginRepaired,
+        9 => AccountEventKind::ExpiryPending,
+        10 => AccountEventKind::Revoked,
         other => {
             return Err(input.error(
                 "account event kind",
-                format!("code {other}, expected 0 to 3, 5 or 6"),
+                format!("code {other}, expected 0 to 3, 5, 6 or 8 to 10"),
             ))
         }
     };
@@ -408,6 +434,7 @@ fn decode_account_event(input: &mut Input<'_>) -> Result<AccountEvent, CompactEr
         link_type,
         transaction_ids,
         reason,
+        expires_at,
     })
 }
 
@@ -440,6 +467,22 @@ mod tests {
             });
         session.attributes.search_term = Some("chase".into());
         session.attributes.external_user_id = Some("user-1".into());
+        let mut plaid_success = Event::new(EventKind::Succeeded).at(at);
+        plaid_success.attributes.item_id = Some("item_1".into());
+        let mut expiry = AccountEvent::new(AccountEventKind::ExpiryPending).at(at);
+        expiry.expires_at = Some(at + chrono::Duration::days(7));
+        expiry.reason = Some("INSTITUTION_TOKEN_EXPIRATION".into());
+        let item = AccountKey::plaid_item("item_1");
+        let plaid = [
+            expiry,
+            AccountEvent::new(AccountEventKind::LoginRepaired),
+            AccountEvent::new(AccountEventKind::Revoked),
+            AccountEvent::new(AccountEventKind::Notice(NoticeKind::NewAccountsAvailable)),
+        ]
+        .map(|event| EventBody::Account {
+            account: item.clone(),
+            event,
+        });
         let mut checkout = AccountEvent::new(AccountEventKind::Operation {
             kind: OperationKind::Checkout,
             outcome: Outcome::Failed,
@@ -457,8 +500,9 @@ mod tests {
             external_user_id: "user-1".into(),
             institution_id: "10".into(),
         };
-        vec![
+        let mut bodies = vec![
             EventBody::Session(session),
+            EventBody::Session(plaid_success),
             EventBody::Session(Event::new(EventKind::Created)),
             EventBody::Session(Event::new(EventKind::Unrecognized {
                 raw_name: "new_thing".into(),
@@ -495,7 +539,9 @@ mod tests {
             EventBody::QuarantineReleased(Released {
                 stream: SessionId::new("s1").unwrap(),
             }),
-        ]
+        ];
+        bodies.extend(plaid);
+        bodies
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub fn session_graph() -> MachineGraph {
         let style = match rule.kind {
             RuleKind::Start | RuleKind::Forward => EdgeStyle::Forward,
             RuleKind::Reselect | RuleKind::Retry => EdgeStyle::Back,
-            RuleKind::ExitAfterSuccess | RuleKind::LateSuccess => EdgeStyle::Terminal,
+            RuleKind::ExitAfterSuccess | RuleKind::LateSuccess | RuleKind::SuccessConfirmed => {
+                EdgeStyle::Terminal
+            }
         };
         for from in rule.from {
             edges.push(Edge {
@@ -151,6 +153,22 @@ pub fn session_rules_markdown() -> String {
             from.join(", "),
             rule.to,
             kind
+        );
+    }
+    out
+}
+
+/// The account table as Markdown: one line per row.
+pub fn account_rules_markdown() -> String {
+    let mut out = String::from("| step | from | to |\n|---|---|---|\n");
+    for rule in crate::account::ACCOUNT_TABLE {
+        let from: Vec<&str> = rule.from.iter().map(|state| state.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            rule.step.as_str(),
+            from.join(", "),
+            rule.to
         );
     }
     out

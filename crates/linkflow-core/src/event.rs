@@ -135,6 +135,11 @@ pub struct Attributes {
     /// The step of the flow the user left from, as the provider names it (Benji's exit `step`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_step: Option<String>,
+    /// The provider's id of the linked account a success created, when the flow has one apart
+    /// from the user and institution (Plaid's `item_id`, which the integrator's backend gets
+    /// from `/item/public_token/exchange` and forwards with `onSuccess`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
 }
 
 impl Attributes {

@@ -150,11 +150,18 @@ pub enum Provider {
     Benji,
     /// Knot (webhooks).
     Knot,
+    /// Plaid Link (client callbacks forwarded by the frontend, and Plaid's webhooks).
+    Plaid,
 }
 
 impl Provider {
     /// Every provider.
-    pub const ALL: [Provider; 3] = [Provider::Moneykit, Provider::Benji, Provider::Knot];
+    pub const ALL: [Provider; 4] = [
+        Provider::Moneykit,
+        Provider::Benji,
+        Provider::Knot,
+        Provider::Plaid,
+    ];
 
     /// The lowercase name, as serialized.
     pub const fn as_str(self) -> &'static str {
@@ -162,6 +169,7 @@ impl Provider {
             Provider::Moneykit => "moneykit",
             Provider::Benji => "benji",
             Provider::Knot => "knot",
+            Provider::Plaid => "plaid",
         }
     }
 }
@@ -174,7 +182,7 @@ impl fmt::Display for Provider {
 
 /// A string that names no provider.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider `{input}`; expected moneykit, benji or knot")]
+#[error("unknown provider `{input}`; expected moneykit, benji, knot or plaid")]
 pub struct ParseProviderError {
     /// The text that was not a provider name.
     pub input: String,
@@ -325,6 +333,7 @@ mod tests {
         for provider in Provider::ALL {
             assert_eq!(provider.as_str().parse::<Provider>().unwrap(), provider);
         }
-        assert!("plaid".parse::<Provider>().is_err());
+        assert!("plaid-webhook".parse::<Provider>().is_err());
+        assert!("Plaid".parse::<Provider>().is_err());
     }
 }

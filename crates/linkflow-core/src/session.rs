@@ -25,6 +25,8 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     external_user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    item_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     current_screen: Option<Latest<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_error: Option<Latest<ErrorInfo>>,
@@ -170,6 +172,12 @@ impl Session {
         self.external_user_id.as_deref()
     }
 
+    /// The provider's id of the linked account the session created (Plaid's `item_id`), once
+    /// an event named it.
+    pub fn item_id(&self) -> Option<&str> {
+        self.item_id.as_deref()
+    }
+
     /// The screen of the event with the latest event time that named one.
     pub fn current_screen(&self) -> Option<&Latest<String>> {
         self.current_screen.as_ref()
@@ -223,7 +231,9 @@ impl Session {
         }
         self.version = self.version.next();
         self.record_times(event.time());
-        self.record_attributes(event, rule.is_some());
+        // A success reported again names what the first one did, or less: it only fills gaps.
+        let moves = rule.is_some_and(|rule| rule.kind != crate::RuleKind::SuccessConfirmed);
+        self.record_attributes(event, moves);
         match event.kind.class() {
             EventClass::Phase(_) => self.counts.phase += 1,
             EventClass::Telemetry => self.counts.telemetry += 1,
@@ -296,6 +306,9 @@ impl Session {
         }
         if let Some(user) = &attributes.external_user_id {
             self.external_user_id = Some(user.clone());
+        }
+        if let Some(item) = &attributes.item_id {
+            self.item_id = Some(item.clone());
         }
         // A phase event is ordered by the machine, so the institution it names is the current
         // one (a reselection replaces it). Telemetry may arrive late: it only fills a gap.
@@ -379,6 +392,7 @@ impl Compact for Session {
             }
         }
         out.opt_str(self.external_user_id.as_deref());
+        out.opt_str(self.item_id.as_deref());
         match &self.current_screen {
             None => out.u8(0),
             Some(screen) => {
@@ -453,6 +467,7 @@ impl Compact for Session {
             None
         };
         let external_user_id = input.opt_str("external user id")?;
+        let item_id = input.opt_str("item id")?;
         let current_screen = if input.present("screen")? {
             Some(Latest {
                 value: input.str("screen")?,
@@ -518,6 +533,7 @@ impl Compact for Session {
             link_type,
             institution,
             external_user_id,
+            item_id,
             current_screen,
             last_error,
             exit,

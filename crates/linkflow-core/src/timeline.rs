@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 /// change that can fold the same events differently: snapshots record it, and a stream whose
 /// snapshot was folded with other rules is folded again (`docs/state-machine.md`, "Rule
 /// changes").
-pub const RULES_VERSION: u32 = 1;
+pub const RULES_VERSION: u32 = 2;
 
 /// The furthest back an event without a time is moved, in places, looking for one where it is
 /// accepted. Bounds a fold's work (each place tried is a fold of the stream) on streams of
@@ -269,15 +269,20 @@ impl Machine for crate::Account {
     }
 
     /// A link first (an operation of the same instant needs the account), then a broken
-    /// login, then operations, then a withdrawn link (it carries the time of the link it
-    /// withdraws, so it sorts right after it), then notices and unrecognized events.
+    /// login and its repair, an expiry warning, operations, a revocation, then a withdrawn
+    /// link (it carries the time of the link it withdraws, so it sorts right after it), then
+    /// notices and unrecognized events.
     fn rank(event: &crate::AccountEvent) -> u8 {
+        use crate::account::AccountStep;
         match event.step() {
-            Some(crate::account::AccountStep::Link) => 0,
-            Some(crate::account::AccountStep::RequireLogin) => 1,
-            Some(crate::account::AccountStep::RecordOperation) => 2,
-            Some(crate::account::AccountStep::WithdrawLink) => 3,
-            None => 4,
+            Some(AccountStep::Link) => 0,
+            Some(AccountStep::RequireLogin) => 1,
+            Some(AccountStep::RepairLogin) => 2,
+            Some(AccountStep::WarnExpiry) => 3,
+            Some(AccountStep::RecordOperation) => 4,
+            Some(AccountStep::Revoke) => 5,
+            Some(AccountStep::WithdrawLink) => 6,
+            None => 7,
         }
     }
 

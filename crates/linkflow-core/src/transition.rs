@@ -28,6 +28,11 @@ pub enum RuleKind {
     ExitAfterSuccess,
     /// Terminal exception: a success after an exit wins (`exited` -> `succeeded`).
     LateSuccess,
+    /// Terminal exception: a success reported again is recorded; the phase stays
+    /// `succeeded`. Plaid reports one success up to three times, by different routes (the
+    /// `HANDOFF` event, `onSuccess`, the `SESSION_FINISHED` webhook), each with data the others
+    /// lack.
+    SuccessConfirmed,
 }
 
 impl RuleKind {
@@ -48,6 +53,7 @@ impl RuleKind {
             RuleKind::Retry => "retry",
             RuleKind::ExitAfterSuccess => "exit_after_success",
             RuleKind::LateSuccess => "late_success",
+            RuleKind::SuccessConfirmed => "success_confirmed",
         }
     }
 }
@@ -183,6 +189,12 @@ pub const SESSION_TABLE: &[Rule] = &[
     ),
     rule(Step::Succeed, &[Exited], Succeeded, RuleKind::LateSuccess),
     rule(
+        Step::Succeed,
+        &[Succeeded],
+        Succeeded,
+        RuleKind::SuccessConfirmed,
+    ),
+    rule(
         Step::Exit,
         &[
             Created,
@@ -258,7 +270,10 @@ mod tests {
 
     #[test]
     fn terminal_phases_accept_only_the_terminal_exceptions() {
-        assert_eq!(steps_accepted_in(Phase::Succeeded), vec![Step::Exit]);
+        assert_eq!(
+            steps_accepted_in(Phase::Succeeded),
+            vec![Step::Succeed, Step::Exit]
+        );
         assert_eq!(steps_accepted_in(Phase::Exited), vec![Step::Succeed]);
     }
 }

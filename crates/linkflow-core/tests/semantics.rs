@@ -235,14 +235,21 @@ fn late_success_wins_over_exit() {
     ]);
     assert_eq!(session.phase(), Phase::Succeeded);
     assert_eq!(session.exit().unwrap().phase, Phase::AccountsSelected);
-    // A second success is refused: succeeded is terminal.
+    // A second success is recorded as a confirmation (Plaid reports one success by up to
+    // three routes): the session stays succeeded, and the first success's institution stays.
+    let session = session_of(&[
+        ev(EventKind::Opened, 0),
+        select("ins_1", 1),
+        ev(EventKind::Succeeded, 2),
+        ev(EventKind::Succeeded, 3).with_institution("ins_2", None),
+    ]);
+    assert_eq!(session.phase(), Phase::Succeeded);
+    assert_eq!(session.institution().unwrap().id, "ins_1");
+    assert_eq!(session.counts().phase, 4);
+    // Nothing but an exit follows a success.
     rejection_after(
-        &[
-            ev(EventKind::Opened, 0),
-            select("ins_1", 1),
-            ev(EventKind::Succeeded, 2),
-        ],
-        ev(EventKind::Succeeded, 3),
+        &[ev(EventKind::Opened, 0), ev(EventKind::Succeeded, 2)],
+        ev(EventKind::MfaSubmitted, 3),
     );
 }
 
@@ -451,8 +458,8 @@ mod event_time_order {
             Event::new(EventKind::Exited),
         ]);
         assert_eq!(order(&folded), [1, 2, 3, 4, 5, 6]);
-        // The SDK's own success after the webhook's: a session succeeds once.
-        assert_eq!(rejected(&folded), vec![5]);
+        // The SDK's own success after the webhook's: recorded as a confirmation.
+        assert_eq!(rejected(&folded), Vec::<u64>::new());
         assert_eq!(folded.timeline.state.phase(), Phase::Succeeded);
         assert!(folded.timeline.state.journey().visited(Phase::Mfa));
     }

@@ -91,6 +91,7 @@ fn build(
         .route("/v1/events/moneykit", post(ingest_moneykit))
         .route("/v1/events/benji", post(ingest_benji))
         .route("/v1/events/knot", post(ingest_knot_sdk))
+        .route("/v1/events/plaid", post(ingest_plaid))
         .route("/v1/quarantine", get(list_quarantine))
         .route("/v1/quarantine/redrive", post(redrive_quarantine))
         .route("/v1/sessions", get(list_sessions))
@@ -266,6 +267,14 @@ async fn ingest_knot_sdk(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     ingest(&state, Feed::KnotSdk, &body, query, "POST /v1/events/knot").await
+}
+
+async fn ingest_plaid(
+    State(state): State<AppState>,
+    Query(query): Query<IngestQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    ingest(&state, Feed::Plaid, &body, query, "POST /v1/events/plaid").await
 }
 
 async fn ingest_knot(

@@ -11,7 +11,11 @@
 //! Modules: [`moneykit`] (Connect `onEvent` payloads from every SDK), [`benji`] (linkflow's
 //! envelope around the Connect SDK callbacks, 2024 and current vocabularies), [`knot`]
 //! (webhooks of every product), [`knot_sdk`] (linkflow's envelope around Knot's client SDK
-//! callbacks), `envelope` (what the two envelopes share), [`signature`] (Knot's HMAC-SHA256 `Knot-Signature`), [`split`] (bodies and
+//! callbacks), [`plaid`] (Plaid Link's `onEvent`, `onSuccess` and `onExit` callbacks),
+//! [`plaid_webhook`] (Plaid's `LINK` and `ITEM` webhooks, and [`expand`], which splits an
+//! `EVENTS` webhook into its events), [`plaid_jwt`] (the `Plaid-Verification` ES256 JWT),
+//! `envelope` (what the two envelopes share),
+//! [`signature`] (Knot's HMAC-SHA256 `Knot-Signature`), [`split`] (bodies and
 //! streams into payload texts, in bounded memory), `json` (lenient field access), `secrets`
 //! (tokens withheld from stored payloads), [`error`].
 #![forbid(unsafe_code)]
@@ -24,6 +28,9 @@ mod json;
 pub mod knot;
 pub mod knot_sdk;
 pub mod moneykit;
+pub mod plaid;
+pub mod plaid_jwt;
+pub mod plaid_webhook;
 mod secrets;
 pub mod signature;
 pub mod split;
@@ -62,11 +69,23 @@ pub enum Feed {
     Knot,
     /// Knot client SDK callbacks in linkflow's envelope.
     KnotSdk,
+    /// Plaid Link client callbacks (`onEvent`, `onSuccess`, `onExit`), forwarded by the
+    /// frontend.
+    Plaid,
+    /// Plaid webhooks (`LINK` and `ITEM`).
+    PlaidWebhook,
 }
 
 impl Feed {
     /// Every feed.
-    pub const ALL: [Feed; 4] = [Feed::Moneykit, Feed::Benji, Feed::Knot, Feed::KnotSdk];
+    pub const ALL: [Feed; 6] = [
+        Feed::Moneykit,
+        Feed::Benji,
+        Feed::Knot,
+        Feed::KnotSdk,
+        Feed::Plaid,
+        Feed::PlaidWebhook,
+    ];
 
     /// The provider whose streams the feed's payloads go to.
     pub const fn provider(self) -> Provider {
@@ -74,6 +93,7 @@ impl Feed {
             Feed::Moneykit => Provider::Moneykit,
             Feed::Benji => Provider::Benji,
             Feed::Knot | Feed::KnotSdk => Provider::Knot,
+            Feed::Plaid | Feed::PlaidWebhook => Provider::Plaid,
         }
     }
 
@@ -84,6 +104,8 @@ impl Feed {
             Feed::Benji => "benji",
             Feed::Knot => "knot",
             Feed::KnotSdk => "knot-sdk",
+            Feed::Plaid => "plaid",
+            Feed::PlaidWebhook => "plaid-webhook",
         }
     }
 }
@@ -96,7 +118,7 @@ impl fmt::Display for Feed {
 
 /// A name that is not a feed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider `{0}`; expected moneykit, benji, knot (webhooks) or knot-sdk")]
+#[error("unknown provider `{0}`; expected moneykit, benji, knot (webhooks), knot-sdk, plaid (client callbacks) or plaid-webhook")]
 pub struct UnknownFeed(pub String);
 
 impl FromStr for Feed {
@@ -111,12 +133,13 @@ impl FromStr for Feed {
 }
 
 impl From<Provider> for Feed {
-    /// The provider's main feed (Knot's webhooks).
+    /// The provider's main feed (Knot's webhooks, Plaid's client callbacks).
     fn from(provider: Provider) -> Self {
         match provider {
             Provider::Moneykit => Feed::Moneykit,
             Provider::Benji => Feed::Benji,
             Provider::Knot => Feed::Knot,
+            Provider::Plaid => Feed::Plaid,
         }
     }
 }
@@ -278,6 +301,16 @@ impl Target {
     }
 }
 
+/// The payloads one split text of `feed` holds: itself, except a Plaid `EVENTS` webhook,
+/// which holds one per event ([`plaid_webhook::expand`]). Call it between splitting and
+/// decoding.
+pub fn expand(feed: Feed, text: String) -> Vec<String> {
+    match feed {
+        Feed::PlaidWebhook => plaid_webhook::expand(text),
+        _ => vec![text],
+    }
+}
+
 /// Decodes one payload of `feed` from its JSON text. Only text that is not JSON is an error.
 pub fn decode(feed: Feed, text: &str, context: &DecodeContext) -> Result<Decoding, DecodeError> {
     let mut value: Value =
@@ -303,6 +336,8 @@ pub fn decode(feed: Feed, text: &str, context: &DecodeContext) -> Result<Decodin
         Feed::Benji => benji::decode(payload, &mut notes),
         Feed::Knot => knot::decode(payload, &mut notes),
         Feed::KnotSdk => knot_sdk::decode(payload, &mut notes),
+        Feed::Plaid => plaid::decode(payload, &mut notes),
+        Feed::PlaidWebhook => plaid_webhook::decode(payload, &mut notes),
     };
     Ok(finish(payload, routed, notes))
 }

@@ -1,6 +1,7 @@
 //! Tokens are withheld from stored payloads: an integrator that forwards a callback whole
 //! (Benji's `AUTH_SUCCESS` metadata carries an access and a refresh token; MoneyKit's and
-//! Knot's success callbacks carry exchangeable tokens) must not turn linkflow's log into a
+//! Knot's success callbacks carry exchangeable tokens; Plaid's `onSuccess` and
+//! `SESSION_FINISHED` carry public tokens, its webhooks the link token) must not turn linkflow's log into a
 //! store of credentials. The field stays, its value becomes [`WITHHELD`].
 
 use serde_json::Value;
@@ -9,11 +10,13 @@ use serde_json::Value;
 pub const WITHHELD: &str = "[withheld]";
 
 /// Keys whose values are credentials, as the providers' SDKs name them.
-const SECRET_KEYS: [&str; 10] = [
+const SECRET_KEYS: [&str; 12] = [
     "token",
     "access_token",
     "refresh_token",
     "public_token",
+    "public_tokens",
+    "link_token",
     "exchangeable_token",
     "accessToken",
     "refreshToken",

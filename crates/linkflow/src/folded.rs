@@ -42,7 +42,7 @@ pub enum Folded {
 /// `Session`, `Account` or merchant state in it) gains or changes a field that is derived from
 /// the events, or its compact form changes: a snapshot of another layout is not decoded (fields
 /// with defaults would decode to wrong values) and the stream is folded from its log instead.
-pub const SNAPSHOT_LAYOUT: u8 = 4;
+pub const SNAPSHOT_LAYOUT: u8 = 5;
 
 /// A snapshot's state bytes: the layout byte, the rules version
 /// ([`linkflow_core::RULES_VERSION`]) it was folded with, then the compact form of the state
@@ -449,6 +449,7 @@ fn provider_code(provider: Provider) -> u8 {
         Provider::Moneykit => 0,
         Provider::Benji => 1,
         Provider::Knot => 2,
+        Provider::Plaid => 3,
     }
 }
 

@@ -10,8 +10,8 @@
 use chrono::{DateTime, Utc};
 use linkflow_core::{EventBody, EventKind, Origin, SessionId};
 use linkflow_providers::{
-    decode, split_all, DecodeContext, DecodeError, Decoding, Feed, Location, Split, Splitter,
-    Unrouted, Warning, MAX_EVENTS_PER_DELIVERY,
+    decode, expand, split_all, DecodeContext, DecodeError, Decoding, Feed, Location, Split,
+    Splitter, Unrouted, Warning, MAX_EVENTS_PER_DELIVERY,
 };
 use linkflow_store::record::check_event_size;
 use linkflow_store::{CommitError, NewEvent};
@@ -194,6 +194,16 @@ impl Refusal {
     }
 }
 
+/// The payloads of one split text: itself, or each event of a Plaid `EVENTS` webhook, all at
+/// the text's location.
+fn expand_split(feed: Feed, (at, text): Split) -> impl Iterator<Item = Split> {
+    let texts = match text {
+        Ok(text) => expand(feed, text).into_iter().map(Ok).collect(),
+        Err(error) => vec![Err(error)],
+    };
+    texts.into_iter().map(move |text| (at, text))
+}
+
 /// Decodes one split payload of `feed` into an event for its stream or its quarantine entry.
 fn prepare(feed: Feed, (at, text): Split, context: &PayloadContext) -> Result<Ready, Refusal> {
     let received_at = context.decode.received_at;
@@ -354,7 +364,11 @@ impl Engine {
         body: &[u8],
         context: &PayloadContext,
     ) -> Result<DeliveryReport, DeliveryError> {
-        let splits = split_all(body);
+        let splits: Vec<Split> = split_all(body)
+            .into_iter()
+            .flat_map(|split| expand_split(feed, split))
+            .take(MAX_EVENTS_PER_DELIVERY + 1)
+            .collect();
         if splits.len() > MAX_EVENTS_PER_DELIVERY {
             return Err(DeliveryError::Invalid {
                 at: splits[MAX_EVENTS_PER_DELIVERY].0,
@@ -432,7 +446,8 @@ impl Intake {
     async fn take_splits(&mut self) -> Result<Vec<PayloadResult>, EngineError> {
         let mut results = Vec::new();
         let mut splits = std::mem::take(&mut self.splits);
-        for split in splits.drain(..) {
+        let feed = self.feed;
+        for split in splits.drain(..).flat_map(|split| expand_split(feed, split)) {
             let prepared = prepare(self.feed, split, &self.context);
             self.ready += usize::from(prepared.is_ok());
             self.pending.push(prepared);

@@ -55,13 +55,26 @@ enum Link {
 }
 
 impl Link {
-    /// The link of a session's fold: an accepted success with a known user and institution.
+    /// The link of a session's fold: an accepted success with a known user and institution,
+    /// or for Plaid with a known item (Plaid's item webhooks name the item alone, so a Plaid
+    /// item is its own account: user id empty, the item id in the institution's place).
     fn of(state: &SessionState) -> Link {
         let Some(session) = state.folded.as_session() else {
             return Link::None;
         };
         if session.phase() != Phase::Succeeded {
             return Link::None;
+        }
+        let at = session.journey().entered_at[usize::from(Phase::Succeeded.rank())];
+        if state.provider == Provider::Plaid {
+            let Some(item) = session.item_id() else {
+                return Link::Missing("the Plaid session names no item_id (forward it with onSuccess once /item/public_token/exchange returned it)");
+            };
+            return Link::Account {
+                key: AccountKey::plaid_item(item),
+                at,
+                link_type: session.link_type(),
+            };
         }
         let Some(user) = session.external_user_id() else {
             return Link::Missing("the session names no external user id");
@@ -75,7 +88,7 @@ impl Link {
                 external_user_id: user.to_owned(),
                 institution_id: institution.id.clone(),
             },
-            at: session.journey().entered_at[usize::from(Phase::Succeeded.rank())],
+            at,
             link_type: session.link_type(),
         }
     }
