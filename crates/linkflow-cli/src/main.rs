@@ -93,6 +93,7 @@ enum ProviderArg {
     Moneykit,
     Benji,
     Knot,
+    Plaid,
 }
 
 impl From<ProviderArg> for Provider {
@@ -101,11 +102,12 @@ impl From<ProviderArg> for Provider {
             ProviderArg::Moneykit => Provider::Moneykit,
             ProviderArg::Benji => Provider::Benji,
             ProviderArg::Knot => Provider::Knot,
+            ProviderArg::Plaid => Provider::Plaid,
         }
     }
 }
 
-/// An input, as named on the command line: a provider, or Knot's client SDK.
+/// An input, as named on the command line: a provider's feed (Knot and Plaid have two).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum FeedArg {
     /// MoneyKit Connect `onEvent` payloads.
@@ -116,6 +118,10 @@ enum FeedArg {
     Knot,
     /// Knot client SDK callbacks in linkflow's envelope.
     KnotSdk,
+    /// Plaid Link client callbacks (`onEvent`, `onSuccess`, `onExit`).
+    Plaid,
+    /// Plaid webhooks (`LINK`, `ITEM`).
+    PlaidWebhook,
 }
 
 impl From<FeedArg> for Feed {
@@ -125,6 +131,8 @@ impl From<FeedArg> for Feed {
             FeedArg::Benji => Feed::Benji,
             FeedArg::Knot => Feed::Knot,
             FeedArg::KnotSdk => Feed::KnotSdk,
+            FeedArg::Plaid => Feed::Plaid,
+            FeedArg::PlaidWebhook => Feed::PlaidWebhook,
         }
     }
 }
@@ -228,7 +236,8 @@ enum Command {
     /// lost, 0 when the log was not damaged).
     Repair,
     /// Serve the HTTP API (Knot secret from LINKFLOW_KNOT_SECRET, bearer token from
-    /// LINKFLOW_TOKEN).
+    /// LINKFLOW_TOKEN, Plaid webhook keys from LINKFLOW_PLAID_JWKS or LINKFLOW_PLAID_CLIENT_ID
+    /// and LINKFLOW_PLAID_SECRET).
     Serve {
         /// The address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:7070")]

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use linkflow::Engine;
+use linkflow_http::plaid_keys::{self, KeyEndpoint, PlaidKeys};
 use linkflow_http::{serve, HttpConfig};
+use linkflow_providers::plaid_jwt::JwkSet;
 use tracing_subscriber::EnvFilter;
 
 use crate::CliError;
@@ -25,6 +27,45 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing accepted requests");
 }
 
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// Plaid's webhook keys: a JWK set file (`LINKFLOW_PLAID_JWKS`), or Plaid's endpoint with
+/// `LINKFLOW_PLAID_CLIENT_ID` and `LINKFLOW_PLAID_SECRET` at `LINKFLOW_PLAID_ENV` (`production`,
+/// the default, or `sandbox`) or at `LINKFLOW_PLAID_URL` (a stand-in); none: unverified.
+fn plaid_keys() -> Result<Option<PlaidKeys>, CliError> {
+    if let Some(path) = env("LINKFLOW_PLAID_JWKS") {
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            CliError(format!("cannot read LINKFLOW_PLAID_JWKS {path}: {error}"))
+        })?;
+        let set = JwkSet::from_json(&text)
+            .map_err(|error| CliError(format!("LINKFLOW_PLAID_JWKS {path}: {error}")))?;
+        return Ok(Some(PlaidKeys::Fixed(set)));
+    }
+    let (Some(client_id), Some(secret)) = (
+        env("LINKFLOW_PLAID_CLIENT_ID"),
+        env("LINKFLOW_PLAID_SECRET"),
+    ) else {
+        return Ok(None);
+    };
+    let base = match (
+        env("LINKFLOW_PLAID_URL"),
+        env("LINKFLOW_PLAID_ENV").as_deref(),
+    ) {
+        (Some(url), _) => url,
+        (None, None | Some("production")) => plaid_keys::PLAID_PRODUCTION.to_owned(),
+        (None, Some("sandbox")) => plaid_keys::PLAID_SANDBOX.to_owned(),
+        (None, Some(other)) => {
+            return Err(CliError(format!(
+                "LINKFLOW_PLAID_ENV is `{other}`; expected production or sandbox"
+            )))
+        }
+    };
+    let endpoint = KeyEndpoint::new(&base, &client_id, &secret).map_err(CliError)?;
+    Ok(Some(PlaidKeys::Endpoint(endpoint)))
+}
+
 pub async fn run(engine: Engine, listen: &str) -> Result<ExitCode, CliError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -41,6 +82,7 @@ pub async fn run(engine: Engine, listen: &str) -> Result<ExitCode, CliError> {
         token: std::env::var("LINKFLOW_TOKEN")
             .ok()
             .filter(|token| !token.is_empty()),
+        plaid_keys: plaid_keys()?.map(std::sync::Arc::new),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -57,9 +57,10 @@ pub fn session_graph() -> MachineGraph {
         let style = match rule.kind {
             RuleKind::Start | RuleKind::Forward => EdgeStyle::Forward,
             RuleKind::Reselect | RuleKind::Retry => EdgeStyle::Back,
-            RuleKind::ExitAfterSuccess | RuleKind::LateSuccess | RuleKind::SuccessConfirmed => {
-                EdgeStyle::Terminal
-            }
+            RuleKind::ExitAfterSuccess
+            | RuleKind::LateSuccess
+            | RuleKind::SuccessConfirmed
+            | RuleKind::ExitConfirmed => EdgeStyle::Terminal,
         };
         for from in rule.from {
             edges.push(Edge {

@@ -231,8 +231,15 @@ impl Session {
         }
         self.version = self.version.next();
         self.record_times(event.time());
-        // A success reported again names what the first one did, or less: it only fills gaps.
-        let moves = rule.is_some_and(|rule| rule.kind != crate::RuleKind::SuccessConfirmed);
+        // A success or exit reported again names what the first one did, or less: it only
+        // fills gaps.
+        let confirms = rule.is_some_and(|rule| {
+            matches!(
+                rule.kind,
+                crate::RuleKind::SuccessConfirmed | crate::RuleKind::ExitConfirmed
+            )
+        });
+        let moves = rule.is_some() && !confirms;
         self.record_attributes(event, moves);
         match event.kind.class() {
             EventClass::Phase(_) => self.counts.phase += 1,
@@ -240,13 +247,21 @@ impl Session {
             EventClass::Unrecognized => self.counts.unrecognized += 1,
         }
         if let Some(rule) = rule {
-            if event.kind.step() == Some(crate::event::Step::Exit) {
-                self.exit = Some(ExitInfo {
-                    phase: phase_before,
-                    status: event.attributes.exit_status.clone(),
-                    step: event.attributes.exit_step.clone(),
-                    at: event.time(),
-                });
+            match (&mut self.exit, rule.kind) {
+                (Some(exit), crate::RuleKind::ExitConfirmed) => {
+                    let attributes = &event.attributes;
+                    exit.status = exit.status.take().or(attributes.exit_status.clone());
+                    exit.step = exit.step.take().or(attributes.exit_step.clone());
+                }
+                _ if event.kind.step() == Some(crate::event::Step::Exit) => {
+                    self.exit = Some(ExitInfo {
+                        phase: phase_before,
+                        status: event.attributes.exit_status.clone(),
+                        step: event.attributes.exit_step.clone(),
+                        at: event.time(),
+                    });
+                }
+                _ => {}
             }
             self.phase = rule.to;
             self.journey.enter(rule.to, event.time());

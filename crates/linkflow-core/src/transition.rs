@@ -33,6 +33,9 @@ pub enum RuleKind {
     /// `HANDOFF` event, `onSuccess`, the `SESSION_FINISHED` webhook), each with data the others
     /// lack.
     SuccessConfirmed,
+    /// Terminal exception: an exit reported again is recorded; the phase stays `exited` and
+    /// the first exit's phase stays (Plaid's `EXIT` event, `onExit` and `SESSION_FINISHED`).
+    ExitConfirmed,
 }
 
 impl RuleKind {
@@ -54,6 +57,7 @@ impl RuleKind {
             RuleKind::ExitAfterSuccess => "exit_after_success",
             RuleKind::LateSuccess => "late_success",
             RuleKind::SuccessConfirmed => "success_confirmed",
+            RuleKind::ExitConfirmed => "exit_confirmed",
         }
     }
 }
@@ -215,6 +219,7 @@ pub const SESSION_TABLE: &[Rule] = &[
         Succeeded,
         RuleKind::ExitAfterSuccess,
     ),
+    rule(Step::Exit, &[Exited], Exited, RuleKind::ExitConfirmed),
 ];
 
 /// The row for `step` in `phase`, if any (guards not checked).
@@ -274,6 +279,9 @@ mod tests {
             steps_accepted_in(Phase::Succeeded),
             vec![Step::Succeed, Step::Exit]
         );
-        assert_eq!(steps_accepted_in(Phase::Exited), vec![Step::Succeed]);
+        assert_eq!(
+            steps_accepted_in(Phase::Exited),
+            vec![Step::Succeed, Step::Exit]
+        );
     }
 }

@@ -111,8 +111,10 @@ fn rejects_credentials_after_accounts_selected() {
     );
 }
 
+/// After an exit only a success (it wins) and an exit reported again (recorded; the first
+/// exit's phase stays, a status it lacked is filled) are accepted.
 #[test]
-fn rejects_every_phase_event_after_exit_except_success() {
+fn rejects_every_phase_event_after_exit_except_success_and_a_repeated_exit() {
     let flow = [
         ev(EventKind::Opened, 0),
         select("ins_1", 1),
@@ -126,11 +128,24 @@ fn rejects_every_phase_event_after_exit_except_success() {
         let result = session_of(&flow).apply(&event);
         if kind == EventKind::Succeeded {
             assert_eq!(result.unwrap().phase(), Phase::Succeeded);
+        } else if kind == EventKind::Exited {
+            let session = result.unwrap();
+            assert_eq!(session.phase(), Phase::Exited);
+            assert_eq!(session.exit().unwrap().phase, Phase::InstitutionSelected);
         } else {
             let rejection = result.unwrap_err();
             assert_eq!(rejection.phase(), Phase::Exited, "{kind}");
         }
     }
+    let confirmed = session_of(&[
+        ev(EventKind::Opened, 0),
+        ev(EventKind::Exited, 2),
+        ev(EventKind::Exited, 3).with_exit_status("requires_credentials"),
+        ev(EventKind::Exited, 4).with_exit_status("later"),
+    ]);
+    let exit = confirmed.exit().unwrap();
+    assert_eq!(exit.phase, Phase::Opened);
+    assert_eq!(exit.status.as_deref(), Some("requires_credentials"));
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! does).
 //!
 //! Endpoints: `POST /v1/events/moneykit`, `POST /v1/events/benji`, `POST /v1/events/knot`
-//! (Knot's SDK callbacks; `?session_id=`, `?external_user_id=` on all three),
-//! `POST /v1/webhooks/knot` (signature checked when a secret is configured); `GET /v1/sessions`,
+//! (Knot's SDK callbacks), `POST /v1/events/plaid` (Plaid Link's callbacks; `?session_id=`,
+//! `?external_user_id=` on all four), `POST /v1/webhooks/knot` (signature checked when a secret
+//! is configured), `POST /v1/webhooks/plaid` (the `Plaid-Verification` JWT checked when keys are
+//! configured: [`plaid_keys`]); `GET /v1/sessions`,
 //! `/v1/sessions/{id}`, `/v1/sessions/{id}/history`, `/v1/parked`, `/v1/quarantine`,
 //! `POST /v1/quarantine/redrive`, `/v1/accounts`, `/v1/merchants`; `GET /v1/stream`
 //! (server-sent events); `GET /healthz`; `GET /metrics`.
@@ -16,6 +18,7 @@
 
 mod error;
 mod metrics;
+pub mod plaid_keys;
 mod stream;
 
 use std::future::Future;
@@ -51,9 +54,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct HttpConfig {
     /// Knot's client secret: when set, every Knot webhook must carry a valid `Knot-Signature`.
     pub knot_secret: Option<Vec<u8>>,
-    /// When set, every endpoint except `/healthz` and the Knot webhook needs
+    /// When set, every endpoint except `/healthz` and the webhooks needs
     /// `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// The keys of Plaid's webhooks: when set, every Plaid webhook must carry a valid
+    /// `Plaid-Verification` JWT.
+    pub plaid_keys: Option<Arc<plaid_keys::PlaidKeys>>,
 }
 
 #[derive(Clone)]
@@ -107,6 +113,7 @@ fn build(
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/webhooks/knot", post(ingest_knot))
+        .route("/v1/webhooks/plaid", post(ingest_plaid_webhook))
         .merge(protected)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -122,6 +129,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     if config.knot_secret.is_none() {
         tracing::warn!("no Knot secret configured (LINKFLOW_KNOT_SECRET): Knot webhooks are accepted without a signature check");
+    }
+    if config.plaid_keys.is_none() {
+        tracing::warn!("no Plaid keys configured (LINKFLOW_PLAID_JWKS, or LINKFLOW_PLAID_CLIENT_ID and LINKFLOW_PLAID_SECRET): Plaid webhooks are accepted without verification");
     }
     let (notify, shutting_down) = watch::channel(false);
     let notify = Arc::new(notify);
@@ -298,6 +308,43 @@ async fn ingest_knot(
         external_user_id: None,
     };
     ingest(&state, Feed::Knot, &body, query, "POST /v1/webhooks/knot").await
+}
+
+async fn ingest_plaid_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some(keys) = &state.config.plaid_keys {
+        let header = headers
+            .get("Plaid-Verification")
+            .and_then(|value| value.to_str().ok());
+        keys.verify(header, &body, Utc::now())
+            .await
+            .map_err(|error| match error {
+                plaid_keys::KeyError::Refused(error) => ApiError::unauthorized(error.to_string()),
+                plaid_keys::KeyError::Unavailable(reason) => {
+                    tracing::error!(%reason, "a Plaid webhook could not be verified");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "verification_unavailable",
+                        reason,
+                    )
+                }
+            })?;
+    }
+    let query = IngestQuery {
+        session_id: None,
+        external_user_id: None,
+    };
+    ingest(
+        &state,
+        Feed::PlaidWebhook,
+        &body,
+        query,
+        "POST /v1/webhooks/plaid",
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -657,11 +657,17 @@ fn every_real_sdk_fixture_cites_its_source_and_decodes_as_expected() {
             );
         }
         let expect = &fixture.json["expect"];
-        let payloads = fixture.json["payloads"].as_array().unwrap();
+        // Outcomes and warnings are per payload as the intake decodes them: a Plaid EVENTS
+        // webhook is one per event.
+        let texts: Vec<String> = fixture.json["payloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|payload| linkflow_providers::expand(fixture.feed(), payload.to_string()))
+            .collect();
         let outcomes = expect["outcomes"].as_array().unwrap();
-        assert_eq!(payloads.len(), outcomes.len(), "{name}");
-        for (index, payload) in payloads.iter().enumerate() {
-            let text = payload.to_string();
+        assert_eq!(texts.len(), outcomes.len(), "{name}");
+        for (index, text) in texts.into_iter().enumerate() {
             let decoding = decode(fixture.feed(), &text, &fixture.context())
                 .unwrap_or_else(|error| panic!("{name}[{index}]: {error}"));
             let (warnings, raw) = match decoding {

@@ -113,18 +113,33 @@ async fn a_duplicate_delivery_is_stored_once_and_points_at_the_original() {
     assert_eq!(engine.head().unwrap(), Position(2));
 }
 
+/// An event of Knot's account of user `u1` at merchant 10, at `second`.
+fn account_event(kind: linkflow_core::AccountEventKind, second: u32) -> IncomingEvent {
+    let key = linkflow_core::AccountKey {
+        provider: Provider::Knot,
+        external_user_id: "u1".into(),
+        institution_id: "10".into(),
+    };
+    IncomingEvent::with_body(
+        key.stream_id().unwrap(),
+        Provider::Knot,
+        linkflow_core::EventBody::Account {
+            account: key,
+            event: linkflow_core::AccountEvent::new(kind).at(t(second)),
+        },
+    )
+}
+
 #[tokio::test]
 async fn a_rejected_event_is_accepted_once_a_late_event_makes_it_legal() {
+    use linkflow_core::AccountEventKind::{Linked, LoginRequired};
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    // The exit callback fires twice (the second one later); the second exit comes while the
-    // session is exited: stored, rejected with the reason.
+    // A broken login arrives before the link it breaks: the account does not exist yet, so it
+    // is stored, rejected with the reason. (A session's repeated exit, the example this test
+    // used before, is now recorded as a confirmation: `semantics.rs`.)
     let outcomes = engine
-        .ingest_batch(vec![
-            incoming("s1", EventKind::Opened, 0),
-            incoming("s1", EventKind::Exited, 5),
-            incoming("s1", EventKind::Exited, 9),
-        ])
+        .ingest_batch(vec![account_event(LoginRequired, 5)])
         .await
         .unwrap();
     let IngestOutcome::Rejected {
@@ -133,35 +148,28 @@ async fn a_rejected_event_is_accepted_once_a_late_event_makes_it_legal() {
         late,
         rejected,
         ..
-    } = &outcomes[2]
+    } = &outcomes[0]
     else {
-        panic!("expected rejected, got {:?}", outcomes[2]);
+        panic!("expected rejected, got {:?}", outcomes[0]);
     };
     assert!(
-        reason.contains("not accepted in phase `exited`"),
+        reason.contains("not accepted for an account in state `absent`"),
         "{reason}"
     );
-    assert_eq!((*version, *late, *rejected), (Version(3), false, 1));
-    let listed = engine.rejected(Some(sid("s1"))).await.unwrap();
+    assert_eq!((*version, *late, *rejected), (Version(1), false, 1));
+    let stream = account_event(Linked, 0).session;
+    let listed = engine.rejected(Some(stream.clone())).await.unwrap();
     assert_eq!(listed.events.len(), 1);
     assert_eq!(
         listed.events[0].entry.rejection.as_deref(),
         Some(&reason[..])
     );
     assert!(!listed.truncated);
-    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
-    assert_eq!((view.events, view.rejected), (3, 1));
 
-    // A success at t4 arrives last: it sorts before both exits, wins over nothing (the
-    // session was opened then), and in `succeeded` an exit is recorded: nothing is rejected.
-    let outcome = engine
-        .ingest(incoming("s1", EventKind::Succeeded, 4))
-        .await
-        .unwrap();
+    // The link at t1 arrives last: it sorts before the broken login, which is legal now.
+    let outcome = engine.ingest(account_event(Linked, 1)).await.unwrap();
     let IngestOutcome::Accepted {
         version,
-        phase_before,
-        phase_after,
         late,
         rejected,
         ..
@@ -169,34 +177,23 @@ async fn a_rejected_event_is_accepted_once_a_late_event_makes_it_legal() {
     else {
         panic!("expected accepted, got {outcome:?}");
     };
-    assert_eq!(version, Version(4));
-    assert_eq!(
-        (phase_before, phase_after),
-        (Some(Phase::Exited), Some(Phase::Succeeded))
-    );
+    assert_eq!(version, Version(2));
     assert!(late);
     assert_eq!(rejected, 0);
     assert!(engine.rejected(None).await.unwrap().events.is_empty());
-    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
-    assert_eq!(view.state.phase(), Phase::Succeeded);
-    assert_eq!((view.events, view.rejected), (4, 0));
+    let accounts = engine.accounts().await.unwrap();
+    assert_eq!(
+        accounts[0].account.state(),
+        linkflow_core::AccountState::LoginRequired
+    );
     // The history is in event-time order, with each event's arrival number.
-    let history = engine.history(&sid("s1")).await.unwrap().unwrap();
+    let history = engine.history(&stream).await.unwrap().unwrap();
     let order: Vec<(u64, &str, bool)> = history
         .iter()
         .map(|entry| (entry.version.0, entry.event.as_str(), entry.late))
         .collect();
-    assert_eq!(
-        order,
-        [
-            (1, "opened", false),
-            (4, "succeeded", true),
-            (2, "exited", false),
-            (3, "exited", false),
-        ]
-    );
+    assert_eq!(order, [(2, "linked", true), (1, "login_required", false)]);
     assert!(history.iter().all(|entry| entry.accepted));
-    assert_eq!(history[2].phase_before, Some(Phase::Succeeded));
     assert!(engine.verify().await.unwrap().is_clean());
 }
 
