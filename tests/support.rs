@@ -60,6 +60,9 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env_remove("LINKFLOW_TOKEN")
             .env_remove("LINKFLOW_KNOT_SECRET")
+            .env_remove("LINKFLOW_PLAID_JWKS")
+            .env_remove("LINKFLOW_PLAID_CLIENT_ID")
+            .env_remove("LINKFLOW_PLAID_SECRET")
             .env("RUST_LOG", "warn")
             .stderr(std::process::Stdio::piped());
         for (key, value) in env {

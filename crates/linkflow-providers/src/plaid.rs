@@ -21,7 +21,10 @@
 //! an exit `status` an exit). Session key: `metadata.link_session_id` (`linkSessionId`), else
 //! a top-level `link_session_id`, else the caller's; none: quarantined. Event time:
 //! `metadata.timestamp` (ISO 8601); Plaid delivers most events in one burst at the end of the
-//! flow, in no guaranteed order, and says to order them by it.
+//! flow, in no guaranteed order, and says to order them by it. `onSuccess` and `onExit` carry no
+//! time: they end the flow, so they are dated when linkflow receives them, after every event
+//! of the flow (as an event without a time they would be placed by arrival, and one that came
+//! first in the burst would put the flow's later steps after the session's end).
 
 use linkflow_core::{ErrorInfo, Event, EventKind, Institution, Provider, SessionId};
 
@@ -365,7 +368,7 @@ fn success(
     received_at: chrono::DateTime<chrono::Utc>,
     notes: &mut Notes,
 ) -> Event {
-    let mut event = Event::new(EventKind::Succeeded).at_or_received(None, received_at);
+    let mut event = Event::new(EventKind::Succeeded).at(received_at);
     if let Some(meta) = meta {
         event.attributes.institution = callback_institution(meta, notes);
     }
@@ -381,7 +384,7 @@ fn exit(
     received_at: chrono::DateTime<chrono::Utc>,
     notes: &mut Notes,
 ) -> Event {
-    let mut event = Event::new(EventKind::Exited).at_or_received(None, received_at);
+    let mut event = Event::new(EventKind::Exited).at(received_at);
     if let Some(meta) = meta {
         event.attributes.institution = callback_institution(meta, notes);
         event.attributes.exit_status = text(meta, "status", "status", notes);

@@ -19,7 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::EncodedPoint;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -79,7 +79,7 @@ pub enum VerifyError {
 
 /// A P-256 public key as a JWK (what Plaid's `/webhook_verification_key/get` returns under
 /// `key`, and what a JWK set file lists under `keys`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwk {
     /// The key id the JWT names.
     pub kid: String,

@@ -94,6 +94,7 @@ pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
         AccountEvent::new(AccountEventKind::Unrecognized {
             raw_name: raw_name.clone(),
         })
+        .at(payload.context.received_at)
     };
     Routed::Event {
         dedupe_key: dedupe_key(Provider::Plaid, &item, &raw_name, None, payload.value),
@@ -150,7 +151,8 @@ fn item_event(
             error_code,
         ),
     };
-    let mut event = AccountEvent::new(kind);
+    // Item webhooks carry no time; Plaid sends each when its change happens: dated at receipt.
+    let mut event = AccountEvent::new(kind).at(received_at);
     event.reason = reason;
     event.expires_at = match code {
         "PENDING_EXPIRATION" => root
@@ -230,7 +232,9 @@ fn link_webhook(
                     EventKind::ProviderEvent
                 }
             };
-            let mut event = Event::new(kind.clone()).at_or_received(None, received_at);
+            // It ends the session and carries no time: dated at receipt, after the session's
+            // events, whichever webhook comes first.
+            let mut event = Event::new(kind.clone()).at(received_at);
             if kind == EventKind::Exited {
                 event.attributes.exit_status = status;
             }

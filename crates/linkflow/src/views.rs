@@ -46,6 +46,9 @@ pub struct SessionJson {
     pub current_screen: Option<String>,
     /// The end user's id.
     pub external_user_id: Option<String>,
+    /// The provider's id of the linked account the session created (Plaid's `item_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
 }
 
 /// An institution.
@@ -119,6 +122,7 @@ impl SessionJson {
             abandoned,
             current_screen: state.current_screen().map(|screen| screen.value.clone()),
             external_user_id: state.external_user_id().map(str::to_owned),
+            item_id: state.item_id().map(str::to_owned),
         }
     }
 }
@@ -246,10 +250,17 @@ pub struct AccountJson {
     pub external_user_id: String,
     /// The institution or merchant id.
     pub institution_id: String,
-    /// `active` or `login_required`.
+    /// `active`, `login_required`, `pending_expiration`, `revoked` (or `absent` after a
+    /// withdrawn link).
     pub state: &'static str,
     /// The last link's type.
     pub link_type: Option<&'static str>,
+    /// When the link stops working, as the provider's last expiry warning said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the provider last said the user has accounts the link does not share yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_accounts_at: Option<DateTime<Utc>>,
     /// Recent operations, oldest first.
     pub operations: Vec<OperationJson>,
 }
@@ -277,6 +288,8 @@ impl From<&AccountView> for AccountJson {
             institution_id: view.key.institution_id.clone(),
             state: view.account.state().as_str(),
             link_type: view.account.link_type().map(|link_type| link_type.as_str()),
+            expires_at: view.account.expires_at(),
+            new_accounts_at: view.account.new_accounts_at(),
             operations: view
                 .account
                 .operations()
