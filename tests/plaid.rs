@@ -602,3 +602,96 @@ async fn plaid_keys_come_from_plaids_endpoint_cached() {
     .unwrap();
     assert_eq!(response.status(), 503);
 }
+
+/// A Plaid session of one of four shapes, as the client forwards it: a success, an exit after
+/// an error, an abandoned flow, an OAuth success; the burst after `OPEN` shuffled by `seed`.
+fn plaid_flow(n: usize, seed: &mut u64) -> Vec<Value> {
+    let session = format!("pl_funnel_{n:03}");
+    let at = |second: usize| format!("2026-03-07T10:{:02}:{:02}.000Z", n % 60, second);
+    let event = |name: &str, second: usize, view: &str| json!({"eventName": name, "metadata": {"link_session_id": session, "timestamp": at(second), "view_name": view, "institution_id": "ins_109508"}});
+    let mut burst = match n % 4 {
+        0 => vec![
+            event("SELECT_INSTITUTION", 2, "SELECT_INSTITUTION"),
+            event("SUBMIT_CREDENTIALS", 5, "CREDENTIAL"),
+            event("TRANSITION_VIEW", 7, "CONNECTED"),
+            event("HANDOFF", 8, "CONNECTED"),
+            json!({"public_token": "public-x", "metadata": {"institution": {"name": "Bank", "institution_id": "ins_109508"}, "accounts": [], "link_session_id": session}}),
+        ],
+        1 => vec![
+            event("SELECT_INSTITUTION", 2, "SELECT_INSTITUTION"),
+            event("SUBMIT_CREDENTIALS", 5, "CREDENTIAL"),
+            json!({"eventName": "ERROR", "metadata": {"link_session_id": session, "timestamp": at(6), "view_name": "ERROR", "error_code": "INVALID_CREDENTIALS", "error_type": "ITEM_ERROR"}}),
+            event("EXIT", 9, "ERROR"),
+            json!({"error": {"error_code": "INVALID_CREDENTIALS", "error_type": "ITEM_ERROR"}, "metadata": {"status": "requires_credentials", "link_session_id": session}}),
+        ],
+        2 => vec![event("TRANSITION_VIEW", 3, "SELECT_INSTITUTION")],
+        _ => vec![
+            event("SELECT_INSTITUTION", 2, "SELECT_INSTITUTION"),
+            event("OPEN_OAUTH", 4, "OAUTH"),
+            event("HANDOFF", 30, "CONNECTED"),
+        ],
+    };
+    for index in (1..burst.len()).rev() {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        burst.swap(index, (*seed >> 33) as usize % (index + 1));
+    }
+    let mut flow = vec![event("OPEN", 0, "CONSENT")];
+    flow.extend(burst);
+    flow
+}
+
+/// Plaid's conversion (sessions that reached `HANDOFF` over distinct sessions) is linkflow's
+/// `succeeded` over sessions, and the funnel grouped by last screen shows where the others
+/// stopped.
+#[tokio::test]
+async fn plaids_conversion_is_linkflows_succeeded_count_and_the_funnel_groups_by_view() {
+    let mut seed = 7;
+    let flows: Vec<Vec<Value>> = (0..60).map(|n| plaid_flow(n, &mut seed)).collect();
+    let all: Vec<Value> = flows.concat();
+    let sessions: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|payload| payload["metadata"]["link_session_id"].as_str())
+        .collect();
+    let handoff: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter(|payload| payload["eventName"] == "HANDOFF")
+        .filter_map(|payload| payload["metadata"]["link_session_id"].as_str())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    ingest(&engine, Feed::Plaid, &all).await;
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let mut query = linkflow_core::funnel::FunnelQuery::at(later);
+    query.provider = Some(linkflow_core::Provider::Plaid);
+    let funnel = engine.funnel(query.clone()).await.unwrap();
+    assert_eq!(funnel[0].sessions, sessions.len() as u64);
+    assert_eq!(funnel[0].succeeded, handoff.len() as u64);
+    assert_eq!(
+        funnel[0].succeeded as f64 / funnel[0].sessions as f64,
+        handoff.len() as f64 / sessions.len() as f64
+    );
+    query.group_by = linkflow_core::funnel::GroupBy::Screen;
+    let by_screen = engine.funnel(query).await.unwrap();
+    let groups: Vec<(&str, u64, u64, u64)> = by_screen
+        .iter()
+        .map(|group| {
+            (
+                group.group.as_str(),
+                group.sessions,
+                group.succeeded,
+                group.exited,
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("CONNECTED", 30, 30, 0),
+            ("ERROR", 15, 0, 15),
+            ("SELECT_INSTITUTION", 15, 0, 0),
+        ]
+    );
+    engine.shutdown().await.unwrap();
+}

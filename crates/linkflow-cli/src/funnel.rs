@@ -18,6 +18,8 @@ pub enum ByArg {
     Provider,
     Institution,
     LinkType,
+    /// The session's last screen (Plaid's `view_name`).
+    Screen,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -44,7 +46,7 @@ pub struct FunnelArgs {
     /// Only this link type.
     #[arg(long, value_enum)]
     link_type: Option<LinkTypeArg>,
-    /// One funnel per provider, institution or link type.
+    /// One funnel per provider, institution, link type or last screen.
     #[arg(long, value_enum)]
     by: Option<ByArg>,
     /// Print CSV (one row per group and step).
@@ -170,6 +172,7 @@ pub async fn run(engine: &Engine, args: FunnelArgs, json: bool) -> Result<ExitCo
         Some(ByArg::Provider) => GroupBy::Provider,
         Some(ByArg::Institution) => GroupBy::Institution,
         Some(ByArg::LinkType) => GroupBy::LinkType,
+        Some(ByArg::Screen) => GroupBy::Screen,
     };
     let funnels = engine.funnel(query).await?;
     if let Some(base) = &args.svg {

@@ -77,6 +77,9 @@ pub enum GroupBy {
     Institution,
     /// One funnel per link type.
     LinkType,
+    /// One funnel per last screen: the screen of the session's latest event that named one
+    /// (Plaid's `view_name`, MoneyKit's screen), so drop-off shows where users stopped.
+    Screen,
 }
 
 /// Which sessions a funnel covers, and how.
@@ -144,6 +147,9 @@ impl FunnelQuery {
                 .link_type()
                 .map_or("(unknown)", LinkType::as_str)
                 .to_owned(),
+            GroupBy::Screen => session
+                .current_screen()
+                .map_or_else(|| "(none)".to_owned(), |screen| screen.value.clone()),
         }
     }
 }

@@ -584,10 +584,11 @@ async fn funnel(
         Some("provider") => GroupBy::Provider,
         Some("institution") => GroupBy::Institution,
         Some("link_type") => GroupBy::LinkType,
+        Some("screen") => GroupBy::Screen,
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                format!("by: `{other}` is not provider, institution or link_type"),
+                format!("by: `{other}` is not provider, institution, link_type or screen"),
             ))
         }
     };

@@ -164,10 +164,10 @@ pub(crate) fn link_event(
     let Some(meta) = metadata else {
         return event;
     };
+    // Every event names the view it happened on: the session's current screen follows it, so
+    // the funnel can group by the view users stopped on.
+    event.attributes.screen_name = text(meta, "view_name", "viewName", notes);
     match kind {
-        EventKind::ScreenChanged => {
-            event.attributes.screen_name = text(meta, "view_name", "viewName", notes);
-        }
         EventKind::InstitutionSearched => {
             event.attributes.search_term = text(
                 meta,
