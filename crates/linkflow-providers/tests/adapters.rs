@@ -852,3 +852,19 @@ fn any_json() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+/// Every Plaid event name the adapter maps is sent by a real-SDK fixture, so the mapping table
+/// (`plaid::EVENT_NAMES`, `docs/providers.md`) is exercised through the CLI and HTTP.
+#[test]
+fn every_mapped_plaid_event_name_has_a_fixture() {
+    let sent: Vec<String> = RealFixture::all()
+        .iter()
+        .filter(|fixture| fixture.feed() == Feed::Plaid)
+        .flat_map(|fixture| fixture.json["payloads"].as_array().unwrap().clone())
+        .filter_map(|payload| payload["eventName"].as_str().map(str::to_owned))
+        .map(|name| linkflow_providers::plaid::normalize_name(&name))
+        .collect();
+    for (name, _) in linkflow_providers::plaid::EVENT_NAMES {
+        assert!(sent.iter().any(|sent| sent == name), "{name} has no fixture");
+    }
+}
