@@ -65,8 +65,29 @@ fn demo_runs_on_a_fresh_temporary_store_and_reports_a_consistent_log() {
         .unwrap();
     let report = json(&output);
     assert_eq!(report["verify_clean"], true);
-    assert_eq!(report["sessions"].as_array().unwrap().len(), 4);
-    assert_eq!(report["accounts"].as_array().unwrap().len(), 3);
+    assert_eq!(report["sessions"].as_array().unwrap().len(), 5);
+    assert_eq!(report["accounts"].as_array().unwrap().len(), 4);
+    // The Plaid burst arrived shuffled and its EVENTS webhook repeated three of its events:
+    // stored once, the session succeeded, its item linked, then warned of its expiry.
+    assert_eq!(
+        report["ingest"]["examples/plaid_webhooks.jsonl"]["duplicate"],
+        3
+    );
+    let plaid = report["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|session| session["session_id"] == "plaid_demo_1")
+        .unwrap();
+    assert_eq!(plaid["phase"], "succeeded");
+    assert_eq!(plaid["rejected"], 0);
+    let item = report["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|account| account["institution_id"] == "item_demo_1")
+        .unwrap();
+    assert_eq!(item["state"], "pending_expiration");
     assert_eq!(report["merchants"][0]["status"], "down");
     // The second MoneyKit open is rejected. Benji's partner choice, delivered after the
     // authentication with no time of its own, takes its place before it and is accepted.

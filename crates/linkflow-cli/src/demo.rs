@@ -1,12 +1,14 @@
-//! `linkflow demo`: the bundled sample flows of all three providers (from `examples/`) into a
+//! `linkflow demo`: the bundled sample flows of all four providers (from `examples/`) into a
 //! fresh temporary store, and what the engine made of them.
 //!
 //! The flows include a duplicate delivery (MoneyKit's `submit_permissions` forwarded twice, a
 //! Knot webhook retried), out-of-order deliveries (Benji's partner choice delivered after the
 //! authentication, with no time of its own: it takes its place before it; a Knot checkout
 //! before `AUTHENTICATED`, rejected until the account's link arrives, then accepted in its
-//! place; merchant updates newest first) and an illegal event (a second MoneyKit `open` after
-//! the success, rejected).
+//! place; merchant updates newest first; Plaid's end-of-flow burst shuffled, then its `EVENTS`
+//! webhook repeating three of those events, stored once) and an illegal event (a second
+//! MoneyKit `open` after the success, rejected). The Plaid session links its item, which a
+//! `PENDING_EXPIRATION` webhook then marks.
 
 use std::process::ExitCode;
 
@@ -19,7 +21,7 @@ use crate::ingest::{ingest_body, print_summary, Show};
 use crate::CliError;
 
 /// The bundled flows: (input, file name, contents, the end user the integrator knows).
-const FLOWS: [(Feed, &str, &str, Option<&str>); 3] = [
+const FLOWS: [(Feed, &str, &str, Option<&str>); 5] = [
     (
         Feed::Moneykit,
         "examples/moneykit_flow.jsonl",
@@ -36,6 +38,18 @@ const FLOWS: [(Feed, &str, &str, Option<&str>); 3] = [
         Feed::Knot,
         "examples/knot_webhooks.jsonl",
         include_str!("../../../examples/knot_webhooks.jsonl"),
+        None,
+    ),
+    (
+        Feed::Plaid,
+        "examples/plaid_link.jsonl",
+        include_str!("../../../examples/plaid_link.jsonl"),
+        None,
+    ),
+    (
+        Feed::PlaidWebhook,
+        "examples/plaid_webhooks.jsonl",
+        include_str!("../../../examples/plaid_webhooks.jsonl"),
         None,
     ),
 ];

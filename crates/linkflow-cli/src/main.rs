@@ -243,7 +243,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
     },
-    /// Ingest the bundled sample flows of all three providers into a fresh temporary store and
+    /// Ingest the bundled sample flows of all four providers into a fresh temporary store and
     /// show what the engine made of them.
     Demo,
 }

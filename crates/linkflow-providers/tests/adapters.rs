@@ -865,6 +865,9 @@ fn every_mapped_plaid_event_name_has_a_fixture() {
         .map(|name| linkflow_providers::plaid::normalize_name(&name))
         .collect();
     for (name, _) in linkflow_providers::plaid::EVENT_NAMES {
-        assert!(sent.iter().any(|sent| sent == name), "{name} has no fixture");
+        assert!(
+            sent.iter().any(|sent| sent == name),
+            "{name} has no fixture"
+        );
     }
 }
