@@ -23,6 +23,16 @@ fn web_burst() -> Vec<Value> {
     fixture["payloads"].as_array().unwrap().clone()
 }
 
+/// Shuffles `items` in place (Fisher-Yates) with a seeded LCG.
+fn shuffle<T>(items: &mut [T], seed: &mut u64) {
+    for index in (1..items.len()).rev() {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        items.swap(index, (*seed >> 33) as usize % (index + 1));
+    }
+}
+
 fn context() -> PayloadContext {
     PayloadContext::new("test", chrono::Utc::now())
 }
@@ -79,12 +89,7 @@ async fn a_plaid_burst_in_any_order_ends_in_the_same_session() {
     let mut seed = 0x5eed_u64;
     for round in 0..24 {
         let mut shuffled = payloads.clone();
-        for index in (1..shuffled.len()).rev() {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            shuffled.swap(index, (seed >> 33) as usize % (index + 1));
-        }
+        shuffle(&mut shuffled, &mut seed);
         // Some rounds deliver in several requests, as a flaky network would.
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
@@ -576,6 +581,25 @@ async fn plaid_keys_come_from_plaids_endpoint_cached() {
         "an unknown id is asked once"
     );
     assert_eq!(head(&client, &server).await, 3);
+    // Forged ids by the dozen: Plaid is asked at most 30 times a minute; past that the webhook
+    // is answered 503 (Plaid retries a real one) and Plaid is not asked.
+    let mut statuses = Vec::new();
+    for n in 0..32 {
+        let forged = TestKey::from_seed(&format!("forged-{n}"), [8; 32]);
+        let response = signed_request(
+            &client,
+            &server,
+            &body,
+            Some(forged.sign(body.as_bytes(), now)),
+        )
+        .send()
+        .await
+        .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 30, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|status| **status == 401).count(), 27);
+    assert_eq!(statuses.iter().filter(|status| **status == 503).count(), 5);
     drop(server);
 
     // Plaid unreachable: nothing can be verified, the webhook is answered 503.
@@ -631,12 +655,7 @@ fn plaid_flow(n: usize, seed: &mut u64) -> Vec<Value> {
             event("HANDOFF", 30, "CONNECTED"),
         ],
     };
-    for index in (1..burst.len()).rev() {
-        *seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        burst.swap(index, (*seed >> 33) as usize % (index + 1));
-    }
+    shuffle(&mut burst, seed);
     let mut flow = vec![event("OPEN", 0, "CONSENT")];
     flow.extend(burst);
     flow

@@ -2,7 +2,10 @@
 //! air-gapped deployments), or Plaid's `/webhook_verification_key/get` with the client id and
 //! secret, each key cached for [`KEY_TTL`] (then fetched again, so that a key Plaid expired
 //! since is refused), an unknown key id remembered for [`UNKNOWN_KEY_TTL`] (so that forged ids
-//! cannot make linkflow call Plaid for every request), at most [`MAX_CACHED_KEYS`] ids.
+//! cannot make linkflow call Plaid for every request), at most [`MAX_CACHED_KEYS`] ids, and at
+//! most [`MAX_FETCHES_PER_MINUTE`] calls to Plaid (past it, a webhook whose key is not cached is
+//! answered 503, which Plaid retries, rather than letting forged key ids turn linkflow into a
+//! load on Plaid's API under its credentials).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +23,9 @@ pub const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(60);
 
 /// The most key ids cached (known or unknown); past it the oldest entry goes.
 pub const MAX_CACHED_KEYS: usize = 64;
+
+/// The most calls to Plaid's key endpoint per minute.
+pub const MAX_FETCHES_PER_MINUTE: u32 = 30;
 
 /// How long a request to Plaid's key endpoint may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +103,8 @@ pub struct KeyEndpoint {
     secret: String,
     client: reqwest::Client,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The current minute's start and the calls to Plaid in it.
+    fetches: Mutex<(Instant, u32)>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +133,7 @@ impl KeyEndpoint {
             secret: secret.to_owned(),
             client,
             cache: Mutex::new(HashMap::new()),
+            fetches: Mutex::new((Instant::now(), 0)),
         })
     }
 
@@ -164,9 +173,28 @@ impl KeyEndpoint {
         if let Some(cached) = self.cached(kid) {
             return Ok(cached.key);
         }
+        self.count_fetch()?;
         let key = self.fetch(kid).await?;
         self.remember(kid, key.clone());
         Ok(key)
+    }
+
+    /// Counts a call to Plaid, refusing it past [`MAX_FETCHES_PER_MINUTE`].
+    fn count_fetch(&self) -> Result<(), KeyError> {
+        let mut fetches = self
+            .fetches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if fetches.0.elapsed() >= Duration::from_secs(60) {
+            *fetches = (Instant::now(), 0);
+        }
+        if fetches.1 >= MAX_FETCHES_PER_MINUTE {
+            return Err(KeyError::Unavailable(format!(
+                "more than {MAX_FETCHES_PER_MINUTE} key lookups this minute (key ids Plaid may never have issued)"
+            )));
+        }
+        fetches.1 += 1;
+        Ok(())
     }
 
     async fn fetch(&self, kid: &str) -> Result<Option<Jwk>, KeyError> {

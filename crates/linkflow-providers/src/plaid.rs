@@ -336,6 +336,18 @@ pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
     };
     let mut event = event;
     event.attributes.external_user_id = payload.context.external_user_id.clone();
+    session_event(payload, session, event, raw_name, key)
+}
+
+/// A Plaid event for `session`, keyed by `key` or else by the delivery itself (provider,
+/// session, name, canonical payload).
+pub(crate) fn session_event(
+    payload: Payload<'_>,
+    session: SessionId,
+    event: Event,
+    raw_name: String,
+    key: Option<linkflow_core::DedupeKey>,
+) -> Routed {
     let dedupe_key = key.unwrap_or_else(|| {
         dedupe_key(
             Provider::Plaid,

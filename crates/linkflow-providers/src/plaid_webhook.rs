@@ -30,7 +30,7 @@ use linkflow_core::{
 use serde_json::{Map, Value};
 
 use crate::json::{Notes, Obj};
-use crate::plaid::{event_key, link_event, normalize_name};
+use crate::plaid::{event_key, link_event, normalize_name, session_event};
 use crate::{dedupe_key, event_time, session_for, Payload, Routed, Target};
 
 /// How long before the disconnection Plaid sends `PENDING_DISCONNECT`: its documented notice.
@@ -246,21 +246,7 @@ fn link_webhook(
             raw_name,
         ),
     };
-    let dedupe_key = key.unwrap_or_else(|| {
-        dedupe_key(
-            Provider::Plaid,
-            session.as_str(),
-            &raw_name,
-            None,
-            payload.value,
-        )
-    });
-    Routed::Event {
-        dedupe_key,
-        target: Target::Session { session, event },
-        raw_name,
-        event_id: None,
-    }
+    session_event(payload, session, event, raw_name, key)
 }
 
 #[cfg(test)]
