@@ -115,18 +115,20 @@ fn ingest_then_every_query_command_speaks_the_json_contract() {
     assert_eq!(report["refused"], 0);
     assert_eq!(report["quarantined"], 0);
 
+    // `sessions --json` is one page: `{"sessions": [...], "next_cursor": ...}`.
     let sessions = json(&linkflow(dir.path(), &["sessions", "--json"]));
-    assert_eq!(sessions[0]["session_id"], SESSION);
+    assert_eq!(sessions["sessions"][0]["session_id"], SESSION);
+    assert!(sessions["next_cursor"].is_null());
     let filtered = json(&linkflow(
         dir.path(),
         &["sessions", "--phase", "exited", "--json"],
     ));
-    assert_eq!(filtered.as_array().unwrap().len(), 0);
+    assert_eq!(filtered["sessions"].as_array().unwrap().len(), 0);
     let by_provider = json(&linkflow(
         dir.path(),
         &["sessions", "--provider", "moneykit", "--json"],
     ));
-    assert_eq!(by_provider.as_array().unwrap().len(), 1);
+    assert_eq!(by_provider["sessions"].as_array().unwrap().len(), 1);
 
     let show = json(&linkflow(dir.path(), &["show", SESSION, "--json"]));
     for field in [

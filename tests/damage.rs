@@ -170,12 +170,13 @@ impl linkflow_store::EventStore for FailingDisk {
     }
     fn for_each_snapshot(
         &self,
+        after: Option<&linkflow_core::SessionId>,
         visit: &mut dyn FnMut(
             linkflow_core::SessionId,
             linkflow_store::Snapshot,
         ) -> std::ops::ControlFlow<()>,
     ) -> Result<(), linkflow_store::StoreError> {
-        self.inner.for_each_snapshot(visit)
+        self.inner.for_each_snapshot(after, visit)
     }
     fn for_each_event_by_stream(
         &self,

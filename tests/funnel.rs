@@ -145,7 +145,7 @@ fn sessions_abandoned_flag_and_show_field_follow_the_timeout() {
     )
     .unwrap();
     assert!(
-        abandoned.as_array().unwrap().is_empty(),
+        abandoned["sessions"].as_array().unwrap().is_empty(),
         "every example session is terminal"
     );
     let input = dir.path().join("open.json");
@@ -160,7 +160,7 @@ fn sessions_abandoned_flag_and_show_field_follow_the_timeout() {
         &linkflow(dir.path(), &["sessions", "--abandoned", "--json"]).stdout,
     )
     .unwrap();
-    assert_eq!(abandoned[0]["session_id"], "quiet");
+    assert_eq!(abandoned["sessions"][0]["session_id"], "quiet");
     let show: Value =
         serde_json::from_slice(&linkflow(dir.path(), &["show", "quiet", "--json"]).stdout).unwrap();
     assert_eq!(show["abandoned"], true);

@@ -54,14 +54,34 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
+    // A page: `{"sessions": [...], "next_cursor": ...}`; one session a page, then the next.
     let sessions: Value = get_json(&client, &server.url("/v1/sessions")).await;
-    assert_eq!(sessions.as_array().unwrap().len(), 2);
+    assert_eq!(sessions["sessions"].as_array().unwrap().len(), 2);
+    assert!(sessions["next_cursor"].is_null());
+    let first: Value = get_json(&client, &server.url("/v1/sessions?limit=1")).await;
+    assert_eq!(first["sessions"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second: Value = get_json(
+        &client,
+        &server.url(&format!("/v1/sessions?limit=1&cursor={cursor}")),
+    )
+    .await;
+    assert_eq!(second["sessions"].as_array().unwrap().len(), 1);
+    assert_ne!(second["sessions"][0], first["sessions"][0]);
+    for bad in ["limit=0", "limit=1001", "cursor=nope", "cursor=s1.zz"] {
+        let response = client
+            .get(server.url(&format!("/v1/sessions?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
     let filtered: Value = get_json(
         &client,
         &server.url("/v1/sessions?phase=succeeded&provider=moneykit"),
     )
     .await;
-    assert_eq!(filtered.as_array().unwrap().len(), 1);
+    assert_eq!(filtered["sessions"].as_array().unwrap().len(), 1);
     let show: Value = client
         .get(server.url(&format!("/v1/sessions/{SESSION}")))
         .send()

@@ -179,6 +179,22 @@ enum Command {
         /// Only abandoned sessions (silent past the inactivity timeout, not terminal).
         #[arg(long)]
         abandoned: bool,
+        /// Only sessions at this institution.
+        #[arg(long)]
+        institution: Option<String>,
+        /// Only sessions of this end user (the integrator's id).
+        #[arg(long)]
+        user: Option<String>,
+        /// Sessions per page (at most 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Start after this cursor (the `next_cursor` a previous page printed).
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Every page, one after the other: with `--json`, one session per line (JSON Lines),
+        /// for exports of any size.
+        #[arg(long)]
+        all: bool,
     },
     /// Funnel: sessions reaching each phase, conversion, drop-off, reasons, time in phase.
     Funnel(funnel::FunnelArgs),
@@ -370,8 +386,26 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     phase,
                     provider,
                     abandoned,
+                    institution,
+                    user,
+                    limit,
+                    cursor,
+                    all,
                 } => {
-                    sessions::list(&engine, phase, provider.map(Into::into), abandoned, json).await
+                    let filter = linkflow::SessionFilter {
+                        phase,
+                        provider: provider.map(Into::into),
+                        abandoned: abandoned.then_some(true),
+                        institution,
+                        external_user_id: user,
+                        ..linkflow::SessionFilter::default()
+                    };
+                    let page = sessions::Paging {
+                        limit: usize::from(limit),
+                        cursor,
+                        all,
+                    };
+                    sessions::list(&engine, filter, page, json).await
                 }
                 Command::Funnel(args) => funnel::run(&engine, args, json).await,
                 Command::Show { session, at } => {

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use linkflow::views::{HistoryJson, SessionJson};
-use linkflow::{Engine, SessionFilter, SessionView};
-use linkflow_core::{Phase, Provider, Version};
+use linkflow::{Cursor, Engine, SessionFilter, SessionView};
+use linkflow_core::Version;
 
 use crate::{print_json, session_id, CliError};
 
@@ -12,43 +12,75 @@ fn dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| value.to_string())
 }
 
+/// Which page(s) `sessions` prints.
+pub struct Paging {
+    pub limit: usize,
+    pub cursor: Option<String>,
+    pub all: bool,
+}
+
 pub async fn list(
     engine: &Engine,
-    phase: Option<Phase>,
-    provider: Option<Provider>,
-    abandoned: bool,
+    filter: SessionFilter,
+    paging: Paging,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let filter = SessionFilter {
-        phase,
-        provider,
-        abandoned: abandoned.then_some(true),
-        ..SessionFilter::default()
-    };
-    let sessions = engine.sessions(filter).await?;
-    if json {
-        print_json(
-            &sessions
-                .iter()
-                .map(|view| SessionJson::new(view, engine.is_abandoned(&view.state)))
-                .collect::<Vec<_>>(),
+    let mut after = paging
+        .cursor
+        .map(|text| text.parse::<Cursor>())
+        .transpose()
+        .map_err(|error| CliError(error.to_string()))?;
+    if !json {
+        out!(
+            "{:<46} {:<9} {:<21} {:<22} {:>7} {:>6}  last event",
+            "session",
+            "provider",
+            "phase",
+            "institution",
+            "events",
+            "reject"
         );
-        return Ok(ExitCode::SUCCESS);
     }
-    out!(
-        "{:<46} {:<9} {:<21} {:<22} {:>7} {:>6}  last event",
-        "session",
-        "provider",
-        "phase",
-        "institution",
-        "events",
-        "reject"
-    );
-    for view in &sessions {
-        print_row(view);
+    let mut shown = 0;
+    loop {
+        let page = engine
+            .sessions_page(filter.clone(), paging.limit, after.take())
+            .await?;
+        let views: Vec<SessionJson> = page
+            .sessions
+            .iter()
+            .map(|view| SessionJson::new(view, engine.is_abandoned(&view.state)))
+            .collect();
+        shown += views.len();
+        match (json, paging.all) {
+            (true, true) => {
+                for view in &views {
+                    let line = serde_json::to_string(view).expect("views serialize");
+                    out!("{line}");
+                }
+            }
+            (true, false) => print_json(&serde_json::json!({
+                "sessions": views,
+                "next_cursor": page.next.as_ref().map(ToString::to_string),
+            })),
+            (false, _) => page.sessions.iter().for_each(print_row),
+        }
+        match page.next {
+            Some(next) if paging.all => after = Some(next),
+            Some(next) => {
+                if !json {
+                    out!("{shown} sessions on this page; the next: --cursor {next}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            None => {
+                if !json {
+                    out!("{shown} sessions");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
     }
-    out!("{} sessions", sessions.len());
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_row(view: &SessionView) {

@@ -415,36 +415,71 @@ async fn redrive_quarantine(
 struct SessionsQuery {
     phase: Option<String>,
     provider: Option<String>,
+    institution: Option<String>,
+    user: Option<String>,
+    abandoned: Option<bool>,
+    first_event_from: Option<chrono::DateTime<Utc>>,
+    first_event_until: Option<chrono::DateTime<Utc>>,
+    last_event_from: Option<chrono::DateTime<Utc>>,
+    last_event_until: Option<chrono::DateTime<Utc>>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
+/// Sessions per page of `GET /v1/sessions` when `limit` is not given.
+pub const DEFAULT_PAGE_SESSIONS: usize = 100;
+
+/// `GET /v1/sessions`: one page of sessions (`limit`, default [`DEFAULT_PAGE_SESSIONS`], at
+/// most `linkflow::MAX_PAGE_SESSIONS`; `cursor`: the previous page's `next_cursor`), filtered
+/// by `phase`, `provider`, `institution`, `user`, `abandoned` and first/last event time.
 async fn list_sessions(
     State(state): State<AppState>,
     Query(query): Query<SessionsQuery>,
-) -> Result<Json<Vec<SessionJson>>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let invalid = |error: String| ApiError::bad_request("invalid_query", error);
     let phase = query
         .phase
         .map(|text| text.parse::<Phase>())
         .transpose()
-        .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+        .map_err(|error| invalid(error.to_string()))?;
     let provider = query
         .provider
         .map(|text| text.parse::<Provider>())
         .transpose()
-        .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
-    let sessions = state
-        .engine
-        .sessions(SessionFilter {
-            phase,
-            provider,
-            ..SessionFilter::default()
-        })
-        .await?;
-    Ok(Json(
-        sessions
-            .iter()
-            .map(|view| SessionJson::new(view, state.engine.is_abandoned(&view.state)))
-            .collect(),
-    ))
+        .map_err(|error| invalid(error.to_string()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SESSIONS);
+    if !(1..=linkflow::MAX_PAGE_SESSIONS).contains(&limit) {
+        return Err(invalid(format!(
+            "limit: {limit} is not between 1 and {}",
+            linkflow::MAX_PAGE_SESSIONS
+        )));
+    }
+    let after = query
+        .cursor
+        .map(|text| text.parse::<linkflow::Cursor>())
+        .transpose()
+        .map_err(|error| invalid(error.to_string()))?;
+    let filter = SessionFilter {
+        phase,
+        provider,
+        institution: query.institution,
+        external_user_id: query.user,
+        abandoned: query.abandoned,
+        first_event_from: query.first_event_from,
+        first_event_until: query.first_event_until,
+        last_event_from: query.last_event_from,
+        last_event_until: query.last_event_until,
+    };
+    let page = state.engine.sessions_page(filter, limit, after).await?;
+    let sessions: Vec<SessionJson> = page
+        .sessions
+        .iter()
+        .map(|view| SessionJson::new(view, state.engine.is_abandoned(&view.state)))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "sessions": sessions,
+        "next_cursor": page.next.map(|cursor| cursor.to_string()),
+    })))
 }
 
 fn session_id(id: &str) -> Result<SessionId, ApiError> {

@@ -634,9 +634,11 @@ impl EventStore for PgStore {
 
     fn for_each_snapshot(
         &self,
+        after: Option<&SessionId>,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let mut after = String::new();
+        // Every id is longer than the empty string, which therefore starts at the first.
+        let mut after = after.map_or_else(String::new, SessionId::to_string);
         loop {
             let rows = self.query_rows(
                 "SELECT stream, record FROM linkflow_snapshots

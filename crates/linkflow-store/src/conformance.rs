@@ -534,14 +534,24 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
     .unwrap();
     assert_eq!(snapshot_of(&store, &a), Some(snapshot(2)));
     assert_eq!(snapshot_of(&store, &stream("c")), None);
-    let mut listed = Vec::new();
-    store
-        .for_each_snapshot(&mut |session, snapshot| {
-            listed.push((session, snapshot.version));
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    assert_eq!(listed, vec![(a, Version(2)), (b, Version(1))]);
+    let listed = |after: Option<&SessionId>| {
+        let mut listed = Vec::new();
+        store
+            .for_each_snapshot(after, &mut |session, snapshot| {
+                listed.push((session, snapshot.version));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        listed
+    };
+    assert_eq!(
+        listed(None),
+        vec![(a.clone(), Version(2)), (b.clone(), Version(1))]
+    );
+    // A page starts after the stream the last one ended with.
+    assert_eq!(listed(Some(&a)), vec![(b.clone(), Version(1))]);
+    assert_eq!(listed(Some(&b)), vec![]);
+    assert_eq!(listed(Some(&stream("0"))).len(), 2);
     assert_clean(&store);
 }
 

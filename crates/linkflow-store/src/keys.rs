@@ -5,7 +5,7 @@
 //! |--------|----------------------------------------------|------------------------------------|
 //! | `S`    | `S` len:u16 session version:u64              | event record, or packed records    |
 //! | `G`    | `G` first position:u64                       | the commit's runs (see below)      |
-//! | `K`    | `K` len:u16 session                          | the stream's head: dedupe list and |
+//! | `K`    | `K` session (no length: heads sort by id)    | the stream's head: dedupe list and |
 //! |        |                                              | snapshot                           |
 //! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
 //!
@@ -55,9 +55,10 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// past `Mwal` opening replays, each `K` head holding its stream's version, every value in
 /// the core's compact form. Layouts 2 to 5 kept refused events apart (`P` keys), layout 6 kept
 /// no version in a head, layout 7 kept fixed-width integers in `G` and `D` values and a target
-/// tag in dedupe entries; they are refused at open, as is a store without a layout key
-/// (layout 1); nothing has been released, so none is migrated.
-pub(crate) const LAYOUT: u32 = 8;
+/// tag in dedupe entries, layout 8 length-prefixed `K` keys (heads not in id order); they are
+/// refused at open, as is a store without a layout key (layout 1); nothing has been released,
+/// so none is migrated.
+pub(crate) const LAYOUT: u32 = 9;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";
@@ -95,8 +96,15 @@ pub(crate) fn dedupe_key(session: &SessionId, dedupe: &DedupeKey) -> Vec<u8> {
     key
 }
 
+/// `K id`: no length prefix, so that the heads sort by stream id (a `K` key holds exactly one
+/// stream, so no id is read as another's prefix), and a scan of heads from a stream on is a
+/// page of streams in id order.
 pub(crate) fn list_key(session: &SessionId) -> Vec<u8> {
-    session_prefix(LIST, session)
+    let id = session.as_str().as_bytes();
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(LIST);
+    key.extend_from_slice(id);
+    key
 }
 
 /// One stream's events in one commit: `events` consecutive versions from `first_version`,
@@ -230,11 +238,10 @@ pub(crate) fn parse_dedupe_key(key: &[u8]) -> Result<(SessionId, DedupeKey), Cor
 
 /// Splits a `K` key into its session.
 pub(crate) fn parse_list_key(key: &[u8]) -> Result<SessionId, CorruptRecord> {
-    let (session, rest) = read_session("dedupe list key", key.get(1..).unwrap_or_default())?;
-    if !rest.is_empty() {
-        return Err(CorruptRecord::new("dedupe list key", "trailing bytes"));
-    }
-    Ok(session)
+    let bad = |reason: String| CorruptRecord::new("stream head key", reason);
+    let text = std::str::from_utf8(key.get(1..).unwrap_or_default())
+        .map_err(|_| bad("the session id is not UTF-8".into()))?;
+    SessionId::new(text).map_err(|error| bad(format!("bad session id: {error}")))
 }
 
 /// Whether `key` is the `S` key of `session`'s `version`, compared in place (a full scan checks

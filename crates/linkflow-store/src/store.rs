@@ -225,9 +225,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// backend that keeps both in one place answers with one read.
     fn stream_start(&self, stream: &SessionId) -> Result<StreamStart, StoreError>;
 
-    /// Calls `visit` with every stream's snapshot in stream order, until it breaks.
+    /// Calls `visit` with every stream's snapshot in stream id order (the bytes of the id on
+    /// sled, the column's order on PostgreSQL), from the first stream after `after` (from the
+    /// first when `None`), until it breaks: a page of streams starts where the last ended.
     fn for_each_snapshot(
         &self,
+        after: Option<&SessionId>,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 

@@ -271,6 +271,24 @@ impl Engine {
     }
 
     /// Sessions matching `filter`, in id order.
+    /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) sessions matching `filter`, in
+    /// session-id order, after `after` (the `next` of the previous page; `None` for the first).
+    /// A page reads at most [`crate::MAX_PAGE_SCAN`] streams, so it may hold fewer sessions
+    /// than asked with a `next` to go on from; the last page has no `next`. A session that
+    /// exists and matches while paging is on exactly one page, whatever is written meanwhile.
+    pub async fn sessions_page(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+        after: Option<crate::Cursor>,
+    ) -> Result<crate::SessionPage, EngineError> {
+        let clock = (Utc::now(), self.shared.inactivity_timeout);
+        self.read(move |store| query::sessions_page(store, &filter, limit, after.as_ref(), clock))
+            .await
+    }
+
+    /// Every session matching `filter`, in session-id order: it reads every stream, so its
+    /// cost and answer grow with the store; lists that face users use [`Engine::sessions_page`].
     pub async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionView>, EngineError> {
         let clock = (Utc::now(), self.shared.inactivity_timeout);
         self.read(move |store| query::sessions(store, &filter, clock))

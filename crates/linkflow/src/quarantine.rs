@@ -132,7 +132,7 @@ fn entries(
     store: &dyn EventStore,
     mut visit: impl FnMut(SessionId, Provider, QuarantineEntry),
 ) -> Result<(), EngineError> {
-    store.for_each_snapshot(&mut |stream, snapshot| {
+    store.for_each_snapshot(None, &mut |stream, snapshot| {
         if let Some(Folded::Quarantine(Some(entry))) = decode_snapshot(&snapshot) {
             visit(stream, snapshot.provider, entry);
         }

@@ -120,6 +120,14 @@ pub struct SessionFilter {
     /// Only abandoned (`Some(true)`) or not abandoned (`Some(false)`) sessions, judged now
     /// with the engine's inactivity timeout.
     pub abandoned: Option<bool>,
+    /// Only sessions whose institution is this id.
+    pub institution: Option<String>,
+    /// Only sessions of this end user (the integrator's id).
+    pub external_user_id: Option<String>,
+    /// Only sessions whose first event time is at or after this.
+    pub first_event_from: Option<DateTime<Utc>>,
+    /// Only sessions whose first event time is before this.
+    pub first_event_until: Option<DateTime<Utc>>,
 }
 
 impl SessionFilter {
@@ -139,7 +147,134 @@ impl SessionFilter {
             && self
                 .last_event_until
                 .is_none_or(|until| session.last_event_at().is_some_and(|last| last < until))
+            && self
+                .first_event_from
+                .is_none_or(|from| session.first_event_at().is_some_and(|first| first >= from))
+            && self
+                .first_event_until
+                .is_none_or(|until| session.first_event_at().is_some_and(|first| first < until))
+            && self.institution.as_deref().is_none_or(|wanted| {
+                session
+                    .institution()
+                    .is_some_and(|institution| institution.id == wanted)
+            })
+            && self
+                .external_user_id
+                .as_deref()
+                .is_none_or(|wanted| session.external_user_id() == Some(wanted))
     }
+}
+
+/// The most sessions one page holds ([`crate::Engine::sessions_page`]).
+pub const MAX_PAGE_SESSIONS: usize = 1_000;
+
+/// The most streams one page reads: a selective filter over a large store ends a page at this
+/// many streams, with fewer sessions than asked and a cursor to go on from, so that one request
+/// costs at most this much whatever the store holds.
+pub const MAX_PAGE_SCAN: usize = 10_000;
+
+/// Where a page of sessions ends: the next page starts after it. Opaque to callers: its text
+/// form (`Display`, `FromStr`) is what the HTTP API and the CLI hand out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(SessionId);
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("s1.")?;
+        for byte in self.0.as_str().as_bytes() {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A text that is not a cursor this build hands out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a cursor of this linkflow (pass the next_cursor of a previous page)")]
+pub struct InvalidCursor(pub String);
+
+impl std::str::FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidCursor(text.chars().take(80).collect());
+        let hex = text.strip_prefix("s1.").ok_or_else(invalid)?;
+        if hex.len() % 2 != 0 {
+            return Err(invalid());
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(hex.get(at..at + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| invalid())?;
+        let id = String::from_utf8(bytes).map_err(|_| invalid())?;
+        SessionId::new(id).map(Cursor).map_err(|_| invalid())
+    }
+}
+
+/// One page of sessions, in session-id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPage {
+    /// The page's sessions (at most the limit; fewer when the page ended at
+    /// [`MAX_PAGE_SCAN`] streams or at the last one).
+    pub sessions: Vec<SessionView>,
+    /// Where the next page starts; `None` after the last stream.
+    pub next: Option<Cursor>,
+}
+
+/// Up to `limit` sessions matching `filter` after `after`, in session-id order, reading at
+/// most [`MAX_PAGE_SCAN`] streams. A session that exists and matches for the whole paging is on
+/// exactly one page, whatever is written meanwhile (pages start after the last id).
+pub(crate) fn sessions_page(
+    store: &dyn EventStore,
+    filter: &SessionFilter,
+    limit: usize,
+    after: Option<&Cursor>,
+    clock: (DateTime<Utc>, chrono::Duration),
+) -> Result<SessionPage, EngineError> {
+    let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
+    let mut sessions = Vec::new();
+    let mut scanned = 0;
+    let mut last = None;
+    let mut ended = true;
+    let mut failed = None;
+    store.for_each_snapshot(after.map(|cursor| &cursor.0), &mut |stream, snapshot| {
+        scanned += 1;
+        let folded = match decode_snapshot(&snapshot) {
+            Some(folded) => Some((snapshot.provider, folded)),
+            None => match load_state(store, &stream) {
+                Ok(state) => state.map(|state| (state.provider, state.folded)),
+                Err(error) => {
+                    failed = Some(error);
+                    return ControlFlow::Break(());
+                }
+            },
+        };
+        if let Some((provider, Folded::Session(timeline))) = folded {
+            if filter.matches(provider, &timeline.state, clock) {
+                sessions.push(SessionView {
+                    session_id: stream.clone(),
+                    provider,
+                    events: timeline.arrivals,
+                    rejected: timeline.rejected,
+                    state: timeline.state,
+                });
+            }
+        }
+        last = Some(stream);
+        if sessions.len() == limit || scanned == MAX_PAGE_SCAN {
+            ended = false;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    Ok(SessionPage {
+        sessions,
+        next: if ended { None } else { last.map(Cursor) },
+    })
 }
 
 /// Decodes a snapshot's state; `None` when this build cannot use it or it does not match its
@@ -439,7 +574,7 @@ pub(crate) fn rejected(
 fn all_states(store: &dyn EventStore) -> Result<Vec<(SessionId, Provider, Folded)>, EngineError> {
     let mut states = Vec::new();
     let mut undecodable = Vec::new();
-    store.for_each_snapshot(&mut |stream, snapshot| {
+    store.for_each_snapshot(None, &mut |stream, snapshot| {
         match decode_snapshot(&snapshot) {
             Some(folded) => states.push((stream, snapshot.provider, folded)),
             None => undecodable.push(stream),

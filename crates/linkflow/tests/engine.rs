@@ -932,10 +932,8 @@ async fn a_stream_that_cannot_be_read_fails_only_its_own_events() {
             .unwrap();
         engine.shutdown().await.unwrap();
     }
-    // Damage session a's head (its dedupe list and snapshot): `K`, the id's length, the id.
-    store
-        .raw_insert_for_tests(&[b'K', 0, 1, b'a'], &[0xff, 0x01])
-        .unwrap();
+    // Damage session a's head (its dedupe list and snapshot): `K`, then the id.
+    store.raw_insert_for_tests(b"Ka", &[0xff, 0x01]).unwrap();
     let engine = Engine::open_with(EngineConfig::with_store(store.clone())).unwrap();
     let outcomes = engine
         .ingest_batch(vec![
@@ -959,4 +957,74 @@ async fn a_stream_that_cannot_be_read_fails_only_its_own_events() {
         !engine.verify().await.unwrap().is_clean(),
         "verify names the damage"
     );
+}
+
+/// Pages of sessions: every session that matches is on exactly one page, in id order, while
+/// other sessions are written between pages; a page reads at most `MAX_PAGE_SCAN` streams.
+#[tokio::test]
+async fn pages_of_sessions_cover_every_match_once_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let ids: Vec<String> = (0..57).map(|n| format!("s-{n}")).collect();
+    engine
+        .ingest_batch(
+            ids.iter()
+                .map(|id| incoming(id, EventKind::Opened, 0))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut round = 0;
+    loop {
+        let page = engine
+            .sessions_page(SessionFilter::default(), 10, after.take())
+            .await
+            .unwrap();
+        assert!(page.sessions.len() <= 10);
+        seen.extend(page.sessions.iter().map(|view| view.session_id.to_string()));
+        // Writes between pages: new sessions (before and after the cursor) and new events of
+        // listed and unlisted ones.
+        round += 1;
+        engine
+            .ingest_batch(vec![
+                incoming(&format!("new-{round}"), EventKind::Opened, 0),
+                incoming(&format!("z-{round}"), EventKind::Opened, 0),
+                incoming("s-3", EventKind::Exited, round),
+                incoming("s-50", EventKind::Exited, round),
+            ])
+            .await
+            .unwrap();
+        // The text form round-trips.
+        match page.next {
+            Some(next) => after = Some(next.to_string().parse::<linkflow::Cursor>().unwrap()),
+            None => break,
+        }
+    }
+    for id in &ids {
+        assert_eq!(seen.iter().filter(|seen| *seen == id).count(), 1, "{id}");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages are in id order");
+    // A filter and a limit: only exited sessions, at most 2 a page.
+    let page = engine
+        .sessions_page(
+            SessionFilter {
+                phase: Some(Phase::Exited),
+                ..SessionFilter::default()
+            },
+            2,
+            None,
+        )
+        .await
+        .unwrap();
+    let exited: Vec<String> = page
+        .sessions
+        .iter()
+        .map(|view| view.session_id.to_string())
+        .collect();
+    assert_eq!(exited, ["s-3", "s-50"]);
+    assert!("s2.00".parse::<linkflow::Cursor>().is_err());
 }

@@ -598,10 +598,16 @@ impl EventStore for SledStore {
 
     fn for_each_snapshot(
         &self,
+        after: Option<&SessionId>,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         self.guarded(|| {
-            for entry in self.staged.scan_prefix([keys::LIST]) {
+            let (start, end) = crate::staged::prefix_bounds(&[keys::LIST]);
+            let start = match after {
+                Some(stream) => std::ops::Bound::Excluded(keys::list_key(stream)),
+                None => start,
+            };
+            for entry in self.staged.scan((start, end)) {
                 let (key, value) = entry?;
                 let session = keys::parse_list_key(&key)?;
                 let Some(bytes) = DedupeList::snapshot_encoded(&session, &value)? else {

@@ -282,7 +282,7 @@ fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
             "{found:?}"
         );
         settled(&store)
-            .insert(keys::LAYOUT_KEY, &[0, 0, 0, 9][..])
+            .insert(keys::LAYOUT_KEY, &[0, 0, 0, 10][..])
             .unwrap();
         store.sync().unwrap();
     }
@@ -292,18 +292,19 @@ fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
     assert!(
         error
             .to_string()
-            .contains("layout 9; this linkflow reads layout 8 only"),
+            .contains("layout 10; this linkflow reads layout 9 only"),
         "{error}"
     );
 }
 
 /// A store of an older layout (1 to 5: refused events kept apart as parked events; 6: no
-/// version in a stream's head; 7: fixed-width values) is refused at open with its layout
-/// named, and left as it was.
+/// version in a stream's head; 7: fixed-width values; 8: length-prefixed head keys) is refused
+/// at open with its layout named, and left as it was.
 #[test]
 fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
     for (old, named) in [
-        (Some(7u32), "layout 7"),
+        (Some(8u32), "layout 8"),
+        (Some(7), "layout 7"),
         (Some(6), "layout 6"),
         (Some(5), "layout 5"),
         (Some(2), "layout 2"),
@@ -322,7 +323,7 @@ fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
         }
         let error = SledStore::open(dir.path()).err().expect("refused");
         assert!(
-            matches!(error, StoreError::UpgradeRequired { supported: 8, .. }),
+            matches!(error, StoreError::UpgradeRequired { supported: 9, .. }),
             "{error:?}"
         );
         let text = error.to_string();
@@ -538,7 +539,7 @@ fn a_new_store_keeps_each_snapshot_in_its_streams_head() {
     assert_eq!(store.snapshot(&b).unwrap().unwrap().state, b"nothing yet");
     let mut seen = Vec::new();
     store
-        .for_each_snapshot(&mut |session, snapshot| {
+        .for_each_snapshot(None, &mut |session, snapshot| {
             seen.push((session.to_string(), snapshot.version.0));
             ControlFlow::Continue(())
         })

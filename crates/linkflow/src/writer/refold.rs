@@ -36,19 +36,21 @@ pub(crate) fn refold_stale(shared: &Shared) -> Result<RefoldReport, EngineError>
     report.ran = true;
     loop {
         let mut stale = Vec::new();
-        shared.store.for_each_snapshot(&mut |stream, snapshot| {
-            if matches!(
-                read_snapshot_state(&snapshot.state),
-                SnapshotState::OtherRules(_)
-            ) {
-                stale.push((stream, snapshot));
-            }
-            if stale.len() == REFOLD_SCAN {
-                std::ops::ControlFlow::Break(())
-            } else {
-                std::ops::ControlFlow::Continue(())
-            }
-        })?;
+        shared
+            .store
+            .for_each_snapshot(None, &mut |stream, snapshot| {
+                if matches!(
+                    read_snapshot_state(&snapshot.state),
+                    SnapshotState::OtherRules(_)
+                ) {
+                    stale.push((stream, snapshot));
+                }
+                if stale.len() == REFOLD_SCAN {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })?;
         let more = stale.len() == REFOLD_SCAN;
         for chunk in stale.chunks(REFOLD_BATCH) {
             refold_chunk(shared, chunk, &mut report)?;

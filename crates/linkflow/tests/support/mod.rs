@@ -104,10 +104,11 @@ impl<W: Watch> EventStore for Watched<W> {
     }
     fn for_each_snapshot(
         &self,
+        after: Option<&SessionId>,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         self.call(Call::ForEachSnapshot, |store| {
-            store.for_each_snapshot(visit)
+            store.for_each_snapshot(after, visit)
         })
     }
     fn for_each_event_by_stream(
