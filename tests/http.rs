@@ -271,8 +271,22 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // Accounts come a page at a time: `{"accounts": [...], "next_cursor": ...}`.
     let accounts: Value = get_json(&client, &server.url("/v1/accounts")).await;
-    assert_eq!(accounts[0]["state"], "active");
+    assert_eq!(accounts["accounts"][0]["state"], "active");
+    assert!(accounts["next_cursor"].is_null());
+    // A user's accounts and sessions in one read.
+    let user = accounts["accounts"][0]["external_user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let view: Value = get_json(&client, &server.url(&format!("/v1/users/{user}"))).await;
+    assert_eq!(view["external_user_id"], user.as_str());
+    assert_eq!(view["accounts"].as_array().unwrap().len(), 1, "{view}");
+    assert!(view["sessions"].is_array(), "{view}");
+    let nobody: Value = get_json(&client, &server.url("/v1/users/nobody")).await;
+    assert_eq!(nobody["accounts"].as_array().unwrap().len(), 0);
+    assert_eq!(nobody["sessions"].as_array().unwrap().len(), 0);
     let merchants: Value = get_json(&client, &server.url("/v1/merchants")).await;
     assert_eq!(merchants.as_array().unwrap().len(), 0);
     let parked: Value = get_json(&client, &server.url("/v1/parked")).await;

@@ -289,7 +289,10 @@ fn cli(data_dir: &Path, args: &[&str], stdin: Option<&str>) -> Value {
 }
 
 fn item_account(accounts: &Value) -> Value {
+    // The CLI prints every account; HTTP a page, `{"accounts": [...]}`.
     accounts
+        .get("accounts")
+        .unwrap_or(accounts)
         .as_array()
         .unwrap()
         .iter()

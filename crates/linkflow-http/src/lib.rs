@@ -105,6 +105,7 @@ fn build(
         .route("/v1/sessions/{id}/history", get(session_history))
         .route("/v1/parked", get(list_parked))
         .route("/v1/accounts", get(list_accounts))
+        .route("/v1/users/{id}", get(show_user))
         .route("/v1/merchants", get(list_merchants))
         .route("/v1/stream", get(stream::events))
         .route("/v1/funnel", get(funnel))
@@ -530,16 +531,80 @@ async fn list_parked(
     Ok(Json(RejectedListJson::from(&list)))
 }
 
-async fn list_accounts(State(state): State<AppState>) -> Result<Json<Vec<AccountJson>>, ApiError> {
-    Ok(Json(
-        state
-            .engine
-            .accounts()
-            .await?
-            .iter()
-            .map(AccountJson::from)
-            .collect(),
-    ))
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The limit (default [`DEFAULT_PAGE_SESSIONS`], 1 to `linkflow::MAX_PAGE_SESSIONS`) and
+    /// the cursor, or a 400 naming what is wrong.
+    fn parse(self) -> Result<(usize, Option<linkflow::Cursor>), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE_SESSIONS);
+        if !(1..=linkflow::MAX_PAGE_SESSIONS).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "limit: {limit} is not between 1 and {}",
+                    linkflow::MAX_PAGE_SESSIONS
+                ),
+            ));
+        }
+        let cursor = self
+            .cursor
+            .map(|text| text.parse::<linkflow::Cursor>())
+            .transpose()
+            .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+        Ok((limit, cursor))
+    }
+}
+
+/// `GET /v1/accounts`: one page of linked accounts, `{accounts, next_cursor}`.
+async fn list_accounts(
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (limit, after) = query.parse()?;
+    let page = state.engine.accounts_page(limit, after).await?;
+    let accounts: Vec<AccountJson> = page.accounts.iter().map(AccountJson::from).collect();
+    Ok(Json(serde_json::json!({
+        "accounts": accounts,
+        "next_cursor": page.next.map(|cursor| cursor.to_string()),
+    })))
+}
+
+/// `GET /v1/users/{id}`: the end user's accounts (every provider) and one page of their
+/// sessions (`limit`, `cursor` as for `/v1/sessions`).
+async fn show_user(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (limit, after) = query.parse()?;
+    let filter = SessionFilter {
+        external_user_id: Some(user.clone()),
+        ..SessionFilter::default()
+    };
+    let page = state.engine.sessions_page(filter, limit, after).await?;
+    let sessions: Vec<SessionJson> = page
+        .sessions
+        .iter()
+        .map(|view| SessionJson::new(view, state.engine.is_abandoned(&view.state)))
+        .collect();
+    let accounts: Vec<AccountJson> = state
+        .engine
+        .user_accounts(&user)
+        .await?
+        .iter()
+        .map(AccountJson::from)
+        .collect();
+    Ok(Json(serde_json::json!({
+        "external_user_id": user,
+        "accounts": accounts,
+        "sessions": sessions,
+        "next_cursor": page.next.map(|cursor| cursor.to_string()),
+    })))
 }
 
 async fn list_merchants(

@@ -245,6 +245,37 @@ impl Engine {
         self.read(query::accounts).await
     }
 
+    /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) existing accounts in stream-id
+    /// order after `after`; the accounts are a range of the store's streams, so a page reads
+    /// only accounts.
+    pub async fn accounts_page(
+        &self,
+        limit: usize,
+        after: Option<crate::Cursor>,
+    ) -> Result<crate::AccountPage, EngineError> {
+        self.read(move |store| query::accounts_page(store, "account:", limit, after.as_ref()))
+            .await
+    }
+
+    /// The existing accounts of the end user `user` (the integrator's id), of every provider:
+    /// a range of the store's streams per provider, at most [`crate::MAX_PAGE_SESSIONS`].
+    pub async fn user_accounts(&self, user: &str) -> Result<Vec<AccountView>, EngineError> {
+        let user = user.to_owned();
+        self.read(move |store| {
+            let mut accounts = Vec::new();
+            for provider in linkflow_core::Provider::ALL {
+                let prefix = format!("account:{provider}:{}:{user}:", user.len());
+                let left = crate::MAX_PAGE_SESSIONS - accounts.len();
+                if left == 0 {
+                    break;
+                }
+                accounts.extend(query::accounts_page(store, &prefix, left, None)?.accounts);
+            }
+            Ok(accounts)
+        })
+        .await
+    }
+
     /// Every merchant availability (newest status per merchant, type, platform and SDK).
     pub async fn merchants(&self) -> Result<Vec<MerchantStatus>, EngineError> {
         self.read(query::merchants).await

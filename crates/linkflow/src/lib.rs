@@ -56,8 +56,9 @@ pub use quarantine::{
     RedriveReport, Redrove,
 };
 pub use query::{
-    AccountView, Cursor, HistoryEntry, InvalidCursor, RebuildStats, RejectedEvent, RejectedList,
-    SessionFilter, SessionPage, SessionView, MAX_PAGE_SCAN, MAX_PAGE_SESSIONS, MAX_REJECTED_LISTED,
+    AccountPage, AccountView, Cursor, HistoryEntry, InvalidCursor, RebuildStats, RejectedEvent,
+    RejectedList, SessionFilter, SessionPage, SessionView, MAX_PAGE_SCAN, MAX_PAGE_SESSIONS,
+    MAX_REJECTED_LISTED,
 };
 pub use stats::WriteStats;
 pub use subscribe::Subscription;

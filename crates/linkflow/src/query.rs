@@ -222,6 +222,62 @@ pub struct SessionPage {
     pub next: Option<Cursor>,
 }
 
+/// A page of the streams whose ids start with `prefix` (every stream for `""`), in id order
+/// after `after`: up to `limit` of them that `keep` maps to an item, reading at most
+/// [`MAX_PAGE_SCAN`] streams. The next page starts after the last stream read.
+fn streams_page<T>(
+    store: &dyn EventStore,
+    prefix: &str,
+    limit: usize,
+    after: Option<&Cursor>,
+    keep: &mut dyn FnMut(SessionId, Provider, Folded) -> Option<T>,
+) -> Result<(Vec<T>, Option<Cursor>), EngineError> {
+    let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
+    // The first id with the prefix sorts right after the prefix itself.
+    let start = match (after, SessionId::new(prefix)) {
+        (Some(cursor), Ok(first)) if cursor.0 < first => Some(first),
+        (Some(cursor), _) => Some(cursor.0.clone()),
+        (None, Ok(first)) => Some(first),
+        (None, Err(_)) => None,
+    };
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    let mut last = None;
+    let mut ended = true;
+    let mut failed = None;
+    store.for_each_snapshot(start.as_ref(), &mut |stream, snapshot| {
+        if !stream.as_str().starts_with(prefix) {
+            return ControlFlow::Break(());
+        }
+        scanned += 1;
+        let state = match decode_snapshot(&snapshot) {
+            Some(folded) => Some((snapshot.provider, folded)),
+            None => match load_state(store, &stream) {
+                Ok(state) => state.map(|state| (state.provider, state.folded)),
+                Err(error) => {
+                    failed = Some(error);
+                    return ControlFlow::Break(());
+                }
+            },
+        };
+        if let Some(item) =
+            state.and_then(|(provider, folded)| keep(stream.clone(), provider, folded))
+        {
+            items.push(item);
+        }
+        last = Some(stream);
+        if items.len() == limit || scanned == MAX_PAGE_SCAN {
+            ended = false;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    Ok((items, if ended { None } else { last.map(Cursor) }))
+}
+
 /// Up to `limit` sessions matching `filter` after `after`, in session-id order, reading at
 /// most [`MAX_PAGE_SCAN`] streams. A session that exists and matches for the whole paging is on
 /// exactly one page, whatever is written meanwhile (pages start after the last id).
@@ -232,49 +288,65 @@ pub(crate) fn sessions_page(
     after: Option<&Cursor>,
     clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<SessionPage, EngineError> {
-    let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
-    let mut sessions = Vec::new();
-    let mut scanned = 0;
-    let mut last = None;
-    let mut ended = true;
-    let mut failed = None;
-    store.for_each_snapshot(after.map(|cursor| &cursor.0), &mut |stream, snapshot| {
-        scanned += 1;
-        let folded = match decode_snapshot(&snapshot) {
-            Some(folded) => Some((snapshot.provider, folded)),
-            None => match load_state(store, &stream) {
-                Ok(state) => state.map(|state| (state.provider, state.folded)),
-                Err(error) => {
-                    failed = Some(error);
-                    return ControlFlow::Break(());
-                }
-            },
-        };
-        if let Some((provider, Folded::Session(timeline))) = folded {
-            if filter.matches(provider, &timeline.state, clock) {
-                sessions.push(SessionView {
-                    session_id: stream.clone(),
+    let (sessions, next) = streams_page(
+        store,
+        "",
+        limit,
+        after,
+        &mut |session_id, provider, folded| match folded {
+            Folded::Session(timeline) if filter.matches(provider, &timeline.state, clock) => {
+                Some(SessionView {
+                    session_id,
                     provider,
                     events: timeline.arrivals,
                     rejected: timeline.rejected,
                     state: timeline.state,
-                });
+                })
             }
-        }
-        last = Some(stream);
-        if sessions.len() == limit || scanned == MAX_PAGE_SCAN {
-            ended = false;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    })?;
-    if let Some(error) = failed {
-        return Err(error);
-    }
-    Ok(SessionPage {
-        sessions,
-        next: if ended { None } else { last.map(Cursor) },
-    })
+            _ => None,
+        },
+    )?;
+    Ok(SessionPage { sessions, next })
+}
+
+/// One page of linked accounts, in stream-id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountPage {
+    /// The page's accounts (existing ones: not `absent`).
+    pub accounts: Vec<AccountView>,
+    /// Where the next page starts; `None` after the last account.
+    pub next: Option<Cursor>,
+}
+
+/// Up to `limit` existing accounts whose stream ids start with `prefix` (an account stream id
+/// starts `account:`; one user's accounts of one provider share
+/// `account:<provider>:<user id length>:<user id>:`), after `after`.
+pub(crate) fn accounts_page(
+    store: &dyn EventStore,
+    prefix: &str,
+    limit: usize,
+    after: Option<&Cursor>,
+) -> Result<AccountPage, EngineError> {
+    let (accounts, next) =
+        streams_page(
+            store,
+            prefix,
+            limit,
+            after,
+            &mut |_, _, folded| match folded {
+                Folded::Account { key, timeline }
+                    if timeline.state.state() != AccountState::Absent =>
+                {
+                    Some(AccountView {
+                        rejected: timeline.rejected,
+                        key,
+                        account: timeline.state,
+                    })
+                }
+                _ => None,
+            },
+        )?;
+    Ok(AccountPage { accounts, next })
 }
 
 /// Decodes a snapshot's state; `None` when this build cannot use it or it does not match its

@@ -1028,3 +1028,51 @@ async fn pages_of_sessions_cover_every_match_once_while_writes_go_on() {
     assert_eq!(exited, ["s-3", "s-50"]);
     assert!("s2.00".parse::<linkflow::Cursor>().is_err());
 }
+
+/// Accounts are a range of the store's streams: pages of them cover each once, and a user's
+/// accounts are found by their key's prefix, whatever else the store holds.
+#[tokio::test]
+async fn accounts_come_in_pages_and_by_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let linked = |n: u32| {
+        let key = linkflow_core::AccountKey {
+            provider: Provider::Knot,
+            external_user_id: format!("u{}", n % 3),
+            institution_id: n.to_string(),
+        };
+        IncomingEvent::with_body(
+            key.stream_id().unwrap(),
+            Provider::Knot,
+            linkflow_core::EventBody::Account {
+                account: key,
+                event: linkflow_core::AccountEvent::new(linkflow_core::AccountEventKind::Linked)
+                    .at(t(1)),
+            },
+        )
+    };
+    let mut batch: Vec<IncomingEvent> = (0..25).map(linked).collect();
+    batch.extend((0..30).map(|n| incoming(&format!("s-{n}"), EventKind::Opened, 0)));
+    engine.ingest_batch(batch).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = engine.accounts_page(10, after.take()).await.unwrap();
+        assert!(page.accounts.len() <= 10);
+        seen.extend(
+            page.accounts
+                .iter()
+                .map(|view| view.key.institution_id.clone()),
+        );
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    seen.sort_by_key(|id| id.parse::<u32>().unwrap());
+    assert_eq!(seen, (0..25).map(|n| n.to_string()).collect::<Vec<_>>());
+    let user_1 = engine.user_accounts("u1").await.unwrap();
+    assert_eq!(user_1.len(), 8, "institutions 1, 4, ..., 22");
+    assert!(user_1.iter().all(|view| view.key.external_user_id == "u1"));
+    assert!(engine.user_accounts("u").await.unwrap().is_empty());
+}
