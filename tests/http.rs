@@ -442,7 +442,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .unwrap();
 
     let response = client
-        .get(server.url("/v1/stream?from=10"))
+        .get(server.url("/v1/stream?after=10"))
         .send()
         .await
         .unwrap();
@@ -464,6 +464,19 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .await
         .unwrap();
     assert_eq!(read_sse_ids(resumed, 2).await, vec![15, 16]);
+    // One session's events only: the two of `live`, at positions 15 and 16, after position 0.
+    let one = client
+        .get(server.url("/v1/stream?after=0&session=live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_sse_ids(one, 2).await, vec![15, 16]);
+    let bad = client
+        .get(server.url("/v1/stream?session=%01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     // Each event carries its classification as its session's fold stood when it was stored:
     // a second MoneyKit open is rejected.
     let open = |second: u32| {
@@ -478,7 +491,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
         .await
         .unwrap();
     let classified = client
-        .get(server.url("/v1/stream?from=16"))
+        .get(server.url("/v1/stream?after=16"))
         .send()
         .await
         .unwrap();
@@ -495,7 +508,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
     assert_eq!(bad.status(), 400);
     // From the last possible position: an open stream with nothing to send, not an overflow.
     let mut beyond = client
-        .get(server.url(&format!("/v1/stream?from={}", u64::MAX)))
+        .get(server.url(&format!("/v1/stream?after={}", u64::MAX)))
         .send()
         .await
         .unwrap();
@@ -515,7 +528,7 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
 
     // An open stream does not hold up a graceful shutdown.
     let _open = client
-        .get(server.url("/v1/stream?from=16"))
+        .get(server.url("/v1/stream?after=16"))
         .send()
         .await
         .unwrap();

@@ -1,6 +1,8 @@
-//! `GET /v1/stream`: committed events in global order as server-sent events, from a position
-//! (`Last-Event-ID` or `?from=`): the log first (catch-up), then live. Each event's SSE id is its
-//! position, so a reconnecting client resumes exactly where it stopped.
+//! `GET /v1/stream`: committed events in global order as server-sent events, after a position
+//! (`Last-Event-ID` or `?after=`: the events *after* it, the position itself excluded; none:
+//! from the start): the log first (catch-up), then live. Each event's SSE id is its position,
+//! so a reconnecting client resumes exactly where it stopped. `?session=` keeps one stream's
+//! events (the others are read and skipped).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct StreamQuery {
-    from: Option<u64>,
+    after: Option<u64>,
+    session: Option<String>,
 }
 
 pub(crate) async fn events(
@@ -36,37 +39,49 @@ pub(crate) async fn events(
                     "Last-Event-ID must be a position (a whole number)",
                 )
             })?,
-        None => query.from.unwrap_or(0),
+        None => query.after.unwrap_or(0),
     };
+    let session = query.session.map(|id| crate::session_id(&id)).transpose()?;
     let subscription = state.engine.subscribe(Position(from));
     let shutting_down = state.shutting_down.clone();
     let events = stream::unfold(
         (subscription, shutting_down),
-        |(mut subscription, mut shutting_down)| async move {
-            if *shutting_down.borrow() {
-                return None;
+        move |(mut subscription, mut shutting_down)| {
+            let session = session.clone();
+            async move {
+                if *shutting_down.borrow() {
+                    return None;
+                }
+                let event = loop {
+                    let event = tokio::select! {
+                        event = subscription.next() => event.ok()?,
+                        _ = shutting_down.changed() => return None,
+                    };
+                    if session
+                        .as_ref()
+                        .is_none_or(|wanted| *wanted == event.stream)
+                    {
+                        break event;
+                    }
+                };
+                let data = json!({
+                    "position": event.position,
+                    "session_id": event.stream,
+                    "version": event.version,
+                    "event": event.data.body.name(),
+                    "raw_name": event.data.raw_name,
+                    "event_time": event.data.body.occurred_at(),
+                    // Rejected by its stream's fold as it stood when the event was stored (what its
+                    // ingest outcome said); a later arrival may change it (see the history).
+                    "rejected": event.rejected,
+                    "body": event.data.body,
+                });
+                let sse = Event::default()
+                    .id(event.position.to_string())
+                    .event("event")
+                    .data(data.to_string());
+                Some((Ok(sse), (subscription, shutting_down)))
             }
-            let event = tokio::select! {
-                event = subscription.next() => event.ok()?,
-                _ = shutting_down.changed() => return None,
-            };
-            let data = json!({
-                "position": event.position,
-                "session_id": event.stream,
-                "version": event.version,
-                "event": event.data.body.name(),
-                "raw_name": event.data.raw_name,
-                "event_time": event.data.body.occurred_at(),
-                // Rejected by its stream's fold as it stood when the event was stored (what its
-                // ingest outcome said); a later arrival may change it (see the history).
-                "rejected": event.rejected,
-                "body": event.data.body,
-            });
-            let sse = Event::default()
-                .id(event.position.to_string())
-                .event("event")
-                .data(data.to_string());
-            Some((Ok(sse), (subscription, shutting_down)))
         },
     );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

@@ -45,6 +45,19 @@ impl Subscription {
         self.after
     }
 
+    /// The subscription as a [`futures_util::Stream`] of events, ending after the engine is
+    /// gone and every committed event was yielded (a store error is yielded, then it ends).
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<StoredEvent, EngineError>> {
+        futures_util::stream::unfold(Some(self), |subscription| async move {
+            let mut subscription = subscription?;
+            match subscription.next().await {
+                Ok(event) => Some((Ok(event), Some(subscription))),
+                Err(EngineError::Closed) => None,
+                Err(error) => Some((Err(error), None)),
+            }
+        })
+    }
+
     /// The next event, waiting for one to commit if the subscriber is caught up. Fails with
     /// [`EngineError::Closed`] once the engine is gone and every committed event was returned.
     pub async fn next(&mut self) -> Result<StoredEvent, EngineError> {

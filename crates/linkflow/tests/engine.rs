@@ -1076,3 +1076,32 @@ async fn accounts_come_in_pages_and_by_user() {
     assert!(user_1.iter().all(|view| view.key.external_user_id == "u1"));
     assert!(engine.user_accounts("u").await.unwrap().is_empty());
 }
+
+/// A subscription is a `Stream` of events: catch-up then live, ending when the engine is gone.
+#[tokio::test]
+async fn a_subscription_is_a_stream_that_ends_with_the_engine() {
+    use futures_util::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    engine
+        .ingest_batch(vec![
+            incoming("a", EventKind::Opened, 0),
+            incoming("b", EventKind::Opened, 0),
+        ])
+        .await
+        .unwrap();
+    let mut stream = Box::pin(engine.subscribe(Position(1)).into_stream());
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.position, Position(2), "after is exclusive");
+    engine
+        .ingest(incoming("c", EventKind::Opened, 0))
+        .await
+        .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().position, Position(3));
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends with the engine"
+    );
+}
