@@ -140,10 +140,11 @@ impl Views<'_> {
                     response.status()
                 );
                 let mut body: Value = response.json().await.unwrap();
-                // Accounts come a page at a time over HTTP; the fixtures hold a page's worth.
-                match body.get_mut("accounts") {
-                    Some(accounts) => accounts.take(),
-                    None => body,
+                // Accounts and merchants come a page at a time over HTTP; the fixtures hold a
+                // page's worth.
+                match what {
+                    "accounts" | "merchants" => body[what].take(),
+                    _ => body,
                 }
             }
         }

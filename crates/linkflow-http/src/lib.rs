@@ -607,18 +607,18 @@ async fn show_user(
     })))
 }
 
+/// `GET /v1/merchants`: one page of merchant availability, `{merchants, next_cursor}`.
 async fn list_merchants(
     State(state): State<AppState>,
-) -> Result<Json<Vec<MerchantJson>>, ApiError> {
-    Ok(Json(
-        state
-            .engine
-            .merchants()
-            .await?
-            .iter()
-            .map(MerchantJson::from)
-            .collect(),
-    ))
+    Query(query): Query<PageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (limit, after) = query.parse()?;
+    let (merchants, next) = state.engine.merchants_page(limit, after).await?;
+    let merchants: Vec<MerchantJson> = merchants.iter().map(MerchantJson::from).collect();
+    Ok(Json(serde_json::json!({
+        "merchants": merchants,
+        "next_cursor": next.map(|cursor| cursor.to_string()),
+    })))
 }
 
 #[derive(Debug, Deserialize)]

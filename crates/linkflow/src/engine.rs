@@ -276,6 +276,17 @@ impl Engine {
         .await
     }
 
+    /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) merchant availabilities in stream
+    /// order after `after`, and where the next page starts (`None` after the last).
+    pub async fn merchants_page(
+        &self,
+        limit: usize,
+        after: Option<crate::Cursor>,
+    ) -> Result<(Vec<MerchantStatus>, Option<crate::Cursor>), EngineError> {
+        self.read(move |store| query::merchants_page(store, limit, after.as_ref()))
+            .await
+    }
+
     /// Every merchant availability (newest status per merchant, type, platform and SDK).
     pub async fn merchants(&self) -> Result<Vec<MerchantStatus>, EngineError> {
         self.read(query::merchants).await

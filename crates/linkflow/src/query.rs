@@ -309,6 +309,25 @@ pub(crate) fn sessions_page(
     Ok(SessionPage { sessions, next })
 }
 
+/// Up to `limit` merchant availabilities (the streams `merchant:...`, a range of the store)
+/// after `after`, and where the next page starts.
+pub(crate) fn merchants_page(
+    store: &dyn EventStore,
+    limit: usize,
+    after: Option<&Cursor>,
+) -> Result<(Vec<MerchantStatus>, Option<Cursor>), EngineError> {
+    streams_page(
+        store,
+        "merchant:",
+        limit,
+        after,
+        &mut |_, _, folded| match folded {
+            Folded::Merchant { status, .. } => status,
+            _ => None,
+        },
+    )
+}
+
 /// One page of linked accounts, in stream-id order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccountPage {
