@@ -1105,3 +1105,45 @@ async fn a_subscription_is_a_stream_that_ends_with_the_engine() {
         "the stream ends with the engine"
     );
 }
+
+/// A page reads at most `MAX_PAGE_SCAN` streams: a filter that matches nothing ends the first
+/// page there, empty, with a cursor to go on from; the next page reads the rest and ends.
+#[tokio::test]
+async fn a_page_reads_at_most_max_page_scan_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let total = linkflow::MAX_PAGE_SCAN + 5;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(2_000) {
+        engine
+            .ingest_batch(
+                chunk
+                    .iter()
+                    .map(|n| incoming(&format!("s-{n:06}"), EventKind::Opened, 0))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let none = SessionFilter {
+        phase: Some(Phase::Succeeded),
+        ..SessionFilter::default()
+    };
+    let first = engine.sessions_page(none.clone(), 10, None).await.unwrap();
+    assert!(first.sessions.is_empty());
+    let next = first
+        .next
+        .expect("the scan budget ended the page, not the store");
+    assert_eq!(
+        next.to_string(),
+        format!(
+            "s1.{}",
+            format!("s-{:06}", linkflow::MAX_PAGE_SCAN - 1)
+                .bytes()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<String>()
+        )
+    );
+    let second = engine.sessions_page(none, 10, Some(next)).await.unwrap();
+    assert!(second.sessions.is_empty());
+    assert!(second.next.is_none());
+}
