@@ -9,8 +9,9 @@
 //! |        |                                              | snapshot                           |
 //! | `D`    | `D` len:u16 session dedupe key (16 bytes)    | dedupe target (see below)          |
 //!
-//! Integers are big-endian so that byte order is numeric order; session ids are length-prefixed
-//! so that `acct-1` is not a prefix of `acct-10`.
+//! Integers are big-endian so that byte order is numeric order; session ids in `S` and `D` keys
+//! are length-prefixed so that `acct-1`'s keys are never a prefix scan's match for `acct-10`. A
+//! `K` key holds one whole id, so it needs no length and sorts by the id.
 //!
 //! One `G` key per commit, not per event: a commit's positions are handed out stream by stream
 //! (in order of each stream's first append in the commit), so its events form one run per
