@@ -575,6 +575,12 @@ mod any_json_over_http {
             Just("id".to_owned()),
             Just("timestamp".to_owned()),
             Just("data".to_owned()),
+            Just("eventName".to_owned()),
+            Just("metadata".to_owned()),
+            Just("webhook_type".to_owned()),
+            Just("webhook_code".to_owned()),
+            Just("events".to_owned()),
+            Just("item_id".to_owned()),
             ".{0,6}",
         ];
         let leaf = prop_oneof![
@@ -585,6 +591,9 @@ mod any_json_over_http {
                 Just("onEvent".to_owned()),
                 Just("AUTHENTICATED".to_owned()),
                 Just("open".to_owned()),
+                Just("LINK".to_owned()),
+                Just("EVENTS".to_owned()),
+                Just("ITEM".to_owned()),
                 ".{0,12}",
                 // Now and then far past the record size limit: a 413, never a partial write.
                 "x{9000}",
@@ -614,6 +623,8 @@ mod any_json_over_http {
             "/v1/events/benji",
             "/v1/events/knot",
             "/v1/webhooks/knot",
+            "/v1/events/plaid",
+            "/v1/webhooks/plaid",
         ];
         let config = ProptestConfig {
             cases: 96,

@@ -780,9 +780,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
     #[test]
-    fn no_input_bytes_panic_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512), feed in 0..4usize) {
+    fn no_input_bytes_panic_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512), feed in 0..Feed::ALL.len()) {
         let text = String::from_utf8_lossy(&bytes);
         let _ = decode(Feed::ALL[feed], &text, &context());
+        for part in linkflow_providers::expand(Feed::ALL[feed], text.into_owned()) {
+            let _ = decode(Feed::ALL[feed], &part, &context());
+        }
         let _ = split_all(&bytes);
     }
 
@@ -796,16 +799,20 @@ proptest! {
         bytes.truncate(cut.index(bytes.len() + 1).max(at));
         let mutated = String::from_utf8_lossy(&bytes);
         for feed in Feed::ALL.into_iter().chain([*feed]) {
-            let _ = decode(feed, &mutated, &context());
+            for part in linkflow_providers::expand(feed, mutated.to_string()) {
+                let _ = decode(feed, &part, &context());
+            }
         }
     }
 
     /// The intake rule, for any JSON value: every feed decodes it to an event or a quarantine
     /// entry; nothing JSON is refused.
     #[test]
-    fn any_json_value_is_an_event_or_quarantined(value in any_json(), feed in 0..4usize) {
-        let text = value.to_string();
-        prop_assert!(decode(Feed::ALL[feed], &text, &context()).is_ok());
+    fn any_json_value_is_an_event_or_quarantined(value in any_json(), feed in 0..Feed::ALL.len()) {
+        let feed = Feed::ALL[feed];
+        for part in linkflow_providers::expand(feed, value.to_string()) {
+            prop_assert!(decode(feed, &part, &context()).is_ok());
+        }
     }
 }
 
@@ -827,6 +834,15 @@ fn any_json() -> impl Strategy<Value = Value> {
         Just("metadata".to_owned()),
         Just("error".to_owned()),
         Just("token".to_owned()),
+        Just("eventName".to_owned()),
+        Just("webhook_type".to_owned()),
+        Just("webhook_code".to_owned()),
+        Just("events".to_owned()),
+        Just("event_name".to_owned()),
+        Just("event_metadata".to_owned()),
+        Just("item_id".to_owned()),
+        Just("public_token".to_owned()),
+        Just("view_name".to_owned()),
         ".{0,6}",
     ];
     let leaf = prop_oneof![
@@ -840,6 +856,11 @@ fn any_json() -> impl Strategy<Value = Value> {
             Just("onEvent".to_owned()),
             Just("AUTHENTICATED".to_owned()),
             Just("open".to_owned()),
+            Just("LINK".to_owned()),
+            Just("EVENTS".to_owned()),
+            Just("ITEM".to_owned()),
+            Just("HANDOFF".to_owned()),
+            Just("SESSION_FINISHED".to_owned()),
             ".{0,12}"
         ]
         .prop_map(Value::from),
