@@ -177,7 +177,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct IngestQuery {
     session_id: Option<String>,
     external_user_id: Option<String>,
@@ -304,10 +304,8 @@ async fn ingest_knot(
         signature::verify(secret, signature_header, &body, content_type)
             .map_err(|error| ApiError::unauthorized(error.to_string()))?;
     }
-    let query = IngestQuery {
-        session_id: None,
-        external_user_id: None,
-    };
+    // A webhook names its own streams: no query parameters.
+    let query = IngestQuery::default();
     ingest(&state, Feed::Knot, &body, query, "POST /v1/webhooks/knot").await
 }
 
@@ -334,15 +332,11 @@ async fn ingest_plaid_webhook(
                 }
             })?;
     }
-    let query = IngestQuery {
-        session_id: None,
-        external_user_id: None,
-    };
     ingest(
         &state,
         Feed::PlaidWebhook,
         &body,
-        query,
+        IngestQuery::default(),
         "POST /v1/webhooks/plaid",
     )
     .await

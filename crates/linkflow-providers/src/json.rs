@@ -95,6 +95,13 @@ impl<'a> Obj<'a> {
         as_text(value, &self.path_of(key), notes)
     }
 
+    /// The path and text of the first of `keys` that is present (`text` rules): where an id
+    /// was found, for [`crate::session_for`]'s messages.
+    pub fn found_text(&self, keys: &[&'static str], notes: &mut Notes) -> Option<(String, String)> {
+        let (key, _) = self.first_of(keys)?;
+        Some((self.path_of(key), self.text(key, notes)?))
+    }
+
     /// An id: a non-empty string or an integer. Anything else is noted and skipped.
     pub fn id_of(&self, keys: &[&'static str], notes: &mut Notes) -> Option<String> {
         let (key, value) = self.first_of(keys)?;

@@ -92,14 +92,8 @@ pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
     let meta = root.obj("meta", notes);
     let found = meta
         .as_ref()
-        .and_then(|meta| {
-            let (key, _) = meta.first_of(&["link_session_id", "linkSessionId"])?;
-            Some((meta.path_of(key), meta.text(key, notes)?))
-        })
-        .or_else(|| {
-            let (key, _) = root.first_of(&["sessionId", "session_id"])?;
-            Some((root.path_of(key), root.text(key, notes)?))
-        });
+        .and_then(|meta| meta.found_text(&["link_session_id", "linkSessionId"], notes))
+        .or_else(|| root.found_text(&["sessionId", "session_id"], notes));
     let session = match session_for(found, payload.context, notes) {
         Ok(session) => session,
         Err(reason) => return payload.nowhere(reason, Some(&name)),

@@ -299,16 +299,11 @@ pub(crate) fn decode(payload: Payload<'_>, notes: &mut Notes) -> Routed {
             String::new()
         }
     };
+    let keys = ["link_session_id", "linkSessionId"];
     let found = meta
         .as_ref()
-        .and_then(|meta| {
-            let (key, _) = meta.first_of(&["link_session_id", "linkSessionId"])?;
-            Some((meta.path_of(key), meta.text(key, notes)?))
-        })
-        .or_else(|| {
-            let (key, _) = root.first_of(&["link_session_id", "linkSessionId"])?;
-            Some((root.path_of(key), root.text(key, notes)?))
-        });
+        .and_then(|meta| meta.found_text(&keys, notes))
+        .or_else(|| root.found_text(&keys, notes));
     let session = match session_for(found, payload.context, notes) {
         Ok(session) => session,
         Err(reason) => return payload.nowhere(reason, Some(&raw_name)),

@@ -177,9 +177,7 @@ fn link_webhook(
     payload: Payload<'_>,
     notes: &mut Notes,
 ) -> Routed {
-    let found = root
-        .text("link_session_id", notes)
-        .map(|text| ("$.link_session_id".to_owned(), text));
+    let found = root.found_text(&["link_session_id"], notes);
     let session = match session_for(found, payload.context, notes) {
         Ok(session) => session,
         Err(reason) => return payload.nowhere(reason, Some(&raw_name)),

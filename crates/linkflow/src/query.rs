@@ -293,17 +293,9 @@ pub(crate) fn sessions_page(
         "",
         limit,
         after,
-        &mut |session_id, provider, folded| match folded {
-            Folded::Session(timeline) if filter.matches(provider, &timeline.state, clock) => {
-                Some(SessionView {
-                    session_id,
-                    provider,
-                    events: timeline.arrivals,
-                    rejected: timeline.rejected,
-                    state: timeline.state,
-                })
-            }
-            _ => None,
+        &mut |session_id, provider, folded| {
+            session_view(session_id, provider, folded)
+                .filter(|view| filter.matches(provider, &view.state, clock))
         },
     )?;
     Ok(SessionPage { sessions, next })
@@ -346,26 +338,38 @@ pub(crate) fn accounts_page(
     limit: usize,
     after: Option<&Cursor>,
 ) -> Result<AccountPage, EngineError> {
-    let (accounts, next) =
-        streams_page(
-            store,
-            prefix,
-            limit,
-            after,
-            &mut |_, _, folded| match folded {
-                Folded::Account { key, timeline }
-                    if timeline.state.state() != AccountState::Absent =>
-                {
-                    Some(AccountView {
-                        rejected: timeline.rejected,
-                        key,
-                        account: timeline.state,
-                    })
-                }
-                _ => None,
-            },
-        )?;
+    let (accounts, next) = streams_page(store, prefix, limit, after, &mut |_, _, folded| {
+        account_view(folded)
+    })?;
     Ok(AccountPage { accounts, next })
+}
+
+/// A session stream's view, `None` for other streams.
+fn session_view(session_id: SessionId, provider: Provider, folded: Folded) -> Option<SessionView> {
+    match folded {
+        Folded::Session(timeline) => Some(SessionView {
+            session_id,
+            provider,
+            events: timeline.arrivals,
+            rejected: timeline.rejected,
+            state: timeline.state,
+        }),
+        _ => None,
+    }
+}
+
+/// An existing account's view (not `absent`), `None` for other streams.
+fn account_view(folded: Folded) -> Option<AccountView> {
+    match folded {
+        Folded::Account { key, timeline } if timeline.state.state() != AccountState::Absent => {
+            Some(AccountView {
+                rejected: timeline.rejected,
+                key,
+                account: timeline.state,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Decodes a snapshot's state; `None` when this build cannot use it or it does not match its
@@ -689,18 +693,8 @@ pub(crate) fn sessions(
 ) -> Result<Vec<SessionView>, EngineError> {
     Ok(all_states(store)?
         .into_iter()
-        .filter_map(|(session_id, provider, folded)| match folded {
-            Folded::Session(timeline) if filter.matches(provider, &timeline.state, clock) => {
-                Some(SessionView {
-                    session_id,
-                    provider,
-                    events: timeline.arrivals,
-                    rejected: timeline.rejected,
-                    state: timeline.state,
-                })
-            }
-            _ => None,
-        })
+        .filter_map(|(session_id, provider, folded)| session_view(session_id, provider, folded))
+        .filter(|view| filter.matches(view.provider, &view.state, clock))
         .collect())
 }
 
@@ -797,16 +791,7 @@ pub(crate) fn rebuild_from_log(store: &dyn EventStore) -> Result<RebuildStats, E
 pub(crate) fn accounts(store: &dyn EventStore) -> Result<Vec<AccountView>, EngineError> {
     let mut views: Vec<AccountView> = all_states(store)?
         .into_iter()
-        .filter_map(|(_, _, folded)| match folded {
-            Folded::Account { key, timeline } if timeline.state.state() != AccountState::Absent => {
-                Some(AccountView {
-                    rejected: timeline.rejected,
-                    key,
-                    account: timeline.state,
-                })
-            }
-            _ => None,
-        })
+        .filter_map(|(_, _, folded)| account_view(folded))
         .collect();
     views.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(views)
