@@ -39,10 +39,19 @@ pub const PENDING_DISCONNECT_NOTICE: Duration = Duration::days(7);
 /// The one event of an `EVENTS` webhook that [`expand`] split, under this key.
 pub const EXPANDED_EVENT: &str = "event";
 
+/// The most events an `EVENTS` webhook is split into (a delivery's bound).
+pub const MAX_SPLIT_EVENTS: usize = crate::MAX_EVENTS_PER_DELIVERY;
+
+/// The largest envelope (the webhook without its events) copied into each split event: Plaid's
+/// are a few hundred bytes; a larger one would be copied once per event.
+pub const MAX_SPLIT_ENVELOPE_BYTES: usize = 16 * 1024;
+
 /// Splits an `EVENTS` webhook into one payload text per event: the webhook's other fields,
 /// the event under [`EXPANDED_EVENT`], and `event_index` / `event_count` (where it was in the
 /// webhook). Any other text is returned as it is, one payload (so that a body that is not
-/// JSON is refused by the decoder, with its reason).
+/// JSON is refused by the decoder, with its reason), and so is an `EVENTS` webhook past
+/// [`MAX_SPLIT_EVENTS`] or [`MAX_SPLIT_ENVELOPE_BYTES`] (kept whole, with a warning, or
+/// refused by the record size limit: never copied without bound).
 pub fn expand(text: String) -> Vec<String> {
     let Ok(Value::Object(mut root)) = serde_json::from_str::<Value>(&text) else {
         return vec![text];
@@ -54,6 +63,10 @@ pub fn expand(text: String) -> Vec<String> {
         _ => return vec![text],
     };
     root.remove("events");
+    let envelope = Value::Object(root.clone()).to_string().len();
+    if events.len() > MAX_SPLIT_EVENTS || envelope > MAX_SPLIT_ENVELOPE_BYTES {
+        return vec![text];
+    }
     let count = events.len();
     events
         .into_iter()
@@ -206,7 +219,7 @@ fn link_webhook(
             None => {
                 notes.warn(
                     "$.events",
-                    "no event: the webhook is kept as a provider event",
+                    "not split into events (none, or past the split's bounds): the webhook is kept whole as a provider event",
                 );
                 (
                     Event::new(EventKind::ProviderEvent).at_or_received(None, received_at),
@@ -262,6 +275,14 @@ mod tests {
         assert_eq!(second["event_count"], 2);
         assert_eq!(second["link_session_id"], "s");
         assert!(second.get("events").is_none());
+        // Past the bounds: kept whole, not copied once per event.
+        let big_envelope = format!(
+            r#"{{"webhook_type":"LINK","webhook_code":"EVENTS","link_session_id":"s","padding":"{}","events":[{{}},{{}}]}}"#,
+            "x".repeat(MAX_SPLIT_ENVELOPE_BYTES)
+        );
+        assert_eq!(expand(big_envelope.clone()), vec![big_envelope]);
+        let many = serde_json::json!({"webhook_type": "LINK", "webhook_code": "EVENTS", "events": vec![serde_json::json!({}); MAX_SPLIT_EVENTS + 1]}).to_string();
+        assert_eq!(expand(many.clone()).len(), 1);
         for whole in [
             "not json",
             r#"{"webhook_type":"LINK","webhook_code":"EVENTS","events":[]}"#,
