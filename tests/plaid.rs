@@ -705,3 +705,48 @@ async fn plaids_conversion_is_linkflows_succeeded_count_and_the_funnel_groups_by
     );
     engine.shutdown().await.unwrap();
 }
+
+/// A Plaid key configuration that cannot work stops `serve` at start with a message naming
+/// it, instead of serving webhooks it cannot verify.
+#[test]
+fn a_bad_plaid_key_configuration_stops_serve_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_file = dir.path().join("keys.json");
+    std::fs::write(&bad_file, "{\"nope\": 1}").unwrap();
+    let missing = dir.path().join("absent.json");
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("LINKFLOW_PLAID_JWKS", bad_file.to_str().unwrap())],
+            "not a JWK set",
+        ),
+        (
+            &[("LINKFLOW_PLAID_JWKS", missing.to_str().unwrap())],
+            "cannot read LINKFLOW_PLAID_JWKS",
+        ),
+        (
+            &[
+                ("LINKFLOW_PLAID_CLIENT_ID", "c"),
+                ("LINKFLOW_PLAID_SECRET", "s"),
+                ("LINKFLOW_PLAID_ENV", "staging"),
+            ],
+            "LINKFLOW_PLAID_ENV is `staging`",
+        ),
+    ];
+    for (env, expected) in cases {
+        let mut command = Command::new(linkflow_bin());
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("LINKFLOW_PLAID_JWKS")
+            .env_remove("LINKFLOW_PLAID_CLIENT_ID")
+            .env_remove("LINKFLOW_PLAID_SECRET");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{expected}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
