@@ -178,6 +178,22 @@ impl linkflow_store::EventStore for FailingDisk {
     ) -> Result<(), linkflow_store::StoreError> {
         self.inner.for_each_snapshot(after, visit)
     }
+    fn for_each_index_key(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), linkflow_store::StoreError> {
+        self.inner.for_each_index_key(from, to, visit)
+    }
+    fn for_each_counter(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], i64) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), linkflow_store::StoreError> {
+        self.inner.for_each_counter(from, to, visit)
+    }
     fn for_each_event_by_stream(
         &self,
         visit: &mut dyn FnMut(linkflow_store::StoredEvent) -> std::ops::ControlFlow<()>,

@@ -47,6 +47,16 @@ CREATE TABLE linkflow_snapshots (
     record bytea NOT NULL
 );
 
+-- The engine's index entries (keys only, compared bytewise) and counters, written in the
+-- commit of the events they derive from. A counter at zero is deleted.
+CREATE TABLE linkflow_index (
+    key bytea PRIMARY KEY
+);
+CREATE TABLE linkflow_counters (
+    key bytea PRIMARY KEY,
+    value bigint NOT NULL CHECK (value <> 0)
+);
+
 -- Markers the engine keeps: `folded_with`, the rules every snapshot was folded with.
 CREATE TABLE linkflow_meta (
     name text PRIMARY KEY,

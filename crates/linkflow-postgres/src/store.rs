@@ -167,6 +167,7 @@ impl PgStore {
                 client
                     .batch_execute(
                         "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots, linkflow_meta,
+                                              linkflow_index, linkflow_counters,
                                               linkflow_head, linkflow_schema",
                     )
                     .await
@@ -283,6 +284,27 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
         .iter()
         .map(|&i| &plan.snapshots[i].record[..])
         .collect();
+    let mut index_puts: Vec<&[u8]> = Vec::new();
+    let mut index_deletes: Vec<&[u8]> = Vec::new();
+    for (key, present) in &plan.index.entries {
+        if *present {
+            index_puts.push(key);
+        } else {
+            index_deletes.push(key);
+        }
+    }
+    let counter_keys: Vec<&[u8]> = plan
+        .index
+        .counters
+        .iter()
+        .map(|(key, _)| &key[..])
+        .collect();
+    let counter_deltas: Vec<i64> = plan
+        .index
+        .counters
+        .iter()
+        .map(|(_, delta)| *delta)
+        .collect();
     let head = to_i64(plan.receipt.head.0, "head")?;
     let head_text = plan.receipt.head.0.to_string();
 
@@ -302,6 +324,33 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
              SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
              ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record",
             vec![&snap_streams, &snap_versions, &snap_records],
+        ));
+    }
+    if !index_puts.is_empty() {
+        statements.push((
+            "INSERT INTO linkflow_index (key) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
+            vec![&index_puts],
+        ));
+    }
+    if !index_deletes.is_empty() {
+        statements.push((
+            "DELETE FROM linkflow_index WHERE key = ANY($1::bytea[])",
+            vec![&index_deletes],
+        ));
+    }
+    if !counter_keys.is_empty() {
+        // Statements of one pipeline run in order: the sums first, then the counters they
+        // brought to zero go.
+        statements.push((
+            "WITH summed AS (
+                 SELECT k.key, coalesce(c.value, 0) + k.delta AS value
+                   FROM unnest($1::bytea[], $2::int8[]) AS k(key, delta)
+                   LEFT JOIN linkflow_counters c ON c.key = k.key)
+             MERGE INTO linkflow_counters c USING summed s ON c.key = s.key
+             WHEN MATCHED AND s.value = 0 THEN DELETE
+             WHEN MATCHED THEN UPDATE SET value = s.value
+             WHEN NOT MATCHED AND s.value <> 0 THEN INSERT (key, value) VALUES (s.key, s.value)",
+            vec![&counter_keys, &counter_deltas],
         ));
     }
     futures_util::future::try_join_all(
@@ -653,6 +702,73 @@ impl EventStore for PgStore {
                 if visit(session(stream, || what)?, snapshot).is_break() {
                     return Ok(());
                 }
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn for_each_index_key(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut low = from.to_vec();
+        let mut inclusive = true;
+        loop {
+            let rows = self.query_rows(
+                "SELECT key FROM linkflow_index
+                  WHERE (key > $1 OR ($3 AND key = $1)) AND key < $2 ORDER BY key LIMIT $4",
+                vec![
+                    Box::new(low.clone()),
+                    Box::new(to.to_vec()),
+                    Box::new(inclusive),
+                    Box::new(PAGE),
+                ],
+            )?;
+            for row in &rows {
+                let key: Vec<u8> = col(row, 0)?;
+                if visit(&key).is_break() {
+                    return Ok(());
+                }
+                low = key;
+                inclusive = false;
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn for_each_counter(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut low = from.to_vec();
+        let mut inclusive = true;
+        loop {
+            let rows = self.query_rows(
+                "SELECT key, value FROM linkflow_counters
+                  WHERE (key > $1 OR ($3 AND key = $1)) AND key < $2 ORDER BY key LIMIT $4",
+                vec![
+                    Box::new(low.clone()),
+                    Box::new(to.to_vec()),
+                    Box::new(inclusive),
+                    Box::new(PAGE),
+                ],
+            )?;
+            for row in &rows {
+                let key: Vec<u8> = col(row, 0)?;
+                let value: i64 = col(row, 1)?;
+                if visit(&key, value).is_break() {
+                    return Ok(());
+                }
+                low = key;
+                inclusive = false;
             }
             if (rows.len() as i64) < PAGE {
                 return Ok(());

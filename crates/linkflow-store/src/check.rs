@@ -4,7 +4,7 @@
 //! answers what its log holds ([`StoredLog`]) and writes the [`Checked`] commit atomically;
 //! checking in one place is what makes every backend refuse the same commits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use linkflow_core::{Position, SessionId, Version};
 
@@ -13,7 +13,7 @@ use crate::record::{
     decode_event_record, decode_snapshot_record, encode_event, encode_snapshot, DedupeKey,
     StoredEvent, MAX_RECORD_BYTES,
 };
-use crate::store::{Append, Commit, Placed, Receipt};
+use crate::store::{Append, Commit, IndexChange, Placed, Receipt, MAX_INDEX_KEY_BYTES};
 
 /// What the log held before the commit, as far as its constraints ask.
 pub trait StoredLog {
@@ -58,6 +58,58 @@ pub struct Checked {
     pub snapshots: Vec<CheckedSnapshot>,
     /// What the commit answers once written.
     pub receipt: Receipt,
+    /// Its index and counter writes.
+    pub index: IndexWrites,
+}
+
+/// A commit's index and counter writes, each key once, in key order.
+#[derive(Debug, Default)]
+pub struct IndexWrites {
+    /// Every index key the commit changes, and whether it is present after it.
+    pub entries: Vec<(Vec<u8>, bool)>,
+    /// Every counter the commit changes, and the sum of its deltas (never zero).
+    pub counters: Vec<(Vec<u8>, i64)>,
+}
+
+/// Checks a commit's index and counter keys and merges its changes: the last change of an
+/// index key wins, the deltas of a counter are summed, and a counter summing to zero is left
+/// out.
+fn check_index(
+    index: Vec<IndexChange>,
+    counters: Vec<(Vec<u8>, i64)>,
+) -> Result<IndexWrites, CommitError> {
+    let check = |key: &[u8]| {
+        if key.is_empty() || key.len() > MAX_INDEX_KEY_BYTES {
+            Err(CommitError::InvalidIndexKey {
+                bytes: key.len(),
+                start: key[..key.len().min(16)].to_vec(),
+                limit: MAX_INDEX_KEY_BYTES,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let mut entries: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+    for change in index {
+        let (key, present) = match change {
+            IndexChange::Put(key) => (key, true),
+            IndexChange::Delete(key) => (key, false),
+        };
+        check(&key)?;
+        entries.insert(key, present);
+    }
+    let mut sums: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+    for (key, delta) in counters {
+        check(&key)?;
+        let sum = sums.entry(key).or_default();
+        *sum = sum.checked_add(delta).ok_or_else(|| {
+            StoreError::Internal("a commit's counter deltas overflow 64 bits".into())
+        })?;
+    }
+    Ok(IndexWrites {
+        entries: entries.into_iter().collect(),
+        counters: sums.into_iter().filter(|(_, sum)| *sum != 0).collect(),
+    })
 }
 
 /// Checks `commit` against the log described by `log`, whose last position is `head`, and
@@ -70,6 +122,7 @@ pub fn check_commit(
     head: Position,
     log: &mut dyn StoredLog,
 ) -> Result<Checked, CommitError> {
+    let index = check_index(commit.index, commit.counters)?;
     let versions = check_appends(&commit.appends, log)?;
     let snapshots = check_snapshots(commit.snapshots, &versions, log)?;
     let (events, appended) = number(commit.appends, head)?;
@@ -78,6 +131,7 @@ pub fn check_commit(
         events,
         snapshots,
         receipt: Receipt { head, appended },
+        index,
     })
 }
 

@@ -78,6 +78,9 @@ macro_rules! conformance_tests {
             a_long_stream_dedupes_every_key_across_many_commits,
             the_rules_marker_is_kept_across_a_reopen,
             a_closed_store_takes_no_writes_and_keeps_its_reads,
+            index_entries_commit_with_their_events_and_walk_in_byte_order,
+            counters_sum_their_deltas_and_vanish_at_zero,
+            a_refused_commit_writes_no_index_entry_or_counter,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -1022,5 +1025,196 @@ pub fn a_closed_store_takes_no_writes_and_keeps_its_reads<H: Harness>() {
     let store = harness.open();
     assert_eq!(store.head().unwrap(), Position(1));
     assert_eq!(store.stream_start(&a).unwrap().version, Version(1));
+    assert_clean(&store);
+}
+
+fn index_keys<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    store
+        .for_each_index_key(from, to, &mut |key| {
+            keys.push(key.to_vec());
+            ControlFlow::Continue(())
+        })
+        .expect("the index walks");
+    keys
+}
+
+fn counters<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, i64)> {
+    let mut counters = Vec::new();
+    store
+        .for_each_counter(from, to, &mut |key, value| {
+            counters.push((key.to_vec(), value));
+            ControlFlow::Continue(())
+        })
+        .expect("the counters walk");
+    counters
+}
+
+/// Index entries are written by the commit that carries them (with its events, or alone),
+/// removed by a later one, walked in byte order within `[from, to)` (bytes above 0x7f
+/// included: keys are compared as bytes), stopped when the visitor breaks, and kept across a
+/// reopen; a commit's last change of a key wins.
+pub fn index_entries_commit_with_their_events_and_walk_in_byte_order<H: Harness>() {
+    use crate::store::IndexChange::{Delete, Put};
+    let harness = H::fresh();
+    {
+        let store = harness.open();
+        let mut first = Commit {
+            index: vec![
+                Put(b"p\x01b".to_vec()),
+                Put(b"p\x01a".to_vec()),
+                Put(b"p\x02a".to_vec()),
+                Put(b"p\xffz".to_vec()),
+                Put(b"q\x00".to_vec()),
+                Put(b"p\x01gone".to_vec()),
+                Delete(b"p\x01gone".to_vec()),
+            ],
+            ..Commit::default()
+        };
+        first.appends.push(Append {
+            stream: stream("a"),
+            expected: Version::EMPTY,
+            stored_at: event(1).received_at,
+            event: event(1),
+            rejected: false,
+        });
+        store.commit(first).expect("commit with index entries");
+        assert_eq!(
+            index_keys(&store, b"p", b"q"),
+            vec![
+                b"p\x01a".to_vec(),
+                b"p\x01b".to_vec(),
+                b"p\x02a".to_vec(),
+                b"p\xffz".to_vec()
+            ]
+        );
+        assert_eq!(
+            index_keys(&store, b"p\x01", b"p\x02"),
+            vec![b"p\x01a".to_vec(), b"p\x01b".to_vec()]
+        );
+        // `from` is inclusive: a page resumes at its last key plus a zero byte.
+        assert_eq!(
+            index_keys(&store, b"p\x01a\x00", b"p\x02"),
+            vec![b"p\x01b".to_vec()]
+        );
+        assert!(index_keys(&store, b"p\x02", b"p\x01").is_empty());
+        let mut seen = 0;
+        store
+            .for_each_index_key(b"p", b"q", &mut |_| {
+                seen += 1;
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        assert_eq!(seen, 1, "the walk stops when the visitor breaks");
+        // An index change alone is a commit too.
+        let second = Commit {
+            index: vec![Delete(b"p\x01a".to_vec()), Put(b"p\x03c".to_vec())],
+            ..Commit::default()
+        };
+        assert!(!second.is_empty());
+        store.commit(second).expect("commit of index changes alone");
+        store.sync().unwrap();
+    }
+    let store = harness.open();
+    assert_eq!(
+        index_keys(&store, b"p", b"q"),
+        vec![
+            b"p\x01b".to_vec(),
+            b"p\x02a".to_vec(),
+            b"p\x03c".to_vec(),
+            b"p\xffz".to_vec()
+        ]
+    );
+    assert_eq!(index_keys(&store, b"q", b"r"), vec![b"q\x00".to_vec()]);
+    assert_clean(&store);
+}
+
+/// A counter is the sum of every delta committed to it (deltas of one commit to one key
+/// summed first), negative ones included; one that reaches zero is not stored (and not
+/// visited) until a later delta; counters survive a reopen.
+pub fn counters_sum_their_deltas_and_vanish_at_zero<H: Harness>() {
+    let harness = H::fresh();
+    {
+        let store = harness.open();
+        let deltas = |deltas: &[(&[u8], i64)]| Commit {
+            counters: deltas.iter().map(|(k, d)| (k.to_vec(), *d)).collect(),
+            ..Commit::default()
+        };
+        store
+            .commit(deltas(&[(b"c/a", 3), (b"c/b", 1), (b"c/a", 2), (b"d", 7)]))
+            .unwrap();
+        assert_eq!(
+            counters(&store, b"c/", b"c0"),
+            vec![(b"c/a".to_vec(), 5), (b"c/b".to_vec(), 1)]
+        );
+        store
+            .commit(deltas(&[
+                (b"c/a", -5),
+                (b"c/b", -3),
+                (b"c/z", 2),
+                (b"c/z", -2),
+            ]))
+            .unwrap();
+        assert_eq!(counters(&store, b"c/", b"c0"), vec![(b"c/b".to_vec(), -2)]);
+        store.commit(deltas(&[(b"c/a", 1)])).unwrap();
+        store.sync().unwrap();
+    }
+    let store = harness.open();
+    assert_eq!(
+        counters(&store, b"c", b"e"),
+        vec![
+            (b"c/a".to_vec(), 1),
+            (b"c/b".to_vec(), -2),
+            (b"d".to_vec(), 7)
+        ]
+    );
+    assert_clean(&store);
+}
+
+/// A commit refused for any reason (a conflict, a key out of bounds) writes none of its index
+/// entries or counters.
+pub fn a_refused_commit_writes_no_index_entry_or_counter<H: Harness>() {
+    use crate::store::IndexChange::Put;
+    let harness = H::fresh();
+    let store = harness.open();
+    let mut conflicting = Commit {
+        index: vec![Put(b"i/conflict".to_vec())],
+        counters: vec![(b"c/conflict".to_vec(), 1)],
+        ..Commit::default()
+    };
+    conflicting.appends.push(Append {
+        stream: stream("a"),
+        expected: Version(3),
+        stored_at: event(1).received_at,
+        event: event(1),
+        rejected: false,
+    });
+    assert!(matches!(
+        store.commit(conflicting),
+        Err(CommitError::Conflict { .. })
+    ));
+    for bad in [Vec::new(), vec![b'k'; crate::MAX_INDEX_KEY_BYTES + 1]] {
+        let error = store
+            .commit(Commit {
+                index: vec![Put(b"i/fine".to_vec()), Put(bad.clone())],
+                counters: vec![(b"c/fine".to_vec(), 1)],
+                ..Commit::default()
+            })
+            .expect_err("a key out of bounds is refused");
+        assert!(
+            matches!(error, CommitError::InvalidIndexKey { bytes, .. } if bytes == bad.len()),
+            "{error:?}"
+        );
+        let error = store
+            .commit(Commit {
+                counters: vec![(b"c/fine".to_vec(), 1), (bad.clone(), 1)],
+                ..Commit::default()
+            })
+            .expect_err("a counter key out of bounds is refused");
+        assert!(matches!(error, CommitError::InvalidIndexKey { .. }));
+    }
+    assert!(index_keys(&store, b"i", b"j").is_empty());
+    assert!(counters(&store, b"c", b"d").is_empty());
+    assert_eq!(store.head().unwrap(), Position::START);
     assert_clean(&store);
 }

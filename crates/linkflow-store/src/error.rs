@@ -58,6 +58,17 @@ pub enum CommitError {
         /// The limit ([`crate::MAX_RECORD_BYTES`]).
         limit: usize,
     },
+    /// An index or counter key is empty or longer than [`crate::MAX_INDEX_KEY_BYTES`].
+    /// Nothing was written.
+    #[error("an index or counter key of {bytes} bytes (starting {start:?}); keys are 1 to {limit} bytes; nothing was written")]
+    InvalidIndexKey {
+        /// The key's length.
+        bytes: usize,
+        /// Its first bytes (at most 16).
+        start: Vec<u8>,
+        /// The limit.
+        limit: usize,
+    },
     /// The store could not take the commit (its disk failed, it was closed, a record it had
     /// to read is damaged, the database failed).
     #[error(transparent)]

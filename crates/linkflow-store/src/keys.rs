@@ -19,6 +19,14 @@
 //! run str(session) varint(first version) varint(events). The positions of the runs follow each other from the key's
 //! first position.
 //!
+//! | `I`    | `I` index key (the engine's bytes)           | empty                              |
+//! | `C`    | `C` counter key (the engine's bytes)         | the counter: i64 BE, never zero    |
+//!
+//! `I` and `C` keys are the engine's index entries and counters (`Commit::index`,
+//! `Commit::counters`), written in the frame of the commit they belong to; a counter's new
+//! value is computed under the writer lock from the staged value, and the frame holds the
+//! value, not the delta, so replaying a frame twice writes the same.
+//!
 //! | `M`    | `Mlayout`                                    | layout version: u32 BE             |
 //! | `M`    | `Mwal`                                       | last write-ahead log frame: u64    |
 //! | `M`    | `Mfolded`                                    | rules the snapshots are folded with: u32 |
@@ -47,6 +55,8 @@ pub(crate) const EVENT: u8 = b'S';
 pub(crate) const GLOBAL: u8 = b'G';
 pub(crate) const DEDUPE: u8 = b'D';
 pub(crate) const LIST: u8 = b'K';
+pub(crate) const INDEX: u8 = b'I';
+pub(crate) const COUNTER: u8 = b'C';
 
 /// The key holding the layout version.
 pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
@@ -56,10 +66,11 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// past `Mwal` opening replays, each `K` head holding its stream's version, every value in
 /// the core's compact form. Layouts 2 to 5 kept refused events apart (`P` keys), layout 6 kept
 /// no version in a head, layout 7 kept fixed-width integers in `G` and `D` values and a target
-/// tag in dedupe entries, layout 8 length-prefixed `K` keys (heads not in id order); they are
+/// tag in dedupe entries, layout 8 length-prefixed `K` keys (heads not in id order), layout 9 kept no index
+/// entries or counters (`I`, `C`); they are
 /// refused at open, as is a store without a layout key (layout 1); nothing has been released,
 /// so none is migrated.
-pub(crate) const LAYOUT: u32 = 9;
+pub(crate) const LAYOUT: u32 = 10;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";
@@ -106,6 +117,25 @@ pub(crate) fn list_key(session: &SessionId) -> Vec<u8> {
     key.push(LIST);
     key.extend_from_slice(id);
     key
+}
+
+/// `tag key`: an index entry's or a counter's sled key.
+pub(crate) fn tagged(tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut tagged = Vec::with_capacity(1 + key.len());
+    tagged.push(tag);
+    tagged.extend_from_slice(key);
+    tagged
+}
+
+/// A counter's value as stored.
+pub(crate) fn parse_counter(key: &[u8], value: &[u8]) -> Result<i64, CorruptRecord> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| {
+        CorruptRecord::new(
+            format!("counter {:?}", String::from_utf8_lossy(key)),
+            format!("holds {} bytes, not 8", value.len()),
+        )
+    })?;
+    Ok(i64::from_be_bytes(bytes))
 }
 
 /// One stream's events in one commit: `events` consecutive versions from `first_version`,

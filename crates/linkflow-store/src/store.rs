@@ -41,20 +41,46 @@ pub struct Append {
 /// - every snapshot is of its stream's version as the commit leaves it
 ///   ([`CommitError::Conflict`]: on a shared store, another process appended since the state
 ///   the snapshot folds was read);
-/// - every record fits [`crate::MAX_RECORD_BYTES`] ([`CommitError::TooLarge`]).
+/// - every record fits [`crate::MAX_RECORD_BYTES`] ([`CommitError::TooLarge`]);
+/// - every index and counter key is 1 to [`MAX_INDEX_KEY_BYTES`] bytes
+///   ([`CommitError::InvalidIndexKey`]).
+///
+/// The index entries and counters are the engine's (the store reads no meaning into their
+/// keys): written in the same commit as the events and snapshots they derive from, they are
+/// never stale.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     /// Events, in the order the engine decided them.
     pub appends: Vec<Append>,
     /// New snapshots (a later one of a stream replaces an earlier one).
     pub snapshots: Vec<(SessionId, Snapshot)>,
+    /// Index entries added and removed (a later change of a key replaces an earlier one).
+    pub index: Vec<IndexChange>,
+    /// Counter deltas: each added to its counter (one that reaches zero is not stored).
+    pub counters: Vec<(Vec<u8>, i64)>,
 }
 
 impl Commit {
     /// True when the commit writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.snapshots.is_empty()
+        self.appends.is_empty()
+            && self.snapshots.is_empty()
+            && self.index.is_empty()
+            && self.counters.is_empty()
     }
+}
+
+/// The longest index or counter key a commit may write.
+pub const MAX_INDEX_KEY_BYTES: usize = 1_024;
+
+/// A change to one index entry: a key present or not, with no value (what it indexes is in the
+/// key, in an order [`EventStore::for_each_index_key`] walks).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IndexChange {
+    /// The key is present after the commit.
+    Put(Vec<u8>),
+    /// The key is absent after the commit.
+    Delete(Vec<u8>),
 }
 
 /// Where one appended event went.
@@ -232,6 +258,23 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         after: Option<&SessionId>,
         visit: &mut dyn FnMut(SessionId, Snapshot) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// Calls `visit` with every index key in `[from, to)`, in byte order, until it breaks.
+    fn for_each_index_key(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
+    /// Calls `visit` with every counter whose key is in `[from, to)` and its value, in key
+    /// order, until it breaks. A counter at zero is not stored, so it is not visited.
+    fn for_each_counter(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
     /// Calls `visit` with every stored event, stream by stream in version order, until it

@@ -158,8 +158,7 @@ impl Payload {
         self.put(value);
     }
 
-    /// A removal (commits only insert; the format and its replay keep removes general).
-    #[cfg(test)]
+    /// A removal (of an index entry, or of a counter that reached zero).
     pub(crate) fn remove(&mut self, key: &[u8]) {
         self.bytes.push(REMOVE);
         self.put(key);

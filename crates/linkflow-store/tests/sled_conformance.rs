@@ -22,6 +22,7 @@ fn a_corrupted_event_record_is_a_clear_error_and_a_verify_problem() {
                 rejected: false,
             }],
             snapshots: Vec::new(),
+            ..Commit::default()
         })
         .unwrap();
     let key = SledStore::raw_event_key_for_tests(&a, Version(1));

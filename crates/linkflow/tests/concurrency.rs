@@ -57,6 +57,7 @@ fn writers_with_expected_versions_lose_nothing_and_see_conflicts() {
                                 rejected: false,
                             }],
                             snapshots: Vec::new(),
+                            ..Commit::default()
                         }) {
                             Ok(receipt) => {
                                 assert_eq!(receipt.appended[0].version, expected.next());

@@ -509,6 +509,7 @@ async fn a_cache_miss_reads_the_snapshot_and_an_undecodable_snapshot_falls_back_
                     state: b"\xfffrom the future".to_vec(),
                 },
             )],
+            ..Commit::default()
         })
         .unwrap();
     engine.session(&sid("b")).await.unwrap();
@@ -885,6 +886,7 @@ async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account
                         state,
                     },
                 )],
+                ..Commit::default()
             })
             .unwrap();
         store.sync().unwrap();

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use linkflow_core::{SessionId, Version};
 
-use crate::check::{check_commit, CheckedEvent, CheckedSnapshot, StoredLog};
+use crate::check::{check_commit, CheckedEvent, CheckedSnapshot, IndexWrites, StoredLog};
 use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
 use crate::error::{CommitError, StoreError};
 use crate::keys::{self, Run};
@@ -98,9 +98,42 @@ impl SledStore {
         let mut frame = self.staged.take_payload();
         let entries = write_events(&mut frame, &checked.events);
         write_heads(&mut frame, &mut reads, entries, &checked.snapshots)?;
+        self.write_index(&mut frame, &checked.index)?;
         self.stage(frame)?;
         writer.head = checked.receipt.head;
         Ok(checked.receipt)
+    }
+
+    /// Writes a commit's index entries and counters: each counter's new value from the one
+    /// reads see (the staged frames over sled), under the writer lock the caller holds.
+    fn write_index(&self, frame: &mut Payload, index: &IndexWrites) -> Result<(), StoreError> {
+        for (key, present) in &index.entries {
+            let key = keys::tagged(keys::INDEX, key);
+            if *present {
+                frame.insert(&key, &[]);
+            } else {
+                frame.remove(&key);
+            }
+        }
+        for (key, delta) in &index.counters {
+            let tagged = keys::tagged(keys::COUNTER, key);
+            let old = match self.staged.get(&tagged)? {
+                Some(value) => keys::parse_counter(key, &value)?,
+                None => 0,
+            };
+            let new = old.checked_add(*delta).ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "counter {:?} overflows 64 bits",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            if new == 0 {
+                frame.remove(&tagged);
+            } else {
+                frame.insert(&tagged, &new.to_be_bytes());
+            }
+        }
+        Ok(())
     }
 
     /// Stages a commit's frame (where reads see it) and hands it to the log: nothing applies a

@@ -622,6 +622,55 @@ impl EventStore for SledStore {
         })
     }
 
+    fn for_each_index_key(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.guarded(|| {
+            let bounds = (
+                std::ops::Bound::Included(keys::tagged(keys::INDEX, from)),
+                std::ops::Bound::Excluded(keys::tagged(keys::INDEX, to)),
+            );
+            if from >= to {
+                return Ok(());
+            }
+            for entry in self.staged.scan(bounds) {
+                let (key, _) = entry?;
+                if visit(&key[1..]).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn for_each_counter(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.guarded(|| {
+            if from >= to {
+                return Ok(());
+            }
+            let bounds = (
+                std::ops::Bound::Included(keys::tagged(keys::COUNTER, from)),
+                std::ops::Bound::Excluded(keys::tagged(keys::COUNTER, to)),
+            );
+            for entry in self.staged.scan(bounds) {
+                let (key, value) = entry?;
+                let count = keys::parse_counter(&key[1..], &value)?;
+                if visit(&key[1..], count).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn for_each_event_by_stream(
         &self,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,

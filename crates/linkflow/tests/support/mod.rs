@@ -20,6 +20,8 @@ pub enum Call {
     StreamStart,
     ForEachSnapshot,
     ForEachEvent,
+    ForEachIndexKey,
+    ForEachCounter,
     Verify,
     ReadStreams,
 }
@@ -109,6 +111,26 @@ impl<W: Watch> EventStore for Watched<W> {
     ) -> Result<(), StoreError> {
         self.call(Call::ForEachSnapshot, |store| {
             store.for_each_snapshot(after, visit)
+        })
+    }
+    fn for_each_index_key(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.call(Call::ForEachIndexKey, |store| {
+            store.for_each_index_key(from, to, visit)
+        })
+    }
+    fn for_each_counter(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.call(Call::ForEachCounter, |store| {
+            store.for_each_counter(from, to, visit)
         })
     }
     fn for_each_event_by_stream(
