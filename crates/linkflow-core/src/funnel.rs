@@ -221,8 +221,20 @@ fn step_index(phase: Phase) -> Option<usize> {
     FUNNEL_STEPS.iter().position(|step| *step == phase)
 }
 
+/// The step a step's conversion is relative to: the previous main step (for `mfa` and
+/// `authenticated`: `authenticating`); `None` for the first.
+pub(crate) fn previous_step(phase: Phase) -> Option<Phase> {
+    match phase {
+        Phase::Created => None,
+        Phase::Mfa | Phase::Authenticated => Some(Phase::Authenticating),
+        other => step_index(other)
+            .filter(|index| *index > 0)
+            .map(|index| FUNNEL_STEPS[index - 1]),
+    }
+}
+
 /// Seconds from entering each phase to entering the next one, for the phases the session left.
-fn durations(session: &Session) -> Vec<(Phase, f64)> {
+pub(crate) fn durations(session: &Session) -> Vec<(Phase, f64)> {
     let entered = &session.journey().entered_at;
     let mut times: Vec<(DateTime<Utc>, Phase)> = Phase::ALL
         .iter()
@@ -325,11 +337,7 @@ pub fn funnel<'a>(
             let steps = FUNNEL_STEPS
                 .iter()
                 .map(|phase| {
-                    let previous = match phase {
-                        Phase::Created => None,
-                        Phase::Mfa | Phase::Authenticated => Some(Phase::Authenticating),
-                        other => step_index(*other).map(|index| FUNNEL_STEPS[index - 1]),
-                    };
+                    let previous = previous_step(*phase);
                     let reached = reached_of(*phase);
                     let conversion = previous
                         .map(reached_of)

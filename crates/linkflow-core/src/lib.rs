@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod aggregate;
 pub mod body;
 pub mod compact;
 pub mod diagram;

@@ -31,6 +31,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod folded;
+mod index;
 pub mod ingest;
 pub mod intake;
 pub mod quarantine;

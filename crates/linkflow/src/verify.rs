@@ -3,14 +3,126 @@
 
 use std::ops::ControlFlow;
 
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use linkflow_core::{SessionId, RULES_VERSION};
 use linkflow_store::{EventStore, Problem, VerifyReport};
 
+use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::{read_snapshot_state, Folded, SnapshotState, StreamFolder};
+use crate::index::{self, FAMILIES};
+
+/// Counters listed one by one in a report, at most.
+const MAX_COUNTER_PROBLEMS: usize = 20;
+
+/// An index family's entries as a count and an order-free sum of their hashes: what the fold
+/// expects and what the store holds compare without holding every key.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct FamilySum {
+    entries: u64,
+    hash: u64,
+}
+
+impl FamilySum {
+    fn add(&mut self, key: &[u8]) {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.entries += 1;
+        self.hash = self.hash.wrapping_add(hasher.finish());
+    }
+}
+
+/// What the indexes and counters should hold, from the fold of every stream.
+#[derive(Default)]
+struct Expected {
+    families: BTreeMap<u8, FamilySum>,
+    counters: BTreeMap<Vec<u8>, i64>,
+}
+
+impl Expected {
+    fn add(&mut self, stream: &SessionId, state: &SessionState) {
+        let projection = index::project(stream, state);
+        for key in &projection.keys {
+            self.families.entry(key[0]).or_default().add(key);
+        }
+        index::counters_of(&projection, &mut self.counters);
+    }
+
+    /// Compares the store's index entries and counters with the fold's.
+    fn check(
+        mut self,
+        store: &dyn EventStore,
+        report: &mut VerifyReport,
+    ) -> Result<(), EngineError> {
+        self.counters.retain(|_, count| *count != 0);
+        let mut stored: BTreeMap<u8, FamilySum> = BTreeMap::new();
+        store.for_each_index_key(&[0], &[u8::MAX], &mut |key| {
+            stored.entry(key[0]).or_default().add(key);
+            ControlFlow::Continue(())
+        })?;
+        for (family, name) in FAMILIES {
+            let want = self.families.remove(&family).unwrap_or_default();
+            let have = stored.remove(&family).unwrap_or_default();
+            if want != have {
+                report.problems.push(Problem {
+                    record: format!("index `{name}`"),
+                    message: format!(
+                        "differs from the fold of the log: {} entries stored, {} expected{}",
+                        have.entries,
+                        want.entries,
+                        if have.entries == want.entries {
+                            " (other keys)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        }
+        for (family, sum) in stored {
+            report.problems.push(Problem {
+                record: format!("index family {:?}", char::from(family)),
+                message: format!("holds {} entries of no family linkflow writes", sum.entries),
+            });
+        }
+        let mut wrong = 0usize;
+        let mut note = |report: &mut VerifyReport, key: &[u8], have: i64, want: i64| {
+            wrong += 1;
+            if wrong <= MAX_COUNTER_PROBLEMS {
+                report.problems.push(Problem {
+                    record: format!("counter {:?}", String::from_utf8_lossy(key)),
+                    message: format!("holds {have}, the fold of the log gives {want}"),
+                });
+            }
+        };
+        store.for_each_counter(&[0], &[u8::MAX], &mut |key, have| {
+            let want = self.counters.remove(key).unwrap_or(0);
+            if want != have {
+                note(report, key, have, want);
+            }
+            ControlFlow::Continue(())
+        })?;
+        for (key, want) in std::mem::take(&mut self.counters) {
+            note(report, &key, 0, want);
+        }
+        if wrong > MAX_COUNTER_PROBLEMS {
+            report.problems.push(Problem {
+                record: "counters".into(),
+                message: format!(
+                    "{} more counters differ from the fold of the log",
+                    wrong - MAX_COUNTER_PROBLEMS
+                ),
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Walks the log and indexes (the store's check), then folds every stream from its events:
-/// each must fold (every event of the stream's kind) and equal its snapshot.
+/// each must fold (every event of the stream's kind) and equal its snapshot; and the engine's
+/// index entries and counters must be what the folds add up to.
 pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError> {
     let mut report = store.verify()?;
     let mut folded: Vec<(SessionId, Result<Folded, String>)> = Vec::new();
@@ -34,6 +146,7 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
         ControlFlow::Continue(())
     })?;
     folded.extend(current.take().and_then(finish));
+    let mut expected = Expected::default();
     for (session_id, result) in folded {
         let what = format!("stream `{session_id}`");
         match result {
@@ -52,6 +165,13 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
                     message: "has events but no snapshot".into(),
                 }),
                 Ok(Some(snapshot)) => {
+                    expected.add(
+                        &session_id,
+                        &SessionState {
+                            provider: snapshot.provider,
+                            folded: state.clone(),
+                        },
+                    );
                     let record = format!("snapshot of `{session_id}`");
                     let message = match read_snapshot_state(&snapshot.state) {
                         SnapshotState::Unreadable => Some(
@@ -84,5 +204,6 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
             },
         }
     }
+    expected.check(store, &mut report)?;
     Ok(report)
 }

@@ -18,7 +18,7 @@ use linkflow_core::{
 };
 use linkflow_store::{
     record::check_event_size, Append as NewAppend, Commit, CommitError, DedupeHit, EventStore,
-    NewEvent, Placed, Snapshot, StoreError, StreamsRead,
+    IndexChange, NewEvent, Placed, Snapshot, StoreError, StreamsRead,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,6 +31,7 @@ use crate::folded::{
     decode_state_any_rules, encode_snapshot_state, read_snapshot_state, Append, Folded,
     SnapshotState,
 };
+use crate::index::{self, Projection};
 use crate::ingest::{default_dedupe_key, AccountFollow, IncomingEvent, IngestOutcome};
 use crate::query::{load_state, read_bodies, state_from_read};
 use crate::stats::{CommittedGroup, WriteCounters};

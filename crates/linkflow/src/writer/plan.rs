@@ -115,6 +115,9 @@ pub(super) struct Working {
     stored: Option<Vec<EventBody>>,
     /// This group's appends to it (indexes in `Plan::commit.appends`), in order.
     appended: Vec<usize>,
+    /// What its state when the group began added to the indexes and counters (the commit
+    /// writes the difference to what the new state adds).
+    before: Projection,
 }
 
 /// One group's plan: the operations to commit and the copies of the states they lead to.
@@ -198,6 +201,7 @@ impl<'a> Plan<'a> {
                 folded: Folded::initial_for(body),
             });
             let start = state.folded.version();
+            let before = index::project(session, &state);
             self.sessions.insert(
                 session.clone(),
                 Working {
@@ -207,6 +211,7 @@ impl<'a> Plan<'a> {
                     start,
                     stored: None,
                     appended: Vec::new(),
+                    before,
                 },
             );
         }
@@ -542,6 +547,7 @@ impl<'a> Plan<'a> {
             provider: old.provider,
             folded,
         });
+
         let link_before = before.as_ref().map_or(Link::None, Link::of);
         let link_after = Link::of(&state);
         let provider = state.provider;
@@ -556,6 +562,8 @@ impl<'a> Plan<'a> {
                 start,
                 stored: None,
                 appended: Vec::new(),
+                // The pass cleared the indexes before folding again (`refold_stale`).
+                before: Projection::default(),
             },
         );
         let mut cause = b"rules".to_vec();
@@ -568,6 +576,8 @@ impl<'a> Plan<'a> {
     pub(super) fn finish(&mut self) -> Commit {
         for (session, working) in &self.sessions {
             if working.dirty {
+                let after = index::project(session, &working.state);
+                index::diff(&working.before, &after, &mut self.commit);
                 let state = encode_snapshot_state(&working.state.folded);
                 self.commit.snapshots.push((
                     session.clone(),
