@@ -303,18 +303,19 @@ fn percentile(bins: &BTreeMap<i32, i64>, p: f64) -> Option<f64> {
 }
 
 fn finish(label: String, mut group: GroupTally) -> Funnel {
-    let reached_of = |steps: &BTreeMap<u8, StepTally>, phase: Phase| {
-        steps
-            .get(&phase.rank())
-            .map_or(0, |step| count(step.reached))
-    };
+    let reached: HashMap<u8, u64> = group
+        .steps
+        .iter()
+        .map(|(rank, step)| (*rank, count(step.reached)))
+        .collect();
+    let reached_of = |phase: Phase| reached.get(&phase.rank()).copied().unwrap_or(0);
     let mut abandoned = 0;
     let mut in_progress = count(group.untimed);
     let mut steps = Vec::with_capacity(FUNNEL_STEPS.len());
     for phase in FUNNEL_STEPS {
-        let reached = reached_of(&group.steps, phase);
+        let reached = reached_of(phase);
         let conversion = crate::funnel::previous_step(phase)
-            .map(|previous| reached_of(&group.steps, previous))
+            .map(reached_of)
             .filter(|previous| *previous > 0)
             .map(|previous| reached as f64 / previous as f64);
         let step = group.steps.remove(&phase.rank()).unwrap_or_default();

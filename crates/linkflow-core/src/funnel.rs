@@ -118,7 +118,9 @@ impl FunnelQuery {
         }
     }
 
-    fn matches(&self, provider: Provider, session: &Session) -> bool {
+    /// Whether `session` (of `provider`) is in the funnel: its first event in the window and
+    /// every filter matching.
+    pub fn matches(&self, provider: Provider, session: &Session) -> bool {
         let first = session.first_event_at();
         self.since
             .is_none_or(|since| first.is_some_and(|first| first >= since))

@@ -347,12 +347,18 @@ impl Engine {
         self.shared.inactivity_timeout
     }
 
-    /// Funnels for `query` from the sessions' snapshots: the incremental projection, updated by
-    /// every commit.
+    /// Funnels for `query` from the funnel counters every commit maintains: a query reads the
+    /// counters of the buckets and groups it covers, the sessions of the partial hours at the
+    /// edges of its window and the live sessions, so its cost does not grow with the sessions
+    /// stored (`docs/funnel.md`). Grouped by screen, which changes with every event and is not
+    /// counted, it folds every session's snapshot instead.
     pub async fn funnel(&self, query: FunnelQuery) -> Result<Vec<Funnel>, EngineError> {
         self.read(move |store| {
-            let states = query::session_states(store)?;
-            Ok(funnel::funnel(states.iter().map(|(p, s)| (*p, s)), &query))
+            if query.group_by == funnel::GroupBy::Screen {
+                let states = query::session_states(store)?;
+                return Ok(funnel::funnel(states.iter().map(|(p, s)| (*p, s)), &query));
+            }
+            Ok(crate::funnel_read::aggregated_funnel(store, &query)?.0)
         })
         .await
     }

@@ -31,6 +31,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod folded;
+mod funnel_read;
 mod index;
 pub mod ingest;
 pub mod intake;
