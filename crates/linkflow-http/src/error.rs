@@ -37,6 +37,9 @@ impl ApiError {
 
 impl From<linkflow::EngineError> for ApiError {
     fn from(error: linkflow::EngineError) -> Self {
+        if let linkflow::EngineError::WrongCursor { .. } = error {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", error.to_string());
+        }
         tracing::error!(%error, "engine error");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

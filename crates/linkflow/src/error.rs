@@ -52,6 +52,13 @@ pub enum EngineError {
     /// The configuration cannot work.
     #[error("invalid engine configuration: {0}")]
     InvalidConfig(String),
+    /// A page was asked for with a cursor another listing handed out (a list in id order and
+    /// one read from an index, after the filter changed).
+    #[error("cursor `{cursor}` belongs to another listing: pass the next_cursor of the same listing, with the same filter")]
+    WrongCursor {
+        /// The cursor.
+        cursor: String,
+    },
 }
 
 impl EngineError {

@@ -135,26 +135,6 @@ pub(crate) fn id_of(key: &[u8], prefix_len: usize) -> Result<SessionId, CorruptR
     SessionId::new(text).map_err(|error| bad(&format!("bad stream id: {error}")))
 }
 
-/// The length of the fixed part of an index key (what precedes the stream id).
-pub(crate) fn prefix_len(key: &[u8]) -> Result<usize, CorruptRecord> {
-    let bad = || CorruptRecord {
-        key: format!("index key {:?}", String::from_utf8_lossy(key)),
-        reason: "has no valid prefix".to_owned(),
-    };
-    let len16 = |at: usize| {
-        key.get(at..at + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    };
-    match key.first().copied() {
-        Some(PHASE) => Ok(2),
-        Some(PROVIDER) => key.get(1).map(|n| 2 + usize::from(*n)).ok_or_else(bad),
-        Some(INSTITUTION | USER) => len16(1).map(|n| 3 + n).ok_or_else(bad),
-        Some(LAST_EVENT | FIRST_EVENT) => Ok(9),
-        Some(PARKED | QUARANTINE) => Ok(1),
-        _ => Err(bad()),
-    }
-}
-
 /// What one stream adds to the indexes and counters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Projection {

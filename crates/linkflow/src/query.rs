@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::{decode_snapshot_state, Append, Folded, FoldedStream, StreamFolder};
+use crate::index;
 
 /// Events read per store call when replaying a stream.
 const READ_CHUNK: usize = 1_024;
@@ -173,15 +174,49 @@ pub const MAX_PAGE_SESSIONS: usize = 1_000;
 /// costs at most this much whatever the store holds.
 pub const MAX_PAGE_SCAN: usize = 10_000;
 
-/// Where a page of sessions ends: the next page starts after it. Opaque to callers: its text
-/// form (`Display`, `FromStr`) is what the HTTP API and the CLI hand out.
+/// Where a page ends: the next page starts after it. Opaque to callers: its text form
+/// (`Display`, `FromStr`) is what the HTTP API and the CLI hand out. A page in stream id order
+/// ends at a stream (`s1.`), a page read from an index at an index key (`i1.`); a cursor is
+/// only good for the listing (and filter) that handed it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor(SessionId);
+pub struct Cursor(At);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum At {
+    Stream(SessionId),
+    Index(Vec<u8>),
+}
+
+impl Cursor {
+    /// The stream a page in id order ended at.
+    fn stream(&self) -> Result<&SessionId, EngineError> {
+        match &self.0 {
+            At::Stream(id) => Ok(id),
+            At::Index(_) => Err(EngineError::WrongCursor {
+                cursor: self.to_string(),
+            }),
+        }
+    }
+
+    /// The index key a page read from an index ended at.
+    fn index_key(&self) -> Result<&[u8], EngineError> {
+        match &self.0 {
+            At::Index(key) => Ok(key),
+            At::Stream(_) => Err(EngineError::WrongCursor {
+                cursor: self.to_string(),
+            }),
+        }
+    }
+}
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("s1.")?;
-        for byte in self.0.as_str().as_bytes() {
+        let (tag, bytes) = match &self.0 {
+            At::Stream(id) => ("s1.", id.as_str().as_bytes()),
+            At::Index(key) => ("i1.", &key[..]),
+        };
+        f.write_str(tag)?;
+        for byte in bytes {
             write!(f, "{byte:02x}")?;
         }
         Ok(())
@@ -198,8 +233,12 @@ impl std::str::FromStr for Cursor {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || InvalidCursor(text.chars().take(80).collect());
-        let hex = text.strip_prefix("s1.").ok_or_else(invalid)?;
-        if hex.len() % 2 != 0 {
+        let (index, hex) = match (text.strip_prefix("s1."), text.strip_prefix("i1.")) {
+            (Some(hex), _) => (false, hex),
+            (None, Some(hex)) => (true, hex),
+            (None, None) => return Err(invalid()),
+        };
+        if hex.len() % 2 != 0 || hex.len() > 2 * linkflow_store::MAX_INDEX_KEY_BYTES {
             return Err(invalid());
         }
         let bytes = (0..hex.len())
@@ -207,8 +246,17 @@ impl std::str::FromStr for Cursor {
             .map(|at| u8::from_str_radix(hex.get(at..at + 2).unwrap_or("zz"), 16))
             .collect::<Result<Vec<u8>, _>>()
             .map_err(|_| invalid())?;
+        if index {
+            return if bytes.is_empty() {
+                Err(invalid())
+            } else {
+                Ok(Cursor(At::Index(bytes)))
+            };
+        }
         let id = String::from_utf8(bytes).map_err(|_| invalid())?;
-        SessionId::new(id).map(Cursor).map_err(|_| invalid())
+        SessionId::new(id)
+            .map(|id| Cursor(At::Stream(id)))
+            .map_err(|_| invalid())
     }
 }
 
@@ -234,9 +282,10 @@ fn streams_page<T>(
 ) -> Result<(Vec<T>, Option<Cursor>), EngineError> {
     let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
     // The first id with the prefix sorts right after the prefix itself.
+    let after = after.map(Cursor::stream).transpose()?;
     let start = match (after, SessionId::new(prefix)) {
-        (Some(cursor), Ok(first)) if cursor.0 < first => Some(first),
-        (Some(cursor), _) => Some(cursor.0.clone()),
+        (Some(cursor), Ok(first)) if *cursor < first => Some(first),
+        (Some(cursor), _) => Some(cursor.clone()),
         (None, Ok(first)) => Some(first),
         (None, Err(_)) => None,
     };
@@ -275,12 +324,131 @@ fn streams_page<T>(
     if let Some(error) = failed {
         return Err(error);
     }
-    Ok((items, if ended { None } else { last.map(Cursor) }))
+    Ok((
+        items,
+        if ended {
+            None
+        } else {
+            last.map(|id| Cursor(At::Stream(id)))
+        },
+    ))
 }
 
-/// Up to `limit` sessions matching `filter` after `after`, in session-id order, reading at
-/// most [`MAX_PAGE_SCAN`] streams. A session that exists and matches for the whole paging is on
-/// exactly one page, whatever is written meanwhile (pages start after the last id).
+/// The index range a filter reads: the most selective indexed field it sets (user,
+/// institution, abandoned, phase, first event window, provider), as the keys `[from, to)` and
+/// where the stream id starts in each key; `None` when it sets none of them.
+fn index_range(
+    filter: &SessionFilter,
+    clock: (DateTime<Utc>, chrono::Duration),
+) -> Option<(Vec<u8>, Vec<u8>, usize)> {
+    let prefix = |prefix: Vec<u8>| {
+        let len = prefix.len();
+        let end = index::prefix_end(&prefix);
+        Some((prefix, end, len))
+    };
+    if let Some(user) = &filter.external_user_id {
+        return prefix(index::text_prefix(index::USER, user));
+    }
+    if let Some(institution) = &filter.institution {
+        return prefix(index::text_prefix(index::INSTITUTION, institution));
+    }
+    if filter.abandoned == Some(true) {
+        // Abandoned: open, and the last event at or before now minus the timeout.
+        let cutoff = (clock.0 - clock.1).timestamp_micros();
+        return Some((
+            vec![index::LAST_EVENT],
+            index::time_from(index::LAST_EVENT, cutoff.saturating_add(1)),
+            9,
+        ));
+    }
+    if let Some(phase) = filter.phase {
+        return prefix(index::phase_prefix(phase));
+    }
+    if filter.first_event_from.is_some() || filter.first_event_until.is_some() {
+        let from = filter
+            .first_event_from
+            .map_or(i64::MIN, |at| at.timestamp_micros());
+        let to = filter.first_event_until.map_or_else(
+            || vec![index::FIRST_EVENT + 1],
+            |at| index::time_from(index::FIRST_EVENT, at.timestamp_micros()),
+        );
+        return Some((index::time_from(index::FIRST_EVENT, from), to, 9));
+    }
+    if let Some(provider) = filter.provider {
+        return prefix(index::provider_prefix(provider));
+    }
+    None
+}
+
+/// A page of the sessions an index range holds, in key order after `after`: up to `limit`
+/// that `filter` keeps (every field checked on the session itself), reading at most
+/// [`MAX_PAGE_SCAN`] keys. The next page starts after the last key read.
+fn index_page(
+    store: &dyn EventStore,
+    (from, to, id_at): (Vec<u8>, Vec<u8>, usize),
+    filter: &SessionFilter,
+    limit: usize,
+    after: Option<&Cursor>,
+    clock: (DateTime<Utc>, chrono::Duration),
+) -> Result<SessionPage, EngineError> {
+    let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
+    let start = match after {
+        Some(cursor) => {
+            let mut next = cursor.index_key()?.to_vec();
+            next.push(0);
+            next.max(from)
+        }
+        None => from,
+    };
+    let mut sessions = Vec::new();
+    let mut scanned = 0;
+    let mut last: Option<Vec<u8>> = None;
+    let mut ended = true;
+    let mut failed = None;
+    store.for_each_index_key(&start, &to, &mut |key| {
+        scanned += 1;
+        let found = index::id_of(key, id_at)
+            .map_err(|error| EngineError::from(linkflow_store::StoreError::Corrupt(error)))
+            .and_then(|id| Ok(load_state(store, &id)?.map(|state| (id, state))));
+        match found {
+            Ok(Some((id, state))) => {
+                if let Some(view) = session_view(id, state.provider, state.folded)
+                    .filter(|view| filter.matches(state.provider, &view.state, clock))
+                {
+                    sessions.push(view);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                failed = Some(error);
+                return ControlFlow::Break(());
+            }
+        }
+        last = Some(key.to_vec());
+        if sessions.len() == limit || scanned == MAX_PAGE_SCAN {
+            ended = false;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    let next = if ended {
+        None
+    } else {
+        last.map(|key| Cursor(At::Index(key)))
+    };
+    Ok(SessionPage { sessions, next })
+}
+
+/// Up to `limit` sessions matching `filter` after `after`, reading at most [`MAX_PAGE_SCAN`]
+/// streams or index keys: from an index when the filter sets an indexed field (in that
+/// index's order: by id within a user, an institution, a phase or a provider; by time for
+/// abandonment and first event windows), else every stream in id order. A session that
+/// exists and matches for the whole paging is on exactly one page, whatever is written
+/// meanwhile: its key does not move while it keeps matching, and pages start after the last
+/// key.
 pub(crate) fn sessions_page(
     store: &dyn EventStore,
     filter: &SessionFilter,
@@ -288,6 +456,9 @@ pub(crate) fn sessions_page(
     after: Option<&Cursor>,
     clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<SessionPage, EngineError> {
+    if let Some(range) = index_range(filter, clock) {
+        return index_page(store, range, filter, limit, after, clock);
+    }
     let (sessions, next) = streams_page(
         store,
         "",

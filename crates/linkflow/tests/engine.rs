@@ -1031,6 +1031,170 @@ async fn pages_of_sessions_cover_every_match_once_while_writes_go_on() {
     assert!("s2.00".parse::<linkflow::Cursor>().is_err());
 }
 
+/// Pages read from the indexes (a user, an institution, abandonment, a phase, a first event
+/// window, a provider): every session that matches for the whole paging is on exactly one
+/// page while other sessions are written and changed between pages, each page holds only
+/// matches, the answer equals the unpaged list, and a cursor of another listing is refused.
+#[tokio::test]
+async fn index_pages_cover_every_steady_match_once_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let old = Utc::now() - chrono::Duration::hours(3);
+    let event = |n: u32, kind: EventKind, at: DateTime<Utc>| {
+        let provider = [Provider::Moneykit, Provider::Plaid, Provider::Knot][n as usize % 3];
+        let mut event = Event::new(kind)
+            .at(at)
+            .with_institution(format!("bank_{}", n % 4), None);
+        event.attributes.external_user_id = Some(format!("user_{}", n % 5));
+        IncomingEvent::new(sid(&format!("x-{n:03}")), provider, event)
+    };
+    let mut batch = Vec::new();
+    for n in 0..90u32 {
+        let at = old + chrono::Duration::minutes(i64::from(n));
+        batch.push(event(n, EventKind::Opened, at));
+        if n % 3 == 0 {
+            batch.push(event(
+                n,
+                EventKind::Exited,
+                at + chrono::Duration::seconds(5),
+            ));
+        }
+    }
+    engine.ingest_batch(batch).await.unwrap();
+    let filters = [
+        SessionFilter {
+            external_user_id: Some("user_2".into()),
+            ..SessionFilter::default()
+        },
+        SessionFilter {
+            institution: Some("bank_1".into()),
+            ..SessionFilter::default()
+        },
+        SessionFilter {
+            abandoned: Some(true),
+            ..SessionFilter::default()
+        },
+        SessionFilter {
+            phase: Some(Phase::Exited),
+            ..SessionFilter::default()
+        },
+        SessionFilter {
+            first_event_from: Some(old + chrono::Duration::minutes(20)),
+            first_event_until: Some(old + chrono::Duration::minutes(70)),
+            ..SessionFilter::default()
+        },
+        SessionFilter {
+            provider: Some(Provider::Plaid),
+            institution: None,
+            phase: Some(Phase::Opened),
+            ..SessionFilter::default()
+        },
+        SessionFilter {
+            provider: Some(Provider::Knot),
+            ..SessionFilter::default()
+        },
+    ];
+    let mut round = 0u32;
+    for filter in filters {
+        // The steady matches: sessions the writes below never touch.
+        let before: Vec<String> = engine
+            .sessions(filter.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|view| view.session_id.to_string())
+            .filter(|id| id.as_str() < "x-080")
+            .collect();
+        assert!(!before.is_empty(), "{filter:?} matches something");
+        let mut seen: Vec<String> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = engine
+                .sessions_page(filter.clone(), 4, after.take())
+                .await
+                .unwrap();
+            assert!(page.sessions.len() <= 4);
+            let now = Utc::now();
+            for view in &page.sessions {
+                let abandoned =
+                    linkflow_core::funnel::abandoned(&view.state, now, engine.inactivity_timeout());
+                assert!(
+                    filter.abandoned.is_none_or(|wanted| wanted == abandoned)
+                        && filter.phase.is_none_or(|phase| view.state.phase() == phase)
+                        && filter.provider.is_none_or(|p| view.provider == p),
+                    "{filter:?} listed {}",
+                    view.session_id
+                );
+            }
+            seen.extend(page.sessions.iter().map(|view| view.session_id.to_string()));
+            // Writes between pages: new sessions, and sessions 80 to 89 moving between
+            // phases, users and times.
+            round += 1;
+            let churn = 80 + round % 10;
+            engine
+                .ingest_batch(vec![
+                    event(200 + round, EventKind::Opened, old),
+                    event(churn, EventKind::InstitutionSelected, Utc::now()),
+                ])
+                .await
+                .unwrap();
+            match page.next {
+                Some(next) => after = Some(next.to_string().parse::<linkflow::Cursor>().unwrap()),
+                None => break,
+            }
+        }
+        for id in &seen {
+            assert_eq!(seen.iter().filter(|s| *s == id).count(), 1, "{id} repeated");
+        }
+        for id in &before {
+            assert!(seen.contains(id), "{filter:?} skipped {id}");
+        }
+    }
+    // A cursor of an index listing is refused by a listing in id order, and the other way.
+    let page = engine
+        .sessions_page(
+            SessionFilter {
+                phase: Some(Phase::Exited),
+                ..SessionFilter::default()
+            },
+            1,
+            None,
+        )
+        .await
+        .unwrap();
+    let index_cursor = page.next.expect("more than one exited session");
+    let error = engine
+        .sessions_page(SessionFilter::default(), 1, Some(index_cursor))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, linkflow::EngineError::WrongCursor { .. }),
+        "{error}"
+    );
+    let id_cursor = engine
+        .sessions_page(SessionFilter::default(), 1, None)
+        .await
+        .unwrap()
+        .next
+        .unwrap();
+    let error = engine
+        .sessions_page(
+            SessionFilter {
+                phase: Some(Phase::Exited),
+                ..SessionFilter::default()
+            },
+            1,
+            Some(id_cursor),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, linkflow::EngineError::WrongCursor { .. }),
+        "{error}"
+    );
+    assert!(engine.verify().await.unwrap().is_clean());
+}
+
 /// Accounts are a range of the store's streams: pages of them cover each once, and a user's
 /// accounts are found by their key's prefix, whatever else the store holds.
 #[tokio::test]
