@@ -314,6 +314,10 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
     );
     assert!(metrics.contains("linkflow_ingest_duration_seconds_count"));
     assert!(metrics.contains("linkflow_rejected_events 0"));
+    assert!(
+        metrics.contains("linkflow_sessions_abandoned "),
+        "the abandoned gauge: {metrics}"
+    );
     let cached: usize = metrics
         .lines()
         .find_map(|line| line.strip_prefix("linkflow_cache_states "))

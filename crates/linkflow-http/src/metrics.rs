@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use linkflow::{Engine, EngineError, SessionFilter};
+use linkflow::{Engine, EngineError};
 
 /// Upper bounds of the ingest latency histogram, in seconds.
 const BUCKETS_S: [f64; 10] = [
@@ -64,8 +64,7 @@ impl Metrics {
 
     /// The metrics in Prometheus text format.
     pub async fn render(&self, engine: &Engine) -> Result<String, EngineError> {
-        let sessions = engine.sessions(SessionFilter::default()).await?;
-        let quarantined = engine.quarantine_counts().await?;
+        let gauges = engine.gauges().await?;
         let mut out = String::new();
         {
             let inner = self.inner();
@@ -103,19 +102,18 @@ impl Metrics {
                 inner.latency_count
             );
         }
-        let rejected: u64 = sessions.iter().map(|view| u64::from(view.rejected)).sum();
-        out.push_str("# HELP linkflow_rejected_events Events of sessions that their session's fold rejects now (listed by GET /v1/parked).\n# TYPE linkflow_rejected_events gauge\n");
-        let _ = writeln!(out, "linkflow_rejected_events {rejected}");
+        out.push_str("# HELP linkflow_rejected_events Events that their stream's fold rejects now, of sessions and accounts (listed by GET /v1/parked).\n# TYPE linkflow_rejected_events gauge\n");
+        let _ = writeln!(out, "linkflow_rejected_events {}", gauges.rejected_events);
         out.push_str("# HELP linkflow_quarantined_payloads Payloads that named no stream, by state (pending, or released by a redrive).\n# TYPE linkflow_quarantined_payloads gauge\n");
         let _ = writeln!(
             out,
             "linkflow_quarantined_payloads{{state=\"pending\"}} {}",
-            quarantined.pending
+            gauges.quarantine_pending
         );
         let _ = writeln!(
             out,
             "linkflow_quarantined_payloads{{state=\"released\"}} {}",
-            quarantined.released
+            gauges.quarantine_released
         );
         let write = engine.write_stats();
         out.push_str("# HELP linkflow_write_requests_total Ingest and redrive calls answered by a committed group.\n# TYPE linkflow_write_requests_total counter\n");
@@ -153,16 +151,12 @@ impl Metrics {
         out.push_str(
             "# HELP linkflow_sessions Sessions by phase.\n# TYPE linkflow_sessions gauge\n",
         );
-        let mut by_phase: BTreeMap<&'static str, u64> = linkflow_core::Phase::ALL
-            .iter()
-            .map(|phase| (phase.as_str(), 0))
-            .collect();
-        for view in &sessions {
-            *by_phase.entry(view.state.phase().as_str()).or_default() += 1;
-        }
-        for (phase, count) in by_phase {
+        for phase in linkflow_core::Phase::ALL {
+            let count = gauges.sessions_by_phase[usize::from(phase.rank())];
             let _ = writeln!(out, "linkflow_sessions{{phase=\"{phase}\"}} {count}");
         }
+        out.push_str("# HELP linkflow_sessions_abandoned Open sessions silent for the inactivity timeout or longer.\n# TYPE linkflow_sessions_abandoned gauge\n");
+        let _ = writeln!(out, "linkflow_sessions_abandoned {}", gauges.abandoned);
         Ok(out)
     }
 }

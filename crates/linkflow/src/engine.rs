@@ -347,6 +347,15 @@ impl Engine {
         self.shared.inactivity_timeout
     }
 
+    /// The gauges (sessions by phase, rejected events, quarantine, abandoned sessions) from
+    /// the counters every commit maintains and the live sessions: no session is walked, so a
+    /// read (a `/metrics` scrape) costs the same whatever the store holds.
+    pub async fn gauges(&self) -> Result<crate::Gauges, EngineError> {
+        let timeout = self.shared.inactivity_timeout;
+        self.read(move |store| crate::funnel_read::gauges(store, Utc::now(), timeout))
+            .await
+    }
+
     /// Funnels for `query` from the funnel counters every commit maintains: a query reads the
     /// counters of the buckets and groups it covers, the sessions of the partial hours at the
     /// edges of its window and the live sessions, so its cost does not grow with the sessions

@@ -20,7 +20,7 @@ use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::Folded;
 use crate::index::{
-    id_of, parse_funnel_key, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
+    self, id_of, parse_funnel_key, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
     LAST_EVENT,
 };
 use crate::query::load_state;
@@ -267,4 +267,59 @@ fn live_sessions(
             }
         }
     })
+}
+
+/// What the engine's gauges say now: read from counters every commit maintains and the live
+/// sessions, so a read costs the same at one session and at a million.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Gauges {
+    /// Sessions by phase, indexed by [`linkflow_core::Phase::rank`].
+    pub sessions_by_phase: [u64; 10],
+    /// Events that their stream's fold rejects now (sessions and accounts).
+    pub rejected_events: u64,
+    /// Quarantined payloads not released yet.
+    pub quarantine_pending: u64,
+    /// Quarantined payloads released by a redrive.
+    pub quarantine_released: u64,
+    /// Open sessions (neither succeeded nor exited) whose last event is at least the
+    /// inactivity timeout old.
+    pub abandoned: u64,
+}
+
+/// The gauges, judged at `now` with `timeout`.
+pub(crate) fn gauges(
+    store: &dyn EventStore,
+    now: chrono::DateTime<chrono::Utc>,
+    timeout: chrono::Duration,
+) -> Result<Gauges, EngineError> {
+    let mut gauges = Gauges::default();
+    let mut open = 0i64;
+    store.for_each_counter(&[index::GAUGE], &[index::GAUGE + 1], &mut |key, count| {
+        let count_u = u64::try_from(count).unwrap_or(0);
+        match &key[1..] {
+            [b'p', rank] => {
+                if let Some(slot) = gauges.sessions_by_phase.get_mut(usize::from(*rank)) {
+                    *slot = count_u;
+                }
+            }
+            [b'r'] => gauges.rejected_events = count_u,
+            [b'q'] => gauges.quarantine_pending = count_u,
+            [b'Q'] => gauges.quarantine_released = count_u,
+            [b'o'] => open = count,
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    })?;
+    let mut live = 0i64;
+    let from = (now - timeout).timestamp_micros();
+    sessions_by_time(store, LAST_EVENT, from, i64::MAX, &mut |_, state| {
+        if let Folded::Session(timeline) = &state.folded {
+            let session = &timeline.state;
+            if !session.phase().is_terminal() && !abandoned(session, now, timeout) {
+                live += 1;
+            }
+        }
+    })?;
+    gauges.abandoned = u64::try_from(open - live).unwrap_or(0);
+    Ok(gauges)
 }

@@ -32,6 +32,7 @@ mod engine;
 pub mod error;
 pub mod folded;
 mod funnel_read;
+pub use funnel_read::Gauges;
 mod index;
 pub mod ingest;
 pub mod intake;

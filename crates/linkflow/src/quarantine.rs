@@ -253,22 +253,15 @@ fn redecode(stored: &StoredEvent, request: &QuarantineRedrive) -> Result<Decodin
     decode(feed, raw.get(), &context).map_err(|error| error.to_string())
 }
 
-pub(crate) fn counts(store: &dyn EventStore) -> Result<QuarantineCounts, EngineError> {
-    let mut counts = QuarantineCounts::default();
-    entries(store, |_, _, entry| {
-        if entry.is_pending() {
-            counts.pending += 1;
-        } else {
-            counts.released += 1;
-        }
-    })?;
-    Ok(counts)
-}
-
 impl Engine {
-    /// How many payloads are in quarantine, pending and released (no payload is read).
+    /// How many payloads are in quarantine, pending and released, from the counters every
+    /// commit maintains (nothing is walked).
     pub async fn quarantine_counts(&self) -> Result<QuarantineCounts, EngineError> {
-        self.read(counts).await
+        let gauges = self.gauges().await?;
+        Ok(QuarantineCounts {
+            pending: gauges.quarantine_pending,
+            released: gauges.quarantine_released,
+        })
     }
 
     /// Quarantined payloads matching `filter` (at most [`MAX_QUARANTINE_PAGE`], oldest

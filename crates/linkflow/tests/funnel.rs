@@ -150,6 +150,34 @@ fn run(
         }
         let report = engine.verify().await.unwrap();
         prop_assert!(report.is_clean(), "{:?}", report.problems);
+        // The gauges (from counters) agree with a walk of every session.
+        let gauges = engine.gauges().await.unwrap();
+        let sessions = engine.sessions(SessionFilter::default()).await.unwrap();
+        let mut by_phase = [0u64; 10];
+        for view in &sessions {
+            by_phase[usize::from(view.state.phase().rank())] += 1;
+        }
+        prop_assert_eq!(gauges.sessions_by_phase, by_phase);
+        let rejected: u64 = sessions
+            .iter()
+            .map(|view| u64::from(view.rejected))
+            .sum::<u64>()
+            + engine
+                .accounts()
+                .await
+                .unwrap()
+                .iter()
+                .map(|view| u64::from(view.rejected))
+                .sum::<u64>();
+        prop_assert_eq!(gauges.rejected_events, rejected);
+        let abandoned = SessionFilter {
+            abandoned: Some(true),
+            ..SessionFilter::default()
+        };
+        prop_assert_eq!(
+            gauges.abandoned as usize,
+            engine.sessions(abandoned).await.unwrap().len()
+        );
         let day0 = Utc.with_ymd_and_hms(2023, 11, 29, 0, 0, 0).unwrap();
         let at = |minutes: i64| day0 + Duration::minutes(minutes);
         for now_minutes in [12 * 60 + 20, 40 * 60 + 7, 200 * 60] {
