@@ -190,7 +190,7 @@ impl linkflow_store::EventStore for FailingDisk {
         &self,
         from: &[u8],
         to: &[u8],
-        visit: &mut dyn FnMut(&[u8], i64) -> std::ops::ControlFlow<()>,
+        visit: &mut linkflow_store::store::CounterVisitor<'_>,
     ) -> Result<(), linkflow_store::StoreError> {
         self.inner.for_each_counter(from, to, visit)
     }

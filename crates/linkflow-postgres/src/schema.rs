@@ -53,8 +53,10 @@ CREATE TABLE linkflow_index (
     key bytea PRIMARY KEY
 );
 CREATE TABLE linkflow_counters (
-    key bytea PRIMARY KEY,
-    value bigint NOT NULL CHECK (value <> 0)
+    cell bytea NOT NULL,
+    name bytea NOT NULL,
+    value bigint NOT NULL CHECK (value <> 0),
+    PRIMARY KEY (cell, name)
 );
 
 -- Markers the engine keeps: `folded_with`, the rules every snapshot was folded with.

@@ -293,18 +293,16 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
             index_deletes.push(key);
         }
     }
-    let counter_keys: Vec<&[u8]> = plan
-        .index
-        .counters
-        .iter()
-        .map(|(key, _)| &key[..])
-        .collect();
-    let counter_deltas: Vec<i64> = plan
-        .index
-        .counters
-        .iter()
-        .map(|(_, delta)| *delta)
-        .collect();
+    let mut counter_cells: Vec<&[u8]> = Vec::new();
+    let mut counter_names: Vec<&[u8]> = Vec::new();
+    let mut counter_deltas: Vec<i64> = Vec::new();
+    for (cell, counters) in &plan.index.cells {
+        for (name, delta) in counters {
+            counter_cells.push(cell);
+            counter_names.push(name);
+            counter_deltas.push(*delta);
+        }
+    }
     let head = to_i64(plan.receipt.head.0, "head")?;
     let head_text = plan.receipt.head.0.to_string();
 
@@ -338,19 +336,19 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
             vec![&index_deletes],
         ));
     }
-    if !counter_keys.is_empty() {
-        // Statements of one pipeline run in order: the sums first, then the counters they
-        // brought to zero go.
+    if !counter_cells.is_empty() {
+        // One statement: each counter's sum, and a counter the sum brings to zero deleted.
         statements.push((
             "WITH summed AS (
-                 SELECT k.key, coalesce(c.value, 0) + k.delta AS value
-                   FROM unnest($1::bytea[], $2::int8[]) AS k(key, delta)
-                   LEFT JOIN linkflow_counters c ON c.key = k.key)
-             MERGE INTO linkflow_counters c USING summed s ON c.key = s.key
+                 SELECT k.cell, k.name, coalesce(c.value, 0) + k.delta AS value
+                   FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(cell, name, delta)
+                   LEFT JOIN linkflow_counters c ON c.cell = k.cell AND c.name = k.name)
+             MERGE INTO linkflow_counters c USING summed s ON c.cell = s.cell AND c.name = s.name
              WHEN MATCHED AND s.value = 0 THEN DELETE
              WHEN MATCHED THEN UPDATE SET value = s.value
-             WHEN NOT MATCHED AND s.value <> 0 THEN INSERT (key, value) VALUES (s.key, s.value)",
-            vec![&counter_keys, &counter_deltas],
+             WHEN NOT MATCHED AND s.value <> 0 THEN
+                 INSERT (cell, name, value) VALUES (s.cell, s.name, s.value)",
+            vec![&counter_cells, &counter_names, &counter_deltas],
         ));
     }
     futures_util::future::try_join_all(
@@ -746,28 +744,33 @@ impl EventStore for PgStore {
         &self,
         from: &[u8],
         to: &[u8],
-        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+        visit: &mut linkflow_store::store::CounterVisitor<'_>,
     ) -> Result<(), StoreError> {
-        let mut low = from.to_vec();
+        // Keyset pages over (cell, name); the first page starts at `from`'s first name.
+        let mut low: (Vec<u8>, Vec<u8>) = (from.to_vec(), Vec::new());
         let mut inclusive = true;
         loop {
             let rows = self.query_rows(
-                "SELECT key, value FROM linkflow_counters
-                  WHERE (key > $1 OR ($3 AND key = $1)) AND key < $2 ORDER BY key LIMIT $4",
+                "SELECT cell, name, value FROM linkflow_counters
+                  WHERE ((cell, name) > ($1, $2) OR ($4 AND cell = $1 AND name = $2))
+                    AND cell < $3
+                  ORDER BY cell, name LIMIT $5",
                 vec![
-                    Box::new(low.clone()),
+                    Box::new(low.0.clone()),
+                    Box::new(low.1.clone()),
                     Box::new(to.to_vec()),
                     Box::new(inclusive),
                     Box::new(PAGE),
                 ],
             )?;
             for row in &rows {
-                let key: Vec<u8> = col(row, 0)?;
-                let value: i64 = col(row, 1)?;
-                if visit(&key, value).is_break() {
+                let cell: Vec<u8> = col(row, 0)?;
+                let name: Vec<u8> = col(row, 1)?;
+                let value: i64 = col(row, 2)?;
+                if visit(&cell, &name, value).is_break() {
                     return Ok(());
                 }
-                low = key;
+                low = (cell, name);
                 inclusive = false;
             }
             if (rows.len() as i64) < PAGE {

@@ -13,7 +13,9 @@ use crate::record::{
     decode_event_record, decode_snapshot_record, encode_event, encode_snapshot, DedupeKey,
     StoredEvent, MAX_RECORD_BYTES,
 };
-use crate::store::{Append, Commit, IndexChange, Placed, Receipt, MAX_INDEX_KEY_BYTES};
+use crate::store::{
+    Append, Commit, CounterDelta, IndexChange, Placed, Receipt, MAX_INDEX_KEY_BYTES,
+};
 
 /// What the log held before the commit, as far as its constraints ask.
 pub trait StoredLog {
@@ -67,19 +69,23 @@ pub struct Checked {
 pub struct IndexWrites {
     /// Every index key the commit changes, and whether it is present after it.
     pub entries: Vec<(Vec<u8>, bool)>,
-    /// Every counter the commit changes, and the sum of its deltas (never zero).
-    pub counters: Vec<(Vec<u8>, i64)>,
+    /// Every cell the commit changes, with the sum of the deltas of each of its counters
+    /// (never zero), in name order.
+    pub cells: Vec<Cell>,
 }
+
+/// A counter cell and the summed deltas of its counters, in name order.
+pub type Cell = (Vec<u8>, Vec<(Vec<u8>, i64)>);
 
 /// Checks a commit's index and counter keys and merges its changes: the last change of an
 /// index key wins, the deltas of a counter are summed, and a counter summing to zero is left
 /// out.
 fn check_index(
     index: Vec<IndexChange>,
-    counters: Vec<(Vec<u8>, i64)>,
+    counters: Vec<CounterDelta>,
 ) -> Result<IndexWrites, CommitError> {
-    let check = |key: &[u8]| {
-        if key.is_empty() || key.len() > MAX_INDEX_KEY_BYTES {
+    let check_len = |key: &[u8], empty_ok: bool| {
+        if (key.is_empty() && !empty_ok) || key.len() > MAX_INDEX_KEY_BYTES {
             Err(CommitError::InvalidIndexKey {
                 bytes: key.len(),
                 start: key[..key.len().min(16)].to_vec(),
@@ -89,6 +95,7 @@ fn check_index(
             Ok(())
         }
     };
+    let check = |key: &[u8]| check_len(key, false);
     let mut entries: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
     for change in index {
         let (key, present) = match change {
@@ -98,17 +105,27 @@ fn check_index(
         check(&key)?;
         entries.insert(key, present);
     }
-    let mut sums: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-    for (key, delta) in counters {
-        check(&key)?;
-        let sum = sums.entry(key).or_default();
+    let mut sums: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, i64>> = BTreeMap::new();
+    for CounterDelta { cell, name, delta } in counters {
+        check(&cell)?;
+        check_len(&name, true)?;
+        let sum = sums.entry(cell).or_default().entry(name).or_default();
         *sum = sum.checked_add(delta).ok_or_else(|| {
             StoreError::Internal("a commit's counter deltas overflow 64 bits".into())
         })?;
     }
+    let cells = sums
+        .into_iter()
+        .map(|(cell, names)| {
+            let names: Vec<(Vec<u8>, i64)> =
+                names.into_iter().filter(|(_, sum)| *sum != 0).collect();
+            (cell, names)
+        })
+        .filter(|(_, names)| !names.is_empty())
+        .collect();
     Ok(IndexWrites {
         entries: entries.into_iter().collect(),
-        counters: sums.into_iter().filter(|(_, sum)| *sum != 0).collect(),
+        cells,
     })
 }
 

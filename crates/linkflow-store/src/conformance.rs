@@ -15,7 +15,7 @@ use linkflow_core::{Event, EventBody, EventKind, Position, Provider, SessionId, 
 use uuid::Uuid;
 
 use crate::record::{DedupeKey, NewEvent, RawJson, Snapshot, MAX_RECORD_BYTES};
-use crate::store::{Append, Commit, DedupeHit, EventStore, Placed, StreamRead};
+use crate::store::{Append, Commit, CounterDelta, DedupeHit, EventStore, Placed, StreamRead};
 use crate::{CommitError, SledStore, StoreError};
 
 /// A fresh store location for one test.
@@ -1039,15 +1039,23 @@ fn index_keys<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Vec<Vec<u8>> 
     keys
 }
 
-fn counters<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, i64)> {
+type Counted = Vec<(Vec<u8>, Vec<u8>, i64)>;
+
+fn counters<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Counted {
     let mut counters = Vec::new();
     store
-        .for_each_counter(from, to, &mut |key, value| {
-            counters.push((key.to_vec(), value));
+        .for_each_counter(from, to, &mut |cell, name, value| {
+            counters.push((cell.to_vec(), name.to_vec(), value));
             ControlFlow::Continue(())
         })
         .expect("the counters walk");
     counters
+}
+
+fn counted(list: &[(&[u8], &[u8], i64)]) -> Counted {
+    list.iter()
+        .map(|(cell, name, value)| (cell.to_vec(), name.to_vec(), *value))
+        .collect()
 }
 
 /// Index entries are written by the commit that carries them (with its events, or alone),
@@ -1129,44 +1137,63 @@ pub fn index_entries_commit_with_their_events_and_walk_in_byte_order<H: Harness>
     assert_clean(&store);
 }
 
-/// A counter is the sum of every delta committed to it (deltas of one commit to one key
+/// A counter is the sum of every delta committed to it (deltas of one commit to one counter
 /// summed first), negative ones included; one that reaches zero is not stored (and not
-/// visited) until a later delta; counters survive a reopen.
+/// visited) until a later delta, and a cell left with no counter is gone; cells are walked in
+/// key order within `[from, to)`, each cell's counters in name order (the empty name first);
+/// the walk stops when the visitor breaks; counters survive a reopen.
 pub fn counters_sum_their_deltas_and_vanish_at_zero<H: Harness>() {
     let harness = H::fresh();
     {
         let store = harness.open();
-        let deltas = |deltas: &[(&[u8], i64)]| Commit {
-            counters: deltas.iter().map(|(k, d)| (k.to_vec(), *d)).collect(),
+        let deltas = |deltas: &[(&[u8], &[u8], i64)]| Commit {
+            counters: deltas
+                .iter()
+                .map(|(cell, name, delta)| CounterDelta::new(*cell, *name, *delta))
+                .collect(),
             ..Commit::default()
         };
         store
-            .commit(deltas(&[(b"c/a", 3), (b"c/b", 1), (b"c/a", 2), (b"d", 7)]))
+            .commit(deltas(&[
+                (b"c/a", b"x", 3),
+                (b"c/a", b"", 1),
+                (b"c/b", b"y", 1),
+                (b"c/a", b"x", 2),
+                (b"d", b"\xff", 7),
+            ]))
             .unwrap();
         assert_eq!(
             counters(&store, b"c/", b"c0"),
-            vec![(b"c/a".to_vec(), 5), (b"c/b".to_vec(), 1)]
+            counted(&[(b"c/a", b"", 1), (b"c/a", b"x", 5), (b"c/b", b"y", 1)])
         );
         store
             .commit(deltas(&[
-                (b"c/a", -5),
-                (b"c/b", -3),
-                (b"c/z", 2),
-                (b"c/z", -2),
+                (b"c/a", b"x", -5),
+                (b"c/a", b"", -1),
+                (b"c/b", b"y", -3),
+                (b"c/z", b"q", 2),
+                (b"c/z", b"q", -2),
             ]))
             .unwrap();
-        assert_eq!(counters(&store, b"c/", b"c0"), vec![(b"c/b".to_vec(), -2)]);
-        store.commit(deltas(&[(b"c/a", 1)])).unwrap();
+        assert_eq!(
+            counters(&store, b"c/", b"c0"),
+            counted(&[(b"c/b", b"y", -2)])
+        );
+        store.commit(deltas(&[(b"c/a", b"w", 1)])).unwrap();
+        let mut seen = 0;
+        store
+            .for_each_counter(b"c", b"e", &mut |_, _, _| {
+                seen += 1;
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        assert_eq!(seen, 1, "the walk stops when the visitor breaks");
         store.sync().unwrap();
     }
     let store = harness.open();
     assert_eq!(
         counters(&store, b"c", b"e"),
-        vec![
-            (b"c/a".to_vec(), 1),
-            (b"c/b".to_vec(), -2),
-            (b"d".to_vec(), 7)
-        ]
+        counted(&[(b"c/a", b"w", 1), (b"c/b", b"y", -2), (b"d", b"\xff", 7)])
     );
     assert_clean(&store);
 }
@@ -1179,7 +1206,7 @@ pub fn a_refused_commit_writes_no_index_entry_or_counter<H: Harness>() {
     let store = harness.open();
     let mut conflicting = Commit {
         index: vec![Put(b"i/conflict".to_vec())],
-        counters: vec![(b"c/conflict".to_vec(), 1)],
+        counters: vec![CounterDelta::new(&b"c/conflict"[..], &b""[..], 1)],
         ..Commit::default()
     };
     conflicting.appends.push(Append {
@@ -1197,7 +1224,7 @@ pub fn a_refused_commit_writes_no_index_entry_or_counter<H: Harness>() {
         let error = store
             .commit(Commit {
                 index: vec![Put(b"i/fine".to_vec()), Put(bad.clone())],
-                counters: vec![(b"c/fine".to_vec(), 1)],
+                counters: vec![CounterDelta::new(&b"c/fine"[..], &b""[..], 1)],
                 ..Commit::default()
             })
             .expect_err("a key out of bounds is refused");
@@ -1207,11 +1234,23 @@ pub fn a_refused_commit_writes_no_index_entry_or_counter<H: Harness>() {
         );
         let error = store
             .commit(Commit {
-                counters: vec![(b"c/fine".to_vec(), 1), (bad.clone(), 1)],
+                counters: vec![
+                    CounterDelta::new(&b"c/fine"[..], &b""[..], 1),
+                    CounterDelta::new(bad.clone(), &b""[..], 1),
+                ],
                 ..Commit::default()
             })
-            .expect_err("a counter key out of bounds is refused");
+            .expect_err("a counter cell out of bounds is refused");
         assert!(matches!(error, CommitError::InvalidIndexKey { .. }));
+        if !bad.is_empty() {
+            let error = store
+                .commit(Commit {
+                    counters: vec![CounterDelta::new(&b"c/fine"[..], bad.clone(), 1)],
+                    ..Commit::default()
+                })
+                .expect_err("a counter name out of bounds is refused");
+            assert!(matches!(error, CommitError::InvalidIndexKey { .. }));
+        }
     }
     assert!(index_keys(&store, b"i", b"j").is_empty());
     assert!(counters(&store, b"c", b"d").is_empty());

@@ -20,12 +20,14 @@
 //! first position.
 //!
 //! | `I`    | `I` index key (the engine's bytes)           | empty                              |
-//! | `C`    | `C` counter key (the engine's bytes)         | the counter: i64 BE, never zero    |
+//! | `C`    | `C` counter cell (the engine's bytes)        | the cell's counters (see below)    |
 //!
-//! `I` and `C` keys are the engine's index entries and counters (`Commit::index`,
-//! `Commit::counters`), written in the frame of the commit they belong to; a counter's new
-//! value is computed under the writer lock from the staged value, and the frame holds the
-//! value, not the delta, so replaying a frame twice writes the same.
+//! `I` and `C` keys are the engine's index entries and counter cells (`Commit::index`,
+//! `Commit::counters`), written in the frame of the commit they belong to. A cell's value is
+//! varint(count), then per counter, in name order, bytes(name) and its value zigzag-varint
+//! (never zero; a cell left with none is removed). A commit computes a cell's new value under
+//! the writer lock from the staged one, and the frame holds the value, not the delta, so
+//! replaying a frame twice writes the same.
 //!
 //! | `M`    | `Mlayout`                                    | layout version: u32 BE             |
 //! | `M`    | `Mwal`                                       | last write-ahead log frame: u64    |
@@ -127,15 +129,54 @@ pub(crate) fn tagged(tag: u8, key: &[u8]) -> Vec<u8> {
     tagged
 }
 
-/// A counter's value as stored.
-pub(crate) fn parse_counter(key: &[u8], value: &[u8]) -> Result<i64, CorruptRecord> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| {
+/// A counter cell's value as stored: its counters in name order.
+pub(crate) fn parse_cell(cell: &[u8], value: &[u8]) -> Result<Vec<(Vec<u8>, i64)>, CorruptRecord> {
+    let bad = |reason: String| {
         CorruptRecord::new(
-            format!("counter {:?}", String::from_utf8_lossy(key)),
-            format!("holds {} bytes, not 8", value.len()),
+            format!("counter cell {:?}", String::from_utf8_lossy(cell)),
+            reason,
         )
-    })?;
-    Ok(i64::from_be_bytes(bytes))
+    };
+    let mut input = linkflow_core::compact::Input::new(value);
+    let count = input
+        .count("counters")
+        .map_err(|error| bad(error.to_string()))?;
+    let mut counters: Vec<(Vec<u8>, i64)> = Vec::with_capacity(count.min(4_096));
+    for _ in 0..count {
+        let name = input
+            .bytes("counter name")
+            .map_err(|error| bad(error.to_string()))?;
+        let raw = input
+            .varint("counter value")
+            .map_err(|error| bad(error.to_string()))?;
+        let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+        if value == 0 {
+            return Err(bad(format!(
+                "counter {:?} is stored at zero",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if counters
+            .last()
+            .is_some_and(|(last, _)| last.as_slice() >= name)
+        {
+            return Err(bad("its counters are not in name order".into()));
+        }
+        counters.push((name.to_vec(), value));
+    }
+    input.finish().map_err(|error| bad(error.to_string()))?;
+    Ok(counters)
+}
+
+/// A counter cell's value: its counters (in name order, none at zero).
+pub(crate) fn cell_value(counters: &[(Vec<u8>, i64)]) -> Vec<u8> {
+    let mut out = Output::default();
+    out.varint(counters.len() as u64);
+    for (name, value) in counters {
+        out.bytes(name);
+        out.varint(((value << 1) ^ (value >> 63)) as u64);
+    }
+    out.into_bytes()
 }
 
 /// One stream's events in one commit: `events` consecutive versions from `first_version`,

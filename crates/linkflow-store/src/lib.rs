@@ -43,6 +43,6 @@ pub use record::{
 pub use repair::{LostEvent, LostFrame, RepairReport};
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{
-    Append, Commit, DedupeHit, EventStore, IndexChange, Placed, Problem, Receipt, StreamRead,
-    StreamStart, StreamsRead, VerifyReport, MAX_INDEX_KEY_BYTES,
+    Append, Commit, CounterDelta, DedupeHit, EventStore, IndexChange, Placed, Problem, Receipt,
+    StreamRead, StreamStart, StreamsRead, VerifyReport, MAX_INDEX_KEY_BYTES,
 };

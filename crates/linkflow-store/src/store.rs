@@ -42,8 +42,8 @@ pub struct Append {
 ///   ([`CommitError::Conflict`]: on a shared store, another process appended since the state
 ///   the snapshot folds was read);
 /// - every record fits [`crate::MAX_RECORD_BYTES`] ([`CommitError::TooLarge`]);
-/// - every index and counter key is 1 to [`MAX_INDEX_KEY_BYTES`] bytes
-///   ([`CommitError::InvalidIndexKey`]).
+/// - every index key and counter cell is 1 to [`MAX_INDEX_KEY_BYTES`] bytes, and every
+///   counter name at most that ([`CommitError::InvalidIndexKey`]).
 ///
 /// The index entries and counters are the engine's (the store reads no meaning into their
 /// keys): written in the same commit as the events and snapshots they derive from, they are
@@ -57,7 +57,31 @@ pub struct Commit {
     /// Index entries added and removed (a later change of a key replaces an earlier one).
     pub index: Vec<IndexChange>,
     /// Counter deltas: each added to its counter (one that reaches zero is not stored).
-    pub counters: Vec<(Vec<u8>, i64)>,
+    pub counters: Vec<CounterDelta>,
+}
+
+/// A change to one counter. Counters live in cells: the counters of one cell are stored
+/// together (on sled, one value), so a commit that changes many counters of a few cells writes
+/// a few values; cells are walked in key order, and a cell's counters in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CounterDelta {
+    /// The cell.
+    pub cell: Vec<u8>,
+    /// The counter's name within its cell (may be empty).
+    pub name: Vec<u8>,
+    /// What is added to it.
+    pub delta: i64,
+}
+
+impl CounterDelta {
+    /// A delta of `delta` to counter `name` of `cell`.
+    pub fn new(cell: impl Into<Vec<u8>>, name: impl Into<Vec<u8>>, delta: i64) -> Self {
+        CounterDelta {
+            cell: cell.into(),
+            name: name.into(),
+            delta,
+        }
+    }
 }
 
 impl Commit {
@@ -70,7 +94,10 @@ impl Commit {
     }
 }
 
-/// The longest index or counter key a commit may write.
+/// What [`EventStore::for_each_counter`] calls: cell, name, value.
+pub type CounterVisitor<'a> = dyn FnMut(&[u8], &[u8], i64) -> ControlFlow<()> + 'a;
+
+/// The longest index key, counter cell or counter name a commit may write.
 pub const MAX_INDEX_KEY_BYTES: usize = 1_024;
 
 /// A change to one index entry: a key present or not, with no value (what it indexes is in the
@@ -268,13 +295,14 @@ pub trait EventStore: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
-    /// Calls `visit` with every counter whose key is in `[from, to)` and its value, in key
-    /// order, until it breaks. A counter at zero is not stored, so it is not visited.
+    /// Calls `visit` with the cell, name and value of every counter whose cell is in
+    /// `[from, to)`, cells in key order and each cell's counters in name order, until it
+    /// breaks. A counter at zero is not stored, so it is not visited.
     fn for_each_counter(
         &self,
         from: &[u8],
         to: &[u8],
-        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+        visit: &mut crate::store::CounterVisitor<'_>,
     ) -> Result<(), StoreError>;
 
     /// Calls `visit` with every stored event, stream by stream in version order, until it

@@ -68,15 +68,15 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
     Ok(report)
 }
 
-/// Every counter holds eight bytes and is not zero (a counter at zero is removed). What the
-/// counters and index entries mean, the engine's verify checks against a fold of the log.
+/// Every counter cell decodes, holds at least one counter, none at zero, in name order (what
+/// the counters and index entries mean, the engine's verify checks against a fold of the log).
 fn check_counters(db: &Staged, report: &mut VerifyReport) -> Result<(), StoreError> {
     for entry in db.scan_prefix([keys::COUNTER]) {
         let (key, value) = entry?;
-        match keys::parse_counter(&key[1..], &value) {
-            Ok(0) => report.problem(
-                format!("counter {:?}", String::from_utf8_lossy(&key[1..])),
-                "is stored at zero",
+        match keys::parse_cell(&key[1..], &value) {
+            Ok(counters) if counters.is_empty() => report.problem(
+                format!("counter cell {:?}", String::from_utf8_lossy(&key[1..])),
+                "holds no counter",
             ),
             Ok(_) => {}
             Err(error) => report.problems.push(error.into()),

@@ -20,7 +20,7 @@ use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::Folded;
 use crate::index::{
-    self, id_of, parse_funnel_key, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
+    self, id_of, parse_funnel, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
     LAST_EVENT,
 };
 use crate::query::load_state;
@@ -159,9 +159,9 @@ fn read_counters(
         [&[resolution][..], &time_bytes(to)].concat()
     };
     let mut failed = None;
-    store.for_each_counter(&start, &end, &mut |key, count| {
+    store.for_each_counter(&start, &end, &mut |cell, name, count| {
         cost.counters += 1;
-        match parse_funnel_key(key) {
+        match parse_funnel(cell, name) {
             Ok((group, metric)) => {
                 if keeps(query, &group) {
                     tally.add(&group, &metric, count);
@@ -251,9 +251,9 @@ fn live_sessions(
     cost: &mut FunnelCost,
 ) -> Result<(), EngineError> {
     let cutoff = query.now - query.inactivity_timeout;
-    // A session is live when its last event is after the cutoff; the index holds
-    // microseconds, so the cutoff's own microsecond is read and checked exactly.
-    let from = cutoff.timestamp_micros();
+    // A session is live when its last event is after the cutoff; the index holds minutes,
+    // so the cutoff's own minute is read and each session checked exactly.
+    let from = index::grain_floor(cutoff.timestamp_micros());
     sessions_by_time(store, LAST_EVENT, from, i64::MAX, &mut |_, state| {
         if let Folded::Session(timeline) = &state.folded {
             let session = &timeline.state;
@@ -294,24 +294,28 @@ pub(crate) fn gauges(
 ) -> Result<Gauges, EngineError> {
     let mut gauges = Gauges::default();
     let mut open = 0i64;
-    store.for_each_counter(&[index::GAUGE], &[index::GAUGE + 1], &mut |key, count| {
-        let count_u = u64::try_from(count).unwrap_or(0);
-        match &key[1..] {
-            [b'p', rank] => {
-                if let Some(slot) = gauges.sessions_by_phase.get_mut(usize::from(*rank)) {
-                    *slot = count_u;
+    store.for_each_counter(
+        &[index::GAUGE],
+        &[index::GAUGE + 1],
+        &mut |_, name, count| {
+            let count_u = u64::try_from(count).unwrap_or(0);
+            match name {
+                [b'p', rank] => {
+                    if let Some(slot) = gauges.sessions_by_phase.get_mut(usize::from(*rank)) {
+                        *slot = count_u;
+                    }
                 }
+                [b'r'] => gauges.rejected_events = count_u,
+                [b'q'] => gauges.quarantine_pending = count_u,
+                [b'Q'] => gauges.quarantine_released = count_u,
+                [b'o'] => open = count,
+                _ => {}
             }
-            [b'r'] => gauges.rejected_events = count_u,
-            [b'q'] => gauges.quarantine_pending = count_u,
-            [b'Q'] => gauges.quarantine_released = count_u,
-            [b'o'] => open = count,
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    })?;
+            ControlFlow::Continue(())
+        },
+    )?;
     let mut live = 0i64;
-    let from = (now - timeout).timestamp_micros();
+    let from = index::grain_floor((now - timeout).timestamp_micros());
     sessions_by_time(store, LAST_EVENT, from, i64::MAX, &mut |_, state| {
         if let Folded::Session(timeline) = &state.folded {
             let session = &timeline.state;

@@ -16,23 +16,24 @@
 //! | `r`    | `r` id                                | stream with rejected events (parked)     |
 //! | `q`    | `q` id                                | pending quarantine entry                 |
 //!
-//! Counters: `gp` phase-rank (sessions by phase), `gr` (rejected events), `gq` / `gQ`
-//! (quarantine entries pending / released), `go` (open sessions with a last event time); and
-//! the funnel's, per bucket of first event time and group: `H` hour or `D` day, then the bucket
-//! (8 bytes), the provider (len:u8), the institution (0, or 1 len:u16 id), the link type (a
-//! byte), then the metric (a tag, a phase rank, and a status, an error code or a sketch bin).
+//! Counters, by cell: the cell `g` holds the gauges, named `p` phase-rank (sessions by
+//! phase), `r` (rejected events), `q` / `Q` (quarantine entries pending / released), `o`
+//! (open sessions with a last event time). A funnel cell is one bucket of first event time and
+//! one group: `H` hour or `D` day, the bucket (8 bytes), the provider (len:u8), the
+//! institution (0, or 1 len:u16 id), the link type (a byte); its counters are named by metric
+//! (a tag, a phase rank, and a status, an error code or a sketch bin).
 //!
 //! Times are microseconds since the epoch as 8 big-endian bytes with the sign bit flipped, so
 //! that byte order is time order. Text longer than [`MAX_INDEXED_TEXT`] bytes is indexed by
 //! its first bytes; every query checks the whole value on the session itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use linkflow_core::aggregate::{contribution, Contribution, Group, Metric};
 use linkflow_core::event::LinkType;
-use linkflow_core::{Phase, Provider, Session, SessionId};
-use linkflow_store::{Commit, CorruptRecord, IndexChange};
+use linkflow_core::{Phase, Provider, SessionId};
+use linkflow_store::{Commit, CorruptRecord, CounterDelta, IndexChange};
 
 use crate::cache::SessionState;
 use crate::folded::Folded;
@@ -67,7 +68,6 @@ pub(crate) const HOURLY: u8 = b'H';
 pub(crate) const DAILY: u8 = b'D';
 
 pub(crate) const HOUR_MICROS: i64 = 3_600_000_000;
-pub(crate) const DAY_MICROS: i64 = 24 * HOUR_MICROS;
 
 /// A time as index bytes.
 pub(crate) fn time_bytes(micros: i64) -> [u8; 8] {
@@ -109,14 +109,6 @@ pub(crate) fn provider_prefix(provider: Provider) -> Vec<u8> {
     key
 }
 
-/// A time-ordered key: `family` time id.
-pub(crate) fn time_key(family: u8, at: DateTime<Utc>, id: &SessionId) -> Vec<u8> {
-    let mut key = vec![family];
-    key.extend_from_slice(&time_bytes(micros(at)));
-    key.extend_from_slice(id.as_str().as_bytes());
-    key
-}
-
 /// The first key of `family` at or after `micros`.
 pub(crate) fn time_from(family: u8, micros: i64) -> Vec<u8> {
     let mut key = vec![family];
@@ -135,109 +127,241 @@ pub(crate) fn id_of(key: &[u8], prefix_len: usize) -> Result<SessionId, CorruptR
     SessionId::new(text).map_err(|error| bad(&format!("bad stream id: {error}")))
 }
 
-/// What one stream adds to the indexes and counters.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Projection {
-    /// Index keys, sorted.
-    pub keys: Vec<Vec<u8>>,
-    /// Gauge counters.
-    pub gauges: Vec<(Vec<u8>, i64)>,
-    /// The session's funnel contribution.
-    pub funnel: Option<Contribution>,
+/// Last event times are indexed to the minute: a session's key moves once a minute at most,
+/// not with every event; every reader checks the exact time on the session.
+pub(crate) const LAST_EVENT_GRAIN_MICROS: i64 = 60_000_000;
+
+/// The start of the minute of a time, as the last-event-time index holds it.
+pub(crate) fn grain_floor(micros: i64) -> i64 {
+    micros.div_euclid(LAST_EVENT_GRAIN_MICROS) * LAST_EVENT_GRAIN_MICROS
 }
 
-/// The projection of `stream`'s state (nothing for a stream without events).
-pub(crate) fn project(stream: &SessionId, state: &SessionState) -> Projection {
+/// The indexed facts of a session.
+#[derive(Debug, Clone, PartialEq)]
+struct SessionFacts {
+    phase: Phase,
+    provider: Provider,
+    institution: Option<String>,
+    user: Option<String>,
+    /// First event time, microseconds.
+    first: Option<i64>,
+    /// Last event time to the minute, while the session is open and has one.
+    open_since: Option<i64>,
+}
+
+/// What one stream adds to the indexes and counters, as the facts they are built from (keys
+/// are built only for what changes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Projection {
+    session: Option<SessionFacts>,
+    rejected: u32,
+    /// `Some(pending)` for a quarantine entry.
+    quarantine: Option<bool>,
+    /// The session's funnel contribution.
+    funnel: Option<Contribution>,
+}
+
+/// The projection of a stream's state (nothing for a stream without events).
+pub(crate) fn project(state: &SessionState) -> Projection {
     let mut projection = Projection::default();
     let folded = &state.folded;
     if folded.version().0 == 0 {
         return projection;
     }
-    let id = stream.as_str().as_bytes();
-    let keyed = |mut prefix: Vec<u8>| {
-        prefix.extend_from_slice(id);
-        prefix
-    };
-    let rejected = folded.rejected();
-    if rejected > 0 {
-        projection.keys.push(keyed(vec![PARKED]));
-        projection
-            .gauges
-            .push((vec![GAUGE, b'r'], i64::from(rejected)));
-    }
+    projection.rejected = folded.rejected();
     match folded {
         Folded::Session(timeline) => {
             let session = &timeline.state;
-            session_keys(stream, state.provider, session, &mut projection, keyed);
+            let phase = session.phase();
+            projection.session = Some(SessionFacts {
+                phase,
+                provider: state.provider,
+                institution: session.institution().map(|i| i.id.clone()),
+                user: session.external_user_id().map(str::to_owned),
+                first: session.first_event_at().map(micros),
+                open_since: (!phase.is_terminal())
+                    .then(|| session.last_event_at())
+                    .flatten()
+                    .map(|last| grain_floor(micros(last))),
+            });
             projection.funnel = Some(contribution(state.provider, session));
         }
-        Folded::Quarantine(Some(entry)) => {
-            if entry.is_pending() {
-                projection.keys.push(keyed(vec![QUARANTINE]));
-                projection.gauges.push((vec![GAUGE, b'q'], 1));
-            } else {
-                projection.gauges.push((vec![GAUGE, b'Q'], 1));
-            }
-        }
+        Folded::Quarantine(Some(entry)) => projection.quarantine = Some(entry.is_pending()),
         Folded::Account { .. } | Folded::Merchant { .. } | Folded::Quarantine(None) => {}
     }
-    projection.keys.sort();
-    projection.gauges.sort();
     projection
 }
 
-fn session_keys(
-    stream: &SessionId,
-    provider: Provider,
-    session: &Session,
-    projection: &mut Projection,
-    keyed: impl Fn(Vec<u8>) -> Vec<u8>,
-) {
-    let phase = session.phase();
-    projection.keys.push(keyed(phase_prefix(phase)));
-    projection.gauges.push((vec![GAUGE, b'p', phase.rank()], 1));
-    projection.keys.push(keyed(provider_prefix(provider)));
-    if let Some(institution) = session.institution() {
-        projection
-            .keys
-            .push(keyed(text_prefix(INSTITUTION, &institution.id)));
+fn keyed(mut prefix: Vec<u8>, id: &SessionId) -> Vec<u8> {
+    prefix.extend_from_slice(id.as_str().as_bytes());
+    prefix
+}
+
+fn time_keyed(family: u8, micros: i64, id: &SessionId) -> Vec<u8> {
+    keyed(time_from(family, micros), id)
+}
+
+/// The index keys of one family a projection holds.
+fn family_keys(projection: &Projection, family: u8, id: &SessionId) -> Option<Vec<u8>> {
+    let session = projection.session.as_ref();
+    match family {
+        PHASE => session.map(|s| keyed(phase_prefix(s.phase), id)),
+        PROVIDER => session.map(|s| keyed(provider_prefix(s.provider), id)),
+        INSTITUTION => session
+            .and_then(|s| s.institution.as_deref())
+            .map(|i| keyed(text_prefix(INSTITUTION, i), id)),
+        USER => session
+            .and_then(|s| s.user.as_deref())
+            .map(|u| keyed(text_prefix(USER, u), id)),
+        FIRST_EVENT => session
+            .and_then(|s| s.first)
+            .map(|at| time_keyed(FIRST_EVENT, at, id)),
+        LAST_EVENT => session
+            .and_then(|s| s.open_since)
+            .map(|at| time_keyed(LAST_EVENT, at, id)),
+        PARKED => (projection.rejected > 0).then(|| keyed(vec![PARKED], id)),
+        QUARANTINE => (projection.quarantine == Some(true)).then(|| keyed(vec![QUARANTINE], id)),
+        _ => None,
     }
-    if let Some(user) = session.external_user_id() {
-        projection.keys.push(keyed(text_prefix(USER, user)));
+}
+
+/// Every index key a projection holds (for verify).
+pub(crate) fn keys_of(projection: &Projection, id: &SessionId) -> Vec<Vec<u8>> {
+    FAMILIES
+        .iter()
+        .filter_map(|(family, _)| family_keys(projection, *family, id))
+        .collect()
+}
+
+/// The gauge counters (names in the cell `g`) a projection adds to.
+fn gauges(projection: &Projection) -> Vec<(Vec<u8>, i64)> {
+    let mut gauges = Vec::new();
+    if projection.rejected > 0 {
+        gauges.push((vec![b'r'], i64::from(projection.rejected)));
     }
-    if let Some(first) = session.first_event_at() {
-        projection.keys.push(time_key(FIRST_EVENT, first, stream));
+    if let Some(session) = &projection.session {
+        gauges.push((vec![b'p', session.phase.rank()], 1));
+        if session.open_since.is_some() {
+            gauges.push((vec![b'o'], 1));
+        }
     }
-    if !phase.is_terminal() {
-        if let Some(last) = session.last_event_at() {
-            projection.keys.push(time_key(LAST_EVENT, last, stream));
-            projection.gauges.push((vec![GAUGE, b'o'], 1));
+    match projection.quarantine {
+        Some(true) => gauges.push((vec![b'q'], 1)),
+        Some(false) => gauges.push((vec![b'Q'], 1)),
+        None => {}
+    }
+    gauges
+}
+
+/// A commit's funnel counter deltas, merged as the writer adds them: by hourly cell (the
+/// daily one derives from it) and metric, so that the many sessions of one group and hour in
+/// a commit write each counter once.
+#[derive(Debug, Default)]
+pub(crate) struct FunnelDeltas {
+    hourly: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>>,
+    cell: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl FunnelDeltas {
+    fn add(&mut self, contribution: &Contribution, metric: &Metric, count: i64) {
+        self.cell.clear();
+        funnel_prefix(
+            &mut self.cell,
+            HOURLY,
+            bucket(contribution.first_at, HOUR_MICROS),
+            &contribution.group,
+        );
+        self.name.clear();
+        push_metric(&mut self.name, metric);
+        let cell = match self.hourly.get_mut(&self.cell[..]) {
+            Some(cell) => cell,
+            None => self.hourly.entry(self.cell.clone()).or_default(),
+        };
+        match cell.get_mut(&self.name[..]) {
+            Some(delta) => *delta += count,
+            None => {
+                cell.insert(self.name.clone(), count);
+            }
+        }
+    }
+
+    /// Moves the merged deltas into `commit`: each hourly counter and its daily one.
+    pub(crate) fn flush(&mut self, commit: &mut Commit) {
+        let mut daily: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>> = HashMap::new();
+        for (cell, names) in self.hourly.drain() {
+            let mut day = cell.clone();
+            day[0] = DAILY;
+            let hour =
+                (u64::from_be_bytes(cell[1..9].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+            let day_bucket = if hour == i64::MIN {
+                i64::MIN
+            } else {
+                hour.div_euclid(24)
+            };
+            day[1..9].copy_from_slice(&time_bytes(day_bucket));
+            let day = daily.entry(day).or_default();
+            for (name, delta) in names {
+                if delta != 0 {
+                    *day.entry(name.clone()).or_default() += delta;
+                    commit
+                        .counters
+                        .push(CounterDelta::new(cell.clone(), name, delta));
+                }
+            }
+        }
+        for (cell, names) in daily {
+            for (name, delta) in names {
+                if delta != 0 {
+                    commit
+                        .counters
+                        .push(CounterDelta::new(cell.clone(), name, delta));
+                }
+            }
         }
     }
 }
 
-/// Adds to `commit` what turns `before`'s index entries and counters into `after`'s.
-pub(crate) fn diff(before: &Projection, after: &Projection, commit: &mut Commit) {
+/// Adds to `commit` what turns `before`'s index entries and gauges into `after`'s, and to
+/// `funnel` the change of its funnel counters.
+pub(crate) fn diff(
+    id: &SessionId,
+    before: &Projection,
+    after: &Projection,
+    commit: &mut Commit,
+    funnel: &mut FunnelDeltas,
+) {
     if before == after {
         return;
     }
-    for key in &before.keys {
-        if after.keys.binary_search(key).is_err() {
-            commit.index.push(IndexChange::Delete(key.clone()));
+    if before.session != after.session
+        || before.rejected != after.rejected
+        || before.quarantine != after.quarantine
+    {
+        for (family, _) in FAMILIES {
+            let old = family_keys(before, family, id);
+            let new = family_keys(after, family, id);
+            if old != new {
+                if let Some(old) = old {
+                    commit.index.push(IndexChange::Delete(old));
+                }
+                if let Some(new) = new {
+                    commit.index.push(IndexChange::Put(new));
+                }
+            }
         }
-    }
-    for key in &after.keys {
-        if before.keys.binary_search(key).is_err() {
-            commit.index.push(IndexChange::Put(key.clone()));
+        let old = gauges(before);
+        let new = gauges(after);
+        if old != new {
+            let gauge = |(name, count): (Vec<u8>, i64)| CounterDelta::new(vec![GAUGE], name, count);
+            commit
+                .counters
+                .extend(old.into_iter().map(|(name, count)| gauge((name, -count))));
+            commit.counters.extend(new.into_iter().map(gauge));
         }
-    }
-    for (key, count) in &before.gauges {
-        commit.counters.push((key.clone(), -count));
-    }
-    for (key, count) in &after.gauges {
-        commit.counters.push((key.clone(), *count));
     }
     match (&before.funnel, &after.funnel) {
+        (Some(old), Some(new)) if old == new => {}
         (Some(old), Some(new)) if old.first_at == new.first_at && old.group == new.group => {
             // The common case: the same bucket and group, a few metrics changed.
             let mut delta: BTreeMap<&Metric, i64> = BTreeMap::new();
@@ -249,7 +373,7 @@ pub(crate) fn diff(before: &Projection, after: &Projection, commit: &mut Commit)
             }
             for (metric, count) in delta {
                 if count != 0 {
-                    push_funnel(commit, new.first_at, &new.group, metric, count);
+                    funnel.add(new, metric, count);
                 }
             }
         }
@@ -257,32 +381,11 @@ pub(crate) fn diff(before: &Projection, after: &Projection, commit: &mut Commit)
             for (contribution, sign) in [(old, -1), (new, 1)] {
                 if let Some(contribution) = contribution {
                     for (metric, count) in &contribution.metrics {
-                        push_funnel(
-                            commit,
-                            contribution.first_at,
-                            &contribution.group,
-                            metric,
-                            sign * count,
-                        );
+                        funnel.add(contribution, metric, sign * count);
                     }
                 }
             }
         }
-    }
-}
-
-fn push_funnel(
-    commit: &mut Commit,
-    first_at: Option<DateTime<Utc>>,
-    group: &Group,
-    metric: &Metric,
-    count: i64,
-) {
-    for (resolution, width) in [(HOURLY, HOUR_MICROS), (DAILY, DAY_MICROS)] {
-        commit.counters.push((
-            funnel_key(resolution, width, first_at, group, metric),
-            count,
-        ));
     }
 }
 
@@ -292,23 +395,16 @@ pub(crate) fn bucket(first_at: Option<DateTime<Utc>>, width: i64) -> i64 {
     first_at.map_or(i64::MIN, |at| micros(at).div_euclid(width))
 }
 
-fn funnel_key(
-    resolution: u8,
-    width: i64,
-    first_at: Option<DateTime<Utc>>,
-    group: &Group,
-    metric: &Metric,
-) -> Vec<u8> {
-    let mut key = Vec::with_capacity(64);
+fn funnel_prefix(key: &mut Vec<u8>, resolution: u8, bucket: i64, group: &Group) {
     key.push(resolution);
-    key.extend_from_slice(&time_bytes(bucket(first_at, width)));
+    key.extend_from_slice(&time_bytes(bucket));
     let provider = group.provider.as_str().as_bytes();
     key.push(provider.len() as u8);
     key.extend_from_slice(provider);
     match &group.institution {
         Some(institution) => {
             key.push(1);
-            push_text16(&mut key, institution);
+            push_text16(key, institution);
         }
         None => key.push(0),
     }
@@ -318,6 +414,9 @@ fn funnel_key(
         Some(LinkType::Relink) => 2,
         Some(LinkType::FailoverLink) => 3,
     });
+}
+
+fn push_metric(key: &mut Vec<u8>, metric: &Metric) {
     let (tag, phase, text, bin) = match metric {
         Metric::Sessions => (b'n', None, None, None),
         Metric::Reached(phase) => (b'a', Some(*phase), None, None),
@@ -340,25 +439,30 @@ fn funnel_key(
     if let Some(bin) = bin {
         key.extend_from_slice(&((bin as u32) ^ (1 << 31)).to_be_bytes());
     }
-    key
 }
 
-/// A funnel counter's key read back: its group and metric.
-pub(crate) fn parse_funnel_key(key: &[u8]) -> Result<(Group, Metric), CorruptRecord> {
+/// A funnel counter read back: the group of its cell and the metric its name says.
+pub(crate) fn parse_funnel(cell: &[u8], name: &[u8]) -> Result<(Group, Metric), CorruptRecord> {
     let bad = |reason: &str| CorruptRecord {
-        key: format!("funnel counter {:?}", String::from_utf8_lossy(key)),
+        key: format!(
+            "funnel counter {:?} of cell {:?}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(cell)
+        ),
         reason: reason.to_owned(),
-    };
-    let mut at = 9;
-    let mut take = |n: usize| -> Result<&[u8], CorruptRecord> {
-        let part = key.get(at..at + n).ok_or_else(|| bad("ends too early"))?;
-        at += n;
-        Ok(part)
     };
     let text = |bytes: &[u8]| {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
             .map_err(|_| bad("holds text that is not UTF-8"))
+    };
+    let mut at = 9;
+    let mut take = |n: usize| -> Result<&[u8], CorruptRecord> {
+        let part = cell
+            .get(at..at + n)
+            .ok_or_else(|| bad("its cell ends too early"))?;
+        at += n;
+        Ok(part)
     };
     let provider_len = usize::from(take(1)?[0]);
     let provider: Provider = std::str::from_utf8(take(provider_len)?)
@@ -381,34 +485,39 @@ pub(crate) fn parse_funnel_key(key: &[u8]) -> Result<(Group, Metric), CorruptRec
         3 => Some(LinkType::FailoverLink),
         _ => return Err(bad("has a bad link type")),
     };
-    let tag = take(1)?[0];
-    let mut phase = || -> Result<Phase, CorruptRecord> {
-        let rank = take(1)?[0];
-        Phase::ALL
+    if at != cell.len() {
+        return Err(bad("its cell is longer than a group"));
+    }
+    let (&tag, rest) = name.split_first().ok_or_else(|| bad("is empty"))?;
+    let phase_of = |rest: &[u8]| -> Result<(Phase, Vec<u8>), CorruptRecord> {
+        let (&rank, rest) = rest.split_first().ok_or_else(|| bad("names no phase"))?;
+        let phase = Phase::ALL
             .iter()
             .copied()
             .find(|phase| phase.rank() == rank)
-            .ok_or_else(|| bad("names no phase"))
+            .ok_or_else(|| bad("names no phase"))?;
+        Ok((phase, rest.to_vec()))
     };
     let metric = match tag {
         b'n' => Metric::Sessions,
-        b'a' => Metric::Reached(phase()?),
         b's' => Metric::Succeeded,
         b'x' => Metric::Exited,
-        b'y' => Metric::ExitedAt(phase()?),
-        b'o' => Metric::Open(phase()?),
-        b'w' => Metric::OpenUntimed(phase()?),
-        b't' | b'e' | b'd' => {
-            let phase = phase()?;
-            let rest = key.get(at..).unwrap_or_default();
-            match tag {
-                b't' => Metric::ExitStatus(phase, text(rest)?),
-                b'e' => Metric::Error(phase, text(rest)?),
-                _ => {
-                    let bytes: [u8; 4] = rest.try_into().map_err(|_| bad("has a bad bin"))?;
-                    Metric::Duration(phase, (u32::from_be_bytes(bytes) ^ (1 << 31)) as i32)
-                }
-            }
+        b'a' => Metric::Reached(phase_of(rest)?.0),
+        b'y' => Metric::ExitedAt(phase_of(rest)?.0),
+        b'o' => Metric::Open(phase_of(rest)?.0),
+        b'w' => Metric::OpenUntimed(phase_of(rest)?.0),
+        b't' => {
+            let (phase, rest) = phase_of(rest)?;
+            Metric::ExitStatus(phase, text(&rest)?)
+        }
+        b'e' => {
+            let (phase, rest) = phase_of(rest)?;
+            Metric::Error(phase, text(&rest)?)
+        }
+        b'd' => {
+            let (phase, rest) = phase_of(rest)?;
+            let bytes: [u8; 4] = rest[..].try_into().map_err(|_| bad("has a bad bin"))?;
+            Metric::Duration(phase, (u32::from_be_bytes(bytes) ^ (1 << 31)) as i32)
         }
         _ => return Err(bad("has an unknown metric")),
     };
@@ -420,12 +529,20 @@ pub(crate) fn parse_funnel_key(key: &[u8]) -> Result<(Group, Metric), CorruptRec
     Ok((group, metric))
 }
 
-/// Every counter `projection` holds, with its count (for verify).
-pub(crate) fn counters_of(projection: &Projection, out: &mut BTreeMap<Vec<u8>, i64>) {
+/// Every counter `projection` holds, by cell and name, with its count (for verify).
+pub(crate) fn counters_of(projection: &Projection, out: &mut BTreeMap<(Vec<u8>, Vec<u8>), i64>) {
     let mut commit = Commit::default();
-    diff(&Projection::default(), projection, &mut commit);
-    for (key, count) in commit.counters {
-        *out.entry(key).or_default() += count;
+    let mut funnel = FunnelDeltas::default();
+    diff(
+        &SessionId::new("verify").expect("a valid id"),
+        &Projection::default(),
+        projection,
+        &mut commit,
+        &mut funnel,
+    );
+    funnel.flush(&mut commit);
+    for CounterDelta { cell, name, delta } in commit.counters {
+        *out.entry((cell, name)).or_default() += delta;
     }
 }
 

@@ -353,11 +353,15 @@ fn index_range(
         return prefix(index::text_prefix(index::INSTITUTION, institution));
     }
     if filter.abandoned == Some(true) {
-        // Abandoned: open, and the last event at or before now minus the timeout.
-        let cutoff = (clock.0 - clock.1).timestamp_micros();
+        // Abandoned: open, and the last event at or before now minus the timeout. The index
+        // holds minutes: the cutoff's minute is read too, and each session checked exactly.
+        let cutoff = index::grain_floor((clock.0 - clock.1).timestamp_micros());
         return Some((
             vec![index::LAST_EVENT],
-            index::time_from(index::LAST_EVENT, cutoff.saturating_add(1)),
+            index::time_from(
+                index::LAST_EVENT,
+                cutoff.saturating_add(index::LAST_EVENT_GRAIN_MICROS),
+            ),
             9,
         ));
     }

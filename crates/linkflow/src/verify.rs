@@ -38,13 +38,13 @@ impl FamilySum {
 #[derive(Default)]
 struct Expected {
     families: BTreeMap<u8, FamilySum>,
-    counters: BTreeMap<Vec<u8>, i64>,
+    counters: BTreeMap<(Vec<u8>, Vec<u8>), i64>,
 }
 
 impl Expected {
     fn add(&mut self, stream: &SessionId, state: &SessionState) {
-        let projection = index::project(stream, state);
-        for key in &projection.keys {
+        let projection = index::project(state);
+        for key in &index::keys_of(&projection, stream) {
             self.families.entry(key[0]).or_default().add(key);
         }
         index::counters_of(&projection, &mut self.counters);
@@ -88,24 +88,32 @@ impl Expected {
             });
         }
         let mut wrong = 0usize;
-        let mut note = |report: &mut VerifyReport, key: &[u8], have: i64, want: i64| {
-            wrong += 1;
-            if wrong <= MAX_COUNTER_PROBLEMS {
-                report.problems.push(Problem {
-                    record: format!("counter {:?}", String::from_utf8_lossy(key)),
-                    message: format!("holds {have}, the fold of the log gives {want}"),
-                });
-            }
-        };
-        store.for_each_counter(&[0], &[u8::MAX], &mut |key, have| {
-            let want = self.counters.remove(key).unwrap_or(0);
+        let mut note =
+            |report: &mut VerifyReport, cell: &[u8], name: &[u8], have: i64, want: i64| {
+                wrong += 1;
+                if wrong <= MAX_COUNTER_PROBLEMS {
+                    report.problems.push(Problem {
+                        record: format!(
+                            "counter {:?} of cell {:?}",
+                            String::from_utf8_lossy(name),
+                            String::from_utf8_lossy(cell)
+                        ),
+                        message: format!("holds {have}, the fold of the log gives {want}"),
+                    });
+                }
+            };
+        store.for_each_counter(&[0], &[u8::MAX], &mut |cell, name, have| {
+            let want = self
+                .counters
+                .remove(&(cell.to_vec(), name.to_vec()))
+                .unwrap_or(0);
             if want != have {
-                note(report, key, have, want);
+                note(report, cell, name, have, want);
             }
             ControlFlow::Continue(())
         })?;
-        for (key, want) in std::mem::take(&mut self.counters) {
-            note(report, &key, 0, want);
+        for ((cell, name), want) in std::mem::take(&mut self.counters) {
+            note(report, &cell, &name, 0, want);
         }
         if wrong > MAX_COUNTER_PROBLEMS {
             report.problems.push(Problem {

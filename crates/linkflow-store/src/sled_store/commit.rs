@@ -115,22 +115,17 @@ impl SledStore {
                 frame.remove(&key);
             }
         }
-        for (key, delta) in &index.counters {
-            let tagged = keys::tagged(keys::COUNTER, key);
+        for (cell, deltas) in &index.cells {
+            let tagged = keys::tagged(keys::COUNTER, cell);
             let old = match self.staged.get(&tagged)? {
-                Some(value) => keys::parse_counter(key, &value)?,
-                None => 0,
+                Some(value) => keys::parse_cell(cell, &value)?,
+                None => Vec::new(),
             };
-            let new = old.checked_add(*delta).ok_or_else(|| {
-                StoreError::Internal(format!(
-                    "counter {:?} overflows 64 bits",
-                    String::from_utf8_lossy(key)
-                ))
-            })?;
-            if new == 0 {
+            let merged = merge_cell(cell, old, deltas)?;
+            if merged.is_empty() {
                 frame.remove(&tagged);
             } else {
-                frame.insert(&tagged, &new.to_be_bytes());
+                frame.insert(&tagged, &keys::cell_value(&merged));
             }
         }
         Ok(())
@@ -150,6 +145,47 @@ impl SledStore {
         }
         Ok(())
     }
+}
+
+/// A cell's counters after a commit's deltas (both in name order): sums, counters at zero
+/// left out.
+fn merge_cell(
+    cell: &[u8],
+    old: Vec<(Vec<u8>, i64)>,
+    deltas: &[(Vec<u8>, i64)],
+) -> Result<Vec<(Vec<u8>, i64)>, StoreError> {
+    let mut merged = Vec::with_capacity(old.len() + deltas.len());
+    let mut old = old.into_iter().peekable();
+    let mut deltas = deltas.iter().peekable();
+    loop {
+        let next = match (old.peek(), deltas.peek()) {
+            (None, None) => break,
+            (Some(_), None) => old.next(),
+            (None, Some(_)) => deltas.next().cloned(),
+            (Some((name, _)), Some((delta_name, _))) => match name.cmp(delta_name) {
+                std::cmp::Ordering::Less => old.next(),
+                std::cmp::Ordering::Greater => deltas.next().cloned(),
+                std::cmp::Ordering::Equal => {
+                    let (name, value) = old.next().expect("peeked");
+                    let (_, delta) = deltas.next().expect("peeked");
+                    let sum = value.checked_add(*delta).ok_or_else(|| {
+                        StoreError::Internal(format!(
+                            "counter {:?} of cell {:?} overflows 64 bits",
+                            String::from_utf8_lossy(&name),
+                            String::from_utf8_lossy(cell)
+                        ))
+                    })?;
+                    Some((name, sum))
+                }
+            },
+        };
+        if let Some((name, value)) = next {
+            if value != 0 {
+                merged.push((name, value));
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// A commit's dedupe entries, stream by stream in order of first appearance.

@@ -650,7 +650,7 @@ impl EventStore for SledStore {
         &self,
         from: &[u8],
         to: &[u8],
-        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+        visit: &mut crate::store::CounterVisitor<'_>,
     ) -> Result<(), StoreError> {
         self.guarded(|| {
             if from >= to {
@@ -662,9 +662,11 @@ impl EventStore for SledStore {
             );
             for entry in self.staged.scan(bounds) {
                 let (key, value) = entry?;
-                let count = keys::parse_counter(&key[1..], &value)?;
-                if visit(&key[1..], count).is_break() {
-                    break;
+                let cell = &key[1..];
+                for (name, count) in keys::parse_cell(cell, &value)? {
+                    if visit(cell, &name, count).is_break() {
+                        return Ok(());
+                    }
                 }
             }
             Ok(())

@@ -17,8 +17,8 @@ use linkflow_core::{
     Provider, SessionId, Version, RULES_VERSION,
 };
 use linkflow_store::{
-    record::check_event_size, Append as NewAppend, Commit, CommitError, DedupeHit, EventStore,
-    IndexChange, NewEvent, Placed, Snapshot, StoreError, StreamsRead,
+    record::check_event_size, Append as NewAppend, Commit, CommitError, CounterDelta, DedupeHit,
+    EventStore, IndexChange, NewEvent, Placed, Snapshot, StoreError, StreamsRead,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};

@@ -131,6 +131,8 @@ pub(super) struct Plan<'a> {
     keys: HashMap<DedupeKey, usize>,
     /// On a shared store: the group's sessions and dedupe keys, read in one go before planning.
     read_ahead: Option<StreamsRead>,
+    /// The commit's funnel counter deltas, merged.
+    funnel: index::FunnelDeltas,
 }
 
 impl<'a> Plan<'a> {
@@ -142,6 +144,7 @@ impl<'a> Plan<'a> {
             commit: Commit::default(),
             keys: HashMap::new(),
             read_ahead,
+            funnel: index::FunnelDeltas::default(),
         }
     }
 
@@ -201,7 +204,7 @@ impl<'a> Plan<'a> {
                 folded: Folded::initial_for(body),
             });
             let start = state.folded.version();
-            let before = index::project(session, &state);
+            let before = index::project(&state);
             self.sessions.insert(
                 session.clone(),
                 Working {
@@ -576,8 +579,14 @@ impl<'a> Plan<'a> {
     pub(super) fn finish(&mut self) -> Commit {
         for (session, working) in &self.sessions {
             if working.dirty {
-                let after = index::project(session, &working.state);
-                index::diff(&working.before, &after, &mut self.commit);
+                let after = index::project(&working.state);
+                index::diff(
+                    session,
+                    &working.before,
+                    &after,
+                    &mut self.commit,
+                    &mut self.funnel,
+                );
                 let state = encode_snapshot_state(&working.state.folded);
                 self.commit.snapshots.push((
                     session.clone(),
@@ -589,6 +598,7 @@ impl<'a> Plan<'a> {
                 ));
             }
         }
+        self.funnel.flush(&mut self.commit);
         std::mem::take(&mut self.commit)
     }
 }

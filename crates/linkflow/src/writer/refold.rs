@@ -104,8 +104,8 @@ fn clear_index(shared: &Shared) -> Result<bool, EngineError> {
             })?;
         shared
             .store
-            .for_each_counter(&[0], &[u8::MAX], &mut |key, count| {
-                commit.counters.push((key.to_vec(), -count));
+            .for_each_counter(&[0], &[u8::MAX], &mut |cell, name, count| {
+                commit.counters.push(CounterDelta::new(cell, name, -count));
                 if commit.counters.len() == CLEAR_BATCH {
                     std::ops::ControlFlow::Break(())
                 } else {
@@ -125,12 +125,20 @@ fn clear_index(shared: &Shared) -> Result<bool, EngineError> {
 /// answers whether it wrote any.
 fn reindex_chunk(shared: &Shared, chunk: &[SessionId]) -> Result<bool, EngineError> {
     let mut commit = Commit::default();
+    let mut funnel = index::FunnelDeltas::default();
     for stream in chunk {
         if let Some(state) = load_state(shared.store.as_ref(), stream)? {
-            let projection = index::project(stream, &state);
-            index::diff(&Projection::default(), &projection, &mut commit);
+            let projection = index::project(&state);
+            index::diff(
+                stream,
+                &Projection::default(),
+                &projection,
+                &mut commit,
+                &mut funnel,
+            );
         }
     }
+    funnel.flush(&mut commit);
     if commit.is_empty() {
         return Ok(false);
     }

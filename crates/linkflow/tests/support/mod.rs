@@ -127,7 +127,7 @@ impl<W: Watch> EventStore for Watched<W> {
         &self,
         from: &[u8],
         to: &[u8],
-        visit: &mut dyn FnMut(&[u8], i64) -> ControlFlow<()>,
+        visit: &mut linkflow_store::store::CounterVisitor<'_>,
     ) -> Result<(), StoreError> {
         self.call(Call::ForEachCounter, |store| {
             store.for_each_counter(from, to, visit)
