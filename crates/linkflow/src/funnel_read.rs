@@ -20,7 +20,7 @@ use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::Folded;
 use crate::index::{
-    self, id_of, parse_funnel, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
+    self, id_in, parse_funnel, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
     LAST_EVENT,
 };
 use crate::query::load_state;
@@ -212,7 +212,7 @@ fn sessions_by_time(
     };
     let mut ids = Vec::new();
     store.for_each_index_key(&start, &end, &mut |key| {
-        ids.push(id_of(key, 9));
+        ids.push(id_in(key));
         ControlFlow::Continue(())
     })?;
     for id in ids {

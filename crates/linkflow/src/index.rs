@@ -7,8 +7,7 @@
 //!
 //! | family | key                                   | one per                                  |
 //! |--------|---------------------------------------|------------------------------------------|
-//! | `p`    | `p` phase-rank id                     | session                                  |
-//! | `v`    | `v` len:u8 provider id                | session                                  |
+//! | `p`    | `p` phase-rank len:u8 provider id     | session                                  |
 //! | `i`    | `i` len:u16 institution id            | session naming an institution            |
 //! | `u`    | `u` len:u16 external-user-id id       | session naming a user                    |
 //! | `l`    | `l` last-event-time id                | open session (not succeeded or exited)   |
@@ -43,7 +42,6 @@ use crate::folded::Folded;
 pub(crate) const MAX_INDEXED_TEXT: usize = 256;
 
 pub(crate) const PHASE: u8 = b'p';
-pub(crate) const PROVIDER: u8 = b'v';
 pub(crate) const INSTITUTION: u8 = b'i';
 pub(crate) const USER: u8 = b'u';
 pub(crate) const LAST_EVENT: u8 = b'l';
@@ -52,9 +50,8 @@ pub(crate) const PARKED: u8 = b'r';
 pub(crate) const QUARANTINE: u8 = b'q';
 
 /// The index families, for verify's report.
-pub(crate) const FAMILIES: [(u8, &str); 8] = [
-    (PHASE, "sessions by phase"),
-    (PROVIDER, "sessions by provider"),
+pub(crate) const FAMILIES: [(u8, &str); 7] = [
+    (PHASE, "sessions by phase and provider"),
     (INSTITUTION, "sessions by institution"),
     (USER, "sessions by user"),
     (LAST_EVENT, "open sessions by last event time"),
@@ -101,12 +98,29 @@ pub(crate) fn phase_prefix(phase: Phase) -> Vec<u8> {
     vec![PHASE, phase.rank()]
 }
 
-/// The prefix of the sessions of one provider.
-pub(crate) fn provider_prefix(provider: Provider) -> Vec<u8> {
+/// The prefix of the sessions of one phase and provider (one session costs one key for
+/// both: a provider's sessions are its prefix under each phase).
+pub(crate) fn phase_provider_prefix(phase: Phase, provider: Provider) -> Vec<u8> {
     let name = provider.as_str().as_bytes();
-    let mut key = vec![PROVIDER, name.len() as u8];
+    let mut key = vec![PHASE, phase.rank(), name.len() as u8];
     key.extend_from_slice(name);
     key
+}
+
+/// The stream id at the end of an index key.
+pub(crate) fn id_in(key: &[u8]) -> Result<SessionId, CorruptRecord> {
+    let len16 = |at: usize| {
+        key.get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let prefix = match key.first().copied() {
+        Some(PHASE) => key.get(2).map(|len| 3 + usize::from(*len)),
+        Some(INSTITUTION | USER) => len16(1).map(|len| 3 + len),
+        Some(LAST_EVENT | FIRST_EVENT) => Some(9),
+        Some(PARKED | QUARANTINE) => Some(1),
+        _ => None,
+    };
+    id_of(key, prefix.unwrap_or(usize::MAX))
 }
 
 /// The first key of `family` at or after `micros`.
@@ -205,8 +219,7 @@ fn time_keyed(family: u8, micros: i64, id: &SessionId) -> Vec<u8> {
 fn family_keys(projection: &Projection, family: u8, id: &SessionId) -> Option<Vec<u8>> {
     let session = projection.session.as_ref();
     match family {
-        PHASE => session.map(|s| keyed(phase_prefix(s.phase), id)),
-        PROVIDER => session.map(|s| keyed(provider_prefix(s.provider), id)),
+        PHASE => session.map(|s| keyed(phase_provider_prefix(s.phase, s.provider), id)),
         INSTITUTION => session
             .and_then(|s| s.institution.as_deref())
             .map(|i| keyed(text_prefix(INSTITUTION, i), id)),

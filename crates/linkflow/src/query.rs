@@ -340,11 +340,10 @@ fn streams_page<T>(
 fn index_range(
     filter: &SessionFilter,
     clock: (DateTime<Utc>, chrono::Duration),
-) -> Option<(Vec<u8>, Vec<u8>, usize)> {
+) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let prefix = |prefix: Vec<u8>| {
-        let len = prefix.len();
         let end = index::prefix_end(&prefix);
-        Some((prefix, end, len))
+        Some(vec![(prefix, end)])
     };
     if let Some(user) = &filter.external_user_id {
         return prefix(index::text_prefix(index::USER, user));
@@ -356,17 +355,19 @@ fn index_range(
         // Abandoned: open, and the last event at or before now minus the timeout. The index
         // holds minutes: the cutoff's minute is read too, and each session checked exactly.
         let cutoff = index::grain_floor((clock.0 - clock.1).timestamp_micros());
-        return Some((
+        return Some(vec![(
             vec![index::LAST_EVENT],
             index::time_from(
                 index::LAST_EVENT,
                 cutoff.saturating_add(index::LAST_EVENT_GRAIN_MICROS),
             ),
-            9,
-        ));
+        )]);
     }
     if let Some(phase) = filter.phase {
-        return prefix(index::phase_prefix(phase));
+        return prefix(match filter.provider {
+            Some(provider) => index::phase_provider_prefix(phase, provider),
+            None => index::phase_prefix(phase),
+        });
     }
     if filter.first_event_from.is_some() || filter.first_event_until.is_some() {
         let from = filter
@@ -376,65 +377,85 @@ fn index_range(
             || vec![index::FIRST_EVENT + 1],
             |at| index::time_from(index::FIRST_EVENT, at.timestamp_micros()),
         );
-        return Some((index::time_from(index::FIRST_EVENT, from), to, 9));
+        return Some(vec![(index::time_from(index::FIRST_EVENT, from), to)]);
     }
     if let Some(provider) = filter.provider {
-        return prefix(index::provider_prefix(provider));
+        // A provider's sessions: its prefix under each phase, in phase order.
+        return Some(
+            Phase::ALL
+                .iter()
+                .map(|phase| {
+                    let prefix = index::phase_provider_prefix(*phase, provider);
+                    let end = index::prefix_end(&prefix);
+                    (prefix, end)
+                })
+                .collect(),
+        );
     }
     None
 }
 
-/// A page of the sessions an index range holds, in key order after `after`: up to `limit`
-/// that `filter` keeps (every field checked on the session itself), reading at most
-/// [`MAX_PAGE_SCAN`] keys. The next page starts after the last key read.
+/// A page of the sessions index ranges hold (in key order, the ranges too), after `after`:
+/// up to `limit` that `filter` keeps (every field checked on the session itself), reading at
+/// most [`MAX_PAGE_SCAN`] keys. The next page starts after the last key read.
 fn index_page(
     store: &dyn EventStore,
-    (from, to, id_at): (Vec<u8>, Vec<u8>, usize),
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
     filter: &SessionFilter,
     limit: usize,
     after: Option<&Cursor>,
     clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<SessionPage, EngineError> {
     let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
-    let start = match after {
+    let resume = match after {
         Some(cursor) => {
             let mut next = cursor.index_key()?.to_vec();
             next.push(0);
-            next.max(from)
+            Some(next)
         }
-        None => from,
+        None => None,
     };
     let mut sessions = Vec::new();
     let mut scanned = 0;
     let mut last: Option<Vec<u8>> = None;
     let mut ended = true;
     let mut failed = None;
-    store.for_each_index_key(&start, &to, &mut |key| {
-        scanned += 1;
-        let found = index::id_of(key, id_at)
-            .map_err(|error| EngineError::from(linkflow_store::StoreError::Corrupt(error)))
-            .and_then(|id| Ok(load_state(store, &id)?.map(|state| (id, state))));
-        match found {
-            Ok(Some((id, state))) => {
-                if let Some(view) = session_view(id, state.provider, state.folded)
-                    .filter(|view| filter.matches(state.provider, &view.state, clock))
-                {
-                    sessions.push(view);
+    for (from, to) in ranges {
+        let start = match &resume {
+            Some(next) if *next >= to => continue,
+            Some(next) => next.clone().max(from),
+            None => from,
+        };
+        store.for_each_index_key(&start, &to, &mut |key| {
+            scanned += 1;
+            let found = index::id_in(key)
+                .map_err(|error| EngineError::from(linkflow_store::StoreError::Corrupt(error)))
+                .and_then(|id| Ok(load_state(store, &id)?.map(|state| (id, state))));
+            match found {
+                Ok(Some((id, state))) => {
+                    if let Some(view) = session_view(id, state.provider, state.folded)
+                        .filter(|view| filter.matches(state.provider, &view.state, clock))
+                    {
+                        sessions.push(view);
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    failed = Some(error);
+                    return ControlFlow::Break(());
                 }
             }
-            Ok(None) => {}
-            Err(error) => {
-                failed = Some(error);
+            last = Some(key.to_vec());
+            if sessions.len() == limit || scanned == MAX_PAGE_SCAN {
+                ended = false;
                 return ControlFlow::Break(());
             }
+            ControlFlow::Continue(())
+        })?;
+        if failed.is_some() || !ended {
+            break;
         }
-        last = Some(key.to_vec());
-        if sessions.len() == limit || scanned == MAX_PAGE_SCAN {
-            ended = false;
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    })?;
+    }
     if let Some(error) = failed {
         return Err(error);
     }
@@ -460,8 +481,8 @@ pub(crate) fn sessions_page(
     after: Option<&Cursor>,
     clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<SessionPage, EngineError> {
-    if let Some(range) = index_range(filter, clock) {
-        return index_page(store, range, filter, limit, after, clock);
+    if let Some(ranges) = index_range(filter, clock) {
+        return index_page(store, ranges, filter, limit, after, clock);
     }
     let (sessions, next) = streams_page(
         store,
