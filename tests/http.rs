@@ -504,6 +504,21 @@ async fn the_event_stream_catches_up_then_follows_live_and_resumes_from_last_eve
     assert_eq!(frames[0].1["session_id"], "sse-rejected");
     assert_eq!(frames[0].1["rejected"], false);
     assert_eq!(frames[1].1["rejected"], true, "{frames:?}");
+    // Each session event carries the phase before and after it: the first open opens the
+    // session; the second, rejected, changes nothing.
+    assert_eq!(frames[0].1["phase_before"], serde_json::Value::Null);
+    assert_eq!(frames[0].1["phase_after"], "opened", "{frames:?}");
+    assert_eq!(frames[1].1["phase_before"], "opened");
+    assert_eq!(frames[1].1["phase_after"], "opened");
+    // Benji's `live` session: a go-back (telemetry), then an exit.
+    let live = client
+        .get(server.url("/v1/stream?after=0&session=live"))
+        .send()
+        .await
+        .unwrap();
+    let frames = read_sse_frames(live, 2).await;
+    assert_eq!(frames[1].1["phase_before"], frames[0].1["phase_after"]);
+    assert_eq!(frames[1].1["phase_after"], "exited", "{frames:?}");
     let bad = client
         .get(server.url("/v1/stream"))
         .header("Last-Event-ID", "x")

@@ -694,6 +694,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     match options.only {
         Some(Only::Writers) => return concurrent_figures(options, results).await,
         Some(Only::Reads) => return read_figures(options, results).await,
+        Some(Only::Scale) => return crate::scale::figures(options, results).await,
         _ => {}
     }
     let deliveries = generate(options.events, SEED);
@@ -739,7 +740,8 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             crate::postgres::figures(options, &deliveries, &single_deliveries, results).await;
             return;
         }
-        None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild) => {}
+        None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild)
+        | Some(Only::Scale) => {}
     }
 
     let (first, rebuild, folded, scan) = settled_scans(engine_dir.path()).await;
@@ -758,6 +760,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     concurrent_figures(options, results).await;
 
     read_figures(options, results).await;
+    crate::scale::figures(options, results).await;
 
     let sizes: &[usize] = if options.quick {
         &[20_000]

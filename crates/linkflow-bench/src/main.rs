@@ -14,15 +14,17 @@
 //! the Plaid shape (each session's events after its first in one burst ~1,200 events later),
 //! bursts shuffled vs the same bursts in provider-time order; (11) with `--baseline-bin FILE`
 //! (another build of this bench, e.g. an earlier commit's): figure 1 as that build measures it,
-//! in the same run.
+//! in the same run; (12) reads at 10k, 100k and 1M sessions (funnels, a filtered page, a
+//! user's sessions, a metrics scrape's reads), p99 at each size against the smallest.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
-//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres]`.
+//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale]`.
 #![forbid(unsafe_code)]
 
 mod chart;
 mod figures;
 mod postgres;
+mod scale;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -60,6 +62,8 @@ pub enum Only {
     Reads,
     /// `--only rebuild`: figures 1 and 3 (figure 3 reads figure 1's store).
     Rebuild,
+    /// `--only scale`: figure 12 (reads at 10k, 100k and 1M sessions).
+    Scale,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -121,12 +125,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("writers") => Only::Writers,
                     Some("reads") => Only::Reads,
                     Some("rebuild") => Only::Rebuild,
+                    Some("scale") => Only::Scale,
                     _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `rebuild` (figures 1 and 3), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale"
                 ))
             }
         }

@@ -512,16 +512,28 @@ async fn session_history(
 #[derive(Debug, Deserialize)]
 struct ParkedQuery {
     session: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
-/// The events their streams' folds reject now (of one session with `?session=`), at most
-/// [`linkflow::MAX_REJECTED_LISTED`]; `truncated` says whether more are.
+/// The events their streams' folds reject now: of one session with `?session=` (at most
+/// [`linkflow::MAX_REJECTED_LISTED`]; `truncated` says whether more are), else a page of every
+/// stream's (`?limit=`, default 100, at most 1,000; `?cursor=` the previous `next_cursor`).
 async fn list_parked(
     State(state): State<AppState>,
     Query(query): Query<ParkedQuery>,
 ) -> Result<Json<RejectedListJson>, ApiError> {
-    let session = query.session.as_deref().map(session_id).transpose()?;
-    let list = state.engine.rejected(session).await?;
+    let list = match query.session.as_deref().map(session_id).transpose()? {
+        Some(session) => state.engine.rejected(Some(session)).await?,
+        None => {
+            let (limit, after) = PageQuery {
+                limit: query.limit,
+                cursor: query.cursor,
+            }
+            .parse()?;
+            state.engine.rejected_page(limit, after).await?
+        }
+    };
     Ok(Json(RejectedListJson::from(&list)))
 }
 

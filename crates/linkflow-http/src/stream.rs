@@ -2,8 +2,12 @@
 //! (`Last-Event-ID` or `?after=`: the events *after* it, the position itself excluded; none:
 //! from the start): the log first (catch-up), then live. Each event's SSE id is its position,
 //! so a reconnecting client resumes exactly where it stopped. `?session=` keeps one stream's
-//! events (the others are read and skipped).
+//! events (the others are read and skipped). A session's event carries `phase_before` and
+//! `phase_after`: the session's phase after its arrivals up to the one before and up to this
+//! one (`Engine::session_at`, each arrival folded in event-time order), so a late event shows
+//! what it changed; `null` for other streams.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -11,11 +15,45 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
-use linkflow_core::Position;
+use linkflow::Engine;
+use linkflow_core::{Phase, Position, SessionId, Version};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::{ApiError, AppState};
+
+/// Sessions whose last phase one event stream remembers (for the next event's
+/// `phase_before`); past it, the memory starts over.
+const PHASE_MEMORY: usize = 1_024;
+
+/// The phase of `session` after its first `version` arrivals (`None`: not a session, or
+/// version 0), from the connection's memory when it saw that version last.
+async fn phase_at(
+    engine: &Engine,
+    memory: &mut HashMap<SessionId, (Version, Option<Phase>)>,
+    session: &SessionId,
+    version: Version,
+) -> Option<Phase> {
+    if version == Version::EMPTY {
+        return None;
+    }
+    if let Some((known, phase)) = memory.get(session) {
+        if *known == version {
+            return *phase;
+        }
+    }
+    let phase = engine
+        .session_at(session, version)
+        .await
+        .ok()
+        .flatten()
+        .map(|view| view.state.phase());
+    if memory.len() >= PHASE_MEMORY {
+        memory.clear();
+    }
+    memory.insert(session.clone(), (version, phase));
+    phase
+}
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct StreamQuery {
@@ -44,10 +82,12 @@ pub(crate) async fn events(
     let session = query.session.map(|id| crate::session_id(&id)).transpose()?;
     let subscription = state.engine.subscribe(Position(from));
     let shutting_down = state.shutting_down.clone();
+    let engine = state.engine.clone();
     let events = stream::unfold(
-        (subscription, shutting_down),
-        move |(mut subscription, mut shutting_down)| {
+        (subscription, shutting_down, HashMap::new()),
+        move |(mut subscription, mut shutting_down, mut memory)| {
             let session = session.clone();
+            let engine = engine.clone();
             async move {
                 if *shutting_down.borrow() {
                     return None;
@@ -64,8 +104,14 @@ pub(crate) async fn events(
                         break event;
                     }
                 };
+                let before = Version(event.version.0.saturating_sub(1));
+                let phase_before = phase_at(&engine, &mut memory, &event.stream, before).await;
+                let phase_after =
+                    phase_at(&engine, &mut memory, &event.stream, event.version).await;
                 let data = json!({
                     "position": event.position,
+                    "phase_before": phase_before,
+                    "phase_after": phase_after,
                     "session_id": event.stream,
                     "version": event.version,
                     "event": event.data.body.name(),
@@ -80,7 +126,7 @@ pub(crate) async fn events(
                     .id(event.position.to_string())
                     .event("event")
                     .data(data.to_string());
-                Some((Ok(sse), (subscription, shutting_down)))
+                Some((Ok(sse), (subscription, shutting_down, memory)))
             }
         },
     );

@@ -389,9 +389,22 @@ impl Engine {
     }
 
     /// The events the folds of their streams reject now: of one stream, or of every stream
-    /// (at most [`crate::MAX_REJECTED_LISTED`]).
+    /// (at most [`crate::MAX_REJECTED_LISTED`]; the first page of [`Engine::rejected_page`]).
     pub async fn rejected(&self, stream: Option<SessionId>) -> Result<RejectedList, EngineError> {
         self.read(move |store| query::rejected(store, stream.as_ref()))
+            .await
+    }
+
+    /// A page of every stream's rejected events (at most `limit`, at most
+    /// [`crate::MAX_REJECTED_LISTED`]), after `after`, read from the index of streams with
+    /// rejected events: streams in id order, each stream's in event-time order; `next` says
+    /// where the next page starts.
+    pub async fn rejected_page(
+        &self,
+        limit: usize,
+        after: Option<crate::Cursor>,
+    ) -> Result<RejectedList, EngineError> {
+        self.read(move |store| query::rejected_page(store, limit, after.as_ref()))
             .await
     }
 

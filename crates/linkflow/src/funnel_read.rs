@@ -20,8 +20,8 @@ use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::Folded;
 use crate::index::{
-    self, id_in, parse_funnel, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY, HOUR_MICROS,
-    LAST_EVENT,
+    self, id_in, parse_group, parse_metric, time_bytes, time_from, DAILY, FIRST_EVENT, HOURLY,
+    HOUR_MICROS, LAST_EVENT,
 };
 use crate::query::load_state;
 
@@ -159,13 +159,31 @@ fn read_counters(
         [&[resolution][..], &time_bytes(to)].concat()
     };
     let mut failed = None;
+    // A cell's group is parsed once for all its counters.
+    let mut current: Option<(Vec<u8>, Group, bool)> = None;
     store.for_each_counter(&start, &end, &mut |cell, name, count| {
         cost.counters += 1;
-        match parse_funnel(cell, name) {
-            Ok((group, metric)) => {
-                if keeps(query, &group) {
-                    tally.add(&group, &metric, count);
+        if current
+            .as_ref()
+            .is_none_or(|(known, _, _)| known.as_slice() != cell)
+        {
+            match parse_group(cell) {
+                Ok(group) => {
+                    let kept = keeps(query, &group);
+                    current = Some((cell.to_vec(), group, kept));
                 }
+                Err(error) => {
+                    failed = Some(error);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        let Some((_, group, true)) = &current else {
+            return ControlFlow::Continue(());
+        };
+        match parse_metric(cell, name) {
+            Ok(metric) => {
+                tally.add(group, &metric, count);
                 ControlFlow::Continue(())
             }
             Err(error) => {

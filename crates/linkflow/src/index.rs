@@ -454,21 +454,20 @@ fn push_metric(key: &mut Vec<u8>, metric: &Metric) {
     }
 }
 
-/// A funnel counter read back: the group of its cell and the metric its name says.
-pub(crate) fn parse_funnel(cell: &[u8], name: &[u8]) -> Result<(Group, Metric), CorruptRecord> {
-    let bad = |reason: &str| CorruptRecord {
+fn funnel_error(cell: &[u8], name: &[u8], reason: &str) -> CorruptRecord {
+    CorruptRecord {
         key: format!(
             "funnel counter {:?} of cell {:?}",
             String::from_utf8_lossy(name),
             String::from_utf8_lossy(cell)
         ),
         reason: reason.to_owned(),
-    };
-    let text = |bytes: &[u8]| {
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| bad("holds text that is not UTF-8"))
-    };
+    }
+}
+
+/// The group a funnel cell counts.
+pub(crate) fn parse_group(cell: &[u8]) -> Result<Group, CorruptRecord> {
+    let bad = |reason: &str| funnel_error(cell, b"", reason);
     let mut at = 9;
     let mut take = |n: usize| -> Result<&[u8], CorruptRecord> {
         let part = cell
@@ -487,7 +486,12 @@ pub(crate) fn parse_funnel(cell: &[u8], name: &[u8]) -> Result<(Group, Metric), 
         1 => {
             let len = take(2)?;
             let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-            Some(text(take(len)?)?)
+            let text = take(len)?;
+            Some(
+                std::str::from_utf8(text)
+                    .map_err(|_| bad("holds an institution that is not UTF-8"))?
+                    .to_owned(),
+            )
         }
         _ => return Err(bad("has a bad institution flag")),
     };
@@ -501,6 +505,21 @@ pub(crate) fn parse_funnel(cell: &[u8], name: &[u8]) -> Result<(Group, Metric), 
     if at != cell.len() {
         return Err(bad("its cell is longer than a group"));
     }
+    Ok(Group {
+        provider,
+        institution,
+        link_type,
+    })
+}
+
+/// The metric a funnel counter's name says.
+pub(crate) fn parse_metric(cell: &[u8], name: &[u8]) -> Result<Metric, CorruptRecord> {
+    let bad = |reason: &str| funnel_error(cell, name, reason);
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| bad("holds text that is not UTF-8"))
+    };
     let (&tag, rest) = name.split_first().ok_or_else(|| bad("is empty"))?;
     let phase_of = |rest: &[u8]| -> Result<(Phase, Vec<u8>), CorruptRecord> {
         let (&rank, rest) = rest.split_first().ok_or_else(|| bad("names no phase"))?;
@@ -511,7 +530,7 @@ pub(crate) fn parse_funnel(cell: &[u8], name: &[u8]) -> Result<(Group, Metric), 
             .ok_or_else(|| bad("names no phase"))?;
         Ok((phase, rest.to_vec()))
     };
-    let metric = match tag {
+    Ok(match tag {
         b'n' => Metric::Sessions,
         b's' => Metric::Succeeded,
         b'x' => Metric::Exited,
@@ -533,13 +552,7 @@ pub(crate) fn parse_funnel(cell: &[u8], name: &[u8]) -> Result<(Group, Metric), 
             Metric::Duration(phase, (u32::from_be_bytes(bytes) ^ (1 << 31)) as i32)
         }
         _ => return Err(bad("has an unknown metric")),
-    };
-    let group = Group {
-        provider,
-        institution,
-        link_type,
-    };
-    Ok((group, metric))
+    })
 }
 
 /// Every counter `projection` holds, by cell and name, with its count (for verify).

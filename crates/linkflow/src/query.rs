@@ -105,6 +105,9 @@ pub struct RejectedList {
     pub events: Vec<RejectedEvent>,
     /// True when more are rejected than were listed.
     pub truncated: bool,
+    /// Where the next page starts (a listing of every stream's: [`crate::Engine::rejected_page`]).
+    #[serde(skip)]
+    pub next: Option<Cursor>,
 }
 
 /// Which sessions [`crate::Engine::sessions`] returns. Every set field must match.
@@ -664,6 +667,14 @@ pub(crate) fn load_state(
         .as_ref()
         .and_then(|snapshot| decode_snapshot(snapshot).map(|base| (snapshot, base)))
     {
+        // Every commit rewrites its streams' snapshots: a snapshot of the stream's version is
+        // the state, with no tail to read.
+        if base.version() == version {
+            return Ok(Some(SessionState {
+                provider: snapshot.provider,
+                folded: base,
+            }));
+        }
         let tail = read_events_after(store, stream, base.version())?;
         if let Some(folded) = continue_fold(stream, base, &tail)? {
             return Ok(Some(SessionState {
@@ -829,32 +840,109 @@ pub(crate) fn rejected(
     store: &dyn EventStore,
     stream: Option<&SessionId>,
 ) -> Result<RejectedList, EngineError> {
-    let streams = match stream {
-        Some(stream) => vec![stream.clone()],
-        None => {
-            let mut streams = Vec::new();
-            for (id, _, folded) in all_states(store)? {
-                if folded.rejected() > 0 {
-                    streams.push(id);
+    match stream {
+        None => rejected_page(store, MAX_REJECTED_LISTED, None),
+        Some(stream) => {
+            let mut list = RejectedList::default();
+            for entry in history(store, stream)?.unwrap_or_default() {
+                if entry.accepted {
+                    continue;
                 }
+                if list.events.len() == MAX_REJECTED_LISTED {
+                    list.truncated = true;
+                    break;
+                }
+                list.events.push(RejectedEvent {
+                    stream: stream.clone(),
+                    entry,
+                });
             }
-            streams
+            Ok(list)
         }
+    }
+}
+
+/// A cursor inside a stream's rejected events: the stream's `r` key, 0xff (never in an id),
+/// and how many of its rejected events earlier pages listed.
+fn parked_cursor(stream: &SessionId, listed: usize) -> Cursor {
+    let mut key = vec![index::PARKED];
+    key.extend_from_slice(stream.as_str().as_bytes());
+    key.push(0xff);
+    key.extend_from_slice(&(listed as u64).to_be_bytes());
+    Cursor(At::Index(key))
+}
+
+/// Up to `limit` (at most [`MAX_REJECTED_LISTED`]) rejected events of every stream, from the
+/// index of streams with rejected events, after `after`: streams in id order, each stream's
+/// events in event-time order; a stream's events may continue on the next page.
+pub(crate) fn rejected_page(
+    store: &dyn EventStore,
+    limit: usize,
+    after: Option<&Cursor>,
+) -> Result<RejectedList, EngineError> {
+    let limit = limit.clamp(1, MAX_REJECTED_LISTED);
+    // Where to start: the cursor's stream again (skipping what was listed), or after its key.
+    let (start, mut skip) = match after.map(Cursor::index_key).transpose()? {
+        None => (vec![index::PARKED], 0),
+        Some(key) if key.first() != Some(&index::PARKED) => {
+            return Err(EngineError::WrongCursor {
+                cursor: after.map(ToString::to_string).unwrap_or_default(),
+            })
+        }
+        Some(key) => match key.iter().position(|byte| *byte == 0xff) {
+            Some(at) if key.len() == at + 9 => {
+                let listed = u64::from_be_bytes(key[at + 1..].try_into().expect("8 bytes"));
+                (
+                    key[..at].to_vec(),
+                    usize::try_from(listed).unwrap_or(usize::MAX),
+                )
+            }
+            _ => {
+                let mut next = key.to_vec();
+                next.push(0);
+                (next, 0)
+            }
+        },
     };
     let mut list = RejectedList::default();
-    for stream in streams {
-        for entry in history(store, &stream)?.unwrap_or_default() {
-            if entry.accepted {
-                continue;
-            }
-            if list.events.len() == MAX_REJECTED_LISTED {
+    let mut streams = Vec::new();
+    store.for_each_index_key(&start, &[index::PARKED + 1], &mut |key| {
+        streams.push(index::id_in(key));
+        if streams.len() > limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    let count = streams.len();
+    for (at, stream) in streams.into_iter().enumerate() {
+        let more_streams = at + 1 < count;
+        let stream = stream.map_err(linkflow_store::StoreError::Corrupt)?;
+        let rejected: Vec<HistoryEntry> = history(store, &stream)?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|entry| !entry.accepted)
+            .collect();
+        let total = rejected.len();
+        for (listed, entry) in rejected.into_iter().enumerate().skip(skip) {
+            if list.events.len() == limit {
                 list.truncated = true;
+                list.next = Some(parked_cursor(&stream, listed));
                 return Ok(list);
             }
             list.events.push(RejectedEvent {
                 stream: stream.clone(),
                 entry,
             });
+        }
+        skip = 0;
+        if list.events.len() == limit && total > 0 && more_streams {
+            // Full after this stream's last event: the next page starts after the stream.
+            let mut key = vec![index::PARKED];
+            key.extend_from_slice(stream.as_str().as_bytes());
+            list.next = Some(Cursor(At::Index(key)));
+            list.truncated = true;
+            return Ok(list);
         }
     }
     Ok(list)

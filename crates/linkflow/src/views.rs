@@ -230,6 +230,9 @@ pub struct RejectedListJson {
     pub events: Vec<RejectedJson>,
     /// True when more events are rejected than were listed.
     pub truncated: bool,
+    /// Where the next page starts (the listing of every stream's rejected events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl From<&crate::RejectedList> for RejectedListJson {
@@ -237,6 +240,7 @@ impl From<&crate::RejectedList> for RejectedListJson {
         RejectedListJson {
             events: list.events.iter().map(RejectedJson::from).collect(),
             truncated: list.truncated,
+            next_cursor: list.next.as_ref().map(ToString::to_string),
         }
     }
 }

@@ -1218,6 +1218,66 @@ async fn index_pages_cover_every_steady_match_once_while_writes_go_on() {
     assert!(engine.verify().await.unwrap().is_clean());
 }
 
+/// Pages of parked events come from the index of streams with rejected events: every
+/// rejected event once, in the order of the whole list, a stream's events split across pages
+/// where the limit falls; a stream whose events are all accepted again leaves the index.
+#[tokio::test]
+async fn parked_events_come_in_pages_from_their_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let mut batch = Vec::new();
+    for stream in ["p-a", "p-b", "p-c"] {
+        batch.push(incoming(stream, EventKind::Opened, 0));
+        batch.push(incoming(stream, EventKind::Succeeded, 10));
+        // Opens after the success: each one rejected.
+        for second in 20..24 {
+            batch.push(incoming(stream, EventKind::Opened, second));
+        }
+    }
+    batch.push(incoming("p-fine", EventKind::Opened, 0));
+    engine.ingest_batch(batch).await.unwrap();
+    let all = engine.rejected(None).await.unwrap();
+    assert_eq!(all.events.len(), 12);
+    assert!(!all.truncated && all.next.is_none());
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = engine.rejected_page(5, after.take()).await.unwrap();
+        assert!(page.events.len() <= 5);
+        paged.extend(
+            page.events
+                .iter()
+                .map(|e| (e.stream.to_string(), e.entry.version)),
+        );
+        match page.next {
+            Some(next) => after = Some(next.to_string().parse::<linkflow::Cursor>().unwrap()),
+            None => break,
+        }
+    }
+    let whole: Vec<_> = all
+        .events
+        .iter()
+        .map(|e| (e.stream.to_string(), e.entry.version))
+        .collect();
+    assert_eq!(paged, whole);
+    let error = engine
+        .rejected_page(
+            5,
+            Some(
+                engine
+                    .sessions_page(SessionFilter::default(), 1, None)
+                    .await
+                    .unwrap()
+                    .next
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, linkflow::EngineError::WrongCursor { .. }));
+    assert!(engine.verify().await.unwrap().is_clean());
+}
+
 /// Accounts are a range of the store's streams: pages of them cover each once, and a user's
 /// accounts are found by their key's prefix, whatever else the store holds.
 #[tokio::test]
