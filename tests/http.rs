@@ -100,7 +100,34 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
         .json()
         .await
         .unwrap();
-    assert_eq!(history[4]["raw_name"], "submit_credentails");
+    assert_eq!(history["history"][4]["raw_name"], "submit_credentails");
+    assert_eq!(history["next_cursor"], Value::Null);
+    // A page at a time: two entries, then the rest from the cursor.
+    let first: Value = client
+        .get(server.url(&format!("/v1/sessions/{SESSION}/history?limit=2")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["history"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
+    let rest: Value = client
+        .get(server.url(&format!(
+            "/v1/sessions/{SESSION}/history?limit=1000&cursor={cursor}"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["history"][2]["raw_name"], "submit_credentails");
+    assert_eq!(
+        first["history"].as_array().unwrap().len() + rest["history"].as_array().unwrap().len(),
+        history["history"].as_array().unwrap().len()
+    );
     assert_eq!(
         client
             .get(server.url("/v1/sessions/nobody"))

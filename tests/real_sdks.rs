@@ -143,7 +143,7 @@ impl Views<'_> {
                 // Accounts and merchants come a page at a time over HTTP; the fixtures hold a
                 // page's worth.
                 match what {
-                    "accounts" | "merchants" => body[what].take(),
+                    "accounts" | "merchants" | "history" => body[what].take(),
                     _ => body,
                 }
             }

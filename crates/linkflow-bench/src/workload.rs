@@ -446,6 +446,8 @@ pub fn generate(events: usize, seed: u64) -> Vec<Delivery> {
 pub struct Workload {
     rng: Rng,
     session: usize,
+    /// Milliseconds between two sessions' starts.
+    spacing_ms: f64,
     pending: std::collections::VecDeque<Delivery>,
 }
 
@@ -454,7 +456,17 @@ impl Workload {
         Workload {
             rng: Rng::new(seed),
             session: 0,
+            spacing_ms: 1_000.0,
             pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The workload with `sessions` sessions starting evenly over `span_ms` milliseconds (a
+    /// store that holds more sessions of the same days, as a busier integration would).
+    pub fn spread(seed: u64, sessions: usize, span_ms: i64) -> Self {
+        Workload {
+            spacing_ms: span_ms as f64 / sessions.max(1) as f64,
+            ..Workload::new(seed)
         }
     }
 
@@ -462,7 +474,7 @@ impl Workload {
     fn next_session(&mut self) {
         let rng = &mut self.rng;
         let session = self.session;
-        let start = BASE_MS + session as i64 * 1_000;
+        let start = BASE_MS + (session as f64 * self.spacing_ms) as i64;
         let provider = match rng.below(10) {
             0..=4 => Provider::Moneykit,
             5..=6 => Provider::Benji,

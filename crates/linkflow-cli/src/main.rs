@@ -167,6 +167,12 @@ enum Command {
         /// Only this provider's.
         #[arg(long, value_enum)]
         provider: Option<ProviderArg>,
+        /// Entries per page (at most 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Start after this cursor (the `next_cursor` a previous page printed).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// List sessions.
     Sessions {
@@ -379,8 +385,17 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     }
                     Err(error) => Err(error),
                 },
-                Command::Quarantine { pending, provider } => {
-                    quarantine::list(&engine, pending, provider.map(Into::into), json).await
+                Command::Quarantine {
+                    pending,
+                    provider,
+                    limit,
+                    cursor,
+                } => {
+                    let filter = linkflow::QuarantineFilter {
+                        pending_only: pending,
+                        provider: provider.map(Into::into),
+                    };
+                    quarantine::list(&engine, filter, usize::from(limit), cursor, json).await
                 }
                 Command::Sessions {
                     phase,

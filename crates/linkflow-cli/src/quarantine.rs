@@ -2,23 +2,22 @@
 
 use std::process::ExitCode;
 
-use linkflow::{Engine, QuarantineFilter, QuarantineRedrive, Redrove};
-use linkflow_core::Provider;
+use linkflow::{Cursor, Engine, QuarantineFilter, QuarantineRedrive, Redrove};
 
 use crate::{print_json, session_id, CliError};
 
 pub async fn list(
     engine: &Engine,
-    pending_only: bool,
-    provider: Option<Provider>,
+    filter: QuarantineFilter,
+    limit: usize,
+    cursor: Option<String>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let list = engine
-        .quarantine(QuarantineFilter {
-            pending_only,
-            provider,
-        })
-        .await?;
+    let after = cursor
+        .map(|text| text.parse::<Cursor>())
+        .transpose()
+        .map_err(|error| CliError(error.to_string()))?;
+    let list = engine.quarantine(filter, limit, after).await?;
     if json {
         print_json(&list);
         return Ok(ExitCode::SUCCESS);
@@ -38,8 +37,8 @@ pub async fn list(
             entry.reason
         );
     }
-    if list.omitted > 0 {
-        out!("({} more not listed)", list.omitted);
+    if let Some(next) = &list.next_cursor {
+        out!("(more: --cursor {next})");
     }
     out!(
         "{} pending, {} released",

@@ -346,10 +346,12 @@ async fn ingest_plaid_webhook(
 struct QuarantineQuery {
     pending: Option<bool>,
     provider: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
-/// `GET /v1/quarantine`: quarantined payloads (`?pending=true`, `?provider=`), at most
-/// `linkflow::quarantine::MAX_QUARANTINE_PAGE`, with the counts of all.
+/// `GET /v1/quarantine`: a page of quarantined payloads (`?pending=true`, `?provider=`,
+/// `?limit=` default 100 at most 1,000, `?cursor=`), with the counts of all.
 async fn list_quarantine(
     State(state): State<AppState>,
     Query(query): Query<QuarantineQuery>,
@@ -363,7 +365,12 @@ async fn list_quarantine(
         pending_only: query.pending.unwrap_or(false),
         provider,
     };
-    Ok(Json(state.engine.quarantine(filter).await?))
+    let (limit, after) = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .parse()?;
+    Ok(Json(state.engine.quarantine(filter, limit, after).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,16 +504,24 @@ async fn show_session(
     )))
 }
 
+/// A page of a session's history: `{"history": [...], "next_cursor"}` (`?limit=`, default
+/// 100, at most 1,000; `?cursor=`).
 async fn session_history(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<HistoryJson>>, ApiError> {
+    Query(page): Query<PageQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (limit, after) = page.parse()?;
     let history = state
         .engine
-        .history(&session_id(&id)?)
+        .history_page(&session_id(&id)?, limit, after)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no session `{id}` with accepted events")))?;
-    Ok(Json(history.iter().map(HistoryJson::from).collect()))
+    let entries: Vec<HistoryJson> = history.entries.iter().map(HistoryJson::from).collect();
+    Ok(Json(serde_json::json!({
+        "history": entries,
+        "next_cursor": history.next.map(|cursor| cursor.to_string()),
+    })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -312,6 +312,19 @@ impl Engine {
         self.read(move |store| query::history(store, &id)).await
     }
 
+    /// A page of [`Engine::history`]: up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`])
+    /// entries after `after`, and where the next page starts.
+    pub async fn history_page(
+        &self,
+        id: &SessionId,
+        limit: usize,
+        after: Option<crate::Cursor>,
+    ) -> Result<Option<crate::HistoryPage>, EngineError> {
+        let id = id.clone();
+        self.read(move |store| query::history_page(store, &id, limit, after.as_ref()))
+            .await
+    }
+
     /// Sessions matching `filter`, in id order.
     /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) sessions matching `filter`, in
     /// session-id order, after `after` (the `next` of the previous page; `None` for the first).

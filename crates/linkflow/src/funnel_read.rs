@@ -345,3 +345,24 @@ pub(crate) fn gauges(
     gauges.abandoned = u64::try_from(open - live).unwrap_or(0);
     Ok(gauges)
 }
+
+/// The quarantine's counts, from the gauge cell.
+pub(crate) fn quarantine_counts(
+    store: &dyn EventStore,
+) -> Result<crate::QuarantineCounts, EngineError> {
+    let mut counts = crate::QuarantineCounts::default();
+    store.for_each_counter(
+        &[index::GAUGE],
+        &[index::GAUGE + 1],
+        &mut |_, name, count| {
+            let count = u64::try_from(count).unwrap_or(0);
+            match name {
+                [b'q'] => counts.pending = count,
+                [b'Q'] => counts.released = count,
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        },
+    )?;
+    Ok(counts)
+}

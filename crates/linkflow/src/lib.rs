@@ -59,9 +59,9 @@ pub use quarantine::{
     RedriveReport, Redrove,
 };
 pub use query::{
-    AccountPage, AccountView, Cursor, HistoryEntry, InvalidCursor, RebuildStats, RejectedEvent,
-    RejectedList, SessionFilter, SessionPage, SessionView, MAX_PAGE_SCAN, MAX_PAGE_SESSIONS,
-    MAX_REJECTED_LISTED,
+    AccountPage, AccountView, Cursor, HistoryEntry, HistoryPage, InvalidCursor, RebuildStats,
+    RejectedEvent, RejectedList, SessionFilter, SessionPage, SessionView, MAX_PAGE_SCAN,
+    MAX_PAGE_SESSIONS, MAX_REJECTED_LISTED,
 };
 pub use stats::WriteStats;
 pub use subscribe::Subscription;

@@ -10,7 +10,7 @@
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
-use linkflow_core::{DedupeKey, EventBody, Origin, Provider, QuarantineEntry, Released, SessionId};
+use linkflow_core::{DedupeKey, EventBody, Origin, Provider, Released, SessionId};
 use linkflow_providers::{decode, DecodeContext, Decoding, Feed, Warning};
 use linkflow_store::{EventStore, RawJson, StoredEvent};
 use serde::Serialize;
@@ -18,11 +18,12 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::error::{EngineError, EventError};
 use crate::folded::Folded;
+use crate::index;
 use crate::ingest::{IncomingEvent, IngestOutcome};
-use crate::query::decode_snapshot;
+use crate::query::{self, Cursor};
 
-/// The most entries one listing returns, and one redrive decodes; a redrive with more pending
-/// says how many are left for the next call.
+/// The most entries one redrive decodes; a redrive with more pending says how many are left
+/// for the next call. A listing is a page of at most `MAX_PAGE_SESSIONS` (1,000) entries.
 pub const MAX_QUARANTINE_PAGE: usize = 10_000;
 
 /// One quarantined payload.
@@ -66,15 +67,15 @@ pub struct QuarantineCounts {
     pub released: u64,
 }
 
-/// A listing: the entries (at most [`MAX_QUARANTINE_PAGE`]) and the counts of all of them.
+/// A listing: a page of the entries and the counts of all of them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QuarantineList {
     /// The counts over every entry, whatever the filter.
     pub counts: QuarantineCounts,
-    /// The entries matching the filter, oldest first.
+    /// The page's entries matching the filter, in entry id order.
     pub entries: Vec<QuarantineView>,
-    /// Matching entries left out past the page bound.
-    pub omitted: u64,
+    /// Where the next page starts; `None` after the last.
+    pub next_cursor: Option<String>,
 }
 
 /// What a redrive is given: which entry (or every pending one), and what to decode with.
@@ -127,20 +128,6 @@ pub struct RedriveReport {
     pub remaining: u64,
 }
 
-/// Every quarantine entry's stream and state, by stream id (which starts with the provider).
-fn entries(
-    store: &dyn EventStore,
-    mut visit: impl FnMut(SessionId, Provider, QuarantineEntry),
-) -> Result<(), EngineError> {
-    store.for_each_snapshot(None, &mut |stream, snapshot| {
-        if let Some(Folded::Quarantine(Some(entry))) = decode_snapshot(&snapshot) {
-            visit(stream, snapshot.provider, entry);
-        }
-        ControlFlow::Continue(())
-    })?;
-    Ok(())
-}
-
 /// The payload event of an entry.
 fn payload_event(store: &dyn EventStore, entry: &SessionId) -> Result<StoredEvent, EngineError> {
     store
@@ -156,26 +143,32 @@ fn payload_event(store: &dyn EventStore, entry: &SessionId) -> Result<StoredEven
 pub(crate) fn list(
     store: &dyn EventStore,
     filter: QuarantineFilter,
+    limit: usize,
+    after: Option<&Cursor>,
 ) -> Result<QuarantineList, EngineError> {
-    let mut counts = QuarantineCounts::default();
-    let mut matching = Vec::new();
-    let mut omitted = 0;
-    entries(store, |stream, provider, entry| {
-        if entry.is_pending() {
-            counts.pending += 1;
-        } else {
-            counts.released += 1;
+    let counts = crate::funnel_read::quarantine_counts(store)?;
+    let mut keep = |stream: SessionId, provider: Provider, folded: Folded| match folded {
+        Folded::Quarantine(Some(entry))
+            if (!filter.pending_only || entry.is_pending())
+                && filter.provider.is_none_or(|wanted| wanted == provider) =>
+        {
+            Some((stream, provider, entry))
         }
-        let wanted = (!filter.pending_only || entry.is_pending())
-            && filter.provider.is_none_or(|wanted| wanted == provider);
-        if wanted {
-            if matching.len() < MAX_QUARANTINE_PAGE {
-                matching.push((stream, provider, entry));
-            } else {
-                omitted += 1;
-            }
-        }
-    })?;
+        _ => None,
+    };
+    let (matching, next) = if filter.pending_only {
+        // The pending entries are an index of their own.
+        query::index_streams_page(
+            store,
+            vec![(vec![index::QUARANTINE], vec![index::QUARANTINE + 1])],
+            limit,
+            after,
+            &mut |stream, state| keep(stream, state.provider, state.folded),
+        )?
+    } else {
+        // Every entry is a stream `quarantine:...`: a range of the store.
+        query::streams_page(store, "quarantine:", limit, after, &mut keep)?
+    };
     let mut views = Vec::with_capacity(matching.len());
     for (stream, provider, entry) in matching {
         let stored = payload_event(store, &stream)?;
@@ -191,11 +184,10 @@ pub(crate) fn list(
             entry: stream,
         });
     }
-    views.sort_by_key(|view| (view.received_at, view.entry.clone()));
     Ok(QuarantineList {
         counts,
         entries: views,
-        omitted,
+        next_cursor: next.map(|cursor| cursor.to_string()),
     })
 }
 
@@ -207,18 +199,28 @@ fn pending(
     if let Some(entry) = &request.entry {
         return Ok((vec![entry.clone()], 0));
     }
+    // The first pending entries from their index; the rest counted by the gauge.
     let mut ids = Vec::new();
-    let mut remaining = 0;
-    entries(store, |stream, _, entry| {
-        if entry.is_pending() {
-            if ids.len() < MAX_QUARANTINE_PAGE {
-                ids.push(stream);
-            } else {
-                remaining += 1;
+    let mut bad = None;
+    store.for_each_index_key(&[index::QUARANTINE], &[index::QUARANTINE + 1], &mut |key| {
+        match index::id_in(key) {
+            Ok(id) => ids.push(id),
+            Err(error) => {
+                bad = Some(error);
+                return ControlFlow::Break(());
             }
         }
+        if ids.len() == MAX_QUARANTINE_PAGE {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })?;
-    Ok((ids, remaining))
+    if let Some(error) = bad {
+        return Err(linkflow_store::StoreError::Corrupt(error).into());
+    }
+    let pending = crate::funnel_read::quarantine_counts(store)?.pending;
+    Ok((ids.clone(), pending.saturating_sub(ids.len() as u64)))
 }
 
 /// An entry decoded again with what the redrive supplies, else what the delivery came with.
@@ -257,20 +259,21 @@ impl Engine {
     /// How many payloads are in quarantine, pending and released, from the counters every
     /// commit maintains (nothing is walked).
     pub async fn quarantine_counts(&self) -> Result<QuarantineCounts, EngineError> {
-        let gauges = self.gauges().await?;
-        Ok(QuarantineCounts {
-            pending: gauges.quarantine_pending,
-            released: gauges.quarantine_released,
-        })
+        self.read(crate::funnel_read::quarantine_counts).await
     }
 
-    /// Quarantined payloads matching `filter` (at most [`MAX_QUARANTINE_PAGE`], oldest
-    /// first) and the counts of every entry.
+    /// A page of the quarantined payloads matching `filter` (at most `limit`, at most
+    /// [`crate::MAX_PAGE_SESSIONS`]), in entry id order after `after`, and the counts of every
+    /// entry. The pending ones are read from their index, all of them as the store's range of
+    /// quarantine streams.
     pub async fn quarantine(
         &self,
         filter: QuarantineFilter,
+        limit: usize,
+        after: Option<Cursor>,
     ) -> Result<QuarantineList, EngineError> {
-        self.read(move |store| list(store, filter)).await
+        self.read(move |store| list(store, filter, limit, after.as_ref()))
+            .await
     }
 
     /// Decodes quarantined payloads again (one entry, or up to [`MAX_QUARANTINE_PAGE`] pending

@@ -98,6 +98,52 @@ pub struct RejectedEvent {
 /// The most rejected events one [`crate::Engine::rejected`] call returns.
 pub const MAX_REJECTED_LISTED: usize = 1_000;
 
+/// A page of a stream's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The page's entries, in the fold's order.
+    pub entries: Vec<HistoryEntry>,
+    /// Where the next page starts; `None` after the last entry.
+    pub next: Option<Cursor>,
+}
+
+/// Up to `limit` (at most [`MAX_PAGE_SESSIONS`]) entries of a stream's history (in the order
+/// its fold takes them) after `after`; `None` if the stream has no event. A cursor is a place
+/// in that order: an event arriving between pages that sorts before it shifts what follows by
+/// one, so a page can repeat the last entry of the one before.
+pub(crate) fn history_page(
+    store: &dyn EventStore,
+    stream: &SessionId,
+    limit: usize,
+    after: Option<&Cursor>,
+) -> Result<Option<HistoryPage>, EngineError> {
+    let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
+    let skip = match after.map(Cursor::index_key).transpose()? {
+        None => 0,
+        Some([b'h', offset @ ..]) if offset.len() == 8 => {
+            let offset = u64::from_be_bytes(offset.try_into().expect("8 bytes"));
+            usize::try_from(offset).unwrap_or(usize::MAX)
+        }
+        Some(_) => {
+            return Err(EngineError::WrongCursor {
+                cursor: after.map(ToString::to_string).unwrap_or_default(),
+            })
+        }
+    };
+    let Some(history) = history(store, stream)? else {
+        return Ok(None);
+    };
+    let total = history.len();
+    let entries: Vec<HistoryEntry> = history.into_iter().skip(skip).take(limit).collect();
+    let end = skip.saturating_add(entries.len());
+    let next = (end < total).then(|| {
+        let mut key = vec![b'h'];
+        key.extend_from_slice(&(end as u64).to_be_bytes());
+        Cursor(At::Index(key))
+    });
+    Ok(Some(HistoryPage { entries, next }))
+}
+
 /// Rejected events, in stream then event-time order, at most [`MAX_REJECTED_LISTED`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RejectedList {
@@ -276,7 +322,7 @@ pub struct SessionPage {
 /// A page of the streams whose ids start with `prefix` (every stream for `""`), in id order
 /// after `after`: up to `limit` of them that `keep` maps to an item, reading at most
 /// [`MAX_PAGE_SCAN`] streams. The next page starts after the last stream read.
-fn streams_page<T>(
+pub(crate) fn streams_page<T>(
     store: &dyn EventStore,
     prefix: &str,
     limit: usize,
@@ -398,17 +444,16 @@ fn index_range(
     None
 }
 
-/// A page of the sessions index ranges hold (in key order, the ranges too), after `after`:
-/// up to `limit` that `filter` keeps (every field checked on the session itself), reading at
-/// most [`MAX_PAGE_SCAN`] keys. The next page starts after the last key read.
-fn index_page(
+/// A page of the streams index ranges hold (in key order, the ranges too), after `after`: up
+/// to `limit` that `keep` maps to an item, reading at most [`MAX_PAGE_SCAN`] keys. The next
+/// page starts after the last key read.
+pub(crate) fn index_streams_page<T>(
     store: &dyn EventStore,
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
-    filter: &SessionFilter,
     limit: usize,
     after: Option<&Cursor>,
-    clock: (DateTime<Utc>, chrono::Duration),
-) -> Result<SessionPage, EngineError> {
+    keep: &mut dyn FnMut(SessionId, SessionState) -> Option<T>,
+) -> Result<(Vec<T>, Option<Cursor>), EngineError> {
     let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
     let resume = match after {
         Some(cursor) => {
@@ -418,7 +463,7 @@ fn index_page(
         }
         None => None,
     };
-    let mut sessions = Vec::new();
+    let mut items = Vec::new();
     let mut scanned = 0;
     let mut last: Option<Vec<u8>> = None;
     let mut ended = true;
@@ -435,13 +480,7 @@ fn index_page(
                 .map_err(|error| EngineError::from(linkflow_store::StoreError::Corrupt(error)))
                 .and_then(|id| Ok(load_state(store, &id)?.map(|state| (id, state))));
             match found {
-                Ok(Some((id, state))) => {
-                    if let Some(view) = session_view(id, state.provider, state.folded)
-                        .filter(|view| filter.matches(state.provider, &view.state, clock))
-                    {
-                        sessions.push(view);
-                    }
-                }
+                Ok(Some((id, state))) => items.extend(keep(id, state)),
                 Ok(None) => {}
                 Err(error) => {
                     failed = Some(error);
@@ -449,7 +488,7 @@ fn index_page(
                 }
             }
             last = Some(key.to_vec());
-            if sessions.len() == limit || scanned == MAX_PAGE_SCAN {
+            if items.len() == limit || scanned == MAX_PAGE_SCAN {
                 ended = false;
                 return ControlFlow::Break(());
             }
@@ -467,6 +506,23 @@ fn index_page(
     } else {
         last.map(|key| Cursor(At::Index(key)))
     };
+    Ok((items, next))
+}
+
+/// A page of the sessions index ranges hold that `filter` keeps (every field checked on the
+/// session itself).
+fn index_page(
+    store: &dyn EventStore,
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    filter: &SessionFilter,
+    limit: usize,
+    after: Option<&Cursor>,
+    clock: (DateTime<Utc>, chrono::Duration),
+) -> Result<SessionPage, EngineError> {
+    let (sessions, next) = index_streams_page(store, ranges, limit, after, &mut |id, state| {
+        session_view(id, state.provider, state.folded)
+            .filter(|view| filter.matches(state.provider, &view.state, clock))
+    })?;
     Ok(SessionPage { sessions, next })
 }
 

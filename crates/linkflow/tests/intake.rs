@@ -115,7 +115,7 @@ async fn a_payload_its_stream_turns_away_is_quarantined_with_the_reason() {
     assert!(reason.contains("belongs to provider moneykit"), "{reason}");
     assert!(entry.as_str().starts_with("quarantine:benji:"));
     let list = engine
-        .quarantine(QuarantineFilter::default())
+        .quarantine(QuarantineFilter::default(), 100, None)
         .await
         .unwrap();
     assert_eq!(list.counts.pending, 1);
@@ -244,5 +244,74 @@ async fn a_redrive_with_a_session_releases_quarantined_payloads_once() {
     assert!(again.results.is_empty());
     let counts = engine.quarantine_counts().await.unwrap();
     assert_eq!((counts.pending, counts.released), (0, 2));
+    assert!(engine.verify().await.unwrap().is_clean());
+}
+
+/// Quarantine listings come in pages: every entry once (the pending ones read from their own
+/// index), the counts of all with each page, and a released entry gone from the pending pages.
+#[tokio::test]
+async fn quarantine_listings_come_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    // MoneyKit payloads without a session id: each one its own quarantine entry.
+    for n in 0..7 {
+        let payload = format!(
+            r#"{{"name":"open","properties":{{"n":{n}}},"meta":{{"timestamp":"2023-11-29T12:44:0{n}.000Z"}}}}"#
+        );
+        let report = engine
+            .ingest_payload(Feed::Moneykit, payload.as_bytes(), &context())
+            .await
+            .unwrap();
+        assert_eq!(outcome_names(&report.results), ["quarantined"]);
+    }
+    let pages = |pending_only: bool| {
+        let engine = engine.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = engine
+                    .quarantine(
+                        QuarantineFilter {
+                            pending_only,
+                            provider: None,
+                        },
+                        3,
+                        after.take(),
+                    )
+                    .await
+                    .unwrap();
+                assert!(page.entries.len() <= 3);
+                seen.extend(page.entries.iter().map(|entry| entry.entry.to_string()));
+                match page.next_cursor {
+                    Some(next) => after = Some(next.parse::<linkflow::Cursor>().unwrap()),
+                    None => return (seen, page.counts),
+                }
+            }
+        }
+    };
+    let (all, counts) = pages(false).await;
+    assert_eq!(all.len(), 7);
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 7, "{all:?}");
+    assert_eq!((counts.pending, counts.released), (7, 0));
+    let report = engine
+        .redrive_quarantine(QuarantineRedrive {
+            entry: Some(SessionId::new(all[0].clone()).unwrap()),
+            session_id: Some(SessionId::new("found-it").unwrap()),
+            external_user_id: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(report.results[0], Redrove::Released { .. }),
+        "{report:?}"
+    );
+    let (pending, counts) = pages(true).await;
+    assert_eq!(pending.len(), 6);
+    assert!(!pending.contains(&all[0]));
+    assert_eq!((counts.pending, counts.released), (6, 1));
     assert!(engine.verify().await.unwrap().is_clean());
 }
