@@ -10,7 +10,7 @@
 //! | `p`    | `p` phase-rank len:u8 provider id     | session                                  |
 //! | `i`    | `i` len:u16 institution id            | session naming an institution            |
 //! | `u`    | `u` len:u16 external-user-id id       | session naming a user                    |
-//! | `l`    | `l` last-event-time id                | open session (not succeeded or exited)   |
+//! | `l`    | `l` last-event-minute id              | open session (not succeeded or exited)   |
 //! | `f`    | `f` first-event-time id               | session                                  |
 //! | `r`    | `r` id                                | stream with rejected events (parked)     |
 //! | `q`    | `q` id                                | pending quarantine entry                 |
@@ -572,7 +572,8 @@ pub(crate) fn counters_of(projection: &Projection, out: &mut BTreeMap<(Vec<u8>, 
     }
 }
 
-/// The end (exclusive) of the keys starting with `prefix`; `None` when none is above it.
+/// The end (exclusive) of the keys starting with `prefix` (every index key starts with a
+/// family byte below 0xff, so `[0xff]` ends them all).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
