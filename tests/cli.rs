@@ -264,6 +264,13 @@ fn a_refused_input_exits_1_names_its_line_and_the_others_are_stored_or_quarantin
         .contains("not accepted"));
     assert!(rejected.get("received_at").is_some());
     assert!(linkflow(dir.path(), &["parked"]).status.success());
+    // A page of one event: no cursor, since it is the only one; a bad cursor is refused.
+    let page = json(&linkflow(dir.path(), &["parked", "--limit", "1", "--json"]));
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert!(page.get("next_cursor").is_none(), "{page}");
+    assert!(!linkflow(dir.path(), &["parked", "--cursor", "nope"])
+        .status
+        .success());
 
     // The quarantined payload is listed, then released into the session supplied later.
     let quarantine = json(&linkflow(

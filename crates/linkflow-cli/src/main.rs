@@ -223,6 +223,12 @@ enum Command {
         /// Only this session's.
         #[arg(long)]
         session: Option<String>,
+        /// Events per page of every stream's (at most 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000), conflicts_with = "session")]
+        limit: u16,
+        /// Start after this cursor (the `next_cursor` a previous page printed).
+        #[arg(long, conflicts_with = "session")]
+        cursor: Option<String>,
     },
     /// Decode quarantined payloads again (every pending one, or ENTRY) and store those that
     /// now name a stream.
@@ -427,8 +433,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     sessions::show(&engine, &session, at.map(Version), json).await
                 }
                 Command::History { session } => sessions::history(&engine, &session, json).await,
-                Command::Parked { session } => {
-                    parked::list(&engine, session.as_deref(), json).await
+                Command::Parked {
+                    session,
+                    limit,
+                    cursor,
+                } => {
+                    parked::list(
+                        &engine,
+                        session.as_deref(),
+                        usize::from(limit),
+                        cursor,
+                        json,
+                    )
+                    .await
                 }
                 Command::Redrive {
                     session,

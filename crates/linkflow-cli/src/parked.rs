@@ -3,17 +3,28 @@
 use std::process::ExitCode;
 
 use linkflow::views::RejectedListJson;
-use linkflow::Engine;
+use linkflow::{Cursor, Engine};
 
 use crate::{print_json, session_id, CliError};
 
 pub async fn list(
     engine: &Engine,
     session: Option<&str>,
+    limit: usize,
+    cursor: Option<String>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let session = session.map(session_id).transpose()?;
-    let list = RejectedListJson::from(&engine.rejected(session).await?);
+    let list = match session.map(session_id).transpose()? {
+        Some(session) => engine.rejected(Some(session)).await?,
+        None => {
+            let after = cursor
+                .map(|text| text.parse::<Cursor>())
+                .transpose()
+                .map_err(|error| CliError(error.to_string()))?;
+            engine.rejected_page(limit, after).await?
+        }
+    };
+    let list = RejectedListJson::from(&list);
     if json {
         print_json(&list);
         return Ok(ExitCode::SUCCESS);
@@ -32,7 +43,12 @@ pub async fn list(
             entry.reason
         );
     }
-    if list.truncated {
+    if let Some(next) = &list.next_cursor {
+        out!(
+            "{} rejected events listed; more: --cursor {next}",
+            list.events.len()
+        );
+    } else if list.truncated {
         out!(
             "{} rejected events listed; more are rejected (ask for one session with --session)",
             list.events.len()
