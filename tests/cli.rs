@@ -345,7 +345,9 @@ fn knot_webhooks_show_up_as_accounts_and_merchants() {
         ],
     ));
     assert_eq!(report["duplicate"], 1);
-    let accounts = json(&linkflow(dir.path(), &["accounts", "--json"]));
+    let page = json(&linkflow(dir.path(), &["accounts", "--json"]));
+    assert_eq!(page["next_cursor"], Value::Null);
+    let accounts = &page["accounts"];
     assert_eq!(accounts[0]["provider"], "knot");
     assert_eq!(accounts[0]["institution_id"], "10");
     assert_eq!(accounts[0]["state"], "active");

@@ -125,6 +125,8 @@ impl Views<'_> {
             Views::Cli(dir) => match what {
                 "session" => cli_json(dir, &["show", id, "--json"]),
                 "history" => cli_json(dir, &["history", id, "--json"]),
+                // Accounts come a page at a time from the CLI too.
+                "accounts" => cli_json(dir, &["accounts", "--json"])["accounts"].take(),
                 other => cli_json(dir, &[other, "--json"]),
             },
             Views::Http(client, base) => {

@@ -3,19 +3,25 @@
 use std::process::ExitCode;
 
 use linkflow::views::{AccountJson, MerchantJson};
-use linkflow::Engine;
+use linkflow::{Cursor, Engine};
 
 use crate::{print_json, CliError};
 
-pub async fn accounts(engine: &Engine, json: bool) -> Result<ExitCode, CliError> {
-    let accounts: Vec<AccountJson> = engine
-        .accounts()
-        .await?
-        .iter()
-        .map(AccountJson::from)
-        .collect();
+pub async fn accounts(
+    engine: &Engine,
+    limit: usize,
+    cursor: Option<String>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let after = cursor
+        .map(|text| text.parse::<Cursor>())
+        .transpose()
+        .map_err(|error| CliError(error.to_string()))?;
+    let page = engine.accounts_page(limit, after).await?;
+    let accounts: Vec<AccountJson> = page.accounts.iter().map(AccountJson::from).collect();
+    let next = page.next.map(|cursor| cursor.to_string());
     if json {
-        print_json(&accounts);
+        print_json(&serde_json::json!({"accounts": accounts, "next_cursor": next}));
         return Ok(ExitCode::SUCCESS);
     }
     out!(
@@ -44,7 +50,10 @@ pub async fn accounts(engine: &Engine, json: bool) -> Result<ExitCode, CliError>
             }
         );
     }
-    out!("{} accounts", accounts.len());
+    match next {
+        Some(next) => out!("{} accounts; more: --cursor {next}", accounts.len()),
+        None => out!("{} accounts", accounts.len()),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -242,8 +242,16 @@ enum Command {
         /// Only this entry (as `linkflow quarantine` lists it).
         entry: Option<String>,
     },
-    /// Linked accounts with their state and recent operations.
-    Accounts,
+    /// Linked accounts with their state and recent operations, a page at a time (`--json`:
+    /// `{"accounts", "next_cursor"}`).
+    Accounts {
+        /// Accounts per page (at most 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Start after this cursor (the `next_cursor` a previous page printed).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Merchant availability (Knot).
     Merchants,
     /// Print a state machine as a diagram.
@@ -455,7 +463,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     quarantine::redrive(&engine, entry.as_deref(), session.as_deref(), user, json)
                         .await
                 }
-                Command::Accounts => accounts::accounts(&engine, json).await,
+                Command::Accounts { limit, cursor } => {
+                    accounts::accounts(&engine, usize::from(limit), cursor, json).await
+                }
                 Command::Merchants => accounts::merchants(&engine, json).await,
                 Command::Diagram { .. }
                 | Command::Demo
