@@ -486,7 +486,7 @@ fn directory_bytes(dir: &Path) -> u64 {
     total
 }
 
-fn peak_rss_kb() -> u64 {
+pub(crate) fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

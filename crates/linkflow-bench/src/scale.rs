@@ -15,7 +15,7 @@ use linkflow_core::funnel::{FunnelQuery, GroupBy};
 use linkflow_core::Phase;
 use linkflow_providers::DecodeContext;
 
-use crate::figures::{incoming, per_second, percentile_us, BATCH, SEED};
+use crate::figures::{incoming, peak_rss_kb, per_second, percentile_us, BATCH, SEED};
 use crate::workload::Workload;
 use crate::Options;
 
@@ -51,18 +51,6 @@ where
     }
     times.sort();
     (percentile_us(&times, 0.5), percentile_us(&times, 0.99))
-}
-
-fn peak_rss_kb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }
 
 pub async fn figures(options: &Options, results: &mut BTreeMap<String, f64>) {
@@ -174,7 +162,7 @@ pub async fn figures(options: &Options, results: &mut BTreeMap<String, f64>) {
         );
         results.insert(
             format!("scale_peak_rss_kb_at_{}", label(size)),
-            peak_rss_kb(),
+            peak_rss_kb() as f64,
         );
         figures.push((size, at_size));
         engine.shutdown().await.expect("shutdown");

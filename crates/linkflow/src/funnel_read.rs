@@ -211,7 +211,7 @@ fn keeps(query: &FunnelQuery, group: &Group) -> bool {
 }
 
 /// Calls `visit` with the state of every session whose index key of `family` is in
-/// `[from, to)` (times in microseconds).
+/// `[from, to)` (times in microseconds), each loaded as its key is read (nothing collected).
 fn sessions_by_time(
     store: &dyn EventStore,
     family: u8,
@@ -228,18 +228,22 @@ fn sessions_by_time(
     } else {
         time_from(family, to)
     };
-    let mut ids = Vec::new();
+    let mut failed = None;
     store.for_each_index_key(&start, &end, &mut |key| {
-        ids.push(id_in(key));
+        let loaded = id_in(key)
+            .map_err(|error| EngineError::from(linkflow_store::StoreError::Corrupt(error)))
+            .and_then(|id| Ok((load_state(store, &id)?, id)));
+        match loaded {
+            Ok((Some(state), id)) => visit(&id, state),
+            Ok((None, _)) => {}
+            Err(error) => {
+                failed = Some(error);
+                return ControlFlow::Break(());
+            }
+        }
         ControlFlow::Continue(())
     })?;
-    for id in ids {
-        let id = id.map_err(linkflow_store::StoreError::Corrupt)?;
-        if let Some(state) = load_state(store, &id)? {
-            visit(&id, state);
-        }
-    }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// Adds the sessions whose first event time is in `[from, to)` and which the query keeps.
@@ -310,6 +314,23 @@ pub(crate) fn gauges(
     now: chrono::DateTime<chrono::Utc>,
     timeout: chrono::Duration,
 ) -> Result<Gauges, EngineError> {
+    let (mut gauges, open) = gauge_cell(store)?;
+    let mut live = 0i64;
+    let from = index::grain_floor((now - timeout).timestamp_micros());
+    sessions_by_time(store, LAST_EVENT, from, i64::MAX, &mut |_, state| {
+        if let Folded::Session(timeline) = &state.folded {
+            let session = &timeline.state;
+            if !session.phase().is_terminal() && !abandoned(session, now, timeout) {
+                live += 1;
+            }
+        }
+    })?;
+    gauges.abandoned = u64::try_from(open - live).unwrap_or(0);
+    Ok(gauges)
+}
+
+/// The gauge cell: every gauge but `abandoned`, and the open sessions with a last event time.
+fn gauge_cell(store: &dyn EventStore) -> Result<(Gauges, i64), EngineError> {
     let mut gauges = Gauges::default();
     let mut open = 0i64;
     store.for_each_counter(
@@ -332,37 +353,16 @@ pub(crate) fn gauges(
             ControlFlow::Continue(())
         },
     )?;
-    let mut live = 0i64;
-    let from = index::grain_floor((now - timeout).timestamp_micros());
-    sessions_by_time(store, LAST_EVENT, from, i64::MAX, &mut |_, state| {
-        if let Folded::Session(timeline) = &state.folded {
-            let session = &timeline.state;
-            if !session.phase().is_terminal() && !abandoned(session, now, timeout) {
-                live += 1;
-            }
-        }
-    })?;
-    gauges.abandoned = u64::try_from(open - live).unwrap_or(0);
-    Ok(gauges)
+    Ok((gauges, open))
 }
 
 /// The quarantine's counts, from the gauge cell.
 pub(crate) fn quarantine_counts(
     store: &dyn EventStore,
 ) -> Result<crate::QuarantineCounts, EngineError> {
-    let mut counts = crate::QuarantineCounts::default();
-    store.for_each_counter(
-        &[index::GAUGE],
-        &[index::GAUGE + 1],
-        &mut |_, name, count| {
-            let count = u64::try_from(count).unwrap_or(0);
-            match name {
-                [b'q'] => counts.pending = count,
-                [b'Q'] => counts.released = count,
-                _ => {}
-            }
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(counts)
+    let (gauges, _) = gauge_cell(store)?;
+    Ok(crate::QuarantineCounts {
+        pending: gauges.quarantine_pending,
+        released: gauges.quarantine_released,
+    })
 }

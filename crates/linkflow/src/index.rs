@@ -557,18 +557,19 @@ pub(crate) fn parse_metric(cell: &[u8], name: &[u8]) -> Result<Metric, CorruptRe
 
 /// Every counter `projection` holds, by cell and name, with its count (for verify).
 pub(crate) fn counters_of(projection: &Projection, out: &mut BTreeMap<(Vec<u8>, Vec<u8>), i64>) {
-    let mut commit = Commit::default();
-    let mut funnel = FunnelDeltas::default();
-    diff(
-        &SessionId::new("verify").expect("a valid id"),
-        &Projection::default(),
-        projection,
-        &mut commit,
-        &mut funnel,
-    );
-    funnel.flush(&mut commit);
-    for CounterDelta { cell, name, delta } in commit.counters {
-        *out.entry((cell, name)).or_default() += delta;
+    for (name, count) in gauges(projection) {
+        *out.entry((vec![GAUGE], name)).or_default() += count;
+    }
+    if let Some(contribution) = &projection.funnel {
+        let mut funnel = FunnelDeltas::default();
+        for (metric, count) in &contribution.metrics {
+            funnel.add(contribution, metric, *count);
+        }
+        let mut commit = Commit::default();
+        funnel.flush(&mut commit);
+        for CounterDelta { cell, name, delta } in commit.counters {
+            *out.entry((cell, name)).or_default() += delta;
+        }
     }
 }
 
