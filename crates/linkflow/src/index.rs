@@ -586,3 +586,87 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     // Every key of the index starts with a family byte below 0xff.
     vec![u8::MAX]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn groups() -> Vec<Group> {
+        vec![
+            Group {
+                provider: Provider::Plaid,
+                institution: Some("ins_109508".into()),
+                link_type: Some(LinkType::Relink),
+            },
+            Group {
+                provider: Provider::Knot,
+                institution: None,
+                link_type: None,
+            },
+        ]
+    }
+
+    fn metrics() -> Vec<Metric> {
+        vec![
+            Metric::Sessions,
+            Metric::Reached(Phase::Mfa),
+            Metric::Succeeded,
+            Metric::Exited,
+            Metric::ExitedAt(Phase::Authenticating),
+            Metric::ExitStatus(Phase::Opened, "(none)".into()),
+            Metric::Error(Phase::Authenticating, "INVALID_CREDENTIALS".into()),
+            Metric::Open(Phase::AccountsSelected),
+            Metric::OpenUntimed(Phase::Created),
+            Metric::Duration(Phase::Opened, -17),
+            Metric::Duration(Phase::Opened, linkflow_core::aggregate::ZERO_BIN),
+        ]
+    }
+
+    /// A funnel cell and a counter name read back as the group and metric they were written
+    /// from.
+    #[test]
+    fn funnel_cells_and_names_read_back() {
+        for group in groups() {
+            let mut cell = Vec::new();
+            funnel_prefix(&mut cell, HOURLY, 471_234, &group);
+            assert_eq!(parse_group(&cell).unwrap(), group);
+            for metric in metrics() {
+                let mut name = Vec::new();
+                push_metric(&mut name, &metric);
+                assert_eq!(parse_metric(&cell, &name).unwrap(), metric);
+            }
+        }
+    }
+
+    /// Damaged cells and names are errors naming them: a cut cell, an unknown provider, a bad
+    /// flag, trailing bytes, an empty name, an unknown metric or phase, a bad bin.
+    #[test]
+    fn damaged_funnel_cells_and_names_are_named_errors() {
+        let mut cell = Vec::new();
+        funnel_prefix(&mut cell, DAILY, 19_700, &groups()[0]);
+        for bad in [
+            &cell[..cell.len() - 1],
+            &[&cell[..9], &[5][..], b"bogus", &[0, 0][..]].concat()[..],
+            &[&cell[..], &[7][..]].concat()[..],
+        ] {
+            let error = parse_group(bad).unwrap_err();
+            assert!(error.key.contains("funnel counter"), "{error}");
+        }
+        for bad in [&b""[..], b"Z", b"a\x63", b"d\x01\x00", b"e\x01\xff\xfe"] {
+            let error = parse_metric(&cell, bad).unwrap_err();
+            assert!(error.key.contains("of cell"), "{error}");
+        }
+    }
+
+    proptest! {
+        /// No bytes panic the funnel cell and name readers, or the index key reader.
+        #[test]
+        fn any_bytes_read_without_panicking(cell in proptest::collection::vec(any::<u8>(), 0..64),
+                                            name in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let _ = parse_group(&cell);
+            let _ = parse_metric(&cell, &name);
+            let _ = id_in(&cell);
+        }
+    }
+}

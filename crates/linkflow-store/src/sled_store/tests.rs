@@ -1377,3 +1377,59 @@ fn the_store_on_a_failing_disk_keeps_every_acknowledged_event_and_verifies() {
     }
     eprintln!("store fault points: {seen:?}");
 }
+
+/// A counter cell whose bytes do not decode (cut short, a counter at zero, names out of
+/// order) is a clear error naming the cell when walked, fails a commit that would add to it
+/// (nothing written), and is a verify problem; other cells are unaffected.
+#[test]
+fn a_damaged_counter_cell_is_a_clear_error_and_a_verify_problem() {
+    use crate::store::CounterDelta;
+    use std::ops::ControlFlow;
+    let bad_values: [&[u8]; 3] = [
+        &[2, 1, b'a'],
+        // One counter, named "a", at zero (zigzag 0).
+        &[1, 1, b'a', 0],
+        // "b" then "a": out of name order.
+        &[2, 1, b'b', 2, 1, b'a', 2],
+    ];
+    for bad in bad_values {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let deltas = |cell: &[u8]| Commit {
+            counters: vec![CounterDelta::new(cell, &b"n"[..], 1)],
+            ..Commit::default()
+        };
+        store.commit(deltas(b"good")).unwrap();
+        store.commit(deltas(b"hurt")).unwrap();
+        store.sync().unwrap();
+        store.after_sync().unwrap();
+        settled(&store)
+            .insert(keys::tagged(keys::COUNTER, b"hurt"), bad)
+            .unwrap();
+        let error = store
+            .for_each_counter(b"hurt", b"huru", &mut |_, _, _| ControlFlow::Continue(()))
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt(corrupt) if corrupt.key.contains("counter cell \"hurt\"")),
+            "{error}"
+        );
+        let error = store.commit(deltas(b"hurt")).unwrap_err();
+        assert!(
+            matches!(error, CommitError::Store(StoreError::Corrupt(_))),
+            "{error}"
+        );
+        let mut good = Vec::new();
+        store
+            .for_each_counter(b"good", b"goodz", &mut |_, name, value| {
+                good.push((name.to_vec(), value));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(good, vec![(b"n".to_vec(), 1)]);
+        let found = problems(&store);
+        assert!(
+            found.iter().any(|p| p.contains("counter cell \"hurt\"")),
+            "{found:?}"
+        );
+    }
+}
