@@ -205,8 +205,8 @@ impl linkflow_store::EventStore for FailingDisk {
     }
 }
 
-/// Finding 3 of issue 25: a failed fsync stops all acks (fail-stop) and `/healthz` says so,
-/// while reads keep working.
+/// Finding 3 of issue 25: a failed fsync stops all acks (fail-stop) and `/healthz` and
+/// `/readyz` say so, while reads keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_failed_fsync_nothing_more_is_acknowledged_and_healthz_says_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,17 +242,20 @@ async fn after_a_failed_fsync_nothing_more_is_acknowledged_and_healthz_says_why(
     disk.failing
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(post(3).await.unwrap().status(), 503);
-    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
-    let reason: serde_json::Value = health.json().await.unwrap();
-    assert_eq!(reason["status"], "failed");
-    assert!(
-        reason["reason"]
-            .as_str()
-            .unwrap()
-            .contains("stopped taking writes"),
-        "{reason}"
-    );
+    // Both probes say so, in the API's error shape: restarting reopens the store.
+    for probe in ["healthz", "readyz"] {
+        let health = client.get(format!("{base}/{probe}")).send().await.unwrap();
+        assert_eq!(health.status(), 503, "{probe}");
+        let reason: serde_json::Value = health.json().await.unwrap();
+        assert_eq!(reason["error"], "engine_failed", "{probe}");
+        assert!(
+            reason["detail"]
+                .as_str()
+                .unwrap()
+                .contains("stopped taking writes"),
+            "{probe}: {reason}"
+        );
+    }
     let read = client
         .get(format!("{base}/v1/sessions/dmg-1"))
         .send()

@@ -22,17 +22,12 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
     let server = Server::start(dir.path(), &[("LINKFLOW_KNOT_SECRET", SECRET)]);
     let client = reqwest::Client::new();
 
-    assert_eq!(
-        client
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "ok"
-    );
+    let health: Value = get_json(&client, &server.url("/healthz")).await;
+    assert_eq!(health["status"], "ok");
+    // Ready: the engine takes writes and the data directory's disk has room.
+    let ready: Value = get_json(&client, &server.url("/readyz")).await;
+    assert_eq!(ready["status"], "ready");
+    assert!(ready["disk_free_bytes"].as_u64().unwrap() > 0, "{ready}");
 
     let response = client
         .post(server.url("/v1/events/moneykit"))
@@ -421,6 +416,33 @@ async fn the_token_guards_everything_but_health_and_the_signed_webhook() {
         client
             .get(server.url("/v1/sessions"))
             .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The scheme in any case (RFC 7235); a token that only starts like the right one, or the
+    // right one with another scheme, is refused.
+    for (value, status) in [
+        (format!("bearer {TOKEN}"), 200),
+        (format!("BEARER {TOKEN}"), 200),
+        (format!("Bearer {TOKEN}x"), 401),
+        (format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]), 401),
+        (format!("Basic {TOKEN}"), 401),
+    ] {
+        let response = client
+            .get(server.url("/v1/sessions"))
+            .header("Authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{value}");
+    }
+    // The probes need no token.
+    assert_eq!(
+        client
+            .get(server.url("/readyz"))
             .send()
             .await
             .unwrap()

@@ -274,11 +274,7 @@ enum Command {
     /// Serve the HTTP API (Knot secret from LINKFLOW_KNOT_SECRET, bearer token from
     /// LINKFLOW_TOKEN, Plaid webhook keys from LINKFLOW_PLAID_JWKS or LINKFLOW_PLAID_CLIENT_ID
     /// and LINKFLOW_PLAID_SECRET).
-    Serve {
-        /// The address to listen on (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: String,
-    },
+    Serve(serve::ServeArgs),
     /// Ingest the bundled sample flows of all four providers into a fresh temporary store and
     /// show what the engine made of them.
     Demo,
@@ -326,6 +322,15 @@ fn open(cli: &Cli) -> Result<Engine, CliError> {
 /// Opens the engine the options name; the outer error is a bad option, the inner one the
 /// engine's.
 fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
+    // Only `ingest` and `serve` create a store; every other command reads (or repairs) one, and
+    // a mistyped --data-dir must not answer "0 sessions" from an empty store made on the spot.
+    let creates = matches!(cli.command, Command::Ingest { .. } | Command::Serve(_));
+    if cli.store.is_none() && !creates && !cli.data_dir.exists() {
+        return Err(CliError(format!(
+            "no store at {}: the data directory does not exist (`linkflow ingest` or `linkflow serve` creates it; check --data-dir or LINKFLOW_DATA_DIR)",
+            cli.data_dir.display()
+        )));
+    }
     let (mut config, _) = match &cli.store {
         None => (
             linkflow::EngineConfig::new(&cli.data_dir),
@@ -345,7 +350,7 @@ fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
     config.inactivity_timeout = chrono::Duration::minutes(i64::from(cli.inactivity_timeout));
     // A server runs long: its log's first segment is zero-filled at open, so that its syncs are
     // the short kind from the first request on. One-shot commands skip the fraction of a second.
-    if matches!(cli.command, Command::Serve { .. }) {
+    if matches!(cli.command, Command::Serve(_)) {
         config = config.preallocating_log();
     }
     // An ingest is one pass over a stream of any size: memory stays flat with it.
@@ -363,7 +368,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
-        Command::Serve { ref listen } => serve::run(open(&cli)?, listen).await,
+        Command::Serve(ref args) => {
+            let data_dir = cli.store.is_none().then(|| cli.data_dir.clone());
+            serve::run(open(&cli)?, args, data_dir).await
+        }
         Command::Repair => verify::repair(&cli, json),
         Command::Verify => match open_engine(&cli)? {
             Ok(engine) => {
@@ -469,7 +477,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Command::Merchants => accounts::merchants(&engine, json).await,
                 Command::Diagram { .. }
                 | Command::Demo
-                | Command::Serve { .. }
+                | Command::Serve(_)
                 | Command::Verify
                 | Command::Repair => {
                     unreachable!("handled above")

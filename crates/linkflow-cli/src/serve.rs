@@ -1,15 +1,41 @@
 //! `linkflow serve`: the HTTP API until SIGTERM or Ctrl-C; accepted requests finish and are
 //! durable before the process exits.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use linkflow::Engine;
 use linkflow_http::plaid_keys::{self, KeyEndpoint, PlaidKeys};
-use linkflow_http::{serve, HttpConfig};
+use linkflow_http::{serve_with, HttpConfig, ServeConfig};
 use linkflow_providers::plaid_jwt::JwkSet;
 use tracing_subscriber::EnvFilter;
 
 use crate::CliError;
+
+/// `linkflow serve`'s options: where to listen and the server's bounds.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Seconds a client may take to send a request's headers, and a keep-alive connection
+    /// may sit idle.
+    #[arg(long, env = "LINKFLOW_HEADER_TIMEOUT_SECS", default_value_t = linkflow_http::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    header_timeout_secs: u64,
+    /// Connections served at once; past it new ones are closed at once.
+    #[arg(long, env = "LINKFLOW_MAX_CONNECTIONS", default_value_t = linkflow_http::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections one client address may hold at once.
+    #[arg(long, env = "LINKFLOW_MAX_CONNECTIONS_PER_CLIENT", default_value_t = linkflow_http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    max_connections_per_client: usize,
+    /// Seconds shutdown waits for requests in flight before cutting their connections.
+    #[arg(long, env = "LINKFLOW_SHUTDOWN_DEADLINE_SECS", default_value_t = linkflow_http::DEFAULT_SHUTDOWN_DEADLINE.as_secs())]
+    shutdown_deadline_secs: u64,
+    /// Event-stream subscribers served at once (503 past it).
+    #[arg(long, env = "LINKFLOW_MAX_SUBSCRIBERS", default_value_t = linkflow_http::DEFAULT_MAX_SUBSCRIBERS)]
+    max_subscribers: usize,
+}
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -66,7 +92,12 @@ fn plaid_keys() -> Result<Option<PlaidKeys>, CliError> {
     Ok(Some(PlaidKeys::Endpoint(endpoint)))
 }
 
-pub async fn run(engine: Engine, listen: &str) -> Result<ExitCode, CliError> {
+pub async fn run(
+    engine: Engine,
+    args: &ServeArgs,
+    data_dir: Option<PathBuf>,
+) -> Result<ExitCode, CliError> {
+    let listen = args.listen.as_str();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -74,15 +105,17 @@ pub async fn run(engine: Engine, listen: &str) -> Result<ExitCode, CliError> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let config = HttpConfig {
-        knot_secret: std::env::var("LINKFLOW_KNOT_SECRET")
-            .ok()
-            .filter(|secret| !secret.is_empty())
-            .map(String::into_bytes),
-        token: std::env::var("LINKFLOW_TOKEN")
-            .ok()
-            .filter(|token| !token.is_empty()),
-        plaid_keys: plaid_keys()?.map(std::sync::Arc::new),
+    let mut config = HttpConfig::default();
+    config.knot_secret = env("LINKFLOW_KNOT_SECRET").map(String::into_bytes);
+    config.token = env("LINKFLOW_TOKEN");
+    config.plaid_keys = plaid_keys()?.map(std::sync::Arc::new);
+    config.max_subscribers = args.max_subscribers.max(1);
+    config.data_dir = data_dir;
+    let limits = ServeConfig {
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        max_connections: args.max_connections.max(1),
+        max_connections_per_client: args.max_connections_per_client.max(1),
+        shutdown_deadline: Duration::from_secs(args.shutdown_deadline_secs),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -93,7 +126,7 @@ pub async fn run(engine: Engine, listen: &str) -> Result<ExitCode, CliError> {
     // On stderr, so scripts (and tests with port 0) can find the port.
     eprintln!("linkflow: listening on {address}");
     tracing::info!(%address, "serving the linkflow HTTP API");
-    serve(listener, engine, config, shutdown_signal())
+    serve_with(listener, engine, config, limits, shutdown_signal())
         .await
         .map_err(|error| CliError(format!("server error: {error}")))?;
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+    /// A refusal with `status`, the code `error` and a sentence saying what was wrong.
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
         ApiError {
             status,
             error,
@@ -49,12 +50,18 @@ impl From<linkflow::EngineError> for ApiError {
     }
 }
 
+/// The error code of a refusal, in its response's extensions (for the refusal counters).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub(crate) &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": self.error, "detail": self.detail})),
         )
-            .into_response()
+            .into_response();
+        response.extensions_mut().insert(ErrorCode(self.error));
+        response
     }
 }

@@ -17,21 +17,28 @@
 #![warn(missing_docs)]
 
 mod error;
+mod guard;
 mod metrics;
 pub mod plaid_keys;
+mod server;
 mod stream;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use axum_extra::headers::authorization::Bearer;
+use axum_extra::headers::Authorization;
+use axum_extra::typed_header::TypedHeaderRejection;
+use axum_extra::TypedHeader;
 use chrono::Utc;
 use linkflow::views::{AccountJson, HistoryJson, MerchantJson, RejectedListJson, SessionJson};
 use linkflow::{
@@ -41,58 +48,146 @@ use linkflow::{
 use linkflow_core::{Phase, Provider, SessionId};
 use linkflow_providers::signature;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 pub use error::ApiError;
+pub use guard::{BODY_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URI_BYTES};
 pub use metrics::Metrics;
+pub use server::{
+    ServeConfig, CONNECTION_BUFFER_BYTES, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_SHUTDOWN_DEADLINE,
+};
+pub use stream::{SUBSCRIBER_BUFFER_EVENTS, SUBSCRIBER_STALL};
 
-/// The largest request body accepted (413 past it).
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Event-stream subscribers served at once by default.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
+/// The free space below which `/readyz` says the data directory's disk is full, by default.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 64 * 1024 * 1024;
 
-/// How the API is secured.
-#[derive(Debug, Clone, Default)]
+/// How the API is secured and bounded. Clones share their counters and limits: build the
+/// [`api_router`] and the [`ops_router`] from clones of one config so that `/metrics` counts
+/// what the API refused.
+#[derive(Clone)]
 pub struct HttpConfig {
     /// Knot's client secret: when set, every Knot webhook must carry a valid `Knot-Signature`.
     pub knot_secret: Option<Vec<u8>>,
-    /// When set, every endpoint except `/healthz` and the webhooks needs
-    /// `Authorization: Bearer <token>`.
+    /// When set, every endpoint except `/healthz`, `/readyz` and the webhooks needs
+    /// `Authorization: Bearer <token>` (the scheme in any case).
     pub token: Option<String>,
     /// The keys of Plaid's webhooks: when set, every Plaid webhook must carry a valid
     /// `Plaid-Verification` JWT.
     pub plaid_keys: Option<Arc<plaid_keys::PlaidKeys>>,
+    /// Event-stream subscribers served at once ([`DEFAULT_MAX_SUBSCRIBERS`]); read when the
+    /// config is first used by a router.
+    pub max_subscribers: usize,
+    /// The data directory whose free space `/readyz` checks (none: not checked).
+    pub data_dir: Option<PathBuf>,
+    /// `/readyz` answers 503 when the data directory's disk has less free space than this.
+    pub min_free_disk_bytes: u64,
+    shared: Arc<std::sync::OnceLock<Shared>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            knot_secret: None,
+            token: None,
+            plaid_keys: None,
+            max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
+            data_dir: None,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
+            shared: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secrets are not printed, only whether they are set.
+        formatter
+            .debug_struct("HttpConfig")
+            .field("knot_secret", &self.knot_secret.as_ref().map(|_| "[set]"))
+            .field("token", &self.token.as_ref().map(|_| "[set]"))
+            .field("plaid_keys", &self.plaid_keys.as_ref().map(|_| "[set]"))
+            .field("max_subscribers", &self.max_subscribers)
+            .field("data_dir", &self.data_dir)
+            .field("min_free_disk_bytes", &self.min_free_disk_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the routers of one config share.
+struct Shared {
+    metrics: Arc<Metrics>,
+    /// One permit per event-stream subscriber.
+    subscribers: Arc<Semaphore>,
+    /// Turns true when the server starts shutting down: open event streams end, so that
+    /// graceful shutdown is not held up by subscribers that never disconnect.
+    closing: watch::Sender<bool>,
+}
+
+impl HttpConfig {
+    fn shared(&self) -> &Shared {
+        self.shared.get_or_init(|| Shared {
+            metrics: Arc::new(Metrics::default()),
+            subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
+            closing: watch::Sender::new(false),
+        })
+    }
+
+    /// The counters behind `/metrics`, shared by every router built from this config.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared().metrics)
+    }
 }
 
 #[derive(Clone)]
 struct AppState {
     engine: Engine,
     config: Arc<HttpConfig>,
+    shared: Arc<SharedRefs>,
+}
+
+/// The shared parts, as the handlers hold them.
+struct SharedRefs {
     metrics: Arc<Metrics>,
-    /// Turns true when the server starts shutting down: open event streams end, so that
-    /// graceful shutdown is not held up by subscribers that never disconnect.
-    shutting_down: watch::Receiver<bool>,
-    /// Keeps the channel open for routers mounted without `serve`.
-    _never: Arc<watch::Sender<bool>>,
+    subscribers: Arc<Semaphore>,
+    closing: watch::Sender<bool>,
 }
 
-/// The API as a `Router`, to serve or to mount in another app.
-pub fn router(engine: Engine, config: HttpConfig) -> Router {
-    let (never, shutting_down) = watch::channel(false);
-    build(engine, config, shutting_down, Arc::new(never))
-}
-
-fn build(
-    engine: Engine,
-    config: HttpConfig,
-    shutting_down: watch::Receiver<bool>,
-    never: Arc<watch::Sender<bool>>,
-) -> Router {
-    let state = AppState {
+fn state(engine: Engine, config: HttpConfig) -> AppState {
+    let shared = config.shared();
+    let shared = Arc::new(SharedRefs {
+        metrics: Arc::clone(&shared.metrics),
+        subscribers: Arc::clone(&shared.subscribers),
+        closing: shared.closing.clone(),
+    });
+    AppState {
         engine,
         config: Arc::new(config),
-        metrics: Arc::new(Metrics::default()),
-        shutting_down,
-        _never: never,
-    };
+        shared,
+    }
+}
+
+/// The API (`/v1/...`) as a `Router`, to serve or to mount in another app: every refusal is
+/// `{"error", "detail"}` JSON, bodies are read whole within [`MAX_BODY_BYTES`] and
+/// [`BODY_TIMEOUT`]. It holds no route at the root, so it merges with an app's own:
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use linkflow_http::{api_router, ops_router, HttpConfig};
+///
+/// # async fn example(engine: linkflow::Engine) {
+/// let config = HttpConfig::default();
+/// let app: Router = Router::new()
+///     .route("/healthz", get(|| async { "my app is fine" }))
+///     .merge(api_router(engine.clone(), config.clone()))
+///     .nest("/linkflow", ops_router(engine, config));
+/// # let _ = app;
+/// # }
+/// ```
+pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
+    let state = state(engine, config);
     let protected = Router::new()
         .route("/v1/events/moneykit", post(ingest_moneykit))
         .route("/v1/events/benji", post(ingest_benji))
@@ -109,23 +204,78 @@ fn build(
         .route("/v1/merchants", get(list_merchants))
         .route("/v1/stream", get(stream::events))
         .route("/v1/funnel", get(funnel))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/webhooks/knot", post(ingest_knot))
+        .route("/v1/webhooks/plaid", post(ingest_plaid_webhook))
+        .merge(protected)
+        .with_state(state.clone())
+        .layer(middleware::from_fn(guard::check_request))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.shared.metrics),
+            guard::json_errors,
+        ))
+}
+
+/// The operator's routes: `GET /healthz` (liveness: the engine takes writes), `GET /readyz`
+/// (readiness: also the disk has room and the server is not shutting down) and `GET /metrics`
+/// (Prometheus text; behind the token when one is set). Mount it at the root or nest it.
+pub fn ops_router(engine: Engine, config: HttpConfig) -> Router {
+    let state = state(engine, config);
+    let metrics = Router::new()
         .route("/metrics", get(render_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/webhooks/knot", post(ingest_knot))
-        .route("/v1/webhooks/plaid", post(ingest_plaid_webhook))
-        .merge(protected)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .route("/readyz", get(readyz))
+        .merge(metrics)
+        .with_state(state.clone())
+        .layer(middleware::from_fn(guard::check_request))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.shared.metrics),
+            guard::json_errors,
+        ))
 }
 
-/// Serves the API on `listener` until `shutdown` completes, lets accepted requests finish,
-/// then shuts the engine down (its last events are durable before this returns).
+/// The API and the operator's routes in one `Router` (what [`serve`] serves), with a JSON 404
+/// for every other path.
+pub fn router(engine: Engine, config: HttpConfig) -> Router {
+    let metrics = config.metrics();
+    api_router(engine.clone(), config.clone())
+        .merge(ops_router(engine, config))
+        .fallback(move |request: Request| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                metrics.refused(404, "not_found");
+                ApiError::not_found(format!(
+                    "no route {} {}",
+                    request.method(),
+                    request.uri().path()
+                ))
+            }
+        })
+}
+
+/// Serves [`router`] on `listener` with the default [`ServeConfig`] until `shutdown`
+/// completes; see [`serve_with`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Engine,
     config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, engine, config, ServeConfig::default(), shutdown).await
+}
+
+/// Serves [`router`] on `listener` within `limits` until `shutdown` completes; then stops
+/// accepting, ends the event streams, lets requests in flight finish until
+/// `limits.shutdown_deadline` (then cuts the connections left), and shuts the engine down:
+/// every acknowledged write is durable before this returns.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    engine: Engine,
+    config: HttpConfig,
+    limits: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if config.knot_secret.is_none() {
@@ -134,30 +284,34 @@ pub async fn serve(
     if config.plaid_keys.is_none() {
         tracing::warn!("no Plaid keys configured (LINKFLOW_PLAID_JWKS, or LINKFLOW_PLAID_CLIENT_ID and LINKFLOW_PLAID_SECRET): Plaid webhooks are accepted without verification");
     }
-    let (notify, shutting_down) = watch::channel(false);
-    let notify = Arc::new(notify);
-    let app = build(engine.clone(), config, shutting_down, Arc::clone(&notify));
+    let metrics = config.metrics();
+    let closing = config.shared().closing.clone();
+    let app = router(engine.clone(), config);
     let signal = async move {
         shutdown.await;
-        let _ = notify.send(true);
+        let _ = closing.send(true);
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await?;
+    server::run(listener, app, &limits, metrics, signal).await;
     engine
         .shutdown()
         .await
         .map_err(|error| std::io::Error::other(error.to_string()))
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Lets a request through when no token is configured or it carries the token (compared in
+/// constant time; the `Bearer` scheme in any case).
+async fn require_token(
+    State(state): State<AppState>,
+    bearer: Result<TypedHeader<Authorization<Bearer>>, TypedHeaderRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &state.config.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+        // No header, another scheme, or a malformed one: no token.
+        let presented = bearer.as_ref().map_or("", |bearer| bearer.token());
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into();
+        if !matches {
             return ApiError::unauthorized("a valid `Authorization: Bearer <token>` is required")
                 .into_response();
         }
@@ -165,16 +319,56 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     next.run(request).await
 }
 
-/// `ok`, or 503 with the reason once the engine takes no more writes (its disk failed).
+/// Liveness: `ok`, or 503 with the reason once the engine takes no more writes (a sync
+/// failed: restarting the process reopens the store and recovers).
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.engine.health() {
-        Ok(()) => "ok".into_response(),
-        Err(error) => (
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(error) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "failed", "reason": error.to_string()})),
+            "engine_failed",
+            error.to_string(),
         )
-            .into_response(),
+        .into_response(),
     }
+}
+
+/// Readiness for writes: the engine takes writes, the data directory's disk has at least
+/// `min_free_disk_bytes` free, and the server is not shutting down; else 503 naming which.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let unavailable =
+        |error, detail: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, detail);
+    if let Err(error) = state.engine.health() {
+        return unavailable("engine_failed", error.to_string()).into_response();
+    }
+    if *state.shared.closing.borrow() {
+        return unavailable("shutting_down", "the server is shutting down".into()).into_response();
+    }
+    let mut free = None;
+    if let Some(dir) = &state.config.data_dir {
+        match fs2::available_space(dir) {
+            Ok(bytes) if bytes < state.config.min_free_disk_bytes => {
+                return unavailable(
+                    "disk_full",
+                    format!(
+                        "{} has {bytes} bytes free, less than the {} writes need",
+                        dir.display(),
+                        state.config.min_free_disk_bytes
+                    ),
+                )
+                .into_response()
+            }
+            Ok(bytes) => free = Some(bytes),
+            Err(error) => {
+                return unavailable(
+                    "disk_unknown",
+                    format!("cannot read the free space of {}: {error}", dir.display()),
+                )
+                .into_response()
+            }
+        }
+    }
+    Json(serde_json::json!({"status": "ready", "disk_free_bytes": free})).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,13 +427,14 @@ async fn ingest(
     };
     for result in &report.results {
         state
+            .shared
             .metrics
             .ingested(feed.as_str(), outcome_name(&result.outcome));
         if !result.warnings.is_empty() {
-            state.metrics.warned(feed.as_str());
+            state.shared.metrics.warned(feed.as_str());
         }
     }
-    state.metrics.latency(started.elapsed());
+    state.shared.metrics.latency(started.elapsed());
     let all_quarantined = report.counts.quarantined == report.results.len() as u64;
     let status = if all_quarantined {
         StatusCode::ACCEPTED
@@ -301,8 +496,10 @@ async fn ingest_knot(
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("application/json");
-        signature::verify(secret, signature_header, &body, content_type)
-            .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+        signature::verify(secret, signature_header, &body, content_type).map_err(|error| {
+            state.shared.metrics.signature_failed("/v1/webhooks/knot");
+            ApiError::unauthorized(error.to_string())
+        })?;
     }
     // A webhook names its own streams: no query parameters.
     let query = IngestQuery::default();
@@ -321,7 +518,10 @@ async fn ingest_plaid_webhook(
         keys.verify(header, &body, Utc::now())
             .await
             .map_err(|error| match error {
-                plaid_keys::KeyError::Refused(error) => ApiError::unauthorized(error.to_string()),
+                plaid_keys::KeyError::Refused(error) => {
+                    state.shared.metrics.signature_failed("/v1/webhooks/plaid");
+                    ApiError::unauthorized(error.to_string())
+                }
                 plaid_keys::KeyError::Unavailable(reason) => {
                     tracing::error!(%reason, "a Plaid webhook could not be verified");
                     ApiError::new(
@@ -731,6 +931,6 @@ async fn funnel(
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = state.metrics.render(&state.engine).await?;
+    let text = state.shared.metrics.render(&state.engine).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

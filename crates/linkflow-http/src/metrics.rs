@@ -14,13 +14,22 @@ const BUCKETS_S: [f64; 10] = [
 ];
 
 /// Counters updated by the handlers.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Inner {
+    /// Refused requests by status and error code (at most one entry per code the API has).
+    refused: BTreeMap<(u16, &'static str), u64>,
+    /// Connections closed unserved, by reason.
+    connections_refused: BTreeMap<&'static str, u64>,
+    /// Webhooks whose signature failed, by route.
+    signature_failures: BTreeMap<&'static str, u64>,
+    connections_open: usize,
+    sse_subscribers: usize,
+    sse_cut: u64,
     ingested: BTreeMap<(&'static str, &'static str), u64>,
     warned: BTreeMap<&'static str, u64>,
     latency_buckets: [u64; BUCKETS_S.len()],
@@ -49,6 +58,40 @@ impl Metrics {
         *self.inner().warned.entry(provider).or_default() += 1;
     }
 
+    /// Counts one refused request.
+    pub(crate) fn refused(&self, status: u16, code: &'static str) {
+        *self.inner().refused.entry((status, code)).or_default() += 1;
+    }
+
+    /// Counts one connection closed unserved.
+    pub(crate) fn connection_refused(&self, refusal: crate::server::Refusal) {
+        let reason = match refusal {
+            crate::server::Refusal::Full => "max_connections",
+            crate::server::Refusal::ClientFull => "max_connections_per_client",
+        };
+        *self.inner().connections_refused.entry(reason).or_default() += 1;
+    }
+
+    /// Sets the number of open connections.
+    pub(crate) fn connections_open(&self, open: usize) {
+        self.inner().connections_open = open;
+    }
+
+    /// Counts one webhook whose signature failed on `route`.
+    pub(crate) fn signature_failed(&self, route: &'static str) {
+        *self.inner().signature_failures.entry(route).or_default() += 1;
+    }
+
+    /// Sets the number of event-stream subscribers.
+    pub(crate) fn sse_subscribers(&self, subscribers: usize) {
+        self.inner().sse_subscribers = subscribers;
+    }
+
+    /// Counts one subscriber cut off for not reading.
+    pub(crate) fn sse_cut(&self) {
+        self.inner().sse_cut += 1;
+    }
+
     /// Records one ingest request's duration.
     pub fn latency(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
@@ -72,6 +115,37 @@ impl Metrics {
             for ((provider, outcome), count) in &inner.ingested {
                 let _ = writeln!(out, "linkflow_events_ingested_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {count}");
             }
+            out.push_str("# HELP linkflow_http_refused_total Requests refused, by status and error code.\n# TYPE linkflow_http_refused_total counter\n");
+            for ((status, code), count) in &inner.refused {
+                let _ = writeln!(
+                    out,
+                    "linkflow_http_refused_total{{status=\"{status}\",error=\"{code}\"}} {count}"
+                );
+            }
+            out.push_str("# HELP linkflow_http_connections_refused_total Connections closed unserved, by the limit they were past.\n# TYPE linkflow_http_connections_refused_total counter\n");
+            for (reason, count) in &inner.connections_refused {
+                let _ = writeln!(
+                    out,
+                    "linkflow_http_connections_refused_total{{reason=\"{reason}\"}} {count}"
+                );
+            }
+            out.push_str("# HELP linkflow_http_connections_open Connections open now (served by linkflow serve).\n# TYPE linkflow_http_connections_open gauge\n");
+            let _ = writeln!(
+                out,
+                "linkflow_http_connections_open {}",
+                inner.connections_open
+            );
+            out.push_str("# HELP linkflow_webhook_signature_failures_total Webhooks refused for their signature, by route.\n# TYPE linkflow_webhook_signature_failures_total counter\n");
+            for (route, count) in &inner.signature_failures {
+                let _ = writeln!(
+                    out,
+                    "linkflow_webhook_signature_failures_total{{route=\"{route}\"}} {count}"
+                );
+            }
+            out.push_str("# HELP linkflow_sse_subscribers Event-stream subscribers connected now.\n# TYPE linkflow_sse_subscribers gauge\n");
+            let _ = writeln!(out, "linkflow_sse_subscribers {}", inner.sse_subscribers);
+            out.push_str("# HELP linkflow_sse_cut_total Event-stream subscribers cut off for not reading.\n# TYPE linkflow_sse_cut_total counter\n");
+            let _ = writeln!(out, "linkflow_sse_cut_total {}", inner.sse_cut);
             out.push_str("# HELP linkflow_payload_warnings_total Payloads stored with fields their adapter could not read, by input.\n# TYPE linkflow_payload_warnings_total counter\n");
             for (provider, count) in &inner.warned {
                 let _ = writeln!(

@@ -6,21 +6,36 @@
 //! `phase_after`: the session's phase after its arrivals up to the one before and up to this
 //! one (`Engine::session_at`, each arrival folded in event-time order), so a late event shows
 //! what it changed; `null` for other streams.
+//!
+//! Bounds: at most `HttpConfig::max_subscribers` streams at once (503 `too_many_subscribers`
+//! past it); each subscriber's events wait in a buffer of [`SUBSCRIBER_BUFFER_EVENTS`] while
+//! its client reads, and a client that reads nothing for [`SUBSCRIBER_STALL`] while its
+//! buffer is full is cut off (its connection closed, so hyper's buffers go too). The engine
+//! reads the log for catching-up subscribers a few at a time (`linkflow::Subscription`), so a
+//! crowd of them does not starve the writer.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use linkflow::Engine;
 use linkflow_core::{Phase, Position, SessionId, Version};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::mpsc;
 
+use crate::server::CutConnection;
 use crate::{ApiError, AppState};
+
+/// Events buffered for one subscriber while its client reads.
+pub const SUBSCRIBER_BUFFER_EVENTS: usize = 256;
+/// How long a subscriber's buffer may stay full before the subscriber is cut off.
+pub const SUBSCRIBER_STALL: Duration = Duration::from_secs(30);
 
 /// Sessions whose last phase one event stream remembers (for the next event's
 /// `phase_before`); past it, the memory starts over.
@@ -63,6 +78,7 @@ pub(crate) struct StreamQuery {
 
 pub(crate) async fn events(
     State(state): State<AppState>,
+    cut: Option<axum::Extension<CutConnection>>,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -80,55 +96,94 @@ pub(crate) async fn events(
         None => query.after.unwrap_or(0),
     };
     let session = query.session.map(|id| crate::session_id(&id)).transpose()?;
+    let Ok(permit) = Arc::clone(&state.shared.subscribers).try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!(
+                "{} event streams are open, the most this server serves; try again later",
+                state.config.max_subscribers
+            ),
+        ));
+    };
+    let metrics = Arc::clone(&state.shared.metrics);
+    let subscribers = Arc::clone(&state.shared.subscribers);
+    let max = state.config.max_subscribers;
+    metrics.sse_subscribers(max - subscribers.available_permits());
+    let (sender, receiver) = mpsc::channel::<Event>(SUBSCRIBER_BUFFER_EVENTS);
     let subscription = state.engine.subscribe(Position(from));
-    let shutting_down = state.shutting_down.clone();
+    let mut shutting_down = state.shared.closing.subscribe();
     let engine = state.engine.clone();
-    let events = stream::unfold(
-        (subscription, shutting_down, HashMap::new()),
-        move |(mut subscription, mut shutting_down, mut memory)| {
-            let session = session.clone();
-            let engine = engine.clone();
-            async move {
-                if *shutting_down.borrow() {
-                    return None;
-                }
-                let event = loop {
-                    let event = tokio::select! {
-                        event = subscription.next() => event.ok()?,
-                        _ = shutting_down.changed() => return None,
-                    };
-                    if session
-                        .as_ref()
-                        .is_none_or(|wanted| *wanted == event.stream)
-                    {
-                        break event;
-                    }
-                };
-                let before = Version(event.version.0.saturating_sub(1));
-                let phase_before = phase_at(&engine, &mut memory, &event.stream, before).await;
-                let phase_after =
-                    phase_at(&engine, &mut memory, &event.stream, event.version).await;
-                let data = json!({
-                    "position": event.position,
-                    "phase_before": phase_before,
-                    "phase_after": phase_after,
-                    "session_id": event.stream,
-                    "version": event.version,
-                    "event": event.data.body.name(),
-                    "raw_name": event.data.raw_name,
-                    "event_time": event.data.body.occurred_at(),
-                    // Rejected by its stream's fold as it stood when the event was stored (what its
-                    // ingest outcome said); a later arrival may change it (see the history).
-                    "rejected": event.rejected,
-                    "body": event.data.body,
-                });
-                let sse = Event::default()
-                    .id(event.position.to_string())
-                    .event("event")
-                    .data(data.to_string());
-                Some((Ok(sse), (subscription, shutting_down, memory)))
+    let cut = cut.map(|axum::Extension(cut)| cut);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut subscription = subscription;
+        let mut memory = HashMap::new();
+        loop {
+            let event = tokio::select! {
+                event = subscription.next() => match event {
+                    Ok(event) => event,
+                    Err(_) => break,
+                },
+                _ = shutting_down.changed() => break,
+                () = sender.closed() => break,
+            };
+            if session
+                .as_ref()
+                .is_some_and(|wanted| *wanted != event.stream)
+            {
+                continue;
             }
-        },
-    );
+            let sse = render(&engine, &mut memory, event).await;
+            match tokio::time::timeout(SUBSCRIBER_STALL, sender.send(sse)).await {
+                Ok(Ok(())) => {}
+                // The client went away.
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::info!("an event-stream subscriber read nothing for {} s with a full buffer: cut off", SUBSCRIBER_STALL.as_secs());
+                    metrics.sse_cut();
+                    if let Some(cut) = &cut {
+                        cut.cut();
+                    }
+                    break;
+                }
+            }
+        }
+        drop(_permit);
+        metrics.sse_subscribers(max - subscribers.available_permits());
+    });
+    let events = stream::unfold(receiver, |mut receiver| async move {
+        let event = receiver.recv().await?;
+        Some((Ok(event), receiver))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One event as an SSE event.
+async fn render(
+    engine: &Engine,
+    memory: &mut HashMap<SessionId, (Version, Option<Phase>)>,
+    event: linkflow::store::StoredEvent,
+) -> Event {
+    let before = Version(event.version.0.saturating_sub(1));
+    let phase_before = phase_at(engine, memory, &event.stream, before).await;
+    let phase_after = phase_at(engine, memory, &event.stream, event.version).await;
+    let data = json!({
+        "position": event.position,
+        "phase_before": phase_before,
+        "phase_after": phase_after,
+        "session_id": event.stream,
+        "version": event.version,
+        "event": event.data.body.name(),
+        "raw_name": event.data.raw_name,
+        "event_time": event.data.body.occurred_at(),
+        // Rejected by its stream's fold as it stood when the event was stored (what its
+        // ingest outcome said); a later arrival may change it (see the history).
+        "rejected": event.rejected,
+        "body": event.data.body,
+    });
+    Event::default()
+        .id(event.position.to_string())
+        .event("event")
+        .data(data.to_string())
 }

@@ -117,6 +117,9 @@ impl Engine {
             store_is_shared,
             cache: Mutex::new(SessionCache::new(config.cache_sessions)),
             visible,
+            catch_up: Arc::new(tokio::sync::Semaphore::new(
+                crate::subscribe::catch_up_readers(),
+            )),
             durability: config.durability,
             max_batch_events: config.max_batch_events,
             max_events_per_stream: config.max_events_per_stream,
@@ -426,6 +429,7 @@ impl Engine {
         Subscription::new(
             Arc::clone(&self.shared.store),
             self.shared.visible.subscribe(),
+            Arc::clone(&self.shared.catch_up),
             after,
         )
     }

@@ -5,12 +5,20 @@ use std::sync::Arc;
 
 use linkflow_core::Position;
 use linkflow_store::{EventStore, StoredEvent};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::error::EngineError;
 
 /// Events read per store call while catching up.
 const CATCH_UP_CHUNK: usize = 512;
+
+/// How many catching-up subscribers read the log at once, engine-wide: half the cores (at
+/// least one), so that hundreds of subscribers starting from position 0 queue for their turn
+/// instead of taking every core from the writer. A subscriber that is caught up reads only what
+/// each commit adds.
+pub(crate) fn catch_up_readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+}
 
 /// Committed events in global order from a position: first the log from there (catch-up), then
 /// live events as they commit. There is no gap and no duplicate across the hand-over because
@@ -22,6 +30,7 @@ const CATCH_UP_CHUNK: usize = 512;
 pub struct Subscription {
     store: Arc<dyn EventStore>,
     visible: watch::Receiver<Position>,
+    readers: Arc<Semaphore>,
     after: Position,
     buffer: VecDeque<StoredEvent>,
 }
@@ -30,11 +39,13 @@ impl Subscription {
     pub(crate) fn new(
         store: Arc<dyn EventStore>,
         visible: watch::Receiver<Position>,
+        readers: Arc<Semaphore>,
         after: Position,
     ) -> Self {
         Subscription {
             store,
             visible,
+            readers,
             after,
             buffer: VecDeque::new(),
         }
@@ -71,6 +82,10 @@ impl Subscription {
                 let store = Arc::clone(&self.store);
                 let after = self.after;
                 let limit = CATCH_UP_CHUNK.min((visible.0 - after.0) as usize);
+                let _turn = Arc::clone(&self.readers)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EngineError::Closed)?;
                 let events = tokio::task::spawn_blocking(move || store.read_all(after, limit))
                     .await
                     .map_err(|_| EngineError::Closed)??;

@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub cache: Mutex<SessionCache>,
     /// The last position subscribers may see: durable under `Fsync`, committed under `Buffered`.
     pub visible: watch::Sender<Position>,
+    /// Log reads of catching-up subscribers in flight at once ([`crate::subscribe`]).
+    pub catch_up: Arc<tokio::sync::Semaphore>,
     pub durability: Durability,
     pub max_batch_events: usize,
     pub max_events_per_stream: u32,
