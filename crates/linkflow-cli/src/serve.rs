@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for requests in flight before cutting their connections.
     #[arg(long, env = "LINKFLOW_SHUTDOWN_DEADLINE_SECS", default_value_t = linkflow_http::DEFAULT_SHUTDOWN_DEADLINE.as_secs())]
     shutdown_deadline_secs: u64,
+    /// Seconds a client may take to send a request's body (408 past it).
+    #[arg(long, env = "LINKFLOW_BODY_TIMEOUT_SECS", default_value_t = linkflow_http::BODY_TIMEOUT.as_secs())]
+    body_timeout_secs: u64,
+    /// Seconds an event-stream subscriber may read nothing while its buffer is full before it
+    /// is cut off.
+    #[arg(long, env = "LINKFLOW_SUBSCRIBER_STALL_SECS", default_value_t = linkflow_http::SUBSCRIBER_STALL.as_secs())]
+    subscriber_stall_secs: u64,
     /// Event-stream subscribers served at once (503 past it).
     #[arg(long, env = "LINKFLOW_MAX_SUBSCRIBERS", default_value_t = linkflow_http::DEFAULT_MAX_SUBSCRIBERS)]
     max_subscribers: usize,
@@ -111,6 +118,14 @@ pub async fn run(
     config.plaid_keys = plaid_keys()?.map(std::sync::Arc::new);
     config.max_subscribers = args.max_subscribers.max(1);
     config.data_dir = data_dir;
+    config.body_timeout = Duration::from_secs(args.body_timeout_secs.max(1));
+    config.subscriber_stall = Duration::from_secs(args.subscriber_stall_secs.max(1));
+    // A server holds a descriptor per connection: raise the soft limit to the hard one, as
+    // servers commonly do, so that `--max-connections` and not `ulimit -n` is the bound.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     let limits = ServeConfig {
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         max_connections: args.max_connections.max(1),

@@ -24,7 +24,8 @@ use crate::metrics::Metrics;
 
 /// The largest request body accepted (413 past it).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// How long a client may take to send a request's body (408 past it).
+/// How long a client may take to send a request's body by default (408 past it;
+/// `HttpConfig::body_timeout`).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest request target (path and query) accepted (414 past it).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -34,7 +35,11 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 const MAX_DETAIL_BYTES: usize = 1024;
 
 /// Checks a request's target, headers and body before its handler; see the module docs.
-pub(crate) async fn check_request(request: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn check_request(
+    State(body_timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let uri = request.uri();
     let target = uri
         .path_and_query()
@@ -99,7 +104,7 @@ pub(crate) async fn check_request(request: Request, next: Next) -> Result<Respon
         return Err(too_large());
     }
     let body: Bytes = match tokio::time::timeout(
-        BODY_TIMEOUT,
+        body_timeout,
         axum::body::to_bytes(body, MAX_BODY_BYTES),
     )
     .await
@@ -110,7 +115,7 @@ pub(crate) async fn check_request(request: Request, next: Next) -> Result<Respon
                 "body_timeout",
                 format!(
                     "the body did not arrive within {} s",
-                    BODY_TIMEOUT.as_secs()
+                    body_timeout.as_secs_f64()
                 ),
             ))
         }

@@ -80,6 +80,11 @@ pub struct HttpConfig {
     /// Event-stream subscribers served at once ([`DEFAULT_MAX_SUBSCRIBERS`]); read when the
     /// config is first used by a router.
     pub max_subscribers: usize,
+    /// How long a client may take to send a request's body ([`BODY_TIMEOUT`]; 408 past it).
+    pub body_timeout: std::time::Duration,
+    /// How long an event-stream subscriber's buffer may stay full before the subscriber is
+    /// cut off ([`SUBSCRIBER_STALL`]).
+    pub subscriber_stall: std::time::Duration,
     /// The data directory whose free space `/readyz` checks (none: not checked).
     pub data_dir: Option<PathBuf>,
     /// `/readyz` answers 503 when the data directory's disk has less free space than this.
@@ -94,6 +99,8 @@ impl Default for HttpConfig {
             token: None,
             plaid_keys: None,
             max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
+            body_timeout: BODY_TIMEOUT,
+            subscriber_stall: SUBSCRIBER_STALL,
             data_dir: None,
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
             shared: Arc::default(),
@@ -110,6 +117,8 @@ impl std::fmt::Debug for HttpConfig {
             .field("token", &self.token.as_ref().map(|_| "[set]"))
             .field("plaid_keys", &self.plaid_keys.as_ref().map(|_| "[set]"))
             .field("max_subscribers", &self.max_subscribers)
+            .field("body_timeout", &self.body_timeout)
+            .field("subscriber_stall", &self.subscriber_stall)
             .field("data_dir", &self.data_dir)
             .field("min_free_disk_bytes", &self.min_free_disk_bytes)
             .finish_non_exhaustive()
@@ -210,7 +219,10 @@ pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
         .route("/v1/webhooks/plaid", post(ingest_plaid_webhook))
         .merge(protected)
         .with_state(state.clone())
-        .layer(middleware::from_fn(guard::check_request))
+        .layer(middleware::from_fn_with_state(
+            state.config.body_timeout,
+            guard::check_request,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.shared.metrics),
             guard::json_errors,
@@ -230,7 +242,10 @@ pub fn ops_router(engine: Engine, config: HttpConfig) -> Router {
         .route("/readyz", get(readyz))
         .merge(metrics)
         .with_state(state.clone())
-        .layer(middleware::from_fn(guard::check_request))
+        .layer(middleware::from_fn_with_state(
+            state.config.body_timeout,
+            guard::check_request,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.shared.metrics),
             guard::json_errors,

@@ -34,7 +34,8 @@ use crate::{ApiError, AppState};
 
 /// Events buffered for one subscriber while its client reads.
 pub const SUBSCRIBER_BUFFER_EVENTS: usize = 256;
-/// How long a subscriber's buffer may stay full before the subscriber is cut off.
+/// How long a subscriber's buffer may stay full before the subscriber is cut off, by default
+/// (`HttpConfig::subscriber_stall`).
 pub const SUBSCRIBER_STALL: Duration = Duration::from_secs(30);
 
 /// Sessions whose last phase one event stream remembers (for the next event's
@@ -115,6 +116,7 @@ pub(crate) async fn events(
     let mut shutting_down = state.shared.closing.subscribe();
     let engine = state.engine.clone();
     let cut = cut.map(|axum::Extension(cut)| cut);
+    let stall = state.config.subscriber_stall;
     tokio::spawn(async move {
         let _permit = permit;
         let mut subscription = subscription;
@@ -135,12 +137,15 @@ pub(crate) async fn events(
                 continue;
             }
             let sse = render(&engine, &mut memory, event).await;
-            match tokio::time::timeout(SUBSCRIBER_STALL, sender.send(sse)).await {
+            match tokio::time::timeout(stall, sender.send(sse)).await {
                 Ok(Ok(())) => {}
                 // The client went away.
                 Ok(Err(_)) => break,
                 Err(_) => {
-                    tracing::info!("an event-stream subscriber read nothing for {} s with a full buffer: cut off", SUBSCRIBER_STALL.as_secs());
+                    tracing::info!(
+                        stall_s = stall.as_secs_f64(),
+                        "an event-stream subscriber read nothing with a full buffer: cut off"
+                    );
                     metrics.sse_cut();
                     if let Some(cut) = &cut {
                         cut.cut();
