@@ -455,3 +455,97 @@ async fn event_streams_are_limited_and_a_reader_that_stops_is_cut_off() {
     );
     assert!(closed_within(&mut stalled, Duration::from_secs(10)).await);
 }
+
+/// Issue 28's finding: a captured Knot signature replayed on a body of the same length with
+/// other content (merchant 10 UP -> merchant 77 DOWN) was accepted. Knot's scheme signs only
+/// the length, content type, event and session id, so the replay is caught by remembering each
+/// signature's body; and an allow-list of source networks keeps webhooks from anywhere else.
+#[tokio::test]
+async fn a_replayed_knot_signature_over_another_body_is_refused() {
+    const SECRET: &str = "knot-test-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("LINKFLOW_KNOT_SECRET", SECRET),
+            ("LINKFLOW_WEBHOOK_SOURCES", "127.0.0.1/32, 127.0.0.3"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let original = std::fs::read_to_string(
+        linkflow_e2e::fixtures_dir().join("knot/merchant_status_update.json"),
+    )
+    .unwrap();
+    let forged = original
+        .replace(r#""id": 10,"#, r#""id": 77,"#)
+        .replace(r#""status": "UP","#, r#""status": "DN","#);
+    assert_eq!(forged.len(), original.len());
+    assert_ne!(forged, original);
+    let signed = linkflow_providers::signature::sign(
+        SECRET.as_bytes(),
+        original.as_bytes(),
+        "application/json",
+    )
+    .unwrap();
+    let post = |body: &str, client: &reqwest::Client| {
+        client
+            .post(server.url("/v1/webhooks/knot"))
+            .header("Content-Type", "application/json")
+            .header("Knot-Signature", &signed)
+            .body(body.to_owned())
+            .send()
+    };
+    assert_eq!(post(&original, &client).await.unwrap().status(), 200);
+    // Knot's retry of the same webhook: the same body, accepted (and deduplicated).
+    let retry: Value = post(&original, &client)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(retry["results"][0]["outcome"], "duplicate", "{retry}");
+    let replay = post(&forged, &client).await.unwrap();
+    assert_eq!(replay.status(), 401);
+    let body: Value = replay.json().await.unwrap();
+    assert_eq!(body["error"], "signature_replayed", "{body}");
+    // Merchant 77 was never stored.
+    let merchants: Value = get_json(&client, &server.url("/v1/merchants")).await;
+    assert_eq!(
+        merchants["merchants"].as_array().unwrap().len(),
+        1,
+        "{merchants}"
+    );
+    let text = metrics(&client, &server).await;
+    assert_eq!(
+        sample(
+            &text,
+            "linkflow_webhook_signature_failures_total{route=\"/v1/webhooks/knot\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // From an address outside the allow-list: 403 before any signature is read; the API's
+    // other routes are not affected.
+    let outsider = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .build()
+        .unwrap();
+    let refused = post(&original, &outsider).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "source_not_allowed", "{body}");
+    assert_eq!(
+        outsider
+            .get(server.url("/v1/sessions"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let insider = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)))
+        .build()
+        .unwrap();
+    assert_eq!(post(&original, &insider).await.unwrap().status(), 200);
+}

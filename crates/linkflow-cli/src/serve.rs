@@ -118,6 +118,11 @@ pub async fn run(
     config.plaid_keys = plaid_keys()?.map(std::sync::Arc::new);
     config.max_subscribers = args.max_subscribers.max(1);
     config.data_dir = data_dir;
+    if let Some(list) = env("LINKFLOW_WEBHOOK_SOURCES") {
+        let networks = linkflow_http::webhook_guard::SourceNetworks::parse(&list)
+            .map_err(|error| CliError(format!("LINKFLOW_WEBHOOK_SOURCES: {error}")))?;
+        config.webhook_sources = Some(networks);
+    }
     config.body_timeout = Duration::from_secs(args.body_timeout_secs.max(1));
     config.subscriber_stall = Duration::from_secs(args.subscriber_stall_secs.max(1));
     // A server holds a descriptor per connection: raise the soft limit to the hard one, as

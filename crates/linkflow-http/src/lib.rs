@@ -22,6 +22,7 @@ mod metrics;
 pub mod plaid_keys;
 mod server;
 mod stream;
+pub mod webhook_guard;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -80,6 +81,10 @@ pub struct HttpConfig {
     /// Event-stream subscribers served at once ([`DEFAULT_MAX_SUBSCRIBERS`]); read when the
     /// config is first used by a router.
     pub max_subscribers: usize,
+    /// The networks webhooks (`/v1/webhooks/...`) may come from; others get 403
+    /// `source_not_allowed`. None: any. The address is the connection's peer (a proxy in front
+    /// of linkflow is the peer: list the proxy, and filter the providers' networks there).
+    pub webhook_sources: Option<webhook_guard::SourceNetworks>,
     /// How long a client may take to send a request's body ([`BODY_TIMEOUT`]; 408 past it).
     pub body_timeout: std::time::Duration,
     /// How long an event-stream subscriber's buffer may stay full before the subscriber is
@@ -99,6 +104,7 @@ impl Default for HttpConfig {
             token: None,
             plaid_keys: None,
             max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
+            webhook_sources: None,
             body_timeout: BODY_TIMEOUT,
             subscriber_stall: SUBSCRIBER_STALL,
             data_dir: None,
@@ -117,6 +123,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("token", &self.token.as_ref().map(|_| "[set]"))
             .field("plaid_keys", &self.plaid_keys.as_ref().map(|_| "[set]"))
             .field("max_subscribers", &self.max_subscribers)
+            .field("webhook_sources", &self.webhook_sources)
             .field("body_timeout", &self.body_timeout)
             .field("subscriber_stall", &self.subscriber_stall)
             .field("data_dir", &self.data_dir)
@@ -128,6 +135,7 @@ impl std::fmt::Debug for HttpConfig {
 /// What the routers of one config share.
 struct Shared {
     metrics: Arc<Metrics>,
+    knot_signatures: Arc<webhook_guard::RecentSignatures>,
     /// One permit per event-stream subscriber.
     subscribers: Arc<Semaphore>,
     /// Turns true when the server starts shutting down: open event streams end, so that
@@ -139,6 +147,7 @@ impl HttpConfig {
     fn shared(&self) -> &Shared {
         self.shared.get_or_init(|| Shared {
             metrics: Arc::new(Metrics::default()),
+            knot_signatures: Arc::default(),
             subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
             closing: watch::Sender::new(false),
         })
@@ -160,6 +169,7 @@ struct AppState {
 /// The shared parts, as the handlers hold them.
 struct SharedRefs {
     metrics: Arc<Metrics>,
+    knot_signatures: Arc<webhook_guard::RecentSignatures>,
     subscribers: Arc<Semaphore>,
     closing: watch::Sender<bool>,
 }
@@ -168,6 +178,7 @@ fn state(engine: Engine, config: HttpConfig) -> AppState {
     let shared = config.shared();
     let shared = Arc::new(SharedRefs {
         metrics: Arc::clone(&shared.metrics),
+        knot_signatures: Arc::clone(&shared.knot_signatures),
         subscribers: Arc::clone(&shared.subscribers),
         closing: shared.closing.clone(),
     });
@@ -214,9 +225,15 @@ pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
         .route("/v1/stream", get(stream::events))
         .route("/v1/funnel", get(funnel))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let webhooks = Router::new()
         .route("/v1/webhooks/knot", post(ingest_knot))
         .route("/v1/webhooks/plaid", post(ingest_plaid_webhook))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_webhook_source,
+        ));
+    Router::new()
+        .merge(webhooks)
         .merge(protected)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(
@@ -329,6 +346,35 @@ async fn require_token(
         if !matches {
             return ApiError::unauthorized("a valid `Authorization: Bearer <token>` is required")
                 .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Lets a webhook through when no source networks are configured or its peer is in one.
+async fn require_webhook_source(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(networks) = &state.config.webhook_sources {
+        // `serve` puts the peer in every request; an embedding app serves with
+        // `into_make_service_with_connect_info`, or every webhook is refused.
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .copied();
+        let allowed = peer.is_some_and(|peer| networks.allows(peer.0.ip()));
+        if !allowed {
+            let from = peer.map_or("an unknown address".to_owned(), |peer| {
+                peer.0.ip().to_string()
+            });
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "source_not_allowed",
+                format!("webhooks are not accepted from {from}"),
+            )
+            .into_response();
         }
     }
     next.run(request).await
@@ -515,6 +561,21 @@ async fn ingest_knot(
             state.shared.metrics.signature_failed("/v1/webhooks/knot");
             ApiError::unauthorized(error.to_string())
         })?;
+        // Knot's signature does not cover the whole body: the same signature with another
+        // body is a replay (`webhook_guard`).
+        if let Some(signature) = signature_header {
+            if !state.shared.knot_signatures.check(signature.trim(), &body) {
+                state.shared.metrics.signature_failed("/v1/webhooks/knot");
+                tracing::warn!(
+                    "a Knot signature seen before came with a different body: refused as a replay"
+                );
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "signature_replayed",
+                    "this Knot-Signature came before with a different body: Knot's signature covers the body's length, content type, event and session id only, and Knot resends a webhook with the same body",
+                ));
+            }
+        }
     }
     // A webhook names its own streams: no query parameters.
     let query = IngestQuery::default();
