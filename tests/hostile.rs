@@ -549,3 +549,55 @@ async fn a_replayed_knot_signature_over_another_body_is_refused() {
         .unwrap();
     assert_eq!(post(&original, &insider).await.unwrap().status(), 200);
 }
+
+/// `LINKFLOW_LOG_FORMAT=json`: one JSON object per line, each request in a span with its id,
+/// method and path (the id is the `x-request-id` header), each commit group in a span with its
+/// sizes and outcomes, and a line for a duplicate.
+#[tokio::test]
+async fn json_logs_carry_request_and_commit_group_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, logs) = Server::start_with_logs(
+        dir.path(),
+        &[("LINKFLOW_LOG_FORMAT", "json"), ("RUST_LOG", "debug")],
+    );
+    let client = reqwest::Client::new();
+    let mut request_ids = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .post(server.url("/v1/events/moneykit"))
+            .body(moneykit_open("logged", 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        request_ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    drop(server);
+    let lines: Vec<Value> = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
+    let answered = lines
+        .iter()
+        .find(|line| {
+            line["fields"]["message"] == "request answered"
+                && line["span"]["id"] == request_ids[0].as_str()
+        })
+        .unwrap_or_else(|| panic!("no request line among {lines:#?}"));
+    assert_eq!(answered["fields"]["status"], 200);
+    assert_eq!(answered["span"]["name"], "request");
+    assert_eq!(answered["span"]["method"], "POST");
+    assert_eq!(answered["span"]["path"], "/v1/events/moneykit");
+    let duplicate = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "duplicate event: already stored")
+        .unwrap_or_else(|| panic!("no duplicate line among {lines:#?}"));
+    assert_eq!(duplicate["fields"]["session"], "logged");
+    assert_eq!(duplicate["span"]["name"], "commit_group");
+    assert_eq!(duplicate["span"]["events"], 1);
+}

@@ -52,6 +52,14 @@ impl Server {
     /// Starts the server on `data_dir` with `env` set (and no `LINKFLOW_TOKEN` unless given),
     /// and waits until it prints its address.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with_logs(data_dir, env).0
+    }
+
+    /// [`Server::start`], and the server's log lines (its stderr) as they come.
+    pub fn start_with_logs(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> (Server, std::sync::mpsc::Receiver<String>) {
         use std::io::{BufRead, BufReader};
         let mut command = std::process::Command::new(linkflow_bin());
         command
@@ -80,11 +88,17 @@ impl Server {
             }
         };
         // Keep draining the logs so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let server = Server {
             child,
             base: format!("http://{address}"),
-        }
+        };
+        (server, receiver)
     }
 
     /// The URL of `path` on this server.

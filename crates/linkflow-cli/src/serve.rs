@@ -13,6 +13,36 @@ use tracing_subscriber::EnvFilter;
 
 use crate::CliError;
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or, with
+/// `LINKFLOW_LOG_FORMAT=json`, one JSON object per line (with the span fields: a request's id,
+/// method and path; a commit group's sizes and outcomes).
+fn init_logging() -> Result<(), CliError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match env("LINKFLOW_LOG_FORMAT").as_deref() {
+        None | Some("text") => {
+            let _ = builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .try_init();
+        }
+        Some("json") => {
+            let _ = builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .try_init();
+        }
+        Some(other) => {
+            return Err(CliError(format!(
+                "LINKFLOW_LOG_FORMAT is `{other}`; expected text or json"
+            )))
+        }
+    }
+    Ok(())
+}
+
 /// `linkflow serve`'s options: where to listen and the server's bounds.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -105,13 +135,7 @@ pub async fn run(
     data_dir: Option<PathBuf>,
 ) -> Result<ExitCode, CliError> {
     let listen = args.listen.as_str();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    init_logging()?;
     let mut config = HttpConfig::default();
     config.knot_secret = env("LINKFLOW_KNOT_SECRET").map(String::into_bytes);
     config.token = env("LINKFLOW_TOKEN");

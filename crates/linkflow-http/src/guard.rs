@@ -134,6 +134,35 @@ pub(crate) async fn check_request(
     Ok(next.run(Request::from_parts(parts, Body::from(body))).await)
 }
 
+/// Runs a request in a span (`request`: a fresh id, the method and the path; the id is also
+/// the `x-request-id` response header) and logs its status and duration: at debug level,
+/// warn for a 5xx.
+pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = uuid::Uuid::now_v7();
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, micros, "request failed");
+        } else {
+            tracing::debug!(status, micros, "request answered");
+        }
+    });
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
 /// Whether a body read failed because the body is over the limit.
 fn over_limit(error: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);

@@ -244,6 +244,7 @@ pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
             Arc::clone(&state.shared.metrics),
             guard::json_errors,
         ))
+        .layer(middleware::from_fn(guard::trace_request))
 }
 
 /// The operator's routes: `GET /healthz` (liveness: the engine takes writes), `GET /readyz`
@@ -267,6 +268,7 @@ pub fn ops_router(engine: Engine, config: HttpConfig) -> Router {
             Arc::clone(&state.shared.metrics),
             guard::json_errors,
         ))
+        .layer(middleware::from_fn(guard::trace_request))
 }
 
 /// The API and the operator's routes in one `Router` (what [`serve`] serves), with a JSON 404

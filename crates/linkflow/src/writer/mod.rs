@@ -320,9 +320,30 @@ fn process_group(
     if let Some(failure) = shared.failed() {
         return fail_group(group, &failure);
     }
+    let events: usize = group
+        .iter()
+        .map(|request| match request {
+            Request::Ingest { events, .. } => events.len(),
+            Request::Shutdown { .. } => 0,
+        })
+        .sum();
+    let span = tracing::debug_span!(
+        "commit_group",
+        requests = group.len(),
+        events,
+        attempts = tracing::field::Empty,
+        appended = tracing::field::Empty,
+        streams = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+        duplicates = tracing::field::Empty,
+        quarantined = tracing::field::Empty,
+        refused = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let mut attempt = 0;
     loop {
         attempt += 1;
+        span.record("attempts", attempt);
         let read_ahead = match read_ahead(shared, &group) {
             Ok(read) => read,
             Err(error) => return fail_group(group, &error),
@@ -344,6 +365,7 @@ fn process_group(
         };
         let commit = plan.finish();
         let appends = commit.appends.len();
+        record_outcomes(&span, &planned, &commit);
         let streams: Vec<SessionId> = commit
             .appends
             .iter()
@@ -377,6 +399,49 @@ fn process_group(
             }
         }
     }
+}
+
+/// Records a group's outcomes on its span, and logs each event that was not simply accepted
+/// (debug level: ids and reasons, never payloads).
+fn record_outcomes(span: &tracing::Span, planned: &[Vec<Planned>], commit: &Commit) {
+    if span.is_disabled() {
+        return;
+    }
+    let (mut rejected, mut duplicates, mut quarantined, mut refused) = (0, 0, 0, 0);
+    for planned in planned.iter().flatten() {
+        match planned {
+            Planned::Stored {
+                session,
+                verdict,
+                quarantined: in_quarantine,
+                ..
+            } => {
+                if let Err(reason) = verdict {
+                    rejected += 1;
+                    tracing::debug!(session = %session, %reason, "event parked: its stream's fold rejects it");
+                }
+                if let Some(reason) = in_quarantine {
+                    quarantined += 1;
+                    tracing::debug!(entry = %session, %reason, "payload quarantined");
+                }
+            }
+            Planned::DuplicateOfOp { session, .. } | Planned::Duplicate { session, .. } => {
+                duplicates += 1;
+                tracing::debug!(session = %session, "duplicate event: already stored");
+            }
+            Planned::Refused(error) => {
+                refused += 1;
+                tracing::debug!(%error, "event refused");
+            }
+        }
+    }
+    let streams: HashSet<&SessionId> = commit.appends.iter().map(|append| &append.stream).collect();
+    span.record("appended", commit.appends.len());
+    span.record("streams", streams.len());
+    span.record("rejected", rejected);
+    span.record("duplicates", duplicates);
+    span.record("quarantined", quarantined);
+    span.record("refused", refused);
 }
 
 /// On a shared store, reads every session the group's events name and every dedupe key they
