@@ -34,7 +34,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_extra::headers::authorization::Bearer;
 use axum_extra::headers::Authorization;
@@ -50,6 +49,9 @@ use linkflow_core::{Phase, Provider, SessionId};
 use linkflow_providers::signature;
 use serde::Deserialize;
 use tokio::sync::{watch, Semaphore};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use guard::{BODY_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URI_BYTES};
@@ -208,30 +210,14 @@ fn state(engine: Engine, config: HttpConfig) -> AppState {
 /// ```
 pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
     let state = state(engine, config);
-    let protected = Router::new()
-        .route("/v1/events/moneykit", post(ingest_moneykit))
-        .route("/v1/events/benji", post(ingest_benji))
-        .route("/v1/events/knot", post(ingest_knot_sdk))
-        .route("/v1/events/plaid", post(ingest_plaid))
-        .route("/v1/quarantine", get(list_quarantine))
-        .route("/v1/quarantine/redrive", post(redrive_quarantine))
-        .route("/v1/sessions", get(list_sessions))
-        .route("/v1/sessions/{id}", get(show_session))
-        .route("/v1/sessions/{id}/history", get(session_history))
-        .route("/v1/parked", get(list_parked))
-        .route("/v1/accounts", get(list_accounts))
-        .route("/v1/users/{id}", get(show_user))
-        .route("/v1/merchants", get(list_merchants))
-        .route("/v1/stream", get(stream::events))
-        .route("/v1/funnel", get(funnel))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    let webhooks = Router::new()
-        .route("/v1/webhooks/knot", post(ingest_knot))
-        .route("/v1/webhooks/plaid", post(ingest_plaid_webhook))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_webhook_source,
-        ));
+    let (protected, _) = protected_routes().split_for_parts();
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let (webhooks, _) = webhook_routes().split_for_parts();
+    let webhooks = webhooks.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_webhook_source,
+    ));
     Router::new()
         .merge(webhooks)
         .merge(protected)
@@ -247,17 +233,134 @@ pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
         .layer(middleware::from_fn(guard::trace_request))
 }
 
+/// The routes behind the token, with their OpenAPI operations.
+fn protected_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest_moneykit))
+        .routes(routes!(ingest_benji))
+        .routes(routes!(ingest_knot_sdk))
+        .routes(routes!(ingest_plaid))
+        .routes(routes!(list_quarantine))
+        .routes(routes!(redrive_quarantine))
+        .routes(routes!(list_sessions))
+        .routes(routes!(show_session))
+        .routes(routes!(session_history))
+        .routes(routes!(list_parked))
+        .routes(routes!(list_accounts))
+        .routes(routes!(show_user))
+        .routes(routes!(list_merchants))
+        .routes(routes!(stream::events))
+        .routes(routes!(funnel))
+}
+
+/// The webhook routes (their providers' signatures, not the token).
+fn webhook_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest_knot))
+        .routes(routes!(ingest_plaid_webhook))
+}
+
+/// The probes (no token) and the metrics (the token).
+fn ops_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    (
+        OpenApiRouter::new()
+            .routes(routes!(healthz))
+            .routes(routes!(readyz)),
+        OpenApiRouter::new().routes(routes!(render_metrics)),
+    )
+}
+
+/// The body of every refusal.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ErrorBody {
+    /// A stable code (`invalid_json`, `too_large`, `unauthorized`, ...).
+    error: String,
+    /// What was wrong, and where.
+    detail: String,
+}
+
+/// The OpenAPI 3.1 document of every route [`router`] serves, generated from the handlers'
+/// annotations (the routes are registered from the same annotations, so the two cannot
+/// differ). `docs/openapi.json` is this document; a test keeps it in sync.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{self, Components, ContentBuilder, ResponseBuilder};
+    let (_, mut doc) = protected_routes().split_for_parts();
+    doc.merge(webhook_routes().split_for_parts().1);
+    let (probes, metrics) = ops_routes();
+    doc.merge(probes.split_for_parts().1);
+    doc.merge(metrics.split_for_parts().1);
+    doc.info = openapi::InfoBuilder::new()
+        .title("linkflow HTTP API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Link sessions of connect flows (MoneyKit, Benji, Knot, Plaid Link) as state machines over a durable log. Every refusal is `{\"error\", \"detail\"}` JSON.",
+        ))
+        .license(Some(openapi::LicenseBuilder::new().name("Apache-2.0").build()))
+        .build();
+    let mut components = doc.components.take().unwrap_or_else(Components::new);
+    components.schemas.insert(
+        "ErrorBody".into(),
+        <ErrorBody as utoipa::PartialSchema>::schema(),
+    );
+    doc.components = Some(components);
+    // What the checks before every handler can answer, on every route.
+    let common = [
+        (
+            "400",
+            "`invalid_utf8`: the path, the query or a header value is not UTF-8",
+        ),
+        ("405", "`method_not_allowed`"),
+        ("408", "`body_timeout`: the body did not arrive in time"),
+        ("413", "`too_large`: the body is over 1 MiB"),
+        ("414", "`uri_too_long`: the request target is over 8 KiB"),
+        ("431", "`headers_too_large`: the headers hold over 32 KiB"),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for (status, description) in common {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(openapi::Ref::from_schema_name("ErrorBody")))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+            }
+        }
+    }
+    doc
+}
+
 /// The operator's routes: `GET /healthz` (liveness: the engine takes writes), `GET /readyz`
 /// (readiness: also the disk has room and the server is not shutting down) and `GET /metrics`
 /// (Prometheus text; behind the token when one is set). Mount it at the root or nest it.
 pub fn ops_router(engine: Engine, config: HttpConfig) -> Router {
     let state = state(engine, config);
-    let metrics = Router::new()
-        .route("/metrics", get(render_metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let (probes, metrics) = ops_routes();
+    let (probes, _) = probes.split_for_parts();
+    let (metrics, _) = metrics.split_for_parts();
+    let metrics = metrics.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(probes)
         .merge(metrics)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(
@@ -384,6 +487,12 @@ async fn require_webhook_source(
 
 /// Liveness: `ok`, or 503 with the reason once the engine takes no more writes (a sync
 /// failed: restarting the process reopens the store and recovers).
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    description = "Liveness: the engine takes writes (no token needed).",
+    responses(
+        (status = 200, description = "`{\"status\": \"ok\"}`"),
+        (status = 503, description = "`engine_failed`: a sync failed; restarting reopens the store", body = ErrorBody),
+    ))]
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.engine.health() {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
@@ -398,6 +507,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 /// Readiness for writes: the engine takes writes, the data directory's disk has at least
 /// `min_free_disk_bytes` free, and the server is not shutting down; else 503 naming which.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    description = "Readiness for writes: the engine takes writes, the data directory's disk has room, and the server is not shutting down (no token needed).",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\", \"disk_free_bytes\"}`"),
+        (status = 503, description = "`engine_failed`, `disk_full`, `disk_unknown`, `shutting_down`", body = ErrorBody),
+    ))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let unavailable =
         |error, detail: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error, detail);
@@ -434,7 +549,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({"status": "ready", "disk_free_bytes": free})).into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct IngestQuery {
     session_id: Option<String>,
     external_user_id: Option<String>,
@@ -507,6 +623,18 @@ async fn ingest(
     Ok((status, Json(report)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/events/moneykit", tag = "ingest",
+    description = "MoneyKit Connect SDK events: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
+    params(IngestQuery),
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
+        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
+        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
+    ))]
 async fn ingest_moneykit(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -522,6 +650,18 @@ async fn ingest_moneykit(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/events/benji", tag = "ingest",
+    description = "Benji Connect SDK callbacks: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
+    params(IngestQuery),
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
+        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
+        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
+    ))]
 async fn ingest_benji(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -530,6 +670,18 @@ async fn ingest_benji(
     ingest(&state, Feed::Benji, &body, query, "POST /v1/events/benji").await
 }
 
+#[utoipa::path(post, path = "/v1/events/knot", tag = "ingest",
+    description = "Knot client SDK callbacks: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
+    params(IngestQuery),
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
+        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
+        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
+    ))]
 async fn ingest_knot_sdk(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -538,6 +690,18 @@ async fn ingest_knot_sdk(
     ingest(&state, Feed::KnotSdk, &body, query, "POST /v1/events/knot").await
 }
 
+#[utoipa::path(post, path = "/v1/events/plaid", tag = "ingest",
+    description = "Plaid Link callbacks: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
+    params(IngestQuery),
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
+        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
+        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
+        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
+    ))]
 async fn ingest_plaid(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -546,6 +710,18 @@ async fn ingest_plaid(
     ingest(&state, Feed::Plaid, &body, query, "POST /v1/events/plaid").await
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/knot", tag = "webhooks",
+    description = "Knot webhooks; `Knot-Signature` checked when a secret is configured. The signature covers the body's length, content type, event and session id: a signature seen before with another body is refused as a replay.",
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Each payload's outcome"),
+        (status = 202, description = "Every payload was quarantined"),
+        (status = 400, description = "`invalid_json` (nothing stored)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the signature is missing or wrong; `signature_replayed`", body = ErrorBody),
+        (status = 403, description = "`source_not_allowed`: the peer is outside `LINKFLOW_WEBHOOK_SOURCES`", body = ErrorBody),
+        (status = 413, description = "`too_large` (nothing stored)", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn ingest_knot(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -584,6 +760,18 @@ async fn ingest_knot(
     ingest(&state, Feed::Knot, &body, query, "POST /v1/webhooks/knot").await
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/plaid", tag = "webhooks",
+    description = "Plaid webhooks; the `Plaid-Verification` JWT checked when keys are configured.",
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Each payload's outcome"),
+        (status = 202, description = "Every payload was quarantined"),
+        (status = 400, description = "`invalid_json` (nothing stored)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the JWT is missing, expired or does not match the body", body = ErrorBody),
+        (status = 403, description = "`source_not_allowed`", body = ErrorBody),
+        (status = 413, description = "`too_large` (nothing stored)", body = ErrorBody),
+        (status = 503, description = "`verification_unavailable`: Plaid's keys could not be fetched; `engine_unavailable`", body = ErrorBody),
+    ))]
 async fn ingest_plaid_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -620,7 +808,8 @@ async fn ingest_plaid_webhook(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct QuarantineQuery {
     pending: Option<bool>,
     provider: Option<String>,
@@ -630,6 +819,15 @@ struct QuarantineQuery {
 
 /// `GET /v1/quarantine`: a page of quarantined payloads (`?pending=true`, `?provider=`,
 /// `?limit=` default 100 at most 1,000, `?cursor=`), with the counts of all.
+#[utoipa::path(get, path = "/v1/quarantine", tag = "read",
+    description = "A page of quarantined payloads, with the counts of all.",
+    params(QuarantineQuery),
+    responses(
+        (status = 200, description = "`{counts, entries, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn list_quarantine(
     State(state): State<AppState>,
     Query(query): Query<QuarantineQuery>,
@@ -661,6 +859,16 @@ struct RedriveBody {
 
 /// `POST /v1/quarantine/redrive`: decodes quarantined payloads again (`{"entry"}` one, else
 /// every pending one), with `session_id` / `external_user_id` for payloads that name none.
+#[utoipa::path(post, path = "/v1/quarantine/redrive", tag = "ingest",
+    description = "Decodes quarantined payloads again: `{\"entry\"}` one, else every pending one; `session_id` / `external_user_id` for payloads that name none.",
+    request_body(content = String, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What the redrive did with each entry"),
+        (status = 400, description = "`invalid_json`, `invalid_entry`, `invalid_session_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such quarantine entry", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn redrive_quarantine(
     State(state): State<AppState>,
     body: Bytes,
@@ -691,7 +899,8 @@ async fn redrive_quarantine(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SessionsQuery {
     phase: Option<String>,
     provider: Option<String>,
@@ -712,6 +921,15 @@ pub const DEFAULT_PAGE_SESSIONS: usize = 100;
 /// `GET /v1/sessions`: one page of sessions (`limit`, default [`DEFAULT_PAGE_SESSIONS`], at
 /// most `linkflow::MAX_PAGE_SESSIONS`; `cursor`: the previous page's `next_cursor`), filtered
 /// by `phase`, `provider`, `institution`, `user`, `abandoned` and first/last event time.
+#[utoipa::path(get, path = "/v1/sessions", tag = "read",
+    description = "One page of sessions, filtered.",
+    params(SessionsQuery),
+    responses(
+        (status = 200, description = "`{sessions, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn list_sessions(
     State(state): State<AppState>,
     Query(query): Query<SessionsQuery>,
@@ -767,6 +985,16 @@ fn session_id(id: &str) -> Result<SessionId, ApiError> {
         .map_err(|error| ApiError::bad_request("invalid_session_id", error.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "read",
+    description = "One session's state.",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse, an invalid session id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn show_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -784,6 +1012,16 @@ async fn show_session(
 
 /// A page of a session's history: `{"history": [...], "next_cursor"}` (`?limit=`, default
 /// 100, at most 1,000; `?cursor=`).
+#[utoipa::path(get, path = "/v1/sessions/{id}/history", tag = "read",
+    description = "A page of one session's history in event-time order.",
+    params(("id" = String, Path, description = "The session id"), PageQuery),
+    responses(
+        (status = 200, description = "`{history, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse, an invalid session id", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn session_history(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -802,7 +1040,8 @@ async fn session_history(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ParkedQuery {
     session: Option<String>,
     limit: Option<usize>,
@@ -812,6 +1051,15 @@ struct ParkedQuery {
 /// The events their streams' folds reject now: of one session with `?session=` (at most
 /// [`linkflow::MAX_REJECTED_LISTED`]; `truncated` says whether more are), else a page of every
 /// stream's (`?limit=`, default 100, at most 1,000; `?cursor=` the previous `next_cursor`).
+#[utoipa::path(get, path = "/v1/parked", tag = "read",
+    description = "Rejected (parked) events: of one session, or a page of every stream's.",
+    params(ParkedQuery),
+    responses(
+        (status = 200, description = "`{events, truncated, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn list_parked(
     State(state): State<AppState>,
     Query(query): Query<ParkedQuery>,
@@ -830,7 +1078,8 @@ async fn list_parked(
     Ok(Json(RejectedListJson::from(&list)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
     limit: Option<usize>,
     cursor: Option<String>,
@@ -860,6 +1109,15 @@ impl PageQuery {
 }
 
 /// `GET /v1/accounts`: one page of linked accounts, `{accounts, next_cursor}`.
+#[utoipa::path(get, path = "/v1/accounts", tag = "read",
+    description = "One page of linked accounts.",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "`{accounts, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn list_accounts(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
@@ -875,6 +1133,15 @@ async fn list_accounts(
 
 /// `GET /v1/users/{id}`: the end user's accounts (every provider) and one page of their
 /// sessions (`limit`, `cursor` as for `/v1/sessions`).
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "read",
+    description = "An end user's accounts and one page of their sessions.",
+    params(("id" = String, Path, description = "The external user id"), PageQuery),
+    responses(
+        (status = 200, description = "`{external_user_id, accounts, sessions, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn show_user(
     State(state): State<AppState>,
     Path(user): Path<String>,
@@ -907,6 +1174,15 @@ async fn show_user(
 }
 
 /// `GET /v1/merchants`: one page of merchant availability, `{merchants, next_cursor}`.
+#[utoipa::path(get, path = "/v1/merchants", tag = "read",
+    description = "One page of merchant availability (Knot).",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "`{merchants, next_cursor}`"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn list_merchants(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
@@ -920,7 +1196,8 @@ async fn list_merchants(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FunnelParams {
     since: Option<String>,
     until: Option<String>,
@@ -951,6 +1228,15 @@ fn time_param(
 
 /// `GET /v1/funnel`: the filters of `linkflow funnel`; `?format=svg` returns the chart of the
 /// first group.
+#[utoipa::path(get, path = "/v1/funnel", tag = "read",
+    description = "The funnel: conversion and drop-off by step, with filters and grouping; `format=svg` for the chart.",
+    params(FunnelParams),
+    responses(
+        (status = 200, description = "The funnels (JSON), or the first one's chart (`image/svg+xml`)"),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn funnel(
     State(state): State<AppState>,
     Query(params): Query<FunnelParams>,
@@ -1008,6 +1294,13 @@ async fn funnel(
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    description = "Prometheus text metrics.",
+    responses(
+        (status = 200, description = "Prometheus text", content_type = "text/plain"),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+    ))]
 async fn render_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = state.shared.metrics.render(&state.engine).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

@@ -71,12 +71,23 @@ async fn phase_at(
     phase
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
     after: Option<u64>,
     session: Option<String>,
 }
 
+/// `GET /v1/stream`.
+#[utoipa::path(get, path = "/v1/stream", tag = "read",
+    description = "Committed events in global order as server-sent events, after a position (`Last-Event-ID` or `after`; exclusive), then live.",
+    params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position")),
+    responses(
+        (status = 200, description = "`text/event-stream`: one `event` per stored event, its id the position", content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_last_event_id`, `invalid_session_id`, `bad_request`", body = crate::ErrorBody),
+        (status = 401, description = "`unauthorized`", body = crate::ErrorBody),
+        (status = 503, description = "`too_many_subscribers`: past the subscriber limit", body = crate::ErrorBody),
+    ))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     cut: Option<axum::Extension<CutConnection>>,
