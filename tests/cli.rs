@@ -436,3 +436,46 @@ fn the_data_dir_comes_from_the_environment() {
     assert!(output.status.success());
     assert!(dir.path().join("db").exists());
 }
+
+/// Issue 28's finding: a mistyped `--data-dir` on a read command silently created an empty store
+/// and answered "0 sessions". Read commands now refuse a data directory that does not exist,
+/// naming it, and create nothing; `ingest` still creates one.
+#[test]
+fn read_commands_refuse_a_data_directory_that_does_not_exist() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("mistyped");
+    for args in [
+        &["sessions"][..],
+        &["funnel"],
+        &["show", "s1"],
+        &["parked"],
+        &["quarantine"],
+        &["accounts"],
+        &["verify"],
+    ] {
+        let output = linkflow(&missing, args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("does not exist") && stderr.contains("mistyped"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created the directory");
+    }
+}
+
+/// `linkflow completions SHELL` prints a completion script that knows the subcommands.
+#[test]
+fn completions_are_generated_for_each_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = Command::new(linkflow_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        for subcommand in ["ingest", "sessions", "serve", "funnel"] {
+            assert!(script.contains(subcommand), "{shell}: {subcommand}");
+        }
+    }
+}

@@ -263,6 +263,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "session")]
         machine: diagram::Machine,
     },
+    /// Print a shell completion script (`linkflow completions bash > /etc/bash_completion.d/linkflow`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Check the store: exit 0 when it is consistent, else print a report and exit 1 (a
     /// store whose log or files are damaged, which cannot be opened, is inconsistent too).
     Verify,
@@ -365,6 +371,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Diagram { format, machine } => {
             diagram::run(format, machine);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "linkflow", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
@@ -476,6 +487,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 Command::Merchants => accounts::merchants(&engine, json).await,
                 Command::Diagram { .. }
+                | Command::Completions { .. }
                 | Command::Demo
                 | Command::Serve(_)
                 | Command::Verify
