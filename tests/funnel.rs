@@ -37,6 +37,17 @@ fn render_png(svg: &str) -> Vec<u8> {
     options.fontdb_mut().load_system_fonts();
     let tree = resvg::usvg::Tree::from_str(svg, &options).expect("the chart is valid SVG");
     let size = tree.size().to_int_size();
+    // Everything drawn, text included (laid out with the system's fonts), is on the canvas.
+    let drawn = tree.root().abs_stroke_bounding_box();
+    assert!(
+        drawn.left() >= 0.0
+            && drawn.top() >= 0.0
+            && drawn.right() <= size.width() as f32 + 0.5
+            && drawn.bottom() <= size.height() as f32 + 0.5,
+        "drawn {drawn:?} outside the {}x{} canvas",
+        size.width(),
+        size.height()
+    );
     let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).unwrap();
     resvg::render(
         &tree,
@@ -193,4 +204,63 @@ async fn the_http_funnel_takes_the_same_filters() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+}
+
+/// Issue 28's finding: the chart cut annotations off at 960 px, coloured plain medians red,
+/// showed raw seconds and only step-to-step conversion. A funnel with long error codes, a long
+/// group and large counts renders within its canvas, with both conversions labelled, times for
+/// people, the window and filters in the title, and red used for drop-off only.
+#[test]
+fn the_funnel_chart_fits_its_canvas_and_says_what_it_shows() {
+    use chrono::TimeZone;
+    use linkflow_core::funnel::{Funnel, FunnelQuery, FunnelStep, FUNNEL_STEPS};
+    let steps: Vec<FunnelStep> = FUNNEL_STEPS
+        .iter()
+        .enumerate()
+        .map(|(n, phase)| FunnelStep {
+            phase: *phase,
+            reached: 1_000_000 - n as u64 * 90_000,
+            conversion: (n > 0).then_some(0.9),
+            dropped_exited: 45_000,
+            dropped_abandoned: 45_000,
+            exit_statuses: vec![("requires_credentials".into(), 40_000)],
+            error_codes: vec![(
+                "INSTITUTION_NOT_RESPONDING_WITH_A_VERY_LONG_ERROR_CODE_THAT_GOES_ON_AND_ON".into(),
+                12_345,
+            )],
+            time_in_phase_p50_s: Some(200.0),
+            time_in_phase_p90_s: Some(3_900.0),
+        })
+        .collect();
+    let funnel = Funnel {
+        group: "institution: ins_109508_first_platypus_bank_of_a_long_name".into(),
+        sessions: 1_000_000,
+        succeeded: 280_000,
+        exited: 400_000,
+        abandoned: 300_000,
+        in_progress: 20_000,
+        steps,
+    };
+    let mut query = FunnelQuery::at(chrono::Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).unwrap());
+    query.since = Some(chrono::Utc.with_ymd_and_hms(2026, 11, 30, 0, 0, 0).unwrap());
+    query.until = Some(chrono::Utc.with_ymd_and_hms(2026, 12, 7, 0, 0, 0).unwrap());
+    query.provider = Some(linkflow_core::Provider::Plaid);
+    let svg = linkflow::chart::funnel_svg(&funnel, &query);
+    assert!(svg.contains("sessions started 2026-11-30 00:00 UTC to 2026-12-07 00:00 UTC"));
+    assert!(svg.contains("provider plaid"));
+    assert!(svg.contains(">overall<") && svg.contains(">step<"));
+    assert!(svg.contains("median 3 min 20 s, p90 1 h 5 min"), "{svg}");
+    // Red (#b91c1c) colours drop-off and nothing else.
+    for piece in svg.split("fill=\"#b91c1c\">").skip(1) {
+        assert!(
+            piece.contains("exited<") || piece.contains("abandoned<"),
+            "red used for: {}",
+            &piece[..60.min(piece.len())]
+        );
+    }
+    let png = render_png(&svg);
+    if std::env::var_os("LINKFLOW_BLESS").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::write(docs.join("funnel-large-example.png"), &png).unwrap();
+    }
 }

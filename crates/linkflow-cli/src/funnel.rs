@@ -174,11 +174,11 @@ pub async fn run(engine: &Engine, args: FunnelArgs, json: bool) -> Result<ExitCo
         Some(ByArg::LinkType) => GroupBy::LinkType,
         Some(ByArg::Screen) => GroupBy::Screen,
     };
-    let funnels = engine.funnel(query).await?;
+    let funnels = engine.funnel(query.clone()).await?;
     if let Some(base) = &args.svg {
         for funnel in &funnels {
             let path = svg_path(base, &funnel.group, args.by.is_some());
-            std::fs::write(&path, funnel_svg(funnel))
+            std::fs::write(&path, funnel_svg(funnel, &query))
                 .map_err(|error| CliError(format!("cannot write {}: {error}", path.display())))?;
         }
     }

@@ -1277,13 +1277,13 @@ async fn funnel(
             ))
         }
     };
-    let funnels = state.engine.funnel(query).await?;
+    let funnels = state.engine.funnel(query.clone()).await?;
     match params.format.as_deref() {
         None | Some("json") => Ok(Json(funnels).into_response()),
         Some("svg") => {
             let svg = funnels
                 .first()
-                .map(linkflow::chart::funnel_svg)
+                .map(|funnel| linkflow::chart::funnel_svg(funnel, &query))
                 .unwrap_or_default();
             Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
         }
