@@ -70,7 +70,7 @@ fn demo_runs_on_a_fresh_temporary_store_and_reports_a_consistent_log() {
     // The Plaid burst arrived shuffled and its EVENTS webhook repeated three of its events:
     // stored once, the session succeeded, its item linked, then warned of its expiry.
     assert_eq!(
-        report["ingest"]["examples/plaid_webhooks.jsonl"]["duplicate"],
+        report["ingest"]["flows/plaid_webhooks.jsonl"]["duplicate"],
         3
     );
     let plaid = report["sessions"]
@@ -333,7 +333,7 @@ fn ingest_reads_standard_input_and_benji_takes_the_session_flag() {
 #[test]
 fn knot_webhooks_show_up_as_accounts_and_merchants() {
     let dir = tempfile::tempdir().unwrap();
-    let examples = fixtures_dir().join("../../examples/knot_webhooks.jsonl");
+    let examples = fixtures_dir().join("../../crates/linkflow-cli/flows/knot_webhooks.jsonl");
     let report = ingest_summary(&linkflow(
         dir.path(),
         &[

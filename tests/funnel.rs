@@ -17,7 +17,8 @@ fn linkflow(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 /// Ingests the bundled example flows into `data_dir`.
 fn ingest_examples(data_dir: &std::path::Path) {
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/linkflow-cli/flows");
     for (provider, file, extra) in [
         ("moneykit", "moneykit_flow.jsonl", vec!["--user", "user_17"]),
         ("benji", "benji_callbacks.json", vec![]),

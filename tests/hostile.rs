@@ -601,3 +601,61 @@ async fn json_logs_carry_request_and_commit_group_spans() {
     assert_eq!(duplicate["span"]["name"], "commit_group");
     assert_eq!(duplicate["span"]["events"], 1);
 }
+
+/// Subscribers share what they render (an event is rendered once, and one subscriber can send
+/// positions another rendered without reading the log): a crowd catching up together, some
+/// filtered to one session, each still sees every position once and in order, and a late
+/// joiner too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_subscribers_each_sees_every_position_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let mut total = 0;
+    for batch in 0..6 {
+        let body: Vec<String> = (0..100)
+            .map(|n| moneykit_open(&format!("crowd-{}", n % 7), (batch * 7 + n % 60) as u32))
+            .collect();
+        let response: Value = client
+            .post(server.url("/v1/events/moneykit"))
+            .body(format!("[{}]", body.join(",")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        total += response["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|result| result["outcome"] != "duplicate")
+            .count();
+    }
+    let read_all = |query: String, count: usize| {
+        let request = client.get(server.url(&format!("/v1/stream{query}")));
+        async move {
+            let response = request.send().await.unwrap();
+            linkflow_e2e::read_sse_frames(response, count).await
+        }
+    };
+    let mut crowd = Vec::new();
+    for _ in 0..8 {
+        crowd.push(tokio::spawn(read_all("?after=0".into(), total)));
+    }
+    let one_session = tokio::spawn(read_all("?after=0&session=crowd-3".into(), 1));
+    for reader in crowd {
+        let frames = reader.await.unwrap();
+        let ids: Vec<u64> = frames.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (1..=total as u64).collect::<Vec<_>>());
+        for (id, data) in &frames {
+            assert_eq!(data["position"], *id);
+        }
+    }
+    let frames = one_session.await.unwrap();
+    assert_eq!(frames[0].1["session_id"], "crowd-3");
+    // A late joiner from the middle.
+    let late = read_all(format!("?after={}", total / 2), total - total / 2).await;
+    assert_eq!(late[0].0, (total / 2 + 1) as u64);
+    assert_eq!(late.last().unwrap().0, total as u64);
+}

@@ -695,6 +695,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         Some(Only::Writers) => return concurrent_figures(options, results).await,
         Some(Only::Reads) => return read_figures(options, results).await,
         Some(Only::Scale) => return crate::scale::figures(options, results).await,
+        Some(Only::Sse) => return crate::sse::figures(options, results).await,
         _ => {}
     }
     let deliveries = generate(options.events, SEED);
@@ -741,7 +742,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             return;
         }
         None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild)
-        | Some(Only::Scale) => {}
+        | Some(Only::Scale) | Some(Only::Sse) => {}
     }
 
     let (first, rebuild, folded, scan) = settled_scans(engine_dir.path()).await;
@@ -761,6 +762,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
 
     read_figures(options, results).await;
     crate::scale::figures(options, results).await;
+    crate::sse::figures(options, results).await;
 
     let sizes: &[usize] = if options.quick {
         &[20_000]

@@ -18,13 +18,14 @@
 //! user's sessions, a metrics scrape's reads), p99 at each size against the smallest.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
-//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale]`.
+//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse]`.
 #![forbid(unsafe_code)]
 
 mod chart;
 mod figures;
 mod postgres;
 mod scale;
+mod sse;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ pub enum Only {
     Rebuild,
     /// `--only scale`: figure 12 (reads at 10k, 100k and 1M sessions).
     Scale,
+    /// `--only sse`: figure 13 (POSTs among catching-up subscribers).
+    Sse,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -126,12 +129,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("reads") => Only::Reads,
                     Some("rebuild") => Only::Rebuild,
                     Some("scale") => Only::Scale,
+                    Some("sse") => Only::Sse,
                     _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `rebuild` (figures 1 and 3), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse"
                 ))
             }
         }

@@ -1,5 +1,5 @@
-//! `linkflow demo`: the bundled sample flows of all four providers (from `examples/`) into a
-//! fresh temporary store, and what the engine made of them.
+//! `linkflow demo`: the bundled sample flows of all four providers (from `flows/` in this
+//! crate) into a fresh temporary store, and what the engine made of them.
 //!
 //! The flows include a duplicate delivery (MoneyKit's `submit_permissions` forwarded twice, a
 //! Knot webhook retried), out-of-order deliveries (Benji's partner choice delivered after the
@@ -24,32 +24,32 @@ use crate::CliError;
 const FLOWS: [(Feed, &str, &str, Option<&str>); 5] = [
     (
         Feed::Moneykit,
-        "examples/moneykit_flow.jsonl",
-        include_str!("../../../examples/moneykit_flow.jsonl"),
+        "flows/moneykit_flow.jsonl",
+        include_str!("../flows/moneykit_flow.jsonl"),
         Some("user_17"),
     ),
     (
         Feed::Benji,
-        "examples/benji_callbacks.json",
-        include_str!("../../../examples/benji_callbacks.json"),
+        "flows/benji_callbacks.json",
+        include_str!("../flows/benji_callbacks.json"),
         None,
     ),
     (
         Feed::Knot,
-        "examples/knot_webhooks.jsonl",
-        include_str!("../../../examples/knot_webhooks.jsonl"),
+        "flows/knot_webhooks.jsonl",
+        include_str!("../flows/knot_webhooks.jsonl"),
         None,
     ),
     (
         Feed::Plaid,
-        "examples/plaid_link.jsonl",
-        include_str!("../../../examples/plaid_link.jsonl"),
+        "flows/plaid_link.jsonl",
+        include_str!("../flows/plaid_link.jsonl"),
         None,
     ),
     (
         Feed::PlaidWebhook,
-        "examples/plaid_webhooks.jsonl",
-        include_str!("../../../examples/plaid_webhooks.jsonl"),
+        "flows/plaid_webhooks.jsonl",
+        include_str!("../flows/plaid_webhooks.jsonl"),
         None,
     ),
 ];

@@ -60,7 +60,7 @@ pub use server::{
     ServeConfig, CONNECTION_BUFFER_BYTES, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_SHUTDOWN_DEADLINE,
 };
-pub use stream::{SUBSCRIBER_BUFFER_EVENTS, SUBSCRIBER_STALL};
+pub use stream::{RENDERED_EVENTS, SUBSCRIBER_BUFFER_EVENTS, SUBSCRIBER_STALL};
 
 /// Event-stream subscribers served at once by default.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
@@ -137,6 +137,7 @@ impl std::fmt::Debug for HttpConfig {
 /// What the routers of one config share.
 struct Shared {
     metrics: Arc<Metrics>,
+    rendered: Arc<stream::Rendered>,
     knot_signatures: Arc<webhook_guard::RecentSignatures>,
     /// One permit per event-stream subscriber.
     subscribers: Arc<Semaphore>,
@@ -149,6 +150,7 @@ impl HttpConfig {
     fn shared(&self) -> &Shared {
         self.shared.get_or_init(|| Shared {
             metrics: Arc::new(Metrics::default()),
+            rendered: Arc::default(),
             knot_signatures: Arc::default(),
             subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
             closing: watch::Sender::new(false),
@@ -171,6 +173,7 @@ struct AppState {
 /// The shared parts, as the handlers hold them.
 struct SharedRefs {
     metrics: Arc<Metrics>,
+    rendered: Arc<stream::Rendered>,
     knot_signatures: Arc<webhook_guard::RecentSignatures>,
     subscribers: Arc<Semaphore>,
     closing: watch::Sender<bool>,
@@ -180,6 +183,7 @@ fn state(engine: Engine, config: HttpConfig) -> AppState {
     let shared = config.shared();
     let shared = Arc::new(SharedRefs {
         metrics: Arc::clone(&shared.metrics),
+        rendered: Arc::clone(&shared.rendered),
         knot_signatures: Arc::clone(&shared.knot_signatures),
         subscribers: Arc::clone(&shared.subscribers),
         closing: shared.closing.clone(),

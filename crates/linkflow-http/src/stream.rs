@@ -32,8 +32,9 @@ use tokio::sync::mpsc;
 use crate::server::CutConnection;
 use crate::{ApiError, AppState};
 
-/// Events buffered for one subscriber while its client reads.
-pub const SUBSCRIBER_BUFFER_EVENTS: usize = 256;
+/// Events buffered for one subscriber while its client reads (hyper's connection buffer,
+/// 128 KiB, holds more behind it).
+pub const SUBSCRIBER_BUFFER_EVENTS: usize = 32;
 /// How long a subscriber's buffer may stay full before the subscriber is cut off, by default
 /// (`HttpConfig::subscriber_stall`).
 pub const SUBSCRIBER_STALL: Duration = Duration::from_secs(30);
@@ -127,12 +128,53 @@ pub(crate) async fn events(
     let mut shutting_down = state.shared.closing.subscribe();
     let engine = state.engine.clone();
     let cut = cut.map(|axum::Extension(cut)| cut);
+    let rendered = Arc::clone(&state.shared.rendered);
     let stall = state.config.subscriber_stall;
     tokio::spawn(async move {
         let _permit = permit;
         let mut subscription = subscription;
         let mut memory = HashMap::new();
-        loop {
+        let send = |sse: Event| {
+            let sender = sender.clone();
+            async move {
+                match tokio::time::timeout(stall, sender.send(sse)).await {
+                    Ok(Ok(())) => Sent::Yes,
+                    // The client went away.
+                    Ok(Err(_)) => Sent::Gone,
+                    Err(_) => Sent::Stalled,
+                }
+            }
+        };
+        'events: loop {
+            // Positions other subscribers had rendered are sent from the shared cache without
+            // reading the log (positions are contiguous: the next one is the last plus one).
+            if subscription.buffered() == 0 {
+                let mut after = subscription.position().0;
+                let start = after;
+                loop {
+                    let Some(next) = after.checked_add(1) else {
+                        break;
+                    };
+                    let Some((stream, data)) = rendered.get(next) else {
+                        break;
+                    };
+                    after = next;
+                    if session.as_ref().is_some_and(|wanted| *wanted != stream) {
+                        continue;
+                    }
+                    match send(sse_event(after, &data)).await {
+                        Sent::Yes => {}
+                        Sent::Gone => break 'events,
+                        Sent::Stalled => {
+                            stalled(&metrics, cut.as_ref(), stall);
+                            break 'events;
+                        }
+                    }
+                }
+                if after != start {
+                    subscription = engine.subscribe(Position(after));
+                }
+            }
             let event = tokio::select! {
                 event = subscription.next() => match event {
                     Ok(event) => event,
@@ -147,20 +189,12 @@ pub(crate) async fn events(
             {
                 continue;
             }
-            let sse = render(&engine, &mut memory, event).await;
-            match tokio::time::timeout(stall, sender.send(sse)).await {
-                Ok(Ok(())) => {}
-                // The client went away.
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    tracing::info!(
-                        stall_s = stall.as_secs_f64(),
-                        "an event-stream subscriber read nothing with a full buffer: cut off"
-                    );
-                    metrics.sse_cut();
-                    if let Some(cut) = &cut {
-                        cut.cut();
-                    }
+            let sse = rendered.event(&engine, &mut memory, event).await;
+            match send(sse).await {
+                Sent::Yes => {}
+                Sent::Gone => break,
+                Sent::Stalled => {
+                    stalled(&metrics, cut.as_ref(), stall);
                     break;
                 }
             }
@@ -175,16 +209,124 @@ pub(crate) async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// One event as an SSE event.
+/// Events rendered as SSE data, shared by every subscriber: an event is rendered once (its
+/// phases folded, its JSON written) however many subscribers send it, and misses are rendered
+/// one at a time, so that a crowd of subscribers costs at most one core of rendering. An
+/// event's rendering never changes (the arrivals up to a version are fixed once stored).
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    cache: std::sync::Mutex<RenderCache>,
+    turn: tokio::sync::Semaphore,
+}
+
+/// Rendered events kept for other subscribers.
+pub const RENDERED_EVENTS: usize = 8_192;
+
+#[derive(Debug, Default)]
+struct RenderCache {
+    data: HashMap<u64, (SessionId, Arc<str>)>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl Default for Rendered {
+    fn default() -> Self {
+        Rendered {
+            cache: std::sync::Mutex::default(),
+            turn: tokio::sync::Semaphore::new(1),
+        }
+    }
+}
+
+impl Rendered {
+    fn get(&self, position: u64) -> Option<(SessionId, Arc<str>)> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .data
+            .get(&position)
+            .cloned()
+    }
+
+    fn put(&self, position: u64, stream: SessionId, data: Arc<str>) {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.data.insert(position, (stream, data)).is_none() {
+            cache.order.push_back(position);
+            if cache.order.len() > RENDERED_EVENTS {
+                if let Some(oldest) = cache.order.pop_front() {
+                    cache.data.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// The SSE event of a stored event.
+    async fn event(
+        &self,
+        engine: &Engine,
+        memory: &mut HashMap<SessionId, (Version, Option<Phase>)>,
+        event: linkflow::store::StoredEvent,
+    ) -> Event {
+        let position = event.position.0;
+        let data = match self.get(position) {
+            Some((_, data)) => data,
+            None => {
+                let _turn = self.turn.acquire().await;
+                match self.get(position) {
+                    Some((_, data)) => data,
+                    None => {
+                        let data: Arc<str> = render(engine, memory, &event).await.into();
+                        self.put(position, event.stream.clone(), Arc::clone(&data));
+                        data
+                    }
+                }
+            }
+        };
+        sse_event(position, &data)
+    }
+}
+
+/// What became of an event sent to a subscriber.
+enum Sent {
+    Yes,
+    /// The client went away.
+    Gone,
+    /// The buffer stayed full for the stall timeout.
+    Stalled,
+}
+
+/// Cuts off a subscriber that read nothing with a full buffer (its connection too).
+fn stalled(metrics: &crate::Metrics, cut: Option<&CutConnection>, stall: Duration) {
+    tracing::info!(
+        stall_s = stall.as_secs_f64(),
+        "an event-stream subscriber read nothing with a full buffer: cut off"
+    );
+    metrics.sse_cut();
+    if let Some(cut) = cut {
+        cut.cut();
+    }
+}
+
+/// An SSE event with its position as id.
+fn sse_event(position: u64, data: &str) -> Event {
+    Event::default()
+        .id(position.to_string())
+        .event("event")
+        .data(data)
+}
+
+/// One event's SSE data.
 async fn render(
     engine: &Engine,
     memory: &mut HashMap<SessionId, (Version, Option<Phase>)>,
-    event: linkflow::store::StoredEvent,
-) -> Event {
+    event: &linkflow::store::StoredEvent,
+) -> String {
     let before = Version(event.version.0.saturating_sub(1));
     let phase_before = phase_at(engine, memory, &event.stream, before).await;
     let phase_after = phase_at(engine, memory, &event.stream, event.version).await;
-    let data = json!({
+    json!({
         "position": event.position,
         "phase_before": phase_before,
         "phase_after": phase_after,
@@ -197,9 +339,6 @@ async fn render(
         // ingest outcome said); a later arrival may change it (see the history).
         "rejected": event.rejected,
         "body": event.data.body,
-    });
-    Event::default()
-        .id(event.position.to_string())
-        .event("event")
-        .data(data.to_string())
+    })
+    .to_string()
 }

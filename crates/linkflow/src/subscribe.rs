@@ -9,8 +9,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::error::EngineError;
 
-/// Events read per store call while catching up.
-const CATCH_UP_CHUNK: usize = 512;
+/// Events read per store call while catching up: also the most a subscription holds (a few
+/// hundred subscribers catching up at once hold this many each).
+const CATCH_UP_CHUNK: usize = 128;
 
 /// How many catching-up subscribers read the log at once, engine-wide: half the cores (at
 /// least one), so that hundreds of subscribers starting from position 0 queue for their turn
@@ -54,6 +55,13 @@ impl Subscription {
     /// The position of the last event returned (or the starting point).
     pub fn position(&self) -> Position {
         self.after
+    }
+
+    /// Events read from the log and not returned yet (at most the catch-up chunk): a caller
+    /// that can serve the next positions without the log (from a cache) does so only when this
+    /// is zero, then subscribes again after the last position it served.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
     }
 
     /// The subscription as a [`futures_util::Stream`] of events, ending after the engine is
