@@ -151,10 +151,7 @@ pub(crate) async fn events(
             if subscription.buffered() == 0 {
                 let mut after = subscription.position().0;
                 let start = after;
-                loop {
-                    let Some(next) = after.checked_add(1) else {
-                        break;
-                    };
+                while let Some(next) = after.checked_add(1) {
                     let Some((stream, data)) = rendered.get(next) else {
                         break;
                     };
