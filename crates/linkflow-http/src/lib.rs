@@ -60,7 +60,10 @@ pub use server::{
     ServeConfig, CONNECTION_BUFFER_BYTES, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_SHUTDOWN_DEADLINE,
 };
-pub use stream::{RENDERED_EVENTS, SUBSCRIBER_BUFFER_EVENTS, SUBSCRIBER_STALL};
+pub use stream::{
+    CATCHING_UP, CATCH_UP_LAG, RENDERED_EVENTS, SUBSCRIBER_BUFFER_EVENTS, SUBSCRIBER_STALL,
+    TURN_EVENTS,
+};
 
 /// Event-stream subscribers served at once by default.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
@@ -137,6 +140,7 @@ impl std::fmt::Debug for HttpConfig {
 /// What the routers of one config share.
 struct Shared {
     metrics: Arc<Metrics>,
+    catching_up: Arc<Semaphore>,
     rendered: Arc<stream::Rendered>,
     knot_signatures: Arc<webhook_guard::RecentSignatures>,
     /// One permit per event-stream subscriber.
@@ -150,6 +154,7 @@ impl HttpConfig {
     fn shared(&self) -> &Shared {
         self.shared.get_or_init(|| Shared {
             metrics: Arc::new(Metrics::default()),
+            catching_up: Arc::new(Semaphore::new(stream::CATCHING_UP)),
             rendered: Arc::default(),
             knot_signatures: Arc::default(),
             subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
@@ -173,6 +178,7 @@ struct AppState {
 /// The shared parts, as the handlers hold them.
 struct SharedRefs {
     metrics: Arc<Metrics>,
+    catching_up: Arc<Semaphore>,
     rendered: Arc<stream::Rendered>,
     knot_signatures: Arc<webhook_guard::RecentSignatures>,
     subscribers: Arc<Semaphore>,
@@ -183,6 +189,7 @@ fn state(engine: Engine, config: HttpConfig) -> AppState {
     let shared = config.shared();
     let shared = Arc::new(SharedRefs {
         metrics: Arc::clone(&shared.metrics),
+        catching_up: Arc::clone(&shared.catching_up),
         rendered: Arc::clone(&shared.rendered),
         knot_signatures: Arc::clone(&shared.knot_signatures),
         subscribers: Arc::clone(&shared.subscribers),

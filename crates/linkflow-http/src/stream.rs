@@ -32,6 +32,14 @@ use tokio::sync::mpsc;
 use crate::server::CutConnection;
 use crate::{ApiError, AppState};
 
+/// Subscribers catching up (further than [`CATCH_UP_LAG`] behind the log) at once; the others
+/// wait their turn, connected.
+pub const CATCHING_UP: usize = 4;
+/// How far behind the log a subscriber is catching up.
+pub const CATCH_UP_LAG: u64 = 1_024;
+/// Events a catching-up subscriber sends in one turn.
+pub const TURN_EVENTS: usize = 1_024;
+
 /// Events buffered for one subscriber while its client reads (hyper's connection buffer,
 /// 128 KiB, holds more behind it).
 pub const SUBSCRIBER_BUFFER_EVENTS: usize = 32;
@@ -130,10 +138,14 @@ pub(crate) async fn events(
     let cut = cut.map(|axum::Extension(cut)| cut);
     let rendered = Arc::clone(&state.shared.rendered);
     let stall = state.config.subscriber_stall;
+    let catching_up = Arc::clone(&state.shared.catching_up);
     tokio::spawn(async move {
         let _permit = permit;
         let mut subscription = subscription;
         let mut memory = HashMap::new();
+        // A catch-up turn while far behind, and the events sent in it.
+        let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut in_turn = 0usize;
         let send = |sse: Event| {
             let sender = sender.clone();
             async move {
@@ -146,16 +158,37 @@ pub(crate) async fn events(
             }
         };
         'events: loop {
+            // Far behind the log: catch up in turns of TURN_EVENTS with at most CATCHING_UP
+            // others, so that a crowd starting from 0 is a few busy subscribers at a time,
+            // not hundreds competing with the writers.
+            let behind =
+                engine.visible().0.saturating_sub(subscription.position().0) > CATCH_UP_LAG;
+            if turn.is_some() && (!behind || in_turn >= TURN_EVENTS) {
+                turn = None;
+                tokio::task::yield_now().await;
+            }
+            if behind && turn.is_none() {
+                turn = tokio::select! {
+                    permit = Arc::clone(&catching_up).acquire_owned() => permit.ok(),
+                    _ = shutting_down.changed() => break,
+                    () = sender.closed() => break,
+                };
+                in_turn = 0;
+            }
             // Positions other subscribers had rendered are sent from the shared cache without
             // reading the log (positions are contiguous: the next one is the last plus one).
             if subscription.buffered() == 0 {
                 let mut after = subscription.position().0;
                 let start = after;
                 while let Some(next) = after.checked_add(1) {
+                    if turn.is_some() && in_turn >= TURN_EVENTS {
+                        break;
+                    }
                     let Some((stream, data)) = rendered.get(next) else {
                         break;
                     };
                     after = next;
+                    in_turn += 1;
                     if session.as_ref().is_some_and(|wanted| *wanted != stream) {
                         continue;
                     }
@@ -170,6 +203,7 @@ pub(crate) async fn events(
                 }
                 if after != start {
                     subscription = engine.subscribe(Position(after));
+                    continue;
                 }
             }
             let event = tokio::select! {
@@ -186,6 +220,7 @@ pub(crate) async fn events(
             {
                 continue;
             }
+            in_turn += 1;
             let sse = rendered.event(&engine, &mut memory, event).await;
             match send(sse).await {
                 Sent::Yes => {}

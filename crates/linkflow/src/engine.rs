@@ -434,6 +434,12 @@ impl Engine {
         )
     }
 
+    /// The last position subscribers may see now (durable under `Fsync`): how far behind the
+    /// log a subscription is, without reading the store.
+    pub fn visible(&self) -> Position {
+        *self.shared.visible.borrow()
+    }
+
     /// The position of the last committed event.
     pub fn head(&self) -> Result<Position, EngineError> {
         Ok(self.shared.store.head()?)
