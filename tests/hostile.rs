@@ -295,6 +295,12 @@ async fn every_refusal_is_json_and_stores_nothing() {
             "bad_request",
         ),
         (
+            // A mistyped filter is refused, naming it, instead of listing every session.
+            client.get(server.url("/v1/sessions?phse=succeeded")),
+            400,
+            "bad_request",
+        ),
+        (
             client.get(server.url("/v1/stream?after=abc")),
             400,
             "bad_request",
@@ -345,6 +351,15 @@ async fn every_refusal_is_json_and_stores_nothing() {
             "invalid_json",
         ),
     ];
+    let unknown = client
+        .get(server.url("/v1/sessions?phse=succeeded"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(unknown.contains("phse"), "{unknown}");
     for (request, status, code) in cases {
         let request = request.build().unwrap();
         let what = format!(

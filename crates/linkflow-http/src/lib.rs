@@ -821,6 +821,7 @@ async fn ingest_plaid_webhook(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct QuarantineQuery {
     pending: Option<bool>,
     provider: Option<String>,
@@ -912,6 +913,7 @@ async fn redrive_quarantine(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct SessionsQuery {
     phase: Option<String>,
     provider: Option<String>,
@@ -1053,6 +1055,7 @@ async fn session_history(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct ParkedQuery {
     session: Option<String>,
     limit: Option<usize>,
@@ -1091,6 +1094,7 @@ async fn list_parked(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct PageQuery {
     limit: Option<usize>,
     cursor: Option<String>,
@@ -1209,6 +1213,7 @@ async fn list_merchants(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 struct FunnelParams {
     since: Option<String>,
     until: Option<String>,

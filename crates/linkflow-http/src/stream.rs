@@ -82,6 +82,7 @@ async fn phase_at(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct StreamQuery {
     after: Option<u64>,
     session: Option<String>,
