@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// is cut off.
     #[arg(long, env = "LINKFLOW_SUBSCRIBER_STALL_SECS", default_value_t = linkflow_http::SUBSCRIBER_STALL.as_secs())]
     subscriber_stall_secs: u64,
+    /// Events per second sent to event-stream subscribers that are catching up (far behind the
+    /// log), all together; 0: no limit. Live subscribers are not limited.
+    #[arg(long, env = "LINKFLOW_CATCH_UP_EVENTS_PER_SEC", default_value_t = linkflow_http::DEFAULT_CATCH_UP_EVENTS_PER_SECOND)]
+    catch_up_events_per_sec: u64,
     /// Event-stream subscribers served at once (503 past it).
     #[arg(long, env = "LINKFLOW_MAX_SUBSCRIBERS", default_value_t = linkflow_http::DEFAULT_MAX_SUBSCRIBERS)]
     max_subscribers: usize,
@@ -142,6 +146,8 @@ pub async fn run(
     config.plaid_keys = plaid_keys()?.map(std::sync::Arc::new);
     config.max_subscribers = args.max_subscribers.max(1);
     config.data_dir = data_dir;
+    config.catch_up_events_per_second =
+        (args.catch_up_events_per_sec > 0).then_some(args.catch_up_events_per_sec);
     if let Some(list) = env("LINKFLOW_WEBHOOK_SOURCES") {
         let networks = linkflow_http::webhook_guard::SourceNetworks::parse(&list)
             .map_err(|error| CliError(format!("LINKFLOW_WEBHOOK_SOURCES: {error}")))?;

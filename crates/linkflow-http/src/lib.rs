@@ -65,6 +65,8 @@ pub use stream::{
     TURN_EVENTS,
 };
 
+/// Events per second sent to catching-up subscribers, all together, by default.
+pub const DEFAULT_CATCH_UP_EVENTS_PER_SECOND: u64 = 200_000;
 /// Event-stream subscribers served at once by default.
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// The free space below which `/readyz` says the data directory's disk is full, by default.
@@ -90,6 +92,10 @@ pub struct HttpConfig {
     /// `source_not_allowed`. None: any. The address is the connection's peer (a proxy in front
     /// of linkflow is the peer: list the proxy, and filter the providers' networks there).
     pub webhook_sources: Option<webhook_guard::SourceNetworks>,
+    /// Events per second that event-stream subscribers catching up (far behind the log) may be
+    /// sent, all together ([`DEFAULT_CATCH_UP_EVENTS_PER_SECOND`]; none: no limit). Live
+    /// subscribers are not limited. Read when the config is first used by a router.
+    pub catch_up_events_per_second: Option<u64>,
     /// How long a client may take to send a request's body ([`BODY_TIMEOUT`]; 408 past it).
     pub body_timeout: std::time::Duration,
     /// How long an event-stream subscriber's buffer may stay full before the subscriber is
@@ -110,6 +116,7 @@ impl Default for HttpConfig {
             plaid_keys: None,
             max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
             webhook_sources: None,
+            catch_up_events_per_second: Some(DEFAULT_CATCH_UP_EVENTS_PER_SECOND),
             body_timeout: BODY_TIMEOUT,
             subscriber_stall: SUBSCRIBER_STALL,
             data_dir: None,
@@ -129,6 +136,10 @@ impl std::fmt::Debug for HttpConfig {
             .field("plaid_keys", &self.plaid_keys.as_ref().map(|_| "[set]"))
             .field("max_subscribers", &self.max_subscribers)
             .field("webhook_sources", &self.webhook_sources)
+            .field(
+                "catch_up_events_per_second",
+                &self.catch_up_events_per_second,
+            )
             .field("body_timeout", &self.body_timeout)
             .field("subscriber_stall", &self.subscriber_stall)
             .field("data_dir", &self.data_dir)
@@ -139,6 +150,7 @@ impl std::fmt::Debug for HttpConfig {
 
 /// What the routers of one config share.
 struct Shared {
+    catch_up_budget: Option<Arc<stream::CatchUpBudget>>,
     metrics: Arc<Metrics>,
     catching_up: Arc<Semaphore>,
     rendered: Arc<stream::Rendered>,
@@ -153,6 +165,9 @@ struct Shared {
 impl HttpConfig {
     fn shared(&self) -> &Shared {
         self.shared.get_or_init(|| Shared {
+            catch_up_budget: self
+                .catch_up_events_per_second
+                .map(|rate| Arc::new(stream::CatchUpBudget::new(rate))),
             metrics: Arc::new(Metrics::default()),
             catching_up: Arc::new(Semaphore::new(stream::CATCHING_UP)),
             rendered: Arc::default(),
@@ -177,6 +192,7 @@ struct AppState {
 
 /// The shared parts, as the handlers hold them.
 struct SharedRefs {
+    catch_up_budget: Option<Arc<stream::CatchUpBudget>>,
     metrics: Arc<Metrics>,
     catching_up: Arc<Semaphore>,
     rendered: Arc<stream::Rendered>,
@@ -188,6 +204,7 @@ struct SharedRefs {
 fn state(engine: Engine, config: HttpConfig) -> AppState {
     let shared = config.shared();
     let shared = Arc::new(SharedRefs {
+        catch_up_budget: shared.catch_up_budget.clone(),
         metrics: Arc::clone(&shared.metrics),
         catching_up: Arc::clone(&shared.catching_up),
         rendered: Arc::clone(&shared.rendered),

@@ -40,6 +40,36 @@ pub const CATCH_UP_LAG: u64 = 1_024;
 /// Events a catching-up subscriber sends in one turn.
 pub const TURN_EVENTS: usize = 1_024;
 
+/// The rate at which catching-up subscribers, all together, may be sent events: a turn of
+/// [`TURN_EVENTS`] starts when the budget has them (a virtual clock: each turn moves the time
+/// the next may start by its share).
+#[derive(Debug)]
+pub(crate) struct CatchUpBudget {
+    per_event: Duration,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl CatchUpBudget {
+    pub(crate) fn new(events_per_second: u64) -> Self {
+        CatchUpBudget {
+            per_event: Duration::from_secs(1)
+                / u32::try_from(events_per_second.max(1)).unwrap_or(u32::MAX),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// When a turn of `events` may start.
+    fn spend(&self, events: usize) -> tokio::time::Instant {
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = (*next).max(tokio::time::Instant::now());
+        *next = start + self.per_event * u32::try_from(events).unwrap_or(u32::MAX);
+        start
+    }
+}
+
 /// Events buffered for one subscriber while its client reads (hyper's connection buffer,
 /// 128 KiB, holds more behind it).
 pub const SUBSCRIBER_BUFFER_EVENTS: usize = 32;
@@ -140,6 +170,7 @@ pub(crate) async fn events(
     let rendered = Arc::clone(&state.shared.rendered);
     let stall = state.config.subscriber_stall;
     let catching_up = Arc::clone(&state.shared.catching_up);
+    let budget = state.shared.catch_up_budget.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let mut subscription = subscription;
@@ -175,6 +206,15 @@ pub(crate) async fn events(
                     () = sender.closed() => break,
                 };
                 in_turn = 0;
+                // Every turn spends its events from the catch-up budget, all turns together.
+                if let Some(budget) = &budget {
+                    let start = budget.spend(TURN_EVENTS);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(start) => {}
+                        _ = shutting_down.changed() => break,
+                        () = sender.closed() => break,
+                    }
+                }
             }
             // Positions other subscribers had rendered are sent from the shared cache without
             // reading the log (positions are contiguous: the next one is the last plus one).
@@ -374,4 +414,23 @@ async fn render(
         "body": event.data.body,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_catch_up_budget_spaces_turns_by_their_events() {
+        let budget = CatchUpBudget::new(1_000);
+        let now = tokio::time::Instant::now();
+        // The first turn starts at once; each next one after its predecessor's share.
+        assert_eq!(budget.spend(500), now);
+        assert_eq!(budget.spend(500), now + Duration::from_millis(500));
+        assert_eq!(budget.spend(1_000), now + Duration::from_secs(1));
+        // Unused time is not saved up: after a pause the next turn starts when asked.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let later = tokio::time::Instant::now();
+        assert_eq!(budget.spend(1), later);
+    }
 }
