@@ -36,6 +36,7 @@ pub use funnel_read::Gauges;
 mod index;
 pub mod ingest;
 pub mod intake;
+pub mod privacy;
 pub mod quarantine;
 mod query;
 mod stats;
