@@ -298,6 +298,32 @@ fn ops_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     )
 }
 
+/// What an ingest route answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum IngestResponses {
+    /// Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked,
+    /// `quarantined`) and the counts
+    #[response(status = 200)]
+    Stored,
+    /// Every payload was quarantined: stored, naming no session
+    #[response(status = 202)]
+    Quarantined,
+    /// `invalid_json` (nothing stored), `invalid_session_id`
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// `unauthorized`: the token is missing or wrong
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `too_large`: the body, a payload, or one event's record is over its limit (nothing
+    /// stored)
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// `engine_unavailable`: the store failed or is closed (nothing acknowledged)
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// The body of every refusal.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -655,14 +681,7 @@ async fn ingest(
     description = "MoneyKit Connect SDK events: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
     params(IngestQuery),
     request_body(content = String, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
-        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
-        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
-        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
-    ))]
+    responses(IngestResponses))]
 async fn ingest_moneykit(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -682,14 +701,7 @@ async fn ingest_moneykit(
     description = "Benji Connect SDK callbacks: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
     params(IngestQuery),
     request_body(content = String, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
-        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
-        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
-        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
-    ))]
+    responses(IngestResponses))]
 async fn ingest_benji(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -702,14 +714,7 @@ async fn ingest_benji(
     description = "Knot client SDK callbacks: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
     params(IngestQuery),
     request_body(content = String, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
-        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
-        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
-        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
-    ))]
+    responses(IngestResponses))]
 async fn ingest_knot_sdk(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
@@ -722,14 +727,7 @@ async fn ingest_knot_sdk(
     description = "Plaid Link callbacks: one payload, a JSON array or JSON Lines; all of it stored or, when any payload is not JSON or is over a limit, none of it.",
     params(IngestQuery),
     request_body(content = String, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Every payload's outcome (`accepted`, `duplicate`, `rejected`: stored and parked, `quarantined`) and the counts"),
-        (status = 202, description = "Every payload was quarantined: stored, naming no session"),
-        (status = 400, description = "`invalid_json` (nothing stored), `invalid_session_id`", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: the token is missing or wrong", body = ErrorBody),
-        (status = 413, description = "`too_large`: the body, a payload, or one event's record is over its limit (nothing stored)", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`: the store failed or is closed (nothing acknowledged)", body = ErrorBody),
-    ))]
+    responses(IngestResponses))]
 async fn ingest_plaid(
     State(state): State<AppState>,
     Query(query): Query<IngestQuery>,
