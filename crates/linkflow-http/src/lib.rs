@@ -105,7 +105,7 @@ pub struct HttpConfig {
     pub data_dir: Option<PathBuf>,
     /// `/readyz` answers 503 when the data directory's disk has less free space than this.
     pub min_free_disk_bytes: u64,
-    shared: Arc<std::sync::OnceLock<Shared>>,
+    shared: Arc<std::sync::OnceLock<Arc<Shared>>>,
 }
 
 impl Default for HttpConfig {
@@ -163,17 +163,19 @@ struct Shared {
 }
 
 impl HttpConfig {
-    fn shared(&self) -> &Shared {
-        self.shared.get_or_init(|| Shared {
-            catch_up_budget: self
-                .catch_up_events_per_second
-                .map(|rate| Arc::new(stream::CatchUpBudget::new(rate))),
-            metrics: Arc::new(Metrics::default()),
-            catching_up: Arc::new(Semaphore::new(stream::CATCHING_UP)),
-            rendered: Arc::default(),
-            knot_signatures: Arc::default(),
-            subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
-            closing: watch::Sender::new(false),
+    fn shared(&self) -> &Arc<Shared> {
+        self.shared.get_or_init(|| {
+            Arc::new(Shared {
+                catch_up_budget: self
+                    .catch_up_events_per_second
+                    .map(|rate| Arc::new(stream::CatchUpBudget::new(rate))),
+                metrics: Arc::new(Metrics::default()),
+                catching_up: Arc::new(Semaphore::new(stream::CATCHING_UP)),
+                rendered: Arc::default(),
+                knot_signatures: Arc::default(),
+                subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
+                closing: watch::Sender::new(false),
+            })
         })
     }
 
@@ -187,31 +189,11 @@ impl HttpConfig {
 struct AppState {
     engine: Engine,
     config: Arc<HttpConfig>,
-    shared: Arc<SharedRefs>,
-}
-
-/// The shared parts, as the handlers hold them.
-struct SharedRefs {
-    catch_up_budget: Option<Arc<stream::CatchUpBudget>>,
-    metrics: Arc<Metrics>,
-    catching_up: Arc<Semaphore>,
-    rendered: Arc<stream::Rendered>,
-    knot_signatures: Arc<webhook_guard::RecentSignatures>,
-    subscribers: Arc<Semaphore>,
-    closing: watch::Sender<bool>,
+    shared: Arc<Shared>,
 }
 
 fn state(engine: Engine, config: HttpConfig) -> AppState {
-    let shared = config.shared();
-    let shared = Arc::new(SharedRefs {
-        catch_up_budget: shared.catch_up_budget.clone(),
-        metrics: Arc::clone(&shared.metrics),
-        catching_up: Arc::clone(&shared.catching_up),
-        rendered: Arc::clone(&shared.rendered),
-        knot_signatures: Arc::clone(&shared.knot_signatures),
-        subscribers: Arc::clone(&shared.subscribers),
-        closing: shared.closing.clone(),
-    });
+    let shared = Arc::clone(config.shared());
     AppState {
         engine,
         config: Arc::new(config),
@@ -320,6 +302,22 @@ enum IngestResponses {
     #[response(status = 413)]
     TooLarge(ErrorBody),
     /// `engine_unavailable`: the store failed or is closed (nothing acknowledged)
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What a read route refuses with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum ReadRefusals {
+    /// `invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse, or an
+    /// invalid session id
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// `unauthorized`
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// `engine_unavailable`
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }
@@ -851,9 +849,7 @@ struct QuarantineQuery {
     params(QuarantineQuery),
     responses(
         (status = 200, description = "`{counts, entries, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn list_quarantine(
     State(state): State<AppState>,
@@ -954,9 +950,7 @@ pub const DEFAULT_PAGE_SESSIONS: usize = 100;
     params(SessionsQuery),
     responses(
         (status = 200, description = "`{sessions, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn list_sessions(
     State(state): State<AppState>,
@@ -973,18 +967,11 @@ async fn list_sessions(
         .map(|text| text.parse::<Provider>())
         .transpose()
         .map_err(|error| invalid(error.to_string()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SESSIONS);
-    if !(1..=linkflow::MAX_PAGE_SESSIONS).contains(&limit) {
-        return Err(invalid(format!(
-            "limit: {limit} is not between 1 and {}",
-            linkflow::MAX_PAGE_SESSIONS
-        )));
+    let (limit, after) = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
     }
-    let after = query
-        .cursor
-        .map(|text| text.parse::<linkflow::Cursor>())
-        .transpose()
-        .map_err(|error| invalid(error.to_string()))?;
+    .parse()?;
     let filter = SessionFilter {
         phase,
         provider,
@@ -1018,10 +1005,8 @@ fn session_id(id: &str) -> Result<SessionId, ApiError> {
     params(("id" = String, Path, description = "The session id")),
     responses(
         (status = 200, description = "The session"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse, an invalid session id", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn show_session(
     State(state): State<AppState>,
@@ -1045,10 +1030,8 @@ async fn show_session(
     params(("id" = String, Path, description = "The session id"), PageQuery),
     responses(
         (status = 200, description = "`{history, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse, an invalid session id", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn session_history(
     State(state): State<AppState>,
@@ -1085,9 +1068,7 @@ struct ParkedQuery {
     params(ParkedQuery),
     responses(
         (status = 200, description = "`{events, truncated, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn list_parked(
     State(state): State<AppState>,
@@ -1144,9 +1125,7 @@ impl PageQuery {
     params(PageQuery),
     responses(
         (status = 200, description = "`{accounts, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn list_accounts(
     State(state): State<AppState>,
@@ -1168,9 +1147,7 @@ async fn list_accounts(
     params(("id" = String, Path, description = "The external user id"), PageQuery),
     responses(
         (status = 200, description = "`{external_user_id, accounts, sessions, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn show_user(
     State(state): State<AppState>,
@@ -1209,9 +1186,7 @@ async fn show_user(
     params(PageQuery),
     responses(
         (status = 200, description = "`{merchants, next_cursor}`"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn list_merchants(
     State(state): State<AppState>,
@@ -1264,9 +1239,7 @@ fn time_param(
     params(FunnelParams),
     responses(
         (status = 200, description = "The funnels (JSON), or the first one's chart (`image/svg+xml`)"),
-        (status = 400, description = "`invalid_query`, `invalid_cursor`, `bad_request`: a parameter that does not parse", body = ErrorBody),
-        (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`engine_unavailable`", body = ErrorBody),
+        ReadRefusals,
     ))]
 async fn funnel(
     State(state): State<AppState>,
