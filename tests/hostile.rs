@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use linkflow_e2e::{get_json, linkflow_bin, Server};
+use linkflow_e2e::{get_json, get_text, linkflow_bin, Server};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -70,14 +70,7 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 }
 
 async fn metrics(client: &reqwest::Client, server: &Server) -> String {
-    client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(client, &server.url("/metrics")).await
 }
 
 /// Issue 28's finding: 1,100 slow partial requests exhausted the descriptors and `/healthz`
@@ -351,14 +344,7 @@ async fn every_refusal_is_json_and_stores_nothing() {
             "invalid_json",
         ),
     ];
-    let unknown = client
-        .get(server.url("/v1/sessions?phse=succeeded"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let unknown = get_text(&client, &server.url("/v1/sessions?phse=succeeded")).await;
     assert!(unknown.contains("phse"), "{unknown}");
     for (request, status, code) in cases {
         let request = request.build().unwrap();

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use linkflow_e2e::{fixtures_dir, get_json, linkflow_bin, read_sse_frames, read_sse_ids, Server};
+use linkflow_e2e::{
+    fixtures_dir, get_json, get_text, linkflow_bin, read_sse_frames, read_sse_ids, Server,
+};
 use linkflow_providers::signature;
 use serde_json::Value;
 
@@ -316,14 +318,7 @@ async fn every_endpoint_answers_and_bad_input_never_writes() {
     assert_eq!(parked["events"].as_array().unwrap().len(), 0);
     assert_eq!(parked["truncated"], false);
 
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &server.url("/metrics")).await;
     assert!(
         metrics.contains(
             r#"linkflow_events_ingested_total{provider="moneykit",outcome="accepted"} 14"#

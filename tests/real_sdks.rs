@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use linkflow_e2e::{fixtures_dir, linkflow_bin, Server};
+use linkflow_e2e::{fixtures_dir, get_text, linkflow_bin, Server};
 use serde_json::Value;
 
 struct Fixture {
@@ -483,14 +483,7 @@ async fn a_quarantined_payload_survives_a_restart_and_is_redriven_over_http() {
         list["entries"][0]["origin"]["params"][0],
         serde_json::json!(["external_user_id", "u-1"])
     );
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &server.url("/metrics")).await;
     assert!(
         metrics.contains(r#"linkflow_quarantined_payloads{state="pending"} 1"#),
         "{metrics}"

@@ -125,6 +125,18 @@ impl Drop for Server {
     }
 }
 
+/// `GET url` and its body as text, failing the test on any transport error.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+        .text()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+}
+
 /// `GET url` and its body as JSON, failing the test on any transport or decode error.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client

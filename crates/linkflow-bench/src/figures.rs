@@ -486,16 +486,22 @@ fn directory_bytes(dir: &Path) -> u64 {
     total
 }
 
-pub(crate) fn peak_rss_kb() -> u64 {
+/// A memory figure of this process from `/proc/self/status` (`VmHWM:` peak, `VmRSS:` now),
+/// in KiB; 0 where it cannot be read.
+pub(crate) fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+pub(crate) fn peak_rss_kb() -> u64 {
+    status_kb("VmHWM:")
 }
 
 /// Figure 5 in a fresh process: one batch ingest of `events` streamed from the generator

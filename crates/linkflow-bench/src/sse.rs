@@ -13,21 +13,13 @@ use linkflow_core::Provider;
 use linkflow_providers::DecodeContext;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::figures::{incoming, percentile_us, BATCH, SEED};
+use crate::figures::{incoming, percentile_us, status_kb, BATCH, SEED};
 use crate::workload::generate;
 use crate::Options;
 
 /// The process's resident memory now, in KiB.
 fn rss_kb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    status_kb("VmRSS:") as f64
 }
 
 /// `posts` single-event POSTs one after another; their latencies, sorted.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use linkflow::views::{AccountJson, MerchantJson};
-use linkflow::{Cursor, Engine};
+use linkflow::Engine;
 
 use crate::{print_json, CliError};
 
@@ -13,10 +13,7 @@ pub async fn accounts(
     cursor: Option<String>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let after = cursor
-        .map(|text| text.parse::<Cursor>())
-        .transpose()
-        .map_err(|error| CliError(error.to_string()))?;
+    let after = crate::cursor(cursor.as_deref())?;
     let page = engine.accounts_page(limit, after).await?;
     let accounts: Vec<AccountJson> = page.accounts.iter().map(AccountJson::from).collect();
     let next = page.next.map(|cursor| cursor.to_string());

@@ -306,6 +306,13 @@ pub(crate) fn session_id(text: &str) -> Result<SessionId, CliError> {
     SessionId::new(text).map_err(|error| CliError(format!("invalid session id `{text}`: {error}")))
 }
 
+/// A page cursor given on the command line (`--cursor`), or why it is not one.
+pub(crate) fn cursor(text: Option<&str>) -> Result<Option<linkflow::Cursor>, CliError> {
+    text.map(str::parse::<linkflow::Cursor>)
+        .transpose()
+        .map_err(|error| CliError(error.to_string()))
+}
+
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
     out!(
         "{}",

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use linkflow::views::RejectedListJson;
-use linkflow::{Cursor, Engine};
+use linkflow::Engine;
 
 use crate::{print_json, session_id, CliError};
 
@@ -17,10 +17,7 @@ pub async fn list(
     let list = match session.map(session_id).transpose()? {
         Some(session) => engine.rejected(Some(session)).await?,
         None => {
-            let after = cursor
-                .map(|text| text.parse::<Cursor>())
-                .transpose()
-                .map_err(|error| CliError(error.to_string()))?;
+            let after = crate::cursor(cursor.as_deref())?;
             engine.rejected_page(limit, after).await?
         }
     };

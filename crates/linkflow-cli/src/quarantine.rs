@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use linkflow::{Cursor, Engine, QuarantineFilter, QuarantineRedrive, Redrove};
+use linkflow::{Engine, QuarantineFilter, QuarantineRedrive, Redrove};
 
 use crate::{print_json, session_id, CliError};
 
@@ -13,10 +13,7 @@ pub async fn list(
     cursor: Option<String>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let after = cursor
-        .map(|text| text.parse::<Cursor>())
-        .transpose()
-        .map_err(|error| CliError(error.to_string()))?;
+    let after = crate::cursor(cursor.as_deref())?;
     let list = engine.quarantine(filter, limit, after).await?;
     if json {
         print_json(&list);

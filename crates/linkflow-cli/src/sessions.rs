@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use linkflow::views::{HistoryJson, SessionJson};
-use linkflow::{Cursor, Engine, SessionFilter, SessionView};
+use linkflow::{Engine, SessionFilter, SessionView};
 use linkflow_core::Version;
 
 use crate::{print_json, session_id, CliError};
@@ -25,11 +25,7 @@ pub async fn list(
     paging: Paging,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let mut after = paging
-        .cursor
-        .map(|text| text.parse::<Cursor>())
-        .transpose()
-        .map_err(|error| CliError(error.to_string()))?;
+    let mut after = crate::cursor(paging.cursor.as_deref())?;
     if !json {
         out!(
             "{:<46} {:<9} {:<21} {:<22} {:>7} {:>6}  last event",
