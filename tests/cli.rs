@@ -479,3 +479,30 @@ fn completions_are_generated_for_each_shell() {
         }
     }
 }
+
+/// `serve` refuses a configuration it cannot honour, naming it, before it listens: an unknown
+/// log format, a webhook source list that is not networks.
+#[test]
+fn serve_refuses_a_bad_log_format_or_webhook_source_list() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, value, expected) in [
+        ("LINKFLOW_LOG_FORMAT", "xml", "LINKFLOW_LOG_FORMAT is `xml`"),
+        (
+            "LINKFLOW_WEBHOOK_SOURCES",
+            "10.0.0.0/33",
+            "LINKFLOW_WEBHOOK_SOURCES",
+        ),
+    ] {
+        let output = Command::new(linkflow_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!stderr.contains("listening on"), "{name}: {stderr}");
+    }
+}

@@ -53,3 +53,48 @@ async fn the_routers_merge_into_an_app_with_its_own_health_route() {
     server.abort();
     engine.shutdown().await.unwrap();
 }
+
+/// `/readyz` says `disk_full` when the data directory's disk has less free space than the
+/// config asks for (here: more than any disk has), while `/healthz` still says the engine is
+/// alive; and `disk_unknown` when the directory cannot be read.
+#[tokio::test]
+async fn readyz_names_a_full_or_unreadable_disk() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = linkflow::Engine::open(dir.path()).unwrap();
+    let probe = |config: HttpConfig, path: &'static str| {
+        let app = ops_router(engine.clone(), config);
+        async move {
+            let request = axum::http::Request::builder()
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let mut full = HttpConfig::default();
+    full.data_dir = Some(dir.path().to_owned());
+    full.min_free_disk_bytes = u64::MAX;
+    let (status, body) = probe(full.clone(), "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "disk_full", "{body}");
+    assert_eq!(probe(full, "/healthz").await.0, 200);
+    let mut gone = HttpConfig::default();
+    gone.data_dir = Some(dir.path().join("no-such-directory"));
+    let (status, body) = probe(gone, "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "disk_unknown", "{body}");
+    let mut roomy = HttpConfig::default();
+    roomy.data_dir = Some(dir.path().to_owned());
+    roomy.min_free_disk_bytes = 0;
+    assert_eq!(probe(roomy, "/readyz").await.0, 200);
+    engine.shutdown().await.unwrap();
+}
