@@ -322,8 +322,8 @@ async fn every_refusal_is_json_and_stores_nothing() {
             client
                 .post(server.url("/v1/events/moneykit"))
                 .header(
-                    "x-note",
-                    reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+                    "content-type",
+                    reqwest::header::HeaderValue::from_bytes(b"application/json; caf\xe9").unwrap(),
                 )
                 .body(moneykit_open("utf8-header", 1)),
             400,
@@ -370,6 +370,19 @@ async fn every_refusal_is_json_and_stores_nothing() {
     // Nothing of any of them was stored.
     let sessions: Value = get_json(&client, &server.url("/v1/sessions")).await;
     assert_eq!(sessions["sessions"], serde_json::json!([]), "{sessions}");
+    // A header linkflow does not read is not its business: a payload with an odd byte there
+    // is stored (nothing a provider sends is lost).
+    let odd = client
+        .post(server.url("/v1/events/moneykit"))
+        .header(
+            "x-note",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
+        .body(moneykit_open("odd-header", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 200);
     let text = metrics(&client, &server).await;
     assert_eq!(
         sample(

@@ -360,7 +360,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let common = [
         (
             "400",
-            "`invalid_utf8`: the path, the query or a header value is not UTF-8",
+            "`invalid_utf8`: the path, the query or a header linkflow reads is not UTF-8",
         ),
         ("405", "`method_not_allowed`"),
         ("408", "`body_timeout`: the body did not arrive in time"),
