@@ -2,22 +2,21 @@
 //! operator's master key, the keys derived from it, data keys kept wrapped in a key file of
 //! their own, sealing and opening of fields, and keyed hashes of user ids.
 //!
-//! **Not used by the engine yet**: this is the first piece of the design in `docs/privacy.md`;
-//! nothing linkflow stores is sealed with it today.
-//!
 //! - [`MasterKey`]: 32 bytes from `LINKFLOW_MASTER_KEY` (64 hex characters) or
 //!   `LINKFLOW_MASTER_KEY_FILE`. It encrypts nothing itself: HKDF-SHA256 derives a key-wrapping
 //!   key and an index key from it.
-//! - [`Keyring`]: data keys (32 random bytes each) by [`KeyId`], each stored wrapped with
-//!   XChaCha20-Poly1305 under the wrapping key, its id as associated data, in one file that is
-//!   rewritten whole (temporary file, fsync, rename, fsync of the directory) on every change, so
-//!   a destroyed key is in no file afterwards. A key file that does not check out (bad magic,
-//!   bad checksum, cut short) is an error naming it, never an empty keyring.
-//! - [`seal`] / [`open`]: a field under a data key: version byte, 24-byte random nonce,
-//!   ciphertext and tag; associated data binds it to its place.
+//! - [`Keyring`]: data keys (32 random bytes each) by [`KeyId`] (a user, a stream, a day), each
+//!   wrapped with XChaCha20-Poly1305 under the wrapping key in a fixed-size slot of the key file
+//!   `keys` beside the store, named by a keyed hash of its id. A destroyed key's slot is
+//!   overwritten with zeros and synced: sled and the write-ahead log never see a key, so no
+//!   other copy exists. A key file that does not check out is an error naming the slot, never
+//!   a missing key.
+//! - [`Privacy`]: the engine's sealing of personal fields into tokens (deterministic for text,
+//!   so sealed user ids still key indexes; raw payloads under their stream's and their day's
+//!   keys) and their opening for reads, [`ERASED`] once a key is gone.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::collections::HashMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -135,12 +134,12 @@ impl MasterKey {
 }
 
 /// What a data key is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyId {
     /// One user's: the keyed hash of their external user id ([`Keyring::subject`]).
     User([u8; 16]),
-    /// One session's, until it names its user.
-    Session(String),
+    /// One stream's (a session's, or an account's that names no user).
+    Stream(String),
     /// One day's raw payloads (days since the epoch).
     Day(i64),
 }
@@ -149,36 +148,63 @@ impl KeyId {
     fn encode(&self) -> Vec<u8> {
         match self {
             KeyId::User(hash) => [&[b'u'][..], hash].concat(),
-            KeyId::Session(id) => [&[b's'][..], id.as_bytes()].concat(),
+            KeyId::Stream(id) => [&[b's'][..], id.as_bytes()].concat(),
             KeyId::Day(day) => [&[b'd'][..], &day.to_be_bytes()].concat(),
         }
     }
-
-    fn decode(bytes: &[u8]) -> Option<KeyId> {
-        let (tag, rest) = bytes.split_first()?;
-        match tag {
-            b'u' => Some(KeyId::User(rest.try_into().ok()?)),
-            b's' => Some(KeyId::Session(String::from_utf8(rest.to_vec()).ok()?)),
-            b'd' => Some(KeyId::Day(i64::from_be_bytes(rest.try_into().ok()?))),
-            _ => None,
-        }
-    }
 }
+
+/// A key's name in the key file: a keyed hash of its [`KeyId`], so that the file names no
+/// user and no session.
+pub type SlotId = [u8; 16];
 
 /// A data key.
 pub type DataKey = Zeroizing<[u8; 32]>;
 
 const SEALED_VERSION: u8 = 1;
 const NONCE_BYTES: usize = 24;
-const KEY_FILE_MAGIC: &[u8; 8] = b"LFKEYS1\n";
+const KEY_FILE_MAGIC: &[u8; 8] = b"LFKEYS2\n";
+/// The key file's header: its magic and how many slots the last completed sync covered.
+const HEADER_BYTES: u64 = 16;
+/// One key's slot: `u8(1) id(16) wrapped(73) zeros(34) crc32(4)`; a destroyed key's slot is
+/// all zeros.
+const SLOT_BYTES: usize = 128;
+const WRAPPED_BYTES: usize = 1 + NONCE_BYTES + 32 + 16;
+/// The unwrapped keys kept in memory; past it the cache starts again empty.
+pub const MAX_CACHED_KEYS: usize = 65_536;
 /// The key file's name in the data directory.
 pub const KEY_FILE: &str = "keys";
 
-/// Seals `plaintext` under `key`, bound to `associated` (where it is kept).
+/// Seals `plaintext` under `key`, bound to `associated` (where it is kept), with a random
+/// nonce.
 pub fn seal(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(key.into());
     let mut nonce = [0u8; NONCE_BYTES];
     getrandom::fill(&mut nonce).expect("the operating system's random source works");
+    seal_with(key, nonce, associated, plaintext)
+}
+
+/// Seals `plaintext` under `key` with a nonce derived from the key, `associated` and the
+/// plaintext (HMAC-SHA256, as SIV constructions do): the same text under the same key seals to
+/// the same bytes, so sealed ids can be compared and looked up. It reveals only equality.
+pub fn seal_deterministic(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(b"linkflow nonce");
+    mac.update(&(associated.len() as u64).to_be_bytes());
+    mac.update(associated);
+    mac.update(plaintext);
+    let digest = mac.finalize().into_bytes();
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce.copy_from_slice(&digest[..NONCE_BYTES]);
+    seal_with(key, nonce, associated, plaintext)
+}
+
+fn seal_with(
+    key: &[u8; 32],
+    nonce: [u8; NONCE_BYTES],
+    associated: &[u8],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
     let sealed = cipher
         .encrypt(
             XNonce::from_slice(&nonce),
@@ -195,7 +221,8 @@ pub fn seal(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Opens what [`seal`] sealed under `key` with the same `associated` data.
+/// Opens what [`seal`] or [`seal_deterministic`] sealed under `key` with the same
+/// `associated` data.
 pub fn open(key: &[u8; 32], associated: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
     let does_not_open = || KeyError::DoesNotOpen("a sealed field".into());
     let (version, rest) = sealed.split_first().ok_or_else(does_not_open)?;
@@ -214,13 +241,30 @@ pub fn open(key: &[u8; 32], associated: &[u8], sealed: &[u8]) -> Result<Vec<u8>,
         .map_err(|_| does_not_open())
 }
 
-/// Data keys, wrapped, in their file.
+/// Data keys, wrapped, one per fixed-size slot of the key file.
+///
+/// A new key is written to the slot after the last (`pwrite`, no sync); [`Keyring::sync`]
+/// makes every key written so far durable, and the engine calls it before any event sealed
+/// under them is committed. A destroyed key's slot is overwritten with zeros in place and
+/// synced at once: no other copy was ever written (sled and the write-ahead log never see a
+/// key), so nothing of it is left in any file linkflow writes. Slots are never reused.
+///
+/// The header counts the slots its last sync covered: a slot below that count that does not
+/// check out is damage and an error naming it, never a missing key; one past it was being
+/// written when the process stopped, was never relied on, and is cleared at open.
 pub struct Keyring {
     path: PathBuf,
+    file: std::fs::File,
     wrapping: Zeroizing<[u8; 32]>,
     index: Zeroizing<[u8; 32]>,
-    /// Each key's wrapped bytes.
-    wrapped: BTreeMap<KeyId, Vec<u8>>,
+    /// Each live key's slot.
+    slots: HashMap<SlotId, u64>,
+    /// Slots in the file (live and destroyed).
+    used: u64,
+    /// Slots the last sync covered.
+    synced: u64,
+    /// Unwrapped keys, at most [`MAX_CACHED_KEYS`].
+    cache: HashMap<SlotId, DataKey>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -228,7 +272,7 @@ impl std::fmt::Debug for Keyring {
         formatter
             .debug_struct("Keyring")
             .field("path", &self.path)
-            .field("keys", &self.wrapped.len())
+            .field("keys", &self.slots.len())
             .finish_non_exhaustive()
     }
 }
@@ -237,176 +281,530 @@ impl Keyring {
     /// Opens the key file in `dir` (none yet: an empty keyring), under `master`.
     pub fn open(dir: &Path, master: &MasterKey) -> Result<Keyring, KeyError> {
         let path = dir.join(KEY_FILE);
-        let wrapped = match std::fs::read(&path) {
-            Ok(bytes) => parse_key_file(&path, &bytes)?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => return Err(KeyError::Io { path, error }),
+        let io = |error| KeyError::Io {
+            path: path.clone(),
+            error,
         };
-        let keyring = Keyring {
-            path,
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut keyring = Keyring {
+            path: path.clone(),
+            file,
             wrapping: master.derive("key wrapping"),
             index: master.derive("index"),
-            wrapped,
+            slots: HashMap::new(),
+            used: 0,
+            synced: 0,
+            cache: HashMap::new(),
         };
-        // Every key must open under this master key: a wrong one is found now, not at a read.
-        for id in keyring.wrapped.keys() {
-            keyring.unwrap_key(id)?;
+        if bytes.is_empty() {
+            keyring.write_header(0)?;
+            keyring.file.sync_all().map_err(io)?;
+            return Ok(keyring);
+        }
+        keyring.load(&bytes)?;
+        // A wrong master key is found now, not at a read.
+        if let Some((id, _)) = keyring.slots.iter().next() {
+            let id = *id;
+            keyring.unwrap_slot(&id)?;
         }
         Ok(keyring)
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), KeyError> {
+        let damaged = |reason: String| KeyError::Damaged {
+            path: self.path.clone(),
+            reason,
+        };
+        if bytes.len() < HEADER_BYTES as usize || !bytes.starts_with(KEY_FILE_MAGIC) {
+            return Err(damaged(
+                "it does not start with linkflow's key file header".into(),
+            ));
+        }
+        let synced = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let body = &bytes[HEADER_BYTES as usize..];
+        let whole = (body.len() / SLOT_BYTES) as u64;
+        if synced > whole {
+            return Err(damaged(format!(
+                "its header counts {synced} keys but the file holds {whole} whole slots (cut short)"
+            )));
+        }
+        let mut used = 0;
+        for (number, slot) in body.chunks(SLOT_BYTES).enumerate() {
+            let number = number as u64;
+            match read_slot(slot) {
+                Slot::Live(id) => {
+                    self.slots.insert(id, number);
+                    used = number + 1;
+                }
+                Slot::Destroyed => used = number + 1,
+                Slot::Bad(reason) if number < synced => {
+                    return Err(damaged(format!("key slot {number} {reason}")));
+                }
+                Slot::Bad(reason) => {
+                    // Written after the last completed sync, when the process stopped: never
+                    // relied on. Cleared so that the next key takes its place.
+                    tracing::warn!(
+                        slot = number,
+                        reason,
+                        "clearing a key slot written when the process stopped"
+                    );
+                    break;
+                }
+            }
+        }
+        self.used = used;
+        self.file
+            .set_len(HEADER_BYTES + used * SLOT_BYTES as u64)
+            .map_err(|error| KeyError::Io {
+                path: self.path.clone(),
+                error,
+            })?;
+        self.synced = used;
+        self.write_header(used)?;
+        self.file.sync_all().map_err(|error| KeyError::Io {
+            path: self.path.clone(),
+            error,
+        })?;
+        Ok(())
     }
 
     /// The keyed hash a user is known by in keys and indexes: the first 16 bytes of
     /// HMAC-SHA256 of the id under the index key. The id itself is never stored.
     pub fn subject(&self, external_user_id: &str) -> [u8; 16] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index[..])
-            .expect("HMAC takes a key of any length");
-        mac.update(external_user_id.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let mut subject = [0u8; 16];
-        subject.copy_from_slice(&digest[..16]);
-        subject
+        self.keyed_hash(b"user", external_user_id.as_bytes())
     }
 
-    /// The data key `id`, made and kept durably first if there is none.
-    pub fn key(&mut self, id: &KeyId) -> Result<DataKey, KeyError> {
-        if self.wrapped.contains_key(id) {
-            return self.unwrap_key(id);
+    /// The slot name of `id`.
+    pub fn slot_id(&self, id: &KeyId) -> SlotId {
+        self.keyed_hash(b"key", &id.encode())
+    }
+
+    fn keyed_hash(&self, purpose: &[u8], bytes: &[u8]) -> [u8; 16] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index[..])
+            .expect("HMAC takes a key of any length");
+        mac.update(purpose);
+        mac.update(&[0]);
+        mac.update(bytes);
+        let digest = mac.finalize().into_bytes();
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&digest[..16]);
+        hash
+    }
+
+    /// The data key `id`, made if there is none (written, not yet synced: see
+    /// [`Keyring::sync`]). Returns its slot name too.
+    pub fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
+        let slot_id = self.slot_id(id);
+        if self.slots.contains_key(&slot_id) {
+            return Ok((slot_id, self.unwrap_slot(&slot_id)?));
         }
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut key[..]).expect("the operating system's random source works");
-        let wrapped = seal(&self.wrapping, &id.encode(), &key[..]);
-        self.wrapped.insert(id.clone(), wrapped);
-        if let Err(error) = self.persist() {
-            self.wrapped.remove(id);
-            return Err(error);
-        }
-        Ok(key)
+        let wrapped = seal(&self.wrapping, &slot_id, &key[..]);
+        let mut slot = [0u8; SLOT_BYTES];
+        slot[0] = 1;
+        slot[1..17].copy_from_slice(&slot_id);
+        slot[17..17 + WRAPPED_BYTES].copy_from_slice(&wrapped);
+        let crc = crc32fast::hash(&slot[..SLOT_BYTES - 4]);
+        slot[SLOT_BYTES - 4..].copy_from_slice(&crc.to_be_bytes());
+        let number = self.used;
+        self.write_at(HEADER_BYTES + number * SLOT_BYTES as u64, &slot)?;
+        self.used += 1;
+        self.slots.insert(slot_id, number);
+        self.remember(slot_id, &key);
+        Ok((slot_id, key))
     }
 
-    /// The data key `id` if it exists (`None`: never made, or destroyed).
-    pub fn existing(&self, id: &KeyId) -> Result<Option<DataKey>, KeyError> {
-        if self.wrapped.contains_key(id) {
-            self.unwrap_key(id).map(Some)
+    /// The data key named `slot_id` if it exists (`None`: never made, or destroyed).
+    pub fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError> {
+        if self.slots.contains_key(slot_id) {
+            self.unwrap_slot(slot_id).map(Some)
         } else {
             Ok(None)
         }
     }
 
-    /// Destroys the data key `id` durably: when this returns, no file holds it. Destroying a
-    /// key that is not there is not an error (an erasure can be run again).
-    pub fn destroy(&mut self, id: &KeyId) -> Result<(), KeyError> {
-        let Some(wrapped) = self.wrapped.remove(id) else {
+    /// Whether the key `id` exists.
+    pub fn contains(&self, id: &KeyId) -> bool {
+        self.slots.contains_key(&self.slot_id(id))
+    }
+
+    /// Makes every key written so far durable (one `fdatasync` of the key file, then the
+    /// header's count). Nothing to do when nothing was written since the last.
+    pub fn sync(&mut self) -> Result<(), KeyError> {
+        if self.synced == self.used {
             return Ok(());
+        }
+        let io = |error| KeyError::Io {
+            path: self.path.clone(),
+            error,
         };
-        if let Err(error) = self.persist() {
-            self.wrapped.insert(id.clone(), wrapped);
-            return Err(error);
+        self.file.sync_data().map_err(io)?;
+        let used = self.used;
+        self.write_header(used)?;
+        self.synced = used;
+        Ok(())
+    }
+
+    /// Destroys the data keys `ids` durably: when this returns, no file holds them. Keys that
+    /// are not there are not an error (an erasure can be run again).
+    pub fn destroy(&mut self, ids: &[KeyId]) -> Result<(), KeyError> {
+        let mut any = false;
+        for id in ids {
+            let slot_id = self.slot_id(id);
+            let Some(&number) = self.slots.get(&slot_id) else {
+                continue;
+            };
+            self.write_at(
+                HEADER_BYTES + number * SLOT_BYTES as u64,
+                &[0u8; SLOT_BYTES],
+            )?;
+            self.slots.remove(&slot_id);
+            self.cache.remove(&slot_id);
+            any = true;
+        }
+        if any {
+            self.file.sync_data().map_err(|error| KeyError::Io {
+                path: self.path.clone(),
+                error,
+            })?;
         }
         Ok(())
     }
 
     /// How many data keys the keyring holds.
     pub fn len(&self) -> usize {
-        self.wrapped.len()
+        self.slots.len()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.wrapped.is_empty()
+        self.slots.is_empty()
     }
 
-    fn unwrap_key(&self, id: &KeyId) -> Result<DataKey, KeyError> {
-        let wrapped = self
-            .wrapped
-            .get(id)
-            .ok_or_else(|| KeyError::DoesNotOpen(format!("key {id:?}")))?;
-        let bytes = Zeroizing::new(
-            open(&self.wrapping, &id.encode(), wrapped)
-                .map_err(|_| KeyError::DoesNotOpen(format!("key {id:?}")))?,
-        );
-        let mut key = Zeroizing::new([0u8; 32]);
-        if bytes.len() != 32 {
-            return Err(KeyError::DoesNotOpen(format!("key {id:?}")));
+    fn remember(&mut self, slot_id: SlotId, key: &DataKey) {
+        if self.cache.len() >= MAX_CACHED_KEYS {
+            self.cache.clear();
         }
+        self.cache.insert(slot_id, key.clone());
+    }
+
+    fn unwrap_slot(&mut self, slot_id: &SlotId) -> Result<DataKey, KeyError> {
+        if let Some(key) = self.cache.get(slot_id) {
+            return Ok(key.clone());
+        }
+        let number = *self
+            .slots
+            .get(slot_id)
+            .ok_or_else(|| KeyError::DoesNotOpen("a destroyed key".into()))?;
+        let mut slot = [0u8; SLOT_BYTES];
+        self.read_at(HEADER_BYTES + number * SLOT_BYTES as u64, &mut slot)?;
+        let describe = || KeyError::DoesNotOpen(format!("key slot {number}"));
+        match read_slot(&slot) {
+            Slot::Live(id) if id == *slot_id => {}
+            Slot::Bad(reason) => {
+                return Err(KeyError::Damaged {
+                    path: self.path.clone(),
+                    reason: format!("key slot {number} {reason}"),
+                })
+            }
+            _ => return Err(describe()),
+        }
+        let bytes = Zeroizing::new(
+            open(&self.wrapping, slot_id, &slot[17..17 + WRAPPED_BYTES]).map_err(|_| describe())?,
+        );
+        if bytes.len() != 32 {
+            return Err(describe());
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&bytes);
+        self.remember(*slot_id, &key);
         Ok(key)
     }
 
-    /// Writes the whole key file anew: a temporary file, synced, renamed over the old one, and
-    /// the directory synced, so that the file is the old one or the new one after a crash.
-    fn persist(&self) -> Result<(), KeyError> {
-        let io = |error| KeyError::Io {
-            path: self.path.clone(),
-            error,
-        };
-        let mut body = KEY_FILE_MAGIC.to_vec();
-        body.extend_from_slice(&(self.wrapped.len() as u32).to_be_bytes());
-        for (id, wrapped) in &self.wrapped {
-            let id = id.encode();
-            body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-            body.extend_from_slice(&id);
-            body.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
-            body.extend_from_slice(wrapped);
-        }
-        body.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-        let temporary = self.path.with_extension("new");
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        file.write_all(&body).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&temporary, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
+    fn write_header(&mut self, synced: u64) -> Result<(), KeyError> {
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[..8].copy_from_slice(KEY_FILE_MAGIC);
+        header[8..].copy_from_slice(&synced.to_be_bytes());
+        self.write_at(0, &header)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), KeyError> {
+        use std::os::unix::fs::FileExt as _;
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|error| KeyError::Io {
+                path: self.path.clone(),
+                error,
+            })
+    }
+
+    fn read_at(&self, offset: u64, bytes: &mut [u8]) -> Result<(), KeyError> {
+        use std::os::unix::fs::FileExt as _;
+        self.file
+            .read_exact_at(bytes, offset)
+            .map_err(|error| KeyError::Io {
+                path: self.path.clone(),
+                error,
+            })
     }
 }
 
-/// Reads a key file's entries; anything that does not check out is [`KeyError::Damaged`].
-fn parse_key_file(path: &Path, bytes: &[u8]) -> Result<BTreeMap<KeyId, Vec<u8>>, KeyError> {
-    let damaged = |reason: String| KeyError::Damaged {
-        path: path.to_owned(),
-        reason,
-    };
-    if bytes.len() < KEY_FILE_MAGIC.len() + 8 || !bytes.starts_with(KEY_FILE_MAGIC) {
-        return Err(damaged(
-            "it does not start with linkflow's key file header".into(),
-        ));
+enum Slot {
+    Live(SlotId),
+    Destroyed,
+    Bad(&'static str),
+}
+
+fn read_slot(slot: &[u8]) -> Slot {
+    if slot.len() < SLOT_BYTES {
+        return Slot::Bad("is cut short");
     }
-    let (body, checksum) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_be_bytes() != checksum {
-        return Err(damaged(
-            "its checksum does not match (cut short or changed)".into(),
-        ));
+    if slot.iter().all(|byte| *byte == 0) {
+        return Slot::Destroyed;
     }
-    let mut at = KEY_FILE_MAGIC.len();
-    let mut take = |count: usize, what: &str| -> Result<&[u8], KeyError> {
-        let slice = body
-            .get(at..at + count)
-            .ok_or_else(|| damaged(format!("{what} at byte {at} runs past the end")))?;
-        at += count;
-        Ok(slice)
-    };
-    let count = u32::from_be_bytes(take(4, "the key count")?.try_into().expect("4 bytes"));
-    let mut keys = BTreeMap::new();
-    for entry in 0..count {
-        let id_len = u16::from_be_bytes(take(2, "a key id's length")?.try_into().expect("2"));
-        let id_bytes = take(usize::from(id_len), "a key id")?;
-        let id = KeyId::decode(id_bytes)
-            .ok_or_else(|| damaged(format!("key {entry} has an unreadable id")))?;
-        let len = u16::from_be_bytes(take(2, "a wrapped key's length")?.try_into().expect("2"));
-        let wrapped = take(usize::from(len), "a wrapped key")?.to_vec();
-        keys.insert(id, wrapped);
+    let crc = u32::from_be_bytes(slot[SLOT_BYTES - 4..].try_into().expect("4 bytes"));
+    if slot[0] != 1 || crc32fast::hash(&slot[..SLOT_BYTES - 4]) != crc {
+        return Slot::Bad("does not check out (checksum)");
     }
-    if at != body.len() {
-        return Err(damaged(format!(
-            "{} bytes follow the last key",
-            body.len() - at
-        )));
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&slot[1..17]);
+    Slot::Live(id)
+}
+
+/// The start of a sealed value in a stored text field.
+pub const SEALED_PREFIX: &str = "lf-sealed:";
+/// What reads show in place of a field whose key was destroyed.
+pub const ERASED: &str = "[erased]";
+
+const TEXT_TOKEN: u8 = 1;
+const RAW_TOKEN: u8 = 2;
+
+/// A stored text field as a read shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Not sealed: the text as stored.
+    Plain,
+    /// A sealed field, opened.
+    Text(String),
+    /// A sealed raw payload, opened: its JSON text.
+    Raw(String),
+    /// A sealed field whose key was destroyed (erased, or past retention).
+    Erased,
+}
+
+/// Sealing and opening of the personal fields the engine stores, over one [`Keyring`].
+///
+/// Text fields are sealed deterministically (the same text under the same key gives the same
+/// token, so a sealed user id still keys indexes and account streams); raw payloads with a
+/// random nonce under a key made of their stream's key and their day's, so that destroying
+/// either makes them unreadable. A token is text: [`SEALED_PREFIX`] then URL-safe base64 of
+/// `u8(kind) slot(16) [day slot(16) for a raw payload] sealed`.
+pub struct Privacy {
+    keyring: std::sync::Mutex<Keyring>,
+}
+
+impl std::fmt::Debug for Privacy {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Privacy")
     }
-    Ok(keys)
+}
+
+fn associated(kind: u8) -> [u8; 16] {
+    let mut bytes = *b"linkflow sealed\0";
+    bytes[15] = kind;
+    bytes
+}
+
+fn encode_token(parts: &[&[u8]]) -> String {
+    use base64::Engine as _;
+    let mut out = String::from(SEALED_PREFIX);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(parts.concat(), &mut out);
+    out
+}
+
+impl Privacy {
+    /// Opens the key file in `dir` under `master`.
+    pub fn open(dir: &Path, master: &MasterKey) -> Result<Privacy, KeyError> {
+        Ok(Privacy {
+            keyring: std::sync::Mutex::new(Keyring::open(dir, master)?),
+        })
+    }
+
+    fn keyring(&self) -> std::sync::MutexGuard<'_, Keyring> {
+        self.keyring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The user's key id.
+    pub fn user_key(&self, external_user_id: &str) -> KeyId {
+        KeyId::User(self.keyring().subject(external_user_id))
+    }
+
+    /// The token a user id is stored as, making the user's key if there is none.
+    pub fn user_token(&self, external_user_id: &str) -> Result<String, KeyError> {
+        let id = self.user_key(external_user_id);
+        self.seal_text(&id, external_user_id)
+    }
+
+    /// The token a user id is stored as, if the user has a key (`None`: never seen, or
+    /// erased).
+    pub fn known_user_token(&self, external_user_id: &str) -> Result<Option<String>, KeyError> {
+        let id = self.user_key(external_user_id);
+        if !self.keyring().contains(&id) {
+            return Ok(None);
+        }
+        self.seal_text(&id, external_user_id).map(Some)
+    }
+
+    /// `text` sealed under the key `id` (made if there is none), deterministically.
+    pub fn seal_text(&self, id: &KeyId, text: &str) -> Result<String, KeyError> {
+        let (slot, key) = self.keyring().key(id)?;
+        let sealed = seal_deterministic(&key, &associated(TEXT_TOKEN), text.as_bytes());
+        Ok(encode_token(&[&[TEXT_TOKEN], &slot, &sealed]))
+    }
+
+    /// A raw payload's text sealed under its stream's key and its day's (both made if
+    /// missing).
+    pub fn seal_raw(&self, stream: &str, day: i64, raw: &str) -> Result<String, KeyError> {
+        let mut keyring = self.keyring();
+        let (stream_slot, stream_key) = keyring.key(&KeyId::Stream(stream.to_owned()))?;
+        let (day_slot, day_key) = keyring.key(&KeyId::Day(day))?;
+        drop(keyring);
+        let key = combine(&stream_key, &day_key);
+        let sealed = seal(&key, &associated(RAW_TOKEN), raw.as_bytes());
+        Ok(encode_token(&[
+            &[RAW_TOKEN],
+            &stream_slot,
+            &day_slot,
+            &sealed,
+        ]))
+    }
+
+    /// Opens a stored text field.
+    pub fn open_text(&self, text: &str) -> Opened {
+        use base64::Engine as _;
+        let Some(encoded) = text.strip_prefix(SEALED_PREFIX) else {
+            return Opened::Plain;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+            return Opened::Plain;
+        };
+        let slot = |at: usize| -> Option<SlotId> { bytes.get(at..at + 16)?.try_into().ok() };
+        let mut keyring = self.keyring();
+        let opened = match bytes.first() {
+            Some(&TEXT_TOKEN) => slot(1).map(|slot| {
+                let Ok(Some(key)) = keyring.existing(&slot) else {
+                    return Opened::Erased;
+                };
+                match open(&key, &associated(TEXT_TOKEN), &bytes[17..]) {
+                    Ok(plain) => Opened::Text(String::from_utf8_lossy(&plain).into_owned()),
+                    Err(_) => Opened::Erased,
+                }
+            }),
+            Some(&RAW_TOKEN) => slot(1).zip(slot(17)).map(|(stream, day)| {
+                let (Ok(Some(stream)), Ok(Some(day))) =
+                    (keyring.existing(&stream), keyring.existing(&day))
+                else {
+                    return Opened::Erased;
+                };
+                match open(
+                    &combine(&stream, &day),
+                    &associated(RAW_TOKEN),
+                    &bytes[33..],
+                ) {
+                    Ok(plain) => Opened::Raw(String::from_utf8_lossy(&plain).into_owned()),
+                    Err(_) => Opened::Erased,
+                }
+            }),
+            _ => None,
+        };
+        opened.unwrap_or(Opened::Plain)
+    }
+
+    /// A stored text field as reads show it: opened, [`ERASED`], or as it is.
+    pub fn show(&self, text: &str) -> String {
+        match self.open_text(text) {
+            Opened::Plain => text.to_owned(),
+            Opened::Text(plain) | Opened::Raw(plain) => plain,
+            Opened::Erased => ERASED.to_owned(),
+        }
+    }
+
+    /// Every sealed string in `value` opened in place: text fields as their text, raw
+    /// payloads as the JSON they hold, destroyed ones as [`ERASED`].
+    pub fn show_value(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) if text.starts_with(SEALED_PREFIX) => {
+                *value = match self.open_text(text) {
+                    Opened::Plain => return,
+                    Opened::Text(plain) => serde_json::Value::String(plain),
+                    Opened::Raw(raw) => {
+                        serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw))
+                    }
+                    Opened::Erased => serde_json::Value::String(ERASED.to_owned()),
+                };
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    self.show_value(item);
+                }
+            }
+            serde_json::Value::Object(fields) => {
+                for (_, item) in fields.iter_mut() {
+                    self.show_value(item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes every key made so far durable.
+    pub fn sync(&self) -> Result<(), KeyError> {
+        self.keyring().sync()
+    }
+
+    /// Destroys the keys `ids` durably.
+    pub fn destroy(&self, ids: &[KeyId]) -> Result<(), KeyError> {
+        self.keyring().destroy(ids)
+    }
+
+    /// Whether the key `id` exists.
+    pub fn contains(&self, id: &KeyId) -> bool {
+        self.keyring().contains(id)
+    }
+
+    /// How many keys the key file holds.
+    pub fn keys(&self) -> usize {
+        self.keyring().len()
+    }
+
+    /// The keyed hash of a user id (hex), for names that must not hold the id.
+    pub fn subject_hex(&self, external_user_id: &str) -> String {
+        self.keyring()
+            .subject(external_user_id)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
+/// A raw payload's key: HMAC-SHA256 of the day's key under the stream's.
+fn combine(stream: &DataKey, day: &DataKey) -> DataKey {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&stream[..]).expect("HMAC takes any key");
+    mac.update(&day[..]);
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&mac.finalize().into_bytes());
+    key
 }
 
 #[cfg(test)]
@@ -477,50 +875,72 @@ mod tests {
     }
 
     #[test]
+    fn a_deterministic_seal_is_the_same_for_the_same_text_and_key_only() {
+        let key = [7u8; 32];
+        let one = seal_deterministic(&key, b"user", b"alice");
+        assert_eq!(one, seal_deterministic(&key, b"user", b"alice"));
+        assert_ne!(one, seal_deterministic(&key, b"user", b"alicf"));
+        assert_ne!(one, seal_deterministic(&[8u8; 32], b"user", b"alice"));
+        assert_eq!(open(&key, b"user", &one).unwrap(), b"alice");
+    }
+
+    fn file_holds(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|entry| {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        })
+    }
+
+    #[test]
     fn keys_are_kept_wrapped_and_a_destroyed_key_is_in_no_file() {
         let dir = tempfile::tempdir().unwrap();
-        let alice = {
+        let (alice_id, alice_slot, alice) = {
             let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
             let subject = keyring.subject("alice@example.com");
             assert_eq!(subject, keyring.subject("alice@example.com"));
             assert_ne!(subject, keyring.subject("bob@example.com"));
-            let alice = keyring.key(&KeyId::User(subject)).unwrap();
-            keyring.key(&KeyId::Session("s-9".into())).unwrap();
+            let id = KeyId::User(subject);
+            let (slot, alice) = keyring.key(&id).unwrap();
+            keyring.key(&KeyId::Stream("s-9".into())).unwrap();
             keyring.key(&KeyId::Day(20_000)).unwrap();
+            // Asking again gives the same key, no new slot.
+            assert_eq!(&keyring.key(&id).unwrap().1[..], &alice[..]);
+            keyring.sync().unwrap();
             assert_eq!(keyring.len(), 3);
-            (subject, alice)
+            (id, slot, alice)
         };
-        let file = std::fs::read(dir.path().join(KEY_FILE)).unwrap();
-        // The key file holds neither the user's id nor the key in the clear.
-        assert!(!file.windows(5).any(|window| window == b"alice"));
-        assert!(!file.windows(32).any(|window| window == &alice.1[..]));
+        // The key file holds neither the user's id, the session's, nor a key in the clear.
+        assert!(!file_holds(dir.path(), b"alice"));
+        assert!(!file_holds(dir.path(), b"s-9"));
+        assert!(!file_holds(dir.path(), &alice[..]));
+        assert!(file_holds(dir.path(), &alice_slot));
         let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
-        let again = keyring.existing(&KeyId::User(alice.0)).unwrap().unwrap();
-        assert_eq!(&again[..], &alice.1[..]);
-        let wrapped = keyring.wrapped[&KeyId::User(alice.0)].clone();
-        assert!(file
-            .windows(wrapped.len())
-            .any(|window| window == &wrapped[..]));
-        keyring.destroy(&KeyId::User(alice.0)).unwrap();
+        let again = keyring.existing(&alice_slot).unwrap().unwrap();
+        assert_eq!(&again[..], &alice[..]);
+        keyring.destroy(std::slice::from_ref(&alice_id)).unwrap();
         // Again: nothing to do, not an error.
-        keyring.destroy(&KeyId::User(alice.0)).unwrap();
-        let keyring = Keyring::open(dir.path(), &master()).unwrap();
-        assert!(keyring.existing(&KeyId::User(alice.0)).unwrap().is_none());
+        keyring.destroy(std::slice::from_ref(&alice_id)).unwrap();
+        assert!(keyring.existing(&alice_slot).unwrap().is_none());
+        assert!(!file_holds(dir.path(), &alice_slot));
+        drop(keyring);
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+        assert!(keyring.existing(&alice_slot).unwrap().is_none());
         assert_eq!(keyring.len(), 2);
-        // No file in the directory holds the destroyed key's wrapped bytes any more.
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            assert!(!bytes
-                .windows(wrapped.len())
-                .any(|window| window == &wrapped[..]));
-        }
+        // A new key goes after the destroyed slot, never into it.
+        keyring.key(&KeyId::Day(20_001)).unwrap();
+        keyring.sync().unwrap();
+        let len = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().len();
+        assert_eq!(len, HEADER_BYTES + 4 * SLOT_BYTES as u64);
     }
 
     #[test]
-    fn a_wrong_master_key_or_a_damaged_file_is_an_error_never_an_empty_keyring() {
+    fn a_wrong_master_key_or_damage_is_an_error_and_an_unsynced_slot_is_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
         keyring.key(&KeyId::Day(1)).unwrap();
+        keyring.key(&KeyId::Day(2)).unwrap();
+        keyring.sync().unwrap();
+        drop(keyring);
         let other = MasterKey::from_hex(&MASTER.replace('0', "1")).unwrap();
         assert!(matches!(
             Keyring::open(dir.path(), &other),
@@ -528,20 +948,81 @@ mod tests {
         ));
         let path = dir.path().join(KEY_FILE);
         let whole = std::fs::read(&path).unwrap();
-        for cut in [0, 5, 12, whole.len() - 1] {
-            std::fs::write(&path, &whole[..cut]).unwrap();
+        // A flipped byte in a synced slot, a cut into one, a damaged header: errors.
+        let mut flipped = whole.clone();
+        flipped[HEADER_BYTES as usize + SLOT_BYTES + 40] ^= 0x40;
+        for (bytes, expected) in [
+            (flipped, "key slot 1 does not check out"),
+            (whole[..whole.len() - 1].to_vec(), "cut short"),
+            (whole[..5].to_vec(), "header"),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            let error = Keyring::open(dir.path(), &master()).unwrap_err();
             assert!(
-                matches!(
-                    Keyring::open(dir.path(), &master()),
-                    Err(KeyError::Damaged { .. })
-                ),
-                "cut at {cut}"
+                matches!(error, KeyError::Damaged { .. }) && error.to_string().contains(expected),
+                "{error}"
             );
         }
-        let mut flipped = whole.clone();
-        flipped[20] ^= 0x40;
-        std::fs::write(&path, &flipped).unwrap();
-        let error = Keyring::open(dir.path(), &master()).unwrap_err();
-        assert!(error.to_string().contains("checksum"), "{error}");
+        // A slot past the header's count that does not check out was being written when the
+        // process stopped: cleared, and the keys before it are kept.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&[0x55; SLOT_BYTES / 2]);
+        std::fs::write(&path, &torn).unwrap();
+        let keyring = Keyring::open(dir.path(), &master()).unwrap();
+        assert_eq!(keyring.len(), 2);
+        assert!(keyring.contains(&KeyId::Day(2)));
+        drop(keyring);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+    }
+
+    #[test]
+    fn tokens_open_while_their_keys_exist_and_read_erased_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let privacy = Privacy::open(dir.path(), &master()).unwrap();
+        assert_eq!(privacy.known_user_token("alice").unwrap(), None);
+        let alice = privacy.user_token("alice").unwrap();
+        assert!(alice.starts_with(SEALED_PREFIX) && !alice.contains("alice"));
+        assert_eq!(privacy.user_token("alice").unwrap(), alice);
+        assert_eq!(
+            privacy.known_user_token("alice").unwrap(),
+            Some(alice.clone())
+        );
+        assert_ne!(privacy.user_token("bob").unwrap(), alice);
+        let term = privacy
+            .seal_text(&KeyId::Stream("s1".into()), "first platypus bank")
+            .unwrap();
+        let raw = privacy
+            .seal_raw("s1", 20_000, r#"{"user":"alice","n":1}"#)
+            .unwrap();
+        let other_day = privacy.seal_raw("s1", 20_001, r#"{"n":2}"#).unwrap();
+        assert_eq!(privacy.show(&alice), "alice");
+        assert_eq!(privacy.show(&term), "first platypus bank");
+        assert_eq!(privacy.show("plain text"), "plain text");
+        assert_eq!(
+            privacy.open_text(&raw),
+            Opened::Raw(r#"{"user":"alice","n":1}"#.into())
+        );
+        let mut value = serde_json::json!({"user": alice, "raw": raw, "list": [term, 3]});
+        privacy.show_value(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({"user": "alice", "raw": {"user": "alice", "n": 1},
+                "list": ["first platypus bank", 3]})
+        );
+        // Retention: the day's key gone, that day's payloads read erased, the next day's not.
+        privacy.destroy(&[KeyId::Day(20_000)]).unwrap();
+        assert_eq!(privacy.open_text(&raw), Opened::Erased);
+        assert_eq!(
+            privacy.open_text(&other_day),
+            Opened::Raw(r#"{"n":2}"#.into())
+        );
+        // Erasure: the user's and the session's keys gone.
+        privacy
+            .destroy(&[privacy.user_key("alice"), KeyId::Stream("s1".into())])
+            .unwrap();
+        assert_eq!(privacy.show(&alice), ERASED);
+        assert_eq!(privacy.show(&term), ERASED);
+        assert_eq!(privacy.open_text(&other_day), Opened::Erased);
+        assert_eq!(privacy.known_user_token("alice").unwrap(), None);
     }
 }
