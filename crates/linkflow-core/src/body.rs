@@ -7,6 +7,7 @@ use crate::account::{
     AccountEvent, AccountEventKind, AccountKey, NOTICE_KINDS, OPERATION_KINDS, OUTCOMES,
 };
 use crate::compact::{Compact, CompactError, Input, Output};
+use crate::erasure::Erasure;
 use crate::event::{Attributes, ErrorInfo, Event, EventKind, Institution};
 use crate::ids::{Provider, SessionId};
 use crate::merchant::MerchantStatus;
@@ -33,6 +34,8 @@ pub enum EventBody {
     Quarantined(Quarantined),
     /// A quarantined payload released into a stream.
     QuarantineReleased(Released),
+    /// A user's erasure, in the user's erasure stream (`erasure:<subject>`).
+    Erased(Erasure),
 }
 
 impl EventBody {
@@ -43,6 +46,7 @@ impl EventBody {
             EventBody::Account { event, .. } => event.occurred_at,
             EventBody::Merchant(status) => Some(status.since),
             EventBody::Quarantined(_) | EventBody::QuarantineReleased(_) => None,
+            EventBody::Erased(erasure) => Some(erasure.at),
         }
     }
 
@@ -54,6 +58,7 @@ impl EventBody {
             EventBody::Merchant(_) => "merchant_status",
             EventBody::Quarantined(_) => "quarantined",
             EventBody::QuarantineReleased(_) => "released",
+            EventBody::Erased(_) => "erased",
         }
     }
 
@@ -93,6 +98,7 @@ const KNOWN_EXTENDED: u64 = EXIT_STEP | ITEM_ID;
 /// ```text
 /// body     = u8(0) session | u8(1) account | u8(2) merchant-status | u8(3) quarantined
 ///            | u8(4) str(released-into stream)
+///            | u8(5) str(subject) str(requested by) time varint(streams)
 /// session  = u8(kind: index in EventKind::KNOWN, or 255 then str(raw name)) opt_time
 ///            u8(attribute mask) the present attributes in mask-bit order
 ///            [varint(extended mask) the present extended attributes] when mask bit 7 is set
@@ -132,6 +138,10 @@ impl Compact for EventBody {
                 out.u8(4);
                 out.str(released.stream.as_str());
             }
+            EventBody::Erased(erasure) => {
+                out.u8(5);
+                erasure.encode_compact(out);
+            }
         }
     }
 
@@ -155,7 +165,8 @@ impl Compact for EventBody {
                     .map_err(|error| input.error("released into", error.to_string()))?;
                 Ok(EventBody::QuarantineReleased(Released { stream }))
             }
-            other => Err(input.error("body kind", format!("code {other}, expected 0 to 4"))),
+            5 => Erasure::decode_compact(input).map(EventBody::Erased),
+            other => Err(input.error("body kind", format!("code {other}, expected 0 to 5"))),
         }
     }
 }

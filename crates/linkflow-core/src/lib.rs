@@ -44,6 +44,7 @@ pub mod aggregate;
 pub mod body;
 pub mod compact;
 pub mod diagram;
+pub mod erasure;
 pub mod event;
 pub mod funnel;
 pub mod ids;
@@ -63,6 +64,7 @@ pub use account::{
 };
 pub use body::EventBody;
 pub use compact::{from_compact, to_compact, Compact, CompactError};
+pub use erasure::Erasure;
 pub use event::{Attributes, ErrorInfo, Event, EventClass, EventKind, Institution, LinkType, Step};
 pub use ids::{DedupeKey, InvalidSessionId, Position, Provider, SessionId, Version};
 pub use merchant::{Availability, MerchantStatus};

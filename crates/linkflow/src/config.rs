@@ -85,6 +85,11 @@ pub struct EngineConfig {
     /// A session silent this long without reaching a terminal phase is abandoned (judged at
     /// read time; a late event makes it live again).
     pub inactivity_timeout: chrono::Duration,
+    /// The operator's master key (`LINKFLOW_MASTER_KEY`): with one, personal fields and raw
+    /// payloads are sealed before they are stored and users can be erased (`docs/privacy.md`);
+    /// the data keys live in the key file `keys` in the sled store's directory. Without one,
+    /// everything is stored as delivered and nothing can be erased.
+    pub master_key: Option<Arc<crate::privacy::MasterKey>>,
 }
 
 /// Default for [`EngineConfig::cache_sessions`]: at ~300 bytes a state, about 30 MB.
@@ -129,6 +134,7 @@ impl EngineConfig {
             inactivity_timeout: chrono::Duration::minutes(
                 linkflow_core::funnel::DEFAULT_INACTIVITY_TIMEOUT_MINUTES,
             ),
+            master_key: None,
         }
     }
 

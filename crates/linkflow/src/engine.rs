@@ -80,6 +80,36 @@ impl Engine {
             )));
         }
         let owns_store = !matches!(config.store, StoreChoice::Custom(_));
+        let privacy = match (&config.master_key, &config.store) {
+            (None, StoreChoice::Sled { path, .. })
+                if path.join(crate::privacy::KEY_FILE).exists() =>
+            {
+                return Err(EngineError::InvalidConfig(format!(
+                    "{} holds erasure keys: its personal fields are sealed, so it opens only with its master key (LINKFLOW_MASTER_KEY or LINKFLOW_MASTER_KEY_FILE)",
+                    path.display()
+                )));
+            }
+            (None, _) => {
+                tracing::warn!(
+                    "no master key configured: personal fields and raw payloads are stored as delivered, and erasure and retention are unavailable (see docs/privacy.md)"
+                );
+                None
+            }
+            (Some(master), StoreChoice::Sled { path, .. }) => {
+                std::fs::create_dir_all(path).map_err(|error| {
+                    EngineError::Keys(format!("{}: {error}", path.display()))
+                })?;
+                Some(Arc::new(
+                    crate::privacy::Privacy::open(path, master)
+                        .map_err(|error| EngineError::Keys(error.to_string()))?,
+                ))
+            }
+            (Some(_), _) => {
+                return Err(EngineError::InvalidConfig(
+                    "a master key (erasure) is built for the sled store only so far; see docs/privacy.md".into(),
+                ))
+            }
+        };
         let store: Arc<dyn EventStore> = match config.store {
             StoreChoice::Sled {
                 path,
@@ -124,6 +154,7 @@ impl Engine {
             max_batch_events: config.max_batch_events,
             max_events_per_stream: config.max_events_per_stream,
             inactivity_timeout: config.inactivity_timeout,
+            privacy,
             stats: WriteCounters::default(),
             failure: Mutex::new(None),
         });
@@ -170,6 +201,33 @@ impl Engine {
             .map_err(|_| EngineError::Closed)?
     }
 
+    /// `events` with their personal fields sealed, and the keys they are sealed under durable.
+    async fn seal(
+        &self,
+        privacy: Arc<crate::privacy::Privacy>,
+        mut events: Vec<IncomingEvent>,
+    ) -> Result<Vec<IncomingEvent>, EngineError> {
+        if let Some(failure) = self.shared.failed() {
+            return Err(failure);
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let now = Utc::now();
+            for event in &mut events {
+                crate::seal::seal_incoming(&privacy, event, now)?;
+            }
+            if let Err(error) = privacy.sync() {
+                // Keys that may not be on disk: no event may be sealed under them.
+                let reason = format!("syncing the key file failed: {error}");
+                shared.fail(reason.clone());
+                return Err(EngineError::Keys(reason));
+            }
+            Ok(events)
+        })
+        .await
+        .map_err(|_| EngineError::Closed)?
+    }
+
     /// Ingests one event. Returns once it is decided and, under `Durability::Fsync`, on disk.
     pub async fn ingest(&self, event: IncomingEvent) -> Result<IngestOutcome, EngineError> {
         let mut outcomes = self.ingest_batch(vec![event]).await?;
@@ -184,6 +242,10 @@ impl Engine {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let events = match &self.shared.privacy {
+            None => events,
+            Some(privacy) => self.seal(Arc::clone(privacy), events).await?,
+        };
         self.call(|reply, sent| Request::Ingest {
             events,
             reply,
@@ -263,7 +325,9 @@ impl Engine {
     /// The existing accounts of the end user `user` (the integrator's id), of every provider:
     /// a range of the store's streams per provider, at most [`crate::MAX_PAGE_SESSIONS`].
     pub async fn user_accounts(&self, user: &str) -> Result<Vec<AccountView>, EngineError> {
-        let user = user.to_owned();
+        let Some(user) = crate::seal::stored_user(self.shared.privacy.as_deref(), user)? else {
+            return Ok(Vec::new());
+        };
         self.read(move |store| {
             let mut accounts = Vec::new();
             for provider in linkflow_core::Provider::ALL {
@@ -340,6 +404,12 @@ impl Engine {
         limit: usize,
         after: Option<crate::Cursor>,
     ) -> Result<crate::SessionPage, EngineError> {
+        let Some(filter) = self.stored_filter(filter)? else {
+            return Ok(crate::SessionPage {
+                sessions: Vec::new(),
+                next: None,
+            });
+        };
         let clock = (Utc::now(), self.shared.inactivity_timeout);
         self.read(move |store| query::sessions_page(store, &filter, limit, after.as_ref(), clock))
             .await
@@ -348,9 +418,54 @@ impl Engine {
     /// Every session matching `filter`, in session-id order: it reads every stream, so its
     /// cost and answer grow with the store; lists that face users use [`Engine::sessions_page`].
     pub async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionView>, EngineError> {
+        let Some(filter) = self.stored_filter(filter)? else {
+            return Ok(Vec::new());
+        };
         let clock = (Utc::now(), self.shared.inactivity_timeout);
         self.read(move |store| query::sessions(store, &filter, clock))
             .await
+    }
+
+    /// `filter` with its user id as the store holds it (sealed, with a master key); `None`
+    /// when the user has no key (never seen, or erased): no session can match.
+    fn stored_filter(
+        &self,
+        mut filter: SessionFilter,
+    ) -> Result<Option<SessionFilter>, EngineError> {
+        if let Some(user) = &filter.external_user_id {
+            match crate::seal::stored_user(self.shared.privacy.as_deref(), user)? {
+                Some(stored) => filter.external_user_id = Some(stored),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(filter))
+    }
+
+    /// Sealing of personal fields, when a master key is configured: reads open what they
+    /// show with it ([`crate::privacy::Privacy::show_value`]).
+    pub fn privacy(&self) -> Option<&crate::privacy::Privacy> {
+        self.shared.privacy.as_deref()
+    }
+
+    pub(crate) fn privacy_arc(&self) -> Option<Arc<crate::privacy::Privacy>> {
+        self.shared.privacy.clone()
+    }
+
+    /// A stored text field as reads show it: opened with its key, `[erased]` once the key is
+    /// destroyed, as it is when it is not sealed (or no master key is configured).
+    pub fn show(&self, text: &str) -> String {
+        match &self.shared.privacy {
+            Some(privacy) => privacy.show(text),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Every sealed string of a JSON view opened in place (see [`Engine::show`]); raw payloads
+    /// become the JSON they hold.
+    pub fn show_json(&self, value: &mut serde_json::Value) {
+        if let Some(privacy) = &self.shared.privacy {
+            privacy.show_value(value);
+        }
     }
 
     /// Whether `session` is abandoned now, under the configured inactivity timeout.

@@ -9,6 +9,14 @@ use linkflow_store::{CommitError, StoreError};
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
+    /// The erasure keys (`docs/privacy.md`) could not be made, kept or read: nothing of the
+    /// call was stored.
+    #[error("erasure keys: {0}")]
+    Keys(String),
+    /// Erasure needs a master key (`LINKFLOW_MASTER_KEY`), and none is configured: nothing was
+    /// erased.
+    #[error("erasure is unavailable: no master key is configured (LINKFLOW_MASTER_KEY or LINKFLOW_MASTER_KEY_FILE); see docs/privacy.md")]
+    ErasureUnavailable,
     /// The log failed (I/O, corruption, a lock held by another process).
     #[error(transparent)]
     Store(Arc<StoreError>),

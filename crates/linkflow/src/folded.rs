@@ -5,8 +5,8 @@ use linkflow_core::compact::{Compact, CompactError, Input, Output};
 use linkflow_core::quarantine::{apply_quarantine, QuarantineEvent};
 use linkflow_core::timeline::{self, Appended, Timeline};
 use linkflow_core::{
-    Account, AccountEvent, AccountKey, Applied, Event, EventBody, MerchantStatus, Phase, Provider,
-    QuarantineEntry, Session, Version, RULES_VERSION,
+    Account, AccountEvent, AccountKey, Applied, Erasure, Event, EventBody, MerchantStatus, Phase,
+    Provider, QuarantineEntry, Session, Version, RULES_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +36,20 @@ pub enum Folded {
     },
     /// A quarantined payload (`None` before its first event).
     Quarantine(Option<QuarantineEntry>),
+    /// A user's erasures: the latest one and how many.
+    Erasure {
+        /// The latest erasure (`None` before the first).
+        last: Option<Erasure>,
+        /// Erasures stored.
+        version: Version,
+    },
 }
 
 /// The layout of the folded state inside snapshots. Bump it whenever `Folded` (or the
 /// `Session`, `Account` or merchant state in it) gains or changes a field that is derived from
 /// the events, or its compact form changes: a snapshot of another layout is not decoded (fields
 /// with defaults would decode to wrong values) and the stream is folded from its log instead.
-pub const SNAPSHOT_LAYOUT: u8 = 5;
+pub const SNAPSHOT_LAYOUT: u8 = 6;
 
 /// A snapshot's state bytes: the layout byte, the rules version
 /// ([`linkflow_core::RULES_VERSION`]) it was folded with, then the compact form of the state
@@ -181,6 +188,10 @@ impl Folded {
             EventBody::Quarantined(_) | EventBody::QuarantineReleased(_) => {
                 Folded::Quarantine(None)
             }
+            EventBody::Erased(_) => Folded::Erasure {
+                last: None,
+                version: Version::EMPTY,
+            },
         }
     }
 
@@ -189,7 +200,7 @@ impl Folded {
         match self {
             Folded::Session(timeline) => Version(timeline.arrivals),
             Folded::Account { timeline, .. } => Version(timeline.arrivals),
-            Folded::Merchant { version, .. } => *version,
+            Folded::Merchant { version, .. } | Folded::Erasure { version, .. } => *version,
             Folded::Quarantine(entry) => entry.as_ref().map_or(Version::EMPTY, |e| e.version()),
         }
     }
@@ -199,7 +210,7 @@ impl Folded {
         match self {
             Folded::Session(timeline) => timeline.rejected,
             Folded::Account { timeline, .. } => timeline.rejected,
-            Folded::Merchant { .. } | Folded::Quarantine(_) => 0,
+            Folded::Merchant { .. } | Folded::Quarantine(_) | Folded::Erasure { .. } => 0,
         }
     }
 
@@ -216,6 +227,7 @@ impl Folded {
             Folded::Account { .. } => "account",
             Folded::Merchant { .. } => "merchant",
             Folded::Quarantine(_) => "quarantine",
+            Folded::Erasure { .. } => "erasure",
         }
     }
 
@@ -234,6 +246,7 @@ impl Folded {
             (Folded::Session(_), EventBody::Session(_))
                 | (Folded::Account { .. }, EventBody::Account { .. })
                 | (Folded::Merchant { .. }, EventBody::Merchant(_))
+                | (Folded::Erasure { .. }, EventBody::Erased(_))
                 | (
                     Folded::Quarantine(_),
                     EventBody::Quarantined(_) | EventBody::QuarantineReleased(_)
@@ -264,6 +277,11 @@ impl Folded {
             }
             (Folded::Merchant { status, version }, EventBody::Merchant(update)) => {
                 *status = Some(MerchantStatus::fold_into(status.take(), update));
+                *version = version.next();
+                Ok(Append::Accepted(Change { session: None }))
+            }
+            (Folded::Erasure { last, version }, EventBody::Erased(erasure)) => {
+                *last = Some(erasure.clone());
                 *version = version.next();
                 Ok(Append::Accepted(Change { session: None }))
             }
@@ -454,7 +472,8 @@ fn provider_code(provider: Provider) -> u8 {
 }
 
 impl Compact for Folded {
-    /// A kind byte (0 session, 1 account, 2 merchant, 3 quarantine), then the state.
+    /// A kind byte (0 session, 1 account, 2 merchant, 3 quarantine, 4 erasure), then the
+    /// state.
     fn encode_compact(&self, out: &mut Output) {
         match self {
             Folded::Session(timeline) => {
@@ -489,6 +508,17 @@ impl Compact for Folded {
                     }
                 }
             }
+            Folded::Erasure { last, version } => {
+                out.u8(4);
+                out.varint(version.0);
+                match last {
+                    None => out.u8(0),
+                    Some(erasure) => {
+                        out.u8(1);
+                        erasure.encode_compact(out);
+                    }
+                }
+            }
         }
     }
 
@@ -520,10 +550,19 @@ impl Compact for Folded {
                 };
                 Ok(Folded::Quarantine(entry))
             }
+            4 => {
+                let version = Version(input.varint("erasure version")?);
+                let last = if input.present("erasure")? {
+                    Some(Erasure::decode_compact(input)?)
+                } else {
+                    None
+                };
+                Ok(Folded::Erasure { last, version })
+            }
             other => Err(input.error(
                 "stream kind",
                 format!(
-                    "code {other}, expected 0 (session), 1 (account), 2 (merchant) or 3 (quarantine)"
+                    "code {other}, expected 0 (session), 1 (account), 2 (merchant), 3 (quarantine) or 4 (erasure)"
                 ),
             )),
         }

@@ -201,7 +201,10 @@ pub(crate) fn project(state: &SessionState) -> Projection {
             projection.funnel = Some(contribution(state.provider, session));
         }
         Folded::Quarantine(Some(entry)) => projection.quarantine = Some(entry.is_pending()),
-        Folded::Account { .. } | Folded::Merchant { .. } | Folded::Quarantine(None) => {}
+        Folded::Account { .. }
+        | Folded::Merchant { .. }
+        | Folded::Quarantine(None)
+        | Folded::Erasure { .. } => {}
     }
     projection
 }

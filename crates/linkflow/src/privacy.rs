@@ -673,11 +673,11 @@ impl Privacy {
         Ok(encode_token(&[&[TEXT_TOKEN], &slot, &sealed]))
     }
 
-    /// A raw payload's text sealed under its stream's key and its day's (both made if
-    /// missing).
-    pub fn seal_raw(&self, stream: &str, day: i64, raw: &str) -> Result<String, KeyError> {
+    /// A raw payload's text sealed under its owner's key (its stream's, or a user's) and its
+    /// day's (both made if missing).
+    pub fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError> {
         let mut keyring = self.keyring();
-        let (stream_slot, stream_key) = keyring.key(&KeyId::Stream(stream.to_owned()))?;
+        let (stream_slot, stream_key) = keyring.key(owner)?;
         let (day_slot, day_key) = keyring.key(&KeyId::Day(day))?;
         drop(keyring);
         let key = combine(&stream_key, &day_key);
@@ -992,9 +992,15 @@ mod tests {
             .seal_text(&KeyId::Stream("s1".into()), "first platypus bank")
             .unwrap();
         let raw = privacy
-            .seal_raw("s1", 20_000, r#"{"user":"alice","n":1}"#)
+            .seal_raw(
+                &KeyId::Stream("s1".into()),
+                20_000,
+                r#"{"user":"alice","n":1}"#,
+            )
             .unwrap();
-        let other_day = privacy.seal_raw("s1", 20_001, r#"{"n":2}"#).unwrap();
+        let other_day = privacy
+            .seal_raw(&KeyId::Stream("s1".into()), 20_001, r#"{"n":2}"#)
+            .unwrap();
         assert_eq!(privacy.show(&alice), "alice");
         assert_eq!(privacy.show(&term), "first platypus bank");
         assert_eq!(privacy.show("plain text"), "plain text");

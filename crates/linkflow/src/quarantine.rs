@@ -224,7 +224,16 @@ fn pending(
 }
 
 /// An entry decoded again with what the redrive supplies, else what the delivery came with.
-fn redecode(stored: &StoredEvent, request: &QuarantineRedrive) -> Result<Decoding, String> {
+fn redecode(
+    stored: &StoredEvent,
+    request: &QuarantineRedrive,
+    privacy: Option<&crate::privacy::Privacy>,
+) -> Result<Decoding, String> {
+    // With a master key the payload and a user id parameter are stored sealed.
+    let show = |text: &str| match privacy {
+        Some(privacy) => privacy.show(text),
+        None => text.to_owned(),
+    };
     let EventBody::Quarantined(quarantined) = &stored.data.body else {
         return Err("not a quarantined payload".into());
     };
@@ -241,7 +250,7 @@ fn redecode(stored: &StoredEvent, request: &QuarantineRedrive) -> Result<Decodin
     let external_user_id = request
         .external_user_id
         .clone()
-        .or_else(|| origin.param("external_user_id").map(str::to_owned));
+        .or_else(|| origin.param("external_user_id").map(show));
     let context = DecodeContext {
         received_at: stored.data.received_at,
         session_id,
@@ -252,7 +261,20 @@ fn redecode(stored: &StoredEvent, request: &QuarantineRedrive) -> Result<Decodin
         .raw
         .as_ref()
         .ok_or("the payload text is missing")?;
-    decode(feed, raw.get(), &context).map_err(|error| error.to_string())
+    let opened;
+    let text = match privacy.map(|privacy| {
+        privacy.open_text(&serde_json::from_str::<String>(raw.get()).unwrap_or_default())
+    }) {
+        Some(crate::privacy::Opened::Raw(plain)) => {
+            opened = plain;
+            opened.as_str()
+        }
+        Some(crate::privacy::Opened::Erased) => {
+            return Err("the payload was erased (its key was destroyed)".into())
+        }
+        _ => raw.get(),
+    };
+    decode(feed, text, &context).map_err(|error| error.to_string())
 }
 
 impl Engine {
@@ -299,7 +321,7 @@ impl Engine {
         let mut results = Vec::with_capacity(tried.len());
         let mut decoded = Vec::new();
         for (entry, stored) in tried {
-            match redecode(&stored, &request) {
+            match redecode(&stored, &request, self.privacy()) {
                 Ok(Decoding::Event(mut event)) => {
                     let warnings = std::mem::take(&mut event.warnings);
                     match IncomingEvent::from_decoded(event, stored.data.received_at) {

@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub max_batch_events: usize,
     pub max_events_per_stream: u32,
     pub inactivity_timeout: chrono::Duration,
+    /// Sealing of personal fields, when a master key is configured.
+    pub privacy: Option<Arc<crate::privacy::Privacy>>,
     /// Where the write path's time goes (`Engine::write_stats`).
     pub stats: WriteCounters,
     /// The first failure to make writes durable: the engine then takes no more writes

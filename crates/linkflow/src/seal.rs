@@ -1,0 +1,108 @@
+//! The personal fields of an incoming event sealed before the writer sees them (issue 29; the
+//! fields and why are in `docs/privacy.md`).
+//!
+//! Sealing happens before the fold, so that the fold, snapshots, indexes, counters, the cache
+//! and the log all hold the same sealed form, at ingest and at every replay, whether or not a
+//! key was destroyed since: an erasure changes what reads can open, never what the engine
+//! folds. Text fields are sealed deterministically ([`Privacy::seal_text`]): a user's sealed
+//! id is the same in every event, so it still keys the `u` index and account streams.
+
+use chrono::{DateTime, Utc};
+use linkflow_core::EventBody;
+use linkflow_store::RawJson;
+
+use crate::error::EngineError;
+use crate::ingest::IncomingEvent;
+use crate::privacy::{KeyError, KeyId, Privacy};
+
+/// The day of `at`, as days since the epoch: the raw payload key it is sealed under.
+pub(crate) fn day_of(at: DateTime<Utc>) -> i64 {
+    at.timestamp().div_euclid(86_400)
+}
+
+/// Seals `incoming`'s personal fields and raw payload in place. The keys it makes are written
+/// but not synced: the caller syncs them ([`Privacy::sync`]) before the event is committed.
+pub(crate) fn seal_incoming(
+    privacy: &Privacy,
+    incoming: &mut IncomingEvent,
+    now: DateTime<Utc>,
+) -> Result<(), EngineError> {
+    let keys = |error: KeyError| EngineError::Keys(error.to_string());
+    let stream_key = KeyId::Stream(incoming.session.as_str().to_owned());
+    // Whose key the raw payload is sealed under: its stream's, or for a quarantined payload
+    // that names a user, the user's (a quarantine stream is found by no user index).
+    let mut raw_owner = stream_key.clone();
+    match &mut incoming.body {
+        EventBody::Session(event) => {
+            let attributes = &mut event.attributes;
+            if let Some(user) = &mut attributes.external_user_id {
+                *user = privacy.user_token(user).map_err(keys)?;
+            }
+            if let Some(term) = &mut attributes.search_term {
+                *term = privacy.seal_text(&stream_key, term).map_err(keys)?;
+            }
+            if let Some(error) = &mut attributes.error {
+                for text in [&mut error.message, &mut error.request_id]
+                    .into_iter()
+                    .flatten()
+                {
+                    *text = privacy.seal_text(&stream_key, text).map_err(keys)?;
+                }
+            }
+        }
+        EventBody::Account { account, event } => {
+            let owner = if account.external_user_id.is_empty() {
+                stream_key.clone()
+            } else {
+                let owner = privacy.user_key(&account.external_user_id);
+                account.external_user_id = privacy
+                    .user_token(&account.external_user_id)
+                    .map_err(keys)?;
+                // The stream id held the plain user id: it is made again from the sealed one.
+                incoming.session = account.stream_id().map_err(|error| {
+                    EngineError::Keys(format!(
+                        "the account's stream id with its sealed user id: {error}"
+                    ))
+                })?;
+                owner
+            };
+            for text in event
+                .transaction_ids
+                .iter_mut()
+                .chain(event.reason.as_mut())
+            {
+                *text = privacy.seal_text(&owner, text).map_err(keys)?;
+            }
+        }
+        EventBody::Quarantined(entry) => {
+            for (name, value) in &mut entry.origin.params {
+                if name == "external_user_id" {
+                    raw_owner = privacy.user_key(value);
+                    *value = privacy.user_token(value).map_err(keys)?;
+                }
+            }
+        }
+        EventBody::Merchant(_) | EventBody::QuarantineReleased(_) | EventBody::Erased(_) => {}
+    }
+    if let Some(raw) = &incoming.raw {
+        let day = day_of(incoming.received_at.unwrap_or(now));
+        let token = privacy.seal_raw(&raw_owner, day, raw.get()).map_err(keys)?;
+        let text = serde_json::to_string(&token).expect("a string serializes");
+        incoming.raw = Some(RawJson::from_string(text).expect("a JSON string is JSON"));
+    }
+    Ok(())
+}
+
+/// The stored form of a user id, if the user has a key (`None`: never seen, or erased; then
+/// nothing stored names them).
+pub(crate) fn stored_user(
+    privacy: Option<&Privacy>,
+    user: &str,
+) -> Result<Option<String>, EngineError> {
+    match privacy {
+        None => Ok(Some(user.to_owned())),
+        Some(privacy) => privacy
+            .known_user_token(user)
+            .map_err(|error| EngineError::Keys(error.to_string())),
+    }
+}

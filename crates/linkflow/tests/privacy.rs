@@ -1,0 +1,233 @@
+//! Erasure with crypto-shredding (issue 29): personal fields and raw payloads are sealed before
+//! they are stored, reads open them, an erasure makes one user's read `[erased]` while every
+//! other user's read back whole, funnels and verify do not change, and no byte of the data
+//! directory ever holds a user's strings in the clear.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use linkflow::privacy::{MasterKey, ERASED};
+use linkflow::{Engine, EngineConfig, EngineError, Feed, PayloadContext, SessionFilter};
+use linkflow_core::funnel::FunnelQuery;
+use linkflow_core::SessionId;
+
+const MASTER: &str = "5f1e0c6a3b2d4e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012a3b4c5d6e7f8";
+
+fn config(dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(dir);
+    config.master_key = Some(Arc::new(MasterKey::from_hex(MASTER).unwrap()));
+    config
+}
+
+fn context(user: Option<&str>) -> PayloadContext {
+    let context = PayloadContext::new("test", Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, 0).unwrap());
+    match user {
+        Some(user) => context.with_user(user),
+        None => context,
+    }
+}
+
+/// A MoneyKit session of `user` whose every personal field holds a string naming them.
+fn session(user: &str, session: &str) -> String {
+    let meta = |second: u32| {
+        format!(
+            r#""meta":{{"link_session_id":"{session}","timestamp":"2023-11-29T12:44:{second:02}.000Z"}}"#
+        )
+    };
+    [
+        format!(r#"{{"name":"open","properties":{{"note":"{user}-raw-secret"}},{}}}"#, meta(1)),
+        format!(
+            r#"{{"name":"search_institution","properties":{{"search_term":"{user}-searches-platypus"}},{}}}"#,
+            meta(2)
+        ),
+        format!(
+            r#"{{"name":"select_institution","properties":{{"institution_id":"ins_9","institution_name":"Platypus Bank"}},{}}}"#,
+            meta(3)
+        ),
+        format!(
+            r#"{{"name":"error","properties":{{"error_code":"INVALID_CREDENTIALS","displayed_message":"{user}-wrong-password","request_id":"{user}-request"}},{}}}"#,
+            meta(4)
+        ),
+        format!(r#"{{"name":"exit","properties":{{}},{}}}"#, meta(5)),
+    ]
+    .join("\n")
+}
+
+async fn ingest(engine: &Engine, user: Option<&str>, body: &str) {
+    let report = engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context(user))
+        .await
+        .unwrap();
+    assert_eq!(report.results.len(), body.lines().count());
+}
+
+/// Every file under `dir`, whole.
+fn every_byte(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files
+}
+
+fn files_holding(files: &[(String, Vec<u8>)], needle: &str) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, bytes)| {
+            bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// A session's history as the API shows it.
+async fn shown_history(engine: &Engine, id: &str) -> String {
+    let history = engine
+        .history(&SessionId::new(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let views: Vec<linkflow::views::HistoryJson> = history
+        .iter()
+        .map(linkflow::views::HistoryJson::from)
+        .collect();
+    let mut value = serde_json::to_value(views).unwrap();
+    engine.show_json(&mut value);
+    value.to_string()
+}
+
+fn strings_of(user: &str) -> [String; 5] {
+    [
+        user.to_owned(),
+        format!("{user}-raw-secret"),
+        format!("{user}-searches-platypus"),
+        format!("{user}-wrong-password"),
+        format!("{user}-request"),
+    ]
+}
+
+#[tokio::test]
+async fn an_erased_user_reads_erased_everywhere_and_the_rest_reads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open_with(config(dir.path())).unwrap();
+    ingest(&engine, Some("alice-zebra"), &session("alice-zebra", "a1")).await;
+    ingest(&engine, Some("alice-zebra"), &session("alice-zebra", "a2")).await;
+    ingest(&engine, Some("bob-yak"), &session("bob-yak", "b1")).await;
+    // A payload that names no session but names alice: quarantined, sealed under her key.
+    let quarantined = r#"{"name":"open","properties":{"note":"alice-zebra-quarantined-secret"},"meta":{"timestamp":"2023-11-29T12:44:09.000Z"}}"#;
+    ingest(&engine, Some("alice-zebra"), quarantined).await;
+
+    // Reads open every sealed field.
+    let history = shown_history(&engine, "a1").await;
+    for text in strings_of("alice-zebra") {
+        assert!(history.contains(&text), "{text} in {history}");
+    }
+    let alice = SessionFilter {
+        external_user_id: Some("alice-zebra".into()),
+        ..SessionFilter::default()
+    };
+    let page = engine.sessions_page(alice.clone(), 10, None).await.unwrap();
+    assert_eq!(page.sessions.len(), 2);
+    let funnel_before = engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap();
+
+    let report = engine
+        .erase_user("alice-zebra", "ticket-4711")
+        .await
+        .unwrap();
+    assert!(report.erased);
+    assert_eq!(report.streams, 2);
+    let tombstone = report.tombstone.clone().unwrap();
+    assert!(tombstone.as_str().starts_with("erasure:"));
+    assert!(!tombstone.as_str().contains("alice"));
+
+    // Alice's fields read erased; the flow metadata stays.
+    let history = shown_history(&engine, "a1").await;
+    for text in strings_of("alice-zebra") {
+        assert!(!history.contains(&text), "{text} still in {history}");
+    }
+    assert!(history.contains(ERASED), "{history}");
+    assert!(history.contains("Platypus Bank") && history.contains("INVALID_CREDENTIALS"));
+    assert!(engine
+        .sessions_page(alice, 10, None)
+        .await
+        .unwrap()
+        .sessions
+        .is_empty());
+    // Bob's read back whole.
+    let history = shown_history(&engine, "b1").await;
+    for text in strings_of("bob-yak") {
+        assert!(history.contains(&text), "{text} in {history}");
+    }
+    assert!(!history.contains(ERASED));
+    // Funnels count the sessions as before; the log still verifies.
+    assert_eq!(
+        engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap(),
+        funnel_before
+    );
+    assert!(engine.verify().await.unwrap().is_clean());
+
+    // Again: nothing left to destroy, no second tombstone.
+    let again = engine
+        .erase_user("alice-zebra", "ticket-4711")
+        .await
+        .unwrap();
+    assert_eq!((again.erased, again.streams), (false, 0));
+    assert_eq!(again.tombstone, Some(tombstone.clone()));
+    let tombstones = engine.history(&tombstone).await.unwrap().unwrap();
+    assert_eq!(tombstones.len(), 1);
+
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    // No byte of the data directory holds any user's strings in the clear: not the records,
+    // the snapshots, the indexes, the write-ahead log, sled's own files, nor the key file.
+    let files = every_byte(dir.path());
+    for text in strings_of("alice-zebra")
+        .into_iter()
+        .chain(strings_of("bob-yak"))
+        .chain(["alice-zebra-quarantined-secret".to_owned()])
+    {
+        assert_eq!(files_holding(&files, &text), Vec::<String>::new(), "{text}");
+    }
+
+    // Reopened with the master key: the same reads.
+    let engine = Engine::open_with(config(dir.path())).unwrap();
+    assert!(shown_history(&engine, "b1")
+        .await
+        .contains("bob-yak-wrong-password"));
+    assert!(shown_history(&engine, "a2").await.contains(ERASED));
+    assert!(engine.verify().await.unwrap().is_clean());
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    // Without it the store does not open: new events would be stored unsealed beside sealed ones.
+    let Err(error) = Engine::open_with(EngineConfig::new(dir.path())) else {
+        panic!("a sealed store opened without its master key");
+    };
+    assert!(
+        matches!(&error, EngineError::InvalidConfig(text) if text.contains("master key")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_master_key_nothing_is_sealed_and_erasure_says_it_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    ingest(&engine, Some("carol"), &session("carol", "c1")).await;
+    let error = engine.erase_user("carol", "ops").await.unwrap_err();
+    assert!(matches!(error, EngineError::ErasureUnavailable), "{error}");
+    assert!(error.to_string().contains("LINKFLOW_MASTER_KEY"));
+    engine.shutdown().await.unwrap();
+    assert!(!files_holding(&every_byte(dir.path()), "carol-searches-platypus").is_empty());
+    assert!(!dir.path().join(linkflow::privacy::KEY_FILE).exists());
+}
