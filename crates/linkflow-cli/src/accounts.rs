@@ -37,7 +37,7 @@ pub async fn accounts(
         out!(
             "{:<9} {:<38} {:<20} {:<15} {}",
             account.provider.as_str(),
-            account.external_user_id,
+            crate::shown(&account.external_user_id),
             account.institution_id,
             account.state,
             if operations.is_empty() {

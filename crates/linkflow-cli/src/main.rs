@@ -269,6 +269,18 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Erase an end user (needs LINKFLOW_MASTER_KEY or LINKFLOW_MASTER_KEY_FILE): destroy the
+    /// keys their sessions' and accounts' personal fields and raw payloads are sealed under, so
+    /// that every read shows them as `[erased]`, and record a tombstone (who asked, when).
+    /// Idempotent; funnels and `verify` do not change. See docs/privacy.md.
+    Erase {
+        /// The end user's id (the integrator's).
+        #[arg(long)]
+        user: String,
+        /// Who asks (an operator, a ticket), kept in the tombstone; `$USER@cli` by default.
+        #[arg(long)]
+        requested_by: Option<String>,
+    },
     /// Check the store: exit 0 when it is consistent, else print a report and exit 1 (a
     /// store whose log or files are damaged, which cannot be opened, is inconsistent too).
     Verify,
@@ -313,11 +325,33 @@ pub(crate) fn cursor(text: Option<&str>) -> Result<Option<linkflow::Cursor>, Cli
         .map_err(|error| CliError(error.to_string()))
 }
 
+/// The engine whose keys open the sealed fields of what a command prints: set when a command
+/// opens a store with a master key.
+static OPENER: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+
+/// A stored text field as commands print it: opened, `[erased]`, or as it is.
+pub(crate) fn shown(text: &str) -> String {
+    OPENER
+        .get()
+        .map_or_else(|| text.to_owned(), |engine| engine.show(text))
+}
+
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) {
+    let mut value = serde_json::to_value(value).expect("serializing output to memory cannot fail");
+    if let Some(engine) = OPENER.get() {
+        engine.show_json(&mut value);
+    }
     out!(
         "{}",
-        serde_json::to_string_pretty(value).expect("serializing output to memory cannot fail")
+        serde_json::to_string_pretty(&value).expect("serializing output to memory cannot fail")
     );
+}
+
+/// The master key from `LINKFLOW_MASTER_KEY` or `LINKFLOW_MASTER_KEY_FILE`, if set.
+fn master_key() -> Result<Option<std::sync::Arc<linkflow::privacy::MasterKey>>, CliError> {
+    linkflow::privacy::MasterKey::from_env()
+        .map(|key| key.map(std::sync::Arc::new))
+        .map_err(|error| CliError(format!("LINKFLOW_MASTER_KEY: {error}")))
 }
 
 /// The store the command names, for messages.
@@ -329,7 +363,12 @@ fn store_name(cli: &Cli) -> String {
 }
 
 fn open(cli: &Cli) -> Result<Engine, CliError> {
-    open_engine(cli)?.map_err(|error| CliError(format!("cannot open {}: {error}", store_name(cli))))
+    let engine = open_engine(cli)?
+        .map_err(|error| CliError(format!("cannot open {}: {error}", store_name(cli))))?;
+    if engine.privacy().is_some() {
+        let _ = OPENER.set(engine.clone());
+    }
+    Ok(engine)
 }
 
 /// Opens the engine the options name; the outer error is a bad option, the inner one the
@@ -361,6 +400,7 @@ fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
         }
     };
     config.inactivity_timeout = chrono::Duration::minutes(i64::from(cli.inactivity_timeout));
+    config.master_key = master_key()?;
     // A server runs long: its log's first segment is zero-filled at open, so that its syncs are
     // the short kind from the first request on. One-shot commands skip the fraction of a second.
     if matches!(cli.command, Command::Serve(_)) {
@@ -493,6 +533,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     accounts::accounts(&engine, usize::from(limit), cursor, json).await
                 }
                 Command::Merchants => accounts::merchants(&engine, json).await,
+                Command::Erase { user, requested_by } => {
+                    erase(&engine, &user, requested_by, json).await
+                }
                 Command::Diagram { .. }
                 | Command::Completions { .. }
                 | Command::Demo
@@ -506,6 +549,43 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             result
         }
     }
+}
+
+/// `linkflow erase --user ID`.
+async fn erase(
+    engine: &Engine,
+    user: &str,
+    requested_by: Option<String>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let requested_by = requested_by.unwrap_or_else(|| {
+        format!(
+            "{}@cli",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        )
+    });
+    let report = engine.erase_user(user, &requested_by).await?;
+    if json {
+        print_json(&report);
+    } else if report.erased {
+        out!(
+            "erased: the keys of {} session and account streams are destroyed; tombstone {}",
+            report.streams,
+            report
+                .tombstone
+                .as_ref()
+                .map_or("-", |stream| stream.as_str())
+        );
+    } else {
+        out!(
+            "nothing to erase: no key for this user (never seen, or erased before{})",
+            report
+                .tombstone
+                .as_ref()
+                .map_or(String::new(), |stream| format!("; tombstone {stream}"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

@@ -175,6 +175,11 @@ pub async fn run(
         .map_err(|error| CliError(format!("cannot read the listening address: {error}")))?;
     // On stderr, so scripts (and tests with port 0) can find the port.
     eprintln!("linkflow: listening on {address}");
+    if engine.privacy().is_some() {
+        eprintln!("linkflow: erasure available: personal fields and raw payloads are sealed under LINKFLOW_MASTER_KEY");
+    } else {
+        eprintln!("linkflow: erasure unavailable: no LINKFLOW_MASTER_KEY, so personal fields and raw payloads are stored as delivered (docs/privacy.md)");
+    }
     tracing::info!(%address, "serving the linkflow HTTP API");
     serve_with(listener, engine, config, limits, shutdown_signal())
         .await

@@ -142,7 +142,7 @@ pub async fn show(
             "{} {} {}",
             dash(e.code.as_ref()),
             dash(e.id.as_ref()),
-            dash(e.message.as_ref())
+            dash(e.message.as_deref().map(crate::shown).as_ref())
         )))
     );
     out!(

@@ -221,8 +221,9 @@ fn state(engine: Engine, config: HttpConfig) -> AppState {
 pub fn api_router(engine: Engine, config: HttpConfig) -> Router {
     let state = state(engine, config);
     let (protected, _) = protected_routes().split_for_parts();
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let protected = protected
+        .layer(middleware::from_fn_with_state(state.clone(), open_sealed))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (webhooks, _) = webhook_routes().split_for_parts();
     let webhooks = webhooks.route_layer(middleware::from_fn_with_state(
         state.clone(),
@@ -257,7 +258,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(session_history))
         .routes(routes!(list_parked))
         .routes(routes!(list_accounts))
-        .routes(routes!(show_user))
+        .routes(routes!(show_user, erase_user))
         .routes(routes!(list_merchants))
         .routes(routes!(stream::events))
         .routes(routes!(funnel))
@@ -506,6 +507,47 @@ async fn require_token(
         }
     }
     next.run(request).await
+}
+
+/// The most bytes of a JSON response [`open_sealed`] reads to open its sealed fields: far
+/// above the largest page (1,000 sessions or history entries of bounded records).
+pub const MAX_OPENED_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// With a master key, opens the sealed fields of a read's JSON response (personal fields and
+/// raw payloads; `[erased]` for destroyed keys) on its way out: the store, the cache and the
+/// engine's views hold only the sealed form.
+async fn open_sealed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if state.engine.privacy().is_none() {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_OPENED_RESPONSE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "response_too_large",
+                format!("the response could not be read to open its sealed fields: {error}"),
+            )
+            .into_response()
+        }
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    state.engine.show_json(&mut value);
+    let opened = value.to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(opened))
 }
 
 /// Lets a webhook through when no source networks are configured or its peer is in one.
@@ -1178,6 +1220,57 @@ async fn show_user(
         "sessions": sessions,
         "next_cursor": page.next.map(|cursor| cursor.to_string()),
     })))
+}
+
+/// `DELETE /v1/users/{id}`'s query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct EraseQuery {
+    /// Who asks for the erasure (an operator, a ticket), kept in the tombstone; `http` when
+    /// not given. At most 256 bytes.
+    requested_by: Option<String>,
+}
+
+/// `DELETE /v1/users/{id}`: erases the end user (see `linkflow::Engine::erase_user`). Needs
+/// the API token to be configured, and a master key.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "privacy",
+    description = "Erases an end user: destroys the keys of their sessions' and accounts' personal fields and raw payloads (reads show `[erased]`), and records a tombstone. Idempotent.",
+    params(("id" = String, Path, description = "The external user id"), EraseQuery),
+    responses(
+        (status = 200, description = "`{subject, streams, erased, tombstone}`"),
+        (status = 403, description = "`token_required`: no API token is configured", body = ErrorBody),
+        (status = 409, description = "`erasure_unavailable`: no master key is configured", body = ErrorBody),
+        ReadRefusals,
+    ))]
+async fn erase_user(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    Query(query): Query<EraseQuery>,
+) -> Result<Json<linkflow::ErasureReport>, ApiError> {
+    if state.config.token.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_required",
+            "erasure over HTTP needs the API token to be configured (--token or LINKFLOW_TOKEN)",
+        ));
+    }
+    let requested_by = query.requested_by.unwrap_or_else(|| "http".to_owned());
+    if requested_by.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("requested_by: {} bytes; at most 256", requested_by.len()),
+        ));
+    }
+    match state.engine.erase_user(&user, &requested_by).await {
+        Ok(report) => Ok(Json(report)),
+        Err(linkflow::EngineError::ErasureUnavailable) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "erasure_unavailable",
+            linkflow::EngineError::ErasureUnavailable.to_string(),
+        )),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// `GET /v1/merchants`: one page of merchant availability, `{merchants, next_cursor}`.

@@ -357,7 +357,17 @@ impl Rendered {
                 }
             }
         };
-        sse_event(position, &data)
+        match engine.privacy() {
+            // The cache holds the sealed form: fields are opened for each sending, so that an
+            // erasure shows at once.
+            Some(_) => {
+                let mut value: serde_json::Value =
+                    serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                engine.show_json(&mut value);
+                sse_event(position, &value.to_string())
+            }
+            None => sse_event(position, &data),
+        }
     }
 }
 
