@@ -183,6 +183,36 @@ async fn serve_and_the_cli_seal_open_and_erase() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("master key"));
 
+    // Rotation: every key rewrapped under a new master key, which opens what the old one did.
+    let new = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    let output = Command::new(linkflow_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("rotate-master-key")
+        .env("LINKFLOW_MASTER_KEY", MASTER)
+        .env("LINKFLOW_NEW_MASTER_KEY", new)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("rewrapped"));
+    let output = linkflow(dir.path(), &["history", "c1"], true);
+    assert!(
+        !output.status.success(),
+        "the old master key still opens the store"
+    );
+    let output = Command::new(linkflow_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--json", "history", "c1"])
+        .env("LINKFLOW_MASTER_KEY", new)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("carol-ibis-wrong-password"));
+
     // Not one byte in the clear, erased or not.
     for user in ["alice-zebra", "bob-yak", "carol-ibis"] {
         for secret in secrets(user) {

@@ -281,6 +281,11 @@ enum Command {
         #[arg(long)]
         requested_by: Option<String>,
     },
+    /// Rewrap every erasure key from the master key in LINKFLOW_MASTER_KEY (or _FILE) to the
+    /// one in LINKFLOW_NEW_MASTER_KEY (or LINKFLOW_NEW_MASTER_KEY_FILE); from then on every
+    /// command and node needs the new one. The store must not be open elsewhere (stop
+    /// `serve` first). See docs/privacy.md.
+    RotateMasterKey,
     /// Check the store: exit 0 when it is consistent, else print a report and exit 1 (a
     /// store whose log or files are damaged, which cannot be opened, is inconsistent too).
     Verify,
@@ -533,6 +538,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     accounts::accounts(&engine, usize::from(limit), cursor, json).await
                 }
                 Command::Merchants => accounts::merchants(&engine, json).await,
+                Command::RotateMasterKey => rotate_master_key(&engine, json).await,
                 Command::Erase { user, requested_by } => {
                     erase(&engine, &user, requested_by, json).await
                 }
@@ -549,6 +555,29 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             result
         }
     }
+}
+
+/// `linkflow rotate-master-key`.
+async fn rotate_master_key(engine: &Engine, json: bool) -> Result<ExitCode, CliError> {
+    let value = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let new = linkflow::privacy::MasterKey::from_sources(
+        value("LINKFLOW_NEW_MASTER_KEY"),
+        value("LINKFLOW_NEW_MASTER_KEY_FILE"),
+    )
+    .map_err(|error| CliError(format!("LINKFLOW_NEW_MASTER_KEY: {error}")))?
+    .ok_or_else(|| {
+        CliError(
+            "set LINKFLOW_NEW_MASTER_KEY or LINKFLOW_NEW_MASTER_KEY_FILE to the new master key"
+                .into(),
+        )
+    })?;
+    let keys = engine.rotate_master_key(new).await?;
+    if json {
+        print_json(&serde_json::json!({ "rewrapped_keys": keys }));
+    } else {
+        out!("rewrapped {keys} keys under the new master key: use it from now on");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `linkflow erase --user ID`.

@@ -95,6 +95,20 @@ impl Engine {
         })
     }
 
+    /// Rewraps every erasure key under the master key `new`, online: the key file is rewritten
+    /// whole and renamed into place, and the engine goes on under `new` (every later open needs
+    /// it). Returns how many keys were rewrapped.
+    pub async fn rotate_master_key(
+        &self,
+        new: crate::privacy::MasterKey,
+    ) -> Result<usize, EngineError> {
+        let privacy = self.privacy_arc().ok_or(EngineError::ErasureUnavailable)?;
+        tokio::task::spawn_blocking(move || privacy.rotate(&new))
+            .await
+            .map_err(|_| EngineError::Closed)?
+            .map_err(|error| EngineError::Keys(error.to_string()))
+    }
+
     /// The streams whose fields are sealed under the keys of the user whose stored id is
     /// `token`: their sessions (the `u` index) and accounts, and the provider of the first.
     async fn streams_of(

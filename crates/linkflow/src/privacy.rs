@@ -163,9 +163,12 @@ pub type DataKey = Zeroizing<[u8; 32]>;
 
 const SEALED_VERSION: u8 = 1;
 const NONCE_BYTES: usize = 24;
-const KEY_FILE_MAGIC: &[u8; 8] = b"LFKEYS2\n";
-/// The key file's header: its magic and how many slots the last completed sync covered.
-const HEADER_BYTES: u64 = 16;
+const KEY_FILE_MAGIC: &[u8; 8] = b"LFKEYS3\n";
+/// The key file's header: `magic(8) u64(slots the last completed sync covered)
+/// wrapped-index-secret(73) zeros(35) crc32(4)`. The index secret keys every keyed hash (user
+/// subjects, slot names): random, kept wrapped under the master key, so that rotating the
+/// master key rewraps it and every hash stays the same.
+const HEADER_BYTES: u64 = 128;
 /// One key's slot: `u8(1) id(16) wrapped(73) zeros(34) crc32(4)`; a destroyed key's slot is
 /// all zeros.
 const SLOT_BYTES: usize = 128;
@@ -257,6 +260,8 @@ pub struct Keyring {
     file: std::fs::File,
     wrapping: Zeroizing<[u8; 32]>,
     index: Zeroizing<[u8; 32]>,
+    /// The index secret wrapped under the master key, as the header holds it.
+    index_wrapped: Vec<u8>,
     /// Each live key's slot.
     slots: HashMap<SlotId, u64>,
     /// Slots in the file (live and destroyed).
@@ -294,11 +299,21 @@ impl Keyring {
             .map_err(io)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
+        let wrapping = master.derive("key wrapping");
+        let (index, index_wrapped) = if bytes.is_empty() {
+            let mut secret = Zeroizing::new([0u8; 32]);
+            getrandom::fill(&mut secret[..]).expect("the operating system's random source works");
+            let wrapped = seal(&wrapping, INDEX_SECRET, &secret[..]);
+            (secret, wrapped)
+        } else {
+            read_header(&path, &bytes, &wrapping)?
+        };
         let mut keyring = Keyring {
             path: path.clone(),
             file,
-            wrapping: master.derive("key wrapping"),
-            index: master.derive("index"),
+            wrapping,
+            index,
+            index_wrapped,
             slots: HashMap::new(),
             used: 0,
             synced: 0,
@@ -307,15 +322,56 @@ impl Keyring {
         if bytes.is_empty() {
             keyring.write_header(0)?;
             keyring.file.sync_all().map_err(io)?;
+            sync_dir(&path)?;
             return Ok(keyring);
         }
         keyring.load(&bytes)?;
-        // A wrong master key is found now, not at a read.
-        if let Some((id, _)) = keyring.slots.iter().next() {
-            let id = *id;
-            keyring.unwrap_slot(&id)?;
-        }
         Ok(keyring)
+    }
+
+    /// Rewraps every key of the key file in `dir` from the master key `old` to `new` (and the
+    /// index secret, so that every keyed hash stays the same): the new file is written whole
+    /// beside the old one, synced and renamed over it, so that after a crash the file is
+    /// wholly under one key or the other. Destroyed keys' slots are left out. Returns how
+    /// many keys it rewrapped.
+    pub fn rotate(dir: &Path, old: &MasterKey, new: &MasterKey) -> Result<usize, KeyError> {
+        Keyring::open(dir, old)?.rotate_to(new)
+    }
+
+    /// [`Keyring::rotate`] of this open keyring, which then goes on under `new`.
+    pub fn rotate_to(&mut self, new: &MasterKey) -> Result<usize, KeyError> {
+        let keyring = &*self;
+        let wrapping = new.derive("key wrapping");
+        let mut body = Vec::with_capacity(HEADER_BYTES as usize + keyring.slots.len() * SLOT_BYTES);
+        let index_wrapped = seal(&wrapping, INDEX_SECRET, &keyring.index[..]);
+        body.extend_from_slice(&header_bytes(keyring.slots.len() as u64, &index_wrapped));
+        let mut live: Vec<(&SlotId, &u64)> = keyring.slots.iter().collect();
+        live.sort_by_key(|(_, number)| **number);
+        for (slot_id, number) in live {
+            let mut slot = [0u8; SLOT_BYTES];
+            keyring.read_at(HEADER_BYTES + number * SLOT_BYTES as u64, &mut slot)?;
+            let key = Zeroizing::new(
+                open(&keyring.wrapping, slot_id, &slot[17..17 + WRAPPED_BYTES])
+                    .map_err(|_| KeyError::DoesNotOpen(format!("key slot {number}")))?,
+            );
+            body.extend_from_slice(&slot_bytes(slot_id, &seal(&wrapping, slot_id, &key)));
+        }
+        let path = keyring.path.clone();
+        let io = |error| KeyError::Io {
+            path: path.clone(),
+            error,
+        };
+        let temporary = path.with_extension("rotating");
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        std::io::Write::write_all(&mut file, &body).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&temporary, &path).map_err(io)?;
+        sync_dir(&path)?;
+        let count = keyring.slots.len();
+        let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+        *self = Keyring::open(&dir, new)?;
+        Ok(count)
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), KeyError> {
@@ -409,12 +465,7 @@ impl Keyring {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut key[..]).expect("the operating system's random source works");
         let wrapped = seal(&self.wrapping, &slot_id, &key[..]);
-        let mut slot = [0u8; SLOT_BYTES];
-        slot[0] = 1;
-        slot[1..17].copy_from_slice(&slot_id);
-        slot[17..17 + WRAPPED_BYTES].copy_from_slice(&wrapped);
-        let crc = crc32fast::hash(&slot[..SLOT_BYTES - 4]);
-        slot[SLOT_BYTES - 4..].copy_from_slice(&crc.to_be_bytes());
+        let slot = slot_bytes(&slot_id, &wrapped);
         let number = self.used;
         self.write_at(HEADER_BYTES + number * SLOT_BYTES as u64, &slot)?;
         self.used += 1;
@@ -531,9 +582,7 @@ impl Keyring {
     }
 
     fn write_header(&mut self, synced: u64) -> Result<(), KeyError> {
-        let mut header = [0u8; HEADER_BYTES as usize];
-        header[..8].copy_from_slice(KEY_FILE_MAGIC);
-        header[8..].copy_from_slice(&synced.to_be_bytes());
+        let header = header_bytes(synced, &self.index_wrapped);
         self.write_at(0, &header)
     }
 
@@ -556,6 +605,72 @@ impl Keyring {
                 error,
             })
     }
+}
+
+/// The associated data of the wrapped index secret.
+const INDEX_SECRET: &[u8] = b"linkflow index secret";
+
+fn header_bytes(synced: u64, index_wrapped: &[u8]) -> [u8; HEADER_BYTES as usize] {
+    let mut header = [0u8; HEADER_BYTES as usize];
+    header[..8].copy_from_slice(KEY_FILE_MAGIC);
+    header[8..16].copy_from_slice(&synced.to_be_bytes());
+    header[16..16 + WRAPPED_BYTES].copy_from_slice(index_wrapped);
+    let end = HEADER_BYTES as usize - 4;
+    let crc = crc32fast::hash(&header[..end]);
+    header[end..].copy_from_slice(&crc.to_be_bytes());
+    header
+}
+
+/// The index secret from a key file's header, checked and unwrapped.
+fn read_header(
+    path: &Path,
+    bytes: &[u8],
+    wrapping: &[u8; 32],
+) -> Result<(Zeroizing<[u8; 32]>, Vec<u8>), KeyError> {
+    let damaged = |reason: &str| KeyError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let header = bytes
+        .get(..HEADER_BYTES as usize)
+        .filter(|header| header.starts_with(KEY_FILE_MAGIC))
+        .ok_or_else(|| damaged("it does not start with linkflow's key file header"))?;
+    let end = HEADER_BYTES as usize - 4;
+    if crc32fast::hash(&header[..end]).to_be_bytes() != header[end..] {
+        return Err(damaged("its header does not check out (checksum)"));
+    }
+    let wrapped = header[16..16 + WRAPPED_BYTES].to_vec();
+    let secret = Zeroizing::new(
+        open(wrapping, INDEX_SECRET, &wrapped)
+            .map_err(|_| KeyError::DoesNotOpen("the key file's index secret".into()))?,
+    );
+    let mut index = Zeroizing::new([0u8; 32]);
+    if secret.len() != 32 {
+        return Err(damaged("its index secret is not 32 bytes"));
+    }
+    index.copy_from_slice(&secret);
+    Ok((index, wrapped))
+}
+
+fn slot_bytes(slot_id: &SlotId, wrapped: &[u8]) -> [u8; SLOT_BYTES] {
+    let mut slot = [0u8; SLOT_BYTES];
+    slot[0] = 1;
+    slot[1..17].copy_from_slice(slot_id);
+    slot[17..17 + WRAPPED_BYTES].copy_from_slice(wrapped);
+    let crc = crc32fast::hash(&slot[..SLOT_BYTES - 4]);
+    slot[SLOT_BYTES - 4..].copy_from_slice(&crc.to_be_bytes());
+    slot
+}
+
+/// Syncs the directory holding `path`, so that a file created or renamed in it stays.
+fn sync_dir(path: &Path) -> Result<(), KeyError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| KeyError::Io {
+            path: dir.to_owned(),
+            error,
+        })
 }
 
 enum Slot {
@@ -768,6 +883,14 @@ impl Privacy {
         }
     }
 
+    /// Rewraps every key under the master key `new` (see [`Keyring::rotate`]); sealing and
+    /// opening go on under it. Returns how many keys were rewrapped.
+    pub fn rotate(&self, new: &MasterKey) -> Result<usize, KeyError> {
+        let mut keyring = self.keyring();
+        keyring.sync()?;
+        keyring.rotate_to(new)
+    }
+
     /// Makes every key made so far durable.
     pub fn sync(&self) -> Result<(), KeyError> {
         self.keyring().sync()
@@ -973,6 +1096,43 @@ mod tests {
         assert!(keyring.contains(&KeyId::Day(2)));
         drop(keyring);
         assert_eq!(std::fs::read(&path).unwrap(), whole);
+    }
+
+    #[test]
+    fn rotating_the_master_key_rewraps_every_key_and_keeps_every_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = MasterKey::from_hex(&MASTER.replace('1', "9")).unwrap();
+        let (token, term) = {
+            let privacy = Privacy::open(dir.path(), &master()).unwrap();
+            let token = privacy.user_token("alice").unwrap();
+            let term = privacy
+                .seal_text(&KeyId::Stream("s1".into()), "platypus")
+                .unwrap();
+            privacy
+                .seal_text(&KeyId::Stream("s2".into()), "gone")
+                .unwrap();
+            privacy.destroy(&[KeyId::Stream("s2".into())]).unwrap();
+            privacy.sync().unwrap();
+            (token, term)
+        };
+        assert_eq!(Keyring::rotate(dir.path(), &master(), &new).unwrap(), 2);
+        // The old master key no longer opens the file; the new one opens every token, and
+        // the same user seals to the same token.
+        assert!(matches!(
+            Keyring::open(dir.path(), &master()),
+            Err(KeyError::DoesNotOpen(_))
+        ));
+        let privacy = Privacy::open(dir.path(), &new).unwrap();
+        assert_eq!(privacy.show(&token), "alice");
+        assert_eq!(privacy.show(&term), "platypus");
+        assert_eq!(privacy.known_user_token("alice").unwrap(), Some(token));
+        assert_eq!(privacy.keys(), 2);
+        // Rotating with the wrong old key changes nothing.
+        assert!(Keyring::rotate(dir.path(), &master(), &new).is_err());
+        assert_eq!(
+            Privacy::open(dir.path(), &new).unwrap().show(&term),
+            "platypus"
+        );
     }
 
     #[test]
