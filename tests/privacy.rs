@@ -178,6 +178,16 @@ async fn serve_and_the_cli_seal_open_and_erase() {
     );
     let output = linkflow(dir.path(), &["--json", "history", "c1"], true);
     assert!(String::from_utf8_lossy(&output.stdout).contains("carol-ibis-wrong-password"));
+    // Retention from the command line: today's payloads are within a day's retention.
+    let output = linkflow(dir.path(), &["--raw-retention-days", "1", "expire"], true);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("of 0 days"));
+    let output = linkflow(dir.path(), &["expire"], true);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--raw-retention-days"));
     // Without the master key the sealed store is not opened.
     let output = linkflow(dir.path(), &["history", "c1"], false);
     assert!(!output.status.success());

@@ -83,6 +83,11 @@ pub(crate) struct Cli {
         default_value_t = 30
     )]
     inactivity_timeout: u32,
+    /// Days raw payloads stay readable (needs a master key): `serve` makes each day's
+    /// unreadable once the whole day is older, every hour; `expire` does it once. Unset: kept
+    /// for as long as the store.
+    #[arg(long, global = true, env = "LINKFLOW_RAW_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    raw_retention_days: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -286,6 +291,9 @@ enum Command {
     /// command and node needs the new one. The store must not be open elsewhere (stop
     /// `serve` first). See docs/privacy.md.
     RotateMasterKey,
+    /// Make the raw payloads older than --raw-retention-days unreadable now (their days' keys
+    /// destroyed); the canonical events stay. `serve` does it every hour.
+    Expire,
     /// Check the store: exit 0 when it is consistent, else print a report and exit 1 (a
     /// store whose log or files are damaged, which cannot be opened, is inconsistent too).
     Verify,
@@ -406,6 +414,9 @@ fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
     };
     config.inactivity_timeout = chrono::Duration::minutes(i64::from(cli.inactivity_timeout));
     config.master_key = master_key()?;
+    config.raw_retention = cli
+        .raw_retention_days
+        .map(|days| chrono::Duration::days(i64::from(days)));
     // A server runs long: its log's first segment is zero-filled at open, so that its syncs are
     // the short kind from the first request on. One-shot commands skip the fraction of a second.
     if matches!(cli.command, Command::Serve(_)) {
@@ -539,6 +550,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 Command::Merchants => accounts::merchants(&engine, json).await,
                 Command::RotateMasterKey => rotate_master_key(&engine, json).await,
+                Command::Expire => expire(&engine, json).await,
                 Command::Erase { user, requested_by } => {
                     erase(&engine, &user, requested_by, json).await
                 }
@@ -555,6 +567,22 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             result
         }
     }
+}
+
+/// `linkflow expire`.
+async fn expire(engine: &Engine, json: bool) -> Result<ExitCode, CliError> {
+    if engine.raw_retention().is_none() {
+        return Err(CliError(
+            "expire needs --raw-retention-days (or LINKFLOW_RAW_RETENTION_DAYS)".into(),
+        ));
+    }
+    let days = engine.expire_raw_payloads(chrono::Utc::now()).await?;
+    if json {
+        print_json(&serde_json::json!({ "expired_days": days }));
+    } else {
+        out!("made the raw payloads of {days} days unreadable");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `linkflow rotate-master-key`.

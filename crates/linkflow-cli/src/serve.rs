@@ -94,6 +94,17 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing accepted requests");
 }
 
+/// Makes raw payloads past their retention unreadable at start-up and every hour after.
+async fn expire_every_hour(engine: linkflow::Engine) {
+    let mut every = tokio::time::interval(Duration::from_secs(3_600));
+    loop {
+        every.tick().await;
+        if let Err(error) = engine.expire_raw_payloads(chrono::Utc::now()).await {
+            tracing::error!(%error, "expiring raw payloads failed; trying again in an hour");
+        }
+    }
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
@@ -175,6 +186,9 @@ pub async fn run(
         .map_err(|error| CliError(format!("cannot read the listening address: {error}")))?;
     // On stderr, so scripts (and tests with port 0) can find the port.
     eprintln!("linkflow: listening on {address}");
+    if engine.raw_retention().is_some() {
+        tokio::spawn(expire_every_hour(engine.clone()));
+    }
     if engine.privacy().is_some() {
         eprintln!("linkflow: erasure available: personal fields and raw payloads are sealed under LINKFLOW_MASTER_KEY");
     } else {

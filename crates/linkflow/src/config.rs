@@ -90,6 +90,11 @@ pub struct EngineConfig {
     /// the data keys live in the key file `keys` in the sled store's directory. Without one,
     /// everything is stored as delivered and nothing can be erased.
     pub master_key: Option<Arc<crate::privacy::MasterKey>>,
+    /// With a master key, how long raw payloads stay readable: each day's payloads are sealed
+    /// under that day's key, which [`crate::Engine::expire_raw_payloads`] destroys once the
+    /// whole day is older than this (`linkflow serve` runs it every hour). The canonical events
+    /// stay. `None` (the default): raw payloads are kept for as long as the store.
+    pub raw_retention: Option<chrono::Duration>,
 }
 
 /// Default for [`EngineConfig::cache_sessions`]: at ~300 bytes a state, about 30 MB.
@@ -135,6 +140,7 @@ impl EngineConfig {
                 linkflow_core::funnel::DEFAULT_INACTIVITY_TIMEOUT_MINUTES,
             ),
             master_key: None,
+            raw_retention: None,
         }
     }
 

@@ -80,6 +80,11 @@ impl Engine {
             )));
         }
         let owns_store = !matches!(config.store, StoreChoice::Custom(_));
+        if config.raw_retention.is_some() && config.master_key.is_none() {
+            return Err(EngineError::InvalidConfig(
+                "a raw payload retention needs a master key: payloads are made unreadable by destroying their day's key (LINKFLOW_MASTER_KEY)".into(),
+            ));
+        }
         let privacy = match (&config.master_key, &config.store) {
             (None, StoreChoice::Sled { path, .. })
                 if path.join(crate::privacy::KEY_FILE).exists() =>
@@ -155,6 +160,7 @@ impl Engine {
             max_events_per_stream: config.max_events_per_stream,
             inactivity_timeout: config.inactivity_timeout,
             privacy,
+            raw_retention: config.raw_retention,
             stats: WriteCounters::default(),
             failure: Mutex::new(None),
         });
@@ -449,6 +455,11 @@ impl Engine {
 
     pub(crate) fn privacy_arc(&self) -> Option<Arc<crate::privacy::Privacy>> {
         self.shared.privacy.clone()
+    }
+
+    /// The configured raw payload retention.
+    pub fn raw_retention(&self) -> Option<chrono::Duration> {
+        self.shared.raw_retention
     }
 
     /// A stored text field as reads show it: opened with its key, `[erased]` once the key is

@@ -109,6 +109,34 @@ impl Engine {
             .map_err(|error| EngineError::Keys(error.to_string()))
     }
 
+    /// Makes the raw payloads received on days wholly older than the configured
+    /// [`crate::EngineConfig::raw_retention`] (before `now`) unreadable: their day keys are
+    /// destroyed durably; the canonical events, their fields and funnels stay. Returns how many
+    /// days' keys it destroyed (0 without a retention or a master key).
+    pub async fn expire_raw_payloads(
+        &self,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<usize, EngineError> {
+        let (Some(privacy), Some(retention)) = (self.privacy_arc(), self.raw_retention()) else {
+            return Ok(0);
+        };
+        // The first day that is kept: the day `now - retention` falls in. Days before it are
+        // wholly older than the retention.
+        let first_kept = crate::seal::day_of(now - retention);
+        let destroyed =
+            tokio::task::spawn_blocking(move || privacy.destroy_days_before(first_kept))
+                .await
+                .map_err(|_| EngineError::Closed)?
+                .map_err(|error| EngineError::Keys(error.to_string()))?;
+        if destroyed > 0 {
+            tracing::info!(
+                days = destroyed,
+                "raw payloads past their retention made unreadable"
+            );
+        }
+        Ok(destroyed)
+    }
+
     /// The streams whose fields are sealed under the keys of the user whose stored id is
     /// `token`: their sessions (the `u` index) and accounts, and the provider of the first.
     async fn streams_of(

@@ -173,6 +173,8 @@ const HEADER_BYTES: u64 = 128;
 /// all zeros.
 const SLOT_BYTES: usize = 128;
 const WRAPPED_BYTES: usize = 1 + NONCE_BYTES + 32 + 16;
+/// How far back [`Privacy::destroy_days_before`] looks for day keys: 20 years.
+pub const MAX_RETENTION_SCAN_DAYS: i64 = 20 * 366;
 /// The unwrapped keys kept in memory; past it the cache starts again empty.
 pub const MAX_CACHED_KEYS: usize = 65_536;
 /// The key file's name in the data directory.
@@ -889,6 +891,19 @@ impl Privacy {
         let mut keyring = self.keyring();
         keyring.sync()?;
         keyring.rotate_to(new)
+    }
+
+    /// Destroys the raw payload keys of the days before `day` (days since the epoch), looking
+    /// back [`MAX_RETENTION_SCAN_DAYS`] days; returns how many it destroyed. Each later call
+    /// finds nothing left to destroy in the days an earlier one covered.
+    pub fn destroy_days_before(&self, day: i64) -> Result<usize, KeyError> {
+        let mut keyring = self.keyring();
+        let expired: Vec<KeyId> = (day.saturating_sub(MAX_RETENTION_SCAN_DAYS)..day)
+            .map(KeyId::Day)
+            .filter(|id| keyring.contains(id))
+            .collect();
+        keyring.destroy(&expired)?;
+        Ok(expired.len())
     }
 
     /// Makes every key made so far durable.

@@ -220,6 +220,61 @@ async fn an_erased_user_reads_erased_everywhere_and_the_rest_reads_whole() {
 }
 
 #[tokio::test]
+async fn raw_payloads_past_their_retention_read_erased_and_the_events_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.raw_retention = Some(chrono::Duration::days(30));
+    let engine = Engine::open_with(config).unwrap();
+    // Received on 2024-03-19 and on 2024-04-28.
+    ingest(&engine, Some("dora"), &session("dora", "d1")).await;
+    let later = PayloadContext::new("test", Utc.with_ymd_and_hms(2024, 4, 28, 9, 0, 0).unwrap())
+        .with_user("erin");
+    let body = session("erin", "e1");
+    engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &later)
+        .await
+        .unwrap();
+    let funnel_before = engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap();
+    // Nothing is past 30 days on 2024-04-18 (the 19th of March is 30 days before it).
+    let day = |month, day| Utc.with_ymd_and_hms(2024, month, day, 12, 0, 0).unwrap();
+    assert_eq!(engine.expire_raw_payloads(day(4, 18)).await.unwrap(), 0);
+    assert!(shown_history(&engine, "d1")
+        .await
+        .contains("dora-raw-secret"));
+    // On 2024-04-20 the whole of the 19th of March is older than 30 days.
+    assert_eq!(engine.expire_raw_payloads(day(4, 20)).await.unwrap(), 1);
+    let history = shown_history(&engine, "d1").await;
+    assert!(!history.contains("dora-raw-secret"), "{history}");
+    assert!(history.contains(ERASED));
+    // The canonical events and their sealed fields stay readable; the later day's payloads too.
+    assert!(history.contains("dora-searches-platypus") && history.contains("dora-wrong-password"));
+    assert!(shown_history(&engine, "e1")
+        .await
+        .contains("erin-raw-secret"));
+    assert_eq!(engine.expire_raw_payloads(day(4, 20)).await.unwrap(), 0);
+    assert_eq!(
+        engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap(),
+        funnel_before
+    );
+    assert!(engine.verify().await.unwrap().is_clean());
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    for text in ["dora-raw-secret", "erin-raw-secret", "dora", "erin"] {
+        assert_eq!(
+            files_holding(&every_byte(dir.path()), text),
+            Vec::<String>::new()
+        );
+    }
+    // A retention without a master key is refused: it could not be kept.
+    let mut unkeyed = EngineConfig::new(tempfile::tempdir().unwrap().path());
+    unkeyed.raw_retention = Some(chrono::Duration::days(1));
+    assert!(matches!(
+        Engine::open_with(unkeyed),
+        Err(EngineError::InvalidConfig(text)) if text.contains("master key")
+    ));
+}
+
+#[tokio::test]
 async fn without_a_master_key_nothing_is_sealed_and_erasure_says_it_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path()).unwrap();

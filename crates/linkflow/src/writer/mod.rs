@@ -70,6 +70,7 @@ pub(crate) struct Shared {
     pub inactivity_timeout: chrono::Duration,
     /// Sealing of personal fields, when a master key is configured.
     pub privacy: Option<Arc<crate::privacy::Privacy>>,
+    pub raw_retention: Option<chrono::Duration>,
     /// Where the write path's time goes (`Engine::write_stats`).
     pub stats: WriteCounters,
     /// The first failure to make writes durable: the engine then takes no more writes
