@@ -220,7 +220,7 @@ impl Engine {
         tokio::task::spawn_blocking(move || {
             let now = Utc::now();
             for event in &mut events {
-                crate::seal::seal_incoming(&privacy, event, now)?;
+                crate::seal::seal_incoming(&*privacy, event, now)?;
             }
             if let Err(error) = privacy.sync() {
                 // Keys that may not be on disk: no event may be sealed under them.

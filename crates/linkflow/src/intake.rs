@@ -243,7 +243,20 @@ fn prepare(feed: Feed, (at, text): Split, context: &PayloadContext) -> Result<Re
 }
 
 /// Fails when the event could not be stored for its size, as the writer would refuse it.
-fn check_size(incoming: &IncomingEvent) -> Result<(), EventError> {
+fn check_size(engine: &Engine, incoming: &IncomingEvent) -> Result<(), EventError> {
+    // With a master key the record holds the sealed fields, which are longer.
+    let sealed;
+    let incoming = match engine.privacy() {
+        None => incoming,
+        Some(_) => {
+            sealed = crate::seal::sized_as_sealed(incoming).map_err(|_| EventError::TooLarge {
+                session: incoming.session.clone(),
+                bytes: linkflow_core::ids::MAX_SESSION_ID_BYTES + 1,
+                limit: linkflow_core::ids::MAX_SESSION_ID_BYTES,
+            })?;
+            &sealed
+        }
+    };
     let probe = NewEvent {
         event_id: Uuid::nil(),
         dedupe_key: incoming
@@ -386,7 +399,7 @@ impl Engine {
         for split in splits {
             let item = prepare(feed, split, context)
                 .map_err(|Refusal { at, error }| DeliveryError::Invalid { at, error })?;
-            check_size(&item.incoming)
+            check_size(self, &item.incoming)
                 .map_err(|error| DeliveryError::Invalid { at: item.at, error })?;
             ready.push(item);
         }

@@ -705,6 +705,20 @@ pub const ERASED: &str = "[erased]";
 const TEXT_TOKEN: u8 = 1;
 const RAW_TOKEN: u8 = 2;
 
+/// The length of the token [`Privacy::seal_text`] makes of a text of `len` bytes.
+pub fn sealed_text_len(len: usize) -> usize {
+    SEALED_PREFIX.len() + base64_len(1 + 16 + 1 + NONCE_BYTES + len + 16)
+}
+
+/// The length of the token [`Privacy::seal_raw`] makes of a payload of `len` bytes.
+pub fn sealed_raw_len(len: usize) -> usize {
+    SEALED_PREFIX.len() + base64_len(1 + 16 + 16 + 1 + NONCE_BYTES + len + 16)
+}
+
+fn base64_len(bytes: usize) -> usize {
+    (bytes * 4).div_ceil(3)
+}
+
 /// A stored text field as a read shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened {
@@ -1176,6 +1190,9 @@ mod tests {
         let other_day = privacy
             .seal_raw(&KeyId::Stream("s1".into()), 20_001, r#"{"n":2}"#)
             .unwrap();
+        assert_eq!(alice.len(), sealed_text_len("alice".len()));
+        assert_eq!(term.len(), sealed_text_len("first platypus bank".len()));
+        assert_eq!(raw.len(), sealed_raw_len(r#"{"user":"alice","n":1}"#.len()));
         assert_eq!(privacy.show(&alice), "alice");
         assert_eq!(privacy.show(&term), "first platypus bank");
         assert_eq!(privacy.show("plain text"), "plain text");

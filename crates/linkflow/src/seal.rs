@@ -20,10 +20,66 @@ pub(crate) fn day_of(at: DateTime<Utc>) -> i64 {
     at.timestamp().div_euclid(86_400)
 }
 
+/// What sealing does to a field: [`Privacy`] seals it; [`SizeProbe`] puts a placeholder of the
+/// sealed length in its place, so that a record's size can be checked before any key is made.
+pub(crate) trait Sealing {
+    fn user_key(&self, user: &str) -> KeyId;
+    fn user_token(&self, user: &str) -> Result<String, KeyError>;
+    fn seal_text(&self, key: &KeyId, text: &str) -> Result<String, KeyError>;
+    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError>;
+}
+
+impl Sealing for Privacy {
+    fn user_key(&self, user: &str) -> KeyId {
+        Privacy::user_key(self, user)
+    }
+
+    fn user_token(&self, user: &str) -> Result<String, KeyError> {
+        Privacy::user_token(self, user)
+    }
+
+    fn seal_text(&self, key: &KeyId, text: &str) -> Result<String, KeyError> {
+        Privacy::seal_text(self, key, text)
+    }
+
+    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError> {
+        Privacy::seal_raw(self, owner, day, raw)
+    }
+}
+
+/// Placeholders as long as the tokens sealing would write.
+pub(crate) struct SizeProbe;
+
+impl Sealing for SizeProbe {
+    fn user_key(&self, _: &str) -> KeyId {
+        KeyId::Day(0)
+    }
+
+    fn user_token(&self, user: &str) -> Result<String, KeyError> {
+        Ok("x".repeat(crate::privacy::sealed_text_len(user.len())))
+    }
+
+    fn seal_text(&self, _: &KeyId, text: &str) -> Result<String, KeyError> {
+        Ok("x".repeat(crate::privacy::sealed_text_len(text.len())))
+    }
+
+    fn seal_raw(&self, _: &KeyId, _: i64, raw: &str) -> Result<String, KeyError> {
+        Ok("x".repeat(crate::privacy::sealed_raw_len(raw.len())))
+    }
+}
+
+/// `incoming` as it will be stored with a master key, with placeholders of the sealed lengths:
+/// what a size check measures.
+pub(crate) fn sized_as_sealed(incoming: &IncomingEvent) -> Result<IncomingEvent, EngineError> {
+    let mut probe = incoming.clone();
+    seal_incoming(&SizeProbe, &mut probe, Utc::now())?;
+    Ok(probe)
+}
+
 /// Seals `incoming`'s personal fields and raw payload in place. The keys it makes are written
 /// but not synced: the caller syncs them ([`Privacy::sync`]) before the event is committed.
 pub(crate) fn seal_incoming(
-    privacy: &Privacy,
+    privacy: &dyn Sealing,
     incoming: &mut IncomingEvent,
     now: DateTime<Utc>,
 ) -> Result<(), EngineError> {

@@ -274,6 +274,36 @@ async fn raw_payloads_past_their_retention_read_erased_and_the_events_stay() {
     ));
 }
 
+/// Sealing makes a record longer (base64 and the nonce): the size limit counts the sealed
+/// record, so a payload that would be stored unsealed may be refused whole, never half stored.
+#[tokio::test]
+async fn the_record_limit_counts_the_sealed_size() {
+    let note = "n".repeat(4_800);
+    let body = format!(
+        r#"{{"name":"open","properties":{{"note":"{note}"}},"meta":{{"link_session_id":"big","timestamp":"2023-11-29T12:44:01.000Z"}}}}"#
+    );
+    let plain = tempfile::tempdir().unwrap();
+    let engine = Engine::open(plain.path()).unwrap();
+    assert!(engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context(None))
+        .await
+        .is_ok());
+    engine.shutdown().await.unwrap();
+    let sealed = tempfile::tempdir().unwrap();
+    let engine = Engine::open_with(config(sealed.path())).unwrap();
+    let error = engine
+        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context(None))
+        .await
+        .unwrap_err();
+    assert!(error.is_limit(), "{error}");
+    assert!(engine
+        .history(&SessionId::new("big").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    engine.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn without_a_master_key_nothing_is_sealed_and_erasure_says_it_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
