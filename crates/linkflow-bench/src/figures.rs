@@ -702,6 +702,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         Some(Only::Reads) => return read_figures(options, results).await,
         Some(Only::Scale) => return crate::scale::figures(options, results).await,
         Some(Only::Sse) => return crate::sse::figures(options, results).await,
+        Some(Only::Privacy) => return crate::privacy::figures(options, results).await,
         _ => {}
     }
     let deliveries = generate(options.events, SEED);
@@ -748,7 +749,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             return;
         }
         None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild)
-        | Some(Only::Scale) | Some(Only::Sse) => {}
+        | Some(Only::Scale) | Some(Only::Sse) | Some(Only::Privacy) => {}
     }
 
     let (first, rebuild, folded, scan) = settled_scans(engine_dir.path()).await;
@@ -769,6 +770,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     read_figures(options, results).await;
     crate::scale::figures(options, results).await;
     crate::sse::figures(options, results).await;
+    crate::privacy::figures(options, results).await;
 
     let sizes: &[usize] = if options.quick {
         &[20_000]

@@ -18,12 +18,13 @@
 //! user's sessions, a metrics scrape's reads), p99 at each size against the smallest.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
-//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse]`.
+//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse|privacy]`.
 #![forbid(unsafe_code)]
 
 mod chart;
 mod figures;
 mod postgres;
+mod privacy;
 mod scale;
 mod sse;
 mod workload;
@@ -67,6 +68,8 @@ pub enum Only {
     Scale,
     /// `--only sse`: figure 13 (POSTs among catching-up subscribers).
     Sse,
+    /// `--only privacy`: figure 14 (the cost of sealing, the time to erase a user).
+    Privacy,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -130,12 +133,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("rebuild") => Only::Rebuild,
                     Some("scale") => Only::Scale,
                     Some("sse") => Only::Sse,
+                    Some("privacy") => Only::Privacy,
                     _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `rebuild` (figures 1 and 3), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse|privacy"
                 ))
             }
         }

@@ -182,10 +182,27 @@ pub const KEY_FILE: &str = "keys";
 
 /// Seals `plaintext` under `key`, bound to `associated` (where it is kept), with a random
 /// nonce.
+///
+/// The nonce is 16 bytes drawn from the operating system once per process, then a 64-bit
+/// counter: unique without a system call per seal (a collision needs two processes to draw the
+/// same 128 bits).
 pub fn seal(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    seal_with(key, next_nonce(), associated, plaintext)
+}
+
+fn next_nonce() -> [u8; NONCE_BYTES] {
+    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut prefix = [0u8; 16];
+        getrandom::fill(&mut prefix).expect("the operating system's random source works");
+        prefix
+    });
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut nonce = [0u8; NONCE_BYTES];
-    getrandom::fill(&mut nonce).expect("the operating system's random source works");
-    seal_with(key, nonce, associated, plaintext)
+    nonce[..16].copy_from_slice(prefix);
+    nonce[16..].copy_from_slice(&count.to_be_bytes());
+    nonce
 }
 
 /// Seals `plaintext` under `key` with a nonce derived from the key, `associated` and the
@@ -741,6 +758,16 @@ pub enum Opened {
 /// `u8(kind) slot(16) [day slot(16) for a raw payload] sealed`.
 pub struct Privacy {
     keyring: std::sync::Mutex<Keyring>,
+    /// Recently used keys by id with their slot names, and raw payload keys by (owner's slot,
+    /// day): what sealing a batch asks for again and again, without a keyed hash each time. At
+    /// most [`MAX_CACHED_KEYS`] each; emptied by every destroy.
+    recent: std::sync::Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    keys: HashMap<KeyId, (SlotId, DataKey)>,
+    raw: HashMap<(SlotId, SlotId), DataKey>,
 }
 
 impl std::fmt::Debug for Privacy {
@@ -767,7 +794,36 @@ impl Privacy {
     pub fn open(dir: &Path, master: &MasterKey) -> Result<Privacy, KeyError> {
         Ok(Privacy {
             keyring: std::sync::Mutex::new(Keyring::open(dir, master)?),
+            recent: std::sync::Mutex::default(),
         })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The key `id` (made if missing), from the recent ones when it is there.
+    ///
+    /// The recent keys' lock is held across the keyring's lookup (locks are always taken in
+    /// that order), so that a destroy, which empties them under the same lock, can never be
+    /// followed by a key it destroyed coming back into them.
+    fn key(&self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
+        self.key_in(&mut self.recent(), id)
+    }
+
+    /// [`Privacy::key`] with the recent keys' lock held by the caller.
+    fn key_in(&self, recent: &mut Recent, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
+        if let Some(found) = recent.keys.get(id) {
+            return Ok(found.clone());
+        }
+        let found = self.keyring().key(id)?;
+        if recent.keys.len() >= MAX_CACHED_KEYS {
+            recent.keys.clear();
+        }
+        recent.keys.insert(id.clone(), found.clone());
+        Ok(found)
     }
 
     fn keyring(&self) -> std::sync::MutexGuard<'_, Keyring> {
@@ -799,7 +855,7 @@ impl Privacy {
 
     /// `text` sealed under the key `id` (made if there is none), deterministically.
     pub fn seal_text(&self, id: &KeyId, text: &str) -> Result<String, KeyError> {
-        let (slot, key) = self.keyring().key(id)?;
+        let (slot, key) = self.key(id)?;
         let sealed = seal_deterministic(&key, &associated(TEXT_TOKEN), text.as_bytes());
         Ok(encode_token(&[&[TEXT_TOKEN], &slot, &sealed]))
     }
@@ -807,11 +863,24 @@ impl Privacy {
     /// A raw payload's text sealed under its owner's key (its stream's, or a user's) and its
     /// day's (both made if missing).
     pub fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError> {
-        let mut keyring = self.keyring();
-        let (stream_slot, stream_key) = keyring.key(owner)?;
-        let (day_slot, day_key) = keyring.key(&KeyId::Day(day))?;
-        drop(keyring);
-        let key = combine(&stream_key, &day_key);
+        // One hold of the recent keys' lock for both lookups and the combined key, so that no
+        // destroy falls between them.
+        let mut recent = self.recent();
+        let (stream_slot, stream_key) = self.key_in(&mut recent, owner)?;
+        let (day_slot, day_key) = self.key_in(&mut recent, &KeyId::Day(day))?;
+        let cached = recent.raw.get(&(stream_slot, day_slot)).cloned();
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let key = combine(&stream_key, &day_key);
+                if recent.raw.len() >= MAX_CACHED_KEYS {
+                    recent.raw.clear();
+                }
+                recent.raw.insert((stream_slot, day_slot), key.clone());
+                key
+            }
+        };
+        drop(recent);
         let sealed = seal(&key, &associated(RAW_TOKEN), raw.as_bytes());
         Ok(encode_token(&[
             &[RAW_TOKEN],
@@ -911,7 +980,9 @@ impl Privacy {
     /// back [`MAX_RETENTION_SCAN_DAYS`] days; returns how many it destroyed. Each later call
     /// finds nothing left to destroy in the days an earlier one covered.
     pub fn destroy_days_before(&self, day: i64) -> Result<usize, KeyError> {
+        let mut recent = self.recent();
         let mut keyring = self.keyring();
+        *recent = Recent::default();
         let expired: Vec<KeyId> = (day.saturating_sub(MAX_RETENTION_SCAN_DAYS)..day)
             .map(KeyId::Day)
             .filter(|id| keyring.contains(id))
@@ -927,6 +998,8 @@ impl Privacy {
 
     /// Destroys the keys `ids` durably.
     pub fn destroy(&self, ids: &[KeyId]) -> Result<(), KeyError> {
+        let mut recent = self.recent();
+        *recent = Recent::default();
         self.keyring().destroy(ids)
     }
 
