@@ -6,7 +6,7 @@
 //!   `LINKFLOW_MASTER_KEY_FILE`. It encrypts nothing itself: HKDF-SHA256 derives a key-wrapping
 //!   key and an index key from it.
 //! - [`Keyring`]: data keys (32 random bytes each) by [`KeyId`] (a user, a stream, a day), each
-//!   wrapped with XChaCha20-Poly1305 under the wrapping key in a fixed-size slot of the key file
+//!   wrapped with AES-256-GCM under the wrapping key in a fixed-size slot of the key file
 //!   `keys` beside the store, named by a keyed hash of its id. A destroyed key's slot is
 //!   overwritten with zeros and synced: sled and the write-ahead log never see a key, so no
 //!   other copy exists. A key file that does not check out is an error naming the slot, never
@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -162,7 +162,7 @@ pub type SlotId = [u8; 16];
 pub type DataKey = Zeroizing<[u8; 32]>;
 
 const SEALED_VERSION: u8 = 1;
-const NONCE_BYTES: usize = 24;
+const NONCE_BYTES: usize = 12;
 const KEY_FILE_MAGIC: &[u8; 8] = b"LFKEYS3\n";
 /// The key file's header: `magic(8) u64(slots the last completed sync covered)
 /// wrapped-index-secret(73) zeros(35) crc32(4)`. The index secret keys every keyed hash (user
@@ -180,28 +180,41 @@ pub const MAX_CACHED_KEYS: usize = 65_536;
 /// The key file's name in the data directory.
 pub const KEY_FILE: &str = "keys";
 
-/// Seals `plaintext` under `key`, bound to `associated` (where it is kept), with a random
-/// nonce.
+/// Seals `plaintext` under `key` (AES-256-GCM), bound to `associated` (where it is kept),
+/// with a random 96-bit nonce.
 ///
-/// The nonce is 16 bytes drawn from the operating system once per process, then a 64-bit
-/// counter: unique without a system call per seal (a collision needs two processes to draw the
-/// same 128 bits).
+/// The nonces come from the operating system's random source, drawn [`NONCE_POOL_BYTES`] at a
+/// time rather than by a system call per seal. Random 96-bit nonces are safe far past what any
+/// linkflow key seals: a raw payload key seals one stream's payloads of one day, and the
+/// wrapping key one 32-byte key per session (NIST's bound for random nonces is 2^32 seals per
+/// key).
 pub fn seal(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    seal_with(key, next_nonce(), associated, plaintext)
+    seal_with(key, random_nonce(), associated, plaintext)
 }
 
-fn next_nonce() -> [u8; NONCE_BYTES] {
-    static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
-        let mut prefix = [0u8; 16];
-        getrandom::fill(&mut prefix).expect("the operating system's random source works");
-        prefix
+/// Random bytes fetched from the operating system at once for nonces.
+const NONCE_POOL_BYTES: usize = 4_096;
+
+fn random_nonce() -> [u8; NONCE_BYTES] {
+    struct Pool {
+        bytes: [u8; NONCE_POOL_BYTES],
+        used: usize,
+    }
+    static POOL: std::sync::Mutex<Pool> = std::sync::Mutex::new(Pool {
+        bytes: [0; NONCE_POOL_BYTES],
+        used: NONCE_POOL_BYTES,
     });
-    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if pool.used + NONCE_BYTES > NONCE_POOL_BYTES {
+        getrandom::fill(&mut pool.bytes).expect("the operating system's random source works");
+        pool.used = 0;
+    }
     let mut nonce = [0u8; NONCE_BYTES];
-    nonce[..16].copy_from_slice(prefix);
-    nonce[16..].copy_from_slice(&count.to_be_bytes());
+    let at = pool.used;
+    nonce.copy_from_slice(&pool.bytes[at..at + NONCE_BYTES]);
+    // Never handed out twice.
+    pool.bytes[at..at + NONCE_BYTES].fill(0);
+    pool.used += NONCE_BYTES;
     nonce
 }
 
@@ -226,16 +239,16 @@ fn seal_with(
     associated: &[u8],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new(key.into());
+    let cipher = Aes256Gcm::new(key.into());
     let sealed = cipher
         .encrypt(
-            XNonce::from_slice(&nonce),
+            Nonce::from_slice(&nonce),
             Payload {
                 msg: plaintext,
                 aad: associated,
             },
         )
-        .expect("XChaCha20-Poly1305 encrypts any length linkflow stores");
+        .expect("AES-256-GCM encrypts any length linkflow stores");
     let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
     out.push(SEALED_VERSION);
     out.extend_from_slice(&nonce);
@@ -252,9 +265,9 @@ pub fn open(key: &[u8; 32], associated: &[u8], sealed: &[u8]) -> Result<Vec<u8>,
         return Err(does_not_open());
     }
     let (nonce, ciphertext) = rest.split_at(NONCE_BYTES);
-    XChaCha20Poly1305::new(key.into())
+    Aes256Gcm::new(key.into())
         .decrypt(
-            XNonce::from_slice(nonce),
+            Nonce::from_slice(nonce),
             Payload {
                 msg: ciphertext,
                 aad: associated,
