@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use linkflow::{Engine, EngineConfig, IncomingEvent, WriteStats};
+use linkflow::{Engine, EngineConfig, IncomingEvent, SealedEvents, WriteStats};
 use linkflow_core::{Event, EventKind, Position, Provider, SessionId, Version};
 use linkflow_providers::{decode, DecodeContext, Decoding};
 use linkflow_store::record::{decode_event_record, encode_event, event_records};
@@ -68,28 +68,47 @@ async fn batch_ingest(dir: &Path, deliveries: &[Delivery]) -> f64 {
 /// ahead of the engine, as a consumer of a delivery queue would; the calls stay one at a
 /// time, so each is its own group commit and fsync, the baseline's cadence.
 pub(crate) async fn batch_ingest_with(config: EngineConfig, deliveries: &[Delivery]) -> f64 {
+    batch_ingest_pipelined(config, deliveries, false).await
+}
+
+/// Figure 1 with, when `seal_ahead`, the decoding thread also sealing each batch
+/// (`Engine::seal_events`) before the engine takes it (`ingest_sealed`), as it decodes ahead.
+pub(crate) async fn batch_ingest_pipelined(
+    config: EngineConfig,
+    deliveries: &[Delivery],
+    seal_ahead: bool,
+) -> f64 {
     let engine = Engine::open_with(config).expect("the engine opens");
     let context = DecodeContext::received_at(Utc::now());
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
-            let (decoded, batches) = std::sync::mpsc::sync_channel::<Vec<IncomingEvent>>(1);
+            let (decoded, batches) =
+                std::sync::mpsc::sync_channel::<Result<Vec<IncomingEvent>, SealedEvents>>(1);
+            let sealer = engine.clone();
             scope.spawn(move || {
                 for chunk in deliveries.chunks(BATCH) {
-                    let events = chunk
+                    let events: Vec<IncomingEvent> = chunk
                         .iter()
                         .map(|delivery| incoming(delivery, &context))
                         .collect();
-                    if decoded.send(events).is_err() {
+                    let batch = if seal_ahead {
+                        Err(sealer.seal_events(events).expect("sealing succeeds"))
+                    } else {
+                        Ok(events)
+                    };
+                    if decoded.send(batch).is_err() {
                         return;
                     }
                 }
             });
-            for events in batches {
-                runtime
-                    .block_on(engine.ingest_batch(events))
-                    .expect("ingest succeeds");
+            for batch in batches {
+                let ingested = match batch {
+                    Ok(events) => runtime.block_on(engine.ingest_batch(events)),
+                    Err(sealed) => runtime.block_on(engine.ingest_sealed(sealed)),
+                };
+                ingested.expect("ingest succeeds");
             }
         });
     });

@@ -29,6 +29,24 @@ const REQUEST_QUEUE: usize = 4_096;
 /// of the same files.
 const MAX_SYNC_THREADS: usize = 16;
 
+/// Events whose personal fields [`Engine::seal_events`] sealed (and whose keys it made
+/// durable), ready for [`Engine::ingest_sealed`]. Only the engine makes them, so that nothing
+/// unsealed can be handed in as sealed.
+#[derive(Debug)]
+pub struct SealedEvents(Vec<IncomingEvent>);
+
+impl SealedEvents {
+    /// How many events.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The linkflow engine: link sessions as state machines over a durable event log.
 ///
 /// Cheap to clone; every clone drives the same engine. Ingests from all clones go through one
@@ -207,31 +225,46 @@ impl Engine {
             .map_err(|_| EngineError::Closed)?
     }
 
-    /// `events` with their personal fields sealed, and the keys they are sealed under durable.
-    async fn seal(
-        &self,
-        privacy: Arc<crate::privacy::Privacy>,
-        mut events: Vec<IncomingEvent>,
-    ) -> Result<Vec<IncomingEvent>, EngineError> {
+    /// `events` with their personal fields sealed (with a master key; as they are without), and
+    /// the keys they are sealed under durable: what [`Engine::ingest_batch`] does before it
+    /// commits. Blocking (CPU and one sync of the key file): a caller that prepares its next
+    /// batch while the engine commits the previous one seals it here, on its own thread, and
+    /// hands it to [`Engine::ingest_sealed`], as a decoder thread runs ahead of the engine.
+    pub fn seal_events(&self, mut events: Vec<IncomingEvent>) -> Result<SealedEvents, EngineError> {
+        let Some(privacy) = &self.shared.privacy else {
+            return Ok(SealedEvents(events));
+        };
         if let Some(failure) = self.shared.failed() {
             return Err(failure);
         }
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || {
-            let now = Utc::now();
-            for event in &mut events {
-                crate::seal::seal_incoming(&*privacy, event, now)?;
-            }
-            if let Err(error) = privacy.sync() {
-                // Keys that may not be on disk: no event may be sealed under them.
-                let reason = format!("syncing the key file failed: {error}");
-                shared.fail(reason.clone());
-                return Err(EngineError::Keys(reason));
-            }
-            Ok(events)
+        let now = Utc::now();
+        for event in &mut events {
+            crate::seal::seal_incoming(&**privacy, event, now)?;
+        }
+        if let Err(error) = privacy.sync() {
+            // Keys that may not be on disk: no event may be sealed under them.
+            let reason = format!("syncing the key file failed: {error}");
+            self.shared.fail(reason.clone());
+            return Err(EngineError::Keys(reason));
+        }
+        Ok(SealedEvents(events))
+    }
+
+    /// [`Engine::ingest_batch`] of events [`Engine::seal_events`] sealed.
+    pub async fn ingest_sealed(
+        &self,
+        events: SealedEvents,
+    ) -> Result<Vec<IngestOutcome>, EngineError> {
+        let events = events.0;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(|reply, sent| Request::Ingest {
+            events,
+            reply,
+            sent,
         })
         .await
-        .map_err(|_| EngineError::Closed)?
     }
 
     /// Ingests one event. Returns once it is decided and, under `Durability::Fsync`, on disk.
@@ -250,7 +283,13 @@ impl Engine {
         }
         let events = match &self.shared.privacy {
             None => events,
-            Some(privacy) => self.seal(Arc::clone(privacy), events).await?,
+            Some(_) => {
+                let engine = self.clone();
+                tokio::task::spawn_blocking(move || engine.seal_events(events))
+                    .await
+                    .map_err(|_| EngineError::Closed)??
+                    .0
+            }
         };
         self.call(|reply, sent| Request::Ingest {
             events,

@@ -49,7 +49,7 @@ mod writer;
 
 pub use cache::CacheStats;
 pub use config::{Durability, EngineConfig, StoreChoice};
-pub use engine::Engine;
+pub use engine::{Engine, SealedEvents};
 pub use erase::ErasureReport;
 pub use error::{EngineError, EventError};
 pub use folded::Folded;
