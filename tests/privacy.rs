@@ -267,3 +267,99 @@ async fn erasure_over_http_needs_the_token_and_a_master_key() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "erasure_unavailable", "{body}");
 }
+
+/// An erasure killed (SIGKILL) at random points and run again ends as one run would: every
+/// session of the user reads `[erased]`, one tombstone, the store verifies.
+#[test]
+fn an_erasure_killed_anywhere_finishes_when_run_again() {
+    let seed = tempfile::tempdir().unwrap();
+    let sessions = 3_000;
+    let lines: Vec<String> = (0..sessions)
+        .map(|n| {
+            format!(
+                r#"{{"name":"open","properties":{{"note":"alice-secret-{n}"}},"meta":{{"link_session_id":"k{n}","timestamp":"2023-11-29T12:44:01.000Z"}}}}"#
+            )
+        })
+        .collect();
+    let input = seed.path().join("alice.jsonl");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let store = seed.path().join("store");
+    let output = linkflow(
+        &store,
+        &[
+            "ingest",
+            "--provider",
+            "moneykit",
+            "--user",
+            "alice",
+            "--quiet",
+            input.to_str().unwrap(),
+        ],
+        true,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut killed_running = 0;
+    for round in 0..12u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("store");
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&store)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = Command::new(linkflow_bin())
+            .arg("--data-dir")
+            .arg(&copy)
+            .args(["erase", "--user", "alice"])
+            .env("LINKFLOW_MASTER_KEY", MASTER)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10 + round * 12));
+        if child.try_wait().unwrap().is_none() {
+            killed_running += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let output = linkflow(&copy, &["--json", "erase", "--user", "alice"], true);
+        assert!(
+            output.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let tombstone = report["tombstone"]
+            .as_str()
+            .unwrap_or_else(|| panic!("round {round}: {report}"))
+            .to_owned();
+        let output = linkflow(&copy, &["--json", "history", &tombstone], true);
+        let entries: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            entries.as_array().map(Vec::len),
+            Some(1),
+            "round {round}: one tombstone: {entries}"
+        );
+        for session in ["k0", "k1499", "k2999"] {
+            let output = linkflow(&copy, &["--json", "history", session], true);
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                text.contains("[erased]") && !text.contains("alice-secret"),
+                "round {round} {session}: {text}"
+            );
+        }
+        let output = linkflow(&copy, &["verify"], true);
+        assert!(
+            output.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    assert!(killed_running > 0, "no erasure was killed while it ran");
+}

@@ -36,8 +36,9 @@ impl Engine {
     /// and `verify` are unchanged.
     ///
     /// Idempotent: run again it destroys what is left and writes no second tombstone. A crash
-    /// at any point leaves no key undestroyed that a run again will not find, because the
-    /// user's own key, which finds their streams, is destroyed last.
+    /// at any point leaves no key undestroyed that a run again will not find, and no erasure
+    /// without its tombstone once the user's key is gone: the streams' keys go first, then the
+    /// tombstone is written, then the user's own key (which finds their streams) goes.
     pub async fn erase_user(
         &self,
         external_user_id: &str,
@@ -58,23 +59,18 @@ impl Engine {
             });
         };
         let (streams, provider) = self.streams_of(&token).await?;
-        destroy_streams(&privacy, &streams)?;
-        privacy
-            .destroy(&[privacy.user_key(external_user_id)])
-            .map_err(keys)?;
-        // A session of the user's committed while the first list was read: its token is the
-        // same, so a second list finds it.
-        let (mut late, _) = self.streams_of(&token).await?;
-        late.retain(|stream| !streams.contains(stream));
-        destroy_streams(&privacy, &late)?;
-        let count = u32::try_from(streams.len() + late.len()).unwrap_or(u32::MAX);
+        let mut destroyed = destroy_streams(&privacy, &streams)?;
+        // The tombstone before the user's own key goes: a crash between the two leaves the
+        // key, so that a run again finds the streams (their keys already gone) and the
+        // tombstone, and writes no second one.
+        let recorded = self.session_version(&tombstone_stream).await? > 0;
         let tombstone = match provider {
-            Some(provider) if self.session_version(&tombstone_stream).await? == 0 || count > 0 => {
+            Some(provider) if !recorded || destroyed > 0 => {
                 let erasure = Erasure {
                     subject: subject.clone(),
                     requested_by: requested_by.to_owned(),
                     at: Utc::now(),
-                    streams: count,
+                    streams: u32::try_from(streams.len()).unwrap_or(u32::MAX),
                 };
                 self.ingest(IncomingEvent::with_body(
                     tombstone_stream.clone(),
@@ -84,8 +80,16 @@ impl Engine {
                 .await?;
                 Some(tombstone_stream)
             }
-            _ => (self.session_version(&tombstone_stream).await? > 0).then_some(tombstone_stream),
+            _ => recorded.then_some(tombstone_stream),
         };
+        privacy
+            .destroy(&[privacy.user_key(external_user_id)])
+            .map_err(keys)?;
+        // A session of the user's committed while the first list was read: its token is the
+        // same, so a second list finds it.
+        let (late, _) = self.streams_of(&token).await?;
+        destroyed += destroy_streams(&privacy, &late)?;
+        let count = u32::try_from(destroyed).unwrap_or(u32::MAX);
         tracing::info!(subject, streams = count, "erased a user");
         Ok(ErasureReport {
             subject,
@@ -205,15 +209,17 @@ impl Engine {
     }
 }
 
-fn destroy_streams(privacy: &Privacy, streams: &[SessionId]) -> Result<(), EngineError> {
+/// Destroys the keys of `streams`; how many there were.
+fn destroy_streams(privacy: &Privacy, streams: &[SessionId]) -> Result<usize, EngineError> {
+    let mut destroyed = 0;
     for chunk in streams.chunks(DESTROY_CHUNK) {
         let ids: Vec<KeyId> = chunk
             .iter()
             .map(|stream| KeyId::Stream(stream.as_str().to_owned()))
             .collect();
-        privacy
+        destroyed += privacy
             .destroy(&ids)
             .map_err(|error| EngineError::Keys(error.to_string()))?;
     }
-    Ok(())
+    Ok(destroyed)
 }

@@ -538,9 +538,10 @@ impl Keyring {
     }
 
     /// Destroys the data keys `ids` durably: when this returns, no file holds them. Keys that
-    /// are not there are not an error (an erasure can be run again).
-    pub fn destroy(&mut self, ids: &[KeyId]) -> Result<(), KeyError> {
-        let mut any = false;
+    /// are not there are not an error (an erasure can be run again). Returns how many were
+    /// there.
+    pub fn destroy(&mut self, ids: &[KeyId]) -> Result<usize, KeyError> {
+        let mut destroyed = 0;
         for id in ids {
             let slot_id = self.slot_id(id);
             let Some(&number) = self.slots.get(&slot_id) else {
@@ -552,15 +553,15 @@ impl Keyring {
             )?;
             self.slots.remove(&slot_id);
             self.cache.remove(&slot_id);
-            any = true;
+            destroyed += 1;
         }
-        if any {
+        if destroyed > 0 {
             self.file.sync_data().map_err(|error| KeyError::Io {
                 path: self.path.clone(),
                 error,
             })?;
         }
-        Ok(())
+        Ok(destroyed)
     }
 
     /// How many data keys the keyring holds.
@@ -1010,7 +1011,8 @@ impl Privacy {
     }
 
     /// Destroys the keys `ids` durably.
-    pub fn destroy(&self, ids: &[KeyId]) -> Result<(), KeyError> {
+    /// Returns how many of them existed.
+    pub fn destroy(&self, ids: &[KeyId]) -> Result<usize, KeyError> {
         let mut recent = self.recent();
         *recent = Recent::default();
         self.keyring().destroy(ids)
