@@ -155,7 +155,7 @@ pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
         "request",
         id = %id,
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %logged_path(request.uri().path()),
     );
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
@@ -172,6 +172,16 @@ pub(crate) async fn trace_request(request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// A request's path as logs show it: a user's id (`/v1/users/{id}`) is personal and left out
+/// (docs/privacy.md); session ids and the rest are kept.
+pub(crate) fn logged_path(path: &str) -> &str {
+    if path.starts_with("/v1/users/") {
+        "/v1/users/{id}"
+    } else {
+        path
+    }
 }
 
 /// Whether a body read failed because the body is over the limit.
@@ -279,6 +289,16 @@ pub(crate) async fn json_errors(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn logs_leave_user_ids_out_of_paths() {
+        assert_eq!(logged_path("/v1/users/alice@example.com"), "/v1/users/{id}");
+        assert_eq!(
+            logged_path("/v1/sessions/s1/history"),
+            "/v1/sessions/s1/history"
+        );
+    }
+
     use super::*;
 
     #[test]
