@@ -342,12 +342,52 @@ impl Engine {
         };
         if !self.shared.store_is_shared {
             if let Some(state) = self.shared.cache().get(id) {
-                return Ok(view(id.clone(), state));
+                return Ok(self.opened_views(view(id.clone(), state)));
             }
         }
         let id = id.clone();
-        self.read(move |store| Ok(query::load_state(store, &id)?.and_then(|state| view(id, state))))
-            .await
+        let found = self
+            .read(move |store| Ok(query::load_state(store, &id)?.and_then(|state| view(id, state))))
+            .await?;
+        Ok(self.opened_views(found))
+    }
+
+    /// `value` with its sealed fields opened ([`Engine::show`]), through its JSON form; as it
+    /// is without a master key or when it holds nothing sealed.
+    fn opened<T: serde::Serialize + serde::de::DeserializeOwned>(&self, value: &mut T) {
+        let Some(privacy) = &self.shared.privacy else {
+            return;
+        };
+        let Ok(mut json) = serde_json::to_value(&*value) else {
+            return;
+        };
+        if !crate::privacy::holds_sealed(&json) {
+            return;
+        }
+        privacy.show_value(&mut json);
+        // Through text, so that a raw payload opened into an object reads back as `RawJson`.
+        if let Ok(opened) = serde_json::from_str(&json.to_string()) {
+            *value = opened;
+        }
+    }
+
+    /// Session views with their states' sealed fields opened.
+    fn opened_views<V>(&self, mut views: V) -> V
+    where
+        for<'a> &'a mut V: IntoIterator<Item = &'a mut SessionView>,
+    {
+        for view in &mut views {
+            self.opened(&mut view.state);
+        }
+        views
+    }
+
+    /// History entries with their bodies and raw payloads opened.
+    fn opened_entries(&self, entries: &mut [HistoryEntry]) {
+        for entry in entries {
+            self.opened(&mut entry.body);
+            self.opened(&mut entry.raw);
+        }
     }
 
     /// Every linked account with its state and recent operations, in key order.
@@ -412,8 +452,10 @@ impl Engine {
         version: Version,
     ) -> Result<Option<SessionView>, EngineError> {
         let id = id.clone();
-        self.read(move |store| query::session_at(store, &id, version))
-            .await
+        let found = self
+            .read(move |store| query::session_at(store, &id, version))
+            .await?;
+        Ok(self.opened_views(found))
     }
 
     /// Every event of the stream (a session, an account, a merchant), in the order its fold
@@ -421,7 +463,11 @@ impl Engine {
     /// rejected with why; `None` if the stream has no event.
     pub async fn history(&self, id: &SessionId) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
         let id = id.clone();
-        self.read(move |store| query::history(store, &id)).await
+        let mut found = self.read(move |store| query::history(store, &id)).await?;
+        if let Some(entries) = &mut found {
+            self.opened_entries(entries);
+        }
+        Ok(found)
     }
 
     /// A page of [`Engine::history`]: up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`])
@@ -433,8 +479,13 @@ impl Engine {
         after: Option<crate::Cursor>,
     ) -> Result<Option<crate::HistoryPage>, EngineError> {
         let id = id.clone();
-        self.read(move |store| query::history_page(store, &id, limit, after.as_ref()))
-            .await
+        let mut found = self
+            .read(move |store| query::history_page(store, &id, limit, after.as_ref()))
+            .await?;
+        if let Some(page) = &mut found {
+            self.opened_entries(&mut page.entries);
+        }
+        Ok(found)
     }
 
     /// Sessions matching `filter`, in id order.
@@ -456,8 +507,11 @@ impl Engine {
             });
         };
         let clock = (Utc::now(), self.shared.inactivity_timeout);
-        self.read(move |store| query::sessions_page(store, &filter, limit, after.as_ref(), clock))
-            .await
+        let mut page = self
+            .read(move |store| query::sessions_page(store, &filter, limit, after.as_ref(), clock))
+            .await?;
+        page.sessions = self.opened_views(page.sessions);
+        Ok(page)
     }
 
     /// Every session matching `filter`, in session-id order: it reads every stream, so its
@@ -467,8 +521,10 @@ impl Engine {
             return Ok(Vec::new());
         };
         let clock = (Utc::now(), self.shared.inactivity_timeout);
-        self.read(move |store| query::sessions(store, &filter, clock))
-            .await
+        let found = self
+            .read(move |store| query::sessions(store, &filter, clock))
+            .await?;
+        Ok(self.opened_views(found))
     }
 
     /// `filter` with its user id as the store holds it (sealed, with a master key); `None`

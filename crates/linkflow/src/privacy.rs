@@ -1038,6 +1038,16 @@ impl Privacy {
     }
 }
 
+/// Whether `value` holds a sealed string anywhere.
+pub fn holds_sealed(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.starts_with(SEALED_PREFIX),
+        serde_json::Value::Array(items) => items.iter().any(holds_sealed),
+        serde_json::Value::Object(fields) => fields.values().any(holds_sealed),
+        _ => false,
+    }
+}
+
 /// A raw payload's key: HMAC-SHA256 of the day's key under the stream's.
 fn combine(stream: &DataKey, day: &DataKey) -> DataKey {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&stream[..]).expect("HMAC takes any key");

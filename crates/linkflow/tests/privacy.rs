@@ -140,6 +140,30 @@ async fn an_erased_user_reads_erased_everywhere_and_the_rest_reads_whole() {
     let page = engine.sessions_page(alice.clone(), 10, None).await.unwrap();
     assert_eq!(page.sessions.len(), 2);
     let funnel_before = engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap();
+    // The typed reads open them too.
+    let search_term = |history: &[linkflow::HistoryEntry]| {
+        history
+            .iter()
+            .find_map(|entry| entry.body.as_session()?.attributes.search_term.clone())
+    };
+    let a1 = SessionId::new("a1").unwrap();
+    let typed = engine.history(&a1).await.unwrap().unwrap();
+    assert_eq!(
+        search_term(&typed).as_deref(),
+        Some("alice-zebra-searches-platypus")
+    );
+    assert!(typed[0]
+        .raw
+        .as_ref()
+        .unwrap()
+        .get()
+        .contains("alice-zebra-raw-secret"));
+    let view = engine.session(&a1).await.unwrap().unwrap();
+    assert_eq!(view.state.external_user_id(), Some("alice-zebra"));
+    assert_eq!(
+        page.sessions[0].state.external_user_id(),
+        Some("alice-zebra")
+    );
 
     let report = engine
         .erase_user("alice-zebra", "ticket-4711")
@@ -158,6 +182,10 @@ async fn an_erased_user_reads_erased_everywhere_and_the_rest_reads_whole() {
     }
     assert!(history.contains(ERASED), "{history}");
     assert!(history.contains("Platypus Bank") && history.contains("INVALID_CREDENTIALS"));
+    let typed = engine.history(&a1).await.unwrap().unwrap();
+    assert_eq!(search_term(&typed).as_deref(), Some(ERASED));
+    let view = engine.session(&a1).await.unwrap().unwrap();
+    assert_eq!(view.state.external_user_id(), Some(ERASED));
     assert!(engine
         .sessions_page(alice, 10, None)
         .await
