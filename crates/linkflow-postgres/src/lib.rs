@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod keys;
 mod pool;
 pub mod schema;
 mod store;
@@ -27,6 +28,7 @@ mod store;
 pub mod testing;
 mod verify;
 
+pub use keys::PgKeys;
 pub use store::{PgOptions, PgStore};
 
 /// The channel commits notify on, with the new head as payload.

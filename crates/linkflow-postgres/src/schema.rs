@@ -64,6 +64,19 @@ CREATE TABLE linkflow_meta (
     name text PRIMARY KEY,
     value bigint NOT NULL
 );
+
+-- Erasure keys (docs/privacy.md), with a master key: each data key wrapped under the master
+-- key, named by a keyed hash of its id; a destroyed key's row is deleted (and the table
+-- vacuumed), every node told by `NOTIFY linkflow_keys`. The index secret, wrapped, is the one
+-- row of `linkflow_key_secret`.
+CREATE TABLE linkflow_keys (
+    slot bytea PRIMARY KEY,
+    wrapped bytea NOT NULL
+);
+CREATE TABLE linkflow_key_secret (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    wrapped bytea NOT NULL
+);
 "#,
 )];
 

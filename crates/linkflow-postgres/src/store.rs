@@ -46,9 +46,9 @@ impl PgOptions {
 
 /// The PostgreSQL backend of [`EventStore`]; several processes may open the same database.
 pub struct PgStore {
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
     /// Declared after `pool`'s users: dropping it stops the watcher and the connections.
-    bridge: Bridge,
+    pub(crate) bridge: Bridge,
     watching: Mutex<bool>,
     /// Set by `close`: this handle takes no more writes (other nodes go on).
     closed: std::sync::atomic::AtomicBool,
@@ -136,7 +136,7 @@ impl PgStore {
     }
 
     /// Runs `work` on a pooled connection and waits for it.
-    fn run<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
+    pub(crate) fn run<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
         let pool = Arc::clone(&self.pool);
         self.bridge.block_on(async move { pool.with(work).await })
     }

@@ -271,6 +271,25 @@ impl TestCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// `pg_dump` of `database` (its URL's last segment): the whole dump as bytes.
+    pub fn pg_dump(&self, database: &str) -> Vec<u8> {
+        let output = self
+            .command("pg_dump")
+            .args(["-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(database)
+            .stdin(Stdio::null())
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            output.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
     /// Stops the cluster when this process ends, even on a crash or a kill.
     fn spawn_watchdog(&self) -> Result<(), StartError> {
         let pg_ctl = self.bin.join("pg_ctl");

@@ -127,12 +127,17 @@ impl Engine {
                         .map_err(|error| EngineError::Keys(error.to_string()))?,
                 ))
             }
-            (Some(_), _) => {
+            // Opened with the store, below: its keys are in the database.
+            #[cfg(feature = "postgres")]
+            (Some(_), StoreChoice::Postgres { .. }) => None,
+            (Some(_), StoreChoice::Custom(_)) => {
                 return Err(EngineError::InvalidConfig(
-                    "a master key (erasure) is built for the sled store only so far; see docs/privacy.md".into(),
+                    "a master key (erasure) needs the engine's own store, sled or PostgreSQL, where it keeps the keys; see docs/privacy.md".into(),
                 ))
             }
         };
+        #[cfg(feature = "postgres")]
+        let mut pg_keys = None;
         let store: Arc<dyn EventStore> = match config.store {
             StoreChoice::Sled {
                 path,
@@ -145,8 +150,22 @@ impl Engine {
                 Arc::new(SledStore::open_with(options)?)
             }
             #[cfg(feature = "postgres")]
-            StoreChoice::Postgres { url } => Arc::new(linkflow_postgres::PgStore::open(&url)?),
+            StoreChoice::Postgres { url } => {
+                let store = Arc::new(linkflow_postgres::PgStore::open(&url)?);
+                pg_keys = Some(linkflow_postgres::PgKeys::new(Arc::clone(&store)));
+                store
+            }
             StoreChoice::Custom(store) => store,
+        };
+        #[cfg(feature = "postgres")]
+        let privacy = match (pg_keys, &config.master_key) {
+            (Some(keys), Some(master)) => Some(crate::pg_keys::open(keys, master)?),
+            (Some(keys), None) if keys.sealed()? => {
+                return Err(EngineError::InvalidConfig(
+                    "this database holds erasure keys: its personal fields are sealed, so it opens only with its master key (LINKFLOW_MASTER_KEY or LINKFLOW_MASTER_KEY_FILE)".into(),
+                ));
+            }
+            _ => privacy,
         };
         // Whatever is in the log at open was written by an earlier run; make it durable before
         // anyone can observe it, so a subscriber never sees an event a crash could take back.

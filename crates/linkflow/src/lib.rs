@@ -37,6 +37,8 @@ pub use funnel_read::Gauges;
 mod index;
 pub mod ingest;
 pub mod intake;
+#[cfg(feature = "postgres")]
+mod pg_keys;
 pub mod privacy;
 pub mod quarantine;
 mod query;

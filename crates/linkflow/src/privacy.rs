@@ -55,6 +55,9 @@ pub enum KeyError {
     /// damaged bytes).
     #[error("{0} does not open under its key (a different master key, or damaged bytes)")]
     DoesNotOpen(String),
+    /// The shared key table (PostgreSQL) failed.
+    #[error("the key table: {0}")]
+    Table(String),
 }
 
 /// The operator's master key.
@@ -476,15 +479,7 @@ impl Keyring {
     }
 
     fn keyed_hash(&self, purpose: &[u8], bytes: &[u8]) -> [u8; 16] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index[..])
-            .expect("HMAC takes a key of any length");
-        mac.update(purpose);
-        mac.update(&[0]);
-        mac.update(bytes);
-        let digest = mac.finalize().into_bytes();
-        let mut hash = [0u8; 16];
-        hash.copy_from_slice(&digest[..16]);
-        hash
+        keyed_hash(&self.index, purpose, bytes)
     }
 
     /// The data key `id`, made if there is none (written, not yet synced: see
@@ -728,6 +723,218 @@ fn read_slot(slot: &[u8]) -> Slot {
     Slot::Live(id)
 }
 
+/// What [`Privacy`] asks of a keyring: the key file's [`Keyring`], or [`TableKeyring`] over a
+/// table every node shares.
+trait Keys: Send {
+    fn subject(&self, external_user_id: &str) -> [u8; 16];
+    fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError>;
+    fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError>;
+    fn contains(&mut self, id: &KeyId) -> Result<bool, KeyError>;
+    fn sync(&mut self) -> Result<(), KeyError>;
+    fn destroy(&mut self, ids: &[KeyId]) -> Result<usize, KeyError>;
+    fn len(&mut self) -> usize;
+    fn rotate_to(&mut self, new: &MasterKey) -> Result<usize, KeyError>;
+    fn forget(&mut self);
+}
+
+impl Keys for Keyring {
+    fn subject(&self, external_user_id: &str) -> [u8; 16] {
+        Keyring::subject(self, external_user_id)
+    }
+
+    fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
+        Keyring::key(self, id)
+    }
+
+    fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError> {
+        Keyring::existing(self, slot_id)
+    }
+
+    fn contains(&mut self, id: &KeyId) -> Result<bool, KeyError> {
+        Ok(Keyring::contains(self, id))
+    }
+
+    fn sync(&mut self) -> Result<(), KeyError> {
+        Keyring::sync(self)
+    }
+
+    fn destroy(&mut self, ids: &[KeyId]) -> Result<usize, KeyError> {
+        Keyring::destroy(self, ids)
+    }
+
+    fn len(&mut self) -> usize {
+        Keyring::len(self)
+    }
+
+    fn rotate_to(&mut self, new: &MasterKey) -> Result<usize, KeyError> {
+        Keyring::rotate_to(self, new)
+    }
+
+    fn forget(&mut self) {
+        // One process owns the key file: nothing is destroyed behind its back.
+    }
+}
+
+/// A table of wrapped keys shared by every node (PostgreSQL's `linkflow_keys`): what a
+/// [`TableKeyring`] keeps its keys in. Each call is durable when it returns.
+pub trait KeyTable: Send {
+    /// The wrapped index secret stored, or `wrapped` stored now if there is none.
+    fn index_secret(&self, wrapped: Vec<u8>) -> Result<Vec<u8>, KeyError>;
+    /// The wrapped key named `slot`.
+    fn get(&self, slot: &SlotId) -> Result<Option<Vec<u8>>, KeyError>;
+    /// Stores `wrapped` under `slot` unless a key is there; the key that is.
+    fn insert(&self, slot: &SlotId, wrapped: Vec<u8>) -> Result<Vec<u8>, KeyError>;
+    /// Deletes the keys named `slots` (every node told); how many there were.
+    fn delete(&self, slots: &[SlotId]) -> Result<usize, KeyError>;
+    /// How many keys.
+    fn count(&self) -> Result<usize, KeyError>;
+    /// Every key, named.
+    fn all(&self) -> Result<Vec<(SlotId, Vec<u8>)>, KeyError>;
+    /// The index secret and every key replaced at once (a rotation).
+    fn replace_all(&self, secret: Vec<u8>, keys: Vec<(SlotId, Vec<u8>)>) -> Result<(), KeyError>;
+}
+
+/// Data keys in a [`KeyTable`]: what several nodes on one PostgreSQL share. Unwrapped keys are
+/// kept in memory (at most [`MAX_CACHED_KEYS`]) until [`Privacy::forget`], which the engine
+/// calls whenever any node destroys keys.
+pub struct TableKeyring {
+    table: Box<dyn KeyTable>,
+    wrapping: Zeroizing<[u8; 32]>,
+    index: Zeroizing<[u8; 32]>,
+    cache: HashMap<SlotId, DataKey>,
+}
+
+impl TableKeyring {
+    /// The keyring of `table` under `master` (the index secret made if the table has none).
+    pub fn open(table: Box<dyn KeyTable>, master: &MasterKey) -> Result<TableKeyring, KeyError> {
+        let wrapping = master.derive("key wrapping");
+        let mut fresh = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut fresh[..]).expect("the operating system's random source works");
+        let stored = table.index_secret(seal(&wrapping, INDEX_SECRET, &fresh[..]))?;
+        let secret = Zeroizing::new(
+            open(&wrapping, INDEX_SECRET, &stored)
+                .map_err(|_| KeyError::DoesNotOpen("the key table's index secret".into()))?,
+        );
+        let mut index = Zeroizing::new([0u8; 32]);
+        if secret.len() != 32 {
+            return Err(KeyError::Table("its index secret is not 32 bytes".into()));
+        }
+        index.copy_from_slice(&secret);
+        Ok(TableKeyring {
+            table,
+            wrapping,
+            index,
+            cache: HashMap::new(),
+        })
+    }
+
+    fn slot_id(&self, id: &KeyId) -> SlotId {
+        keyed_hash(&self.index, b"key", &id.encode())
+    }
+
+    fn unwrap(&mut self, slot: &SlotId, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+        let bytes = Zeroizing::new(
+            open(&self.wrapping, slot, wrapped)
+                .map_err(|_| KeyError::DoesNotOpen("a key of the key table".into()))?,
+        );
+        if bytes.len() != 32 {
+            return Err(KeyError::DoesNotOpen("a key of the key table".into()));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&bytes);
+        if self.cache.len() >= MAX_CACHED_KEYS {
+            self.cache.clear();
+        }
+        self.cache.insert(*slot, key.clone());
+        Ok(key)
+    }
+}
+
+impl Keys for TableKeyring {
+    fn subject(&self, external_user_id: &str) -> [u8; 16] {
+        keyed_hash(&self.index, b"user", external_user_id.as_bytes())
+    }
+
+    fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
+        let slot = self.slot_id(id);
+        if let Some(key) = self.existing(&slot)? {
+            return Ok((slot, key));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut key[..]).expect("the operating system's random source works");
+        // Another node may have made it meanwhile: the one stored first is the key.
+        let stored = self
+            .table
+            .insert(&slot, seal(&self.wrapping, &slot, &key[..]))?;
+        Ok((slot, self.unwrap(&slot, &stored)?))
+    }
+
+    fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError> {
+        if let Some(key) = self.cache.get(slot_id) {
+            return Ok(Some(key.clone()));
+        }
+        match self.table.get(slot_id)? {
+            Some(wrapped) => self.unwrap(slot_id, &wrapped).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn contains(&mut self, id: &KeyId) -> Result<bool, KeyError> {
+        let slot = self.slot_id(id);
+        Ok(self.cache.contains_key(&slot) || self.table.get(&slot)?.is_some())
+    }
+
+    fn sync(&mut self) -> Result<(), KeyError> {
+        Ok(())
+    }
+
+    fn destroy(&mut self, ids: &[KeyId]) -> Result<usize, KeyError> {
+        let slots: Vec<SlotId> = ids.iter().map(|id| self.slot_id(id)).collect();
+        for slot in &slots {
+            self.cache.remove(slot);
+        }
+        self.table.delete(&slots)
+    }
+
+    fn len(&mut self) -> usize {
+        self.table.count().unwrap_or(0)
+    }
+
+    fn rotate_to(&mut self, new: &MasterKey) -> Result<usize, KeyError> {
+        let wrapping = new.derive("key wrapping");
+        let mut keys = Vec::new();
+        for (slot, wrapped) in self.table.all()? {
+            let key = Zeroizing::new(
+                open(&self.wrapping, &slot, &wrapped)
+                    .map_err(|_| KeyError::DoesNotOpen("a key of the key table".into()))?,
+            );
+            keys.push((slot, seal(&wrapping, &slot, &key)));
+        }
+        let count = keys.len();
+        let secret = seal(&wrapping, INDEX_SECRET, &self.index[..]);
+        self.table.replace_all(secret, keys)?;
+        self.wrapping = wrapping;
+        Ok(count)
+    }
+
+    fn forget(&mut self) {
+        self.cache.clear();
+    }
+}
+
+/// The first 16 bytes of HMAC-SHA256 under `index` of `purpose`, a zero byte and `bytes`.
+fn keyed_hash(index: &[u8; 32], purpose: &[u8], bytes: &[u8]) -> [u8; 16] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&index[..]).expect("HMAC takes a key of any length");
+    mac.update(purpose);
+    mac.update(&[0]);
+    mac.update(bytes);
+    let digest = mac.finalize().into_bytes();
+    let mut hash = [0u8; 16];
+    hash.copy_from_slice(&digest[..16]);
+    hash
+}
+
 /// The start of a sealed value in a stored text field.
 pub const SEALED_PREFIX: &str = "lf-sealed:";
 /// What reads show in place of a field whose key was destroyed.
@@ -771,7 +978,7 @@ pub enum Opened {
 /// either makes them unreadable. A token is text: [`SEALED_PREFIX`] then URL-safe base64 of
 /// `u8(kind) slot(16) [day slot(16) for a raw payload] sealed`.
 pub struct Privacy {
-    keyring: std::sync::Mutex<Keyring>,
+    keyring: std::sync::Mutex<Box<dyn Keys>>,
     /// Recently used keys by id with their slot names, and raw payload keys by (owner's slot,
     /// day): what sealing a batch asks for again and again, without a keyed hash each time. At
     /// most [`MAX_CACHED_KEYS`] each; emptied by every destroy.
@@ -807,9 +1014,25 @@ impl Privacy {
     /// Opens the key file in `dir` under `master`.
     pub fn open(dir: &Path, master: &MasterKey) -> Result<Privacy, KeyError> {
         Ok(Privacy {
-            keyring: std::sync::Mutex::new(Keyring::open(dir, master)?),
+            keyring: std::sync::Mutex::new(Box::new(Keyring::open(dir, master)?)),
             recent: std::sync::Mutex::default(),
         })
+    }
+
+    /// Keys kept in `table`, shared by every node (PostgreSQL), under `master`.
+    pub fn open_table(table: Box<dyn KeyTable>, master: &MasterKey) -> Result<Privacy, KeyError> {
+        Ok(Privacy {
+            keyring: std::sync::Mutex::new(Box::new(TableKeyring::open(table, master)?)),
+            recent: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Forgets every unwrapped key held in memory: another node destroyed keys, and the next
+    /// use of any key asks the table again.
+    pub fn forget(&self) {
+        let mut recent = self.recent();
+        *recent = Recent::default();
+        self.keyring().forget();
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -840,7 +1063,7 @@ impl Privacy {
         Ok(found)
     }
 
-    fn keyring(&self) -> std::sync::MutexGuard<'_, Keyring> {
+    fn keyring(&self) -> std::sync::MutexGuard<'_, Box<dyn Keys>> {
         self.keyring
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -861,7 +1084,7 @@ impl Privacy {
     /// erased).
     pub fn known_user_token(&self, external_user_id: &str) -> Result<Option<String>, KeyError> {
         let id = self.user_key(external_user_id);
-        if !self.keyring().contains(&id) {
+        if !self.keyring().contains(&id)? {
             return Ok(None);
         }
         self.seal_text(&id, external_user_id).map(Some)
@@ -997,12 +1220,10 @@ impl Privacy {
         let mut recent = self.recent();
         let mut keyring = self.keyring();
         *recent = Recent::default();
-        let expired: Vec<KeyId> = (day.saturating_sub(MAX_RETENTION_SCAN_DAYS)..day)
+        let days: Vec<KeyId> = (day.saturating_sub(MAX_RETENTION_SCAN_DAYS)..day)
             .map(KeyId::Day)
-            .filter(|id| keyring.contains(id))
             .collect();
-        keyring.destroy(&expired)?;
-        Ok(expired.len())
+        keyring.destroy(&days)
     }
 
     /// Makes every key made so far durable.
@@ -1019,7 +1240,7 @@ impl Privacy {
     }
 
     /// Whether the key `id` exists.
-    pub fn contains(&self, id: &KeyId) -> bool {
+    pub fn contains(&self, id: &KeyId) -> Result<bool, KeyError> {
         self.keyring().contains(id)
     }
 

@@ -148,3 +148,90 @@ async fn two_nodes_on_one_database_store_every_event_once_and_agree() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Erasure on PostgreSQL (issue 29): two nodes share the keys in the database; one erases a
+/// user and the other reads `[erased]` within the notification's delay; a `pg_dump` holds no
+/// user's strings; the database does not open without its master key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_on_one_node_is_seen_by_the_other_and_pg_dump_holds_no_plaintext() {
+    let Some(cluster) = TestCluster::shared_or_skip("erasure_on_postgres") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let keyed = || {
+        let mut config = EngineConfig::postgres(&url);
+        config.master_key = Some(std::sync::Arc::new(
+            linkflow::privacy::MasterKey::from_hex(
+                "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            )
+            .unwrap(),
+        ));
+        config
+    };
+    let a = Engine::open_with(keyed()).unwrap();
+    let b = Engine::open_with(keyed()).unwrap();
+    let context = |user: &str| {
+        linkflow::PayloadContext::new("test", Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, 0).unwrap())
+            .with_user(user)
+    };
+    for (user, session, node) in [("pg-alice", "pa1", &a), ("pg-bob", "pb1", &b)] {
+        let body = format!(
+            r#"{{"name":"search_institution","properties":{{"search_term":"{user}-searches"}},"meta":{{"link_session_id":"{session}","timestamp":"2023-11-29T12:44:01.000Z"}}}}"#
+        );
+        node.ingest_payload(linkflow::Feed::Moneykit, body.as_bytes(), &context(user))
+            .await
+            .unwrap();
+    }
+    let term = |engine: &Engine, session: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let history = engine
+                .history(&SessionId::new(session).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            history[0]
+                .body
+                .as_session()
+                .unwrap()
+                .attributes
+                .search_term
+                .clone()
+                .unwrap()
+        }
+    };
+    // Each node opens what the other sealed: the keys are shared.
+    assert_eq!(term(&b, "pa1").await, "pg-alice-searches");
+    assert_eq!(term(&a, "pb1").await, "pg-bob-searches");
+    let report = a.erase_user("pg-alice", "ticket").await.unwrap();
+    assert_eq!((report.erased, report.streams), (true, 1));
+    assert_eq!(term(&a, "pa1").await, linkflow::privacy::ERASED);
+    // The other node forgets its unwrapped keys when the database tells it.
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = term(&b, "pa1").await;
+        if seen == linkflow::privacy::ERASED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, linkflow::privacy::ERASED);
+    assert_eq!(term(&b, "pb1").await, "pg-bob-searches");
+    assert!(a.verify().await.unwrap().is_clean());
+    let database = url.rsplit('/').next().unwrap();
+    let dump = cluster.pg_dump(database);
+    for text in ["pg-alice", "pg-bob", "searches"] {
+        assert!(
+            !dump
+                .windows(text.len())
+                .any(|window| window == text.as_bytes()),
+            "{text} in the dump"
+        );
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let Err(error) = Engine::open_with(EngineConfig::postgres(&url)) else {
+        panic!("a sealed database opened without its master key");
+    };
+    assert!(error.to_string().contains("master key"), "{error}");
+}
