@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkflow_store::StoreError;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::backend;
 use crate::store::PgStore;
@@ -206,12 +205,20 @@ impl PgKeys {
     /// (it may have missed one), until the store's runtime stops.
     pub fn watch_destroyed(&self, forget: Box<dyn Fn() + Send + Sync>) {
         let pool = Arc::clone(&self.store.pool);
+        // `forget` takes the engine's locks, which a destroy on this node holds while it waits
+        // for this runtime to run its DELETE: it runs on a blocking thread, never on the
+        // runtime's workers.
+        let forget: Arc<dyn Fn() + Send + Sync> = Arc::from(forget);
+        let call = move || {
+            let forget = Arc::clone(&forget);
+            drop(tokio::task::spawn_blocking(move || forget()));
+        };
         self.store.bridge.handle().spawn(async move {
             loop {
-                if let Err(error) = watch_once(&pool, &*forget).await {
+                if let Err(error) = watch_once(&pool, &call).await {
                     tracing::warn!(%error, "PostgreSQL key watcher failed; reconnecting");
                 }
-                forget();
+                call();
                 tokio::time::sleep(WATCH_RETRY).await;
             }
         });
@@ -222,23 +229,7 @@ async fn watch_once(
     pool: &crate::pool::Pool,
     forget: &(dyn Fn() + Send + Sync),
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = pool.config().connect(NoTls).await.map_err(backend)?;
-    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = notified.send(());
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    client
-        .batch_execute(&format!("LISTEN {KEYS_CHANNEL}"))
-        .await
-        .map_err(backend)?;
+    let (_client, mut notifications) = crate::store::listen(pool, KEYS_CHANNEL).await?;
     // Listening now: whatever was destroyed before is forgotten too.
     forget();
     while notifications.recv().await.is_some() {

@@ -167,8 +167,8 @@ impl PgStore {
                 client
                     .batch_execute(
                         "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots, linkflow_meta,
-                                              linkflow_index, linkflow_counters,
-                                              linkflow_head, linkflow_schema",
+                                              linkflow_index, linkflow_counters, linkflow_keys,
+                                              linkflow_key_secret, linkflow_head, linkflow_schema",
                     )
                     .await
                     .map_err(backend)
@@ -510,17 +510,19 @@ async fn watch(pool: Arc<Pool>, wake: Box<dyn Fn(Position) + Send + Sync>) {
     }
 }
 
-async fn watch_once(
+/// A connection of its own that `LISTEN`s on `channel`, and the payloads of its notifications
+/// (the channel closes when the connection does).
+pub(crate) async fn listen(
     pool: &Pool,
-    wake: &(dyn Fn(Position) + Send + Sync),
-) -> Result<(), StoreError> {
+    channel: &str,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), StoreError> {
     let (client, mut connection) = pool.config().connect(NoTls).await.map_err(backend)?;
-    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    let (notified, notifications) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
                 Ok(AsyncMessage::Notification(note)) => {
-                    let _ = notified.send(note.payload().parse::<u64>().ok());
+                    let _ = notified.send(note.payload().to_owned());
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -528,13 +530,24 @@ async fn watch_once(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .batch_execute(&format!("LISTEN {channel}"))
         .await
         .map_err(backend)?;
+    Ok((client, notifications))
+}
+
+async fn watch_once(
+    pool: &Pool,
+    wake: &(dyn Fn(Position) + Send + Sync),
+) -> Result<(), StoreError> {
+    let (client, mut notifications) = listen(pool, NOTIFY_CHANNEL).await?;
     loop {
         match tokio::time::timeout(WATCH_POLL, notifications.recv()).await {
-            Ok(Some(Some(head))) => wake(Position(head)),
-            Ok(Some(None)) => {}
+            Ok(Some(payload)) => {
+                if let Ok(head) = payload.parse::<u64>() {
+                    wake(Position(head));
+                }
+            }
             Ok(None) => return Err(crate::error::unreachable("the LISTEN connection closed")),
             Err(_) => wake(read_head(&client).await?),
         }

@@ -131,3 +131,25 @@ fn a_column_of_another_type_is_an_error_not_a_panic() {
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     assert!(error.to_string().contains("column `0`"), "{error}");
 }
+
+/// `drop_schema` removes every table the migrations create (the keys' included), so that a
+/// database reused by a benchmark opens again.
+#[test]
+fn drop_schema_leaves_no_linkflow_table_and_the_store_opens_again() {
+    let Some(cluster) = TestCluster::shared_or_skip("drop_schema") else {
+        return;
+    };
+    let url = cluster.create_database();
+    drop(PgStore::open(&url).unwrap());
+    let database = url.rsplit('/').next().unwrap();
+    let tables = |cluster: &TestCluster| {
+        cluster.psql(
+            database,
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'linkflow%'",
+        )
+    };
+    assert_ne!(tables(cluster), "0");
+    PgStore::drop_schema(&url).unwrap();
+    assert_eq!(tables(cluster), "0");
+    drop(PgStore::open(&url).unwrap());
+}
