@@ -53,6 +53,13 @@ impl RawJson {
         RawJson(Arc::from(text))
     }
 
+    /// The JSON string holding `text` (made, not read: nothing to check).
+    pub fn string(text: &str) -> Self {
+        RawJson(Arc::from(
+            serde_json::to_string(text).expect("a string serializes"),
+        ))
+    }
+
     /// Serializes `value` compactly.
     pub fn from_serialize<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
         serde_json::value::to_raw_value(value).map(|raw| RawJson(Box::<str>::from(raw).into()))

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -225,15 +225,12 @@ fn random_nonce() -> [u8; NONCE_BYTES] {
 /// plaintext (HMAC-SHA256, as SIV constructions do): the same text under the same key seals to
 /// the same bytes, so sealed ids can be compared and looked up. It reveals only equality.
 pub fn seal_deterministic(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
-    mac.update(b"linkflow nonce");
-    mac.update(&(associated.len() as u64).to_be_bytes());
-    mac.update(associated);
-    mac.update(plaintext);
-    let digest = mac.finalize().into_bytes();
-    let mut nonce = [0u8; NONCE_BYTES];
-    nonce.copy_from_slice(&digest[..NONCE_BYTES]);
-    seal_with(key, nonce, associated, plaintext)
+    seal_with(
+        key,
+        deterministic_nonce(key, associated, plaintext),
+        associated,
+        plaintext,
+    )
 }
 
 fn seal_with(
@@ -242,21 +239,46 @@ fn seal_with(
     associated: &[u8],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(key.into());
-    let sealed = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: associated,
-            },
-        )
-        .expect("AES-256-GCM encrypts any length linkflow stores");
-    let mut out = Vec::with_capacity(1 + NONCE_BYTES + sealed.len());
+    let mut out = Vec::with_capacity(SEALED_OVERHEAD + plaintext.len());
+    seal_onto(&mut out, key, nonce, associated, plaintext);
+    out
+}
+
+/// The bytes sealing adds to a plaintext: `u8(version) nonce(12) tag(16)`.
+const SEALED_OVERHEAD: usize = 1 + NONCE_BYTES + 16;
+
+/// Appends `u8(version) nonce ciphertext tag` to `out`, encrypting in place: one buffer for
+/// what a token holds around the sealed bytes too (sealing runs once per personal field of
+/// every event ingested, so copies count).
+fn seal_onto(
+    out: &mut Vec<u8>,
+    key: &[u8; 32],
+    nonce: [u8; NONCE_BYTES],
+    associated: &[u8],
+    plaintext: &[u8],
+) {
+    out.reserve(SEALED_OVERHEAD + plaintext.len());
     out.push(SEALED_VERSION);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
-    out
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    let tag = Aes256Gcm::new(key.into())
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), associated, &mut out[start..])
+        .expect("AES-256-GCM encrypts any length linkflow stores");
+    out.extend_from_slice(&tag);
+}
+
+/// The nonce [`seal_deterministic`] uses: a keyed hash of what it seals.
+fn deterministic_nonce(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> [u8; NONCE_BYTES] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
+    mac.update(b"linkflow nonce");
+    mac.update(&(associated.len() as u64).to_be_bytes());
+    mac.update(associated);
+    mac.update(plaintext);
+    let digest = mac.finalize().into_bytes();
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce.copy_from_slice(&digest[..NONCE_BYTES]);
+    nonce
 }
 
 /// Opens what [`seal`] or [`seal_deterministic`] sealed under `key` with the same
@@ -988,8 +1010,16 @@ pub struct Privacy {
 #[derive(Default)]
 struct Recent {
     keys: HashMap<KeyId, (SlotId, DataKey)>,
-    raw: HashMap<(SlotId, SlotId), DataKey>,
+    /// Raw payload keys by (owner's slot, day): the day's slot and the combined key.
+    raw: HashMap<(SlotId, i64), (SlotId, DataKey)>,
+    /// Users' key ids and tokens by their plain id: every event of a user seals the same id
+    /// to the same token, made once instead of two keyed hashes and a seal each time. At most
+    /// [`MAX_CACHED_USERS`].
+    users: HashMap<String, (KeyId, String)>,
 }
+
+/// The users whose tokens are kept in memory; past it the cache starts again empty.
+pub const MAX_CACHED_USERS: usize = 16_384;
 
 impl std::fmt::Debug for Privacy {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1003,11 +1033,24 @@ fn associated(kind: u8) -> [u8; 16] {
     bytes
 }
 
-fn encode_token(parts: &[&[u8]]) -> String {
+/// `bytes` as a token: [`SEALED_PREFIX`] and their URL-safe base64.
+fn encode_token(bytes: &[u8]) -> String {
     use base64::Engine as _;
-    let mut out = String::from(SEALED_PREFIX);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(parts.concat(), &mut out);
+    let mut out = String::with_capacity(SEALED_PREFIX.len() + base64_len(bytes.len()));
+    out.push_str(SEALED_PREFIX);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut out);
     out
+}
+
+/// A text token: `u8(TEXT_TOKEN) slot(16)` then `text` sealed deterministically.
+fn text_token(slot: &SlotId, key: &DataKey, text: &str) -> String {
+    let associated = associated(TEXT_TOKEN);
+    let mut bytes = Vec::with_capacity(1 + 16 + SEALED_OVERHEAD + text.len());
+    bytes.push(TEXT_TOKEN);
+    bytes.extend_from_slice(slot);
+    let nonce = deterministic_nonce(key, &associated, text.as_bytes());
+    seal_onto(&mut bytes, key, nonce, &associated, text.as_bytes());
+    encode_token(&bytes)
 }
 
 impl Privacy {
@@ -1071,13 +1114,28 @@ impl Privacy {
 
     /// The user's key id.
     pub fn user_key(&self, external_user_id: &str) -> KeyId {
+        if let Some((id, _)) = self.recent().users.get(external_user_id) {
+            return id.clone();
+        }
         KeyId::User(self.keyring().subject(external_user_id))
     }
 
     /// The token a user id is stored as, making the user's key if there is none.
     pub fn user_token(&self, external_user_id: &str) -> Result<String, KeyError> {
-        let id = self.user_key(external_user_id);
-        self.seal_text(&id, external_user_id)
+        let mut recent = self.recent();
+        if let Some((_, token)) = recent.users.get(external_user_id) {
+            return Ok(token.clone());
+        }
+        let id = KeyId::User(self.keyring().subject(external_user_id));
+        let (slot, key) = self.key_in(&mut recent, &id)?;
+        let token = text_token(&slot, &key, external_user_id);
+        if recent.users.len() >= MAX_CACHED_USERS {
+            recent.users.clear();
+        }
+        recent
+            .users
+            .insert(external_user_id.to_owned(), (id, token.clone()));
+        Ok(token)
     }
 
     /// The token a user id is stored as, if the user has a key (`None`: never seen, or
@@ -1093,8 +1151,7 @@ impl Privacy {
     /// `text` sealed under the key `id` (made if there is none), deterministically.
     pub fn seal_text(&self, id: &KeyId, text: &str) -> Result<String, KeyError> {
         let (slot, key) = self.key(id)?;
-        let sealed = seal_deterministic(&key, &associated(TEXT_TOKEN), text.as_bytes());
-        Ok(encode_token(&[&[TEXT_TOKEN], &slot, &sealed]))
+        Ok(text_token(&slot, &key, text))
     }
 
     /// A raw payload's text sealed under its owner's key (its stream's, or a user's) and its
@@ -1104,27 +1161,34 @@ impl Privacy {
         // destroy falls between them.
         let mut recent = self.recent();
         let (stream_slot, stream_key) = self.key_in(&mut recent, owner)?;
-        let (day_slot, day_key) = self.key_in(&mut recent, &KeyId::Day(day))?;
-        let cached = recent.raw.get(&(stream_slot, day_slot)).cloned();
-        let key = match cached {
-            Some(key) => key,
+        let cached = recent.raw.get(&(stream_slot, day)).cloned();
+        let (day_slot, key) = match cached {
+            Some(found) => found,
             None => {
+                let (day_slot, day_key) = self.key_in(&mut recent, &KeyId::Day(day))?;
                 let key = combine(&stream_key, &day_key);
                 if recent.raw.len() >= MAX_CACHED_KEYS {
                     recent.raw.clear();
                 }
-                recent.raw.insert((stream_slot, day_slot), key.clone());
-                key
+                recent
+                    .raw
+                    .insert((stream_slot, day), (day_slot, key.clone()));
+                (day_slot, key)
             }
         };
         drop(recent);
-        let sealed = seal(&key, &associated(RAW_TOKEN), raw.as_bytes());
-        Ok(encode_token(&[
-            &[RAW_TOKEN],
-            &stream_slot,
-            &day_slot,
-            &sealed,
-        ]))
+        let mut bytes = Vec::with_capacity(1 + 16 + 16 + SEALED_OVERHEAD + raw.len());
+        bytes.push(RAW_TOKEN);
+        bytes.extend_from_slice(&stream_slot);
+        bytes.extend_from_slice(&day_slot);
+        seal_onto(
+            &mut bytes,
+            &key,
+            random_nonce(),
+            &associated(RAW_TOKEN),
+            raw.as_bytes(),
+        );
+        Ok(encode_token(&bytes))
     }
 
     /// Opens a stored text field.
@@ -1541,5 +1605,35 @@ mod tests {
         assert_eq!(privacy.show(&term), ERASED);
         assert_eq!(privacy.open_text(&other_day), Opened::Erased);
         assert_eq!(privacy.known_user_token("alice").unwrap(), None);
+        // The tokens kept in memory went with the key: alice seen again is a new user, whose
+        // token opens, and the old one stays erased.
+        let again = privacy.user_token("alice").unwrap();
+        assert_ne!(again, alice);
+        assert_eq!(privacy.show(&again), "alice");
+        assert_eq!(privacy.show(&alice), ERASED);
+        // A raw payload sealed again after its keys were destroyed is under new keys.
+        let later = privacy
+            .seal_raw(&KeyId::Stream("s1".into()), 20_001, r#"{"n":3}"#)
+            .unwrap();
+        assert_eq!(privacy.open_text(&later), Opened::Raw(r#"{"n":3}"#.into()));
+        assert_eq!(privacy.open_text(&other_day), Opened::Erased);
+    }
+
+    #[test]
+    fn the_user_tokens_kept_in_memory_are_bounded_and_the_same_as_made_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let privacy = Privacy::open(dir.path(), &master()).unwrap();
+        let first: Vec<String> = (0..MAX_CACHED_USERS + 10)
+            .map(|n| privacy.user_token(&format!("user-{n}")).unwrap())
+            .collect();
+        assert!(privacy.recent().users.len() <= MAX_CACHED_USERS);
+        // A second process (nothing in memory) makes the same tokens from the same keys.
+        privacy.sync().unwrap();
+        drop(privacy);
+        let reopened = Privacy::open(dir.path(), &master()).unwrap();
+        for n in [0, 1, MAX_CACHED_USERS / 2, MAX_CACHED_USERS + 9] {
+            assert_eq!(reopened.user_token(&format!("user-{n}")).unwrap(), first[n]);
+            assert_eq!(reopened.show(&first[n]), format!("user-{n}"));
+        }
     }
 }

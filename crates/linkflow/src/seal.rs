@@ -87,7 +87,7 @@ pub(crate) fn seal_incoming(
     let stream_key = KeyId::Stream(incoming.session.as_str().to_owned());
     // Whose key the raw payload is sealed under: its stream's, or for a quarantined payload
     // that names a user, the user's (a quarantine stream is found by no user index).
-    let mut raw_owner = stream_key.clone();
+    let mut user_owner: Option<KeyId> = None;
     match &mut incoming.body {
         EventBody::Session(event) => {
             let attributes = &mut event.attributes;
@@ -133,7 +133,7 @@ pub(crate) fn seal_incoming(
         EventBody::Quarantined(entry) => {
             for (name, value) in &mut entry.origin.params {
                 if name == "external_user_id" {
-                    raw_owner = privacy.user_key(value);
+                    user_owner = Some(privacy.user_key(value));
                     *value = privacy.user_token(value).map_err(keys)?;
                 }
             }
@@ -142,9 +142,9 @@ pub(crate) fn seal_incoming(
     }
     if let Some(raw) = &incoming.raw {
         let day = day_of(incoming.received_at.unwrap_or(now));
-        let token = privacy.seal_raw(&raw_owner, day, raw.get()).map_err(keys)?;
-        let text = serde_json::to_string(&token).expect("a string serializes");
-        incoming.raw = Some(RawJson::from_string(text).expect("a JSON string is JSON"));
+        let owner = user_owner.as_ref().unwrap_or(&stream_key);
+        let token = privacy.seal_raw(owner, day, raw.get()).map_err(keys)?;
+        incoming.raw = Some(RawJson::string(&token));
     }
     Ok(())
 }
