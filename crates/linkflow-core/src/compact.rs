@@ -191,7 +191,8 @@ impl<'a> Input<'a> {
         }
     }
 
-    fn take(&mut self, what: &'static str, len: usize) -> Result<&'a [u8], CompactError> {
+    /// The next `len` bytes (a length read before them, or a fixed width).
+    pub fn take(&mut self, what: &'static str, len: usize) -> Result<&'a [u8], CompactError> {
         let end = self
             .at
             .checked_add(len)
@@ -255,7 +256,8 @@ impl<'a> Input<'a> {
             })
     }
 
-    fn utf8(&mut self, what: &'static str, len: usize) -> Result<&'a str, CompactError> {
+    /// The next `len` bytes, which must be UTF-8.
+    pub fn utf8(&mut self, what: &'static str, len: usize) -> Result<&'a str, CompactError> {
         let start = self.at;
         let bytes = self.take(what, len)?;
         std::str::from_utf8(bytes).map_err(|error| CompactError {

@@ -1,4 +1,4 @@
-//! Record bodies (schema 5), in the core's compact form (`linkflow_core::compact`): integers
+//! Record bodies (schema 6), in the core's compact form (`linkflow_core::compact`): integers
 //! as varints, ids as their 16 bytes, strings and the raw payload length-prefixed and verbatim,
 //! and the canonical event as its own compact form (`EventBody`'s, its bytes pinned by a test
 //! in `record.rs`).
@@ -7,7 +7,8 @@
 //! event     = u8(rejected) str(stream) varint(version) varint(position) new_event
 //!             time(stored_at, from received_at)
 //! new_event = [16](event id) [16](dedupe key) provider time(received_at, from the epoch)
-//!             opt_str(raw name) opt_str(raw payload) bytes(compact EventBody)
+//!             opt_str(raw name) raw(raw payload) bytes(compact EventBody)
+//! raw       = varint(0) | varint(2 * len + 1) [len](JSON text) | varint(2 * len + 2) [len](sealed)
 //! snapshot  = provider varint(version) bytes(state, opaque to the store)
 //! packed    = u8(PACKED) varint(count >= 2) bytes(record) per record
 //! ```
@@ -39,10 +40,45 @@ pub(crate) fn write_event(out: &mut Output, event: &StoredEvent) {
     data.provider.encode_compact(out);
     out.time(data.received_at, 0);
     out.opt_str(data.raw_name.as_deref());
-    out.opt_str(data.raw.as_ref().map(RawJson::get));
+    write_raw(out, data.raw.as_ref());
     // Its length prefix comes first, so the body is encoded aside.
     out.bytes(&linkflow_core::to_compact(&data.body));
     out.time(event.stored_at, data.received_at.timestamp());
+}
+
+/// The raw payload: `varint(0)` none, `varint(2 * len + 1)` then a JSON text of `len` bytes,
+/// or `varint(2 * len + 2)` then a sealed payload's `len` bytes.
+fn write_raw(out: &mut Output, raw: Option<&RawJson>) {
+    match raw {
+        None => out.varint(0),
+        Some(raw) => match raw.sealed_bytes() {
+            Some(bytes) => {
+                out.varint(2 * bytes.len() as u64 + 2);
+                out.raw(bytes);
+            }
+            None => {
+                let text = raw.get();
+                out.varint(2 * text.len() as u64 + 1);
+                out.raw(text.as_bytes());
+            }
+        },
+    }
+}
+
+fn read_raw(input: &mut Input<'_>) -> Result<Option<RawJson>, CompactError> {
+    const WHAT: &str = "raw payload";
+    let tag = input.varint(WHAT)?;
+    if tag == 0 {
+        return Ok(None);
+    }
+    let len = usize::try_from((tag - 1) / 2)
+        .map_err(|_| input.error(WHAT, "length exceeds the address space"))?;
+    if tag % 2 == 1 {
+        // UTF-8 is checked here; the JSON was when the record was written.
+        Ok(Some(RawJson::from_stored(input.utf8(WHAT, len)?)))
+    } else {
+        Ok(Some(RawJson::sealed(input.take(WHAT, len)?.to_vec())))
+    }
 }
 
 pub(crate) fn write_snapshot(out: &mut Output, snapshot: &Snapshot) {
@@ -82,8 +118,7 @@ pub(crate) fn read_event(key: &str, body: &[u8]) -> Result<StoredEvent, CorruptR
         let provider = Provider::decode_compact(input)?;
         let received_at = input.time("received_at", 0)?;
         let raw_name = input.opt_str("raw name")?;
-        // UTF-8 is checked here; the JSON was when the record was written.
-        let raw = input.opt_str_ref("raw payload")?.map(RawJson::from_stored);
+        let raw = read_raw(input)?;
         let body = input.bytes("event body")?;
         let body =
             from_compact(body).map_err(|error| input.error("event body", error.to_string()))?;

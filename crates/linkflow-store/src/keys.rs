@@ -63,7 +63,7 @@ pub(crate) const COUNTER: u8 = b'C';
 /// The key holding the layout version.
 pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// The layout this build reads and writes: one stream per session holding every event it
-/// received (schema 5 records), dedupe lists and snapshots in each stream's `K` head, packed
+/// received (schema 6 records), dedupe lists and snapshots in each stream's `K` head, packed
 /// `S` values, commits made durable by the store's write-ahead log (`wal.rs`), whose frames
 /// past `Mwal` opening replays, each `K` head holding its stream's version, every value in
 /// the core's compact form. Layouts 2 to 5 kept refused events apart (`P` keys), layout 6 kept

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::error::{CommitError, CorruptRecord};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u8 = 5;
+pub const SCHEMA_VERSION: u8 = 6;
 
 /// Header bytes before the body: schema version and checksum.
 const HEADER_LEN: usize = 5;
@@ -30,63 +30,120 @@ const HEADER_LEN: usize = 5;
 /// limit stops a pathological payload from degrading every neighbour's writes.
 pub const MAX_RECORD_BYTES: usize = 6 * 1024;
 
+/// The prefix of a sealed payload's JSON form: `"lf-sealed:` + URL-safe base64 of its bytes.
+pub const SEALED_PREFIX: &str = "lf-sealed:";
+
 /// A JSON text kept exactly as it was written (no re-serialization, so a payload's bytes, key
-/// order and whitespace survive).
+/// order and whitespace survive), or a sealed payload.
 ///
-/// It holds one valid JSON value: checked when it is made from outside ([`RawJson::from_string`],
-/// deserializing), and taken as is by the record decoder, whose records were checked when
-/// written and carry a checksum. Serializing re-reads it as a raw JSON value, so a text that
-/// somehow is not JSON is a serialization error, never invalid output. Cloning shares the
-/// text (the writer copies each delivery into its record).
+/// A text holds one valid JSON value: checked when it is made from outside
+/// ([`RawJson::from_string`], deserializing), and taken as is by the record decoder, whose
+/// records were checked when written and carry a checksum. Serializing re-reads it as a raw JSON
+/// value, so a text that somehow is not JSON is a serialization error, never invalid output.
+///
+/// A sealed payload ([`RawJson::sealed`], the engine's encryption at rest) is opaque bytes,
+/// stored as they are (a third smaller than as text); its JSON form is the string
+/// [`SEALED_PREFIX`] + URL-safe base64 of the bytes, made when it is read. Cloning shares the
+/// text or the bytes (the writer copies each delivery into its record).
 #[derive(Debug, Clone)]
-pub struct RawJson(Arc<str>);
+pub struct RawJson(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Text(Arc<str>),
+    Sealed(Arc<[u8]>),
+}
 
 impl RawJson {
     /// Checks that `text` is one JSON value and keeps it verbatim.
     pub fn from_string(text: String) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text).map(|raw| RawJson(Box::<str>::from(raw).into()))
+        RawValue::from_string(text).map(|raw| RawJson(Repr::Text(Box::<str>::from(raw).into())))
     }
 
     /// A text read back from a record: checked when the record was written, so not parsed
     /// again (folding a stream never looks at the raw payload).
     pub(crate) fn from_stored(text: &str) -> Self {
-        RawJson(Arc::from(text))
+        RawJson(Repr::Text(Arc::from(text)))
     }
 
-    /// The JSON string holding `text` (made, not read: nothing to check).
-    pub fn string(text: &str) -> Self {
-        RawJson(Arc::from(
-            serde_json::to_string(text).expect("a string serializes"),
-        ))
+    /// A sealed payload's bytes.
+    pub fn sealed(bytes: Vec<u8>) -> Self {
+        RawJson(Repr::Sealed(bytes.into()))
     }
 
     /// Serializes `value` compactly.
     pub fn from_serialize<T: Serialize>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::value::to_raw_value(value).map(|raw| RawJson(Box::<str>::from(raw).into()))
+        serde_json::value::to_raw_value(value)
+            .map(|raw| RawJson(Repr::Text(Box::<str>::from(raw).into())))
     }
 
-    /// The JSON text.
-    pub fn get(&self) -> &str {
-        &self.0
+    /// The JSON text (a sealed payload's is made here).
+    pub fn get(&self) -> std::borrow::Cow<'_, str> {
+        match &self.0 {
+            Repr::Text(text) => std::borrow::Cow::Borrowed(text),
+            Repr::Sealed(bytes) => {
+                use base64::Engine as _;
+                let mut out = String::with_capacity(sealed_json_len(bytes.len()));
+                out.push('"');
+                out.push_str(SEALED_PREFIX);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut out);
+                out.push('"');
+                std::borrow::Cow::Owned(out)
+            }
+        }
     }
+
+    /// A sealed payload's bytes; `None` for a JSON text.
+    pub fn sealed_bytes(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Repr::Text(_) => None,
+            Repr::Sealed(bytes) => Some(bytes),
+        }
+    }
+
+    /// The bytes it takes in a record.
+    pub fn stored_len(&self) -> usize {
+        match &self.0 {
+            Repr::Text(text) => text.len(),
+            Repr::Sealed(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// The length of the JSON form of a sealed payload of `bytes` bytes.
+fn sealed_json_len(bytes: usize) -> usize {
+    2 + SEALED_PREFIX.len() + (bytes * 4).div_ceil(3)
 }
 
 impl Serialize for RawJson {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
-        raw.serialize(serializer)
+        match &self.0 {
+            Repr::Text(text) => {
+                let raw: &RawValue =
+                    serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+                raw.serialize(serializer)
+            }
+            Repr::Sealed(_) => {
+                let json = self.get();
+                serializer.serialize_str(&json[1..json.len() - 1])
+            }
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for RawJson {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(deserializer).map(|raw| RawJson(Box::<str>::from(raw).into()))
+        Box::<RawValue>::deserialize(deserializer)
+            .map(|raw| RawJson(Repr::Text(Box::<str>::from(raw).into())))
     }
 }
 
 impl PartialEq for RawJson {
     fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
+        match (&self.0, &other.0) {
+            (Repr::Sealed(left), Repr::Sealed(right)) => left == right,
+            _ => self.get() == other.get(),
+        }
     }
 }
 
@@ -171,17 +228,14 @@ pub fn check_event_size(stream: &SessionId, event: &NewEvent) -> Result<(), Comm
 /// The most bytes the body of `event`'s record in `stream` can take (its version and position
 /// are not known yet, so they count at their largest).
 fn event_body_bound(stream: &SessionId, event: &NewEvent) -> usize {
-    let strings = [
-        Some(stream.as_str()),
-        event.raw_name.as_deref(),
-        event.raw.as_ref().map(RawJson::get),
-    ];
+    let strings = [Some(stream.as_str()), event.raw_name.as_deref()];
     crate::binary::EVENT_FIXED_BYTES
         + strings
             .iter()
             .flatten()
             .map(|text| text.len())
             .sum::<usize>()
+        + event.raw.as_ref().map_or(0, RawJson::stored_len)
         + linkflow_core::to_compact(&event.body).len()
 }
 
@@ -227,7 +281,7 @@ fn fits_fast(stream: &SessionId, event: &NewEvent, session_event: &linkflow_core
         linkflow_core::EventKind::Unrecognized { raw_name } => raw_name.len(),
         _ => 0,
     };
-    let raw = event.raw.as_ref().map_or(0, |raw| raw.get().len());
+    let raw = event.raw.as_ref().map_or(0, RawJson::stored_len);
     text + unrecognized + raw + 1024 + SIZE_SLACK <= MAX_RECORD_BYTES
 }
 
@@ -386,12 +440,14 @@ pub fn decode_snapshot_record(key: &str, bytes: &[u8]) -> Result<Snapshot, Corru
 #[cfg(test)]
 mod tests {
 
-    /// The upcaster mechanism, proved with a made-up older schema: schema 4 is schema 5 without
+    /// The upcaster mechanism, proved with a made-up older schema: schema N - 1 is schema N without
     /// the rejected flag, its first byte (every event accepted). Its record is refused without
     /// the upcaster and read as the current schema's with it.
     #[test]
     fn an_upcaster_reads_a_record_of_an_older_schema_as_the_current_one() {
-        fn schema_4_to_5(body: &[u8]) -> Result<Vec<u8>, String> {
+        // The schema before this one, as a test shape: the body without its first byte.
+        const OLD: u8 = SCHEMA_VERSION - 1;
+        fn upcast_old(body: &[u8]) -> Result<Vec<u8>, String> {
             if body.is_empty() {
                 return Err("an empty body".into());
             }
@@ -402,19 +458,27 @@ mod tests {
         let current = encode_event(&event);
         let body = &current[HEADER_LEN..];
         assert_eq!(body[0], 0, "the sample is accepted");
-        let old = seal(4, current.len(), |out| out.raw(&body[1..]));
+        let old = seal(OLD, current.len(), |out| out.raw(&body[1..]));
         let refused = decode_event_record("old", &old).unwrap_err();
-        assert!(refused.reason.contains("schema version 4"), "{refused}");
+        assert!(
+            refused.reason.contains(&format!("schema version {OLD}")),
+            "{refused}"
+        );
         let upcasters = [Upcaster {
-            from: 4,
+            from: OLD,
             to: SCHEMA_VERSION,
-            upcast: schema_4_to_5,
+            upcast: upcast_old,
         }];
         assert_eq!(decode_event_with("old", &old, &upcasters).unwrap(), event);
         // A body the upcaster cannot read is damage naming the step.
-        let empty = seal(4, 8, |_| {});
+        let empty = seal(OLD, 8, |_| {});
         let error = decode_event_with("empty", &empty, &upcasters).unwrap_err();
-        assert!(error.reason.contains("upcasting schema 4 to 5"), "{error}");
+        assert!(
+            error
+                .reason
+                .contains(&format!("upcasting schema {OLD} to {SCHEMA_VERSION}")),
+            "{error}"
+        );
     }
     use super::*;
 
@@ -549,9 +613,9 @@ mod tests {
         }
     }
 
-    /// The bytes schema 5 gives [`golden`]. A change here means stored records would change
+    /// The bytes schema 6 gives [`golden`]. A change here means stored records would change
     /// meaning: that is a new schema (and, once linkflow is released, a reader for this one).
-    const GOLDEN: &str = "05bae74bb200096d6b5f736573735f31032a019000000000700080000000000000018d199e37254f0dcc491fa9462ad4d6cc008488bfaa191373656c6563745f696e737469747574696f6e1f7b226576656e74223a2273656c6563745f696e737469747574696f6e227d190002018188bfaa19c0b4a9a8010205696e735f310542616e6b018827";
+    const GOLDEN: &str = "06c276f09b00096d6b5f736573735f31032a019000000000700080000000000000018d199e37254f0dcc491fa9462ad4d6cc008488bfaa191373656c6563745f696e737469747574696f6e3d7b226576656e74223a2273656c6563745f696e737469747574696f6e227d190002018188bfaa19c0b4a9a8010205696e735f310542616e6b018827";
 
     #[test]
     fn packed_values_are_pinned_and_a_record_is_its_own_value() {
@@ -571,6 +635,43 @@ mod tests {
         assert_eq!(event_count("k", &record).unwrap(), 1);
         for cut in 1..packed.len() {
             assert!(event_records("k", &packed[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_payload_is_stored_as_its_bytes_and_reads_as_its_token() {
+        let mut event = golden();
+        let sealed: Vec<u8> = (0..=255u8).chain(0..40).collect();
+        event.data.raw = Some(RawJson::sealed(sealed.clone()));
+        let record = encode_event(&event);
+        let text = encode_event(&golden());
+        let text_len = golden().data.raw.unwrap().get().len();
+        // The bytes as they are, not their base64.
+        assert_eq!(record.len() - text.len(), sealed.len() - text_len + 1);
+        let read = decode_event_record("e", &record).unwrap();
+        assert_eq!(read, event);
+        let raw = read.data.raw.unwrap();
+        assert_eq!(raw.sealed_bytes(), Some(&sealed[..]));
+        assert_eq!(raw.stored_len(), sealed.len());
+        let json = serde_json::to_value(&raw).unwrap();
+        let token = json.as_str().unwrap();
+        use base64::Engine as _;
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token.strip_prefix(SEALED_PREFIX).unwrap())
+                .unwrap(),
+            sealed
+        );
+        assert_eq!(raw.get(), format!("\"{token}\""));
+        // A record cut inside the sealed bytes is damage, not a shorter payload.
+        for cut in [record.len() - 10, record.len() - 200] {
+            let mut cut_record = record[..cut].to_vec();
+            let checksum = crc32fast::hash(&cut_record[HEADER_LEN..]);
+            cut_record[1..HEADER_LEN].copy_from_slice(&checksum.to_be_bytes());
+            assert!(
+                decode_event_record("e", &cut_record).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

@@ -337,7 +337,7 @@ async fn ingest_ready(
         };
         let unrouted = Unrouted::turned_away(
             feed,
-            raw.get(),
+            &raw.get(),
             pending[index].raw_name.clone(),
             error.to_string(),
         )

@@ -958,7 +958,7 @@ fn keyed_hash(index: &[u8; 32], purpose: &[u8], bytes: &[u8]) -> [u8; 16] {
 }
 
 /// The start of a sealed value in a stored text field.
-pub const SEALED_PREFIX: &str = "lf-sealed:";
+pub const SEALED_PREFIX: &str = linkflow_store::SEALED_PREFIX;
 /// What reads show in place of a field whose key was destroyed.
 pub const ERASED: &str = "[erased]";
 
@@ -972,7 +972,12 @@ pub fn sealed_text_len(len: usize) -> usize {
 
 /// The length of the token [`Privacy::seal_raw`] makes of a payload of `len` bytes.
 pub fn sealed_raw_len(len: usize) -> usize {
-    SEALED_PREFIX.len() + base64_len(1 + 16 + 16 + 1 + NONCE_BYTES + len + 16)
+    SEALED_PREFIX.len() + base64_len(sealed_raw_bytes_len(len))
+}
+
+/// The length of what [`Privacy::seal_raw_bytes`] makes of a payload of `len` bytes.
+pub fn sealed_raw_bytes_len(len: usize) -> usize {
+    1 + 16 + 16 + SEALED_OVERHEAD + len
 }
 
 fn base64_len(bytes: usize) -> usize {
@@ -1157,6 +1162,13 @@ impl Privacy {
     /// A raw payload's text sealed under its owner's key (its stream's, or a user's) and its
     /// day's (both made if missing).
     pub fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError> {
+        self.seal_raw_bytes(owner, day, raw)
+            .map(|bytes| encode_token(&bytes))
+    }
+
+    /// [`Privacy::seal_raw`]'s token as bytes (`u8(RAW_TOKEN) slot(16) day slot(16) sealed`):
+    /// what a record stores ([`linkflow_store::RawJson::sealed`]; its JSON form is the token).
+    pub fn seal_raw_bytes(&self, owner: &KeyId, day: i64, raw: &str) -> Result<Vec<u8>, KeyError> {
         // One hold of the recent keys' lock for both lookups and the combined key, so that no
         // destroy falls between them.
         let mut recent = self.recent();
@@ -1188,7 +1200,7 @@ impl Privacy {
             &associated(RAW_TOKEN),
             raw.as_bytes(),
         );
-        Ok(encode_token(&bytes))
+        Ok(bytes)
     }
 
     /// Opens a stored text field.
@@ -1200,6 +1212,12 @@ impl Privacy {
         let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
             return Opened::Plain;
         };
+        self.open_raw(&bytes)
+    }
+
+    /// Opens a token's bytes: a sealed raw payload as a record keeps it
+    /// ([`linkflow_store::RawJson::sealed_bytes`]), or any token's once decoded.
+    pub fn open_raw(&self, bytes: &[u8]) -> Opened {
         let slot = |at: usize| -> Option<SlotId> { bytes.get(at..at + 16)?.try_into().ok() };
         let mut keyring = self.keyring();
         let opened = match bytes.first() {

@@ -262,8 +262,10 @@ fn redecode(
         .as_ref()
         .ok_or("the payload text is missing")?;
     let opened;
-    let text = match privacy.map(|privacy| {
-        privacy.open_text(&serde_json::from_str::<String>(raw.get()).unwrap_or_default())
+    let json = raw.get();
+    let text = match privacy.map(|privacy| match raw.sealed_bytes() {
+        Some(bytes) => privacy.open_raw(bytes),
+        None => privacy.open_text(&serde_json::from_str::<String>(&json).unwrap_or_default()),
     }) {
         Some(crate::privacy::Opened::Raw(plain)) => {
             opened = plain;
@@ -272,7 +274,7 @@ fn redecode(
         Some(crate::privacy::Opened::Erased) => {
             return Err("the payload was erased (its key was destroyed)".into())
         }
-        _ => raw.get(),
+        _ => &json,
     };
     decode(feed, text, &context).map_err(|error| error.to_string())
 }

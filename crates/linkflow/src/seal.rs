@@ -26,7 +26,7 @@ pub(crate) trait Sealing {
     fn user_key(&self, user: &str) -> KeyId;
     fn user_token(&self, user: &str) -> Result<String, KeyError>;
     fn seal_text(&self, key: &KeyId, text: &str) -> Result<String, KeyError>;
-    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError>;
+    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<Vec<u8>, KeyError>;
 }
 
 impl Sealing for Privacy {
@@ -42,8 +42,8 @@ impl Sealing for Privacy {
         Privacy::seal_text(self, key, text)
     }
 
-    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<String, KeyError> {
-        Privacy::seal_raw(self, owner, day, raw)
+    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<Vec<u8>, KeyError> {
+        Privacy::seal_raw_bytes(self, owner, day, raw)
     }
 }
 
@@ -63,8 +63,8 @@ impl Sealing for SizeProbe {
         Ok("x".repeat(crate::privacy::sealed_text_len(text.len())))
     }
 
-    fn seal_raw(&self, _: &KeyId, _: i64, raw: &str) -> Result<String, KeyError> {
-        Ok("x".repeat(crate::privacy::sealed_raw_len(raw.len())))
+    fn seal_raw(&self, _: &KeyId, _: i64, raw: &str) -> Result<Vec<u8>, KeyError> {
+        Ok(vec![0; crate::privacy::sealed_raw_bytes_len(raw.len())])
     }
 }
 
@@ -143,8 +143,8 @@ pub(crate) fn seal_incoming(
     if let Some(raw) = &incoming.raw {
         let day = day_of(incoming.received_at.unwrap_or(now));
         let owner = user_owner.as_ref().unwrap_or(&stream_key);
-        let token = privacy.seal_raw(owner, day, raw.get()).map_err(keys)?;
-        incoming.raw = Some(RawJson::string(&token));
+        let sealed = privacy.seal_raw(owner, day, &raw.get()).map_err(keys)?;
+        incoming.raw = Some(RawJson::sealed(sealed));
     }
     Ok(())
 }

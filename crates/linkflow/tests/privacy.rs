@@ -302,25 +302,37 @@ async fn raw_payloads_past_their_retention_read_erased_and_the_events_stay() {
     ));
 }
 
-/// Sealing makes a record longer (base64 and the nonce): the size limit counts the sealed
-/// record, so a payload that would be stored unsealed may be refused whole, never half stored.
+/// Sealing makes a record longer (a sealed payload carries its key names, nonce and tag: 62
+/// bytes): the size limit counts the sealed record, so the largest payload stored unsealed is
+/// refused whole with a master key, never half stored.
 #[tokio::test]
 async fn the_record_limit_counts_the_sealed_size() {
-    let note = "n".repeat(4_800);
-    let body = format!(
-        r#"{{"name":"open","properties":{{"note":"{note}"}},"meta":{{"link_session_id":"big","timestamp":"2023-11-29T12:44:01.000Z"}}}}"#
-    );
+    let body = |len: usize| {
+        let note = "n".repeat(len);
+        format!(
+            r#"{{"name":"open","properties":{{"note":"{note}"}},"meta":{{"link_session_id":"big","timestamp":"2023-11-29T12:44:01.000Z"}}}}"#
+        )
+    };
+    // The largest note stored without a key, to 8 bytes: every longer one is refused.
     let plain = tempfile::tempdir().unwrap();
     let engine = Engine::open(plain.path()).unwrap();
-    assert!(engine
-        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context(None))
-        .await
-        .is_ok());
+    let mut len = 6_200;
+    loop {
+        match engine
+            .ingest_payload(Feed::Moneykit, body(len).as_bytes(), &context(None))
+            .await
+        {
+            Ok(_) => break,
+            Err(error) => assert!(error.is_limit(), "{error}"),
+        }
+        len -= 8;
+        assert!(len > 4_000, "a payload of 4 KB is stored");
+    }
     engine.shutdown().await.unwrap();
     let sealed = tempfile::tempdir().unwrap();
     let engine = Engine::open_with(config(sealed.path())).unwrap();
     let error = engine
-        .ingest_payload(Feed::Moneykit, body.as_bytes(), &context(None))
+        .ingest_payload(Feed::Moneykit, body(len).as_bytes(), &context(None))
         .await
         .unwrap_err();
     assert!(error.is_limit(), "{error}");
@@ -329,6 +341,11 @@ async fn the_record_limit_counts_the_sealed_size() {
         .await
         .unwrap()
         .is_none());
+    // 62 bytes shorter, it is stored sealed.
+    engine
+        .ingest_payload(Feed::Moneykit, body(len - 62).as_bytes(), &context(None))
+        .await
+        .unwrap();
     engine.shutdown().await.unwrap();
 }
 
