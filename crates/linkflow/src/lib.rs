@@ -37,6 +37,7 @@ pub use funnel_read::Gauges;
 mod index;
 pub mod ingest;
 pub mod intake;
+mod key_index;
 #[cfg(feature = "postgres")]
 mod pg_keys;
 pub mod privacy;

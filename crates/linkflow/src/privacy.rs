@@ -16,7 +16,6 @@
 //!   keys) and their opening for reads, [`ERASED`] once a key is gone.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
@@ -24,6 +23,10 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use std::os::unix::fs::FileExt as _;
+
+use crate::key_index::{Found, SlotIndex};
 
 /// Why a key could not be read, used or kept.
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +315,11 @@ pub fn open(key: &[u8; 32], associated: &[u8], sealed: &[u8]) -> Result<Vec<u8>,
 /// The header counts the slots its last sync covered: a slot below that count that does not
 /// check out is damage and an error naming it, never a missing key; one past it was being
 /// written when the process stopped, was never relied on, and is cleared at open.
+///
+/// Memory does not grow with the keys: a key is found by its slot name through the slot index
+/// (`keys.index`, [`crate::key_index`]), a table on disk read through the page cache, and at
+/// most [`MAX_CACHED_KEYS`] unwrapped keys are kept. Opening reads the key file once, in
+/// chunks of [`SCAN_SLOTS`] slots.
 pub struct Keyring {
     path: PathBuf,
     file: std::fs::File,
@@ -319,8 +327,10 @@ pub struct Keyring {
     index: Zeroizing<[u8; 32]>,
     /// The index secret wrapped under the master key, as the header holds it.
     index_wrapped: Vec<u8>,
-    /// Each live key's slot.
-    slots: HashMap<SlotId, u64>,
+    /// Each live key's slot, by name.
+    slots: SlotIndex,
+    /// Live keys.
+    live: u64,
     /// Slots in the file (live and destroyed).
     used: u64,
     /// Slots the last sync covered.
@@ -329,13 +339,26 @@ pub struct Keyring {
     cache: HashMap<SlotId, DataKey>,
 }
 
+/// The key file's slots read at a time when it is opened or rotated (128 KiB a chunk at 1,024).
+pub const SCAN_SLOTS: usize = 1_024;
+
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Keyring")
             .field("path", &self.path)
-            .field("keys", &self.slots.len())
+            .field("keys", &self.live)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Keyring {
+    fn drop(&mut self) {
+        // A clean close lets the next open use the slot index as it is; if it fails, the next
+        // open rebuilds it.
+        if let Err(error) = self.slots.close(self.used) {
+            tracing::warn!(%error, "the key slot index was not closed cleanly; the next open rebuilds it");
+        }
     }
 }
 
@@ -347,43 +370,53 @@ impl Keyring {
             path: path.clone(),
             error,
         };
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
+        let length = file.metadata().map_err(io)?.len();
         let wrapping = master.derive("key wrapping");
-        let (index, index_wrapped) = if bytes.is_empty() {
+        let (index, index_wrapped) = if length == 0 {
             let mut secret = Zeroizing::new([0u8; 32]);
             getrandom::fill(&mut secret[..]).expect("the operating system's random source works");
             let wrapped = seal(&wrapping, INDEX_SECRET, &secret[..]);
             (secret, wrapped)
         } else {
-            read_header(&path, &bytes, &wrapping)?
+            let mut header = vec![0u8; (HEADER_BYTES.min(length)) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0).map_err(io)?;
+            read_header(&path, &header, &wrapping)?
         };
-        let mut keyring = Keyring {
-            path: path.clone(),
+        let index_path = SlotIndex::path_for(&path);
+        if length == 0 {
+            file.write_all_at(&header_bytes(0, &index_wrapped), 0)
+                .map_err(io)?;
+            file.sync_all().map_err(io)?;
+            sync_dir(&path)?;
+        }
+        let (used, live) = if length == 0 {
+            (0, 0)
+        } else {
+            check_slots(&path, &file, length, &index_wrapped)?
+        };
+        let slots = match SlotIndex::open_trusted(&index_path, used)? {
+            Some(slots) => slots,
+            None => build_index(&path, &file, used, live)?,
+        };
+        Ok(Keyring {
+            path,
             file,
             wrapping,
             index,
             index_wrapped,
-            slots: HashMap::new(),
-            used: 0,
-            synced: 0,
+            slots,
+            live,
+            used,
+            synced: used,
             cache: HashMap::new(),
-        };
-        if bytes.is_empty() {
-            keyring.write_header(0)?;
-            keyring.file.sync_all().map_err(io)?;
-            sync_dir(&path)?;
-            return Ok(keyring);
-        }
-        keyring.load(&bytes)?;
-        Ok(keyring)
+        })
     }
 
     /// Rewraps every key of the key file in `dir` from the master key `old` to `new` (and the
@@ -397,96 +430,81 @@ impl Keyring {
 
     /// [`Keyring::rotate`] of this open keyring, which then goes on under `new`.
     pub fn rotate_to(&mut self, new: &MasterKey) -> Result<usize, KeyError> {
-        let keyring = &*self;
         let wrapping = new.derive("key wrapping");
-        let mut body = Vec::with_capacity(HEADER_BYTES as usize + keyring.slots.len() * SLOT_BYTES);
-        let index_wrapped = seal(&wrapping, INDEX_SECRET, &keyring.index[..]);
-        body.extend_from_slice(&header_bytes(keyring.slots.len() as u64, &index_wrapped));
-        let mut live: Vec<(&SlotId, &u64)> = keyring.slots.iter().collect();
-        live.sort_by_key(|(_, number)| **number);
-        for (slot_id, number) in live {
-            let mut slot = [0u8; SLOT_BYTES];
-            keyring.read_at(HEADER_BYTES + number * SLOT_BYTES as u64, &mut slot)?;
-            let key = Zeroizing::new(
-                open(&keyring.wrapping, slot_id, &slot[17..17 + WRAPPED_BYTES])
-                    .map_err(|_| KeyError::DoesNotOpen(format!("key slot {number}")))?,
-            );
-            body.extend_from_slice(&slot_bytes(slot_id, &seal(&wrapping, slot_id, &key)));
-        }
-        let path = keyring.path.clone();
+        let index_wrapped = seal(&wrapping, INDEX_SECRET, &self.index[..]);
+        let path = self.path.clone();
         let io = |error| KeyError::Io {
             path: path.clone(),
             error,
         };
         let temporary = path.with_extension("rotating");
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        std::io::Write::write_all(&mut file, &body).map_err(io)?;
+        let file = std::fs::File::create(&temporary).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(SCAN_SLOTS * SLOT_BYTES, file);
+        use std::io::Write as _;
+        out.write_all(&header_bytes(self.live, &index_wrapped))
+            .map_err(io)?;
+        let mut count = 0u64;
+        let old_wrapping = self.wrapping.clone();
+        scan(&self.path, &self.file, self.used, |number, slot| {
+            let Slot::Live(slot_id) = read_slot(slot) else {
+                return Ok(());
+            };
+            let key = Zeroizing::new(
+                open(&old_wrapping, &slot_id, &slot[17..17 + WRAPPED_BYTES])
+                    .map_err(|_| KeyError::DoesNotOpen(format!("key slot {number}")))?,
+            );
+            out.write_all(&slot_bytes(&slot_id, &seal(&wrapping, &slot_id, &key)))
+                .map_err(io)?;
+            count += 1;
+            Ok(())
+        })?;
+        let file = out.into_inner().map_err(|error| io(error.into_error()))?;
         file.sync_all().map_err(io)?;
         drop(file);
         std::fs::rename(&temporary, &path).map_err(io)?;
         sync_dir(&path)?;
-        let count = keyring.slots.len();
         let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
         *self = Keyring::open(&dir, new)?;
-        Ok(count)
+        Ok(count as usize)
     }
 
-    fn load(&mut self, bytes: &[u8]) -> Result<(), KeyError> {
-        let damaged = |reason: String| KeyError::Damaged {
-            path: self.path.clone(),
-            reason,
+    /// Builds the slot index again from the key file.
+    fn rebuild_index(&mut self) -> Result<(), KeyError> {
+        self.slots = build_index(&self.path, &self.file, self.used, self.live)?;
+        Ok(())
+    }
+
+    /// Where the live key named `slot_id` is: its slot number and table position, after
+    /// checking that the slot names it (a stale entry is a miss). A damaged table is rebuilt.
+    fn locate(&mut self, slot_id: &SlotId) -> Result<Result<(u64, u64), u64>, KeyError> {
+        let found = match self.slots.find(slot_id) {
+            Ok(found) => found,
+            Err(KeyError::Damaged { reason, .. }) => {
+                tracing::warn!(reason, "rebuilding the key slot index: it is damaged");
+                self.rebuild_index()?;
+                self.slots.find(slot_id)?
+            }
+            Err(error) => return Err(error),
         };
-        if bytes.len() < HEADER_BYTES as usize || !bytes.starts_with(KEY_FILE_MAGIC) {
-            return Err(damaged(
-                "it does not start with linkflow's key file header".into(),
-            ));
-        }
-        let synced = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        let body = &bytes[HEADER_BYTES as usize..];
-        let whole = (body.len() / SLOT_BYTES) as u64;
-        if synced > whole {
-            return Err(damaged(format!(
-                "its header counts {synced} keys but the file holds {whole} whole slots (cut short)"
-            )));
-        }
-        let mut used = 0;
-        for (number, slot) in body.chunks(SLOT_BYTES).enumerate() {
-            let number = number as u64;
-            match read_slot(slot) {
-                Slot::Live(id) => {
-                    self.slots.insert(id, number);
-                    used = number + 1;
+        match found {
+            Found::Absent { free } => Ok(Err(free)),
+            Found::At { position, number } => {
+                let mut slot = [0u8; SLOT_BYTES];
+                if number >= self.used {
+                    return Ok(Err(position));
                 }
-                Slot::Destroyed => used = number + 1,
-                Slot::Bad(reason) if number < synced => {
-                    return Err(damaged(format!("key slot {number} {reason}")));
-                }
-                Slot::Bad(reason) => {
-                    // Written after the last completed sync, when the process stopped: never
-                    // relied on. Cleared so that the next key takes its place.
-                    tracing::warn!(
-                        slot = number,
-                        reason,
-                        "clearing a key slot written when the process stopped"
-                    );
-                    break;
+                self.read_at(HEADER_BYTES + number * SLOT_BYTES as u64, &mut slot)?;
+                match read_slot(&slot) {
+                    Slot::Live(name) if name == *slot_id => Ok(Ok((number, position))),
+                    Slot::Bad(reason) => Err(KeyError::Damaged {
+                        path: self.path.clone(),
+                        reason: format!("key slot {number} {reason}"),
+                    }),
+                    // Destroyed, or another key's: the entry is stale, and its place is free.
+                    _ => Ok(Err(position)),
                 }
             }
         }
-        self.used = used;
-        self.file
-            .set_len(HEADER_BYTES + used * SLOT_BYTES as u64)
-            .map_err(|error| KeyError::Io {
-                path: self.path.clone(),
-                error,
-            })?;
-        self.synced = used;
-        self.write_header(used)?;
-        self.file.sync_all().map_err(|error| KeyError::Io {
-            path: self.path.clone(),
-            error,
-        })?;
-        Ok(())
     }
 
     /// The keyed hash a user is known by in keys and indexes: the first 16 bytes of
@@ -508,9 +526,13 @@ impl Keyring {
     /// [`Keyring::sync`]). Returns its slot name too.
     pub fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
         let slot_id = self.slot_id(id);
-        if self.slots.contains_key(&slot_id) {
-            return Ok((slot_id, self.unwrap_slot(&slot_id)?));
+        if let Some(key) = self.cache.get(&slot_id) {
+            return Ok((slot_id, key.clone()));
         }
+        let free = match self.locate(&slot_id)? {
+            Ok((number, _)) => return Ok((slot_id, self.unwrap_slot(number, &slot_id)?)),
+            Err(free) => free,
+        };
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut key[..]).expect("the operating system's random source works");
         let wrapped = seal(&self.wrapping, &slot_id, &key[..]);
@@ -518,23 +540,34 @@ impl Keyring {
         let number = self.used;
         self.write_at(HEADER_BYTES + number * SLOT_BYTES as u64, &slot)?;
         self.used += 1;
-        self.slots.insert(slot_id, number);
+        self.live += 1;
+        if self.slots.is_full() {
+            self.rebuild_index()?;
+        } else {
+            self.slots.insert(free, &slot_id, number)?;
+        }
         self.remember(slot_id, &key);
         Ok((slot_id, key))
     }
 
     /// The data key named `slot_id` if it exists (`None`: never made, or destroyed).
     pub fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError> {
-        if self.slots.contains_key(slot_id) {
-            self.unwrap_slot(slot_id).map(Some)
-        } else {
-            Ok(None)
+        if let Some(key) = self.cache.get(slot_id) {
+            return Ok(Some(key.clone()));
+        }
+        match self.locate(slot_id)? {
+            Ok((number, _)) => self.unwrap_slot(number, slot_id).map(Some),
+            Err(_) => Ok(None),
         }
     }
 
     /// Whether the key `id` exists.
-    pub fn contains(&self, id: &KeyId) -> bool {
-        self.slots.contains_key(&self.slot_id(id))
+    pub fn contains(&mut self, id: &KeyId) -> Result<bool, KeyError> {
+        let slot_id = self.slot_id(id);
+        if self.cache.contains_key(&slot_id) {
+            return Ok(true);
+        }
+        Ok(self.locate(&slot_id)?.is_ok())
     }
 
     /// Makes every key written so far durable (one `fdatasync` of the key file, then the
@@ -561,15 +594,16 @@ impl Keyring {
         let mut destroyed = 0;
         for id in ids {
             let slot_id = self.slot_id(id);
-            let Some(&number) = self.slots.get(&slot_id) else {
+            self.cache.remove(&slot_id);
+            let Ok((number, position)) = self.locate(&slot_id)? else {
                 continue;
             };
             self.write_at(
                 HEADER_BYTES + number * SLOT_BYTES as u64,
                 &[0u8; SLOT_BYTES],
             )?;
-            self.slots.remove(&slot_id);
-            self.cache.remove(&slot_id);
+            self.slots.remove(position)?;
+            self.live -= 1;
             destroyed += 1;
         }
         if destroyed > 0 {
@@ -583,12 +617,12 @@ impl Keyring {
 
     /// How many data keys the keyring holds.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.live as usize
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.live == 0
     }
 
     fn remember(&mut self, slot_id: SlotId, key: &DataKey) {
@@ -598,14 +632,8 @@ impl Keyring {
         self.cache.insert(slot_id, key.clone());
     }
 
-    fn unwrap_slot(&mut self, slot_id: &SlotId) -> Result<DataKey, KeyError> {
-        if let Some(key) = self.cache.get(slot_id) {
-            return Ok(key.clone());
-        }
-        let number = *self
-            .slots
-            .get(slot_id)
-            .ok_or_else(|| KeyError::DoesNotOpen("a destroyed key".into()))?;
+    /// The key in slot `number`, which [`Keyring::locate`] found naming `slot_id`.
+    fn unwrap_slot(&mut self, number: u64, slot_id: &SlotId) -> Result<DataKey, KeyError> {
         let mut slot = [0u8; SLOT_BYTES];
         self.read_at(HEADER_BYTES + number * SLOT_BYTES as u64, &mut slot)?;
         let describe = || KeyError::DoesNotOpen(format!("key slot {number}"));
@@ -655,6 +683,127 @@ impl Keyring {
                 error,
             })
     }
+}
+
+/// Calls `each` with every slot of the key file below `used`, [`SCAN_SLOTS`] read at a time.
+fn scan(
+    path: &Path,
+    file: &std::fs::File,
+    used: u64,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), KeyError>,
+) -> Result<(), KeyError> {
+    let mut chunk = vec![0u8; SCAN_SLOTS * SLOT_BYTES];
+    let mut number = 0u64;
+    while number < used {
+        let count = (used - number).min(SCAN_SLOTS as u64) as usize;
+        let bytes = &mut chunk[..count * SLOT_BYTES];
+        file.read_exact_at(bytes, HEADER_BYTES + number * SLOT_BYTES as u64)
+            .map_err(|error| KeyError::Io {
+                path: path.to_owned(),
+                error,
+            })?;
+        for slot in bytes.chunks(SLOT_BYTES) {
+            each(number, slot)?;
+            number += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Checks every slot of a key file of `length` bytes: one below the header's synced count that
+/// does not check out is damage (an error naming it); the first past it that does not, and
+/// everything after, was being written when a process stopped and is cut off (the header
+/// rewritten, the file synced). Returns the slots kept and how many of them are live.
+fn check_slots(
+    path: &Path,
+    file: &std::fs::File,
+    length: u64,
+    index_wrapped: &[u8],
+) -> Result<(u64, u64), KeyError> {
+    let damaged = |reason: String| KeyError::Damaged {
+        path: path.to_owned(),
+        reason,
+    };
+    let io = |error| KeyError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    if length < HEADER_BYTES {
+        return Err(damaged(
+            "it does not start with linkflow's key file header".into(),
+        ));
+    }
+    let mut header = [0u8; HEADER_BYTES as usize];
+    file.read_exact_at(&mut header, 0).map_err(io)?;
+    let synced = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+    let whole = (length - HEADER_BYTES) / SLOT_BYTES as u64;
+    if synced > whole {
+        return Err(damaged(format!(
+            "its header counts {synced} keys but the file holds {whole} whole slots (cut short)"
+        )));
+    }
+    let (mut used, mut live) = (0, 0);
+    let mut torn = None;
+    scan(path, file, whole, |number, slot| {
+        if torn.is_some() {
+            return Ok(());
+        }
+        match read_slot(slot) {
+            Slot::Live(_) => {
+                live += 1;
+                used = number + 1;
+            }
+            Slot::Destroyed => used = number + 1,
+            Slot::Bad(reason) if number < synced => {
+                return Err(damaged(format!("key slot {number} {reason}")));
+            }
+            Slot::Bad(reason) => torn = Some((number, reason)),
+        }
+        Ok(())
+    })?;
+    // A cut last slot is past the synced count (checked above).
+    if torn.is_none() && (length - HEADER_BYTES) % SLOT_BYTES as u64 != 0 {
+        torn = Some((whole, "is cut short"));
+    }
+    if let Some((number, reason)) = torn {
+        // Written after the last completed sync, when the process stopped: never relied on.
+        // Cleared so that the next key takes its place.
+        tracing::warn!(
+            slot = number,
+            reason,
+            "clearing a key slot written when the process stopped"
+        );
+    }
+    file.set_len(HEADER_BYTES + used * SLOT_BYTES as u64)
+        .map_err(io)?;
+    file.write_all_at(&header_bytes(used, index_wrapped), 0)
+        .map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok((used, live))
+}
+
+/// A slot index of the key file's live slots below `used`, built afresh.
+fn build_index(
+    path: &Path,
+    file: &std::fs::File,
+    used: u64,
+    live: u64,
+) -> Result<SlotIndex, KeyError> {
+    let mut slots = SlotIndex::create(
+        &SlotIndex::path_for(path),
+        SlotIndex::capacity_for(live + 1),
+    )?;
+    scan(path, file, used, |number, slot| {
+        if let Slot::Live(name) = read_slot(slot) {
+            let position = match slots.find(&name)? {
+                Found::Absent { free } => free,
+                Found::At { position, .. } => position,
+            };
+            slots.insert(position, &name, number)?;
+        }
+        Ok(())
+    })?;
+    Ok(slots)
 }
 
 /// The associated data of the wrapped index secret.
@@ -773,7 +922,7 @@ impl Keys for Keyring {
     }
 
     fn contains(&mut self, id: &KeyId) -> Result<bool, KeyError> {
-        Ok(Keyring::contains(self, id))
+        Keyring::contains(self, id)
     }
 
     fn sync(&mut self) -> Result<(), KeyError> {
@@ -1486,6 +1635,73 @@ mod tests {
         assert_eq!(len, HEADER_BYTES + 4 * SLOT_BYTES as u64);
     }
 
+    /// Keys are found through the slot index on disk: across its growth, a clean close (the
+    /// table used as it is), a process that stopped without closing it (rebuilt), a damaged
+    /// entry (rebuilt when met) and destroys, every key is the one made.
+    #[test]
+    fn keys_are_found_through_the_slot_index_across_growth_restarts_and_damage() {
+        use crate::key_index::MIN_CAPACITY;
+        let dir = tempfile::tempdir().unwrap();
+        let count = MIN_CAPACITY as usize + 100;
+        let ids: Vec<KeyId> = (0..count)
+            .map(|n| KeyId::Stream(format!("s-{n}")))
+            .collect();
+        let mut made = Vec::with_capacity(count);
+        {
+            let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+            for id in &ids {
+                made.push(keyring.key(id).unwrap().1);
+            }
+            keyring.sync().unwrap();
+            // Grown past its first size, at most half full.
+            assert!(keyring.slots.capacity() >= 2 * count as u64);
+            keyring.destroy(&ids[..10]).unwrap();
+            assert_eq!(keyring.len(), count - 10);
+        }
+        let check = |keyring: &mut Keyring| {
+            for (n, id) in ids.iter().enumerate() {
+                let slot = keyring.slot_id(id);
+                match keyring.existing(&slot).unwrap() {
+                    Some(key) => assert_eq!(&key[..], &made[n][..], "key {n}"),
+                    None => assert!(n < 10, "key {n} is missing"),
+                }
+            }
+        };
+        // Closed cleanly: used as it is.
+        let index_path = crate::key_index::SlotIndex::path_for(&dir.path().join(KEY_FILE));
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+        assert!(keyring.slots.capacity() >= 2 * count as u64);
+        check(&mut keyring);
+        // A new key after a destroyed one's entry, then a process that stops without closing.
+        let (_, late) = keyring.key(&KeyId::Day(7)).unwrap();
+        keyring.sync().unwrap();
+        keyring.cache.clear();
+        std::mem::forget(keyring);
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+        check(&mut keyring);
+        let slot = keyring.slot_id(&KeyId::Day(7));
+        assert_eq!(&keyring.existing(&slot).unwrap().unwrap()[..], &late[..]);
+        assert_eq!(keyring.len(), count - 10 + 1);
+        // A damaged entry on the way to a key: the table is rebuilt and the key found.
+        let name = keyring.slot_id(&ids[500]);
+        let home = keyring.slots.home(&name);
+        keyring.slots.damage(home);
+        keyring.cache.clear();
+        assert_eq!(
+            &keyring.existing(&name).unwrap().unwrap()[..],
+            &made[500][..]
+        );
+        check(&mut keyring);
+        drop(keyring);
+        // A missing index is rebuilt too.
+        std::fs::remove_file(&index_path).unwrap();
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+        check(&mut keyring);
+        // Erased ids are made anew, as new keys.
+        let (_, new) = keyring.key(&ids[0]).unwrap();
+        assert_ne!(&new[..], &made[0][..]);
+    }
+
     #[test]
     fn a_wrong_master_key_or_damage_is_an_error_and_an_unsynced_slot_is_cleared() {
         let dir = tempfile::tempdir().unwrap();
@@ -1521,9 +1737,9 @@ mod tests {
         let mut torn = whole.clone();
         torn.extend_from_slice(&[0x55; SLOT_BYTES / 2]);
         std::fs::write(&path, &torn).unwrap();
-        let keyring = Keyring::open(dir.path(), &master()).unwrap();
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
         assert_eq!(keyring.len(), 2);
-        assert!(keyring.contains(&KeyId::Day(2)));
+        assert!(keyring.contains(&KeyId::Day(2)).unwrap());
         drop(keyring);
         assert_eq!(std::fs::read(&path).unwrap(), whole);
     }
