@@ -278,6 +278,15 @@ async fn every_refusal_is_json_and_stores_nothing() {
             "too_large",
         ),
         (
+            // Read and dropped before the answer: the client, still writing, gets the 413
+            // rather than a reset connection.
+            client
+                .post(server.url("/v1/events/moneykit"))
+                .body(vec![b' '; 6 * 1024 * 1024]),
+            413,
+            "too_large",
+        ),
+        (
             client.get(server.url("/v1/sessions?limit=abc")),
             400,
             "bad_request",

@@ -3,8 +3,9 @@
 //! [`check_request`]: a request target longer than [`MAX_URI_BYTES`] is a 414, headers larger
 //! than [`MAX_HEADER_BYTES`] in all a 431, a path, query or read header's value that is not
 //! UTF-8 (after percent-decoding) a 400, and the body is read whole before the handler runs, within
-//! [`MAX_BODY_BYTES`] (413) and [`BODY_TIMEOUT`] (408): a client that sends its body slowly is
-//! cut off, not waited for.
+//! [`MAX_BODY_BYTES`] (413, sent after up to [`MAX_DRAINED_BYTES`] of the body were read and
+//! dropped) and [`BODY_TIMEOUT`] (408): a client that sends its body slowly is cut off, not
+//! waited for.
 //!
 //! [`json_errors`]: every refusal is `{"error", "detail"}` JSON, also those axum and its
 //! extractors produce as plain text (a bad query value, a repeated parameter, 405, ...), and
@@ -106,19 +107,12 @@ pub(crate) async fn check_request(
             format!("the body is larger than {MAX_BODY_BYTES} bytes"),
         )
     };
-    if parts
+    let declared_over = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let body: Bytes = match tokio::time::timeout(
-        body_timeout,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64);
+    let body: Bytes = match tokio::time::timeout(body_timeout, read_body(body, declared_over)).await
     {
         Err(_) => {
             return Err(ApiError::new(
@@ -130,11 +124,8 @@ pub(crate) async fn check_request(
                 ),
             ))
         }
-        Ok(Err(error)) => {
-            // Past the limit, or the client broke off.
-            if over_limit(&error) {
-                return Err(too_large());
-            }
+        Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+        Ok(Err(BodyError::Broken(error))) => {
             return Err(ApiError::bad_request(
                 "incomplete_body",
                 format!("the body could not be read: {error}"),
@@ -185,15 +176,51 @@ pub(crate) fn logged_path(path: &str) -> &str {
 }
 
 /// Whether a body read failed because the body is over the limit.
-fn over_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = source {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// How much of a body over [`MAX_BODY_BYTES`] is read and thrown away before the 413 is sent:
+/// a client still writing its body when the server answers and closes would see the
+/// connection reset instead of the answer. Past it the connection is closed unread.
+pub const MAX_DRAINED_BYTES: usize = 8 * 1024 * 1024;
+
+enum BodyError {
+    TooLarge,
+    Broken(axum::Error),
+}
+
+/// The whole body within [`MAX_BODY_BYTES`]; past it (or when its declared length is), the rest
+/// read and dropped up to [`MAX_DRAINED_BYTES`] and [`BodyError::TooLarge`].
+async fn read_body(body: Body, declared_over: bool) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    let mut over = declared_over;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // Broken off while being drained: the answer is the 413 all the same.
+            Err(_) if over => return Err(BodyError::TooLarge),
+            Err(error) => return Err(BodyError::Broken(error)),
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(chunk.len());
+        if seen > MAX_BODY_BYTES {
+            over = true;
+            kept = Vec::new();
         }
-        source = error.source();
+        if over {
+            if seen > MAX_DRAINED_BYTES {
+                break;
+            }
+            continue;
+        }
+        kept.extend_from_slice(&chunk);
     }
-    false
+    if over {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(kept))
 }
 
 /// Whether `text`, percent-decoded (and `+` as a space), is UTF-8.
