@@ -50,8 +50,9 @@ pub(crate) struct SlotIndex {
 pub(crate) enum Found {
     /// The entry for the name, at this table position, naming this slot.
     At { position: u64, number: u64 },
-    /// No entry: where an insert would go (the first removed or empty entry on the probe).
-    Absent { free: u64 },
+    /// No entry: where an insert would go (the first removed or empty entry on the probe),
+    /// and whether that entry is empty (an insert there fills one more).
+    Absent { free: u64, empty: bool },
 }
 
 impl SlotIndex {
@@ -151,6 +152,7 @@ impl SlotIndex {
                 Entry::Empty => {
                     return Ok(Found::Absent {
                         free: free.unwrap_or(position),
+                        empty: free.is_none(),
                     })
                 }
                 Entry::Removed => {
@@ -164,21 +166,22 @@ impl SlotIndex {
             position = (position + 1) & mask;
         }
         match free {
-            Some(free) => Ok(Found::Absent { free }),
+            Some(free) => Ok(Found::Absent { free, empty: false }),
             None => Err(self.damaged("the table has no empty entry")),
         }
     }
 
-    /// Writes the entry `name` -> `number` at `position` (a [`Found::Absent`]'s `free`).
+    /// Writes the entry `name` -> `number` at `position` (a [`Found::Absent`]'s `free`, and
+    /// whether it was `empty`; or a [`Found::At`]'s position, not empty).
     pub(crate) fn insert(
         &mut self,
         position: u64,
+        empty: bool,
         name: &SlotId,
         number: u64,
     ) -> Result<(), KeyError> {
-        let was_empty = matches!(self.read_entry(position)?, Entry::Empty);
         self.write_entry(position, &entry_bytes(name, number, LIVE))?;
-        if was_empty {
+        if empty {
             self.occupied += 1;
         }
         Ok(())

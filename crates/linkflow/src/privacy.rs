@@ -339,6 +339,10 @@ pub struct Keyring {
     cache: HashMap<SlotId, DataKey>,
 }
 
+/// Where [`Keyring::locate`] found a key: `Ok((slot number, table position))`, or
+/// `Err((table position, whether empty))` where its entry would go.
+type Located = Result<(u64, u64), (u64, bool)>;
+
 /// The key file's slots read at a time when it is opened or rotated (128 KiB a chunk at 1,024).
 pub const SCAN_SLOTS: usize = 1_024;
 
@@ -476,7 +480,7 @@ impl Keyring {
 
     /// Where the live key named `slot_id` is: its slot number and table position, after
     /// checking that the slot names it (a stale entry is a miss). A damaged table is rebuilt.
-    fn locate(&mut self, slot_id: &SlotId) -> Result<Result<(u64, u64), u64>, KeyError> {
+    fn locate(&mut self, slot_id: &SlotId) -> Result<Located, KeyError> {
         let found = match self.slots.find(slot_id) {
             Ok(found) => found,
             Err(KeyError::Damaged { reason, .. }) => {
@@ -487,11 +491,11 @@ impl Keyring {
             Err(error) => return Err(error),
         };
         match found {
-            Found::Absent { free } => Ok(Err(free)),
+            Found::Absent { free, empty } => Ok(Err((free, empty))),
             Found::At { position, number } => {
                 let mut slot = [0u8; SLOT_BYTES];
                 if number >= self.used {
-                    return Ok(Err(position));
+                    return Ok(Err((position, false)));
                 }
                 self.read_at(HEADER_BYTES + number * SLOT_BYTES as u64, &mut slot)?;
                 match read_slot(&slot) {
@@ -501,7 +505,7 @@ impl Keyring {
                         reason: format!("key slot {number} {reason}"),
                     }),
                     // Destroyed, or another key's: the entry is stale, and its place is free.
-                    _ => Ok(Err(position)),
+                    _ => Ok(Err((position, false))),
                 }
             }
         }
@@ -529,7 +533,7 @@ impl Keyring {
         if let Some(key) = self.cache.get(&slot_id) {
             return Ok((slot_id, key.clone()));
         }
-        let free = match self.locate(&slot_id)? {
+        let (free, empty) = match self.locate(&slot_id)? {
             Ok((number, _)) => return Ok((slot_id, self.unwrap_slot(number, &slot_id)?)),
             Err(free) => free,
         };
@@ -544,7 +548,7 @@ impl Keyring {
         if self.slots.is_full() {
             self.rebuild_index()?;
         } else {
-            self.slots.insert(free, &slot_id, number)?;
+            self.slots.insert(free, empty, &slot_id, number)?;
         }
         self.remember(slot_id, &key);
         Ok((slot_id, key))
@@ -795,11 +799,11 @@ fn build_index(
     )?;
     scan(path, file, used, |number, slot| {
         if let Slot::Live(name) = read_slot(slot) {
-            let position = match slots.find(&name)? {
-                Found::Absent { free } => free,
-                Found::At { position, .. } => position,
+            let (position, empty) = match slots.find(&name)? {
+                Found::Absent { free, empty } => (free, empty),
+                Found::At { position, .. } => (position, false),
             };
-            slots.insert(position, &name, number)?;
+            slots.insert(position, empty, &name, number)?;
         }
         Ok(())
     })?;
