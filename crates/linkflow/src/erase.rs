@@ -24,9 +24,6 @@ pub struct ErasureReport {
     pub tombstone: Option<SessionId>,
 }
 
-/// Streams whose keys are destroyed per key-file sync.
-const DESTROY_CHUNK: usize = 1_024;
-
 impl Engine {
     /// Erases the end user `external_user_id`: destroys durably the keys of every session and
     /// account stream that names them and their own key, so that their personal fields and raw
@@ -58,8 +55,7 @@ impl Engine {
                 tombstone: exists.then_some(tombstone_stream),
             });
         };
-        let (streams, provider) = self.streams_of(&token).await?;
-        let mut destroyed = destroy_streams(&privacy, &streams)?;
+        let (mut destroyed, streams, provider) = self.destroy_streams_of(&privacy, &token).await?;
         // The tombstone before the user's own key goes: a crash between the two leaves the
         // key, so that a run again finds the streams (their keys already gone) and the
         // tombstone, and writes no second one.
@@ -70,7 +66,7 @@ impl Engine {
                     subject: subject.clone(),
                     requested_by: requested_by.to_owned(),
                     at: Utc::now(),
-                    streams: u32::try_from(streams.len()).unwrap_or(u32::MAX),
+                    streams: u32::try_from(streams).unwrap_or(u32::MAX),
                 };
                 self.ingest(IncomingEvent::with_body(
                     tombstone_stream.clone(),
@@ -87,8 +83,7 @@ impl Engine {
             .map_err(keys)?;
         // A session of the user's committed while the first list was read: its token is the
         // same, so a second list finds it.
-        let (late, _) = self.streams_of(&token).await?;
-        destroyed += destroy_streams(&privacy, &late)?;
+        destroyed += self.destroy_streams_of(&privacy, &token).await?.0;
         let count = u32::try_from(destroyed).unwrap_or(u32::MAX);
         tracing::info!(subject, streams = count, "erased a user");
         Ok(ErasureReport {
@@ -141,62 +136,92 @@ impl Engine {
         Ok(destroyed)
     }
 
-    /// The streams whose fields are sealed under the keys of the user whose stored id is
-    /// `token`: their sessions (the `u` index) and accounts, and the provider of the first.
-    async fn streams_of(
+    /// Destroys the keys of the streams whose fields are sealed under the keys of the user
+    /// whose stored id is `token`: their sessions (the `u` index) and accounts, read and
+    /// destroyed a page ([`crate::MAX_PAGE_SESSIONS`]) at a time, so that a user with any
+    /// number of sessions takes no more memory than a page. Returns how many keys were there,
+    /// how many streams were found, and the provider of the first.
+    async fn destroy_streams_of(
         &self,
+        privacy: &std::sync::Arc<Privacy>,
         token: &str,
-    ) -> Result<(Vec<SessionId>, Option<Provider>), EngineError> {
-        let token = token.to_owned();
-        let clock = (Utc::now(), self.inactivity_timeout());
-        self.read(move |store| {
-            let mut streams = Vec::new();
-            let mut provider = None;
-            let filter = SessionFilter {
-                external_user_id: Some(token.clone()),
-                ..SessionFilter::default()
-            };
+    ) -> Result<(usize, usize, Option<Provider>), EngineError> {
+        let (mut destroyed, mut found, mut provider) = (0, 0, None);
+        let mut after = None;
+        loop {
+            let (streams, first, next) = self.session_page_of(token, after).await?;
+            provider = provider.or(first);
+            found += streams.len();
+            destroyed += destroy_streams(privacy, streams).await?;
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        for each in Provider::ALL {
+            let prefix = format!("account:{each}:{}:{token}:", token.len());
             let mut after = None;
             loop {
-                let page = query::sessions_page(
-                    store,
-                    &filter,
-                    crate::MAX_PAGE_SESSIONS,
-                    after.as_ref(),
-                    clock,
-                )?;
-                for view in page.sessions {
-                    provider.get_or_insert(view.provider);
-                    streams.push(view.session_id);
-                }
-                match page.next {
+                let (streams, first, next) = self.account_page_of(&prefix, after).await?;
+                provider = provider.or(first);
+                found += streams.len();
+                destroyed += destroy_streams(privacy, streams).await?;
+                match next {
                     Some(next) => after = Some(next),
                     None => break,
                 }
             }
-            for each in Provider::ALL {
-                let prefix = format!("account:{each}:{}:{token}:", token.len());
-                let mut after = None;
-                loop {
-                    let page = query::accounts_page(
-                        store,
-                        &prefix,
-                        crate::MAX_PAGE_SESSIONS,
-                        after.as_ref(),
-                    )?;
-                    for view in page.accounts {
-                        provider.get_or_insert(view.key.provider);
-                        streams.push(view.key.stream_id().map_err(|error| {
-                            EngineError::Keys(format!("an account's stream id: {error}"))
-                        })?);
-                    }
-                    match page.next {
-                        Some(next) => after = Some(next),
-                        None => break,
-                    }
-                }
-            }
-            Ok((streams, provider))
+        }
+        Ok((destroyed, found, provider))
+    }
+
+    /// A page of the sessions of the user whose stored id is `token`.
+    async fn session_page_of(
+        &self,
+        token: &str,
+        after: Option<crate::Cursor>,
+    ) -> Result<StreamPage, EngineError> {
+        let filter = SessionFilter {
+            external_user_id: Some(token.to_owned()),
+            ..SessionFilter::default()
+        };
+        let clock = (Utc::now(), self.inactivity_timeout());
+        self.read(move |store| {
+            let page = query::sessions_page(
+                store,
+                &filter,
+                crate::MAX_PAGE_SESSIONS,
+                after.as_ref(),
+                clock,
+            )?;
+            let provider = page.sessions.first().map(|view| view.provider);
+            let streams = page.sessions.into_iter().map(|view| view.session_id);
+            Ok((streams.collect(), provider, page.next))
+        })
+        .await
+    }
+
+    /// A page of the account streams whose ids start with `prefix`.
+    async fn account_page_of(
+        &self,
+        prefix: &str,
+        after: Option<crate::Cursor>,
+    ) -> Result<StreamPage, EngineError> {
+        let prefix = prefix.to_owned();
+        self.read(move |store| {
+            let page =
+                query::accounts_page(store, &prefix, crate::MAX_PAGE_SESSIONS, after.as_ref())?;
+            let provider = page.accounts.first().map(|view| view.key.provider);
+            let streams = page
+                .accounts
+                .iter()
+                .map(|view| {
+                    view.key.stream_id().map_err(|error| {
+                        EngineError::Keys(format!("an account's stream id: {error}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((streams, provider, page.next))
         })
         .await
     }
@@ -209,17 +234,28 @@ impl Engine {
     }
 }
 
-/// Destroys the keys of `streams`; how many there were.
-fn destroy_streams(privacy: &Privacy, streams: &[SessionId]) -> Result<usize, EngineError> {
-    let mut destroyed = 0;
-    for chunk in streams.chunks(DESTROY_CHUNK) {
-        let ids: Vec<KeyId> = chunk
+/// A page of streams, the provider of its first, and where the next page starts.
+type StreamPage = (Vec<SessionId>, Option<Provider>, Option<crate::Cursor>);
+
+/// Destroys the keys of `streams` (one key-file sync), on a blocking thread; how many there
+/// were.
+async fn destroy_streams(
+    privacy: &std::sync::Arc<Privacy>,
+    streams: Vec<SessionId>,
+) -> Result<usize, EngineError> {
+    if streams.is_empty() {
+        return Ok(0);
+    }
+    let privacy = privacy.clone();
+    tokio::task::spawn_blocking(move || {
+        let ids: Vec<KeyId> = streams
             .iter()
             .map(|stream| KeyId::Stream(stream.as_str().to_owned()))
             .collect();
-        destroyed += privacy
+        privacy
             .destroy(&ids)
-            .map_err(|error| EngineError::Keys(error.to_string()))?;
-    }
-    Ok(destroyed)
+            .map_err(|error| EngineError::Keys(error.to_string()))
+    })
+    .await
+    .map_err(|_| EngineError::Closed)?
 }
