@@ -61,6 +61,10 @@ pub enum KeyError {
     /// The shared key table (PostgreSQL) failed.
     #[error("the key table: {0}")]
     Table(String),
+    /// An earlier write or sync of the key file failed: it takes no more changes until the
+    /// process opens it again.
+    #[error("the key file takes no more changes since a write or sync of it failed ({0}); open it again")]
+    Failed(String),
 }
 
 /// The operator's master key.
@@ -337,6 +341,15 @@ pub struct Keyring {
     synced: u64,
     /// Unwrapped keys, at most [`MAX_CACHED_KEYS`].
     cache: HashMap<SlotId, DataKey>,
+    /// Set by a write or sync of the key file that failed: what the file holds is no longer
+    /// known, so it takes no more changes (no new key, no destroy, no sync) until it is opened
+    /// again, which reads what is really there.
+    failed: Option<String>,
+    /// Tests: the write or sync (counted from 1) that fails, with this OS error code.
+    #[cfg(test)]
+    fault: Option<(u64, i32)>,
+    #[cfg(test)]
+    operations: u64,
 }
 
 /// Where [`Keyring::locate`] found a key: `Ok((slot number, table position))`, or
@@ -358,8 +371,11 @@ impl std::fmt::Debug for Keyring {
 
 impl Drop for Keyring {
     fn drop(&mut self) {
-        // A clean close lets the next open use the slot index as it is; if it fails, the next
-        // open rebuilds it.
+        // A clean close lets the next open use the slot index as it is; if it fails, or the
+        // key file failed (what it holds is not known), the next open rebuilds it.
+        if self.failed.is_some() {
+            return;
+        }
         if let Err(error) = self.slots.close(self.used) {
             tracing::warn!(%error, "the key slot index was not closed cleanly; the next open rebuilds it");
         }
@@ -420,6 +436,11 @@ impl Keyring {
             used,
             synced: used,
             cache: HashMap::new(),
+            failed: None,
+            #[cfg(test)]
+            fault: None,
+            #[cfg(test)]
+            operations: 0,
         })
     }
 
@@ -537,6 +558,7 @@ impl Keyring {
             Ok((number, _)) => return Ok((slot_id, self.unwrap_slot(number, &slot_id)?)),
             Err(free) => free,
         };
+        self.check_failed()?;
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut key[..]).expect("the operating system's random source works");
         let wrapped = seal(&self.wrapping, &slot_id, &key[..]);
@@ -577,14 +599,11 @@ impl Keyring {
     /// Makes every key written so far durable (one `fdatasync` of the key file, then the
     /// header's count). Nothing to do when nothing was written since the last.
     pub fn sync(&mut self) -> Result<(), KeyError> {
+        self.check_failed()?;
         if self.synced == self.used {
             return Ok(());
         }
-        let io = |error| KeyError::Io {
-            path: self.path.clone(),
-            error,
-        };
-        self.file.sync_data().map_err(io)?;
+        self.sync_file()?;
         let used = self.used;
         self.write_header(used)?;
         self.synced = used;
@@ -595,6 +614,7 @@ impl Keyring {
     /// are not there are not an error (an erasure can be run again). Returns how many were
     /// there.
     pub fn destroy(&mut self, ids: &[KeyId]) -> Result<usize, KeyError> {
+        self.check_failed()?;
         let mut destroyed = 0;
         for id in ids {
             let slot_id = self.slot_id(id);
@@ -611,10 +631,7 @@ impl Keyring {
             destroyed += 1;
         }
         if destroyed > 0 {
-            self.file.sync_data().map_err(|error| KeyError::Io {
-                path: self.path.clone(),
-                error,
-            })?;
+            self.sync_file()?;
         }
         Ok(destroyed)
     }
@@ -669,13 +686,54 @@ impl Keyring {
     }
 
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), KeyError> {
-        use std::os::unix::fs::FileExt as _;
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|error| KeyError::Io {
+        let result = self
+            .injected_fault()
+            .and_then(|()| self.file.write_all_at(bytes, offset));
+        self.failing(result)
+    }
+
+    fn sync_file(&mut self) -> Result<(), KeyError> {
+        let result = self.injected_fault().and_then(|()| self.file.sync_data());
+        self.failing(result)
+    }
+
+    /// `result`, and on an error the keyring stopped (see [`Keyring::failed`]).
+    fn failing(&mut self, result: std::io::Result<()>) -> Result<(), KeyError> {
+        result.map_err(|error| {
+            let reason = format!("{}: {error}", self.path.display());
+            tracing::error!(
+                reason,
+                "the key file failed; it takes no more changes until it is opened again"
+            );
+            self.failed = Some(reason);
+            KeyError::Io {
                 path: self.path.clone(),
                 error,
-            })
+            }
+        })
+    }
+
+    fn check_failed(&self) -> Result<(), KeyError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(reason) => Err(KeyError::Failed(reason.clone())),
+        }
+    }
+
+    #[cfg(test)]
+    fn injected_fault(&mut self) -> std::io::Result<()> {
+        self.operations += 1;
+        match self.fault {
+            Some((at, code)) if at == self.operations => {
+                Err(std::io::Error::from_raw_os_error(code))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn injected_fault(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 
     fn read_at(&self, offset: u64, bytes: &mut [u8]) -> Result<(), KeyError> {
@@ -1704,6 +1762,72 @@ mod tests {
         // Erased ids are made anew, as new keys.
         let (_, new) = keyring.key(&ids[0]).unwrap();
         assert_ne!(&new[..], &made[0][..]);
+    }
+
+    /// A write or sync of the key file that fails (EIO, ENOSPC) is an error, and the keyring
+    /// takes no more changes until it is opened again: a key whose slot was not written is
+    /// not made, a destroy that did not reach the disk is not taken for done, and opened
+    /// again the file says what is really there, so that a run again finishes the job.
+    #[test]
+    fn a_failed_write_or_sync_of_the_key_file_stops_it_until_it_is_opened_again() {
+        const EIO: i32 = 5;
+        const ENOSPC: i32 = 28;
+        let dir = tempfile::tempdir().unwrap();
+        let inject = |keyring: &mut Keyring, at: u64, code: i32| {
+            keyring.operations = 0;
+            keyring.fault = Some((at, code));
+        };
+        // A new key's slot not written (a full disk): no key, and nothing more taken.
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+        let (_, first) = keyring.key(&KeyId::Day(1)).unwrap();
+        keyring.sync().unwrap();
+        inject(&mut keyring, 1, ENOSPC);
+        let error = keyring.key(&KeyId::Day(2)).unwrap_err();
+        assert!(
+            matches!(&error, KeyError::Io { error, .. } if error.raw_os_error() == Some(ENOSPC)),
+            "{error}"
+        );
+        keyring.fault = None;
+        for refused in [
+            keyring.key(&KeyId::Day(3)).map(|_| ()),
+            keyring.sync(),
+            keyring.destroy(&[KeyId::Day(1)]).map(|_| ()),
+        ] {
+            assert!(matches!(refused, Err(KeyError::Failed(_))), "{refused:?}");
+        }
+        // Keys already made still open.
+        let slot = keyring.slot_id(&KeyId::Day(1));
+        assert_eq!(&keyring.existing(&slot).unwrap().unwrap()[..], &first[..]);
+        drop(keyring);
+        let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+        assert_eq!(keyring.len(), 1);
+        assert!(!keyring.contains(&KeyId::Day(2)).unwrap());
+        // A sync that fails: an error, and the keys it was to make durable are not relied on.
+        keyring.key(&KeyId::Day(2)).unwrap();
+        inject(&mut keyring, 1, EIO);
+        assert!(keyring.sync().is_err());
+        assert!(matches!(keyring.sync(), Err(KeyError::Failed(_))));
+        drop(keyring);
+        // A destroy whose zeros could not be written, then one whose sync failed: each an
+        // error; opened again, a run again destroys the key for good.
+        for at in [1, 2] {
+            let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+            assert!(keyring.contains(&KeyId::Day(1)).unwrap(), "fault {at}");
+            inject(&mut keyring, at, EIO);
+            assert!(keyring.destroy(&[KeyId::Day(1)]).is_err(), "fault {at}");
+            assert!(matches!(
+                keyring.destroy(&[KeyId::Day(1)]),
+                Err(KeyError::Failed(_))
+            ));
+            drop(keyring);
+            if at == 1 {
+                continue;
+            }
+            let mut keyring = Keyring::open(dir.path(), &master()).unwrap();
+            keyring.destroy(&[KeyId::Day(1)]).unwrap();
+            assert!(!keyring.contains(&KeyId::Day(1)).unwrap());
+            assert!(!file_holds(dir.path(), &slot));
+        }
     }
 
     #[test]
