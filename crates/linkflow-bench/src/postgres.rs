@@ -217,6 +217,17 @@ pub async fn figures(
         "linkflow_pg_disk_bytes_per_event".into(),
         size as f64 / deliveries.len() as f64,
     );
+    // The same with a master key (figure 14 on PostgreSQL): a new key is inserted into the
+    // shared key table, one round trip per new session's keys, on the ingest path.
+    PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
+    let mut sealed_config = EngineConfig::postgres(&url);
+    sealed_config.master_key = crate::privacy::master();
+    let sealed = batch_ingest_with(sealed_config, deliveries).await;
+    results.insert("linkflow_pg_sealed_batch_events_per_s".into(), sealed);
+    results.insert(
+        "linkflow_pg_sealed_vs_unsealed_batch_ratio".into(),
+        sealed / on_pg,
+    );
     PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
     let writers = if options.quick { 8 } else { 64 };
     let run =

@@ -18,7 +18,8 @@ use crate::Options;
 
 const MASTER: &str = "7a1c9e0b4d2f6a8c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c9e1b3d5f7a9c";
 
-fn master() -> Option<Arc<MasterKey>> {
+/// The bench's master key (a fixed one: the figures need no secret).
+pub(crate) fn master() -> Option<Arc<MasterKey>> {
     Some(Arc::new(
         MasterKey::from_hex(MASTER).expect("the bench's key is hex"),
     ))

@@ -85,8 +85,9 @@ pub(crate) fn seal_incoming(
 ) -> Result<(), EngineError> {
     let keys = |error: KeyError| EngineError::Keys(error.to_string());
     let stream_key = KeyId::Stream(incoming.session.as_str().to_owned());
-    // Whose key the raw payload is sealed under: its stream's, or for a quarantined payload
-    // that names a user, the user's (a quarantine stream is found by no user index).
+    // Whose key the raw payload is sealed under: its stream's, or for an account event or a
+    // quarantined payload that names a user, the user's (an account's stream id is made again
+    // from the sealed user id below; a quarantine stream is found by no user index).
     let mut user_owner: Option<KeyId> = None;
     match &mut incoming.body {
         EventBody::Session(event) => {
@@ -120,6 +121,9 @@ pub(crate) fn seal_incoming(
                         "the account's stream id with its sealed user id: {error}"
                     ))
                 })?;
+                // The raw payload under the user's key too: the stream's key was named after
+                // the plain stream id, which no erasure could find again.
+                user_owner = Some(owner.clone());
                 owner
             };
             for text in event

@@ -361,3 +361,68 @@ async fn without_a_master_key_nothing_is_sealed_and_erasure_says_it_is_unavailab
     assert!(!files_holding(&every_byte(dir.path()), "carol-searches-platypus").is_empty());
     assert!(!dir.path().join(linkflow::privacy::KEY_FILE).exists());
 }
+
+/// An account event names its user in its stream id, and its raw payload (a provider's webhook)
+/// may name them too: erasing the user makes the payload read `[erased]`, as their sessions'.
+#[tokio::test]
+async fn an_erased_users_account_events_read_erased_their_raw_payloads_included() {
+    use linkflow::ingest::IncomingEvent;
+    use linkflow_core::{AccountEvent, AccountEventKind, AccountKey, EventBody, Provider};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open_with(config(dir.path())).unwrap();
+    let account = |user: &str| {
+        let key = AccountKey {
+            provider: Provider::Knot,
+            external_user_id: user.into(),
+            institution_id: "10".into(),
+        };
+        let mut event = IncomingEvent::with_body(
+            key.stream_id().unwrap(),
+            Provider::Knot,
+            EventBody::Account {
+                account: key,
+                event: AccountEvent::new(AccountEventKind::Linked)
+                    .at(Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, 1).unwrap()),
+            },
+        );
+        event.raw = Some(
+            linkflow::store::RawJson::from_string(format!(
+                r#"{{"event":"AUTHENTICATED","user":"{user}-account-secret"}}"#
+            ))
+            .unwrap(),
+        );
+        event
+    };
+    engine
+        .ingest_batch(vec![account("alice-zebra"), account("bob-yak")])
+        .await
+        .unwrap();
+    // Each account's stream, as stored (its id holds the sealed user id).
+    let mut streams = Vec::new();
+    for user in ["alice-zebra", "bob-yak"] {
+        let accounts = engine.user_accounts(user).await.unwrap();
+        assert_eq!(accounts.len(), 1);
+        let stream = accounts[0].key.stream_id().unwrap();
+        assert!(!stream.as_str().contains(user), "{stream}");
+        streams.push(stream);
+    }
+    let raw_of = |stream: SessionId| {
+        let engine = engine.clone();
+        async move {
+            let history = engine.history(&stream).await.unwrap().unwrap();
+            history[0].raw.as_ref().unwrap().get().into_owned()
+        }
+    };
+    assert!(raw_of(streams[0].clone())
+        .await
+        .contains("alice-zebra-account-secret"));
+    engine.erase_user("alice-zebra", "ticket").await.unwrap();
+    let alice = raw_of(streams[0].clone()).await;
+    assert!(!alice.contains("alice-zebra-account-secret"), "{alice}");
+    assert!(alice.contains(ERASED), "{alice}");
+    assert!(raw_of(streams[1].clone())
+        .await
+        .contains("bob-yak-account-secret"));
+    assert!(engine.verify().await.unwrap().is_clean());
+    engine.shutdown().await.unwrap();
+}
