@@ -116,6 +116,44 @@ impl PgKeys {
         }))
     }
 
+    /// [`PgKeys::insert`] of many keys in one statement: each stored unless a key is under its
+    /// slot; returns the keys that are, for the slots this statement inserted or found
+    /// committed when it started (a slot another node is inserting at that moment may be
+    /// missing: ask for it with [`PgKeys::insert`]). Durable when it returns.
+    pub fn insert_many(&self, keys: Vec<WrappedKey>) -> Result<Vec<WrappedKey>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (slots, wrapped): (Vec<Vec<u8>>, Vec<Vec<u8>>) = keys.into_iter().unzip();
+        self.store.run(Box::new(move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "WITH inserted AS (
+                             INSERT INTO linkflow_keys (slot, wrapped)
+                             SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                             ON CONFLICT DO NOTHING
+                             RETURNING slot, wrapped)
+                         SELECT slot, wrapped FROM inserted
+                         UNION ALL
+                         SELECT slot, wrapped FROM linkflow_keys
+                         WHERE slot = ANY($1) AND slot NOT IN (SELECT slot FROM inserted)",
+                        &[&slots, &wrapped],
+                    )
+                    .await
+                    .map_err(backend)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<_, Vec<u8>>(0).map_err(backend)?,
+                            row.try_get::<_, Vec<u8>>(1).map_err(backend)?,
+                        ))
+                    })
+                    .collect()
+            })
+        }))
+    }
+
     /// Deletes the keys named `slots`, tells every node, and vacuums the table so that no dead
     /// row keeps them; returns how many there were.
     pub fn delete(&self, slots: Vec<Vec<u8>>) -> Result<usize, StoreError> {

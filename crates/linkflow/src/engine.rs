@@ -257,6 +257,14 @@ impl Engine {
             return Err(failure);
         }
         let now = Utc::now();
+        if privacy.prepares() {
+            // Keys in a shared table: the batch's made or fetched in one round trip, not one
+            // per new session.
+            let ids = crate::seal::keys_of(privacy, &events, now)?;
+            privacy
+                .prepare(&ids)
+                .map_err(|error| EngineError::Keys(error.to_string()))?;
+        }
         for event in &mut events {
             crate::seal::seal_incoming(&**privacy, event, now)?;
         }

@@ -25,6 +25,27 @@ impl KeyTable for PgKeys {
         PgKeys::insert(self, slot, wrapped).map_err(table)
     }
 
+    fn insert_many(
+        &self,
+        keys: Vec<(SlotId, Vec<u8>)>,
+    ) -> Result<Vec<(SlotId, Vec<u8>)>, KeyError> {
+        PgKeys::insert_many(
+            self,
+            keys.into_iter()
+                .map(|(slot, wrapped)| (slot.to_vec(), wrapped))
+                .collect(),
+        )
+        .map_err(table)?
+        .into_iter()
+        .map(|(slot, wrapped)| {
+            let slot: SlotId = slot
+                .try_into()
+                .map_err(|_| KeyError::Table("a key's slot is not 16 bytes".into()))?;
+            Ok((slot, wrapped))
+        })
+        .collect()
+    }
+
     fn delete(&self, slots: &[SlotId]) -> Result<usize, KeyError> {
         PgKeys::delete(self, slots.iter().map(|slot| slot.to_vec()).collect()).map_err(table)
     }

@@ -968,6 +968,14 @@ trait Keys: Send {
     fn len(&mut self) -> usize;
     fn rotate_to(&mut self, new: &MasterKey) -> Result<usize, KeyError>;
     fn forget(&mut self);
+    /// Whether [`Keys::prepare`] saves anything (a table across the network).
+    fn prepares(&self) -> bool {
+        false
+    }
+    /// Makes or fetches the keys `ids` at once, ahead of sealing a batch under them.
+    fn prepare(&mut self, _ids: &[KeyId]) -> Result<(), KeyError> {
+        Ok(())
+    }
 }
 
 impl Keys for Keyring {
@@ -1017,6 +1025,10 @@ pub trait KeyTable: Send {
     fn get(&self, slot: &SlotId) -> Result<Option<Vec<u8>>, KeyError>;
     /// Stores `wrapped` under `slot` unless a key is there; the key that is.
     fn insert(&self, slot: &SlotId, wrapped: Vec<u8>) -> Result<Vec<u8>, KeyError>;
+    /// [`KeyTable::insert`] of many keys at once (one round trip); the keys stored for the
+    /// slots it could answer (a slot missing from the answer is asked for alone).
+    fn insert_many(&self, keys: Vec<(SlotId, Vec<u8>)>)
+        -> Result<Vec<(SlotId, Vec<u8>)>, KeyError>;
     /// Deletes the keys named `slots` (every node told); how many there were.
     fn delete(&self, slots: &[SlotId]) -> Result<usize, KeyError>;
     /// How many keys.
@@ -1100,6 +1112,32 @@ impl Keys for TableKeyring {
             .table
             .insert(&slot, seal(&self.wrapping, &slot, &key[..]))?;
         Ok((slot, self.unwrap(&slot, &stored)?))
+    }
+
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    fn prepare(&mut self, ids: &[KeyId]) -> Result<(), KeyError> {
+        let mut fresh = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for id in ids {
+            let slot = self.slot_id(id);
+            if self.cache.contains_key(&slot) || !seen.insert(slot) {
+                continue;
+            }
+            let mut key = Zeroizing::new([0u8; 32]);
+            getrandom::fill(&mut key[..]).expect("the operating system's random source works");
+            fresh.push((slot, seal(&self.wrapping, &slot, &key[..])));
+        }
+        // Another node may have made some meanwhile: the ones stored first are the keys. One
+        // not answered is made or read alone when it is used.
+        for chunk in fresh.chunks(MAX_PREPARED_KEYS) {
+            for (slot, wrapped) in self.table.insert_many(chunk.to_vec())? {
+                self.unwrap(&slot, &wrapped)?;
+            }
+        }
+        Ok(())
     }
 
     fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError> {
@@ -1233,6 +1271,9 @@ struct Recent {
     /// [`MAX_CACHED_USERS`].
     users: HashMap<String, (KeyId, String)>,
 }
+
+/// The keys a [`KeyTable`] is asked for in one statement when a batch is prepared.
+pub const MAX_PREPARED_KEYS: usize = 4_096;
 
 /// The users whose tokens are kept in memory; past it the cache starts again empty.
 pub const MAX_CACHED_USERS: usize = 16_384;
@@ -1517,6 +1558,18 @@ impl Privacy {
             .map(KeyId::Day)
             .collect();
         keyring.destroy(&days)
+    }
+
+    /// Whether sealing a batch should [`Privacy::prepare`] its keys first: keys in a table
+    /// across the network (PostgreSQL), where each key made or read alone is a round trip.
+    pub fn prepares(&self) -> bool {
+        self.keyring().prepares()
+    }
+
+    /// Makes or fetches the keys `ids` at once (a round trip per [`MAX_PREPARED_KEYS`]), so
+    /// that sealing a batch under them asks the table nothing more.
+    pub fn prepare(&self, ids: &[KeyId]) -> Result<(), KeyError> {
+        self.keyring().prepare(ids)
     }
 
     /// Makes every key made so far durable.
@@ -1907,6 +1960,131 @@ mod tests {
             Privacy::open(dir.path(), &new).unwrap().show(&term),
             "platypus"
         );
+    }
+
+    /// A key table in memory that counts what it is asked, and can leave slots out of an
+    /// `insert_many` answer (as PostgreSQL does for a key another node is inserting then).
+    #[derive(Default, Clone)]
+    struct CountingTable {
+        keys: std::sync::Arc<std::sync::Mutex<HashMap<SlotId, Vec<u8>>>>,
+        calls: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+        withheld: std::sync::Arc<std::sync::Mutex<Vec<SlotId>>>,
+        secret: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    }
+
+    impl KeyTable for CountingTable {
+        fn index_secret(&self, wrapped: Vec<u8>) -> Result<Vec<u8>, KeyError> {
+            Ok(self.secret.lock().unwrap().get_or_insert(wrapped).clone())
+        }
+        fn get(&self, slot: &SlotId) -> Result<Option<Vec<u8>>, KeyError> {
+            self.calls.lock().unwrap().push("get");
+            Ok(self.keys.lock().unwrap().get(slot).cloned())
+        }
+        fn insert(&self, slot: &SlotId, wrapped: Vec<u8>) -> Result<Vec<u8>, KeyError> {
+            self.calls.lock().unwrap().push("insert");
+            Ok(self
+                .keys
+                .lock()
+                .unwrap()
+                .entry(*slot)
+                .or_insert(wrapped)
+                .clone())
+        }
+        fn insert_many(
+            &self,
+            keys: Vec<(SlotId, Vec<u8>)>,
+        ) -> Result<Vec<(SlotId, Vec<u8>)>, KeyError> {
+            self.calls.lock().unwrap().push("insert_many");
+            let withheld = self.withheld.lock().unwrap().clone();
+            let mut stored = self.keys.lock().unwrap();
+            Ok(keys
+                .into_iter()
+                .filter(|(slot, _)| !withheld.contains(slot))
+                .map(|(slot, wrapped)| (slot, stored.entry(slot).or_insert(wrapped).clone()))
+                .collect())
+        }
+        fn delete(&self, slots: &[SlotId]) -> Result<usize, KeyError> {
+            let mut keys = self.keys.lock().unwrap();
+            Ok(slots
+                .iter()
+                .filter(|slot| keys.remove(*slot).is_some())
+                .count())
+        }
+        fn count(&self) -> Result<usize, KeyError> {
+            Ok(self.keys.lock().unwrap().len())
+        }
+        fn all(&self) -> Result<Vec<(SlotId, Vec<u8>)>, KeyError> {
+            Ok(self
+                .keys
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect())
+        }
+        fn replace_all(&self, _: Vec<u8>, keys: Vec<(SlotId, Vec<u8>)>) -> Result<(), KeyError> {
+            *self.keys.lock().unwrap() = keys.into_iter().collect();
+            Ok(())
+        }
+    }
+
+    /// On a shared table, a batch's keys are made or fetched in one statement before it is
+    /// sealed, and sealing then asks the table nothing; a key the table left out of the answer
+    /// is asked for alone, and every node agrees on the key stored first.
+    #[test]
+    fn a_batch_prepares_its_keys_in_one_statement_on_a_shared_table() {
+        let table = CountingTable::default();
+        let privacy = Privacy::open_table(Box::new(table.clone()), &master()).unwrap();
+        assert!(privacy.prepares());
+        let ids: Vec<KeyId> = (0..50)
+            .map(|n| KeyId::Stream(format!("s-{n}")))
+            .chain([privacy.user_key("alice"), KeyId::Day(20_000)])
+            .collect();
+        privacy.prepare(&ids).unwrap();
+        assert_eq!(*table.calls.lock().unwrap(), ["insert_many"]);
+        for id in &ids[..50] {
+            privacy.seal_text(id, "text").unwrap();
+        }
+        privacy.user_token("alice").unwrap();
+        privacy.seal_raw(&ids[0], 20_000, r#"{"n":1}"#).unwrap();
+        assert_eq!(
+            *table.calls.lock().unwrap(),
+            ["insert_many"],
+            "sealing asked nothing"
+        );
+        // A second node on the same table: the same keys, so the same tokens.
+        let other = Privacy::open_table(Box::new(table.clone()), &master()).unwrap();
+        other.prepare(&ids).unwrap();
+        assert_eq!(
+            other.user_token("alice").unwrap(),
+            privacy.user_token("alice").unwrap()
+        );
+        assert_eq!(
+            other.seal_text(&ids[7], "same").unwrap(),
+            privacy.seal_text(&ids[7], "same").unwrap()
+        );
+        // A slot left out of the answer is made alone when it is used.
+        let third = Privacy::open_table(Box::new(table.clone()), &master()).unwrap();
+        let late = KeyId::Stream("late".into());
+        table
+            .withheld
+            .lock()
+            .unwrap()
+            .push(keyed_hash(&index_of(&table), b"key", &late.encode()));
+        table.calls.lock().unwrap().clear();
+        third.prepare(std::slice::from_ref(&late)).unwrap();
+        let token = third.seal_text(&late, "late text").unwrap();
+        assert_eq!(third.show(&token), "late text");
+        assert_eq!(
+            *table.calls.lock().unwrap(),
+            ["insert_many", "get", "insert"]
+        );
+    }
+
+    /// The index secret a [`CountingTable`] holds, unwrapped (tests compute slot names).
+    fn index_of(table: &CountingTable) -> Zeroizing<[u8; 32]> {
+        let keyring = TableKeyring::open(Box::new(table.clone()), &master()).unwrap();
+        keyring.index.clone()
     }
 
     #[test]

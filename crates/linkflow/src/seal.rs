@@ -68,6 +68,53 @@ impl Sealing for SizeProbe {
     }
 }
 
+/// Records the keys sealing asks for, with placeholders for the fields: what a batch's
+/// sealing will need, made or fetched at once ([`Privacy::prepare`]) before it seals.
+struct KeyRecorder<'a> {
+    privacy: &'a Privacy,
+    ids: std::cell::RefCell<Vec<KeyId>>,
+}
+
+impl Sealing for KeyRecorder<'_> {
+    fn user_key(&self, user: &str) -> KeyId {
+        self.privacy.user_key(user)
+    }
+
+    fn user_token(&self, user: &str) -> Result<String, KeyError> {
+        self.ids.borrow_mut().push(self.privacy.user_key(user));
+        SizeProbe.user_token(user)
+    }
+
+    fn seal_text(&self, key: &KeyId, text: &str) -> Result<String, KeyError> {
+        self.ids.borrow_mut().push(key.clone());
+        SizeProbe.seal_text(key, text)
+    }
+
+    fn seal_raw(&self, owner: &KeyId, day: i64, raw: &str) -> Result<Vec<u8>, KeyError> {
+        self.ids
+            .borrow_mut()
+            .extend([owner.clone(), KeyId::Day(day)]);
+        SizeProbe.seal_raw(owner, day, raw)
+    }
+}
+
+/// The keys sealing `events` at `now` asks for.
+pub(crate) fn keys_of(
+    privacy: &Privacy,
+    events: &[IncomingEvent],
+    now: DateTime<Utc>,
+) -> Result<Vec<KeyId>, EngineError> {
+    let recorder = KeyRecorder {
+        privacy,
+        ids: std::cell::RefCell::new(Vec::new()),
+    };
+    for event in events {
+        let mut probe = event.clone();
+        seal_incoming(&recorder, &mut probe, now)?;
+    }
+    Ok(recorder.ids.into_inner())
+}
+
 /// `incoming` as it will be stored with a master key, with placeholders of the sealed lengths:
 /// what a size check measures.
 pub(crate) fn sized_as_sealed(incoming: &IncomingEvent) -> Result<IncomingEvent, EngineError> {
