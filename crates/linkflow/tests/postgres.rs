@@ -235,3 +235,80 @@ async fn erasure_on_one_node_is_seen_by_the_other_and_pg_dump_holds_no_plaintext
     };
     assert!(error.to_string().contains("master key"), "{error}");
 }
+
+/// A destroy the database refuses part way through an erasure (the second `DELETE` of the key
+/// table, the user's own key, failed by a trigger) is an error that says so; the streams' keys
+/// are already gone and the tombstone written. Run again once the database takes deletes, the
+/// erasure finishes: the user's key destroyed, one tombstone, the log verifies.
+#[tokio::test]
+async fn an_erasure_the_database_fails_part_way_finishes_when_run_again() {
+    let Some(cluster) = TestCluster::shared_or_skip("erasure_fault_on_postgres") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let mut config = EngineConfig::postgres(&url);
+    config.master_key = Some(std::sync::Arc::new(
+        linkflow::privacy::MasterKey::from_hex(
+            "1f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f1",
+        )
+        .unwrap(),
+    ));
+    let engine = Engine::open_with(config).unwrap();
+    let context =
+        linkflow::PayloadContext::new("test", Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, 0).unwrap())
+            .with_user("pg-carol");
+    for session in ["pc1", "pc2"] {
+        let body = format!(
+            r#"{{"name":"search_institution","properties":{{"search_term":"pg-carol-searches"}},"meta":{{"link_session_id":"{session}","timestamp":"2023-11-29T12:44:01.000Z"}}}}"#
+        );
+        engine
+            .ingest_payload(linkflow::Feed::Moneykit, body.as_bytes(), &context)
+            .await
+            .unwrap();
+    }
+    cluster.psql(
+        &database,
+        "CREATE SEQUENCE linkflow_test_deletes;
+         CREATE FUNCTION linkflow_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF nextval('linkflow_test_deletes') > 1 THEN
+             RAISE EXCEPTION 'injected: the second delete fails';
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER linkflow_test_refuse BEFORE DELETE ON linkflow_keys
+           FOR EACH STATEMENT EXECUTE FUNCTION linkflow_test_refuse();",
+    );
+    let error = engine.erase_user("pg-carol", "ticket").await.unwrap_err();
+    assert!(error.to_string().contains("injected"), "{error}");
+    let user_id = |engine: &Engine, session: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let view = engine
+                .session(&SessionId::new(session).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            view.state.external_user_id().map(str::to_owned)
+        }
+    };
+    // Part way: the user's key is still there, the tombstone written.
+    assert_eq!(user_id(&engine, "pc1").await.as_deref(), Some("pg-carol"));
+    cluster.psql(
+        &database,
+        "DROP TRIGGER linkflow_test_refuse ON linkflow_keys",
+    );
+    let report = engine.erase_user("pg-carol", "ticket").await.unwrap();
+    assert!(report.erased);
+    let tombstone = report.tombstone.unwrap();
+    assert_eq!(engine.history(&tombstone).await.unwrap().unwrap().len(), 1);
+    for session in ["pc1", "pc2"] {
+        assert_eq!(
+            user_id(&engine, session).await.as_deref(),
+            Some(linkflow::privacy::ERASED)
+        );
+    }
+    assert!(engine.verify().await.unwrap().is_clean());
+    engine.shutdown().await.unwrap();
+}
