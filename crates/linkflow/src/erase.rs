@@ -147,22 +147,17 @@ impl Engine {
         token: &str,
     ) -> Result<(usize, usize, Option<Provider>), EngineError> {
         let (mut destroyed, mut found, mut provider) = (0, 0, None);
-        let mut after = None;
-        loop {
-            let (streams, first, next) = self.session_page_of(token, after).await?;
-            provider = provider.or(first);
-            found += streams.len();
-            destroyed += destroy_streams(privacy, streams).await?;
-            match next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-        for each in Provider::ALL {
-            let prefix = format!("account:{each}:{}:{token}:", token.len());
+        // The user's sessions (`None`), then their accounts of each provider (a prefix).
+        let sources = std::iter::once(None).chain(
+            Provider::ALL.map(|each| Some(format!("account:{each}:{}:{token}:", token.len()))),
+        );
+        for source in sources {
             let mut after = None;
             loop {
-                let (streams, first, next) = self.account_page_of(&prefix, after).await?;
+                let (streams, first, next) = match &source {
+                    None => self.session_page_of(token, after).await?,
+                    Some(prefix) => self.account_page_of(prefix, after).await?,
+                };
                 provider = provider.or(first);
                 found += streams.len();
                 destroyed += destroy_streams(privacy, streams).await?;

@@ -35,15 +35,8 @@ impl KeyTable for PgKeys {
                 .map(|(slot, wrapped)| (slot.to_vec(), wrapped))
                 .collect(),
         )
-        .map_err(table)?
-        .into_iter()
-        .map(|(slot, wrapped)| {
-            let slot: SlotId = slot
-                .try_into()
-                .map_err(|_| KeyError::Table("a key's slot is not 16 bytes".into()))?;
-            Ok((slot, wrapped))
-        })
-        .collect()
+        .map_err(table)
+        .and_then(named)
     }
 
     fn delete(&self, slots: &[SlotId]) -> Result<usize, KeyError> {
@@ -55,16 +48,7 @@ impl KeyTable for PgKeys {
     }
 
     fn all(&self) -> Result<Vec<(SlotId, Vec<u8>)>, KeyError> {
-        PgKeys::all(self)
-            .map_err(table)?
-            .into_iter()
-            .map(|(slot, wrapped)| {
-                let slot: SlotId = slot
-                    .try_into()
-                    .map_err(|_| KeyError::Table("a key's slot is not 16 bytes".into()))?;
-                Ok((slot, wrapped))
-            })
-            .collect()
+        PgKeys::all(self).map_err(table).and_then(named)
     }
 
     fn replace_all(&self, secret: Vec<u8>, keys: Vec<(SlotId, Vec<u8>)>) -> Result<(), KeyError> {
@@ -93,4 +77,16 @@ pub(crate) fn open(keys: PgKeys, master: &MasterKey) -> Result<Arc<Privacy>, Eng
         }
     }));
     Ok(privacy)
+}
+
+/// Rows of the key table as the keyring names keys: a slot that is not 16 bytes is an error.
+fn named(rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<(SlotId, Vec<u8>)>, KeyError> {
+    rows.into_iter()
+        .map(|(slot, wrapped)| {
+            let slot: SlotId = slot
+                .try_into()
+                .map_err(|_| KeyError::Table("a key's slot is not 16 bytes".into()))?;
+            Ok((slot, wrapped))
+        })
+        .collect()
 }
