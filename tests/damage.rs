@@ -125,6 +125,13 @@ impl linkflow_store::EventStore for FailingDisk {
     ) -> Result<linkflow_store::Receipt, linkflow_store::CommitError> {
         self.inner.commit(commit)
     }
+    fn compact(
+        &self,
+        stream: &linkflow_core::SessionId,
+        snapshot: linkflow_store::Snapshot,
+    ) -> Result<u64, linkflow_store::CommitError> {
+        self.inner.compact(stream, snapshot)
+    }
     fn sync(&self) -> Result<(), linkflow_store::StoreError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(linkflow_store::StoreError::Io {

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
 use linkflow_store::check::{check_commit, Checked, StoredLog};
-use linkflow_store::record::{decode_event_record, decode_snapshot_record};
+use linkflow_store::record::{
+    decode_log_record, decode_snapshot_record, encode_compacted, encode_snapshot, CompactedEvent,
+    LogRecord, COMPACTED,
+};
 use linkflow_store::{
     Commit, CommitError, DedupeHit, EventStore, Receipt, Snapshot, StoreError, StoredEvent,
     StreamRead, StreamStart, StreamsRead, VerifyReport,
@@ -21,6 +24,9 @@ use crate::{schema, NOTIFY_CHANNEL};
 
 /// Rows fetched per round trip by the full walks.
 pub(crate) const PAGE: i64 = 1_000;
+
+// The reads' SQL skips compacted records by their first byte, written there as `64`.
+const _: () = assert!(COMPACTED == 64);
 
 /// How often a watcher polls the head when no notification came.
 const WATCH_POLL: Duration = Duration::from_secs(1);
@@ -87,25 +93,41 @@ fn describe_event(stream: &str, version: i64) -> String {
     format!("event `{stream}`@{version}")
 }
 
+/// An event row (selecting stream, version, position, record), decoded and checked against
+/// its row. The reads that call it leave compacted records out in their SQL, so one here is an
+/// error.
 pub(crate) fn decode_event_row(row: &Row) -> Result<StoredEvent, StoreError> {
+    match decode_log_row(row)? {
+        LogRecord::Event(event) => Ok(event),
+        LogRecord::Compacted(stub) => Err(bad_column(
+            describe_event(stub.stream.as_str(), stub.version.0 as i64),
+            "a compacted record where a read expected an event",
+        )),
+    }
+}
+
+/// An event row, whole or compacted, decoded and checked against its row.
+pub(crate) fn decode_log_row(row: &Row) -> Result<LogRecord, StoreError> {
     let stream: &str = col(row, "stream")?;
     let version: i64 = col(row, "version")?;
     let position: i64 = col(row, "position")?;
     let what = describe_event(stream, version);
-    let event = decode_event_record(&what, col(row, "record")?)?;
-    if event.stream.as_str() != stream
-        || i64::try_from(event.version.0) != Ok(version)
-        || i64::try_from(event.position.0) != Ok(position)
+    let record = decode_log_record(&what, col(row, "record")?)?;
+    if record.stream().as_str() != stream
+        || i64::try_from(record.version().0) != Ok(version)
+        || i64::try_from(record.position().0) != Ok(position)
     {
         return Err(bad_column(
             what,
             format!(
                 "the record says `{}`@{} at position {}, its row says position {position}",
-                event.stream, event.version, event.position
+                record.stream(),
+                record.version(),
+                record.position()
             ),
         ));
     }
-    Ok(event)
+    Ok(record)
 }
 
 impl PgStore {
@@ -387,6 +409,81 @@ async fn write_commit(
     Ok(Ok(checked.receipt))
 }
 
+/// [`EventStore::compact`] in one transaction under the head-row lock every commit takes: the
+/// stream's version checked, its records that are not compacted yet rewritten compacted (one
+/// `UPDATE` from arrays), its snapshot replaced. `Ok(Err)`: refused, nothing written.
+async fn write_compaction(
+    client: &mut Client,
+    stream: SessionId,
+    snapshot: Snapshot,
+) -> Result<Result<u64, CommitError>, StoreError> {
+    let tx = client.transaction().await.map_err(backend)?;
+    tx.query_one("SELECT position FROM linkflow_head FOR UPDATE", &[])
+        .await
+        .map_err(backend)?;
+    let name = stream.to_string();
+    let actual: Option<i64> = col(
+        &tx.query_one(
+            "SELECT max(version) FROM linkflow_events WHERE stream = $1",
+            &[&name],
+        )
+        .await
+        .map_err(backend)?,
+        0,
+    )?;
+    let actual = Version(to_u64(actual.unwrap_or(0), || format!("stream `{name}`"))?);
+    if actual != snapshot.version || actual == Version::EMPTY {
+        return Ok(Err(CommitError::Conflict {
+            stream,
+            expected: snapshot.version,
+            actual,
+        }));
+    }
+    let record = encode_snapshot(&snapshot);
+    if record.len() > linkflow_store::MAX_RECORD_BYTES {
+        return Ok(Err(CommitError::TooLarge {
+            stream,
+            bytes: record.len(),
+            limit: linkflow_store::MAX_RECORD_BYTES,
+        }));
+    }
+    let rows = tx
+        .query(
+            "SELECT stream, version, position, record FROM linkflow_events
+              WHERE stream = $1 AND get_byte(record, 0) <> $2 ORDER BY version",
+            &[&name, &i32::from(COMPACTED)],
+        )
+        .await
+        .map_err(backend)?;
+    let mut versions = Vec::with_capacity(rows.len());
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let event = decode_event_row(row)?;
+        versions.push(to_i64(event.version.0, "version")?);
+        records.push(encode_compacted(&CompactedEvent::of(&event)));
+    }
+    if !versions.is_empty() {
+        tx.execute(
+            "UPDATE linkflow_events e SET record = c.record
+               FROM unnest($2::int8[], $3::bytea[]) AS c(version, record)
+              WHERE e.stream = $1 AND e.version = c.version",
+            &[&name, &versions, &records],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    let version = to_i64(snapshot.version.0, "version")?;
+    tx.execute(
+        "INSERT INTO linkflow_snapshots (stream, version, record) VALUES ($1, $2, $3)
+         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record",
+        &[&name, &version, &record],
+    )
+    .await
+    .map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    Ok(Ok(versions.len() as u64))
+}
+
 /// The rows of [`EventStore::read_streams`]: snapshots, tails, dedupe hits.
 type StreamsRows = (Vec<Row>, Vec<Row>, Vec<Row>);
 
@@ -417,7 +514,7 @@ async fn read_streams_rows(
            FROM unnest($1::text[]) AS s(stream)
            JOIN linkflow_events e ON e.stream = s.stream
            LEFT JOIN linkflow_snapshots n ON n.stream = s.stream
-          WHERE e.version > coalesce(n.version, 0)
+          WHERE e.version > coalesce(n.version, 0) AND get_byte(e.record, 0) <> 64
           ORDER BY e.stream, e.version",
         &stream_params,
     );
@@ -562,6 +659,14 @@ impl EventStore for PgStore {
         }))?
     }
 
+    fn compact(&self, stream: &SessionId, snapshot: Snapshot) -> Result<u64, CommitError> {
+        self.health()?;
+        let stream = stream.clone();
+        self.run(Box::new(move |client| {
+            Box::pin(write_compaction(client, stream, snapshot))
+        }))?
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         self.health()?;
         // Every commit returned after PostgreSQL flushed its WAL (synchronous_commit = on).
@@ -595,7 +700,8 @@ impl EventStore for PgStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.events(
             "SELECT stream, version, position, record FROM linkflow_events
-              WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3",
+              WHERE stream = $1 AND version > $2 AND get_byte(record, 0) <> 64
+              ORDER BY version LIMIT $3",
             vec![
                 Box::new(stream.to_string()),
                 Box::new(to_i64(after.0, "version")?),
@@ -607,7 +713,7 @@ impl EventStore for PgStore {
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         self.events(
             "SELECT stream, version, position, record FROM linkflow_events
-              WHERE position > $1 ORDER BY position LIMIT $2",
+              WHERE position > $1 AND get_byte(record, 0) <> 64 ORDER BY position LIMIT $2",
             vec![
                 Box::new(to_i64(after.0, "position")?),
                 Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
@@ -800,7 +906,7 @@ impl EventStore for PgStore {
         loop {
             let page = self.events(
                 "SELECT stream, version, position, record FROM linkflow_events
-                  WHERE (stream, version) > ($1, $2)
+                  WHERE (stream, version) > ($1, $2) AND get_byte(record, 0) <> 64
                   ORDER BY stream, version LIMIT $3",
                 vec![Box::new(after.0.clone()), Box::new(after.1), Box::new(PAGE)],
             )?;

@@ -16,8 +16,9 @@ fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl I
 
 /// Checks:
 /// - positions are exactly 1..=head (the primary key makes them unique);
-/// - every stream holds versions 1..=n;
-/// - every event record decodes (checksum included) and matches its row, dedupe key included;
+/// - every stream holds versions 1..=n, its compacted records before its events;
+/// - every event record (whole or compacted) decodes (checksum included) and matches its row,
+///   dedupe key included;
 /// - every snapshot decodes and is not ahead of its stream.
 pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
@@ -53,6 +54,20 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
             format!("gap: {count} events up to version {max}"),
         );
     }
+    // Compaction compacts a stream through its version: its compacted records come first.
+    for row in store.query_rows(
+        "SELECT stream FROM linkflow_events GROUP BY stream
+         HAVING max(version) FILTER (WHERE get_byte(record, 0) = 64)
+              > min(version) FILTER (WHERE get_byte(record, 0) <> 64)",
+        Vec::new(),
+    )? {
+        let stream: String = col(&row, 0)?;
+        problem(
+            &mut report,
+            format!("stream `{stream}`"),
+            "holds a compacted record after an event that is not",
+        );
+    }
 
     let mut after = 0i64;
     loop {
@@ -65,13 +80,13 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         for row in &rows {
             report.events += 1;
             after = col(row, "position")?;
-            match crate::store::decode_event_row(row) {
+            match crate::store::decode_log_row(row) {
                 Ok(event) => {
                     let dedupe: &[u8] = col(row, "dedupe")?;
-                    if dedupe != event.data.dedupe_key.as_bytes() {
+                    if dedupe != event.dedupe_key().as_bytes() {
                         problem(
                             &mut report,
-                            format!("event `{}`@{}", event.stream, event.version),
+                            format!("event `{}`@{}", event.stream(), event.version()),
                             "its dedupe column differs from its record's key",
                         );
                     }

@@ -11,7 +11,12 @@
 //! raw       = varint(0) | varint(2 * len + 1) [len](JSON text) | varint(2 * len + 2) [len](sealed)
 //! snapshot  = provider varint(version) bytes(state, opaque to the store)
 //! packed    = u8(PACKED) varint(count >= 2) bytes(record) per record
+//! compacted = u8(rejected) str(stream) varint(version) varint(position) [16](dedupe key)
+//!             time(stored_at, from the epoch)
 //! ```
+//!
+//! A compacted event's record has the same header with [`crate::record::COMPACTED`] in
+//! place of the schema version.
 //!
 //! No field names, no hex or text forms of ids and times, no escaping of the raw payload: ~30
 //! bytes of canonical event for the bench workload's average event (178 as JSON).
@@ -23,7 +28,7 @@ use linkflow_core::{
 use uuid::Uuid;
 
 use crate::error::CorruptRecord;
-use crate::record::{NewEvent, RawJson, Snapshot, StoredEvent, PACKED};
+use crate::record::{CompactedEvent, NewEvent, RawJson, Snapshot, StoredEvent, PACKED};
 
 /// The most bytes an event record's body takes besides its strings and canonical event (each
 /// varint at most 10 bytes, a time at most 15): what the size check adds to them.
@@ -138,6 +143,32 @@ pub(crate) fn read_event(key: &str, body: &[u8]) -> Result<StoredEvent, CorruptR
                 raw,
                 received_at,
             },
+        })
+    })
+}
+
+pub(crate) fn write_compacted(out: &mut Output, stub: &CompactedEvent) {
+    out.u8(u8::from(stub.rejected));
+    out.str(stub.stream.as_str());
+    out.varint(stub.version.0);
+    out.varint(stub.position.0);
+    out.raw(stub.dedupe_key.as_bytes());
+    out.time(stub.stored_at, 0);
+}
+
+pub(crate) fn read_compacted(key: &str, body: &[u8]) -> Result<CompactedEvent, CorruptRecord> {
+    read_whole(key, "compacted body", body, |input| {
+        let rejected = input.present("rejected")?;
+        let stream = input.str("stream")?;
+        let stream =
+            SessionId::new(stream).map_err(|error| input.error("stream", error.to_string()))?;
+        Ok(CompactedEvent {
+            rejected,
+            stream,
+            version: Version(input.varint("version")?),
+            position: Position(input.varint("position")?),
+            dedupe_key: DedupeKey::from_bytes(input.array("dedupe key")?),
+            stored_at: input.time("stored_at", 0)?,
         })
     })
 }

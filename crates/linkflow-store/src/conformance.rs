@@ -81,6 +81,7 @@ macro_rules! conformance_tests {
             index_entries_commit_with_their_events_and_walk_in_byte_order,
             counters_sum_their_deltas_and_vanish_at_zero,
             a_refused_commit_writes_no_index_entry_or_counter,
+            compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it,
         );
     };
     (@cases $harness:ty; $($case:ident),* $(,)?) => {
@@ -1256,4 +1257,171 @@ pub fn a_refused_commit_writes_no_index_entry_or_counter<H: Harness>() {
     assert!(counters(&store, b"c", b"d").is_empty());
     assert_eq!(store.head().unwrap(), Position::START);
     assert_clean(&store);
+}
+
+/// [`EventStore::compact`] of a stream (300 events over many commits, some rejected, beside
+/// another stream's): refused unless the snapshot is of the stream's version (nothing
+/// written); then the stream's events are gone from every read (by stream, by position in
+/// pages, by stream order) while its version, its snapshot and every dedupe key stay (a
+/// redelivery is a duplicate, `find_dedupe` answers where it first went); later events are
+/// stored whole and can be compacted in turn; compacting again compacts nothing more; verify is
+/// clean, and all of it survives a reopen.
+pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Harness>() {
+    let harness = H::fresh();
+    let store = harness.open();
+    let (a, b) = (stream("compacted"), stream("kept"));
+    let snapshot = |version: u64| Snapshot {
+        provider: Provider::Moneykit,
+        version: Version(version),
+        state: format!("final state at {version}").into_bytes(),
+    };
+    let mut next = 1u64;
+    let mut b_events = 0u64;
+    while next <= 300 {
+        let mut ops = Vec::new();
+        for _ in 0..7 {
+            if next > 300 {
+                break;
+            }
+            ops.push(if next % 13 == 0 {
+                rejected(&a, event(next))
+            } else {
+                append(&a, ExpectedVersion::Next, event(next))
+            });
+            next += 1;
+        }
+        ops.push(append(&b, ExpectedVersion::Next, event(10_000 + next)));
+        b_events += 1;
+        commit(&store, ops).unwrap();
+    }
+    let mut first_went = std::collections::HashMap::new();
+    for stored in store.read_stream(&a, Version::EMPTY, 1_000).unwrap() {
+        first_went.insert(stored.data.dedupe_key, (stored.version, stored.position));
+    }
+    assert_eq!(first_went.len(), 300);
+    let head = store.head().unwrap();
+
+    for refused in [snapshot(299), snapshot(301)] {
+        match store.compact(&a, refused.clone()) {
+            Err(CommitError::Conflict { stream, actual, .. }) => {
+                assert_eq!((stream, actual), (a.clone(), Version(300)))
+            }
+            other => panic!("expected a conflict for {refused:?}, got {other:?}"),
+        }
+    }
+    match store.compact(&stream("never-written"), snapshot(1)) {
+        Err(CommitError::Conflict { actual, .. }) => assert_eq!(actual, Version::EMPTY),
+        other => panic!("expected a conflict for an empty stream, got {other:?}"),
+    }
+    assert_eq!(
+        store.read_stream(&a, Version::EMPTY, 1_000).unwrap().len(),
+        300
+    );
+
+    assert_eq!(store.compact(&a, snapshot(300)).unwrap(), 300);
+    store.sync().unwrap();
+    let check = |store: &H::Store, a_version: u64, a_tail: &[u64]| {
+        assert_eq!(store.head().unwrap(), Position(head.0 + a_version - 300));
+        let start = store.stream_start(&a).unwrap();
+        assert_eq!(start.version, Version(a_version));
+        assert_eq!(start.snapshot, Some(snapshot(a_version)));
+        let tail: Vec<u64> = store
+            .read_stream(&a, Version::EMPTY, 1_000)
+            .unwrap()
+            .iter()
+            .map(|event| event.version.0)
+            .collect();
+        assert_eq!(
+            tail, a_tail,
+            "only the events after the compaction are read"
+        );
+        // By position, in pages of 3: every event of `b` and `a`'s tail, once, in order.
+        let mut after = Position::START;
+        let mut read = Vec::new();
+        loop {
+            let page = store.read_all(after, 3).unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            read.extend(page);
+        }
+        assert!(read
+            .windows(2)
+            .all(|pair| pair[0].position < pair[1].position));
+        assert_eq!(
+            read.iter().filter(|event| event.stream == b).count() as u64,
+            b_events
+        );
+        let a_read: Vec<u64> = read
+            .iter()
+            .filter(|event| event.stream == a)
+            .map(|event| event.version.0)
+            .collect();
+        assert_eq!(a_read, a_tail);
+        let mut by_stream = Vec::new();
+        store
+            .for_each_event_by_stream(&mut |event| {
+                by_stream.push((event.stream.clone(), event.version.0));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(by_stream.len() as u64, b_events + a_tail.len() as u64);
+        assert!(by_stream
+            .iter()
+            .all(|(stream, version)| *stream == b || a_tail.contains(version)));
+        for n in [1u64, 13, 150, 300] {
+            let key = event(n).dedupe_key;
+            let (version, position) = first_went[&key];
+            assert_eq!(
+                store.find_dedupe(&a, &key).unwrap(),
+                Some(DedupeHit {
+                    stream: a.clone(),
+                    version,
+                    position
+                }),
+                "a compacted event's dedupe key still answers where it went"
+            );
+            let error =
+                commit(store, vec![append(&a, ExpectedVersion::Next, event(n))]).unwrap_err();
+            assert_duplicate_key(&error, &a, n);
+        }
+        let read = store
+            .read_streams(
+                std::slice::from_ref(&a),
+                &[(a.clone(), event(7).dedupe_key)],
+            )
+            .unwrap();
+        let a_read = &read.streams[&a];
+        assert_eq!(a_read.snapshot, Some(snapshot(a_version)));
+        assert!(a_read.tail.is_empty());
+        assert_eq!(
+            read.dedupe(&a, &event(7).dedupe_key)
+                .flatten()
+                .map(|hit| hit.version),
+            Some(first_went[&event(7).dedupe_key].0)
+        );
+        assert_clean(store);
+    };
+    check(&store, 300, &[]);
+
+    // A later event is stored whole, and is compacted by the next compaction only.
+    commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(301)),
+            put_snapshot(&a, snapshot(301)),
+        ],
+    )
+    .unwrap();
+    check(&store, 301, &[301]);
+    assert_eq!(store.compact(&a, snapshot(301)).unwrap(), 1);
+    assert_eq!(
+        store.compact(&a, snapshot(301)).unwrap(),
+        0,
+        "compacting again compacts nothing more"
+    );
+    store.sync().unwrap();
+    check(&store, 301, &[]);
+    store.close().unwrap();
+    drop(store);
+    check(&harness.open(), 301, &[]);
 }

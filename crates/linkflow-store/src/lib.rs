@@ -38,8 +38,8 @@ pub mod conformance;
 
 pub use error::{CommitError, CorruptRecord, DatabaseError, DatabaseFailure, StoreError};
 pub use record::{
-    DedupeKey, NewEvent, RawJson, Snapshot, StoredEvent, MAX_RECORD_BYTES, SCHEMA_VERSION,
-    SEALED_PREFIX,
+    CompactedEvent, DedupeKey, LogRecord, NewEvent, RawJson, Snapshot, StoredEvent,
+    MAX_RECORD_BYTES, SCHEMA_VERSION, SEALED_PREFIX,
 };
 pub use repair::{LostEvent, LostFrame, RepairReport};
 pub use sled_store::{SledOptions, SledStore};

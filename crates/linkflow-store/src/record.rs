@@ -21,6 +21,12 @@ use crate::error::{CommitError, CorruptRecord};
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u8 = 6;
 
+/// The first byte of a **compacted** event's record (in place of the schema version): what
+/// [`crate::EventStore::compact`] leaves of an event of a compacted stream, its place in the
+/// log (stream, version, position, dedupe key, when it was stored, whether it was rejected)
+/// without its content. Reads skip such records; the log's structure checks still see them.
+pub const COMPACTED: u8 = 0x40;
+
 /// Header bytes before the body: schema version and checksum.
 const HEADER_LEN: usize = 5;
 
@@ -189,6 +195,92 @@ pub struct StoredEvent {
     pub data: NewEvent,
 }
 
+/// What is left of an event its stream's compaction removed ([`COMPACTED`]): its place in the
+/// log and its dedupe key (a redelivery of it is still a duplicate), not what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactedEvent {
+    /// Its stream.
+    pub stream: SessionId,
+    /// Its version in the stream.
+    pub version: Version,
+    /// Its position in the log.
+    pub position: Position,
+    /// Its dedupe key.
+    pub dedupe_key: DedupeKey,
+    /// When the log stored it.
+    pub stored_at: DateTime<Utc>,
+    /// Its stream's fold had rejected it.
+    pub rejected: bool,
+}
+
+impl CompactedEvent {
+    /// What compaction keeps of `event`.
+    pub fn of(event: &StoredEvent) -> Self {
+        CompactedEvent {
+            stream: event.stream.clone(),
+            version: event.version,
+            position: event.position,
+            dedupe_key: event.data.dedupe_key,
+            stored_at: event.stored_at,
+            rejected: event.rejected,
+        }
+    }
+}
+
+/// An event record as the log holds it: whole, or compacted.
+// Most records read are events, each moved out at once: boxing the event would add an
+// allocation to every read for the sake of the rare compacted one.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRecord {
+    /// An event.
+    Event(StoredEvent),
+    /// What compaction left of one.
+    Compacted(CompactedEvent),
+}
+
+impl LogRecord {
+    /// Its stream.
+    pub fn stream(&self) -> &SessionId {
+        match self {
+            LogRecord::Event(event) => &event.stream,
+            LogRecord::Compacted(stub) => &stub.stream,
+        }
+    }
+
+    /// Its version.
+    pub fn version(&self) -> Version {
+        match self {
+            LogRecord::Event(event) => event.version,
+            LogRecord::Compacted(stub) => stub.version,
+        }
+    }
+
+    /// Its position.
+    pub fn position(&self) -> Position {
+        match self {
+            LogRecord::Event(event) => event.position,
+            LogRecord::Compacted(stub) => stub.position,
+        }
+    }
+
+    /// Its dedupe key.
+    pub fn dedupe_key(&self) -> DedupeKey {
+        match self {
+            LogRecord::Event(event) => event.data.dedupe_key,
+            LogRecord::Compacted(stub) => stub.dedupe_key,
+        }
+    }
+
+    /// The event, unless it was compacted.
+    pub fn into_event(self) -> Option<StoredEvent> {
+        match self {
+            LogRecord::Event(event) => Some(event),
+            LogRecord::Compacted(_) => None,
+        }
+    }
+}
+
 /// A session's folded state as of a version, so that reading a session never replays its whole
 /// history. The state is opaque to the store: the engine encodes and decodes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +393,19 @@ pub fn encode_event(event: &StoredEvent) -> Vec<u8> {
     seal(SCHEMA_VERSION, 512, |out| {
         crate::binary::write_event(out, event)
     })
+}
+
+/// A compacted event's record.
+pub fn encode_compacted(stub: &CompactedEvent) -> Vec<u8> {
+    seal(COMPACTED, 64, |out| {
+        crate::binary::write_compacted(out, stub)
+    })
+}
+
+/// True when `record` (a whole record, not a packed value) is a compacted event's: its first
+/// byte, checked without the checksum (the decoders check it).
+pub fn is_compacted(record: &[u8]) -> bool {
+    record.first() == Some(&COMPACTED)
 }
 
 /// A snapshot record.
@@ -429,6 +534,15 @@ fn decode_event_with(
 ) -> Result<StoredEvent, CorruptRecord> {
     let body = open_current(key, bytes, upcasters)?;
     crate::binary::read_event(key, &body)
+}
+
+/// Decodes an event record, whole or compacted.
+pub fn decode_log_record(key: &str, bytes: &[u8]) -> Result<LogRecord, CorruptRecord> {
+    if is_compacted(bytes) {
+        let (_, body) = open_record(key, bytes)?;
+        return crate::binary::read_compacted(key, body).map(LogRecord::Compacted);
+    }
+    decode_event_record(key, bytes).map(LogRecord::Event)
 }
 
 /// Decodes a snapshot record.

@@ -230,7 +230,10 @@ const READ_STREAMS_PAGE: usize = 1_024;
 /// Contract (checked by the conformance suite in [`crate::conformance`] for every backend):
 /// - a commit is atomic: after any crash, all of its operations are present or none;
 /// - versions per stream and positions over all streams start at 1 and have no gaps;
-/// - a stored event is never rewritten or deleted;
+/// - a stored event is never rewritten or deleted, except by [`EventStore::compact`], which
+///   replaces what a stream's events said by compacted records (their place in the log and
+///   their dedupe keys stay: versions and positions keep no gap, a redelivery is still a
+///   duplicate) and which reads skip;
 /// - a dedupe key is stored once per stream (see [`Commit`] for every constraint);
 /// - within one commit, positions are handed out stream by stream (in the order of each
 ///   stream's first append), keeping each stream's events in commit order;
@@ -243,6 +246,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// Makes every committed operation durable.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Compacts `stream` to `snapshot`, atomically: the records of its events through
+    /// `snapshot.version`, which must be the stream's version ([`CommitError::Conflict`]
+    /// otherwise, nothing written), become compacted records
+    /// ([`crate::record::COMPACTED`]: each event's place in the log, its dedupe key, when it
+    /// was stored and whether it was rejected; not what it said), and `snapshot` becomes the
+    /// stream's snapshot. Reads ([`EventStore::read_stream`], [`EventStore::read_all`],
+    /// [`EventStore::for_each_event_by_stream`]) skip compacted events; events appended later
+    /// are stored whole. Durable at the next [`EventStore::sync`], like a commit. Returns how
+    /// many records it compacted (0 when every one already was).
+    fn compact(&self, stream: &SessionId, snapshot: Snapshot) -> Result<u64, CommitError>;
+
     /// Work that may follow a sync, off its callers' path: the engine's sync threads call it
     /// after answering the callers a sync covered. The sled store applies the log frames the
     /// sync made durable to sled here (which its next commit or its maintenance thread would
@@ -254,7 +268,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// The position of the last stored event ([`Position::START`] when empty).
     fn head(&self) -> Result<Position, StoreError>;
 
-    /// Up to `limit` events of `stream` with versions after `after`, in version order.
+    /// Up to `limit` events of `stream` with versions after `after`, in version order
+    /// (compacted events skipped).
     fn read_stream(
         &self,
         stream: &SessionId,
@@ -262,7 +277,8 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Up to `limit` events of all streams with positions after `after`, in position order.
+    /// Up to `limit` events of all streams with positions after `after`, in position order
+    /// (compacted events skipped: a page may end past positions it does not return).
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Where a dedupe key's first delivery to `stream` went, if it was stored. Dedupe keys are
@@ -305,8 +321,8 @@ pub trait EventStore: Send + Sync + 'static {
         visit: &mut crate::store::CounterVisitor<'_>,
     ) -> Result<(), StoreError>;
 
-    /// Calls `visit` with every stored event, stream by stream in version order, until it
-    /// breaks. This is the order a rebuild of every session state wants.
+    /// Calls `visit` with every stored event (compacted ones skipped), stream by stream in
+    /// version order, until it breaks. This is the order a rebuild of every session state wants.
     fn for_each_event_by_stream(
         &self,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,

@@ -7,7 +7,7 @@ use linkflow_core::{Position, SessionId, Version};
 
 use crate::dedupe_list::DedupeList;
 use crate::keys;
-use crate::record::{decode_event_record, decode_snapshot_record, event_records, StoredEvent};
+use crate::record::{decode_log_record, decode_snapshot_record, event_records, LogRecord};
 use crate::staged::Staged;
 use crate::store::{DedupeHit, VerifyReport};
 use crate::{CorruptRecord, DedupeKey, StoreError};
@@ -52,7 +52,8 @@ impl Lookup<'_> {
 /// - the global index's commits tile positions 1..=head with no gap or overlap, and every
 ///   position they name holds an event record that names the same position;
 /// - every stream holds versions 1..=n with no gap; every record decodes (checksum included),
-///   matches its key, and has a dedupe entry pointing back at it;
+///   matches its key, and has a dedupe entry pointing back at it; a stream's compacted records
+///   come before its events;
 /// - every dedupe entry (in a stream's list or under a `D` key) points at an existing event,
 ///   and `D` entries belong to spilled lists;
 /// - every stream head's version is its stream's last event's (the version commits check
@@ -123,11 +124,11 @@ fn check_global_index(
                 let record = keys::describe_event(&run.stream, version);
                 match event_at(db, &run.stream, version)? {
                     None => report.problem(&what, format!("names {record}, which does not exist")),
-                    Some(Ok(event)) if event.position != position => report.problem(
+                    Some(Ok(event)) if event.position() != position => report.problem(
                         &record,
                         format!(
                             "has position {}, the global index says {position}",
-                            event.position
+                            event.position()
                         ),
                     ),
                     // A damaged record is reported by the walk of the streams.
@@ -159,7 +160,8 @@ fn check_streams(
 ) -> Result<HashMap<SessionId, Version>, StoreError> {
     let mut lookup = Lookup { db, list: None };
     let mut stream_versions: HashMap<SessionId, Version> = HashMap::new();
-    let mut current: Option<(SessionId, Version)> = None;
+    // The stream being walked, its last version, and whether an event (not compacted) came.
+    let mut current: Option<(SessionId, Version, bool)> = None;
     for entry in db.scan_prefix([keys::EVENT]) {
         let (key, value) = entry?;
         let (session, first) = match keys::parse_event_key(&key) {
@@ -183,37 +185,49 @@ fn check_streams(
             report.events += 1;
             let version = Version(first.0.saturating_add(index as u64));
             let what = keys::describe_event(&session, version);
-            let previous = match &current {
-                Some((stream, last)) if *stream == session => *last,
+            let (previous, events_before) = match &current {
+                Some((stream, last, events)) if *stream == session => (*last, *events),
                 _ => {
                     report.streams += 1;
-                    Version::EMPTY
+                    (Version::EMPTY, false)
                 }
             };
             if version != previous.next() {
                 report.problem(&what, format!("gap: expected version {}", previous.next()));
             }
-            current = Some((session.clone(), version));
+            current = Some((session.clone(), version, events_before));
             stream_versions.insert(session.clone(), version);
-            let event = match decode_event_record(&what, record) {
+            let event = match decode_log_record(&what, record) {
                 Ok(event) => event,
                 Err(error) => {
                     report.problems.push(error.into());
                     continue;
                 }
             };
-            if event.stream != session || event.version != version {
+            match (&event, events_before) {
+                (LogRecord::Event(_), _) => {
+                    current = Some((session.clone(), version, true));
+                }
+                // Compaction compacts a stream through its version: its compacted records
+                // come first.
+                (LogRecord::Compacted(_), true) => {
+                    report.problem(&what, "is compacted, but an event before it is not")
+                }
+                (LogRecord::Compacted(_), false) => {}
+            }
+            if *event.stream() != session || event.version() != version {
                 report.problem(&what, "record does not match its key");
             }
-            if event.position > head || event.position == Position::START {
+            let event_position = event.position();
+            if event_position > head || event_position == Position::START {
                 report.problem(
                     &what,
-                    format!("position {} is outside 1..={head}", event.position),
+                    format!("position {event_position} is outside 1..={head}"),
                 );
             }
-            let key = event.data.dedupe_key;
+            let key = event.dedupe_key();
             match lookup.find(&session, &key)? {
-                Ok(Some(DedupeHit { position, .. })) if position == event.position => {}
+                Ok(Some(DedupeHit { position, .. })) if position == event_position => {}
                 Ok(Some(other)) => report.problem(
                     &what,
                     format!("its dedupe entry points elsewhere: {other:?}"),
@@ -350,11 +364,11 @@ fn check_target(
     let record = keys::describe_event(stream, *version);
     match event_at(db, stream, *version)? {
         None => report.problem(what, format!("points at {record}, which does not exist")),
-        Some(Ok(event)) if event.position != *position => report.problem(
+        Some(Ok(event)) if event.position() != *position => report.problem(
             what,
             format!(
                 "says position {position}, {record} is at {}",
-                event.position
+                event.position()
             ),
         ),
         // A damaged record is reported by the walk of the streams.
@@ -363,13 +377,14 @@ fn check_target(
     Ok(())
 }
 
-/// The event at `version` of `stream`: in the last value whose key is at or before it (a packed
-/// value holds the versions from its key's on). `Some(Err)`: the value or the record is damaged.
+/// The record at `version` of `stream` (whole or compacted): in the last value whose key is at
+/// or before it (a packed value holds the versions from its key's on). `Some(Err)`: the value
+/// or the record is damaged.
 fn event_at(
     db: &Staged,
     stream: &SessionId,
     version: Version,
-) -> Result<Option<Result<StoredEvent, CorruptRecord>>, StoreError> {
+) -> Result<Option<Result<LogRecord, CorruptRecord>>, StoreError> {
     let Some((key, value)) = db.last((
         Bound::Included(keys::event_key(stream, Version::EMPTY)),
         Bound::Included(keys::event_key(stream, version)),
@@ -389,5 +404,5 @@ fn event_at(
     let index = usize::try_from(version.0.saturating_sub(first.0)).unwrap_or(usize::MAX);
     Ok(records
         .get(index)
-        .map(|record| decode_event_record(&what, record)))
+        .map(|record| decode_log_record(&what, record)))
 }

@@ -8,13 +8,17 @@ use crate::check::{check_commit, CheckedEvent, CheckedSnapshot, IndexWrites, Sto
 use crate::dedupe_list::{DedupeList, Target, LIST_MAX};
 use crate::error::{CommitError, StoreError};
 use crate::keys::{self, Run};
-use crate::record::{pack_events, DedupeKey, MAX_PACKED_BYTES};
+use crate::record::{
+    encode_compacted, encode_snapshot, pack_events, CompactedEvent, DedupeKey, LogRecord, Snapshot,
+    MAX_PACKED_BYTES,
+};
 use crate::staged::Wait;
 use crate::store::{Commit, EventStore, Receipt};
 use crate::wal::{self, Payload};
 
 use super::maintenance::raise;
-use super::SledStore;
+use super::{decode_log_value, SledStore};
+use std::ops::Bound;
 
 /// A dedupe entry a commit adds.
 struct NewEntry {
@@ -102,6 +106,95 @@ impl SledStore {
         self.stage(frame)?;
         writer.head = checked.receipt.head;
         Ok(checked.receipt)
+    }
+
+    /// [`EventStore::compact`] on sled: one frame of the log removes the stream's `S` values
+    /// and writes its records again compacted, packed as [`MAX_PACKED_BYTES`] allows, with
+    /// the head holding the new snapshot (its dedupe entries, in the head or `D` keys, stay).
+    pub(super) fn compact_unguarded(
+        &self,
+        stream: &SessionId,
+        snapshot: Snapshot,
+    ) -> Result<u64, CommitError> {
+        let _writer = self.writer();
+        self.health()?;
+        self.staged.apply(self.wal.durable_seq(), Wait::No)?;
+        let head = self.head_value(stream)?;
+        let actual = head
+            .as_ref()
+            .map_or(Version::EMPTY, |head| head.list.version);
+        if actual != snapshot.version || actual == Version::EMPTY {
+            return Err(CommitError::Conflict {
+                stream: stream.clone(),
+                expected: snapshot.version,
+                actual,
+            });
+        }
+        let list = head.expect("a stream at a version has a head").list;
+        let record = encode_snapshot(&snapshot);
+        if record.len() > crate::MAX_RECORD_BYTES {
+            return Err(CommitError::TooLarge {
+                stream: stream.clone(),
+                bytes: record.len(),
+                limit: crate::MAX_RECORD_BYTES,
+            });
+        }
+        let mut old_keys = Vec::new();
+        let mut stubs: Vec<(Version, Vec<u8>)> = Vec::new();
+        let mut compacted = 0u64;
+        for entry in self.staged.scan((
+            Bound::Included(keys::event_key(stream, Version::EMPTY)),
+            Bound::Included(keys::event_key(stream, Version(u64::MAX))),
+        )) {
+            let (key, value) = entry?;
+            for record in decode_log_value(&key, &value, 0)? {
+                let stub = match record {
+                    LogRecord::Event(event) => {
+                        compacted += 1;
+                        CompactedEvent::of(&event)
+                    }
+                    LogRecord::Compacted(stub) => stub,
+                };
+                stubs.push((stub.version, encode_compacted(&stub)));
+            }
+            old_keys.push(key);
+        }
+        let mut frame = self.staged.take_payload();
+        if compacted > 0 {
+            let mut new_keys = Vec::new();
+            let mut pack: Vec<&(Version, Vec<u8>)> = Vec::new();
+            let mut put = |pack: &mut Vec<&(Version, Vec<u8>)>, frame: &mut Payload| {
+                let Some(first) = pack.first() else {
+                    return;
+                };
+                let key = keys::event_key(stream, first.0);
+                match pack.as_slice() {
+                    [one] => frame.insert(&key, &one.1),
+                    _ => {
+                        let records: Vec<&[u8]> = pack.iter().map(|stub| &stub.1[..]).collect();
+                        frame.insert(&key, &pack_events(&records));
+                    }
+                }
+                new_keys.push(key);
+                pack.clear();
+            };
+            for stub in &stubs {
+                let bytes: usize = pack.iter().map(|stub| stub.1.len()).sum();
+                if bytes + stub.1.len() > MAX_PACKED_BYTES {
+                    put(&mut pack, &mut frame);
+                }
+                pack.push(stub);
+            }
+            put(&mut pack, &mut frame);
+            for key in old_keys {
+                if !new_keys.iter().any(|new| new[..] == key[..]) {
+                    frame.remove(&key);
+                }
+            }
+        }
+        frame.insert(&keys::list_key(stream), &list.encode(Some(&record)));
+        self.stage(frame)?;
+        Ok(compacted)
     }
 
     /// Writes a commit's index entries and counters: each counter's new value from the one

@@ -19,7 +19,8 @@ use crate::dedupe_list::DedupeList;
 use crate::error::{io_error, CommitError, CorruptRecord, StoreError};
 use crate::keys::{self};
 use crate::record::{
-    decode_event_record, decode_snapshot_record, event_records, DedupeKey, Snapshot, StoredEvent,
+    decode_log_record, decode_snapshot_record, event_records, DedupeKey, LogRecord, Snapshot,
+    StoredEvent,
 };
 use crate::staged::{Staged, Wait};
 use crate::store::{Commit, DedupeHit, EventStore, Receipt, StreamStart, VerifyReport};
@@ -111,15 +112,15 @@ struct WriterState {
     head: Position,
 }
 
-/// The events of one `S` value from its `skip`-th on (the ones before are not decoded), checked
-/// against its key: the first at the key's stream and version plus `skip`, each next one at
-/// the version after. Records are named from the key only when something is wrong: a full
-/// scan does not format a description per event.
-pub(crate) fn decode_event_value(
+/// The records of one `S` value from its `skip`-th on (the ones before are not decoded),
+/// whole or compacted, checked against its key: the first at the key's stream and version
+/// plus `skip`, each next one at the version after. Records are named from the key only when
+/// something is wrong: a full scan does not format a description per event.
+pub(crate) fn decode_log_value(
     key: &[u8],
     value: &[u8],
     skip: usize,
-) -> Result<Vec<StoredEvent>, StoreError> {
+) -> Result<Vec<LogRecord>, StoreError> {
     let describe = |index: usize| -> Result<String, StoreError> {
         let (session, first) = keys::parse_event_key(key)?;
         Ok(keys::describe_event(
@@ -134,23 +135,24 @@ pub(crate) fn decode_event_value(
             return Err(error.into());
         }
     };
-    let mut events: Vec<StoredEvent> = Vec::with_capacity(records.len().saturating_sub(skip));
+    let mut decoded: Vec<LogRecord> = Vec::with_capacity(records.len().saturating_sub(skip));
     for (index, record) in records.into_iter().enumerate().skip(skip) {
-        let event = match decode_event_record("", record) {
-            Ok(event) => event,
+        let record = match decode_log_record("", record) {
+            Ok(record) => record,
             Err(mut error) => {
                 error.key = describe(index)?;
                 return Err(error.into());
             }
         };
-        let in_place = match events.last() {
-            None => event
-                .version
+        let in_place = match decoded.last() {
+            None => record
+                .version()
                 .0
                 .checked_sub(skip as u64)
-                .is_some_and(|first| keys::is_event_key(key, &event.stream, Version(first))),
+                .is_some_and(|first| keys::is_event_key(key, record.stream(), Version(first))),
             Some(previous) => {
-                event.stream == previous.stream && event.version == previous.version.next()
+                record.stream() == previous.stream()
+                    && record.version() == previous.version().next()
             }
         };
         if !in_place {
@@ -158,9 +160,22 @@ pub(crate) fn decode_event_value(
                 CorruptRecord::new(describe(index)?, "record does not match its key").into(),
             );
         }
-        events.push(event);
+        decoded.push(record);
     }
-    Ok(events)
+    Ok(decoded)
+}
+
+/// The events of one `S` value from its `skip`-th record on, compacted ones left out (see
+/// [`decode_log_value`]).
+pub(crate) fn decode_event_value(
+    key: &[u8],
+    value: &[u8],
+    skip: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    Ok(decode_log_value(key, value, skip)?
+        .into_iter()
+        .filter_map(LogRecord::into_event)
+        .collect())
 }
 
 /// The snapshot a head value of `stream` holds, decoded.
@@ -375,6 +390,77 @@ impl SledStore {
     }
 }
 
+/// Which records [`SledStore::read_records`] returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// Events only: compacted records are skipped.
+    Events,
+    /// Every record, at most this many (the records of a run that a read by position must
+    /// place, compacted ones included).
+    All(usize),
+}
+
+impl SledStore {
+    /// Up to `limit` events of `stream` after `after`, in version order, with the compacted
+    /// records among them when `records` is [`Records::All`] (and then no more records than
+    /// it says).
+    fn read_records(
+        &self,
+        stream: &SessionId,
+        after: Version,
+        limit: usize,
+        records: Records,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        let mut read = Vec::new();
+        if limit == 0 {
+            return Ok(read);
+        }
+        let mut events = 0usize;
+        // The first wanted event is in the last value whose key is at or before it. A stream's
+        // versions start at 1, so a stream with no such key has no events.
+        let wanted = keys::event_key(stream, after.next());
+        let Some((first_key, first_value)) = self.staged.last((
+            Bound::Included(keys::event_key(stream, Version::EMPTY)),
+            Bound::Included(wanted),
+        ))?
+        else {
+            return Ok(read);
+        };
+        // The value before the wanted version usually ends at it (a snapshot is taken at the
+        // end of a commit's run): its records up to `after` are not decoded.
+        let mut take = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
+            let (_, first) = keys::parse_event_key(key)?;
+            let skip =
+                usize::try_from(after.next().0.saturating_sub(first.0)).unwrap_or(usize::MAX);
+            for record in decode_log_value(key, value, skip)? {
+                match record {
+                    LogRecord::Event(_) => events += 1,
+                    LogRecord::Compacted(_) if records == Records::Events => continue,
+                    LogRecord::Compacted(_) => {}
+                }
+                read.push(record);
+                if events == limit || Records::All(read.len()) == records {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        if !take(&first_key, &first_value)? {
+            let end = keys::event_key(stream, Version(u64::MAX));
+            for entry in self
+                .staged
+                .scan((Bound::Excluded(first_key.to_vec()), Bound::Included(end)))
+            {
+                let (key, value) = entry?;
+                if take(&key, &value)? {
+                    break;
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
 impl Drop for SledStore {
     /// Only stops the maintenance thread (signals it, and waits for it to finish what it is
     /// doing, so that sled is released when the store is gone): no I/O of its own, no error to
@@ -389,6 +475,10 @@ impl EventStore for SledStore {
     /// Behind the guard against sled's panics, as every operation that reads sled.
     fn commit(&self, commit: Commit) -> Result<Receipt, CommitError> {
         self.guarded(|| self.commit_unguarded(commit))
+    }
+
+    fn compact(&self, stream: &SessionId, snapshot: Snapshot) -> Result<u64, CommitError> {
+        self.guarded(|| self.compact_unguarded(stream, snapshot))
     }
 
     /// One write and one `fdatasync` of the log; a filled segment asks for a checkpoint.
@@ -436,47 +526,11 @@ impl EventStore for SledStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.guarded(|| {
-            let mut events = Vec::new();
-            if limit == 0 {
-                return Ok(events);
-            }
-            // The first wanted event is in the last value whose key is at or before it. A stream's
-            // versions start at 1, so a stream with no such key has no events.
-            let wanted = keys::event_key(stream, after.next());
-            let Some((first_key, first_value)) = self.staged.last((
-                Bound::Included(keys::event_key(stream, Version::EMPTY)),
-                Bound::Included(wanted),
-            ))?
-            else {
-                return Ok(events);
-            };
-            // The value before the wanted version usually ends at it (a snapshot is taken at the
-            // end of a commit's run): its records up to `after` are not decoded.
-            let mut take = |key: &[u8], value: &[u8]| -> Result<bool, StoreError> {
-                let (_, first) = keys::parse_event_key(key)?;
-                let skip =
-                    usize::try_from(after.next().0.saturating_sub(first.0)).unwrap_or(usize::MAX);
-                for event in decode_event_value(key, value, skip)? {
-                    events.push(event);
-                    if events.len() == limit {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            };
-            if !take(&first_key, &first_value)? {
-                let end = keys::event_key(stream, Version(u64::MAX));
-                for entry in self
-                    .staged
-                    .scan((Bound::Excluded(first_key.to_vec()), Bound::Included(end)))
-                {
-                    let (key, value) = entry?;
-                    if take(&key, &value)? {
-                        break;
-                    }
-                }
-            }
-            Ok(events)
+            Ok(self
+                .read_records(stream, after, limit, Records::Events)?
+                .into_iter()
+                .filter_map(LogRecord::into_event)
+                .collect())
         })
     }
 
@@ -507,19 +561,28 @@ impl EventStore for SledStore {
                     let skip = wanted.0.saturating_sub(position.0);
                     let take = (u64::from(run.events) - skip).min((limit - events.len()) as u64);
                     let after_version = Version(run.first_version.0 - 1 + skip);
-                    let read = self.read_stream(&run.stream, after_version, take as usize)?;
-                    for (offset, event) in read.into_iter().enumerate() {
+                    // Compacted records too (skipped below), so that each is checked against
+                    // its place: `take` events, at most the run's records.
+                    let read = self.read_records(
+                        &run.stream,
+                        after_version,
+                        take as usize,
+                        Records::All((u64::from(run.events) - skip) as usize),
+                    )?;
+                    for (offset, record) in read.into_iter().enumerate() {
                         let expected = Position(position.0 + skip + offset as u64);
-                        if event.position != expected
-                            || event.version.0 != after_version.0 + 1 + offset as u64
+                        if record.position() != expected
+                            || record.version().0 != after_version.0 + 1 + offset as u64
                         {
                             return Err(CorruptRecord::new(
-                                keys::describe_event(&event.stream, event.version),
-                                format!("the global index places it at position {expected}, the record says {}", event.position),
+                                keys::describe_event(record.stream(), record.version()),
+                                format!("the global index places it at position {expected}, the record says {}", record.position()),
                             )
                             .into());
                         }
-                        events.push(event);
+                        if let LogRecord::Event(event) = record {
+                            events.push(event);
+                        }
                     }
                     if events.len() >= limit {
                         return Ok(events);

@@ -1433,3 +1433,74 @@ fn a_damaged_counter_cell_is_a_clear_error_and_a_verify_problem() {
         );
     }
 }
+
+/// A compacted record is checked like an event's (its place, its dedupe entry, its checksum);
+/// one after an event of its stream (compaction compacts a stream through its version) or one
+/// where the global index expects an event elsewhere is damage verify names, and a damaged one
+/// is an error of the reads that meet it, not a record they skip.
+#[test]
+fn verify_checks_compacted_records_and_names_the_misplaced_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let a = stream("a");
+    let placed = commit(&store, vec![append(&a, event(1), false)]).unwrap();
+    commit(&store, vec![append(&a, event(2), false)]).unwrap();
+    assert_consistent(&store);
+    let stub = |version: u64, n: u64, position: u64| {
+        crate::record::encode_compacted(&crate::record::CompactedEvent {
+            stream: a.clone(),
+            version: Version(version),
+            position: Position(position),
+            dedupe_key: event(n).dedupe_key,
+            stored_at: event(n).received_at,
+            rejected: false,
+        })
+    };
+    // Version 2 compacted while version 1 is not.
+    store
+        .raw_insert_for_tests(&keys::event_key(&a, Version(2)), &stub(2, 2, 2))
+        .unwrap();
+    let found = problems(&store);
+    assert!(
+        found
+            .iter()
+            .any(|problem| problem.contains("is compacted, but an event before it is not")),
+        "{found:?}"
+    );
+    // Both compacted, in place: consistent again, and reads skip them.
+    store
+        .raw_insert_for_tests(
+            &keys::event_key(&a, Version(1)),
+            &stub(1, 1, placed[0].position.0),
+        )
+        .unwrap();
+    assert_consistent(&store);
+    assert!(store
+        .read_stream(&a, Version::EMPTY, 10)
+        .unwrap()
+        .is_empty());
+    assert!(store.read_all(Position::START, 10).unwrap().is_empty());
+    // A compacted record at another position than the global index's: named.
+    store
+        .raw_insert_for_tests(&keys::event_key(&a, Version(1)), &stub(1, 1, 2))
+        .unwrap();
+    let found = problems(&store);
+    assert!(
+        found
+            .iter()
+            .any(|problem| problem.contains("the global index says 1")),
+        "{found:?}"
+    );
+    assert!(store.read_all(Position::START, 10).is_err());
+    // A damaged compacted record is an error for reads, not a record to skip.
+    let mut damaged = stub(1, 1, 1);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    store
+        .raw_insert_for_tests(&keys::event_key(&a, Version(1)), &damaged)
+        .unwrap();
+    assert!(store.read_stream(&a, Version::EMPTY, 10).is_err());
+    assert!(problems(&store)
+        .iter()
+        .any(|problem| problem.contains("checksum mismatch")));
+}

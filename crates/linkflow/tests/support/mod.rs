@@ -69,6 +69,12 @@ impl<W: Watch> EventStore for Watched<W> {
         self.watch.after(Call::Commit);
         result
     }
+    fn compact(&self, stream: &SessionId, snapshot: Snapshot) -> Result<u64, CommitError> {
+        self.watch.before(Call::Commit)?;
+        let result = self.inner.compact(stream, snapshot);
+        self.watch.after(Call::Commit);
+        result
+    }
     fn sync(&self) -> Result<(), StoreError> {
         self.call(Call::Sync, |store| store.sync())
     }
