@@ -506,3 +506,50 @@ fn serve_refuses_a_bad_log_format_or_webhook_source_list() {
         assert!(!stderr.contains("listening on"), "{name}: {stderr}");
     }
 }
+
+/// `linkflow compact`: refused without `--compact-after-days`; with it, the old terminal
+/// session is compacted (`show` says so and reads as before, `history` is empty, `verify` is
+/// clean), and a second run compacts nothing.
+#[test]
+fn compact_turns_old_terminal_sessions_into_their_final_state() {
+    let dir = tempfile::tempdir().unwrap();
+    ingest_summary(&linkflow(
+        dir.path(),
+        &[
+            "ingest",
+            "--provider",
+            "moneykit",
+            &fixture("moneykit/sample_flow.json"),
+            "--json",
+        ],
+    ));
+    let refused = linkflow(dir.path(), &["compact"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--compact-after-days"));
+    let before = json(&linkflow(dir.path(), &["show", SESSION, "--json"]));
+    assert!(before.get("compacted_at").is_none(), "{before}");
+
+    let report = json(&linkflow(
+        dir.path(),
+        &["--compact-after-days", "30", "compact", "--json"],
+    ));
+    assert_eq!(report["sessions"], 1, "{report}");
+    assert_eq!(report["events"], 14, "{report}");
+    let mut after = json(&linkflow(dir.path(), &["show", SESSION, "--json"]));
+    assert_eq!(after["compacted_at"], 14, "{after}");
+    after.as_object_mut().unwrap().remove("compacted_at");
+    assert_eq!(after, before, "the session reads as before");
+    let history = json(&linkflow(dir.path(), &["history", SESSION, "--json"]));
+    assert_eq!(history.as_array().unwrap().len(), 0);
+    let text = linkflow(dir.path(), &["show", SESSION]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("compacted at   version 14"));
+    assert!(linkflow(dir.path(), &["verify"]).status.success());
+    let again = json(&linkflow(
+        dir.path(),
+        &["--compact-after-days", "30", "compact", "--json"],
+    ));
+    assert_eq!(
+        (again["sessions"].as_u64(), again["examined"].as_u64()),
+        (Some(0), Some(1))
+    );
+}

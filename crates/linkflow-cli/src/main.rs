@@ -88,6 +88,11 @@ pub(crate) struct Cli {
     /// for as long as the store.
     #[arg(long, global = true, env = "LINKFLOW_RAW_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     raw_retention_days: Option<u32>,
+    /// Days after its last event a session that succeeded or exited keeps its whole history:
+    /// `serve` compacts older ones to their final state every hour; `compact` does it once
+    /// (docs/privacy.md). Unset: every session keeps its history.
+    #[arg(long, global = true, env = "LINKFLOW_COMPACT_AFTER_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    compact_after_days: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -294,6 +299,10 @@ enum Command {
     /// Make the raw payloads older than --raw-retention-days unreadable now (their days' keys
     /// destroyed); the canonical events stay. `serve` does it every hour.
     Expire,
+    /// Compact the sessions that succeeded or exited more than --compact-after-days ago to
+    /// their final state now: their events' contents are deleted, their states, funnel counts
+    /// and dedupe keys stay. `serve` does it every hour. See docs/privacy.md.
+    Compact,
     /// Check the store: exit 0 when it is consistent, else print a report and exit 1 (a
     /// store whose log or files are damaged, which cannot be opened, is inconsistent too).
     Verify,
@@ -416,6 +425,9 @@ fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
     config.master_key = master_key()?;
     config.raw_retention = cli
         .raw_retention_days
+        .map(|days| chrono::Duration::days(i64::from(days)));
+    config.compact_after = cli
+        .compact_after_days
         .map(|days| chrono::Duration::days(i64::from(days)));
     // A server runs long: its log's first segment is zero-filled at open, so that its syncs are
     // the short kind from the first request on. One-shot commands skip the fraction of a second.
@@ -551,6 +563,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Command::Merchants => accounts::merchants(&engine, json).await,
                 Command::RotateMasterKey => rotate_master_key(&engine, json).await,
                 Command::Expire => expire(&engine, json).await,
+                Command::Compact => compact(&engine, json).await,
                 Command::Erase { user, requested_by } => {
                     erase(&engine, &user, requested_by, json).await
                 }
@@ -581,6 +594,27 @@ async fn expire(engine: &Engine, json: bool) -> Result<ExitCode, CliError> {
         print_json(&serde_json::json!({ "expired_days": days }));
     } else {
         out!("made the raw payloads of {days} days unreadable");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `linkflow compact`.
+async fn compact(engine: &Engine, json: bool) -> Result<ExitCode, CliError> {
+    if engine.compact_after().is_none() {
+        return Err(CliError(
+            "compact needs --compact-after-days (or LINKFLOW_COMPACT_AFTER_DAYS)".into(),
+        ));
+    }
+    let report = engine.compact_old_sessions(chrono::Utc::now()).await?;
+    if json {
+        print_json(&report);
+    } else {
+        out!(
+            "compacted {} sessions ({} events) of {} examined",
+            report.sessions,
+            report.events,
+            report.examined
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -105,6 +105,16 @@ async fn expire_every_hour(engine: linkflow::Engine) {
     }
 }
 
+async fn compact_every_hour(engine: linkflow::Engine) {
+    let mut every = tokio::time::interval(Duration::from_secs(3_600));
+    loop {
+        every.tick().await;
+        if let Err(error) = engine.compact_old_sessions(chrono::Utc::now()).await {
+            tracing::error!(%error, "compacting old sessions failed; trying again in an hour");
+        }
+    }
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
@@ -188,6 +198,9 @@ pub async fn run(
     eprintln!("linkflow: listening on {address}");
     if engine.raw_retention().is_some() {
         tokio::spawn(expire_every_hour(engine.clone()));
+    }
+    if engine.compact_after().is_some() {
+        tokio::spawn(compact_every_hour(engine.clone()));
     }
     if engine.privacy().is_some() {
         eprintln!("linkflow: erasure available: personal fields and raw payloads are sealed under LINKFLOW_MASTER_KEY");

@@ -162,6 +162,9 @@ pub async fn show(
         dash(shown.last_event_at.map(|at| at.to_rfc3339()))
     );
     out!("abandoned      {}", shown.abandoned);
+    if let Some(version) = shown.compacted_at {
+        out!("compacted at   version {version} (its history up to it is no longer stored)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

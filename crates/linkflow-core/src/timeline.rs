@@ -87,6 +87,11 @@ pub struct Timeline<M> {
     pub rejected: u32,
     /// The greatest key among events with a provider time.
     pub last_timed: Option<TimedKey>,
+    /// The stream was compacted at this arrival (0: never): the events up to it are no longer
+    /// stored, so the stream cannot be folded again, and every later arrival is kept as
+    /// rejected ([`Appended::Compacted`]) with the state as it was.
+    #[serde(default)]
+    pub compacted: u64,
 }
 
 /// What appending one arrival did.
@@ -99,6 +104,9 @@ pub enum Appended<A, R> {
     /// It does not sort last, or has no time and is refused last: the stream must be folded
     /// again with it ([`fold`]). Nothing was changed.
     Refold,
+    /// The stream was compacted ([`Timeline::compacted`]): the arrival is counted, rejected,
+    /// and the state is left as it was.
+    Compacted,
 }
 
 /// One event of a folded stream, in event-time order.
@@ -126,6 +134,11 @@ impl<M: Machine> Timeline<M> {
     /// [`Appended::Refold`] and nothing changes.
     pub fn append(&mut self, event: &M::Event) -> Appended<M::Applied, M::Rejection> {
         let arrival = self.arrivals + 1;
+        if self.compacted > 0 {
+            self.arrivals = arrival;
+            self.rejected = self.rejected.saturating_add(1);
+            return Appended::Compacted;
+        }
         match M::time(event) {
             Some(at) => {
                 let key = TimedKey {
@@ -222,6 +235,7 @@ pub fn fold<M: Machine, E: Borrow<M::Event>>(events: &[E]) -> Folded<M> {
             arrivals: events.len() as u64,
             rejected,
             last_timed,
+            compacted: 0,
         },
         placed,
     }
@@ -297,7 +311,7 @@ impl Machine for crate::Account {
 
 impl<M: Machine + crate::compact::Compact> crate::compact::Compact for Timeline<M> {
     /// Arrivals, rejected count, the greatest timed key (presence byte, time, rank, arrival),
-    /// then the state.
+    /// the arrival it was compacted at (0: never), then the state.
     fn encode_compact(&self, out: &mut crate::compact::Output) {
         out.varint(self.arrivals);
         out.varint(u64::from(self.rejected));
@@ -310,6 +324,7 @@ impl<M: Machine + crate::compact::Compact> crate::compact::Compact for Timeline<
                 out.varint(key.arrival);
             }
         }
+        out.varint(self.compacted);
         self.state.encode_compact(out);
     }
 
@@ -327,6 +342,7 @@ impl<M: Machine + crate::compact::Compact> crate::compact::Compact for Timeline<
         } else {
             None
         };
+        let compacted = input.varint("timeline compacted at")?;
         let state = M::decode_compact(input)?;
         if u64::from(rejected) > arrivals {
             return Err(input.error(
@@ -334,11 +350,18 @@ impl<M: Machine + crate::compact::Compact> crate::compact::Compact for Timeline<
                 format!("{rejected} rejected of {arrivals} arrivals"),
             ));
         }
+        if compacted > arrivals {
+            return Err(input.error(
+                "timeline compacted at",
+                format!("arrival {compacted} of {arrivals}"),
+            ));
+        }
         Ok(Timeline {
             state,
             arrivals,
             rejected,
             last_timed,
+            compacted,
         })
     }
 }

@@ -41,6 +41,9 @@ impl From<linkflow::EngineError> for ApiError {
         if let linkflow::EngineError::WrongCursor { .. } = error {
             return ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", error.to_string());
         }
+        if let linkflow::EngineError::Compacted { .. } = error {
+            return ApiError::new(StatusCode::GONE, "compacted", error.to_string());
+        }
         tracing::error!(%error, "engine error");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

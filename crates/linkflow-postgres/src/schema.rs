@@ -40,11 +40,13 @@ CREATE TABLE linkflow_events (
     UNIQUE (stream, dedupe)
 );
 
--- The newest folded state of each stream.
+-- The newest folded state of each stream, and the version it was compacted at (0: never;
+-- set by a compaction only, and checked against every commit's snapshot).
 CREATE TABLE linkflow_snapshots (
     stream text COLLATE "C" PRIMARY KEY,
     version bigint NOT NULL,
-    record bytea NOT NULL
+    record bytea NOT NULL,
+    compacted bigint NOT NULL DEFAULT 0 CHECK (compacted >= 0 AND compacted <= version)
 );
 
 -- The engine's index entries (keys only, compared bytewise) and counters, written in the
@@ -81,7 +83,7 @@ CREATE TABLE linkflow_key_secret (
 )];
 
 /// The first schema this build reads.
-const FIRST: i32 = 2;
+const FIRST: i32 = 3;
 
 /// The schema version this build writes.
 pub fn latest() -> i32 {
@@ -117,7 +119,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             store: "the PostgreSQL database".into(),
             found: format!("schema {current}"),
             supported: FIRST as u32,
-            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 keeps every event of a session in linkflow_events",
+            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 had no compaction mark on linkflow_snapshots; schema 3 keeps every event of a session in linkflow_events and each stream's compaction version beside its snapshot",
         });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {

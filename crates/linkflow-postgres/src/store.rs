@@ -203,6 +203,7 @@ impl PgStore {
 #[derive(Default)]
 struct Prefetched {
     versions: HashMap<SessionId, Version>,
+    compacted: HashMap<SessionId, Version>,
     dedupe: HashMap<(SessionId, DedupeKey), DedupeHit>,
 }
 
@@ -213,6 +214,14 @@ impl StoredLog for Prefetched {
 
     fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError> {
         Ok(self.dedupe.contains_key(&(stream.clone(), *key)))
+    }
+
+    fn stream_compacted(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
+        Ok(self
+            .compacted
+            .get(stream)
+            .copied()
+            .unwrap_or(Version::EMPTY))
     }
 }
 
@@ -234,7 +243,8 @@ async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched
     let version_params: [&(dyn ToSql + Sync); 1] = [&streams];
     let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &keys];
     let versions = tx.query(
-        "SELECT s.stream, (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream)
+        "SELECT s.stream, (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream),
+                (SELECT n.compacted FROM linkflow_snapshots n WHERE n.stream = s.stream)
            FROM unnest($1::text[]) AS s(stream)",
         &version_params,
     );
@@ -254,8 +264,13 @@ async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched
         let version: Option<i64> = col(&row, 1)?;
         let what = || format!("version of `{stream}`");
         let version = Version(to_u64(version.unwrap_or(0), what)?);
-        out.versions
-            .insert(session(stream.clone(), || stream.clone())?, version);
+        let compacted: Option<i64> = col(&row, 2)?;
+        let compacted = Version(to_u64(compacted.unwrap_or(0), || {
+            format!("compaction of `{stream}`")
+        })?);
+        let id = session(stream.clone(), || stream.clone())?;
+        out.compacted.insert(id.clone(), compacted);
+        out.versions.insert(id, version);
     }
     for row in accepted {
         let stream: String = col(&row, 0)?;
@@ -439,6 +454,13 @@ async fn write_compaction(
             actual,
         }));
     }
+    if snapshot.compacted != snapshot.version {
+        return Ok(Err(CommitError::CompactionConflict {
+            stream,
+            expected: snapshot.compacted,
+            actual: snapshot.version,
+        }));
+    }
     let record = encode_snapshot(&snapshot);
     if record.len() > linkflow_store::MAX_RECORD_BYTES {
         return Ok(Err(CommitError::TooLarge {
@@ -474,8 +496,9 @@ async fn write_compaction(
     }
     let version = to_i64(snapshot.version.0, "version")?;
     tx.execute(
-        "INSERT INTO linkflow_snapshots (stream, version, record) VALUES ($1, $2, $3)
-         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record",
+        "INSERT INTO linkflow_snapshots (stream, version, record, compacted) VALUES ($1, $2, $3, $2)
+         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record,
+                                            compacted = excluded.compacted",
         &[&name, &version, &record],
     )
     .await

@@ -271,6 +271,16 @@ impl TestCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// Whether a dump of [`TestCluster::pg_dump`] holds `text`: as text (a `text` column, an
+    /// identifier) or as the hex digits a plain dump writes `bytea` values in (records,
+    /// index keys).
+    pub fn dump_holds(dump: &[u8], text: &str) -> bool {
+        let hex: String = text.bytes().map(|byte| format!("{byte:02x}")).collect();
+        [text.as_bytes(), hex.as_bytes()]
+            .iter()
+            .any(|needle| dump.windows(needle.len()).any(|window| window == *needle))
+    }
+
     /// `pg_dump` of `database` (its URL's last segment): the whole dump as bytes.
     pub fn pg_dump(&self, database: &str) -> Vec<u8> {
         let output = self

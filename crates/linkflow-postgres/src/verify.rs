@@ -102,7 +102,8 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
 
     for row in store.query_rows(
         "SELECT s.stream, s.version, s.record,
-                (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream)
+                (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream),
+                s.compacted
            FROM linkflow_snapshots s ORDER BY s.stream",
         Vec::new(),
     )? {
@@ -113,7 +114,10 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         let what = format!("snapshot of `{stream}`");
         match decode_snapshot_record(&what, col(&row, 2)?) {
             Ok(snapshot) => {
-                if i64::try_from(snapshot.version.0) != Ok(version) {
+                let compacted: i64 = col(&row, 4)?;
+                if i64::try_from(snapshot.version.0) != Ok(version)
+                    || i64::try_from(snapshot.compacted.0) != Ok(compacted)
+                {
                     problem(&mut report, &what, "the record does not match its row");
                 }
                 if version > stored.unwrap_or(0) {

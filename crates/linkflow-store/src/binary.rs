@@ -9,7 +9,8 @@
 //! new_event = [16](event id) [16](dedupe key) provider time(received_at, from the epoch)
 //!             opt_str(raw name) raw(raw payload) bytes(compact EventBody)
 //! raw       = varint(0) | varint(2 * len + 1) [len](JSON text) | varint(2 * len + 2) [len](sealed)
-//! snapshot  = provider varint(version) bytes(state, opaque to the store)
+//! snapshot  = provider varint(version) varint(compacted at, 0: never) bytes(state, opaque
+//!             to the store)
 //! packed    = u8(PACKED) varint(count >= 2) bytes(record) per record
 //! compacted = u8(rejected) str(stream) varint(version) varint(position) [16](dedupe key)
 //!             time(stored_at, from the epoch)
@@ -89,6 +90,7 @@ fn read_raw(input: &mut Input<'_>) -> Result<Option<RawJson>, CompactError> {
 pub(crate) fn write_snapshot(out: &mut Output, snapshot: &Snapshot) {
     snapshot.provider.encode_compact(out);
     out.varint(snapshot.version.0);
+    out.varint(snapshot.compacted.0);
     out.bytes(&snapshot.state);
 }
 
@@ -175,9 +177,19 @@ pub(crate) fn read_compacted(key: &str, body: &[u8]) -> Result<CompactedEvent, C
 
 pub(crate) fn read_snapshot(key: &str, body: &[u8]) -> Result<Snapshot, CorruptRecord> {
     read_whole(key, "body", body, |input| {
+        let provider = Provider::decode_compact(input)?;
+        let version = Version(input.varint("version")?);
+        let compacted = Version(input.varint("compacted at")?);
+        if compacted > version {
+            return Err(input.error(
+                "compacted at",
+                format!("version {compacted}, after the snapshot's {version}"),
+            ));
+        }
         Ok(Snapshot {
-            provider: Provider::decode_compact(input)?,
-            version: Version(input.varint("version")?),
+            provider,
+            version,
+            compacted,
             state: input.bytes("state")?.to_vec(),
         })
     })

@@ -23,6 +23,8 @@ pub trait StoredLog {
     fn stream_version(&mut self, stream: &SessionId) -> Result<Version, StoreError>;
     /// Whether the stream holds the dedupe key.
     fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError>;
+    /// The version the stream was compacted at ([`Version::EMPTY`]: never).
+    fn stream_compacted(&mut self, stream: &SessionId) -> Result<Version, StoreError>;
 }
 
 /// An event, ready to write.
@@ -204,6 +206,14 @@ fn check_snapshots(
                 stream,
                 expected: snapshot.version,
                 actual,
+            });
+        }
+        let compacted = log.stream_compacted(&stream)?;
+        if snapshot.compacted != compacted {
+            return Err(CommitError::CompactionConflict {
+                stream,
+                expected: snapshot.compacted,
+                actual: compacted,
             });
         }
         let record = encode_snapshot(&snapshot);

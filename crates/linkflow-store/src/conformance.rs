@@ -488,6 +488,7 @@ pub fn snapshots_are_replaced_and_listed<H: Harness>() {
     let store = harness.open();
     let (a, b) = (stream("a"), stream("b"));
     let snapshot = |version: u64| Snapshot {
+        compacted: Version::EMPTY,
         provider: Provider::Benji,
         version: Version(version),
         state: format!("state {version}").into_bytes(),
@@ -565,6 +566,7 @@ pub fn stream_start_says_whether_a_stream_is_empty_and_gives_its_snapshot<H: Har
     let harness = H::fresh();
     let store = harness.open();
     let snapshot = |version: u64| Snapshot {
+        compacted: Version::EMPTY,
         provider: Provider::Knot,
         version: Version(version),
         state: vec![version as u8; 3],
@@ -635,6 +637,7 @@ pub fn everything_survives_a_reopen<H: Harness>() {
                 put_snapshot(
                     &a,
                     Snapshot {
+                        compacted: Version::EMPTY,
                         provider: Provider::Knot,
                         version: Version(2),
                         state: vec![2, 0],
@@ -774,6 +777,7 @@ pub fn a_snapshot_guards_the_version_it_was_folded_at<H: Harness>() {
     let store = harness.open();
     let a = stream("a");
     let snapshot = |version: u64| Snapshot {
+        compacted: Version::EMPTY,
         provider: Provider::Moneykit,
         version: Version(version),
         state: vec![version as u8],
@@ -829,6 +833,7 @@ pub fn read_streams_returns_snapshots_tails_and_dedupe_hits<H: Harness>() {
     let store = harness.open();
     let (a, b, empty) = (stream("a"), stream("b"), stream("a-empty"));
     let snapshot = Snapshot {
+        compacted: Version::EMPTY,
         provider: Provider::Moneykit,
         version: Version(2),
         state: b"state 2".to_vec(),
@@ -1270,11 +1275,14 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
     let harness = H::fresh();
     let store = harness.open();
     let (a, b) = (stream("compacted"), stream("kept"));
-    let snapshot = |version: u64| Snapshot {
+    // The snapshot of `a` at `version`, compacted at `compacted` (0: not compacted).
+    let snapshot_of = |version: u64, compacted: u64| Snapshot {
+        compacted: Version(compacted),
         provider: Provider::Moneykit,
         version: Version(version),
-        state: format!("final state at {version}").into_bytes(),
+        state: format!("state at {version}, compacted at {compacted}").into_bytes(),
     };
+    let snapshot = |version: u64| snapshot_of(version, version);
     let mut next = 1u64;
     let mut b_events = 0u64;
     while next <= 300 {
@@ -1320,11 +1328,31 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
 
     assert_eq!(store.compact(&a, snapshot(300)).unwrap(), 300);
     store.sync().unwrap();
-    let check = |store: &H::Store, a_version: u64, a_tail: &[u64]| {
+    // A commit decided on the state before the compaction (its snapshot not compacted) is
+    // refused whole: another process compacted the stream meanwhile.
+    match commit(
+        &store,
+        vec![
+            append(&a, ExpectedVersion::Next, event(301)),
+            append(&b, ExpectedVersion::Next, event(20_000)),
+            put_snapshot(&a, snapshot_of(301, 0)),
+        ],
+    ) {
+        Err(CommitError::CompactionConflict {
+            stream,
+            expected,
+            actual,
+        }) => assert_eq!(
+            (stream, expected, actual),
+            (a.clone(), Version::EMPTY, Version(300))
+        ),
+        other => panic!("expected a compaction conflict, got {other:?}"),
+    }
+    let check = |store: &H::Store, a_version: u64, a_compacted: u64, a_tail: &[u64]| {
         assert_eq!(store.head().unwrap(), Position(head.0 + a_version - 300));
         let start = store.stream_start(&a).unwrap();
         assert_eq!(start.version, Version(a_version));
-        assert_eq!(start.snapshot, Some(snapshot(a_version)));
+        assert_eq!(start.snapshot, Some(snapshot_of(a_version, a_compacted)));
         let tail: Vec<u64> = store
             .read_stream(&a, Version::EMPTY, 1_000)
             .unwrap()
@@ -1391,7 +1419,7 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
             )
             .unwrap();
         let a_read = &read.streams[&a];
-        assert_eq!(a_read.snapshot, Some(snapshot(a_version)));
+        assert_eq!(a_read.snapshot, Some(snapshot_of(a_version, a_compacted)));
         assert!(a_read.tail.is_empty());
         assert_eq!(
             read.dedupe(&a, &event(7).dedupe_key)
@@ -1401,18 +1429,19 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
         );
         assert_clean(store);
     };
-    check(&store, 300, &[]);
+    check(&store, 300, 300, &[]);
 
-    // A later event is stored whole, and is compacted by the next compaction only.
+    // A later event is stored whole (its snapshot still compacted at 300), and is compacted by
+    // the next compaction only.
     commit(
         &store,
         vec![
             append(&a, ExpectedVersion::Next, event(301)),
-            put_snapshot(&a, snapshot(301)),
+            put_snapshot(&a, snapshot_of(301, 300)),
         ],
     )
     .unwrap();
-    check(&store, 301, &[301]);
+    check(&store, 301, 300, &[301]);
     assert_eq!(store.compact(&a, snapshot(301)).unwrap(), 1);
     assert_eq!(
         store.compact(&a, snapshot(301)).unwrap(),
@@ -1420,8 +1449,8 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
         "compacting again compacts nothing more"
     );
     store.sync().unwrap();
-    check(&store, 301, &[]);
+    check(&store, 301, 301, &[]);
     store.close().unwrap();
     drop(store);
-    check(&harness.open(), 301, &[]);
+    check(&harness.open(), 301, 301, &[]);
 }

@@ -14,8 +14,8 @@
 //! In the core's compact form:
 //!
 //! ```text
-//! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot) varint(version)
-//!         [bytes(snapshot record)] entry*
+//! head  = u8(flags: bit 0 = spilled, bit 1 = snapshot, bit 2 = compacted) varint(version)
+//!         [varint(compacted at)] [bytes(snapshot record)] entry*
 //! entry = [16](dedupe key) varint(version) varint(position)
 //! ```
 
@@ -30,6 +30,7 @@ pub(crate) const LIST_MAX: usize = 64;
 
 const SPILLED: u8 = 1;
 const SNAPSHOT: u8 = 2;
+const COMPACTED: u8 = 4;
 
 /// Where a dedupe key's first delivery went, without the stream (the list's key names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,9 @@ pub(crate) struct DedupeList {
     pub version: Version,
     /// Older entries of the stream are `D` keys.
     pub spilled: bool,
+    /// The version the stream was compacted at ([`Version::EMPTY`]: never): what a commit's
+    /// snapshot must say.
+    pub compacted: Version,
     pub entries: Vec<(DedupeKey, Target)>,
 }
 
@@ -108,8 +112,16 @@ impl DedupeList {
             11 + snapshot_len + self.entries.len() * 24,
         ));
         let snapshot_flag = if snapshot.is_some() { SNAPSHOT } else { 0 };
-        out.u8(if self.spilled { SPILLED } else { 0 } | snapshot_flag);
+        let compacted_flag = if self.compacted == Version::EMPTY {
+            0
+        } else {
+            COMPACTED
+        };
+        out.u8(if self.spilled { SPILLED } else { 0 } | snapshot_flag | compacted_flag);
         out.varint(self.version.0);
+        if self.compacted != Version::EMPTY {
+            out.varint(self.compacted.0);
+        }
         if let Some(record) = snapshot {
             out.bytes(record);
         }
@@ -133,6 +145,7 @@ impl DedupeList {
         let list = DedupeList {
             version: head.version,
             spilled: head.spilled,
+            compacted: head.compacted,
             entries,
         };
         Ok((list, head.snapshot))
@@ -173,6 +186,7 @@ struct Head<'s, 'a> {
     stream: &'s SessionId,
     version: Version,
     spilled: bool,
+    compacted: Version,
     snapshot: Option<&'a [u8]>,
     entries: Input<'a>,
 }
@@ -182,10 +196,22 @@ impl<'s, 'a> Head<'s, 'a> {
         let mut input = Input::new(value);
         let start = (|| {
             let flags = input.u8("flags")?;
-            if flags & !(SPILLED | SNAPSHOT) != 0 {
+            if flags & !(SPILLED | SNAPSHOT | COMPACTED) != 0 {
                 return Err(input.error("flags", format!("unknown flags {flags:#04x}")));
             }
             let version = Version(input.varint("version")?);
+            let compacted = match flags & COMPACTED {
+                0 => Version::EMPTY,
+                _ => match Version(input.varint("compacted at")?) {
+                    at if at == Version::EMPTY || at > version => {
+                        return Err(input.error(
+                            "compacted at",
+                            format!("version {at} of a stream at {version}"),
+                        ))
+                    }
+                    at => at,
+                },
+            };
             let snapshot = match flags & SNAPSHOT {
                 0 => None,
                 _ => match input.bytes("snapshot")? {
@@ -193,13 +219,15 @@ impl<'s, 'a> Head<'s, 'a> {
                     record => Some(record),
                 },
             };
-            Ok((version, flags & SPILLED != 0, snapshot))
+            Ok((version, flags & SPILLED != 0, compacted, snapshot))
         })();
-        let (version, spilled, snapshot) = start.map_err(|error| corrupt(stream, error))?;
+        let (version, spilled, compacted, snapshot) =
+            start.map_err(|error| corrupt(stream, error))?;
         Ok(Head {
             stream,
             version,
             spilled,
+            compacted,
             snapshot,
             entries: input,
         })
@@ -238,6 +266,7 @@ mod tests {
         let list = DedupeList {
             version: Version(u64::MAX),
             spilled: true,
+            compacted: Version(7),
             entries: vec![
                 (
                     DedupeKey::derive(&[b"a"]),
@@ -292,6 +321,7 @@ mod tests {
         let spilled_empty = DedupeList {
             version: Version(65),
             spilled: true,
+            compacted: Version::EMPTY,
             entries: Vec::new(),
         };
         assert_eq!(
@@ -359,6 +389,7 @@ mod tests {
         let good = DedupeList {
             version: Version(5),
             spilled: false,
+            compacted: Version::EMPTY,
             entries: vec![(
                 DedupeKey::derive(&[b"a"]),
                 Target {

@@ -38,6 +38,19 @@ pub enum CommitError {
         /// The stream's actual version.
         actual: Version,
     },
+    /// A commit's snapshot of a stream says it was compacted at another version than the
+    /// store's ([`crate::EventStore::compact`]): it was decided on a state read before the
+    /// compaction (another process compacted the stream meanwhile). Nothing of the commit was
+    /// written; the engine reads the stream again and decides again.
+    #[error("session `{stream}` was compacted at version {actual}, the commit's snapshot says {expected}; nothing was written")]
+    CompactionConflict {
+        /// The stream.
+        stream: SessionId,
+        /// The compaction version the snapshot names ([`Version::EMPTY`]: none).
+        expected: Version,
+        /// The store's ([`Version::EMPTY`]: never compacted).
+        actual: Version,
+    },
     /// A commit appends a dedupe key its stream already holds (or appends it twice). Nothing
     /// of the commit was written: the engine decides duplicates before committing, so this is
     /// another process's write that landed in between (the engine retries) or a writer's bug.

@@ -289,6 +289,11 @@ pub struct Snapshot {
     pub provider: Provider,
     /// The stream version the state includes.
     pub version: Version,
+    /// The version the stream was compacted at ([`crate::EventStore::compact`];
+    /// [`Version::EMPTY`]: never), as the state says. A commit whose snapshot says otherwise
+    /// than the store is refused ([`crate::CommitError::CompactionConflict`]): it was decided on
+    /// a state read before (or without) the compaction.
+    pub compacted: Version,
     /// The encoded state, as the engine wrote it.
     pub state: Vec<u8>,
 }
@@ -599,6 +604,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_is_a_checksum_error_naming_the_record() {
         let mut bytes = encode_snapshot(&Snapshot {
+            compacted: Version::EMPTY,
             provider: Provider::Benji,
             version: Version(1),
             state: vec![1, 2, 3],
@@ -681,6 +687,7 @@ mod tests {
             );
         }
         let snapshot = Snapshot {
+            compacted: Version::EMPTY,
             provider: Provider::Benji,
             version: Version(u64::MAX),
             state: vec![2, 0, 255, 7],

@@ -258,11 +258,23 @@ fn check_heads(
     stream_versions: &HashMap<SessionId, Version>,
     report: &mut VerifyReport,
 ) -> Result<HashMap<SessionId, bool>, StoreError> {
-    let check_snapshot = |report: &mut VerifyReport, session: &SessionId, bytes: &[u8]| {
+    let check_snapshot = |report: &mut VerifyReport,
+                          session: &SessionId,
+                          bytes: &[u8],
+                          compacted: Version| {
         report.snapshots += 1;
         let what = format!("snapshot of `{session}`");
         match decode_snapshot_record(&what, bytes) {
             Ok(snapshot) => {
+                if snapshot.compacted != compacted {
+                    report.problem(
+                        &what,
+                        format!(
+                            "says the stream was compacted at version {}, its head says {compacted}",
+                            snapshot.compacted
+                        ),
+                    );
+                }
                 let stream = stream_versions.get(session).copied().unwrap_or_default();
                 if snapshot.version > stream {
                     report.problem(
@@ -291,7 +303,7 @@ fn check_heads(
         let list = match DedupeList::decode(&session, &value) {
             Ok((list, snapshot)) => {
                 if let Some(bytes) = snapshot {
-                    check_snapshot(report, &session, bytes);
+                    check_snapshot(report, &session, bytes, list.compacted);
                 }
                 list
             }

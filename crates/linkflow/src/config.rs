@@ -95,6 +95,12 @@ pub struct EngineConfig {
     /// whole day is older than this (`linkflow serve` runs it every hour). The canonical events
     /// stay. `None` (the default): raw payloads are kept for as long as the store.
     pub raw_retention: Option<chrono::Duration>,
+    /// How old a session's last event must be, once it succeeded or exited, for
+    /// [`crate::Engine::compact_old_sessions`] to compact it to its final state
+    /// (`linkflow serve` runs it every hour): its events' contents are deleted, its state, its
+    /// funnel counts and its dedupe keys stay (`docs/privacy.md`). `None` (the default):
+    /// sessions keep their whole history.
+    pub compact_after: Option<chrono::Duration>,
 }
 
 /// Default for [`EngineConfig::cache_sessions`]: at ~300 bytes a state, about 30 MB.
@@ -141,6 +147,7 @@ impl EngineConfig {
             ),
             master_key: None,
             raw_retention: None,
+            compact_after: None,
         }
     }
 

@@ -198,6 +198,7 @@ impl Engine {
             inactivity_timeout: config.inactivity_timeout,
             privacy,
             raw_retention: config.raw_retention,
+            compact_after: config.compact_after,
             stats: WriteCounters::default(),
             failure: Mutex::new(None),
         });
@@ -222,7 +223,7 @@ impl Engine {
 
     /// Sends the writer the request `make` builds from its reply channel and the instant it was
     /// sent (for `write_stats`), and waits for the answer.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>, Instant) -> Request,
     ) -> Result<T, EngineError> {
@@ -363,6 +364,7 @@ impl Engine {
                 provider: state.provider,
                 events: timeline.arrivals,
                 rejected: timeline.rejected,
+                compacted_at: query::compacted_at(&timeline),
                 state: timeline.state,
             }),
             _ => None,
@@ -582,6 +584,12 @@ impl Engine {
     /// The configured raw payload retention.
     pub fn raw_retention(&self) -> Option<chrono::Duration> {
         self.shared.raw_retention
+    }
+
+    /// How old a terminal session's last event must be for it to be compacted
+    /// ([`crate::EngineConfig::compact_after`]), if set.
+    pub fn compact_after(&self) -> Option<chrono::Duration> {
+        self.shared.compact_after
     }
 
     /// A stored text field as reads show it: opened with its key, `[erased]` once the key is

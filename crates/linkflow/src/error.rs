@@ -47,6 +47,15 @@ pub enum EngineError {
         /// The session's last version.
         current: linkflow_core::Version,
     },
+    /// A state of a session before the version it was compacted at was asked for: the events
+    /// that made it are no longer stored.
+    #[error("session `{session}` was compacted at version {compacted}: its states before that version are no longer stored")]
+    Compacted {
+        /// The session.
+        session: SessionId,
+        /// The version it was compacted at.
+        compacted: linkflow_core::Version,
+    },
     /// A redrive named a stream that is not a quarantine entry.
     #[error("`{entry}` is not a quarantine entry")]
     NotQuarantined {

@@ -49,7 +49,11 @@ pub enum Folded {
 /// `Session`, `Account` or merchant state in it) gains or changes a field that is derived from
 /// the events, or its compact form changes: a snapshot of another layout is not decoded (fields
 /// with defaults would decode to wrong values) and the stream is folded from its log instead.
-pub const SNAPSHOT_LAYOUT: u8 = 6;
+pub const SNAPSHOT_LAYOUT: u8 = 7;
+
+/// Why an event that arrives for a compacted session is rejected.
+pub const COMPACTED_REJECTION: &str =
+    "the session was compacted (its history is no longer stored): no later event changes it";
 
 /// A snapshot's state bytes: the layout byte, the rules version
 /// ([`linkflow_core::RULES_VERSION`]) it was folded with, then the compact form of the state
@@ -205,6 +209,15 @@ impl Folded {
         }
     }
 
+    /// The version the stream was compacted at ([`Version::EMPTY`]: never; only sessions
+    /// are compacted).
+    pub fn compacted(&self) -> Version {
+        match self {
+            Folded::Session(timeline) => Version(timeline.compacted),
+            _ => Version::EMPTY,
+        }
+    }
+
     /// Events of the stream the fold rejects.
     pub fn rejected(&self) -> u32 {
         match self {
@@ -266,6 +279,7 @@ impl Folded {
                     }),
                     Appended::Rejected(rejection) => Append::Rejected(rejection.to_string()),
                     Appended::Refold => Append::Refold,
+                    Appended::Compacted => Append::Rejected(COMPACTED_REJECTION.into()),
                 })
             }
             (Folded::Account { timeline, .. }, EventBody::Account { event, .. }) => {
@@ -273,6 +287,7 @@ impl Folded {
                     Appended::Accepted(()) => Append::Accepted(Change { session: None }),
                     Appended::Rejected(rejection) => Append::Rejected(rejection.to_string()),
                     Appended::Refold => Append::Refold,
+                    Appended::Compacted => Append::Rejected(COMPACTED_REJECTION.into()),
                 })
             }
             (Folded::Merchant { status, version }, EventBody::Merchant(update)) => {

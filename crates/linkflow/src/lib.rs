@@ -27,6 +27,7 @@
 
 mod cache;
 pub mod chart;
+pub mod compact;
 pub mod config;
 mod engine;
 mod erase;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::cache::SessionState;
 use crate::error::EngineError;
 use crate::folded::{decode_snapshot_state, Append, Folded, FoldedStream, StreamFolder};
+use crate::folded::{decode_state_any_rules, Placement};
 use crate::index;
 
 /// Events read per store call when replaying a stream.
@@ -33,6 +34,10 @@ pub struct SessionView {
     pub events: u64,
     /// How many of its events the fold rejects.
     pub rejected: u32,
+    /// The version it was compacted at, if it was (`docs/privacy.md`): its events up to it are
+    /// no longer stored, and every event after it is kept rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compacted_at: Option<Version>,
 }
 
 /// A linked account as the engine knows it now.
@@ -607,6 +612,7 @@ fn session_view(session_id: SessionId, provider: Provider, folded: Folded) -> Op
             provider,
             events: timeline.arrivals,
             rejected: timeline.rejected,
+            compacted_at: compacted_at(&timeline),
             state: timeline.state,
         }),
         _ => None,
@@ -641,15 +647,21 @@ fn replay_error(stream: &SessionId, (version, reason): (u64, String)) -> EngineE
     }
 }
 
-/// The stream's first `until` events (all of them with `None`), in arrival order.
+/// The version a session was compacted at, if it was.
+pub(crate) fn compacted_at<M>(timeline: &linkflow_core::timeline::Timeline<M>) -> Option<Version> {
+    (timeline.compacted > 0).then_some(Version(timeline.compacted))
+}
+
+/// The stream's events up to version `until` (all of them with `None`), in arrival order
+/// (those of a compacted stream from the first after its compaction).
 fn read_events(
     store: &dyn EventStore,
     stream: &SessionId,
     until: Option<Version>,
 ) -> Result<Vec<StoredEvent>, EngineError> {
-    let mut events = Vec::new();
+    let mut events: Vec<StoredEvent> = Vec::new();
+    let mut after = Version::EMPTY;
     loop {
-        let after = Version(events.len() as u64);
         let limit = match until {
             Some(until) if until <= after => return Ok(events),
             Some(until) => READ_CHUNK.min((until.0 - after.0) as usize),
@@ -657,7 +669,13 @@ fn read_events(
         };
         let page = store.read_stream(stream, after, limit)?;
         let full = page.len() == limit;
-        events.extend(page);
+        if let Some(last) = page.last() {
+            after = last.version;
+        }
+        events.extend(
+            page.into_iter()
+                .filter(|event| until.is_none_or(|until| event.version <= until)),
+        );
         if !full {
             return Ok(events);
         }
@@ -676,16 +694,101 @@ pub(crate) fn read_bodies(
         .collect())
 }
 
-/// Folds the stream's first `until` events (all with `None`) from the start.
+/// Folds the stream's first `until` events (all with `None`) from the start: the events read,
+/// the fold, and the stream's provider. A compacted session, whose first events are no longer
+/// stored, is its snapshot instead ([`compacted_fold`]).
 fn fold_stream(
     store: &dyn EventStore,
     stream: &SessionId,
     until: Option<Version>,
-) -> Result<Option<(Vec<StoredEvent>, FoldedStream)>, EngineError> {
+) -> Result<Option<(Vec<StoredEvent>, FoldedStream, Provider)>, EngineError> {
     let events = read_events(store, stream, until)?;
-    let bodies: Vec<&EventBody> = events.iter().map(|stored| &stored.data.body).collect();
-    let folded = Folded::fold_all(&bodies).map_err(|failure| replay_error(stream, failure))?;
-    Ok(folded.map(|folded| (events, folded)))
+    match events.first() {
+        Some(first) if first.version == Version(1) => {
+            let provider = first.data.provider;
+            let bodies: Vec<&EventBody> = events.iter().map(|stored| &stored.data.body).collect();
+            let folded =
+                Folded::fold_all(&bodies).map_err(|failure| replay_error(stream, failure))?;
+            Ok(folded.map(|folded| (events, folded, provider)))
+        }
+        _ => {
+            let start = store.stream_start(stream)?;
+            if start.version == Version::EMPTY {
+                return Ok(None);
+            }
+            compacted_fold(stream, start, events, until).map(Some)
+        }
+    }
+}
+
+/// The fold of a stream whose first event is not stored: a compacted session (from its
+/// snapshot, which says so), as of `until`; anything else is damage. Every event after the
+/// compaction is rejected and leaves the state as it was, so the state at a version from the
+/// compaction on is the snapshot's with that many arrivals and that many fewer rejections.
+fn compacted_fold(
+    stream: &SessionId,
+    start: StreamStart,
+    events: Vec<StoredEvent>,
+    until: Option<Version>,
+) -> Result<(Vec<StoredEvent>, FoldedStream, Provider), EngineError> {
+    let missing = |reason: &str| EngineError::Replay {
+        session: stream.clone(),
+        version: Version(1),
+        reason: format!("its first events are not stored, and {reason}"),
+    };
+    let snapshot = start
+        .snapshot
+        .ok_or_else(|| missing("it has no snapshot"))?;
+    let folded = decode_state_any_rules(&snapshot.state)
+        .filter(|folded| folded.version() == snapshot.version && snapshot.version == start.version)
+        .ok_or_else(|| missing("its snapshot cannot be read at its version"))?;
+    let Folded::Session(mut timeline) = folded else {
+        return Err(missing("it is not a session"));
+    };
+    let compacted = timeline.compacted;
+    if compacted == 0 {
+        return Err(missing("its snapshot does not say it was compacted"));
+    }
+    let at = until.unwrap_or(start.version);
+    if at.0 < compacted {
+        return Err(EngineError::Compacted {
+            session: stream.clone(),
+            compacted: Version(compacted),
+        });
+    }
+    let expected: Vec<Version> = (compacted + 1..=at.0).map(Version).collect();
+    let stored: Vec<Version> = events.iter().map(|event| event.version).collect();
+    if stored != expected || events.iter().any(|event| !event.rejected) {
+        return Err(missing(&format!(
+            "the events after its compaction at version {compacted} are not versions {}..={} all rejected",
+            compacted + 1,
+            at.0
+        )));
+    }
+    let later = timeline.arrivals - at.0;
+    timeline.rejected = timeline
+        .rejected
+        .checked_sub(u32::try_from(later).unwrap_or(u32::MAX))
+        .ok_or_else(|| {
+            missing("its snapshot counts fewer rejections than events after its compaction")
+        })?;
+    timeline.arrivals = at.0;
+    let placements = events
+        .iter()
+        .map(|event| Placement {
+            arrival: event.version.0,
+            verdict: Err(crate::folded::COMPACTED_REJECTION.to_owned()),
+            late: false,
+        })
+        .collect();
+    Ok((
+        events,
+        FoldedStream {
+            folded: Folded::Session(timeline),
+            placements,
+        },
+        snapshot.provider,
+    ))
 }
 
 /// Continues `folded` (the stream's state after `folded.version()` events) with its next
@@ -740,11 +843,9 @@ pub(crate) fn load_state(
         }
     }
     Ok(
-        fold_stream(store, stream, None)?.and_then(|(events, folded)| {
-            events.first().map(|first| SessionState {
-                provider: first.data.provider,
-                folded: folded.folded,
-            })
+        fold_stream(store, stream, None)?.map(|(_, folded, provider)| SessionState {
+            provider,
+            folded: folded.folded,
         }),
     )
 }
@@ -818,16 +919,18 @@ pub(crate) fn session_at(
     }
     Ok(match fold_stream(store, stream, Some(version))? {
         Some((
-            events,
+            _,
             FoldedStream {
                 folded: Folded::Session(timeline),
                 ..
             },
-        )) => events.first().map(|first| SessionView {
+            provider,
+        )) => Some(SessionView {
             session_id: stream.clone(),
-            provider: first.data.provider,
+            provider,
             events: timeline.arrivals,
             rejected: timeline.rejected,
+            compacted_at: compacted_at(&timeline),
             state: timeline.state,
         }),
         _ => None,
@@ -840,16 +943,20 @@ pub(crate) fn history(
     store: &dyn EventStore,
     stream: &SessionId,
 ) -> Result<Option<Vec<HistoryEntry>>, EngineError> {
-    let Some((events, folded)) = fold_stream(store, stream, None)? else {
+    let Some((events, folded, _)) = fold_stream(store, stream, None)? else {
         return Ok(None);
     };
+    // A compacted session's events start after its compaction.
+    let first = events.first().map_or(1, |event| event.version.0);
     let mut events: Vec<Option<StoredEvent>> = events.into_iter().map(Some).collect();
     let mut entries = Vec::with_capacity(events.len());
     // The session's phase where the fold is, for rejected events.
     let mut current = folded.folded.as_session().map(|_| Phase::Created);
     for placement in folded.placements {
-        let Some(stored) = events
-            .get_mut(placement.arrival as usize - 1)
+        let Some(stored) = placement
+            .arrival
+            .checked_sub(first)
+            .and_then(|index| events.get_mut(usize::try_from(index).ok()?))
             .and_then(Option::take)
         else {
             continue;
@@ -1071,15 +1178,17 @@ pub(crate) fn for_each_stream_folded(
     visit: &mut dyn FnMut(SessionId, Provider, Folded),
 ) -> Result<RebuildStats, EngineError> {
     let mut stats = RebuildStats::default();
-    let mut current: Option<(SessionId, Provider, StreamFolder)> = None;
+    let mut current: Option<(SessionId, Provider, StreamFold)> = None;
     let mut failure = None;
-    let finish = |(stream, provider, folder): (SessionId, Provider, StreamFolder),
+    let finish = |(stream, provider, fold): (SessionId, Provider, StreamFold),
                   visit: &mut dyn FnMut(SessionId, Provider, Folded)|
      -> Result<(), EngineError> {
-        match folder.finish() {
-            Ok(Some(folded)) => visit(stream, provider, folded),
+        match fold.finish(store, &stream) {
+            Ok(Some((provider_now, folded))) => {
+                visit(stream, provider_now.unwrap_or(provider), folded)
+            }
             Ok(None) => {}
-            Err(failure) => return Err(replay_error(&stream, failure)),
+            Err(error) => return Err(error),
         }
         Ok(())
     };
@@ -1096,11 +1205,11 @@ pub(crate) fn for_each_stream_folded(
             current = Some((
                 stored.stream.clone(),
                 stored.data.provider,
-                StreamFolder::default(),
+                StreamFold::starting_with(&stored),
             ));
         }
-        let (_, _, folder) = current.as_mut().expect("set above");
-        folder.push(stored.data.body);
+        let (_, _, fold) = current.as_mut().expect("set above");
+        fold.push(stored);
         ControlFlow::Continue(())
     })?;
     if let Some(error) = failure {
@@ -1109,7 +1218,73 @@ pub(crate) fn for_each_stream_folded(
     if let Some(done) = current.take() {
         finish(done, visit)?;
     }
+    stats.streams += for_each_wholly_compacted(store, visit)?;
     Ok(stats)
+}
+
+/// A stream being folded from its events, stream by stream: from its first event, or (its
+/// first event not stored) a compacted session's events after its compaction.
+pub(crate) enum StreamFold {
+    Whole(Box<StreamFolder>),
+    Compacted(Vec<StoredEvent>),
+}
+
+impl StreamFold {
+    pub(crate) fn starting_with(first: &StoredEvent) -> StreamFold {
+        if first.version == Version(1) {
+            StreamFold::Whole(Box::default())
+        } else {
+            StreamFold::Compacted(Vec::new())
+        }
+    }
+
+    pub(crate) fn push(&mut self, stored: StoredEvent) {
+        match self {
+            StreamFold::Whole(folder) => folder.push(stored.data.body),
+            StreamFold::Compacted(events) => events.push(stored),
+        }
+    }
+
+    /// The stream's fold (and, for a compacted one, its provider as its snapshot says).
+    pub(crate) fn finish(
+        self,
+        store: &dyn EventStore,
+        stream: &SessionId,
+    ) -> Result<Option<(Option<Provider>, Folded)>, EngineError> {
+        match self {
+            StreamFold::Whole(folder) => folder
+                .finish()
+                .map(|folded| folded.map(|folded| (None, folded)))
+                .map_err(|failure| replay_error(stream, failure)),
+            StreamFold::Compacted(events) => {
+                let start = store.stream_start(stream)?;
+                let (_, folded, provider) = compacted_fold(stream, start, events, None)?;
+                Ok(Some((Some(provider), folded.folded)))
+            }
+        }
+    }
+}
+
+/// Calls `visit` with every session compacted with no event after its compaction (none of its
+/// events is read by stream, so a walk of the events never meets it): its snapshot, which is
+/// its fold. Returns how many.
+pub(crate) fn for_each_wholly_compacted(
+    store: &dyn EventStore,
+    visit: &mut dyn FnMut(SessionId, Provider, Folded),
+) -> Result<u64, EngineError> {
+    let mut count = 0;
+    store.for_each_snapshot(None, &mut |stream, snapshot| {
+        if let Some(folded) = decode_state_any_rules(&snapshot.state) {
+            if let Folded::Session(timeline) = &folded {
+                if timeline.compacted > 0 && timeline.compacted == timeline.arrivals {
+                    count += 1;
+                    visit(stream, snapshot.provider, folded);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(count)
 }
 
 /// What a rebuild from the log folded.

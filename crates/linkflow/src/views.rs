@@ -49,6 +49,10 @@ pub struct SessionJson {
     /// The provider's id of the linked account the session created (Plaid's `item_id`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_id: Option<String>,
+    /// The version it was compacted at (`docs/privacy.md`, "Compaction"): its history up to
+    /// it is no longer stored. Absent when it never was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compacted_at: Option<Version>,
 }
 
 /// An institution.
@@ -123,6 +127,7 @@ impl SessionJson {
             current_screen: state.current_screen().map(|screen| screen.value.clone()),
             external_user_id: state.external_user_id().map(str::to_owned),
             item_id: state.item_id().map(str::to_owned),
+            compacted_at: view.compacted_at,
         }
     }
 }

@@ -527,6 +527,7 @@ async fn a_cache_miss_reads_the_snapshot_and_an_undecodable_snapshot_falls_back_
             snapshots: vec![(
                 sid("a"),
                 Snapshot {
+                    compacted: Version::EMPTY,
                     provider: Provider::Moneykit,
                     version: Version(2),
                     state: b"\xfffrom the future".to_vec(),
@@ -904,6 +905,7 @@ async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account
                 snapshots: vec![(
                     sid("s1"),
                     Snapshot {
+                        compacted: Version::EMPTY,
                         provider: Provider::Moneykit,
                         version: Version(2),
                         state,

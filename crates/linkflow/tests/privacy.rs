@@ -426,3 +426,189 @@ async fn an_erased_users_account_events_read_erased_their_raw_payloads_included(
     assert!(engine.verify().await.unwrap().is_clean());
     engine.shutdown().await.unwrap();
 }
+
+/// Compaction of old terminal sessions (issue 29's second age): sessions that exited before the
+/// cutoff become their final state. Reads, funnels (the counted one and the one folded again
+/// from the log), the indexes and verify agree before and after, and after a restart; the
+/// compacted events are gone from history and from reads by position; a redelivery is still a
+/// duplicate; a late event is stored, rejected, and changes nothing; the open session and the
+/// recent one are left whole. With and without a master key.
+#[tokio::test]
+async fn old_terminal_sessions_compact_to_their_final_state_and_everything_still_agrees() {
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut config = EngineConfig::new(dir.path());
+            if sealed {
+                config.master_key = Some(Arc::new(MasterKey::from_hex(MASTER).unwrap()));
+            }
+            config
+        };
+        let engine = Engine::open_with(config()).unwrap();
+        // Four sessions of 2023 that exited, one of 2023 still open, one that exits now.
+        for n in 0..4 {
+            ingest(
+                &engine,
+                Some(&format!("user{n}")),
+                &session(&format!("user{n}"), &format!("old-{n}")),
+            )
+            .await;
+        }
+        let open: String = session("opener", "old-open")
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n");
+        ingest(&engine, Some("opener"), &open).await;
+        let recent = session("recent", "recent")
+            .replace("2023-11-29", &Utc::now().format("%Y-%m-%d").to_string());
+        ingest(&engine, Some("recent"), &recent).await;
+        let ids = |names: &[&str]| -> Vec<SessionId> {
+            names
+                .iter()
+                .map(|name| SessionId::new(*name).unwrap())
+                .collect()
+        };
+        let old = ids(&["old-0", "old-1", "old-2", "old-3"]);
+        let kept = ids(&["old-open", "recent"]);
+        let all: Vec<SessionId> = old.iter().chain(&kept).cloned().collect();
+        let mut views = Vec::new();
+        for id in &all {
+            views.push(engine.session(id).await.unwrap().unwrap());
+        }
+        let funnel_before = engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap();
+        let rebuilt_before = engine
+            .funnel_rebuilt(FunnelQuery::at(Utc::now()))
+            .await
+            .unwrap();
+        let head = engine.head().unwrap();
+        assert!(engine.verify().await.unwrap().is_clean());
+
+        let cutoff = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        let report = engine.compact_sessions_before(cutoff).await.unwrap();
+        assert_eq!(
+            (report.examined, report.sessions, report.events),
+            (5, 4, 20),
+            "sealed: {sealed}"
+        );
+        let again = engine.compact_sessions_before(cutoff).await.unwrap();
+        assert_eq!(
+            (again.sessions, again.events),
+            (0, 0),
+            "nothing more to compact"
+        );
+
+        let expected = (funnel_before.clone(), rebuilt_before.clone());
+        let check = |engine: Engine, views: Vec<linkflow::SessionView>| async move {
+            let (funnel_before, rebuilt_before) = expected;
+            for view in &views {
+                let now = engine.session(&view.session_id).await.unwrap().unwrap();
+                let compacted = view.session_id.as_str().starts_with("old-")
+                    && view.session_id.as_str() != "old-open";
+                assert_eq!(now.state, view.state, "{}", view.session_id);
+                assert_eq!((now.events, now.rejected), (view.events, view.rejected));
+                assert_eq!(
+                    now.compacted_at,
+                    compacted.then_some(linkflow_core::Version(5))
+                );
+                let history = engine.history(&view.session_id).await.unwrap().unwrap();
+                assert_eq!(
+                    history.len(),
+                    if compacted { 0 } else { view.events as usize }
+                );
+            }
+            assert_eq!(
+                engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap(),
+                funnel_before
+            );
+            assert_eq!(
+                engine
+                    .funnel_rebuilt(FunnelQuery::at(Utc::now()))
+                    .await
+                    .unwrap(),
+                rebuilt_before
+            );
+            let report = engine.verify().await.unwrap();
+            assert!(report.is_clean(), "{:?}", report.problems);
+            // By position: only the events of the sessions left whole.
+            let mut subscription = engine.subscribe(linkflow_core::Position::START);
+            let mut streams = Vec::new();
+            for _ in 0..8 {
+                streams.push(subscription.next().await.unwrap().stream.to_string());
+            }
+            assert_eq!(streams.iter().filter(|s| *s == "old-open").count(), 3);
+            assert_eq!(streams.iter().filter(|s| *s == "recent").count(), 5);
+            engine
+        };
+        let engine = check(engine, views.clone()).await;
+        assert_eq!(engine.head().unwrap(), head, "compaction appends nothing");
+
+        // A redelivery of a compacted event is a duplicate; a new event is kept, rejected.
+        let replay = engine
+            .ingest_payload(
+                Feed::Moneykit,
+                session("user0", "old-0").as_bytes(),
+                &context(Some("user0")),
+            )
+            .await
+            .unwrap();
+        assert!(replay
+            .results
+            .iter()
+            .all(|result| matches!(result.outcome, linkflow::IngestOutcome::Duplicate { .. })));
+        let late = r#"{"name":"select_institution","properties":{"institution_id":"ins_1","institution_name":"Other"},"meta":{"link_session_id":"old-1","timestamp":"2023-11-29T12:44:00.000Z"}}"#;
+        let outcome = engine
+            .ingest_payload(Feed::Moneykit, late.as_bytes(), &context(Some("user1")))
+            .await
+            .unwrap();
+        match &outcome.results[0].outcome {
+            linkflow::IngestOutcome::Rejected {
+                reason, version, ..
+            } => {
+                assert_eq!(reason, linkflow::folded::COMPACTED_REJECTION);
+                assert_eq!(*version, linkflow_core::Version(6));
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        let old1 = engine.session(&old[1]).await.unwrap().unwrap();
+        assert_eq!(old1.state, views[1].state, "the late event changed nothing");
+        assert_eq!((old1.events, old1.rejected), (6, views[1].rejected + 1));
+        let history = engine.history(&old[1]).await.unwrap().unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            history[0].rejection.as_deref(),
+            Some(linkflow::folded::COMPACTED_REJECTION)
+        );
+        assert_eq!(
+            engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap(),
+            funnel_before
+        );
+        assert!(engine.verify().await.unwrap().is_clean());
+        // The next run compacts that event too.
+        let report = engine.compact_sessions_before(cutoff).await.unwrap();
+        assert_eq!((report.sessions, report.events), (1, 1));
+        assert_eq!(
+            engine.session(&old[1]).await.unwrap().unwrap().compacted_at,
+            Some(linkflow_core::Version(6))
+        );
+        let mut views_now = Vec::new();
+        for id in &all {
+            views_now.push(engine.session(id).await.unwrap().unwrap());
+        }
+        // After a restart, read from the store alone.
+        engine.shutdown().await.unwrap();
+        drop(engine);
+        let engine = Engine::open_with(config()).unwrap();
+        for view in &views_now {
+            let now = engine.session(&view.session_id).await.unwrap().unwrap();
+            assert_eq!(now, *view);
+        }
+        assert_eq!(
+            engine.funnel(FunnelQuery::at(Utc::now())).await.unwrap(),
+            funnel_before
+        );
+        let report = engine.verify().await.unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        engine.shutdown().await.unwrap();
+    }
+}

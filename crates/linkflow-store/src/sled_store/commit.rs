@@ -72,6 +72,12 @@ impl StoredLog for SledReads<'_> {
             .map_or(Version::EMPTY, |list| list.version))
     }
 
+    fn stream_compacted(&mut self, stream: &SessionId) -> Result<Version, StoreError> {
+        Ok(self
+            .list(stream)?
+            .map_or(Version::EMPTY, |list| list.compacted))
+    }
+
     fn holds_key(&mut self, stream: &SessionId, key: &DedupeKey) -> Result<bool, StoreError> {
         let store = self.store;
         let list = self.list(stream)?;
@@ -130,7 +136,15 @@ impl SledStore {
                 actual,
             });
         }
-        let list = head.expect("a stream at a version has a head").list;
+        let mut list = head.expect("a stream at a version has a head").list;
+        if snapshot.compacted != snapshot.version {
+            return Err(CommitError::CompactionConflict {
+                stream: stream.clone(),
+                expected: snapshot.compacted,
+                actual: snapshot.version,
+            });
+        }
+        list.compacted = snapshot.version;
         let record = encode_snapshot(&snapshot);
         if record.len() > crate::MAX_RECORD_BYTES {
             return Err(CommitError::TooLarge {

@@ -496,6 +496,7 @@ fn a_packed_value_stays_within_its_byte_limit() {
 
 fn snapshot_at(version: u64, state: &[u8]) -> Snapshot {
     Snapshot {
+        compacted: Version::EMPTY,
         provider: Provider::Moneykit,
         version: Version(version),
         state: state.to_vec(),

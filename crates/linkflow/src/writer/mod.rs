@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     /// Sealing of personal fields, when a master key is configured.
     pub privacy: Option<Arc<crate::privacy::Privacy>>,
     pub raw_retention: Option<chrono::Duration>,
+    /// How old a terminal session's last event must be for it to be compacted.
+    pub compact_after: Option<chrono::Duration>,
     /// Where the write path's time goes (`Engine::write_stats`).
     pub stats: WriteCounters,
     /// The first failure to make writes durable: the engine then takes no more writes
@@ -119,6 +121,13 @@ pub(crate) enum Request {
     Shutdown {
         reply: Reply<()>,
     },
+    /// Compact these sessions if they are terminal with their last event before `cutoff`
+    /// (`crate::compact`). Never part of a group: the writer runs it between groups.
+    Compact {
+        sessions: Vec<SessionId>,
+        cutoff: DateTime<Utc>,
+        reply: Reply<crate::compact::CompactReport>,
+    },
 }
 
 impl Request {
@@ -126,13 +135,14 @@ impl Request {
         match self {
             Request::Ingest { events, .. } => events.len(),
             Request::Shutdown { .. } => 1,
+            Request::Compact { sessions, .. } => sessions.len(),
         }
     }
 
     fn sent(&self) -> Option<Instant> {
         match self {
             Request::Ingest { sent, .. } => Some(*sent),
-            Request::Shutdown { .. } => None,
+            Request::Shutdown { .. } | Request::Compact { .. } => None,
         }
     }
 }
@@ -184,9 +194,14 @@ pub(crate) fn run_writer(
         let mut group = Vec::new();
         let mut events = 0;
         let mut next = Some(first);
+        let mut compact = None;
         while let Some(request) = next.take() {
             if let Request::Shutdown { reply } = request {
                 shutdown = Some(reply);
+                break;
+            }
+            if let Request::Compact { .. } = request {
+                compact = Some(request);
                 break;
             }
             if let Some(sent) = request.sent() {
@@ -200,6 +215,16 @@ pub(crate) fn run_writer(
         }
         if !group.is_empty() {
             process_group(&shared, group, taken, &jobs);
+        }
+        if let Some(Request::Compact {
+            sessions,
+            cutoff,
+            reply,
+        }) = compact
+        {
+            let _ = reply.send(crate::compact::compact_in_writer(
+                &shared, &sessions, cutoff,
+            ));
         }
         if shutdown.is_some() {
             break;
@@ -327,7 +352,7 @@ fn process_group(
         .iter()
         .map(|request| match request {
             Request::Ingest { events, .. } => events.len(),
-            Request::Shutdown { .. } => 0,
+            Request::Shutdown { .. } | Request::Compact { .. } => 0,
         })
         .sum();
     let span = tracing::debug_span!(
@@ -359,7 +384,9 @@ fn process_group(
                     .iter()
                     .map(|event| plan.plan_event(event))
                     .collect::<Result<Vec<_>, _>>(),
-                Request::Shutdown { .. } => unreachable!("shutdown is never part of a group"),
+                Request::Shutdown { .. } | Request::Compact { .. } => {
+                    unreachable!("shutdown and compaction are never part of a group")
+                }
             })
             .collect();
         let planned = match planned {
@@ -481,7 +508,9 @@ fn read_ahead(shared: &Shared, group: &[Request]) -> Result<Option<StreamsRead>,
 fn is_race(error: &CommitError) -> bool {
     matches!(
         error,
-        CommitError::Conflict { .. } | CommitError::DuplicateKey { .. }
+        CommitError::Conflict { .. }
+            | CommitError::DuplicateKey { .. }
+            | CommitError::CompactionConflict { .. }
     )
 }
 
@@ -518,7 +547,7 @@ fn back_off(attempt: usize, now: DateTime<Utc>) {
     std::thread::sleep(std::time::Duration::from_micros(micros));
 }
 
-fn evict<'s>(shared: &Shared, sessions: impl Iterator<Item = &'s SessionId>) {
+pub(crate) fn evict<'s>(shared: &Shared, sessions: impl Iterator<Item = &'s SessionId>) {
     let mut cache = shared.cache();
     for session in sessions {
         cache.remove(session);
@@ -532,6 +561,9 @@ fn fail_group(group: Vec<Request>, error: &EngineError) {
                 let _ = reply.send(Err(error.clone()));
             }
             Request::Shutdown { reply } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Request::Compact { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
         }
@@ -557,7 +589,7 @@ fn complete_group(
         .iter()
         .map(|request| match request {
             Request::Ingest { events, .. } => events.len() as u64,
-            Request::Shutdown { .. } => 0,
+            Request::Shutdown { .. } | Request::Compact { .. } => 0,
         })
         .sum();
     shared

@@ -593,6 +593,7 @@ impl<'a> Plan<'a> {
                     Snapshot {
                         provider: working.state.provider,
                         version: working.state.folded.version(),
+                        compacted: working.state.folded.compacted(),
                         state,
                     },
                 ));
