@@ -986,6 +986,104 @@ async fn a_stream_that_cannot_be_read_fails_only_its_own_events() {
     );
 }
 
+/// A compacted session cannot be folded again (its events are no longer stored): a change of
+/// the rules keeps its state as its snapshot says (here: the old rules rejected its success, so
+/// it stays opened and links no account), rewrites the snapshot with the new rules' number, and
+/// verify, the counted funnel and the one folded again from the log agree.
+#[tokio::test]
+async fn a_compacted_session_keeps_its_state_through_a_change_of_rules() {
+    use linkflow::store::{Append, NewEvent};
+    use linkflow_core::compact::to_compact;
+    use linkflow_core::timeline::Timeline;
+    use linkflow_core::{EventBody, Session, RULES_VERSION};
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut opened = Event::new(EventKind::Opened).at(t(0));
+        opened.attributes.external_user_id = Some("u1".into());
+        let success = Event::new(EventKind::Succeeded)
+            .at(t(40))
+            .with_institution("bank_x", None);
+        let new = |n: u8, event: Event| NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            dedupe_key: linkflow::store::DedupeKey::derive(&[b"compacted rules", &[n]]),
+            provider: Provider::Moneykit,
+            body: EventBody::Session(event),
+            raw_name: None,
+            raw: None,
+            received_at: t(n.into()),
+        };
+        let append = |expected: u64, event: NewEvent, rejected: bool| Append {
+            stream: sid("s1"),
+            expected: Version(expected),
+            stored_at: event.received_at,
+            event,
+            rejected,
+        };
+        let mut old = Timeline::<Session>::default();
+        old.append(&opened);
+        old.arrivals = 2;
+        old.rejected = 1;
+        let snapshot = |old: &Timeline<Session>, compacted: u64| {
+            let mut state = vec![linkflow::folded::SNAPSHOT_LAYOUT, (RULES_VERSION + 1) as u8];
+            state.extend(to_compact(&linkflow::Folded::Session(Box::new(
+                old.clone(),
+            ))));
+            Snapshot {
+                compacted: Version(compacted),
+                provider: Provider::Moneykit,
+                version: Version(2),
+                state,
+            }
+        };
+        store
+            .commit(Commit {
+                appends: vec![
+                    append(0, new(0, opened), false),
+                    append(1, new(1, success), true),
+                ],
+                snapshots: vec![(sid("s1"), snapshot(&old, 0))],
+                ..Commit::default()
+            })
+            .unwrap();
+        old.compacted = 2;
+        assert_eq!(store.compact(&sid("s1"), snapshot(&old, 2)).unwrap(), 2);
+        store.sync().unwrap();
+    }
+    let engine = open(&dir);
+    assert!(engine.refolded_at_open().ran);
+    let view = engine.session(&sid("s1")).await.unwrap().unwrap();
+    assert_eq!(
+        view.state.phase(),
+        Phase::Opened,
+        "the old rules' state stays"
+    );
+    assert_eq!((view.events, view.rejected), (2, 1));
+    assert_eq!(view.compacted_at, Some(Version(2)));
+    assert!(engine.accounts().await.unwrap().is_empty());
+    let report = engine.verify().await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let query = linkflow_core::funnel::FunnelQuery::at(t(59));
+    assert_same_funnels(
+        engine.funnel(query.clone()).await.unwrap(),
+        engine.funnel_rebuilt(query).await.unwrap(),
+    );
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let again = open(&dir);
+    assert!(!again.refolded_at_open().ran);
+    assert_eq!(
+        again
+            .session(&sid("s1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .compacted_at,
+        Some(Version(2))
+    );
+}
+
 /// Pages of sessions: every session that matches is on exactly one page, in id order, while
 /// other sessions are written between pages; a page reads at most `MAX_PAGE_SCAN` streams.
 #[tokio::test]
