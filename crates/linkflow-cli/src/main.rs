@@ -89,7 +89,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "LINKFLOW_RAW_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     raw_retention_days: Option<u32>,
     /// Days after its last event a session that succeeded or exited keeps its whole history:
-    /// `serve` compacts older ones to their final state every hour; `compact` does it once
+    /// `serve` compacts older ones to their final state at start-up and once a day; `compact` does it once
     /// (docs/privacy.md). Unset: every session keeps its history.
     #[arg(long, global = true, env = "LINKFLOW_COMPACT_AFTER_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     compact_after_days: Option<u32>,

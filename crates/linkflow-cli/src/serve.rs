@@ -105,12 +105,14 @@ async fn expire_every_hour(engine: linkflow::Engine) {
     }
 }
 
-async fn compact_every_hour(engine: linkflow::Engine) {
-    let mut every = tokio::time::interval(Duration::from_secs(3_600));
+/// Compaction's age is counted in days, and each run examines every session older than its
+/// cutoff (docs/privacy.md, "Compaction"): once at start-up, then once a day.
+async fn compact_every_day(engine: linkflow::Engine) {
+    let mut every = tokio::time::interval(Duration::from_secs(24 * 3_600));
     loop {
         every.tick().await;
         if let Err(error) = engine.compact_old_sessions(chrono::Utc::now()).await {
-            tracing::error!(%error, "compacting old sessions failed; trying again in an hour");
+            tracing::error!(%error, "compacting old sessions failed; trying again in a day");
         }
     }
 }
@@ -200,7 +202,7 @@ pub async fn run(
         tokio::spawn(expire_every_hour(engine.clone()));
     }
     if engine.compact_after().is_some() {
-        tokio::spawn(compact_every_hour(engine.clone()));
+        tokio::spawn(compact_every_day(engine.clone()));
     }
     if engine.privacy().is_some() {
         eprintln!("linkflow: erasure available: personal fields and raw payloads are sealed under LINKFLOW_MASTER_KEY");

@@ -82,19 +82,35 @@ impl AccountKey {
         }
     }
 
-    /// The id of the account's own event stream:
-    /// `account:<provider>:<user id length>:<user id>:<institution id>`. The length keeps two
-    /// different (user, institution) pairs from ever giving the same id.
+    /// The id of the account's own event stream: [`AccountKey::user_prefix`] then the
+    /// institution id.
     pub fn stream_id(&self) -> Result<SessionId, InvalidSessionId> {
         SessionId::new(format!(
-            "account:{}:{}:{}:{}",
-            self.provider,
-            self.external_user_id.len(),
-            self.external_user_id,
+            "{}{}",
+            AccountKey::user_prefix(self.provider, &self.external_user_id),
             self.institution_id
         ))
     }
+
+    /// What every account stream id of `provider` and `user` starts with (the user's accounts
+    /// are the streams under it): `account:<provider>:<user id length>:<user id>:`, the length
+    /// keeping two (user, institution) pairs from ever giving the same id; for a user id longer
+    /// than [`MAX_INLINE_USER_BYTES`] (a sealed one is about twice as long as the id it seals),
+    /// `account:<provider>:h<SHA-256 of the user id, hex>:`, so that the stream id stays under
+    /// the limit. A decimal length never starts with `h`: the two forms never meet.
+    pub fn user_prefix(provider: Provider, user: &str) -> String {
+        if user.len() <= MAX_INLINE_USER_BYTES {
+            return format!("account:{provider}:{}:{user}:", user.len());
+        }
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(user.as_bytes());
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("account:{provider}:h{hex}:")
+    }
 }
+
+/// The longest user id an account stream id holds as it is (see [`AccountKey::user_prefix`]).
+pub const MAX_INLINE_USER_BYTES: usize = 96;
 
 /// Whether an operation worked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

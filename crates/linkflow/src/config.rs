@@ -97,7 +97,7 @@ pub struct EngineConfig {
     pub raw_retention: Option<chrono::Duration>,
     /// How old a session's last event must be, once it succeeded or exited, for
     /// [`crate::Engine::compact_old_sessions`] to compact it to its final state
-    /// (`linkflow serve` runs it every hour): its events' contents are deleted, its state, its
+    /// (`linkflow serve` runs it at start-up and once a day): its events' contents are deleted, its state, its
     /// funnel counts and its dedupe keys stay (`docs/privacy.md`). `None` (the default):
     /// sessions keep their whole history.
     pub compact_after: Option<chrono::Duration>,

@@ -98,6 +98,14 @@ impl Engine {
             )));
         }
         let owns_store = !matches!(config.store, StoreChoice::Custom(_));
+        if config
+            .compact_after
+            .is_some_and(|age| age <= chrono::Duration::zero())
+        {
+            return Err(EngineError::InvalidConfig(
+                "compact_after must be positive: it is how old a session's last event is before it is compacted".into(),
+            ));
+        }
         if config.raw_retention.is_some() && config.master_key.is_none() {
             return Err(EngineError::InvalidConfig(
                 "a raw payload retention needs a master key: payloads are made unreadable by destroying their day's key (LINKFLOW_MASTER_KEY)".into(),
@@ -445,7 +453,7 @@ impl Engine {
         self.read(move |store| {
             let mut accounts = Vec::new();
             for provider in linkflow_core::Provider::ALL {
-                let prefix = format!("account:{provider}:{}:{user}:", user.len());
+                let prefix = linkflow_core::AccountKey::user_prefix(provider, &user);
                 let left = crate::MAX_PAGE_SESSIONS - accounts.len();
                 if left == 0 {
                     break;

@@ -149,7 +149,7 @@ impl Engine {
         let (mut destroyed, mut found, mut provider) = (0, 0, None);
         // The user's sessions (`None`), then their accounts of each provider (a prefix).
         let sources = std::iter::once(None).chain(
-            Provider::ALL.map(|each| Some(format!("account:{each}:{}:{token}:", token.len()))),
+            Provider::ALL.map(|each| Some(linkflow_core::AccountKey::user_prefix(each, token))),
         );
         for source in sources {
             let mut after = None;

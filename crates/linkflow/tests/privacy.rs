@@ -612,3 +612,59 @@ async fn old_terminal_sessions_compact_to_their_final_state_and_everything_still
         engine.shutdown().await.unwrap();
     }
 }
+
+/// A user id too long to sit in an account's stream id as it is (a sealed one is about twice
+/// the id it seals) still links its account: the stream id holds a digest of it, the user's
+/// accounts are found under it, and an erasure reaches them.
+#[tokio::test]
+async fn a_long_user_id_links_its_account_sealed_or_not() {
+    use linkflow::IncomingEvent;
+    use linkflow_core::{Event, EventKind, Provider};
+    let user = format!("user-{}", "x".repeat(150));
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        if sealed {
+            config.master_key = Some(Arc::new(MasterKey::from_hex(MASTER).unwrap()));
+        }
+        let engine = Engine::open_with(config).unwrap();
+        let at = |second: u32| Utc.with_ymd_and_hms(2024, 3, 19, 16, 0, second).unwrap();
+        let session = SessionId::new("long-user").unwrap();
+        let mut opened = Event::new(EventKind::Opened).at(at(1));
+        opened.attributes.external_user_id = Some(user.clone());
+        let succeeded = Event::new(EventKind::Succeeded)
+            .at(at(2))
+            .with_institution("ins_long", None);
+        let outcomes = engine
+            .ingest_batch(vec![
+                IncomingEvent::new(session.clone(), Provider::Moneykit, opened),
+                IncomingEvent::new(session.clone(), Provider::Moneykit, succeeded),
+            ])
+            .await
+            .unwrap();
+        let linkflow::IngestOutcome::Accepted { accounts, .. } = &outcomes[1] else {
+            panic!("{:?}", outcomes[1]);
+        };
+        assert!(
+            matches!(accounts[..], [linkflow::AccountFollow::Linked { .. }]),
+            "sealed {sealed}: {accounts:?}"
+        );
+        let listed = engine.user_accounts(&user).await.unwrap();
+        assert_eq!(listed.len(), 1, "sealed {sealed}");
+        assert_eq!(listed[0].key.institution_id, "ins_long");
+        if sealed {
+            let shown = |engine: &Engine, stored: &str| engine.privacy().unwrap().show(stored);
+            let stored = engine.accounts().await.unwrap()[0]
+                .key
+                .external_user_id
+                .clone();
+            assert_eq!(shown(&engine, &stored), user);
+            let report = engine.erase_user(&user, "ticket").await.unwrap();
+            assert!(report.erased);
+            assert_eq!(shown(&engine, &stored), ERASED);
+            assert!(engine.user_accounts(&user).await.unwrap().is_empty());
+        }
+        assert!(engine.verify().await.unwrap().is_clean());
+        engine.shutdown().await.unwrap();
+    }
+}
