@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use linkflow_core::{SessionId, RULES_VERSION};
@@ -129,70 +129,24 @@ impl Expected {
     }
 }
 
-/// A stream and its fold from its log, or why it does not fold.
-type StreamFolded = (SessionId, Result<Folded, String>);
-
-/// Walks the log and indexes (the store's check), then folds every stream from its events:
-/// each must fold (every event of the stream's kind) and equal its snapshot; and the engine's
-/// index entries and counters must be what the folds add up to.
+/// Walks the log and indexes (the store's check), then folds every stream from its events,
+/// one stream at a time (memory does not grow with the streams): each must fold (every event of
+/// the stream's kind) and equal its snapshot; a compacted session's snapshot is its fold once
+/// the events after its compaction check out; and the engine's index entries and counters must
+/// be what the folds add up to.
 pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError> {
     let mut report = store.verify()?;
-    let mut folded: Vec<StreamFolded> = Vec::new();
     let mut expected = Expected::default();
-    // Streams whose events were walked: every other snapshot must be a session compacted with
-    // no event after its compaction.
-    let mut walked: HashSet<SessionId> = HashSet::new();
     let mut current: Option<(SessionId, StreamFold)> = None;
-    let finish = |(stream, fold): (SessionId, StreamFold),
-                  expected: &mut Expected,
-                  report: &mut VerifyReport|
-     -> Result<Option<StreamFolded>, EngineError> {
-        match fold {
-            StreamFold::Whole(folder) => Ok(match folder.finish() {
-                Ok(Some(state)) => Some((stream, Ok(state))),
-                Ok(None) => None,
-                Err((version, reason)) => Some((
-                    stream,
-                    Err(format!("version {version} cannot be folded: {reason}")),
-                )),
-            }),
-            // Its fold is its snapshot, once the events after its compaction check out.
-            compacted => match compacted.finish(store, &stream) {
-                Ok(Some((provider, state))) => {
-                    expected.add(
-                        &stream,
-                        &SessionState {
-                            provider: provider.expect("a compacted fold names its provider"),
-                            folded: state,
-                        },
-                    );
-                    Ok(None)
-                }
-                Ok(None) => Ok(None),
-                Err(error) if error.is_damage() => {
-                    report.problems.push(Problem {
-                        record: format!("stream `{stream}`"),
-                        message: error.to_string(),
-                    });
-                    Ok(None)
-                }
-                Err(error) => Err(error),
-            },
-        }
-    };
     let mut failure = None;
     store.for_each_event_by_stream(&mut |stored| {
         if current.as_ref().map(|(id, _)| id) != Some(&stored.stream) {
-            if let Some(done) = current.take() {
-                match finish(done, &mut expected, &mut report) {
-                    Ok(done) => folded.extend(done),
-                    Err(error) => {
-                        failure = Some(error);
-                        return ControlFlow::Break(());
-                    }
+            if let Some((stream, fold)) = current.take() {
+                if let Err(error) = check_stream(store, stream, fold, &mut expected, &mut report) {
+                    failure = Some(error);
+                    return ControlFlow::Break(());
                 }
             }
-            walked.insert(stored.stream.clone());
             current = Some((stored.stream.clone(), StreamFold::starting_with(&stored)));
         }
         if let Some((_, fold)) = &mut current {
@@ -203,18 +157,17 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
     if let Some(error) = failure {
         return Err(error);
     }
-    if let Some(done) = current.take() {
-        folded.extend(finish(done, &mut expected, &mut report)?);
+    if let Some((stream, fold)) = current.take() {
+        check_stream(store, stream, fold, &mut expected, &mut report)?;
     }
+    // Sessions compacted with no event after their compaction have no event to walk: their
+    // snapshots are their folds. (A snapshot of a stream without events that is not one of
+    // them is named by the store's walk: it is ahead of its stream.)
     let walk = store.for_each_snapshot(None, &mut |stream, snapshot| {
-        if walked.contains(&stream) {
-            return ControlFlow::Continue(());
-        }
-        match decode_state_any_rules(&snapshot.state) {
-            Some(Folded::Session(timeline))
-                if timeline.compacted > 0
-                    && timeline.compacted == timeline.arrivals
-                    && snapshot.version.0 == timeline.arrivals =>
+        if let Some(Folded::Session(timeline)) = decode_state_any_rules(&snapshot.state) {
+            if timeline.compacted > 0
+                && timeline.compacted == timeline.arrivals
+                && snapshot.version.0 == timeline.arrivals
             {
                 expected.add(
                     &stream,
@@ -224,10 +177,6 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
                     },
                 );
             }
-            _ => report.problems.push(Problem {
-                record: format!("snapshot of `{stream}`"),
-                message: "its stream has no event to fold, and it is not the snapshot of a session compacted at its version".into(),
-            }),
         }
         ControlFlow::Continue(())
     });
@@ -241,63 +190,98 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
         }),
         Err(error) => return Err(error.into()),
     }
-    for (session_id, result) in folded {
-        let what = format!("stream `{session_id}`");
-        match result {
-            Err(message) => report.problems.push(Problem {
-                record: what,
-                message,
-            }),
-            Ok(state) => match store.stream_start(&session_id).map(|start| start.snapshot) {
-                // A damaged head is one more problem to report, not a reason to stop.
-                Err(linkflow_store::StoreError::Corrupt(corrupt)) => {
-                    report.problems.push(corrupt.into())
-                }
-                Err(error) => return Err(error.into()),
-                Ok(None) => report.problems.push(Problem {
-                    record: what,
-                    message: "has events but no snapshot".into(),
-                }),
-                Ok(Some(snapshot)) => {
-                    expected.add(
-                        &session_id,
-                        &SessionState {
-                            provider: snapshot.provider,
-                            folded: state.clone(),
-                        },
-                    );
-                    let record = format!("snapshot of `{session_id}`");
-                    let message = match read_snapshot_state(&snapshot.state) {
-                        SnapshotState::Unreadable => Some(
-                            "cannot be decoded by this build (reads fold the stream from its log)"
-                                .to_owned(),
-                        ),
-                        SnapshotState::OtherRules(rules) => Some(format!(
-                            "was folded with rules version {rules}, this build's are {RULES_VERSION} (reads fold the stream again)"
-                        )),
-                        SnapshotState::Current(snapshot_state) if snapshot_state != state => {
-                            Some(format!(
-                                "differs from the fold of the log (snapshot version {}, log version {})",
-                                snapshot_state.version(),
-                                state.version()
-                            ))
-                        }
-                        SnapshotState::Current(_) if snapshot.version != state.version() => {
-                            Some(format!(
-                                "is labelled version {}, the log's is {}",
-                                snapshot.version,
-                                state.version()
-                            ))
-                        }
-                        SnapshotState::Current(_) => None,
-                    };
-                    if let Some(message) = message {
-                        report.problems.push(Problem { record, message });
-                    }
-                }
-            },
-        }
-    }
     expected.check(store, &mut report)?;
     Ok(report)
+}
+
+/// Checks one stream walked from its events: its fold (or, compacted, its snapshot once the
+/// events after the compaction check out) against its snapshot, and adds its projection to
+/// what the indexes should hold. Damage is a problem in `report`; only a failure to read is an
+/// error.
+fn check_stream(
+    store: &dyn EventStore,
+    stream: SessionId,
+    fold: StreamFold,
+    expected: &mut Expected,
+    report: &mut VerifyReport,
+) -> Result<(), EngineError> {
+    let what = format!("stream `{stream}`");
+    let state = match fold {
+        StreamFold::Whole(folder) => match folder.finish() {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(()),
+            Err((version, reason)) => {
+                report.problems.push(Problem {
+                    record: what,
+                    message: format!("version {version} cannot be folded: {reason}"),
+                });
+                return Ok(());
+            }
+        },
+        compacted => {
+            match compacted.finish(store, &stream) {
+                Ok(Some((provider, state))) => expected.add(
+                    &stream,
+                    &SessionState {
+                        provider: provider.expect("a compacted fold names its provider"),
+                        folded: state,
+                    },
+                ),
+                Ok(None) => {}
+                Err(error) if error.is_damage() => report.problems.push(Problem {
+                    record: what,
+                    message: error.to_string(),
+                }),
+                Err(error) => return Err(error),
+            }
+            return Ok(());
+        }
+    };
+    let snapshot = match store.stream_start(&stream).map(|start| start.snapshot) {
+        // A damaged head is one more problem to report, not a reason to stop.
+        Err(linkflow_store::StoreError::Corrupt(corrupt)) => {
+            report.problems.push(corrupt.into());
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+        Ok(None) => {
+            report.problems.push(Problem {
+                record: what,
+                message: "has events but no snapshot".into(),
+            });
+            return Ok(());
+        }
+        Ok(Some(snapshot)) => snapshot,
+    };
+    let record = format!("snapshot of `{stream}`");
+    let message = match read_snapshot_state(&snapshot.state) {
+        SnapshotState::Unreadable => {
+            Some("cannot be decoded by this build (reads fold the stream from its log)".to_owned())
+        }
+        SnapshotState::OtherRules(rules) => Some(format!(
+            "was folded with rules version {rules}, this build's are {RULES_VERSION} (reads fold the stream again)"
+        )),
+        SnapshotState::Current(snapshot_state) if snapshot_state != state => Some(format!(
+            "differs from the fold of the log (snapshot version {}, log version {})",
+            snapshot_state.version(),
+            state.version()
+        )),
+        SnapshotState::Current(_) if snapshot.version != state.version() => Some(format!(
+            "is labelled version {}, the log's is {}",
+            snapshot.version,
+            state.version()
+        )),
+        SnapshotState::Current(_) => None,
+    };
+    expected.add(
+        &stream,
+        &SessionState {
+            provider: snapshot.provider,
+            folded: state,
+        },
+    );
+    if let Some(message) = message {
+        report.problems.push(Problem { record, message });
+    }
+    Ok(())
 }
