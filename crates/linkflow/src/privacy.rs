@@ -61,6 +61,9 @@ pub enum KeyError {
     /// The shared key table (PostgreSQL) failed.
     #[error("the key table: {0}")]
     Table(String),
+    /// A raw payload's day (days since the epoch) outside what its token holds (`i32`).
+    #[error("day {0} is outside the days a sealed raw payload names (a 32-bit day number)")]
+    DayOutOfRange(i64),
     /// An earlier write or sync of the key file failed: it takes no more changes until the
     /// process opens it again.
     #[error("the key file takes no more changes since a write or sync of it failed ({0}); open it again")]
@@ -960,6 +963,8 @@ fn read_slot(slot: &[u8]) -> Slot {
 /// table every node shares.
 trait Keys: Send {
     fn subject(&self, external_user_id: &str) -> [u8; 16];
+    /// The slot name of the key `id` (a keyed hash: what a token names a key by).
+    fn slot_of(&self, id: &KeyId) -> SlotId;
     fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError>;
     fn existing(&mut self, slot_id: &SlotId) -> Result<Option<DataKey>, KeyError>;
     fn contains(&mut self, id: &KeyId) -> Result<bool, KeyError>;
@@ -981,6 +986,10 @@ trait Keys: Send {
 impl Keys for Keyring {
     fn subject(&self, external_user_id: &str) -> [u8; 16] {
         Keyring::subject(self, external_user_id)
+    }
+
+    fn slot_of(&self, id: &KeyId) -> SlotId {
+        self.slot_id(id)
     }
 
     fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
@@ -1098,6 +1107,10 @@ impl TableKeyring {
 impl Keys for TableKeyring {
     fn subject(&self, external_user_id: &str) -> [u8; 16] {
         keyed_hash(&self.index, b"user", external_user_id.as_bytes())
+    }
+
+    fn slot_of(&self, id: &KeyId) -> SlotId {
+        self.slot_id(id)
     }
 
     fn key(&mut self, id: &KeyId) -> Result<(SlotId, DataKey), KeyError> {
@@ -1226,7 +1239,18 @@ pub fn sealed_raw_len(len: usize) -> usize {
 
 /// The length of what [`Privacy::seal_raw_bytes`] makes of a payload of `len` bytes.
 pub fn sealed_raw_bytes_len(len: usize) -> usize {
-    1 + 16 + 16 + SEALED_OVERHEAD + len
+    1 + 16 + DAY_BYTES + SEALED_OVERHEAD + len
+}
+
+/// A raw token names its day's key by the day (days since the epoch, `i32` big-endian): the
+/// key's slot name derives from it, 12 bytes fewer than the name itself.
+const DAY_BYTES: usize = 4;
+
+/// The day a raw token names at `at`.
+fn day_at(bytes: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(
+        bytes.get(at..at + DAY_BYTES)?.try_into().ok()?,
+    ))
 }
 
 fn base64_len(bytes: usize) -> usize {
@@ -1265,7 +1289,7 @@ pub struct Privacy {
 struct Recent {
     keys: HashMap<KeyId, (SlotId, DataKey)>,
     /// Raw payload keys by (owner's slot, day): the day's slot and the combined key.
-    raw: HashMap<(SlotId, i64), (SlotId, DataKey)>,
+    raw: HashMap<(SlotId, i64), DataKey>,
     /// Users' key ids and tokens by their plain id: every event of a user seals the same id
     /// to the same token, made once instead of two keyed hashes and a seal each time. At most
     /// [`MAX_CACHED_USERS`].
@@ -1418,33 +1442,33 @@ impl Privacy {
             .map(|bytes| encode_token(&bytes))
     }
 
-    /// [`Privacy::seal_raw`]'s token as bytes (`u8(RAW_TOKEN) slot(16) day slot(16) sealed`):
-    /// what a record stores ([`linkflow_store::RawJson::sealed`]; its JSON form is the token).
+    /// [`Privacy::seal_raw`]'s token as bytes (`u8(RAW_TOKEN) slot(16) i32(day) sealed`: the
+    /// owner's key by its slot name, the day's by its day): what a record stores
+    /// ([`linkflow_store::RawJson::sealed`]; its JSON form is the token).
     pub fn seal_raw_bytes(&self, owner: &KeyId, day: i64, raw: &str) -> Result<Vec<u8>, KeyError> {
         // One hold of the recent keys' lock for both lookups and the combined key, so that no
         // destroy falls between them.
+        let day_number = i32::try_from(day).map_err(|_| KeyError::DayOutOfRange(day))?;
         let mut recent = self.recent();
         let (stream_slot, stream_key) = self.key_in(&mut recent, owner)?;
         let cached = recent.raw.get(&(stream_slot, day)).cloned();
-        let (day_slot, key) = match cached {
+        let key = match cached {
             Some(found) => found,
             None => {
-                let (day_slot, day_key) = self.key_in(&mut recent, &KeyId::Day(day))?;
+                let (_, day_key) = self.key_in(&mut recent, &KeyId::Day(day))?;
                 let key = combine(&stream_key, &day_key);
                 if recent.raw.len() >= MAX_CACHED_KEYS {
                     recent.raw.clear();
                 }
-                recent
-                    .raw
-                    .insert((stream_slot, day), (day_slot, key.clone()));
-                (day_slot, key)
+                recent.raw.insert((stream_slot, day), key.clone());
+                key
             }
         };
         drop(recent);
-        let mut bytes = Vec::with_capacity(1 + 16 + 16 + SEALED_OVERHEAD + raw.len());
+        let mut bytes = Vec::with_capacity(sealed_raw_bytes_len(raw.len()));
         bytes.push(RAW_TOKEN);
         bytes.extend_from_slice(&stream_slot);
-        bytes.extend_from_slice(&day_slot);
+        bytes.extend_from_slice(&day_number.to_be_bytes());
         seal_onto(
             &mut bytes,
             &key,
@@ -1482,7 +1506,8 @@ impl Privacy {
                     Err(_) => Opened::Erased,
                 }
             }),
-            Some(&RAW_TOKEN) => slot(1).zip(slot(17)).map(|(stream, day)| {
+            Some(&RAW_TOKEN) => slot(1).zip(day_at(bytes, 17)).map(|(stream, day)| {
+                let day = keyring.slot_of(&KeyId::Day(i64::from(day)));
                 let (Ok(Some(stream)), Ok(Some(day))) =
                     (keyring.existing(&stream), keyring.existing(&day))
                 else {
@@ -1491,7 +1516,7 @@ impl Privacy {
                 match open(
                     &combine(&stream, &day),
                     &associated(RAW_TOKEN),
-                    &bytes[33..],
+                    &bytes[17 + DAY_BYTES..],
                 ) {
                     Ok(plain) => Opened::Raw(String::from_utf8_lossy(&plain).into_owned()),
                     Err(_) => Opened::Erased,

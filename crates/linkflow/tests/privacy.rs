@@ -302,8 +302,8 @@ async fn raw_payloads_past_their_retention_read_erased_and_the_events_stay() {
     ));
 }
 
-/// Sealing makes a record longer (a sealed payload carries its key names, nonce and tag: 62
-/// bytes): the size limit counts the sealed record, so the largest payload stored unsealed is
+/// Sealing makes a record longer (a sealed payload carries its owner's key name, its day, a
+/// version byte, the nonce and the tag: 50 bytes): the size limit counts the sealed record, so the largest payload stored unsealed is
 /// refused whole with a master key, never half stored.
 #[tokio::test]
 async fn the_record_limit_counts_the_sealed_size() {
@@ -341,9 +341,9 @@ async fn the_record_limit_counts_the_sealed_size() {
         .await
         .unwrap()
         .is_none());
-    // 62 bytes shorter, it is stored sealed.
+    // 50 bytes shorter, it is stored sealed.
     engine
-        .ingest_payload(Feed::Moneykit, body(len - 62).as_bytes(), &context(None))
+        .ingest_payload(Feed::Moneykit, body(len - 50).as_bytes(), &context(None))
         .await
         .unwrap();
     engine.shutdown().await.unwrap();
