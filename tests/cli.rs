@@ -97,11 +97,10 @@ fn demo_runs_on_a_fresh_temporary_store_and_reports_a_consistent_log() {
     assert_eq!(report["rejected"]["truncated"], false);
 }
 
-#[test]
-fn ingest_then_every_query_command_speaks_the_json_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = ingest_summary(&linkflow(
-        dir.path(),
+/// `ingest --json` of the MoneyKit sample flow into `data_dir`: its summary.
+fn ingest_sample_flow(data_dir: &std::path::Path) -> Value {
+    ingest_summary(&linkflow(
+        data_dir,
         &[
             "ingest",
             "--provider",
@@ -109,7 +108,13 @@ fn ingest_then_every_query_command_speaks_the_json_contract() {
             &fixture("moneykit/sample_flow.json"),
             "--json",
         ],
-    ));
+    ))
+}
+
+#[test]
+fn ingest_then_every_query_command_speaks_the_json_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = ingest_sample_flow(dir.path());
     assert_eq!(report["accepted"], 14);
     assert_eq!(report["unrecognized"], 1);
     assert_eq!(report["refused"], 0);
@@ -513,16 +518,7 @@ fn serve_refuses_a_bad_log_format_or_webhook_source_list() {
 #[test]
 fn compact_turns_old_terminal_sessions_into_their_final_state() {
     let dir = tempfile::tempdir().unwrap();
-    ingest_summary(&linkflow(
-        dir.path(),
-        &[
-            "ingest",
-            "--provider",
-            "moneykit",
-            &fixture("moneykit/sample_flow.json"),
-            "--json",
-        ],
-    ));
+    ingest_sample_flow(dir.path());
     let refused = linkflow(dir.path(), &["compact"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--compact-after-days"));

@@ -2141,6 +2141,11 @@ mod tests {
         assert_eq!(alice.len(), sealed_text_len("alice".len()));
         assert_eq!(term.len(), sealed_text_len("first platypus bank".len()));
         assert_eq!(raw.len(), sealed_raw_len(r#"{"user":"alice","n":1}"#.len()));
+        // A raw token names its day by a 32-bit number: a day past it is refused, not wrapped.
+        assert!(matches!(
+            privacy.seal_raw(&KeyId::Stream("s1".into()), i64::from(i32::MAX) + 1, "{}"),
+            Err(KeyError::DayOutOfRange(day)) if day == i64::from(i32::MAX) + 1
+        ));
         assert_eq!(privacy.show(&alice), "alice");
         assert_eq!(privacy.show(&term), "first platypus bank");
         assert_eq!(privacy.show("plain text"), "plain text");

@@ -1218,8 +1218,17 @@ pub(crate) fn for_each_stream_folded(
     if let Some(done) = current.take() {
         finish(done, visit)?;
     }
-    stats.streams += for_each_wholly_compacted(store, visit)?;
-    Ok(stats)
+    let mut damaged = None;
+    stats.streams += for_each_wholly_compacted(store, &mut |stream, folded| match folded {
+        Ok((provider, folded)) => visit(stream, provider, folded),
+        Err(error) => {
+            damaged.get_or_insert(error);
+        }
+    })?;
+    match damaged {
+        Some(error) => Err(error),
+        None => Ok(stats),
+    }
 }
 
 /// A stream being folded from its events, stream by stream: from its first event, or (its
@@ -1266,22 +1275,32 @@ impl StreamFold {
 }
 
 /// Calls `visit` with every session compacted with no event after its compaction (none of its
-/// events is read by stream, so a walk of the events never meets it): its snapshot, which is
-/// its fold. Returns how many.
+/// events is read by stream, so a walk of the events never meets it) and its snapshot, which
+/// is its fold. The store's mark says which snapshots are theirs (compacted at their version),
+/// so no other snapshot is decoded; one whose state does not decode as a session compacted at
+/// that version is handed over as damage (`EngineError::Replay`). Returns how many.
 pub(crate) fn for_each_wholly_compacted(
     store: &dyn EventStore,
-    visit: &mut dyn FnMut(SessionId, Provider, Folded),
+    visit: &mut dyn FnMut(SessionId, Result<(Provider, Folded), EngineError>),
 ) -> Result<u64, EngineError> {
     let mut count = 0;
     store.for_each_snapshot(None, &mut |stream, snapshot| {
-        if let Some(folded) = decode_state_any_rules(&snapshot.state) {
-            if let Folded::Session(timeline) = &folded {
-                if timeline.compacted > 0 && timeline.compacted == timeline.arrivals {
-                    count += 1;
-                    visit(stream, snapshot.provider, folded);
-                }
-            }
+        if snapshot.compacted == Version::EMPTY || snapshot.compacted != snapshot.version {
+            return ControlFlow::Continue(());
         }
+        count += 1;
+        let folded = decode_state_any_rules(&snapshot.state).filter(|folded| {
+            matches!(folded, Folded::Session(timeline)
+                if timeline.compacted == snapshot.version.0 && timeline.arrivals == snapshot.version.0)
+        });
+        let result = folded.map(|folded| (snapshot.provider, folded)).ok_or_else(|| {
+            EngineError::Replay {
+                session: stream.clone(),
+                version: snapshot.version,
+                reason: "its snapshot, the whole of a session compacted at its version, cannot be read as one".into(),
+            }
+        });
+        visit(stream, result);
         ControlFlow::Continue(())
     })?;
     Ok(count)

@@ -11,7 +11,7 @@ use linkflow_store::{EventStore, Problem, VerifyReport};
 
 use crate::cache::SessionState;
 use crate::error::EngineError;
-use crate::folded::{decode_state_any_rules, read_snapshot_state, Folded, SnapshotState};
+use crate::folded::{read_snapshot_state, SnapshotState};
 use crate::index::{self, FAMILIES};
 use crate::query::StreamFold;
 
@@ -163,32 +163,25 @@ pub(crate) fn verify(store: &dyn EventStore) -> Result<VerifyReport, EngineError
     // Sessions compacted with no event after their compaction have no event to walk: their
     // snapshots are their folds. (A snapshot of a stream without events that is not one of
     // them is named by the store's walk: it is ahead of its stream.)
-    let walk = store.for_each_snapshot(None, &mut |stream, snapshot| {
-        if let Some(Folded::Session(timeline)) = decode_state_any_rules(&snapshot.state) {
-            if timeline.compacted > 0
-                && timeline.compacted == timeline.arrivals
-                && snapshot.version.0 == timeline.arrivals
-            {
-                expected.add(
-                    &stream,
-                    &SessionState {
-                        provider: snapshot.provider,
-                        folded: Folded::Session(timeline),
-                    },
-                );
-            }
-        }
-        ControlFlow::Continue(())
+    let walk = crate::query::for_each_wholly_compacted(store, &mut |stream, folded| match folded {
+        Ok((provider, folded)) => expected.add(&stream, &SessionState { provider, folded }),
+        Err(error) => report.problems.push(Problem {
+            record: format!("snapshot of `{stream}`"),
+            message: error.to_string(),
+        }),
     });
     match walk {
-        Ok(()) => {}
+        Ok(_) => {}
         // The store's walk names the damaged head; the sessions after it are not added, so
         // the index comparison below may name more.
-        Err(linkflow_store::StoreError::Corrupt(corrupt)) => report.problems.push(Problem {
-            record: corrupt.key.clone(),
-            message: format!("the walk of the snapshots stopped here: {}", corrupt.reason),
-        }),
-        Err(error) => return Err(error.into()),
+        Err(EngineError::Store(store_error)) => match &*store_error {
+            linkflow_store::StoreError::Corrupt(corrupt) => report.problems.push(Problem {
+                record: corrupt.key.clone(),
+                message: format!("the walk of the snapshots stopped here: {}", corrupt.reason),
+            }),
+            _ => return Err(EngineError::Store(store_error)),
+        },
+        Err(error) => return Err(error),
     }
     expected.check(store, &mut report)?;
     Ok(report)

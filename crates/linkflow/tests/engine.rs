@@ -854,67 +854,80 @@ async fn a_late_institution_selection_takes_its_place_and_nothing_is_rejected() 
     assert!(engine.rejected(None).await.unwrap().events.is_empty());
 }
 
+/// Stores session `s1` as rules other than this build's left it: opened (user `u1`), then a
+/// success at `bank_x` those rules rejected, with their snapshot; then, when `compact`, compacts
+/// it to that snapshot.
+fn store_a_session_folded_with_other_rules(store: &SledStore, compact: bool) {
+    use linkflow::store::{Append, NewEvent};
+    use linkflow_core::compact::to_compact;
+    use linkflow_core::timeline::Timeline;
+    use linkflow_core::{EventBody, Session, RULES_VERSION};
+
+    let mut opened = Event::new(EventKind::Opened).at(t(0));
+    opened.attributes.external_user_id = Some("u1".into());
+    let success = Event::new(EventKind::Succeeded)
+        .at(t(40))
+        .with_institution("bank_x", None);
+    let new = |n: u8, event: Event| NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        dedupe_key: linkflow::store::DedupeKey::derive(&[b"other rules", &[n]]),
+        provider: Provider::Moneykit,
+        body: EventBody::Session(event),
+        raw_name: None,
+        raw: None,
+        received_at: t(n.into()),
+    };
+    let append = |expected: u64, event: NewEvent, rejected: bool| Append {
+        stream: sid("s1"),
+        expected: Version(expected),
+        stored_at: event.received_at,
+        event,
+        rejected,
+    };
+    // The old rules' fold: the open accepted, the success rejected.
+    let mut old = Timeline::<Session>::default();
+    old.append(&opened);
+    old.arrivals = 2;
+    old.rejected = 1;
+    let snapshot = |old: &Timeline<Session>| {
+        let mut state = vec![linkflow::folded::SNAPSHOT_LAYOUT, (RULES_VERSION + 1) as u8];
+        state.extend(to_compact(&linkflow::Folded::Session(Box::new(
+            old.clone(),
+        ))));
+        Snapshot {
+            compacted: Version(old.compacted),
+            provider: Provider::Moneykit,
+            version: Version(2),
+            state,
+        }
+    };
+    store
+        .commit(Commit {
+            appends: vec![
+                append(0, new(0, opened), false),
+                append(1, new(1, success), true),
+            ],
+            snapshots: vec![(sid("s1"), snapshot(&old))],
+            ..Commit::default()
+        })
+        .unwrap();
+    if compact {
+        old.compacted = 2;
+        assert_eq!(store.compact(&sid("s1"), snapshot(&old)).unwrap(), 2);
+    }
+    store.sync().unwrap();
+}
+
 /// Rule changes re-interpret history: a store whose snapshot was folded with other rules (here:
 /// rules under which the session's success was rejected, so no account was linked) is folded
 /// again when the engine opens, and the account follows, with no redrive. The next open finds
 /// the store's marker and walks nothing.
 #[tokio::test]
 async fn a_store_folded_with_other_rules_is_folded_again_at_open_and_its_account_follows() {
-    use linkflow::store::{Append, NewEvent};
-    use linkflow_core::compact::to_compact;
-    use linkflow_core::timeline::Timeline;
-    use linkflow_core::{EventBody, Session, RULES_VERSION};
-
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SledStore::open(dir.path()).unwrap();
-        let mut opened = Event::new(EventKind::Opened).at(t(0));
-        opened.attributes.external_user_id = Some("u1".into());
-        let success = Event::new(EventKind::Succeeded)
-            .at(t(40))
-            .with_institution("bank_x", None);
-        let new = |n: u8, event: Event| NewEvent {
-            event_id: uuid::Uuid::now_v7(),
-            dedupe_key: linkflow::store::DedupeKey::derive(&[b"other rules", &[n]]),
-            provider: Provider::Moneykit,
-            body: EventBody::Session(event),
-            raw_name: None,
-            raw: None,
-            received_at: t(n.into()),
-        };
-        let append = |expected: u64, event: NewEvent, rejected: bool| Append {
-            stream: sid("s1"),
-            expected: Version(expected),
-            stored_at: event.received_at,
-            event,
-            rejected,
-        };
-        // The old rules' fold: the open accepted, the success rejected.
-        let mut old = Timeline::<Session>::default();
-        old.append(&opened);
-        old.arrivals = 2;
-        old.rejected = 1;
-        let mut state = vec![linkflow::folded::SNAPSHOT_LAYOUT, (RULES_VERSION + 1) as u8];
-        state.extend(to_compact(&linkflow::Folded::Session(Box::new(old))));
-        store
-            .commit(Commit {
-                appends: vec![
-                    append(0, new(0, opened), false),
-                    append(1, new(1, success), true),
-                ],
-                snapshots: vec![(
-                    sid("s1"),
-                    Snapshot {
-                        compacted: Version::EMPTY,
-                        provider: Provider::Moneykit,
-                        version: Version(2),
-                        state,
-                    },
-                )],
-                ..Commit::default()
-            })
-            .unwrap();
-        store.sync().unwrap();
+        store_a_session_folded_with_other_rules(&store, false);
     }
     let engine = open(&dir);
     let report = engine.refolded_at_open();
@@ -992,64 +1005,10 @@ async fn a_stream_that_cannot_be_read_fails_only_its_own_events() {
 /// verify, the counted funnel and the one folded again from the log agree.
 #[tokio::test]
 async fn a_compacted_session_keeps_its_state_through_a_change_of_rules() {
-    use linkflow::store::{Append, NewEvent};
-    use linkflow_core::compact::to_compact;
-    use linkflow_core::timeline::Timeline;
-    use linkflow_core::{EventBody, Session, RULES_VERSION};
-
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SledStore::open(dir.path()).unwrap();
-        let mut opened = Event::new(EventKind::Opened).at(t(0));
-        opened.attributes.external_user_id = Some("u1".into());
-        let success = Event::new(EventKind::Succeeded)
-            .at(t(40))
-            .with_institution("bank_x", None);
-        let new = |n: u8, event: Event| NewEvent {
-            event_id: uuid::Uuid::now_v7(),
-            dedupe_key: linkflow::store::DedupeKey::derive(&[b"compacted rules", &[n]]),
-            provider: Provider::Moneykit,
-            body: EventBody::Session(event),
-            raw_name: None,
-            raw: None,
-            received_at: t(n.into()),
-        };
-        let append = |expected: u64, event: NewEvent, rejected: bool| Append {
-            stream: sid("s1"),
-            expected: Version(expected),
-            stored_at: event.received_at,
-            event,
-            rejected,
-        };
-        let mut old = Timeline::<Session>::default();
-        old.append(&opened);
-        old.arrivals = 2;
-        old.rejected = 1;
-        let snapshot = |old: &Timeline<Session>, compacted: u64| {
-            let mut state = vec![linkflow::folded::SNAPSHOT_LAYOUT, (RULES_VERSION + 1) as u8];
-            state.extend(to_compact(&linkflow::Folded::Session(Box::new(
-                old.clone(),
-            ))));
-            Snapshot {
-                compacted: Version(compacted),
-                provider: Provider::Moneykit,
-                version: Version(2),
-                state,
-            }
-        };
-        store
-            .commit(Commit {
-                appends: vec![
-                    append(0, new(0, opened), false),
-                    append(1, new(1, success), true),
-                ],
-                snapshots: vec![(sid("s1"), snapshot(&old, 0))],
-                ..Commit::default()
-            })
-            .unwrap();
-        old.compacted = 2;
-        assert_eq!(store.compact(&sid("s1"), snapshot(&old, 2)).unwrap(), 2);
-        store.sync().unwrap();
+        store_a_session_folded_with_other_rules(&store, true);
     }
     let engine = open(&dir);
     assert!(engine.refolded_at_open().ran);
@@ -1082,6 +1041,47 @@ async fn a_compacted_session_keeps_its_state_through_a_change_of_rules() {
             .compacted_at,
         Some(Version(2))
     );
+}
+
+/// A session compacted at its version whose snapshot no longer reads as one (damaged) has
+/// nothing to fold it from: verify names it, and the funnel folded again from the log fails
+/// naming it rather than leaving it out.
+#[tokio::test]
+async fn a_compacted_session_whose_snapshot_is_damaged_is_named_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store_a_session_folded_with_other_rules(&store, false);
+        let damaged = Snapshot {
+            compacted: Version(2),
+            provider: Provider::Moneykit,
+            version: Version(2),
+            state: vec![linkflow::folded::SNAPSHOT_LAYOUT, 0xff],
+        };
+        assert_eq!(store.compact(&sid("s1"), damaged).unwrap(), 2);
+        store.set_folded_with(linkflow_core::RULES_VERSION).unwrap();
+        store.sync().unwrap();
+    }
+    let engine = open(&dir);
+    let report = engine.verify().await.unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|problem| problem.record == "snapshot of `s1`"
+                && problem.message.contains("cannot be read as one")),
+        "{:?}",
+        report.problems
+    );
+    let error = engine
+        .funnel_rebuilt(linkflow_core::funnel::FunnelQuery::at(t(59)))
+        .await
+        .unwrap_err();
+    assert!(
+        error.is_damage() && error.to_string().contains("`s1`"),
+        "{error}"
+    );
+    assert!(engine.session(&sid("s1")).await.unwrap_err().is_damage());
 }
 
 /// Pages of sessions: every session that matches is on exactly one page, in id order, while

@@ -437,6 +437,12 @@ async fn an_erased_users_account_events_read_erased_their_raw_payloads_included(
 async fn old_terminal_sessions_compact_to_their_final_state_and_everything_still_agrees() {
     for sealed in [false, true] {
         let dir = tempfile::tempdir().unwrap();
+        let mut zero = EngineConfig::new(dir.path());
+        zero.compact_after = Some(chrono::Duration::zero());
+        assert!(matches!(
+            Engine::open_with(zero),
+            Err(EngineError::InvalidConfig(text)) if text.contains("compact_after")
+        ));
         let config = || {
             let mut config = EngineConfig::new(dir.path());
             if sealed {
@@ -491,6 +497,11 @@ async fn old_terminal_sessions_compact_to_their_final_state_and_everything_still
             (5, 4, 20),
             "sealed: {sealed}"
         );
+        // A state before the compaction is no longer stored: a clear error, not a guess.
+        assert!(matches!(
+            engine.session_at(&old[0], linkflow_core::Version(3)).await,
+            Err(EngineError::Compacted { compacted, .. }) if compacted == linkflow_core::Version(5)
+        ));
         let again = engine.compact_sessions_before(cutoff).await.unwrap();
         assert_eq!(
             (again.sessions, again.events),

@@ -439,7 +439,7 @@ impl SledStore {
                     LogRecord::Compacted(_) => {}
                 }
                 read.push(record);
-                if events == limit || Records::All(read.len()) == records {
+                if events == limit || matches!(records, Records::All(most) if read.len() == most) {
                     return Ok(true);
                 }
             }
