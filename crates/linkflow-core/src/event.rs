@@ -275,6 +275,14 @@ pub enum EventKind {
     /// `REFRESH_SESSION_REQUEST`); its name is kept as the raw name. Telemetry.
     ProviderEvent,
 
+    /// The engine's marker that the session went silent for the inactivity timeout: written by
+    /// the abandonment timer, never by a provider adapter. Its provider time is the last event
+    /// time the timer saw (`since`), its receive time when the engine declared the
+    /// abandonment. It takes effect only if, where it folds, the session is open and its last
+    /// event time is still `since`; an accepted event after it revives the session. Never
+    /// changes the phase.
+    Abandoned,
+
     /// A name no adapter knows (a provider added it, or misspelled it). Kept, never fatal.
     Unrecognized {
         /// The name as the provider sent it.
@@ -291,13 +299,16 @@ pub enum EventClass {
     Telemetry,
     /// An unknown name: recorded; never changes the phase.
     Unrecognized,
+    /// A marker the engine writes (`abandoned`): recorded; never changes the phase, not
+    /// counted as activity (first and last event times, event counts).
+    Marker,
 }
 
 impl EventKind {
     /// Every known kind (all but `Unrecognized`), phase events first. A kind's index here is
     /// its code in stored event records (see [`crate::EventBody`]'s compact form): add new
     /// kinds at the end, never reorder.
-    pub const KNOWN: [EventKind; 27] = [
+    pub const KNOWN: [EventKind; 28] = [
         EventKind::Created,
         EventKind::Opened,
         EventKind::InstitutionSelected,
@@ -325,6 +336,7 @@ impl EventKind {
         EventKind::Error,
         EventKind::StepUpRequired,
         EventKind::ProviderEvent,
+        EventKind::Abandoned,
     ];
 
     /// The canonical snake_case name (`unrecognized` for unknown names).
@@ -357,6 +369,7 @@ impl EventKind {
             EventKind::Error => "error",
             EventKind::StepUpRequired => "step_up_required",
             EventKind::ProviderEvent => "provider_event",
+            EventKind::Abandoned => "abandoned",
             EventKind::Unrecognized { .. } => "unrecognized",
         }
     }
@@ -392,6 +405,7 @@ impl EventKind {
             | EventKind::Inactive
             | EventKind::Error
             | EventKind::ProviderEvent => EventClass::Telemetry,
+            EventKind::Abandoned => EventClass::Marker,
             EventKind::Unrecognized { .. } => EventClass::Unrecognized,
         }
     }
@@ -400,7 +414,7 @@ impl EventKind {
     pub fn step(&self) -> Option<Step> {
         match self.class() {
             EventClass::Phase(step) => Some(step),
-            EventClass::Telemetry | EventClass::Unrecognized => None,
+            EventClass::Telemetry | EventClass::Unrecognized | EventClass::Marker => None,
         }
     }
 

@@ -46,12 +46,16 @@ pub const DEFAULT_INACTIVITY_TIMEOUT_MINUTES: i64 = 30;
 /// Exit statuses and error codes listed per step.
 pub const TOP_REASONS: usize = 5;
 
-/// Whether `session` is abandoned at `now`: not terminal, and silent for `timeout` or longer.
+/// Whether `session` is abandoned at `now`: not terminal, and silent for `timeout` or longer,
+/// or declared abandoned by the engine's marker with no activity since
+/// ([`Session::abandoned_at`]: the marker is written when the first rule became true, so the
+/// two agree unless the timeout was raised since).
 pub fn abandoned(session: &Session, now: DateTime<Utc>, timeout: Duration) -> bool {
     !session.phase().is_terminal()
-        && session
-            .last_event_at()
-            .is_some_and(|last| now - last >= timeout)
+        && (session.abandoned_at().is_some()
+            || session
+                .last_event_at()
+                .is_some_and(|last| now - last >= timeout))
 }
 
 /// Whether `session` reached `phase` under the rule in the module docs.

@@ -40,6 +40,8 @@ pub struct Session {
     last_event_at: Option<DateTime<Utc>>,
     #[serde(default)]
     journey: Journey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    abandoned_at: Option<DateTime<Utc>>,
 }
 
 /// Most error codes kept per session for the funnel's per-phase error breakdown; the log keeps
@@ -208,6 +210,12 @@ impl Session {
         self.last_event_at
     }
 
+    /// When the engine declared the session abandoned (the receive time of its effective
+    /// `abandoned` marker), while no accepted event followed it; `None` otherwise.
+    pub fn abandoned_at(&self) -> Option<DateTime<Utc>> {
+        self.abandoned_at
+    }
+
     /// The path the session took, for funnels.
     pub fn journey(&self) -> &Journey {
         &self.journey
@@ -226,10 +234,28 @@ impl Session {
     pub fn apply_in_place(&mut self, event: &Event) -> Result<Applied, Rejection> {
         let phase_before = self.phase;
         let rule = self.check(event)?;
+        if event.kind.class() == EventClass::Marker {
+            // Not activity: no time, count or attribute of the session changes. It takes
+            // effect only if nothing happened since the last event time the timer saw.
+            self.version = self.version.next();
+            if !self.phase.is_terminal()
+                && self.last_event_at.is_some()
+                && self.last_event_at == event.occurred_at
+            {
+                self.abandoned_at = event.received_at.or(event.occurred_at);
+            }
+            return Ok(Applied {
+                phase_before,
+                phase_after: self.phase,
+                rule: None,
+            });
+        }
         if self.version == Version::EMPTY {
             self.journey.enter(Phase::Created, event.time());
         }
         self.version = self.version.next();
+        // Any accepted event is activity: it revives an abandoned session.
+        self.abandoned_at = None;
         self.record_times(event.time());
         // A success or exit reported again names what the first one did, or less: it only
         // fills gaps.
@@ -245,6 +271,7 @@ impl Session {
             EventClass::Phase(_) => self.counts.phase += 1,
             EventClass::Telemetry => self.counts.telemetry += 1,
             EventClass::Unrecognized => self.counts.unrecognized += 1,
+            EventClass::Marker => {}
         }
         if let Some(rule) = rule {
             match (&mut self.exit, rule.kind) {
@@ -465,6 +492,7 @@ impl Compact for Session {
             out.u8(phase.rank());
             out.str(code);
         }
+        out.opt_time(self.abandoned_at, base);
     }
 
     fn decode_compact(input: &mut Input<'_>) -> Result<Self, CompactError> {
@@ -542,6 +570,7 @@ impl Compact for Session {
                 input.str("journey error code")?,
             ));
         }
+        let abandoned_at = input.opt_time("abandoned time", base)?;
         Ok(Session {
             phase,
             version,
@@ -561,6 +590,7 @@ impl Compact for Session {
                 entered_at,
                 errors,
             },
+            abandoned_at,
         })
     }
 }
@@ -606,5 +636,143 @@ mod compact_tests {
         let error = from_compact::<Session>(&bytes).unwrap_err();
         assert_eq!(error.what, "phase");
         assert_eq!(error.at, 2);
+    }
+}
+
+#[cfg(test)]
+mod abandonment_tests {
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::EventKind;
+    use crate::timeline::{self, Timeline};
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_780_000_000 + minute * 60, 0).expect("in range")
+    }
+
+    fn event(kind: EventKind, minute: i64) -> Event {
+        Event::new(kind).at(at(minute))
+    }
+
+    /// The engine's marker: the last event time it saw, and when it declared it.
+    fn marker(since: i64, declared: i64) -> Event {
+        let mut marker = Event::new(EventKind::Abandoned).at(at(since));
+        marker.received_at = Some(at(declared));
+        marker
+    }
+
+    fn folded(events: &[Event]) -> Session {
+        timeline::fold::<Session, _>(events).timeline.state
+    }
+
+    #[test]
+    fn a_marker_declares_an_open_session_abandoned_without_counting_as_activity() {
+        let events = [
+            event(EventKind::Opened, 0),
+            event(EventKind::InstitutionSelected, 1),
+            marker(1, 31),
+        ];
+        let session = folded(&events);
+        assert_eq!(session.abandoned_at(), Some(at(31)));
+        assert_eq!(session.last_event_at(), Some(at(1)));
+        assert_eq!(session.counts().phase, 2);
+        assert_eq!(session.version(), Version(3));
+        assert_eq!(session.phase(), Phase::InstitutionSelected);
+    }
+
+    #[test]
+    fn an_accepted_event_after_the_marker_revives_the_session() {
+        let events = [
+            event(EventKind::Opened, 0),
+            marker(0, 30),
+            event(EventKind::InstitutionSelected, 40),
+        ];
+        assert_eq!(folded(&events).abandoned_at(), None);
+        // A rejected one is not activity: the session stays abandoned.
+        let events = [
+            event(EventKind::Opened, 0),
+            marker(0, 30),
+            event(EventKind::Opened, 40),
+        ];
+        let session = folded(&events);
+        assert_eq!(session.abandoned_at(), Some(at(30)));
+    }
+
+    #[test]
+    fn a_marker_is_void_when_an_event_came_after_the_time_it_saw_or_the_session_ended() {
+        // The timer saw minute 0, but an event of minute 5 reached the store first.
+        let events = [
+            event(EventKind::Opened, 0),
+            event(EventKind::InstitutionSelected, 5),
+            marker(0, 30),
+        ];
+        assert_eq!(folded(&events).abandoned_at(), None);
+        let events = [
+            event(EventKind::Opened, 0),
+            event(EventKind::Exited, 1),
+            marker(1, 31),
+        ];
+        assert_eq!(folded(&events).abandoned_at(), None);
+        // An event of the same instant as the time the marker saw sorts before the marker.
+        let events = [
+            event(EventKind::Opened, 0),
+            marker(0, 30),
+            event(EventKind::ScreenChanged, 0),
+        ];
+        assert_eq!(folded(&events).abandoned_at(), Some(at(30)));
+    }
+
+    #[test]
+    fn appending_a_marker_in_place_agrees_with_folding() {
+        let events = [
+            event(EventKind::Opened, 0),
+            event(EventKind::InstitutionSelected, 1),
+            marker(1, 31),
+            event(EventKind::CredentialsSubmitted, 40),
+            marker(40, 70),
+        ];
+        let mut timeline = Timeline::<Session>::default();
+        for (count, event) in events.iter().enumerate() {
+            if timeline.append(event) == timeline::Appended::Refold {
+                timeline = timeline::fold::<Session, _>(&events[..=count]).timeline;
+            }
+            assert_eq!(
+                timeline,
+                timeline::fold::<Session, _>(&events[..=count]).timeline,
+                "{count}"
+            );
+        }
+        assert_eq!(timeline.state.abandoned_at(), Some(at(70)));
+    }
+
+    proptest! {
+        /// Principle 2 with the marker among the events: every delivery order gives the same
+        /// session.
+        #[test]
+        fn the_same_events_with_a_marker_give_the_same_session_in_any_order(
+            order in Just((0..6).collect::<Vec<usize>>()).prop_shuffle(),
+            revived in any::<bool>(),
+        ) {
+            let mut events = vec![
+                event(EventKind::Opened, 0),
+                event(EventKind::InstitutionSelected, 1),
+                event(EventKind::ScreenChanged, 2),
+                event(EventKind::CredentialsSubmitted, 3),
+                marker(3, 33),
+                event(EventKind::Error, 3),
+            ];
+            if revived {
+                events[2] = event(EventKind::ScreenChanged, 50);
+            }
+            let in_order = folded(&events);
+            let shuffled: Vec<Event> = order.iter().map(|&index| events[index].clone()).collect();
+            let session = folded(&shuffled);
+            prop_assert_eq!(session.abandoned_at(), in_order.abandoned_at());
+            prop_assert_eq!(session.phase(), in_order.phase());
+            prop_assert_eq!(session.last_event_at(), in_order.last_event_at());
+            prop_assert_eq!(in_order.abandoned_at().is_none(), revived);
+        }
     }
 }

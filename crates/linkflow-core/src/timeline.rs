@@ -251,8 +251,12 @@ impl Machine for crate::Session {
     }
 
     /// Phase events by the table's forward order of their steps (a success before an exit of
-    /// the same instant); telemetry and unrecognized events after them.
+    /// the same instant); telemetry and unrecognized events after them; the engine's
+    /// `abandoned` marker last (it speaks of everything up to its time).
     fn rank(event: &crate::Event) -> u8 {
+        if event.kind.class() == crate::EventClass::Marker {
+            return STEP_COUNT + 1;
+        }
         event.kind.step().map_or(STEP_COUNT, |step| {
             crate::Step::ALL
                 .iter()

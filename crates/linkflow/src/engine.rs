@@ -698,6 +698,23 @@ impl Engine {
         )
     }
 
+    /// The notifications of the events after `after`, in global order (catch-up, then live):
+    /// what [`crate::notify`] derives from the log. A consumer that keeps the id of the last
+    /// notification it handled resumes with `notifications(Position(id.position.0 - 1))` and
+    /// skips the ids up to it.
+    pub fn notifications(&self, after: Position) -> crate::Notifications {
+        // Not the engine itself: the stream ends when the engine is gone.
+        let privacy = self.shared.privacy.clone();
+        crate::Notifications::new(
+            self.subscribe(after),
+            Arc::clone(&self.shared.store),
+            Arc::new(move |text: &str| match &privacy {
+                Some(privacy) => privacy.show(text),
+                None => text.to_owned(),
+            }),
+        )
+    }
+
     /// The last position subscribers may see now (durable under `Fsync`): how far behind the
     /// log a subscription is, without reading the store.
     pub fn visible(&self) -> Position {

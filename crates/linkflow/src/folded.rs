@@ -49,7 +49,7 @@ pub enum Folded {
 /// `Session`, `Account` or merchant state in it) gains or changes a field that is derived from
 /// the events, or its compact form changes: a snapshot of another layout is not decoded (fields
 /// with defaults would decode to wrong values) and the stream is folded from its log instead.
-pub const SNAPSHOT_LAYOUT: u8 = 7;
+pub const SNAPSHOT_LAYOUT: u8 = 8;
 
 /// Why an event that arrives for a compacted session is rejected.
 pub const COMPACTED_REJECTION: &str =

@@ -10,7 +10,8 @@
 //! | `p`    | `p` phase-rank len:u8 provider id     | session                                  |
 //! | `i`    | `i` len:u16 institution id            | session naming an institution            |
 //! | `u`    | `u` len:u16 external-user-id id       | session naming a user                    |
-//! | `l`    | `l` last-event-minute id              | open session (not succeeded or exited)   |
+//! | `l`    | `l` last-event-minute id              | open session not declared abandoned      |
+//! | `a`    | `a` last-event-minute id              | open session declared abandoned (marker) |
 //! | `f`    | `f` first-event-time id               | session                                  |
 //! | `r`    | `r` id                                | stream with rejected events (parked)     |
 //! | `q`    | `q` id                                | pending quarantine entry                 |
@@ -45,16 +46,18 @@ pub(crate) const PHASE: u8 = b'p';
 pub(crate) const INSTITUTION: u8 = b'i';
 pub(crate) const USER: u8 = b'u';
 pub(crate) const LAST_EVENT: u8 = b'l';
+pub(crate) const ABANDONED: u8 = b'a';
 pub(crate) const FIRST_EVENT: u8 = b'f';
 pub(crate) const PARKED: u8 = b'r';
 pub(crate) const QUARANTINE: u8 = b'q';
 
 /// The index families, for verify's report.
-pub(crate) const FAMILIES: [(u8, &str); 7] = [
+pub(crate) const FAMILIES: [(u8, &str); 8] = [
     (PHASE, "sessions by phase and provider"),
     (INSTITUTION, "sessions by institution"),
     (USER, "sessions by user"),
     (LAST_EVENT, "open sessions by last event time"),
+    (ABANDONED, "sessions declared abandoned by last event time"),
     (FIRST_EVENT, "sessions by first event time"),
     (PARKED, "streams with rejected events"),
     (QUARANTINE, "pending quarantine entries"),
@@ -116,7 +119,7 @@ pub(crate) fn id_in(key: &[u8]) -> Result<SessionId, CorruptRecord> {
     let prefix = match key.first().copied() {
         Some(PHASE) => key.get(2).map(|len| 3 + usize::from(*len)),
         Some(INSTITUTION | USER) => len16(1).map(|len| 3 + len),
-        Some(LAST_EVENT | FIRST_EVENT) => Some(9),
+        Some(LAST_EVENT | ABANDONED | FIRST_EVENT) => Some(9),
         Some(PARKED | QUARANTINE) => Some(1),
         _ => None,
     };
@@ -161,6 +164,8 @@ struct SessionFacts {
     first: Option<i64>,
     /// Last event time to the minute, while the session is open and has one.
     open_since: Option<i64>,
+    /// The engine declared it abandoned ([`linkflow_core::Session::abandoned_at`]).
+    abandoned: bool,
 }
 
 /// What one stream adds to the indexes and counters, as the facts they are built from (keys
@@ -197,6 +202,7 @@ pub(crate) fn project(state: &SessionState) -> Projection {
                     .then(|| session.last_event_at())
                     .flatten()
                     .map(|last| grain_floor(micros(last))),
+                abandoned: session.abandoned_at().is_some(),
             });
             projection.funnel = Some(contribution(state.provider, session));
         }
@@ -233,8 +239,13 @@ fn family_keys(projection: &Projection, family: u8, id: &SessionId) -> Option<Ve
             .and_then(|s| s.first)
             .map(|at| time_keyed(FIRST_EVENT, at, id)),
         LAST_EVENT => session
+            .filter(|s| !s.abandoned)
             .and_then(|s| s.open_since)
             .map(|at| time_keyed(LAST_EVENT, at, id)),
+        ABANDONED => session
+            .filter(|s| s.abandoned)
+            .and_then(|s| s.open_since)
+            .map(|at| time_keyed(ABANDONED, at, id)),
         PARKED => (projection.rejected > 0).then(|| keyed(vec![PARKED], id)),
         QUARANTINE => (projection.quarantine == Some(true)).then(|| keyed(vec![QUARANTINE], id)),
         _ => None,

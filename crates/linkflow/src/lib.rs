@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod abandon;
 mod cache;
 pub mod chart;
 pub mod compact;
@@ -39,6 +40,7 @@ mod index;
 pub mod ingest;
 pub mod intake;
 mod key_index;
+pub mod notify;
 #[cfg(feature = "postgres")]
 mod pg_keys;
 pub mod privacy;
@@ -51,6 +53,7 @@ mod verify;
 pub mod views;
 mod writer;
 
+pub use abandon::AbandonReport;
 pub use cache::CacheStats;
 pub use config::{Durability, EngineConfig, StoreChoice};
 pub use engine::{Engine, SealedEvents};
@@ -62,6 +65,7 @@ pub use intake::{
     DeliveryError, DeliveryReport, Intake, IntakeCounts, PayloadContext, PayloadResult,
     INTAKE_BATCH,
 };
+pub use notify::{Notification, NotificationData, NotificationId, NotificationKind, Notifications};
 pub use quarantine::{
     QuarantineCounts, QuarantineFilter, QuarantineList, QuarantineRedrive, QuarantineView,
     RedriveReport, Redrove,

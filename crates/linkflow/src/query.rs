@@ -406,16 +406,22 @@ fn index_range(
         return prefix(index::text_prefix(index::INSTITUTION, institution));
     }
     if filter.abandoned == Some(true) {
-        // Abandoned: open, and the last event at or before now minus the timeout. The index
-        // holds minutes: the cutoff's minute is read too, and each session checked exactly.
+        // Abandoned: declared so by the engine's marker (every one), or open and the last
+        // event at or before now minus the timeout. The index holds minutes: the cutoff's
+        // minute is read too, and each session checked exactly. Ranges in key order.
         let cutoff = index::grain_floor((clock.0 - clock.1).timestamp_micros());
-        return Some(vec![(
-            vec![index::LAST_EVENT],
-            index::time_from(
-                index::LAST_EVENT,
-                cutoff.saturating_add(index::LAST_EVENT_GRAIN_MICROS),
+        let declared = vec![index::ABANDONED];
+        let declared_end = index::prefix_end(&declared);
+        return Some(vec![
+            (declared, declared_end),
+            (
+                vec![index::LAST_EVENT],
+                index::time_from(
+                    index::LAST_EVENT,
+                    cutoff.saturating_add(index::LAST_EVENT_GRAIN_MICROS),
+                ),
             ),
-        )]);
+        ]);
     }
     if let Some(phase) = filter.phase {
         return prefix(match filter.provider {
