@@ -715,6 +715,21 @@ impl Engine {
         )
     }
 
+    /// The notification `id` names, derived again from the log; `None` if there is none.
+    pub async fn notification(
+        &self,
+        id: crate::NotificationId,
+    ) -> Result<Option<crate::Notification>, EngineError> {
+        let privacy = self.shared.privacy.clone();
+        self.read(move |store| {
+            crate::notify::notification_at(store, id, &|text: &str| match &privacy {
+                Some(privacy) => privacy.show(text),
+                None => text.to_owned(),
+            })
+        })
+        .await
+    }
+
     /// The last position subscribers may see now (durable under `Fsync`): how far behind the
     /// log a subscription is, without reading the store.
     pub fn visible(&self) -> Position {

@@ -36,6 +36,7 @@ pub mod error;
 pub mod folded;
 mod funnel_read;
 pub use funnel_read::Gauges;
+pub mod delivery;
 mod index;
 pub mod ingest;
 pub mod intake;

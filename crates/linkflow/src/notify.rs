@@ -481,6 +481,37 @@ fn changes(
         .collect()
 }
 
+/// What [`Notifications::next_progress`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A notification.
+    Notification(Notification),
+    /// An event at this position made none.
+    Passed(Position),
+}
+
+/// The notification `id` names, derived again from the log (the stream folded up to its
+/// event): `None` if there is no such event or it made fewer notifications.
+pub(crate) fn notification_at(
+    store: &dyn EventStore,
+    id: NotificationId,
+    show: &dyn Fn(&str) -> String,
+) -> Result<Option<Notification>, EngineError> {
+    let Some(event) = store
+        .read_all(Position(id.position.0.saturating_sub(1)), 1)?
+        .into_iter()
+        .find(|event| event.position == id.position)
+    else {
+        return Ok(None);
+    };
+    let mut deriver = Deriver::new();
+    Ok(deriver
+        .derive(Some(store), &event, show)?
+        .unwrap_or_default()
+        .into_iter()
+        .find(|notification| notification.id == id))
+}
+
 /// Notifications in global order from a position: the log's events read through a
 /// [`Subscription`] (catch-up, then live), each turned into the notifications it made.
 pub struct Notifications {
@@ -515,18 +546,33 @@ impl Notifications {
     /// [`EngineError::Closed`] once the engine is gone and every committed event was read.
     pub async fn next(&mut self) -> Result<Notification, EngineError> {
         loop {
-            if let Some(notification) = self.ready.pop_front() {
+            if let Progress::Notification(notification) = self.next_progress().await? {
                 return Ok(notification);
             }
+        }
+    }
+
+    /// The next notification, or the position of an event read that made none (every
+    /// notification up to it was returned): what a consumer that keeps a cursor needs to
+    /// move it past events that notify nothing.
+    pub async fn next_progress(&mut self) -> Result<Progress, EngineError> {
+        loop {
+            if let Some(notification) = self.ready.pop_front() {
+                return Ok(Progress::Notification(notification));
+            }
             let event = self.subscription.next().await?;
+            let position = event.position;
             if !matches!(
                 event.data.body,
                 EventBody::Session(_) | EventBody::Account { .. } | EventBody::Merchant(_)
             ) {
-                continue;
+                return Ok(Progress::Passed(position));
             }
             if let Some(derived) = self.deriver.derive(None, &event, &*self.show)? {
                 self.ready.extend(derived);
+                if self.ready.is_empty() {
+                    return Ok(Progress::Passed(position));
+                }
                 continue;
             }
             // Folding a stream again reads the log: off the async threads.
@@ -541,6 +587,9 @@ impl Notifications {
             .map_err(|_| EngineError::Closed)?;
             self.deriver = deriver;
             self.ready.extend(derived?.unwrap_or_default());
+            if self.ready.is_empty() {
+                return Ok(Progress::Passed(position));
+            }
         }
     }
 
