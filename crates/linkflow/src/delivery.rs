@@ -43,7 +43,7 @@ pub const SECRET_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 
 /// Why delivery state could not be read or changed.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
+pub enum DeliveryStateError {
     /// An endpoint's settings are not acceptable.
     #[error("invalid endpoint: {0}")]
     Invalid(String),
@@ -71,8 +71,8 @@ pub enum DeliveryError {
     },
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DeliveryError + '_ {
-    move |source| DeliveryError::Io {
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> DeliveryStateError + '_ {
+    move |source| DeliveryStateError::Io {
         path: path.to_owned(),
         source,
     }
@@ -134,13 +134,13 @@ pub fn new_secret() -> String {
 }
 
 /// The secret's key bytes, if it is `whsec_` (optional) and the base64 of 24 to 64 bytes.
-pub fn secret_key(secret: &str) -> Result<Vec<u8>, DeliveryError> {
+pub fn secret_key(secret: &str) -> Result<Vec<u8>, DeliveryStateError> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     let key = base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|error| DeliveryError::Invalid(format!("the secret is not base64: {error}")))?;
+        .map_err(|error| DeliveryStateError::Invalid(format!("the secret is not base64: {error}")))?;
     if !SECRET_BYTES.contains(&key.len()) {
-        return Err(DeliveryError::Invalid(format!(
+        return Err(DeliveryStateError::Invalid(format!(
             "the secret holds {} bytes, expected {} to {}",
             key.len(),
             SECRET_BYTES.start(),
@@ -152,9 +152,9 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, DeliveryError> {
 
 /// Checks an endpoint URL's form: `http://` or `https://`, no whitespace or control
 /// characters, at most [`MAX_URL_BYTES`]. (The sender parses it fully.)
-pub fn check_url(url: &str) -> Result<(), DeliveryError> {
+pub fn check_url(url: &str) -> Result<(), DeliveryStateError> {
     if url.len() > MAX_URL_BYTES {
-        return Err(DeliveryError::Invalid(format!(
+        return Err(DeliveryStateError::Invalid(format!(
             "the URL is {} bytes, at most {MAX_URL_BYTES}",
             url.len()
         )));
@@ -162,12 +162,12 @@ pub fn check_url(url: &str) -> Result<(), DeliveryError> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| DeliveryError::Invalid(format!("`{url}` is not an http(s) URL")))?;
+        .ok_or_else(|| DeliveryStateError::Invalid(format!("`{url}` is not an http(s) URL")))?;
     if rest.is_empty() || rest.starts_with('/') {
-        return Err(DeliveryError::Invalid(format!("`{url}` names no host")));
+        return Err(DeliveryStateError::Invalid(format!("`{url}` names no host")));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(DeliveryError::Invalid(format!(
+        return Err(DeliveryStateError::Invalid(format!(
             "`{}` holds whitespace or a control character",
             url.escape_debug()
         )));
@@ -226,7 +226,7 @@ pub struct Attempt {
 /// The durable state of outbound delivery. Every method is blocking (files, or a database).
 pub trait DeliveryState: Send + Sync {
     /// Every endpoint, in the order they were added.
-    fn endpoints(&self) -> Result<Vec<Endpoint>, DeliveryError>;
+    fn endpoints(&self) -> Result<Vec<Endpoint>, DeliveryStateError>;
     /// Adds an endpoint (its settings checked); the secret is made when `None`.
     fn add_endpoint(
         &self,
@@ -234,31 +234,31 @@ pub trait DeliveryState: Send + Sync {
         secret: Option<String>,
         types: Option<Vec<NotificationKind>>,
         now: DateTime<Utc>,
-    ) -> Result<Endpoint, DeliveryError>;
+    ) -> Result<Endpoint, DeliveryStateError>;
     /// Removes an endpoint, its cursor and waiting redeliveries (its attempt log stays until
     /// it rotates away). `false` if there was none.
-    fn remove_endpoint(&self, id: &str) -> Result<bool, DeliveryError>;
+    fn remove_endpoint(&self, id: &str) -> Result<bool, DeliveryStateError>;
     /// Switches an endpoint off (`Some`) or on again (`None`).
-    fn set_disabled(&self, id: &str, disabled: Option<Disabled>) -> Result<(), DeliveryError>;
+    fn set_disabled(&self, id: &str, disabled: Option<Disabled>) -> Result<(), DeliveryStateError>;
     /// The last notification the endpoint is done with, and every one before it (`None`
     /// before its first delivery starts).
-    fn cursor(&self, endpoint: &str) -> Result<Option<NotificationId>, DeliveryError>;
+    fn cursor(&self, endpoint: &str) -> Result<Option<NotificationId>, DeliveryStateError>;
     /// Moves the endpoint's cursor, durably.
-    fn set_cursor(&self, endpoint: &str, through: NotificationId) -> Result<(), DeliveryError>;
+    fn set_cursor(&self, endpoint: &str, through: NotificationId) -> Result<(), DeliveryStateError>;
     /// Records an attempt.
-    fn record(&self, attempt: &Attempt) -> Result<(), DeliveryError>;
+    fn record(&self, attempt: &Attempt) -> Result<(), DeliveryStateError>;
     /// The latest attempts (of one endpoint, or every one), newest last, at most `limit`
     /// (capped at [`MAX_ATTEMPTS_SHOWN`]).
     fn attempts(&self, endpoint: Option<&str>, limit: usize)
-        -> Result<Vec<Attempt>, DeliveryError>;
+        -> Result<Vec<Attempt>, DeliveryStateError>;
     /// Asks for a notification to be sent to an endpoint again.
     fn request_redelivery(
         &self,
         endpoint: &str,
         notification: NotificationId,
-    ) -> Result<(), DeliveryError>;
+    ) -> Result<(), DeliveryStateError>;
     /// The redeliveries asked for an endpoint, removed from the queue.
-    fn take_redeliveries(&self, endpoint: &str) -> Result<Vec<NotificationId>, DeliveryError>;
+    fn take_redeliveries(&self, endpoint: &str) -> Result<Vec<NotificationId>, DeliveryStateError>;
 }
 
 /// [`DeliveryState`] in files under a folder (the data directory's `delivery/`).
@@ -281,7 +281,7 @@ struct CursorFile {
 
 impl FileDeliveryState {
     /// The state under `dir` (created if missing).
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, DeliveryError> {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, DeliveryStateError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         Ok(FileDeliveryState {
@@ -291,14 +291,14 @@ impl FileDeliveryState {
     }
 
     /// The state of the store at `data_dir` (its `delivery/` folder).
-    pub fn for_data_dir(data_dir: &Path) -> Result<Self, DeliveryError> {
+    pub fn for_data_dir(data_dir: &Path) -> Result<Self, DeliveryStateError> {
         Self::open(data_dir.join("delivery"))
     }
 
     fn locked<T>(
         &self,
-        change: impl FnOnce() -> Result<T, DeliveryError>,
-    ) -> Result<T, DeliveryError> {
+        change: impl FnOnce() -> Result<T, DeliveryStateError>,
+    ) -> Result<T, DeliveryStateError> {
         let path = self.dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -312,10 +312,10 @@ impl FileDeliveryState {
         result
     }
 
-    fn read_endpoints(&self) -> Result<EndpointsFile, DeliveryError> {
+    fn read_endpoints(&self) -> Result<EndpointsFile, DeliveryStateError> {
         let path = self.dir.join("endpoints.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| DeliveryError::Damaged {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| DeliveryStateError::Damaged {
                 path,
                 reason: error.to_string(),
             }),
@@ -324,14 +324,14 @@ impl FileDeliveryState {
         }
     }
 
-    fn write_endpoints(&self, file: &EndpointsFile) -> Result<(), DeliveryError> {
+    fn write_endpoints(&self, file: &EndpointsFile) -> Result<(), DeliveryStateError> {
         let bytes = serde_json::to_vec_pretty(file).expect("endpoints serialize");
         self.replace("endpoints.json", &bytes)
     }
 
     /// Replaces a file whole: a temporary file written and synced, renamed over it, the
     /// folder synced.
-    fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), DeliveryError> {
+    fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), DeliveryStateError> {
         let path = self.dir.join(name);
         let temporary = self.dir.join(format!("{name}.tmp"));
         let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
@@ -343,9 +343,9 @@ impl FileDeliveryState {
             .map_err(io_error(&self.dir))
     }
 
-    fn endpoint_file(&self, kind: &str, endpoint: &str) -> Result<String, DeliveryError> {
+    fn endpoint_file(&self, kind: &str, endpoint: &str) -> Result<String, DeliveryStateError> {
         if !is_endpoint_id(endpoint) {
-            return Err(DeliveryError::UnknownEndpoint(
+            return Err(DeliveryStateError::UnknownEndpoint(
                 endpoint.escape_debug().to_string(),
             ));
         }
@@ -356,7 +356,7 @@ impl FileDeliveryState {
         path: &Path,
         endpoint: Option<&str>,
         into: &mut Vec<Attempt>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), DeliveryStateError> {
         let file = match File::open(path) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -380,7 +380,7 @@ fn is_endpoint_id(id: &str) -> bool {
 }
 
 impl DeliveryState for FileDeliveryState {
-    fn endpoints(&self) -> Result<Vec<Endpoint>, DeliveryError> {
+    fn endpoints(&self) -> Result<Vec<Endpoint>, DeliveryStateError> {
         Ok(self.read_endpoints()?.endpoints)
     }
 
@@ -390,17 +390,17 @@ impl DeliveryState for FileDeliveryState {
         secret: Option<String>,
         types: Option<Vec<NotificationKind>>,
         now: DateTime<Utc>,
-    ) -> Result<Endpoint, DeliveryError> {
+    ) -> Result<Endpoint, DeliveryStateError> {
         check_url(url)?;
         let secret = secret.unwrap_or_else(new_secret);
         secret_key(&secret)?;
         if types.as_ref().is_some_and(Vec::is_empty) {
-            return Err(DeliveryError::Invalid("an empty list of types".into()));
+            return Err(DeliveryStateError::Invalid("an empty list of types".into()));
         }
         self.locked(|| {
             let mut file = self.read_endpoints()?;
             if file.endpoints.len() >= MAX_ENDPOINTS {
-                return Err(DeliveryError::TooMany);
+                return Err(DeliveryStateError::TooMany);
             }
             let mut id = [0u8; 8];
             getrandom::fill(&mut id).expect("the operating system's random source works");
@@ -418,7 +418,7 @@ impl DeliveryState for FileDeliveryState {
         })
     }
 
-    fn remove_endpoint(&self, id: &str) -> Result<bool, DeliveryError> {
+    fn remove_endpoint(&self, id: &str) -> Result<bool, DeliveryStateError> {
         self.locked(|| {
             let mut file = self.read_endpoints()?;
             let before = file.endpoints.len();
@@ -439,24 +439,24 @@ impl DeliveryState for FileDeliveryState {
         })
     }
 
-    fn set_disabled(&self, id: &str, disabled: Option<Disabled>) -> Result<(), DeliveryError> {
+    fn set_disabled(&self, id: &str, disabled: Option<Disabled>) -> Result<(), DeliveryStateError> {
         self.locked(|| {
             let mut file = self.read_endpoints()?;
             let endpoint = file
                 .endpoints
                 .iter_mut()
                 .find(|endpoint| endpoint.id == id)
-                .ok_or_else(|| DeliveryError::UnknownEndpoint(id.to_owned()))?;
+                .ok_or_else(|| DeliveryStateError::UnknownEndpoint(id.to_owned()))?;
             endpoint.disabled = disabled;
             self.write_endpoints(&file)
         })
     }
 
-    fn cursor(&self, endpoint: &str) -> Result<Option<NotificationId>, DeliveryError> {
+    fn cursor(&self, endpoint: &str) -> Result<Option<NotificationId>, DeliveryStateError> {
         let path = self.dir.join(self.endpoint_file("cursor", endpoint)?);
         match fs::read(&path) {
             Ok(bytes) => {
-                let damaged = |reason: String| DeliveryError::Damaged {
+                let damaged = |reason: String| DeliveryStateError::Damaged {
                     path: path.clone(),
                     reason,
                 };
@@ -471,7 +471,7 @@ impl DeliveryState for FileDeliveryState {
         }
     }
 
-    fn set_cursor(&self, endpoint: &str, through: NotificationId) -> Result<(), DeliveryError> {
+    fn set_cursor(&self, endpoint: &str, through: NotificationId) -> Result<(), DeliveryStateError> {
         let name = self.endpoint_file("cursor", endpoint)?;
         let file = CursorFile {
             through: through.to_string(),
@@ -483,7 +483,7 @@ impl DeliveryState for FileDeliveryState {
         )
     }
 
-    fn record(&self, attempt: &Attempt) -> Result<(), DeliveryError> {
+    fn record(&self, attempt: &Attempt) -> Result<(), DeliveryStateError> {
         let name = self.endpoint_file("attempts", &attempt.endpoint)?;
         let path = self.dir.join(&name);
         let mut line = serde_json::to_vec(attempt).expect("an attempt serializes");
@@ -525,7 +525,7 @@ impl DeliveryState for FileDeliveryState {
         &self,
         endpoint: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Attempt>, DeliveryError> {
+    ) -> Result<Vec<Attempt>, DeliveryStateError> {
         let limit = limit.clamp(1, MAX_ATTEMPTS_SHOWN);
         let ids: Vec<String> = match endpoint {
             Some(id) => vec![id.to_owned()],
@@ -549,7 +549,7 @@ impl DeliveryState for FileDeliveryState {
         &self,
         endpoint: &str,
         notification: NotificationId,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<(), DeliveryStateError> {
         let name = self.endpoint_file("redeliver", endpoint)?;
         self.locked(|| {
             if !self
@@ -558,11 +558,11 @@ impl DeliveryState for FileDeliveryState {
                 .iter()
                 .any(|e| e.id == endpoint)
             {
-                return Err(DeliveryError::UnknownEndpoint(endpoint.to_owned()));
+                return Err(DeliveryStateError::UnknownEndpoint(endpoint.to_owned()));
             }
             let mut waiting = self.read_redeliveries(&name)?;
             if waiting.len() >= MAX_REDELIVERIES {
-                return Err(DeliveryError::Invalid(format!(
+                return Err(DeliveryStateError::Invalid(format!(
                     "{MAX_REDELIVERIES} redeliveries wait for {endpoint} already"
                 )));
             }
@@ -573,7 +573,7 @@ impl DeliveryState for FileDeliveryState {
         })
     }
 
-    fn take_redeliveries(&self, endpoint: &str) -> Result<Vec<NotificationId>, DeliveryError> {
+    fn take_redeliveries(&self, endpoint: &str) -> Result<Vec<NotificationId>, DeliveryStateError> {
         let name = self.endpoint_file("redeliver", endpoint)?;
         if !self.dir.join(&name).exists() {
             return Ok(Vec::new());
@@ -588,7 +588,7 @@ impl DeliveryState for FileDeliveryState {
 }
 
 impl FileDeliveryState {
-    fn read_redeliveries(&self, name: &str) -> Result<Vec<NotificationId>, DeliveryError> {
+    fn read_redeliveries(&self, name: &str) -> Result<Vec<NotificationId>, DeliveryStateError> {
         let path = self.dir.join(name);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
@@ -598,7 +598,7 @@ impl FileDeliveryState {
         text.lines()
             .filter(|line| !line.is_empty())
             .map(|line| {
-                NotificationId::parse(line).ok_or_else(|| DeliveryError::Damaged {
+                NotificationId::parse(line).ok_or_else(|| DeliveryStateError::Damaged {
                     path: path.clone(),
                     reason: format!("`{line}` is not a notification id"),
                 })
@@ -606,7 +606,7 @@ impl FileDeliveryState {
             .collect()
     }
 
-    fn write_redeliveries(&self, name: &str, ids: &[NotificationId]) -> Result<(), DeliveryError> {
+    fn write_redeliveries(&self, name: &str, ids: &[NotificationId]) -> Result<(), DeliveryStateError> {
         let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
         self.replace(name, text.as_bytes())
     }
@@ -709,7 +709,7 @@ mod tests {
         assert!(error.to_string().contains("empty list"), "{error}");
         assert!(matches!(
             state.cursor("../../etc/passwd"),
-            Err(DeliveryError::UnknownEndpoint(_))
+            Err(DeliveryStateError::UnknownEndpoint(_))
         ));
         assert!(state.endpoints().unwrap().is_empty());
     }
