@@ -41,6 +41,7 @@ pub(crate) fn output_failed(error: std::io::Error) {
 mod accounts;
 mod demo;
 mod diagram;
+mod endpoints;
 mod funnel;
 mod ingest;
 mod parked;
@@ -315,6 +316,22 @@ enum Command {
     /// LINKFLOW_TOKEN, Plaid webhook keys from LINKFLOW_PLAID_JWKS or LINKFLOW_PLAID_CLIENT_ID
     /// and LINKFLOW_PLAID_SECRET).
     Serve(serve::ServeArgs),
+    /// Where notifications go (`linkflow serve` delivers them; docs/notifications.md).
+    Endpoints {
+        #[command(subcommand)]
+        command: endpoints::EndpointsCommand,
+    },
+    /// The latest delivery attempts of notifications (newest last), or `redeliver`.
+    Deliveries {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// At most this many (up to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        #[command(subcommand)]
+        command: Option<endpoints::DeliveriesCommand>,
+    },
     /// Ingest the bundled sample flows of all four providers into a fresh temporary store and
     /// show what the engine made of them.
     Demo,
@@ -454,6 +471,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
+        Command::Endpoints { ref command } => endpoints::endpoints(&cli, command, json),
+        Command::Deliveries {
+            ref endpoint,
+            limit,
+            ref command,
+        } => endpoints::deliveries(
+            &cli,
+            endpoint.as_deref(),
+            usize::from(limit),
+            command.as_ref(),
+            json,
+        ),
         Command::Serve(ref args) => {
             let data_dir = cli.store.is_none().then(|| cli.data_dir.clone());
             serve::run(open(&cli)?, args, data_dir).await
@@ -570,6 +599,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Command::Diagram { .. }
                 | Command::Completions { .. }
                 | Command::Demo
+                | Command::Endpoints { .. }
+                | Command::Deliveries { .. }
                 | Command::Serve(_)
                 | Command::Verify
                 | Command::Repair => {

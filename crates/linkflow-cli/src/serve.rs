@@ -76,6 +76,56 @@ pub struct ServeArgs {
     /// Event-stream subscribers served at once (503 past it).
     #[arg(long, env = "LINKFLOW_MAX_SUBSCRIBERS", default_value_t = linkflow_http::DEFAULT_MAX_SUBSCRIBERS)]
     max_subscribers: usize,
+    /// Seconds a notification's POST to an endpoint may take before it counts as failed.
+    #[arg(long, env = "LINKFLOW_DELIVERY_TIMEOUT_SECS", default_value_t = linkflow_http::deliver::DEFAULT_TIMEOUT.as_secs_f64())]
+    delivery_timeout_secs: f64,
+    /// The delay before each delivery attempt in seconds, comma-separated (the first is
+    /// usually 0); its length is the number of attempts. Default: the Standard Webhooks
+    /// schedule (0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h).
+    #[arg(long, env = "LINKFLOW_DELIVERY_SCHEDULE_SECS", value_delimiter = ',')]
+    delivery_schedule_secs: Option<Vec<f64>>,
+}
+
+/// Seconds between two runs of the abandonment timer: a session is declared abandoned within
+/// this of crossing the inactivity timeout.
+const ABANDON_TICK: Duration = Duration::from_secs(1);
+
+/// Declares abandoned the sessions that crossed the inactivity timeout, every [`ABANDON_TICK`].
+async fn declare_abandoned_every_tick(engine: linkflow::Engine) {
+    let mut every = tokio::time::interval(ABANDON_TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match engine.declare_abandoned(chrono::Utc::now()).await {
+            Ok(_) => {}
+            Err(linkflow::EngineError::Closed) => return,
+            Err(error) => {
+                tracing::error!(%error, "declaring abandoned sessions failed; trying again");
+            }
+        }
+    }
+}
+
+fn seconds(value: f64, what: &str) -> Result<Duration, CliError> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| CliError(format!("{what}: `{value}` is not a number of seconds")))
+}
+
+fn delivery_config(args: &ServeArgs) -> Result<linkflow_http::deliver::DeliveryConfig, CliError> {
+    let mut config = linkflow_http::deliver::DeliveryConfig {
+        timeout: seconds(args.delivery_timeout_secs, "--delivery-timeout-secs")?,
+        ..linkflow_http::deliver::DeliveryConfig::default()
+    };
+    if let Some(schedule) = &args.delivery_schedule_secs {
+        if schedule.is_empty() || schedule.len() > 32 {
+            return Err(CliError("--delivery-schedule-secs: 1 to 32 delays".into()));
+        }
+        config.schedule = schedule
+            .iter()
+            .map(|delay| seconds(*delay, "--delivery-schedule-secs"))
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(config)
 }
 
 async fn shutdown_signal() {
@@ -209,9 +259,40 @@ pub async fn run(
     } else {
         eprintln!("linkflow: erasure unavailable: no LINKFLOW_MASTER_KEY, so personal fields and raw payloads are stored as delivered (docs/privacy.md)");
     }
+    tokio::spawn(declare_abandoned_every_tick(engine.clone()));
+    // Outbound delivery, with its state in the data directory (embedded store only).
+    let (stop_delivery, delivery_stopped) = tokio::sync::watch::channel(false);
+    let delivery = match &config.data_dir {
+        Some(dir) => {
+            let state = linkflow::delivery::FileDeliveryState::for_data_dir(dir)
+                .map_err(|error| CliError(error.to_string()))?;
+            let deliverer = linkflow_http::deliver::Deliverer::new(
+                engine.clone(),
+                std::sync::Arc::new(state),
+                delivery_config(args)?,
+            )
+            .map_err(|error| CliError(error.to_string()))?;
+            Some(tokio::spawn(async move {
+                if let Err(error) = deliverer.run(delivery_stopped).await {
+                    tracing::error!(%error, "notification delivery stopped");
+                }
+            }))
+        }
+        None => {
+            tracing::warn!("notification delivery runs with the embedded store only: not started on PostgreSQL");
+            None
+        }
+    };
     tracing::info!(%address, "serving the linkflow HTTP API");
-    serve_with(listener, engine, config, limits, shutdown_signal())
-        .await
-        .map_err(|error| CliError(format!("server error: {error}")))?;
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_delivery.send(true);
+    };
+    let served = serve_with(listener, engine, config, limits, signal).await;
+    if let Some(delivery) = delivery {
+        // Its workers write their cursors as they stop.
+        let _ = tokio::time::timeout(Duration::from_secs(10), delivery).await;
+    }
+    served.map_err(|error| CliError(format!("server error: {error}")))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod deliver;
 mod error;
 mod guard;
 mod metrics;

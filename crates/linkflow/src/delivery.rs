@@ -138,7 +138,9 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, DeliveryStateError> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     let key = base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|error| DeliveryStateError::Invalid(format!("the secret is not base64: {error}")))?;
+        .map_err(|error| {
+            DeliveryStateError::Invalid(format!("the secret is not base64: {error}"))
+        })?;
     if !SECRET_BYTES.contains(&key.len()) {
         return Err(DeliveryStateError::Invalid(format!(
             "the secret holds {} bytes, expected {} to {}",
@@ -164,7 +166,9 @@ pub fn check_url(url: &str) -> Result<(), DeliveryStateError> {
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| DeliveryStateError::Invalid(format!("`{url}` is not an http(s) URL")))?;
     if rest.is_empty() || rest.starts_with('/') {
-        return Err(DeliveryStateError::Invalid(format!("`{url}` names no host")));
+        return Err(DeliveryStateError::Invalid(format!(
+            "`{url}` names no host"
+        )));
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(DeliveryStateError::Invalid(format!(
@@ -244,13 +248,17 @@ pub trait DeliveryState: Send + Sync {
     /// before its first delivery starts).
     fn cursor(&self, endpoint: &str) -> Result<Option<NotificationId>, DeliveryStateError>;
     /// Moves the endpoint's cursor, durably.
-    fn set_cursor(&self, endpoint: &str, through: NotificationId) -> Result<(), DeliveryStateError>;
+    fn set_cursor(&self, endpoint: &str, through: NotificationId)
+        -> Result<(), DeliveryStateError>;
     /// Records an attempt.
     fn record(&self, attempt: &Attempt) -> Result<(), DeliveryStateError>;
     /// The latest attempts (of one endpoint, or every one), newest last, at most `limit`
     /// (capped at [`MAX_ATTEMPTS_SHOWN`]).
-    fn attempts(&self, endpoint: Option<&str>, limit: usize)
-        -> Result<Vec<Attempt>, DeliveryStateError>;
+    fn attempts(
+        &self,
+        endpoint: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, DeliveryStateError>;
     /// Asks for a notification to be sent to an endpoint again.
     fn request_redelivery(
         &self,
@@ -315,10 +323,12 @@ impl FileDeliveryState {
     fn read_endpoints(&self) -> Result<EndpointsFile, DeliveryStateError> {
         let path = self.dir.join("endpoints.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| DeliveryStateError::Damaged {
-                path,
-                reason: error.to_string(),
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|error| DeliveryStateError::Damaged {
+                    path,
+                    reason: error.to_string(),
+                })
+            }
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(EndpointsFile::default()),
             Err(error) => Err(io_error(&path)(error)),
         }
@@ -471,7 +481,11 @@ impl DeliveryState for FileDeliveryState {
         }
     }
 
-    fn set_cursor(&self, endpoint: &str, through: NotificationId) -> Result<(), DeliveryStateError> {
+    fn set_cursor(
+        &self,
+        endpoint: &str,
+        through: NotificationId,
+    ) -> Result<(), DeliveryStateError> {
         let name = self.endpoint_file("cursor", endpoint)?;
         let file = CursorFile {
             through: through.to_string(),
@@ -606,7 +620,11 @@ impl FileDeliveryState {
             .collect()
     }
 
-    fn write_redeliveries(&self, name: &str, ids: &[NotificationId]) -> Result<(), DeliveryStateError> {
+    fn write_redeliveries(
+        &self,
+        name: &str,
+        ids: &[NotificationId],
+    ) -> Result<(), DeliveryStateError> {
         let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
         self.replace(name, text.as_bytes())
     }
@@ -673,7 +691,7 @@ mod tests {
         state.request_redelivery(&endpoint.id, id(3, 0)).unwrap();
         drop(state);
         let state = FileDeliveryState::open(dir.path()).unwrap();
-        assert_eq!(state.endpoints().unwrap(), [endpoint.clone()]);
+        assert_eq!(state.endpoints().unwrap(), std::slice::from_ref(&endpoint));
         assert_eq!(state.cursor(&endpoint.id).unwrap(), Some(id(12, 255)));
         let attempts = state.attempts(None, 10).unwrap();
         assert_eq!(attempts.len(), 1);

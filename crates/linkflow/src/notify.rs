@@ -485,7 +485,7 @@ fn changes(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// A notification.
-    Notification(Notification),
+    Notification(Box<Notification>),
     /// An event at this position made none.
     Passed(Position),
 }
@@ -547,7 +547,7 @@ impl Notifications {
     pub async fn next(&mut self) -> Result<Notification, EngineError> {
         loop {
             if let Progress::Notification(notification) = self.next_progress().await? {
-                return Ok(notification);
+                return Ok(*notification);
             }
         }
     }
@@ -558,7 +558,7 @@ impl Notifications {
     pub async fn next_progress(&mut self) -> Result<Progress, EngineError> {
         loop {
             if let Some(notification) = self.ready.pop_front() {
-                return Ok(Progress::Notification(notification));
+                return Ok(Progress::Notification(Box::new(notification)));
             }
             let event = self.subscription.next().await?;
             let position = event.position;
