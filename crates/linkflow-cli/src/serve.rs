@@ -260,15 +260,19 @@ pub async fn run(
         eprintln!("linkflow: erasure unavailable: no LINKFLOW_MASTER_KEY, so personal fields and raw payloads are stored as delivered (docs/privacy.md)");
     }
     tokio::spawn(declare_abandoned_every_tick(engine.clone()));
-    // Outbound delivery, with its state in the data directory (embedded store only).
+    // Outbound delivery, with its state in the data directory (embedded store only); the
+    // HTTP routes of endpoints and deliveries share it.
     let (stop_delivery, delivery_stopped) = tokio::sync::watch::channel(false);
     let delivery = match &config.data_dir {
         Some(dir) => {
-            let state = linkflow::delivery::FileDeliveryState::for_data_dir(dir)
-                .map_err(|error| CliError(error.to_string()))?;
+            let state: std::sync::Arc<dyn linkflow::delivery::DeliveryState> = std::sync::Arc::new(
+                linkflow::delivery::FileDeliveryState::for_data_dir(dir)
+                    .map_err(|error| CliError(error.to_string()))?,
+            );
+            config.delivery = Some(std::sync::Arc::clone(&state));
             let deliverer = linkflow_http::deliver::Deliverer::new(
                 engine.clone(),
-                std::sync::Arc::new(state),
+                state,
                 delivery_config(args)?,
             )
             .map_err(|error| CliError(error.to_string()))?;

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod deliver;
+mod endpoints;
 mod error;
 mod guard;
 mod metrics;
@@ -104,6 +105,9 @@ pub struct HttpConfig {
     pub subscriber_stall: std::time::Duration,
     /// The data directory whose free space `/readyz` checks (none: not checked).
     pub data_dir: Option<PathBuf>,
+    /// The delivery state the `/v1/endpoints` and `/v1/deliveries` routes read and change
+    /// (none: they answer 409 `delivery_unavailable`).
+    pub delivery: Option<Arc<dyn linkflow::delivery::DeliveryState>>,
     /// `/readyz` answers 503 when the data directory's disk has less free space than this.
     pub min_free_disk_bytes: u64,
     shared: Arc<std::sync::OnceLock<Arc<Shared>>>,
@@ -121,6 +125,7 @@ impl Default for HttpConfig {
             body_timeout: BODY_TIMEOUT,
             subscriber_stall: SUBSCRIBER_STALL,
             data_dir: None,
+            delivery: None,
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
             shared: Arc::default(),
         }
@@ -263,6 +268,13 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_merchants))
         .routes(routes!(stream::events))
         .routes(routes!(funnel))
+        .routes(routes!(endpoints::list_endpoints, endpoints::add_endpoint))
+        .routes(routes!(
+            endpoints::change_endpoint,
+            endpoints::remove_endpoint
+        ))
+        .routes(routes!(endpoints::list_deliveries))
+        .routes(routes!(endpoints::redeliver))
 }
 
 /// The webhook routes (their providers' signatures, not the token).

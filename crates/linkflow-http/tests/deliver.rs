@@ -414,3 +414,137 @@ async fn a_stopped_deliverer_resumes_from_its_cursor_and_loses_nothing() {
     let got = got.lock().unwrap();
     assert!(got.iter().all(|r| wanted.contains(&r.id)));
 }
+
+/// Calls `app` with a bearer token; the status and the JSON body.
+async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (u16, serde_json::Value) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", "Bearer t0ken")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_owned()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn endpoints_and_deliveries_are_managed_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path().join("data")).unwrap();
+    let state: Arc<dyn DeliveryState> =
+        Arc::new(FileDeliveryState::open(dir.path().join("delivery")).unwrap());
+    let mut config = linkflow_http::HttpConfig::default();
+    config.token = Some("t0ken".into());
+    config.delivery = Some(Arc::clone(&state));
+    let app = linkflow_http::router(engine.clone(), config);
+
+    let (status, added) = call(
+        &app,
+        "POST",
+        "/v1/endpoints",
+        r#"{"url": "http://127.0.0.1:9/hook", "types": ["session.exited"]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{added}");
+    let id = added["id"].as_str().unwrap().to_owned();
+    assert!(added["secret"].as_str().unwrap().starts_with("whsec_"));
+    let (status, listed) = call(&app, "GET", "/v1/endpoints", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["endpoints"][0]["secret"], "[withheld]");
+    assert_eq!(listed["endpoints"][0]["types"][0], "session.exited");
+    assert_eq!(listed["endpoints"][0]["delivered_through"], "ntf_0_255");
+
+    for (body, code) in [
+        (r#"{"url": "ftp://x/"}"#, "invalid_endpoint"),
+        (
+            r#"{"url": "http://x/", "types": ["session.won"]}"#,
+            "invalid_endpoint",
+        ),
+        (
+            r#"{"url": "http://x/", "secret": "whsec_c2hvcnQ="}"#,
+            "invalid_endpoint",
+        ),
+        (r#"{"address": "http://x/"}"#, "invalid_json"),
+    ] {
+        let (status, refused) = call(&app, "POST", "/v1/endpoints", body).await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (400, Some(code)),
+            "{body}: {refused}"
+        );
+    }
+    let (status, _) = call(
+        &app,
+        "PATCH",
+        &format!("/v1/endpoints/{id}"),
+        r#"{"enabled": false}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(state.endpoints().unwrap()[0].disabled.is_some());
+    let (status, _) = call(
+        &app,
+        "PATCH",
+        &format!("/v1/endpoints/{id}"),
+        r#"{"enabled": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(state.endpoints().unwrap()[0].disabled.is_none());
+
+    let (status, attempts) = call(&app, "GET", "/v1/deliveries?limit=5", "").await;
+    assert_eq!(
+        (status, attempts["attempts"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, _) = call(&app, "GET", "/v1/deliveries?limit=0", "").await;
+    assert_eq!(status, 400);
+    let (status, _) = call(
+        &app,
+        "GET",
+        "/v1/deliveries?endpoint=ep_0000000000000000",
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A notification that does not exist cannot be redelivered; one that does can.
+    let body = format!(r#"{{"endpoint": "{id}", "notification": "ntf_99_0"}}"#);
+    let (status, _) = call(&app, "POST", "/v1/deliveries/redeliver", &body).await;
+    assert_eq!(status, 404);
+    scripted_population(&engine).await;
+    let first = expected(&engine).await.remove(0).id;
+    let body = format!(r#"{{"endpoint": "{id}", "notification": "{first}"}}"#);
+    let (status, _) = call(&app, "POST", "/v1/deliveries/redeliver", &body).await;
+    assert_eq!(status, 202);
+    assert_eq!(state.take_redeliveries(&id).unwrap(), [first]);
+
+    let (status, _) = call(&app, "DELETE", &format!("/v1/endpoints/{id}"), "").await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&app, "DELETE", &format!("/v1/endpoints/{id}"), "").await;
+    assert_eq!(status, 404);
+
+    // Without a delivery state: 409; without a token configured, changes are 403.
+    let app = linkflow_http::router(engine.clone(), linkflow_http::HttpConfig::default());
+    let (status, refused) = call(&app, "GET", "/v1/endpoints", "").await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (409, Some("delivery_unavailable"))
+    );
+    let mut config = linkflow_http::HttpConfig::default();
+    config.delivery = Some(state);
+    let app = linkflow_http::router(engine.clone(), config);
+    let (status, refused) = call(&app, "POST", "/v1/endpoints", r#"{"url": "http://x/"}"#).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (403, Some("token_required"))
+    );
+}

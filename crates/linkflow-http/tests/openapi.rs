@@ -52,7 +52,7 @@ async fn every_operation_in_the_document_is_routed() {
     let engine = linkflow::Engine::open(dir.path()).unwrap();
     let app = router(engine.clone(), HttpConfig::default());
     let operations = operations();
-    assert_eq!(operations.len(), 21, "{operations:?}");
+    assert_eq!(operations.len(), 27, "{operations:?}");
     for (method, path, _) in &operations {
         let uri = path.replace("{id}", "some-id");
         let request = Request::builder()
