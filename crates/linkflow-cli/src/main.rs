@@ -84,6 +84,10 @@ pub(crate) struct Cli {
         default_value_t = 30
     )]
     inactivity_timeout: u32,
+    /// The inactivity timeout in seconds instead (short flows, tests): when set, it wins over
+    /// --inactivity-timeout.
+    #[arg(long, global = true, env = "LINKFLOW_INACTIVITY_TIMEOUT_SECS", value_parser = clap::value_parser!(u32).range(1..))]
+    inactivity_timeout_secs: Option<u32>,
     /// Days raw payloads stay readable (needs a master key): `serve` makes each day's
     /// unreadable once the whole day is older, every hour; `expire` does it once. Unset: kept
     /// for as long as the store.
@@ -438,7 +442,10 @@ fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
             )))
         }
     };
-    config.inactivity_timeout = chrono::Duration::minutes(i64::from(cli.inactivity_timeout));
+    config.inactivity_timeout = match cli.inactivity_timeout_secs {
+        Some(seconds) => chrono::Duration::seconds(i64::from(seconds)),
+        None => chrono::Duration::minutes(i64::from(cli.inactivity_timeout)),
+    };
     config.master_key = master_key()?;
     config.raw_retention = cli
         .raw_retention_days
