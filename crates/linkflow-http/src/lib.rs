@@ -9,10 +9,13 @@
 //! configured: [`plaid_keys`]); `GET /v1/sessions`,
 //! `/v1/sessions/{id}`, `/v1/sessions/{id}/history`, `/v1/parked`, `/v1/quarantine`,
 //! `POST /v1/quarantine/redrive`, `/v1/accounts`, `/v1/merchants`; `GET /v1/stream`
-//! (server-sent events); `GET /healthz`; `GET /metrics`.
+//! (server-sent events); `GET`/`POST /v1/endpoints`, `PATCH`/`DELETE /v1/endpoints/{id}`,
+//! `GET /v1/deliveries`, `POST /v1/deliveries/redeliver` (outbound notifications);
+//! `GET /healthz`; `GET /metrics`.
 //!
 //! Modules: `error` (responses for refused requests), `metrics` (Prometheus text), `stream`
-//! (server-sent events).
+//! (server-sent events), [`deliver`] (notification delivery in Standard Webhooks form),
+//! `endpoints` (its routes).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
