@@ -79,6 +79,34 @@ pub(crate) async fn batch_ingest_pipelined(
     seal_ahead: bool,
 ) -> f64 {
     let engine = Engine::open_with(config).expect("the engine opens");
+    let rate = timed_batch_ingest(&engine, deliveries, seal_ahead);
+    engine.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// Figure 1 with a task `start` spawns beside the engine (stopped once the ingest is timed):
+/// what running it costs ingest.
+pub(crate) async fn batch_ingest_observed(
+    config: EngineConfig,
+    deliveries: &[Delivery],
+    start: impl FnOnce(
+        &Engine,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ),
+) -> f64 {
+    let engine = Engine::open_with(config).expect("the engine opens");
+    let (stop, running) = start(&engine);
+    let rate = timed_batch_ingest(&engine, deliveries, false);
+    let _ = stop.send(true);
+    let _ = running.await;
+    engine.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// The timed part of figure 1 on an open engine.
+fn timed_batch_ingest(engine: &Engine, deliveries: &[Delivery], seal_ahead: bool) -> f64 {
     let context = DecodeContext::received_at(Utc::now());
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
@@ -112,9 +140,7 @@ pub(crate) async fn batch_ingest_pipelined(
             }
         });
     });
-    let rate = per_second(deliveries.len(), started.elapsed());
-    engine.shutdown().await.expect("shutdown");
-    rate
+    per_second(deliveries.len(), started.elapsed())
 }
 
 /// Decoded events ingested `BATCH` per call, each call durable (figure 1's cadence, with the
@@ -722,6 +748,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         Some(Only::Scale) => return crate::scale::figures(options, results).await,
         Some(Only::Sse) => return crate::sse::figures(options, results).await,
         Some(Only::Privacy) => return crate::privacy::figures(options, results).await,
+        Some(Only::Notify) => return crate::notify::figures(options, results).await,
         _ => {}
     }
     let deliveries = generate(options.events, SEED);
@@ -768,7 +795,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             return;
         }
         None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild)
-        | Some(Only::Scale) | Some(Only::Sse) | Some(Only::Privacy) => {}
+        | Some(Only::Scale) | Some(Only::Sse) | Some(Only::Privacy) | Some(Only::Notify) => {}
     }
 
     let (first, rebuild, folded, scan) = settled_scans(engine_dir.path()).await;
@@ -790,6 +817,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     crate::scale::figures(options, results).await;
     crate::sse::figures(options, results).await;
     crate::privacy::figures(options, results).await;
+    crate::notify::figures(options, results).await;
 
     let sizes: &[usize] = if options.quick {
         &[20_000]

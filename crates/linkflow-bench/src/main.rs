@@ -18,11 +18,12 @@
 //! user's sessions, a metrics scrape's reads), p99 at each size against the smallest.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
-//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse|privacy]`.
+//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse|privacy|notify]`.
 #![forbid(unsafe_code)]
 
 mod chart;
 mod figures;
+mod notify;
 mod postgres;
 mod privacy;
 mod scale;
@@ -68,6 +69,8 @@ pub enum Only {
     Scale,
     /// `--only sse`: figure 13 (POSTs among catching-up subscribers).
     Sse,
+    /// `--only notify`: figure 15 (notifications delivered per second, ingest while delivering).
+    Notify,
     /// `--only privacy`: figure 14 (the cost of sealing, the time to erase a user).
     Privacy,
 }
@@ -134,12 +137,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("scale") => Only::Scale,
                     Some("sse") => Only::Sse,
                     Some("privacy") => Only::Privacy,
+                    Some("notify") => Only::Notify,
                     _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `rebuild` (figures 1 and 3), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse|privacy"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse|privacy|notify"
                 ))
             }
         }

@@ -290,6 +290,8 @@ impl Worker {
         let mut in_flight = FuturesUnordered::new();
         let mut last_save = Instant::now();
         let mut last_poll = Instant::now();
+        // Attempts settled and not yet in the log: written with the cursor, or in batches.
+        let mut records: Vec<Attempt> = Vec::new();
         let result = loop {
             // Start what may start: each stream's first job, when due.
             let now = Instant::now();
@@ -329,6 +331,11 @@ impl Worker {
             // Move the cursor past what is done.
             let done = pending.keys().next().map_or(seen, |first| before(*first));
             through = through.max(done);
+            if records.len() >= MAX_PENDING
+                || (!records.is_empty() && last_save.elapsed() >= self.config.cursor_every)
+            {
+                self.flush(&mut records).await?;
+            }
             if through != saved && last_save.elapsed() >= self.config.cursor_every {
                 self.save_cursor(through).await?;
                 saved = through;
@@ -347,8 +354,8 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = stopped(&mut stop) => break Ok(()),
-                Some((id, redelivery, attempt, answer)) = in_flight.next() => {
-                    let gone = self.settle(&mut pending, &mut redeliveries, id, redelivery, attempt, answer).await?;
+                Some(done) = in_flight.next() => {
+                    let gone = self.settle(&mut pending, &mut redeliveries, done, &mut records).await?;
                     if gone {
                         break Ok(());
                     }
@@ -397,12 +404,28 @@ impl Worker {
             }
         };
         reader.abort();
+        self.flush(&mut records).await?;
         let done = pending.keys().next().map_or(seen, |first| before(*first));
         through = through.max(done);
         if through != saved {
             self.save_cursor(through).await?;
         }
         result
+    }
+
+    /// Appends the attempts recorded since the last flush to the log (one call for many).
+    async fn flush(&self, records: &mut Vec<Attempt>) -> Result<(), DeliverError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(records);
+        let state = Arc::clone(&self.state);
+        tokio::task::spawn_blocking(move || {
+            batch.iter().try_for_each(|attempt| state.record(attempt))
+        })
+        .await
+        .map_err(|_| EngineError::Closed)??;
+        Ok(())
     }
 
     async fn save_cursor(&self, through: NotificationId) -> Result<(), DeliverError> {
@@ -469,10 +492,8 @@ impl Worker {
         &self,
         pending: &mut BTreeMap<NotificationId, Job>,
         redeliveries: &mut Vec<Job>,
-        id: NotificationId,
-        redelivery: bool,
-        attempt: u32,
-        answer: Answer,
+        (id, redelivery, attempt, answer): (NotificationId, bool, u32, Answer),
+        records: &mut Vec<Attempt>,
     ) -> Result<bool, DeliverError> {
         let job = if redelivery {
             redeliveries
@@ -535,26 +556,24 @@ impl Worker {
             AttemptOutcome::Retrying { .. } => {}
             AttemptOutcome::EndpointDisabled => {}
         }
-        let state = Arc::clone(&self.state);
         let gone = record.outcome == AttemptOutcome::EndpointDisabled;
-        let endpoint = self.endpoint.id.clone();
-        let url = self.endpoint.url.clone();
-        tokio::task::spawn_blocking(move || {
-            state.record(&record)?;
-            if gone {
+        records.push(record);
+        if gone {
+            self.flush(records).await?;
+            let state = Arc::clone(&self.state);
+            let endpoint = self.endpoint.id.clone();
+            let url = self.endpoint.url.clone();
+            tokio::task::spawn_blocking(move || {
                 state.set_disabled(
                     &endpoint,
                     Some(Disabled {
                         at: now,
                         reason: format!("{url} answered 410 Gone"),
                     }),
-                )?;
-            }
-            Ok::<_, DeliveryStateError>(())
-        })
-        .await
-        .map_err(|_| EngineError::Closed)??;
-        if gone {
+                )
+            })
+            .await
+            .map_err(|_| EngineError::Closed)??;
             tracing::warn!(endpoint = %self.endpoint.id, "the endpoint answered 410 Gone: disabled");
         }
         Ok(gone)

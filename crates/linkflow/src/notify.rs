@@ -234,8 +234,12 @@ impl Notification {
 /// Derives notifications from events read in global order, keeping the folded state of the
 /// streams it saw last (at most [`MAX_DERIVER_STREAMS`]).
 pub(crate) struct Deriver {
-    states: HashMap<SessionId, Folded>,
-    order: VecDeque<SessionId>,
+    /// Each stream's state with the number it was added under.
+    states: HashMap<SessionId, (Folded, u64)>,
+    /// Streams in the order they were added, with that number: an entry whose number is not
+    /// the stream's now is stale (the stream was dropped and added again since).
+    order: VecDeque<(SessionId, u64)>,
+    added: u64,
 }
 
 impl Deriver {
@@ -243,6 +247,7 @@ impl Deriver {
         Deriver {
             states: HashMap::new(),
             order: VecDeque::new(),
+            added: 0,
         }
     }
 
@@ -257,55 +262,94 @@ impl Deriver {
         show: &dyn Fn(&str) -> String,
     ) -> Result<Option<Vec<Notification>>, EngineError> {
         let body = &event.data.body;
-        let held = self
+        let first = event.version == Version(1);
+        // The state held, advanced in place when this event follows it.
+        if let Some(state) = self
             .states
-            .get(&event.stream)
-            .filter(|state| state.version().0 + 1 == event.version.0);
-        let before = match (held, store) {
-            (Some(state), _) => Some(state.clone()),
-            (None, _) if event.version == Version(1) => None,
-            (None, None) => return Ok(None),
-            (None, Some(store)) => {
-                match fold_stream(store, &event.stream, Version(event.version.0 - 1))? {
-                    Some(state) => Some(state),
-                    // Compacted: nothing to derive.
-                    None => return Ok(Some(Vec::new())),
+            .get_mut(&event.stream)
+            .map(|(state, _)| state)
+            .filter(|state| state.version().0 + 1 == event.version.0)
+        {
+            let before = (!first).then(|| facts(state));
+            match state.append(body) {
+                Ok(Append::Accepted(_) | Append::Rejected(_)) => {
+                    return Ok(Some(changes(before, state, event, show)));
                 }
+                Ok(Append::Refold) => {
+                    // Nothing changed; folded again from the log below.
+                    let Some(store) = store else {
+                        return Ok(None);
+                    };
+                    let after = fold_stream(store, &event.stream, event.version)?;
+                    return Ok(Some(self.settle(before, after, event, show)));
+                }
+                Err(_) => return Ok(Some(Vec::new())),
             }
+        }
+        let mut state = match store {
+            _ if first => Folded::initial_for(body),
+            None => return Ok(None),
+            Some(store) => match fold_stream(store, &event.stream, Version(event.version.0 - 1))? {
+                Some(state) => state,
+                // Compacted: nothing to derive.
+                None => return Ok(Some(Vec::new())),
+            },
         };
-        let mut after = before.clone().unwrap_or_else(|| Folded::initial_for(body));
-        let after = match after.append(body) {
-            Ok(Append::Accepted(_) | Append::Rejected(_)) => Some(after),
+        let before = (!first).then(|| facts(&state));
+        let after = match state.append(body) {
+            Ok(Append::Accepted(_) | Append::Rejected(_)) => Some(state),
             Ok(Append::Refold) => match store {
                 Some(store) => fold_stream(store, &event.stream, event.version)?,
                 None => return Ok(None),
             },
             Err(_) => None,
         };
+        Ok(Some(self.settle(before, after, event, show)))
+    }
+
+    /// The notifications of `before` to `after` (`None`: nothing to derive), and `after`
+    /// held for the stream's next event.
+    fn settle(
+        &mut self,
+        before: Option<Facts>,
+        after: Option<Folded>,
+        event: &StoredEvent,
+        show: &dyn Fn(&str) -> String,
+    ) -> Vec<Notification> {
         let Some(after) = after else {
-            return Ok(Some(Vec::new()));
+            self.states.remove(&event.stream);
+            return Vec::new();
         };
-        let notifications = changes(before.as_ref(), &after, event, show);
+        let notifications = changes(before, &after, event, show);
         self.remember(event.stream.clone(), after);
-        Ok(Some(notifications))
+        notifications
     }
 
     fn remember(&mut self, stream: SessionId, state: Folded) {
-        if self.states.insert(stream.clone(), state).is_none() {
-            self.order.push_back(stream);
-            while self.states.len() > MAX_DERIVER_STREAMS {
-                match self.order.pop_front() {
-                    Some(oldest) => {
-                        self.states.remove(&oldest);
-                    }
-                    None => break,
-                }
+        if let Some((held, _)) = self.states.get_mut(&stream) {
+            *held = state;
+            return;
+        }
+        self.added += 1;
+        self.states.insert(stream.clone(), (state, self.added));
+        self.order.push_back((stream, self.added));
+        while self.states.len() > MAX_DERIVER_STREAMS {
+            let Some((oldest, added)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .states
+                .get(&oldest)
+                .is_some_and(|(_, now)| *now == added)
+            {
+                self.states.remove(&oldest);
             }
-            // The order may hold streams already evicted and re-added: keep it bounded too.
-            if self.order.len() > 2 * MAX_DERIVER_STREAMS {
-                let states = &self.states;
-                self.order.retain(|stream| states.contains_key(stream));
-            }
+        }
+        // Stale entries (streams dropped since) are skipped by eviction; keep them bounded.
+        if self.order.len() > 2 * MAX_DERIVER_STREAMS {
+            let states = &self.states;
+            self.order
+                .retain(|(stream, added)| states.get(stream).is_some_and(|(_, now)| now == added));
         }
     }
 }
@@ -340,9 +384,31 @@ fn fold_stream(
     Ok(folder.finish().ok().flatten())
 }
 
-/// The notifications of the change from `before` to `after` that `event` made.
+/// What notifications compare of a stream's state, before and after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Facts {
+    Session { phase: Phase, abandoned: bool },
+    Account(AccountState),
+    Merchant(Option<Availability>),
+    Other,
+}
+
+fn facts(folded: &Folded) -> Facts {
+    match folded {
+        Folded::Session(timeline) => Facts::Session {
+            phase: timeline.state.phase(),
+            abandoned: timeline.state.abandoned_at().is_some(),
+        },
+        Folded::Account { timeline, .. } => Facts::Account(timeline.state.state()),
+        Folded::Merchant { status, .. } => Facts::Merchant(status.as_ref().map(|s| s.status)),
+        Folded::Quarantine(_) | Folded::Erasure { .. } => Facts::Other,
+    }
+}
+
+/// The notifications of the change from `before` (`None`: no event yet) to `after` that
+/// `event` made.
 fn changes(
-    before: Option<&Folded>,
+    before: Option<Facts>,
     after: &Folded,
     event: &StoredEvent,
     show: &dyn Fn(&str) -> String,
@@ -373,9 +439,10 @@ fn changes(
     match after {
         Folded::Session(timeline) => {
             let session = &timeline.state;
-            let old = before.and_then(Folded::as_session);
-            let was_abandoned = old.is_some_and(|s| s.abandoned_at().is_some());
-            let old_phase = old.map(|s| s.phase());
+            let (old_phase, was_abandoned) = match before {
+                Some(Facts::Session { phase, abandoned }) => (Some(phase), abandoned),
+                _ => (None, false),
+            };
             if was_abandoned && session.abandoned_at().is_none() {
                 kinds.push(NotificationKind::SessionRevived);
             }
@@ -408,7 +475,7 @@ fn changes(
         Folded::Account { key, timeline } => {
             let account = &timeline.state;
             let old = match before {
-                Some(Folded::Account { timeline, .. }) => timeline.state.state(),
+                Some(Facts::Account(state)) => state,
                 _ => AccountState::Absent,
             };
             let new = account.state();
@@ -448,9 +515,7 @@ fn changes(
             ..
         } => {
             let old = match before {
-                Some(Folded::Merchant {
-                    status: Some(old), ..
-                }) => Some(old.status),
+                Some(Facts::Merchant(old)) => old,
                 _ => None,
             };
             if old != Some(status.status) {
