@@ -39,6 +39,9 @@ pub const MAX_PENDING: usize = 256;
 /// Requests in flight per endpoint.
 pub const MAX_IN_FLIGHT: usize = 16;
 
+/// How long a stopping worker lets its requests in flight finish.
+pub const DRAIN: Duration = Duration::from_secs(2);
+
 /// The longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -404,6 +407,23 @@ impl Worker {
             }
         };
         reader.abort();
+        // Stopping: the requests in flight may finish (and count) for a moment, so that a
+        // restart sends fewer again.
+        if result.is_ok() && !in_flight.is_empty() {
+            let drain = tokio::time::sleep(DRAIN.min(self.config.timeout));
+            tokio::pin!(drain);
+            loop {
+                tokio::select! {
+                    Some(done) = in_flight.next() => {
+                        if self.settle(&mut pending, &mut redeliveries, done, &mut records).await? {
+                            break;
+                        }
+                    }
+                    _ = &mut drain => break,
+                    else => break,
+                }
+            }
+        }
         self.flush(&mut records).await?;
         let done = pending.keys().next().map_or(seen, |first| before(*first));
         through = through.max(done);
