@@ -147,7 +147,10 @@ async fn scripted_population(engine: &Engine) {
         }
     }
     engine.ingest_batch(events).await.unwrap();
-    engine.declare_abandoned(Utc::now()).await.unwrap();
+    engine
+        .declare_abandoned(Utc::now() + chrono::Duration::minutes(31))
+        .await
+        .unwrap();
     for n in [2i64, 5] {
         let id = format!("pop-{n:02}");
         engine

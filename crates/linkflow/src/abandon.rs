@@ -2,6 +2,10 @@
 //! inactivity timeout and writes the `abandoned` marker into their streams
 //! (`docs/notifications.md`, "Abandonment").
 //!
+//! A session is declared when it has had no event for the inactivity timeout both by its
+//! events' times and by their arrival: old events still arriving (a backfill, a provider's
+//! late batch) do not make a session abandoned between them.
+//!
 //! The candidates come from the last-event-time index (`l`: open sessions not declared
 //! abandoned, by the minute of their last event), read from its start up to the cutoff's
 //! minute: a session leaves it once its marker takes effect (it moves to `a`), so a run reads
@@ -60,7 +64,7 @@ pub fn marker(since: DateTime<Utc>, now: DateTime<Utc>) -> Event {
 
 impl Engine {
     /// Declares abandoned every open session whose last event is at least the inactivity
-    /// timeout before `now` and that is not declared yet: one marker each, in durable batches
+    /// timeout before `now`, by its time and by its arrival, and that is not declared yet: one marker each, in durable batches
     /// of [`ABANDON_PAGE`]. Idempotent: running it again (here or on another node) writes
     /// nothing new for the same silence.
     pub async fn declare_abandoned(
@@ -92,7 +96,20 @@ impl Engine {
                             .and_then(|id| Ok(load_state(store, &id)?.map(|state| (id, state))));
                         match found {
                             Ok(Some((id, state))) => {
-                                if let Some(since) = silent_since(&state.folded, cutoff) {
+                                let silent = silent_since(&state.folded, cutoff)
+                                    .map(|since| {
+                                        quiet_since(store, &id, state.folded.version(), cutoff)
+                                            .map(|quiet| quiet.then_some(since))
+                                    })
+                                    .transpose();
+                                let silent = match silent {
+                                    Ok(silent) => silent.flatten(),
+                                    Err(error) => {
+                                        failed = Some(error);
+                                        return ControlFlow::Break(());
+                                    }
+                                };
+                                if let Some(since) = silent {
                                     markers.push(IncomingEvent {
                                         session: id.clone(),
                                         provider: state.provider,
@@ -171,6 +188,19 @@ impl Engine {
         })
         .await
     }
+}
+
+/// Whether the stream's last event (at `version`) was stored at or before `cutoff`: a session
+/// whose old events are still arriving (a backfill, a provider's late batch) is not declared
+/// abandoned between them.
+fn quiet_since(
+    store: &dyn linkflow_store::EventStore,
+    id: &SessionId,
+    version: linkflow_core::Version,
+    cutoff: DateTime<Utc>,
+) -> Result<bool, EngineError> {
+    let last = store.read_stream(id, linkflow_core::Version(version.0.saturating_sub(1)), 1)?;
+    Ok(last.first().is_none_or(|event| event.stored_at <= cutoff))
 }
 
 /// The last event time of an open session silent since before `cutoff` and not declared

@@ -104,10 +104,15 @@ async fn every_change_a_backend_acts_on_is_notified_once_with_a_stable_id() {
         ])
         .await
         .unwrap();
-    // The session of 2026-03-02 has been silent for far longer than 30 minutes.
+    // Still arriving: the session of 2026-03-02 is silent by its events' times, not by
+    // their arrival.
     let report = engine.declare_abandoned(Utc::now()).await.unwrap();
+    assert_eq!(report.declared, 0, "{report:?}");
+    // Half an hour after the last arrival it is silent both ways.
+    let later = Utc::now() + Duration::minutes(31);
+    let report = engine.declare_abandoned(later).await.unwrap();
     assert_eq!((report.declared, report.skipped), (1, 0), "{report:?}");
-    let again = engine.declare_abandoned(Utc::now()).await.unwrap();
+    let again = engine.declare_abandoned(later).await.unwrap();
     assert_eq!(
         again.declared + again.skipped,
         0,
@@ -223,8 +228,11 @@ async fn a_marker_is_stored_once_per_silence_and_void_if_an_event_came_first() {
         matches!(again, IngestOutcome::Duplicate { .. }),
         "{again:?}"
     );
-    // The timer declares it on the time it sees now, once.
-    let report = engine.declare_abandoned(now).await.unwrap();
+    // The timer declares it on the time it sees, once its arrivals are old too.
+    let report = engine
+        .declare_abandoned(now + Duration::minutes(31))
+        .await
+        .unwrap();
     assert_eq!(report.declared, 1);
     let abandoned = engine
         .sessions(SessionFilter {
@@ -269,15 +277,22 @@ async fn a_session_is_declared_within_a_tick_of_crossing_a_short_timeout() {
         .await
         .unwrap();
     assert_eq!(report.declared, 0);
+    // At the timeout by the event's time, but it arrived a moment after `now`: not yet.
+    let stored = engine
+        .subscribe(Position(0))
+        .next()
+        .await
+        .unwrap()
+        .stored_at;
     let report = engine
-        .declare_abandoned(now + Duration::seconds(2))
+        .declare_abandoned(stored + Duration::seconds(2) - Duration::milliseconds(1))
         .await
         .unwrap();
+    assert_eq!(report.declared, 0);
+    let declared = stored + Duration::seconds(2);
+    let report = engine.declare_abandoned(declared).await.unwrap();
     assert_eq!(report.declared, 1);
     let notifications = take(&engine, Position(0), 1).await;
     assert_eq!(notifications[0].kind, NotificationKind::SessionAbandoned);
-    assert_eq!(
-        notifications[0].data.abandoned_at,
-        Some(now + Duration::seconds(2))
-    );
+    assert_eq!(notifications[0].data.abandoned_at, Some(declared));
 }
