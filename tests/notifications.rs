@@ -266,3 +266,98 @@ async fn an_abandonment_is_notified_within_the_timeout_plus_5_s_once_then_revive
     wait_for("session.revived", 15, || count("session.revived") == 1).await;
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_database_deliver_each_notification_once_and_take_over_a_dead_ones_endpoint(
+) {
+    let Some(cluster) = linkflow_postgres::testing::TestCluster::shared_or_skip("notifications")
+    else {
+        return;
+    };
+    let url = cluster.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver_url, got, secret) = start_receiver(Duration::ZERO).await;
+    // The endpoint is added with the CLI, in the database every node reads.
+    let output = std::process::Command::new(linkflow_bin())
+        .args(["--store", &url, "--json", "endpoints", "add", &receiver_url])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let endpoint: Value = serde_json::from_slice(&output.stdout).unwrap();
+    *secret.lock().unwrap() = Some(endpoint["secret"].as_str().unwrap().to_owned());
+    let env = [
+        ("LINKFLOW_DATABASE_URL", url.as_str()),
+        ("LINKFLOW_DELIVERY_LEASE_SECS", "2"),
+        ("LINKFLOW_DELIVERY_SCHEDULE_SECS", "0,0.1,0.1,0.1,0.1,0.1"),
+    ];
+    // A starts first and takes the endpoint's lease; B waits for it.
+    let a = Server::start(&dir.path().join("a"), &env);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let b = Server::start(&dir.path().join("b"), &env);
+    let client = reqwest::Client::new();
+    let start = Utc::now() - chrono::Duration::minutes(10);
+    let at = |second: i64| start + chrono::Duration::seconds(second);
+    let batch = |prefix: &str| -> Vec<String> {
+        (0..20)
+            .flat_map(|n| {
+                let session = format!("{prefix}-{n:02}");
+                [
+                    moneykit(&session, "open", at(n)),
+                    moneykit(
+                        &session,
+                        if n % 2 == 0 { "success" } else { "exit" },
+                        at(n + 1),
+                    ),
+                ]
+            })
+            .collect()
+    };
+    // Ingested on both nodes; delivered by the one that holds the lease, once each.
+    post_events(&client, &a, &batch("first-a")).await;
+    post_events(&client, &b, &batch("first-b")).await;
+    let distinct = |got: &Got| {
+        got.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    wait_for("the first 40 notifications", 30, || distinct(&got) >= 40).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        got.0.lock().unwrap().len(),
+        40,
+        "a notification delivered twice by two nodes"
+    );
+
+    // A dies; B takes the endpoint over once A's lease runs out, from A's cursor.
+    drop(a);
+    post_events(&client, &b, &batch("second")).await;
+    wait_for("every notification after the takeover", 30, || {
+        distinct(&got) >= 60
+    })
+    .await;
+    assert_eq!(b.terminate().code(), Some(0));
+
+    let mut config = linkflow::EngineConfig::postgres(&url);
+    config.inactivity_timeout = chrono::Duration::hours(1);
+    let engine = linkflow::Engine::open_with(config).unwrap();
+    let mut notifications = engine.notifications(Position(0));
+    let mut expected = HashSet::new();
+    while let Ok(Ok(notification)) =
+        tokio::time::timeout(Duration::from_millis(500), notifications.next()).await
+    {
+        expected.insert(notification.id.to_string());
+    }
+    engine.shutdown().await.unwrap();
+    assert_eq!(expected.len(), 60);
+    let got = got.0.lock().unwrap();
+    let received: HashSet<String> = got.iter().map(|(id, _, _)| id.clone()).collect();
+    assert_eq!(received, expected);
+}

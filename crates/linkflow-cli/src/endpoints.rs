@@ -1,6 +1,8 @@
 //! `linkflow endpoints ...` and `linkflow deliveries ...`: where notifications go, and what
-//! their delivery did. They change the delivery state's files directly, so they work while
-//! `linkflow serve` holds the store (it reads the endpoints again every second).
+//! their delivery did. On the embedded store they change the delivery state's files directly,
+//! so they work while `linkflow serve` holds the store; with `--store postgres://...` they
+//! change the database's tables every node reads (`serve` reads the endpoints again every
+//! second).
 
 use std::process::ExitCode;
 
@@ -58,14 +60,38 @@ pub(crate) enum DeliveriesCommand {
     },
 }
 
-/// The delivery state of the store the options name.
-pub(crate) fn state(cli: &Cli) -> Result<FileDeliveryState, CliError> {
-    if cli.store.is_some() {
-        return Err(CliError(
-            "outbound delivery keeps its state in the data directory: it runs with the embedded store only (on PostgreSQL it is not built yet)".into(),
-        ));
+/// The delivery state of the store the options name: the data directory's files, or the
+/// database's tables (the engine opened for them, shut down when the command ends).
+pub(crate) struct Opened {
+    pub state: std::sync::Arc<dyn DeliveryState>,
+    engine: Option<linkflow::Engine>,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            let _ = tokio::runtime::Handle::current().block_on(engine.shutdown());
+        }
     }
-    FileDeliveryState::for_data_dir(&cli.data_dir).map_err(|error| CliError(error.to_string()))
+}
+
+pub(crate) fn state(cli: &Cli) -> Result<Opened, CliError> {
+    if cli.store.is_some() {
+        let engine = crate::open(cli)?;
+        let state = engine
+            .shared_delivery_state()
+            .ok_or_else(|| CliError("this store keeps no delivery state".into()))?;
+        return Ok(Opened {
+            state,
+            engine: Some(engine),
+        });
+    }
+    let state = FileDeliveryState::for_data_dir(&cli.data_dir)
+        .map_err(|error| CliError(error.to_string()))?;
+    Ok(Opened {
+        state: std::sync::Arc::new(state),
+        engine: None,
+    })
 }
 
 fn kinds(types: Option<Vec<String>>) -> Result<Option<Vec<NotificationKind>>, CliError> {
@@ -93,7 +119,8 @@ pub(crate) fn endpoints(
     command: &EndpointsCommand,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let state = state(cli)?;
+    let opened = state(cli)?;
+    let state = opened.state.as_ref();
     let failed = |error: linkflow::delivery::DeliveryStateError| CliError(error.to_string());
     match command {
         EndpointsCommand::Add { url, secret, types } => {
@@ -199,7 +226,8 @@ pub(crate) fn deliveries(
     command: Option<&DeliveriesCommand>,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let state = state(cli)?;
+    let opened = state(cli)?;
+    let state = opened.state.as_ref();
     let failed = |error: linkflow::delivery::DeliveryStateError| CliError(error.to_string());
     if let Some(DeliveriesCommand::Redeliver {
         endpoint,

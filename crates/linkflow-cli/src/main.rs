@@ -478,18 +478,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => demo::run(json).await,
-        Command::Endpoints { ref command } => endpoints::endpoints(&cli, command, json),
+        // Blocking calls (files, or the database's tables): off the async threads' duties.
+        Command::Endpoints { ref command } => {
+            tokio::task::block_in_place(|| endpoints::endpoints(&cli, command, json))
+        }
         Command::Deliveries {
             ref endpoint,
             limit,
             ref command,
-        } => endpoints::deliveries(
-            &cli,
-            endpoint.as_deref(),
-            usize::from(limit),
-            command.as_ref(),
-            json,
-        ),
+        } => tokio::task::block_in_place(|| {
+            endpoints::deliveries(
+                &cli,
+                endpoint.as_deref(),
+                usize::from(limit),
+                command.as_ref(),
+                json,
+            )
+        }),
         Command::Serve(ref args) => {
             let data_dir = cli.store.is_none().then(|| cli.data_dir.clone());
             serve::run(open(&cli)?, args, data_dir).await

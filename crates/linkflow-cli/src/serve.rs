@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// schedule (0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h).
     #[arg(long, env = "LINKFLOW_DELIVERY_SCHEDULE_SECS", value_delimiter = ',')]
     delivery_schedule_secs: Option<Vec<f64>>,
+    /// Seconds an endpoint's lease lasts without renewal on a shared store (PostgreSQL): how
+    /// soon another node delivers to an endpoint whose node died.
+    #[arg(long, env = "LINKFLOW_DELIVERY_LEASE_SECS", default_value_t = linkflow_http::deliver::DEFAULT_LEASE.as_secs_f64())]
+    delivery_lease_secs: f64,
 }
 
 /// Seconds between two runs of the abandonment timer: a session is declared abandoned within
@@ -114,6 +118,7 @@ fn seconds(value: f64, what: &str) -> Result<Duration, CliError> {
 fn delivery_config(args: &ServeArgs) -> Result<linkflow_http::deliver::DeliveryConfig, CliError> {
     let mut config = linkflow_http::deliver::DeliveryConfig {
         timeout: seconds(args.delivery_timeout_secs, "--delivery-timeout-secs")?,
+        lease: seconds(args.delivery_lease_secs, "--delivery-lease-secs")?,
         ..linkflow_http::deliver::DeliveryConfig::default()
     };
     if let Some(schedule) = &args.delivery_schedule_secs {
@@ -260,15 +265,21 @@ pub async fn run(
         eprintln!("linkflow: erasure unavailable: no LINKFLOW_MASTER_KEY, so personal fields and raw payloads are stored as delivered (docs/privacy.md)");
     }
     tokio::spawn(declare_abandoned_every_tick(engine.clone()));
-    // Outbound delivery, with its state in the data directory (embedded store only); the
-    // HTTP routes of endpoints and deliveries share it.
+    // Outbound delivery, with its state in the database (PostgreSQL: every node delivers, one
+    // per endpoint by its lease) or in the data directory; the HTTP routes of endpoints and
+    // deliveries share it.
     let (stop_delivery, delivery_stopped) = tokio::sync::watch::channel(false);
-    let delivery = match &config.data_dir {
-        Some(dir) => {
-            let state: std::sync::Arc<dyn linkflow::delivery::DeliveryState> = std::sync::Arc::new(
+    let state: Option<std::sync::Arc<dyn linkflow::delivery::DeliveryState>> =
+        match (&config.data_dir, engine.shared_delivery_state()) {
+            (_, Some(shared)) => Some(shared),
+            (Some(dir), None) => Some(std::sync::Arc::new(
                 linkflow::delivery::FileDeliveryState::for_data_dir(dir)
                     .map_err(|error| CliError(error.to_string()))?,
-            );
+            )),
+            (None, None) => None,
+        };
+    let delivery = match state {
+        Some(state) => {
             config.delivery = Some(std::sync::Arc::clone(&state));
             let deliverer = linkflow_http::deliver::Deliverer::new(
                 engine.clone(),
@@ -282,10 +293,7 @@ pub async fn run(
                 }
             }))
         }
-        None => {
-            tracing::warn!("notification delivery runs with the embedded store only: not started on PostgreSQL");
-            None
-        }
+        None => None,
     };
     tracing::info!(%address, "serving the linkflow HTTP API");
     let signal = async move {

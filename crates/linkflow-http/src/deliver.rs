@@ -60,6 +60,9 @@ pub const RETRY_SCHEDULE: [Duration; 10] = [
     Duration::from_secs(24 * 3600),
 ];
 
+/// An endpoint's lease without renewal.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
 /// A request's timeout (the spec says 15 to 30 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -74,6 +77,9 @@ pub struct DeliveryConfig {
     pub poll: Duration,
     /// How often a worker's cursor is written while it moves (and at every stop).
     pub cursor_every: Duration,
+    /// How long an endpoint's lease lasts without renewal (renewed every `poll`): how soon
+    /// another node takes over from one that died, on a shared store.
+    pub lease: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -83,6 +89,7 @@ impl Default for DeliveryConfig {
             timeout: DEFAULT_TIMEOUT,
             poll: Duration::from_secs(1),
             cursor_every: Duration::from_millis(200),
+            lease: DEFAULT_LEASE,
         }
     }
 }
@@ -161,22 +168,58 @@ impl Deliverer {
                 .filter(|endpoint| endpoint.disabled.is_none())
                 .map(|endpoint| (endpoint.id.as_str(), endpoint))
                 .collect();
-            let stale: Vec<String> = workers
+            let mut stale: Vec<String> = workers
                 .iter()
                 .filter(|(id, (endpoint, _, handle))| {
                     handle.is_finished() || wanted.get(id.as_str()) != Some(&endpoint)
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
+            // The running ones renew their leases; one whose lease another node took stops.
+            for id in workers
+                .keys()
+                .filter(|id| !stale.contains(id))
+                .cloned()
+                .collect::<Vec<_>>()
+            {
+                let endpoint = id.clone();
+                let ttl = self.config.lease;
+                match self
+                    .blocking(move |state| state.lease(&endpoint, ttl))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(endpoint = %id, "another node took the endpoint's lease: stopping delivery to it here");
+                        stale.push(id);
+                    }
+                    Err(error) => {
+                        tracing::error!(endpoint = %id, %error, "renewing the endpoint's lease failed: stopping delivery to it here");
+                        stale.push(id);
+                    }
+                }
+            }
             for id in stale {
                 if let Some((_, stop, handle)) = workers.remove(&id) {
                     let _ = stop.send(true);
                     let _ = handle.await;
+                    let _ = self.blocking(move |state| state.release(&id)).await;
                 }
             }
             for (id, endpoint) in wanted {
                 if workers.contains_key(id) {
                     continue;
+                }
+                // One node delivers to an endpoint at a time (a shared store's lease).
+                let leased = id.to_owned();
+                let ttl = self.config.lease;
+                match self.blocking(move |state| state.lease(&leased, ttl)).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        tracing::error!(endpoint = %id, %error, "taking the endpoint's lease failed");
+                        continue;
+                    }
                 }
                 let (stop_worker, stopped) = watch::channel(false);
                 let worker = Worker {
@@ -199,9 +242,10 @@ impl Deliverer {
                 _ = stopped(&mut stop) => break Ok(()),
             }
         };
-        for (_, (_, stop, handle)) in workers {
+        for (id, (_, stop, handle)) in workers {
             let _ = stop.send(true);
             let _ = handle.await;
+            let _ = self.blocking(move |state| state.release(&id)).await;
         }
         result
     }

@@ -21,7 +21,7 @@ fn delivery(state: &AppState) -> Result<Arc<dyn DeliveryState>, ApiError> {
         ApiError::new(
             StatusCode::CONFLICT,
             "delivery_unavailable",
-            "outbound delivery runs with the embedded store only (on PostgreSQL it is not built yet)",
+            "this server has no delivery state configured (HttpConfig::delivery)",
         )
     })
 }

@@ -115,6 +115,7 @@ fn config() -> DeliveryConfig {
         timeout: Duration::from_millis(300),
         poll: Duration::from_millis(50),
         cursor_every: Duration::from_millis(10),
+        lease: Duration::from_secs(10),
     }
 }
 

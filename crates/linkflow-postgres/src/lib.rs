@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod delivery;
 mod error;
 mod keys;
 mod pool;
@@ -28,6 +29,7 @@ mod store;
 pub mod testing;
 mod verify;
 
+pub use delivery::PgDelivery;
 pub use keys::PgKeys;
 pub use store::{PgOptions, PgStore};
 

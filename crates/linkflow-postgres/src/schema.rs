@@ -79,11 +79,37 @@ CREATE TABLE linkflow_key_secret (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     wrapped bytea NOT NULL
 );
+
+-- Outbound delivery (docs/notifications.md): the endpoints (each a JSON document, in the order
+-- they were added), each endpoint's cursor and the lease of the node that delivers to it, the
+-- attempts (the newest kept, trimmed as they are written) and the redeliveries asked for.
+CREATE TABLE linkflow_endpoints (
+    added bigserial PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    endpoint text NOT NULL
+);
+CREATE TABLE linkflow_delivery_cursors (
+    endpoint text PRIMARY KEY,
+    through text,
+    holder text,
+    lease_until timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE linkflow_delivery_attempts (
+    id bigserial PRIMARY KEY,
+    endpoint text NOT NULL,
+    attempt text NOT NULL
+);
+CREATE INDEX linkflow_delivery_attempts_by_endpoint ON linkflow_delivery_attempts (endpoint, id);
+CREATE TABLE linkflow_redeliveries (
+    endpoint text NOT NULL,
+    notification text NOT NULL,
+    PRIMARY KEY (endpoint, notification)
+);
 "#,
 )];
 
 /// The first schema this build reads.
-const FIRST: i32 = 3;
+const FIRST: i32 = 4;
 
 /// The schema version this build writes.
 pub fn latest() -> i32 {
@@ -119,7 +145,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             store: "the PostgreSQL database".into(),
             found: format!("schema {current}"),
             supported: FIRST as u32,
-            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 had no compaction mark on linkflow_snapshots; schema 3 keeps every event of a session in linkflow_events and each stream's compaction version beside its snapshot",
+            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 had no compaction mark on linkflow_snapshots; schema 3 had no delivery tables; schema 4 keeps every event of a session in linkflow_events, each stream's compaction version beside its snapshot, and outbound delivery's endpoints, cursors, leases, attempts and redeliveries",
         });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {

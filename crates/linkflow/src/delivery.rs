@@ -50,6 +50,9 @@ pub enum DeliveryStateError {
     /// No endpoint has this id.
     #[error("no endpoint {0}")]
     UnknownEndpoint(String),
+    /// Another node holds the endpoint's lease: this one must stop delivering to it.
+    #[error("another node delivers to {0} now (its lease was taken over)")]
+    LeaseLost(String),
     /// [`MAX_ENDPOINTS`] are configured.
     #[error("{MAX_ENDPOINTS} endpoints are configured already")]
     TooMany,
@@ -252,6 +255,10 @@ pub trait DeliveryState: Send + Sync {
         -> Result<(), DeliveryStateError>;
     /// Records an attempt.
     fn record(&self, attempt: &Attempt) -> Result<(), DeliveryStateError>;
+    /// Records attempts (one call for many where the state can).
+    fn record_many(&self, attempts: &[Attempt]) -> Result<(), DeliveryStateError> {
+        attempts.iter().try_for_each(|attempt| self.record(attempt))
+    }
     /// The latest attempts (of one endpoint, or every one), newest last, at most `limit`
     /// (capped at [`MAX_ATTEMPTS_SHOWN`]).
     fn attempts(
@@ -267,6 +274,20 @@ pub trait DeliveryState: Send + Sync {
     ) -> Result<(), DeliveryStateError>;
     /// The redeliveries asked for an endpoint, removed from the queue.
     fn take_redeliveries(&self, endpoint: &str) -> Result<Vec<NotificationId>, DeliveryStateError>;
+    /// Takes or renews this process's lease of an endpoint for `ttl` (`false`: another
+    /// process holds it; a sender delivers only while it holds it). A state only one process
+    /// uses (the data directory's files: sled allows one) always grants it.
+    fn lease(
+        &self,
+        _endpoint: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, DeliveryStateError> {
+        Ok(true)
+    }
+    /// Gives this process's lease of an endpoint up (another may take it at once).
+    fn release(&self, _endpoint: &str) -> Result<(), DeliveryStateError> {
+        Ok(())
+    }
 }
 
 /// [`DeliveryState`] in files under a folder (the data directory's `delivery/`).

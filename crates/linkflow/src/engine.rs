@@ -146,6 +146,8 @@ impl Engine {
         };
         #[cfg(feature = "postgres")]
         let mut pg_keys = None;
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+        let mut delivery: Option<Arc<dyn crate::delivery::DeliveryState>> = None;
         let store: Arc<dyn EventStore> = match config.store {
             StoreChoice::Sled {
                 path,
@@ -161,6 +163,12 @@ impl Engine {
             StoreChoice::Postgres { url } => {
                 let store = Arc::new(linkflow_postgres::PgStore::open(&url)?);
                 pg_keys = Some(linkflow_postgres::PgKeys::new(Arc::clone(&store)));
+                let mut node = [0u8; 8];
+                getrandom::fill(&mut node).expect("the operating system's random source works");
+                delivery = Some(Arc::new(crate::pg_delivery::PgDeliveryState::new(
+                    linkflow_postgres::PgDelivery::new(Arc::clone(&store)),
+                    format!("node-{:016x}", u64::from_be_bytes(node)),
+                )));
                 store
             }
             StoreChoice::Custom(store) => store,
@@ -205,6 +213,7 @@ impl Engine {
             max_events_per_stream: config.max_events_per_stream,
             inactivity_timeout: config.inactivity_timeout,
             privacy,
+            delivery,
             raw_retention: config.raw_retention,
             compact_after: config.compact_after,
             stats: WriteCounters::default(),
@@ -713,6 +722,14 @@ impl Engine {
                 None => text.to_owned(),
             }),
         )
+    }
+
+    /// Outbound delivery's state kept in the store's database, shared by every node
+    /// (PostgreSQL: `PgDeliveryState`, with a lease per endpoint); `None` for the embedded
+    /// store, whose delivery state lives in the data directory
+    /// ([`crate::delivery::FileDeliveryState`]).
+    pub fn shared_delivery_state(&self) -> Option<Arc<dyn crate::delivery::DeliveryState>> {
+        self.shared.delivery.clone()
     }
 
     /// The notification `id` names, derived again from the log; `None` if there is none.

@@ -43,6 +43,8 @@ pub mod intake;
 mod key_index;
 pub mod notify;
 #[cfg(feature = "postgres")]
+pub mod pg_delivery;
+#[cfg(feature = "postgres")]
 mod pg_keys;
 pub mod privacy;
 pub mod quarantine;

@@ -396,3 +396,90 @@ async fn compaction_on_one_node_is_seen_by_the_other_and_pg_dump_holds_no_compac
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Outbound delivery's state in the database: every node sees the same endpoints; one node at
+/// a time holds an endpoint's lease and only it moves the cursor; a lease that runs out is
+/// taken over; attempts and redeliveries are shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_state_is_shared_and_one_node_holds_an_endpoints_lease() {
+    use linkflow::delivery::{Attempt, AttemptOutcome, DeliveryStateError};
+    use linkflow::{NotificationId, NotificationKind};
+    let Some(cluster) = TestCluster::shared_or_skip("delivery_state_on_postgres") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let a = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let b = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let (state_a, state_b) = (
+        a.shared_delivery_state().unwrap(),
+        b.shared_delivery_state().unwrap(),
+    );
+    let id = |position: u64| NotificationId {
+        position: Position(position),
+        index: 0,
+    };
+    tokio::task::spawn_blocking(move || {
+        let endpoint = state_a
+            .add_endpoint("http://127.0.0.1:9/hook", None, None, chrono::Utc::now())
+            .unwrap();
+        assert_eq!(state_b.endpoints().unwrap(), [endpoint.clone()]);
+        // A holds the lease: B neither takes it nor moves the cursor.
+        let long = std::time::Duration::from_secs(60);
+        assert!(state_a.lease(&endpoint.id, long).unwrap());
+        assert!(!state_b.lease(&endpoint.id, long).unwrap());
+        state_a.set_cursor(&endpoint.id, id(7)).unwrap();
+        assert!(matches!(
+            state_b.set_cursor(&endpoint.id, id(9)),
+            Err(DeliveryStateError::LeaseLost(_))
+        ));
+        assert_eq!(state_b.cursor(&endpoint.id).unwrap(), Some(id(7)));
+        // A lease that runs out is taken over, and the old holder can no longer write.
+        assert!(state_a
+            .lease(&endpoint.id, std::time::Duration::from_millis(1))
+            .unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(state_b.lease(&endpoint.id, long).unwrap());
+        assert!(state_a.set_cursor(&endpoint.id, id(8)).is_err());
+        state_b.set_cursor(&endpoint.id, id(9)).unwrap();
+        // Given up: the other takes it at once.
+        state_b.release(&endpoint.id).unwrap();
+        assert!(state_a.lease(&endpoint.id, long).unwrap());
+        // Attempts and redeliveries are shared.
+        let attempt = Attempt {
+            endpoint: endpoint.id.clone(),
+            notification: id(3).to_string(),
+            kind: NotificationKind::SessionExited,
+            stream: "s".into(),
+            attempt: 1,
+            at: chrono::Utc::now(),
+            status: Some(503),
+            error: Some("answered 503".into()),
+            redelivery: false,
+            outcome: AttemptOutcome::GaveUp,
+        };
+        state_a
+            .record_many(&[attempt.clone(), attempt.clone()])
+            .unwrap();
+        assert_eq!(state_b.attempts(Some(&endpoint.id), 1).unwrap(), [attempt]);
+        state_b.request_redelivery(&endpoint.id, id(3)).unwrap();
+        assert_eq!(state_a.take_redeliveries(&endpoint.id).unwrap(), [id(3)]);
+        assert!(state_b.take_redeliveries(&endpoint.id).unwrap().is_empty());
+        state_b
+            .set_disabled(
+                &endpoint.id,
+                Some(linkflow::delivery::Disabled {
+                    at: chrono::Utc::now(),
+                    reason: "test".into(),
+                }),
+            )
+            .unwrap();
+        assert!(state_a.endpoints().unwrap()[0].disabled.is_some());
+        assert!(state_b.remove_endpoint(&endpoint.id).unwrap());
+        assert!(state_a.endpoints().unwrap().is_empty());
+        assert_eq!(state_a.cursor(&endpoint.id).unwrap(), None);
+    })
+    .await
+    .unwrap();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

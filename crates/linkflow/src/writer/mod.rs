@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     pub inactivity_timeout: chrono::Duration,
     /// Sealing of personal fields, when a master key is configured.
     pub privacy: Option<Arc<crate::privacy::Privacy>>,
+    /// Outbound delivery's state kept in the store's database (PostgreSQL), shared by every
+    /// node; `None` for a store without one.
+    pub delivery: Option<Arc<dyn crate::delivery::DeliveryState>>,
     pub raw_retention: Option<chrono::Duration>,
     /// How old a terminal session's last event must be for it to be compacted.
     pub compact_after: Option<chrono::Duration>,
