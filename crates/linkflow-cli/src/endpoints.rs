@@ -138,17 +138,7 @@ pub(crate) fn endpoints(
             } else {
                 out!("endpoint {} -> {}", endpoint.id, endpoint.url);
                 out!("secret {}", endpoint.secret);
-                out!(
-                    "types {}",
-                    endpoint
-                        .types
-                        .as_ref()
-                        .map_or("all".to_owned(), |types| types
-                            .iter()
-                            .map(|kind| kind.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","))
-                );
+                out!("types {}", endpoint.types_text());
             }
         }
         EndpointsCommand::List => {
@@ -169,14 +159,7 @@ pub(crate) fn endpoints(
                         "{}  {}  types {}  {}  delivered through {}",
                         endpoint.id,
                         endpoint.url,
-                        endpoint
-                            .types
-                            .as_ref()
-                            .map_or("all".to_owned(), |types| types
-                                .iter()
-                                .map(|kind| kind.as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")),
+                        endpoint.types_text(),
                         endpoint.disabled.as_ref().map_or(
                             "enabled".to_owned(),
                             |disabled| format!(

@@ -126,6 +126,44 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// A new endpoint with a fresh id, its settings checked (the secret made when `None`).
+    pub fn new(
+        url: &str,
+        secret: Option<String>,
+        types: Option<Vec<NotificationKind>>,
+        now: DateTime<Utc>,
+    ) -> Result<Endpoint, DeliveryStateError> {
+        check_url(url)?;
+        let secret = secret.unwrap_or_else(new_secret);
+        secret_key(&secret)?;
+        if types.as_ref().is_some_and(Vec::is_empty) {
+            return Err(DeliveryStateError::Invalid("an empty list of types".into()));
+        }
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).expect("the operating system's random source works");
+        Ok(Endpoint {
+            id: format!("ep_{:016x}", u64::from_be_bytes(id)),
+            url: url.to_owned(),
+            secret,
+            types,
+            created_at: now,
+            disabled: None,
+        })
+    }
+
+    /// Its types as a comma-separated list, `all` without a filter.
+    pub fn types_text(&self) -> String {
+        self.types.as_ref().map_or("all".to_owned(), |types| {
+            types
+                .iter()
+                .map(|kind| kind.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+}
+
 /// A new random secret: `whsec_` and the base64 of 32 random bytes.
 pub fn new_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -422,27 +460,12 @@ impl DeliveryState for FileDeliveryState {
         types: Option<Vec<NotificationKind>>,
         now: DateTime<Utc>,
     ) -> Result<Endpoint, DeliveryStateError> {
-        check_url(url)?;
-        let secret = secret.unwrap_or_else(new_secret);
-        secret_key(&secret)?;
-        if types.as_ref().is_some_and(Vec::is_empty) {
-            return Err(DeliveryStateError::Invalid("an empty list of types".into()));
-        }
+        let endpoint = Endpoint::new(url, secret, types, now)?;
         self.locked(|| {
             let mut file = self.read_endpoints()?;
             if file.endpoints.len() >= MAX_ENDPOINTS {
                 return Err(DeliveryStateError::TooMany);
             }
-            let mut id = [0u8; 8];
-            getrandom::fill(&mut id).expect("the operating system's random source works");
-            let endpoint = Endpoint {
-                id: format!("ep_{:016x}", u64::from_be_bytes(id)),
-                url: url.to_owned(),
-                secret,
-                types,
-                created_at: now,
-                disabled: None,
-            };
             file.endpoints.push(endpoint.clone());
             self.write_endpoints(&file)?;
             Ok(endpoint)

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use linkflow_postgres::PgDelivery;
 
 use crate::delivery::{
-    check_url, new_secret, secret_key, Attempt, DeliveryState, DeliveryStateError, Disabled,
-    Endpoint, MAX_ATTEMPTS_SHOWN, MAX_ENDPOINTS, MAX_REDELIVERIES,
+    Attempt, DeliveryState, DeliveryStateError, Disabled, Endpoint, MAX_ATTEMPTS_SHOWN,
+    MAX_ENDPOINTS, MAX_REDELIVERIES,
 };
 use crate::notify::{NotificationId, NotificationKind};
 
@@ -60,22 +60,7 @@ impl DeliveryState for PgDeliveryState {
         types: Option<Vec<NotificationKind>>,
         now: DateTime<Utc>,
     ) -> Result<Endpoint, DeliveryStateError> {
-        check_url(url)?;
-        let secret = secret.unwrap_or_else(new_secret);
-        secret_key(&secret)?;
-        if types.as_ref().is_some_and(Vec::is_empty) {
-            return Err(DeliveryStateError::Invalid("an empty list of types".into()));
-        }
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).expect("the operating system's random source works");
-        let endpoint = Endpoint {
-            id: format!("ep_{:016x}", u64::from_be_bytes(id)),
-            url: url.to_owned(),
-            secret,
-            types,
-            created_at: now,
-            disabled: None,
-        };
+        let endpoint = Endpoint::new(url, secret, types, now)?;
         let document = serde_json::to_string(&endpoint).expect("an endpoint serializes");
         if !self
             .tables

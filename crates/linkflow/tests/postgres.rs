@@ -422,7 +422,10 @@ async fn delivery_state_is_shared_and_one_node_holds_an_endpoints_lease() {
         let endpoint = state_a
             .add_endpoint("http://127.0.0.1:9/hook", None, None, chrono::Utc::now())
             .unwrap();
-        assert_eq!(state_b.endpoints().unwrap(), std::slice::from_ref(&endpoint));
+        assert_eq!(
+            state_b.endpoints().unwrap(),
+            std::slice::from_ref(&endpoint)
+        );
         // A holds the lease: B neither takes it nor moves the cursor.
         let long = std::time::Duration::from_secs(60);
         assert!(state_a.lease(&endpoint.id, long).unwrap());
