@@ -486,3 +486,45 @@ async fn delivery_state_is_shared_and_one_node_holds_an_endpoints_lease() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Two nodes' abandonment timers, run at once on one database, store one marker for one
+/// silence (its dedupe key), and both nodes read the session declared abandoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_declare_an_abandonment_once() {
+    let Some(cluster) = TestCluster::shared_or_skip("abandonment_on_postgres") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let a = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let b = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let id = SessionId::new("quiet-on-pg").unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 1, 5, 9, 0, 0).unwrap();
+    a.ingest(IncomingEvent::new(
+        id.clone(),
+        Provider::Moneykit,
+        Event::new(EventKind::Opened).at(at),
+    ))
+    .await
+    .unwrap();
+    let later = Utc::now() + chrono::Duration::minutes(31);
+    let (on_a, on_b) = tokio::join!(a.declare_abandoned(later), b.declare_abandoned(later));
+    let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+    assert_eq!(on_a.declared + on_b.declared, 1, "{on_a:?} {on_b:?}");
+    let history = b.history(&id).await.unwrap().unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|entry| entry.event == "abandoned")
+            .count(),
+        1
+    );
+    for engine in [&a, &b] {
+        let view = engine.session(&id).await.unwrap().unwrap();
+        assert!(view.state.abandoned_at().is_some());
+    }
+    // And again, later: nothing more for the same silence.
+    let again = a.declare_abandoned(later).await.unwrap();
+    assert_eq!(again.declared + again.skipped, 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
