@@ -190,7 +190,9 @@ impl PgStore {
                     .batch_execute(
                         "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots, linkflow_meta,
                                               linkflow_index, linkflow_counters, linkflow_keys,
-                                              linkflow_key_secret, linkflow_head, linkflow_schema",
+                                              linkflow_key_secret, linkflow_endpoints,
+                                              linkflow_delivery_cursors, linkflow_delivery_attempts,
+                                              linkflow_redeliveries, linkflow_head, linkflow_schema",
                     )
                     .await
                     .map_err(backend)

@@ -485,6 +485,15 @@ async fn delivery_state_is_shared_and_one_node_holds_an_endpoints_lease() {
     .unwrap();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+    // Dropping linkflow's tables drops every one of them: the schema is made again at open.
+    let reset = url.clone();
+    tokio::task::spawn_blocking(move || linkflow_postgres::PgStore::drop_schema(&reset))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    assert!(again.shared_delivery_state().unwrap().endpoints().is_ok());
+    again.shutdown().await.unwrap();
 }
 
 /// Two nodes' abandonment timers, run at once on one database, store one marker for one
