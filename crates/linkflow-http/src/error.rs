@@ -23,6 +23,16 @@ impl ApiError {
         }
     }
 
+    /// The response's status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What was wrong, and where.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     pub(crate) fn bad_request(error: &'static str, detail: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, error, detail)
     }

@@ -11,7 +11,7 @@
 //! `POST /v1/quarantine/redrive`, `/v1/accounts`, `/v1/merchants`; `GET /v1/stream`
 //! (server-sent events); `GET`/`POST /v1/endpoints`, `PATCH`/`DELETE /v1/endpoints/{id}`,
 //! `GET /v1/deliveries`, `POST /v1/deliveries/redeliver` (outbound notifications);
-//! `GET /healthz`; `GET /metrics`.
+//! `GET /healthz`; `GET /metrics`; the web console under `/ui` ([`console_router`]).
 //!
 //! Modules: `error` (responses for refused requests), `metrics` (Prometheus text), `stream`
 //! (server-sent events), [`deliver`] (notification delivery in Standard Webhooks form),
@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod console;
 pub mod deliver;
 mod endpoints;
 mod error;
@@ -58,6 +59,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use console::{
+    ATTENTION_PAGE, ATTENTION_SCAN_ACCOUNTS, CONSOLE_ACCOUNT_HISTORY, CONSOLE_CSS,
+    CONSOLE_HISTORY_PAGE, CONSOLE_JS, CONSOLE_LOGIN_TTL, CONSOLE_PAGE_SESSIONS, MAX_CONSOLE_LOGINS,
+    MAX_FUNNEL_COLUMNS, MAX_SEARCH_BYTES,
+};
 pub use error::ApiError;
 pub use guard::{BODY_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URI_BYTES};
 pub use metrics::Metrics;
@@ -169,6 +175,8 @@ struct Shared {
     /// Turns true when the server starts shutting down: open event streams end, so that
     /// graceful shutdown is not held up by subscribers that never disconnect.
     closing: watch::Sender<bool>,
+    /// The web console's logins.
+    console_logins: Arc<console::Logins>,
 }
 
 impl HttpConfig {
@@ -184,6 +192,7 @@ impl HttpConfig {
                 knot_signatures: Arc::default(),
                 subscribers: Arc::new(Semaphore::new(self.max_subscribers)),
                 closing: watch::Sender::new(false),
+                console_logins: Arc::default(),
             })
         })
     }
@@ -443,12 +452,20 @@ pub fn ops_router(engine: Engine, config: HttpConfig) -> Router {
         .layer(middleware::from_fn(guard::trace_request))
 }
 
-/// The API and the operator's routes in one `Router` (what [`serve`] serves), with a JSON 404
-/// for every other path.
+/// The web console (`/ui` and the pages under it: find, session, user, funnel, attention),
+/// signed in with the API token when one is set. Merge it at the root of an app: its pages link
+/// to `/ui/...`.
+pub fn console_router(engine: Engine, config: HttpConfig) -> Router {
+    console::routes(state(engine, config))
+}
+
+/// The API, the operator's routes and the web console in one `Router` (what [`serve`] serves),
+/// with a JSON 404 for every other path.
 pub fn router(engine: Engine, config: HttpConfig) -> Router {
     let metrics = config.metrics();
     api_router(engine.clone(), config.clone())
-        .merge(ops_router(engine, config))
+        .merge(ops_router(engine.clone(), config.clone()))
+        .merge(console_router(engine, config))
         .fallback(move |request: Request| {
             let metrics = Arc::clone(&metrics);
             async move {
@@ -1310,17 +1327,17 @@ async fn list_merchants(
     })))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct FunnelParams {
-    since: Option<String>,
-    until: Option<String>,
-    provider: Option<String>,
-    institution: Option<String>,
-    link_type: Option<String>,
-    by: Option<String>,
-    format: Option<String>,
+pub(crate) struct FunnelParams {
+    pub(crate) since: Option<String>,
+    pub(crate) until: Option<String>,
+    pub(crate) provider: Option<String>,
+    pub(crate) institution: Option<String>,
+    pub(crate) link_type: Option<String>,
+    pub(crate) by: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 fn time_param(
@@ -1341,22 +1358,16 @@ fn time_param(
         .transpose()
 }
 
-/// `GET /v1/funnel`: the filters of `linkflow funnel`; `?format=svg` returns the chart of the
-/// first group.
-#[utoipa::path(get, path = "/v1/funnel", tag = "read",
-    description = "The funnel: conversion and drop-off by step, with filters and grouping; `format=svg` for the chart.",
-    params(FunnelParams),
-    responses(
-        (status = 200, description = "The funnels (JSON), or the first one's chart (`image/svg+xml`)"),
-        ReadRefusals,
-    ))]
-async fn funnel(
-    State(state): State<AppState>,
-    Query(params): Query<FunnelParams>,
-) -> Result<Response, ApiError> {
+/// The funnel query of `GET /v1/funnel`'s parameters (the console's funnel page reads the same
+/// ones), judged at `now`.
+pub(crate) fn funnel_query(
+    engine: &Engine,
+    params: FunnelParams,
+    now: chrono::DateTime<Utc>,
+) -> Result<linkflow_core::funnel::FunnelQuery, ApiError> {
     use linkflow_core::funnel::{FunnelQuery, GroupBy};
-    let mut query = FunnelQuery::at(Utc::now());
-    query.inactivity_timeout = state.engine.inactivity_timeout();
+    let mut query = FunnelQuery::at(now);
+    query.inactivity_timeout = engine.inactivity_timeout();
     query.since = time_param("since", params.since)?;
     query.until = time_param("until", params.until)?;
     query.provider = params
@@ -1390,6 +1401,23 @@ async fn funnel(
             ))
         }
     };
+    Ok(query)
+}
+
+/// `GET /v1/funnel`: the filters of `linkflow funnel`; `?format=svg` returns the chart of the
+/// first group.
+#[utoipa::path(get, path = "/v1/funnel", tag = "read",
+    description = "The funnel: conversion and drop-off by step, with filters and grouping; `format=svg` for the chart.",
+    params(FunnelParams),
+    responses(
+        (status = 200, description = "The funnels (JSON), or the first one's chart (`image/svg+xml`)"),
+        ReadRefusals,
+    ))]
+async fn funnel(
+    State(state): State<AppState>,
+    Query(params): Query<FunnelParams>,
+) -> Result<Response, ApiError> {
+    let query = funnel_query(&state.engine, params.clone(), Utc::now())?;
     let funnels = state.engine.funnel(query.clone()).await?;
     match params.format.as_deref() {
         None | Some("json") => Ok(Json(funnels).into_response()),
