@@ -220,6 +220,14 @@ fn sessions_table(sessions: &[Value], show_user: bool) -> Markup {
     }
 }
 
+/// Whether a stream id is a session's (else an account's, a merchant's, a quarantine entry's or
+/// an erasure's, whose ids carry their kind as a prefix).
+fn is_session_stream(stream: &str) -> bool {
+    !["account:", "merchant:", "quarantine:", "erasure:"]
+        .iter()
+        .any(|prefix| stream.starts_with(prefix))
+}
+
 fn next_link(next: Option<&str>) -> Markup {
     html! {
         @if let Some(next) = next {
@@ -715,7 +723,12 @@ pub(crate) fn attention_page(chrome: &Chrome, page: &AttentionPage) -> Page {
                             @for event in parked {
                                 @let stream = text(event, "session_id").unwrap_or("");
                                 tr {
-                                    td { a href={ "/ui/sessions/" (segment(stream)) } { (stream) } }
+                                    td {
+                                        // Sessions have a page; account and merchant streams are
+                                        // shown on their user's page and in the API.
+                                        @if !is_session_stream(stream) { code { (stream) } }
+                                        @else { a href={ "/ui/sessions/" (segment(stream)) } { (stream) } }
+                                    }
                                     td { strong { (text(event, "event").unwrap_or("")) } " " code { (text(event, "raw_name").unwrap_or("")) } }
                                     td.reason { (text(event, "reason").unwrap_or("")) }
                                     td { (when(event.get("event_time"))) }
