@@ -749,6 +749,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
         Some(Only::Sse) => return crate::sse::figures(options, results).await,
         Some(Only::Privacy) => return crate::privacy::figures(options, results).await,
         Some(Only::Notify) => return crate::notify::figures(options, results).await,
+        Some(Only::Console) => return crate::console::figures(options, results).await,
         _ => {}
     }
     let deliveries = generate(options.events, SEED);
@@ -795,7 +796,8 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
             return;
         }
         None | Some(Only::Writers) | Some(Only::Reads) | Some(Only::Rebuild)
-        | Some(Only::Scale) | Some(Only::Sse) | Some(Only::Privacy) | Some(Only::Notify) => {}
+        | Some(Only::Scale) | Some(Only::Sse) | Some(Only::Privacy) | Some(Only::Notify)
+        | Some(Only::Console) => {}
     }
 
     let (first, rebuild, folded, scan) = settled_scans(engine_dir.path()).await;
@@ -818,6 +820,7 @@ pub async fn run_all(options: &Options, results: &mut BTreeMap<String, f64>) {
     crate::sse::figures(options, results).await;
     crate::privacy::figures(options, results).await;
     crate::notify::figures(options, results).await;
+    crate::console::figures(options, results).await;
 
     let sizes: &[usize] = if options.quick {
         &[20_000]

@@ -15,13 +15,16 @@
 //! bursts shuffled vs the same bursts in provider-time order; (11) with `--baseline-bin FILE`
 //! (another build of this bench, e.g. an earlier commit's): figure 1 as that build measures it,
 //! in the same run; (12) reads at 10k, 100k and 1M sessions (funnels, a filtered page, a
-//! user's sessions, a metrics scrape's reads), p99 at each size against the smallest.
+//! user's sessions, a metrics scrape's reads), p99 at each size against the smallest; (13)
+//! posts among event-stream subscribers; (14) sealing and erasure; (15) notifications; (16)
+//! the web console's pages at 100k sessions against the API reads behind them.
 //!
 //! Usage: `linkflow-bench [--events N] [--quick] [--json] [--scaling] [--chart FILE]
-//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse|privacy|notify]`.
+//! [--baseline-bin FILE] [--only ingest|writers|rebuild|reads|postgres|scale|sse|privacy|notify|console]`.
 #![forbid(unsafe_code)]
 
 mod chart;
+mod console;
 mod figures;
 mod notify;
 mod postgres;
@@ -73,6 +76,8 @@ pub enum Only {
     Notify,
     /// `--only privacy`: figure 14 (the cost of sealing, the time to erase a user).
     Privacy,
+    /// `--only console`: figure 16 (the web console's pages at 100k sessions).
+    Console,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -138,12 +143,13 @@ fn parse_options() -> Result<Options, String> {
                     Some("sse") => Only::Sse,
                     Some("privacy") => Only::Privacy,
                     Some("notify") => Only::Notify,
+                    Some("console") => Only::Console,
                     _ => return Err("--only takes `ingest` (figure 1), `writers` (figure 2), `rebuild` (figures 1 and 3), `reads` (figure 4) or `postgres` (figures 1 and 7)".into()),
                 })
             }
             other => {
                 return Err(format!(
-                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse|privacy|notify"
+                    "unknown argument `{other}`; expected --events N, --quick, --json, --scaling, --chart FILE, --baseline-bin FILE, --only ingest|writers|rebuild|reads|postgres|scale|sse|privacy|notify|console"
                 ))
             }
         }
