@@ -284,6 +284,25 @@ async fn seed(server: &Server) {
         serde_json::to_string(&failed).unwrap(),
     )
     .await;
+    // Last week the same user linked another bank, whose login broke since.
+    let linked = vec![
+        plaid(
+            "OPEN",
+            "pl_linked_1042",
+            7 * 24 * 60,
+            json!({"view_name": "CONSENT"}),
+        ),
+        json!({"public_token": "public-sandbox-1042", "item_id": "item_1042", "metadata": {"link_session_id": "pl_linked_1042", "institution": {"name": "Tattersall Federal Credit Union", "institution_id": "ins_109511"}, "accounts": [{"id": "acc_1042", "name": "Checking", "mask": "1042", "type": "depository", "subtype": "checking"}]}}),
+    ];
+    post(
+        &client,
+        server,
+        &format!("/v1/events/plaid?external_user_id={USER}"),
+        serde_json::to_string(&linked).unwrap(),
+    )
+    .await;
+    let broken = json!({"webhook_type": "ITEM", "webhook_code": "ERROR", "item_id": "item_1042", "error": {"error_type": "ITEM_ERROR", "error_code": "ITEM_LOGIN_REQUIRED", "error_message": "the login details of this item have changed", "display_message": null, "status": 400}, "environment": "production"});
+    post(&client, server, "/v1/webhooks/plaid", broken.to_string()).await;
     // A callback without a session id: quarantined until a redrive names one.
     let orphan =
         json!({"eventName": "OPEN", "metadata": {"request_id": "orphan", "timestamp": time(30)}});
@@ -362,6 +381,18 @@ async fn a_support_question_is_answered_from_the_console_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(text_of(&client, "user-id").await, USER);
+    // Their linked item, whose login broke, with its history.
+    let account = client
+        .find(Locator::Css("article.card"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        account.contains("item_1042") && account.contains("login_required"),
+        "{account}"
+    );
     screenshot(&client, "user").await;
     assert_no_console_errors(&driver, &client, "user").await;
     // Click 2: the failed session (its row is marked failed and shows the error code).

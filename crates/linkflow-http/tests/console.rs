@@ -489,3 +489,26 @@ async fn the_assets_are_served_from_the_binary_and_revalidate() {
     );
     console.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_proxy_the_forwarded_host_is_this_origin() {
+    let console = start(Some(TOKEN)).await;
+    let cookie = console.cookie().await;
+    let (_, page) = console.page("/ui", &cookie).await;
+    let sign_out = |forwarded: Option<&'static str>| {
+        let mut request = console
+            .client
+            .post(console.url("/ui/logout"))
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, "https://console.example")
+            .form(&[("csrf", csrf_of(&page))]);
+        if let Some(host) = forwarded {
+            request = request.header("x-forwarded-host", host);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(sign_out(None).await, 403);
+    assert_eq!(sign_out(Some("elsewhere.example")).await, 403);
+    assert_eq!(sign_out(Some("console.example")).await, 303);
+    console.stop().await;
+}

@@ -474,6 +474,27 @@ impl Engine {
         .await
     }
 
+    /// One account by its key (a Plaid item: [`linkflow_core::AccountKey::plaid_item`]), if it
+    /// exists (an account whose link was withdrawn does not).
+    pub async fn account(
+        &self,
+        key: &linkflow_core::AccountKey,
+    ) -> Result<Option<AccountView>, EngineError> {
+        let mut key = key.clone();
+        // A Plaid item's account names no user; others are stored under the stored user id.
+        if !key.external_user_id.is_empty() {
+            match crate::seal::stored_user(self.shared.privacy.as_deref(), &key.external_user_id)? {
+                Some(user) => key.external_user_id = user,
+                None => return Ok(None),
+            }
+        }
+        let Ok(stream) = key.stream_id() else {
+            return Ok(None);
+        };
+        self.read(move |store| Ok(query::account(store, &stream)?.filter(|view| view.key == key)))
+            .await
+    }
+
     /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) merchant availabilities in stream
     /// order after `after`, and where the next page starts (`None` after the last).
     pub async fn merchants_page(

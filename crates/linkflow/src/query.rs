@@ -610,6 +610,14 @@ pub(crate) fn accounts_page(
     Ok(AccountPage { accounts, next })
 }
 
+/// One account stream's view, `None` when it is not an existing account.
+pub(crate) fn account(
+    store: &dyn EventStore,
+    stream: &SessionId,
+) -> Result<Option<AccountView>, EngineError> {
+    Ok(load_state(store, stream)?.and_then(|state| account_view(state.folded)))
+}
+
 /// A session stream's view, `None` for other streams.
 fn session_view(session_id: SessionId, provider: Provider, folded: Folded) -> Option<SessionView> {
     match folded {

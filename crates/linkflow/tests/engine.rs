@@ -1503,3 +1503,53 @@ async fn a_page_reads_at_most_max_page_scan_streams() {
     assert!(second.sessions.is_empty());
     assert!(second.next.is_none());
 }
+
+/// One account read by its key: the exact stream, not a longer id it is a prefix of (`10` is a
+/// prefix of `100`), and nothing for an account that was never linked.
+#[tokio::test]
+async fn one_account_is_read_by_its_key() {
+    use linkflow_core::AccountEventKind::{Linked, LoginRequired};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let at = |merchant: &str, kind, second| {
+        let key = linkflow_core::AccountKey {
+            provider: Provider::Knot,
+            external_user_id: "u1".into(),
+            institution_id: merchant.into(),
+        };
+        IncomingEvent::with_body(
+            key.stream_id().unwrap(),
+            Provider::Knot,
+            linkflow_core::EventBody::Account {
+                account: key,
+                event: linkflow_core::AccountEvent::new(kind).at(t(second)),
+            },
+        )
+    };
+    engine
+        .ingest_batch(vec![
+            at("100", Linked, 1),
+            at("10", Linked, 2),
+            at("10", LoginRequired, 3),
+        ])
+        .await
+        .unwrap();
+    let key = |merchant: &str| linkflow_core::AccountKey {
+        provider: Provider::Knot,
+        external_user_id: "u1".into(),
+        institution_id: merchant.into(),
+    };
+    let ten = engine.account(&key("10")).await.unwrap().expect("linked");
+    assert_eq!(ten.key, key("10"));
+    assert_eq!(
+        ten.account.state(),
+        linkflow_core::AccountState::LoginRequired
+    );
+    let hundred = engine.account(&key("100")).await.unwrap().expect("linked");
+    assert_eq!(hundred.account.state(), linkflow_core::AccountState::Active);
+    assert!(engine.account(&key("1")).await.unwrap().is_none());
+    assert!(engine.account(&key("1000")).await.unwrap().is_none());
+    let mut stranger = key("10");
+    stranger.external_user_id = "u2".into();
+    assert!(engine.account(&stranger).await.unwrap().is_none());
+}

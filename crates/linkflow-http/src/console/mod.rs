@@ -265,14 +265,17 @@ async fn check_origin(request: Request, next: Next) -> Response {
     if request.method() == Method::POST {
         let headers = request.headers();
         if let Some(origin) = headers.get(header::ORIGIN) {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|host| host.to_str().ok());
+            // The host the browser asked for: a proxy in front may rewrite `Host` and say the
+            // original in `X-Forwarded-Host`.
+            let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+                .into_iter()
+                .filter_map(|name| headers.get(name)?.to_str().ok())
+                .collect();
             let origin_host = origin
                 .to_str()
                 .ok()
                 .and_then(|origin| origin.split_once("://").map(|(_, rest)| rest));
-            if host.is_none() || origin_host != host {
+            if !origin_host.is_some_and(|origin| hosts.contains(&origin)) {
                 return PageError::new(
                     StatusCode::FORBIDDEN,
                     "this form was sent from another site's page",
@@ -713,8 +716,24 @@ async fn user_page(
         ..SessionFilter::default()
     };
     let (sessions, next) = sessions_json(engine, filter, CONSOLE_PAGE_SESSIONS, cursor).await?;
+    let mut views = engine.user_accounts(&user).await?;
+    // Plaid's items name no user: the items of this page's sessions.
+    let mut items: Vec<&str> = sessions
+        .iter()
+        .filter_map(|session| session.get("item_id").and_then(Value::as_str))
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    for item in items {
+        if let Some(view) = engine
+            .account(&linkflow_core::AccountKey::plaid_item(item))
+            .await?
+        {
+            views.push(view);
+        }
+    }
     let mut accounts = Vec::new();
-    for account in engine.user_accounts(&user).await? {
+    for account in views {
         let (history, more_history) = match account.key.stream_id() {
             Ok(stream) => match engine
                 .history_page(&stream, CONSOLE_ACCOUNT_HISTORY, None)

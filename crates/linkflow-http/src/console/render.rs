@@ -492,6 +492,8 @@ pub(crate) fn user_page(
                         article.card {
                             h3 {
                                 (text(account, "provider").unwrap_or("")) " · "
+                                // A Plaid item's account names no user: its id is the item's.
+                                @if text(account, "external_user_id").is_some_and(str::is_empty) { "item " }
                                 code { (text(account, "institution_id").unwrap_or("")) } " "
                                 span class={ "badge account-" (state) } { (state) }
                             }
