@@ -19,8 +19,16 @@ struct Console {
 const TOKEN: &str = "console-test-token";
 
 async fn start(token: Option<&str>) -> Console {
+    start_with(token, None).await
+}
+
+/// A console over an engine with `master_key` (hex) sealing personal fields, if given.
+async fn start_with(token: Option<&str>, master_key: Option<&str>) -> Console {
     let dir = tempfile::tempdir().unwrap();
-    let engine = linkflow::Engine::open(dir.path()).unwrap();
+    let mut engine_config = linkflow::EngineConfig::new(dir.path());
+    engine_config.master_key = master_key
+        .map(|hex| std::sync::Arc::new(linkflow::privacy::MasterKey::from_hex(hex).unwrap()));
+    let engine = linkflow::Engine::open_with(engine_config).unwrap();
     let mut config = HttpConfig::default();
     config.token = token.map(str::to_owned);
     let app = router(engine.clone(), config);
@@ -510,5 +518,50 @@ async fn behind_a_proxy_the_forwarded_host_is_this_origin() {
     assert_eq!(sign_out(None).await, 403);
     assert_eq!(sign_out(Some("elsewhere.example")).await, 403);
     assert_eq!(sign_out(Some("console.example")).await, 303);
+    console.stop().await;
+}
+
+/// With a master key the pages show personal fields opened, as the API does; after an erasure
+/// they show `[erased]`, the raw payloads too.
+#[tokio::test]
+async fn sealed_fields_are_opened_and_erased_ones_say_so() {
+    let console = start_with(
+        Some(TOKEN),
+        Some("5f1e0c6a3b2d4e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012a3b4c5d6e7f8"),
+    )
+    .await;
+    console
+        .post_events(
+            "/v1/events/plaid?external_user_id=user_private",
+            json!({"eventName": "ERROR", "metadata": {"link_session_id": "pl_private", "timestamp": "2026-12-06T09:05:00.000Z", "error_code": "INVALID_CREDENTIALS", "error_message": "wrong password for jane@example.com"}}),
+        )
+        .await;
+    let cookie = console.cookie().await;
+    let (status, page) = console.page("/ui/sessions/pl_private", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("wrong password for jane@example.com"),
+        "opened: {page}"
+    );
+    assert!(page.contains(r#"href="/ui/users/user_private""#));
+    let (status, user) = console.page("/ui/users/user_private", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(user.contains(r#"href="/ui/sessions/pl_private""#), "{user}");
+    let erased = console
+        .client
+        .delete(console.url("/v1/users/user_private"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    let (status, page) = console.page("/ui/sessions/pl_private", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("jane@example.com"), "{page}");
+    assert!(page.contains(linkflow::privacy::ERASED), "{page}");
+    assert!(
+        page.contains("INVALID_CREDENTIALS"),
+        "the error code is not personal"
+    );
     console.stop().await;
 }
