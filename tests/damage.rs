@@ -193,6 +193,14 @@ impl linkflow_store::EventStore for FailingDisk {
     ) -> Result<(), linkflow_store::StoreError> {
         self.inner.for_each_index_key(from, to, visit)
     }
+    fn for_each_index_key_descending(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), linkflow_store::StoreError> {
+        self.inner.for_each_index_key_descending(from, to, visit)
+    }
     fn for_each_counter(
         &self,
         from: &[u8],

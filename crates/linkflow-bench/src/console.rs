@@ -140,12 +140,12 @@ pub async fn figures(options: &Options, results: &mut BTreeMap<String, f64>) {
         (
             "find",
             Box::new(|_| "/ui".to_owned()),
-            Box::new(|_| "/v1/sessions?limit=50".to_owned()),
+            Box::new(|_| "/v1/sessions?limit=50&order=newest".to_owned()),
         ),
         (
             "find_exited",
             Box::new(|_| "/ui?phase=exited".to_owned()),
-            Box::new(|_| "/v1/sessions?limit=50&phase=exited".to_owned()),
+            Box::new(|_| "/v1/sessions?limit=50&phase=exited&order=newest".to_owned()),
         ),
         (
             "session",

@@ -1010,6 +1010,9 @@ struct SessionsQuery {
     first_event_until: Option<chrono::DateTime<Utc>>,
     last_event_from: Option<chrono::DateTime<Utc>>,
     last_event_until: Option<chrono::DateTime<Utc>>,
+    /// `newest`: the newest first by their first event time (the first-event index read from
+    /// its end, every other filter checked on the session); else the filter's index order.
+    order: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -1019,7 +1022,8 @@ pub const DEFAULT_PAGE_SESSIONS: usize = 100;
 
 /// `GET /v1/sessions`: one page of sessions (`limit`, default [`DEFAULT_PAGE_SESSIONS`], at
 /// most `linkflow::MAX_PAGE_SESSIONS`; `cursor`: the previous page's `next_cursor`), filtered
-/// by `phase`, `provider`, `institution`, `user`, `abandoned` and first/last event time.
+/// by `phase`, `provider`, `institution`, `user`, `abandoned` and first/last event time;
+/// `order=newest` lists the newest first by first event time.
 #[utoipa::path(get, path = "/v1/sessions", tag = "read",
     description = "One page of sessions, filtered.",
     params(SessionsQuery),
@@ -1058,7 +1062,16 @@ async fn list_sessions(
         last_event_from: query.last_event_from,
         last_event_until: query.last_event_until,
     };
-    let page = state.engine.sessions_page(filter, limit, after).await?;
+    let page = match query.order.as_deref() {
+        None | Some("index") => state.engine.sessions_page(filter, limit, after).await?,
+        Some("newest") => {
+            state
+                .engine
+                .recent_sessions_page(filter, limit, after)
+                .await?
+        }
+        Some(other) => return Err(invalid(format!("order: `{other}` is not newest or index"))),
+    };
     let sessions: Vec<SessionJson> = page
         .sessions
         .iter()

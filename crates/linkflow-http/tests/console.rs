@@ -565,3 +565,52 @@ async fn sealed_fields_are_opened_and_erased_ones_say_so() {
     );
     console.stop().await;
 }
+
+/// The find page lists the newest sessions first (by their first event), as
+/// `GET /v1/sessions?order=newest` does, and pages below its cursor.
+#[tokio::test]
+async fn the_find_page_lists_the_newest_first() {
+    let console = start(None).await;
+    for (session, day) in [("pl_old", "01"), ("pl_new", "05"), ("pl_mid", "03")] {
+        console
+            .post_events(
+                "/v1/events/plaid",
+                json!({"eventName": "OPEN", "metadata": {"link_session_id": session, "timestamp": format!("2026-12-{day}T09:00:00.000Z")}}),
+            )
+            .await;
+    }
+    let (status, page) = console.page("/ui", "").await;
+    assert_eq!(status, 200);
+    let at = |id: &str| page.find(&format!(r#"href="/ui/sessions/{id}""#)).unwrap();
+    assert!(
+        at("pl_new") < at("pl_mid") && at("pl_mid") < at("pl_old"),
+        "{page}"
+    );
+    let api: serde_json::Value = console
+        .client
+        .get(console.url("/v1/sessions?order=newest&limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["sessions"][0]["session_id"], "pl_new");
+    assert_eq!(api["sessions"][1]["session_id"], "pl_mid");
+    let cursor = api["next_cursor"].as_str().unwrap();
+    let rest: serde_json::Value = console
+        .client
+        .get(console.url("/v1/sessions"))
+        .query(&[("order", "newest"), ("cursor", cursor)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["sessions"][0]["session_id"], "pl_old");
+    assert!(rest["next_cursor"].is_null());
+    let (status, _) = console.page("/v1/sessions?order=sideways", "").await;
+    assert_eq!(status, 400);
+    console.stop().await;
+}

@@ -884,6 +884,37 @@ impl EventStore for PgStore {
         }
     }
 
+    fn for_each_index_key_descending(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        // Keyset pages downwards: each starts below the last key seen.
+        let mut high = to.to_vec();
+        loop {
+            let rows = self.query_rows(
+                "SELECT key FROM linkflow_index
+                  WHERE key >= $1 AND key < $2 ORDER BY key DESC LIMIT $3",
+                vec![
+                    Box::new(from.to_vec()),
+                    Box::new(high.clone()),
+                    Box::new(PAGE),
+                ],
+            )?;
+            for row in &rows {
+                let key: Vec<u8> = col(row, 0)?;
+                if visit(&key).is_break() {
+                    return Ok(());
+                }
+                high = key;
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
     fn for_each_counter(
         &self,
         from: &[u8],

@@ -1045,6 +1045,30 @@ fn index_keys<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Vec<Vec<u8>> 
     keys
 }
 
+fn index_keys_descending<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    store
+        .for_each_index_key_descending(from, to, &mut |key| {
+            keys.push(key.to_vec());
+            ControlFlow::Continue(())
+        })
+        .expect("the index walks");
+    keys
+}
+
+/// The index walked both ways: descending is ascending reversed, for every range.
+fn assert_both_ways<S: EventStore>(store: &S, ranges: &[(&[u8], &[u8])]) {
+    for (from, to) in ranges {
+        let mut reversed = index_keys(store, from, to);
+        reversed.reverse();
+        assert_eq!(
+            index_keys_descending(store, from, to),
+            reversed,
+            "[{from:?}, {to:?})"
+        );
+    }
+}
+
 type Counted = Vec<(Vec<u8>, Vec<u8>, i64)>;
 
 fn counters<S: EventStore>(store: &S, from: &[u8], to: &[u8]) -> Counted {
@@ -1112,6 +1136,33 @@ pub fn index_entries_commit_with_their_events_and_walk_in_byte_order<H: Harness>
             vec![b"p\x01b".to_vec()]
         );
         assert!(index_keys(&store, b"p\x02", b"p\x01").is_empty());
+        // Descending: last first; `to` is exclusive, so a page resumes at its last key.
+        assert_eq!(
+            index_keys_descending(&store, b"p", b"p\x02a"),
+            vec![b"p\x01b".to_vec(), b"p\x01a".to_vec()]
+        );
+        assert!(index_keys_descending(&store, b"p\x02", b"p\x01").is_empty());
+        assert_both_ways(
+            &store,
+            &[
+                (b"p", b"q"),
+                (b"p\x01", b"p\x02"),
+                (b"", b"\xff"),
+                (b"q", b"r"),
+            ],
+        );
+        let mut seen = Vec::new();
+        store
+            .for_each_index_key_descending(b"p", b"q", &mut |key| {
+                seen.push(key.to_vec());
+                ControlFlow::Break(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![b"p\xffz".to_vec()],
+            "the walk stops when the visitor breaks"
+        );
         let mut seen = 0;
         store
             .for_each_index_key(b"p", b"q", &mut |_| {
@@ -1140,6 +1191,10 @@ pub fn index_entries_commit_with_their_events_and_walk_in_byte_order<H: Harness>
         ]
     );
     assert_eq!(index_keys(&store, b"q", b"r"), vec![b"q\x00".to_vec()]);
+    assert_both_ways(
+        &store,
+        &[(b"p", b"q"), (b"p\x01", b"p\x03c"), (b"", b"\xff")],
+    );
     assert_clean(&store);
 }
 

@@ -327,6 +327,21 @@ impl Staged {
         Scan::new(self.db.range(bounds), staged)
     }
 
+    /// The entries in `bounds`, in descending key order: the staged writes over sled's, as
+    /// [`Staged::scan`] gives them, last first.
+    pub(crate) fn scan_descending(&self, bounds: Bounds) -> Scan {
+        let mut staged = if self.any() {
+            lock(&self.state).range(&bounds)
+        } else {
+            Vec::new()
+        };
+        staged.reverse();
+        Scan {
+            descending: true,
+            ..Scan::new(self.db.range(bounds), staged)
+        }
+    }
+
     /// The entries whose keys start with `prefix`, in key order.
     pub(crate) fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Scan {
         self.scan(prefix_bounds(prefix.as_ref()))
@@ -387,6 +402,8 @@ pub(crate) struct Scan {
     staged: std::iter::Peekable<std::vec::IntoIter<(IVec, Option<IVec>)>>,
     /// The last key given (or hidden by a staged removal).
     passed: Option<IVec>,
+    /// Last key first (the staged writes are given in that order too).
+    descending: bool,
 }
 
 impl Scan {
@@ -396,7 +413,17 @@ impl Scan {
             tree_next: None,
             staged: staged.into_iter().peekable(),
             passed: None,
+            descending: false,
         }
+    }
+}
+
+/// How `key` compares with `other` in a scan's order (descending or not).
+fn scan_order(descending: bool, key: &[u8], other: &[u8]) -> std::cmp::Ordering {
+    if descending {
+        other.cmp(key)
+    } else {
+        key.cmp(other)
     }
 }
 
@@ -406,9 +433,17 @@ impl Iterator for Scan {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             while self.tree_next.is_none() {
-                match self.tree.next() {
+                let next = if self.descending {
+                    self.tree.next_back()
+                } else {
+                    self.tree.next()
+                };
+                match next {
                     Some(Ok(entry)) => {
-                        if self.passed.as_ref().is_none_or(|passed| entry.0 > *passed) {
+                        if self.passed.as_ref().is_none_or(|passed| {
+                            scan_order(self.descending, passed, &entry.0)
+                                == std::cmp::Ordering::Less
+                        }) {
                             self.tree_next = Some(entry);
                         }
                     }
@@ -420,7 +455,7 @@ impl Iterator for Scan {
                 (None, None) => return None,
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some((tree, _)), Some((staged, _))) => tree.cmp(staged),
+                (Some((tree, _)), Some((staged, _))) => scan_order(self.descending, tree, staged),
             };
             if order == std::cmp::Ordering::Less {
                 let entry = self.tree_next.take();
@@ -671,6 +706,53 @@ mod tests {
         let second = scan.next().unwrap().unwrap();
         assert_eq!((&*second.0, &*second.1), (&b"k2"[..], &b"one-k2"[..]));
         // The tree's iterator is behind k2: the apply puts k2 in front of it.
+        staged.apply(1, Wait::Yes).unwrap();
+        assert!(scan.next().is_none());
+    }
+
+    #[test]
+    fn a_descending_scan_is_the_scan_reversed_with_the_staged_writes_in_front() {
+        let (_dir, staged) = fixture();
+        assert_eq!(
+            entries(staged.scan_descending(prefix_bounds(b"a"))),
+            pairs(&[("a2", "one-a2"), ("a1", "tree-a1"), ("a0", "two-a0")])
+        );
+        for bounds in [
+            prefix_bounds(b""),
+            (
+                Bound::Excluded(b"a0".to_vec()),
+                Bound::Included(b"b1".to_vec()),
+            ),
+            (
+                Bound::Included(b"a1".to_vec()),
+                Bound::Excluded(b"a4".to_vec()),
+            ),
+        ] {
+            let mut reversed = entries(staged.scan(bounds.clone()));
+            reversed.reverse();
+            assert_eq!(entries(staged.scan_descending(bounds)), reversed);
+        }
+        let empty = (
+            Bound::Excluded(b"a2".to_vec()),
+            Bound::Excluded(b"a2".to_vec()),
+        );
+        assert!(entries(staged.scan_descending(empty)).is_empty());
+    }
+
+    #[test]
+    fn a_frame_applied_while_a_descending_scan_runs_gives_none_of_its_keys_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.insert("k3", "tree-k3").unwrap();
+        let staged = Staged::new(db);
+        staged
+            .add(1, payload(&[("k2", Some("one-k2")), ("k1", None)]))
+            .unwrap();
+        let mut scan = staged.scan_descending(prefix_bounds(b"k"));
+        let first = scan.next().unwrap().unwrap();
+        assert_eq!(&*first.0, b"k3");
+        let second = scan.next().unwrap().unwrap();
+        assert_eq!((&*second.0, &*second.1), (&b"k2"[..], &b"one-k2"[..]));
         staged.apply(1, Wait::Yes).unwrap();
         assert!(scan.next().is_none());
     }

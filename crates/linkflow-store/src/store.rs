@@ -311,6 +311,16 @@ pub trait EventStore: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
+    /// Calls `visit` with every index key in `[from, to)`, in descending byte order (the last
+    /// first: a listing newest first), until it breaks. A page resumes with its last key as
+    /// `to`.
+    fn for_each_index_key_descending(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
     /// Calls `visit` with the cell, name and value of every counter whose cell is in
     /// `[from, to)`, cells in key order and each cell's counters in name order, until it
     /// breaks. A counter at zero is not stored, so it is not visited.

@@ -581,6 +581,33 @@ impl Engine {
         Ok(page)
     }
 
+    /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) sessions matching `filter`, the
+    /// newest first by their first event time (within `filter`'s first-event window, if any),
+    /// below `before` (the previous page's `next`). It reads the first-event index from its
+    /// end, at most [`crate::MAX_PAGE_SCAN`] keys a page, and checks every other field on the
+    /// session, so a selective filter may give a short page with a cursor to go on from.
+    pub async fn recent_sessions_page(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+        before: Option<crate::Cursor>,
+    ) -> Result<crate::SessionPage, EngineError> {
+        let Some(filter) = self.stored_filter(filter)? else {
+            return Ok(crate::SessionPage {
+                sessions: Vec::new(),
+                next: None,
+            });
+        };
+        let clock = (Utc::now(), self.shared.inactivity_timeout);
+        let mut page = self
+            .read(move |store| {
+                query::recent_sessions_page(store, &filter, limit, before.as_ref(), clock)
+            })
+            .await?;
+        page.sessions = self.opened_views(page.sessions);
+        Ok(page)
+    }
+
     /// Every session matching `filter`, in session-id order: it reads every stream, so its
     /// cost and answer grow with the store; lists that face users use [`Engine::sessions_page`].
     pub async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionView>, EngineError> {

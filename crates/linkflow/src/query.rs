@@ -465,8 +465,22 @@ pub(crate) fn index_streams_page<T>(
     after: Option<&Cursor>,
     keep: &mut dyn FnMut(SessionId, SessionState) -> Option<T>,
 ) -> Result<(Vec<T>, Option<Cursor>), EngineError> {
+    index_streams_walk(store, ranges, limit, after, false, keep)
+}
+
+/// [`index_streams_page`], the ranges walked forwards or (`descending`) from their ends: a
+/// descending page resumes below its cursor's key.
+fn index_streams_walk<T>(
+    store: &dyn EventStore,
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    limit: usize,
+    after: Option<&Cursor>,
+    descending: bool,
+    keep: &mut dyn FnMut(SessionId, SessionState) -> Option<T>,
+) -> Result<(Vec<T>, Option<Cursor>), EngineError> {
     let limit = limit.clamp(1, MAX_PAGE_SESSIONS);
     let resume = match after {
+        Some(cursor) if descending => Some(cursor.index_key()?.to_vec()),
         Some(cursor) => {
             let mut next = cursor.index_key()?.to_vec();
             next.push(0);
@@ -474,18 +488,24 @@ pub(crate) fn index_streams_page<T>(
         }
         None => None,
     };
+    let mut ranges = ranges;
+    if descending {
+        ranges.reverse();
+    }
     let mut items = Vec::new();
     let mut scanned = 0;
     let mut last: Option<Vec<u8>> = None;
     let mut ended = true;
     let mut failed = None;
     for (from, to) in ranges {
-        let start = match &resume {
+        let (start, end) = match &resume {
+            Some(below) if descending && *below <= from => continue,
+            Some(below) if descending => (from, below.clone().min(to)),
             Some(next) if *next >= to => continue,
-            Some(next) => next.clone().max(from),
-            None => from,
+            Some(next) => (next.clone().max(from), to),
+            None => (from, to),
         };
-        store.for_each_index_key(&start, &to, &mut |key| {
+        let mut visit = |key: &[u8]| {
             scanned += 1;
             let found = index::id_in(key)
                 .map_err(|error| EngineError::from(linkflow_store::StoreError::Corrupt(error)))
@@ -504,7 +524,12 @@ pub(crate) fn index_streams_page<T>(
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
-        })?;
+        };
+        if descending {
+            store.for_each_index_key_descending(&start, &end, &mut visit)?;
+        } else {
+            store.for_each_index_key(&start, &end, &mut visit)?;
+        }
         if failed.is_some() || !ended {
             break;
         }
@@ -564,6 +589,33 @@ pub(crate) fn sessions_page(
                 .filter(|view| filter.matches(provider, &view.state, clock))
         },
     )?;
+    Ok(SessionPage { sessions, next })
+}
+
+/// Up to `limit` sessions matching `filter`, newest first by their first event time: the
+/// first-event index walked from the end of `filter`'s first-event window (or from the end),
+/// each session checked against the whole filter, at most [`MAX_PAGE_SCAN`] index keys read;
+/// a page resumes below its cursor.
+pub(crate) fn recent_sessions_page(
+    store: &dyn EventStore,
+    filter: &SessionFilter,
+    limit: usize,
+    before: Option<&Cursor>,
+    clock: (DateTime<Utc>, chrono::Duration),
+) -> Result<SessionPage, EngineError> {
+    let from = filter
+        .first_event_from
+        .map_or(i64::MIN, |at| at.timestamp_micros());
+    let to = filter.first_event_until.map_or_else(
+        || vec![index::FIRST_EVENT + 1],
+        |at| index::time_from(index::FIRST_EVENT, at.timestamp_micros()),
+    );
+    let ranges = vec![(index::time_from(index::FIRST_EVENT, from), to)];
+    let (sessions, next) =
+        index_streams_walk(store, ranges, limit, before, true, &mut |id, state| {
+            session_view(id, state.provider, state.folded)
+                .filter(|view| filter.matches(state.provider, &view.state, clock))
+        })?;
     Ok(SessionPage { sessions, next })
 }
 

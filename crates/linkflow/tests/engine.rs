@@ -1553,3 +1553,69 @@ async fn one_account_is_read_by_its_key() {
     stranger.external_user_id = "u2".into();
     assert!(engine.account(&stranger).await.unwrap().is_none());
 }
+
+/// Recent sessions: newest first by their first event, paged below the cursor with nothing
+/// twice or left out, within a first-event window, with the other fields checked on each.
+#[tokio::test]
+async fn recent_sessions_come_newest_first_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    // Session s<n> starts at second n; every third one also exits.
+    let mut events = Vec::new();
+    for n in 0..30u32 {
+        let id = format!("s{n:02}");
+        events.push(incoming(&id, EventKind::Opened, n));
+        if n % 3 == 0 {
+            events.push(incoming(&id, EventKind::Exited, n + 1));
+        }
+    }
+    // Arrival order is not time order.
+    events.reverse();
+    engine.ingest_batch(events).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = engine
+            .recent_sessions_page(SessionFilter::default(), 7, cursor)
+            .await
+            .unwrap();
+        seen.extend(page.sessions.iter().map(|view| view.session_id.to_string()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..30).rev().map(|n| format!("s{n:02}")).collect();
+    assert_eq!(seen, expected);
+    // A window and a filter checked on the session.
+    let filter = SessionFilter {
+        first_event_from: Some(t(10)),
+        first_event_until: Some(t(25)),
+        phase: Some(Phase::Exited),
+        ..SessionFilter::default()
+    };
+    let page = engine
+        .recent_sessions_page(filter, 100, None)
+        .await
+        .unwrap();
+    let ids: Vec<String> = page
+        .sessions
+        .iter()
+        .map(|view| view.session_id.to_string())
+        .collect();
+    assert_eq!(ids, ["s24", "s21", "s18", "s15", "s12"]);
+    assert!(page.next.is_none());
+    // A cursor from another listing's kind is refused, not misread.
+    let by_id = engine
+        .sessions_page(SessionFilter::default(), 1, None)
+        .await
+        .unwrap()
+        .next
+        .unwrap();
+    assert!(matches!(
+        engine
+            .recent_sessions_page(SessionFilter::default(), 1, Some(by_id))
+            .await,
+        Err(EngineError::WrongCursor { .. })
+    ));
+}

@@ -543,6 +543,11 @@ async fn sessions_json(
     cursor: Option<linkflow::Cursor>,
 ) -> Result<(Vec<Value>, Option<String>), PageError> {
     let page = engine.sessions_page(filter, limit, cursor).await?;
+    Ok(listed(engine, page))
+}
+
+/// A page's sessions as the API shows them, and its next cursor.
+fn listed(engine: &Engine, page: linkflow::SessionPage) -> (Vec<Value>, Option<String>) {
     let sessions = page
         .sessions
         .iter()
@@ -553,7 +558,7 @@ async fn sessions_json(
             )
         })
         .collect();
-    Ok((sessions, page.next.map(|cursor| cursor.to_string())))
+    (sessions, page.next.map(|cursor| cursor.to_string()))
 }
 
 async fn find_page(
@@ -563,8 +568,17 @@ async fn find_page(
 ) -> PageResult {
     let filter = query.filter(Utc::now())?;
     let cursor = parse_cursor(Some(&query.cursor))?;
-    let (sessions, next) =
-        sessions_json(&state.engine, filter, CONSOLE_PAGE_SESSIONS, cursor).await?;
+    // An institution's sessions come from its index (in id order: a rare institution's
+    // would be far apart among the newest); every other list is the newest first.
+    let (sessions, next) = if filter.institution.is_some() {
+        sessions_json(&state.engine, filter, CONSOLE_PAGE_SESSIONS, cursor).await?
+    } else {
+        let page = state
+            .engine
+            .recent_sessions_page(filter, CONSOLE_PAGE_SESSIONS, cursor)
+            .await?;
+        listed(&state.engine, page)
+    };
     let next = next.map(|cursor| format!("/ui?{}", query.with_cursor(&cursor)));
     Ok(render::find_page(
         &render::Chrome::new(&state, &login),

@@ -280,7 +280,10 @@ pub(crate) fn find_page(
                     input #institution name="institution" value=(query.institution); }
                 div { button type="submit" { "Filter" } }
             }
-            p.muted { "In session id order; with a first-event window, oldest first within it." }
+            p.muted {
+                @if query.institution.trim().is_empty() { "The newest first, by their first event." }
+                @else { "The institution's sessions, in session id order." }
+            }
             (sessions_table(sessions, true))
             (next_link(next))
         },

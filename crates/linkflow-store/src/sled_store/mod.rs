@@ -709,6 +709,30 @@ impl EventStore for SledStore {
         })
     }
 
+    fn for_each_index_key_descending(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.guarded(|| {
+            if from >= to {
+                return Ok(());
+            }
+            let bounds = (
+                std::ops::Bound::Included(keys::tagged(keys::INDEX, from)),
+                std::ops::Bound::Excluded(keys::tagged(keys::INDEX, to)),
+            );
+            for entry in self.staged.scan_descending(bounds) {
+                let (key, _) = entry?;
+                if visit(&key[1..]).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn for_each_counter(
         &self,
         from: &[u8],

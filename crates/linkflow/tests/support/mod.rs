@@ -129,6 +129,16 @@ impl<W: Watch> EventStore for Watched<W> {
             store.for_each_index_key(from, to, visit)
         })
     }
+    fn for_each_index_key_descending(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.call(Call::ForEachIndexKey, |store| {
+            store.for_each_index_key_descending(from, to, visit)
+        })
+    }
     fn for_each_counter(
         &self,
         from: &[u8],
