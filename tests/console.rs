@@ -459,6 +459,13 @@ async fn a_support_question_is_answered_from_the_console_in_a_real_browser() {
         .await
         .unwrap()
         .contains(r#""error_code": "INVALID_CREDENTIALS""#));
+    client
+        .execute(
+            "document.querySelector('table.timeline').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
     screenshot(&client, "session-payloads").await;
     assert_no_console_errors(&driver, &client, "session").await;
 

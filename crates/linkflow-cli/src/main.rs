@@ -316,9 +316,9 @@ enum Command {
     /// and list every acknowledged event that could not be recovered (exit 1 when some were
     /// lost, 0 when the log was not damaged).
     Repair,
-    /// Serve the HTTP API (Knot secret from LINKFLOW_KNOT_SECRET, bearer token from
-    /// LINKFLOW_TOKEN, Plaid webhook keys from LINKFLOW_PLAID_JWKS or LINKFLOW_PLAID_CLIENT_ID
-    /// and LINKFLOW_PLAID_SECRET).
+    /// Serve the HTTP API and the web console at /ui (Knot secret from LINKFLOW_KNOT_SECRET,
+    /// bearer token from LINKFLOW_TOKEN, Plaid webhook keys from LINKFLOW_PLAID_JWKS or
+    /// LINKFLOW_PLAID_CLIENT_ID and LINKFLOW_PLAID_SECRET).
     Serve(serve::ServeArgs),
     /// Where notifications go (`linkflow serve` delivers them; docs/notifications.md).
     Endpoints {

@@ -253,6 +253,7 @@ pub async fn run(
         .map_err(|error| CliError(format!("cannot read the listening address: {error}")))?;
     // On stderr, so scripts (and tests with port 0) can find the port.
     eprintln!("linkflow: listening on {address}");
+    eprintln!("linkflow: the web console is at http://{address}/ui");
     if engine.raw_retention().is_some() {
         tokio::spawn(expire_every_hour(engine.clone()));
     }
