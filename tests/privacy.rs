@@ -79,10 +79,7 @@ async fn serve_and_the_cli_seal_open_and_erase() {
         dir.path(),
         &[("LINKFLOW_MASTER_KEY", MASTER), ("LINKFLOW_TOKEN", TOKEN)],
     );
-    assert!(logs
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap()
-        .contains("erasure available"));
+    assert!(linkflow_e2e::line_with(&logs, "erasure").contains("erasure available"));
     let client = reqwest::Client::builder()
         .default_headers(
             [(
@@ -253,10 +250,7 @@ async fn erasure_over_http_needs_the_token_and_a_master_key() {
     // A token but no master key (another store): erasure is unavailable, and says why.
     let other = tempfile::tempdir().unwrap();
     let (server, logs) = Server::start_with_logs(other.path(), &[("LINKFLOW_TOKEN", TOKEN)]);
-    assert!(logs
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .unwrap()
-        .contains("erasure unavailable"));
+    assert!(linkflow_e2e::line_with(&logs, "erasure").contains("erasure unavailable"));
     let response = client
         .delete(server.url("/v1/users/alice"))
         .bearer_auth(TOKEN)

@@ -147,6 +147,18 @@ impl Drop for Server {
     }
 }
 
+/// The server's first log line after its address that holds `needle` (within 10 s each).
+pub fn line_with(logs: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        let line = logs
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("no log line with `{needle}`: {error}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
 /// `GET url` and its body as text, failing the test on any transport error.
 pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
     client

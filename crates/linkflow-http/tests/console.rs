@@ -87,6 +87,17 @@ impl Console {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// `GET path` of the API (no token: these consoles run without one) as JSON.
+    async fn json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
     async fn post_events(&self, path: &str, body: serde_json::Value) {
         let response = self
             .client
@@ -428,15 +439,9 @@ async fn the_funnel_page_shows_the_apis_counts_and_two_windows_side_by_side() {
             )
             .await;
     }
-    let api: serde_json::Value = console
-        .client
-        .get(console.url("/v1/funnel?since=2026-12-01T00:00:00Z&until=2026-12-03T00:00:00Z"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = console
+        .json("/v1/funnel?since=2026-12-01T00:00:00Z&until=2026-12-03T00:00:00Z")
+        .await;
     assert_eq!(api[0]["sessions"], 2);
     let (status, page) = console
         .page(
@@ -586,28 +591,16 @@ async fn the_find_page_lists_the_newest_first() {
         at("pl_new") < at("pl_mid") && at("pl_mid") < at("pl_old"),
         "{page}"
     );
-    let api: serde_json::Value = console
-        .client
-        .get(console.url("/v1/sessions?order=newest&limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = console.json("/v1/sessions?order=newest&limit=2").await;
     assert_eq!(api["sessions"][0]["session_id"], "pl_new");
     assert_eq!(api["sessions"][1]["session_id"], "pl_mid");
     let cursor = api["next_cursor"].as_str().unwrap();
-    let rest: serde_json::Value = console
-        .client
-        .get(console.url("/v1/sessions"))
-        .query(&[("order", "newest"), ("cursor", cursor)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = console
+        .json(&format!(
+            "/v1/sessions?{}",
+            serde_urlencoded::to_string([("order", "newest"), ("cursor", cursor)]).unwrap()
+        ))
+        .await;
     assert_eq!(rest["sessions"][0]["session_id"], "pl_old");
     assert!(rest["next_cursor"].is_null());
     let (status, _) = console.page("/v1/sessions?order=sideways", "").await;

@@ -567,6 +567,25 @@ impl Engine {
         limit: usize,
         after: Option<crate::Cursor>,
     ) -> Result<crate::SessionPage, EngineError> {
+        self.filtered_page(filter, limit, after, query::sessions_page)
+            .await
+    }
+
+    /// A page of sessions `list` reads with `filter` (its user id as stored), their sealed
+    /// fields opened.
+    async fn filtered_page(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+        cursor: Option<crate::Cursor>,
+        list: fn(
+            &dyn EventStore,
+            &SessionFilter,
+            usize,
+            Option<&crate::Cursor>,
+            (chrono::DateTime<Utc>, chrono::Duration),
+        ) -> Result<crate::SessionPage, EngineError>,
+    ) -> Result<crate::SessionPage, EngineError> {
         let Some(filter) = self.stored_filter(filter)? else {
             return Ok(crate::SessionPage {
                 sessions: Vec::new(),
@@ -575,7 +594,7 @@ impl Engine {
         };
         let clock = (Utc::now(), self.shared.inactivity_timeout);
         let mut page = self
-            .read(move |store| query::sessions_page(store, &filter, limit, after.as_ref(), clock))
+            .read(move |store| list(store, &filter, limit, cursor.as_ref(), clock))
             .await?;
         page.sessions = self.opened_views(page.sessions);
         Ok(page)
@@ -592,20 +611,8 @@ impl Engine {
         limit: usize,
         before: Option<crate::Cursor>,
     ) -> Result<crate::SessionPage, EngineError> {
-        let Some(filter) = self.stored_filter(filter)? else {
-            return Ok(crate::SessionPage {
-                sessions: Vec::new(),
-                next: None,
-            });
-        };
-        let clock = (Utc::now(), self.shared.inactivity_timeout);
-        let mut page = self
-            .read(move |store| {
-                query::recent_sessions_page(store, &filter, limit, before.as_ref(), clock)
-            })
-            .await?;
-        page.sessions = self.opened_views(page.sessions);
-        Ok(page)
+        self.filtered_page(filter, limit, before, query::recent_sessions_page)
+            .await
     }
 
     /// Every session matching `filter`, in session-id order: it reads every stream, so its
