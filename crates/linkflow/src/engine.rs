@@ -74,6 +74,15 @@ pub struct Engine {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
+/// A listing of sessions: [`query::sessions_page`] or [`query::recent_sessions_page`].
+type SessionLister = fn(
+    &dyn EventStore,
+    &SessionFilter,
+    usize,
+    Option<&crate::Cursor>,
+    (chrono::DateTime<Utc>, chrono::Duration),
+) -> Result<crate::SessionPage, EngineError>;
+
 impl Engine {
     /// Opens (or creates) an engine on sled in `path` with the default configuration.
     pub fn open(path: impl Into<PathBuf>) -> Result<Engine, EngineError> {
@@ -578,13 +587,7 @@ impl Engine {
         filter: SessionFilter,
         limit: usize,
         cursor: Option<crate::Cursor>,
-        list: fn(
-            &dyn EventStore,
-            &SessionFilter,
-            usize,
-            Option<&crate::Cursor>,
-            (chrono::DateTime<Utc>, chrono::Duration),
-        ) -> Result<crate::SessionPage, EngineError>,
+        list: SessionLister,
     ) -> Result<crate::SessionPage, EngineError> {
         let Some(filter) = self.stored_filter(filter)? else {
             return Ok(crate::SessionPage {
