@@ -139,6 +139,33 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
 }
 
+/// Types `text` into the field with `id`.
+async fn type_into(client: &Client, id: &str, text: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|error| panic!("#{id}: {error}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Clicks the element with `id`, then waits for the element `then` of the page it leads to.
+async fn click_then(client: &Client, id: &str, then: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|error| panic!("#{id}: {error}"))
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id(then))
+        .await
+        .unwrap_or_else(|error| panic!("#{then} after clicking #{id}: {error}"));
+}
+
 async fn text_of(client: &Client, id: &str) -> String {
     let url = client.current_url().await.ok();
     client
@@ -341,45 +368,15 @@ async fn a_support_question_is_answered_from_the_console_in_a_real_browser() {
         .ends_with("/ui/login"));
     screenshot(&client, "login").await;
     assert_no_console_errors(&driver, &client, "login").await;
-    client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client.wait().for_element(Locator::Id("q")).await.unwrap();
+    type_into(&client, "token", TOKEN).await;
+    click_then(&client, "sign-in", "q").await;
     assert_eq!(client.current_url().await.unwrap().path(), "/ui");
     screenshot(&client, "find").await;
     assert_no_console_errors(&driver, &client, "find").await;
 
     // "Why did user_1042's link fail yesterday?" Click 1: search the user.
-    client
-        .find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys(USER)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("search"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .for_element(Locator::Id("user-id"))
-        .await
-        .unwrap();
+    type_into(&client, "q", USER).await;
+    click_then(&client, "search", "user-id").await;
     assert_eq!(text_of(&client, "user-id").await, USER);
     // Their linked item, whose login broke, with its history.
     let account = client
@@ -567,18 +564,7 @@ async fn a_support_question_is_answered_from_the_console_in_a_real_browser() {
         pending["counts"]["pending"], 1,
         "nothing happens before the confirmation"
     );
-    client
-        .find(Locator::Id("confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .for_element(Locator::Id("redrive-result"))
-        .await
-        .unwrap();
+    click_then(&client, "confirm", "redrive-result").await;
     let result = text_of(&client, "redrive-result").await;
     assert!(
         result.contains(&entry) && result.contains("released"),
@@ -592,18 +578,7 @@ async fn a_support_question_is_answered_from_the_console_in_a_real_browser() {
     assert_eq!(redriven["phase"], "opened", "{redriven}");
 
     // Sign out: the console asks for the token again.
-    client
-        .find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap();
+    click_then(&client, "logout", "token").await;
     client.goto(&server.url("/ui/funnel")).await.unwrap();
     assert!(client
         .current_url()

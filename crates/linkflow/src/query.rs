@@ -430,14 +430,7 @@ fn index_range(
         });
     }
     if filter.first_event_from.is_some() || filter.first_event_until.is_some() {
-        let from = filter
-            .first_event_from
-            .map_or(i64::MIN, |at| at.timestamp_micros());
-        let to = filter.first_event_until.map_or_else(
-            || vec![index::FIRST_EVENT + 1],
-            |at| index::time_from(index::FIRST_EVENT, at.timestamp_micros()),
-        );
-        return Some(vec![(index::time_from(index::FIRST_EVENT, from), to)]);
+        return Some(vec![first_event_range(filter)]);
     }
     if let Some(provider) = filter.provider {
         // A provider's sessions: its prefix under each phase, in phase order.
@@ -592,6 +585,18 @@ pub(crate) fn sessions_page(
     Ok(SessionPage { sessions, next })
 }
 
+/// The first-event index keys of `filter`'s first-event window (all of them without one).
+fn first_event_range(filter: &SessionFilter) -> (Vec<u8>, Vec<u8>) {
+    let from = filter
+        .first_event_from
+        .map_or(i64::MIN, |at| at.timestamp_micros());
+    let to = filter.first_event_until.map_or_else(
+        || vec![index::FIRST_EVENT + 1],
+        |at| index::time_from(index::FIRST_EVENT, at.timestamp_micros()),
+    );
+    (index::time_from(index::FIRST_EVENT, from), to)
+}
+
 /// Up to `limit` sessions matching `filter`, newest first by their first event time: the
 /// first-event index walked from the end of `filter`'s first-event window (or from the end),
 /// each session checked against the whole filter, at most [`MAX_PAGE_SCAN`] index keys read;
@@ -603,14 +608,7 @@ pub(crate) fn recent_sessions_page(
     before: Option<&Cursor>,
     clock: (DateTime<Utc>, chrono::Duration),
 ) -> Result<SessionPage, EngineError> {
-    let from = filter
-        .first_event_from
-        .map_or(i64::MIN, |at| at.timestamp_micros());
-    let to = filter.first_event_until.map_or_else(
-        || vec![index::FIRST_EVENT + 1],
-        |at| index::time_from(index::FIRST_EVENT, at.timestamp_micros()),
-    );
-    let ranges = vec![(index::time_from(index::FIRST_EVENT, from), to)];
+    let ranges = vec![first_event_range(filter)];
     let (sessions, next) =
         index_streams_walk(store, ranges, limit, before, true, &mut |id, state| {
             session_view(id, state.provider, state.folded)

@@ -138,11 +138,25 @@ async fn a_duplicate_delivery_is_stored_once_and_points_at_the_original() {
 
 /// An event of Knot's account of user `u1` at merchant 10, at `second`.
 fn account_event(kind: linkflow_core::AccountEventKind, second: u32) -> IncomingEvent {
-    let key = linkflow_core::AccountKey {
+    merchant_account_event("10", kind, second)
+}
+
+/// Knot's account of user `u1` at `merchant`.
+fn knot_account(merchant: &str) -> linkflow_core::AccountKey {
+    linkflow_core::AccountKey {
         provider: Provider::Knot,
         external_user_id: "u1".into(),
-        institution_id: "10".into(),
-    };
+        institution_id: merchant.into(),
+    }
+}
+
+/// An event of Knot's account of user `u1` at `merchant`, at `second`.
+fn merchant_account_event(
+    merchant: &str,
+    kind: linkflow_core::AccountEventKind,
+    second: u32,
+) -> IncomingEvent {
+    let key = knot_account(merchant);
     IncomingEvent::with_body(
         key.stream_id().unwrap(),
         Provider::Knot,
@@ -1511,21 +1525,7 @@ async fn one_account_is_read_by_its_key() {
     use linkflow_core::AccountEventKind::{Linked, LoginRequired};
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    let at = |merchant: &str, kind, second| {
-        let key = linkflow_core::AccountKey {
-            provider: Provider::Knot,
-            external_user_id: "u1".into(),
-            institution_id: merchant.into(),
-        };
-        IncomingEvent::with_body(
-            key.stream_id().unwrap(),
-            Provider::Knot,
-            linkflow_core::EventBody::Account {
-                account: key,
-                event: linkflow_core::AccountEvent::new(kind).at(t(second)),
-            },
-        )
-    };
+    let at = merchant_account_event;
     engine
         .ingest_batch(vec![
             at("100", Linked, 1),
@@ -1534,11 +1534,7 @@ async fn one_account_is_read_by_its_key() {
         ])
         .await
         .unwrap();
-    let key = |merchant: &str| linkflow_core::AccountKey {
-        provider: Provider::Knot,
-        external_user_id: "u1".into(),
-        institution_id: merchant.into(),
-    };
+    let key = knot_account;
     let ten = engine.account(&key("10")).await.unwrap().expect("linked");
     assert_eq!(ten.key, key("10"));
     assert_eq!(

@@ -401,6 +401,38 @@ enum Records {
 }
 
 impl SledStore {
+    /// Calls `visit` with the index keys in `[from, to)`, in byte order or (`descending`) the
+    /// last first, until it breaks.
+    fn walk_index(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        descending: bool,
+        visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.guarded(|| {
+            if from >= to {
+                return Ok(());
+            }
+            let bounds = (
+                std::ops::Bound::Included(keys::tagged(keys::INDEX, from)),
+                std::ops::Bound::Excluded(keys::tagged(keys::INDEX, to)),
+            );
+            let scan = if descending {
+                self.staged.scan_descending(bounds)
+            } else {
+                self.staged.scan(bounds)
+            };
+            for entry in scan {
+                let (key, _) = entry?;
+                if visit(&key[1..]).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Up to `limit` events of `stream` after `after`, in version order, with the compacted
     /// records among them when `records` is [`Records::All`] (and then no more records than
     /// it says).
@@ -691,22 +723,7 @@ impl EventStore for SledStore {
         to: &[u8],
         visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.guarded(|| {
-            let bounds = (
-                std::ops::Bound::Included(keys::tagged(keys::INDEX, from)),
-                std::ops::Bound::Excluded(keys::tagged(keys::INDEX, to)),
-            );
-            if from >= to {
-                return Ok(());
-            }
-            for entry in self.staged.scan(bounds) {
-                let (key, _) = entry?;
-                if visit(&key[1..]).is_break() {
-                    break;
-                }
-            }
-            Ok(())
-        })
+        self.walk_index(from, to, false, visit)
     }
 
     fn for_each_index_key_descending(
@@ -715,22 +732,7 @@ impl EventStore for SledStore {
         to: &[u8],
         visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.guarded(|| {
-            if from >= to {
-                return Ok(());
-            }
-            let bounds = (
-                std::ops::Bound::Included(keys::tagged(keys::INDEX, from)),
-                std::ops::Bound::Excluded(keys::tagged(keys::INDEX, to)),
-            );
-            for entry in self.staged.scan_descending(bounds) {
-                let (key, _) = entry?;
-                if visit(&key[1..]).is_break() {
-                    break;
-                }
-            }
-            Ok(())
-        })
+        self.walk_index(from, to, true, visit)
     }
 
     fn for_each_counter(
