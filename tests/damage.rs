@@ -147,6 +147,12 @@ impl linkflow_store::EventStore for FailingDisk {
     fn head(&self) -> Result<linkflow_core::Position, linkflow_store::StoreError> {
         self.inner.head()
     }
+    fn numbers_at_commit(&self) -> bool {
+        self.inner.numbers_at_commit()
+    }
+    fn settle(&self) -> Result<linkflow_core::Position, linkflow_store::StoreError> {
+        self.inner.settle()
+    }
     fn read_stream(
         &self,
         stream: &linkflow_core::SessionId,

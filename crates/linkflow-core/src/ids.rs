@@ -116,7 +116,9 @@ impl fmt::Display for Version {
 }
 
 /// An event's place in the log of all sessions; the first event has position 1 and positions
-/// have no gaps.
+/// have no gaps. On a shared PostgreSQL log an event is numbered shortly after its commit (by
+/// the one sequencer, once every transaction older than it has ended): until then its position
+/// reads [`Position::PENDING`].
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
@@ -126,6 +128,15 @@ pub struct Position(pub u64);
 impl Position {
     /// The position before the first event: subscribing from here replays everything.
     pub const START: Position = Position(0);
+
+    /// An event stored but not numbered yet (PostgreSQL: committed, its position handed out by
+    /// the sequencer a moment later; docs/deploy.md). No event is ever at position 0.
+    pub const PENDING: Position = Position(0);
+
+    /// True for [`Position::PENDING`].
+    pub const fn is_pending(self) -> bool {
+        self.0 == 0
+    }
 
     /// The position after this one (the last one stays itself: `after=18446744073709551615`
     /// from a caller reads nothing instead of overflowing).

@@ -24,6 +24,7 @@ mod error;
 mod keys;
 mod pool;
 pub mod schema;
+mod sequencer;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -31,6 +32,7 @@ mod verify;
 
 pub use delivery::PgDelivery;
 pub use keys::PgKeys;
+pub use sequencer::Numbering;
 pub use store::{PgOptions, PgStore};
 
 /// The channel commits notify on, with the new head as payload.

@@ -3,50 +3,73 @@
 //! The store owns a small tokio runtime. A blocking call hands its work to that runtime and
 //! waits on a plain channel, so it may be made from any thread, including one that is itself
 //! driving async tasks (the engine's readers run on `spawn_blocking` threads, its writer on a
-//! thread of its own). Each call takes an idle connection or opens one, and gives it back
-//! unless it broke.
+//! thread of its own). Each call takes a connection from a pool of at most
+//! [`crate::PgOptions::pool_size`] (deadpool-postgres: a call waits for a free connection when
+//! every one is busy, a broken connection is dropped and replaced, and each connection caches
+//! the statements it prepared, so a hot statement is parsed once per connection).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use linkflow_store::StoreError;
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::error::backend;
+use crate::error::{backend, unreachable};
 
-/// Idle connections kept for reuse; more are opened when more calls run at once.
-const MAX_IDLE: usize = 16;
+/// A pooled connection: a [`tokio_postgres::Client`] (through `Deref`) with a statement cache.
+pub(crate) type Conn = deadpool_postgres::Object;
 
 pub(crate) type Work<T> =
-    Box<dyn for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub(crate) struct Pool {
     config: Config,
-    idle: Mutex<Vec<Client>>,
+    pool: deadpool_postgres::Pool,
+    /// How long a call waits for a free connection before failing.
+    wait: Duration,
 }
 
 impl Pool {
-    pub(crate) fn new(config: Config) -> Arc<Pool> {
-        Arc::new(Pool {
-            config,
-            idle: Mutex::new(Vec::new()),
-        })
+    /// A pool of at most `size` connections to `config`; a call waits up to `wait` for one.
+    pub(crate) fn new(
+        mut config: Config,
+        size: usize,
+        wait: Duration,
+    ) -> Result<Arc<Pool>, StoreError> {
+        // Every connection's commits are durable when they return, whatever the server's
+        // default: set at connection start-up, no statement needed.
+        let options = match config.get_options() {
+            Some(options) => format!("{options} -c synchronous_commit=on"),
+            None => "-c synchronous_commit=on".to_owned(),
+        };
+        config.options(&options);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(config.get_connect_timeout().copied())
+            .build()
+            .map_err(|error| StoreError::InvalidConfig(format!("connection pool: {error}")))?;
+        Ok(Arc::new(Pool { config, pool, wait }))
     }
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Opens a connection whose commits are durable when they return.
+    /// Opens a connection of its own, outside the pool (a `LISTEN`er, the sequencer's lease).
     pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(backend)?;
         tokio::spawn(async move {
@@ -54,42 +77,23 @@ impl Pool {
                 tracing::warn!(%error, "PostgreSQL connection ended");
             }
         });
-        client
-            .batch_execute("SET synchronous_commit = on")
-            .await
-            .map_err(backend)?;
         Ok(client)
-    }
-
-    async fn take(&self) -> Result<Client, StoreError> {
-        loop {
-            let candidate = self.idle().pop();
-            match candidate {
-                Some(client) if client.is_closed() => continue,
-                Some(client) => return Ok(client),
-                None => return self.connect().await,
-            }
-        }
-    }
-
-    fn give_back(&self, client: Client) {
-        if client.is_closed() {
-            return;
-        }
-        let mut idle = self.idle();
-        if idle.len() < MAX_IDLE {
-            idle.push(client);
-        }
     }
 
     /// Runs `work` on a pooled connection.
     pub(crate) async fn with<T>(&self, work: Work<T>) -> Result<T, StoreError> {
-        let mut client = self.take().await?;
-        let result = work(&mut client).await;
+        let mut conn = self.pool.get().await.map_err(|error| match error {
+            deadpool_postgres::PoolError::Backend(error) => backend(error),
+            deadpool_postgres::PoolError::Timeout(_) => unreachable(&format!(
+                "no PostgreSQL connection of the pool came free within {:?} (pool size {})",
+                self.wait,
+                self.pool.status().max_size
+            )),
+            other => unreachable(&other.to_string()),
+        })?;
         // A transaction that failed midway was rolled back when it was dropped; a connection
-        // whose query failed at the protocol level is closed and not reused.
-        self.give_back(client);
-        result
+        // whose query failed at the protocol level is closed, and the pool replaces it.
+        work(&mut conn).await
     }
 }
 

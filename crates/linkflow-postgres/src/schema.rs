@@ -13,32 +13,50 @@ use linkflow_store::StoreError;
 /// The advisory lock key migrations hold (`'linkflow'` as bytes).
 const MIGRATION_LOCK: i64 = 0x6c69_6e6b_666c_6f77;
 
-/// Every migration, in order. Nothing has shipped yet: the schema starts at 2, the layout
-/// that keeps every event of a session in the log (schema 1 kept refused events apart in a
-/// `linkflow_parked` table; a database at 1 is refused, not migrated). Once linkflow is
+/// Every migration, in order. Nothing has shipped yet: the schema starts at 5, the layout
+/// without a global commit lock (a database at 1 to 4 is refused, not migrated). Once linkflow is
 /// released, never edit one that has shipped: add the next.
 pub const MIGRATIONS: &[(i32, &str)] = &[(
     FIRST,
     r#"
--- The last position handed out. Every commit locks this one row first, so commits (from any
--- node) are serialized: positions are gap-free and become visible in position order.
-CREATE TABLE linkflow_head (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    position bigint NOT NULL CHECK (position >= 0)
-);
-INSERT INTO linkflow_head (position) VALUES (0);
-
--- Every event each stream received, in arrival order. `record` is linkflow's record
--- encoding (schema byte, CRC-32, body).
+-- Commits from any number of nodes run concurrently: nothing below is locked by every commit.
+--
+-- Every event each stream received, in arrival order. A row is named by the transaction that
+-- wrote it (`txid`) and an id drawn from a sequence (`id`); the stream's order and the
+-- exactly-once dedupe are the unique constraints. `record` is linkflow's record encoding
+-- (schema byte, CRC-32, body), its position field always 0: positions are handed out after
+-- the commit, in `linkflow_positions`.
 CREATE TABLE linkflow_events (
-    position bigint PRIMARY KEY CHECK (position > 0),
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 64),
     stream text COLLATE "C" NOT NULL,
     version bigint NOT NULL CHECK (version > 0),
     dedupe bytea NOT NULL,
     record bytea NOT NULL,
+    PRIMARY KEY (txid, id),
     UNIQUE (stream, version),
     UNIQUE (stream, dedupe)
 );
+
+-- The global order. One sequencer at a time (the node holding the advisory lock
+-- `SEQUENCER_LOCK` on a connection of its own) numbers, in (txid, id) order, the events whose
+-- transaction is older than every transaction still running (`pg_snapshot_xmin`): no event
+-- below that horizon can commit later, so positions are gap-free and a reader of
+-- `position > checkpoint` never skips one. `linkflow_head` is the last position handed out
+-- and the (txid, id) it was handed to; the sequencer alone writes it.
+CREATE TABLE linkflow_positions (
+    position bigint PRIMARY KEY CHECK (position > 0),
+    txid xid8 NOT NULL,
+    id bigint NOT NULL,
+    UNIQUE (txid, id)
+);
+CREATE TABLE linkflow_head (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    position bigint NOT NULL CHECK (position >= 0),
+    txid xid8 NOT NULL,
+    id bigint NOT NULL
+);
+INSERT INTO linkflow_head (position, txid, id) VALUES (0, '0', 0);
 
 -- The newest folded state of each stream, and the version it was compacted at (0: never;
 -- set by a compaction only, and checked against every commit's snapshot).
@@ -50,15 +68,19 @@ CREATE TABLE linkflow_snapshots (
 );
 
 -- The engine's index entries (keys only, compared bytewise) and counters, written in the
--- commit of the events they derive from. A counter at zero is deleted.
+-- commit of the events they derive from. A counter is a sum of shards: a commit adds to the
+-- shard of its connection (`pg_backend_pid()`), so two commits never wait on one counter row;
+-- the sequencer folds the shards of connections that have ended into shard 0. A shard at zero
+-- is deleted; a counter is the sum of its shards.
 CREATE TABLE linkflow_index (
     key bytea PRIMARY KEY
 );
 CREATE TABLE linkflow_counters (
     cell bytea NOT NULL,
     name bytea NOT NULL,
+    shard integer NOT NULL,
     value bigint NOT NULL CHECK (value <> 0),
-    PRIMARY KEY (cell, name)
+    PRIMARY KEY (cell, name, shard)
 );
 
 -- Markers the engine keeps: `folded_with`, the rules every snapshot was folded with.
@@ -109,7 +131,7 @@ CREATE TABLE linkflow_redeliveries (
 )];
 
 /// The first schema this build reads.
-const FIRST: i32 = 4;
+const FIRST: i32 = 5;
 
 /// The schema version this build writes.
 pub fn latest() -> i32 {
@@ -145,7 +167,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             store: "the PostgreSQL database".into(),
             found: format!("schema {current}"),
             supported: FIRST as u32,
-            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 had no compaction mark on linkflow_snapshots; schema 3 had no delivery tables; schema 4 keeps every event of a session in linkflow_events, each stream's compaction version beside its snapshot, and outbound delivery's endpoints, cursors, leases, attempts and redeliveries",
+            detail: "schema 1 kept refused events apart in linkflow_parked; schema 2 had no compaction mark on linkflow_snapshots; schema 3 had no delivery tables; schema 4 keeps every event of a session in linkflow_events, each stream's compaction version beside its snapshot, and outbound delivery's endpoints, cursors, leases, attempts and redeliveries; schema 5 has no global commit lock: events are numbered after they commit by one sequencer (linkflow_positions) and counters are sharded per connection",
         });
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {

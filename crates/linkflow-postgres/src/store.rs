@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkflow_core::{DedupeKey, Position, SessionId, Version};
-use linkflow_store::check::{check_commit, Checked, StoredLog};
+use linkflow_store::check::{check_commit_unnumbered, Checked, StoredLog};
 use linkflow_store::record::{
     decode_log_record, decode_snapshot_record, encode_compacted, encode_snapshot, CompactedEvent,
     LogRecord, COMPACTED,
@@ -18,8 +18,10 @@ use linkflow_store::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Row};
 
+use crate::sequencer::{Numbering, Sequencer};
+
 use crate::error::{backend, bad_column, col};
-use crate::pool::{Bridge, Pool, Work};
+use crate::pool::{Bridge, Conn, Pool, Work};
 use crate::{schema, NOTIFY_CHANNEL};
 
 /// Rows fetched per round trip by the full walks.
@@ -38,16 +40,32 @@ pub struct PgOptions {
     pub url: String,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// The most connections this node opens for its calls (commits, reads, keys, delivery);
+    /// a call waits for a free one. The `LISTEN`er and the sequencer have one each besides.
+    pub pool_size: usize,
+    /// How long a call waits for a free connection before it fails.
+    pub pool_wait: Duration,
+    /// How long [`EventStore::settle`] waits for the numbering to reach the events committed
+    /// before it (a long transaction elsewhere on the server holds it back).
+    pub settle_timeout: Duration,
 }
 
 impl PgOptions {
-    /// Defaults for `url`: a 10 s connect timeout.
+    /// Defaults for `url`: a 10 s connect timeout, [`PgOptions::DEFAULT_POOL_SIZE`]
+    /// connections, waited for up to 30 s, and a 30 s settle timeout.
     pub fn new(url: impl Into<String>) -> Self {
         PgOptions {
             url: url.into(),
             connect_timeout: Duration::from_secs(10),
+            pool_size: Self::DEFAULT_POOL_SIZE,
+            pool_wait: Duration::from_secs(30),
+            settle_timeout: Duration::from_secs(30),
         }
     }
+
+    /// The pool size unless configured: enough for the engine's writer, its readers and the
+    /// delivery workers at once.
+    pub const DEFAULT_POOL_SIZE: usize = 16;
 }
 
 /// The PostgreSQL backend of [`EventStore`]; several processes may open the same database.
@@ -58,6 +76,9 @@ pub struct PgStore {
     watching: Mutex<bool>,
     /// Set by `close`: this handle takes no more writes (other nodes go on).
     closed: std::sync::atomic::AtomicBool,
+    /// This node's part in numbering the log.
+    sequencer: Arc<Sequencer>,
+    settle_timeout: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -106,26 +127,33 @@ pub(crate) fn decode_event_row(row: &Row) -> Result<StoredEvent, StoreError> {
     }
 }
 
-/// An event row, whole or compacted, decoded and checked against its row.
+/// An event row, whole or compacted, decoded and checked against its row; its position is the
+/// row's (`position`: from `linkflow_positions`, 0 while the event is not numbered), its record
+/// holding none.
 pub(crate) fn decode_log_row(row: &Row) -> Result<LogRecord, StoreError> {
     let stream: &str = col(row, "stream")?;
     let version: i64 = col(row, "version")?;
     let position: i64 = col(row, "position")?;
     let what = describe_event(stream, version);
-    let record = decode_log_record(&what, col(row, "record")?)?;
+    let mut record = decode_log_record(&what, col(row, "record")?)?;
     if record.stream().as_str() != stream
         || i64::try_from(record.version().0) != Ok(version)
-        || i64::try_from(record.position().0) != Ok(position)
+        || !record.position().is_pending()
     {
         return Err(bad_column(
             what,
             format!(
-                "the record says `{}`@{} at position {}, its row says position {position}",
+                "the record says `{}`@{} at position {}, its row `{stream}`@{version} (a record on PostgreSQL holds no position)",
                 record.stream(),
                 record.version(),
                 record.position()
             ),
         ));
+    }
+    let position = Position(to_u64(position, || describe_event(stream, version))?);
+    match &mut record {
+        LogRecord::Event(event) => event.position = position,
+        LogRecord::Compacted(stub) => stub.position = position,
     }
     Ok(record)
 }
@@ -148,13 +176,26 @@ impl PgStore {
             config.application_name("linkflow");
         }
         let store = PgStore {
-            pool: Pool::new(config),
+            pool: Pool::new(config, options.pool_size, options.pool_wait)?,
             bridge: Bridge::new()?,
             watching: Mutex::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
+            sequencer: Arc::new(Sequencer::default()),
+            settle_timeout: options.settle_timeout,
         };
         store.run(Box::new(|client| Box::pin(schema::migrate(client))))?;
+        store.bridge.handle().spawn(crate::sequencer::run(
+            Arc::clone(&store.pool),
+            Arc::clone(&store.sequencer),
+        ));
         Ok(store)
+    }
+
+    /// This node's part in numbering the log: whether it holds the sequencer's lease, and for
+    /// how long committed events have been held back by an older transaction (the lag a
+    /// subscriber sees on top of the numbering's own few milliseconds).
+    pub fn numbering(&self) -> Numbering {
+        self.sequencer.numbering()
     }
 
     /// Runs `work` on a pooled connection and waits for it.
@@ -188,7 +229,7 @@ impl PgStore {
             Box::pin(async move {
                 client
                     .batch_execute(
-                        "DROP TABLE IF EXISTS linkflow_events, linkflow_parked, linkflow_snapshots, linkflow_meta,
+                        "DROP TABLE IF EXISTS linkflow_events, linkflow_positions, linkflow_parked, linkflow_snapshots, linkflow_meta,
                                               linkflow_index, linkflow_counters, linkflow_keys,
                                               linkflow_key_secret, linkflow_endpoints,
                                               linkflow_delivery_cursors, linkflow_delivery_attempts,
@@ -227,35 +268,53 @@ impl StoredLog for Prefetched {
     }
 }
 
-/// Reads, in one round trip each (pipelined), everything checking `commit` asks: the version
-/// of every stream it appends to or snapshots, and whether its dedupe keys are stored.
-async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched, StoreError> {
+/// Each stream's version (its highest) and compaction mark.
+const READ_VERSIONS: &str = "SELECT s.stream,
+        (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream),
+        (SELECT n.compacted FROM linkflow_snapshots n WHERE n.stream = s.stream)
+   FROM unnest($1::text[]) AS s(stream)";
+
+/// Which of the (stream, dedupe key) pairs are stored, where (position 0: not numbered yet).
+const READ_KEYS: &str = "SELECT e.stream, e.dedupe, e.version, coalesce(p.position, 0)
+   FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
+   JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe
+   LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id";
+
+/// Reads, in one pipelined round trip, everything checking `commit` asks: the version and
+/// compaction mark of every stream it appends to or snapshots, and whether its dedupe keys
+/// are stored.
+async fn prefetch(
+    tx: &deadpool_postgres::Transaction<'_>,
+    commit: &Commit,
+) -> Result<Prefetched, StoreError> {
     let mut streams: BTreeSet<&str> = BTreeSet::new();
-    let mut key_streams: Vec<&str> = Vec::new();
-    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut keys: Vec<(&str, &[u8])> = Vec::with_capacity(commit.appends.len());
     for append in &commit.appends {
         streams.insert(append.stream.as_str());
-        key_streams.push(append.stream.as_str());
-        keys.push(append.event.dedupe_key.as_bytes());
+        keys.push((append.stream.as_str(), append.event.dedupe_key.as_bytes()));
     }
     for (stream, _) in &commit.snapshots {
         streams.insert(stream.as_str());
     }
     let streams: Vec<&str> = streams.into_iter().collect();
+    let versions = tx.prepare_cached(READ_VERSIONS).await.map_err(backend)?;
+    let accepted = tx.prepare_cached(READ_KEYS).await.map_err(backend)?;
+    read_logged(&**tx, (&versions, &accepted), &streams, &keys).await
+}
+
+/// [`prefetch`]'s reads, with its two statements.
+async fn read_logged(
+    client: &impl GenericClient,
+    (versions, accepted): (&tokio_postgres::Statement, &tokio_postgres::Statement),
+    streams: &[&str],
+    keys: &[(&str, &[u8])],
+) -> Result<Prefetched, StoreError> {
+    let key_streams: Vec<&str> = keys.iter().map(|(stream, _)| *stream).collect();
+    let key_bytes: Vec<&[u8]> = keys.iter().map(|(_, key)| *key).collect();
     let version_params: [&(dyn ToSql + Sync); 1] = [&streams];
-    let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &keys];
-    let versions = tx.query(
-        "SELECT s.stream, (SELECT max(e.version) FROM linkflow_events e WHERE e.stream = s.stream),
-                (SELECT n.compacted FROM linkflow_snapshots n WHERE n.stream = s.stream)
-           FROM unnest($1::text[]) AS s(stream)",
-        &version_params,
-    );
-    let accepted = tx.query(
-        "SELECT e.stream, e.dedupe, e.version, e.position
-           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
-           JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe",
-        &key_params,
-    );
+    let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &key_bytes];
+    let versions = client.query(versions, &version_params);
+    let accepted = client.query(accepted, &key_params);
     let (versions, accepted) = futures_util::future::try_join(versions, accepted)
         .await
         .map_err(backend)?;
@@ -263,9 +322,8 @@ async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched
     let mut out = Prefetched::default();
     for row in versions {
         let stream: String = col(&row, 0)?;
-        let version: Option<i64> = col(&row, 1)?;
         let what = || format!("version of `{stream}`");
-        let version = Version(to_u64(version.unwrap_or(0), what)?);
+        let version = Version(to_u64(col::<Option<i64>, _>(&row, 1)?.unwrap_or(0), what)?);
         let compacted: Option<i64> = col(&row, 2)?;
         let compacted = Version(to_u64(compacted.unwrap_or(0), || {
             format!("compaction of `{stream}`")
@@ -289,15 +347,56 @@ async fn prefetch(tx: &impl GenericClient, commit: &Commit) -> Result<Prefetched
     Ok(out)
 }
 
-/// Writes a plan inside the commit's transaction: every statement pipelined.
-async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), StoreError> {
-    let mut positions = Vec::with_capacity(plan.events.len());
+/// The events of a commit, one `INSERT` from arrays, their ids drawn in the plan's order (so
+/// the sequencer numbers them in it: stream by stream); each row's transaction id is its
+/// default.
+const INSERT_EVENTS: &str = "INSERT INTO linkflow_events (stream, version, dedupe, record)
+     SELECT s, v, d, r
+       FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS u(s, v, d, r, n)
+      ORDER BY n";
+
+/// The snapshots of a commit. A row is replaced only if no compaction and no newer snapshot
+/// got there since the commit read it (what its check relied on); the streams it wrote come
+/// back, and a stream missing from them is a race the engine retries.
+const UPSERT_SNAPSHOTS: &str = "INSERT INTO linkflow_snapshots (stream, version, record, compacted)
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::int8[])
+     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record
+      WHERE linkflow_snapshots.compacted = excluded.compacted
+        AND linkflow_snapshots.version <= excluded.version
+     RETURNING stream";
+
+const PUT_INDEX: &str =
+    "INSERT INTO linkflow_index (key) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING";
+
+const DELETE_INDEX: &str = "DELETE FROM linkflow_index WHERE key = ANY($1::bytea[])";
+
+/// One statement: each counter's shard of this connection summed, and a shard the sum brings
+/// to zero deleted. No other transaction writes this connection's shard, so no commit waits
+/// on another's counters.
+const ADD_COUNTERS: &str = "WITH summed AS (
+         SELECT k.cell, k.name, coalesce(c.value, 0) + k.delta AS value
+           FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(cell, name, delta)
+           LEFT JOIN linkflow_counters c
+                  ON c.cell = k.cell AND c.name = k.name AND c.shard = pg_backend_pid())
+     MERGE INTO linkflow_counters c
+     USING summed s ON c.cell = s.cell AND c.name = s.name AND c.shard = pg_backend_pid()
+     WHEN MATCHED AND s.value = 0 THEN DELETE
+     WHEN MATCHED THEN UPDATE SET value = s.value
+     WHEN NOT MATCHED AND s.value <> 0 THEN
+         INSERT (cell, name, shard, value) VALUES (s.cell, s.name, pg_backend_pid(), s.value)";
+
+/// Writes a plan inside the commit's transaction: every statement prepared once per
+/// connection and pipelined. Returns the streams whose snapshot was written.
+async fn write_plan(
+    tx: &deadpool_postgres::Transaction<'_>,
+    plan: &Checked,
+    reads: &Prefetched,
+) -> Result<Vec<String>, StoreError> {
     let mut streams = Vec::with_capacity(plan.events.len());
     let mut versions = Vec::with_capacity(plan.events.len());
     let mut dedupes = Vec::with_capacity(plan.events.len());
     let mut records = Vec::with_capacity(plan.events.len());
     for event in &plan.events {
-        positions.push(to_i64(event.position.0, "position")?);
         streams.push(event.stream.as_str());
         versions.push(to_i64(event.version.0, "version")?);
         dedupes.push(&event.dedupe_key.as_bytes()[..]);
@@ -323,6 +422,14 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
         .iter()
         .map(|&i| &plan.snapshots[i].record[..])
         .collect();
+    let snap_compacted: Vec<i64> = snap_indexes
+        .iter()
+        .map(|&i| {
+            let stream = &plan.snapshots[i].stream;
+            let compacted = reads.compacted.get(stream).copied().unwrap_or_default();
+            to_i64(compacted.0, "compaction version")
+        })
+        .collect::<Result<_, _>>()?;
     let mut index_puts: Vec<&[u8]> = Vec::new();
     let mut index_deletes: Vec<&[u8]> = Vec::new();
     for (key, present) in &plan.index.entries {
@@ -342,102 +449,188 @@ async fn write_plan(tx: &impl GenericClient, plan: &Checked) -> Result<(), Store
             counter_deltas.push(*delta);
         }
     }
-    let head = to_i64(plan.receipt.head.0, "head")?;
-    let head_text = plan.receipt.head.0.to_string();
 
     let mut statements: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
-    if !positions.is_empty() {
-        statements.push((
-            "INSERT INTO linkflow_events (position, stream, version, dedupe, record)
-             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::bytea[], $5::bytea[])",
-            vec![&positions, &streams, &versions, &dedupes, &records],
-        ));
-        statements.push(("UPDATE linkflow_head SET position = $1", vec![&head]));
-        statements.push(("SELECT pg_notify('linkflow_commits', $1)", vec![&head_text]));
-    }
-    if !snap_streams.is_empty() {
-        statements.push((
-            "INSERT INTO linkflow_snapshots (stream, version, record)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[])
-             ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record",
-            vec![&snap_streams, &snap_versions, &snap_records],
-        ));
+    if !streams.is_empty() {
+        statements.push((INSERT_EVENTS, vec![&streams, &versions, &dedupes, &records]));
     }
     if !index_puts.is_empty() {
-        statements.push((
-            "INSERT INTO linkflow_index (key) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
-            vec![&index_puts],
-        ));
+        statements.push((PUT_INDEX, vec![&index_puts]));
     }
     if !index_deletes.is_empty() {
-        statements.push((
-            "DELETE FROM linkflow_index WHERE key = ANY($1::bytea[])",
-            vec![&index_deletes],
-        ));
+        statements.push((DELETE_INDEX, vec![&index_deletes]));
     }
     if !counter_cells.is_empty() {
-        // One statement: each counter's sum, and a counter the sum brings to zero deleted.
         statements.push((
-            "WITH summed AS (
-                 SELECT k.cell, k.name, coalesce(c.value, 0) + k.delta AS value
-                   FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(cell, name, delta)
-                   LEFT JOIN linkflow_counters c ON c.cell = k.cell AND c.name = k.name)
-             MERGE INTO linkflow_counters c USING summed s ON c.cell = s.cell AND c.name = s.name
-             WHEN MATCHED AND s.value = 0 THEN DELETE
-             WHEN MATCHED THEN UPDATE SET value = s.value
-             WHEN NOT MATCHED AND s.value <> 0 THEN
-                 INSERT (cell, name, value) VALUES (s.cell, s.name, s.value)",
+            ADD_COUNTERS,
             vec![&counter_cells, &counter_names, &counter_deltas],
         ));
     }
-    futures_util::future::try_join_all(
+    let mut prepared = Vec::with_capacity(statements.len() + 1);
+    for (sql, _) in &statements {
+        prepared.push(tx.prepare_cached(sql).await.map_err(backend)?);
+    }
+    let snapshots = async {
+        if snap_streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let upsert = tx.prepare_cached(UPSERT_SNAPSHOTS).await?;
+        let rows = tx
+            .query(
+                &upsert,
+                &[
+                    &snap_streams,
+                    &snap_versions,
+                    &snap_records,
+                    &snap_compacted,
+                ],
+            )
+            .await?;
+        rows.iter().map(|row| row.try_get::<_, String>(0)).collect()
+    };
+    let writes = futures_util::future::try_join_all(
         statements
             .iter()
-            .map(|(sql, params)| tx.execute(*sql, params.as_slice())),
+            .zip(&prepared)
+            .map(|((_, params), statement)| tx.execute(statement, params.as_slice())),
+    );
+    let (_, written) = futures_util::future::try_join(writes, snapshots)
+        .await
+        .map_err(backend)?;
+    Ok(written)
+}
+
+/// True for the failures a concurrent commit causes: a unique constraint another node's commit
+/// got to first, a deadlock between two commits, a serialization failure.
+fn is_race(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Database(linkflow_store::DatabaseError {
+            failure: linkflow_store::DatabaseFailure::UniqueViolation
+                | linkflow_store::DatabaseFailure::DeadlockDetected
+                | linkflow_store::DatabaseFailure::SerializationFailure,
+            ..
+        })
     )
-    .await
-    .map_err(backend)?;
-    Ok(())
 }
 
 /// A commit in one transaction: `Err` when the database failed, `Ok(Err)` when the commit
-/// broke one of its constraints (the transaction is rolled back, nothing written).
+/// broke one of its constraints (the transaction is rolled back, nothing written). Nothing is
+/// locked but the rows it writes: a constraint another node's concurrent commit broke first
+/// (a version, a dedupe key, a snapshot) is found by the database and answered as the same
+/// typed refusal a check before writing gives, read again after the rollback.
 async fn write_commit(
-    client: &mut Client,
+    client: &mut Conn,
     commit: Commit,
 ) -> Result<Result<Receipt, CommitError>, StoreError> {
     let tx = client.transaction().await.map_err(backend)?;
-    // The serialization point of every node: held until COMMIT.
-    let head: i64 = col(
-        &tx.query_one("SELECT position FROM linkflow_head FOR UPDATE", &[])
-            .await
-            .map_err(backend)?,
-        0,
-    )?;
-    let head = Position(to_u64(head, || "linkflow_head".into())?);
-    let mut reads = prefetch(&tx, &commit).await?;
-    let checked = match check_commit(commit, head, &mut reads) {
+    let mut log = prefetch(&tx, &commit).await?;
+    let checked = match check_commit_unnumbered(commit, &mut log) {
         Ok(checked) => checked,
         Err(CommitError::Store(error)) => return Err(error),
         Err(refused) => return Ok(Err(refused)),
     };
-    write_plan(&tx, &checked).await?;
-    tx.commit().await.map_err(backend)?;
-    Ok(Ok(checked.receipt))
+    let written = match write_plan(&tx, &checked, &log).await {
+        Ok(written) => written,
+        Err(error) if is_race(&error) => {
+            drop(tx);
+            return Ok(Err(explain_race(client, &checked, &log, error).await?));
+        }
+        Err(error) => return Err(error),
+    };
+    if let Some(missed) = checked.snapshots.iter().find(|snapshot| {
+        !written
+            .iter()
+            .any(|stream| stream == snapshot.stream.as_str())
+    }) {
+        let stream = missed.stream.clone();
+        drop(tx);
+        let error = StoreError::Internal(format!("the snapshot of `{stream}` was not written"));
+        return Ok(Err(explain_race(client, &checked, &log, error).await?));
+    }
+    match tx.commit().await.map_err(backend) {
+        Ok(()) => Ok(Ok(checked.receipt)),
+        Err(error) if is_race(&error) => {
+            Ok(Err(explain_race(client, &checked, &log, error).await?))
+        }
+        Err(error) => Err(error),
+    }
 }
 
-/// [`EventStore::compact`] in one transaction under the head-row lock every commit takes: the
-/// stream's version checked, its records that are not compacted yet rewritten compacted (one
-/// `UPDATE` from arrays), its snapshot replaced. `Ok(Err)`: refused, nothing written.
+/// After a commit lost a race (and was rolled back): what another commit changed, read again
+/// as the typed refusal the engine retries ([`CommitError::DuplicateKey`],
+/// [`CommitError::Conflict`], [`CommitError::CompactionConflict`]); `error` itself when nothing
+/// the commit relied on changed (the database's error is then not a race this explains).
+async fn explain_race(
+    client: &mut Conn,
+    checked: &Checked,
+    before: &Prefetched,
+    error: StoreError,
+) -> Result<CommitError, StoreError> {
+    let mut streams: BTreeSet<&SessionId> = BTreeSet::new();
+    let mut keys: Vec<(&str, &[u8])> = Vec::with_capacity(checked.events.len());
+    for event in &checked.events {
+        streams.insert(&event.stream);
+        keys.push((event.stream.as_str(), event.dedupe_key.as_bytes()));
+    }
+    for snapshot in &checked.snapshots {
+        streams.insert(&snapshot.stream);
+    }
+    let names: Vec<&str> = streams.iter().map(|stream| stream.as_str()).collect();
+    let versions = client
+        .prepare_cached(READ_VERSIONS)
+        .await
+        .map_err(backend)?;
+    let accepted = client.prepare_cached(READ_KEYS).await.map_err(backend)?;
+    let now = read_logged(&***client, (&versions, &accepted), &names, &keys).await?;
+    for event in &checked.events {
+        if now
+            .dedupe
+            .contains_key(&(event.stream.clone(), event.dedupe_key))
+        {
+            return Ok(CommitError::DuplicateKey {
+                stream: event.stream.clone(),
+                key: event.dedupe_key,
+            });
+        }
+    }
+    for &stream in &streams {
+        let (was, is) = (
+            before.versions.get(stream).copied().unwrap_or_default(),
+            now.versions.get(stream).copied().unwrap_or_default(),
+        );
+        if was != is {
+            return Ok(CommitError::Conflict {
+                stream: stream.clone(),
+                expected: was,
+                actual: is,
+            });
+        }
+        let (was, is) = (
+            before.compacted.get(stream).copied().unwrap_or_default(),
+            now.compacted.get(stream).copied().unwrap_or_default(),
+        );
+        if was != is {
+            return Ok(CommitError::CompactionConflict {
+                stream: stream.clone(),
+                expected: was,
+                actual: is,
+            });
+        }
+    }
+    Err(error)
+}
+
+/// [`EventStore::compact`] in one transaction: the stream's version checked, its records that
+/// are not compacted yet rewritten compacted (one `UPDATE` from arrays), its snapshot replaced
+/// only if no commit moved it meanwhile (else a conflict: the transaction is rolled back).
+/// `Ok(Err)`: refused, nothing written.
 async fn write_compaction(
-    client: &mut Client,
+    client: &mut Conn,
     stream: SessionId,
     snapshot: Snapshot,
 ) -> Result<Result<u64, CommitError>, StoreError> {
     let tx = client.transaction().await.map_err(backend)?;
-    tx.query_one("SELECT position FROM linkflow_head FOR UPDATE", &[])
-        .await
-        .map_err(backend)?;
     let name = stream.to_string();
     let actual: Option<i64> = col(
         &tx.query_one(
@@ -473,7 +666,7 @@ async fn write_compaction(
     }
     let rows = tx
         .query(
-            "SELECT stream, version, position, record FROM linkflow_events
+            "SELECT stream, version, 0::int8 AS position, record FROM linkflow_events
               WHERE stream = $1 AND get_byte(record, 0) <> $2 ORDER BY version",
             &[&name, &i32::from(COMPACTED)],
         )
@@ -482,6 +675,7 @@ async fn write_compaction(
     let mut versions = Vec::with_capacity(rows.len());
     let mut records = Vec::with_capacity(rows.len());
     for row in &rows {
+        // Read with position 0: the compacted record holds no position either.
         let event = decode_event_row(row)?;
         versions.push(to_i64(event.version.0, "version")?);
         records.push(encode_compacted(&CompactedEvent::of(&event)));
@@ -497,17 +691,58 @@ async fn write_compaction(
         .map_err(backend)?;
     }
     let version = to_i64(snapshot.version.0, "version")?;
-    tx.execute(
-        "INSERT INTO linkflow_snapshots (stream, version, record, compacted) VALUES ($1, $2, $3, $2)
-         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record,
-                                            compacted = excluded.compacted",
-        &[&name, &version, &record],
-    )
-    .await
-    .map_err(backend)?;
-    tx.commit().await.map_err(backend)?;
-    Ok(Ok(versions.len() as u64))
+    let replaced = tx
+        .execute(
+            "INSERT INTO linkflow_snapshots (stream, version, record, compacted) VALUES ($1, $2, $3, $2)
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record,
+                                                compacted = excluded.compacted
+              WHERE linkflow_snapshots.version <= excluded.version",
+            &[&name, &version, &record],
+        )
+        .await
+        .map_err(backend)?;
+    if replaced != 1 {
+        // A commit appended and snapshotted the stream after this compaction read it.
+        drop(tx);
+        let actual: Option<i64> = col(
+            &client
+                .query_one(
+                    "SELECT max(version) FROM linkflow_events WHERE stream = $1",
+                    &[&name],
+                )
+                .await
+                .map_err(backend)?,
+            0,
+        )?;
+        return Ok(Err(CommitError::Conflict {
+            stream,
+            expected: snapshot.version,
+            actual: Version(to_u64(actual.unwrap_or(0), || format!("stream `{name}`"))?),
+        }));
+    }
+    match tx.commit().await.map_err(backend) {
+        Ok(()) => Ok(Ok(versions.len() as u64)),
+        Err(error) if is_race(&error) => Ok(Err(CommitError::CompactionConflict {
+            stream,
+            expected: snapshot.compacted,
+            actual: snapshot.version,
+        })),
+        Err(error) => Err(error),
+    }
 }
+
+/// The snapshots of the streams asked for.
+const READ_SNAPSHOTS: &str = "SELECT n.stream, n.record
+   FROM unnest($1::text[]) AS s(stream) JOIN linkflow_snapshots n ON n.stream = s.stream";
+
+/// The events of the streams asked for after their snapshots, compacted ones left out.
+const READ_TAILS: &str = "SELECT e.stream, e.version, coalesce(p.position, 0) AS position, e.record
+   FROM unnest($1::text[]) AS s(stream)
+   JOIN linkflow_events e ON e.stream = s.stream
+   LEFT JOIN linkflow_snapshots n ON n.stream = s.stream
+   LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
+  WHERE e.version > coalesce(n.version, 0) AND get_byte(e.record, 0) <> 64
+  ORDER BY e.stream, e.version";
 
 /// The rows of [`EventStore::read_streams`]: snapshots, tails, dedupe hits.
 type StreamsRows = (Vec<Row>, Vec<Row>, Vec<Row>);
@@ -515,7 +750,7 @@ type StreamsRows = (Vec<Row>, Vec<Row>, Vec<Row>);
 /// Reads everything `read_streams` answers in one pipelined round trip, inside one
 /// repeatable-read transaction so that every statement sees the same point in time.
 async fn read_streams_rows(
-    client: &mut Client,
+    client: &mut Conn,
     streams: Vec<String>,
     key_streams: Vec<String>,
     keys: Vec<Vec<u8>>,
@@ -529,26 +764,12 @@ async fn read_streams_rows(
         .map_err(backend)?;
     let stream_params: [&(dyn ToSql + Sync); 1] = [&streams];
     let key_params: [&(dyn ToSql + Sync); 2] = [&key_streams, &keys];
-    let snapshots = tx.query(
-        "SELECT n.stream, n.record
-           FROM unnest($1::text[]) AS s(stream) JOIN linkflow_snapshots n ON n.stream = s.stream",
-        &stream_params,
-    );
-    let tails = tx.query(
-        "SELECT e.stream, e.version, e.position, e.record
-           FROM unnest($1::text[]) AS s(stream)
-           JOIN linkflow_events e ON e.stream = s.stream
-           LEFT JOIN linkflow_snapshots n ON n.stream = s.stream
-          WHERE e.version > coalesce(n.version, 0) AND get_byte(e.record, 0) <> 64
-          ORDER BY e.stream, e.version",
-        &stream_params,
-    );
-    let accepted_keys = tx.query(
-        "SELECT e.stream, e.dedupe, e.version, e.position
-           FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
-           JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe",
-        &key_params,
-    );
+    let snapshots = tx.prepare_cached(READ_SNAPSHOTS).await.map_err(backend)?;
+    let tails = tx.prepare_cached(READ_TAILS).await.map_err(backend)?;
+    let accepted = tx.prepare_cached(READ_KEYS).await.map_err(backend)?;
+    let snapshots = tx.query(&snapshots, &stream_params);
+    let tails = tx.query(&tails, &stream_params);
+    let accepted_keys = tx.query(&accepted, &key_params);
     let rows = futures_util::future::try_join3(snapshots, tails, accepted_keys)
         .await
         .map_err(backend)?;
@@ -608,6 +829,49 @@ fn decode_streams_read(
         read.dedupe.insert((id, key), hit);
     }
     Ok(read)
+}
+
+/// The head, and whether every event of a transaction below `$1` (an xid8 as text) that is
+/// visible is numbered.
+const SETTLED: &str = "SELECT h.position,
+        NOT EXISTS (SELECT 1 FROM linkflow_events e
+                     WHERE (e.txid, e.id) > (h.txid, h.id) AND e.txid < $1::text::xid8)
+   FROM linkflow_head h";
+
+/// How often [`EventStore::settle`] looks at the numbering.
+const SETTLE_POLL: Duration = Duration::from_millis(2);
+
+/// The oldest transaction on the server that holds an id, in words: what holds the numbering
+/// back when it does not move.
+async fn held_back_by(client: &Client) -> String {
+    let row = client
+        .query_opt(
+            "SELECT pid, datname, state, extract(epoch FROM now() - xact_start)::float8, left(query, 120)
+               FROM pg_stat_activity
+              WHERE backend_xid IS NOT NULL ORDER BY age(backend_xid) DESC LIMIT 1",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) => {
+            let pid: i32 = row.try_get(0).unwrap_or_default();
+            let database: Option<String> = row.try_get(1).unwrap_or_default();
+            let state: Option<String> = row.try_get(2).unwrap_or_default();
+            let seconds: Option<f64> = row.try_get(3).unwrap_or_default();
+            let query: Option<String> = row.try_get(4).unwrap_or_default();
+            format!(
+                "the oldest transaction on the server (pid {pid}, database {}, {}, open {:.0} s, last statement `{}`) holds it back; end it, or set idle_in_transaction_session_timeout",
+                database.unwrap_or_default(),
+                state.unwrap_or_default(),
+                seconds.unwrap_or_default(),
+                query.unwrap_or_default()
+            )
+        }
+        Ok(None) => {
+            "no transaction holds it back: is a sequencer running (every PgStore runs one)?".into()
+        }
+        Err(error) => format!("cannot tell what holds it back: {error}"),
+    }
 }
 
 async fn read_head(client: &Client) -> Result<Position, StoreError> {
@@ -677,11 +941,59 @@ async fn watch_once(
 }
 
 impl EventStore for PgStore {
+    /// The receipt's positions (and head) are [`Position::PENDING`]: the sequencer numbers
+    /// the events a moment after the commit (this node's sequencer is woken at once).
     fn commit(&self, commit: Commit) -> Result<Receipt, CommitError> {
         self.health()?;
-        self.run(Box::new(move |client| {
+        let receipt = self.run(Box::new(move |client| {
             Box::pin(write_commit(client, commit))
-        }))?
+        }))??;
+        if !receipt.appended.is_empty() {
+            self.sequencer.wake.notify_one();
+        }
+        Ok(receipt)
+    }
+
+    fn numbers_at_commit(&self) -> bool {
+        false
+    }
+
+    /// Waits, up to [`PgOptions::settle_timeout`], until no event committed before the call is
+    /// left unnumbered: every transaction that had started by then has ended and the sequencer
+    /// has numbered past it.
+    fn settle(&self) -> Result<Position, StoreError> {
+        let sequencer = Arc::clone(&self.sequencer);
+        let timeout = self.settle_timeout;
+        self.run(Box::new(move |client| {
+            Box::pin(async move {
+                let started = tokio::time::Instant::now();
+                // Every transaction that started before this call has an id below it.
+                let target: String = col(
+                    &client
+                        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+                        .await
+                        .map_err(backend)?,
+                    0,
+                )?;
+                let check = client.prepare_cached(SETTLED).await.map_err(backend)?;
+                loop {
+                    sequencer.wake.notify_one();
+                    let row = client.query_one(&check, &[&target]).await.map_err(backend)?;
+                    let head: i64 = col(&row, 0)?;
+                    let settled: bool = col(&row, 1)?;
+                    if settled {
+                        return Ok(Position(to_u64(head, || "linkflow_head".into())?));
+                    }
+                    if started.elapsed() >= timeout {
+                        return Err(StoreError::Internal(format!(
+                            "the PostgreSQL log's numbering did not reach the events committed before this call within {timeout:?}: {}",
+                            held_back_by(client).await
+                        )));
+                    }
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
+            })
+        }))
     }
 
     fn compact(&self, stream: &SessionId, snapshot: Snapshot) -> Result<u64, CommitError> {
@@ -724,9 +1036,11 @@ impl EventStore for PgStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.events(
-            "SELECT stream, version, position, record FROM linkflow_events
-              WHERE stream = $1 AND version > $2 AND get_byte(record, 0) <> 64
-              ORDER BY version LIMIT $3",
+            "SELECT e.stream, e.version, coalesce(p.position, 0) AS position, e.record
+               FROM linkflow_events e
+               LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
+              WHERE e.stream = $1 AND e.version > $2 AND get_byte(e.record, 0) <> 64
+              ORDER BY e.version LIMIT $3",
             vec![
                 Box::new(stream.to_string()),
                 Box::new(to_i64(after.0, "version")?),
@@ -736,9 +1050,13 @@ impl EventStore for PgStore {
     }
 
     fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        // Numbered events only: the log up to the sequencer's head.
         self.events(
-            "SELECT stream, version, position, record FROM linkflow_events
-              WHERE position > $1 AND get_byte(record, 0) <> 64 ORDER BY position LIMIT $2",
+            "SELECT e.stream, e.version, p.position, e.record
+               FROM linkflow_positions p
+               JOIN linkflow_events e ON e.txid = p.txid AND e.id = p.id
+              WHERE p.position > $1 AND get_byte(e.record, 0) <> 64
+              ORDER BY p.position LIMIT $2",
             vec![
                 Box::new(to_i64(after.0, "position")?),
                 Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
@@ -756,8 +1074,10 @@ impl EventStore for PgStore {
             Box::pin(async move {
                 let rows = client
                     .query(
-                        "SELECT e.version, e.position
-                           FROM linkflow_events e WHERE e.stream = $1 AND e.dedupe = $2",
+                        "SELECT e.version, coalesce(p.position, 0)
+                           FROM linkflow_events e
+                           LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
+                          WHERE e.stream = $1 AND e.dedupe = $2",
                         &[&stream.as_str(), &&key.as_bytes()[..]],
                     )
                     .await
@@ -926,9 +1246,10 @@ impl EventStore for PgStore {
         let mut inclusive = true;
         loop {
             let rows = self.query_rows(
-                "SELECT cell, name, value FROM linkflow_counters
+                "SELECT cell, name, sum(value)::int8 FROM linkflow_counters
                   WHERE ((cell, name) > ($1, $2) OR ($4 AND cell = $1 AND name = $2))
                     AND cell < $3
+                  GROUP BY cell, name HAVING sum(value) <> 0
                   ORDER BY cell, name LIMIT $5",
                 vec![
                     Box::new(low.0.clone()),
@@ -961,9 +1282,11 @@ impl EventStore for PgStore {
         let mut after = (String::new(), 0i64);
         loop {
             let page = self.events(
-                "SELECT stream, version, position, record FROM linkflow_events
-                  WHERE (stream, version) > ($1, $2) AND get_byte(record, 0) <> 64
-                  ORDER BY stream, version LIMIT $3",
+                "SELECT e.stream, e.version, coalesce(p.position, 0) AS position, e.record
+                   FROM linkflow_events e
+                   LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
+                  WHERE (e.stream, e.version) > ($1, $2) AND get_byte(e.record, 0) <> 64
+                  ORDER BY e.stream, e.version LIMIT $3",
                 vec![Box::new(after.0.clone()), Box::new(after.1), Box::new(PAGE)],
             )?;
             let full = page.len() as i64 == PAGE;
@@ -1034,7 +1357,8 @@ impl PgStore {
             .collect()
     }
 
-    /// Runs one query on a pooled connection; the rows are decoded on the calling thread.
+    /// Runs one query (prepared once per connection) on a pooled connection; the rows are
+    /// decoded on the calling thread.
     pub(crate) fn query_rows(
         &self,
         sql: &'static str,
@@ -1044,7 +1368,9 @@ impl PgStore {
             Box::pin(async move {
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-                client.query(sql, &refs).await.map_err(backend)
+                // Every statement here is a constant: each connection prepares it once.
+                let statement = client.prepare_cached(sql).await.map_err(backend)?;
+                client.query(&statement, &refs).await.map_err(backend)
             })
         }))
     }

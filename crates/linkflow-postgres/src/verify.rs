@@ -5,7 +5,6 @@ use linkflow_store::{Problem, StoreError, VerifyReport};
 
 use crate::error::col;
 use crate::store::{PgStore, PAGE};
-use linkflow_store::EventStore;
 
 fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl Into<String>) {
     report.problems.push(Problem {
@@ -15,30 +14,58 @@ fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl I
 }
 
 /// Checks:
-/// - positions are exactly 1..=head (the primary key makes them unique);
+/// - positions are exactly 1..=head (the primary key makes them unique), each names an event,
+///   and the events not numbered yet are all after the head's (txid, id) (they are counted,
+///   not a problem: the sequencer numbers them once no older transaction runs);
 /// - every stream holds versions 1..=n, its compacted records before its events;
 /// - every event record (whole or compacted) decodes (checksum included) and matches its row,
 ///   dedupe key included;
 /// - every snapshot decodes and is not ahead of its stream.
 pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let head = store.head()?;
-
     let totals = store.query_rows(
-        "SELECT count(*), coalesce(max(position), 0), count(DISTINCT stream) FROM linkflow_events",
+        "SELECT (SELECT count(*) FROM linkflow_positions),
+                (SELECT coalesce(max(position), 0) FROM linkflow_positions),
+                (SELECT count(*) FROM linkflow_positions p
+                  WHERE NOT EXISTS (SELECT 1 FROM linkflow_events e
+                                     WHERE e.txid = p.txid AND e.id = p.id)),
+                (SELECT count(*) FROM linkflow_events e, linkflow_head h
+                  WHERE (e.txid, e.id) <= (h.txid, h.id)
+                    AND NOT EXISTS (SELECT 1 FROM linkflow_positions p
+                                     WHERE p.txid = e.txid AND p.id = e.id)),
+                (SELECT count(DISTINCT stream) FROM linkflow_events),
+                (SELECT position FROM linkflow_head)",
         Vec::new(),
     )?;
-    let (count, max, streams): (i64, i64, i64) = (
+    // One statement, one snapshot: the sequencer numbering meanwhile moves nothing here.
+    let (count, max, orphans, skipped, streams, head): (i64, i64, i64, i64, i64, i64) = (
         col(&totals[0], 0)?,
         col(&totals[0], 1)?,
         col(&totals[0], 2)?,
+        col(&totals[0], 3)?,
+        col(&totals[0], 4)?,
+        col(&totals[0], 5)?,
     );
     report.streams = u64::try_from(streams).unwrap_or(0);
-    if u64::try_from(max).ok() != Some(head.0) || u64::try_from(count).ok() != Some(head.0) {
+    if max != head || count != head {
+        problem(
+            &mut report,
+            "linkflow_positions",
+            format!("holds {count} positions up to {max}; the head is {head}"),
+        );
+    }
+    if orphans > 0 {
+        problem(
+            &mut report,
+            "linkflow_positions",
+            format!("{orphans} positions name no event"),
+        );
+    }
+    if skipped > 0 {
         problem(
             &mut report,
             "linkflow_events",
-            format!("holds {count} events up to position {max}; the head is {head}"),
+            format!("{skipped} events before the sequencer's cursor have no position"),
         );
     }
     for row in store.query_rows(
@@ -72,8 +99,9 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     let mut after = 0i64;
     loop {
         let rows = store.query_rows(
-            "SELECT stream, version, position, dedupe, record FROM linkflow_events
-              WHERE position > $1 ORDER BY position LIMIT $2",
+            "SELECT e.stream, e.version, p.position, e.dedupe, e.record
+               FROM linkflow_positions p JOIN linkflow_events e ON e.txid = p.txid AND e.id = p.id
+              WHERE p.position > $1 ORDER BY p.position LIMIT $2",
             vec![Box::new(after), Box::new(PAGE)],
         )?;
         let full = rows.len() as i64 == PAGE;

@@ -141,11 +141,31 @@ pub fn check_commit(
     head: Position,
     log: &mut dyn StoredLog,
 ) -> Result<Checked, CommitError> {
+    check(commit, Some(head), log)
+}
+
+/// [`check_commit`] for a log that numbers its events after they commit (PostgreSQL's
+/// sequencer): every event's position, in its record and in the receipt, is
+/// [`Position::PENDING`], and so is the receipt's head.
+pub fn check_commit_unnumbered(
+    commit: Commit,
+    log: &mut dyn StoredLog,
+) -> Result<Checked, CommitError> {
+    check(commit, None, log)
+}
+
+fn check(
+    commit: Commit,
+    head: Option<Position>,
+    log: &mut dyn StoredLog,
+) -> Result<Checked, CommitError> {
     let index = check_index(commit.index, commit.counters)?;
     let versions = check_appends(&commit.appends, log)?;
     let snapshots = check_snapshots(commit.snapshots, &versions, log)?;
     let (events, appended) = number(commit.appends, head)?;
-    let head = events.last().map_or(head, |event| event.position);
+    let head = events
+        .last()
+        .map_or(head.unwrap_or(Position::PENDING), |event| event.position);
     Ok(Checked {
         events,
         snapshots,
@@ -240,10 +260,11 @@ fn check_snapshots(
     Ok(checked)
 }
 
-/// Hands out versions and positions, stream by stream, and encodes the records.
+/// Hands out versions and positions (after `head`, or [`Position::PENDING`] without one),
+/// stream by stream, and encodes the records.
 fn number(
     appends: Vec<Append>,
-    head: Position,
+    head: Option<Position>,
 ) -> Result<(Vec<CheckedEvent>, Vec<Placed>), CommitError> {
     let mut runs: Vec<Vec<usize>> = Vec::new();
     let mut run_of: HashMap<&SessionId, usize> = HashMap::new();
@@ -264,12 +285,14 @@ fn number(
         slots.len()
     ];
     let mut events = Vec::with_capacity(slots.len());
-    let mut position = head;
+    let mut position = head.unwrap_or(Position::PENDING);
     for index in order {
         let Some(append) = slots[index].take() else {
             continue;
         };
-        position = position.next();
+        if head.is_some() {
+            position = position.next();
+        }
         let record = StoredEvent {
             stream: append.stream,
             version: append.expected.next(),

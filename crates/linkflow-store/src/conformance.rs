@@ -161,7 +161,31 @@ fn commit<S: EventStore>(store: &S, items: Vec<Item>) -> Result<Vec<Placed>, Com
             Item::Snapshot(stream, snapshot) => commit.snapshots.push((stream, snapshot)),
         }
     }
-    Ok(store.commit(commit)?.appended)
+    let streams: Vec<SessionId> = commit.appends.iter().map(|a| a.stream.clone()).collect();
+    let placed = store.commit(commit)?.appended;
+    if store.numbers_at_commit() {
+        return Ok(placed);
+    }
+    // A store that numbers after commit: the receipt says "not yet", and once the numbering
+    // settles each event's position is the one a store numbering at commit would have given.
+    assert!(
+        placed.iter().all(|placed| placed.position.is_pending()),
+        "a store that numbers after commit answers pending positions: {placed:?}"
+    );
+    store.settle()?;
+    streams
+        .into_iter()
+        .zip(placed)
+        .map(|(stream, placed)| {
+            let read = store.read_stream(&stream, Version(placed.version.0 - 1), 1)?;
+            let event = read.first().expect("a committed event is read back");
+            assert!(!event.position.is_pending(), "settled: {event:?}");
+            Ok(Placed {
+                version: placed.version,
+                position: event.position,
+            })
+        })
+        .collect()
 }
 
 fn append(stream: &SessionId, expected: ExpectedVersion, event: NewEvent) -> Item {
@@ -234,7 +258,7 @@ pub fn appends_assign_gap_free_versions_and_positions<H: Harness>() {
     );
     let outcomes = commit(&store, vec![append(&b, ExpectedVersion::Next, event(4))]).unwrap();
     assert_eq!(appended(&outcomes[0]), (Version(2), Position(4)));
-    assert_eq!(store.head().unwrap(), Position(4));
+    assert_eq!(store.settle().unwrap(), Position(4));
     assert_eq!(store.stream_start(&a).unwrap().version, Version(2));
     assert_eq!(
         store.stream_start(&stream("none")).unwrap().version,
@@ -274,7 +298,7 @@ pub fn a_stale_expected_version_conflicts_and_writes_nothing<H: Harness>() {
         }
         other => panic!("expected a conflict, got {other}"),
     }
-    assert_eq!(store.head().unwrap(), Position(1));
+    assert_eq!(store.settle().unwrap(), Position(1));
     assert_eq!(
         store.stream_start(&stream("b")).unwrap().version,
         Version(0)
@@ -305,7 +329,7 @@ pub fn a_stored_dedupe_key_is_refused_and_nothing_is_written<H: Harness>() {
     )
     .unwrap_err();
     assert_duplicate_key(&error, &a, 1);
-    assert_eq!(store.head().unwrap(), Position(1));
+    assert_eq!(store.settle().unwrap(), Position(1));
     assert_eq!(store.stream_start(&a).unwrap().version, Version(1));
     assert_eq!(
         store.stream_start(&stream("b")).unwrap().version,
@@ -352,7 +376,7 @@ pub fn a_dedupe_key_repeated_within_one_commit_is_refused<H: Harness>() {
     )
     .unwrap_err();
     assert_duplicate_key(&error, &a, 1);
-    assert_eq!(store.head().unwrap(), Position::START);
+    assert_eq!(store.settle().unwrap(), Position::START);
     assert_eq!(store.stream_start(&a).unwrap().version, Version::EMPTY);
     assert_clean(&store);
 }
@@ -477,7 +501,7 @@ pub fn an_event_keeps_its_stored_time_and_rejected_flag<H: Harness>() {
     assert_eq!(store.find_dedupe(&a, &late.dedupe_key).unwrap(), Some(hit));
     let again = commit(&store, vec![rejected(&a, late.clone())]).unwrap_err();
     assert_duplicate_key(&again, &a, 1);
-    assert_eq!(store.head().unwrap(), Position(2));
+    assert_eq!(store.settle().unwrap(), Position(2));
     assert_clean(&store);
 }
 
@@ -657,7 +681,7 @@ pub fn everything_survives_a_reopen<H: Harness>() {
     // Positions go stream by stream: a's two events, then b's.
     assert!(before_all[1].rejected, "the rejected flag survives");
     assert_eq!(snapshot_of(&store, &a), before_snapshot);
-    assert_eq!(store.head().unwrap(), Position(3));
+    assert_eq!(store.settle().unwrap(), Position(3));
     let outcomes = commit(
         &store,
         vec![append(&a, ExpectedVersion::Exact(Version(2)), event(4))],
@@ -702,7 +726,7 @@ pub fn an_oversized_event_is_refused_and_nothing_is_stored<H: Harness>() {
         matches!(error, CommitError::TooLarge { limit, bytes, .. } if limit == MAX_RECORD_BYTES && bytes > limit),
         "{error}"
     );
-    assert_eq!(store.head().unwrap(), Position(0));
+    assert_eq!(store.settle().unwrap(), Position(0));
     assert_eq!(
         store
             .find_dedupe(&stream("a"), &event(1).dedupe_key)
@@ -737,7 +761,7 @@ pub fn verify_is_clean_after_a_mixed_workload<H: Harness>() {
     }
     let report = store.verify().unwrap();
     assert!(report.is_clean(), "{:#?}", report.problems);
-    assert_eq!(report.events, store.head().unwrap().0);
+    assert_eq!(report.events, store.settle().unwrap().0);
     assert_eq!(report.events, 50);
     assert_eq!(report.streams, 5);
 }
@@ -810,7 +834,7 @@ pub fn a_snapshot_guards_the_version_it_was_folded_at<H: Harness>() {
         other => panic!("expected a version conflict, got {other:?}"),
     }
     assert_eq!(
-        store.head().unwrap(),
+        store.settle().unwrap(),
         Position(1),
         "nothing of the commit is written"
     );
@@ -965,7 +989,7 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
             );
         }
         assert_eq!(where_went.len(), 300);
-        let head = store.head().unwrap();
+        let head = store.settle().unwrap();
         for n in 1..=300 {
             let key = event(n).dedupe_key;
             let original = where_went[&key].clone();
@@ -974,7 +998,7 @@ pub fn a_long_stream_dedupes_every_key_across_many_commits<H: Harness>() {
                 commit(store, vec![append(&a, ExpectedVersion::Next, event(n))]).unwrap_err();
             assert_duplicate_key(&error, &a, n);
         }
-        assert_eq!(store.head().unwrap(), head, "redeliveries wrote nothing");
+        assert_eq!(store.settle().unwrap(), head, "redeliveries wrote nothing");
         assert_eq!(
             store.find_dedupe(&other, &event(1).dedupe_key).unwrap(),
             None,
@@ -1029,7 +1053,7 @@ pub fn a_closed_store_takes_no_writes_and_keeps_its_reads<H: Harness>() {
         assert_eq!(store.read_stream(&a, Version::EMPTY, 10).unwrap().len(), 1);
     }
     let store = harness.open();
-    assert_eq!(store.head().unwrap(), Position(1));
+    assert_eq!(store.settle().unwrap(), Position(1));
     assert_eq!(store.stream_start(&a).unwrap().version, Version(1));
     assert_clean(&store);
 }
@@ -1315,7 +1339,7 @@ pub fn a_refused_commit_writes_no_index_entry_or_counter<H: Harness>() {
     }
     assert!(index_keys(&store, b"i", b"j").is_empty());
     assert!(counters(&store, b"c", b"d").is_empty());
-    assert_eq!(store.head().unwrap(), Position::START);
+    assert_eq!(store.settle().unwrap(), Position::START);
     assert_clean(&store);
 }
 
@@ -1362,7 +1386,7 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
         first_went.insert(stored.data.dedupe_key, (stored.version, stored.position));
     }
     assert_eq!(first_went.len(), 300);
-    let head = store.head().unwrap();
+    let head = store.settle().unwrap();
 
     for refused in [snapshot(299), snapshot(301)] {
         match store.compact(&a, refused.clone()) {
@@ -1404,7 +1428,7 @@ pub fn compaction_keeps_a_streams_place_and_dedupe_keys_and_reads_skip_it<H: Har
         other => panic!("expected a compaction conflict, got {other:?}"),
     }
     let check = |store: &H::Store, a_version: u64, a_compacted: u64, a_tail: &[u64]| {
-        assert_eq!(store.head().unwrap(), Position(head.0 + a_version - 300));
+        assert_eq!(store.settle().unwrap(), Position(head.0 + a_version - 300));
         let start = store.stream_start(&a).unwrap();
         assert_eq!(start.version, Version(a_version));
         assert_eq!(start.snapshot, Some(snapshot_of(a_version, a_compacted)));

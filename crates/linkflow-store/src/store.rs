@@ -265,7 +265,22 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The position of the last stored event ([`Position::START`] when empty).
+    /// Whether [`Receipt`]s carry the events' positions. A store that numbers events after
+    /// they commit (PostgreSQL, where commits from many nodes run concurrently) answers
+    /// `false`: its receipts hold [`Position::PENDING`], and [`EventStore::settle`] waits for
+    /// the numbering.
+    fn numbers_at_commit(&self) -> bool {
+        true
+    }
+
+    /// Waits until every event committed before the call has its position, and returns the
+    /// head. A store that numbers at commit answers its head at once.
+    fn settle(&self) -> Result<Position, StoreError> {
+        self.head()
+    }
+
+    /// The position of the last stored event ([`Position::START`] when empty; on a store that
+    /// numbers after commit, the last numbered one).
     fn head(&self) -> Result<Position, StoreError>;
 
     /// Up to `limit` events of `stream` with versions after `after`, in version order

@@ -81,6 +81,12 @@ impl<W: Watch> EventStore for Watched<W> {
     fn head(&self) -> Result<Position, StoreError> {
         self.call(Call::Head, |store| store.head())
     }
+    fn numbers_at_commit(&self) -> bool {
+        self.inner.numbers_at_commit()
+    }
+    fn settle(&self) -> Result<Position, StoreError> {
+        self.inner.settle()
+    }
     fn read_stream(
         &self,
         stream: &SessionId,
