@@ -16,7 +16,8 @@ use linkflow_providers::DecodeContext;
 use tokio_postgres::{Client, NoTls};
 
 use crate::figures::{
-    batch_ingest_with, concurrent_single_with, delivered, per_second, percentile_us, BATCH,
+    batch_ingest_with, concurrent_single_with, delivered, incoming, per_second, percentile_us,
+    BATCH,
 };
 use crate::workload::Delivery;
 use crate::Options;
@@ -237,10 +238,147 @@ pub async fn figures(
         run.rate,
     );
     results.insert(format!("linkflow_pg_writers_{writers}_p99_us"), run.p99_us);
+    if !options.quick {
+        results.insert(
+            "linkflow_pg_writers_64_vs_pg_table_64_ratio".into(),
+            run.rate / sixty_four,
+        );
+    }
+
+    // Nodes: one engine, then two (each with its own pool and sequencer, as two processes
+    // would have), `writers` writers each, on the same events; a subscriber on the first.
+    PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
+    let one = nodes_run(&url, 1, writers, single_deliveries).await;
+    PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
+    let two = nodes_run(&url, 2, writers, single_deliveries).await;
+    results.insert("linkflow_pg_nodes_1_events_per_s".into(), one.rate);
+    results.insert("linkflow_pg_nodes_2_events_per_s".into(), two.rate);
+    results.insert("linkflow_pg_nodes_2_vs_1_ratio".into(), two.rate / one.rate);
+    results.insert(
+        "linkflow_pg_nodes_1_subscriber_lag_p99_us".into(),
+        one.lag_p99_us,
+    );
+    results.insert(
+        "linkflow_pg_nodes_2_subscriber_lag_p99_us".into(),
+        two.lag_p99_us,
+    );
+    results.insert(
+        "linkflow_pg_nodes_2_subscriber_lag_p50_us".into(),
+        two.lag_p50_us,
+    );
     PgStore::drop_schema(&url).expect("the linkflow schema can be reset");
     let client = connect(&url).await;
     client
         .batch_execute("DROP TABLE IF EXISTS bench_events")
         .await
         .ok();
+}
+
+/// What [`nodes_run`] measured.
+struct NodesRun {
+    /// Events acknowledged per second, over every node.
+    rate: f64,
+    /// From an event's ingest returning to the subscriber receiving it.
+    lag_p50_us: f64,
+    lag_p99_us: f64,
+}
+
+/// `nodes` engines on the database at `url` (each opens its own `PgStore`: its pool, its
+/// commit watcher, its sequencer; one of them wins the lease), `tasks` writers on each, every
+/// writer ingesting single events of its own sessions; one subscriber on the first node reads
+/// the whole log as it is numbered.
+async fn nodes_run(url: &str, nodes: usize, tasks: usize, deliveries: &[Delivery]) -> NodesRun {
+    use linkflow::{Engine, IngestOutcome};
+    use linkflow_core::Position;
+    use std::sync::{Arc, Mutex};
+
+    let engines: Vec<Engine> = (0..nodes)
+        .map(|_| Engine::open_with(EngineConfig::postgres(url)).expect("the engine opens"))
+        .collect();
+    let context = DecodeContext::received_at(Utc::now());
+    let lanes = nodes * tasks;
+    let mut shares: Vec<Vec<linkflow::IncomingEvent>> = vec![Vec::new(); lanes];
+    for delivery in deliveries {
+        shares[delivery.session % lanes].push(incoming(delivery, &context));
+    }
+    let acked: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
+    let mut subscription = engines[0].subscribe(Position::START);
+    let (stop, mut stopped) = tokio::sync::watch::channel(None::<Position>);
+    let subscriber = tokio::spawn(async move {
+        let mut received: Vec<(String, u64, Instant)> = Vec::new();
+        loop {
+            let through = *stopped.borrow();
+            if through.is_some_and(|head| subscription.position() >= head) {
+                return received;
+            }
+            tokio::select! {
+                event = subscription.next() => {
+                    let event = event.expect("the subscription reads");
+                    received.push((event.stream.to_string(), event.version.0, Instant::now()));
+                }
+                _ = stopped.changed() => {}
+            }
+        }
+    });
+    let started = Instant::now();
+    let writers: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(lane, share)| {
+            let engine = engines[lane % nodes].clone();
+            let acked = Arc::clone(&acked);
+            tokio::spawn(async move {
+                for event in share {
+                    let outcome = engine.ingest(event).await.expect("ingest succeeds");
+                    let now = Instant::now();
+                    if let IngestOutcome::Accepted {
+                        session, version, ..
+                    }
+                    | IngestOutcome::Rejected {
+                        session, version, ..
+                    } = outcome
+                    {
+                        acked
+                            .lock()
+                            .expect("not poisoned")
+                            .insert((session.to_string(), version.0), now);
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let elapsed = started.elapsed();
+    let head = {
+        let url = url.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use linkflow_store::EventStore;
+            PgStore::open(&url).and_then(|store| store.settle())
+        })
+        .await
+        .expect("settle")
+        .expect("the numbering settles")
+    };
+    let _ = stop.send(Some(head));
+    let received = subscriber.await.expect("subscriber");
+    let acked = std::mem::take(&mut *acked.lock().expect("not poisoned"));
+    let mut lags: Vec<std::time::Duration> = received
+        .iter()
+        .filter_map(|(stream, version, at)| {
+            let acked = acked.get(&(stream.clone(), *version))?;
+            Some(at.saturating_duration_since(*acked))
+        })
+        .collect();
+    lags.sort_unstable();
+    let events = acked.len();
+    for engine in engines {
+        engine.shutdown().await.expect("shutdown");
+    }
+    NodesRun {
+        rate: per_second(events, elapsed),
+        lag_p50_us: percentile_us(&lags, 0.5),
+        lag_p99_us: percentile_us(&lags, 0.99),
+    }
 }

@@ -73,6 +73,10 @@ pub(crate) struct Cli {
     /// linkflow node given the same URL. Without it, the embedded sled store in --data-dir.
     #[arg(long, global = true, env = "LINKFLOW_DATABASE_URL", value_name = "URL")]
     store: Option<String>,
+    /// With --store: the most PostgreSQL connections this node's calls use at once (ingest,
+    /// reads, delivery); the sequencer and the commit watcher hold one each besides.
+    #[arg(long, global = true, env = "LINKFLOW_PG_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pg_pool_size: u16,
     /// Print machine-readable JSON instead of text for people.
     #[arg(long, global = true)]
     json: bool,
@@ -431,10 +435,13 @@ fn open_engine(cli: &Cli) -> Result<Result<Engine, EngineError>, CliError> {
             linkflow::EngineConfig::new(&cli.data_dir),
             cli.data_dir.display().to_string(),
         ),
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
-            linkflow::EngineConfig::postgres(url),
-            linkflow::config::redact(url),
-        ),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let mut config = linkflow::EngineConfig::postgres(url);
+            if let linkflow::config::StoreChoice::Postgres { pool_size, .. } = &mut config.store {
+                *pool_size = usize::from(cli.pg_pool_size);
+            }
+            (config, linkflow::config::redact(url))
+        }
         Some(other) => {
             return Err(CliError(format!(
                 "--store {}: only postgres:// and postgresql:// URLs are supported (leave it out for the embedded store in --data-dir)",

@@ -138,6 +138,12 @@ impl Position {
         self.0 == 0
     }
 
+    /// [`Position::is_pending`] by reference (serde's `skip_serializing_if`: an answer leaves
+    /// out a position not handed out yet rather than say 0).
+    pub fn pending(position: &Position) -> bool {
+        position.is_pending()
+    }
+
     /// The position after this one (the last one stays itself: `after=18446744073709551615`
     /// from a caller reads nothing instead of overflowing).
     pub const fn next(self) -> Position {

@@ -189,6 +189,14 @@ impl Metrics {
             "linkflow_quarantined_payloads{{state=\"released\"}} {}",
             gauges.quarantine_released
         );
+        out.push_str("# HELP linkflow_numbering_held_back_seconds For how long committed events have waited to be numbered behind an older transaction (PostgreSQL, on the node holding the sequencer's lease; 0: nothing waits).\n# TYPE linkflow_numbering_held_back_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "linkflow_numbering_held_back_seconds {}",
+            engine
+                .numbering_held_back()
+                .map_or(0.0, |held| held.as_secs_f64())
+        );
         let write = engine.write_stats();
         out.push_str("# HELP linkflow_write_requests_total Ingest and redrive calls answered by a committed group.\n# TYPE linkflow_write_requests_total counter\n");
         let _ = writeln!(out, "linkflow_write_requests_total {}", write.requests);

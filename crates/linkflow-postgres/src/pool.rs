@@ -43,10 +43,10 @@ impl Pool {
     ) -> Result<Arc<Pool>, StoreError> {
         // Every connection's commits are durable when they return, whatever the server's
         // default: set at connection start-up, no statement needed.
-        let options = match config.get_options() {
-            Some(options) => format!("{options} -c synchronous_commit=on"),
-            None => "-c synchronous_commit=on".to_owned(),
-        };
+        let options = format!(
+            "{} -c synchronous_commit=on -c plan_cache_mode=force_custom_plan",
+            config.get_options().unwrap_or_default()
+        );
         config.options(&options);
         let manager = Manager::from_config(
             config.clone(),

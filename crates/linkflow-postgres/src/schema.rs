@@ -70,8 +70,9 @@ CREATE TABLE linkflow_snapshots (
 -- The engine's index entries (keys only, compared bytewise) and counters, written in the
 -- commit of the events they derive from. A counter is a sum of shards: a commit adds to the
 -- shard of its connection (`pg_backend_pid()`), so two commits never wait on one counter row;
--- the sequencer folds the shards of connections that have ended into shard 0. A shard at zero
--- is deleted; a counter is the sum of its shards.
+-- the sequencer folds the shards of connections that have ended into shard 0. A shard
+-- may be zero (the fold deletes those of ended connections); a counter is the sum of its
+-- shards, and a counter summing to zero is not read.
 CREATE TABLE linkflow_index (
     key bytea PRIMARY KEY
 );
@@ -79,7 +80,7 @@ CREATE TABLE linkflow_counters (
     cell bytea NOT NULL,
     name bytea NOT NULL,
     shard integer NOT NULL,
-    value bigint NOT NULL CHECK (value <> 0),
+    value bigint NOT NULL,
     PRIMARY KEY (cell, name, shard)
 );
 

@@ -72,8 +72,8 @@ WITH head AS (SELECT position, txid, id FROM linkflow_head),
          RETURNING h.position)
 SELECT (SELECT count(*) FROM placed) AS numbered,
        coalesce((SELECT position FROM moved), (SELECT position FROM head)) AS head,
-       EXISTS (SELECT 1 FROM linkflow_events e WHERE e.txid >= (SELECT xmin FROM horizon))
-           AS waiting,
+       (SELECT e.txid FROM linkflow_events e WHERE e.txid >= (SELECT xmin FROM horizon)
+         ORDER BY e.txid, e.id LIMIT 1) IS NOT NULL AS waiting,
        (SELECT count(*) FROM (SELECT pg_notify('linkflow_commits', position::text) FROM moved) n)
            AS notified";
 

@@ -275,10 +275,19 @@ const READ_VERSIONS: &str = "SELECT s.stream,
    FROM unnest($1::text[]) AS s(stream)";
 
 /// Which of the (stream, dedupe key) pairs are stored, where (position 0: not numbered yet).
-const READ_KEYS: &str = "SELECT e.stream, e.dedupe, e.version, coalesce(p.position, 0)
+const READ_KEYS: &str = "SELECT e.stream, e.dedupe, e.version, e.position
    FROM unnest($1::text[], $2::bytea[]) AS k(stream, dedupe)
-   JOIN linkflow_events e ON e.stream = k.stream AND e.dedupe = k.dedupe
-   LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id";
+   CROSS JOIN LATERAL (
+       SELECT e.stream, e.dedupe, e.version,
+              coalesce((SELECT p.position FROM linkflow_positions p
+                         WHERE p.txid = e.txid AND p.id = e.id), 0) AS position
+         FROM linkflow_events e WHERE e.stream = k.stream AND e.dedupe = k.dedupe
+       OFFSET 0) e";
+
+// The reads of many streams at once look each stream up by its index, whatever the planner
+// thinks of the tables' sizes: `LATERAL (... OFFSET 0)` keeps the lookup a subquery run per
+// stream (a hash join over a table the statistics still call empty is a scan of the whole
+// table per call, and a fresh database's statistics lag for its first minutes).
 
 /// Reads, in one pipelined round trip, everything checking `commit` asks: the version and
 /// compaction mark of every stream it appends to or snapshots, and whether its dedupe keys
@@ -370,20 +379,14 @@ const PUT_INDEX: &str =
 
 const DELETE_INDEX: &str = "DELETE FROM linkflow_index WHERE key = ANY($1::bytea[])";
 
-/// One statement: each counter's shard of this connection summed, and a shard the sum brings
-/// to zero deleted. No other transaction writes this connection's shard, so no commit waits
-/// on another's counters.
-const ADD_COUNTERS: &str = "WITH summed AS (
-         SELECT k.cell, k.name, coalesce(c.value, 0) + k.delta AS value
-           FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(cell, name, delta)
-           LEFT JOIN linkflow_counters c
-                  ON c.cell = k.cell AND c.name = k.name AND c.shard = pg_backend_pid())
-     MERGE INTO linkflow_counters c
-     USING summed s ON c.cell = s.cell AND c.name = s.name AND c.shard = pg_backend_pid()
-     WHEN MATCHED AND s.value = 0 THEN DELETE
-     WHEN MATCHED THEN UPDATE SET value = s.value
-     WHEN NOT MATCHED AND s.value <> 0 THEN
-         INSERT (cell, name, shard, value) VALUES (s.cell, s.name, pg_backend_pid(), s.value)";
+/// One statement: each counter's shard of this connection added to (an upsert checks each
+/// row by its key: no join to plan). No other transaction writes this connection's shard, so
+/// no commit waits on another's counters. A shard may reach zero; reads sum the shards and
+/// leave zero sums out, and the sequencer's fold deletes the zero shards of ended connections.
+const ADD_COUNTERS: &str = "INSERT INTO linkflow_counters (cell, name, shard, value)
+     SELECT k.cell, k.name, pg_backend_pid(), k.delta
+       FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(cell, name, delta)
+     ON CONFLICT (cell, name, shard) DO UPDATE SET value = linkflow_counters.value + excluded.value";
 
 /// Writes a plan inside the commit's transaction: every statement prepared once per
 /// connection and pipelined. Returns the streams whose snapshot was written.
@@ -733,15 +736,22 @@ async fn write_compaction(
 
 /// The snapshots of the streams asked for.
 const READ_SNAPSHOTS: &str = "SELECT n.stream, n.record
-   FROM unnest($1::text[]) AS s(stream) JOIN linkflow_snapshots n ON n.stream = s.stream";
+   FROM unnest($1::text[]) AS s(stream)
+   CROSS JOIN LATERAL (SELECT * FROM linkflow_snapshots n WHERE n.stream = s.stream OFFSET 0) n";
 
 /// The events of the streams asked for after their snapshots, compacted ones left out.
-const READ_TAILS: &str = "SELECT e.stream, e.version, coalesce(p.position, 0) AS position, e.record
+const READ_TAILS: &str = "SELECT e.stream, e.version, e.position, e.record
    FROM unnest($1::text[]) AS s(stream)
-   JOIN linkflow_events e ON e.stream = s.stream
-   LEFT JOIN linkflow_snapshots n ON n.stream = s.stream
-   LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
-  WHERE e.version > coalesce(n.version, 0) AND get_byte(e.record, 0) <> 64
+   CROSS JOIN LATERAL (
+       SELECT e.stream, e.version, e.record,
+              coalesce((SELECT p.position FROM linkflow_positions p
+                         WHERE p.txid = e.txid AND p.id = e.id), 0) AS position
+         FROM linkflow_events e
+        WHERE e.stream = s.stream
+          AND e.version > coalesce((SELECT n.version FROM linkflow_snapshots n
+                                     WHERE n.stream = s.stream), 0)
+          AND get_byte(e.record, 0) <> 64
+       OFFSET 0) e
   ORDER BY e.stream, e.version";
 
 /// The rows of [`EventStore::read_streams`]: snapshots, tails, dedupe hits.
@@ -958,6 +968,10 @@ impl EventStore for PgStore {
         false
     }
 
+    fn numbering_held_back(&self) -> Option<Duration> {
+        self.sequencer.numbering().held_back
+    }
+
     /// Waits, up to [`PgOptions::settle_timeout`], until no event committed before the call is
     /// left unnumbered: every transaction that had started by then has ended and the sequencer
     /// has numbered past it.
@@ -1036,9 +1050,8 @@ impl EventStore for PgStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.events(
-            "SELECT e.stream, e.version, coalesce(p.position, 0) AS position, e.record
+            "SELECT e.stream, e.version, coalesce((SELECT p.position FROM linkflow_positions p WHERE p.txid = e.txid AND p.id = e.id), 0) AS position, e.record
                FROM linkflow_events e
-               LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
               WHERE e.stream = $1 AND e.version > $2 AND get_byte(e.record, 0) <> 64
               ORDER BY e.version LIMIT $3",
             vec![
@@ -1074,9 +1087,8 @@ impl EventStore for PgStore {
             Box::pin(async move {
                 let rows = client
                     .query(
-                        "SELECT e.version, coalesce(p.position, 0)
+                        "SELECT e.version, coalesce((SELECT p.position FROM linkflow_positions p WHERE p.txid = e.txid AND p.id = e.id), 0)
                            FROM linkflow_events e
-                           LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
                           WHERE e.stream = $1 AND e.dedupe = $2",
                         &[&stream.as_str(), &&key.as_bytes()[..]],
                     )
@@ -1282,9 +1294,8 @@ impl EventStore for PgStore {
         let mut after = (String::new(), 0i64);
         loop {
             let page = self.events(
-                "SELECT e.stream, e.version, coalesce(p.position, 0) AS position, e.record
+                "SELECT e.stream, e.version, coalesce((SELECT p.position FROM linkflow_positions p WHERE p.txid = e.txid AND p.id = e.id), 0) AS position, e.record
                    FROM linkflow_events e
-                   LEFT JOIN linkflow_positions p ON p.txid = e.txid AND p.id = e.id
                   WHERE (e.stream, e.version) > ($1, $2) AND get_byte(e.record, 0) <> 64
                   ORDER BY e.stream, e.version LIMIT $3",
                 vec![Box::new(after.0.clone()), Box::new(after.1), Box::new(PAGE)],

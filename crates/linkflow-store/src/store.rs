@@ -135,7 +135,9 @@ pub struct DedupeHit {
     pub stream: SessionId,
     /// Its version.
     pub version: Version,
-    /// Its global position.
+    /// Its global position ([`Position::PENDING`], and left out of JSON, until a store that
+    /// numbers after commit has numbered it).
+    #[serde(skip_serializing_if = "Position::pending")]
     pub position: Position,
 }
 
@@ -277,6 +279,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// head. A store that numbers at commit answers its head at once.
     fn settle(&self) -> Result<Position, StoreError> {
         self.head()
+    }
+
+    /// For how long events committed to this store have been waiting to be numbered because a
+    /// transaction older than them is still running (PostgreSQL's sequencer, on the node that
+    /// holds its lease); `None` when nothing waits, or the store numbers at commit.
+    fn numbering_held_back(&self) -> Option<std::time::Duration> {
+        None
     }
 
     /// The position of the last stored event ([`Position::START`] when empty; on a store that

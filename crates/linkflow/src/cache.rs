@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use linkflow_core::compact::{from_compact, to_compact};
-use linkflow_core::{Provider, SessionId};
+use linkflow_core::{Provider, SessionId, Version};
 
 use crate::folded::Folded;
 
@@ -30,6 +30,8 @@ pub struct CacheStats {
 /// than the value: see `linkflow_core::compact`), decoded on each lookup.
 pub(crate) struct PackedState {
     provider: Provider,
+    /// The stream's version the state folds.
+    version: Version,
     folded: Box<[u8]>,
 }
 
@@ -38,6 +40,7 @@ impl PackedState {
     pub fn pack(state: &SessionState) -> Self {
         PackedState {
             provider: state.provider,
+            version: state.folded.version(),
             folded: to_compact(&state.folded).into_boxed_slice(),
         }
     }
@@ -98,6 +101,16 @@ impl SessionCache {
         }
         self.old.remove(&id);
         self.young.insert(id, state);
+    }
+
+    /// [`SessionCache::insert`], unless the cache holds a later version of the stream (several
+    /// writers: one that committed later may have cached its state first).
+    pub fn insert_unless_newer(&mut self, id: SessionId, state: PackedState) {
+        let cached = self.young.get(&id).or_else(|| self.old.get(&id));
+        if cached.is_some_and(|cached| cached.version > state.version) {
+            return;
+        }
+        self.insert(id, state);
     }
 
     pub fn remove(&mut self, id: &SessionId) {

@@ -42,6 +42,9 @@ pub enum StoreChoice {
     Postgres {
         /// A libpq-style URL: `postgres://user:pass@host:5432/db`.
         url: String,
+        /// The most connections this node's calls use at once (the pool's size; the sequencer
+        /// and the commit watcher hold one each besides).
+        pool_size: usize,
     },
     /// A store the caller opened (another backend, or a store shared with other code).
     Custom(Arc<dyn EventStore>),
@@ -52,7 +55,9 @@ impl std::fmt::Debug for StoreChoice {
         match self {
             StoreChoice::Sled { path, .. } => write!(f, "Sled({})", path.display()),
             #[cfg(feature = "postgres")]
-            StoreChoice::Postgres { url } => write!(f, "Postgres({})", redact(url)),
+            StoreChoice::Postgres { url, pool_size } => {
+                write!(f, "Postgres({}, pool of {pool_size})", redact(url))
+            }
             StoreChoice::Custom(_) => f.write_str("Custom"),
         }
     }
@@ -76,6 +81,14 @@ pub struct EngineConfig {
     /// ~5% more events/s). More than two mostly adds concurrent syncs of the same files; at
     /// most 16.
     pub sync_threads: usize,
+    /// Writer threads: each takes a group of waiting requests, decides it and commits it, so
+    /// that several groups commit at once. Used on a store whose commits run concurrently
+    /// (PostgreSQL: [`linkflow_store::EventStore::numbers_at_commit`] is false); the embedded
+    /// store serializes its commits, and gets one. Requests are routed by their first event's
+    /// stream, so one session's requests keep their order; two writers that touch one stream
+    /// anyway (a batch of many sessions, a linked account) find out by the store's version
+    /// check, and the later decides again. At most 16.
+    pub writers: usize,
     /// Events kept per session or linked-account stream, accepted and rejected alike. Past it,
     /// a further event for that stream is not stored in it: its ingest reports
     /// [`crate::EventError::StreamFull`] (the intake then quarantines the payload), so one
@@ -115,6 +128,9 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 4_096;
 /// (Plaid's richest flows about a hundred); a thousand means a broken sender.
 pub const DEFAULT_MAX_EVENTS_PER_STREAM: u32 = 1_024;
 
+/// Default for [`EngineConfig::writers`] on PostgreSQL (on sled it is 1).
+pub const DEFAULT_PG_WRITERS: usize = 2;
+
 /// Default for [`EngineConfig::sync_threads`].
 pub const DEFAULT_SYNC_THREADS: usize = 2;
 
@@ -141,6 +157,7 @@ impl EngineConfig {
             cache_sessions: DEFAULT_CACHE_SESSIONS,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             sync_threads: DEFAULT_SYNC_THREADS,
+            writers: 1,
             max_events_per_stream: DEFAULT_MAX_EVENTS_PER_STREAM,
             inactivity_timeout: chrono::Duration::minutes(
                 linkflow_core::funnel::DEFAULT_INACTIVITY_TIMEOUT_MINUTES,
@@ -184,7 +201,11 @@ impl EngineConfig {
     #[cfg(feature = "postgres")]
     pub fn postgres(url: impl Into<String>) -> Self {
         EngineConfig {
-            store: StoreChoice::Postgres { url: url.into() },
+            store: StoreChoice::Postgres {
+                url: url.into(),
+                pool_size: linkflow_postgres::PgOptions::DEFAULT_POOL_SIZE,
+            },
+            writers: DEFAULT_PG_WRITERS,
             ..EngineConfig::new(PathBuf::new())
         }
     }

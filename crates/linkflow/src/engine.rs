@@ -22,8 +22,11 @@ use crate::stats::{WriteCounters, WriteStats};
 use crate::subscribe::Subscription;
 use crate::writer::{refold_stale, run_writer, RefoldReport, Request, Shared};
 
-/// Requests waiting for the writer at most; senders beyond it wait (back-pressure).
+/// Requests waiting for one writer at most; senders beyond it wait (back-pressure).
 const REQUEST_QUEUE: usize = 4_096;
+
+/// [`EngineConfig::writers`] at most.
+const MAX_WRITERS: usize = 16;
 
 /// The most sync threads an engine starts: past a few, more threads only add concurrent syncs
 /// of the same files.
@@ -70,8 +73,9 @@ impl SealedEvents {
 pub struct Engine {
     shared: Arc<Shared>,
     refolded: RefoldReport,
-    requests: mpsc::Sender<Request>,
-    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// One queue per writer thread ([`EngineConfig::writers`]).
+    requests: Arc<[mpsc::Sender<Request>]>,
+    writers: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 /// A listing of sessions: [`query::sessions_page`] or [`query::recent_sessions_page`].
@@ -95,10 +99,17 @@ impl Engine {
             || config.max_batch_events == 0
             || config.sync_threads == 0
             || config.max_events_per_stream == 0
+            || config.writers == 0
         {
             return Err(EngineError::InvalidConfig(
-                "cache_sessions, max_batch_events, sync_threads and max_events_per_stream must be at least 1".into(),
+                "cache_sessions, max_batch_events, sync_threads, writers and max_events_per_stream must be at least 1".into(),
             ));
+        }
+        if config.writers > MAX_WRITERS {
+            return Err(EngineError::InvalidConfig(format!(
+                "writers is {}; at most {MAX_WRITERS}",
+                config.writers
+            )));
         }
         if config.sync_threads > MAX_SYNC_THREADS {
             return Err(EngineError::InvalidConfig(format!(
@@ -169,8 +180,10 @@ impl Engine {
                 Arc::new(SledStore::open_with(options)?)
             }
             #[cfg(feature = "postgres")]
-            StoreChoice::Postgres { url } => {
-                let store = Arc::new(linkflow_postgres::PgStore::open(&url)?);
+            StoreChoice::Postgres { url, pool_size } => {
+                let mut options = linkflow_postgres::PgOptions::new(url);
+                options.pool_size = pool_size;
+                let store = Arc::new(linkflow_postgres::PgStore::open_with(options)?);
                 pg_keys = Some(linkflow_postgres::PgKeys::new(Arc::clone(&store)));
                 let mut node = [0u8; 8];
                 getrandom::fill(&mut node).expect("the operating system's random source works");
@@ -230,21 +243,53 @@ impl Engine {
         });
         // Streams folded with other rules are folded again before the first request.
         let refolded = refold_stale(&shared)?;
-        let (requests, receiver) = mpsc::channel(REQUEST_QUEUE);
-        let writer_shared = Arc::clone(&shared);
+        // A store that serializes its commits gains nothing from a second writer.
+        let writers = if shared.store.numbers_at_commit() {
+            1
+        } else {
+            config.writers
+        };
         let sync_threads = config.sync_threads;
-        let writer = std::thread::Builder::new()
-            .name("linkflow-writer".into())
-            .spawn(move || run_writer(writer_shared, receiver, sync_threads))
-            .map_err(|error| {
-                EngineError::InvalidConfig(format!("cannot start the writer thread: {error}"))
-            })?;
+        let mut requests = Vec::with_capacity(writers);
+        let mut threads = Vec::with_capacity(writers);
+        for index in 0..writers {
+            let (sender, receiver) = mpsc::channel(REQUEST_QUEUE);
+            let writer_shared = Arc::clone(&shared);
+            let name = match writers {
+                1 => "linkflow-writer".to_owned(),
+                _ => format!("linkflow-writer-{index}"),
+            };
+            let thread = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run_writer(writer_shared, receiver, sync_threads))
+                .map_err(|error| {
+                    EngineError::InvalidConfig(format!("cannot start the writer thread: {error}"))
+                })?;
+            requests.push(sender);
+            threads.push(thread);
+        }
         Ok(Engine {
             shared,
             refolded,
-            requests,
-            writer: Arc::new(Mutex::new(Some(writer))),
+            requests: requests.into(),
+            writers: Arc::new(Mutex::new(threads)),
         })
+    }
+
+    /// The writer a request goes to: its first event's stream's (so one session's requests
+    /// are decided in the order they were sent), the first for everything else.
+    fn lane(&self, request: &Request) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        match request {
+            Request::Ingest { events, .. } if self.requests.len() > 1 => {
+                events.first().map_or(0, |event| {
+                    let hash = BuildHasherDefault::<DefaultHasher>::default()
+                        .hash_one(event.session.as_str());
+                    (hash % self.requests.len() as u64) as usize
+                })
+            }
+            _ => 0,
+        }
     }
 
     /// Sends the writer the request `make` builds from its reply channel and the instant it was
@@ -254,8 +299,10 @@ impl Engine {
         make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>, Instant) -> Request,
     ) -> Result<T, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(make(reply, Instant::now()))
+        let request = make(reply, Instant::now());
+        let lane = self.lane(&request);
+        self.requests[lane]
+            .send(request)
             .await
             .map_err(|_| EngineError::Closed)?;
         answer.await.map_err(|_| EngineError::Closed)?
@@ -811,9 +858,24 @@ impl Engine {
         *self.shared.visible.borrow()
     }
 
-    /// The position of the last committed event.
+    /// The position of the last committed event (on PostgreSQL, the last numbered one: an
+    /// event is numbered a moment after its commit, see [`Engine::settle`]).
     pub fn head(&self) -> Result<Position, EngineError> {
         Ok(self.shared.store.head()?)
+    }
+
+    /// Waits until every event committed before the call has its position (at once on sled;
+    /// on PostgreSQL, until no older transaction runs and the sequencer has numbered them,
+    /// or the store's settle timeout), and returns the head.
+    pub async fn settle(&self) -> Result<Position, EngineError> {
+        self.read(|store| Ok(store.settle()?)).await
+    }
+
+    /// For how long committed events have been waiting to be numbered behind an older
+    /// transaction (PostgreSQL, on the node holding the sequencer's lease): the part of a
+    /// subscriber's lag the numbering adds. `None` when nothing waits.
+    pub fn numbering_held_back(&self) -> Option<std::time::Duration> {
+        self.shared.store.numbering_held_back()
     }
 
     /// Walks the log, its indexes and snapshots, folds every session, and reports every
@@ -825,14 +887,35 @@ impl Engine {
     /// Stops taking ingests, waits for the ones already queued, syncs, and stops the writer.
     /// Other clones of this engine get [`EngineError::Closed`] afterwards.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
-        let result = self.call(|reply, _| Request::Shutdown { reply }).await;
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(writer) = writer {
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // The other writers finish their queues first; the first one, last, closes the store.
+        let mut result = Ok(());
+        for lane in (0..self.requests.len()).rev() {
+            let (reply, answer) = oneshot::channel();
+            let request = Request::Shutdown {
+                reply,
+                close: lane == 0,
+            };
+            let answered = match self.requests[lane].send(request).await {
+                Ok(()) => answer.await.unwrap_or(Err(EngineError::Closed)),
+                Err(_) => Err(EngineError::Closed),
+            };
+            if result.is_ok() {
+                result = answered;
+            }
+        }
+        let writers = std::mem::take(
+            &mut *self
+                .writers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if !writers.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for writer in writers {
+                    let _ = writer.join();
+                }
+            })
+            .await;
         }
         match result {
             Err(EngineError::Closed) => Ok(()),

@@ -147,7 +147,9 @@ pub enum IngestOutcome {
         session: SessionId,
         /// Its version (arrival number) in the stream.
         version: Version,
-        /// Its global position.
+        /// Its global position (left out of JSON while pending: on PostgreSQL the sequencer
+        /// numbers it a moment after the commit, docs/deploy.md).
+        #[serde(skip_serializing_if = "Position::pending")]
         position: Position,
         /// The session's phase before it arrived (session events only).
         phase_before: Option<Phase>,
@@ -168,7 +170,9 @@ pub enum IngestOutcome {
         session: SessionId,
         /// Its version (arrival number) in the stream.
         version: Version,
-        /// Its global position.
+        /// Its global position (left out of JSON while pending: on PostgreSQL the sequencer
+        /// numbers it a moment after the commit, docs/deploy.md).
+        #[serde(skip_serializing_if = "Position::pending")]
         position: Position,
         /// Why the state machine refuses it where the fold places it.
         reason: String,
@@ -191,7 +195,8 @@ pub enum IngestOutcome {
         entry: SessionId,
         /// Why no stream could take the payload.
         reason: String,
-        /// The entry's global position.
+        /// The entry's global position (left out of JSON while pending).
+        #[serde(skip_serializing_if = "Position::pending")]
         position: Position,
     },
     /// Not stored, for the reason given.
@@ -214,7 +219,9 @@ pub enum AccountFollow {
         stream: SessionId,
         /// The event's version in it.
         version: Version,
-        /// Its global position.
+        /// Its global position (left out of JSON while pending: on PostgreSQL the sequencer
+        /// numbers it a moment after the commit, docs/deploy.md).
+        #[serde(skip_serializing_if = "Position::pending")]
         position: Position,
     },
     /// A `link_withdrawn` event was stored in the account's stream.
@@ -223,7 +230,9 @@ pub enum AccountFollow {
         stream: SessionId,
         /// The event's version in it.
         version: Version,
-        /// Its global position.
+        /// Its global position (left out of JSON while pending: on PostgreSQL the sequencer
+        /// numbers it a moment after the commit, docs/deploy.md).
+        #[serde(skip_serializing_if = "Position::pending")]
         position: Position,
     },
     /// The session succeeded, but no account was linked, for the reason given (the session

@@ -120,7 +120,9 @@ async fn two_nodes_on_one_database_store_every_event_once_and_agree() {
             assert_eq!(versions, (1..=6).collect::<Vec<_>>(), "{id}");
         }
     }
-    assert_eq!(a.head().unwrap(), Position(accepted_total));
+    // Positions are handed out a moment after the commits (by one sequencer, in order): once
+    // the numbering settles, every stored event has one, and no more.
+    assert_eq!(a.settle().await.unwrap(), Position(accepted_total));
     assert!(b.rejected(None).await.unwrap().events.is_empty());
 
     // The subscriber on A saw every event, B's included, once and in order.
@@ -536,4 +538,121 @@ async fn two_nodes_declare_an_abandonment_once() {
     assert_eq!(again.declared + again.skipped, 0);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A transaction held open elsewhere on the server (in another database, holding a transaction
+/// id) holds the numbering back: ingest goes on and is acknowledged, a subscriber waits, the
+/// engine reports for how long (`numbering_held_back`), a settle gives up naming the
+/// transaction; nothing is skipped: once it ends, every event reaches the subscriber once and
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_stalls_subscribers_and_never_makes_them_skip() {
+    use std::time::{Duration, Instant};
+    let Some(cluster) = TestCluster::shared_or_skip("long_transaction") else {
+        return;
+    };
+    let url = cluster.create_database();
+    let elsewhere = cluster.create_database();
+    let engine = Engine::open_with(EngineConfig::postgres(&url)).unwrap();
+    let mut subscription = engine.subscribe(Position::START);
+    let ingest = |range: std::ops::Range<u64>| {
+        let engine = engine.clone();
+        async move {
+            for n in range {
+                let id = SessionId::new(format!("long-{n}")).unwrap();
+                let event = Event::new(EventKind::Opened)
+                    .at(Utc.timestamp_opt(1_700_000_000 + n as i64, 0).unwrap());
+                let outcome = engine
+                    .ingest(IncomingEvent::new(id, Provider::Moneykit, event))
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(outcome, IngestOutcome::Accepted { .. }),
+                    "{outcome:?}"
+                );
+            }
+        }
+    };
+    async fn next(
+        subscription: &mut linkflow::Subscription,
+        wait: Duration,
+    ) -> Result<
+        Result<linkflow_store::StoredEvent, linkflow::EngineError>,
+        tokio::time::error::Elapsed,
+    > {
+        tokio::time::timeout(wait, subscription.next()).await
+    }
+
+    ingest(0..10).await;
+    for expected in 1..=10 {
+        let event = next(&mut subscription, Duration::from_secs(10))
+            .await
+            .expect("numbered while nothing holds it back")
+            .unwrap();
+        assert_eq!(event.position, Position(expected));
+    }
+
+    // A transaction with an id, held open on another database of the same server.
+    let (holder, connection) = tokio_postgres::connect(&elsewhere, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    ingest(10..60).await;
+    assert!(
+        next(&mut subscription, Duration::from_millis(1_500))
+            .await
+            .is_err(),
+        "an event committed after the open transaction began was numbered before it ended"
+    );
+    let held = loop {
+        if let Some(held) = engine.numbering_held_back() {
+            break held;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the numbering is not reported held back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(held <= started.elapsed(), "{held:?}");
+    assert!(engine.head().unwrap() <= Position(10));
+    let mut options = linkflow_postgres::PgOptions::new(url.clone());
+    options.settle_timeout = Duration::from_millis(300);
+    let settled = tokio::task::spawn_blocking(move || {
+        use linkflow_store::EventStore;
+        linkflow_postgres::PgStore::open_with(options).and_then(|store| store.settle())
+    })
+    .await
+    .unwrap();
+    let error = settled.expect_err("a settle cannot finish while the transaction is open");
+    assert!(
+        error
+            .to_string()
+            .contains("oldest transaction on the server"),
+        "{error}"
+    );
+
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    for expected in 11..=60 {
+        let event = next(&mut subscription, Duration::from_secs(10))
+            .await
+            .expect("numbered once the transaction ended")
+            .unwrap();
+        assert_eq!(event.position, Position(expected), "no position skipped");
+    }
+    assert_eq!(engine.settle().await.unwrap(), Position(60));
+    let start = Instant::now();
+    while engine.numbering_held_back().is_some() {
+        assert!(start.elapsed() < Duration::from_secs(10), "still held back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = engine.verify().await.unwrap();
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    engine.shutdown().await.unwrap();
 }

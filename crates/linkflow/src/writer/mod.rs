@@ -121,9 +121,8 @@ pub(crate) enum Request {
         /// When the caller sent it.
         sent: Instant,
     },
-    Shutdown {
-        reply: Reply<()>,
-    },
+    /// Finish the queue, sync, and stop; `close`: then close the store (the last writer's).
+    Shutdown { reply: Reply<()>, close: bool },
     /// Compact these sessions if they are terminal with their last event before `cutoff`
     /// (`crate::compact`). Never part of a group: the writer runs it between groups.
     Compact {
@@ -199,8 +198,8 @@ pub(crate) fn run_writer(
         let mut next = Some(first);
         let mut compact = None;
         while let Some(request) = next.take() {
-            if let Request::Shutdown { reply } = request {
-                shutdown = Some(reply);
+            if let Request::Shutdown { reply, close } = request {
+                shutdown = Some((reply, close));
                 break;
             }
             if let Request::Compact { .. } = request {
@@ -243,12 +242,12 @@ pub(crate) fn run_writer(
         publish_head(shared.as_ref());
     }
     let result = match result {
-        Ok(()) if shared.owns_store && shutdown.is_some() => {
+        Ok(()) if shared.owns_store && matches!(shutdown, Some((_, true))) => {
             shared.store.close().map_err(EngineError::from)
         }
         other => other,
     };
-    if let Some(reply) = shutdown {
+    if let Some((reply, _)) = shutdown {
         let _ = reply.send(result);
     }
 }
@@ -563,7 +562,7 @@ fn fail_group(group: Vec<Request>, error: &EngineError) {
             Request::Ingest { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Request::Shutdown { reply } => {
+            Request::Shutdown { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
             Request::Compact { reply, .. } => {
@@ -621,7 +620,8 @@ fn complete_group(
             .collect();
         let mut cache = shared.cache();
         for (session, packed) in packed {
-            cache.insert(session, packed);
+            // Another writer may have committed a later version of the stream meanwhile.
+            cache.insert_unless_newer(session, packed);
         }
     }
 
