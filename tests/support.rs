@@ -128,6 +128,12 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Sends SIGKILL (no shutdown of any kind) and waits for the process to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL is sent");
+        self.child.wait().expect("the server is gone");
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
