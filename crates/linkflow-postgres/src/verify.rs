@@ -14,6 +14,7 @@ fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl I
 }
 
 /// Checks:
+/// - every event record, numbered or not yet, decodes and matches its row (below);
 /// - positions are exactly 1..=head (the primary key makes them unique), each names an event,
 ///   and the events not numbered yet are all after the head's (txid, id) (they are counted,
 ///   not a problem: the sequencer numbers them once no older transaction runs);
@@ -21,6 +22,30 @@ fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl I
 /// - every event record (whole or compacted) decodes (checksum included) and matches its row,
 ///   dedupe key included;
 /// - every snapshot decodes and is not ahead of its stream.
+/// Decodes one event row (stream, version, position, dedupe, record) into the report: counted,
+/// and its damage or a dedupe column that differs from its record a problem.
+fn check_event_row(report: &mut VerifyReport, row: &tokio_postgres::Row) -> Result<(), StoreError> {
+    report.events += 1;
+    match crate::store::decode_log_row(row) {
+        Ok(event) => {
+            let dedupe: &[u8] = col(row, "dedupe")?;
+            if dedupe != event.dedupe_key().as_bytes() {
+                problem(
+                    report,
+                    format!("event `{}`@{}", event.stream(), event.version()),
+                    "its dedupe column differs from its record's key",
+                );
+            }
+            Ok(())
+        }
+        Err(StoreError::Corrupt(corrupt)) => {
+            report.problems.push(corrupt.into());
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
+}
+
 pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let totals = store.query_rows(
@@ -106,22 +131,32 @@ pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
         )?;
         let full = rows.len() as i64 == PAGE;
         for row in &rows {
-            report.events += 1;
             after = col(row, "position")?;
-            match crate::store::decode_log_row(row) {
-                Ok(event) => {
-                    let dedupe: &[u8] = col(row, "dedupe")?;
-                    if dedupe != event.dedupe_key().as_bytes() {
-                        problem(
-                            &mut report,
-                            format!("event `{}`@{}", event.stream(), event.version()),
-                            "its dedupe column differs from its record's key",
-                        );
-                    }
-                }
-                Err(StoreError::Corrupt(corrupt)) => report.problems.push(corrupt.into()),
-                Err(other) => return Err(other),
-            }
+            check_event_row(&mut report, row)?;
+        }
+        if !full {
+            break;
+        }
+    }
+    // The events not numbered yet (after the sequencer's cursor): checked the same way.
+    let mut cursor: (String, i64) = ("0".into(), 0);
+    loop {
+        let rows = store.query_rows(
+            "SELECT e.stream, e.version, 0::int8 AS position, e.dedupe, e.record,
+                    e.txid::text AS txid, e.id
+               FROM linkflow_events e, linkflow_head h
+              WHERE (e.txid, e.id) > (h.txid, h.id) AND (e.txid, e.id) > ($1::text::xid8, $2)
+              ORDER BY e.txid, e.id LIMIT $3",
+            vec![
+                Box::new(cursor.0.clone()),
+                Box::new(cursor.1),
+                Box::new(PAGE),
+            ],
+        )?;
+        let full = rows.len() as i64 == PAGE;
+        for row in &rows {
+            cursor = (col(row, "txid")?, col(row, "id")?);
+            check_event_row(&mut report, row)?;
         }
         if !full {
             break;
