@@ -13,15 +13,6 @@ fn problem(report: &mut VerifyReport, record: impl Into<String>, message: impl I
     });
 }
 
-/// Checks:
-/// - every event record, numbered or not yet, decodes and matches its row (below);
-/// - positions are exactly 1..=head (the primary key makes them unique), each names an event,
-///   and the events not numbered yet are all after the head's (txid, id) (they are counted,
-///   not a problem: the sequencer numbers them once no older transaction runs);
-/// - every stream holds versions 1..=n, its compacted records before its events;
-/// - every event record (whole or compacted) decodes (checksum included) and matches its row,
-///   dedupe key included;
-/// - every snapshot decodes and is not ahead of its stream.
 /// Decodes one event row (stream, version, position, dedupe, record) into the report: counted,
 /// and its damage or a dedupe column that differs from its record a problem.
 fn check_event_row(report: &mut VerifyReport, row: &tokio_postgres::Row) -> Result<(), StoreError> {
@@ -46,6 +37,15 @@ fn check_event_row(report: &mut VerifyReport, row: &tokio_postgres::Row) -> Resu
     }
 }
 
+/// Checks:
+/// - every event record, numbered or not yet, decodes and matches its row (below);
+/// - positions are exactly 1..=head (the primary key makes them unique), each names an event,
+///   and the events not numbered yet are all after the head's (txid, id) (they are counted,
+///   not a problem: the sequencer numbers them once no older transaction runs);
+/// - every stream holds versions 1..=n, its compacted records before its events;
+/// - every event record (whole or compacted) decodes (checksum included) and matches its row,
+///   dedupe key included;
+/// - every snapshot decodes and is not ahead of its stream.
 pub(crate) fn verify(store: &PgStore) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let totals = store.query_rows(
