@@ -84,6 +84,14 @@ CREATE TABLE linkflow_counters (
     PRIMARY KEY (cell, name, shard)
 );
 
+-- Fails the statement it is called from (a commit whose snapshot another commit moved): the
+-- whole commit is one statement, and this makes it write nothing.
+CREATE FUNCTION linkflow_refuse(message text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'LF001', MESSAGE = message;
+END
+$$;
+
 -- Markers the engine keeps: `folded_with`, the rules every snapshot was folded with.
 CREATE TABLE linkflow_meta (
     name text PRIMARY KEY,

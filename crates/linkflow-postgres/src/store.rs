@@ -1,6 +1,6 @@
 //! [`PgStore`]: the [`EventStore`] on PostgreSQL.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -233,7 +233,8 @@ impl PgStore {
                                               linkflow_index, linkflow_counters, linkflow_keys,
                                               linkflow_key_secret, linkflow_endpoints,
                                               linkflow_delivery_cursors, linkflow_delivery_attempts,
-                                              linkflow_redeliveries, linkflow_head, linkflow_schema",
+                                              linkflow_redeliveries, linkflow_head, linkflow_schema;
+                         DROP FUNCTION IF EXISTS linkflow_refuse(text)",
                     )
                     .await
                     .map_err(backend)
@@ -289,29 +290,8 @@ const READ_KEYS: &str = "SELECT e.stream, e.dedupe, e.version, e.position
 // stream (a hash join over a table the statistics still call empty is a scan of the whole
 // table per call, and a fresh database's statistics lag for its first minutes).
 
-/// Reads, in one pipelined round trip, everything checking `commit` asks: the version and
-/// compaction mark of every stream it appends to or snapshots, and whether its dedupe keys
-/// are stored.
-async fn prefetch(
-    tx: &deadpool_postgres::Transaction<'_>,
-    commit: &Commit,
-) -> Result<Prefetched, StoreError> {
-    let mut streams: BTreeSet<&str> = BTreeSet::new();
-    let mut keys: Vec<(&str, &[u8])> = Vec::with_capacity(commit.appends.len());
-    for append in &commit.appends {
-        streams.insert(append.stream.as_str());
-        keys.push((append.stream.as_str(), append.event.dedupe_key.as_bytes()));
-    }
-    for (stream, _) in &commit.snapshots {
-        streams.insert(stream.as_str());
-    }
-    let streams: Vec<&str> = streams.into_iter().collect();
-    let versions = tx.prepare_cached(READ_VERSIONS).await.map_err(backend)?;
-    let accepted = tx.prepare_cached(READ_KEYS).await.map_err(backend)?;
-    read_logged(&**tx, (&versions, &accepted), &streams, &keys).await
-}
-
-/// [`prefetch`]'s reads, with its two statements.
+/// The versions, compaction marks and stored dedupe keys of `streams` and `keys`, with the
+/// two statements that read them.
 async fn read_logged(
     client: &impl GenericClient,
     (versions, accepted): (&tokio_postgres::Statement, &tokio_postgres::Statement),
@@ -356,45 +336,62 @@ async fn read_logged(
     Ok(out)
 }
 
-/// The events of a commit, one `INSERT` from arrays, their ids drawn in the plan's order (so
-/// the sequencer numbers them in it: stream by stream); each row's transaction id is its
-/// default.
-const INSERT_EVENTS: &str = "INSERT INTO linkflow_events (stream, version, dedupe, record)
-     SELECT s, v, d, r
-       FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS u(s, v, d, r, n)
-      ORDER BY n";
+/// A whole commit in one statement, run on its own (its own transaction, committed before it
+/// answers): one round trip. Each part is one data-modifying `WITH` from arrays:
+/// - the events, their ids drawn in the plan's order (so the sequencer numbers them in it:
+///   stream by stream), each row's transaction id its default;
+/// - the snapshots, a row replaced only if no compaction and no newer snapshot got there
+///   since the engine read it (what its decision relied on); if one was not, the statement
+///   fails (`linkflow_refuse`) and nothing of it is written;
+/// - the index entries put and deleted;
+/// - the counters: each added to this connection's shard (`pg_backend_pid()`; no other
+///   transaction writes it, so no commit waits on another's counters) by an upsert, which
+///   checks each row by its key: no join to plan. A shard may reach zero; reads sum the shards
+///   and leave zero sums out, and the sequencer's fold deletes the zero shards of ended
+///   connections.
+///
+/// The database checks what the commit relies on, in the statement's one snapshot of the log:
+/// a version another commit took, or a dedupe key it stored, is a unique violation; the event
+/// before each stream's first append missing (`$14`, `$15`: the commit expects a stream further
+/// on than it is), a snapshot of a stream the commit does not append to at another version
+/// than the stream's (`$16`, `$17`), or a snapshot moved, the refusal above: so a stream's
+/// versions stay 1..=n without a gap, and nothing of a refused commit is written.
+const COMMIT: &str = "WITH events AS (
+         INSERT INTO linkflow_events (stream, version, dedupe, record)
+         SELECT s, v, d, r
+           FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::bytea[])
+                WITH ORDINALITY AS u(s, v, d, r, n)
+          ORDER BY n),
+     snapshots AS (
+         INSERT INTO linkflow_snapshots (stream, version, record, compacted)
+         SELECT * FROM unnest($5::text[], $6::int8[], $7::bytea[], $8::int8[])
+         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record
+          WHERE linkflow_snapshots.compacted = excluded.compacted
+            AND linkflow_snapshots.version <= excluded.version
+         RETURNING 1),
+     puts AS (
+         INSERT INTO linkflow_index (key) SELECT unnest($9::bytea[]) ON CONFLICT DO NOTHING),
+     deletes AS (
+         DELETE FROM linkflow_index WHERE key = ANY($10::bytea[])),
+     counters AS (
+         INSERT INTO linkflow_counters (cell, name, shard, value)
+         SELECT k.cell, k.name, pg_backend_pid(), k.delta
+           FROM unnest($11::bytea[], $12::bytea[], $13::int8[]) AS k(cell, name, delta)
+         ON CONFLICT (cell, name, shard) DO UPDATE SET value = linkflow_counters.value + excluded.value)
+SELECT linkflow_refuse('a stream or snapshot of this commit is not where the commit expects it')
+ WHERE (SELECT count(*) FROM snapshots) <> cardinality($5::text[])
+    OR EXISTS (SELECT 1 FROM unnest($14::text[], $15::int8[]) AS f(stream, previous)
+                WHERE NOT EXISTS (SELECT 1 FROM linkflow_events e
+                                   WHERE e.stream = f.stream AND e.version = f.previous))
+    OR EXISTS (SELECT 1 FROM unnest($16::text[], $17::int8[]) AS o(stream, version)
+                WHERE coalesce((SELECT max(e.version) FROM linkflow_events e
+                                 WHERE e.stream = o.stream), 0) <> o.version)";
 
-/// The snapshots of a commit. A row is replaced only if no compaction and no newer snapshot
-/// got there since the commit read it (what its check relied on); the streams it wrote come
-/// back, and a stream missing from them is a race the engine retries.
-const UPSERT_SNAPSHOTS: &str = "INSERT INTO linkflow_snapshots (stream, version, record, compacted)
-     SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::int8[])
-     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, record = excluded.record
-      WHERE linkflow_snapshots.compacted = excluded.compacted
-        AND linkflow_snapshots.version <= excluded.version
-     RETURNING stream";
+/// The SQLSTATE `linkflow_refuse` raises.
+const REFUSED: &str = "LF001";
 
-const PUT_INDEX: &str =
-    "INSERT INTO linkflow_index (key) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING";
-
-const DELETE_INDEX: &str = "DELETE FROM linkflow_index WHERE key = ANY($1::bytea[])";
-
-/// One statement: each counter's shard of this connection added to (an upsert checks each
-/// row by its key: no join to plan). No other transaction writes this connection's shard, so
-/// no commit waits on another's counters. A shard may reach zero; reads sum the shards and
-/// leave zero sums out, and the sequencer's fold deletes the zero shards of ended connections.
-const ADD_COUNTERS: &str = "INSERT INTO linkflow_counters (cell, name, shard, value)
-     SELECT k.cell, k.name, pg_backend_pid(), k.delta
-       FROM unnest($1::bytea[], $2::bytea[], $3::int8[]) AS k(cell, name, delta)
-     ON CONFLICT (cell, name, shard) DO UPDATE SET value = linkflow_counters.value + excluded.value";
-
-/// Writes a plan inside the commit's transaction: every statement prepared once per
-/// connection and pipelined. Returns the streams whose snapshot was written.
-async fn write_plan(
-    tx: &deadpool_postgres::Transaction<'_>,
-    plan: &Checked,
-    reads: &Prefetched,
-) -> Result<Vec<String>, StoreError> {
+/// Writes a checked plan with [`COMMIT`]: durable when it returns.
+async fn write_plan(client: &Conn, plan: &Checked, reads: &Prefetched) -> Result<(), StoreError> {
     let mut streams = Vec::with_capacity(plan.events.len());
     let mut versions = Vec::with_capacity(plan.events.len());
     let mut dedupes = Vec::with_capacity(plan.events.len());
@@ -405,31 +402,23 @@ async fn write_plan(
         dedupes.push(&event.dedupe_key.as_bytes()[..]);
         records.push(&event.record[..]);
     }
-    // The last snapshot of a stream in this commit wins (one row may be upserted once per
-    // statement).
-    let mut latest: HashMap<&str, usize> = HashMap::new();
-    for (index, snapshot) in plan.snapshots.iter().enumerate() {
-        latest.insert(snapshot.stream.as_str(), index);
-    }
-    let mut snap_indexes: Vec<usize> = latest.into_values().collect();
-    snap_indexes.sort_unstable();
-    let snap_streams: Vec<&str> = snap_indexes
+    // The check keeps the last snapshot of each stream only.
+    let snap_streams: Vec<&str> = plan.snapshots.iter().map(|s| s.stream.as_str()).collect();
+    let snap_versions: Vec<i64> = plan
+        .snapshots
         .iter()
-        .map(|&i| plan.snapshots[i].stream.as_str())
-        .collect();
-    let snap_versions: Vec<i64> = snap_indexes
-        .iter()
-        .map(|&i| to_i64(plan.snapshots[i].version.0, "snapshot version"))
+        .map(|snapshot| to_i64(snapshot.version.0, "snapshot version"))
         .collect::<Result<_, _>>()?;
-    let snap_records: Vec<&[u8]> = snap_indexes
+    let snap_records: Vec<&[u8]> = plan.snapshots.iter().map(|s| &s.record[..]).collect();
+    let snap_compacted: Vec<i64> = plan
+        .snapshots
         .iter()
-        .map(|&i| &plan.snapshots[i].record[..])
-        .collect();
-    let snap_compacted: Vec<i64> = snap_indexes
-        .iter()
-        .map(|&i| {
-            let stream = &plan.snapshots[i].stream;
-            let compacted = reads.compacted.get(stream).copied().unwrap_or_default();
+        .map(|snapshot| {
+            let compacted = reads
+                .compacted
+                .get(&snapshot.stream)
+                .copied()
+                .unwrap_or_default();
             to_i64(compacted.0, "compaction version")
         })
         .collect::<Result<_, _>>()?;
@@ -452,120 +441,151 @@ async fn write_plan(
             counter_deltas.push(*delta);
         }
     }
-
-    let mut statements: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
-    if !streams.is_empty() {
-        statements.push((INSERT_EVENTS, vec![&streams, &versions, &dedupes, &records]));
-    }
-    if !index_puts.is_empty() {
-        statements.push((PUT_INDEX, vec![&index_puts]));
-    }
-    if !index_deletes.is_empty() {
-        statements.push((DELETE_INDEX, vec![&index_deletes]));
-    }
-    if !counter_cells.is_empty() {
-        statements.push((
-            ADD_COUNTERS,
-            vec![&counter_cells, &counter_names, &counter_deltas],
-        ));
-    }
-    let mut prepared = Vec::with_capacity(statements.len() + 1);
-    for (sql, _) in &statements {
-        prepared.push(tx.prepare_cached(sql).await.map_err(backend)?);
-    }
-    let snapshots = async {
-        if snap_streams.is_empty() {
-            return Ok(Vec::new());
+    // The event before each stream's first append, which must be stored already (the plan's
+    // events come stream by stream, each stream's in one run).
+    let mut first_streams: Vec<&str> = Vec::new();
+    let mut previous: Vec<i64> = Vec::new();
+    let mut appended: HashSet<&str> = HashSet::new();
+    for event in &plan.events {
+        if appended.insert(event.stream.as_str()) && event.version.0 > 1 {
+            first_streams.push(event.stream.as_str());
+            previous.push(to_i64(event.version.0 - 1, "version")?);
         }
-        let upsert = tx.prepare_cached(UPSERT_SNAPSHOTS).await?;
-        let rows = tx
-            .query(
-                &upsert,
-                &[
-                    &snap_streams,
-                    &snap_versions,
-                    &snap_records,
-                    &snap_compacted,
-                ],
-            )
-            .await?;
-        rows.iter().map(|row| row.try_get::<_, String>(0)).collect()
-    };
-    let writes = futures_util::future::try_join_all(
-        statements
-            .iter()
-            .zip(&prepared)
-            .map(|((_, params), statement)| tx.execute(statement, params.as_slice())),
-    );
-    let (_, written) = futures_util::future::try_join(writes, snapshots)
+    }
+    // Snapshots of streams the commit does not append to: at the stream's version.
+    let mut only_streams: Vec<&str> = Vec::new();
+    let mut only_versions: Vec<i64> = Vec::new();
+    for snapshot in &plan.snapshots {
+        if !appended.contains(snapshot.stream.as_str()) {
+            only_streams.push(snapshot.stream.as_str());
+            only_versions.push(to_i64(snapshot.version.0, "snapshot version")?);
+        }
+    }
+    let statement = client.prepare_cached(COMMIT).await.map_err(backend)?;
+    client
+        .execute(
+            &statement,
+            &[
+                &streams,
+                &versions,
+                &dedupes,
+                &records,
+                &snap_streams,
+                &snap_versions,
+                &snap_records,
+                &snap_compacted,
+                &index_puts,
+                &index_deletes,
+                &counter_cells,
+                &counter_names,
+                &counter_deltas,
+                &first_streams,
+                &previous,
+                &only_streams,
+                &only_versions,
+            ],
+        )
         .await
         .map_err(backend)?;
-    Ok(written)
+    Ok(())
 }
 
 /// True for the failures a concurrent commit causes: a unique constraint another node's commit
-/// got to first, a deadlock between two commits, a serialization failure.
+/// got to first, a snapshot it moved (`linkflow_refuse`), a deadlock between two commits, a
+/// serialization failure.
 fn is_race(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(database) => {
+            matches!(
+                database.failure,
+                linkflow_store::DatabaseFailure::UniqueViolation
+                    | linkflow_store::DatabaseFailure::DeadlockDetected
+                    | linkflow_store::DatabaseFailure::SerializationFailure
+            ) || database.sqlstate.as_deref() == Some(REFUSED)
+        }
+        _ => false,
+    }
+}
+
+/// What the engine's decision relied on, as the commit says it: each stream's version before
+/// its first append (or its snapshot's version), each snapshot's compaction mark, no dedupe
+/// key stored. Checking the commit against it checks the commit's own coherence; the database
+/// checks it against the log ([`COMMIT`]).
+fn relied_on(commit: &Commit) -> Prefetched {
+    let mut reads = Prefetched::default();
+    for append in &commit.appends {
+        reads
+            .versions
+            .entry(append.stream.clone())
+            .or_insert(append.expected);
+    }
+    for (stream, snapshot) in &commit.snapshots {
+        reads
+            .versions
+            .entry(stream.clone())
+            .or_insert(snapshot.version);
+        reads
+            .compacted
+            .entry(stream.clone())
+            .or_insert(snapshot.compacted);
+    }
+    reads
+}
+
+/// A commit in one statement (one round trip, no lock but the rows it writes): `Err` when the
+/// database failed, `Ok(Err)` when the commit broke one of its constraints (nothing written).
+/// A constraint another node's concurrent commit broke first (a version, a dedupe key, a
+/// snapshot) is found by the database and answered as the same typed refusal a check before
+/// writing gives, read again after the failure.
+async fn write_commit(
+    client: &mut Conn,
+    commit: Commit,
+) -> Result<Result<Receipt, CommitError>, StoreError> {
+    let mut log = relied_on(&commit);
+    let checked = match check_commit_unnumbered(commit, &mut log) {
+        Ok(checked) => checked,
+        Err(CommitError::Store(error)) => return Err(error),
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let mut attempt = 0;
+    loop {
+        match write_plan(client, &checked, &log).await {
+            Ok(()) => return Ok(Ok(checked.receipt)),
+            // Two commits waiting on each other's rows (an index key one inserted, a version
+            // the other did): the server aborted this one, which writes it again.
+            Err(error) if is_deadlock(&error) && attempt < DEADLOCK_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(2 * attempt)).await;
+            }
+            Err(error) if is_race(&error) => {
+                return Ok(Err(explain_race(client, &checked, &log, error).await?));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// How often [`write_commit`] writes a commit again that the server aborted as a deadlock.
+const DEADLOCK_RETRIES: u64 = 5;
+
+fn is_deadlock(error: &StoreError) -> bool {
     matches!(
         error,
         StoreError::Database(linkflow_store::DatabaseError {
-            failure: linkflow_store::DatabaseFailure::UniqueViolation
-                | linkflow_store::DatabaseFailure::DeadlockDetected
+            failure: linkflow_store::DatabaseFailure::DeadlockDetected
                 | linkflow_store::DatabaseFailure::SerializationFailure,
             ..
         })
     )
 }
 
-/// A commit in one transaction: `Err` when the database failed, `Ok(Err)` when the commit
-/// broke one of its constraints (the transaction is rolled back, nothing written). Nothing is
-/// locked but the rows it writes: a constraint another node's concurrent commit broke first
-/// (a version, a dedupe key, a snapshot) is found by the database and answered as the same
-/// typed refusal a check before writing gives, read again after the rollback.
-async fn write_commit(
-    client: &mut Conn,
-    commit: Commit,
-) -> Result<Result<Receipt, CommitError>, StoreError> {
-    let tx = client.transaction().await.map_err(backend)?;
-    let mut log = prefetch(&tx, &commit).await?;
-    let checked = match check_commit_unnumbered(commit, &mut log) {
-        Ok(checked) => checked,
-        Err(CommitError::Store(error)) => return Err(error),
-        Err(refused) => return Ok(Err(refused)),
-    };
-    let written = match write_plan(&tx, &checked, &log).await {
-        Ok(written) => written,
-        Err(error) if is_race(&error) => {
-            drop(tx);
-            return Ok(Err(explain_race(client, &checked, &log, error).await?));
-        }
-        Err(error) => return Err(error),
-    };
-    if let Some(missed) = checked.snapshots.iter().find(|snapshot| {
-        !written
-            .iter()
-            .any(|stream| stream == snapshot.stream.as_str())
-    }) {
-        let stream = missed.stream.clone();
-        drop(tx);
-        let error = StoreError::Internal(format!("the snapshot of `{stream}` was not written"));
-        return Ok(Err(explain_race(client, &checked, &log, error).await?));
-    }
-    match tx.commit().await.map_err(backend) {
-        Ok(()) => Ok(Ok(checked.receipt)),
-        Err(error) if is_race(&error) => {
-            Ok(Err(explain_race(client, &checked, &log, error).await?))
-        }
-        Err(error) => Err(error),
-    }
-}
-
 /// After a commit lost a race (and was rolled back): what another commit changed, read again
 /// as the typed refusal the engine retries ([`CommitError::DuplicateKey`],
-/// [`CommitError::Conflict`], [`CommitError::CompactionConflict`]); `error` itself when nothing
-/// the commit relied on changed (the database's error is then not a race this explains).
+/// [`CommitError::Conflict`], [`CommitError::CompactionConflict`]); a race whose winner the
+/// reads do not show yet is a `Conflict` at the version the commit relied on (the engine
+/// decides again either way); an error that is no race is returned as it is.
 async fn explain_race(
-    client: &mut Conn,
+    client: &Conn,
     checked: &Checked,
     before: &Prefetched,
     error: StoreError,
@@ -621,7 +641,19 @@ async fn explain_race(
             });
         }
     }
-    Err(error)
+    // A race the reads cannot see yet (the other commit not visible at this instant): the
+    // engine reads again and decides again, as for any conflict.
+    match (is_race(&error), streams.first()) {
+        (true, Some(stream)) => {
+            let version = before.versions.get(*stream).copied().unwrap_or_default();
+            Ok(CommitError::Conflict {
+                stream: (*stream).clone(),
+                expected: version,
+                actual: version,
+            })
+        }
+        _ => Err(error),
+    }
 }
 
 /// [`EventStore::compact`] in one transaction: the stream's version checked, its records that

@@ -627,7 +627,13 @@ fn complete_group(
 
     match shared.durability {
         Durability::Fsync => {
-            let head = shared.store.head().ok();
+            // A store that numbers after commit publishes its head itself (its watcher wakes
+            // the engine when the numbering moves): nothing to read here.
+            let head = if shared.store.numbers_at_commit() {
+                shared.store.head().ok()
+            } else {
+                None
+            };
             shared.stats.writer_done(taken);
             if let Err(std::sync::mpsc::SendError(SyncJob { replies, .. })) = jobs.send(SyncJob {
                 replies,
@@ -641,7 +647,9 @@ fn complete_group(
             }
         }
         Durability::Buffered => {
-            publish_head(shared);
+            if shared.store.numbers_at_commit() {
+                publish_head(shared);
+            }
             shared.stats.writer_done(taken);
             answer(replies, &Ok(()));
         }
