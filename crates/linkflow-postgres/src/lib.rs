@@ -3,19 +3,19 @@
 //!
 //! [`PgStore`] implements [`linkflow_store::EventStore`] and passes the same conformance suite
 //! as the embedded sled store. What makes several nodes safe (see `docs/deploy.md`):
-//! - every commit runs in one transaction that first locks the single row of `linkflow_head`,
-//!   then decides its operations with the shared planner ([`linkflow_store::plan`]) against
-//!   what is committed, writes, and commits: commits from all nodes are serialized by the
-//!   database, positions are gap-free and become visible in position order, so a reader of
-//!   `position > checkpoint` never skips a late-committing event;
-//! - version conflicts are found inside that transaction (and the unique
-//!   constraints on `(stream, version)` and `(stream, dedupe)` back it up), so a dedupe key is
-//!   stored once across nodes;
-//! - `LISTEN linkflow_commits` wakes subscribers when another node commits, with a poll of the
-//!   head every second in case a notification is lost.
+//! - no global lock: a commit is one statement in its own transaction, and the database checks
+//!   what it relies on (unique `(stream, version)` and `(stream, dedupe)`, the event before each
+//!   stream's first append, snapshots not moved), so per-stream order and exactly-once dedupe
+//!   hold across nodes while their commits run concurrently;
+//! - positions are handed out after commit by one sequencer (the node holding an advisory-lock
+//!   lease), only to events below the transaction-id horizon, so they are gap-free and a reader
+//!   of `position > checkpoint` never skips or repeats an event; a long transaction holds the
+//!   numbering back, it never reorders it;
+//! - `LISTEN linkflow_commits` (notified by the sequencer) wakes subscribers on every node,
+//!   with a poll of the head every second in case a notification is lost.
 //!
-//! Commits use `synchronous_commit = on` (set on every connection), so a commit that returned is
-//! on disk and [`linkflow_store::EventStore::sync`] has nothing left to do.
+//! Connections use `synchronous_commit = on`, so a commit that returned is on disk and
+//! [`linkflow_store::EventStore::sync`] has nothing left to do.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -243,7 +243,8 @@ impl PgStore {
     }
 }
 
-/// What a commit's transaction read before planning.
+/// Streams' versions, compaction marks and stored dedupe keys: what a commit relied on
+/// ([`relied_on`]), or what the log holds now ([`read_logged`], after a lost race).
 #[derive(Default)]
 struct Prefetched {
     versions: HashMap<SessionId, Version>,
