@@ -33,8 +33,10 @@ use serde::{Deserialize, Serialize};
 /// event-time order and its ties, the placement of events without a time. Bump it with any
 /// change that can fold the same events differently: snapshots record it, and a stream whose
 /// snapshot was folded with other rules is folded again (`docs/state-machine.md`, "Rule
-/// changes").
-pub const RULES_VERSION: u32 = 2;
+/// changes"). The engine bumps it too when what a state adds to its indexes changes (3: the
+/// phase, institution and user index keys carry the session's first event time), so that the
+/// pass that folds again rebuilds them.
+pub const RULES_VERSION: u32 = 3;
 
 /// The furthest back an event without a time is moved, in places, looking for one where it is
 /// accepted. Bounds a fold's work (each place tried is a fold of the stream) on streams of

@@ -19,11 +19,12 @@
 //! run str(session) varint(first version) varint(events). The positions of the runs follow each other from the key's
 //! first position.
 //!
-//! | `I`    | `I` index key (the engine's bytes)           | empty                              |
+//! | `I`    | `I` first index key of a run (engine bytes)  | the run's other keys (`runs.rs`)   |
 //! | `C`    | `C` counter cell (the engine's bytes)        | the cell's counters (see below)    |
 //!
-//! `I` and `C` keys are the engine's index entries and counter cells (`Commit::index`,
-//! `Commit::counters`), written in the frame of the commit they belong to. A cell's value is
+//! `I` and `C` keys are the engine's index entries, packed in runs of consecutive keys (see
+//! `sled_store/runs.rs`), and counter cells (`Commit::index`, `Commit::counters`), written in
+//! the frame of the commit they belong to. A cell's value is
 //! varint(count), then per counter, in name order, bytes(name) and its value zigzag-varint
 //! (never zero; a cell left with none is removed). A commit computes a cell's new value under
 //! the writer lock from the staged one, and the frame holds the value, not the delta, so
@@ -69,10 +70,10 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"Mlayout";
 /// the core's compact form. Layouts 2 to 5 kept refused events apart (`P` keys), layout 6 kept
 /// no version in a head, layout 7 kept fixed-width integers in `G` and `D` values and a target
 /// tag in dedupe entries, layout 8 length-prefixed `K` keys (heads not in id order), layout 9 kept no index
-/// entries or counters (`I`, `C`); they are
+/// entries or counters (`I`, `C`), layout 10 one `I` key per index entry; they are
 /// refused at open, as is a store without a layout key (layout 1); nothing has been released,
 /// so none is migrated.
-pub(crate) const LAYOUT: u32 = 10;
+pub(crate) const LAYOUT: u32 = 11;
 /// The number of the last write-ahead log frame whose batch sled holds (u64), written by each
 /// commit's batch.
 pub(crate) const WAL_KEY: &[u8] = b"Mwal";

@@ -37,6 +37,10 @@ struct Frame {
 
 /// From this many writes on, the frames applied together go to sled as one `sled::Batch`.
 const BATCH_WRITES: usize = 1024;
+/// From this many bytes of frames on, too: a bulk commit of 1,000 events is a few hundred
+/// writes since index entries are packed in runs, but about half a megabyte; a group of
+/// single-event writers is tens of kilobytes.
+const BATCH_BYTES: usize = 128 * 1024;
 
 /// A key's latest staged write: the frame and where its value is in the frame's payload
 /// (`None`: removed).
@@ -235,7 +239,8 @@ impl Staged {
 
     /// Writes `frames` (the last numbered `last`) to sled with `Mwal` naming `last`.
     ///
-    /// Plain writes for the few of a small group's commit; one batch for thousands: its two
+    /// Plain writes for the few of a small group's commit; one batch for thousands of writes
+    /// or a bulk commit's bytes ([`BATCH_WRITES`], [`BATCH_BYTES`]): its two
     /// log-buffer seals cost nothing next to them, and it takes sled's epoch pin and lock once
     /// instead of per write (bulk ingest, `--only ingest --events 200000`, 5 alternating runs:
     /// 165k events/s median as one batch, 151k as plain writes).
@@ -244,12 +249,12 @@ impl Staged {
         frames: &[(u64, Arc<Payload>, usize)],
         last: u64,
     ) -> Result<(), StoreError> {
-        let mut batch = frames
+        let count: usize = frames.iter().map(|(_, _, count)| count).sum();
+        let bytes: usize = frames
             .iter()
-            .map(|(_, _, count)| count)
-            .sum::<usize>()
-            .checked_sub(BATCH_WRITES)
-            .map(|_| sled::Batch::default());
+            .map(|(_, payload, _)| payload.as_bytes().len())
+            .sum();
+        let mut batch = (count >= BATCH_WRITES || bytes >= BATCH_BYTES).then(sled::Batch::default);
         for (seq, payload, _) in frames {
             let bytes = payload.as_bytes();
             for write in writes(*seq, payload) {
@@ -632,6 +637,29 @@ mod tests {
             Some("three-a2")
         );
         assert!(staged.is_empty());
+    }
+
+    #[test]
+    fn a_frame_of_few_large_writes_is_applied_as_one_batch_with_the_same_result() {
+        let (_dir, staged) = fixture();
+        let big = "x".repeat(BATCH_BYTES / 4);
+        let writes: Vec<(&str, Option<&str>)> = vec![
+            ("b1", Some(big.as_str())),
+            ("b2", Some(big.as_str())),
+            ("b3", Some(big.as_str())),
+            ("b4", Some(big.as_str())),
+            ("a1", None),
+        ];
+        staged.add(3, payload(&writes)).unwrap();
+        staged.apply(3, Wait::Yes).unwrap();
+        assert!(staged.is_empty());
+        assert_eq!(
+            staged.db.get(keys::WAL_KEY).unwrap().as_deref(),
+            Some(&3u64.to_be_bytes()[..])
+        );
+        assert_eq!(staged.db.scan_prefix(b"b").count(), 4);
+        assert_eq!(staged.db.get(b"b4").unwrap().as_deref(), Some(big.as_bytes()));
+        assert_eq!(staged.db.get(b"a1").unwrap(), None);
     }
 
     #[test]

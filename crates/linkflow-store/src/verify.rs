@@ -66,6 +66,11 @@ pub(crate) fn verify_sled(db: &Staged, head: Position) -> Result<VerifyReport, S
     let spilled = check_heads(db, &stream_versions, &mut report)?;
     check_spilled_entries(db, &spilled, &mut report)?;
     check_counters(db, &mut report)?;
+    report.problems.extend(
+        crate::sled_store::runs::check(db)?
+            .into_iter()
+            .map(Into::into),
+    );
     Ok(report)
 }
 

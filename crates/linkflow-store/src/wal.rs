@@ -231,7 +231,7 @@ impl WritesAt<'_> {
         let mut rest = &self.bytes[self.at..];
         let len = take_varint(&mut rest)
             .and_then(|len| usize::try_from(len).ok())
-            .ok_or(format!("a length: {VARINT_ERROR}"))?;
+            .ok_or_else(|| format!("a length: {VARINT_ERROR}"))?;
         let start = self.bytes.len() - rest.len();
         let left = rest.len();
         if left < len {

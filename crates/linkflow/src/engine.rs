@@ -611,12 +611,16 @@ impl Engine {
         Ok(found)
     }
 
-    /// Sessions matching `filter`, in id order.
-    /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) sessions matching `filter`, in
-    /// session-id order, after `after` (the `next` of the previous page; `None` for the first).
-    /// A page reads at most [`crate::MAX_PAGE_SCAN`] streams, so it may hold fewer sessions
-    /// than asked with a `next` to go on from; the last page has no `next`. A session that
-    /// exists and matches while paging is on exactly one page, whatever is written meanwhile.
+    /// Up to `limit` (at most [`crate::MAX_PAGE_SESSIONS`]) sessions matching `filter`, after
+    /// `after` (the `next` of the previous page; `None` for the first): in the order of the
+    /// index the filter reads (a user's, an institution's, a phase's or a provider's sessions
+    /// by first event time, then id; abandonment and first event windows by time), or in
+    /// session-id order for a filter without an indexed field. A page reads at most
+    /// [`crate::MAX_PAGE_SCAN`] streams or index keys, so it may hold fewer sessions than asked
+    /// with a `next` to go on from; the last page has no `next`. A session that exists and
+    /// matches while paging is on exactly one page, whatever is written meanwhile, unless an
+    /// event earlier than its first arrives meanwhile (its index key moves back: it may then
+    /// be missed by the pages still to come, never listed twice).
     pub async fn sessions_page(
         &self,
         filter: SessionFilter,

@@ -7,9 +7,9 @@
 //!
 //! | family | key                                   | one per                                  |
 //! |--------|---------------------------------------|------------------------------------------|
-//! | `p`    | `p` phase-rank len:u8 provider id     | session                                  |
-//! | `i`    | `i` len:u16 institution id            | session naming an institution            |
-//! | `u`    | `u` len:u16 external-user-id id       | session naming a user                    |
+//! | `p`    | `p` phase-rank len:u8 provider first id | session                                |
+//! | `i`    | `i` len:u16 institution first id      | session naming an institution            |
+//! | `u`    | `u` len:u16 external-user-id first id | session naming a user                    |
 //! | `l`    | `l` last-event-minute id              | open session not declared abandoned      |
 //! | `a`    | `a` last-event-minute id              | open session declared abandoned (marker) |
 //! | `f`    | `f` first-event-time id               | session                                  |
@@ -24,7 +24,8 @@
 //! (a tag, a phase rank, and a status, an error code or a sketch bin).
 //!
 //! Times are microseconds since the epoch as 8 big-endian bytes with the sign bit flipped, so
-//! that byte order is time order. Text longer than [`MAX_INDEXED_TEXT`] bytes is indexed by
+//! that byte order is time order; `first` is the session's first event time (all zero bytes
+//! without one), so a phase's, an institution's or a user's sessions sort by when they began. Text longer than [`MAX_INDEXED_TEXT`] bytes is indexed by
 //! its first bytes; every query checks the whole value on the session itself.
 
 use std::collections::{BTreeMap, HashMap};
@@ -117,8 +118,8 @@ pub(crate) fn id_in(key: &[u8]) -> Result<SessionId, CorruptRecord> {
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     };
     let prefix = match key.first().copied() {
-        Some(PHASE) => key.get(2).map(|len| 3 + usize::from(*len)),
-        Some(INSTITUTION | USER) => len16(1).map(|len| 3 + len),
+        Some(PHASE) => key.get(2).map(|len| 3 + usize::from(*len) + 8),
+        Some(INSTITUTION | USER) => len16(1).map(|len| 3 + len + 8),
         Some(LAST_EVENT | ABANDONED | FIRST_EVENT) => Some(9),
         Some(PARKED | QUARANTINE) => Some(1),
         _ => None,
@@ -220,6 +221,15 @@ fn keyed(mut prefix: Vec<u8>, id: &SessionId) -> Vec<u8> {
     prefix
 }
 
+/// `prefix`, the session's first event time (the earliest time there is, without one), then
+/// its id: a family's sessions of one value sorted by when they began, so that the sessions a
+/// commit creates are neighbours in the index (on sled, a few packed runs to rewrite, not one
+/// per session, whatever their ids look like).
+fn first_keyed(mut prefix: Vec<u8>, first: Option<i64>, id: &SessionId) -> Vec<u8> {
+    prefix.extend_from_slice(&time_bytes(first.unwrap_or(i64::MIN)));
+    keyed(prefix, id)
+}
+
 fn time_keyed(family: u8, micros: i64, id: &SessionId) -> Vec<u8> {
     keyed(time_from(family, micros), id)
 }
@@ -228,13 +238,21 @@ fn time_keyed(family: u8, micros: i64, id: &SessionId) -> Vec<u8> {
 fn family_keys(projection: &Projection, family: u8, id: &SessionId) -> Option<Vec<u8>> {
     let session = projection.session.as_ref();
     match family {
-        PHASE => session.map(|s| keyed(phase_provider_prefix(s.phase, s.provider), id)),
-        INSTITUTION => session
-            .and_then(|s| s.institution.as_deref())
-            .map(|i| keyed(text_prefix(INSTITUTION, i), id)),
-        USER => session
-            .and_then(|s| s.user.as_deref())
-            .map(|u| keyed(text_prefix(USER, u), id)),
+        PHASE => {
+            session.map(|s| first_keyed(phase_provider_prefix(s.phase, s.provider), s.first, id))
+        }
+        INSTITUTION => session.and_then(|s| {
+            let institution = s.institution.as_deref()?;
+            Some(first_keyed(
+                text_prefix(INSTITUTION, institution),
+                s.first,
+                id,
+            ))
+        }),
+        USER => session.and_then(|s| {
+            let user = s.user.as_deref()?;
+            Some(first_keyed(text_prefix(USER, user), s.first, id))
+        }),
         FIRST_EVENT => session
             .and_then(|s| s.first)
             .map(|at| time_keyed(FIRST_EVENT, at, id)),

@@ -557,11 +557,11 @@ fn index_page(
 
 /// Up to `limit` sessions matching `filter` after `after`, reading at most [`MAX_PAGE_SCAN`]
 /// streams or index keys: from an index when the filter sets an indexed field (in that
-/// index's order: by id within a user, an institution, a phase or a provider; by time for
-/// abandonment and first event windows), else every stream in id order. A session that
-/// exists and matches for the whole paging is on exactly one page, whatever is written
-/// meanwhile: its key does not move while it keeps matching, and pages start after the last
-/// key.
+/// index's order: by first event time, then id, within a user, an institution, a phase or a
+/// provider; by time for abandonment and first event windows), else every stream in id order.
+/// A session that exists and matches for the whole paging is on exactly one page, whatever is
+/// written meanwhile: its key does not move while it keeps matching (unless an event earlier
+/// than its first arrives: see `Engine::sessions_page`), and pages start after the last key.
 pub(crate) fn sessions_page(
     store: &dyn EventStore,
     filter: &SessionFilter,

@@ -214,14 +214,7 @@ impl SledStore {
     /// Writes a commit's index entries and counters: each counter's new value from the one
     /// reads see (the staged frames over sled), under the writer lock the caller holds.
     fn write_index(&self, frame: &mut Payload, index: &IndexWrites) -> Result<(), StoreError> {
-        for (key, present) in &index.entries {
-            let key = keys::tagged(keys::INDEX, key);
-            if *present {
-                frame.insert(&key, &[]);
-            } else {
-                frame.remove(&key);
-            }
-        }
+        super::runs::write_entries(&self.staged, frame, &index.entries)?;
         for (cell, deltas) in &index.cells {
             let tagged = keys::tagged(keys::COUNTER, cell);
             let old = match self.staged.get(&tagged)? {

@@ -29,6 +29,7 @@ use crate::wal::{self, sync_dir, Wal};
 mod commit;
 mod maintenance;
 mod open;
+pub(crate) mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -410,27 +411,7 @@ impl SledStore {
         descending: bool,
         visit: &mut dyn FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.guarded(|| {
-            if from >= to {
-                return Ok(());
-            }
-            let bounds = (
-                std::ops::Bound::Included(keys::tagged(keys::INDEX, from)),
-                std::ops::Bound::Excluded(keys::tagged(keys::INDEX, to)),
-            );
-            let scan = if descending {
-                self.staged.scan_descending(bounds)
-            } else {
-                self.staged.scan(bounds)
-            };
-            for entry in scan {
-                let (key, _) = entry?;
-                if visit(&key[1..]).is_break() {
-                    break;
-                }
-            }
-            Ok(())
-        })
+        self.guarded(|| runs::walk(&self.staged, from, to, descending, visit))
     }
 
     /// Up to `limit` events of `stream` after `after`, in version order, with the compacted

@@ -146,7 +146,7 @@ pub(crate) fn check_layout(db: &sled::Db, path: &Path) -> Result<(), StoreError>
                 store: path.display().to_string(),
                 found,
                 supported: keys::LAYOUT,
-                detail: "layouts 1 to 5 kept refused events apart as parked events, layout 6 kept no version in a stream's head, layout 7 kept fixed-width index values, layout 8 length-prefixed head keys, layout 9 kept no index entries or counters; layout 10 keeps every event of a session in its stream, the stream's version in its head, every value in the compact form, heads in stream id order, and the engine's index entries and counters",
+                detail: "layouts 1 to 5 kept refused events apart as parked events, layout 6 kept no version in a stream's head, layout 7 kept fixed-width index values, layout 8 length-prefixed head keys, layout 9 kept no index entries or counters, layout 10 one key per index entry; layout 11 keeps every event of a session in its stream, the stream's version in its head, every value in the compact form, heads in stream id order, and the engine's index entries (packed in runs) and counters",
             })
         }
     }

@@ -282,7 +282,7 @@ fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
             "{found:?}"
         );
         settled(&store)
-            .insert(keys::LAYOUT_KEY, &[0, 0, 0, 11][..])
+            .insert(keys::LAYOUT_KEY, &[0, 0, 0, 12][..])
             .unwrap();
         store.sync().unwrap();
     }
@@ -292,19 +292,20 @@ fn damaged_dedupe_data_is_a_clear_error_and_a_verify_problem() {
     assert!(
         error
             .to_string()
-            .contains("layout 11; this linkflow reads layout 10 only"),
+            .contains("layout 12; this linkflow reads layout 11 only"),
         "{error}"
     );
 }
 
 /// A store of an older layout (1 to 5: refused events kept apart as parked events; 6: no
 /// version in a stream's head; 7: fixed-width values; 8: length-prefixed head keys; 9: no
-/// index entries or counters) is refused
+/// index entries or counters; 10: one key per index entry) is refused
 /// at open with its layout named, and left as it was.
 #[test]
 fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
     for (old, named) in [
-        (Some(9u32), "layout 9"),
+        (Some(10u32), "layout 10"),
+        (Some(9), "layout 9"),
         (Some(8), "layout 8"),
         (Some(7), "layout 7"),
         (Some(6), "layout 6"),
@@ -325,7 +326,7 @@ fn a_store_of_an_older_layout_is_refused_naming_its_layout() {
         }
         let error = SledStore::open(dir.path()).err().expect("refused");
         assert!(
-            matches!(error, StoreError::UpgradeRequired { supported: 10, .. }),
+            matches!(error, StoreError::UpgradeRequired { supported: 11, .. }),
             "{error:?}"
         );
         let text = error.to_string();
