@@ -188,7 +188,8 @@ async fn plaid_shape_ingest(deliveries: &[Delivery]) -> (f64, f64) {
 }
 
 /// Figure 11: figure 1 as another build of the bench measures it (`--baseline-bin`, e.g. the
-/// build of an earlier commit), run as a child right after this build's figure 1.
+/// build of an earlier commit), run as a child; `run_all` runs it twice, alternating with this
+/// build's two runs of figure 1.
 fn baseline_bin_ingest(binary: &Path, events: usize) -> Option<f64> {
     let output = std::process::Command::new(binary)
         .args(["--only", "ingest", "--json", "--events"])

@@ -658,7 +658,10 @@ mod tests {
             Some(&3u64.to_be_bytes()[..])
         );
         assert_eq!(staged.db.scan_prefix(b"b").count(), 4);
-        assert_eq!(staged.db.get(b"b4").unwrap().as_deref(), Some(big.as_bytes()));
+        assert_eq!(
+            staged.db.get(b"b4").unwrap().as_deref(),
+            Some(big.as_bytes())
+        );
         assert_eq!(staged.db.get(b"a1").unwrap(), None);
     }
 
