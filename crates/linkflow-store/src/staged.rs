@@ -354,31 +354,56 @@ impl Staged {
 
     /// The last entry in `bounds`.
     pub(crate) fn last(&self, bounds: Bounds) -> Result<Option<(IVec, IVec)>, StoreError> {
-        let staged = if self.any() {
-            lock(&self.state).range(&bounds)
-        } else {
-            Vec::new()
-        };
-        let staged_last = staged
-            .iter()
-            .rev()
-            .find_map(|(key, value)| Some((key.clone(), value.clone()?)));
-        // sled's last key that no staged write replaces or removes.
-        let mut tree_last = None;
-        for entry in self.db.range(bounds).rev() {
-            let (key, value) = entry?;
-            match staged.binary_search_by(|(staged, _)| staged.cmp(&key)) {
-                // Staged: its staged value is a candidate in `staged_last`, or its staged
-                // removal hides it.
-                Ok(_) => continue,
-                Err(_) => {
-                    tree_last = Some((key, value));
-                    break;
-                }
-            }
+        self.edge(bounds, true)
+    }
+
+    /// The first entry in `bounds`.
+    pub(crate) fn first(&self, bounds: Bounds) -> Result<Option<(IVec, IVec)>, StoreError> {
+        self.edge(bounds, false)
+    }
+
+    /// The first or (`last`) the last entry in `bounds`: the staged value nearest that end
+    /// against sled's nearest key that no staged write replaces or removes. Only the one
+    /// staged value found is copied, not every staged write in `bounds` (a lookup of the run
+    /// an index key falls in has the whole index family before or after it in its bounds).
+    fn edge(&self, bounds: Bounds, last: bool) -> Result<Option<(IVec, IVec)>, StoreError> {
+        if is_empty(&bounds) {
+            return Ok(None);
         }
-        Ok(match (tree_last, staged_last) {
-            (Some(tree), Some(staged)) => Some(if tree.0 > staged.0 { tree } else { staged }),
+        let staged_edge = if self.any() {
+            let state = lock(&self.state);
+            let mut range = state
+                .latest
+                .range::<Vec<u8>, _>((bounds.0.as_ref(), bounds.1.as_ref()));
+            let mut valued = |(key, latest): (&Vec<u8>, &Latest)| {
+                Some((IVec::from(key.as_slice()), state.value(latest)?))
+            };
+            if last {
+                range.rev().find_map(&mut valued)
+            } else {
+                range.find_map(&mut valued)
+            }
+        } else {
+            None
+        };
+        let mut tree = self.db.range(bounds);
+        let mut tree_edge = None;
+        while let Some(entry) = if last { tree.next_back() } else { tree.next() } {
+            let (key, value) = entry?;
+            // Staged: its staged value is a candidate in `staged_edge`, or its staged removal
+            // hides it.
+            if self.any() && lock(&self.state).latest.contains_key(key.as_ref()) {
+                continue;
+            }
+            tree_edge = Some((key, value));
+            break;
+        }
+        Ok(match (tree_edge, staged_edge) {
+            (Some(tree), Some(staged)) => Some(if (tree.0 > staged.0) == last {
+                tree
+            } else {
+                staged
+            }),
             (tree, staged) => tree.or(staged),
         })
     }
@@ -567,13 +592,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&*last.0, b"a0");
+        // The first entry: the staged a0 before the tree's a1; after a2, the removed a3 and
+        // a4 skipped, the tree's b1; the staged a2 over the tree's.
+        let first = staged.first(prefix_bounds(b"a")).unwrap().unwrap();
+        assert_eq!((&*first.0, &*first.1), (&b"a0"[..], &b"two-a0"[..]));
+        let first = staged
+            .first((Bound::Excluded(b"a2".to_vec()), Bound::Unbounded))
+            .unwrap()
+            .unwrap();
+        assert_eq!((&*first.0, &*first.1), (&b"b1"[..], &b"tree-b1"[..]));
+        let first = staged
+            .first((Bound::Excluded(b"a1".to_vec()), Bound::Unbounded))
+            .unwrap()
+            .unwrap();
+        assert_eq!((&*first.0, &*first.1), (&b"a2"[..], &b"one-a2"[..]));
         // Empty and reversed ranges are empty, not a panic.
         let reversed = (
             Bound::Excluded(b"a2".to_vec()),
             Bound::Excluded(b"a2".to_vec()),
         );
         assert!(entries(staged.scan(reversed.clone())).is_empty());
-        assert_eq!(staged.last(reversed).unwrap(), None);
+        assert_eq!(staged.last(reversed.clone()).unwrap(), None);
+        assert_eq!(staged.first(reversed).unwrap(), None);
     }
 
     #[test]

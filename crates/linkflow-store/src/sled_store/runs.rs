@@ -136,7 +136,7 @@ fn run_for(staged: &Staged, key: &[u8]) -> Result<Option<Run>, StoreError> {
     let at_or_before = staged.last((start, Bound::Included(keys::tagged(keys::INDEX, key))))?;
     let found = match at_or_before {
         Some(found) => Some(found),
-        None => staged.scan(all_runs()).next().transpose()?,
+        None => staged.first(all_runs())?,
     };
     found
         .map(|(stored_at, value)| run(stored_at, &value))
@@ -146,10 +146,7 @@ fn run_for(staged: &Staged, key: &[u8]) -> Result<Option<Run>, StoreError> {
 /// The first key of the run after the one stored under `stored_at` (`None`: it is the last).
 fn next_run_start(staged: &Staged, stored_at: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
     let (_, end) = all_runs();
-    let next = staged
-        .scan((Bound::Excluded(stored_at.to_vec()), end))
-        .next()
-        .transpose()?;
+    let next = staged.first((Bound::Excluded(stored_at.to_vec()), end))?;
     Ok(next.map(|(stored_at, _)| stored_at[1..].to_vec()))
 }
 
