@@ -1436,6 +1436,74 @@ fn a_damaged_counter_cell_is_a_clear_error_and_a_verify_problem() {
     }
 }
 
+/// An index run whose bytes do not decode (its count cut short, a key cut short, its keys out
+/// of order, bytes left over) is a clear error naming the run when walked, fails a commit
+/// that would change it (nothing written), and is a verify problem; other runs are unaffected.
+#[test]
+fn a_damaged_index_run_is_a_clear_error_and_a_verify_problem() {
+    use crate::store::IndexChange::Put;
+    use std::ops::ControlFlow;
+    let bad_values: [&[u8]; 4] = [
+        &[0x80],
+        &[1, 0, 9, b'x'],
+        // One key after "hurt" sharing all 4 of its bytes and adding none: not after it.
+        &[1, 4, 0],
+        &[0, 7],
+    ];
+    for bad in bad_values {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let put = |key: &[u8]| Commit {
+            index: vec![Put(key.to_vec())],
+            ..Commit::default()
+        };
+        store.commit(put(b"good")).unwrap();
+        store.commit(put(b"hurt")).unwrap();
+        store.sync().unwrap();
+        store.after_sync().unwrap();
+        let runs: Vec<Vec<u8>> = settled(&store)
+            .scan_prefix([keys::INDEX])
+            .keys()
+            .map(|key| key.unwrap().to_vec())
+            .collect();
+        assert_eq!(
+            runs,
+            vec![keys::tagged(keys::INDEX, b"good")],
+            "two keys, one run"
+        );
+        // The damaged run holds "hurt" alone, and "good" its own run before it.
+        let db = settled(&store);
+        db.insert(keys::tagged(keys::INDEX, b"good"), &[0u8][..])
+            .unwrap();
+        db.insert(keys::tagged(keys::INDEX, b"hurt"), bad).unwrap();
+        let walk = |from: &[u8], to: &[u8]| {
+            let mut keys = Vec::new();
+            store
+                .for_each_index_key(from, to, &mut |key| {
+                    keys.push(key.to_vec());
+                    ControlFlow::Continue(())
+                })
+                .map(|()| keys)
+        };
+        let error = walk(b"hurt", b"huru").unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt(corrupt) if corrupt.key.contains("index run \"hurt\"")),
+            "{error}"
+        );
+        let error = store.commit(put(b"hurz")).unwrap_err();
+        assert!(
+            matches!(error, CommitError::Store(StoreError::Corrupt(_))),
+            "{error}"
+        );
+        assert_eq!(walk(b"good", b"goodz").unwrap(), vec![b"good".to_vec()]);
+        let found = problems(&store);
+        assert!(
+            found.iter().any(|p| p.contains("index run \"hurt\"")),
+            "{found:?}"
+        );
+    }
+}
+
 /// A compacted record is checked like an event's (its place, its dedupe entry, its checksum);
 /// one after an event of its stream (compaction compacts a stream through its version) or one
 /// where the global index expects an event elsewhere is damage verify names, and a damaged one
